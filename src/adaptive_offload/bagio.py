@@ -1,0 +1,161 @@
+"""Reading input rosbags and writing output rosbags (rosbag2, MCAP) with rosbags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability
+from rosbags.interfaces import QosTime
+from rosbags.rosbag2 import Reader, Writer
+from rosbags.rosbag2.enums import StoragePlugin
+
+from adaptive_offload.errors import BagError
+
+IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
+_ZERO = QosTime(sec=0, nsec=0)
+
+
+def qos(depth: int, reliable: bool, latched: bool = False) -> Qos:
+    """A QoS profile as recorded in bag metadata (what ``ros2 bag play`` offers)."""
+    return Qos(history=QosHistory.KEEP_LAST, depth=depth,
+               reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
+               durability=QosDurability.TRANSIENT_LOCAL if latched else QosDurability.VOLATILE,
+               deadline=_ZERO, lifespan=_ZERO, liveliness=QosLiveliness.AUTOMATIC,
+               liveliness_lease_duration=_ZERO, avoid_ros_namespace_conventions=False)
+
+
+SENSOR_QOS = qos(1, reliable=False)
+RESULT_QOS = qos(10, reliable=True)
+LATCHED_QOS = qos(1, reliable=True, latched=True)
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """One serialized message of the input bag."""
+
+    connection: Any
+    timestamp: int
+    data: bytes
+
+
+class InputBag:
+    """An input bag and its chosen image topic.
+
+    Args:
+        path: Bag folder (or a single .mcap/.db3 file of one).
+        topic: Image topic; empty picks the only image topic in the bag.
+
+    Raises:
+        BagError: If the path is not a readable bag, the bag is empty, or the topic is missing
+            or ambiguous.
+    """
+
+    def __init__(self, path: str | Path, topic: str = '') -> None:
+        path = Path(path)
+        if path.is_file() and path.suffix in ('.mcap', '.db3'):
+            path = path.parent
+        if not path.exists():
+            raise BagError(f'{path}: no such bag')
+        try:
+            self._reader = Reader(path)
+            self._reader.open()
+        except Exception as err:  # rosbags raises several types for unreadable bags
+            raise BagError(f'{path}: not a readable rosbag2 bag ({err})') from err
+        self.path = path
+        images = sorted({c.topic for c in self._reader.connections if c.msgtype in IMAGE_TYPES})
+        if self._reader.message_count == 0:
+            self.close()
+            raise BagError(f'{path}: the bag holds no messages')
+        if topic:
+            if topic not in images:
+                self.close()
+                raise BagError(f'{path}: no image topic {topic!r} (image topics: '
+                               f'{", ".join(images) or "none"})')
+        elif len(images) != 1:
+            self.close()
+            raise BagError(f'{path}: {"no" if not images else "several"} image topics '
+                           f'({", ".join(images) or "topics: " + self.topic_list()}); '
+                           'name one with --topic')
+        else:
+            topic = images[0]
+        self.topic = topic
+        self.frame_count = sum(c.msgcount for c in self._reader.connections if c.topic == topic)
+
+    def topic_list(self) -> str:
+        """All topics with their types, for messages."""
+        return ', '.join(f'{c.topic} [{c.msgtype}]' for c in self._reader.connections)
+
+    @property
+    def connections(self) -> list[Any]:
+        """Connections of every topic in the bag."""
+        return list(self._reader.connections)
+
+    def messages(self) -> Iterator[RawMessage]:
+        """Every message of the bag in log-time order."""
+        for conn, timestamp, data in self._reader.messages():
+            yield RawMessage(conn, timestamp, data)
+
+    def close(self) -> None:
+        """Close the reader."""
+        self._reader.close()
+
+    def __enter__(self) -> InputBag:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class OutputBag:
+    """An MCAP rosbag2 bag being written; topics are added on first use.
+
+    Args:
+        path: Bag folder to create (must not exist).
+        typestore: Typestore that serializes the messages and provides their definitions.
+
+    Raises:
+        BagError: If the folder exists or cannot be created.
+    """
+
+    def __init__(self, path: str | Path, typestore: Any) -> None:
+        path = Path(path)
+        if path.exists():
+            raise BagError(f'{path}: already exists; choose a new output folder')
+        try:
+            self._writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
+            self._writer.open()
+        except Exception as err:  # rosbags raises several types for unwritable paths
+            raise BagError(f'{path}: cannot create bag ({err})') from err
+        self.path = path
+        self._store = typestore
+        self._connections: dict[str, Any] = {}
+
+    def add_topic(self, topic: str, msgtype: str, profile: Qos = RESULT_QOS) -> None:
+        """Declare a topic with the QoS ``ros2 bag play`` should offer."""
+        if topic not in self._connections:
+            self._connections[topic] = self._writer.add_connection(
+                topic, msgtype, typestore=self._store, offered_qos_profiles=[profile])
+
+    def write(self, topic: str, msg: Any, timestamp: int) -> None:
+        """Serialize and write a message on a declared topic."""
+        conn = self._connections[topic]
+        self._writer.write(conn, timestamp, self._store.serialize_cdr(msg, conn.msgtype))
+
+    def copy_topic(self, source: Any) -> None:
+        """Declare a topic of an input bag, keeping its type, definition and QoS."""
+        if source.topic not in self._connections:
+            self._connections[source.topic] = self._writer.add_connection(
+                source.topic, source.msgtype, msgdef=source.msgdef.data,
+                rihs01=source.digest if str(source.digest).startswith('RIHS01_') else None,
+                offered_qos_profiles=list(getattr(source.ext, 'offered_qos_profiles', [])) or
+                [SENSOR_QOS])
+
+    def write_raw(self, topic: str, data: bytes, timestamp: int) -> None:
+        """Write an already serialized message."""
+        self._writer.write(self._connections[topic], timestamp, data)
+
+    def close(self) -> None:
+        """Finish the bag (writes metadata.yaml)."""
+        self._writer.close()

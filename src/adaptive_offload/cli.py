@@ -1,0 +1,147 @@
+"""The ``adaptive-offload`` command: sample bags and replays without ROS.
+
+Exit codes: 0 done, 2 bad arguments or unusable input (one line on stderr naming the problem),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from adaptive_offload.errors import AdaptiveOffloadError
+
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f'{self.prog}: error: {message}\n')
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'{text} is negative')
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'{text} is negative')
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    from adaptive_offload.samplebag import SAMPLE_ENCODINGS
+
+    parser = _Parser(prog='adaptive-offload', description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+
+    sample = sub.add_parser('sample-bag', help='write a synthetic camera bag (MCAP)')
+    sample.add_argument('out', type=Path, help='bag folder to create')
+    sample.add_argument('--frames', type=_positive_int, default=300)
+    sample.add_argument('--fps', type=float, default=10.0)
+    sample.add_argument('--width', type=int, default=640)
+    sample.add_argument('--height', type=int, default=480)
+    sample.add_argument('--encoding', choices=SAMPLE_ENCODINGS, default='rgb8')
+    sample.add_argument('--objects', type=_positive_int, default=4)
+    sample.add_argument('--seed', type=int, default=0)
+    sample.add_argument('--distro', choices=('humble', 'jazzy'), default='jazzy')
+
+    replay = sub.add_parser('replay', help='run the graph on a bag, write an output bag')
+    replay.add_argument('bag', type=Path, help='input bag folder')
+    replay.add_argument('--out', type=Path, required=True, help='output bag folder to create')
+    replay.add_argument('--rate', type=_rate, default=1.0,
+                        help='playback rate factor; 0 = as fast as possible (default 1)')
+    replay.add_argument('--max-frames', type=_positive_int, default=0)
+    replay.add_argument('--topic', default='', help='image topic (default: the only one)')
+    replay.add_argument('--params', type=Path, help='ROS 2 parameter file (config/params.yaml)')
+    replay.add_argument('--policy', help='offload_manager policy')
+    replay.add_argument('--model', help='edge weights (.pt) or model config (.yaml)')
+    replay.add_argument('--imgsz', type=int, help='edge input size')
+    replay.add_argument('--device', help='edge device (cpu, cuda, mps)')
+    replay.add_argument('--deadline-ms', type=float, help='per-frame deadline')
+    replay.add_argument('--cloud', default='', help='URL of the V2 inference service')
+    replay.add_argument('--distro', choices=('humble', 'jazzy'), default='jazzy')
+    replay.add_argument('--json', action='store_true', help='print the summary as JSON')
+    replay.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    edge: dict[str, Any] = {}
+    manager: dict[str, Any] = {}
+    if args.model:
+        edge['model'] = args.model
+        manager['edge_model'] = Path(args.model).stem
+    if args.imgsz:
+        edge['imgsz'] = manager['edge_imgsz'] = args.imgsz
+    if args.device:
+        edge['device'] = args.device
+    if args.policy:
+        manager['policy'] = args.policy
+    if args.deadline_ms:
+        edge['deadline_ms'] = manager['deadline_ms'] = args.deadline_ms
+    cloud = {'url': args.cloud} if args.cloud else {}
+    return {'edge_inference': edge, 'offload_manager': manager, 'cloud_bridge': cloud}
+
+
+def _sample_bag(args: argparse.Namespace) -> int:
+    from adaptive_offload.samplebag import SampleSpec, write_sample_bag
+
+    spec = SampleSpec(frames=args.frames, fps=args.fps, width=args.width, height=args.height,
+                      encoding=args.encoding, seed=args.seed, objects=args.objects)
+    count = write_sample_bag(args.out, spec, args.distro)
+    print(f'wrote {count} frames ({spec.width}x{spec.height} {spec.encoding} at {spec.fps} fps) '
+          f'to {args.out}')
+    return EXIT_OK
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from adaptive_offload.params import load_params_file
+    from adaptive_offload.replay import Replay, ReplayOptions
+    from adaptive_offload.summary import format_summary
+
+    options = ReplayOptions(
+        bag=args.bag, out=args.out, rate=args.rate, max_frames=args.max_frames, topic=args.topic,
+        params=load_params_file(args.params) if args.params else {},
+        overrides=_overrides(args), distro=args.distro,
+        progress=not args.no_progress and sys.stderr.isatty())
+    result = Replay(options).run()
+    if args.json:
+        print(json.dumps(result.summary, indent=2))
+    else:
+        print(format_summary(result.summary))
+        print(f'output bag: {result.out}')
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: Arguments without the program name; None reads ``sys.argv``.
+
+    Returns:
+        The exit code.
+    """
+    args = build_parser().parse_args(argv)
+    handlers = {'sample-bag': _sample_bag, 'replay': _replay}
+    try:
+        return handlers[args.command](args)
+    except AdaptiveOffloadError as err:
+        print(f'adaptive-offload {args.command}: error: {err}', file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f'adaptive-offload {args.command}: interrupted', file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Admission of frames by header stamp: duplicates and out-of-order frames are refused."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+
+class StampGate:
+    """Refuses a frame whose stamp was already seen or is older than the newest of its frame_id.
+
+    Workers and the arbiter each run one, so that all agree which frames are processed: a
+    repeated stamp would otherwise make two frames share one result.
+
+    Args:
+        memory: How many recent keys to remember for duplicate detection.
+    """
+
+    def __init__(self, memory: int = 4096) -> None:
+        self._seen: OrderedDict[tuple[int, str], None] = OrderedDict()
+        self._newest: dict[str, int] = {}
+        self._memory = memory
+
+    def check(self, stamp_ns: int, frame_id: str) -> str:
+        """Admit or refuse a frame.
+
+        Args:
+            stamp_ns: Header stamp.
+            frame_id: Header frame_id.
+
+        Returns:
+            An empty string when admitted, else the drop reason (``duplicate_stamp`` or
+            ``out_of_order_stamp``).
+        """
+        key = (stamp_ns, frame_id)
+        if key in self._seen:
+            return 'duplicate_stamp'
+        if stamp_ns < self._newest.get(frame_id, -1):
+            return 'out_of_order_stamp'
+        self._newest[frame_id] = stamp_ns
+        self._seen[key] = None
+        if len(self._seen) > self._memory:
+            self._seen.popitem(last=False)
+        return ''

@@ -1,0 +1,325 @@
+"""Standalone runtime: the whole graph in one process on a rosbag, without ROS.
+
+The same cores as the rclpy nodes run here, under the same topic names and types: a player
+thread publishes the bag's frames at their recorded rate into the edge (and cloud) workers, and
+the main thread plays the manager and the health monitor and writes every output topic to an
+MCAP bag.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from adaptive_offload import topics
+from adaptive_offload.bagio import LATCHED_QOS, RESULT_QOS, InputBag, OutputBag
+from adaptive_offload.conversions import (
+    detections_to_message, health_to_diagnostics, stamp_to_ns, string_message)
+from adaptive_offload.errors import ConfigError
+from adaptive_offload.params import node_params
+from adaptive_offload.summary import summarize
+from adaptive_offload.typestore import make_typestore, message_types
+from adaptive_offload.types import FrameRecord, HealthEvent
+from adaptive_offload.worker import DecisionHolder, FrameWorker
+from cloud_bridge.core import CloudBridge, CloudConfig
+from edge_inference.backends import BackendOptions, DetectorBackend, create_backend
+from edge_inference.core import EdgeConfig, EdgeInference
+from health_monitor.core import HealthConfig, HealthMonitor
+from offload_manager.core import ManagerConfig, OffloadManager
+
+BackendFactory = Callable[[str, BackendOptions], DetectorBackend]
+
+
+@dataclass(frozen=True)
+class ReplayOptions:
+    """What to replay and how.
+
+    Attributes:
+        bag: Input bag.
+        out: Output bag folder (must not exist).
+        rate: Playback rate factor; 0 plays as fast as the graph can take frames.
+        max_frames: Stop after this many frames; 0 plays all.
+        topic: Image topic; empty picks the bag's only image topic.
+        params: Parameter file content (``{node: {param: value}}``).
+        overrides: Per-node parameter overrides applied over ``params``.
+        distro: ROS distribution whose message definitions are written.
+        progress: Show a progress line on stderr.
+    """
+
+    bag: Path
+    out: Path
+    rate: float = 1.0
+    max_frames: int = 0
+    topic: str = ''
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    distro: str = 'jazzy'
+    progress: bool = False
+
+
+@dataclass
+class ReplayResult:
+    """What a replay produced."""
+
+    records: list[FrameRecord]
+    events: list[HealthEvent]
+    summary: dict[str, Any]
+    out: Path
+    wall_s: float
+
+
+def _config(options: ReplayOptions, node: str) -> dict[str, Any]:
+    values = node_params(options.params, node)
+    values.update(options.overrides.get(node, {}))
+    return values
+
+
+class Replay:
+    """One replay run; construct, then call :meth:`run`.
+
+    Args:
+        options: What to replay.
+        backend_factory: Builds the edge detector (tests inject a fake).
+        clock: Monotonic nanosecond clock.
+        sleep: Sleeps seconds (the player's pacing; tests inject a fake).
+
+    Raises:
+        AdaptiveOffloadError: For bad options, an unusable bag or a model that does not load.
+    """
+
+    def __init__(self, options: ReplayOptions, backend_factory: BackendFactory = create_backend,
+                 clock: Callable[[], int] = time.monotonic_ns,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if options.rate < 0 or options.max_frames < 0:
+            raise ConfigError('rate and max-frames must be >= 0')
+        self._opts = options
+        self._clock = clock
+        self._sleep = sleep
+        edge_cfg = EdgeConfig.from_params(_config(options, 'edge_inference'))
+        manager_cfg = ManagerConfig.from_params(_config(options, 'offload_manager'))
+        health_cfg = HealthConfig.from_params(_config(options, 'health_monitor'))
+        cloud_values = _config(options, 'cloud_bridge')
+        self._input = InputBag(options.bag, options.topic)
+        try:
+            self._store = make_typestore(options.distro)
+            self._types = message_types(self._store)
+            backend = backend_factory(edge_cfg.backend, BackendOptions(
+                edge_cfg.model, edge_cfg.device, edge_cfg.ultralytics_config_dir))
+            self.edge = EdgeInference(edge_cfg, backend)
+            self.manager = OffloadManager(manager_cfg)
+            self.health = HealthMonitor(health_cfg, clock())
+            self._edge_source = edge_cfg.source_name
+            self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+            edge_holder = DecisionHolder(edge_cfg.fallback_decision())
+            self._workers = [FrameWorker(
+                self.edge, edge_holder,
+                self._emitter(topics.edge_topic(self._edge_source, 'detections'),
+                              topics.edge_topic(self._edge_source, 'telemetry')), clock)]
+            self._holders = [edge_holder]
+            self._cloud: CloudBridge | None = None
+            if cloud_values.get('url'):
+                cloud_cfg = CloudConfig.from_params(cloud_values)
+                self._cloud = CloudBridge(cloud_cfg.make_transport())
+                holder = DecisionHolder(edge_cfg.fallback_decision())
+                self._workers.append(FrameWorker(self._cloud, holder, self._emitter(
+                    topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY), clock))
+                self._holders.append(holder)
+            elif manager_cfg.policy == 'cloud-only' or (
+                    manager_cfg.policy == 'static' and manager_cfg.static_route != 'edge'):
+                raise ConfigError(f'policy {manager_cfg.policy!r} sends frames to the cloud: '
+                                  'give the service URL (--cloud URL)')
+        except BaseException:
+            self._input.close()
+            raise
+        self._records: list[FrameRecord] = []
+        self._health_events: list[HealthEvent] = []
+        self._played = 0
+        self._map = (0, 0)  # (wall ns, bag ns) of the last played frame
+
+    def _emitter(self, det_topic: str, tel_topic: str) -> Callable[..., None]:
+        def emit(_msg: Any, dets: Any, report: Any) -> None:
+            self._events.put(('result', (det_topic, tel_topic, dets, report)))
+        return emit
+
+    def _bag_time(self, now_ns: int) -> int:
+        wall, bag = self._map
+        return bag + int((now_ns - wall) * (self._opts.rate or 1.0))
+
+    def run(self) -> ReplayResult:
+        """Play the bag through the graph and write the output bag.
+
+        Returns:
+            Records, health events, the summary and where the output went.
+        """
+        start = self._clock()
+        out = OutputBag(self._opts.out, self._store)
+        try:
+            self._declare(out)
+            player = threading.Thread(target=self._play, args=(out,), name='player', daemon=True)
+            for worker in self._workers:
+                worker.start()
+            self.edge.warm_up()
+            self._publish_decision(out, self._clock())
+            player.start()
+            self._loop(out, player)
+        finally:
+            for worker in self._workers:
+                worker.stop()
+            self._input.close()
+            out.close()
+        wall_s = (self._clock() - start) / 1e9
+        summary = summarize(self._records, wall_s)
+        return ReplayResult(self._records, self._health_events, summary, self._opts.out, wall_s)
+
+    def _declare(self, out: OutputBag) -> None:
+        for conn in self._input.connections:
+            out.copy_topic(conn)
+        sources = [self._edge_source] + (['cloud'] if self._cloud else [])
+        for source in sources:
+            det, tel = (topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY) if source == 'cloud' \
+                else (topics.edge_topic(source, 'detections'), topics.edge_topic(source,
+                                                                                 'telemetry'))
+            out.add_topic(det, 'vision_msgs/msg/Detection2DArray')
+            out.add_topic(tel, 'std_msgs/msg/String')
+        out.add_topic(topics.DETECTIONS, 'vision_msgs/msg/Detection2DArray')
+        out.add_topic(topics.FRAMES, 'std_msgs/msg/String')
+        out.add_topic(topics.DECISION, 'std_msgs/msg/String', LATCHED_QOS)
+        out.add_topic(topics.DIAGNOSTICS, 'diagnostic_msgs/msg/DiagnosticArray', RESULT_QOS)
+        out.add_topic(topics.HEALTH_EVENTS, 'std_msgs/msg/String')
+
+    def _play(self, out: OutputBag) -> None:
+        """Player thread: publish frames at their recorded times (or back to back)."""
+        first_bag = first_wall = None
+        try:
+            for raw in self._input.messages():
+                if raw.connection.topic != self._input.topic:
+                    self._events.put(('copy', raw))
+                    continue
+                if self._opts.max_frames and self._played >= self._opts.max_frames:
+                    break
+                if self._opts.rate > 0:
+                    if first_bag is None:
+                        first_bag, first_wall = raw.timestamp, self._clock()
+                    due = first_wall + (raw.timestamp - first_bag) / self._opts.rate
+                    self._sleep(max(0.0, (due - self._clock()) / 1e9))
+                else:
+                    for worker in self._workers:
+                        worker.wait_taken()
+                self._played += 1
+                self._events.put(('copy', raw))
+                try:
+                    msg = self._store.deserialize_cdr(raw.data, raw.connection.msgtype)
+                except Exception as err:  # any malformed CDR must become a drop record
+                    self._events.put(('unreadable', f'deserialize_error: {err}'))
+                    continue
+                now = self._clock()
+                self._events.put(('frame', (msg, now, raw.timestamp)))
+                for worker in self._workers:
+                    worker.submit(msg)
+        finally:
+            self._events.put(('done', None))
+
+    def _loop(self, out: OutputBag, player: threading.Thread) -> None:
+        health_period = int(self.health.config.publish_period_s * 1e9)
+        next_health = self._clock() + health_period
+        player_done = False
+        last_progress = 0
+        while True:
+            try:
+                kind, payload = self._events.get(timeout=0.005)
+                player_done |= self._handle(out, kind, payload)
+                while not self._events.empty():
+                    player_done |= self._handle(out, *self._events.get_nowait())
+            except queue.Empty:
+                pass
+            now = self._clock()
+            self._publish_decision(out, now)
+            if now >= next_health:
+                self._publish_health(out, now)
+                next_health = now + health_period
+            self._write_outcomes(out, self.manager.poll(now))
+            if self._opts.progress and now - last_progress > 250_000_000:
+                self._progress(now)
+                last_progress = now
+            if player_done and self.manager.pending == 0 and self._events.empty():
+                break
+        player.join()
+        self._write_outcomes(out, self.manager.poll(self._clock(), final=True))
+        self._publish_health(out, self._clock())
+        if self._opts.progress:
+            self._progress(self._clock())
+            sys.stderr.write('\n')
+
+    def _handle(self, out: OutputBag, kind: str, payload: Any) -> bool:
+        now = self._clock()
+        if kind == 'copy':
+            out.write_raw(payload.connection.topic, payload.data, payload.timestamp)
+        elif kind == 'frame':
+            msg, arrival, bag_ns = payload
+            self._map = (arrival, bag_ns)
+            self.health.message(self._input_topic_for_health(), arrival)
+            outcome = self.manager.frame_arrived(stamp_to_ns(msg.header.stamp),
+                                                 str(msg.header.frame_id), arrival)
+            if outcome is not None:
+                self._write_outcomes(out, [outcome])
+        elif kind == 'unreadable':
+            self._write_outcomes(out, [self.manager.frame_unreadable(payload, now)])
+        elif kind == 'result':
+            det_topic, tel_topic, dets, report = payload
+            stamp = self._bag_time(now)
+            if dets is not None:
+                self.manager.on_detections(dets, now)
+                out.write(det_topic, detections_to_message(self._types, dets), stamp)
+                self.health.message(det_topic, now)
+            self.manager.on_report(report)
+            out.write(tel_topic, string_message(self._types, report.to_json()), stamp)
+        return kind == 'done'
+
+    def _input_topic_for_health(self) -> str:
+        topic = self._input.topic
+        return topic[:-len('/compressed')] if topic.endswith('/compressed') else topic
+
+    def _publish_decision(self, out: OutputBag, now: int) -> None:
+        decision = self.manager.tick(now)
+        if decision is None:
+            return
+        for holder in self._holders:
+            holder.update(decision)
+        out.write(topics.DECISION, string_message(self._types, decision.to_json()),
+                  self._bag_time(now))
+        self.health.message(topics.DECISION, now)
+
+    def _publish_health(self, out: OutputBag, now: int) -> None:
+        statuses, events = self.health.run(now)
+        stamp = self._bag_time(now)
+        out.write(topics.DIAGNOSTICS, health_to_diagnostics(self._types, statuses, stamp), stamp)
+        for event in events:
+            self._health_events.append(event)
+            out.write(topics.HEALTH_EVENTS, string_message(self._types, event.to_json()), stamp)
+
+    def _write_outcomes(self, out: OutputBag, outcomes: list[Any]) -> None:
+        now = self._clock()
+        stamp = self._bag_time(now)
+        for outcome in outcomes:
+            self._records.append(outcome.record)
+            if outcome.result is not None:
+                out.write(topics.DETECTIONS, detections_to_message(self._types, outcome.result),
+                          stamp)
+                self.health.message(topics.DETECTIONS, now)
+            out.write(topics.FRAMES, string_message(self._types, outcome.record.to_json()), stamp)
+
+    def _progress(self, now: int) -> None:
+        total = self._input.frame_count
+        if self._opts.max_frames:
+            total = min(total, self._opts.max_frames)
+        done = len(self._records)
+        width = 30
+        filled = int(width * done / total) if total else width
+        sys.stderr.write(f'\rreplay [{"#" * filled}{"." * (width - filled)}] '
+                         f'{done}/{total} frames')
+        sys.stderr.flush()

@@ -1,0 +1,135 @@
+"""rclpy glue shared by the nodes: message classes, QoS profiles, parameters, clock.
+
+This module and the ``node`` modules are the only ones that import rclpy or message packages.
+"""
+
+from __future__ import annotations
+
+import array
+import copy
+from typing import Any, Callable, Iterable
+
+import rclpy
+import rclpy.node
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.executors import ExternalShutdownException
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header, String
+from vision_msgs.msg import (
+    BoundingBox2D, Detection2D, Detection2DArray, ObjectHypothesis, ObjectHypothesisWithPose,
+    Point2D, Pose2D)
+
+from adaptive_offload import topics
+from adaptive_offload.conversions import MessageTypes, detections_to_message
+from adaptive_offload.errors import AdaptiveOffloadError
+from adaptive_offload.params import ParameterSpec
+from adaptive_offload.types import DetectionSet, InferenceReport
+from adaptive_offload.worker import DecisionHolder
+
+
+def message_types() -> MessageTypes:
+    """The rclpy message classes for the conversions."""
+    return MessageTypes(
+        Time=Time, Header=Header, Image=Image, CompressedImage=CompressedImage, String=String,
+        Point=Point, Quaternion=Quaternion, Pose=Pose, PoseWithCovariance=PoseWithCovariance,
+        Point2D=Point2D, Pose2D=Pose2D, BoundingBox2D=BoundingBox2D,
+        ObjectHypothesis=ObjectHypothesis, ObjectHypothesisWithPose=ObjectHypothesisWithPose,
+        Detection2D=Detection2D, Detection2DArray=Detection2DArray, KeyValue=KeyValue,
+        DiagnosticStatus=DiagnosticStatus, DiagnosticArray=DiagnosticArray,
+        # rclpy checks every element of a plain sequence; an array('B') is taken as is.
+        byte_array=lambda data: array.array('B', data))
+
+
+def image_qos() -> QoSProfile:
+    """Sensor-data QoS with depth 1: only the newest frame is ever waiting."""
+    profile = copy.copy(qos_profile_sensor_data)
+    profile.depth = 1
+    return profile
+
+
+def result_qos() -> QoSProfile:
+    """Reliable, depth 10: detections, records, telemetry, diagnostics."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+def latched_qos() -> QoSProfile:
+    """Reliable, transient local, depth 1: the decision, which late joiners must get."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                      reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+def image_type(compressed: bool) -> tuple[Any, str]:
+    """Message class and topic suffix of the camera input."""
+    return (CompressedImage, '/compressed') if compressed else (Image, '')
+
+
+def declare_parameters(node: rclpy.node.Node, specs: Iterable[ParameterSpec]) -> dict[str, Any]:
+    """Declare every parameter once, with its description, and return the values."""
+    values = {}
+    for spec in specs:
+        descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+        values[spec.name] = node.declare_parameter(spec.name, spec.default, descriptor).value
+    return values
+
+
+def now_ns(node: rclpy.node.Node) -> int:
+    """The node's clock (ROS time, simulated under use_sim_time) in nanoseconds."""
+    return node.get_clock().now().nanoseconds
+
+
+def subscribe_decisions(node: rclpy.node.Node, holder: DecisionHolder) -> None:
+    """Keep ``holder`` up to date with the manager's latched decision topic."""
+    def on_decision(msg: String) -> None:
+        error = holder.update_json(msg.data)
+        if error:
+            node.get_logger().warning(error)
+
+    node.create_subscription(String, topics.DECISION, on_decision, latched_qos())
+
+
+def result_publisher(node: rclpy.node.Node, det_topic: str,
+                     tel_topic: str) -> Callable[[Any, DetectionSet | None, InferenceReport], None]:
+    """Publishers of a worker's detections and telemetry, as a :class:`FrameWorker` emit."""
+    types = message_types()
+    det_pub = node.create_publisher(Detection2DArray, det_topic, result_qos())
+    tel_pub = node.create_publisher(String, tel_topic, result_qos())
+
+    def emit(_msg: Any, dets: DetectionSet | None, report: InferenceReport) -> None:
+        if dets is not None:
+            det_pub.publish(detections_to_message(types, dets))
+        tel_pub.publish(String(data=report.to_json()))
+
+    return emit
+
+
+def run_node(factory: Callable[[], rclpy.node.Node], name: str,
+             args: list[str] | None = None) -> int:
+    """Initialise rclpy, spin the node ``factory`` builds until shutdown, clean up.
+
+    A configuration error (bad parameter, missing weights) is logged as fatal and gives exit
+    code 1 instead of a traceback.
+    """
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = factory()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except AdaptiveOffloadError as err:
+        rclpy.logging.get_logger(name).fatal(str(err))
+        code = 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code

@@ -1,0 +1,62 @@
+"""Summaries of a run's frame records, as the replay prints them."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from adaptive_offload.types import FrameRecord
+
+
+def summarize(records: Sequence[FrameRecord], wall_s: float) -> dict[str, Any]:
+    """Counts, drops by reason and latency quantiles of a run.
+
+    Args:
+        records: One record per input frame.
+        wall_s: Duration of the run.
+
+    Returns:
+        ``frames``, ``results``, ``deadline_met``, ``drops`` (reason -> count, reasons cut at
+        their first colon), ``sources`` (source -> results), ``p50``/``p95``/``p99`` (ms, None
+        without results), ``fps`` (results per second).
+    """
+    latencies = np.array([r.latency_ms for r in records if r.latency_ms is not None])
+    drops: dict[str, int] = {}
+    sources: dict[str, int] = {}
+    for r in records:
+        if r.dropped:
+            key = r.drop_reason.split(':', 1)[0]
+            drops[key] = drops.get(key, 0) + 1
+        else:
+            sources[r.result_source] = sources.get(r.result_source, 0) + 1
+    out: dict[str, Any] = {
+        'frames': len(records), 'results': int(latencies.size),
+        'deadline_met': int(sum(r.deadline_met for r in records)),
+        'drops': dict(sorted(drops.items())), 'sources': dict(sorted(sources.items())),
+        'fps': latencies.size / wall_s if wall_s > 0 else 0.0,
+    }
+    for q in (50, 95, 99):
+        out[f'p{q}'] = float(np.percentile(latencies, q)) if latencies.size else None
+    return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as an aligned text table."""
+    def ms(value: float | None) -> str:
+        return '-' if value is None else f'{value:.1f} ms'
+
+    frames = summary['frames']
+    met = summary['deadline_met']
+    rows = [
+        ('frames in', str(frames)),
+        ('results', f'{summary["results"]} ({summary["fps"]:.1f}/s)'),
+        ('by source', ', '.join(f'{k} {v}' for k, v in summary['sources'].items()) or '-'),
+        ('deadline met', f'{met} ({100.0 * met / frames:.1f} %)' if frames else '0'),
+        ('dropped', str(sum(summary['drops'].values()))),
+    ]
+    rows += [(f'  {reason}', str(count)) for reason, count in summary['drops'].items()]
+    rows += [('latency P50', ms(summary['p50'])), ('latency P95', ms(summary['p95'])),
+             ('latency P99', ms(summary['p99']))]
+    width = max(len(k) for k, _ in rows)
+    return '\n'.join(f'{k.ljust(width)}  {v}' for k, v in rows)

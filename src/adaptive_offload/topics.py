@@ -1,0 +1,24 @@
+"""Topic names shared by the nodes, the launch files and the standalone runtime."""
+
+from __future__ import annotations
+
+CAMERA = '/camera/image_raw'
+DETECTIONS = '/detections'
+DECISION = '/offload/decision'
+FRAMES = '/offload/frames'
+ANNOTATED = '/offload/annotated'
+DIAGNOSTICS = '/diagnostics'
+HEALTH_EVENTS = '/health/events'
+CLOUD_DETECTIONS = '/cloud/detections'
+CLOUD_TELEMETRY = '/cloud/telemetry'
+ROOT_EDGE_SOURCE = 'edge'
+
+
+def edge_topic(source: str, leaf: str) -> str:
+    """Topic of an edge target: ``/edge/<leaf>`` for ``edge``, ``/<source>/edge/<leaf>`` else.
+
+    An ``edge_inference`` node publishes on the relative name ``edge/<leaf>``, so a node in
+    namespace ``/pi`` (source name ``pi``) lands on ``/pi/edge/<leaf>``.
+    """
+    prefix = '' if source == ROOT_EDGE_SOURCE else f'/{source.strip("/")}'
+    return f'{prefix}/edge/{leaf}'

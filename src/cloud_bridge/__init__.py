@@ -1,0 +1,1 @@
+"""Sends chosen frames to a remote R-CNN service and publishes its detections."""

@@ -1,0 +1,49 @@
+"""cloud_bridge node: sends the frames the decision selects to the V2 inference service."""
+
+from __future__ import annotations
+
+import sys
+
+from rclpy.node import Node
+
+from adaptive_offload import ros_interface as ros
+from adaptive_offload import topics
+from adaptive_offload.types import Decision
+from adaptive_offload.worker import DecisionHolder, FrameWorker
+from cloud_bridge.core import PARAMETERS, CloudBridge, CloudConfig
+
+
+class CloudBridgeNode(Node):
+    """Subscribes to the camera; publishes the service's detections and per-frame telemetry."""
+
+    def __init__(self) -> None:
+        super().__init__('cloud_bridge')
+        config = CloudConfig.from_params(ros.declare_parameters(self, PARAMETERS))
+        self._transport = config.make_transport()
+        # Until the manager speaks, the safe default keeps every frame off the network.
+        decisions = DecisionHolder(Decision.safe_default(deadline_ms=config.deadline_ms))
+        ros.subscribe_decisions(self, decisions)
+        emit = ros.result_publisher(self, topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY)
+        self._worker = FrameWorker(CloudBridge(self._transport), decisions, emit,
+                                   lambda: ros.now_ns(self))
+        msg_type, suffix = ros.image_type(config.compressed)
+        self.create_subscription(msg_type, config.image_topic + suffix, self._worker.submit,
+                                 ros.image_qos())
+        self._worker.start('cloud-bridge')
+        self.get_logger().info(f'{config.image_topic + suffix} -> {config.url} '
+                               f'({config.protocol}, model {config.model})')
+
+    def destroy_node(self) -> None:
+        """Stop the worker and close connections before the node goes."""
+        self._worker.stop()
+        self._transport.close()
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run adaptive_offload cloud_bridge``."""
+    return ros.run_node(CloudBridgeNode, 'cloud_bridge', args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

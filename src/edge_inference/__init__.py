@@ -1,0 +1,1 @@
+"""Local detection on the robot or edge computer (ultralytics YOLO)."""

@@ -1,0 +1,147 @@
+"""Edge inference core: decode a frame, run the local detector under the current decision."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from adaptive_offload.conversions import image_to_frame, stamp_to_ns
+from adaptive_offload.errors import BackendError, ConversionError
+from adaptive_offload.params import ParameterSpec, resolve
+from adaptive_offload.types import Decision, DetectionSet, InferenceReport
+from edge_inference.backends import DetectorBackend, class_indices
+
+PARAMETERS = (
+    ParameterSpec('backend', 'ultralytics', 'Detector backend (registry name).'),
+    ParameterSpec('model', 'yolov8n.pt',
+                  'Weights file (.pt) or model config (.yaml: random weights, for tests).'),
+    ParameterSpec('model_name', '', 'Name decisions use for this model; empty: file stem.'),
+    ParameterSpec('device', 'cpu', 'Inference device: cpu, cuda, cuda:N or mps.'),
+    ParameterSpec('imgsz', 640, 'Input size used while no decision sets one.', False),
+    ParameterSpec('conf', 0.25, 'Minimum detection confidence.', False),
+    ParameterSpec('iou', 0.7, 'NMS IoU threshold.', False),
+    ParameterSpec('max_det', 100, 'Most detections per frame.', False),
+    ParameterSpec('classes', '', 'Comma-separated class names to keep; empty keeps all.'),
+    ParameterSpec('image_topic', '/camera/image_raw', 'Camera topic (sensor_msgs/Image).'),
+    ParameterSpec('compressed', False,
+                  'Subscribe to <image_topic>/compressed (sensor_msgs/CompressedImage).'),
+    ParameterSpec('source_name', 'edge', 'Name of this target in records (e.g. robot, pi).'),
+    ParameterSpec('deadline_ms', 250.0, 'Deadline applied while no decision is valid.'),
+    ParameterSpec('ultralytics_config_dir', '', 'ultralytics settings folder; empty: default.'),
+)
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Validated edge parameters (see :data:`PARAMETERS`)."""
+
+    backend: str
+    model: str
+    model_name: str
+    device: str
+    imgsz: int
+    conf: float
+    iou: float
+    max_det: int
+    classes: str
+    image_topic: str
+    compressed: bool
+    source_name: str
+    deadline_ms: float
+    ultralytics_config_dir: str
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any] | None = None) -> EdgeConfig:
+        """Build from parameter values over the defaults.
+
+        Raises:
+            ConfigError: For unknown names or wrong types.
+        """
+        params = resolve(PARAMETERS, values)
+        if not params['model_name']:
+            params['model_name'] = Path(params['model']).stem
+        return cls(**params)
+
+    def fallback_decision(self) -> Decision:
+        """Decision applied while the manager gives none: this model, locally."""
+        return Decision.safe_default(self.model_name, self.imgsz, self.deadline_ms)
+
+
+class EdgeInference:
+    """Runs the local detector on frames.
+
+    Args:
+        config: Parameters.
+        backend: A loaded detector.
+        clock: Monotonic nanosecond clock for timings (injected in tests).
+
+    Raises:
+        ConfigError: If ``classes`` names a class the model does not have.
+    """
+
+    def __init__(self, config: EdgeConfig, backend: DetectorBackend,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+        self.config = config
+        self._backend = backend
+        self._clock = clock
+        self._classes = class_indices(backend.names, config.classes)
+
+    @property
+    def names(self) -> dict[int, str]:
+        """Class names of the loaded model."""
+        return self._backend.names
+
+    def warm_up(self, width: int = 640, height: int = 480) -> None:
+        """Run the detector once on a blank image so the first real frame is not slow."""
+        self._backend.infer(np.zeros((height, width, 3), np.uint8), self.config.imgsz,
+                            self.config.conf, self.config.iou, self._classes, 1)
+
+    def drop(self, stamp_ns: int, frame_id: str, reason: str,
+             decision: Decision) -> InferenceReport:
+        """Report a frame that was not processed (see :class:`FrameProcessor`)."""
+        return InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id,
+                               source=self.config.source_name, status='dropped', reason=reason,
+                               model=self.config.model_name, decision_seq=decision.seq)
+
+    def process(self, msg: Any, decision: Decision) -> tuple[DetectionSet | None, InferenceReport]:
+        """Decode and detect one image message (see :class:`FrameProcessor`).
+
+        Returns:
+            The detections (None when skipped or failed) and the report.
+        """
+        start = self._clock()
+        stamp_ns, frame_id = stamp_to_ns(msg.header.stamp), str(msg.header.frame_id)
+        report = InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id,
+                                 source=self.config.source_name, model=self.config.model_name,
+                                 decision_seq=decision.seq)
+        if not decision.route.uses_edge:
+            return None, replace(report, status='skipped', reason=f'route={decision.route.value}')
+        imgsz = decision.edge_imgsz if decision.edge_imgsz > 0 else self.config.imgsz
+        note = ''
+        if decision.edge_model and decision.edge_model != self.config.model_name:
+            note = f'model {decision.edge_model} not loaded; used {self.config.model_name}'
+        try:
+            frame = image_to_frame(msg)
+            infer_start = self._clock()
+            dets = self._backend.infer(frame.image, imgsz, self.config.conf, self.config.iou,
+                                       self._classes, self.config.max_det)
+        except ConversionError as err:
+            return None, replace(report, status='failed', reason=str(err), imgsz=imgsz,
+                               total_ms=_ms(self._clock() - start))
+        except BackendError as err:
+            return None, replace(report, status='failed', reason=f'inference_error: {err}',
+                               imgsz=imgsz, total_ms=_ms(self._clock() - start))
+        end = self._clock()
+        result = DetectionSet(stamp_ns=stamp_ns, frame_id=frame_id,
+                              source=self.config.source_name, detections=dets,
+                              model=self.config.model_name)
+        return result, replace(report, reason=note, imgsz=imgsz, detections=len(dets),
+                             inference_ms=_ms(end - infer_start), total_ms=_ms(end - start))
+
+
+def _ms(ns: int) -> float:
+    return ns / 1e6

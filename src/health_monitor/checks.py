@@ -1,0 +1,74 @@
+"""Health checks in the manner of diagnostic_updater's DiagnosticTask: each reports a status."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Protocol
+
+from adaptive_offload.types import HealthStatus, Level
+
+
+class HealthCheck(Protocol):
+    """A named check that reports its state at a given time."""
+
+    name: str
+
+    def run(self, now_ns: int) -> HealthStatus:
+        """The check's state at ``now_ns``."""
+
+
+class TopicRateCheck:
+    """Heartbeat and rate of one topic.
+
+    STALE when nothing arrived for ``stale_after_s`` (or ever, once that long has passed since
+    the check started); WARN when the rate over the window is below ``min_rate_hz`` times
+    ``1 - tolerance``; OK otherwise. A topic slow by design gets ``min_rate_hz`` 0: only its
+    heartbeat is watched, so it never warns for being slow.
+
+    Args:
+        topic: Topic name.
+        min_rate_hz: Lowest acceptable rate; 0 disables the rate test.
+        stale_after_s: Silence after which the topic is STALE; 0 disables the heartbeat test.
+        start_ns: When the check started (grace period for the first message and the window).
+        window_s: Window of the rate estimate.
+        tolerance: Fraction below ``min_rate_hz`` still accepted.
+        hardware_id: What the topic comes from.
+    """
+
+    def __init__(self, topic: str, min_rate_hz: float, stale_after_s: float, start_ns: int,
+                 window_s: float = 5.0, tolerance: float = 0.1, hardware_id: str = '') -> None:
+        self.topic = topic
+        self.name = f'adaptive_offload: {topic} rate'
+        self._min_rate = min_rate_hz
+        self._stale_ns = int(stale_after_s * 1e9)
+        self._window_ns = int(window_s * 1e9)
+        self._tolerance = tolerance
+        self._start_ns = start_ns
+        self._hardware_id = hardware_id
+        self._stamps: deque[int] = deque()
+        self._count = 0
+
+    def tick(self, now_ns: int) -> None:
+        """Record one message arrival."""
+        self._stamps.append(now_ns)
+        self._count += 1
+
+    def run(self, now_ns: int) -> HealthStatus:
+        """The check's state at ``now_ns``."""
+        while self._stamps and self._stamps[0] < now_ns - self._window_ns:
+            self._stamps.popleft()
+        span_ns = min(self._window_ns, now_ns - self._start_ns)
+        rate = len(self._stamps) / (span_ns / 1e9) if span_ns > 0 else 0.0
+        last = self._stamps[-1] if self._stamps else None
+        silent_ns = now_ns - (last if last is not None else self._start_ns)
+        values = (('rate_hz', f'{rate:.2f}'), ('min_rate_hz', f'{self._min_rate:.2f}'),
+                  ('messages', str(self._count)),
+                  ('silent_s', f'{silent_ns / 1e9:.2f}'))
+        if self._stale_ns and silent_ns > self._stale_ns:
+            level, message = Level.STALE, f'no message for {silent_ns / 1e9:.1f} s'
+        elif self._min_rate and span_ns >= self._window_ns and \
+                rate < self._min_rate * (1.0 - self._tolerance):
+            level, message = Level.WARN, f'rate {rate:.2f} Hz below {self._min_rate:.2f} Hz'
+        else:
+            level, message = Level.OK, f'{rate:.2f} Hz'
+        return HealthStatus(self.name, level, message, self._hardware_id, values)

@@ -1,0 +1,51 @@
+"""health_monitor node: watches topics and publishes /diagnostics and health events."""
+
+from __future__ import annotations
+
+import sys
+
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from rosidl_runtime_py.utilities import get_message
+from std_msgs.msg import String
+
+from adaptive_offload import ros_interface as ros
+from adaptive_offload import topics
+from adaptive_offload.conversions import health_to_diagnostics
+from health_monitor.core import PARAMETERS, HealthConfig, HealthMonitor
+
+
+class HealthMonitorNode(Node):
+    """Counts arrivals on the monitored topics; runs the checks on a timer."""
+
+    def __init__(self) -> None:
+        super().__init__('health_monitor')
+        config = HealthConfig.from_params(ros.declare_parameters(self, PARAMETERS))
+        self._core = HealthMonitor(config, ros.now_ns(self))
+        self._types = ros.message_types()
+        self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS,
+                                               ros.result_qos())
+        self._event_pub = self.create_publisher(String, topics.HEALTH_EVENTS, ros.result_qos())
+        for topic, type_name in zip(config.monitored_topics, config.monitored_types):
+            # raw=True: only arrivals matter, so images are never deserialized here.
+            self.create_subscription(
+                get_message(type_name), topic,
+                lambda _msg, t=topic: self._core.message(t, ros.now_ns(self)),
+                ros.image_qos(), raw=True)
+        self.create_timer(config.publish_period_s, self._on_timer)
+
+    def _on_timer(self) -> None:
+        now = ros.now_ns(self)
+        statuses, events = self._core.run(now)
+        self._diag_pub.publish(health_to_diagnostics(self._types, statuses, now))
+        for event in events:
+            self._event_pub.publish(String(data=event.to_json()))
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run adaptive_offload health_monitor``."""
+    return ros.run_node(HealthMonitorNode, 'health_monitor', args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Decides where frames go and arbitrates their results."""

@@ -1,0 +1,159 @@
+"""Offload manager core: issues decisions on a period and arbitrates every frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from adaptive_offload.errors import ConfigError
+from adaptive_offload.params import ParameterSpec, resolve
+from adaptive_offload.types import Decision, DetectionSet, FrameRecord, InferenceReport, Route
+from offload_manager.arbiter import Arbiter, Outcome
+from offload_manager.policies import Plan, Policy, PolicySettings, create_policy
+
+PARAMETERS = (
+    ParameterSpec('policy', 'edge-only', 'Routing policy (registry name).'),
+    ParameterSpec('deadline_ms', 250.0, 'Per-frame deadline from arrival to result.', False),
+    ParameterSpec('decision_period_s', 0.5, 'How often the decision is re-issued.'),
+    ParameterSpec('decision_valid_s', 2.0,
+                  'Validity of a decision; workers fall back to edge-only after it.'),
+    ParameterSpec('result_timeout_ms', 2000.0, 'Longest wait for any result before a drop.'),
+    ParameterSpec('static_route', 'edge', 'Route of the static policy: edge, cloud or hedged.'),
+    ParameterSpec('edge_model', 'yolov8n', 'Edge model name decisions ask for.', False),
+    ParameterSpec('edge_imgsz', 640, 'Edge input size decisions ask for.', False),
+    ParameterSpec('jpeg_quality', 75, 'JPEG quality of frames sent to the cloud.', False),
+    ParameterSpec('cloud_max_side', 0, 'Longest side sent to the cloud; 0 keeps the size.',
+                  False),
+    ParameterSpec('offload_every', 1, 'Send every n-th frame to the cloud.', False),
+    ParameterSpec('hedge_delay_ms', 0.0, 'Delay of the cloud request on hedged routes.', False),
+    ParameterSpec('edge_sources', ['edge'], 'source_name of every edge_inference target.'),
+    ParameterSpec('image_topic', '/camera/image_raw', 'Camera topic (sensor_msgs/Image).'),
+    ParameterSpec('compressed', False, 'Subscribe to <image_topic>/compressed instead.'),
+    ParameterSpec('annotate', True, 'Publish /offload/annotated for rviz.'),
+)
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    """Validated manager parameters (see :data:`PARAMETERS`)."""
+
+    policy: str
+    deadline_ms: float
+    decision_period_s: float
+    decision_valid_s: float
+    result_timeout_ms: float
+    static_route: str
+    edge_model: str
+    edge_imgsz: int
+    jpeg_quality: int
+    cloud_max_side: int
+    offload_every: int
+    hedge_delay_ms: float
+    edge_sources: list
+    image_topic: str
+    compressed: bool
+    annotate: bool
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any] | None = None) -> ManagerConfig:
+        """Build from parameter values over the defaults.
+
+        Raises:
+            ConfigError: For unknown names, wrong types or out-of-range values.
+        """
+        config = cls(**resolve(PARAMETERS, values))
+        if config.static_route not in {r.value for r in Route}:
+            raise ConfigError(f'static_route {config.static_route!r}: edge, cloud or hedged')
+        if config.deadline_ms <= 0 or config.decision_period_s <= 0 or \
+                config.decision_valid_s <= config.decision_period_s:
+            raise ConfigError('need deadline_ms > 0 and decision_valid_s > decision_period_s > 0')
+        if not 1 <= config.jpeg_quality <= 100 or config.offload_every < 1:
+            raise ConfigError('need jpeg_quality in 1..100 and offload_every >= 1')
+        return config
+
+    def policy_settings(self) -> PolicySettings:
+        """The subset policies read."""
+        return PolicySettings(
+            deadline_ms=self.deadline_ms, static_route=Route(self.static_route),
+            edge_model=self.edge_model, edge_imgsz=self.edge_imgsz,
+            jpeg_quality=self.jpeg_quality, cloud_max_side=self.cloud_max_side,
+            offload_every=self.offload_every, hedge_delay_ms=self.hedge_delay_ms)
+
+
+class OffloadManager:
+    """Issues decisions and turns sources' results into one outcome per frame.
+
+    All methods take the current time; the caller owns the clock (ROS time on a robot, the
+    replay clock in the standalone runtime, a manual clock in tests).
+
+    Args:
+        config: Parameters.
+        policy: Policy to use; by default the one ``config.policy`` names.
+    """
+
+    def __init__(self, config: ManagerConfig, policy: Policy | None = None) -> None:
+        self.config = config
+        self._policy = policy or create_policy(config.policy, config.policy_settings())
+        self._arbiter = Arbiter(tuple(config.edge_sources), config.result_timeout_ms)
+        self._decision: Decision | None = None
+        self._plan: Plan | None = None
+        self._seq = 0
+
+    @property
+    def decision(self) -> Decision | None:
+        """The decision in force, if one was issued."""
+        return self._decision
+
+    @property
+    def pending(self) -> int:
+        """Frames still waiting for a result."""
+        return self._arbiter.pending
+
+    def tick(self, now_ns: int) -> Decision | None:
+        """Issue a decision if the plan changed or the period elapsed; returns it if issued."""
+        plan = self._policy.plan(now_ns)
+        due = self._decision is None or plan != self._plan or \
+            now_ns - self._decision.issued_ns >= self.config.decision_period_s * 1e9
+        if not due:
+            return None
+        self._seq += 1
+        self._plan = plan
+        self._decision = Decision(
+            seq=self._seq, issued_ns=now_ns, valid_for_ms=self.config.decision_valid_s * 1e3,
+            route=plan.route, edge_model=plan.edge_model, edge_imgsz=plan.edge_imgsz,
+            jpeg_quality=plan.jpeg_quality, cloud_max_side=plan.cloud_max_side,
+            offload_every=plan.offload_every, hedge_delay_ms=plan.hedge_delay_ms,
+            deadline_ms=self.config.deadline_ms, policy=self.config.policy, reason=plan.reason)
+        return self._decision
+
+    def frame_arrived(self, stamp_ns: int, frame_id: str, now_ns: int) -> Outcome | None:
+        """Register an input frame under the current decision; a refused one ends at once."""
+        decision = self._decision or self.tick(now_ns)
+        outcome = self._arbiter.frame_arrived(stamp_ns, frame_id, now_ns, decision)
+        if outcome is not None:
+            self._policy.observe_record(outcome.record)
+        return outcome
+
+    def frame_unreadable(self, reason: str, now_ns: int) -> Outcome:
+        """A frame arrived that could not even be deserialized: it ends as a drop."""
+        decision = self._decision or self.tick(now_ns)
+        outcome = self._arbiter.unreadable(reason, decision)
+        self._policy.observe_record(outcome.record)
+        return outcome
+
+    def on_detections(self, dets: DetectionSet, now_ns: int) -> None:
+        """A source published detections for a frame."""
+        self._arbiter.add_result(dets, now_ns)
+
+    def on_report(self, report: InferenceReport) -> None:
+        """A source reported what it did with a frame."""
+        self._policy.observe_report(report)
+        self._arbiter.add_report(report)
+
+    def poll(self, now_ns: int, final: bool = False) -> list[Outcome]:
+        """Outcomes of the frames that are finished at ``now_ns`` (all of them if final)."""
+        outcomes = self._arbiter.flush(now_ns) if final else self._arbiter.poll(now_ns)
+        for outcome in outcomes:
+            self._policy.observe_record(outcome.record)
+        return outcomes
+
