@@ -64,24 +64,26 @@ class InputBag:
         except Exception as err:  # rosbags raises several types for unreadable bags
             raise BagError(f'{path}: not a readable rosbag2 bag ({err})') from err
         self.path = path
-        images = sorted({c.topic for c in self._reader.connections if c.msgtype in IMAGE_TYPES})
-        if self._reader.message_count == 0:
+        try:
+            topic = self._choose(topic)
+        except BagError:
             self.close()
-            raise BagError(f'{path}: the bag holds no messages')
-        if topic:
-            if topic not in images:
-                self.close()
-                raise BagError(f'{path}: no image topic {topic!r} (image topics: '
-                               f'{", ".join(images) or "none"})')
-        elif len(images) != 1:
-            self.close()
-            raise BagError(f'{path}: {"no" if not images else "several"} image topics '
-                           f'({", ".join(images) or "topics: " + self.topic_list()}); '
-                           'name one with --topic')
-        else:
-            topic = images[0]
+            raise
         self.topic = topic
         self.frame_count = sum(c.msgcount for c in self._reader.connections if c.topic == topic)
+
+    def _choose(self, topic: str) -> str:
+        images = sorted({c.topic for c in self._reader.connections if c.msgtype in IMAGE_TYPES})
+        if self._reader.message_count == 0:
+            raise BagError(f'{self.path}: the bag holds no messages')
+        if topic and topic not in images:
+            raise BagError(f'{self.path}: no image topic {topic!r} (image topics: '
+                           f'{", ".join(images) or "none"})')
+        if not topic and len(images) != 1:
+            found = ', '.join(images) if images else 'topics: ' + self.topic_list()
+            raise BagError(f'{self.path}: {"several" if images else "no"} image topics '
+                           f'({found}); name one with --topic')
+        return topic or images[0]
 
     def topic_list(self) -> str:
         """All topics with their types, for messages."""

@@ -131,7 +131,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit code.
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed on one line
+        return int(exc.code or 0)
     handlers = {'sample-bag': _sample_bag, 'replay': _replay}
     try:
         return handlers[args.command](args)

@@ -64,7 +64,7 @@ class ReplayOptions:
 
 @dataclass
 class ReplayResult:
-    """What a replay produced."""
+    """What a replay produced (records in frame arrival order)."""
 
     records: list[FrameRecord]
     events: list[HealthEvent]
@@ -108,10 +108,10 @@ class Replay:
         try:
             self._store = make_typestore(options.distro)
             self._types = message_types(self._store)
+            self.manager = OffloadManager(manager_cfg)
             backend = backend_factory(edge_cfg.backend, BackendOptions(
                 edge_cfg.model, edge_cfg.device, edge_cfg.ultralytics_config_dir))
             self.edge = EdgeInference(edge_cfg, backend)
-            self.manager = OffloadManager(manager_cfg)
             self.health = HealthMonitor(health_cfg, clock())
             self._edge_source = edge_cfg.source_name
             self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -173,8 +173,9 @@ class Replay:
             self._input.close()
             out.close()
         wall_s = (self._clock() - start) / 1e9
-        summary = summarize(self._records, wall_s)
-        return ReplayResult(self._records, self._health_events, summary, self._opts.out, wall_s)
+        records = sorted(self._records, key=lambda r: r.index)
+        summary = summarize(records, wall_s)
+        return ReplayResult(records, self._health_events, summary, self._opts.out, wall_s)
 
     def _declare(self, out: OutputBag) -> None:
         for conn in self._input.connections:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,8 @@ class UltralyticsBackend:
 
     def __init__(self, options: BackendOptions) -> None:
         prepare_offline(options.config_dir)
-        from ultralytics import YOLO
+        with contextlib.redirect_stdout(sys.stderr):  # its first-run notice is not our output
+            from ultralytics import YOLO
 
         model = options.model
         is_config = model.endswith(_CONFIG_SUFFIXES)

@@ -1,0 +1,141 @@
+"""Arbiter: exactly one outcome per frame, by the documented rules."""
+
+from __future__ import annotations
+
+from adaptive_offload.types import Decision, Detection, DetectionSet, InferenceReport, Route
+from offload_manager.arbiter import Arbiter
+
+MS = 1_000_000
+
+
+def _decision(route: Route, deadline_ms: float = 100.0) -> Decision:
+    return Decision(seq=1, route=route, deadline_ms=deadline_ms)
+
+
+def _dets(stamp: int, source: str) -> DetectionSet:
+    return DetectionSet(stamp, 'cam', source, (Detection(0, 0, 1, 1, 0.5, 'box'),), 'm')
+
+
+def _report(stamp: int, source: str, status: str = 'ok', reason: str = '') -> InferenceReport:
+    return InferenceReport(stamp_ns=stamp, frame_id='cam', source=source, status=status,
+                           reason=reason)
+
+
+def test_edge_route_publishes_the_edge_result_at_once() -> None:
+    arb = Arbiter()
+    assert arb.frame_arrived(1, 'cam', 0, _decision(Route.EDGE)) is None
+    assert arb.poll(10 * MS) == []
+    arb.add_result(_dets(1, 'edge'), 30 * MS)
+    [out] = arb.poll(31 * MS)
+    assert out.result.source == 'edge'
+    assert out.record.latency_ms == 31.0 and out.record.deadline_met
+    assert out.record.sources == ['edge'] and out.record.route == 'edge'
+    assert arb.pending == 0
+
+
+def test_late_edge_result_is_published_with_deadline_missed() -> None:
+    arb = Arbiter()
+    arb.frame_arrived(1, 'cam', 0, _decision(Route.EDGE, deadline_ms=50))
+    arb.add_result(_dets(1, 'edge'), 80 * MS)
+    [out] = arb.poll(80 * MS)
+    assert out.result is not None and not out.record.deadline_met
+    assert out.record.latency_ms == 80.0
+
+
+def test_hedged_cloud_in_time_wins_over_earlier_edge() -> None:
+    arb = Arbiter()
+    arb.frame_arrived(1, 'cam', 0, _decision(Route.HEDGED))
+    arb.add_result(_dets(1, 'edge'), 20 * MS)
+    assert arb.poll(20 * MS) == []  # waits for the cloud until the deadline
+    arb.add_result(_dets(1, 'cloud'), 60 * MS)
+    [out] = arb.poll(60 * MS)
+    assert out.record.result_source == 'cloud' and out.record.deadline_met
+    assert out.record.sources == ['cloud', 'edge']
+
+
+def test_hedged_falls_back_to_edge_at_the_deadline() -> None:
+    arb = Arbiter()
+    arb.frame_arrived(1, 'cam', 0, _decision(Route.HEDGED, deadline_ms=100))
+    arb.add_result(_dets(1, 'edge'), 20 * MS)
+    assert arb.poll(99 * MS) == []
+    [out] = arb.poll(100 * MS)
+    assert out.record.result_source == 'edge' and out.record.deadline_met
+    arb.add_result(_dets(1, 'cloud'), 150 * MS)  # too late: the frame is finished
+    assert arb.poll(150 * MS) == [] and arb.orphans == 1
+
+
+def test_hedged_uses_edge_at_once_when_cloud_failed() -> None:
+    arb = Arbiter()
+    arb.frame_arrived(1, 'cam', 0, _decision(Route.HEDGED))
+    arb.add_report(_report(1, 'cloud', 'failed', 'timeout'))
+    arb.add_result(_dets(1, 'edge'), 20 * MS)
+    [out] = arb.poll(20 * MS)
+    assert out.record.result_source == 'edge'
+    assert 'cloud: timeout' in out.record.reason
+
+
+def test_cloud_only_late_result_is_still_published() -> None:
+    arb = Arbiter()
+    arb.frame_arrived(1, 'cam', 0, _decision(Route.CLOUD, deadline_ms=100))
+    arb.add_report(_report(1, 'edge', 'skipped', 'route=cloud'))
+    arb.add_result(_dets(1, 'cloud'), 300 * MS)
+    [out] = arb.poll(300 * MS)
+    assert out.record.result_source == 'cloud' and not out.record.deadline_met
+
+
+def test_every_source_failing_drops_the_frame_with_their_reasons() -> None:
+    arb = Arbiter()
+    arb.frame_arrived(1, 'cam', 0, _decision(Route.HEDGED))
+    arb.add_report(_report(1, 'edge', 'failed', 'decode_failed: x'))
+    assert arb.poll(1 * MS) == []
+    arb.add_report(_report(1, 'cloud', 'failed', 'connection'))
+    [out] = arb.poll(2 * MS)
+    assert out.result is None
+    assert out.record.drop_reason == 'cloud: connection; edge: decode_failed: x'
+
+
+def test_single_source_failure_reason_is_the_drop_reason() -> None:
+    arb = Arbiter()
+    arb.frame_arrived(1, 'cam', 0, _decision(Route.EDGE))
+    arb.add_report(_report(1, 'edge', 'dropped', 'superseded'))
+    [out] = arb.poll(1 * MS)
+    assert out.record.drop_reason == 'superseded' and out.record.latency_ms is None
+
+
+def test_silence_times_out_as_no_result() -> None:
+    arb = Arbiter(result_timeout_ms=500)
+    arb.frame_arrived(1, 'cam', 0, _decision(Route.EDGE))
+    assert arb.poll(499 * MS) == []
+    [out] = arb.poll(500 * MS)
+    assert out.record.drop_reason == 'no_result'
+
+
+def test_duplicate_and_out_of_order_stamps_are_dropped_at_arrival() -> None:
+    arb = Arbiter()
+    assert arb.frame_arrived(10, 'cam', 0, _decision(Route.EDGE)) is None
+    dup = arb.frame_arrived(10, 'cam', 1, _decision(Route.EDGE))
+    old = arb.frame_arrived(5, 'cam', 2, _decision(Route.EDGE))
+    assert dup.record.drop_reason == 'duplicate_stamp' and dup.record.index == 1
+    assert old.record.drop_reason == 'out_of_order_stamp' and old.record.index == 2
+    # another camera's older stamp is not out of order
+    assert arb.frame_arrived(5, 'other', 3, _decision(Route.EDGE)) is None
+
+
+def test_flush_finishes_everything_in_arrival_order() -> None:
+    arb = Arbiter()
+    for stamp in (1, 2, 3):
+        arb.frame_arrived(stamp, 'cam', 0, _decision(Route.HEDGED))
+    arb.add_result(_dets(2, 'edge'), 5 * MS)
+    outs = arb.flush(6 * MS)
+    assert [o.record.index for o in outs] == [0, 1, 2]
+    assert [o.record.drop_reason for o in outs] == ['no_result', '', 'no_result']
+    assert arb.pending == 0
+
+
+def test_several_edge_targets_earliest_result_is_used() -> None:
+    arb = Arbiter(edge_sources=('edge', 'pi'))
+    arb.frame_arrived(1, 'cam', 0, _decision(Route.EDGE))
+    arb.add_result(_dets(1, 'pi'), 10 * MS)
+    arb.add_result(_dets(1, 'edge'), 20 * MS)
+    [out] = arb.poll(20 * MS)
+    assert out.record.result_source == 'pi'

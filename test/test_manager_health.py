@@ -1,0 +1,103 @@
+"""Offload manager decisions and policies; health checks with an injected clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from adaptive_offload.errors import ConfigError
+from adaptive_offload.types import Detection, DetectionSet, InferenceReport, Level, Route
+from health_monitor.checks import TopicRateCheck
+from health_monitor.core import HealthConfig, HealthMonitor
+from offload_manager.core import ManagerConfig, OffloadManager
+from offload_manager.policies import POLICIES, create_policy
+
+S = 1_000_000_000
+
+
+def test_decisions_are_reissued_on_the_period_with_rising_seq() -> None:
+    manager = OffloadManager(ManagerConfig.from_params({'decision_period_s': 0.5,
+                                                        'decision_valid_s': 2.0}))
+    first = manager.tick(0)
+    assert first.seq == 1 and first.route is Route.EDGE and first.policy == 'edge-only'
+    assert first.valid_for_ms == 2000.0 and first.deadline_ms == 250.0
+    assert manager.tick(S // 4) is None
+    second = manager.tick(S // 2)
+    assert second.seq == 2 and second.issued_ns == S // 2
+
+
+@pytest.mark.parametrize('name, params, route', [
+    ('edge-only', {}, Route.EDGE), ('cloud-only', {}, Route.CLOUD),
+    ('static', {'static_route': 'hedged'}, Route.HEDGED)])
+def test_fixed_policies(name: str, params: dict, route: Route) -> None:
+    config = ManagerConfig.from_params({'policy': name, 'jpeg_quality': 60, **params})
+    plan = create_policy(name, config.policy_settings()).plan(0)
+    assert plan.route is route and plan.jpeg_quality == 60
+
+
+def test_unknown_policy_and_bad_config_are_refused() -> None:
+    with pytest.raises(ConfigError, match='unknown policy'):
+        OffloadManager(ManagerConfig.from_params({'policy': 'psychic'}))
+    with pytest.raises(ConfigError, match='static_route'):
+        ManagerConfig.from_params({'static_route': 'mars'})
+    with pytest.raises(ConfigError, match='decision_valid_s'):
+        ManagerConfig.from_params({'decision_period_s': 3.0, 'decision_valid_s': 2.0})
+    with pytest.raises(ConfigError, match='unknown parameter'):
+        ManagerConfig.from_params({'dead_line': 3})
+    with pytest.raises(ConfigError, match='not of type float'):
+        ManagerConfig.from_params({'deadline_ms': 'soon'})
+    assert set(POLICIES) >= {'edge-only', 'cloud-only', 'static'}
+
+
+def test_manager_turns_results_into_records() -> None:
+    manager = OffloadManager(ManagerConfig.from_params({}))
+    manager.tick(0)
+    assert manager.frame_arrived(5, 'cam', 0) is None
+    manager.on_report(InferenceReport(stamp_ns=5, frame_id='cam', source='edge'))
+    manager.on_detections(DetectionSet(5, 'cam', 'edge', (Detection(0, 0, 2, 2, .5, 'b'),)),
+                          S // 10)
+    [outcome] = manager.poll(S // 10)
+    assert outcome.record.latency_ms == 100.0 and outcome.record.detections == 1
+    unreadable = manager.frame_unreadable('deserialize_error: x', S)
+    assert unreadable.record.index == 1 and unreadable.record.dropped
+
+
+def test_rate_check_levels() -> None:
+    check = TopicRateCheck('/cam', min_rate_hz=10, stale_after_s=2, start_ns=0, window_s=1)
+    assert check.run(S // 2).level is Level.OK  # grace period: no window yet, not stale
+    for i in range(10):
+        check.tick(i * S // 10)
+    assert check.run(S).level is Level.OK
+    for i in range(5):  # 5 Hz in the next second
+        check.tick(S + i * S // 5)
+    status = check.run(2 * S)
+    assert status.level is Level.WARN and 'below' in status.message
+    assert dict(status.values)['rate_hz'] == '5.00'
+    assert check.run(5 * S).level is Level.STALE
+
+
+def test_slow_by_design_topic_never_warns() -> None:
+    check = TopicRateCheck('/map', min_rate_hz=0, stale_after_s=0, start_ns=0, window_s=1)
+    check.tick(0)
+    assert check.run(100 * S).level is Level.OK
+
+
+def test_monitor_reports_level_changes_as_events() -> None:
+    config = HealthConfig.from_params({'monitored_topics': ['/a'],
+                                       'monitored_types': ['std_msgs/msg/String'],
+                                       'min_rates_hz': [1.0], 'stale_after_s': 1.0})
+    monitor = HealthMonitor(config, start_ns=0)
+    statuses, events = monitor.run(S // 2)
+    assert [s.level for s in statuses] == [Level.OK] and events == []
+    _, events = monitor.run(2 * S)
+    assert [(e.level, e.previous) for e in events] == [(Level.STALE, Level.OK)]
+    _, events = monitor.run(3 * S)
+    assert events == []  # no change, no event
+    monitor.message('/a', 3 * S)
+    monitor.message('/elsewhere', 3 * S)  # not monitored: ignored
+    _, events = monitor.run(3 * S + 1)
+    assert [(e.level, e.previous) for e in events] == [(Level.OK, Level.STALE)]
+
+
+def test_health_config_lists_must_align() -> None:
+    with pytest.raises(ConfigError, match='same length'):
+        HealthConfig.from_params({'monitored_topics': ['/a', '/b']})
