@@ -1,0 +1,33 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO := demo
+export YOLO_OFFLINE := 1
+
+.PHONY: setup demo test clean-demo
+
+$(STAMP): requirements.txt requirements-dev.txt setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -r requirements-dev.txt -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Generate a 300-frame sample bag and replay it through the whole graph in real time.
+# yolov8n.yaml = the yolov8n architecture with random weights (no weights are downloaded);
+# pass MODEL=/path/to/yolov8n.pt for real detections.
+MODEL ?= yolov8n.yaml
+demo: $(STAMP)
+	rm -rf $(DEMO)/sample $(DEMO)/out
+	$(BIN)/adaptive-offload sample-bag $(DEMO)/sample --frames 300 --fps 10
+	$(BIN)/adaptive-offload replay $(DEMO)/sample --out $(DEMO)/out --model $(MODEL) \
+		--imgsz 320 --params config/params.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean-demo:
+	rm -rf $(DEMO)
