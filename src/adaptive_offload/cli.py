@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument('--distro', choices=('humble', 'jazzy'), default='jazzy')
     replay.add_argument('--json', action='store_true', help='print the summary as JSON')
     replay.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+    export = sub.add_parser('export', help='export a YOLO model for the onnx backend')
+    export.add_argument('model', help='weights (.pt) or model config (.yaml)')
+    export.add_argument('--out', type=Path, required=True, help='file to write (.onnx)')
+    export.add_argument('--imgsz', type=int, default=640, help='fixed input size')
+    export.add_argument('--format', default='onnx', choices=('onnx',))
     return parser
 
 
@@ -100,6 +106,15 @@ def _sample_bag(args: argparse.Namespace) -> int:
     count = write_sample_bag(args.out, spec, args.distro)
     print(f'wrote {count} frames ({spec.width}x{spec.height} {spec.encoding} at {spec.fps} fps) '
           f'to {args.out}')
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from edge_inference.export import export_model
+
+    path = export_model(args.model, args.imgsz, args.out, args.format)
+    print(f'wrote {path} ({args.format}, input {args.imgsz}x{args.imgsz}); run it with '
+          f'backend onnx, model {path}')
     return EXIT_OK
 
 
@@ -135,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return int(exc.code or 0)
-    handlers = {'sample-bag': _sample_bag, 'replay': _replay}
+    handlers = {'sample-bag': _sample_bag, 'replay': _replay, 'export': _export}
     try:
         return handlers[args.command](args)
     except AdaptiveOffloadError as err:

@@ -56,8 +56,14 @@ def _ultralytics(options: BackendOptions) -> DetectorBackend:
     return UltralyticsBackend(options)
 
 
+def _onnx(options: BackendOptions) -> DetectorBackend:
+    from edge_inference.onnx_backend import OnnxBackend
+    return OnnxBackend(options)
+
+
 BACKENDS: dict[str, Callable[[BackendOptions], DetectorBackend]] = {
     'ultralytics': _ultralytics,
+    'onnx': _onnx,
 }
 
 

@@ -53,7 +53,8 @@ def prepare_offline(config_dir: str = '') -> Path:
     return folder
 
 
-def _coco_names() -> dict[int, str]:
+def coco_names() -> dict[int, str]:
+    """COCO's 80 class names, from the dataset config ultralytics ships."""
     text = resources.files('ultralytics').joinpath('cfg', 'datasets', 'coco.yaml').read_text()
     return {int(k): str(v) for k, v in yaml.safe_load(text)['names'].items()}
 
@@ -83,11 +84,7 @@ class UltralyticsBackend:
             self._model: Any = YOLO(model, task='detect')
         except Exception as err:  # ultralytics raises many types; report them as one
             raise BackendError(f'cannot load {model!r}: {err}') from err
-        names = {int(k): str(v) for k, v in self._model.names.items()}
-        if is_config and len(names) == 80 and all(v == str(k) for k, v in names.items()):
-            # An untrained COCO-sized architecture: give its outputs COCO's class names.
-            names = _coco_names()
-        self._names = names
+        self._names = named_classes(self._model)
 
     @property
     def names(self) -> dict[int, str]:
@@ -108,6 +105,15 @@ class UltralyticsBackend:
         height, width = image.shape[:2]
         return boxes_from_arrays(boxes.xyxy.cpu().numpy(), boxes.conf.cpu().numpy(),
                                  boxes.cls.cpu().numpy(), self._names, width, height)
+
+
+def named_classes(model: Any) -> dict[int, str]:
+    """A YOLO model's class names; an untrained 80-class architecture (numbered classes) gets
+    COCO's names, which is what its outputs mean once trained on COCO."""
+    names = {int(k): str(v) for k, v in model.names.items()}
+    if len(names) == 80 and all(v == str(k) for k, v in names.items()):
+        return coco_names()
+    return names
 
 
 def _check_device(device: str) -> str:
