@@ -12,6 +12,9 @@ from adaptive_offload.conversions import MessageTypes
 from adaptive_offload.samplebag import SampleSpec, write_sample_bag
 from adaptive_offload.typestore import make_typestore, message_types
 from adaptive_offload.types import Detection
+from edge_inference.backends import BackendOptions
+from edge_inference.core import EdgeConfig, EdgeInference
+from edge_inference.models import ModelPool
 
 
 class FakeBackend:
@@ -49,6 +52,16 @@ class ManualClock:
 
     def advance(self, ms: float) -> None:
         self.now += int(ms * 1e6)
+
+
+def fake_edge(config_values: dict | None = None, backend: FakeBackend | None = None,
+              clock: Callable[[], int] | None = None) -> EdgeInference:
+    """An edge core whose default model is ``backend`` (a :class:`FakeBackend` by default)."""
+    config = EdgeConfig.from_params({'model': 'x.yaml', **(config_values or {})})
+    fake = backend or FakeBackend()
+    pool = ModelPool(config.default_model(), [], lambda name, options: fake,
+                     BackendOptions(''))
+    return EdgeInference(config, pool, clock) if clock else EdgeInference(config, pool)
 
 
 @pytest.fixture(params=['humble', 'jazzy'])

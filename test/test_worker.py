@@ -13,8 +13,8 @@ from adaptive_offload.gate import StampGate
 from adaptive_offload.mailbox import LatestSlot
 from adaptive_offload.types import Decision, Route
 from adaptive_offload.worker import DecisionHolder, FrameWorker
-from conftest import FakeBackend, ManualClock
-from edge_inference.core import EdgeConfig, EdgeInference
+from conftest import FakeBackend, ManualClock, fake_edge
+from edge_inference.core import EdgeInference
 
 
 def _image(types: MessageTypes, stamp: int, encoding: str = 'rgb8') -> object:
@@ -66,8 +66,7 @@ def test_decision_holder_keeps_newest_valid_and_falls_back() -> None:
 
 def _edge(clock: ManualClock, classes: str = '') -> tuple[EdgeInference, FakeBackend]:
     backend = FakeBackend(advance=lambda: clock.advance(40))
-    config = EdgeConfig.from_params({'model': 'x.yaml', 'classes': classes, 'imgsz': 320})
-    return EdgeInference(config, backend, clock=clock), backend
+    return fake_edge({'classes': classes, 'imgsz': 320}, backend, clock), backend
 
 
 def test_edge_core_detects_and_times_with_injected_clock(types: MessageTypes) -> None:
@@ -102,7 +101,7 @@ def test_edge_core_class_filter(types: MessageTypes) -> None:
 def test_edge_core_notes_an_unknown_model_request(types: MessageTypes) -> None:
     core, _ = _edge(ManualClock())
     _, report = core.process(_image(types, 1), Decision(edge_model='yolo11x'))
-    assert report.status == 'ok' and 'yolo11x not loaded' in report.reason
+    assert report.status == 'ok' and 'yolo11x not configured' in report.reason
 
 
 def test_frame_worker_reports_every_frame_once(types: MessageTypes) -> None:
@@ -128,7 +127,7 @@ def test_frame_worker_latency_does_not_grow_when_frames_come_faster(types: Messa
     """A frame every 10 ms, the worker free every 40 ms: each processed frame waited 10 ms,
     however long the stream (a FIFO queue would make the wait grow without bound)."""
     clock = ManualClock()
-    core = EdgeInference(EdgeConfig.from_params({'model': 'x.yaml'}), FakeBackend(), clock)
+    core = fake_edge(clock=clock)
     arrivals: dict[int, int] = {}
     waits: list[int] = []
     statuses: list[str] = []

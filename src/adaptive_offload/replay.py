@@ -28,7 +28,7 @@ from adaptive_offload.types import FrameRecord, HealthEvent
 from adaptive_offload.worker import DecisionHolder, FrameWorker
 from cloud_bridge.core import CloudBridge, CloudConfig
 from edge_inference.backends import BackendOptions, DetectorBackend, create_backend
-from edge_inference.core import EdgeConfig, EdgeInference
+from edge_inference.core import EdgeConfig, build_edge
 from health_monitor.core import HealthConfig, HealthMonitor
 from offload_manager.core import ManagerConfig, OffloadManager
 
@@ -109,9 +109,7 @@ class Replay:
             self._store = make_typestore(options.distro)
             self._types = message_types(self._store)
             self.manager = OffloadManager(manager_cfg)
-            backend = backend_factory(edge_cfg.backend, BackendOptions(
-                edge_cfg.model, edge_cfg.device, edge_cfg.ultralytics_config_dir))
-            self.edge = EdgeInference(edge_cfg, backend)
+            self.edge = build_edge(edge_cfg, backend_factory)
             self.health = HealthMonitor(health_cfg, clock())
             self._edge_source = edge_cfg.source_name
             self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
@@ -163,7 +161,6 @@ class Replay:
             player = threading.Thread(target=self._play, args=(out,), name='player', daemon=True)
             for worker in self._workers:
                 worker.start()
-            self.edge.warm_up()
             self._publish_decision(out, self._clock())
             player.start()
             self._loop(out, player)

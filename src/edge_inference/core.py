@@ -10,10 +10,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from adaptive_offload.conversions import image_to_frame, stamp_to_ns
-from adaptive_offload.errors import BackendError, ConversionError
+from adaptive_offload.errors import BackendError, ConfigError, ConversionError
 from adaptive_offload.params import ParameterSpec, resolve
 from adaptive_offload.types import Decision, DetectionSet, InferenceReport
-from edge_inference.backends import DetectorBackend, class_indices
+from edge_inference.backends import BackendOptions, DetectorBackend, class_indices
+from edge_inference.backends import create_backend
+from edge_inference.models import Factory, ModelPool, ModelSpec, parse_models
 
 PARAMETERS = (
     ParameterSpec('backend', 'ultralytics', 'Detector backend (registry name).'),
@@ -32,6 +34,9 @@ PARAMETERS = (
     ParameterSpec('source_name', 'edge', 'Name of this target in records (e.g. robot, pi).'),
     ParameterSpec('deadline_ms', 250.0, 'Deadline applied while no decision is valid.'),
     ParameterSpec('ultralytics_config_dir', '', 'ultralytics settings folder; empty: default.'),
+    ParameterSpec('alt_models', '',
+                  'Other models decisions may ask for: name=path;name=path (.onnx: onnx).'),
+    ParameterSpec('max_loaded_models', 2, 'Most models held in memory at once.'),
 )
 
 
@@ -53,6 +58,8 @@ class EdgeConfig:
     source_name: str
     deadline_ms: float
     ultralytics_config_dir: str
+    alt_models: str
+    max_loaded_models: int
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> EdgeConfig:
@@ -70,35 +77,52 @@ class EdgeConfig:
         """Decision applied while the manager gives none: this model, locally."""
         return Decision.safe_default(self.model_name, self.imgsz, self.deadline_ms)
 
+    def default_model(self) -> ModelSpec:
+        """The model loaded at start."""
+        return ModelSpec(self.model_name, self.backend, self.model)
+
+
+def build_edge(config: EdgeConfig, factory: Factory = create_backend) -> EdgeInference:
+    """Load the default model (warmed up) and make the edge core.
+
+    Raises:
+        ConfigError: For bad alternatives or a class filter the model does not know.
+        BackendError: If the default model cannot be loaded.
+    """
+    def warm_up(backend: DetectorBackend) -> None:
+        backend.infer(np.zeros((480, 640, 3), np.uint8), config.imgsz, config.conf,
+                      config.iou, None, 1)
+
+    pool = ModelPool(config.default_model(), parse_models(config.alt_models, config.backend),
+                     factory, BackendOptions('', config.device, config.ultralytics_config_dir),
+                     config.max_loaded_models, warm_up)
+    return EdgeInference(config, pool)
+
 
 class EdgeInference:
     """Runs the local detector on frames.
 
     Args:
         config: Parameters.
-        backend: A loaded detector.
+        models: The detectors (see :func:`build_edge`).
         clock: Monotonic nanosecond clock for timings (injected in tests).
 
     Raises:
-        ConfigError: If ``classes`` names a class the model does not have.
+        ConfigError: If ``classes`` names a class the default model does not have.
     """
 
-    def __init__(self, config: EdgeConfig, backend: DetectorBackend,
+    def __init__(self, config: EdgeConfig, models: ModelPool,
                  clock: Callable[[], int] = time.perf_counter_ns) -> None:
         self.config = config
-        self._backend = backend
+        self.models = models
         self._clock = clock
-        self._classes = class_indices(backend.names, config.classes)
+        self._classes: dict[str, tuple[int, ...] | None] = {}
+        self._class_filter(*models.select('')[:2])
 
-    @property
-    def names(self) -> dict[int, str]:
-        """Class names of the loaded model."""
-        return self._backend.names
-
-    def warm_up(self, width: int = 640, height: int = 480) -> None:
-        """Run the detector once on a blank image so the first real frame is not slow."""
-        self._backend.infer(np.zeros((height, width, 3), np.uint8), self.config.imgsz,
-                            self.config.conf, self.config.iou, self._classes, 1)
+    def _class_filter(self, name: str, backend: DetectorBackend) -> tuple[int, ...] | None:
+        if name not in self._classes:
+            self._classes[name] = class_indices(backend.names, self.config.classes)
+        return self._classes[name]
 
     def drop(self, stamp_ns: int, frame_id: str, reason: str,
              decision: Decision) -> InferenceReport:
@@ -121,24 +145,23 @@ class EdgeInference:
         if not decision.route.uses_edge:
             return None, replace(report, status='skipped', reason=f'route={decision.route.value}')
         imgsz = decision.edge_imgsz if decision.edge_imgsz > 0 else self.config.imgsz
-        note = ''
-        if decision.edge_model and decision.edge_model != self.config.model_name:
-            note = f'model {decision.edge_model} not loaded; used {self.config.model_name}'
+        name, backend, note = self.models.select(decision.edge_model)
+        report = replace(report, model=name)
         try:
             frame = image_to_frame(msg)
+            classes = self._class_filter(name, backend)
             infer_start = self._clock()
-            dets = self._backend.infer(frame.image, imgsz, self.config.conf, self.config.iou,
-                                       self._classes, self.config.max_det)
+            dets = backend.infer(frame.image, imgsz, self.config.conf, self.config.iou,
+                                 classes, self.config.max_det)
         except ConversionError as err:
             return None, replace(report, status='failed', reason=str(err), imgsz=imgsz,
                                total_ms=_ms(self._clock() - start))
-        except BackendError as err:
+        except (BackendError, ConfigError) as err:
             return None, replace(report, status='failed', reason=f'inference_error: {err}',
                                imgsz=imgsz, total_ms=_ms(self._clock() - start))
         end = self._clock()
         result = DetectionSet(stamp_ns=stamp_ns, frame_id=frame_id,
-                              source=self.config.source_name, detections=dets,
-                              model=self.config.model_name)
+                              source=self.config.source_name, detections=dets, model=name)
         return result, replace(report, reason=note, imgsz=imgsz, detections=len(dets),
                              inference_ms=_ms(end - infer_start), total_ms=_ms(end - start))
 

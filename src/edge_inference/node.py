@@ -8,8 +8,7 @@ from rclpy.node import Node
 
 from adaptive_offload import ros_interface as ros
 from adaptive_offload.worker import DecisionHolder, FrameWorker
-from edge_inference.backends import BackendOptions, create_backend
-from edge_inference.core import PARAMETERS, EdgeConfig, EdgeInference
+from edge_inference.core import PARAMETERS, EdgeConfig, build_edge
 
 
 class EdgeInferenceNode(Node):
@@ -22,10 +21,7 @@ class EdgeInferenceNode(Node):
     def __init__(self) -> None:
         super().__init__('edge_inference')
         config = EdgeConfig.from_params(ros.declare_parameters(self, PARAMETERS))
-        backend = create_backend(config.backend, BackendOptions(
-            config.model, config.device, config.ultralytics_config_dir))
-        core = EdgeInference(config, backend)
-        core.warm_up()
+        core = build_edge(config)
         decisions = DecisionHolder(config.fallback_decision())
         ros.subscribe_decisions(self, decisions)
         emit = ros.result_publisher(self, 'edge/detections', 'edge/telemetry')
