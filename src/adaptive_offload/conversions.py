@@ -59,6 +59,8 @@ class MessageTypes:
     KeyValue: Any
     DiagnosticStatus: Any
     DiagnosticArray: Any
+    VisionClass: Any
+    LabelInfo: Any
     byte_array: Callable[[bytes], Any]
 
 
@@ -290,6 +292,16 @@ def diagnostics_to_health(msg: Any) -> list[HealthStatus]:
                                 hardware_id=str(s.hardware_id),
                                 values=tuple((str(kv.key), str(kv.value)) for kv in s.values)))
     return out
+
+
+def label_info_message(types: MessageTypes, names: dict[int, str], threshold: float,
+                       stamp_ns: int, frame_id: str = '') -> Any:
+    """Build a ``vision_msgs/LabelInfo``: the class map of a detector and its threshold."""
+    return types.LabelInfo(
+        header=header(types, stamp_ns, frame_id),
+        class_map=[types.VisionClass(class_id=int(k), class_name=v)
+                   for k, v in sorted(names.items())],
+        threshold=float(threshold))
 
 
 def string_message(types: MessageTypes, text: str) -> Any:

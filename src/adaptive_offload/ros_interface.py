@@ -21,8 +21,8 @@ from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
 from vision_msgs.msg import (
-    BoundingBox2D, Detection2D, Detection2DArray, ObjectHypothesis, ObjectHypothesisWithPose,
-    Point2D, Pose2D)
+    BoundingBox2D, Detection2D, Detection2DArray, LabelInfo, ObjectHypothesis,
+    ObjectHypothesisWithPose, Point2D, Pose2D, VisionClass)
 
 from adaptive_offload import topics
 from adaptive_offload.conversions import MessageTypes, detections_to_message
@@ -41,6 +41,7 @@ def message_types() -> MessageTypes:
         ObjectHypothesis=ObjectHypothesis, ObjectHypothesisWithPose=ObjectHypothesisWithPose,
         Detection2D=Detection2D, Detection2DArray=Detection2DArray, KeyValue=KeyValue,
         DiagnosticStatus=DiagnosticStatus, DiagnosticArray=DiagnosticArray,
+        VisionClass=VisionClass, LabelInfo=LabelInfo,
         # rclpy checks every element of a plain sequence; an array('B') is taken as is.
         byte_array=lambda data: array.array('B', data))
 
@@ -85,14 +86,14 @@ def now_ns(node: rclpy.node.Node) -> int:
     return node.get_clock().now().nanoseconds
 
 
-def subscribe_decisions(node: rclpy.node.Node, holder: DecisionHolder) -> None:
+def subscribe_decisions(node: rclpy.node.Node, holder: DecisionHolder) -> Any:
     """Keep ``holder`` up to date with the manager's latched decision topic."""
     def on_decision(msg: String) -> None:
         error = holder.update_json(msg.data)
         if error:
             node.get_logger().warning(error)
 
-    node.create_subscription(String, topics.DECISION, on_decision, latched_qos())
+    return node.create_subscription(String, topics.DECISION, on_decision, latched_qos())
 
 
 def result_publisher(node: rclpy.node.Node, det_topic: str,

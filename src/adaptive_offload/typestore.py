@@ -66,5 +66,7 @@ def message_types(store: Any) -> MessageTypes:
         KeyValue=t['diagnostic_msgs/msg/KeyValue'],
         DiagnosticStatus=t['diagnostic_msgs/msg/DiagnosticStatus'],
         DiagnosticArray=t['diagnostic_msgs/msg/DiagnosticArray'],
+        VisionClass=t['vision_msgs/msg/VisionClass'],
+        LabelInfo=t['vision_msgs/msg/LabelInfo'],
         byte_array=lambda data: np.frombuffer(data, dtype=np.uint8),
     )

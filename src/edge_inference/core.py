@@ -37,6 +37,8 @@ PARAMETERS = (
     ParameterSpec('alt_models', '',
                   'Other models decisions may ask for: name=path;name=path (.onnx: onnx).'),
     ParameterSpec('max_loaded_models', 2, 'Most models held in memory at once.'),
+    ParameterSpec('autostart', True,
+                  'Configure and activate the lifecycle node at start (plain launches).'),
 )
 
 
@@ -60,6 +62,7 @@ class EdgeConfig:
     ultralytics_config_dir: str
     alt_models: str
     max_loaded_models: int
+    autostart: bool
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> EdgeConfig:

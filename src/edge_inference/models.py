@@ -112,6 +112,11 @@ class ModelPool:
         with self._lock:
             return list(self._loaded)
 
+    def names_of_current(self) -> dict[int, str]:
+        """Class names of the model in use."""
+        with self._lock:
+            return self._loaded[self._current].names
+
     def _build(self, spec: ModelSpec) -> DetectorBackend:
         backend = self._factory(spec.backend, BackendOptions(spec.path, self._options.device,
                                                              self._options.config_dir))

@@ -1,42 +1,115 @@
-"""edge_inference node: the local detector on the camera stream."""
+"""edge_inference node: the local detector on the camera stream, as a lifecycle node.
+
+configure: read parameters, create publishers; activate: load and warm up the model, subscribe
+to the camera; deactivate: unsubscribe and release the model; cleanup: drop publishers. With
+``autostart`` (default) the node configures and activates itself, so plain launches work.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from rclpy.node import Node
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from std_msgs.msg import String
+from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from adaptive_offload import ros_interface as ros
+from adaptive_offload.conversions import detections_to_message, label_info_message
+from adaptive_offload.errors import AdaptiveOffloadError
+from adaptive_offload.types import DetectionSet, InferenceReport
 from adaptive_offload.worker import DecisionHolder, FrameWorker
 from edge_inference.core import PARAMETERS, EdgeConfig, build_edge
 
 
-class EdgeInferenceNode(Node):
-    """Subscribes to the camera, runs the detector on the newest frame, publishes detections.
+class EdgeInferenceNode(LifecycleNode):
+    """Runs the detector on the newest frame; publishes detections, telemetry, label map.
 
-    Outputs go to the relative names ``edge/detections`` and ``edge/telemetry``, so an instance
-    in namespace ``/pi`` publishes ``/pi/edge/...``.
+    Outputs use relative names (``edge/detections``, ``edge/telemetry``,
+    ``edge/label_info``), so an instance in namespace ``/pi`` publishes ``/pi/edge/...``.
     """
 
     def __init__(self) -> None:
         super().__init__('edge_inference')
-        config = EdgeConfig.from_params(ros.declare_parameters(self, PARAMETERS))
-        core = build_edge(config)
-        decisions = DecisionHolder(config.fallback_decision())
-        ros.subscribe_decisions(self, decisions)
-        emit = ros.result_publisher(self, 'edge/detections', 'edge/telemetry')
-        self._worker = FrameWorker(core, decisions, emit, lambda: ros.now_ns(self))
-        msg_type, suffix = ros.image_type(config.compressed)
-        self.create_subscription(msg_type, config.image_topic + suffix, self._worker.submit,
-                                 ros.image_qos())
+        self._values = ros.declare_parameters(self, PARAMETERS)
+        self._types = ros.message_types()
+        self._config: EdgeConfig | None = None
+        self._worker: FrameWorker | None = None
+        self._image_sub = None
+        if self._values['autostart']:
+            self.trigger_configure()
+            self.trigger_activate()
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Validate parameters, create publishers and the decision subscription."""
+        try:
+            self._config = EdgeConfig.from_params(self._values)
+        except AdaptiveOffloadError as err:
+            self.get_logger().error(str(err))
+            return TransitionCallbackReturn.FAILURE
+        self._decisions = DecisionHolder(self._config.fallback_decision())
+        self._decision_sub = ros.subscribe_decisions(self, self._decisions)
+        self._det_pub = self.create_lifecycle_publisher(Detection2DArray, 'edge/detections',
+                                                        ros.result_qos())
+        self._tel_pub = self.create_lifecycle_publisher(String, 'edge/telemetry',
+                                                        ros.result_qos())
+        self._label_pub = self.create_lifecycle_publisher(LabelInfo, 'edge/label_info',
+                                                          ros.latched_qos())
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Load and warm up the model, then subscribe to the camera."""
+        config = self._config
+        try:
+            core = build_edge(config)
+        except AdaptiveOffloadError as err:
+            self.get_logger().error(str(err))
+            return TransitionCallbackReturn.FAILURE
+        result = super().on_activate(state)
+        self._label_pub.publish(label_info_message(self._types, core.models.names_of_current(),
+                                                   config.conf, ros.now_ns(self)))
+        self._worker = FrameWorker(core, self._decisions, self._emit, lambda: ros.now_ns(self))
         self._worker.start('edge-inference')
-        self.get_logger().info(
-            f'{config.model_name} ({config.model}) on {config.device}, imgsz {config.imgsz}, '
-            f'input {config.image_topic + suffix}')
+        msg_type, suffix = ros.image_type(config.compressed)
+        self._image_sub = self.create_subscription(
+            msg_type, config.image_topic + suffix, self._worker.submit, ros.image_qos())
+        self.get_logger().info(f'{config.model_name} ({config.model}) on {config.device}, '
+                               f'imgsz {config.imgsz}, input {config.image_topic + suffix}')
+        return result
+
+    def _emit(self, _msg: object, dets: DetectionSet | None, report: InferenceReport) -> None:
+        if dets is not None:
+            self._det_pub.publish(detections_to_message(self._types, dets))
+        self._tel_pub.publish(String(data=report.to_json()))
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop taking frames and release the model."""
+        self._release()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Drop publishers and the decision subscription."""
+        for pub in (self._det_pub, self._tel_pub, self._label_pub):
+            self.destroy_lifecycle_publisher(pub)
+        self.destroy_subscription(self._decision_sub)
+        self._config = None
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Release everything on the way out."""
+        self._release()
+        return super().on_shutdown(state)
+
+    def _release(self) -> None:
+        if self._image_sub is not None:
+            self.destroy_subscription(self._image_sub)
+            self._image_sub = None
+        if self._worker is not None:
+            self._worker.stop()
+            self._worker = None  # the worker held the core and so the models
 
     def destroy_node(self) -> None:
         """Stop the worker before the node goes."""
-        self._worker.stop()
+        self._release()
         super().destroy_node()
 
 
