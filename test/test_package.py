@@ -124,9 +124,9 @@ def test_colcon_build_and_test(tmp_path: Path) -> None:
     subprocess.run([colcon, 'build', *common], cwd=tmp_path, check=True, timeout=600,
                    capture_output=True)
     lib = tmp_path / 'install' / 'adaptive_offload' / 'lib' / 'adaptive_offload'
-    assert {p.name for p in lib.iterdir()} >= {'edge_inference', 'cloud_bridge',
-                                                'offload_manager', 'health_monitor',
-                                                'adaptive-offload'}
+    expected = {'edge_inference', 'cloud_bridge', 'offload_manager', 'health_monitor',
+                'adaptive-offload'}
+    assert {p.name for p in lib.iterdir()} >= expected
     share = tmp_path / 'install' / 'adaptive_offload' / 'share' / 'adaptive_offload'
     for rel in ('package.xml', 'launch/robot.launch.py', 'launch/edge.launch.py',
                 'config/params.yaml', 'config/adaptive_offload.rviz'):

@@ -96,8 +96,10 @@ def subscribe_decisions(node: rclpy.node.Node, holder: DecisionHolder) -> Any:
     return node.create_subscription(String, topics.DECISION, on_decision, latched_qos())
 
 
-def result_publisher(node: rclpy.node.Node, det_topic: str,
-                     tel_topic: str) -> Callable[[Any, DetectionSet | None, InferenceReport], None]:
+Emit = Callable[[Any, 'DetectionSet | None', InferenceReport], None]
+
+
+def result_publisher(node: rclpy.node.Node, det_topic: str, tel_topic: str) -> Emit:
     """Publishers of a worker's detections and telemetry, as a :class:`FrameWorker` emit."""
     types = message_types()
     det_pub = node.create_publisher(Detection2DArray, det_topic, result_qos())

@@ -65,7 +65,8 @@ class Scene:
         short = min(spec.width, spec.height)
         n = spec.objects
         self._size = rng.uniform(0.12, 0.3, n) * short
-        self._pos = np.column_stack([rng.uniform(0, spec.width, n), rng.uniform(0, spec.height, n)])
+        self._pos = np.column_stack([rng.uniform(0, spec.width, n),
+                                     rng.uniform(0, spec.height, n)])
         self._vel = rng.uniform(-0.4, 0.4, (n, 2)) * short
         self._color = rng.integers(40, 255, (n, 3))
         self._shape = [_SHAPES[i % len(_SHAPES)] for i in range(n)]
@@ -94,7 +95,8 @@ class Scene:
             if shape == 'box':
                 cv2.rectangle(image, (x1, y1), (x2, y2), bgr, -1)
             elif shape == 'disc':
-                cv2.ellipse(image, (((x1 + x2) / 2, (y1 + y2) / 2), (x2 - x1, y2 - y1), 0), bgr, -1)
+                centre = ((x1 + x2) / 2, (y1 + y2) / 2)
+                cv2.ellipse(image, (centre, (x2 - x1, y2 - y1), 0), bgr, -1)
             else:
                 pts = np.array([[(x1 + x2) // 2, y1], [x1, y2], [x2, y2]], dtype=np.int32)
                 cv2.fillPoly(image, [pts], bgr)

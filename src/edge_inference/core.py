@@ -158,15 +158,15 @@ class EdgeInference:
                                  classes, self.config.max_det)
         except ConversionError as err:
             return None, replace(report, status='failed', reason=str(err), imgsz=imgsz,
-                               total_ms=_ms(self._clock() - start))
+                                 total_ms=_ms(self._clock() - start))
         except (BackendError, ConfigError) as err:
             return None, replace(report, status='failed', reason=f'inference_error: {err}',
-                               imgsz=imgsz, total_ms=_ms(self._clock() - start))
+                                 imgsz=imgsz, total_ms=_ms(self._clock() - start))
         end = self._clock()
         result = DetectionSet(stamp_ns=stamp_ns, frame_id=frame_id,
                               source=self.config.source_name, detections=dets, model=name)
         return result, replace(report, reason=note, imgsz=imgsz, detections=len(dets),
-                             inference_ms=_ms(end - infer_start), total_ms=_ms(end - start))
+                               inference_ms=_ms(end - infer_start), total_ms=_ms(end - start))
 
 
 def _ms(ns: int) -> float:

@@ -41,8 +41,8 @@ def export_model(model: str, imgsz: int, out: Path, fmt: str = 'onnx',
         try:
             yolo = YOLO(model, task='detect')
             yolo.model.names = named_classes(yolo.model)  # travels in the export's metadata
-            written = yolo.export(format=fmt, imgsz=imgsz, dynamic=False,
-                                                        simplify=False, verbose=False)
+            written = yolo.export(format=fmt, imgsz=imgsz, dynamic=False, simplify=False,
+                                  verbose=False)
         except Exception as err:  # ultralytics raises many types; report them as one
             raise BackendError(f'export of {model!r} to {fmt} failed: {err}') from err
     out.parent.mkdir(parents=True, exist_ok=True)

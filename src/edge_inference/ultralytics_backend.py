@@ -54,7 +54,7 @@ def prepare_offline(config_dir: str = '') -> Path:
 
 
 def coco_names() -> dict[int, str]:
-    """COCO's 80 class names, from the dataset config ultralytics ships."""
+    """Class names of COCO (80), from the dataset config ultralytics ships."""
     text = resources.files('ultralytics').joinpath('cfg', 'datasets', 'coco.yaml').read_text()
     return {int(k): str(v) for k, v in yaml.safe_load(text)['names'].items()}
 
@@ -108,8 +108,11 @@ class UltralyticsBackend:
 
 
 def named_classes(model: Any) -> dict[int, str]:
-    """A YOLO model's class names; an untrained 80-class architecture (numbered classes) gets
-    COCO's names, which is what its outputs mean once trained on COCO."""
+    """Class names of a YOLO model.
+
+    An untrained 80-class architecture (numbered classes) gets COCO's names, which is what its
+    outputs mean once trained on COCO.
+    """
     names = {int(k): str(v) for k, v in model.names.items()}
     if len(names) == 80 and all(v == str(k) for k, v in names.items()):
         return coco_names()

@@ -50,8 +50,9 @@ class Annotator:
             for det in outcome.result.detections:
                 p1, p2 = (int(det.x1), int(det.y1)), (int(det.x2), int(det.y2))
                 cv2.rectangle(image, p1, p2, colour, 2)
-                cv2.putText(image, f'{det.class_name} {det.score:.2f}', (p1[0], max(12, p1[1] - 4)),
-                            cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+                cv2.putText(image, f'{det.class_name} {det.score:.2f}',
+                            (p1[0], max(12, p1[1] - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour,
+                            1, cv2.LINE_AA)
         latency = '-' if record.latency_ms is None else f'{record.latency_ms:.0f} ms'
         status = f'drop: {record.drop_reason}' if record.dropped else f'{source} {latency}'
         cv2.putText(image, f'route {record.route} | {status}', (8, 20),

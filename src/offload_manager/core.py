@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.params import ParameterSpec, resolve
-from adaptive_offload.types import Decision, DetectionSet, FrameRecord, InferenceReport, Route
+from adaptive_offload.types import Decision, DetectionSet, InferenceReport, Route
 from offload_manager.arbiter import Arbiter, Outcome
 from offload_manager.policies import Plan, Policy, PolicySettings, create_policy
 
@@ -156,4 +156,3 @@ class OffloadManager:
         for outcome in outcomes:
             self._policy.observe_record(outcome.record)
         return outcomes
-

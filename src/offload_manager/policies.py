@@ -51,8 +51,9 @@ class Policy(Protocol):
 
 
 class FixedRoutePolicy:
-    """Always the same route and settings (the ``edge-only``, ``cloud-only`` and ``static``
-    baselines); it observes nothing, which is what makes it a baseline.
+    """Always the same route and settings: the edge-only, cloud-only and static baselines.
+
+    It observes nothing, which is what makes it a baseline.
 
     Args:
         settings: Manager parameters.
