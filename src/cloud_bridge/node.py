@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from rclpy.node import Node
 
@@ -16,8 +17,8 @@ from cloud_bridge.core import PARAMETERS, CloudBridge, CloudConfig
 class CloudBridgeNode(Node):
     """Subscribes to the camera; publishes the service's detections and per-frame telemetry."""
 
-    def __init__(self) -> None:
-        super().__init__('cloud_bridge')
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('cloud_bridge', **kwargs)
         config = CloudConfig.from_params(ros.declare_parameters(self, PARAMETERS))
         self._transport = config.make_transport()
         # Until the manager speaks, the safe default keeps every frame off the network.

@@ -8,6 +8,7 @@ to the camera; deactivate: unsubscribe and release the model; cleanup: drop publ
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from std_msgs.msg import String
@@ -28,8 +29,8 @@ class EdgeInferenceNode(LifecycleNode):
     ``edge/label_info``), so an instance in namespace ``/pi`` publishes ``/pi/edge/...``.
     """
 
-    def __init__(self) -> None:
-        super().__init__('edge_inference')
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('edge_inference', **kwargs)
         self._values = ros.declare_parameters(self, PARAMETERS)
         self._types = ros.message_types()
         self._config: EdgeConfig | None = None

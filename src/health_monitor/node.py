@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
@@ -18,8 +19,8 @@ from health_monitor.core import PARAMETERS, HealthConfig, HealthMonitor
 class HealthMonitorNode(Node):
     """Counts arrivals on the monitored topics; runs the checks on a timer."""
 
-    def __init__(self) -> None:
-        super().__init__('health_monitor')
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('health_monitor', **kwargs)
         config = HealthConfig.from_params(ros.declare_parameters(self, PARAMETERS))
         self._core = HealthMonitor(config, ros.now_ns(self))
         self._types = ros.message_types()

@@ -26,8 +26,8 @@ TICK_S = 0.02
 class OffloadManagerNode(Node):
     """Runs the policy on a timer and the arbiter on every input, result and report."""
 
-    def __init__(self) -> None:
-        super().__init__('offload_manager')
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__('offload_manager', **kwargs)
         config = ManagerConfig.from_params(ros.declare_parameters(self, PARAMETERS))
         self._core = OffloadManager(config)
         self._types = ros.message_types()
