@@ -73,6 +73,9 @@ def test_onnx_matches_pytorch_on_the_same_frame(calibrated_pt: Path, tmp_path: P
     assert _matched(a, b) >= 0.95 and _matched(b, a) >= 0.95
     keep = onnx_backend.infer(image, 320, 0.5, 0.7, (0,), 100)
     assert {d.class_name for d in keep} <= {'person'}
+    openvino = create_backend('openvino', BackendOptions(str(onnx_path)))
+    c = openvino.infer(image, 320, 0.5, 0.7, None, 100)
+    assert _matched(a, c) >= 0.95 and _matched(c, a) >= 0.95
 
 
 def test_onnx_boxes_map_back_to_the_original_frame(calibrated_pt: Path, tmp_path: Path,
@@ -99,5 +102,9 @@ def test_onnx_errors(tmp_path: Path) -> None:
     bogus.write_bytes(b'not a model')
     with pytest.raises(BackendError, match='cannot load'):
         create_backend('onnx', BackendOptions(str(bogus)))
+    with pytest.raises(BackendError, match='cannot load'):
+        create_backend('openvino', BackendOptions(str(bogus)))
+    with pytest.raises(BackendError, match='not an OpenVINO device'):
+        create_backend('openvino', BackendOptions(str(bogus), device='tpu'))
     with pytest.raises(BackendError, match='no ONNX Runtime provider'):
         create_backend('onnx', BackendOptions(str(bogus), device='tpu'))

@@ -61,9 +61,15 @@ def _onnx(options: BackendOptions) -> DetectorBackend:
     return OnnxBackend(options)
 
 
+def _openvino(options: BackendOptions) -> DetectorBackend:
+    from edge_inference.onnx_backend import OpenVinoBackend
+    return OpenVinoBackend(options)
+
+
 BACKENDS: dict[str, Callable[[BackendOptions], DetectorBackend]] = {
     'ultralytics': _ultralytics,
     'onnx': _onnx,
+    'openvino': _openvino,
 }
 
 

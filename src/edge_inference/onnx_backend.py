@@ -1,7 +1,7 @@
-"""ONNX Runtime backend for YOLO detection models exported by ultralytics.
+"""Backends for YOLO detection models exported to ONNX: ONNX Runtime and OpenVINO.
 
-Runs without torch or ultralytics at inference time (what a Raspberry Pi wants): letterbox,
-one session run, decode of the ``(1, 4 + classes, anchors)`` output, class-wise NMS, and
+Both run without torch or ultralytics at inference time (what a Raspberry Pi wants):
+letterbox, one run, decode of the ``(1, 4 + classes, anchors)`` output, class-wise NMS, and
 mapping back to the original image's pixels.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -40,8 +40,19 @@ def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[fl
     return padded, scale, (left, top)
 
 
+def _class_names(path: str) -> dict[int, str]:
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    try:
+        return {int(k): str(v) for k, v in ast.literal_eval(meta['names']).items()}
+    except (KeyError, ValueError, SyntaxError) as err:
+        raise BackendError(f'{path}: no class names in the metadata; export it with '
+                           'adaptive-offload export') from err
+
+
 class OnnxBackend:
-    """A YOLO ``.onnx`` file exported by ultralytics (``adaptive-offload export``).
+    """A YOLO ``.onnx`` file exported by ``adaptive-offload export``, run by ONNX Runtime.
 
     The network input size is fixed at export; :meth:`infer` uses it whatever ``imgsz`` asks.
 
@@ -54,29 +65,29 @@ class OnnxBackend:
     """
 
     def __init__(self, options: BackendOptions) -> None:
-        import onnxruntime as ort
-
         if not Path(options.model).is_file():
             raise BackendError(f'ONNX model {options.model!r} not found')
-        provider = _PROVIDERS.get(options.device.split(':')[0])
-        if provider is None or provider not in ort.get_available_providers():
-            raise BackendError(f'device {options.device!r}: no ONNX Runtime provider '
-                               f'(available: {", ".join(ort.get_available_providers())})')
-        try:
-            self._session: Any = ort.InferenceSession(options.model, providers=[provider])
-        except Exception as err:  # onnxruntime raises its own exception types
-            raise BackendError(f'cannot load {options.model!r}: {err}') from err
-        meta = self._session.get_modelmeta().custom_metadata_map
-        try:
-            self._names = {int(k): str(v) for k, v in ast.literal_eval(meta['names']).items()}
-        except (KeyError, ValueError, SyntaxError) as err:
-            raise BackendError(f'{options.model}: no class names in the metadata; export it '
-                               'with ultralytics') from err
-        shape = self._session.get_inputs()[0].shape
-        if not isinstance(shape[2], int) or shape[2] != shape[3]:
+        self._run, shape = self._open(options.model, options.device)
+        if len(shape) != 4 or not isinstance(shape[2], int) or shape[2] != shape[3]:
             raise BackendError(f'{options.model}: expected a fixed square input, got {shape}')
         self.imgsz = int(shape[2])
-        self._input = self._session.get_inputs()[0].name
+        self._names = _class_names(options.model)
+
+    def _open(self, path: str, device: str) -> tuple[Callable[[np.ndarray], np.ndarray],
+                                                     list[Any]]:
+        """Load the model; returns a function from input blob to output, and the input shape."""
+        import onnxruntime as ort
+
+        provider = _PROVIDERS.get(device.split(':')[0])
+        if provider is None or provider not in ort.get_available_providers():
+            raise BackendError(f'device {device!r}: no ONNX Runtime provider '
+                               f'(available: {", ".join(ort.get_available_providers())})')
+        try:
+            session = ort.InferenceSession(path, providers=[provider])
+        except Exception as err:  # onnxruntime raises its own exception types
+            raise BackendError(f'cannot load {path!r}: {err}') from err
+        name = session.get_inputs()[0].name
+        return (lambda blob: session.run(None, {name: blob})[0]), session.get_inputs()[0].shape
 
     @property
     def names(self) -> dict[int, str]:
@@ -90,7 +101,7 @@ class OnnxBackend:
         blob = np.ascontiguousarray(padded[:, :, ::-1].transpose(2, 0, 1), dtype=np.float32)
         blob = blob[None] / 255.0
         try:
-            output = self._session.run(None, {self._input: blob})[0][0]
+            output = self._run(blob)[0]
         except Exception as err:  # a failing frame must not kill the node
             raise BackendError(f'inference failed: {err}') from err
         scores_all = output[4:].T
@@ -111,3 +122,30 @@ class OnnxBackend:
         xyxy = (xyxy - [left, top, left, top]) / scale
         height, width = image.shape[:2]
         return boxes_from_arrays(xyxy, scores[chosen], cls[chosen], self._names, width, height)
+
+
+class OpenVinoBackend(OnnxBackend):
+    """The same exported ``.onnx`` file run by OpenVINO (fast on Intel CPUs and NPUs).
+
+    Args:
+        options: ``model`` is the ``.onnx`` path; ``device`` an OpenVINO device (``cpu``,
+            ``gpu``, ``npu``; upper or lower case).
+    """
+
+    def _open(self, path: str, device: str) -> tuple[Callable[[np.ndarray], np.ndarray],
+                                                     list[Any]]:
+        import openvino as ov
+
+        core = ov.Core()
+        target = device.upper()
+        if target not in core.available_devices:
+            raise BackendError(f'device {device!r}: not an OpenVINO device here '
+                               f'(available: {", ".join(core.available_devices)})')
+        try:
+            compiled = core.compile_model(core.read_model(path), target)
+        except Exception as err:  # OpenVINO raises RuntimeError subclasses of its own
+            raise BackendError(f'cannot load {path!r}: {err}') from err
+        shape = [d.get_length() if d.is_static else None
+                 for d in compiled.input(0).get_partial_shape()]
+        output = compiled.output(0)
+        return (lambda blob: compiled(blob)[output]), shape
