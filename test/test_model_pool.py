@@ -11,7 +11,7 @@ import pytest
 from adaptive_offload.conversions import MessageTypes, frame_to_message
 from adaptive_offload.errors import BackendError, ConfigError
 from adaptive_offload.types import Decision
-from conftest import FakeBackend
+from helpers import FakeBackend
 from edge_inference.backends import BackendOptions
 from edge_inference.core import EdgeConfig, build_edge
 from edge_inference.models import ModelPool, ModelSpec, parse_models

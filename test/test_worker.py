@@ -13,7 +13,7 @@ from adaptive_offload.gate import StampGate
 from adaptive_offload.mailbox import LatestSlot
 from adaptive_offload.types import Decision, Route
 from adaptive_offload.worker import DecisionHolder, FrameWorker
-from conftest import FakeBackend, ManualClock, fake_edge
+from helpers import FakeBackend, ManualClock, fake_edge
 from edge_inference.core import EdgeInference
 
 

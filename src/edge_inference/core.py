@@ -37,6 +37,8 @@ PARAMETERS = (
     ParameterSpec('alt_models', '',
                   'Other models decisions may ask for: name=path;name=path (.onnx: onnx).'),
     ParameterSpec('max_loaded_models', 2, 'Most models held in memory at once.'),
+    ParameterSpec('publish_annotated', False,
+                  'Also publish edge/annotated (Image with the boxes) for rviz.'),
     ParameterSpec('autostart', True,
                   'Configure and activate the lifecycle node at start (plain launches).'),
 )
@@ -62,6 +64,7 @@ class EdgeConfig:
     ultralytics_config_dir: str
     alt_models: str
     max_loaded_models: int
+    publish_annotated: bool
     autostart: bool
 
     @classmethod

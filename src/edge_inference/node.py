@@ -11,11 +11,14 @@ import sys
 from typing import Any
 
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from adaptive_offload import ros_interface as ros
-from adaptive_offload.conversions import detections_to_message, label_info_message
+from adaptive_offload.conversions import (
+    detections_to_message, frame_to_message, label_info_message)
+from adaptive_offload.drawing import annotate_message
 from adaptive_offload.errors import AdaptiveOffloadError
 from adaptive_offload.types import DetectionSet, InferenceReport
 from adaptive_offload.worker import DecisionHolder, FrameWorker
@@ -25,8 +28,9 @@ from edge_inference.core import PARAMETERS, EdgeConfig, build_edge
 class EdgeInferenceNode(LifecycleNode):
     """Runs the detector on the newest frame; publishes detections, telemetry, label map.
 
-    Outputs use relative names (``edge/detections``, ``edge/telemetry``,
-    ``edge/label_info``), so an instance in namespace ``/pi`` publishes ``/pi/edge/...``.
+    Outputs use relative names (``edge/detections``, ``edge/telemetry``, ``edge/label_info``,
+    optionally ``edge/annotated``), so an instance in namespace ``/pi`` publishes
+    ``/pi/edge/...``.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -55,6 +59,9 @@ class EdgeInferenceNode(LifecycleNode):
                                                         ros.result_qos())
         self._label_pub = self.create_lifecycle_publisher(LabelInfo, 'edge/label_info',
                                                           ros.latched_qos())
+        self._annotated_pub = self.create_lifecycle_publisher(Image, 'edge/annotated',
+                                                              ros.result_qos()) \
+            if self._config.publish_annotated else None
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -77,9 +84,14 @@ class EdgeInferenceNode(LifecycleNode):
                                f'imgsz {config.imgsz}, input {config.image_topic + suffix}')
         return result
 
-    def _emit(self, _msg: object, dets: DetectionSet | None, report: InferenceReport) -> None:
+    def _emit(self, msg: object, dets: DetectionSet | None, report: InferenceReport) -> None:
         if dets is not None:
             self._det_pub.publish(detections_to_message(self._types, dets))
+            if self._annotated_pub is not None:
+                image = annotate_message(msg, dets.detections, 'edge', dets.model)
+                if image is not None:
+                    self._annotated_pub.publish(frame_to_message(
+                        self._types, image, dets.stamp_ns, dets.frame_id, 'bgr8'))
         self._tel_pub.publish(String(data=report.to_json()))
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -89,8 +101,9 @@ class EdgeInferenceNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Drop publishers and the decision subscription."""
-        for pub in (self._det_pub, self._tel_pub, self._label_pub):
-            self.destroy_lifecycle_publisher(pub)
+        for pub in (self._det_pub, self._tel_pub, self._label_pub, self._annotated_pub):
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
         self.destroy_subscription(self._decision_sub)
         self._config = None
         return super().on_cleanup(state)
