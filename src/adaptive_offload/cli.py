@@ -72,6 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument('--json', action='store_true', help='print the summary as JSON')
     replay.add_argument('--no-progress', action='store_true', help='no progress bar')
 
+    serve = sub.add_parser('serve', help='run the cloud R-CNN service (V2 REST)')
+    serve.add_argument('--arch', default='fasterrcnn_mobilenet_v3_large_fpn',
+                       help='torchvision detection architecture')
+    serve.add_argument('--checkpoint', default='',
+                       help='state_dict file; empty: random weights (for tests)')
+    serve.add_argument('--device', default='cpu')
+    serve.add_argument('--host', default='127.0.0.1')
+    serve.add_argument('--port', type=int, default=8080, help='0 picks a free port')
+    serve.add_argument('--model-name', default='rcnn')
+    serve.add_argument('--token', default='', help='require this bearer token')
+    serve.add_argument('--score-threshold', type=float, default=0.5)
+    serve.add_argument('--max-request-bytes', type=int, default=8 << 20)
+    serve.add_argument('--max-image-side', type=int, default=4096)
+    serve.add_argument('--threads', type=int, default=0, help='torch threads; 0: default')
+
     export = sub.add_parser('export', help='export a YOLO model for the onnx backend')
     export.add_argument('model', help='weights (.pt) or model config (.yaml)')
     export.add_argument('--out', type=Path, required=True, help='file to write (.onnx)')
@@ -106,6 +121,18 @@ def _sample_bag(args: argparse.Namespace) -> int:
     count = write_sample_bag(args.out, spec, args.distro)
     print(f'wrote {count} frames ({spec.width}x{spec.height} {spec.encoding} at {spec.fps} fps) '
           f'to {args.out}')
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from cloud_bridge.service import ServiceConfig, serve
+
+    serve(ServiceConfig(arch=args.arch, checkpoint=args.checkpoint, device=args.device,
+                        host=args.host, port=args.port, model_name=args.model_name,
+                        token=args.token, max_request_bytes=args.max_request_bytes,
+                        max_image_side=args.max_image_side,
+                        score_threshold=args.score_threshold, threads=args.threads),
+          lambda line: print(line, flush=True))
     return EXIT_OK
 
 
@@ -150,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return int(exc.code or 0)
-    handlers = {'sample-bag': _sample_bag, 'replay': _replay, 'export': _export}
+    handlers = {'sample-bag': _sample_bag, 'replay': _replay, 'export': _export,
+                'serve': _serve}
     try:
         return handlers[args.command](args)
     except AdaptiveOffloadError as err:

@@ -1,0 +1,126 @@
+"""torchvision Faster / Mask R-CNN detectors for the cloud service."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from adaptive_offload.errors import BackendError, ConfigError
+
+
+def _builder(name: str) -> Callable[..., Any]:
+    from torchvision.models import detection
+
+    return getattr(detection, name)
+
+
+ARCHITECTURES: dict[str, Callable[[], Callable[..., Any]]] = {
+    name: (lambda n=name: _builder(n)) for name in (
+        'fasterrcnn_resnet50_fpn_v2', 'fasterrcnn_mobilenet_v3_large_fpn',
+        'fasterrcnn_mobilenet_v3_large_320_fpn', 'maskrcnn_resnet50_fpn')
+}
+
+
+@dataclass(frozen=True)
+class Detections:
+    """One image's detections in its pixels.
+
+    Attributes:
+        boxes: Nx4 float32, x1 y1 x2 y2.
+        scores: N float32.
+        labels: N class names.
+        masks: For Mask R-CNN, N binary HxW masks (uint8); else None.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: tuple[str, ...]
+    masks: np.ndarray | None = None
+
+
+def coco_categories() -> list[str]:
+    """The 91 COCO category slots torchvision's detection models predict (index 0 background)."""
+    from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
+
+    return list(FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta['categories'])
+
+
+class RcnnDetector:
+    """A torchvision R-CNN loaded once, warmed up, thread-safe.
+
+    Args:
+        arch: One of :data:`ARCHITECTURES`.
+        checkpoint: Path of a state_dict (``torch.load(..., weights_only=True)``: never
+            unpickles objects); empty builds random weights (tests, benchmarks).
+        device: ``cpu`` or ``cuda[:N]``.
+        score_threshold: Detections below it are dropped.
+        threads: torch intra-op threads; 0 keeps torch's default.
+
+    Raises:
+        ConfigError: For an unknown architecture.
+        BackendError: If the checkpoint does not load or the device is unavailable.
+    """
+
+    def __init__(self, arch: str, checkpoint: str = '', device: str = 'cpu',
+                 score_threshold: float = 0.5, threads: int = 0) -> None:
+        import torch
+
+        if arch not in ARCHITECTURES:
+            raise ConfigError(f'unknown architecture {arch!r} '
+                              f'(known: {", ".join(sorted(ARCHITECTURES))})')
+        if device.startswith('cuda') and not torch.cuda.is_available():
+            raise BackendError(f'device {device!r} requested but CUDA is not available')
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self._device = torch.device(device)
+        self.categories = coco_categories()
+        model = ARCHITECTURES[arch]()(weights=None, weights_backbone=None,
+                                      num_classes=len(self.categories),
+                                      box_score_thresh=score_threshold)
+        if checkpoint:
+            if not Path(checkpoint).is_file():
+                raise BackendError(f'checkpoint {checkpoint!r} not found')
+            try:
+                state = torch.load(checkpoint, map_location=self._device, weights_only=True)
+                model.load_state_dict(state)
+            except Exception as err:  # torch raises many types for a bad checkpoint
+                raise BackendError(f'cannot load checkpoint {checkpoint!r}: {err}') from err
+        self._model = model.to(self._device).eval()
+        self.arch = arch
+        self.score_threshold = score_threshold
+        self._lock = threading.Lock()
+        self.detect([np.zeros((320, 320, 3), np.uint8)])  # warm-up before readiness
+
+    def detect(self, images: list[np.ndarray]) -> list[Detections]:
+        """Detect objects in BGR images (one batch).
+
+        Args:
+            images: HxWx3 uint8 BGR images, sizes may differ.
+
+        Returns:
+            One :class:`Detections` per image.
+        """
+        torch = self._torch
+        tensors = [torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1])).permute(2, 0, 1)
+                   .to(self._device, torch.float32).div_(255.0) for img in images]
+        with self._lock, torch.inference_mode():
+            outputs = self._model(tensors)
+        results = []
+        for out in outputs:
+            keep = out['scores'] >= self.score_threshold
+            labels = out['labels'][keep].cpu().numpy()
+            masks = None
+            if 'masks' in out:
+                masks = (out['masks'][keep, 0] > 0.5).cpu().numpy().astype(np.uint8)
+            results.append(Detections(
+                boxes=out['boxes'][keep].cpu().numpy().astype(np.float32),
+                scores=out['scores'][keep].cpu().numpy().astype(np.float32),
+                labels=tuple(self.categories[i] if 0 <= i < len(self.categories) else str(i)
+                             for i in labels.tolist()),
+                masks=masks))
+        return results

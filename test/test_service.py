@@ -1,0 +1,176 @@
+"""The cloud R-CNN service on loopback, reached through the bridge's own V2 client."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+import pytest
+
+from adaptive_offload.errors import CloudError
+from adaptive_offload.types import Decision, Route
+from cloud_bridge.core import CloudBridge
+from cloud_bridge.rcnn import RcnnDetector, coco_categories
+from cloud_bridge.service import InferenceService, ServiceConfig
+from cloud_bridge.transport import V2RestTransport
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def detector() -> RcnnDetector:
+    """The smallest architecture, random weights, every detection kept."""
+    return RcnnDetector('fasterrcnn_mobilenet_v3_large_320_fpn', score_threshold=0.0,
+                        threads=2)
+
+
+def _start(config: ServiceConfig, detector: RcnnDetector | None) -> InferenceService:
+    service = InferenceService(config, detector)
+    threading.Thread(target=service.serve_forever, daemon=True).start()
+    return service
+
+
+@pytest.fixture
+def service(detector: RcnnDetector) -> Iterator[InferenceService]:
+    svc = _start(ServiceConfig(port=0, token='t0k', max_request_bytes=200_000,
+                               max_image_side=1000), detector)
+    yield svc
+    svc.shutdown()
+
+
+def _jpeg(width: int = 320, height: int = 240) -> bytes:
+    image = np.random.default_rng(0).integers(0, 255, (height, width, 3), np.uint8)
+    return cv2.imencode('.jpg', image)[1].tobytes()
+
+
+def _post(url: str, body: dict[str, Any] | bytes, token: str = 't0k') -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(f'{url}/v2/models/rcnn/infer', data=data, headers={
+        'Authorization': f'Bearer {token}', 'Content-Type': 'application/json'})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_bridge_client_gets_boxes_in_the_image(service: InferenceService) -> None:
+    reply = V2RestTransport(service.url, 'rcnn', token='t0k').infer(_jpeg(), timeout_s=30)
+    assert len(reply.boxes) == len(reply.scores) == len(reply.labels) > 0
+    assert (reply.boxes[:, [0, 2]] <= 320).all() and (reply.boxes[:, [1, 3]] <= 240).all()
+    assert set(reply.labels) <= set(coco_categories())
+    with urllib.request.urlopen(f'{service.url}/metrics', timeout=5) as response:
+        assert 'adaptive_offload_requests_total{outcome="ok"} 1' in response.read().decode()
+
+
+def test_readiness_and_metadata(service: InferenceService) -> None:
+    for path in ('/v2/health/live', '/v2/health/ready', '/v2/models/rcnn/ready'):
+        with urllib.request.urlopen(service.url + path, timeout=5) as response:
+            assert response.status == 200
+    with urllib.request.urlopen(service.url + '/v2/models/rcnn', timeout=5) as response:
+        meta = json.loads(response.read())
+    assert meta['inputs'][0] == {'name': 'image', 'datatype': 'BYTES', 'shape': [1]}
+
+
+def test_not_ready_until_the_model_is_warm() -> None:
+    svc = _start(ServiceConfig(port=0), detector=None)  # loads in the background
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(svc.url + '/v2/health/ready', timeout=5)
+        assert err.value.code == 503
+        with pytest.raises(CloudError, match='http_503'):
+            V2RestTransport(svc.url, 'rcnn').infer(_jpeg(), timeout_s=5)
+    finally:
+        svc.shutdown()
+
+
+@pytest.mark.parametrize('body, status, message', [
+    ({'inputs': [{'name': 'img', 'datatype': 'BYTES', 'data': ['x']}]}, 400, 'expected input'),
+    ({'inputs': [{'name': 'image', 'datatype': 'FP32', 'data': [1.0]}]}, 400, 'expected input'),
+    ({'inputs': [{'name': 'image', 'datatype': 'BYTES', 'data': ['@@@']}]}, 400, 'base64'),
+    ({'inputs': [{'name': 'image', 'datatype': 'BYTES',
+                  'data': [base64.b64encode(b'not an image').decode()]}]}, 400, 'decodable'),
+    ({'inputs': [{'name': 'image', 'datatype': 'BYTES',
+                  'data': [base64.b64encode(_jpeg(1200, 100)).decode()]}]}, 400, 'exceeds'),
+    ({'inputs': []}, 400, 'exactly one input'),
+    (b'{"not json', 400, 'not a V2'),
+])
+def test_bad_requests_get_clear_400s(service: InferenceService, body: Any, status: int,
+                                     message: str) -> None:
+    code, reply = _post(service.url, body)
+    assert code == status and message in reply['error']
+    assert service.counts['rejected_400'] >= 1
+
+
+def test_oversize_and_unauthorised_requests_are_refused(service: InferenceService) -> None:
+    big = {'inputs': [{'name': 'image', 'datatype': 'BYTES', 'data': ['A' * 300_000]}]}
+    assert _post(service.url, big)[0] == 413
+    code, reply = _post(service.url, {'inputs': []}, token='wrong')
+    assert code == 401 and 'token' in reply['error']
+    assert service.counts['rejected_401'] == 1 and service.counts['rejected_413'] == 1
+
+
+def test_cloud_only_bridge_against_the_service(service: InferenceService,
+                                               types: Any) -> None:
+    from adaptive_offload.conversions import frame_to_message
+
+    bridge = CloudBridge(V2RestTransport(service.url, 'rcnn', token='t0k'))
+    msg = frame_to_message(types, np.full((480, 640, 3), 90, np.uint8), 3, 'cam', 'rgb8')
+    dets, report = bridge.process(msg, Decision(route=Route.CLOUD, cloud_max_side=320,
+                                                deadline_ms=30_000))
+    assert report.status == 'ok' and report.imgsz == 320
+    assert all(d.x2 <= 640 and d.y2 <= 480 for d in dets.detections)
+
+
+def test_serve_command_stops_on_sigterm_within_10_s() -> None:
+    env = dict(os.environ, PYTHONPATH=str(ROOT / 'src'))
+    proc = subprocess.Popen([sys.executable, '-m', 'adaptive_offload.cli', 'serve', '--port',
+                             '0', '--arch', 'fasterrcnn_mobilenet_v3_large_320_fpn'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert 'serving fasterrcnn_mobilenet_v3_large_320_fpn' in line
+        base = re.search(r'http://[0-9.]+:[0-9]+', line).group(0)
+        for _ in range(600):  # bounded: the model loads in the background
+            try:
+                with urllib.request.urlopen(base + '/v2/health/ready', timeout=1):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.1)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert time.monotonic() - start < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_replay_cloud_only_through_the_service(service: InferenceService, tmp_path: Path,
+                                               fake_backend_factory: Any) -> None:
+    from adaptive_offload.replay import Replay, ReplayOptions
+    from adaptive_offload.samplebag import SampleSpec, write_sample_bag
+
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=6, width=160, height=120))
+    result = Replay(ReplayOptions(bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0,
+                                  overrides={'offload_manager': {'policy': 'cloud-only',
+                                                                 'deadline_ms': 30_000.0},
+                                             'cloud_bridge': {'url': service.url,
+                                                              'token': 't0k'}}),
+                    backend_factory=fake_backend_factory).run()
+    assert [r.result_source for r in result.records] == ['cloud'] * 6
+    assert service.counts['ok'] == 6
