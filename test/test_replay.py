@@ -13,7 +13,8 @@ from rosbags.rosbag2 import Reader
 
 from adaptive_offload.bagio import SENSOR_QOS, OutputBag
 from adaptive_offload.conversions import encode_image, frame_to_message, header
-from adaptive_offload.errors import BagError, ConfigError
+from adaptive_offload.errors import BackendError, BagError
+from cloud_bridge.service import ServiceConfig
 from adaptive_offload.replay import Replay, ReplayOptions
 from adaptive_offload.samplebag import SampleSpec, write_sample_bag
 from adaptive_offload.typestore import make_typestore, message_types
@@ -161,9 +162,11 @@ def test_unusable_bags_are_clear_errors(tmp_path: Path,
     (tmp_path / 'exists').mkdir()
     with pytest.raises(BagError, match='already exists'):
         _replay(tmp_path / 'ok', tmp_path / 'exists', fake_backend_factory)
-    with pytest.raises(ConfigError, match='--cloud'):
+    with pytest.raises(BackendError, match='embedded cloud service: unknown architecture'):
         _replay(tmp_path / 'ok', tmp_path / 'o2', fake_backend_factory,
-                overrides={'offload_manager': {'policy': 'cloud-only'}})
+                overrides={'offload_manager': {'policy': 'cloud-only'}},
+                service=ServiceConfig(arch='resnet-imaginary'))
+    assert not (tmp_path / 'o2').exists()  # nothing written for a run that never started
 
 
 def test_replay_with_real_ultralytics_model(tmp_path: Path, yolo_config_dir: str) -> None:

@@ -174,3 +174,17 @@ def test_replay_cloud_only_through_the_service(service: InferenceService, tmp_pa
                     backend_factory=fake_backend_factory).run()
     assert [r.result_source for r in result.records] == ['cloud'] * 6
     assert service.counts['ok'] == 6
+
+
+def test_replay_starts_the_embedded_service_when_no_url_is_given(
+        tmp_path: Path, fake_backend_factory: Any) -> None:
+    from adaptive_offload.replay import Replay, ReplayOptions
+    from adaptive_offload.samplebag import SampleSpec, write_sample_bag
+
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=4, width=160, height=120))
+    result = Replay(ReplayOptions(
+        bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0,
+        overrides={'offload_manager': {'policy': 'cloud-only', 'deadline_ms': 30_000.0}},
+        service=ServiceConfig(arch='fasterrcnn_mobilenet_v3_large_320_fpn')),
+        backend_factory=fake_backend_factory).run()
+    assert [r.result_source for r in result.records] == ['cloud'] * 4

@@ -67,7 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument('--imgsz', type=int, help='edge input size')
     replay.add_argument('--device', help='edge device (cpu, cuda, mps)')
     replay.add_argument('--deadline-ms', type=float, help='per-frame deadline')
-    replay.add_argument('--cloud', default='', help='URL of the V2 inference service')
+    replay.add_argument('--cloud', default='',
+                        help='URL of a V2 inference service; cloud policies without it start '
+                             'the service embedded on loopback')
+    replay.add_argument('--cloud-arch', default='fasterrcnn_mobilenet_v3_large_fpn',
+                        help='architecture of the embedded service')
+    replay.add_argument('--cloud-checkpoint', default='',
+                        help='state_dict of the embedded service; empty: random weights')
     replay.add_argument('--distro', choices=('humble', 'jazzy'), default='jazzy')
     replay.add_argument('--json', action='store_true', help='print the summary as JSON')
     replay.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -149,11 +155,13 @@ def _replay(args: argparse.Namespace) -> int:
     from adaptive_offload.params import load_params_file
     from adaptive_offload.replay import Replay, ReplayOptions
     from adaptive_offload.summary import format_summary
+    from cloud_bridge.service import ServiceConfig
 
     options = ReplayOptions(
         bag=args.bag, out=args.out, rate=args.rate, max_frames=args.max_frames, topic=args.topic,
         params=load_params_file(args.params) if args.params else {},
         overrides=_overrides(args), distro=args.distro,
+        service=ServiceConfig(arch=args.cloud_arch, checkpoint=args.cloud_checkpoint),
         progress=not args.no_progress and sys.stderr.isatty())
     result = Replay(options).run()
     if args.json:

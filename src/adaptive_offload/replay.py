@@ -12,7 +12,7 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -20,13 +20,14 @@ from adaptive_offload import topics
 from adaptive_offload.bagio import LATCHED_QOS, RESULT_QOS, InputBag, OutputBag
 from adaptive_offload.conversions import (
     detections_to_message, health_to_diagnostics, stamp_to_ns, string_message)
-from adaptive_offload.errors import ConfigError
+from adaptive_offload.errors import BackendError, ConfigError
 from adaptive_offload.params import node_params
 from adaptive_offload.summary import summarize
 from adaptive_offload.typestore import make_typestore, message_types
 from adaptive_offload.types import FrameRecord, HealthEvent
 from adaptive_offload.worker import DecisionHolder, FrameWorker
 from cloud_bridge.core import CloudBridge, CloudConfig
+from cloud_bridge.service import InferenceService, ServiceConfig
 from edge_inference.backends import BackendOptions, DetectorBackend, create_backend
 from edge_inference.core import EdgeConfig, build_edge
 from health_monitor.core import HealthConfig, HealthMonitor
@@ -49,6 +50,9 @@ class ReplayOptions:
         overrides: Per-node parameter overrides applied over ``params``.
         distro: ROS distribution whose message definitions are written.
         progress: Show a progress line on stderr.
+        service: The embedded cloud service started when a cloud policy has no
+            ``cloud_bridge`` url (host and port are always loopback and free).
+        service_timeout_s: Longest wait for the embedded service to be ready.
     """
 
     bag: Path
@@ -60,6 +64,8 @@ class ReplayOptions:
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     distro: str = 'jazzy'
     progress: bool = False
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+    service_timeout_s: float = 300.0
 
 
 @dataclass
@@ -104,6 +110,7 @@ class Replay:
         manager_cfg = ManagerConfig.from_params(_config(options, 'offload_manager'))
         health_cfg = HealthConfig.from_params(_config(options, 'health_monitor'))
         cloud_values = _config(options, 'cloud_bridge')
+        self._service: InferenceService | None = None
         self._input = InputBag(options.bag, options.topic)
         try:
             self._store = make_typestore(options.distro)
@@ -120,6 +127,17 @@ class Replay:
                               topics.edge_topic(self._edge_source, 'telemetry')), clock)]
             self._holders = [edge_holder]
             self._cloud: CloudBridge | None = None
+            wants_cloud = manager_cfg.policy == 'cloud-only' or (
+                manager_cfg.policy == 'static' and manager_cfg.static_route != 'edge')
+            if wants_cloud and not cloud_values.get('url'):
+                # The embedded default: the real service on loopback, for this run only.
+                self._service = InferenceService(replace(options.service, host='127.0.0.1',
+                                                         port=0))
+                threading.Thread(target=self._service.serve_forever, name='service',
+                                 daemon=True).start()
+                cloud_values = {**cloud_values, 'url': self._service.url,
+                                'token': options.service.token,
+                                'model': options.service.model_name}
             if cloud_values.get('url'):
                 cloud_cfg = CloudConfig.from_params(cloud_values)
                 self._cloud = CloudBridge(cloud_cfg.make_transport())
@@ -127,12 +145,8 @@ class Replay:
                 self._workers.append(FrameWorker(self._cloud, holder, self._emitter(
                     topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY), clock))
                 self._holders.append(holder)
-            elif manager_cfg.policy == 'cloud-only' or (
-                    manager_cfg.policy == 'static' and manager_cfg.static_route != 'edge'):
-                raise ConfigError(f'policy {manager_cfg.policy!r} sends frames to the cloud: '
-                                  'give the service URL (--cloud URL)')
         except BaseException:
-            self._input.close()
+            self._close_inputs()
             raise
         self._records: list[FrameRecord] = []
         self._health_events: list[HealthEvent] = []
@@ -155,7 +169,12 @@ class Replay:
             Records, health events, the summary and where the output went.
         """
         start = self._clock()
-        out = OutputBag(self._opts.out, self._store)
+        try:
+            self._wait_for_service()
+            out = OutputBag(self._opts.out, self._store)
+        except BaseException:
+            self._close_inputs()
+            raise
         try:
             self._declare(out)
             player = threading.Thread(target=self._play, args=(out,), name='player', daemon=True)
@@ -167,12 +186,30 @@ class Replay:
         finally:
             for worker in self._workers:
                 worker.stop()
-            self._input.close()
+            self._close_inputs()
             out.close()
         wall_s = (self._clock() - start) / 1e9
         records = sorted(self._records, key=lambda r: r.index)
         summary = summarize(records, wall_s)
         return ReplayResult(records, self._health_events, summary, self._opts.out, wall_s)
+
+    def _wait_for_service(self) -> None:
+        if self._service is None:
+            return
+        deadline = self._clock() + int(self._opts.service_timeout_s * 1e9)
+        while not self._service.ready and not self._service.load_error:
+            if self._clock() > deadline:
+                raise BackendError('the embedded cloud service was not ready in '
+                                   f'{self._opts.service_timeout_s:.0f} s')
+            self._sleep(0.05)
+        if self._service.load_error:
+            raise BackendError(f'embedded cloud service: {self._service.load_error}')
+
+    def _close_inputs(self) -> None:
+        self._input.close()
+        if self._service is not None:
+            self._service.shutdown()
+            self._service = None
 
     def _declare(self, out: OutputBag) -> None:
         for conn in self._input.connections:
