@@ -73,11 +73,12 @@ class ManagerConfig:
 
     def policy_settings(self) -> PolicySettings:
         """The subset policies read."""
-        return PolicySettings(
-            deadline_ms=self.deadline_ms, static_route=Route(self.static_route),
-            edge_model=self.edge_model, edge_imgsz=self.edge_imgsz,
-            jpeg_quality=self.jpeg_quality, cloud_max_side=self.cloud_max_side,
-            offload_every=self.offload_every, hedge_delay_ms=self.hedge_delay_ms)
+        route = Route(self.static_route)
+        defaults = Plan(route=route, edge_model=self.edge_model, edge_imgsz=self.edge_imgsz,
+                        jpeg_quality=self.jpeg_quality, cloud_max_side=self.cloud_max_side,
+                        offload_every=self.offload_every, hedge_delay_ms=self.hedge_delay_ms,
+                        reason='')
+        return PolicySettings(self.deadline_ms, route, defaults)
 
 
 class OffloadManager:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Protocol
 
 from adaptive_offload.errors import ConfigError
@@ -25,16 +25,17 @@ class Plan:
 
 @dataclass(frozen=True)
 class PolicySettings:
-    """The manager parameters policies read."""
+    """The manager parameters policies read.
+
+    Attributes:
+        deadline_ms: Per-frame deadline.
+        static_route: Route of the ``static`` policy.
+        defaults: The plan the parameters describe (route, models, quality, sampling).
+    """
 
     deadline_ms: float
     static_route: Route
-    edge_model: str
-    edge_imgsz: int
-    jpeg_quality: int
-    cloud_max_side: int
-    offload_every: int
-    hedge_delay_ms: float
+    defaults: Plan
 
 
 class Policy(Protocol):
@@ -62,12 +63,8 @@ class FixedRoutePolicy:
     """
 
     def __init__(self, settings: PolicySettings, route: Route, name: str) -> None:
-        self._plan = Plan(route=route, edge_model=settings.edge_model,
-                          edge_imgsz=settings.edge_imgsz, jpeg_quality=settings.jpeg_quality,
-                          cloud_max_side=settings.cloud_max_side,
-                          offload_every=settings.offload_every,
-                          hedge_delay_ms=settings.hedge_delay_ms,
-                          reason=f'{name}: fixed route {route.value}')
+        self._plan = replace(settings.defaults, route=route,
+                             reason=f'{name}: fixed route {route.value}')
 
     def plan(self, now_ns: int) -> Plan:
         """The fixed plan."""
