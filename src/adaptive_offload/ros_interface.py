@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 import copy
+import signal
 from typing import Any, Callable, Iterable
 
 import rclpy
@@ -118,7 +119,7 @@ def run_node(factory: Callable[[], rclpy.node.Node], name: str,
     """Initialise rclpy, spin the node ``factory`` builds until shutdown, clean up.
 
     A configuration error (bad parameter, missing weights) is logged as fatal and gives exit
-    code 1 instead of a traceback.
+    code 1 instead of a traceback; an interrupt or shutdown gives exit code 0.
     """
     rclpy.init(args=args)
     node = None
@@ -132,7 +133,11 @@ def run_node(factory: Callable[[], rclpy.node.Node], name: str,
         rclpy.logging.get_logger(name).fatal(str(err))
         code = 1
     finally:
+        # Ctrl-C under ros2 launch reaches a node twice (from the terminal and from launch);
+        # the second must not interrupt the cleanup and turn a clean exit into a traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # try_shutdown restored the old handler
     return code
