@@ -38,7 +38,7 @@ def graph(tmp_path: Path) -> Iterator[tuple[SingleThreadedExecutor, Node]]:
     """rclpy with the test overrides, an executor and a probe node; shut down after."""
     rclpy.init(args=['--ros-args', '-p', 'model:=yolov8n.yaml', '-p', 'imgsz:=160',
                      '-p', 'edge_imgsz:=160', '-p', f'ultralytics_config_dir:={tmp_path}',
-                     '-p', 'publish_period_s:=0.2'])
+                     '-p', 'publish_period_s:=0.2', '-p', 'publish_annotated:=true'])
     executor = SingleThreadedExecutor()
     probe = Node('probe')
     executor.add_node(probe)
@@ -84,6 +84,7 @@ def test_edge_inference_detects_reports_and_follows_its_lifecycle(graph: Any) ->
     dets = collect(probe, Detection2DArray, '/edge/detections', ros.result_qos())
     tel = collect(probe, String, '/edge/telemetry', ros.result_qos())
     labels = collect(probe, LabelInfo, '/edge/label_info', ros.latched_qos())
+    annotated = collect(probe, Image, '/edge/annotated', ros.result_qos())
     pub = probe.create_publisher(Image, '/camera/image_raw', ros.image_qos())
     node = EdgeInferenceNode()
     executor.add_node(node)
@@ -98,6 +99,9 @@ def test_edge_inference_detects_reports_and_follows_its_lifecycle(graph: Any) ->
     assert all(r.model == 'yolov8n' and r.imgsz == 160 for r in reports)
     assert spin_until(executor, lambda: len(dets) == 3)
     assert [message_to_detections(d, 'edge').stamp_ns for d in dets] == [1 * S, 2 * S, 3 * S]
+    assert spin_until(executor, lambda: len(annotated) == 3)
+    first = annotated[0]
+    assert first.encoding == 'bgr8' and (first.width, first.height) == (64, 48)
 
     names = {p.name for p in PARAMETERS}
     assert names <= set(node._parameters)  # noqa: SLF001 - the declared set is the contract
