@@ -205,6 +205,9 @@ def _handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = 'HTTP/1.1'  # keep-alive: the bridge reuses its connection
+        # Headers and body go out in two writes; with Nagle on, the body would wait for the
+        # client's delayed ACK (40 ms on Linux loopback) on every reply.
+        disable_nagle_algorithm = True
 
         def _send(self, status: int, body: Any, content_type: str = 'application/json') -> None:
             payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
