@@ -139,3 +139,17 @@ def test_several_edge_targets_earliest_result_is_used() -> None:
     arb.add_result(_dets(1, 'edge'), 20 * MS)
     [out] = arb.poll(20 * MS)
     assert out.record.result_source == 'pi'
+
+
+def test_a_refused_duplicate_does_not_decide_the_original_frame() -> None:
+    """The worker refuses a repeated stamp; its report shares the original's key and may
+    arrive before the original's result (seen under ROS): the original must still publish."""
+    arb = Arbiter()
+    arb.frame_arrived(60, 'cam', 0, _decision(Route.EDGE))
+    dup = arb.frame_arrived(60, 'cam', 1, _decision(Route.EDGE))
+    assert dup.record.drop_reason == 'duplicate_stamp'
+    arb.add_report(_report(60, 'edge', 'refused', 'duplicate_stamp'))
+    assert arb.poll(2 * MS) == []
+    arb.add_result(_dets(60, 'edge'), 30 * MS)
+    [out] = arb.poll(30 * MS)
+    assert out.record.result_source == 'edge' and out.record.index == 0

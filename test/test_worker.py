@@ -118,9 +118,9 @@ def test_frame_worker_reports_every_frame_once(types: MessageTypes) -> None:
     worker.submit(_image(types, 0))  # older than the newest seen
     assert worker.process_next(timeout=0)
     assert not worker.process_next(timeout=0)
-    assert sorted(emitted) == [(0, 'dropped', 'out_of_order_stamp'),
+    assert sorted(emitted) == [(0, 'refused', 'out_of_order_stamp'),
                                (1, 'dropped', 'superseded'), (2, 'dropped', 'superseded'),
-                               (3, 'dropped', 'duplicate_stamp'), (3, 'ok', '')]
+                               (3, 'ok', ''), (3, 'refused', 'duplicate_stamp')]
 
 
 def test_frame_worker_latency_does_not_grow_when_frames_come_faster(types: MessageTypes) -> None:

@@ -235,7 +235,9 @@ class InferenceReport(JsonRecord):
         stamp_ns: Header stamp of the frame.
         frame_id: Header frame_id of the frame.
         source: ``edge`` or ``cloud``.
-        status: ``ok``, ``dropped`` (never processed) or ``failed`` (processing failed).
+        status: ``ok``, ``skipped`` (not routed to this source), ``dropped`` (never
+            processed), ``refused`` (its stamp repeated or went back: the report concerns the
+            refused frame, not the earlier frame with that key) or ``failed``.
         reason: Why it was dropped or failed; empty when ok.
         model: Model used.
         imgsz: Input size used.

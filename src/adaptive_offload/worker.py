@@ -8,6 +8,7 @@ newest admitted frame, and every frame ends in exactly one :class:`InferenceRepo
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from typing import Any, Callable, Protocol
 
 from adaptive_offload.conversions import stamp_to_ns
@@ -93,17 +94,19 @@ class FrameWorker:
         stamp_ns, frame_id = stamp_to_ns(msg.header.stamp), str(msg.header.frame_id)
         refusal = self._gate.check(stamp_ns, frame_id)
         if refusal:
-            self._report_drop(msg, refusal)
+            # 'refused', not 'dropped': the key belongs to another frame, whose fate this
+            # report must not decide.
+            self._report_drop(msg, refusal, 'refused')
             return
         replaced = self._slot.put(msg)
         if replaced is not None:
             self._report_drop(replaced, 'superseded')
 
-    def _report_drop(self, msg: Any, reason: str) -> None:
+    def _report_drop(self, msg: Any, reason: str, status: str = 'dropped') -> None:
         decision = self._decisions.current(self._now_ns())
         report = self._processor.drop(stamp_to_ns(msg.header.stamp), str(msg.header.frame_id),
                                       reason, decision)
-        self._emit(msg, None, report)
+        self._emit(msg, None, replace(report, status=status))
 
     def process_next(self, timeout: float | None = None) -> bool:
         """Process the waiting frame, if one arrives within ``timeout``; False if none did."""

@@ -103,7 +103,13 @@ class Arbiter:
         entry.results[dets.source] = (dets, now_ns)
 
     def add_report(self, report: InferenceReport) -> None:
-        """Attach a source's report; a non-ok report marks that source as failed."""
+        """Attach a source's report; a non-ok report marks that source as failed.
+
+        A ``refused`` report is about another frame that repeated this key (the arbiter drops
+        that one itself on arrival), so it never touches the pending frame.
+        """
+        if report.status == 'refused':
+            return
         entry = self._pending.get((report.stamp_ns, report.frame_id))
         if entry is None:
             if report.status == 'ok':
