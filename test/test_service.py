@@ -188,3 +188,90 @@ def test_replay_starts_the_embedded_service_when_no_url_is_given(
         service=ServiceConfig(arch='fasterrcnn_mobilenet_v3_large_320_fpn')),
         backend_factory=fake_backend_factory).run()
     assert [r.result_source for r in result.records] == ['cloud'] * 4
+
+
+def test_service_killed_mid_run_then_back(detector: RcnnDetector, types: Any) -> None:
+    """Frames fail fast once the service is gone, and the bridge recovers when it returns."""
+    from adaptive_offload.conversions import frame_to_message
+    from cloud_bridge.resilience import CircuitBreaker
+
+    svc = _start(ServiceConfig(port=0), detector)
+    port = int(svc.url.rsplit(':', 1)[1])
+    bridge = CloudBridge(V2RestTransport(svc.url, 'rcnn'), max_retries=1,
+                         breaker=CircuitBreaker(threshold=2, cooldown_ms=300))
+    decision = Decision(route=Route.CLOUD, deadline_ms=10_000)
+
+    def send(stamp: int) -> str:
+        msg = frame_to_message(types, np.zeros((96, 128, 3), np.uint8), stamp, 'cam', 'bgr8')
+        report = bridge.process(msg, decision)[1]
+        return report.status if report.status == 'ok' else report.reason.split(':')[0]
+
+    assert send(1) == 'ok'
+    svc.shutdown()
+    start = time.monotonic()
+    assert [send(s) for s in (2, 3, 4)] == ['connection', 'connection', 'circuit_open']
+    assert time.monotonic() - start < 2.0  # refused connections fail fast, no deadline wait
+    svc = _start(ServiceConfig(port=port), detector)
+    try:
+        time.sleep(0.35)  # the breaker's cool-down (wall clock: the bridge's default clock)
+        assert send(5) == 'ok' and bridge.breaker.state.value == 'closed'
+    finally:
+        svc.shutdown()
+
+
+def test_a_server_that_drops_connections_is_a_failed_report(types: Any) -> None:
+    import socket
+
+    from adaptive_offload.conversions import frame_to_message
+
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen()
+
+    def drop_all() -> None:
+        for _ in range(4):  # bounded: the bridge makes at most 1 + max_retries attempts
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(1024)
+            conn.close()
+
+    threading.Thread(target=drop_all, daemon=True).start()
+    try:
+        bridge = CloudBridge(V2RestTransport(f'http://127.0.0.1:{listener.getsockname()[1]}',
+                                             'rcnn'), max_retries=1)
+        msg = frame_to_message(types, np.zeros((32, 32, 3), np.uint8), 1, 'cam', 'bgr8')
+        _, report = bridge.process(msg, Decision(route=Route.CLOUD, deadline_ms=5_000))
+        assert report.status == 'failed' and report.reason.startswith('connection')
+    finally:
+        listener.close()
+
+
+def test_hedged_replay_keeps_every_frame_when_the_service_dies(
+        detector: RcnnDetector, tmp_path: Path, fake_backend_factory: Any) -> None:
+    from adaptive_offload.replay import Replay, ReplayOptions
+    from adaptive_offload.samplebag import SampleSpec, write_sample_bag
+
+    svc = _start(ServiceConfig(port=0), detector)
+
+    def kill_after_three() -> None:
+        for _ in range(3000):  # bounded wait for three served frames
+            if svc.counts['ok'] >= 3:
+                svc.shutdown()
+                return
+            time.sleep(0.005)
+
+    threading.Thread(target=kill_after_three, daemon=True).start()
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=12, width=128, height=96))
+    result = Replay(ReplayOptions(
+        bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0,
+        overrides={'offload_manager': {'policy': 'static', 'static_route': 'hedged',
+                                       'deadline_ms': 10_000.0},
+                   'cloud_bridge': {'url': svc.url}}),
+        backend_factory=fake_backend_factory).run()
+    sources = [r.result_source for r in result.records]
+    assert len(sources) == 12 and not any(r.dropped for r in result.records)
+    assert sources[:3] == ['cloud'] * 3 and set(sources[3:]) == {'edge'}
+    notes = ' '.join(r.reason for r in result.records[3:])
+    assert 'cloud: connection' in notes and 'cloud: circuit_open' in notes

@@ -140,7 +140,7 @@ class Replay:
                                 'model': options.service.model_name}
             if cloud_values.get('url'):
                 cloud_cfg = CloudConfig.from_params(cloud_values)
-                self._cloud = CloudBridge(cloud_cfg.make_transport())
+                self._cloud = cloud_cfg.make_bridge()
                 holder = DecisionHolder(edge_cfg.fallback_decision())
                 self._workers.append(FrameWorker(self._cloud, holder, self._emitter(
                     topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY), clock))

@@ -247,6 +247,10 @@ class InferenceReport(JsonRecord):
         detections: Number of detections.
         bytes_sent: Bytes sent over the network (cloud only).
         decision_seq: Sequence number of the decision applied.
+        server_ms: Server-side time of the request (cloud only, when the server says).
+        rtt_ms: Median recent round trip (cloud only).
+        uplink_mbps: Median recent uplink bandwidth estimate (cloud only).
+        breaker: Circuit breaker state after the frame (cloud only).
     """
 
     SCHEMA = 'adaptive_offload/InferenceReport'
@@ -263,6 +267,10 @@ class InferenceReport(JsonRecord):
     detections: int = 0
     bytes_sent: int = 0
     decision_seq: int = -1
+    server_ms: float = 0.0
+    rtt_ms: float = 0.0
+    uplink_mbps: float = 0.0
+    breaker: str = ''
 
 
 @dataclass(frozen=True)

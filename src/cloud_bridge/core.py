@@ -13,7 +13,8 @@ from adaptive_offload.conversions import stamp_to_ns
 from adaptive_offload.errors import CloudError, ConfigError, ConversionError
 from adaptive_offload.params import ParameterSpec, resolve
 from adaptive_offload.types import Decision, DetectionSet, InferenceReport
-from cloud_bridge.transport import TRANSPORTS, InferenceTransport
+from cloud_bridge.resilience import CircuitBreaker, LinkEstimator
+from cloud_bridge.transport import TRANSPORTS, CloudReply, InferenceTransport
 
 PARAMETERS = (
     ParameterSpec('url', 'http://127.0.0.1:8080', 'Base URL of the V2 inference server.'),
@@ -23,6 +24,10 @@ PARAMETERS = (
     ParameterSpec('image_topic', '/camera/image_raw', 'Camera topic (sensor_msgs/Image).'),
     ParameterSpec('compressed', False, 'Subscribe to <image_topic>/compressed instead.'),
     ParameterSpec('deadline_ms', 250.0, 'Deadline applied while no decision is valid.'),
+    ParameterSpec('max_retries', 1,
+                  'Retries of a refused or dropped connection, only while the deadline allows.'),
+    ParameterSpec('breaker_threshold', 3, 'Consecutive failures that open the circuit breaker.'),
+    ParameterSpec('breaker_cooldown_ms', 1000.0, 'Open time before the breaker probes again.'),
 )
 
 
@@ -37,6 +42,9 @@ class CloudConfig:
     image_topic: str
     compressed: bool
     deadline_ms: float
+    max_retries: int
+    breaker_threshold: int
+    breaker_cooldown_ms: float
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> CloudConfig:
@@ -54,22 +62,38 @@ class CloudConfig:
         """Build the configured transport."""
         return TRANSPORTS[self.protocol](self.url, self.model, self.token)
 
+    def make_bridge(self, transport: InferenceTransport | None = None) -> CloudBridge:
+        """Build the bridge core with this configuration's breaker and retries."""
+        return CloudBridge(transport or self.make_transport(), max_retries=self.max_retries,
+                           breaker=CircuitBreaker(self.breaker_threshold,
+                                                  self.breaker_cooldown_ms))
+
 
 class CloudBridge:
     """Sends frames the decision selects to the service and returns its detections.
 
+    A request never outlives the frame's deadline; a refused or dropped connection is retried
+    (``max_retries``) only if the time left exceeds the recent round trip; the circuit breaker
+    fails frames at once while the service is known to be down.
+
     Args:
         transport: Connection to the service.
         clock: Monotonic nanosecond clock for timings (injected in tests).
+        max_retries: Retries of connection failures within the deadline.
+        breaker: Circuit breaker; a default one when None.
     """
 
     SOURCE = 'cloud'
 
     def __init__(self, transport: InferenceTransport,
-                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+                 clock: Callable[[], int] = time.perf_counter_ns, max_retries: int = 1,
+                 breaker: CircuitBreaker | None = None) -> None:
         self._transport = transport
         self._clock = clock
         self._frames = 0
+        self._retries = max_retries
+        self.breaker = breaker or CircuitBreaker()
+        self.link = LinkEstimator()
         self.model = ''
 
     def drop(self, stamp_ns: int, frame_id: str, reason: str,
@@ -89,23 +113,51 @@ class CloudBridge:
         self._frames += 1
         if (self._frames - 1) % decision.offload_every:
             return None, replace(report, status='skipped', reason='not_sampled')
+        if not self.breaker.allow(start):
+            return None, self._link(replace(report, status='failed', reason='circuit_open'))
         try:
             frame = image_to_frame(msg)
             image, scale = _shrink(frame.image, decision.cloud_max_side)
             jpeg = encode_image(image, 'jpeg', decision.jpeg_quality)
-            left_s = decision.deadline_ms / 1e3 - (self._clock() - start) / 1e9
-            reply = self._transport.infer(jpeg, left_s)
-        except (ConversionError, CloudError) as err:
-            return None, replace(report, status='failed', reason=str(err),
-                                 total_ms=(self._clock() - start) / 1e6)
+        except ConversionError as err:
+            self.breaker.record(True, self._clock())  # the service was not at fault
+            return None, self._link(replace(report, status='failed', reason=str(err)))
+        try:
+            reply = self._request(jpeg, start + int(decision.deadline_ms * 1e6))
+        except CloudError as err:
+            self.breaker.record(False, self._clock())
+            return None, self._link(replace(report, status='failed', reason=str(err),
+                                            total_ms=(self._clock() - start) / 1e6))
+        self.breaker.record(True, self._clock())
+        self.link.add(reply.request_ms, reply.server_ms, reply.bytes_sent)
         dets = boxes_from_arrays(reply.boxes / scale, reply.scores,
                                  range(len(reply.labels)), list(reply.labels),
                                  frame.width, frame.height)
         total_ms = (self._clock() - start) / 1e6
         return (DetectionSet(stamp_ns, frame_id, self.SOURCE, dets, self.model),
-                replace(report, detections=len(dets), inference_ms=reply.request_ms,
-                        total_ms=total_ms, bytes_sent=reply.bytes_sent,
-                        imgsz=max(image.shape[:2])))
+                self._link(replace(report, detections=len(dets), inference_ms=reply.request_ms,
+                                   total_ms=total_ms, bytes_sent=reply.bytes_sent,
+                                   imgsz=max(image.shape[:2]),
+                                   server_ms=reply.server_ms or 0.0)))
+
+    def _request(self, jpeg: bytes, deadline_ns: int) -> CloudReply:
+        """Send with retries of connection failures while the deadline leaves time."""
+        attempt = 0
+        while True:
+            left_s = (deadline_ns - self._clock()) / 1e9
+            try:
+                return self._transport.infer(jpeg, left_s)
+            except CloudError as err:
+                rtt_s = (self.link.rtt_ms or 0.0) / 1e3
+                left_s = (deadline_ns - self._clock()) / 1e9
+                if err.reason != 'connection' or attempt >= self._retries or left_s <= rtt_s:
+                    raise
+                attempt += 1
+
+    def _link(self, report: InferenceReport) -> InferenceReport:
+        return replace(report, rtt_ms=self.link.rtt_ms or 0.0,
+                       uplink_mbps=self.link.uplink_mbps or 0.0,
+                       breaker=self.breaker.state.value)
 
 
 def _shrink(image: Any, max_side: int) -> tuple[Any, float]:

@@ -11,7 +11,7 @@ from adaptive_offload import ros_interface as ros
 from adaptive_offload import topics
 from adaptive_offload.types import Decision
 from adaptive_offload.worker import DecisionHolder, FrameWorker
-from cloud_bridge.core import PARAMETERS, CloudBridge, CloudConfig
+from cloud_bridge.core import PARAMETERS, CloudConfig
 
 
 class CloudBridgeNode(Node):
@@ -25,7 +25,7 @@ class CloudBridgeNode(Node):
         decisions = DecisionHolder(Decision.safe_default(deadline_ms=config.deadline_ms))
         ros.subscribe_decisions(self, decisions)
         emit = ros.result_publisher(self, topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY)
-        self._worker = FrameWorker(CloudBridge(self._transport), decisions, emit,
+        self._worker = FrameWorker(config.make_bridge(self._transport), decisions, emit,
                                    lambda: ros.now_ns(self))
         msg_type, suffix = ros.image_type(config.compressed)
         self.create_subscription(msg_type, config.image_topic + suffix, self._worker.submit,

@@ -12,6 +12,7 @@ import binascii
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -84,6 +85,7 @@ class InferenceService:
         self.counts: Counter[str] = Counter()
         self._infer_seconds = 0.0
         self._lock = threading.Lock()
+        self.connections: set[socket.socket] = set()
         self._server = ThreadingHTTPServer((config.host, config.port), _handler(self))
         self._server.daemon_threads = True
         if detector is None:
@@ -114,9 +116,28 @@ class InferenceService:
         self._server.serve_forever(poll_interval=0.2)
 
     def shutdown(self) -> None:
-        """Stop serving and close the socket (from another thread or a signal handler)."""
+        """Stop serving and close every connection (call from another thread).
+
+        Kept-alive client connections are cut too, so clients see the service gone at once,
+        as they would if the process died, instead of being served by lingering threads.
+        """
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            open_now = list(self.connections)
+        for sock in open_now:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by the client
+
+    def track(self, sock: socket.socket, alive: bool) -> None:
+        """Note a client connection opening or closing (see :meth:`shutdown`)."""
+        with self._lock:
+            if alive:
+                self.connections.add(sock)
+            else:
+                self.connections.discard(sock)
 
     def count(self, key: str, seconds: float = 0.0) -> None:
         """Count a request outcome (and its inference time)."""
@@ -147,8 +168,11 @@ class InferenceService:
         image = decode_request(body, self.config.max_image_side)
         start = time.perf_counter()
         [dets] = self._detector.detect([image])
-        self.count('ok', time.perf_counter() - start)
-        return v2_response(self.config.model_name, dets)
+        seconds = time.perf_counter() - start
+        self.count('ok', seconds)
+        response = v2_response(self.config.model_name, dets)
+        response['parameters'] = {'server_ms': seconds * 1e3}  # clients estimate bandwidth
+        return response
 
 
 def decode_request(body: bytes, max_side: int) -> np.ndarray:
@@ -208,6 +232,14 @@ def _handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
         # Headers and body go out in two writes; with Nagle on, the body would wait for the
         # client's delayed ACK (40 ms on Linux loopback) on every reply.
         disable_nagle_algorithm = True
+
+        def setup(self) -> None:
+            super().setup()
+            service.track(self.request, alive=True)
+
+        def finish(self) -> None:
+            service.track(self.request, alive=False)
+            super().finish()
 
         def _send(self, status: int, body: Any, content_type: str = 'application/json') -> None:
             payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()

@@ -26,6 +26,7 @@ class CloudReply:
         labels: N class names.
         request_ms: Round trip measured by the client.
         bytes_sent: Request body size.
+        server_ms: Server-side time when the server reports it (``parameters.server_ms``).
     """
 
     boxes: np.ndarray
@@ -33,6 +34,7 @@ class CloudReply:
     labels: tuple[str, ...]
     request_ms: float
     bytes_sent: int
+    server_ms: float | None = None
 
 
 class InferenceTransport(Protocol):
@@ -106,8 +108,8 @@ class V2RestTransport:
         elapsed_ms = (time.perf_counter() - start) * 1e3
         if response.status != 200:
             raise CloudError(f'http_{response.status}', payload[:200].decode(errors='replace'))
-        boxes, scores, labels = parse_v2_reply(payload)
-        return CloudReply(boxes, scores, labels, elapsed_ms, len(body))
+        boxes, scores, labels, server_ms = parse_v2_reply(payload)
+        return CloudReply(boxes, scores, labels, elapsed_ms, len(body), server_ms)
 
     def close(self) -> None:
         """See :class:`InferenceTransport`."""
@@ -116,14 +118,18 @@ class V2RestTransport:
             self._conn = None
 
 
-def parse_v2_reply(payload: bytes) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """Read boxes, scores and labels from a V2 JSON inference response.
+def parse_v2_reply(payload: bytes) -> tuple[np.ndarray, np.ndarray, tuple[str, ...],
+                                            float | None]:
+    """Read boxes, scores, labels and the optional server time from a V2 JSON response.
 
     Raises:
         CloudError: ``bad_reply`` if the payload is not such a response or is inconsistent.
     """
     try:
-        outputs = {o['name']: o for o in json.loads(payload)['outputs']}
+        body = json.loads(payload)
+        outputs = {o['name']: o for o in body['outputs']}
+        server_ms = (body.get('parameters') or {}).get('server_ms')
+        server_ms = None if server_ms is None else float(server_ms)
         boxes = np.asarray(outputs['boxes']['data'], dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(outputs['scores']['data'], dtype=np.float64).reshape(-1)
         labels = tuple(str(v) for v in outputs['labels']['data'])
@@ -132,7 +138,7 @@ def parse_v2_reply(payload: bytes) -> tuple[np.ndarray, np.ndarray, tuple[str, .
     if not len(boxes) == len(scores) == len(labels) or not np.isfinite(boxes).all() or \
             not np.isfinite(scores).all():
         raise CloudError('bad_reply', 'boxes, scores and labels disagree or are not finite')
-    return boxes, scores, labels
+    return boxes, scores, labels, server_ms
 
 
 TRANSPORTS: dict[str, Callable[[str, str, str], InferenceTransport]] = {
