@@ -62,8 +62,9 @@ class CircuitBreaker:
 
 
 class LinkEstimator:
-    """Round trip, server time and uplink bandwidth from recent requests (medians: robust to
-    the odd slow request).
+    """Round trip, server time and uplink bandwidth from recent requests.
+
+    Medians, so that the odd slow request does not swing the estimates.
 
     Args:
         window: How many recent requests the estimates use.
