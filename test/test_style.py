@@ -1,4 +1,4 @@
-"""The style the ament linters enforce in a ROS CI, checked here too (flake8, Google docstrings)."""
+"""The style ament linters enforce in a ROS CI, checked here too: flake8, Google docstrings."""
 
 from __future__ import annotations
 
