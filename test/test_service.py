@@ -263,7 +263,7 @@ def test_hedged_replay_keeps_every_frame_when_the_service_dies(
             time.sleep(0.005)
 
     threading.Thread(target=kill_after_three, daemon=True).start()
-    write_sample_bag(tmp_path / 'in', SampleSpec(frames=12, width=128, height=96))
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=20, width=128, height=96))
     result = Replay(ReplayOptions(
         bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0,
         overrides={'offload_manager': {'policy': 'static', 'static_route': 'hedged',
@@ -271,7 +271,8 @@ def test_hedged_replay_keeps_every_frame_when_the_service_dies(
                    'cloud_bridge': {'url': svc.url}}),
         backend_factory=fake_backend_factory).run()
     sources = [r.result_source for r in result.records]
-    assert len(sources) == 12 and not any(r.dropped for r in result.records)
-    assert sources[:3] == ['cloud'] * 3 and set(sources[3:]) == {'edge'}
-    notes = ' '.join(r.reason for r in result.records[3:])
+    assert len(sources) == 20 and not any(r.dropped for r in result.records)
+    served = sources.index('edge')  # the kill lands after the third frame, maybe a bit later
+    assert served >= 3 and sources == ['cloud'] * served + ['edge'] * (20 - served)
+    notes = ' '.join(r.reason for r in result.records[served:])
     assert 'cloud: connection' in notes and 'cloud: circuit_open' in notes

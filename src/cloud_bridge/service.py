@@ -87,7 +87,10 @@ class InferenceService:
         self._lock = threading.Lock()
         self.connections: set[socket.socket] = set()
         self._server = ThreadingHTTPServer((config.host, config.port), _handler(self))
-        self._server.daemon_threads = True
+        # Request threads are joined on shutdown: one left inside torch when the interpreter
+        # exits aborts the process ("terminate called without an active exception").
+        self._server.daemon_threads = False
+        self._server.block_on_close = True
         if detector is None:
             threading.Thread(target=self._load, name='model-load', daemon=True).start()
 
@@ -116,13 +119,13 @@ class InferenceService:
         self._server.serve_forever(poll_interval=0.2)
 
     def shutdown(self) -> None:
-        """Stop serving and close every connection (call from another thread).
+        """Stop serving, close every connection and wait for requests under way.
 
         Kept-alive client connections are cut too, so clients see the service gone at once,
-        as they would if the process died, instead of being served by lingering threads.
+        as they would if the process died, instead of being served by lingering threads. Call
+        it from another thread than :meth:`serve_forever`.
         """
         self._server.shutdown()
-        self._server.server_close()
         with self._lock:
             open_now = list(self.connections)
         for sock in open_now:
@@ -130,6 +133,7 @@ class InferenceService:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already closed by the client
+        self._server.server_close()  # joins the request threads, now that their sockets end
 
     def track(self, sock: socket.socket, alive: bool) -> None:
         """Note a client connection opening or closing (see :meth:`shutdown`)."""
@@ -280,20 +284,25 @@ def _handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
                     raise RequestError(404, f'no model route {self.path}')
                 length = int(self.headers.get('Content-Length') or 0)
                 if length > cfg.max_request_bytes:
-                    self.close_connection = True  # the body is not read: drop the connection
                     raise RequestError(413, f'request of {length} bytes exceeds '
                                             f'{cfg.max_request_bytes}')
                 body = self.rfile.read(length)
                 self.close_connection = False
-                self._send(200, service.infer(body))
+                status, reply = 200, service.infer(body)
             except RequestError as err:
                 service.count(f'rejected_{err.status}')
                 LOG.warning('rejected %s from %s: %s', err.status, self.client_address[0], err)
-                self._send(err.status, {'error': str(err)})
+                status, reply = err.status, {'error': str(err)}
+            except OSError:
+                return  # the client went away, or the service is stopping and cut it
             except Exception as err:  # a failing model must answer, not drop the connection
                 service.count('error_500')
                 LOG.exception('inference failed')
-                self._send(500, {'error': f'inference failed: {err}'})
+                status, reply = 500, {'error': f'inference failed: {err}'}
+            try:
+                self._send(status, reply)
+            except OSError:
+                self.close_connection = True  # the client is gone; nothing to tell it
 
         def log_message(self, fmt: str, *args: Any) -> None:
             LOG.debug(fmt, *args)
