@@ -103,3 +103,22 @@ def test_open_breaker_fails_frames_without_a_request(types: MessageTypes) -> Non
     transport.script = ['ok']
     _, report = bridge.process(_msg(types, 4), decision)
     assert report.status == 'ok' and report.breaker == 'closed'
+
+
+def test_an_undecodable_frame_leaves_the_breaker_probe_to_a_real_request(
+        types: MessageTypes) -> None:
+    clock = ManualClock()
+    transport = ScriptedTransport(clock, ['http_503', 'ok'])
+    breaker = CircuitBreaker(threshold=1, cooldown_ms=100)
+    bridge = CloudBridge(transport, clock=clock, max_retries=0, breaker=breaker)
+    decision = Decision(route=Route.CLOUD, deadline_ms=100)
+    bridge.process(_msg(types, 1), decision)
+    assert breaker.state is BreakerState.OPEN
+    clock.advance(100)
+    bad = _msg(types, 2)
+    bad.encoding = '32FC1'
+    _, report = bridge.process(bad, decision)  # fails before any request: no verdict
+    assert report.reason.startswith('unsupported_encoding') and len(transport.timeouts) == 1
+    assert breaker.state is not BreakerState.CLOSED  # a decode failure proves nothing
+    _, report = bridge.process(_msg(types, 3), decision)  # the probe is still available
+    assert report.status == 'ok' and breaker.state is BreakerState.CLOSED

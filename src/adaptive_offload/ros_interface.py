@@ -30,7 +30,7 @@ from adaptive_offload.conversions import MessageTypes, detections_to_message
 from adaptive_offload.errors import AdaptiveOffloadError
 from adaptive_offload.params import ParameterSpec
 from adaptive_offload.types import DetectionSet, InferenceReport
-from adaptive_offload.worker import DecisionHolder
+from adaptive_offload.worker import DecisionHolder, Emit
 
 
 def message_types() -> MessageTypes:
@@ -95,9 +95,6 @@ def subscribe_decisions(node: rclpy.node.Node, holder: DecisionHolder) -> Any:
             node.get_logger().warning(error)
 
     return node.create_subscription(String, topics.DECISION, on_decision, latched_qos())
-
-
-Emit = Callable[[Any, 'DetectionSet | None', InferenceReport], None]
 
 
 def result_publisher(node: rclpy.node.Node, det_topic: str, tel_topic: str) -> Emit:

@@ -66,7 +66,7 @@ class CloudConfig:
         """Build the bridge core with this configuration's breaker and retries."""
         return CloudBridge(transport or self.make_transport(), max_retries=self.max_retries,
                            breaker=CircuitBreaker(self.breaker_threshold,
-                                                  self.breaker_cooldown_ms))
+                                                  self.breaker_cooldown_ms), model=self.model)
 
 
 class CloudBridge:
@@ -81,20 +81,21 @@ class CloudBridge:
         clock: Monotonic nanosecond clock for timings (injected in tests).
         max_retries: Retries of connection failures within the deadline.
         breaker: Circuit breaker; a default one when None.
+        model: Model name put on the detections.
     """
 
     SOURCE = 'cloud'
 
     def __init__(self, transport: InferenceTransport,
                  clock: Callable[[], int] = time.perf_counter_ns, max_retries: int = 1,
-                 breaker: CircuitBreaker | None = None) -> None:
+                 breaker: CircuitBreaker | None = None, model: str = '') -> None:
         self._transport = transport
         self._clock = clock
         self._frames = 0
         self._retries = max_retries
         self.breaker = breaker or CircuitBreaker()
         self.link = LinkEstimator()
-        self.model = ''
+        self.model = model
 
     def drop(self, stamp_ns: int, frame_id: str, reason: str,
              decision: Decision) -> InferenceReport:
@@ -113,15 +114,14 @@ class CloudBridge:
         self._frames += 1
         if (self._frames - 1) % decision.offload_every:
             return None, replace(report, status='skipped', reason='not_sampled')
-        if not self.breaker.allow(start):
-            return None, self._link(replace(report, status='failed', reason='circuit_open'))
         try:
             frame = image_to_frame(msg)
             image, scale = _shrink(frame.image, decision.cloud_max_side)
             jpeg = encode_image(image, 'jpeg', decision.jpeg_quality)
         except ConversionError as err:
-            self.breaker.record(True, self._clock())  # the service was not at fault
             return None, self._link(replace(report, status='failed', reason=str(err)))
+        if not self.breaker.allow(self._clock()):
+            return None, self._link(replace(report, status='failed', reason='circuit_open'))
         try:
             reply = self._request(jpeg, start + int(decision.deadline_ms * 1e6))
         except CloudError as err:
