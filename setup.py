@@ -17,6 +17,7 @@ setup(
         (f'share/{PACKAGE}', ['package.xml', 'requirements.txt']),
         (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
         (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.rviz')),
+        (f'share/{PACKAGE}/config/scenarios', glob('config/scenarios/*.yaml')),
     ],
     install_requires=['setuptools'],
     extras_require={'test': ['pytest']},

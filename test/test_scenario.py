@@ -109,3 +109,11 @@ def test_loss_and_corruption_happen_at_their_probability() -> None:
                                              'duration_s': 1})
     with pytest.raises(CloudError, match='bad_reply'):
         injector.infer(b'x', 1.0)
+
+
+def test_every_shipped_scenario_is_valid() -> None:
+    folder = Path(__file__).resolve().parents[1] / 'config' / 'scenarios'
+    names = {p.stem: load_scenario(p) for p in sorted(folder.glob('*.yaml'))}
+    assert set(names) >= {'steady', 'cloud_outage_10s', 'bandwidth_drop', 'latency_spike',
+                          'flapping_cloud'}
+    assert names['steady'].faults == () and len(names['flapping_cloud'].faults) == 4

@@ -276,3 +276,43 @@ def test_hedged_replay_keeps_every_frame_when_the_service_dies(
     assert served >= 3 and sources == ['cloud'] * served + ['edge'] * (20 - served)
     notes = ' '.join(r.reason for r in result.records[served:])
     assert 'cloud: connection' in notes and 'cloud: circuit_open' in notes
+
+
+def test_replay_with_an_outage_scenario_measures_detection_and_recovery(
+        detector: RcnnDetector, tmp_path: Path, fake_backend_factory: Any) -> None:
+    from rosbags.rosbag2 import Reader
+
+    from adaptive_offload.replay import Replay, ReplayOptions
+    from adaptive_offload.samplebag import SampleSpec, write_sample_bag
+    from adaptive_offload.typestore import make_typestore
+    from adaptive_offload.types import FaultEvent
+    from health_monitor.scenario import parse_scenario
+
+    svc = _start(ServiceConfig(port=0), detector)
+    try:
+        write_sample_bag(tmp_path / 'in', SampleSpec(frames=30, fps=10, width=128, height=96))
+        scenario = parse_scenario({'faults': [{'kind': 'cloud_outage', 'start_s': 0.5,
+                                               'duration_s': 0.8}]})
+        result = Replay(ReplayOptions(
+            bag=tmp_path / 'in', out=tmp_path / 'out', rate=1.0, scenario=scenario,
+            overrides={'offload_manager': {'policy': 'static', 'static_route': 'hedged',
+                                           'deadline_ms': 1000.0},
+                       'cloud_bridge': {'url': svc.url}}),
+            backend_factory=fake_backend_factory).run()
+    finally:
+        svc.shutdown()
+    assert result.summary['frames_lost'] == 0 and len(result.records) == 30
+    [fault] = result.faults
+    assert fault.detect_s is not None and 0 <= fault.detect_s < 0.3
+    assert fault.recover_s is not None and fault.recover_s >= fault.detect_s
+    assert fault.recover_s - fault.detect_s < 1.0  # the first edge-served frame, in time
+    assert fault.dropped == 0
+    sources = [r.result_source for r in result.records]
+    assert sources[0] == 'cloud' and 'edge' in sources and sources[-1] == 'cloud'
+    store = make_typestore('jazzy')
+    with Reader(tmp_path / 'out') as reader:
+        conns = [c for c in reader.connections if c.topic == '/health/faults']
+        events = [FaultEvent.from_json(store.deserialize_cdr(raw, c.msgtype).data)
+                  for c, _, raw in reader.messages(conns)]
+    assert [(e.kind, e.phase, e.t_s) for e in events] == [('cloud_outage', 'start', 0.5),
+                                                          ('cloud_outage', 'end', 1.3)]

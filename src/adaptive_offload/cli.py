@@ -7,6 +7,7 @@ Exit codes: 0 done, 2 bad arguments or unusable input (one line on stderr naming
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='architecture of the embedded service')
     replay.add_argument('--cloud-checkpoint', default='',
                         help='state_dict of the embedded service; empty: random weights')
+    replay.add_argument('--scenario', type=Path,
+                        help='fault scenario (YAML) injected into cloud requests')
     replay.add_argument('--distro', choices=('humble', 'jazzy'), default='jazzy')
     replay.add_argument('--json', action='store_true', help='print the summary as JSON')
     replay.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -156,18 +159,26 @@ def _replay(args: argparse.Namespace) -> int:
     from adaptive_offload.replay import Replay, ReplayOptions
     from adaptive_offload.summary import format_summary
     from cloud_bridge.service import ServiceConfig
+    from health_monitor.scenario import load_scenario
 
     options = ReplayOptions(
         bag=args.bag, out=args.out, rate=args.rate, max_frames=args.max_frames, topic=args.topic,
         params=load_params_file(args.params) if args.params else {},
         overrides=_overrides(args), distro=args.distro,
         service=ServiceConfig(arch=args.cloud_arch, checkpoint=args.cloud_checkpoint),
+        scenario=load_scenario(args.scenario) if args.scenario else None,
         progress=not args.no_progress and sys.stderr.isatty())
     result = Replay(options).run()
+    faults = [dataclasses.asdict(f) for f in result.faults]
     if args.json:
-        print(json.dumps(result.summary, indent=2))
+        print(json.dumps({**result.summary, 'faults': faults}, indent=2))
     else:
         print(format_summary(result.summary))
+        for f in faults:
+            detect = '-' if f['detect_s'] is None else f'{f["detect_s"] * 1e3:.0f} ms'
+            recover = '-' if f['recover_s'] is None else f'{f["recover_s"] * 1e3:.0f} ms'
+            print(f'fault {f["kind"]} at {f["start_s"]:.1f} s: detected {detect}, recovered '
+                  f'{recover}, {f["late"]} late, {f["dropped"]} dropped')
         print(f'output bag: {result.out}')
     return EXIT_OK
 

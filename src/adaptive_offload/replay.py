@@ -24,13 +24,16 @@ from adaptive_offload.errors import BackendError, ConfigError
 from adaptive_offload.params import node_params
 from adaptive_offload.summary import summarize
 from adaptive_offload.typestore import make_typestore, message_types
-from adaptive_offload.types import FrameRecord, HealthEvent
+from adaptive_offload.types import FaultEvent, FrameRecord, HealthEvent, InferenceReport
 from adaptive_offload.worker import DecisionHolder, FrameWorker
 from cloud_bridge.core import CloudBridge, CloudConfig
 from cloud_bridge.service import InferenceService, ServiceConfig
 from edge_inference.backends import BackendOptions, DetectorBackend, create_backend
 from edge_inference.core import EdgeConfig, build_edge
 from health_monitor.core import HealthConfig, HealthMonitor
+from health_monitor.injectors import FaultInjectingTransport
+from health_monitor.measure import FaultMeasure, measure
+from health_monitor.scenario import Scenario
 from offload_manager.core import ManagerConfig, OffloadManager
 
 BackendFactory = Callable[[str, BackendOptions], DetectorBackend]
@@ -53,6 +56,8 @@ class ReplayOptions:
         service: The embedded cloud service started when a cloud policy has no
             ``cloud_bridge`` url (host and port are always loopback and free).
         service_timeout_s: Longest wait for the embedded service to be ready.
+        scenario: Faults injected into the bridge's requests, timed from the start of the
+            run; each is measured (time to detect and recover, frames late and dropped).
     """
 
     bag: Path
@@ -66,6 +71,7 @@ class ReplayOptions:
     progress: bool = False
     service: ServiceConfig = field(default_factory=ServiceConfig)
     service_timeout_s: float = 300.0
+    scenario: Scenario | None = None
 
 
 @dataclass
@@ -77,6 +83,7 @@ class ReplayResult:
     summary: dict[str, Any]
     out: Path
     wall_s: float
+    faults: list[FaultMeasure] = field(default_factory=list)
 
 
 def _config(options: ReplayOptions, node: str) -> dict[str, Any]:
@@ -111,6 +118,10 @@ class Replay:
         health_cfg = HealthConfig.from_params(_config(options, 'health_monitor'))
         cloud_values = _config(options, 'cloud_bridge')
         self._service: InferenceService | None = None
+        self._injector: FaultInjectingTransport | None = None
+        self._origin = clock()
+        self._timeline: list[tuple[float, FrameRecord]] = []
+        self._reports: list[tuple[float, InferenceReport]] = []
         self._input = InputBag(options.bag, options.topic)
         try:
             self._store = make_typestore(options.distro)
@@ -140,17 +151,26 @@ class Replay:
                                 'model': options.service.model_name}
             if cloud_values.get('url'):
                 cloud_cfg = CloudConfig.from_params(cloud_values)
-                self._cloud = cloud_cfg.make_bridge()
+                transport = cloud_cfg.make_transport()
+                if options.scenario is not None:
+                    self._injector = FaultInjectingTransport(transport, options.scenario,
+                                                             clock, sleep)
+                    transport = self._injector
+                self._cloud = cloud_cfg.make_bridge(transport)
                 holder = DecisionHolder(edge_cfg.fallback_decision())
                 self._workers.append(FrameWorker(self._cloud, holder, self._emitter(
                     topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY), clock))
                 self._holders.append(holder)
+            elif options.scenario is not None and options.scenario.faults:
+                raise ConfigError(f'scenario {options.scenario.name!r} injects cloud faults, '
+                                  f'but policy {manager_cfg.policy!r} never uses the cloud')
         except BaseException:
             self._close_inputs()
             raise
         self._records: list[FrameRecord] = []
         self._health_events: list[HealthEvent] = []
         self._played = 0
+        self._faults_told: set[tuple[str, float, str]] = set()
         self._map = (0, 0)  # (wall ns, bag ns) of the last played frame
 
     def _emitter(self, det_topic: str, tel_topic: str) -> Callable[..., None]:
@@ -177,6 +197,9 @@ class Replay:
             raise
         try:
             self._declare(out)
+            self._origin = self._clock()
+            if self._injector is not None:
+                self._injector.start(self._origin)
             player = threading.Thread(target=self._play, args=(out,), name='player', daemon=True)
             for worker in self._workers:
                 worker.start()
@@ -191,7 +214,11 @@ class Replay:
         wall_s = (self._clock() - start) / 1e9
         records = sorted(self._records, key=lambda r: r.index)
         summary = summarize(records, wall_s)
-        return ReplayResult(records, self._health_events, summary, self._opts.out, wall_s)
+        summary['frames_lost'] = self._played - len(records)
+        faults = measure(self._opts.scenario, self._timeline, self._reports) \
+            if self._opts.scenario is not None else []
+        return ReplayResult(records, self._health_events, summary, self._opts.out, wall_s,
+                            faults)
 
     def _wait_for_service(self) -> None:
         if self._service is None:
@@ -226,6 +253,7 @@ class Replay:
         out.add_topic(topics.DECISION, 'std_msgs/msg/String', LATCHED_QOS)
         out.add_topic(topics.DIAGNOSTICS, 'diagnostic_msgs/msg/DiagnosticArray', RESULT_QOS)
         out.add_topic(topics.HEALTH_EVENTS, 'std_msgs/msg/String')
+        out.add_topic(topics.HEALTH_FAULTS, 'std_msgs/msg/String')
 
     def _play(self, out: OutputBag) -> None:
         """Player thread: publish frames at their recorded times (or back to back)."""
@@ -273,6 +301,7 @@ class Replay:
             except queue.Empty:
                 pass
             now = self._clock()
+            self._publish_faults(out, now)
             self._publish_decision(out, now)
             if now >= next_health:
                 self._publish_health(out, now)
@@ -312,12 +341,28 @@ class Replay:
                 out.write(det_topic, detections_to_message(self._types, dets), stamp)
                 self.health.message(det_topic, now)
             self.manager.on_report(report)
+            self._reports.append(((now - self._origin) / 1e9, report))
             out.write(tel_topic, string_message(self._types, report.to_json()), stamp)
         return kind == 'done'
 
     def _input_topic_for_health(self) -> str:
         topic = self._input.topic
         return topic[:-len('/compressed')] if topic.endswith('/compressed') else topic
+
+    def _publish_faults(self, out: OutputBag, now: int) -> None:
+        """Write a FaultEvent when a scenario fault starts or ends."""
+        if self._opts.scenario is None:
+            return
+        t_s = (now - self._origin) / 1e9
+        for fault in self._opts.scenario.faults:
+            for phase, at in (('start', fault.start_s), ('end', fault.end_s)):
+                key = (fault.kind, fault.start_s, phase)
+                if t_s >= at and key not in self._faults_told:
+                    self._faults_told.add(key)
+                    event = FaultEvent(t_s=at, kind=fault.kind, phase=phase,
+                                       params=dict(fault.params))
+                    out.write(topics.HEALTH_FAULTS, string_message(self._types, event.to_json()),
+                              self._bag_time(now))
 
     def _publish_decision(self, out: OutputBag, now: int) -> None:
         decision = self.manager.tick(now)
@@ -342,6 +387,7 @@ class Replay:
         stamp = self._bag_time(now)
         for outcome in outcomes:
             self._records.append(outcome.record)
+            self._timeline.append(((now - self._origin) / 1e9, outcome.record))
             if outcome.result is not None:
                 out.write(topics.DETECTIONS, detections_to_message(self._types, outcome.result),
                           stamp)

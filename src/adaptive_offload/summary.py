@@ -55,6 +55,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         ('deadline met', f'{met} ({100.0 * met / frames:.1f} %)' if frames else '0'),
         ('dropped', str(sum(summary['drops'].values()))),
     ]
+    if 'frames_lost' in summary:
+        rows.append(('lost (no record)', str(summary['frames_lost'])))
     rows += [(f'  {reason}', str(count)) for reason, count in summary['drops'].items()]
     rows += [('latency P50', ms(summary['p50'])), ('latency P95', ms(summary['p95'])),
              ('latency P99', ms(summary['p99']))]

@@ -353,3 +353,22 @@ class HealthEvent(JsonRecord):
     level: int = 0
     previous: int = 0
     message: str = ''
+
+
+@dataclass(frozen=True)
+class FaultEvent(JsonRecord):
+    """An injected fault starting or ending; published on ``/health/faults``.
+
+    Attributes:
+        t_s: Seconds from the start of the run.
+        kind: Fault kind.
+        phase: ``start`` or ``end``.
+        params: The fault's parameters.
+    """
+
+    SCHEMA = 'adaptive_offload/FaultEvent'
+
+    t_s: float = 0.0
+    kind: str = ''
+    phase: str = 'start'
+    params: dict = field(default_factory=dict)
