@@ -6,7 +6,7 @@ import pytest
 
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.types import Detection, DetectionSet, InferenceReport, Level, Route
-from health_monitor.checks import TopicRateCheck
+from health_monitor.checks import CloudCheck, TopicRateCheck
 from health_monitor.core import HealthConfig, HealthMonitor
 from offload_manager.core import ManagerConfig, OffloadManager
 from offload_manager.policies import POLICIES, create_policy
@@ -87,7 +87,9 @@ def test_monitor_reports_level_changes_as_events() -> None:
                                        'min_rates_hz': [1.0], 'stale_after_s': 1.0})
     monitor = HealthMonitor(config, start_ns=0)
     statuses, events = monitor.run(S // 2)
-    assert [s.level for s in statuses] == [Level.OK] and events == []
+    assert [(s.name, s.level) for s in statuses] == [('adaptive_offload: /a rate', Level.OK),
+                                                     ('adaptive_offload: cloud', Level.OK)]
+    assert events == []
     _, events = monitor.run(2 * S)
     assert [(e.level, e.previous) for e in events] == [(Level.STALE, Level.OK)]
     _, events = monitor.run(3 * S)
@@ -101,3 +103,33 @@ def test_monitor_reports_level_changes_as_events() -> None:
 def test_health_config_lists_must_align() -> None:
     with pytest.raises(ConfigError, match='same length'):
         HealthConfig.from_params({'monitored_topics': ['/a', '/b']})
+
+
+def _cloud(status: str, rtt: float = 50.0, breaker: str = 'closed') -> InferenceReport:
+    return InferenceReport(source='cloud', status=status, inference_ms=rtt, breaker=breaker,
+                           reason='' if status == 'ok' else 'connection: refused')
+
+
+def test_cloud_check_errors_on_failures_and_warns_on_latency_anomalies() -> None:
+    check = CloudCheck(fail_after=3)
+    assert check.run(0).level is Level.OK and check.run(0).message == 'cloud not used'
+    for rtt in (50, 52, 48, 51, 49, 50, 53, 47, 50, 51):
+        check.report(_cloud('ok', rtt))
+    assert check.run(0).level is Level.OK
+    check.report(_cloud('ok', 58))  # within the spread: not an anomaly
+    assert check.run(0).level is Level.OK
+    check.report(_cloud('ok', 400))
+    assert check.run(0).level is Level.WARN
+    check.report(_cloud('skipped'))  # no request made: ignored
+    check.report(_cloud('failed'))
+    check.report(_cloud('failed'))
+    assert check.run(0).level is not Level.ERROR
+    check.report(_cloud('failed'))
+    status = check.run(0)
+    assert status.level is Level.ERROR and '3 in a row' in status.message
+    assert dict(status.values)['consecutive_failures'] == '3'
+    check.report(_cloud('failed', breaker='open'))
+    check.report(_cloud('ok', 50, breaker='closed'))
+    assert check.run(0).level is Level.OK
+    check.report(_cloud('failed', breaker='open'))  # an open breaker is an ERROR at once
+    assert check.run(0).level is Level.ERROR

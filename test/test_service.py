@@ -306,6 +306,8 @@ def test_replay_with_an_outage_scenario_measures_detection_and_recovery(
     assert fault.detect_s is not None and 0 <= fault.detect_s < 0.3
     assert fault.recover_s is not None and fault.recover_s >= fault.detect_s
     assert fault.recover_s - fault.detect_s < 1.0  # the first edge-served frame, in time
+    # the cloud check turns ERROR at the next /diagnostics (period 1 s) after 3 failures
+    assert fault.diagnosed_s is not None and fault.detect_s <= fault.diagnosed_s < 1.5
     assert fault.dropped == 0
     sources = [r.result_source for r in result.records]
     assert sources[0] == 'cloud' and 'edge' in sources and sources[-1] == 'cloud'

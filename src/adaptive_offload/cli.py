@@ -177,8 +177,10 @@ def _replay(args: argparse.Namespace) -> int:
         for f in faults:
             detect = '-' if f['detect_s'] is None else f'{f["detect_s"] * 1e3:.0f} ms'
             recover = '-' if f['recover_s'] is None else f'{f["recover_s"] * 1e3:.0f} ms'
-            print(f'fault {f["kind"]} at {f["start_s"]:.1f} s: detected {detect}, recovered '
-                  f'{recover}, {f["late"]} late, {f["dropped"]} dropped')
+            diagnosed = '-' if f['diagnosed_s'] is None else f'{f["diagnosed_s"] * 1e3:.0f} ms'
+            print(f'fault {f["kind"]} at {f["start_s"]:.1f} s: detected {detect} '
+                  f'(/diagnostics ERROR {diagnosed}), recovered {recover}, {f["late"]} late, '
+                  f'{f["dropped"]} dropped')
         print(f'output bag: {result.out}')
     return EXIT_OK
 

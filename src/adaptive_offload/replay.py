@@ -215,7 +215,8 @@ class Replay:
         records = sorted(self._records, key=lambda r: r.index)
         summary = summarize(records, wall_s)
         summary['frames_lost'] = self._played - len(records)
-        faults = measure(self._opts.scenario, self._timeline, self._reports) \
+        events = [((e.stamp_ns - self._origin) / 1e9, e) for e in self._health_events]
+        faults = measure(self._opts.scenario, self._timeline, self._reports, events) \
             if self._opts.scenario is not None else []
         return ReplayResult(records, self._health_events, summary, self._opts.out, wall_s,
                             faults)
@@ -341,6 +342,7 @@ class Replay:
                 out.write(det_topic, detections_to_message(self._types, dets), stamp)
                 self.health.message(det_topic, now)
             self.manager.on_report(report)
+            self.health.report(report)
             self._reports.append(((now - self._origin) / 1e9, report))
             out.write(tel_topic, string_message(self._types, report.to_json()), stamp)
         return kind == 'done'

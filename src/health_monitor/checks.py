@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol
 
-from adaptive_offload.types import HealthStatus, Level
+import numpy as np
+
+from adaptive_offload.types import HealthStatus, InferenceReport, Level
 
 
 class HealthCheck(Protocol):
@@ -71,4 +73,72 @@ class TopicRateCheck:
             level, message = Level.WARN, f'rate {rate:.2f} Hz below {self._min_rate:.2f} Hz'
         else:
             level, message = Level.OK, f'{rate:.2f} Hz'
+        return HealthStatus(self.name, level, message, self._hardware_id, values)
+
+
+class CloudCheck:
+    """The cloud's health, from the bridge's per-frame reports.
+
+    ERROR while the bridge's circuit breaker is open or after ``fail_after`` consecutive failed
+    requests; WARN when the latest round trip is a latency anomaly: above the window's median
+    by more than ``k`` scaled median absolute deviations (a robust z-score) and by at least
+    ``ratio`` times the median, so that jitter on a steady link is no anomaly; OK otherwise,
+    including while the cloud is simply not used.
+
+    Args:
+        fail_after: Consecutive failures that make the cloud ERROR.
+        window: Round trips the anomaly test looks at.
+        k: Robust z-score above which a round trip may be anomalous.
+        ratio: Least multiple of the median round trip that is anomalous.
+        hardware_id: What the check is about (the service URL).
+    """
+
+    name = 'adaptive_offload: cloud'
+
+    def __init__(self, fail_after: int = 3, window: int = 50, k: float = 4.0,
+                 ratio: float = 1.5, hardware_id: str = '') -> None:
+        self._fail_after = fail_after
+        self._rtts: deque[float] = deque(maxlen=window)
+        self._k = k
+        self._ratio = ratio
+        self._hardware_id = hardware_id
+        self._failures = 0
+        self._breaker = ''
+        self._last_reason = ''
+        self._anomaly = False
+        self._requests = 0
+
+    def report(self, report: InferenceReport) -> None:
+        """Feed in one cloud report; skipped and dropped frames made no request."""
+        if report.source != 'cloud' or report.status not in ('ok', 'failed'):
+            return
+        self._requests += 1
+        self._breaker = report.breaker
+        if report.status == 'failed':
+            self._failures += 1
+            self._last_reason = report.reason
+            return
+        self._failures = 0
+        rtt = report.inference_ms
+        if len(self._rtts) >= 10:
+            median = float(np.median(self._rtts))
+            mad = float(np.median(np.abs(np.asarray(self._rtts) - median))) or 1e-3
+            self._anomaly = (rtt - median) / (1.4826 * mad) > self._k and \
+                rtt >= self._ratio * median
+        self._rtts.append(rtt)
+
+    def run(self, now_ns: int) -> HealthStatus:
+        """The check's state (the time is not needed: it judges the latest requests)."""
+        values = (('requests', str(self._requests)),
+                  ('consecutive_failures', str(self._failures)),
+                  ('breaker', self._breaker or '-'),
+                  ('rtt_p50_ms', f'{np.median(self._rtts):.1f}' if self._rtts else '-'))
+        if self._breaker == 'open' or self._failures >= self._fail_after:
+            level = Level.ERROR
+            message = f'cloud failing: {self._failures} in a row ({self._last_reason})'
+        elif self._anomaly:
+            level, message = Level.WARN, 'cloud round trip anomalous'
+        else:
+            level = Level.OK
+            message = 'cloud answering' if self._requests else 'cloud not used'
         return HealthStatus(self.name, level, message, self._hardware_id, values)

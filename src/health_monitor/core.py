@@ -7,8 +7,8 @@ from typing import Any, Mapping
 
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.params import ParameterSpec, resolve
-from adaptive_offload.types import HealthEvent, HealthStatus
-from health_monitor.checks import HealthCheck, TopicRateCheck
+from adaptive_offload.types import HealthEvent, HealthStatus, InferenceReport
+from health_monitor.checks import CloudCheck, HealthCheck, TopicRateCheck
 
 PARAMETERS = (
     ParameterSpec('monitored_topics',
@@ -74,7 +74,8 @@ class HealthMonitor:
                                   config.hardware_id)
             for topic, rate in zip(config.monitored_topics, config.min_rates_hz)
         }
-        self._checks: list[HealthCheck] = list(self.topics.values())
+        self.cloud = CloudCheck(hardware_id=config.hardware_id)
+        self._checks: list[HealthCheck] = [*self.topics.values(), self.cloud]
         self._levels: dict[str, int] = {}
 
     def add_check(self, check: HealthCheck) -> None:
@@ -86,6 +87,10 @@ class HealthMonitor:
         check = self.topics.get(topic)
         if check is not None:
             check.tick(now_ns)
+
+    def report(self, report: InferenceReport) -> None:
+        """Feed a worker's per-frame report to the checks (the cloud check reads the cloud's)."""
+        self.cloud.report(report)
 
     def run(self, now_ns: int) -> tuple[list[HealthStatus], list[HealthEvent]]:
         """Run every check.

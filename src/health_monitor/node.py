@@ -13,6 +13,8 @@ from std_msgs.msg import String
 from adaptive_offload import ros_interface as ros
 from adaptive_offload import topics
 from adaptive_offload.conversions import health_to_diagnostics
+from adaptive_offload.errors import ConversionError
+from adaptive_offload.types import InferenceReport
 from health_monitor.core import PARAMETERS, HealthConfig, HealthMonitor
 
 
@@ -33,7 +35,15 @@ class HealthMonitorNode(Node):
                 get_message(type_name), topic,
                 lambda _msg, t=topic: self._core.message(t, ros.now_ns(self)),
                 ros.image_qos(), raw=True)
+        self.create_subscription(String, topics.CLOUD_TELEMETRY, self._on_cloud_report,
+                                 ros.result_qos())
         self.create_timer(config.publish_period_s, self._on_timer)
+
+    def _on_cloud_report(self, msg: String) -> None:
+        try:
+            self._core.report(InferenceReport.from_json(msg.data))
+        except ConversionError as err:
+            self.get_logger().warning(f'ignored bad telemetry: {err}')
 
     def _on_timer(self) -> None:
         now = ros.now_ns(self)
