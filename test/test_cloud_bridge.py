@@ -119,11 +119,76 @@ def test_refused_connection_is_a_failed_report(types: MessageTypes) -> None:
 def test_transport_validation() -> None:
     with pytest.raises(ConfigError, match='http'):
         V2RestTransport('ftp://x', 'm')
-    with pytest.raises(ConfigError, match='protocol'):
-        CloudConfig.from_params({'protocol': 'carrier-pigeon'})
+    with pytest.raises(ConfigError, match='scheme'):
+        CloudConfig.from_params({'url': 'carrier-pigeon://coop:1'})
+    with pytest.raises(ConfigError, match='grpc://host:port'):
+        CloudConfig.from_params({'url': 'grpc://no-port'})
+    with pytest.raises(ConfigError, match='max_in_flight'):
+        CloudConfig.from_params({'max_in_flight': 0})
+    assert CloudConfig.from_params().url.startswith('grpc://')  # gRPC is the default
     with pytest.raises(CloudError, match='bad_reply'):
         parse_v2_reply(b'{"outputs": [{"name": "boxes", "data": [1, 2, 3, 4]}, '
                        b'{"name": "scores", "data": [0.5, 0.2]}, '
                        b'{"name": "labels", "data": ["a"]}]}')
     with pytest.raises(CloudError, match='timeout'):
         V2RestTransport('http://127.0.0.1:9', 'm').infer(b'x', 0.0)
+
+
+class _GatedTransport:
+    """Holds every request until released and counts how many are in flight at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.peak = 0
+        self.two_in_flight = threading.Event()
+
+    def infer(self, image: bytes, timeout_s: float) -> Any:
+        from cloud_bridge.transport import CloudReply
+
+        with self._lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            if self.in_flight == 2:
+                self.two_in_flight.set()
+        self.release.wait(10.0)
+        with self._lock:
+            self.in_flight -= 1
+        return CloudReply(np.zeros((0, 4)), np.zeros(0), (), 5.0, len(image))
+
+    def close(self) -> None:
+        pass
+
+
+def test_requests_overlap_up_to_the_bound_and_backpressure_drops_the_oldest(
+        types: MessageTypes) -> None:
+    from adaptive_offload.worker import DecisionHolder, FrameWorker
+
+    transport = _GatedTransport()
+    reports: dict[int, Any] = {}
+    done = threading.Event()
+
+    def emit(_msg: Any, _dets: Any, report: Any) -> None:
+        reports[report.stamp_ns] = report
+        if len(reports) == 5:
+            done.set()
+
+    config = CloudConfig.from_params({'url': 'http://127.0.0.1:9', 'max_in_flight': 2,
+                                      'max_pending': 2})
+    holder = DecisionHolder(Decision(route=Route.CLOUD, deadline_ms=60_000, valid_for_ms=1e9))
+    worker = FrameWorker(config.make_bridge(transport), holder, emit, lambda: 0,
+                         workers=config.max_in_flight, pending=config.max_pending)
+    worker.start('cloud-test')
+    for stamp in (1, 2):
+        worker.submit(_msg(types, stamp))
+    assert transport.two_in_flight.wait(10.0)
+    for stamp in (3, 4, 5):  # two may wait; the third pushes out the oldest waiting (3)
+        worker.submit(_msg(types, stamp))
+    assert reports[3].status == 'dropped' and reports[3].reason == 'superseded'
+    transport.release.set()
+    assert done.wait(10.0)
+    worker.stop()
+    assert transport.peak == 2  # never more in flight than the bound
+    assert {s: r.status for s, r in reports.items()} == {
+        1: 'ok', 2: 'ok', 3: 'dropped', 4: 'ok', 5: 'ok'}

@@ -32,6 +32,15 @@ def test_latest_slot_replaces_the_waiting_item() -> None:
     assert slot.take(0) == 3 and slot.take(None) is None
 
 
+def test_bounded_slot_drops_the_oldest_and_serves_oldest_first() -> None:
+    slot: LatestSlot[int] = LatestSlot(capacity=2)
+    assert slot.put(1) is None and slot.put(2) is None
+    assert slot.put(3) == 1  # full: the oldest waiting item goes
+    assert slot.take(0) == 2 and slot.take(0) == 3 and slot.take(0) is None
+    with pytest.raises(ValueError, match='capacity'):
+        LatestSlot(capacity=0)
+
+
 def test_latest_slot_wait_empty_sees_a_take_from_another_thread() -> None:
     slot: LatestSlot[int] = LatestSlot()
     slot.put(1)

@@ -1,24 +1,35 @@
-"""Newest-item hand-off between a producer (camera callback, bag player) and a worker."""
+"""Newest-items hand-off between a producer (camera callback, bag player) and workers."""
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from typing import Generic, TypeVar
 
 T = TypeVar('T')
 
 
 class LatestSlot(Generic[T]):
-    """A depth-1 mailbox: putting an item replaces the one still waiting and hands it back.
+    """A bounded mailbox that drops its oldest item when a new one arrives and it is full.
 
-    The worker therefore always processes the newest frame and latency never grows with a
-    backlog; the caller records every replaced item as dropped, so nothing is lost silently.
+    With the default capacity of 1, a put replaces the item still waiting: the worker always
+    processes the newest frame and latency never grows with a backlog. The caller records
+    every item handed back by :meth:`put` as dropped, so nothing is lost silently. Items are
+    taken oldest first.
+
+    Args:
+        capacity: How many items may wait.
+
+    Raises:
+        ValueError: For a capacity below 1.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 1) -> None:
+        if capacity < 1:
+            raise ValueError(f'capacity must be >= 1, got {capacity}')
         self._cond = threading.Condition()
-        self._item: T | None = None
-        self._full = False
+        self._items: deque[T] = deque()
+        self._capacity = capacity
         self._closed = False
 
     def put(self, item: T) -> T | None:
@@ -28,11 +39,11 @@ class LatestSlot(Generic[T]):
             item: The new item.
 
         Returns:
-            The waiting item it replaced, or None.
+            The oldest waiting item it pushed out, or None.
         """
         with self._cond:
-            replaced = self._item if self._full else None
-            self._item, self._full = item, True
+            replaced = self._items.popleft() if len(self._items) >= self._capacity else None
+            self._items.append(item)
             self._cond.notify_all()
             return replaced
 
@@ -46,18 +57,18 @@ class LatestSlot(Generic[T]):
             The item, or None on timeout or when the slot is closed and empty.
         """
         with self._cond:
-            self._cond.wait_for(lambda: self._full or self._closed, timeout)
-            if not self._full:
+            self._cond.wait_for(lambda: bool(self._items) or self._closed, timeout)
+            if not self._items:
                 return None
-            item, self._item, self._full = self._item, None, False
+            item = self._items.popleft()
             self._cond.notify_all()
             return item
 
     def wait_empty(self, timeout: float | None = None) -> bool:
-        """Wait until the waiting item has been taken; True when the slot is empty."""
+        """Wait until every waiting item has been taken; True when the slot is empty."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._full or self._closed, timeout) and \
-                not self._full
+            return self._cond.wait_for(lambda: not self._items or self._closed, timeout) and \
+                not self._items
 
     def close(self) -> None:
         """Wake every waiter; :meth:`take` returns what is left, then None."""

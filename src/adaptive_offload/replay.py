@@ -158,8 +158,10 @@ class Replay:
                     transport = self._injector
                 self._cloud = cloud_cfg.make_bridge(transport)
                 holder = DecisionHolder(edge_cfg.fallback_decision())
-                self._workers.append(FrameWorker(self._cloud, holder, self._emitter(
-                    topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY), clock))
+                self._workers.append(FrameWorker(
+                    self._cloud, holder,
+                    self._emitter(topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY), clock,
+                    workers=cloud_cfg.max_in_flight, pending=cloud_cfg.max_pending))
                 self._holders.append(holder)
             elif options.scenario is not None and options.scenario.faults:
                 raise ConfigError(f'scenario {options.scenario.name!r} injects cloud faults, '

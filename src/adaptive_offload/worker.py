@@ -69,25 +69,33 @@ class DecisionHolder:
 
 
 class FrameWorker:
-    """Runs a processor on the newest admitted frame in a background thread.
+    """Runs a processor on the newest admitted frames in background threads.
+
+    With ``workers`` > 1 (the cloud bridge: requests in flight overlap their round trips) the
+    processor must be thread-safe. At most ``workers`` frames are in process and ``pending``
+    wait; a frame arriving when all are taken pushes out the oldest waiting one, which is
+    reported as ``superseded``.
 
     Args:
         processor: The edge or cloud core.
         decisions: Where the current decision comes from.
         emit: Called with ``(msg, detections or None, report)`` once per submitted frame, from
-            the submitting thread for refused frames and from the worker thread otherwise.
+            the submitting thread for refused frames and from a worker thread otherwise.
         now_ns: Clock used to judge decision validity (ROS time on a robot).
+        workers: Frames processed at once.
+        pending: Frames that may wait.
     """
 
     def __init__(self, processor: FrameProcessor, decisions: DecisionHolder, emit: Emit,
-                 now_ns: Callable[[], int]) -> None:
+                 now_ns: Callable[[], int], workers: int = 1, pending: int = 1) -> None:
         self._processor = processor
         self._decisions = decisions
         self._emit = emit
         self._now_ns = now_ns
         self._gate = StampGate()
-        self._slot: LatestSlot[Any] = LatestSlot()
-        self._thread: threading.Thread | None = None
+        self._slot: LatestSlot[Any] = LatestSlot(pending)
+        self._workers = max(1, workers)
+        self._threads: list[threading.Thread] = []
 
     def submit(self, msg: Any) -> None:
         """Offer a frame; a refused or superseded frame is reported as dropped at once."""
@@ -118,9 +126,11 @@ class FrameWorker:
         return True
 
     def start(self, name: str = 'frame-worker') -> None:
-        """Start the worker thread."""
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        """Start the worker threads."""
+        self._threads = [threading.Thread(target=self._run, name=f'{name}-{i}', daemon=True)
+                         for i in range(self._workers)]
+        for thread in self._threads:
+            thread.start()
 
     def _run(self) -> None:
         while not self._slot.closed:
@@ -129,11 +139,11 @@ class FrameWorker:
             pass
 
     def wait_taken(self, timeout: float | None = None) -> bool:
-        """Wait until the submitted frame has been taken by the worker."""
+        """Wait until the submitted frames have been taken by the workers."""
         return self._slot.wait_empty(timeout)
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Finish the waiting frame, then stop the thread."""
+        """Finish the waiting frames, then stop the threads."""
         self._slot.close()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for thread in self._threads:
+            thread.join(timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
@@ -14,11 +15,11 @@ from adaptive_offload.errors import CloudError, ConfigError, ConversionError
 from adaptive_offload.params import ParameterSpec, resolve
 from adaptive_offload.types import Decision, DetectionSet, InferenceReport
 from cloud_bridge.resilience import CircuitBreaker, LinkEstimator
-from cloud_bridge.transport import TRANSPORTS, CloudReply, InferenceTransport
+from cloud_bridge.transport import CloudReply, InferenceTransport, make_transport
 
 PARAMETERS = (
-    ParameterSpec('url', 'http://127.0.0.1:8080', 'Base URL of the V2 inference server.'),
-    ParameterSpec('protocol', 'rest', 'Transport: rest.'),
+    ParameterSpec('url', 'grpc://127.0.0.1:8081',
+                  'V2 inference server: grpc://host:port (gRPC) or http(s)://host:port (REST).'),
     ParameterSpec('model', 'rcnn', 'Model name on the server.'),
     ParameterSpec('token', '', 'Bearer token; empty sends none.'),
     ParameterSpec('image_topic', '/camera/image_raw', 'Camera topic (sensor_msgs/Image).'),
@@ -28,6 +29,10 @@ PARAMETERS = (
                   'Retries of a refused or dropped connection, only while the deadline allows.'),
     ParameterSpec('breaker_threshold', 3, 'Consecutive failures that open the circuit breaker.'),
     ParameterSpec('breaker_cooldown_ms', 1000.0, 'Open time before the breaker probes again.'),
+    ParameterSpec('max_in_flight', 2,
+                  'Requests in flight at once (their round trips overlap).'),
+    ParameterSpec('max_pending', 1,
+                  'Frames waiting for a free request; when full the oldest is dropped.'),
 )
 
 
@@ -36,7 +41,6 @@ class CloudConfig:
     """Validated cloud bridge parameters (see :data:`PARAMETERS`)."""
 
     url: str
-    protocol: str
     model: str
     token: str
     image_topic: str
@@ -45,22 +49,25 @@ class CloudConfig:
     max_retries: int
     breaker_threshold: int
     breaker_cooldown_ms: float
+    max_in_flight: int
+    max_pending: int
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> CloudConfig:
         """Build from parameter values over the defaults.
 
         Raises:
-            ConfigError: For unknown names, wrong types or an unknown protocol.
+            ConfigError: For unknown names, wrong types or a URL no transport speaks.
         """
         config = cls(**resolve(PARAMETERS, values))
-        if config.protocol not in TRANSPORTS:
-            raise ConfigError(f'protocol {config.protocol!r} (known: {", ".join(TRANSPORTS)})')
+        if config.max_in_flight < 1 or config.max_pending < 1:
+            raise ConfigError('max_in_flight and max_pending must be >= 1')
+        config.make_transport().close()  # validates the URL; connections open lazily
         return config
 
     def make_transport(self) -> InferenceTransport:
-        """Build the configured transport."""
-        return TRANSPORTS[self.protocol](self.url, self.model, self.token)
+        """Build the transport for the URL's scheme."""
+        return make_transport(self.url, self.model, self.token)
 
     def make_bridge(self, transport: InferenceTransport | None = None) -> CloudBridge:
         """Build the bridge core with this configuration's breaker and retries."""
@@ -74,7 +81,8 @@ class CloudBridge:
 
     A request never outlives the frame's deadline; a refused or dropped connection is retried
     (``max_retries``) only if the time left exceeds the recent round trip; the circuit breaker
-    fails frames at once while the service is known to be down.
+    fails frames at once while the service is known to be down. Thread-safe, so that several
+    requests can be in flight (the transport must be thread-safe too; ours are).
 
     Args:
         transport: Connection to the service.
@@ -92,6 +100,7 @@ class CloudBridge:
         self._transport = transport
         self._clock = clock
         self._frames = 0
+        self._lock = threading.Lock()  # frame count, breaker and link estimates
         self._retries = max_retries
         self.breaker = breaker or CircuitBreaker()
         self.link = LinkEstimator()
@@ -111,8 +120,10 @@ class CloudBridge:
                                  decision_seq=decision.seq)
         if not decision.route.uses_cloud:
             return None, replace(report, status='skipped', reason=f'route={decision.route.value}')
-        self._frames += 1
-        if (self._frames - 1) % decision.offload_every:
+        with self._lock:
+            self._frames += 1
+            sampled = (self._frames - 1) % decision.offload_every == 0
+        if not sampled:
             return None, replace(report, status='skipped', reason='not_sampled')
         try:
             frame = image_to_frame(msg)
@@ -120,16 +131,20 @@ class CloudBridge:
             jpeg = encode_image(image, 'jpeg', decision.jpeg_quality)
         except ConversionError as err:
             return None, self._link(replace(report, status='failed', reason=str(err)))
-        if not self.breaker.allow(self._clock()):
+        with self._lock:
+            allowed = self.breaker.allow(self._clock())
+        if not allowed:
             return None, self._link(replace(report, status='failed', reason='circuit_open'))
         try:
             reply = self._request(jpeg, start + int(decision.deadline_ms * 1e6))
         except CloudError as err:
-            self.breaker.record(False, self._clock())
+            with self._lock:
+                self.breaker.record(False, self._clock())
             return None, self._link(replace(report, status='failed', reason=str(err),
                                             total_ms=(self._clock() - start) / 1e6))
-        self.breaker.record(True, self._clock())
-        self.link.add(reply.request_ms, reply.server_ms, reply.bytes_sent)
+        with self._lock:
+            self.breaker.record(True, self._clock())
+            self.link.add(reply.request_ms, reply.server_ms, reply.bytes_sent)
         dets = boxes_from_arrays(reply.boxes / scale, reply.scores,
                                  range(len(reply.labels)), list(reply.labels),
                                  frame.width, frame.height)
@@ -155,9 +170,10 @@ class CloudBridge:
                 attempt += 1
 
     def _link(self, report: InferenceReport) -> InferenceReport:
-        return replace(report, rtt_ms=self.link.rtt_ms or 0.0,
-                       uplink_mbps=self.link.uplink_mbps or 0.0,
-                       breaker=self.breaker.state.value)
+        with self._lock:
+            return replace(report, rtt_ms=self.link.rtt_ms or 0.0,
+                           uplink_mbps=self.link.uplink_mbps or 0.0,
+                           breaker=self.breaker.state.value)
 
 
 def _shrink(image: Any, max_side: int) -> tuple[Any, float]:

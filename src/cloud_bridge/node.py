@@ -26,13 +26,14 @@ class CloudBridgeNode(Node):
         ros.subscribe_decisions(self, decisions)
         emit = ros.result_publisher(self, topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY)
         self._worker = FrameWorker(config.make_bridge(self._transport), decisions, emit,
-                                   lambda: ros.now_ns(self))
+                                   lambda: ros.now_ns(self), workers=config.max_in_flight,
+                                   pending=config.max_pending)
         msg_type, suffix = ros.image_type(config.compressed)
         self.create_subscription(msg_type, config.image_topic + suffix, self._worker.submit,
                                  ros.image_qos())
         self._worker.start('cloud-bridge')
         self.get_logger().info(f'{config.image_topic + suffix} -> {config.url} '
-                               f'({config.protocol}, model {config.model})')
+                               f'(model {config.model})')
 
     def destroy_node(self) -> None:
         """Stop the worker and close connections before the node goes."""

@@ -6,9 +6,10 @@ import base64
 import http.client
 import json
 import socket
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -26,7 +27,7 @@ class CloudReply:
         labels: N class names.
         request_ms: Round trip measured by the client.
         bytes_sent: Request body size.
-        server_ms: Server-side time when the server reports it (``parameters.server_ms``).
+        server_ms: Server-side time when the server reports it (``parameters.server_us``).
     """
 
     boxes: np.ndarray
@@ -56,7 +57,8 @@ class V2RestTransport:
     """V2 REST client: the image goes base64-encoded in a BYTES tensor named ``image``.
 
     The reply must hold ``boxes`` (FP32, Nx4), ``scores`` (FP32, N) and ``labels`` (BYTES, N).
-    One persistent HTTP connection is kept and reopened after any failure.
+    Thread-safe: each request borrows a persistent connection from a pool (one per request in
+    flight); a connection that failed is closed instead of returned.
 
     Args:
         url: Server base URL, ``http://host:port``.
@@ -73,17 +75,20 @@ class V2RestTransport:
         self._headers = {'Content-Type': 'application/json'}
         if token:
             self._headers['Authorization'] = f'Bearer {token}'
-        self._conn: http.client.HTTPConnection | None = None
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
 
     def _connection(self, timeout_s: float) -> http.client.HTTPConnection:
-        if self._conn is None:
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
             kind = http.client.HTTPSConnection if self._parts.scheme == 'https' \
                 else http.client.HTTPConnection
-            self._conn = kind(self._parts.hostname, self._parts.port, timeout=timeout_s)
-        self._conn.timeout = timeout_s
-        if self._conn.sock is not None:
-            self._conn.sock.settimeout(timeout_s)
-        return self._conn
+            conn = kind(self._parts.hostname, self._parts.port, timeout=timeout_s)
+        conn.timeout = timeout_s
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout_s)
+        return conn
 
     def infer(self, image: bytes, timeout_s: float) -> CloudReply:
         """See :class:`InferenceTransport`."""
@@ -94,18 +99,20 @@ class V2RestTransport:
             'parameters': {'content_type': 'base64'},
             'data': [base64.b64encode(image).decode('ascii')]}]}).encode()
         start = time.perf_counter()
+        conn = self._connection(timeout_s)
         try:
-            conn = self._connection(timeout_s)
             conn.request('POST', self._path, body, self._headers)
             response = conn.getresponse()
             payload = response.read()
         except (socket.timeout, TimeoutError) as err:
-            self.close()
+            conn.close()
             raise CloudError('timeout', str(err)) from err
         except (OSError, http.client.HTTPException) as err:
-            self.close()
+            conn.close()
             raise CloudError('connection', str(err) or type(err).__name__) from err
         elapsed_ms = (time.perf_counter() - start) * 1e3
+        with self._lock:
+            self._idle.append(conn)
         if response.status != 200:
             raise CloudError(f'http_{response.status}', payload[:200].decode(errors='replace'))
         boxes, scores, labels, server_ms = parse_v2_reply(payload)
@@ -113,9 +120,10 @@ class V2RestTransport:
 
     def close(self) -> None:
         """See :class:`InferenceTransport`."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 def parse_v2_reply(payload: bytes) -> tuple[np.ndarray, np.ndarray, tuple[str, ...],
@@ -128,19 +136,122 @@ def parse_v2_reply(payload: bytes) -> tuple[np.ndarray, np.ndarray, tuple[str, .
     try:
         body = json.loads(payload)
         outputs = {o['name']: o for o in body['outputs']}
-        server_ms = (body.get('parameters') or {}).get('server_ms')
-        server_ms = None if server_ms is None else float(server_ms)
+        server_us = (body.get('parameters') or {}).get('server_us')
+        server_ms = None if server_us is None else float(server_us) / 1e3
         boxes = np.asarray(outputs['boxes']['data'], dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(outputs['scores']['data'], dtype=np.float64).reshape(-1)
         labels = tuple(str(v) for v in outputs['labels']['data'])
     except (ValueError, KeyError, TypeError) as err:
         raise CloudError('bad_reply', f'not a V2 detection response: {err}') from err
+    return (*_consistent(boxes, scores, labels), server_ms)
+
+
+def _consistent(boxes: np.ndarray, scores: np.ndarray,
+                labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     if not len(boxes) == len(scores) == len(labels) or not np.isfinite(boxes).all() or \
             not np.isfinite(scores).all():
         raise CloudError('bad_reply', 'boxes, scores and labels disagree or are not finite')
-    return boxes, scores, labels, server_ms
+    return boxes, scores, labels
+
+
+class V2GrpcTransport:
+    """V2 gRPC client (KServe ``inference.GRPCInferenceService``, as Triton and MLServer serve).
+
+    The image goes as raw bytes in a BYTES tensor named ``image``; replies as for
+    :class:`V2RestTransport`, with the server time in the ``server_us`` parameter. After a
+    connection failure the channel is rebuilt, so a returning server is used at the next
+    request instead of after gRPC's reconnect backoff (up to two minutes by default).
+
+    Args:
+        url: ``grpc://host:port``.
+        model: Model name on the server.
+        token: Bearer token sent as ``authorization`` metadata; empty sends none.
+
+    Raises:
+        ConfigError: For a URL without host and port.
+    """
+
+    def __init__(self, url: str, model: str, token: str = '') -> None:
+        parts = urlsplit(url)
+        if parts.scheme != 'grpc' or not parts.hostname or not parts.port:
+            raise ConfigError(f'cloud URL {url!r} must be grpc://host:port')
+        self._target = f'{parts.hostname}:{parts.port}'
+        self._model = model
+        self._headers = {'authorization': f'Bearer {token}'} if token else None
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def infer(self, image: bytes, timeout_s: float) -> CloudReply:
+        """See :class:`InferenceTransport`."""
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        if timeout_s <= 0:
+            raise CloudError('timeout', 'no time left before the deadline')
+        with self._lock:
+            if self._client is None:
+                self._client = grpcclient.InferenceServerClient(self._target)
+            client = self._client
+        tensor = grpcclient.InferInput('image', [1], 'BYTES')
+        tensor.set_data_from_numpy(np.array([image], dtype=object))
+        start = time.perf_counter()
+        try:
+            result = client.infer(self._model, [tensor], client_timeout=timeout_s,
+                                  headers=self._headers)
+        except InferenceServerException as err:
+            code = str(err.status() or '').rsplit('.', 1)[-1]
+            if code in ('UNAVAILABLE', 'CANCELLED', ''):
+                self._discard(client)
+            reason = {'DEADLINE_EXCEEDED': 'timeout', 'UNAVAILABLE': 'connection',
+                      'CANCELLED': 'connection'}.get(
+                code, f'grpc_{code.lower() or "error"}')
+            raise CloudError(reason, err.message() or code) from err
+        elapsed_ms = (time.perf_counter() - start) * 1e3
+        outputs = [result.as_numpy(name) for name in ('boxes', 'scores', 'labels')]
+        if any(o is None for o in outputs):
+            raise CloudError('bad_reply', 'reply lacks boxes, scores or labels')
+        try:
+            boxes = outputs[0].astype(np.float64).reshape(-1, 4)
+            scores = outputs[1].astype(np.float64).reshape(-1)
+            labels = tuple(v.decode(errors='replace') if isinstance(v, bytes) else str(v)
+                           for v in outputs[2].reshape(-1))
+        except (ValueError, TypeError) as err:
+            raise CloudError('bad_reply', f'not a detection reply: {err}') from err
+        param = result.get_response().parameters.get('server_us')
+        server_ms = param.int64_param / 1e3 if param is not None else None
+        return CloudReply(*_consistent(boxes, scores, labels), elapsed_ms, len(image),
+                          server_ms)
+
+    def _discard(self, client: Any) -> None:
+        with self._lock:
+            if self._client is client:  # another request may have replaced it already
+                self._client = None
+        client.close()
+
+    def close(self) -> None:
+        """See :class:`InferenceTransport`."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
 
 TRANSPORTS: dict[str, Callable[[str, str, str], InferenceTransport]] = {
-    'rest': V2RestTransport,
+    'grpc': V2GrpcTransport,
+    'http': V2RestTransport,
+    'https': V2RestTransport,
 }
+"""Transports by URL scheme: ``grpc://host:port`` (default) or ``http(s)://host:port``."""
+
+
+def make_transport(url: str, model: str, token: str = '') -> InferenceTransport:
+    """The transport for ``url``'s scheme.
+
+    Raises:
+        ConfigError: For a scheme no transport speaks.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme not in TRANSPORTS:
+        raise ConfigError(f'cloud URL {url!r}: scheme must be one of '
+                          f'{", ".join(s + "://" for s in TRANSPORTS)}')
+    return TRANSPORTS[scheme](url, model, token)
