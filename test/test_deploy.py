@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +47,19 @@ def test_inference_service_containers_are_valid_kubernetes_containers() -> None:
 
 
 def test_manifests_run_the_image_the_containerfile_builds_with_valid_arguments() -> None:
-    containerfile = (DEPLOY / 'Containerfile').read_text()
-    assert 'ENTRYPOINT ["adaptive-offload", "serve", "--host", "0.0.0.0", "--port", "8080"]' \
-        in containerfile
+    containerfile = (DEPLOY / 'Containerfile').read_text().replace('\\\n', ' ')
+    [line] = [ln for ln in containerfile.splitlines() if ln.startswith('ENTRYPOINT')]
+    entrypoint = json.loads(line.split(None, 1)[1])
+    assert entrypoint[:2] == ['adaptive-offload', 'serve']
     deployment = _load('deployment.yaml')['spec']['template']['spec']['containers'][0]
     kserve = _load('inferenceservice.yaml')['spec']['predictor']['containers'][0]
     assert deployment['image'] == kserve['image']
     parser = build_parser()
     for container in (deployment, kserve):
-        args = parser.parse_args(['serve', '--host', '0.0.0.0', '--port', '8080',
-                                  *container['args']])
-        assert args.checkpoint.startswith('/models/')
+        args = parser.parse_args([*entrypoint[1:], *container['args']])
+        assert args.checkpoint.startswith('/models/') and args.runtime == 'mlserver'
+        assert args.port in {p['containerPort'] for p in container['ports']}
         assert container['readinessProbe']['httpGet']['path'] == '/v2/health/ready'
     assert deployment['livenessProbe']['httpGet']['path'] == '/v2/health/live'
+    ports = {p['name']: p['containerPort'] for p in deployment['ports']}
+    assert ports == {'http': args.port, 'grpc': args.grpc_port, 'metrics': args.metrics_port}

@@ -137,7 +137,8 @@ def test_cloud_only_bridge_against_the_service(service: InferenceService,
 
 def test_serve_command_stops_on_sigterm_within_10_s() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT / 'src'))
-    proc = subprocess.Popen([sys.executable, '-m', 'adaptive_offload.cli', 'serve', '--port',
+    proc = subprocess.Popen([sys.executable, '-m', 'adaptive_offload.cli', 'serve', '--runtime',
+                             'builtin', '--port',
                              '0', '--arch', 'fasterrcnn_mobilenet_v3_large_320_fpn'],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

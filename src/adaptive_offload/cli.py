@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from adaptive_offload.errors import AdaptiveOffloadError
+from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
@@ -81,20 +81,31 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument('--json', action='store_true', help='print the summary as JSON')
     replay.add_argument('--no-progress', action='store_true', help='no progress bar')
 
-    serve = sub.add_parser('serve', help='run the cloud R-CNN service (V2 REST)')
+    serve = sub.add_parser('serve', help='run the cloud R-CNN service (V2 gRPC and REST)')
+    serve.add_argument('--runtime', choices=('mlserver', 'builtin'), default='mlserver',
+                       help='mlserver: REST + gRPC + metrics port; builtin: a small REST-only '
+                            'server without the MLServer dependency')
     serve.add_argument('--arch', default='fasterrcnn_mobilenet_v3_large_fpn',
                        help='torchvision detection architecture')
     serve.add_argument('--checkpoint', default='',
                        help='state_dict file; empty: random weights (for tests)')
     serve.add_argument('--device', default='cpu')
     serve.add_argument('--host', default='127.0.0.1')
-    serve.add_argument('--port', type=int, default=8080, help='0 picks a free port')
+    serve.add_argument('--port', type=int, default=8080,
+                       help='REST port (builtin: 0 picks a free port)')
+    serve.add_argument('--grpc-port', type=int, default=8081, help='gRPC port (mlserver)')
+    serve.add_argument('--metrics-port', type=int, default=8082,
+                       help='Prometheus /metrics port (mlserver; builtin serves it on --port)')
     serve.add_argument('--model-name', default='rcnn')
     serve.add_argument('--token', default='', help='require this bearer token')
     serve.add_argument('--score-threshold', type=float, default=0.5)
     serve.add_argument('--max-request-bytes', type=int, default=8 << 20)
     serve.add_argument('--max-image-side', type=int, default=4096)
     serve.add_argument('--threads', type=int, default=0, help='torch threads; 0: default')
+    serve.add_argument('--max-batch', type=int, default=4,
+                       help='largest batch of requests run together (adaptive batching)')
+    serve.add_argument('--batch-wait-ms', type=float, default=0.0,
+                       help='how long a lone request waits for others (0: never)')
 
     export = sub.add_parser('export', help='export a YOLO model for the onnx backend')
     export.add_argument('model', help='weights (.pt) or model config (.yaml)')
@@ -136,12 +147,21 @@ def _sample_bag(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from cloud_bridge.service import ServiceConfig, serve
 
-    serve(ServiceConfig(arch=args.arch, checkpoint=args.checkpoint, device=args.device,
-                        host=args.host, port=args.port, model_name=args.model_name,
-                        token=args.token, max_request_bytes=args.max_request_bytes,
-                        max_image_side=args.max_image_side,
-                        score_threshold=args.score_threshold, threads=args.threads),
-          lambda line: print(line, flush=True))
+    if args.max_batch < 1 or args.batch_wait_ms < 0:
+        raise ConfigError('--max-batch must be >= 1 and --batch-wait-ms >= 0')
+    config = ServiceConfig(arch=args.arch, checkpoint=args.checkpoint, device=args.device,
+                           host=args.host, port=args.port, model_name=args.model_name,
+                           token=args.token, max_request_bytes=args.max_request_bytes,
+                           max_image_side=args.max_image_side,
+                           score_threshold=args.score_threshold, threads=args.threads,
+                           max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+    announce = (lambda line: print(line, flush=True))
+    if args.runtime == 'builtin':
+        serve(config, announce)
+    else:
+        from cloud_bridge.mlserver_runtime import serve_mlserver
+
+        serve_mlserver(config, args.grpc_port, args.metrics_port, announce)
     return EXIT_OK
 
 

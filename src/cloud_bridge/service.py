@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from adaptive_offload.errors import AdaptiveOffloadError
+from cloud_bridge.batching import AdaptiveBatcher
 from cloud_bridge.rcnn import Detections, RcnnDetector
 
 LOG = logging.getLogger('adaptive_offload.service')
@@ -47,6 +48,8 @@ class ServiceConfig:
         max_image_side: Images with a longer side are refused (400).
         score_threshold: Detections below it are not returned.
         threads: torch intra-op threads; 0 keeps torch's default.
+        max_batch: Largest batch of requests run together (adaptive batching).
+        batch_wait_ms: How long a lone request waits for others (0: never).
     """
 
     arch: str = 'fasterrcnn_mobilenet_v3_large_fpn'
@@ -60,6 +63,8 @@ class ServiceConfig:
     max_image_side: int = 4096
     score_threshold: float = 0.5
     threads: int = 0
+    max_batch: int = 4
+    batch_wait_ms: float = 0.0
 
 
 class RequestError(AdaptiveOffloadError):
@@ -80,7 +85,7 @@ class InferenceService:
 
     def __init__(self, config: ServiceConfig, detector: RcnnDetector | None = None) -> None:
         self.config = config
-        self._detector = detector
+        self._batcher: AdaptiveBatcher[np.ndarray, Detections] | None = None
         self.load_error = ''
         self.counts: Counter[str] = Counter()
         self._infer_seconds = 0.0
@@ -93,6 +98,8 @@ class InferenceService:
         self._server.block_on_close = True
         if detector is None:
             threading.Thread(target=self._load, name='model-load', daemon=True).start()
+        else:
+            self._use(detector)
 
     @property
     def url(self) -> str:
@@ -103,13 +110,17 @@ class InferenceService:
     @property
     def ready(self) -> bool:
         """Whether the model is loaded and warmed up."""
-        return self._detector is not None
+        return self._batcher is not None
+
+    def _use(self, detector: RcnnDetector) -> None:
+        self._batcher = AdaptiveBatcher(detector.detect, self.config.max_batch,
+                                        self.config.batch_wait_ms)
 
     def _load(self) -> None:
         cfg = self.config
         try:
-            self._detector = RcnnDetector(cfg.arch, cfg.checkpoint, cfg.device,
-                                          cfg.score_threshold, cfg.threads)
+            self._use(RcnnDetector(cfg.arch, cfg.checkpoint, cfg.device,
+                                   cfg.score_threshold, cfg.threads))
         except AdaptiveOffloadError as err:
             self.load_error = str(err)
             LOG.error('model failed to load: %s', err)
@@ -134,6 +145,8 @@ class InferenceService:
             except OSError:
                 pass  # already closed by the client
         self._server.server_close()  # joins the request threads, now that their sockets end
+        if self._batcher is not None:
+            self._batcher.close()
 
     def track(self, sock: socket.socket, alive: bool) -> None:
         """Note a client connection opening or closing (see :meth:`shutdown`)."""
@@ -167,15 +180,15 @@ class InferenceService:
         Raises:
             RequestError: 400 for malformed requests or images, 503 while not ready.
         """
-        if self._detector is None:
+        if self._batcher is None:
             raise RequestError(503, 'model not ready')
         image = decode_request(body, self.config.max_image_side)
         start = time.perf_counter()
-        [dets] = self._detector.detect([image])
+        dets = self._batcher.submit(image).result()
         seconds = time.perf_counter() - start
         self.count('ok', seconds)
         response = v2_response(self.config.model_name, dets)
-        response['parameters'] = {'server_ms': seconds * 1e3}  # clients estimate bandwidth
+        response['parameters'] = server_time_parameters(seconds)
         return response
 
 
@@ -202,6 +215,15 @@ def decode_request(body: bytes, max_side: int) -> np.ndarray:
         raw = base64.b64decode(data[0], validate=True)
     except (binascii.Error, ValueError) as err:
         raise RequestError(400, f'image is not base64: {err}') from err
+    return decode_image(raw, max_side)
+
+
+def decode_image(raw: bytes, max_side: int) -> np.ndarray:
+    """Decode JPEG or PNG bytes from a client into a BGR image (never anything else).
+
+    Raises:
+        RequestError: 400 if the bytes are no image or the image is larger than ``max_side``.
+    """
     image = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR) if raw else None
     if image is None:
         raise RequestError(400, 'image is not a decodable JPEG or PNG')
@@ -226,6 +248,15 @@ def v2_response(model: str, dets: Detections) -> dict[str, Any]:
         outputs.append({'name': 'masks', 'shape': [n], 'datatype': 'BYTES', 'data': pngs,
                         'parameters': {'content_type': 'base64', 'encoding': 'png'}})
     return {'model_name': model, 'outputs': outputs}
+
+
+def server_time_parameters(seconds: float) -> dict[str, int]:
+    """Response parameters carrying the server time, from which clients estimate bandwidth.
+
+    Integer microseconds: the V2 gRPC mapping has no float parameter type, so a float would be
+    dropped on the way (MLServer does).
+    """
+    return {'server_us': round(seconds * 1e6)}
 
 
 def _handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
