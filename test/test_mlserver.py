@@ -192,3 +192,18 @@ def test_sigterm_stops_the_server_within_10_s() -> None:
     finally:
         srv.kill()
     assert time.monotonic() - start < 10
+
+
+def test_replay_cloud_only_over_grpc(server: Server, tmp_path: Path,
+                                     fake_backend_factory: Any) -> None:
+    from adaptive_offload.replay import Replay, ReplayOptions
+    from adaptive_offload.samplebag import SampleSpec, write_sample_bag
+
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=6, width=160, height=120))
+    result = Replay(ReplayOptions(bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0,
+                                  overrides={'offload_manager': {'policy': 'cloud-only',
+                                                                 'deadline_ms': 30_000.0},
+                                             'cloud_bridge': {'url': server.grpc_url,
+                                                              'token': TOKEN}}),
+                    backend_factory=fake_backend_factory).run()
+    assert [r.result_source for r in result.records] == ['cloud'] * 6
