@@ -100,6 +100,20 @@ def test_monitor_reports_level_changes_as_events() -> None:
     assert [(e.level, e.previous) for e in events] == [(Level.OK, Level.STALE)]
 
 
+def test_diagnostics_go_out_on_the_period_and_at_once_on_a_level_change() -> None:
+    config = HealthConfig.from_params({'monitored_topics': ['/a'],
+                                       'monitored_types': ['std_msgs/msg/String'],
+                                       'min_rates_hz': [1.0], 'stale_after_s': 1.0,
+                                       'publish_period_s': 5.0})
+    monitor = HealthMonitor(config, start_ns=0)
+    assert monitor.poll(0) is not None  # the first poll publishes
+    assert monitor.poll(S // 2) is None  # nothing changed, period not over
+    due = monitor.poll(2 * S)  # /a went STALE: published at once, 3 s before the period
+    assert due is not None and [e.level for e in due[1]] == [Level.STALE]
+    assert monitor.poll(3 * S) is None
+    assert monitor.poll(7 * S) is not None  # the period
+
+
 def test_health_config_lists_must_align() -> None:
     with pytest.raises(ConfigError, match='same length'):
         HealthConfig.from_params({'monitored_topics': ['/a', '/b']})

@@ -274,7 +274,8 @@ def test_hedged_replay_keeps_every_frame_when_the_service_dies(
     sources = [r.result_source for r in result.records]
     assert len(sources) == 20 and not any(r.dropped for r in result.records)
     served = sources.index('edge')  # the kill lands after the third frame, maybe a bit later
-    assert served >= 3 and sources == ['cloud'] * served + ['edge'] * (20 - served)
+    # Two requests are in flight: the other one may still finish on the dying service.
+    assert served >= 3 and set(sources[served + 2:]) == {'edge'}
     notes = ' '.join(r.reason for r in result.records[served:])
     assert 'cloud: connection' in notes and 'cloud: circuit_open' in notes
 

@@ -34,7 +34,7 @@ from health_monitor.core import HealthConfig, HealthMonitor
 from health_monitor.injectors import FaultInjectingTransport
 from health_monitor.measure import FaultMeasure, measure
 from health_monitor.scenario import Scenario
-from offload_manager.core import ManagerConfig, OffloadManager
+from offload_manager.core import ADAPTIVE, ManagerConfig, OffloadManager
 
 BackendFactory = Callable[[str, BackendOptions], DetectorBackend]
 
@@ -138,7 +138,7 @@ class Replay:
                               topics.edge_topic(self._edge_source, 'telemetry')), clock)]
             self._holders = [edge_holder]
             self._cloud: CloudBridge | None = None
-            wants_cloud = manager_cfg.policy == 'cloud-only' or (
+            wants_cloud = manager_cfg.policy in ('cloud-only', *ADAPTIVE) or (
                 manager_cfg.policy == 'static' and manager_cfg.static_route != 'edge')
             if wants_cloud and not cloud_values.get('url'):
                 # The embedded default: the real service on loopback, for this run only.
@@ -291,8 +291,6 @@ class Replay:
             self._events.put(('done', None))
 
     def _loop(self, out: OutputBag, player: threading.Thread) -> None:
-        health_period = int(self.health.config.publish_period_s * 1e9)
-        next_health = self._clock() + health_period
         player_done = False
         last_progress = 0
         while True:
@@ -306,9 +304,7 @@ class Replay:
             now = self._clock()
             self._publish_faults(out, now)
             self._publish_decision(out, now)
-            if now >= next_health:
-                self._publish_health(out, now)
-                next_health = now + health_period
+            self._publish_health(out, now)
             self._write_outcomes(out, self.manager.poll(now))
             if self._opts.progress and now - last_progress > 250_000_000:
                 self._progress(now)
@@ -317,7 +313,7 @@ class Replay:
                 break
         player.join()
         self._write_outcomes(out, self.manager.poll(self._clock(), final=True))
-        self._publish_health(out, self._clock())
+        self._publish_health(out, self._clock(), final=True)
         if self._opts.progress:
             self._progress(self._clock())
             sys.stderr.write('\n')
@@ -378,12 +374,16 @@ class Replay:
                   self._bag_time(now))
         self.health.message(topics.DECISION, now)
 
-    def _publish_health(self, out: OutputBag, now: int) -> None:
-        statuses, events = self.health.run(now)
+    def _publish_health(self, out: OutputBag, now: int, final: bool = False) -> None:
+        due = self.health.run(now) if final else self.health.poll(now)
+        if due is None:
+            return
+        statuses, events = due
         stamp = self._bag_time(now)
         out.write(topics.DIAGNOSTICS, health_to_diagnostics(self._types, statuses, stamp), stamp)
         for event in events:
             self._health_events.append(event)
+            self.manager.on_health_event(event)
             out.write(topics.HEALTH_EVENTS, string_message(self._types, event.to_json()), stamp)
 
     def _write_outcomes(self, out: OutputBag, outcomes: list[Any]) -> None:

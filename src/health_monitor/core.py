@@ -77,6 +77,7 @@ class HealthMonitor:
         self.cloud = CloudCheck(hardware_id=config.hardware_id)
         self._checks: list[HealthCheck] = [*self.topics.values(), self.cloud]
         self._levels: dict[str, int] = {}
+        self._published_ns: int | None = None
 
     def add_check(self, check: HealthCheck) -> None:
         """Add a check (cloud probe, latency anomaly, ...)."""
@@ -109,3 +110,17 @@ class HealthMonitor:
                                           message=status.message))
             self._levels[status.name] = int(status.level)
         return statuses, events
+
+    def poll(self, now_ns: int) -> tuple[list[HealthStatus], list[HealthEvent]] | None:
+        """Run the checks; what to publish now, or None.
+
+        Diagnostics go out every ``publish_period_s`` and at once when a level changes, so a
+        failure is on /diagnostics as soon as it is diagnosed, not up to a period later.
+        Call it often (every 0.1 s or every event).
+        """
+        statuses, events = self.run(now_ns)
+        period_ns = int(self.config.publish_period_s * 1e9)
+        if events or self._published_ns is None or now_ns - self._published_ns >= period_ns:
+            self._published_ns = now_ns
+            return statuses, events
+        return None
