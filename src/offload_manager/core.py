@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Mapping
 
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.params import ParameterSpec, resolve
-from adaptive_offload.types import Decision, DetectionSet, InferenceReport, Route
+from adaptive_offload.types import Decision, DetectionSet, HealthEvent, InferenceReport
+from adaptive_offload.types import Level, Route
 from offload_manager.arbiter import Arbiter, Outcome
 from offload_manager.policies import Plan, Policy, PolicySettings, create_policy
 
@@ -30,7 +32,24 @@ PARAMETERS = (
     ParameterSpec('image_topic', '/camera/image_raw', 'Camera topic (sensor_msgs/Image).'),
     ParameterSpec('compressed', False, 'Subscribe to <image_topic>/compressed instead.'),
     ParameterSpec('annotate', True, 'Publish /offload/annotated for rviz.'),
+    ParameterSpec('device', 'raspberry_pi_5', 'Robot device profile (energy, inference times).'),
+    ParameterSpec('cloud_device', 'gpu_server', 'Cloud device profile (price, GPU power).'),
+    ParameterSpec('devices_file', '', 'Device profiles (YAML); empty: the shipped devices.yaml.'),
+    ParameterSpec('cloud_model', 'fasterrcnn_resnet50_fpn_v2', 'Cloud model (accuracy prior).'),
+    ParameterSpec('edge_options', [''],
+                  'model@imgsz the adaptive policies may choose; [""]: edge_model@edge_imgsz.'),
+    ParameterSpec('epsilon', 0.01, 'Largest acceptable P(latency > deadline).', False),
+    ParameterSpec('weight_energy', 1.0, 'Weight of robot energy in the predictive policy.', False),
+    ParameterSpec('weight_accuracy', 1.0, 'Weight of accuracy loss in the predictive policy.',
+                  False),
+    ParameterSpec('weight_cost', 0.2, 'Weight of cloud cost in the predictive policy.', False),
+    ParameterSpec('probe_every', 10,
+                  'On the edge route, send every n-th frame hedged while cloud figures are stale.',
+                  False),
+    ParameterSpec('seed', 0, 'Seed of learning policies.'),
 )
+CLOUD_CHECK = 'adaptive_offload: cloud'  # health_monitor.checks.CloudCheck.name
+ADAPTIVE = ('predictive', 'weighted-score', 'reactive', 'mdp-svr', 'q-learning')
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,17 @@ class ManagerConfig:
     image_topic: str
     compressed: bool
     annotate: bool
+    device: str
+    cloud_device: str
+    devices_file: str
+    cloud_model: str
+    edge_options: list
+    epsilon: float
+    weight_energy: float
+    weight_accuracy: float
+    weight_cost: float
+    probe_every: int
+    seed: int
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> ManagerConfig:
@@ -69,16 +99,58 @@ class ManagerConfig:
             raise ConfigError('need deadline_ms > 0 and decision_valid_s > decision_period_s > 0')
         if not 1 <= config.jpeg_quality <= 100 or config.offload_every < 1:
             raise ConfigError('need jpeg_quality in 1..100 and offload_every >= 1')
+        if not 0 < config.epsilon < 1 or config.probe_every < 0:
+            raise ConfigError('need 0 < epsilon < 1 and probe_every >= 0')
+        for spec in config.options():
+            model, _, size = spec.rpartition('@')
+            if not model or not size.isdigit() or int(size) <= 0:
+                raise ConfigError(f'edge_options entry {spec!r}: expected model@imgsz')
         return config
 
+    def options(self) -> tuple[str, ...]:
+        """Edge choices as ``model@imgsz``: the listed ones, else the parameters' own."""
+        listed = tuple(o for o in self.edge_options if o)
+        return listed or (f'{self.edge_model}@{self.edge_imgsz}',)
+
     def policy_settings(self) -> PolicySettings:
-        """The subset policies read."""
+        """The subset policies read; device profiles are loaded for the adaptive policies.
+
+        Raises:
+            ConfigError: If an adaptive policy is chosen and the device profiles are unusable.
+        """
         route = Route(self.static_route)
         defaults = Plan(route=route, edge_model=self.edge_model, edge_imgsz=self.edge_imgsz,
                         jpeg_quality=self.jpeg_quality, cloud_max_side=self.cloud_max_side,
                         offload_every=self.offload_every, hedge_delay_ms=self.hedge_delay_ms,
                         reason='')
-        return PolicySettings(self.deadline_ms, route, defaults)
+        settings = PolicySettings(self.deadline_ms, route, defaults, seed=self.seed)
+        if self.policy not in ADAPTIVE:
+            return settings
+        from offload_manager.energy import EnergyModel, load_devices
+
+        devices = load_devices(self.devices_file or default_devices_file())
+        for name in (self.device, self.cloud_device):
+            if name not in devices:
+                raise ConfigError(f'device {name!r} is not in the device profiles '
+                                  f'(known: {", ".join(sorted(devices))})')
+        robot, cloud = devices[self.device], devices[self.cloud_device]
+        return replace(settings, energy=EnergyModel(robot),
+                       edge_profile_ms=dict(robot.inference_ms),
+                       gpu_price_per_hour=cloud.price_per_gpu_hour,
+                       server_power_w=cloud.compute_w, cloud_model=self.cloud_model,
+                       edge_options=self.options(), epsilon=self.epsilon,
+                       weight_energy=self.weight_energy, weight_accuracy=self.weight_accuracy,
+                       weight_cost=self.weight_cost, probe_every=self.probe_every)
+
+
+def default_devices_file() -> Path:
+    """The shipped ``devices.yaml``: in the source tree, or installed under share/."""
+    here = Path(__file__).resolve()
+    candidates = [here.parents[2] / 'config' / 'devices.yaml']
+    if len(here.parents) > 4:
+        candidates.append(here.parents[4] / 'share' / 'adaptive_offload' / 'config' /
+                          'devices.yaml')
+    return next((c for c in candidates if c.is_file()), candidates[0])
 
 
 class OffloadManager:
@@ -144,7 +216,13 @@ class OffloadManager:
 
     def on_detections(self, dets: DetectionSet, now_ns: int) -> None:
         """A source published detections for a frame."""
+        self._policy.observe_detections(dets)
         self._arbiter.add_result(dets, now_ns)
+
+    def on_health_event(self, event: HealthEvent) -> None:
+        """A health level change; the cloud check's tells the policy whether the cloud is down."""
+        if event.name == CLOUD_CHECK:
+            self._policy.observe_health(event.level >= Level.ERROR)
 
     def on_report(self, report: InferenceReport) -> None:
         """A source reported what it did with a frame."""

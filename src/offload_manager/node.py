@@ -15,7 +15,7 @@ from adaptive_offload import topics
 from adaptive_offload.conversions import (
     detections_to_message, frame_to_message, message_to_detections, stamp_to_ns)
 from adaptive_offload.errors import ConversionError
-from adaptive_offload.types import InferenceReport
+from adaptive_offload.types import HealthEvent, InferenceReport
 from offload_manager.annotate import Annotator
 from offload_manager.arbiter import Outcome
 from offload_manager.core import PARAMETERS, ManagerConfig, OffloadManager
@@ -49,6 +49,8 @@ class OffloadManagerNode(Node):
                 lambda msg, s=source: self._core.on_detections(
                     message_to_detections(msg, s), ros.now_ns(self)), ros.result_qos())
             self.create_subscription(String, tel_topic, self._on_report, ros.result_qos())
+        self.create_subscription(String, topics.HEALTH_EVENTS, self._on_health,
+                                 ros.result_qos())
         self.create_timer(TICK_S, self._on_tick)
         self.get_logger().info(f'policy {config.policy}, deadline {config.deadline_ms} ms, '
                                f'edge sources {", ".join(config.edge_sources)}')
@@ -66,6 +68,12 @@ class OffloadManagerNode(Node):
             self._core.on_report(InferenceReport.from_json(msg.data))
         except ConversionError as err:
             self.get_logger().warning(f'ignored bad telemetry: {err}')
+
+    def _on_health(self, msg: String) -> None:
+        try:
+            self._core.on_health_event(HealthEvent.from_json(msg.data))
+        except ConversionError as err:
+            self.get_logger().warning(f'ignored bad health event: {err}')
 
     def _on_tick(self) -> None:
         now = ros.now_ns(self)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Callable, Protocol
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Protocol
 
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.types import FrameRecord, InferenceReport, Route
+from adaptive_offload.types import DetectionSet, FrameRecord, InferenceReport, Route
 
 
 @dataclass(frozen=True)
@@ -31,11 +31,51 @@ class PolicySettings:
         deadline_ms: Per-frame deadline.
         static_route: Route of the ``static`` policy.
         defaults: The plan the parameters describe (route, models, quality, sampling).
+        energy: Energy model of the robot (``offload_manager.energy.EnergyModel``); the
+            adaptive policies need one.
+        edge_profile_ms: The robot's inference times by ``model@imgsz`` (device profile).
+        gpu_price_per_hour: Cloud price, USD per GPU-hour.
+        server_power_w: Cloud GPU power (the weighted score's total energy).
+        cloud_model: Cloud model name (accuracy prior).
+        edge_options: ``model@imgsz`` the edge may be asked to run.
+        qualities: JPEG qualities to choose from.
+        epsilon: Largest acceptable P(latency > deadline).
+        weight_energy: Weight of robot energy (relative to the edge option's).
+        weight_accuracy: Weight of accuracy loss (relative to the best option's).
+        weight_cost: Weight of cloud cost (relative to the dearest option's).
+        hysteresis: Relative score gain needed to leave a feasible current option.
+        probe_every: On the edge route, send every n-th frame hedged while cloud figures are
+            stale (0: never probe).
+        probe_s: Age after which cloud figures are stale.
+        score_period_s: Re-evaluation period of the weighted score.
+        score_weights: w1, w2, w3 of the weighted score.
+        failover_after: Consecutive cloud failures before the reactive policy fails over.
+        failback_s: Time on the edge before the reactive policy tries the cloud again.
+        seed: Seed of learning policies' exploration.
     """
 
     deadline_ms: float
     static_route: Route
     defaults: Plan
+    energy: Any = None
+    edge_profile_ms: dict[str, float] = field(default_factory=dict)
+    gpu_price_per_hour: float = 0.0
+    server_power_w: float = 0.0
+    cloud_model: str = 'fasterrcnn_resnet50_fpn_v2'
+    edge_options: tuple[str, ...] = ()
+    qualities: tuple[int, ...] = (50, 75, 95)
+    epsilon: float = 0.01
+    weight_energy: float = 1.0
+    weight_accuracy: float = 1.0
+    weight_cost: float = 0.2
+    hysteresis: float = 0.05
+    probe_every: int = 10
+    probe_s: float = 5.0
+    score_period_s: float = 2.0
+    score_weights: tuple[float, float, float] = (0.4, 0.2, 0.4)
+    failover_after: int = 3
+    failback_s: float = 10.0
+    seed: int = 0
 
 
 class Policy(Protocol):
@@ -49,6 +89,12 @@ class Policy(Protocol):
 
     def observe_record(self, record: FrameRecord) -> None:
         """Learn from the outcome of one frame."""
+
+    def observe_detections(self, dets: DetectionSet) -> None:
+        """Learn from a source's detections (edge/cloud agreement)."""
+
+    def observe_health(self, cloud_error: bool) -> None:
+        """Learn from the health monitor's view of the cloud."""
 
 
 class FixedRoutePolicy:
@@ -76,11 +122,37 @@ class FixedRoutePolicy:
     def observe_record(self, record: FrameRecord) -> None:
         """Ignored by a fixed policy."""
 
+    def observe_detections(self, dets: DetectionSet) -> None:
+        """Ignored by a fixed policy."""
+
+    def observe_health(self, cloud_error: bool) -> None:
+        """Ignored by a fixed policy."""
+
+
+def _adaptive(kind: str) -> Callable[[PolicySettings], Policy]:
+    def build(settings: PolicySettings) -> Policy:
+        from offload_manager import learning, predictive
+        from offload_manager.observations import Observations
+
+        if settings.energy is None:
+            raise ConfigError(f'policy {kind!r} needs an energy model (a device profile)')
+        classes = {'predictive': predictive.PredictivePolicy,
+                   'weighted-score': predictive.WeightedScorePolicy,
+                   'reactive': predictive.ReactivePolicy,
+                   'mdp-svr': learning.MdpSvrPolicy,
+                   'q-learning': learning.QLearningPolicy}
+        obs = Observations(settings.energy, settings.cloud_model, settings.gpu_price_per_hour,
+                           settings.edge_profile_ms)
+        return classes[kind](settings, obs)
+    return build
+
 
 POLICIES: dict[str, Callable[[PolicySettings], Policy]] = {
     'edge-only': lambda s: FixedRoutePolicy(s, Route.EDGE, 'edge-only'),
     'cloud-only': lambda s: FixedRoutePolicy(s, Route.CLOUD, 'cloud-only'),
     'static': lambda s: FixedRoutePolicy(s, s.static_route, 'static'),
+    **{name: _adaptive(name) for name in ('predictive', 'weighted-score', 'reactive', 'mdp-svr',
+                                          'q-learning')},
 }
 
 

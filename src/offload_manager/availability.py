@@ -1,0 +1,137 @@
+"""Cloud availability: P(the cloud answers within the deadline) over the next horizon.
+
+Predicted from the recent history of request outcomes and health events, as the MDP+SVR study
+predicts availability from failure history: features of the past (failure share over three
+windows, time since the last failure, the current failure run, whether the health monitor
+reports the cloud in ERROR) map to the share of requests that succeed in the next ``horizon``,
+learned online by support vector regression (scikit-learn ``SVR``) and refitted as outcomes
+come in. Until enough labelled samples exist, the prediction is the smoothed success share of
+the last ten requests.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from adaptive_offload.errors import ConfigError
+
+WINDOWS_S = (5.0, 30.0, 120.0)
+
+
+class AvailabilityPredictor:
+    """Online SVR over failure-history features.
+
+    Args:
+        horizon_s: How far ahead availability is predicted.
+        min_samples: Labelled samples needed before the SVR is used.
+        refit_every: Refit after this many new labelled samples.
+        max_samples: Labelled samples kept for fitting (oldest dropped).
+        history_s: Outcomes older than this are forgotten.
+
+    Raises:
+        ConfigError: For non-positive settings.
+    """
+
+    def __init__(self, horizon_s: float = 5.0, min_samples: int = 30, refit_every: int = 20,
+                 max_samples: int = 400, history_s: float = 600.0) -> None:
+        if min(horizon_s, min_samples, refit_every, max_samples, history_s) <= 0:
+            raise ConfigError('availability settings must be > 0')
+        self._horizon = horizon_s
+        self._min = min_samples
+        self._refit_every = refit_every
+        self._history_s = history_s
+        self._times: list[float] = []
+        self._oks: list[bool] = []
+        self._health_error = False
+        self._unlabelled: deque[tuple[float, np.ndarray]] = deque()
+        self._x: deque[np.ndarray] = deque(maxlen=max_samples)
+        self._y: deque[float] = deque(maxlen=max_samples)
+        self._new = 0
+        self._model: Any = None
+
+    def observe(self, t_s: float, ok: bool) -> None:
+        """Record one request outcome at ``t_s`` (seconds, monotonic)."""
+        self._label_until(t_s)
+        self._unlabelled.append((t_s, self.features(t_s)))
+        self._times.append(t_s)
+        self._oks.append(ok)
+        cut = bisect.bisect_left(self._times, t_s - max(self._history_s, WINDOWS_S[-1]))
+        if cut:
+            del self._times[:cut], self._oks[:cut]
+
+    def health(self, error: bool) -> None:
+        """The health monitor's view of the cloud: in ERROR or not."""
+        self._health_error = error
+
+    def features(self, t_s: float) -> np.ndarray:
+        """The feature vector at ``t_s``."""
+        feats = []
+        for window in WINDOWS_S:
+            start = bisect.bisect_left(self._times, t_s - window)
+            oks = self._oks[start:]
+            feats.append(1.0 - (sum(oks) + 1) / (len(oks) + 2))  # smoothed failure share
+        last_fail = next((t for t, ok in zip(reversed(self._times), reversed(self._oks))
+                          if not ok), None)
+        since = min(t_s - last_fail, WINDOWS_S[-1]) if last_fail is not None else WINDOWS_S[-1]
+        run = 0
+        for ok in reversed(self._oks):
+            if ok:
+                break
+            run += 1
+        feats += [since / WINDOWS_S[-1], min(run, 10) / 10, float(self._health_error)]
+        return np.asarray(feats)
+
+    def _label_until(self, t_s: float) -> None:
+        """Label the samples whose horizon has passed with the success share in it."""
+        while self._unlabelled and self._unlabelled[0][0] + self._horizon <= t_s:
+            t0, x = self._unlabelled.popleft()
+            lo = bisect.bisect_right(self._times, t0)
+            hi = bisect.bisect_right(self._times, t0 + self._horizon)
+            oks = self._oks[lo:hi]
+            if not oks:
+                continue
+            self._x.append(x)
+            self._y.append(sum(oks) / len(oks))
+            self._new += 1
+        if len(self._y) >= self._min and (self._model is None or
+                                          self._new >= self._refit_every):
+            self._fit()
+
+    def _fit(self) -> None:
+        from sklearn.svm import SVR
+
+        y = np.asarray(self._y)
+        if np.ptp(y) == 0:
+            self._model = float(y[0])  # nothing to learn: a constant
+        else:
+            self._model = SVR(kernel='rbf', C=1.0, epsilon=0.05, gamma='scale').fit(
+                np.vstack(self._x), y)
+        self._new = 0
+
+    def predict(self, t_s: float) -> float:
+        """P(a request in the next horizon succeeds within its deadline), in [0, 1]."""
+        self._label_until(t_s)
+        x = self.features(t_s)
+        if self._model is None:
+            return self._recent_share()
+        if isinstance(self._model, float):
+            value = self._model
+        else:
+            value = float(self._model.predict(x.reshape(1, -1))[0])
+        if self._health_error:
+            value = min(value, self._recent_share())
+        return float(np.clip(value, 0.0, 1.0))
+
+    def _recent_share(self, last: int = 10) -> float:
+        """Smoothed success share of the last requests: quick to see an outage begin."""
+        oks = self._oks[-last:]
+        return (sum(oks) + 1) / (len(oks) + 2)
+
+    @property
+    def fitted(self) -> bool:
+        """Whether predictions come from a fitted model."""
+        return self._model is not None

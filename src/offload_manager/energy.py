@@ -1,0 +1,270 @@
+"""Robot energy per frame: a model from device profiles, and readers that measure it.
+
+The model (:class:`EnergyModel`) charges a frame compute power times edge inference time,
+radio energy per bit sent and received, and idle power while the robot waits for the cloud.
+The radio's energy per bit already includes its active power during the transfer, so the
+transfer time is not charged again at idle power.
+
+Readers replace the model with measurements where the hardware allows (one protocol, a
+registry): Intel RAPL energy counters (powercap sysfs, wrap-around handled), NVIDIA NVML's
+total energy, and ``sensor_msgs/BatteryState`` (voltage x current, integrated).
+:class:`MeasuredEnergy` shares measured energy among the frames that ended in each interval.
+Every :class:`EnergyEstimate` says whether it was measured or modelled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import yaml
+
+from adaptive_offload.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """Power and speed figures of one device (see ``config/devices.yaml`` for sources).
+
+    Attributes:
+        name: Profile name.
+        idle_w: Power while idle (waiting), W.
+        compute_w: Power while running inference, W.
+        tx_nj_per_bit: Radio energy per bit sent, nJ.
+        rx_nj_per_bit: Radio energy per bit received, nJ.
+        inference_ms: Inference time by ``model@imgsz``, ms.
+        price_per_gpu_hour: Price of the device's time (cloud), USD per hour.
+    """
+
+    name: str
+    idle_w: float
+    compute_w: float
+    tx_nj_per_bit: float = 0.0
+    rx_nj_per_bit: float = 0.0
+    inference_ms: Mapping[str, float] = field(default_factory=dict)
+    price_per_gpu_hour: float = 0.0
+
+    def inference_time_ms(self, model: str, imgsz: int) -> float | None:
+        """The profile's inference time of ``model`` at ``imgsz``, if it has one."""
+        return self.inference_ms.get(f'{model}@{imgsz}')
+
+
+def load_devices(path: str | Path) -> dict[str, DeviceProfile]:
+    """Read and validate device profiles.
+
+    Raises:
+        ConfigError: Naming the file, device and field at fault.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f'cannot read device profiles {path}: {err}') from err
+    if not isinstance(data, dict) or not isinstance(data.get('devices'), dict):
+        raise ConfigError(f'{path}: expected a mapping "devices" of profiles')
+    names = {f.name for f in fields(DeviceProfile)} - {'name'}
+    required = {'idle_w', 'compute_w'}
+    devices = {}
+    for name, entry in data['devices'].items():
+        where = f'{path}: device {name}'
+        if not isinstance(entry, dict):
+            raise ConfigError(f'{where}: expected a mapping')
+        unknown, missing = set(entry) - names, required - set(entry)
+        if unknown or missing:
+            raise ConfigError(f'{where}: unknown fields {sorted(unknown)}, missing '
+                              f'{sorted(missing)}')
+        values: dict[str, Any] = {}
+        for key, value in entry.items():
+            if key == 'inference_ms':
+                if not isinstance(value, dict):
+                    raise ConfigError(f'{where}: inference_ms must map model@imgsz to ms')
+                values[key] = {str(k): _positive(v, f'{where}: inference_ms {k}')
+                               for k, v in value.items()}
+            else:
+                values[key] = _positive(value, f'{where}: {key}', allow_zero=True)
+        devices[str(name)] = DeviceProfile(name=str(name), **values)
+    return devices
+
+
+def _positive(value: Any, where: str, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f'{where} must be a {"non-negative" if allow_zero else "positive"} '
+                          f'number, got {value!r}')
+    return float(value)
+
+
+@dataclass(frozen=True)
+class EnergyEstimate:
+    """Energy of one frame on the robot, J, and whether it was measured."""
+
+    joules: float
+    measured: bool = False
+    compute_j: float = 0.0
+    radio_j: float = 0.0
+    idle_j: float = 0.0
+
+
+class EnergyModel:
+    """Modelled energy per frame from a device profile."""
+
+    def __init__(self, profile: DeviceProfile) -> None:
+        self.profile = profile
+
+    def frame(self, edge_ms: float, bytes_sent: int, bytes_received: int,
+              wait_ms: float) -> EnergyEstimate:
+        """Energy of a frame that computed ``edge_ms``, sent and received bytes, waited.
+
+        Args:
+            edge_ms: Edge inference time.
+            bytes_sent: Request bytes to the cloud.
+            bytes_received: Reply bytes.
+            wait_ms: Time the robot idled waiting for the cloud beyond its own computing.
+        """
+        p = self.profile
+        compute = p.compute_w * edge_ms / 1e3
+        radio = (p.tx_nj_per_bit * bytes_sent + p.rx_nj_per_bit * bytes_received) * 8e-9
+        idle = p.idle_w * max(0.0, wait_ms) / 1e3
+        return EnergyEstimate(compute + radio + idle, False, compute, radio, idle)
+
+
+class EnergyReader(Protocol):
+    """A cumulative energy counter of the robot (or of the part of it that computes)."""
+
+    def available(self) -> str | None:
+        """None when usable, else why not (for the log)."""
+
+    def joules(self) -> float:
+        """Energy consumed since the reader started, J."""
+
+
+class RaplReader:
+    """Intel RAPL package energy from powercap sysfs, summed over packages.
+
+    Counters wrap at ``max_energy_range_uj``; a decrease adds one range.
+
+    Args:
+        root: The powercap directory.
+    """
+
+    def __init__(self, root: Path = Path('/sys/class/powercap')) -> None:
+        self._domains = sorted(p for p in root.glob('intel-rapl:*') if p.name.count(':') == 1)
+        self._last: dict[Path, int] = {}
+        self._total_uj = 0
+
+    def available(self) -> str | None:
+        """See :class:`EnergyReader`."""
+        if not self._domains:
+            return 'no intel-rapl package domains under powercap'
+        try:
+            for domain in self._domains:
+                int((domain / 'energy_uj').read_text())
+        except (OSError, ValueError) as err:
+            return f'cannot read RAPL counters: {err}'
+        return None
+
+    def joules(self) -> float:
+        """See :class:`EnergyReader`."""
+        for domain in self._domains:
+            raw = int((domain / 'energy_uj').read_text())
+            last = self._last.get(domain)
+            if last is not None:
+                delta = raw - last
+                if delta < 0:
+                    delta += int((domain / 'max_energy_range_uj').read_text())
+                self._total_uj += delta
+            self._last[domain] = raw
+        return self._total_uj / 1e6
+
+
+class NvmlReader:
+    """NVIDIA GPU energy (``nvmlDeviceGetTotalEnergyConsumption``, mJ), e.g. on a Jetson dGPU.
+
+    Args:
+        nvml: The ``pynvml`` module (tests inject a fake); imported when None.
+        index: GPU index.
+    """
+
+    def __init__(self, nvml: Any = None, index: int = 0) -> None:
+        self._reason: str | None = None
+        self._start_mj = 0.0
+        try:
+            if nvml is None:
+                import pynvml as nvml
+            nvml.nvmlInit()
+            self._handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            self._nvml = nvml
+            self._start_mj = float(nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        except Exception as err:  # ImportError, NVMLError_*: all mean "not here"
+            self._reason = f'NVML unavailable: {err}'
+
+    def available(self) -> str | None:
+        """See :class:`EnergyReader`."""
+        return self._reason
+
+    def joules(self) -> float:
+        """See :class:`EnergyReader`."""
+        now = float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        return (now - self._start_mj) / 1e3
+
+
+class BatteryReader:
+    """Energy drawn from the battery, integrated from ``sensor_msgs/BatteryState``.
+
+    ROS reports discharge as negative current; the magnitude of discharge is integrated
+    (trapezoids), charging counts as zero, and NaN (unknown) samples are skipped.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[int, float] | None = None
+        self._total = 0.0
+
+    def update(self, voltage_v: float, current_a: float, stamp_ns: int) -> None:
+        """Add one BatteryState sample."""
+        if not (math.isfinite(voltage_v) and math.isfinite(current_a)):
+            return
+        power = voltage_v * max(0.0, -current_a)
+        if self._last is not None and stamp_ns > self._last[0]:
+            self._total += (power + self._last[1]) / 2 * (stamp_ns - self._last[0]) / 1e9
+        if self._last is None or stamp_ns > self._last[0]:
+            self._last = (stamp_ns, power)
+
+    def available(self) -> str | None:
+        """See :class:`EnergyReader`."""
+        return None if self._last is not None else 'no BatteryState received yet'
+
+    def joules(self) -> float:
+        """See :class:`EnergyReader`."""
+        return self._total
+
+
+READERS: dict[str, Callable[..., EnergyReader]] = {
+    'rapl': RaplReader,
+    'nvml': NvmlReader,
+    'battery': BatteryReader,
+}
+
+
+class MeasuredEnergy:
+    """Shares measured energy among the frames that ended since the last reading.
+
+    Frames overlap (edge and cloud at once), so energy cannot be cut per frame; each call of
+    :meth:`frames_ended` reads the counter once and splits the energy since the previous call
+    evenly among the frames that ended in between.
+
+    Args:
+        reader: The counter.
+    """
+
+    def __init__(self, reader: EnergyReader) -> None:
+        self._reader = reader
+        self._last = reader.joules()
+
+    def frames_ended(self, count: int) -> EnergyEstimate | None:
+        """Energy per frame of ``count`` frames that ended since the last call."""
+        if count <= 0:
+            return None
+        now = self._reader.joules()
+        spent, self._last = max(0.0, now - self._last), now
+        return EnergyEstimate(spent / count, measured=True)

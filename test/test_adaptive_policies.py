@@ -1,0 +1,164 @@
+"""The predictive policy and the adaptive baselines, fed with reports on a manual clock."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from adaptive_offload.types import FrameRecord, InferenceReport, Route
+from offload_manager.policies import Plan, PolicySettings, create_policy
+
+DEADLINE = 100.0
+
+
+class FakeEnergy:
+    """6 W computing, 2 W idle, 100 nJ per bit sent: a small robot on Wi-Fi."""
+
+    def frame(self, edge_ms: float, bytes_sent: int, bytes_received: int,
+              wait_ms: float) -> Any:
+        return SimpleNamespace(joules=6.0 * edge_ms / 1e3 + 100e-9 * 8 * bytes_sent +
+                               2.0 * wait_ms / 1e3)
+
+
+def _settings(**overrides: Any) -> PolicySettings:
+    defaults = Plan(route=Route.EDGE, edge_model='yolov8n', edge_imgsz=320, jpeg_quality=75,
+                    cloud_max_side=0, offload_every=1, hedge_delay_ms=0.0, reason='')
+    values = dict(energy=FakeEnergy(), edge_options=('yolov8n@320', 'yolov8n@640'),
+                  cloud_model='fasterrcnn_resnet50_fpn_v2', probe_s=5.0, probe_every=10)
+    values.update(overrides)
+    return PolicySettings(DEADLINE, Route.EDGE, defaults, **values)
+
+
+class Feeder:
+    """Sends reports to a policy as the workers would, on a manual clock."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.t_s = 0.0
+        self.stamp = 0
+
+    def plan(self) -> Plan:
+        return self.policy.plan(int(self.t_s * 1e9))
+
+    def edge(self, imgsz: int, ms: float, n: int = 30) -> None:
+        for _ in range(n):
+            self.stamp += 1
+            self.policy.observe_report(InferenceReport(
+                stamp_ns=self.stamp, source='edge', status='ok', model='yolov8n', imgsz=imgsz,
+                inference_ms=ms * 0.9, total_ms=ms))
+
+    def cloud(self, total_ms: float, ok: bool = True, n: int = 30, nbytes: int = 20_000,
+              server_ms: float = 20.0) -> None:
+        for _ in range(n):
+            self.stamp += 1
+            self.t_s += 0.1
+            self.plan()  # the manager ticks between reports
+            self.policy.observe_report(InferenceReport(
+                stamp_ns=self.stamp, source='cloud', status='ok' if ok else 'failed',
+                reason='' if ok else 'timeout', inference_ms=total_ms - 3.0,
+                total_ms=total_ms, bytes_sent=nbytes if ok else 0,
+                server_ms=server_ms if ok else 0.0))
+
+
+def test_predictive_keeps_the_tail_bound_and_prefers_accuracy_when_cheap() -> None:
+    feed = Feeder(create_policy('predictive', _settings()))
+    assert 'no measurements' in feed.plan().reason
+    feed.edge(320, 40.0)
+    feed.edge(640, 160.0)  # over the deadline: never acceptable alone
+    feed.cloud(60.0)
+    plan = feed.plan()
+    assert (plan.route, plan.edge_imgsz) != (Route.EDGE, 640)
+    # The cloud is in time and more accurate; hedging keeps the edge as insurance.
+    assert plan.route in (Route.CLOUD, Route.HEDGED), plan.reason
+
+
+def test_predictive_leaves_the_cloud_when_it_fails_and_probes_to_come_back() -> None:
+    feed = Feeder(create_policy('predictive', _settings()))
+    feed.edge(320, 40.0)
+    feed.cloud(60.0)
+    assert feed.plan().route in (Route.CLOUD, Route.HEDGED)
+    feed.cloud(0.0, ok=False, n=10)  # one second of an outage
+    plan = feed.plan()
+    assert plan.route is Route.EDGE, plan.reason
+    feed.t_s += 6.0  # no cloud figures for longer than probe_s: probe while on the edge
+    plan = feed.plan()
+    assert plan.route is Route.HEDGED and plan.offload_every == 10, plan.reason
+    assert 'probing' in plan.reason
+
+
+def test_predictive_reacts_to_a_bandwidth_drop_within_a_second() -> None:
+    feed = Feeder(create_policy('predictive', _settings(weight_energy=0.1)))
+    feed.edge(320, 40.0)
+    feed.cloud(60.0, nbytes=20_000)  # 20 kB in ~40 ms of transfer: fine
+    assert feed.plan().route in (Route.CLOUD, Route.HEDGED)
+    start = feed.t_s
+    # 5 Mbit/s: 20 kB now takes 32 ms more, and the round trips climb past the deadline.
+    for total in (110.0, 140.0, 170.0, 200.0, 230.0, 260.0, 290.0, 320.0, 350.0, 380.0):
+        feed.cloud(total, n=1, nbytes=20_000, server_ms=20.0)
+        if feed.plan().route is Route.EDGE:
+            break
+    assert feed.plan().route is Route.EDGE  # the cloud no longer buys anything in time
+    assert feed.t_s - start <= 1.0
+
+
+def test_reactive_fails_over_after_n_failures_and_back_after_the_cool_down() -> None:
+    feed = Feeder(create_policy('reactive', _settings(failover_after=3, failback_s=10.0)))
+    assert feed.plan().route is Route.CLOUD
+    feed.cloud(0.0, ok=False, n=2)
+    assert feed.plan().route is Route.CLOUD
+    feed.cloud(0.0, ok=False, n=1)
+    assert feed.plan().route is Route.EDGE
+    feed.t_s += 9.0
+    assert feed.plan().route is Route.EDGE
+    feed.t_s += 1.5
+    assert feed.plan().route is Route.CLOUD
+
+
+def test_weighted_score_caps_mean_latency_and_waits_for_its_period() -> None:
+    feed = Feeder(create_policy('weighted-score', _settings(score_period_s=2.0)))
+    feed.edge(320, 40.0)
+    feed.edge(640, 160.0)
+    feed.cloud(60.0)
+    first = feed.plan()
+    assert first.edge_imgsz == 320 or first.route is not Route.EDGE  # 640 is over L_max
+    feed.cloud(0.0, ok=False, n=5)
+    assert feed.plan() is feed.policy.plan(int(feed.t_s * 1e9))  # same plan inside the period
+
+
+def test_mdp_svr_offloads_when_available_and_stays_local_when_not() -> None:
+    policy = create_policy('mdp-svr', _settings())
+    feed = Feeder(policy)
+    feed.edge(320, 90.0)  # the edge alone often misses a 100 ms deadline
+    feed.edge(320, 120.0, n=10)
+    feed.cloud(50.0, nbytes=5_000)
+    assert feed.plan().route in (Route.CLOUD, Route.HEDGED)
+    feed.cloud(0.0, ok=False, n=40)
+    assert feed.plan().route is not Route.CLOUD
+
+
+def test_q_learning_learns_the_route_that_meets_the_deadline() -> None:
+    policy = create_policy('q-learning', _settings(seed=3))
+    feed = Feeder(policy)
+    feed.edge(320, 40.0)
+    feed.cloud(60.0)
+    for i in range(300):
+        plan = feed.plan()
+        met = plan.route is Route.EDGE  # in this world only the edge is ever in time
+        policy.observe_record(FrameRecord(index=i, route=plan.route.value, deadline_met=met,
+                                          latency_ms=40.0 if met else 400.0))
+        feed.t_s += 0.1
+    state = policy.state()
+    assert int(policy.q[state].argmax()) == 0  # edge
+    routes = [feed.plan().route for _ in range(50)]
+    assert routes.count(Route.EDGE) >= 40  # exploration aside
+
+
+@pytest.mark.parametrize('name', ['predictive', 'weighted-score', 'reactive', 'mdp-svr',
+                                  'q-learning'])
+def test_adaptive_policies_need_an_energy_model(name: str) -> None:
+    from adaptive_offload.errors import ConfigError
+
+    with pytest.raises(ConfigError, match='energy'):
+        create_policy(name, _settings(energy=None))

@@ -1,0 +1,113 @@
+"""Device profiles, the energy model and the energy readers (fake sysfs, fake NVML)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from adaptive_offload.errors import ConfigError
+from offload_manager.core import default_devices_file
+from offload_manager.energy import (READERS, BatteryReader, EnergyModel, MeasuredEnergy,
+                                    NvmlReader, RaplReader, load_devices)
+
+
+def test_shipped_profiles_load_with_every_figure() -> None:
+    devices = load_devices(default_devices_file())
+    assert {'raspberry_pi_5', 'laptop_cpu', 'jetson_orin_nano', 'gpu_server'} <= set(devices)
+    pi = devices['raspberry_pi_5']
+    assert pi.compute_w > pi.idle_w > 0 and pi.tx_nj_per_bit > 0
+    assert pi.inference_time_ms('yolov8n', 320) < pi.inference_time_ms('yolov8n', 640)
+    assert devices['gpu_server'].price_per_gpu_hour > 0
+    text = default_devices_file().read_text()
+    assert text.count('#') > 20  # every figure carries its source
+
+
+@pytest.mark.parametrize('body, match', [
+    ('devices: {pi: {idle_w: 1}}', 'missing'),
+    ('devices: {pi: {idle_w: 1, compute_w: 2, volts: 5}}', 'unknown'),
+    ('devices: {pi: {idle_w: -1, compute_w: 2}}', 'pi: idle_w'),
+    ('devices: {pi: {idle_w: 1, compute_w: 2, inference_ms: {yolov8n@320: 0}}}', 'yolov8n@320'),
+    ('devices: [1, 2]', 'mapping'),
+])
+def test_bad_profiles_name_the_field(tmp_path: Path, body: str, match: str) -> None:
+    path = tmp_path / 'devices.yaml'
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=match):
+        load_devices(path)
+    with pytest.raises(ConfigError, match='cannot read'):
+        load_devices(tmp_path / 'missing.yaml')
+
+
+def test_model_adds_compute_radio_and_idle() -> None:
+    devices = load_devices(default_devices_file())
+    model = EnergyModel(devices['raspberry_pi_5'])
+    est = model.frame(edge_ms=100.0, bytes_sent=10_000, bytes_received=1_000, wait_ms=50.0)
+    assert est.compute_j == pytest.approx(7.0 * 0.1)
+    assert est.radio_j == pytest.approx((50e-9 * 80_000) + (30e-9 * 8_000))
+    assert est.idle_j == pytest.approx(2.7 * 0.05)
+    assert est.joules == pytest.approx(est.compute_j + est.radio_j + est.idle_j)
+    assert not est.measured
+
+
+def _rapl(root: Path, name: str, energy: int, max_range: int = 1000) -> Path:
+    domain = root / name
+    domain.mkdir(parents=True, exist_ok=True)
+    (domain / 'energy_uj').write_text(f'{energy}\n')
+    (domain / 'max_energy_range_uj').write_text(f'{max_range}\n')
+    return domain
+
+
+def test_rapl_sums_packages_and_survives_wrap_around(tmp_path: Path) -> None:
+    a = _rapl(tmp_path, 'intel-rapl:0', 900)
+    b = _rapl(tmp_path, 'intel-rapl:1', 100)
+    _rapl(tmp_path, 'intel-rapl:0:0', 5)  # a sub-domain (core) is inside package 0
+    reader = READERS['rapl'](tmp_path)
+    assert reader.available() is None
+    assert reader.joules() == 0.0
+    (a / 'energy_uj').write_text('100')  # wrapped: 900 -> 1000 -> 100 is 200 uJ
+    (b / 'energy_uj').write_text('400')  # 300 uJ
+    assert reader.joules() == pytest.approx(500e-6)
+    (a / 'energy_uj').chmod(0)
+    if reader.available() is None:  # root reads anything: make the file unreadable instead
+        (a / 'energy_uj').write_text('not a number')
+    assert 'cannot read' in reader.available()
+    assert 'no intel-rapl' in RaplReader(tmp_path / 'empty').available()
+
+
+def test_nvml_reads_millijoules_and_explains_absence() -> None:
+    energy = {'mj': 5000}
+    fake = SimpleNamespace(nvmlInit=lambda: None,
+                           nvmlDeviceGetHandleByIndex=lambda i: f'gpu{i}',
+                           nvmlDeviceGetTotalEnergyConsumption=lambda h: energy['mj'])
+    reader = NvmlReader(fake)
+    assert reader.available() is None
+    energy['mj'] = 7500
+    assert reader.joules() == pytest.approx(2.5)
+
+    def broken() -> None:
+        raise RuntimeError('NVML Shared Library Not Found')
+    assert 'NVML Shared Library' in NvmlReader(SimpleNamespace(nvmlInit=broken)).available()
+
+
+def test_battery_integrates_discharge_and_skips_unknown_samples() -> None:
+    battery = BatteryReader()
+    assert battery.available() is not None
+    battery.update(12.0, -2.0, 0)               # 24 W discharge
+    battery.update(math.nan, -2.0, 500_000_000)  # unknown voltage: skipped
+    battery.update(12.0, -2.0, 1_000_000_000)   # 1 s at 24 W
+    battery.update(12.0, 1.0, 2_000_000_000)    # charging: 0 W; trapezoid 24 -> 0 over 1 s
+    assert battery.joules() == pytest.approx(24.0 + 12.0)
+    assert battery.available() is None
+
+
+def test_measured_energy_is_shared_among_the_frames_that_ended() -> None:
+    battery = BatteryReader()
+    battery.update(10.0, -1.0, 0)
+    measured = MeasuredEnergy(battery)
+    battery.update(10.0, -1.0, 2_000_000_000)  # 20 J
+    est = measured.frames_ended(4)
+    assert est.measured and est.joules == pytest.approx(5.0)
+    assert measured.frames_ended(0) is None
