@@ -1,16 +1,17 @@
 """Kernel-level fault injection: a network namespace behind a veth pair, shaped with tc.
 
-The cloud side runs inside the namespace (:meth:`NetnsLink.exec_argv`), the robot side on the
-host, and the scenario's faults become qdiscs on the host end of the veth pair, so they shape
-traffic from the host into the namespace (the upload direction, where the images go) and a
-request-reply exchange takes ``delay_ms`` longer, as with the client-side injector.
-bandwidth: ``tbf`` (``netem rate`` when netem is needed anyway); latency, loss and corruption:
-``netem`` (netem corruption flips bits below TCP, whose checksums turn it into retransmissions);
-cloud_outage: the host end goes down. Needs root, ``ip`` and ``tc``.
+The cloud side runs in the namespace (:meth:`NetnsLink.exec_argv`), the robot side on the host.
+Faults become a qdisc on the host end, shaping traffic into the namespace (the upload, where
+images go), so an exchange takes ``delay_ms`` longer, as with the client-side injector.
+bandwidth: ``tbf`` (``netem rate`` alongside other faults); latency, loss, corruption: ``netem``
+(its bit flips fail TCP checksums and become retransmissions); cloud_outage: the namespace end
+goes down, so packets are dropped and connections time out (with the host end down the host
+would route them elsewhere). Needs root, ``ip`` and ``tc``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -56,13 +57,10 @@ def netns_support(run: Runner = run_command) -> str | None:
     name = f'aoprobe{os.getpid()}-{next(_serial)}'
     try:
         run(['ip', 'netns', 'add', name])
-    except OSError as err:
-        return f'network namespaces not permitted: {err}'
-    try:
         run(['ip', '-n', name, 'link', 'add', 'name', 'probeh', 'type', 'veth', 'peer', 'name',
              'proben'])
     except OSError as err:
-        return f'veth pairs not permitted: {err}'
+        return f'network namespaces or veth pairs not permitted: {err}'
     finally:
         _quietly(run, ['ip', 'netns', 'del', name])
     return None
@@ -89,14 +87,8 @@ def qdisc_support(kind: str, run: Runner = run_command) -> str | None:
 
 
 def _quietly(run: Runner, argv: list[str]) -> None:
-    try:
+    with contextlib.suppress(OSError):  # cleanup of something that may already be gone
         run(argv)
-    except OSError:
-        pass  # cleanup of something that may already be gone
-
-
-def _num(value: float) -> str:
-    return f'{value:g}'
 
 
 def qdisc_args(faults: Iterable[Fault]) -> list[str] | None:
@@ -104,23 +96,20 @@ def qdisc_args(faults: Iterable[Fault]) -> list[str] | None:
     by_kind = {f.kind: f.params for f in faults}
     netem: list[str] = []
     if 'latency' in by_kind:
-        netem += ['delay', f'{_num(by_kind["latency"]["delay_ms"])}ms']
-        if by_kind['latency']['jitter_ms'] > 0:
-            netem.append(f'{_num(by_kind["latency"]["jitter_ms"])}ms')
-    if 'loss' in by_kind:
-        netem += ['loss', f'{_num(by_kind["loss"]["probability"] * 100)}%']
-    if 'corruption' in by_kind:
-        netem += ['corrupt', f'{_num(by_kind["corruption"]["probability"] * 100)}%']
-    rate = None
-    if 'bandwidth' in by_kind:
-        rate = f'{max(1, round(by_kind["bandwidth"]["mbps"] * 1e6))}bit'
+        delay, jitter = by_kind['latency']['delay_ms'], by_kind['latency']['jitter_ms']
+        netem += ['delay', f'{delay:g}ms', *([f'{jitter:g}ms'] if jitter > 0 else [])]
+    for kind, word in (('loss', 'loss'), ('corruption', 'corrupt')):
+        if kind in by_kind:
+            netem += [word, f'{by_kind[kind]["probability"] * 100:g}%']
+    if 'bandwidth' not in by_kind:
+        return ['netem', *netem] if netem else None
+    mbps = by_kind['bandwidth']['mbps']
+    rate = f'{max(1, round(mbps * 1e6))}bit'
     if netem:
-        return ['netem', *netem, *(['rate', rate] if rate else [])]
-    if rate is None:
-        return None
+        return ['netem', *netem, 'rate', rate]
     # 10 ms worth of bytes, never less than a full-size frame; 200 ms of queue
-    burst = max(1600, round(by_kind['bandwidth']['mbps'] * 1e6 / 8 / 100))
-    return ['tbf', 'rate', rate, 'burst', str(burst), 'latency', '200ms']
+    return ['tbf', 'rate', rate, 'burst', str(max(1600, round(mbps * 1e6 / 800))), 'latency',
+            '200ms']
 
 
 class NetnsLink:
@@ -194,15 +183,13 @@ class NetnsLink:
         faults = list(faults)
         qdisc = qdisc_args(faults)
         link_up = not any(f.kind == 'cloud_outage' for f in faults)
-        dev = ['dev', self.host_veth]
         if qdisc != self._qdisc:
-            if qdisc is None:
-                self._run(['tc', 'qdisc', 'del', *dev, 'root'])
-            else:
-                self._run(['tc', 'qdisc', 'replace', *dev, 'root', *qdisc])
+            change = ['del'] if qdisc is None else ['replace']
+            self._run(['tc', 'qdisc', *change, 'dev', self.host_veth, 'root', *(qdisc or [])])
             self._qdisc = qdisc
         if link_up != self._link_up:
-            self._run(['ip', 'link', 'set', self.host_veth, 'up' if link_up else 'down'])
+            self._run(['ip', '-n', self.namespace, 'link', 'set', self.ns_veth,
+                       'up' if link_up else 'down'])
             self._link_up = link_up
 
     def clear(self) -> None:
