@@ -84,7 +84,7 @@ def test_predictive_leaves_the_cloud_when_it_fails_and_probes_to_come_back() -> 
     assert plan.route is Route.EDGE, plan.reason
     feed.t_s += 6.0  # no cloud figures for longer than probe_s: probe while on the edge
     plan = feed.plan()
-    assert plan.route is Route.HEDGED and plan.offload_every == 10, plan.reason
+    assert plan.route is Route.EDGE and plan.probe_every == 10, plan.reason
     assert 'probing' in plan.reason
 
 

@@ -84,6 +84,7 @@ class ReplayResult:
     out: Path
     wall_s: float
     faults: list[FaultMeasure] = field(default_factory=list)
+    reports: list[InferenceReport] = field(default_factory=list)
 
 
 def _config(options: ReplayOptions, node: str) -> dict[str, Any]:
@@ -221,7 +222,7 @@ class Replay:
         faults = measure(self._opts.scenario, self._timeline, self._reports, events) \
             if self._opts.scenario is not None else []
         return ReplayResult(records, self._health_events, summary, self._opts.out, wall_s,
-                            faults)
+                            faults, [r for _, r in self._reports])
 
     def _wait_for_service(self) -> None:
         if self._service is None:

@@ -185,6 +185,8 @@ class Decision(JsonRecord):
         cloud_max_side: Longest image side sent to the cloud; 0 keeps the original size.
         offload_every: Send every n-th frame to the cloud (1 = every frame).
         hedge_delay_ms: For hedged routes, how long after the frame the cloud request starts.
+        probe_every: On the edge route, send every n-th frame to the cloud as a probe whose
+            answer nobody waits for (it measures the cloud; 0 = none).
         deadline_ms: Deadline a result must meet, measured from frame arrival.
         policy: Name of the policy that made the decision.
         reason: Why the policy chose this, for humans.
@@ -202,6 +204,7 @@ class Decision(JsonRecord):
     cloud_max_side: int = 0
     offload_every: int = 1
     hedge_delay_ms: float = 0.0
+    probe_every: int = 0
     deadline_ms: float = 250.0
     policy: str = ''
     reason: str = ''
@@ -210,8 +213,9 @@ class Decision(JsonRecord):
         object.__setattr__(self, 'route', Route(self.route))
         if not 1 <= int(self.jpeg_quality) <= 100:
             raise ValueError(f'jpeg_quality {self.jpeg_quality} not in 1..100')
-        if int(self.offload_every) < 1 or float(self.valid_for_ms) <= 0:
-            raise ValueError('offload_every must be >= 1 and valid_for_ms > 0')
+        if int(self.offload_every) < 1 or float(self.valid_for_ms) <= 0 or \
+                int(self.probe_every) < 0:
+            raise ValueError('offload_every must be >= 1, probe_every >= 0 and valid_for_ms > 0')
 
     def is_valid(self, now_ns: int) -> bool:
         """Whether the decision still applies at ``now_ns`` (same clock as ``issued_ns``)."""

@@ -79,6 +79,9 @@ class CloudConfig:
 class CloudBridge:
     """Sends frames the decision selects to the service and returns its detections.
 
+    Cloud routes send every ``offload_every``-th frame; the edge route sends every
+    ``probe_every``-th frame as a probe (its answer measures the cloud for the manager).
+
     A request never outlives the frame's deadline; a refused or dropped connection is retried
     (``max_retries``) only if the time left exceeds the recent round trip; the circuit breaker
     fails frames at once while the service is known to be down. Thread-safe, so that several
@@ -118,11 +121,12 @@ class CloudBridge:
         stamp_ns, frame_id = stamp_to_ns(msg.header.stamp), str(msg.header.frame_id)
         report = InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id, source=self.SOURCE,
                                  decision_seq=decision.seq)
-        if not decision.route.uses_cloud:
+        every = decision.offload_every if decision.route.uses_cloud else decision.probe_every
+        if not every:
             return None, replace(report, status='skipped', reason=f'route={decision.route.value}')
         with self._lock:
             self._frames += 1
-            sampled = (self._frames - 1) % decision.offload_every == 0
+            sampled = (self._frames - 1) % every == 0
         if not sampled:
             return None, replace(report, status='skipped', reason='not_sampled')
         try:

@@ -19,6 +19,7 @@ from health_monitor.core import PARAMETERS, HealthConfig, HealthMonitor
 
 POLL_S = 0.1  # level changes reach /diagnostics within this; the period paces the rest
 
+
 class HealthMonitorNode(Node):
     """Counts arrivals on the monitored topics; runs the checks on a timer."""
 

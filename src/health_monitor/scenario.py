@@ -33,6 +33,7 @@ FAULT_KINDS: dict[str, dict[str, float | None]] = {
     'bandwidth': {'mbps': None},
     'loss': {'probability': None},
     'corruption': {'probability': 1.0},
+    'cpu_contention': {'slowdown': 2.0},  # edge inference takes this many times longer
 }
 
 
@@ -114,6 +115,8 @@ def parse_scenario(data: Any, source: str = 'scenario') -> Scenario:
             raise ConfigError(f'{where}: parameters must be >= 0 (probabilities <= 1)')
         if kind == 'bandwidth' and params['mbps'] <= 0:
             raise ConfigError(f'{where}: mbps must be > 0')
+        if kind == 'cpu_contention' and params['slowdown'] < 1:
+            raise ConfigError(f'{where}: slowdown must be >= 1')
         faults.append(Fault(kind, start, duration, params))
     ordered = sorted(faults, key=lambda f: (f.kind, f.start_s))
     for a, b in zip(ordered, ordered[1:]):

@@ -25,6 +25,8 @@ WINDOWS_S = (5.0, 30.0, 120.0)
 class AvailabilityPredictor:
     """Online SVR over failure-history features.
 
+    ``REFRESH_S``: how often the SVR is asked (its answer is cached in between).
+
     Args:
         horizon_s: How far ahead availability is predicted.
         min_samples: Labelled samples needed before the SVR is used.
@@ -35,6 +37,8 @@ class AvailabilityPredictor:
     Raises:
         ConfigError: For non-positive settings.
     """
+
+    REFRESH_S = 0.5
 
     def __init__(self, horizon_s: float = 5.0, min_samples: int = 30, refit_every: int = 20,
                  max_samples: int = 400, history_s: float = 600.0) -> None:
@@ -52,6 +56,8 @@ class AvailabilityPredictor:
         self._y: deque[float] = deque(maxlen=max_samples)
         self._new = 0
         self._model: Any = None
+        self._fits = 0
+        self._cached: tuple[tuple[int, int, bool], float] | None = None
 
     def observe(self, t_s: float, ok: bool) -> None:
         """Record one request outcome at ``t_s`` (seconds, monotonic)."""
@@ -111,19 +117,26 @@ class AvailabilityPredictor:
             self._model = SVR(kernel='rbf', C=1.0, epsilon=0.05, gamma='scale').fit(
                 np.vstack(self._x), y)
         self._new = 0
+        self._fits += 1
 
     def predict(self, t_s: float) -> float:
         """P(a request in the next horizon succeeds within its deadline), in [0, 1]."""
         self._label_until(t_s)
-        x = self.features(t_s)
+        recent = self._recent_share()
         if self._model is None:
-            return self._recent_share()
-        if isinstance(self._model, float):
-            value = self._model
-        else:
-            value = float(self._model.predict(x.reshape(1, -1))[0])
-        if self._health_error:
-            value = min(value, self._recent_share())
+            return recent
+        # The SVR answers for the next horizon: asking it twice a second is enough, and keeps
+        # a decision cheap. A failure now is taken at once from the recent share instead.
+        key = (self._fits, int(t_s / self.REFRESH_S), self._health_error)
+        if self._cached is None or self._cached[0] != key:
+            if isinstance(self._model, float):
+                value = self._model
+            else:
+                value = float(self._model.predict(self.features(t_s).reshape(1, -1))[0])
+            self._cached = (key, value)
+        value = self._cached[1]
+        if self._health_error or (self._oks and not self._oks[-1]):
+            value = min(value, recent)
         return float(np.clip(value, 0.0, 1.0))
 
     def _recent_share(self, last: int = 10) -> float:

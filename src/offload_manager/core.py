@@ -17,6 +17,8 @@ PARAMETERS = (
     ParameterSpec('policy', 'edge-only', 'Routing policy (registry name).'),
     ParameterSpec('deadline_ms', 250.0, 'Per-frame deadline from arrival to result.', False),
     ParameterSpec('decision_period_s', 0.5, 'How often the decision is re-issued.'),
+    ParameterSpec('plan_period_s', 0.25,
+                  'How often the policy re-plans (at most); decisions change at once then.'),
     ParameterSpec('decision_valid_s', 2.0,
                   'Validity of a decision; workers fall back to edge-only after it.'),
     ParameterSpec('result_timeout_ms', 2000.0, 'Longest wait for any result before a drop.'),
@@ -59,6 +61,7 @@ class ManagerConfig:
     policy: str
     deadline_ms: float
     decision_period_s: float
+    plan_period_s: float
     decision_valid_s: float
     result_timeout_ms: float
     static_route: str
@@ -97,6 +100,8 @@ class ManagerConfig:
         if config.deadline_ms <= 0 or config.decision_period_s <= 0 or \
                 config.decision_valid_s <= config.decision_period_s:
             raise ConfigError('need deadline_ms > 0 and decision_valid_s > decision_period_s > 0')
+        if config.plan_period_s <= 0:
+            raise ConfigError('need plan_period_s > 0')
         if not 1 <= config.jpeg_quality <= 100 or config.offload_every < 1:
             raise ConfigError('need jpeg_quality in 1..100 and offload_every >= 1')
         if not 0 < config.epsilon < 1 or config.probe_every < 0:
@@ -170,6 +175,7 @@ class OffloadManager:
         self._arbiter = Arbiter(tuple(config.edge_sources), config.result_timeout_ms)
         self._decision: Decision | None = None
         self._plan: Plan | None = None
+        self._planned_ns = 0
         self._seq = 0
 
     @property
@@ -184,7 +190,11 @@ class OffloadManager:
 
     def tick(self, now_ns: int) -> Decision | None:
         """Issue a decision if the plan changed or the period elapsed; returns it if issued."""
-        plan = self._policy.plan(now_ns)
+        if self._plan is None or now_ns - self._planned_ns >= self.config.plan_period_s * 1e9:
+            plan = self._policy.plan(now_ns)
+            self._planned_ns = now_ns
+        else:
+            plan = self._plan
         due = self._decision is None or plan != self._plan or \
             now_ns - self._decision.issued_ns >= self.config.decision_period_s * 1e9
         if not due:
@@ -196,7 +206,8 @@ class OffloadManager:
             route=plan.route, edge_model=plan.edge_model, edge_imgsz=plan.edge_imgsz,
             jpeg_quality=plan.jpeg_quality, cloud_max_side=plan.cloud_max_side,
             offload_every=plan.offload_every, hedge_delay_ms=plan.hedge_delay_ms,
-            deadline_ms=self.config.deadline_ms, policy=self.config.policy, reason=plan.reason)
+            probe_every=plan.probe_every, deadline_ms=self.config.deadline_ms,
+            policy=self.config.policy, reason=plan.reason)
         return self._decision
 
     def frame_arrived(self, stamp_ns: int, frame_id: str, now_ns: int) -> Outcome | None:

@@ -50,6 +50,7 @@ class MdpSvrPolicy(_ObservingPolicy):
     def _rewards(self) -> np.ndarray | None:
         """Reward of each route at each availability level (levels x routes)."""
         base = self.default_option()
+        self.obs.prepare()
         table = np.zeros((LEVELS, len(ROUTES)))
         edge_est = self.obs.estimate(replace(base, route=Route.EDGE), self.settings.deadline_ms)
         if edge_est is None:
@@ -59,9 +60,8 @@ class MdpSvrPolicy(_ObservingPolicy):
             if est is None:
                 table[:, r] = -np.inf
                 continue
-            cloud_samples = self.obs.cloud_samples(base.jpeg_quality)
-            late = np.mean([s > self.settings.deadline_ms for s in cloud_samples]) \
-                if cloud_samples else 1.0
+            late = self.obs.cloud_late(base.jpeg_quality, self.settings.deadline_ms)
+            late = 1.0 if late is None else late
             p_edge = edge_est.p_miss
             for level in range(LEVELS):
                 avail = (level + 0.5) / LEVELS
@@ -81,7 +81,7 @@ class MdpSvrPolicy(_ObservingPolicy):
         self._last_level = level
         rewards = self._rewards()
         if rewards is None:
-            return self.to_plan(self.default_option(), 'no measurements yet')
+            return self.probing(self.to_plan(self.default_option(), 'no measurements yet'))
         transition = self._counts / self._counts.sum(axis=1, keepdims=True)
         n = len(ROUTES)
         value = np.zeros((LEVELS, n))  # value of (level, current route)
@@ -100,8 +100,8 @@ class MdpSvrPolicy(_ObservingPolicy):
             self._gamma * expected[level]
         self._route = ROUTES[int(np.argmax(q_now))]
         option = replace(self.default_option(), route=self._route)
-        return self.to_plan(option, f'availability level {level}/{LEVELS - 1}: '
-                                    f'{self._route.value}')
+        return self.probing(self.to_plan(option, f'availability level {level}/{LEVELS - 1}: '
+                                                 f'{self._route.value}'))
 
 
 class QLearningPolicy(_ObservingPolicy):
@@ -137,6 +137,7 @@ class QLearningPolicy(_ObservingPolicy):
     def observe_record(self, record: FrameRecord) -> None:
         """Reward the route the frame was routed by."""
         super().observe_record(record)
+        self.obs.prepare()
         if self._state is None or record.route not in {r.value for r in ROUTES}:
             return
         action = ROUTES.index(Route(record.route))

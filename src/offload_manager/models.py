@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import statistics
 from collections import deque
 from typing import Iterable
 
@@ -39,6 +40,7 @@ class SlidingQuantiles:
         self._order: deque[float] = deque()
         self._sorted: list[float] = []
         self._window = window
+        self._sum = 0.0
 
     def __len__(self) -> int:
         return len(self._order)
@@ -50,8 +52,14 @@ class SlidingQuantiles:
         if len(self._order) == self._window:
             old = self._order.popleft()
             del self._sorted[bisect.bisect_left(self._sorted, old)]
+            self._sum -= old
         self._order.append(value)
         bisect.insort(self._sorted, value)
+        self._sum += value
+
+    def mean(self) -> float | None:
+        """Mean of the window, or None without samples."""
+        return self._sum / len(self._order) if self._order else None
 
     def quantile(self, q: float) -> float | None:
         """Quantile ``q`` of the window, linearly interpolated; None without samples."""
@@ -115,16 +123,18 @@ class BandwidthEstimator:
 
     def __init__(self, window: int = 15) -> None:
         self._rates: deque[float] = deque(maxlen=window)
+        self._median: float | None = None
 
     def add(self, bytes_sent: int, transfer_ms: float) -> None:
         """Record one request; transfers under 0.1 ms are not measurable and are skipped."""
         if bytes_sent > 0 and transfer_ms >= 0.1:
             self._rates.append(bytes_sent * 8 / (transfer_ms * 1e3))
+            self._median = statistics.median(self._rates)
 
     @property
     def mbps(self) -> float | None:
         """The estimate, or None before any measurable request."""
-        return float(np.median(self._rates)) if self._rates else None
+        return self._median
 
     def transfer_ms(self, nbytes: int) -> float | None:
         """Predicted time to send ``nbytes`` at the estimated bandwidth."""
@@ -154,16 +164,23 @@ class ArForecaster:
                               f'{window}')
         self._p = order
         self._values: deque[float] = deque(maxlen=window)
+        self._cache: dict[int, float] = {}
 
     def add(self, value: float) -> None:
         """Append one observation (non-finite values are skipped)."""
         if math.isfinite(value):
             self._values.append(float(value))
+            self._cache.clear()
 
     def forecast(self, steps: int = 1) -> float | None:
-        """The value ``steps`` ahead, or None without data."""
+        """The value ``steps`` ahead, or None without data (refitted only after new data)."""
         if not self._values:
             return None
+        if steps not in self._cache:
+            self._cache[steps] = self._fit_forecast(steps)
+        return self._cache[steps]
+
+    def _fit_forecast(self, steps: int) -> float:
         y = np.asarray(self._values)
         if len(y) < 3 * (self._p + 1) or np.ptp(y) == 0:
             return float(y[-1])

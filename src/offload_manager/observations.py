@@ -8,6 +8,7 @@ accurate it is, what the cloud charges.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -60,6 +61,7 @@ class Estimate:
     latency_ms: float
 
 
+@functools.lru_cache(maxsize=128)
 def jpeg_factor(quality: int) -> float:
     """Bytes at ``quality`` relative to quality 75 (see :data:`JPEG_SIZE`)."""
     qs = sorted(JPEG_SIZE)
@@ -90,10 +92,12 @@ class Observations:
         self._price_s = gpu_price_per_hour / 3600.0
         self._profile = dict(edge_profile_ms or {})
         self._bytes: deque[float] = deque(maxlen=50)  # at quality 75
+        self._sent: deque[int] = deque(maxlen=50)  # as sent: what the latency samples carried
         self._edge_dets: dict[int, DetectionSet] = {}
         self._cloud_dets: dict[int, DetectionSet] = {}
         self._edge_meta: dict[int, tuple[str, int]] = {}  # stamp -> (model, imgsz)
         self.now_s = 0.0
+        self.prepare()
         self.last_cloud_s: float | None = None
         self.quality = 75
 
@@ -107,6 +111,7 @@ class Observations:
                 transfer = report.inference_ms - report.server_ms
                 self.bandwidth.add(report.bytes_sent, transfer)
                 self._bytes.append(report.bytes_sent / jpeg_factor(self.quality))
+                self._sent.append(report.bytes_sent)
                 self.availability.observe(self.now_s, True)
                 self.last_cloud_s = self.now_s
             elif report.status == 'failed':
@@ -140,74 +145,105 @@ class Observations:
         """The health monitor's view of the cloud."""
         self.availability.health(cloud_error)
 
-    def edge_samples(self, model: str, imgsz: int) -> list[float]:
-        """Measured edge latencies of ``model@imgsz``, or the profile figure, or nothing."""
+    def prepare(self) -> None:
+        """Compute what every option's estimate shares, once per plan (keeps plans cheap)."""
+        self._avail = self.availability.predict(self.now_s)
+        self._server = self.book.quantile('cloud:server', 0.5) or 0.0
+        self._shifts: dict[int, float] = {}
+        self._edge_cache: dict[tuple[str, int, float], tuple[float, float, float] | None] = {}
+        self._cloud_cache: dict[tuple[int, float], tuple[float, float] | None] = {}
+        self._bytes_mean = float(np.mean(self._bytes)) if self._bytes else 0.0
+        self._sent_mean = float(np.mean(self._sent)) if self._sent else 0.0
+
+    def _edge(self, model: str, imgsz: int) -> tuple[float, Any] | None:
+        """(mean ms, series or None) of an edge option: measured, else the profile figure."""
         series = self.book.get(f'edge:{model}@{imgsz}')
         if series is not None and len(series):
-            return series.samples()
+            return series.mean(), series
         known = self._profile.get(f'{model}@{imgsz}')
-        return [known] if known is not None else []
+        return (known, None) if known is not None else None
 
-    def cloud_samples(self, quality: int) -> list[float]:
-        """Cloud latencies adjusted to ``quality``'s bytes and to the forecast trend."""
+    def _shift(self, quality: int) -> float:
+        """How much later cloud answers come at ``quality`` than measured: bytes and trend."""
+        if quality not in self._shifts:
+            shift = 0.0
+            nbytes = self.bytes_at(quality)
+            if nbytes and self.bandwidth.mbps:
+                shift += self.bandwidth.transfer_ms(nbytes) - self.bandwidth.transfer_ms(
+                    int(self._sent_mean))
+            median = self.book.quantile('cloud', 0.5) or 0.0
+            ahead = self.trend.forecast(steps=5)
+            if ahead is not None and ahead > median:  # worsening: shift ahead of it
+                shift += ahead - median
+            self._shifts[quality] = shift
+        return self._shifts[quality]
+
+    def cloud_late(self, quality: int, deadline_ms: float) -> float | None:
+        """P(a cloud answer at ``quality`` is later than the deadline); None if unmeasured."""
         series = self.book.get('cloud')
         if series is None or not len(series):
-            return []
-        samples = np.asarray(series.samples())
-        nbytes = self.bytes_at(quality)
-        if nbytes and self._bytes and self.bandwidth.mbps:
-            now_bytes = float(np.mean(self._bytes)) * jpeg_factor(self.quality)
-            samples = samples + (self.bandwidth.transfer_ms(nbytes) -
-                                 self.bandwidth.transfer_ms(int(now_bytes)))
-        ahead = self.trend.forecast(steps=5)
-        median = float(np.median(samples))
-        if ahead is not None and ahead > median:  # worsening: shift ahead of it
-            samples = samples + (ahead - median)
-        return list(samples)
+            return None
+        return _smoothed(series.exceedance(deadline_ms - self._shift(quality)), len(series))
 
     def bytes_at(self, quality: int) -> int:
-        """Expected request size at ``quality``; 0 before any request."""
-        return int(np.mean(self._bytes) * jpeg_factor(quality)) if self._bytes else 0
+        """Expected request size at ``quality`` as of :meth:`prepare`; 0 before any request."""
+        return int(self._bytes_mean * jpeg_factor(quality))
+
+    def _edge_stats(self, model: str, imgsz: int,
+                    deadline_ms: float) -> tuple[float, float, float] | None:
+        """(mean ms, P(miss), accuracy) of an edge option, cached for this plan."""
+        key = (model, imgsz, deadline_ms)
+        if key not in self._edge_cache:
+            edge = self._edge(model, imgsz)
+            if edge is None:
+                self._edge_cache[key] = None
+            else:
+                mean, series = edge
+                p_miss = _smoothed(series.exceedance(deadline_ms), len(series)) if series \
+                    else _smoothed(float(mean > deadline_ms), 1)
+                self._edge_cache[key] = (mean, p_miss, self.accuracy.edge(model, imgsz))
+        return self._edge_cache[key]
+
+    def _cloud_stats(self, quality: int, deadline_ms: float) -> tuple[float, float] | None:
+        """(median ms, P(late or failed)) of the cloud at ``quality``, cached for this plan."""
+        key = (quality, deadline_ms)
+        if key not in self._cloud_cache:
+            late = self.cloud_late(quality, deadline_ms)
+            self._cloud_cache[key] = None if late is None else (
+                (self.book.quantile('cloud', 0.5) or 0.0) + self._shift(quality),
+                1.0 - self._avail * (1.0 - late))
+        return self._cloud_cache[key]
 
     def estimate(self, option: Option, deadline_ms: float) -> Estimate | None:
         """Expected miss probability, energy, accuracy and cost of ``option``; None if unknown.
 
-        Hedged frames miss only when both the cloud (late or failed) and the edge miss; the two
-        are taken as independent.
+        Call :meth:`prepare` first (once per plan). Hedged frames miss only when both the
+        cloud (late or failed) and the edge miss; the two are taken as independent.
         """
-        edge = self.edge_samples(option.edge_model, option.edge_imgsz)
-        uses_edge = option.route in (Route.EDGE, Route.HEDGED)
-        uses_cloud = option.route in (Route.CLOUD, Route.HEDGED)
-        if uses_edge and not edge:
+        route = option.route
+        edge_ms, p_edge, edge_acc = 0.0, 1.0, 0.0
+        if route is not Route.CLOUD:
+            edge = self._edge_stats(option.edge_model, option.edge_imgsz, deadline_ms)
+            if edge is None:
+                return None
+            edge_ms, p_edge, edge_acc = edge
+        if route is Route.EDGE:
+            energy = self.energy.frame(edge_ms, 0, 0, 0.0).joules
+            return Estimate(option, p_edge, energy, edge_acc, 0.0, edge_ms)
+        cloud = self._cloud_stats(option.jpeg_quality, deadline_ms)
+        if cloud is None:
             return None
-        cloud = self.cloud_samples(option.jpeg_quality) if uses_cloud else []
-        if uses_cloud and not cloud:
-            return None
-        p_edge = _exceed(edge, deadline_ms) if uses_edge else 1.0
-        available = self.availability.predict(self.now_s)
-        p_cloud = 1.0 - available * (1.0 - _exceed(cloud, deadline_ms)) if uses_cloud else 1.0
-        edge_ms = float(np.mean(edge)) if uses_edge else 0.0
-        cloud_ms = float(np.median(cloud)) if uses_cloud else 0.0
-        nbytes = self.bytes_at(option.jpeg_quality) if uses_cloud else 0
-        wait = max(0.0, cloud_ms - edge_ms) if uses_cloud else 0.0
-        energy = self.energy.frame(edge_ms, nbytes, REPLY_BYTES if uses_cloud else 0,
-                                   wait).joules
-        edge_acc = self.accuracy.edge(option.edge_model, option.edge_imgsz)
+        cloud_ms, p_cloud = cloud
+        energy = self.energy.frame(edge_ms, self.bytes_at(option.jpeg_quality), REPLY_BYTES,
+                                   max(0.0, cloud_ms - edge_ms)).joules
         cloud_ok = 1.0 - p_cloud
-        if option.route is Route.EDGE:
-            accuracy = edge_acc
-        elif option.route is Route.CLOUD:
-            accuracy = cloud_ok * self.accuracy.cloud_prior
-        else:
-            accuracy = cloud_ok * self.accuracy.cloud_prior + (1 - cloud_ok) * edge_acc
-        server = self.book.quantile('cloud:server', 0.5) or 0.0
-        cost = server / 1e3 * self._price_s if uses_cloud else 0.0
-        latency = cloud_ms if option.route is Route.CLOUD else (
-            min(edge_ms, cloud_ms) if option.route is Route.HEDGED and cloud_ok > 0.5
-            else edge_ms)
-        p_miss = p_edge * p_cloud if option.route is Route.HEDGED else (
-            p_edge if option.route is Route.EDGE else p_cloud)
-        return Estimate(option, p_miss, energy, accuracy, cost, latency)
+        cost = self._server / 1e3 * self._price_s
+        if route is Route.CLOUD:
+            return Estimate(option, p_cloud, energy, cloud_ok * self.accuracy.cloud_prior, cost,
+                            cloud_ms)
+        accuracy = cloud_ok * self.accuracy.cloud_prior + (1 - cloud_ok) * edge_acc
+        latency = min(edge_ms, cloud_ms) if cloud_ok > 0.5 else edge_ms
+        return Estimate(option, p_edge * p_cloud, energy, accuracy, cost, latency)
 
 
 def _bound(table: dict[Any, Any], size: int = 64) -> None:
@@ -216,7 +252,6 @@ def _bound(table: dict[Any, Any], size: int = 64) -> None:
         table.pop(next(iter(table)))
 
 
-def _exceed(samples: list[float], threshold: float) -> float:
-    """P(X > threshold) from samples, with add-one smoothing so few samples are not certain."""
-    over = sum(1 for s in samples if s > threshold)
-    return (over + 0.5) / (len(samples) + 1.0) if len(samples) < 20 else over / len(samples)
+def _smoothed(share: float, n: int) -> float:
+    """A share from ``n`` samples, pulled towards 1/2 while n < 20 so few are not certain."""
+    return (share * n + 0.5) / (n + 1.0) if n < 20 else share

@@ -21,6 +21,7 @@ class Plan:
     offload_every: int
     hedge_delay_ms: float
     reason: str
+    probe_every: int = 0
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class _ObservingPolicy:
         self.settings = settings
         self.obs = observations
         self.current: Option | None = None
+        self._options: list[Option] | None = None
 
     def observe_report(self, report: InferenceReport) -> None:
         """See :class:`offload_manager.policies.Policy`."""
@@ -48,13 +49,17 @@ class _ObservingPolicy:
 
     def options(self) -> list[Option]:
         """Every option the settings allow."""
+        if self._options is not None:
+            return self._options
         out = []
-        for spec in self.settings.edge_options:
+        for i, spec in enumerate(self.settings.edge_options):
             model, imgsz = spec.rsplit('@', 1)
             out.append(Option(Route.EDGE, model, int(imgsz), self.settings.defaults.jpeg_quality))
             for q in self.settings.qualities:
-                out += [Option(Route.CLOUD, model, int(imgsz), q),
-                        Option(Route.HEDGED, model, int(imgsz), q)]
+                out.append(Option(Route.HEDGED, model, int(imgsz), q))
+                if i == 0:  # the edge model does not matter on the cloud route
+                    out.append(Option(Route.CLOUD, model, int(imgsz), q))
+        self._options = out
         return out
 
     def default_option(self) -> Option:
@@ -62,17 +67,26 @@ class _ObservingPolicy:
         d = self.settings.defaults
         return Option(d.route, d.edge_model, d.edge_imgsz, d.jpeg_quality)
 
-    def to_plan(self, option: Option, reason: str, offload_every: int = 0) -> Plan:
+    def to_plan(self, option: Option, reason: str) -> Plan:
         """The plan applying ``option``."""
         self.current = option
-        self.obs.quality = option.jpeg_quality
+        if option.route is not Route.EDGE:  # the quality of the requests now going out
+            self.obs.quality = option.jpeg_quality
         return replace(self.settings.defaults, route=option.route, edge_model=option.edge_model,
                        edge_imgsz=option.edge_imgsz, jpeg_quality=option.jpeg_quality,
-                       offload_every=offload_every or self.settings.defaults.offload_every,
                        reason=f'{self.name}: {reason}')
+
+    def probing(self, plan: Plan) -> Plan:
+        """On the edge route with stale cloud figures, add probes (every ``probe_every``)."""
+        obs, s = self.obs, self.settings
+        stale = obs.last_cloud_s is None or obs.now_s - obs.last_cloud_s > s.probe_s
+        if plan.route is Route.EDGE and stale and s.probe_every:
+            return replace(plan, probe_every=s.probe_every, reason=f'{plan.reason}; probing')
+        return plan
 
     def estimates(self) -> list[Estimate]:
         """Estimates of every option that has the measurements it needs."""
+        self.obs.prepare()
         found = (self.obs.estimate(o, self.settings.deadline_ms) for o in self.options())
         return [e for e in found if e is not None]
 
@@ -80,10 +94,11 @@ class _ObservingPolicy:
 class PredictivePolicy(_ObservingPolicy):
     """Minimum weighted energy, accuracy loss and cost subject to P(miss) <= epsilon.
 
-    Options never measured are estimated from the device profile where it has figures; the
-    cloud is probed (hedged, every ``probe_every``-th frame) whenever its figures are older
-    than ``probe_s``, so a recovered cloud is noticed. A new choice must beat the current one
-    by ``hysteresis`` (relative score) unless the current one broke the bound.
+    Options never measured are estimated from the device profile where it has figures; on the
+    edge route the cloud is probed (every ``probe_every``-th frame, answer not waited for)
+    whenever its figures are older than ``probe_s``, so a recovered cloud is noticed. A new
+    choice must beat the current one by ``hysteresis`` (relative score) unless the current
+    one broke the bound.
     """
 
     name = 'predictive'
@@ -94,7 +109,7 @@ class PredictivePolicy(_ObservingPolicy):
         self.obs.now_s = now_ns / 1e9
         estimates = self.estimates()
         if not estimates:
-            return self.to_plan(self.default_option(), 'no measurements yet')
+            return self.probing(self.to_plan(self.default_option(), 'no measurements yet'))
         edge_ref = min((e.energy_j for e in estimates if e.option.route is Route.EDGE),
                        default=max(e.energy_j for e in estimates)) or 1.0
         cost_ref = max((e.cost_usd for e in estimates), default=0.0) or 1.0
@@ -116,12 +131,7 @@ class PredictivePolicy(_ObservingPolicy):
         else:
             best = min(estimates, key=lambda e: (e.p_miss, score(e)))
             why = f'{best.option.key}: no option meets epsilon; lowest P(miss) {best.p_miss:.3f}'
-        stale = self.obs.last_cloud_s is None or \
-            self.obs.now_s - self.obs.last_cloud_s > s.probe_s
-        if best.option.route is Route.EDGE and stale and s.probe_every:
-            probe = replace(best.option, route=Route.HEDGED)
-            return self.to_plan(probe, f'{why}; probing the cloud', s.probe_every)
-        return self.to_plan(best.option, why)
+        return self.probing(self.to_plan(best.option, why))
 
 
 class WeightedScorePolicy(_ObservingPolicy):
