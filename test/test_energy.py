@@ -49,6 +49,7 @@ def test_model_adds_compute_radio_and_idle() -> None:
     assert est.radio_j == pytest.approx((50e-9 * 80_000) + (30e-9 * 8_000))
     assert est.idle_j == pytest.approx(2.7 * 0.05)
     assert est.joules == pytest.approx(est.compute_j + est.radio_j + est.idle_j)
+    assert model.joules(100.0, 10_000, 1_000, 50.0) == pytest.approx(est.joules)
     assert not est.measured
 
 

@@ -107,6 +107,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--batch-wait-ms', type=float, default=0.0,
                        help='how long a lone request waits for others (0: never)')
 
+    evaluate = sub.add_parser('evaluate', help='every policy under every scenario: table, plots')
+    evaluate.add_argument('--scenarios', type=Path, default=Path('config/scenarios'),
+                          help='a scenario file, or a folder of them (*.yaml)')
+    evaluate.add_argument('--policies', default='',
+                          help='comma-separated policy names (default: all of them)')
+    evaluate.add_argument('--mode', choices=('sim', 'live'), default='sim')
+    evaluate.add_argument('--out', type=Path, required=True, help='folder for table and plots')
+    evaluate.add_argument('--frames', type=_positive_int, default=3000,
+                          help='frames per run (live: frames of the generated bag)')
+    evaluate.add_argument('--fps', type=float, default=10.0)
+    evaluate.add_argument('--deadline-ms', type=float, default=250.0)
+    evaluate.add_argument('--robot', default='',
+                          help='device profile (default: raspberry_pi_5; live: ci_machine)')
+    evaluate.add_argument('--devices', default='', help='device profiles file')
+    evaluate.add_argument('--uplink-mbps', type=float, default=50.0, help='sim link bandwidth')
+    evaluate.add_argument('--rtt-ms', type=float, default=30.0, help='sim link round trip')
+    evaluate.add_argument('--seed', type=int, default=0)
+
     export = sub.add_parser('export', help='export a YOLO model for the onnx backend')
     export.add_argument('model', help='weights (.pt) or model config (.yaml)')
     export.add_argument('--out', type=Path, required=True, help='file to write (.onnx)')
@@ -205,6 +223,24 @@ def _replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from adaptive_offload.evaluate import DEFAULT_POLICIES, EvalOptions, evaluate
+    from offload_manager.simulate import NetworkProfile
+
+    if args.scenarios.is_dir():
+        scenarios = sorted(args.scenarios.glob('*.yaml'))
+    else:
+        scenarios = [args.scenarios]
+    policies = [p for p in args.policies.split(',') if p] or list(DEFAULT_POLICIES)
+    evaluate(EvalOptions(scenarios=scenarios, policies=policies, mode=args.mode, out=args.out,
+                         frames=args.frames, fps=args.fps, deadline_ms=args.deadline_ms,
+                         robot=args.robot, devices_file=args.devices, seed=args.seed,
+                         network=NetworkProfile(args.uplink_mbps, args.rtt_ms)),
+             lambda line: print(line, flush=True))
+    print(f'table: {args.out / "table.md"} and table.csv; plots: {args.out}/*.png')
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line.
 
@@ -219,7 +255,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return int(exc.code or 0)
     handlers = {'sample-bag': _sample_bag, 'replay': _replay, 'export': _export,
-                'serve': _serve}
+                'serve': _serve, 'evaluate': _evaluate}
     try:
         return handlers[args.command](args)
     except AdaptiveOffloadError as err:

@@ -42,11 +42,11 @@ PARAMETERS = (
                   'model@imgsz the adaptive policies may choose; [""]: edge_model@edge_imgsz.'),
     ParameterSpec('epsilon', 0.01, 'Largest acceptable P(latency > deadline).', False),
     ParameterSpec('weight_energy', 1.0, 'Weight of robot energy in the predictive policy.', False),
-    ParameterSpec('weight_accuracy', 1.0, 'Weight of accuracy loss in the predictive policy.',
+    ParameterSpec('weight_accuracy', 2.0, 'Weight of accuracy loss in the predictive policy.',
                   False),
     ParameterSpec('weight_cost', 0.2, 'Weight of cloud cost in the predictive policy.', False),
     ParameterSpec('probe_every', 10,
-                  'On the edge route, send every n-th frame hedged while cloud figures are stale.',
+                  'On the edge route, send every n-th frame to the cloud as a probe.',
                   False),
     ParameterSpec('seed', 0, 'Seed of learning policies.'),
 )

@@ -128,6 +128,13 @@ class EnergyModel:
         idle = p.idle_w * max(0.0, wait_ms) / 1e3
         return EnergyEstimate(compute + radio + idle, False, compute, radio, idle)
 
+    def joules(self, edge_ms: float, bytes_sent: int, bytes_received: int,
+               wait_ms: float) -> float:
+        """:meth:`frame`'s total alone (the policies score many options per decision)."""
+        p = self.profile
+        return (p.compute_w * edge_ms + p.idle_w * max(0.0, wait_ms)) / 1e3 + \
+            (p.tx_nj_per_bit * bytes_sent + p.rx_nj_per_bit * bytes_received) * 8e-9
+
 
 class EnergyReader(Protocol):
     """A cumulative energy counter of the robot (or of the part of it that computes)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -29,9 +29,9 @@ REPLY_BYTES = 2048  # a detection reply: a few hundred bytes of JSON or protobuf
 class EnergyModelLike(Protocol):
     """What the policies need of an energy model (``offload_manager.energy.EnergyModel``)."""
 
-    def frame(self, edge_ms: float, bytes_sent: int, bytes_received: int,
-              wait_ms: float) -> Any:
-        """Energy of one frame; the result has ``joules``."""
+    def joules(self, edge_ms: float, bytes_sent: int, bytes_received: int,
+               wait_ms: float) -> float:
+        """Energy of one frame, J."""
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,8 @@ class Option:
         return f'{self.route.value} {self.edge_model}@{self.edge_imgsz} q{self.jpeg_quality}'
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """What an option is expected to give, per frame."""
+class Estimate(NamedTuple):
+    """What an option is expected to give, per frame (a tuple: plans build many of them)."""
 
     option: Option
     p_miss: float
@@ -152,8 +151,9 @@ class Observations:
         self._shifts: dict[int, float] = {}
         self._edge_cache: dict[tuple[str, int, float], tuple[float, float, float] | None] = {}
         self._cloud_cache: dict[tuple[int, float], tuple[float, float] | None] = {}
-        self._bytes_mean = float(np.mean(self._bytes)) if self._bytes else 0.0
-        self._sent_mean = float(np.mean(self._sent)) if self._sent else 0.0
+        self._bytes_mean = sum(self._bytes) / len(self._bytes) if self._bytes else 0.0
+        self._sent_mean = sum(self._sent) / len(self._sent) if self._sent else 0.0
+        self._cloud_median = self.book.quantile('cloud', 0.5)
 
     def _edge(self, model: str, imgsz: int) -> tuple[float, Any] | None:
         """(mean ms, series or None) of an edge option: measured, else the profile figure."""
@@ -171,7 +171,7 @@ class Observations:
             if nbytes and self.bandwidth.mbps:
                 shift += self.bandwidth.transfer_ms(nbytes) - self.bandwidth.transfer_ms(
                     int(self._sent_mean))
-            median = self.book.quantile('cloud', 0.5) or 0.0
+            median = self._cloud_median or 0.0
             ahead = self.trend.forecast(steps=5)
             if ahead is not None and ahead > median:  # worsening: shift ahead of it
                 shift += ahead - median
@@ -210,7 +210,7 @@ class Observations:
         if key not in self._cloud_cache:
             late = self.cloud_late(quality, deadline_ms)
             self._cloud_cache[key] = None if late is None else (
-                (self.book.quantile('cloud', 0.5) or 0.0) + self._shift(quality),
+                (self._cloud_median or 0.0) + self._shift(quality),
                 1.0 - self._avail * (1.0 - late))
         return self._cloud_cache[key]
 
@@ -228,14 +228,14 @@ class Observations:
                 return None
             edge_ms, p_edge, edge_acc = edge
         if route is Route.EDGE:
-            energy = self.energy.frame(edge_ms, 0, 0, 0.0).joules
+            energy = self.energy.joules(edge_ms, 0, 0, 0.0)
             return Estimate(option, p_edge, energy, edge_acc, 0.0, edge_ms)
         cloud = self._cloud_stats(option.jpeg_quality, deadline_ms)
         if cloud is None:
             return None
         cloud_ms, p_cloud = cloud
-        energy = self.energy.frame(edge_ms, self.bytes_at(option.jpeg_quality), REPLY_BYTES,
-                                   max(0.0, cloud_ms - edge_ms)).joules
+        energy = self.energy.joules(edge_ms, self.bytes_at(option.jpeg_quality), REPLY_BYTES,
+                                    max(0.0, cloud_ms - edge_ms))
         cloud_ok = 1.0 - p_cloud
         cost = self._server / 1e3 * self._price_s
         if route is Route.CLOUD:

@@ -77,11 +77,15 @@ class _ObservingPolicy:
                        reason=f'{self.name}: {reason}')
 
     def probing(self, plan: Plan) -> Plan:
-        """On the edge route with stale cloud figures, add probes (every ``probe_every``)."""
-        obs, s = self.obs, self.settings
-        stale = obs.last_cloud_s is None or obs.now_s - obs.last_cloud_s > s.probe_s
-        if plan.route is Route.EDGE and stale and s.probe_every:
-            return replace(plan, probe_every=s.probe_every, reason=f'{plan.reason}; probing')
+        """On the edge route, probe the cloud every ``probe_every``-th frame.
+
+        Probes keep the cloud's figures (latency, availability, agreement) current, so a
+        recovered or faster cloud is noticed; their answers are not waited for, and a probe
+        costs the robot only its radio energy.
+        """
+        if plan.route is Route.EDGE and self.settings.probe_every:
+            return replace(plan, probe_every=self.settings.probe_every,
+                           reason=f'{plan.reason}; probing')
         return plan
 
     def estimates(self) -> list[Estimate]:
@@ -95,10 +99,9 @@ class PredictivePolicy(_ObservingPolicy):
     """Minimum weighted energy, accuracy loss and cost subject to P(miss) <= epsilon.
 
     Options never measured are estimated from the device profile where it has figures; on the
-    edge route the cloud is probed (every ``probe_every``-th frame, answer not waited for)
-    whenever its figures are older than ``probe_s``, so a recovered cloud is noticed. A new
-    choice must beat the current one by ``hysteresis`` (relative score) unless the current
-    one broke the bound.
+    edge route the cloud is probed (every ``probe_every``-th frame, answer not waited for),
+    so a recovered cloud is noticed. A new choice must beat the current one by ``hysteresis``
+    (relative score) unless the current one broke the bound.
     """
 
     name = 'predictive'

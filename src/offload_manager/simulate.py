@@ -147,11 +147,13 @@ class Simulation:
             rec = outcome.record
             self.result.records.append(rec)
             parts = self._parts.pop(rec.stamp_ns, {})
+            # Only a frame routed to the cloud waits for it; a probe on the edge route does not.
+            waits = 'cloud_ms' in parts and rec.route != 'edge'
             wait = max(0.0, parts.get('cloud_ms', 0.0) - parts.get('edge_ms', 0.0))
             self.result.energy_j[rec.stamp_ns] = self.energy.frame(
                 parts.get('edge_ms', 0.0), int(parts.get('bytes', 0)),
                 REPLY_BYTES if 'cloud_ms' in parts else 0,
-                wait if 'cloud_ms' in parts else 0.0).joules
+                wait if waits else 0.0).joules
             self.result.accuracy[rec.stamp_ns] = parts.get(f'acc_{rec.result_source}', 0.0)
 
     def _on_frame(self, t: int, decision: Decision, index: int) -> None:
