@@ -16,7 +16,7 @@ import csv
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -54,6 +54,9 @@ class EvalOptions:
         seed: Random seed.
         model: Edge model for live mode (weights or ``.yaml``).
         cloud_arch: Architecture of the embedded service (live).
+        imgsz: Edge input size of the live runs' default plan.
+        backend_factory: Builds the edge detector in live mode (tests inject a fake).
+        edge_params: More edge_inference parameters for live runs.
     """
 
     scenarios: Sequence[Path]
@@ -71,6 +74,9 @@ class EvalOptions:
     seed: int = 0
     model: str = 'yolov8n.yaml'
     cloud_arch: str = 'fasterrcnn_mobilenet_v3_large_320_fpn'
+    imgsz: int = 640
+    backend_factory: Callable[..., Any] | None = None
+    edge_params: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,7 @@ class Trace:
 def _manager(opts: EvalOptions, policy: str, robot: str) -> ManagerConfig:
     return ManagerConfig.from_params({
         'policy': policy, 'deadline_ms': opts.deadline_ms, 'edge_model': 'yolov8n',
-        'edge_imgsz': 640, 'edge_options': list(opts.edge_options), 'device': robot,
+        'edge_imgsz': opts.imgsz, 'edge_options': list(opts.edge_options), 'device': robot,
         'cloud_device': opts.cloud, 'devices_file': opts.devices_file, 'seed': opts.seed,
         'decision_period_s': 0.5, 'decision_valid_s': 2.0})
 
@@ -153,12 +159,13 @@ def run_live(opts: EvalOptions, scenario: Scenario, policy: str,
                                             'edge_options', 'device', 'cloud_device',
                                             'devices_file', 'seed')}
     out = opts.out / 'runs' / f'{_slug(scenario.name)}-{policy}'
+    factory = {'backend_factory': opts.backend_factory} if opts.backend_factory else {}
     result = Replay(ReplayOptions(
         bag=bag, out=out, rate=1.0, scenario=scenario if scenario.faults else None,
         overrides={'offload_manager': manager,
-                   'edge_inference': {'model': opts.model, 'imgsz': 640,
-                                      'deadline_ms': opts.deadline_ms}},
-        service=ServiceConfig(arch=opts.cloud_arch))).run()
+                   'edge_inference': {'model': opts.model, 'imgsz': opts.imgsz,
+                                      'deadline_ms': opts.deadline_ms, **opts.edge_params}},
+        service=ServiceConfig(arch=opts.cloud_arch)), **factory).run()
     model = EnergyModel(devices[robot])
     edge_ms: dict[int, float] = {}
     cloud: dict[int, InferenceReport] = {}
