@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument('--cloud-checkpoint', default='',
                         help='state_dict of the embedded service; empty: random weights')
     replay.add_argument('--scenario', type=Path,
-                        help='fault scenario (YAML) injected into cloud requests')
+                        help='fault scenario (YAML) injected into the run (config/scenarios/)')
+    replay.add_argument('--injector', choices=('client', 'proxy', 'netns'), default='client',
+                        help='where network faults are injected: the bridge transport, a TCP '
+                             'fault proxy, or tc in a network namespace (root)')
     replay.add_argument('--distro', choices=('humble', 'jazzy'), default='jazzy')
     replay.add_argument('--json', action='store_true', help='print the summary as JSON')
     replay.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -205,6 +208,7 @@ def _replay(args: argparse.Namespace) -> int:
         overrides=_overrides(args), distro=args.distro,
         service=ServiceConfig(arch=args.cloud_arch, checkpoint=args.cloud_checkpoint),
         scenario=load_scenario(args.scenario) if args.scenario else None,
+        injector=args.injector,
         progress=not args.no_progress and sys.stderr.isatty())
     result = Replay(options).run()
     faults = [dataclasses.asdict(f) for f in result.faults]

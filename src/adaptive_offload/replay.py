@@ -31,9 +31,9 @@ from cloud_bridge.service import InferenceService, ServiceConfig
 from edge_inference.backends import BackendOptions, DetectorBackend, create_backend
 from edge_inference.core import EdgeConfig, build_edge
 from health_monitor.core import HealthConfig, HealthMonitor
-from health_monitor.injectors import FaultInjectingTransport
+from health_monitor.rig import FaultRig
 from health_monitor.measure import FaultMeasure, measure
-from health_monitor.scenario import Scenario
+from health_monitor.scenario import EDGE_KINDS, Scenario
 from offload_manager.core import ADAPTIVE, ManagerConfig, OffloadManager
 
 BackendFactory = Callable[[str, BackendOptions], DetectorBackend]
@@ -56,8 +56,9 @@ class ReplayOptions:
         service: The embedded cloud service started when a cloud policy has no
             ``cloud_bridge`` url (host and port are always loopback and free).
         service_timeout_s: Longest wait for the embedded service to be ready.
-        scenario: Faults injected into the bridge's requests, timed from the start of the
-            run; each is measured (time to detect and recover, frames late and dropped).
+        scenario: Faults injected into the run, timed from its start; each is measured (time
+            to detect and recover, frames late and dropped).
+        injector: Where network faults are injected: ``client``, ``proxy`` or ``netns``.
     """
 
     bag: Path
@@ -72,6 +73,7 @@ class ReplayOptions:
     service: ServiceConfig = field(default_factory=ServiceConfig)
     service_timeout_s: float = 300.0
     scenario: Scenario | None = None
+    injector: str = 'client'
 
 
 @dataclass
@@ -119,7 +121,8 @@ class Replay:
         health_cfg = HealthConfig.from_params(_config(options, 'health_monitor'))
         cloud_values = _config(options, 'cloud_bridge')
         self._service: InferenceService | None = None
-        self._injector: FaultInjectingTransport | None = None
+        self._rig = FaultRig(options.scenario, options.injector, clock, sleep) \
+            if options.scenario is not None else None
         self._origin = clock()
         self._timeline: list[tuple[float, FrameRecord]] = []
         self._reports: list[tuple[float, InferenceReport]] = []
@@ -134,29 +137,36 @@ class Replay:
             self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
             edge_holder = DecisionHolder(edge_cfg.fallback_decision())
             self._workers = [FrameWorker(
-                self.edge, edge_holder,
+                self._rig.wrap_edge(self.edge) if self._rig else self.edge, edge_holder,
                 self._emitter(topics.edge_topic(self._edge_source, 'detections'),
                               topics.edge_topic(self._edge_source, 'telemetry')), clock)]
             self._holders = [edge_holder]
             self._cloud: CloudBridge | None = None
             wants_cloud = manager_cfg.policy in ('cloud-only', *ADAPTIVE) or (
                 manager_cfg.policy == 'static' and manager_cfg.static_route != 'edge')
+            if self._rig and self._rig.runs_service and cloud_values.get('url'):
+                raise ConfigError('process and netns faults act on the service this run '
+                                  'starts; drop the cloud URL')
             if wants_cloud and not cloud_values.get('url'):
                 # The embedded default: the real service on loopback, for this run only.
-                self._service = InferenceService(replace(options.service, host='127.0.0.1',
-                                                         port=0))
-                threading.Thread(target=self._service.serve_forever, name='service',
-                                 daemon=True).start()
-                cloud_values = {**cloud_values, 'url': self._service.url,
-                                'token': options.service.token,
+                if self._rig and self._rig.runs_service:
+                    url = self._rig.start_service(replace(options.service, port=0))
+                else:
+                    self._service = InferenceService(replace(options.service,
+                                                             host='127.0.0.1', port=0))
+                    threading.Thread(target=self._service.serve_forever, name='service',
+                                     daemon=True).start()
+                    url = self._service.url
+                cloud_values = {**cloud_values, 'url': url, 'token': options.service.token,
                                 'model': options.service.model_name}
             if cloud_values.get('url'):
+                if self._rig:
+                    cloud_values = {**cloud_values,
+                                    'url': self._rig.service_url(cloud_values['url'])}
                 cloud_cfg = CloudConfig.from_params(cloud_values)
                 transport = cloud_cfg.make_transport()
-                if options.scenario is not None:
-                    self._injector = FaultInjectingTransport(transport, options.scenario,
-                                                             clock, sleep)
-                    transport = self._injector
+                if self._rig:
+                    transport = self._rig.wrap_transport(transport)
                 self._cloud = cloud_cfg.make_bridge(transport)
                 holder = DecisionHolder(edge_cfg.fallback_decision())
                 self._workers.append(FrameWorker(
@@ -164,7 +174,8 @@ class Replay:
                     self._emitter(topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY), clock,
                     workers=cloud_cfg.max_in_flight, pending=cloud_cfg.max_pending))
                 self._holders.append(holder)
-            elif options.scenario is not None and options.scenario.faults:
+            elif options.scenario is not None and options.scenario.kinds() - EDGE_KINDS - \
+                    {'manager_death'}:
                 raise ConfigError(f'scenario {options.scenario.name!r} injects cloud faults, '
                                   f'but policy {manager_cfg.policy!r} never uses the cloud')
         except BaseException:
@@ -201,8 +212,8 @@ class Replay:
         try:
             self._declare(out)
             self._origin = self._clock()
-            if self._injector is not None:
-                self._injector.start(self._origin)
+            if self._rig is not None:
+                self._rig.start(self._origin)
             player = threading.Thread(target=self._play, args=(out,), name='player', daemon=True)
             for worker in self._workers:
                 worker.start()
@@ -238,6 +249,8 @@ class Replay:
 
     def _close_inputs(self) -> None:
         self._input.close()
+        if self._rig is not None:
+            self._rig.close()
         if self._service is not None:
             self._service.shutdown()
             self._service = None
@@ -304,7 +317,10 @@ class Replay:
                 pass
             now = self._clock()
             self._publish_faults(out, now)
-            self._publish_decision(out, now)
+            if self._rig is not None:
+                self._rig.tick()
+            if self._rig is None or self._rig.manager_alive():
+                self._publish_decision(out, now)
             self._publish_health(out, now)
             self._write_outcomes(out, self.manager.poll(now))
             if self._opts.progress and now - last_progress > 250_000_000:

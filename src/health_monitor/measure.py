@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from adaptive_offload import topics
 from adaptive_offload.types import FrameRecord, HealthEvent, InferenceReport, Level
 from health_monitor.checks import CloudCheck
-from health_monitor.scenario import Scenario
+from health_monitor.scenario import EDGE_KINDS, Scenario
 
 
 @dataclass(frozen=True)
@@ -17,11 +18,14 @@ class FaultMeasure:
     Attributes:
         kind: Fault kind.
         start_s: Fault start (seconds from the start of the run).
-        detect_s: From the start to the first failed cloud request; None if none failed.
-        diagnosed_s: From the start to the cloud check turning ERROR on /diagnostics; None if
-            it did not.
+        detect_s: From the start to the first symptom: a failed cloud request (cloud faults),
+            an edge report past the deadline or dropped, or an edge health warning (edge
+            faults), a health warning about the decisions (manager death); None if none.
+        diagnosed_s: From the start to the matching check leaving OK on /diagnostics (the
+            cloud check turning ERROR for cloud faults); None if it did not.
         recover_s: From the start to the first frame after detection served within its
-            deadline by another route than the cloud; None if none was.
+            deadline by another route than the failing one (any route for manager death);
+            None if none was.
         late: Frames finished during the fault with a result past their deadline.
         dropped: Frames finished during the fault without a result.
     """
@@ -33,6 +37,24 @@ class FaultMeasure:
     recover_s: float | None
     late: int
     dropped: int
+
+
+def _domain(kind: str) -> str:
+    if kind in EDGE_KINDS:
+        return 'edge'
+    return 'manager' if kind == 'manager_death' else 'cloud'
+
+
+def _matches(event: HealthEvent, domain: str) -> bool:
+    """Whether a health event is the diagnosis of a fault in ``domain``."""
+    if domain == 'cloud':
+        return event.name == CloudCheck.name and event.level == Level.ERROR
+    topic = topics.DECISION if domain == 'manager' else '/edge/'
+    return topic in event.name and event.level != Level.OK
+
+
+def _deadline(records: Sequence[tuple[float, FrameRecord]]) -> float:
+    return records[0][1].deadline_ms if records else float('inf')
 
 
 def measure(scenario: Scenario, records: Sequence[tuple[float, FrameRecord]],
@@ -48,14 +70,25 @@ def measure(scenario: Scenario, records: Sequence[tuple[float, FrameRecord]],
     """
     out = []
     for fault in scenario.faults:
-        detect = next((t for t, r in reports if t >= fault.start_s and r.source == 'cloud'
-                       and r.status == 'failed'), None)
-        diagnosed = next((t for t, e in events if t >= fault.start_s and
-                          e.name == CloudCheck.name and e.level == Level.ERROR), None)
+        domain = _domain(fault.kind)
+        after = [(t, r) for t, r in reports if t >= fault.start_s]
+        if domain == 'cloud':
+            detect = next((t for t, r in after if r.source == 'cloud' and r.status == 'failed'),
+                          None)
+        elif domain == 'edge':
+            detect = next((t for t, r in after if r.source != 'cloud' and (
+                r.status == 'dropped' or r.total_ms > _deadline(records))), None)
+        else:
+            detect = None
+        diagnosed = next((t for t, e in events if t >= fault.start_s and _matches(e, domain)),
+                         None)
+        if detect is None and domain != 'cloud':
+            detect = diagnosed
+        failing = {'cloud': ('', 'cloud'), 'edge': ('', 'edge')}.get(domain, ('',))
         recover = None
         if detect is not None:
             recover = next((t for t, r in records if t >= detect and r.deadline_met and
-                            r.result_source not in ('', 'cloud')), None)
+                            r.result_source not in failing), None)
         during = [r for t, r in records if fault.start_s <= t < fault.end_s]
         out.append(FaultMeasure(
             fault.kind, fault.start_s,

@@ -14,10 +14,19 @@ A scenario file::
         jitter_ms: 50
 
 Times are seconds from the start of the run. Faults of the same kind may not overlap.
+
+A scenario may also replay failure traces, e.g. converted from the LANL failure data::
+
+    traces:
+      - file: lanl_node_20.csv     # columns start_s,duration_s (header row); relative to file
+        kind: cloud_outage
+        time_scale: 0.001          # trace seconds -> run seconds
+        offset_s: 5.0
 """
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -34,7 +43,14 @@ FAULT_KINDS: dict[str, dict[str, float | None]] = {
     'loss': {'probability': None},
     'corruption': {'probability': 1.0},
     'cpu_contention': {'slowdown': 2.0},  # edge inference takes this many times longer
+    'service_kill': {},    # the service process is killed; restarted when the fault ends
+    'service_stop': {},    # the service process is stopped (SIGSTOP); continued at the end
+    'edge_stall': {},      # the edge worker stops processing until the fault ends
+    'manager_death': {},   # the manager issues no decisions until the fault ends
 }
+NETWORK_KINDS = frozenset({'cloud_outage', 'latency', 'bandwidth', 'loss', 'corruption'})
+PROCESS_KINDS = frozenset({'service_kill', 'service_stop'})
+EDGE_KINDS = frozenset({'cpu_contention', 'edge_stall'})
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,14 @@ class Scenario:
         """The faults in force at ``t_s``."""
         return [f for f in self.faults if f.active(t_s)]
 
+    def only(self, kinds: frozenset[str] | set[str]) -> Scenario:
+        """The same scenario with only the faults of ``kinds``."""
+        return Scenario(self.name, tuple(f for f in self.faults if f.kind in kinds))
+
+    def kinds(self) -> set[str]:
+        """Every kind of fault in the scenario."""
+        return {f.kind for f in self.faults}
+
 
 def _number(entry: Mapping[str, Any], key: str, where: str) -> float:
     value = entry.get(key)
@@ -82,16 +106,54 @@ def _number(entry: Mapping[str, Any], key: str, where: str) -> float:
     return float(value)
 
 
-def parse_scenario(data: Any, source: str = 'scenario') -> Scenario:
+def _trace_faults(entry: Any, where: str, base: Path) -> list[dict[str, Any]]:
+    """Fault entries from a trace CSV (``start_s,duration_s`` rows), scaled and shifted."""
+    if not isinstance(entry, dict) or set(entry) - {'file', 'kind', 'time_scale', 'offset_s'} \
+            or 'file' not in entry:
+        raise ConfigError(f'{where}: expected file, and optionally kind, time_scale, offset_s')
+    scale = _number({'time_scale': entry.get('time_scale', 1.0)}, 'time_scale', where)
+    offset = _number({'offset_s': entry.get('offset_s', 0.0)}, 'offset_s', where)
+    kind = entry.get('kind', 'cloud_outage')
+    if scale <= 0 or kind not in FAULT_KINDS or any(v is None for v in FAULT_KINDS[kind].values()):
+        raise ConfigError(f'{where}: need time_scale > 0 and a kind without required parameters')
+    path = base / str(entry['file'])
+    try:
+        with path.open(newline='', encoding='utf-8') as fh:
+            rows = list(csv.DictReader(fh))
+    except OSError as err:
+        raise ConfigError(f'{where}: cannot read trace {path}: {err}') from err
+    out = []
+    for n, row in enumerate(rows, start=2):
+        try:
+            start, duration = float(row['start_s']), float(row['duration_s'])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f'{where}: {path} line {n}: need numbers start_s, duration_s') \
+                from err
+        out.append({'kind': kind, 'start_s': offset + start * scale,
+                    'duration_s': duration * scale})
+    return out
+
+
+def parse_scenario(data: Any, source: str = 'scenario', base: Path | None = None) -> Scenario:
     """Validate a scenario given as parsed YAML.
+
+    Args:
+        data: The parsed YAML.
+        source: Name used in error messages.
+        base: Folder trace files are relative to (the scenario file's).
 
     Raises:
         ConfigError: Naming the fault and field at fault.
     """
-    if not isinstance(data, dict) or not isinstance(data.get('faults'), list):
-        raise ConfigError(f'{source}: expected a mapping with a list "faults"')
+    if not isinstance(data, dict) or not isinstance(data.get('faults', []), list) or \
+            not isinstance(data.get('traces', []), list) or \
+            ('faults' not in data and 'traces' not in data):
+        raise ConfigError(f'{source}: expected a mapping with a list "faults" (or "traces")')
+    entries = list(data.get('faults', []))
+    for i, trace in enumerate(data.get('traces', [])):
+        entries += _trace_faults(trace, f'{source}: trace {i + 1}', base or Path('.'))
     faults = []
-    for i, entry in enumerate(data['faults']):
+    for i, entry in enumerate(entries):
         where = f'{source}: fault {i + 1}'
         if not isinstance(entry, dict):
             raise ConfigError(f'{where}: expected a mapping')
@@ -137,4 +199,4 @@ def load_scenario(path: str | Path) -> Scenario:
         data = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f'cannot read scenario {path}: {err}') from err
-    return parse_scenario(data, str(path))
+    return parse_scenario(data, str(path), Path(path).parent)
