@@ -103,9 +103,11 @@ def test_live_mode_replays_the_bag_under_each_policy(tmp_path: Path,
                     announce=lambda _: None)
     by = {r.policy: r for r in rows}
     assert by['edge-only'].frames == by['cloud-only'].frames == 12
-    assert by['edge-only'].cloud_requests == 0 and by['cloud-only'].cloud_requests == 12
-    assert by['cloud-only'].mb_sent > 0 and by['cloud-only'].gpu_s > 0
-    assert by['edge-only'].energy_j > 0 and by['cloud-only'].miss_pct == 0.0
+    cloud = by['cloud-only']
+    assert by['edge-only'].cloud_requests == 0 and 0 < cloud.cloud_requests <= 12
+    assert cloud.mb_sent > 0 and cloud.gpu_s > 0 and by['edge-only'].energy_j > 0
+    # A frame the busy service could not take is superseded: a miss, never a lost frame.
+    assert cloud.miss_pct <= 100 * (12 - cloud.cloud_requests) / 12
     assert (tmp_path / 'out' / 'runs' / 'steady-cloud-only' / 'metadata.yaml').is_file()
 
 

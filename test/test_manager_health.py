@@ -87,8 +87,9 @@ def test_monitor_reports_level_changes_as_events() -> None:
                                        'min_rates_hz': [1.0], 'stale_after_s': 1.0})
     monitor = HealthMonitor(config, start_ns=0)
     statuses, events = monitor.run(S // 2)
-    assert [(s.name, s.level) for s in statuses] == [('adaptive_offload: /a rate', Level.OK),
-                                                     ('adaptive_offload: cloud', Level.OK)]
+    assert [(s.name, s.level) for s in statuses] == [
+        ('adaptive_offload: /a rate', Level.OK), ('adaptive_offload: cloud', Level.OK),
+        ('adaptive_offload: uplink bandwidth', Level.OK)]
     assert events == []
     _, events = monitor.run(2 * S)
     assert [(e.level, e.previous) for e in events] == [(Level.STALE, Level.OK)]

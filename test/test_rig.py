@@ -125,8 +125,8 @@ def test_replay_kills_the_service_process_and_it_comes_back(
     assert 'edge' in sources[10:] and sources[-1] == 'cloud'  # restarted and used again
 
 
-def test_replay_with_an_edge_stall_serves_from_the_cloud(tmp_path: Path,
-                                                          fake_backend_factory: Any) -> None:
+def test_replay_with_an_edge_stall_serves_from_the_cloud(
+        tmp_path: Path, fake_backend_factory: Any) -> None:
     scenario = _scenario({'kind': 'edge_stall', 'start_s': 1.0, 'duration_s': 1.5})
     result = _replay(tmp_path, fake_backend_factory, scenario, frames=40,
                      policy={'policy': 'static', 'static_route': 'hedged',

@@ -276,7 +276,8 @@ def plot(out: Path, scenario: Scenario, traces: dict[str, Trace]) -> None:
         ax.axvspan(fault.start_s, fault.end_s, color='red', alpha=0.15)
     ax.set(yticks=list(levels.values()), yticklabels=list(levels), xlabel='time (s)',
            title=f'{scenario.name}: routes (faults shaded)')
-    ax.legend(fontsize=7)
+    if any(trace.routes for trace in traces.values()):
+        ax.legend(fontsize=7)
     fig.savefig(out / f'routes_{slug}.png', dpi=100)
     plt.close(fig)
 

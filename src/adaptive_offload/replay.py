@@ -126,6 +126,7 @@ class Replay:
         self._origin = clock()
         self._timeline: list[tuple[float, FrameRecord]] = []
         self._reports: list[tuple[float, InferenceReport]] = []
+        self.health: HealthMonitor | None = None
         self._input = InputBag(options.bag, options.topic)
         try:
             self._store = make_typestore(options.distro)
@@ -215,11 +216,16 @@ class Replay:
             if self._rig is not None:
                 self._rig.start(self._origin)
             player = threading.Thread(target=self._play, args=(out,), name='player', daemon=True)
+            prober = self.health.prober(self._clock)
+            if prober is not None:
+                prober.start()
             for worker in self._workers:
                 worker.start()
             self._publish_decision(out, self._clock())
             player.start()
             self._loop(out, player)
+            if prober is not None:
+                prober.stop()
         finally:
             for worker in self._workers:
                 worker.stop()
@@ -249,6 +255,8 @@ class Replay:
 
     def _close_inputs(self) -> None:
         self._input.close()
+        if self.health is not None:
+            self.health.close()
         if self._rig is not None:
             self._rig.close()
         if self._service is not None:

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from adaptive_offload.types import HealthStatus, InferenceReport, Level
+from health_monitor.detectors import AnomalyDetector, RobustZ
 
 
 class HealthCheck(Protocol):
@@ -91,15 +92,17 @@ class CloudCheck:
         k: Robust z-score above which a round trip may be anomalous.
         ratio: Least multiple of the median round trip that is anomalous.
         hardware_id: What the check is about (the service URL).
+        detector: Anomaly model (``health_monitor.detectors``); robust z-score by default.
     """
 
     name = 'adaptive_offload: cloud'
 
     def __init__(self, fail_after: int = 3, window: int = 50, k: float = 4.0,
-                 ratio: float = 1.5, hardware_id: str = '') -> None:
+                 ratio: float = 1.5, hardware_id: str = '',
+                 detector: AnomalyDetector | None = None) -> None:
         self._fail_after = fail_after
         self._rtts: deque[float] = deque(maxlen=window)
-        self._k = k
+        self._detector = detector or RobustZ(k)
         self._ratio = ratio
         self._hardware_id = hardware_id
         self._failures = 0
@@ -121,10 +124,8 @@ class CloudCheck:
         self._failures = 0
         rtt = report.inference_ms
         if len(self._rtts) >= 10:
-            median = float(np.median(self._rtts))
-            mad = float(np.median(np.abs(np.asarray(self._rtts) - median))) or 1e-3
-            self._anomaly = (rtt - median) / (1.4826 * mad) > self._k and \
-                rtt >= self._ratio * median
+            self._anomaly = rtt >= self._ratio * float(np.median(self._rtts)) and \
+                self._detector.is_anomaly(rtt, self._rtts)
         self._rtts.append(rtt)
 
     def run(self, now_ns: int) -> HealthStatus:

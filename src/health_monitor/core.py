@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.params import ParameterSpec, resolve
 from adaptive_offload.types import HealthEvent, HealthStatus, InferenceReport
 from health_monitor.checks import CloudCheck, HealthCheck, TopicRateCheck
+from health_monitor.detectors import (ANOMALY_DETECTORS, BandwidthCheck, ReadinessCheck,
+                                      ReadinessProber, http_ready_probe)
+from health_monitor.history import FailureLog
 
 PARAMETERS = (
     ParameterSpec('monitored_topics',
@@ -25,6 +28,14 @@ PARAMETERS = (
     ParameterSpec('rate_tolerance', 0.1, 'Fraction below the minimum rate still accepted.'),
     ParameterSpec('publish_period_s', 1.0, 'Period of /diagnostics.'),
     ParameterSpec('hardware_id', 'robot', 'hardware_id of the statuses.'),
+    ParameterSpec('anomaly_detector', 'robust',
+                  'Cloud latency anomaly model: robust (median/MAD) or isolation_forest.'),
+    ParameterSpec('probe_url', '',
+                  'V2 REST base URL whose /v2/health/ready is probed; empty: no probe.'),
+    ParameterSpec('probe_period_s', 1.0, 'Readiness probe period.'),
+    ParameterSpec('bandwidth_floor_mbps', 1.0, 'Uplink below this is ERROR.'),
+    ParameterSpec('history_file', '',
+                  'Failure history log (JSON lines) shared with the manager; empty: none.'),
 )
 
 
@@ -40,6 +51,11 @@ class HealthConfig:
     rate_tolerance: float
     publish_period_s: float
     hardware_id: str
+    anomaly_detector: str
+    probe_url: str
+    probe_period_s: float
+    bandwidth_floor_mbps: float
+    history_file: str
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> HealthConfig:
@@ -53,8 +69,12 @@ class HealthConfig:
                 len(config.min_rates_hz):
             raise ConfigError('monitored_topics, monitored_types and min_rates_hz must have '
                               'the same length')
-        if config.publish_period_s <= 0 or config.rate_window_s <= 0:
-            raise ConfigError('publish_period_s and rate_window_s must be > 0')
+        if config.publish_period_s <= 0 or config.rate_window_s <= 0 or \
+                config.probe_period_s <= 0:
+            raise ConfigError('publish_period_s, rate_window_s and probe_period_s must be > 0')
+        if config.anomaly_detector not in ANOMALY_DETECTORS:
+            raise ConfigError(f'anomaly_detector {config.anomaly_detector!r} (known: '
+                              f'{", ".join(ANOMALY_DETECTORS)})')
         return config
 
 
@@ -74,8 +94,16 @@ class HealthMonitor:
                                   config.hardware_id)
             for topic, rate in zip(config.monitored_topics, config.min_rates_hz)
         }
-        self.cloud = CloudCheck(hardware_id=config.hardware_id)
-        self._checks: list[HealthCheck] = [*self.topics.values(), self.cloud]
+        self.cloud = CloudCheck(hardware_id=config.hardware_id,
+                                detector=ANOMALY_DETECTORS[config.anomaly_detector]())
+        self.bandwidth = BandwidthCheck(floor_mbps=config.bandwidth_floor_mbps,
+                                        hardware_id=config.hardware_id)
+        self._checks: list[HealthCheck] = [*self.topics.values(), self.cloud, self.bandwidth]
+        self.readiness: ReadinessCheck | None = None
+        if config.probe_url:
+            self.readiness = ReadinessCheck(config.probe_url, config.probe_period_s)
+            self._checks.append(self.readiness)
+        self.history = FailureLog(config.history_file) if config.history_file else None
         self._levels: dict[str, int] = {}
         self._published_ns: int | None = None
 
@@ -92,6 +120,9 @@ class HealthMonitor:
     def report(self, report: InferenceReport) -> None:
         """Feed a worker's per-frame report to the checks (the cloud check reads the cloud's)."""
         self.cloud.report(report)
+        self.bandwidth.report(report)
+        if self.history is not None:
+            self.history.report(report)
 
     def run(self, now_ns: int) -> tuple[list[HealthStatus], list[HealthEvent]]:
         """Run every check.
@@ -109,7 +140,22 @@ class HealthMonitor:
                                           level=int(status.level), previous=previous,
                                           message=status.message))
             self._levels[status.name] = int(status.level)
+        if self.history is not None:
+            for event in events:
+                self.history.event(event)
         return statuses, events
+
+    def prober(self, clock: Callable[[], int]) -> ReadinessProber | None:
+        """A thread probing ``probe_url`` into the readiness check (not started), if any."""
+        if self.readiness is None:
+            return None
+        return ReadinessProber(self.readiness, http_ready_probe(self.config.probe_url),
+                               self.config.probe_period_s, clock)
+
+    def close(self) -> None:
+        """Close the failure history."""
+        if self.history is not None:
+            self.history.close()
 
     def poll(self, now_ns: int) -> tuple[list[HealthStatus], list[HealthEvent]] | None:
         """Run the checks; what to publish now, or None.

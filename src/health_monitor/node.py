@@ -40,6 +40,16 @@ class HealthMonitorNode(Node):
         self.create_subscription(String, topics.CLOUD_TELEMETRY, self._on_cloud_report,
                                  ros.result_qos())
         self.create_timer(min(POLL_S, config.publish_period_s), self._on_timer)
+        self._prober = self._core.prober(lambda: ros.now_ns(self))
+        if self._prober is not None:
+            self._prober.start()
+
+    def destroy_node(self) -> None:
+        """Stop the readiness prober and close the failure history before the node goes."""
+        if self._prober is not None:
+            self._prober.stop()
+        self._core.close()
+        super().destroy_node()
 
     def _on_cloud_report(self, msg: String) -> None:
         try:

@@ -71,7 +71,7 @@ class ServiceProcess:
         raise BackendError(f'cloud service not ready within {self._timeout:.0f} s')
 
     def signal(self, signum: int) -> None:
-        """Send a signal (SIGKILL, SIGSTOP, SIGCONT) to the service."""
+        """Send ``signum`` (SIGKILL, SIGSTOP, SIGCONT) to the service process."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.send_signal(signum)
 

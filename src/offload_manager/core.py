@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -49,6 +50,9 @@ PARAMETERS = (
                   'On the edge route, send every n-th frame to the cloud as a probe.',
                   False),
     ParameterSpec('seed', 0, 'Seed of learning policies.'),
+    ParameterSpec('history_file', '',
+                  "Failure history the health monitor writes; read at start to warm the "
+                  "availability predictor. Empty: none."),
 )
 CLOUD_CHECK = 'adaptive_offload: cloud'  # health_monitor.checks.CloudCheck.name
 ADAPTIVE = ('predictive', 'weighted-score', 'reactive', 'mdp-svr', 'q-learning')
@@ -86,6 +90,7 @@ class ManagerConfig:
     weight_cost: float
     probe_every: int
     seed: int
+    history_file: str
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> ManagerConfig:
@@ -177,6 +182,7 @@ class OffloadManager:
         self._plan: Plan | None = None
         self._planned_ns = 0
         self._seq = 0
+        self._history_pending = bool(config.history_file)
 
     @property
     def decision(self) -> Decision | None:
@@ -190,6 +196,12 @@ class OffloadManager:
 
     def tick(self, now_ns: int) -> Decision | None:
         """Issue a decision if the plan changed or the period elapsed; returns it if issued."""
+        if self._history_pending:  # on the first tick: history needs the caller's clock
+            from health_monitor.history import load_outcomes
+
+            self._history_pending = False
+            self._policy.observe_history(load_outcomes(self.config.history_file, time.time(),
+                                                       now_ns / 1e9))
         if self._plan is None or now_ns - self._planned_ns >= self.config.plan_period_s * 1e9:
             plan = self._policy.plan(now_ns)
             self._planned_ns = now_ns

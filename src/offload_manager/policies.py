@@ -95,6 +95,9 @@ class Policy(Protocol):
     def observe_health(self, cloud_error: bool) -> None:
         """Learn from the health monitor's view of the cloud."""
 
+    def observe_history(self, outcomes: list[tuple[float, bool]]) -> None:
+        """Learn from past cloud request outcomes ((seconds, ok), before now)."""
+
 
 class FixedRoutePolicy:
     """Always the same route and settings: the edge-only, cloud-only and static baselines.
@@ -125,6 +128,9 @@ class FixedRoutePolicy:
         """Ignored by a fixed policy."""
 
     def observe_health(self, cloud_error: bool) -> None:
+        """Ignored by a fixed policy."""
+
+    def observe_history(self, outcomes: list[tuple[float, bool]]) -> None:
         """Ignored by a fixed policy."""
 
 

@@ -47,6 +47,11 @@ class _ObservingPolicy:
         """See :class:`offload_manager.policies.Policy`."""
         self.obs.health(cloud_error)
 
+    def observe_history(self, outcomes: list[tuple[float, bool]]) -> None:
+        """See :class:`offload_manager.policies.Policy`."""
+        for t_s, ok in outcomes:
+            self.obs.availability.observe(t_s, ok)
+
     def options(self) -> list[Option]:
         """Every option the settings allow."""
         if self._options is not None:
