@@ -112,3 +112,32 @@ def test_measured_energy_is_shared_among_the_frames_that_ended() -> None:
     est = measured.frames_ended(4)
     assert est.measured and est.joules == pytest.approx(5.0)
     assert measured.frames_ended(0) is None
+
+
+def test_records_carry_modelled_or_measured_energy() -> None:
+    from adaptive_offload.types import FrameRecord, InferenceReport
+    from offload_manager.arbiter import Outcome
+    from offload_manager.frame_energy import FrameEnergy
+
+    profile = load_devices(default_devices_file())['raspberry_pi_5']
+    energy = FrameEnergy(EnergyModel(profile))
+    for stamp, route in ((1, 'edge'), (2, 'hedged'), (3, 'edge')):
+        energy.report(InferenceReport(stamp_ns=stamp, frame_id='cam', source='edge',
+                                      status='ok', inference_ms=100.0))
+        if stamp > 1:  # 2 is hedged, 3 is a probe on the edge route
+            energy.report(InferenceReport(stamp_ns=stamp, frame_id='cam', source='cloud',
+                                          status='ok', bytes_sent=10_000, total_ms=300.0))
+    outcomes = energy.annotate([Outcome(FrameRecord(stamp_ns=s, frame_id='cam', route=r), None)
+                                for s, r in ((1, 'edge'), (2, 'hedged'), (3, 'edge'))])
+    edge, hedged, probe = (o.record for o in outcomes)
+    assert edge.energy_j == pytest.approx(0.7) and not edge.energy_measured
+    radio = (50e-9 * 80_000) + (30e-9 * 2048 * 8)
+    assert hedged.energy_j == pytest.approx(0.7 + radio + 2.7 * 0.2)  # waited 200 ms
+    assert probe.energy_j == pytest.approx(0.7 + radio)  # nobody waited for the probe
+
+    battery = BatteryReader()
+    battery.update(10.0, -1.0, 0)
+    metered = FrameEnergy(EnergyModel(profile), MeasuredEnergy(battery))
+    battery.update(10.0, -1.0, 1_000_000_000)
+    [a, b] = metered.annotate([Outcome(FrameRecord(stamp_ns=s), None) for s in (1, 2)])
+    assert a.record.energy_measured and a.record.energy_j == pytest.approx(5.0)

@@ -21,12 +21,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.types import FrameRecord, InferenceReport
+from adaptive_offload.types import FrameRecord
 from health_monitor.scenario import Scenario, load_scenario
 from offload_manager.accuracy import prior
 from offload_manager.core import ManagerConfig, OffloadManager, default_devices_file
-from offload_manager.energy import DeviceProfile, EnergyModel, load_devices
-from offload_manager.observations import REPLY_BYTES
+from offload_manager.energy import DeviceProfile, load_devices
 from offload_manager.policies import POLICIES
 from offload_manager.simulate import NetworkProfile, SimSettings, Simulation
 
@@ -166,21 +165,10 @@ def run_live(opts: EvalOptions, scenario: Scenario, policy: str,
                    'edge_inference': {'model': opts.model, 'imgsz': opts.imgsz,
                                       'deadline_ms': opts.deadline_ms, **opts.edge_params}},
         service=ServiceConfig(arch=opts.cloud_arch)), **factory).run()
-    model = EnergyModel(devices[robot])
-    edge_ms: dict[int, float] = {}
-    cloud: dict[int, InferenceReport] = {}
-    for rep in result.reports:
-        if rep.status == 'ok' and rep.source == 'cloud':
-            cloud[rep.stamp_ns] = rep
-        elif rep.status == 'ok':
-            edge_ms[rep.stamp_ns] = rep.inference_ms
+    cloud = {r.stamp_ns: r for r in result.reports if r.status == 'ok' and r.source == 'cloud'}
     energy, accuracy = {}, {}
     for rec in result.records:
-        c = cloud.get(rec.stamp_ns)
-        e_ms = edge_ms.get(rec.stamp_ns, 0.0)
-        energy[rec.stamp_ns] = model.frame(
-            e_ms, c.bytes_sent if c else 0, REPLY_BYTES if c else 0,
-            max(0.0, c.total_ms - e_ms) if c else 0.0).joules
+        energy[rec.stamp_ns] = rec.energy_j or 0.0  # the manager's, from the robot profile
         accuracy[rec.stamp_ns] = prior(opts.cloud_arch) if rec.result_source == 'cloud' else (
             prior('yolov8n', 640) if rec.result_source else 0.0)
     row = make_row(scenario.name, policy, 'live', result.records, energy, accuracy,

@@ -19,7 +19,8 @@ def summarize(records: Sequence[FrameRecord], wall_s: float) -> dict[str, Any]:
     Returns:
         ``frames``, ``results``, ``deadline_met``, ``drops`` (reason -> count, reasons cut at
         their first colon), ``sources`` (source -> results), ``p50``/``p95``/``p99`` (ms, None
-        without results), ``fps`` (results per second).
+        without results), ``fps`` (results per second), ``energy_j`` (mean robot energy per
+        frame, None without) and ``energy_measured`` (whether any of it was measured).
     """
     latencies = np.array([r.latency_ms for r in records if r.latency_ms is not None])
     drops: dict[str, int] = {}
@@ -38,6 +39,9 @@ def summarize(records: Sequence[FrameRecord], wall_s: float) -> dict[str, Any]:
     }
     for q in (50, 95, 99):
         out[f'p{q}'] = float(np.percentile(latencies, q)) if latencies.size else None
+    energy = [r.energy_j for r in records if r.energy_j is not None]
+    out['energy_j'] = float(np.mean(energy)) if energy else None
+    out['energy_measured'] = any(r.energy_measured for r in records)
     return out
 
 
@@ -60,5 +64,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     rows += [(f'  {reason}', str(count)) for reason, count in summary['drops'].items()]
     rows += [('latency P50', ms(summary['p50'])), ('latency P95', ms(summary['p95'])),
              ('latency P99', ms(summary['p99']))]
+    if summary.get('energy_j') is not None:
+        how = 'measured' if summary.get('energy_measured') else 'modelled'
+        rows.append(('robot energy', f'{summary["energy_j"]:.3f} J/frame ({how})'))
     width = max(len(k) for k, _ in rows)
     return '\n'.join(f'{k.ljust(width)}  {v}' for k, v in rows)

@@ -295,6 +295,8 @@ class FrameRecord(JsonRecord):
         detections: Number of detections in the published result.
         decision_seq: Sequence number of the decision applied.
         reason: Notes from the sources (failures that did not prevent a result).
+        energy_j: Robot energy spent on the frame; None when no device profile is known.
+        energy_measured: Whether ``energy_j`` was measured (RAPL, NVML) or modelled.
     """
 
     SCHEMA = 'adaptive_offload/FrameRecord'
@@ -312,6 +314,8 @@ class FrameRecord(JsonRecord):
     detections: int = 0
     decision_seq: int = -1
     reason: str = ''
+    energy_j: float | None = None
+    energy_measured: bool = False
 
     @property
     def dropped(self) -> bool:

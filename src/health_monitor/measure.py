@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
 from adaptive_offload import topics
 from adaptive_offload.types import FrameRecord, HealthEvent, InferenceReport, Level
 from health_monitor.checks import CloudCheck
+from health_monitor.detectors import BandwidthCheck
 from health_monitor.scenario import EDGE_KINDS, Scenario
 
 
@@ -18,11 +20,13 @@ class FaultMeasure:
     Attributes:
         kind: Fault kind.
         start_s: Fault start (seconds from the start of the run).
-        detect_s: From the start to the first symptom: a failed cloud request (cloud faults),
-            an edge report past the deadline or dropped, or an edge health warning (edge
-            faults), a health warning about the decisions (manager death); None if none.
+        detect_s: From the start to the first symptom: a cloud request failed or answered
+            past the deadline (cloud faults); an edge report dropped or twice as slow as
+            before the fault, or an edge health warning (edge faults); a health warning about
+            the decisions (manager death). None if none.
         diagnosed_s: From the start to the matching check leaving OK on /diagnostics (the
-            cloud check turning ERROR for cloud faults); None if it did not.
+            cloud check turning ERROR, or the bandwidth check warning, for cloud faults); None
+            if it did not.
         recover_s: From the start to the first frame after detection served within its
             deadline by another route than the failing one (any route for manager death);
             None if none was.
@@ -48,7 +52,8 @@ def _domain(kind: str) -> str:
 def _matches(event: HealthEvent, domain: str) -> bool:
     """Whether a health event is the diagnosis of a fault in ``domain``."""
     if domain == 'cloud':
-        return event.name == CloudCheck.name and event.level == Level.ERROR
+        return (event.name == CloudCheck.name and event.level == Level.ERROR) or \
+            (event.name == BandwidthCheck.name and event.level != Level.OK)
     topic = topics.DECISION if domain == 'manager' else '/edge/'
     return topic in event.name and event.level != Level.OK
 
@@ -72,12 +77,16 @@ def measure(scenario: Scenario, records: Sequence[tuple[float, FrameRecord]],
     for fault in scenario.faults:
         domain = _domain(fault.kind)
         after = [(t, r) for t, r in reports if t >= fault.start_s]
-        if domain == 'cloud':
-            detect = next((t for t, r in after if r.source == 'cloud' and r.status == 'failed'),
-                          None)
-        elif domain == 'edge':
+        if domain == 'cloud':  # a failed request, or an answer too late to be used
+            detect = next((t for t, r in after if r.source == 'cloud' and (
+                r.status == 'failed' or r.total_ms > _deadline(records))), None)
+        elif domain == 'edge':  # dropped, or twice as slow as before the fault
+            before = [r.total_ms for t, r in reports if t < fault.start_s and
+                      r.source != 'cloud' and r.status == 'ok']
+            slow = min(_deadline(records), 2 * statistics.median(before)) if before else \
+                _deadline(records)
             detect = next((t for t, r in after if r.source != 'cloud' and (
-                r.status == 'dropped' or r.total_ms > _deadline(records))), None)
+                r.status == 'dropped' or r.total_ms > slow)), None)
         else:
             detect = None
         diagnosed = next((t for t, e in events if t >= fault.start_s and _matches(e, domain)),

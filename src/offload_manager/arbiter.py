@@ -8,6 +8,7 @@ from adaptive_offload.gate import StampGate
 from adaptive_offload.types import Decision, DetectionSet, FrameRecord, InferenceReport, Route
 
 CLOUD = 'cloud'
+HEDGE_GUARD_MS = 25.0  # longer than the manager node's 20 ms tick
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,10 @@ class Arbiter:
 
     Rules, per frame (keyed by header stamp and frame_id): a cloud result that arrives by the
     deadline wins; an edge result is published at once on the edge route, and on the hedged
-    route when the cloud has failed or the deadline has passed; a result arriving late is still
-    published (``deadline_met`` false); when every expected source failed, or nothing arrived
-    within ``result_timeout_ms``, the frame is dropped with the sources' reasons.
+    route when the cloud has failed or the deadline is ``HEDGE_GUARD_MS`` away; a result
+    arriving late is still published (``deadline_met`` false); when every expected source
+    failed, or nothing arrived within ``result_timeout_ms``, the frame is dropped with the
+    sources' reasons.
 
     Args:
         edge_sources: Names of the edge targets whose results are expected on edge routes.
@@ -56,6 +58,7 @@ class Arbiter:
                  result_timeout_ms: float = 2000.0) -> None:
         self._edge_sources = set(edge_sources)
         self._timeout_ns = int(result_timeout_ms * 1e6)
+        self._guard_ns = int(HEDGE_GUARD_MS * 1e6)
         self._gate = StampGate()
         self._pending: dict[tuple[int, str], _Pending] = {}
         self._count = 0
@@ -142,7 +145,9 @@ class Arbiter:
         cloud = entry.results.get(CLOUD)
         edge = min((v for k, v in entry.results.items() if k != CLOUD), key=lambda v: v[1],
                    default=None)
-        past_deadline = now_ns >= entry.deadline_ns
+        # The edge result of a hedged frame goes out a guard before the deadline: published
+        # at the deadline itself, the poll that notices it would always be a little late.
+        past_deadline = now_ns >= entry.deadline_ns - self._guard_ns
         timed_out = now_ns - entry.arrival_ns >= self._timeout_ns
         if cloud is not None and (cloud[1] <= entry.deadline_ns or edge is None):
             return self._finish(entry, now_ns, cloud)

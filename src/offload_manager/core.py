@@ -12,6 +12,7 @@ from adaptive_offload.params import ParameterSpec, resolve
 from adaptive_offload.types import Decision, DetectionSet, HealthEvent, InferenceReport
 from adaptive_offload.types import Level, Route
 from offload_manager.arbiter import Arbiter, Outcome
+from offload_manager.frame_energy import FrameEnergy
 from offload_manager.policies import Plan, Policy, PolicySettings, create_policy
 
 PARAMETERS = (
@@ -50,6 +51,8 @@ PARAMETERS = (
                   'On the edge route, send every n-th frame to the cloud as a probe.',
                   False),
     ParameterSpec('seed', 0, 'Seed of learning policies.'),
+    ParameterSpec('energy_reader', '',
+                  'Measure robot energy with rapl or nvml where it works; empty: model only.'),
     ParameterSpec('history_file', '',
                   "Failure history the health monitor writes; read at start to warm the "
                   "availability predictor. Empty: none."),
@@ -91,6 +94,7 @@ class ManagerConfig:
     probe_every: int
     seed: int
     history_file: str
+    energy_reader: str
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> ManagerConfig:
@@ -109,6 +113,8 @@ class ManagerConfig:
             raise ConfigError('need plan_period_s > 0')
         if not 1 <= config.jpeg_quality <= 100 or config.offload_every < 1:
             raise ConfigError('need jpeg_quality in 1..100 and offload_every >= 1')
+        if config.energy_reader not in ('', 'rapl', 'nvml'):
+            raise ConfigError(f'energy_reader {config.energy_reader!r}: rapl, nvml or empty')
         if not 0 < config.epsilon < 1 or config.probe_every < 0:
             raise ConfigError('need 0 < epsilon < 1 and probe_every >= 0')
         for spec in config.options():
@@ -153,6 +159,24 @@ class ManagerConfig:
                        weight_cost=self.weight_cost, probe_every=self.probe_every)
 
 
+def frame_energy(config: ManagerConfig) -> FrameEnergy:
+    """Per-frame energy for ``config``: its robot profile, and a reader if one works here."""
+    from offload_manager.energy import READERS, EnergyModel, MeasuredEnergy, load_devices
+
+    path = config.devices_file or default_devices_file()
+    if not Path(path).is_file():
+        return FrameEnergy(None)
+    devices = load_devices(path)
+    if config.device not in devices:
+        raise ConfigError(f'device {config.device!r} is not in the device profiles')
+    meter = None
+    if config.energy_reader:
+        reader = READERS[config.energy_reader]()
+        if reader.available() is None:
+            meter = MeasuredEnergy(reader)
+    return FrameEnergy(EnergyModel(devices[config.device]), meter)
+
+
 def default_devices_file() -> Path:
     """The shipped ``devices.yaml``: in the source tree, or installed under share/."""
     here = Path(__file__).resolve()
@@ -183,6 +207,7 @@ class OffloadManager:
         self._planned_ns = 0
         self._seq = 0
         self._history_pending = bool(config.history_file)
+        self._energy = frame_energy(config)
 
     @property
     def decision(self) -> Decision | None:
@@ -227,13 +252,14 @@ class OffloadManager:
         decision = self._decision or self.tick(now_ns)
         outcome = self._arbiter.frame_arrived(stamp_ns, frame_id, now_ns, decision)
         if outcome is not None:
+            [outcome] = self._energy.annotate([outcome])
             self._policy.observe_record(outcome.record)
         return outcome
 
     def frame_unreadable(self, reason: str, now_ns: int) -> Outcome:
         """A frame arrived that could not even be deserialized: it ends as a drop."""
         decision = self._decision or self.tick(now_ns)
-        outcome = self._arbiter.unreadable(reason, decision)
+        [outcome] = self._energy.annotate([self._arbiter.unreadable(reason, decision)])
         self._policy.observe_record(outcome.record)
         return outcome
 
@@ -250,11 +276,13 @@ class OffloadManager:
     def on_report(self, report: InferenceReport) -> None:
         """A source reported what it did with a frame."""
         self._policy.observe_report(report)
+        self._energy.report(report)
         self._arbiter.add_report(report)
 
     def poll(self, now_ns: int, final: bool = False) -> list[Outcome]:
         """Outcomes of the frames that are finished at ``now_ns`` (all of them if final)."""
         outcomes = self._arbiter.flush(now_ns) if final else self._arbiter.poll(now_ns)
+        outcomes = self._energy.annotate(outcomes)
         for outcome in outcomes:
             self._policy.observe_record(outcome.record)
         return outcomes
