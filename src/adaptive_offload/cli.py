@@ -221,7 +221,7 @@ def _replay(args: argparse.Namespace) -> int:
             recover = '-' if f['recover_s'] is None else f'{f["recover_s"] * 1e3:.0f} ms'
             diagnosed = '-' if f['diagnosed_s'] is None else f'{f["diagnosed_s"] * 1e3:.0f} ms'
             print(f'fault {f["kind"]} at {f["start_s"]:.1f} s: detected {detect} '
-                  f'(/diagnostics ERROR {diagnosed}), recovered {recover}, {f["late"]} late, '
+                  f'(on /diagnostics {diagnosed}), recovered {recover}, {f["late"]} late, '
                   f'{f["dropped"]} dropped')
         print(f'output bag: {result.out}')
     return EXIT_OK

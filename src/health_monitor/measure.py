@@ -91,7 +91,7 @@ def measure(scenario: Scenario, records: Sequence[tuple[float, FrameRecord]],
             detect = None
         diagnosed = next((t for t, e in events if t >= fault.start_s and _matches(e, domain)),
                          None)
-        if detect is None and domain != 'cloud':
+        if detect is None:  # no request-level symptom, but a check saw it
             detect = diagnosed
         failing = {'cloud': ('', 'cloud'), 'edge': ('', 'edge')}.get(domain, ('',))
         recover = None
