@@ -157,7 +157,8 @@ def test_health_monitor_publishes_one_status_per_topic(graph: Any) -> None:
     names = [s.name for s in diagnostics[-1].status]
     assert names == [f'adaptive_offload: {t} rate' for t in
                      ('/camera/image_raw', '/edge/detections', '/detections',
-                      '/offload/decision')] + ['adaptive_offload: cloud']
+                      '/offload/decision')] + ['adaptive_offload: cloud',
+                                               'adaptive_offload: uplink bandwidth']
 
 
 def test_cloud_bridge_node(graph: Any) -> None:
