@@ -28,9 +28,15 @@ Runner = Callable[[list[str]], None]
 _IFNAMSIZ = 15
 # every link and probe of this process gets its own names and subnet
 _serial = itertools.count()
+_SBIN = ('/usr/sbin', '/sbin', '/usr/local/sbin')
 # arguments a probe needs to add each qdisc kind (the kernel rejects some bare kinds)
 _PROBE_ARGS = {'tbf': ['rate', '1mbit', 'burst', '32kbit', 'latency', '50ms'],
                'netem': ['delay', '1ms']}
+
+
+def tool(name: str) -> str | None:
+    """Full path of ``ip`` or ``tc``: on PATH, or in the sbin folders a non-login PATH lacks."""
+    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(_SBIN))
 
 
 def run_command(argv: list[str]) -> None:
@@ -39,6 +45,7 @@ def run_command(argv: list[str]) -> None:
     Raises:
         OSError: If it cannot start, fails or times out; the message holds its error output.
     """
+    argv = [tool(argv[0]) or argv[0], *argv[1:]]
     try:
         subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30)
     except subprocess.CalledProcessError as err:
@@ -51,7 +58,7 @@ def netns_support(run: Runner = run_command) -> str | None:
     """Why namespaces and veth pairs cannot be used here, or None if they can."""
     if not hasattr(os, 'geteuid') or os.geteuid() != 0:
         return 'network namespaces need root'
-    missing = [tool for tool in ('ip', 'tc') if shutil.which(tool) is None]
+    missing = [name for name in ('ip', 'tc') if tool(name) is None]
     if missing:
         return f'{" and ".join(missing)} not found (install iproute2)'
     name = f'aoprobe{os.getpid()}-{next(_serial)}'
@@ -77,8 +84,8 @@ def qdisc_support(kind: str, run: Runner = run_command) -> str | None:
     name = f'aoprobe{os.getpid()}-{next(_serial)}'
     try:
         run(['ip', 'netns', 'add', name])
-        run(['ip', 'netns', 'exec', name, 'tc', 'qdisc', 'add', 'dev', 'lo', 'root', kind,
-             *_PROBE_ARGS.get(kind, [])])
+        run(['ip', 'netns', 'exec', name, tool('tc') or 'tc', 'qdisc', 'add', 'dev', 'lo',
+             'root', kind, *_PROBE_ARGS.get(kind, [])])
     except OSError as err:
         return f'qdisc {kind} unavailable: {err}'
     finally:
@@ -172,7 +179,7 @@ class NetnsLink:
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
         """The command line running ``argv`` inside the namespace."""
-        return ['ip', 'netns', 'exec', self.namespace, *argv]
+        return [tool('ip') or 'ip', 'netns', 'exec', self.namespace, *argv]
 
     def apply(self, faults: Iterable[Fault]) -> None:
         """Make the faults given (and only those) shape the link; commands only for changes.
