@@ -141,3 +141,15 @@ def test_sim_agrees_with_live_on_this_machines_measured_profile(
                     announce=lambda _: None)
     live_p50 = statistics.median(r.latency_ms for r in live.records[5:] if r.latency_ms)
     assert abs(rows[0].p50_ms - live_p50) <= 0.15 * live_p50 + 5.0, (rows[0].p50_ms, live_p50)
+
+
+def test_live_mode_runs_edge_policies_under_cloud_faults(tmp_path: Path,
+                                                         fake_backend_factory: Any) -> None:
+    scenario = tmp_path / 'outage.yaml'
+    scenario.write_text('name: outage\nfaults:\n'
+                        '  - {kind: cloud_outage, start_s: 0.2, duration_s: 0.5}\n')
+    [row] = evaluate(EvalOptions(scenarios=[scenario], policies=['static'], mode='live',
+                                 out=tmp_path / 'out', frames=8, fps=10.0,
+                                 backend_factory=fake_backend_factory),
+                     announce=lambda _: None)
+    assert row.frames == 8 and row.cloud_requests == 0

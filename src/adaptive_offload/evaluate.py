@@ -22,7 +22,7 @@ import numpy as np
 
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.types import FrameRecord
-from health_monitor.scenario import Scenario, load_scenario
+from health_monitor.scenario import EDGE_KINDS, Scenario, load_scenario
 from offload_manager.accuracy import prior
 from offload_manager.core import ManagerConfig, OffloadManager, default_devices_file
 from offload_manager.energy import DeviceProfile, load_devices
@@ -159,6 +159,9 @@ def run_live(opts: EvalOptions, scenario: Scenario, policy: str,
                                             'devices_file', 'seed')}
     out = opts.out / 'runs' / f'{_slug(scenario.name)}-{policy}'
     factory = {'backend_factory': opts.backend_factory} if opts.backend_factory else {}
+    if cfg.policy == 'edge-only' or (cfg.policy == 'static' and cfg.static_route == 'edge'):
+        # The policy never calls the cloud: its faults cannot touch this run.
+        scenario = scenario.only(EDGE_KINDS | {'manager_death'})
     result = Replay(ReplayOptions(
         bag=bag, out=out, rate=1.0, scenario=scenario if scenario.faults else None,
         overrides={'offload_manager': manager,
