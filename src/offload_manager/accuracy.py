@@ -116,7 +116,3 @@ class AccuracyModel:
         observed = self._agreement[key] * self.cloud_prior
         weight = n / (n + self._k)
         return (1 - weight) * base + weight * observed
-
-    def samples(self, model: str, imgsz: int) -> int:
-        """Agreement samples seen for ``model@imgsz``."""
-        return self._samples.get(f'{model}@{imgsz}', 0)

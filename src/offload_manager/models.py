@@ -17,7 +17,6 @@ import bisect
 import math
 import statistics
 from collections import deque
-from typing import Iterable
 
 import numpy as np
 
@@ -76,10 +75,6 @@ class SlidingQuantiles:
             return None
         return 1.0 - bisect.bisect_right(self._sorted, threshold) / len(self._sorted)
 
-    def samples(self) -> list[float]:
-        """The window's samples, sorted."""
-        return list(self._sorted)
-
 
 class LatencyBook:
     """Sliding quantiles per (component, target) key, created on first use.
@@ -104,10 +99,6 @@ class LatencyBook:
         """The ``q`` quantile of ``key``, or None if never measured."""
         series = self._series.get(key)
         return series.quantile(q) if series is not None else None
-
-    def keys(self) -> Iterable[str]:
-        """Every measured key."""
-        return self._series.keys()
 
 
 class BandwidthEstimator:

@@ -97,7 +97,6 @@ class Observations:
         self._edge_meta: dict[int, tuple[str, int]] = {}  # stamp -> (model, imgsz)
         self.now_s = 0.0
         self.prepare()
-        self.last_cloud_s: float | None = None
         self.quality = 75
 
     def observe_report(self, report: InferenceReport) -> None:
@@ -112,10 +111,8 @@ class Observations:
                 self._bytes.append(report.bytes_sent / jpeg_factor(self.quality))
                 self._sent.append(report.bytes_sent)
                 self.availability.observe(self.now_s, True)
-                self.last_cloud_s = self.now_s
             elif report.status == 'failed':
                 self.availability.observe(self.now_s, False)
-                self.last_cloud_s = self.now_s
         elif report.status == 'ok' and report.model:
             self.book.add(f'edge:{report.model}@{report.imgsz}', report.total_ms)
             self._edge_meta[report.stamp_ns] = (report.model, report.imgsz)
