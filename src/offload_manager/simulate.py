@@ -101,7 +101,6 @@ class Simulation:
         self.m = manager
         self.robot, self.cloud, self.net, self.scenario = robot, cloud, network, scenario
         self.s = settings
-        self.rng = random.Random(settings.seed)
         self.energy = EnergyModel(robot)
         self.breaker = CircuitBreaker()
         self.result = SimResult()
@@ -118,8 +117,16 @@ class Simulation:
         self._n += 1
         heapq.heappush(self._events, (t_ns, self._n, kind, payload))
 
-    def _spread(self, ms: float) -> float:
-        return ms * math.exp(self.rng.gauss(0.0, self.net.jitter))
+    def _rng(self, stream: str, stamp: int) -> random.Random:
+        """Draws fixed by frame and purpose (common random numbers).
+
+        Every policy meets the same frame times and losses, so differences between policies
+        are theirs alone.
+        """
+        return random.Random(f'{self.s.seed}:{stream}:{stamp}')
+
+    def _spread(self, ms: float, stream: str, stamp: int) -> float:
+        return ms * math.exp(self._rng(stream, stamp).gauss(0.0, self.net.jitter))
 
     def _faults(self, t_ns: int) -> dict[str, dict[str, float]]:
         return {f.kind: dict(f.params) for f in self.scenario.active(t_ns / 1e9)}
@@ -192,7 +199,7 @@ class Simulation:
         if base is None:
             base = 100.0 * (decision.edge_imgsz / 640) ** 2
         slowdown = self._faults(t).get('cpu_contention', {}).get('slowdown', 1.0)
-        ms = self._spread(base * slowdown)
+        ms = self._spread(base * slowdown, 'edge', stamp)
         self._edge_busy = True
         self._at(t + int(ms * MS), 'edge_done', stamp, decision, ms)
 
@@ -219,16 +226,17 @@ class Simulation:
             return
         self._in_flight += 1
         mbps = min(self.net.uplink_mbps, faults.get('bandwidth', {}).get('mbps', math.inf))
-        server = self._spread(self.cloud.inference_time_ms(self.s.cloud_model, 640) or 60.0)
-        transfer = self._spread(nbytes * 8 / (mbps * 1e3))
+        server = self._spread(self.cloud.inference_time_ms(self.s.cloud_model, 640) or 60.0,
+                              'server', stamp)
+        transfer = self._spread(nbytes * 8 / (mbps * 1e3), 'transfer', stamp)
         delay = faults.get('latency', {}).get('delay_ms', 0.0)
-        rtt = self._spread(self.net.rtt_ms) + delay
+        rtt = self._spread(self.net.rtt_ms, 'rtt', stamp) + delay
         total = self.s.encode_ms + transfer + rtt + server
         reason = ''
         if 'cloud_outage' in faults:
             total, reason = rtt, 'connection: refused'
-        elif self.rng.random() < faults.get('loss', {}).get('probability', 0.0) or \
-                total > decision.deadline_ms:
+        elif total > decision.deadline_ms or self._rng('loss', stamp).random() < \
+                faults.get('loss', {}).get('probability', 0.0):
             total, reason = decision.deadline_ms, 'timeout'
         self._at(t + int(total * MS), 'cloud_done', stamp, decision, total, nbytes, server,
                  reason)
@@ -258,9 +266,10 @@ class Simulation:
 
     def _detections(self, stamp: int, source: str, model: str, acc: float) -> DetectionSet:
         recall = min(0.95, acc / 50.0)
+        rng = self._rng(f'detect:{source}', stamp)
         dets = tuple(Detection(x1=40.0 * k, y1=10.0, x2=40.0 * k + 30.0, y2=60.0, score=0.8,
                                class_name='object') for k in range(self.s.objects)
-                     if self.rng.random() < recall)
+                     if rng.random() < recall)
         return DetectionSet(stamp, 'camera', source, dets, model)
 
     def _report(self, report: InferenceReport) -> None:
