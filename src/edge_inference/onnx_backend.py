@@ -141,8 +141,11 @@ class OpenVinoBackend(OnnxBackend):
         if target not in core.available_devices:
             raise BackendError(f'device {device!r}: not an OpenVINO device here '
                                f'(available: {", ".join(core.available_devices)})')
+        # OpenVINO picks bf16 on CPUs that have it (AVX-512 BF16, AMX): boxes and classes
+        # then differ from the exported model's. Full precision keeps the export's answers.
+        config = {'INFERENCE_PRECISION_HINT': 'f32'} if target == 'CPU' else {}
         try:
-            compiled = core.compile_model(core.read_model(path), target)
+            compiled = core.compile_model(core.read_model(path), target, config)
         except Exception as err:  # OpenVINO raises RuntimeError subclasses of its own
             raise BackendError(f'cannot load {path!r}: {err}') from err
         shape = [d.get_length() if d.is_static else None
