@@ -10,7 +10,7 @@ from adaptive_offload.types import Detection
 from offload_manager.accuracy import AccuracyModel, agreement_f1, prior
 from offload_manager.availability import AvailabilityPredictor
 from offload_manager.models import ArForecaster, BandwidthEstimator, LatencyBook
-from offload_manager.models import SlidingQuantiles
+from offload_manager.models import SlidingQuantiles, tail_probability
 
 
 def test_quantiles_match_numpy_and_follow_the_window() -> None:
@@ -30,6 +30,70 @@ def test_quantiles_match_numpy_and_follow_the_window() -> None:
     assert len(q) == 100
     with pytest.raises(ConfigError):
         SlidingQuantiles(0)
+
+
+def test_old_samples_expire_but_the_newest_are_kept() -> None:
+    q = SlidingQuantiles(window=200, max_age_s=30.0, min_keep=3)
+    for t in range(10):
+        q.add(500.0, t_s=float(t))  # a spike, 0-9 s
+    q.add(50.0, t_s=35.0)
+    q.expire(35.0)  # 0-4 s are older than 30 s; 5-9 s and 35 s stay
+    assert len(q) == 6
+    q.expire(100.0)  # all are old now: the newest three still count
+    assert len(q) == 3 and q.values() == [50.0, 500.0, 500.0]
+    fixed = SlidingQuantiles(window=5)  # no max age: only the count bounds it
+    for t in range(5):
+        fixed.add(1.0, t_s=float(t))
+    fixed.expire(1e6)
+    assert len(fixed) == 5
+    with pytest.raises(ConfigError):
+        SlidingQuantiles(max_age_s=0.0)
+
+
+def test_a_run_beyond_the_older_samples_is_a_regime_change() -> None:
+    q = SlidingQuantiles(window=200, shift_run=5)
+    rng = np.random.default_rng(1)
+    for v in rng.normal(50.0, 2.0, 100):  # contention: about 50 ms
+        q.add(float(v))
+    for i, v in enumerate(rng.normal(25.0, 1.0, 5)):  # it ended: about 25 ms
+        q.add(float(v))
+        assert len(q) == (101 + i if i < 4 else 5)  # forgotten on the fifth fast sample
+    assert q.quantile(0.99) < 30.0
+    up = SlidingQuantiles(window=200, shift_run=5)
+    for v in rng.normal(50.0, 2.0, 100):
+        up.add(float(v))
+    for v in (80.0, 80.0, 80.0, 80.0, 50.0):  # four slow ones among five: no change
+        up.add(v)
+    assert len(up) == 105
+    for _ in range(5):  # five in a row: a latency spike began
+        up.add(90.0)
+    assert len(up) == 5 and up.quantile(0.0) == 90.0
+
+
+def test_steady_noise_and_ties_do_not_look_like_a_regime_change() -> None:
+    rng = np.random.default_rng(2)
+    q = SlidingQuantiles(window=200, shift_run=5)
+    for v in rng.lognormal(np.log(25.0), 0.1, 20_000):
+        q.add(float(v))
+    assert len(q) == 200  # never reset in 20,000 steady samples
+    flat = SlidingQuantiles(window=50, shift_run=5)
+    for _ in range(60):
+        flat.add(40.0)
+    assert len(flat) == 50
+
+
+def test_tail_probability_is_empirical_when_measured_and_cautious_before() -> None:
+    q = SlidingQuantiles()
+    assert tail_probability(q, 250.0) is None
+    assert tail_probability(None, 250.0, prior_ms=25.0) < 1e-4  # ten times inside: trusted
+    assert tail_probability(None, 250.0, prior_ms=200.0) > 0.3  # near the deadline: not
+    for v in (95.0, 100.0, 105.0):
+        q.add(v)
+    few = tail_probability(q, 250.0)
+    assert 0.0 < few < 0.01  # three samples agree: likely, not certain
+    for v in [100.0] * 17 + [300.0] * 5:
+        q.add(v)
+    assert tail_probability(q, 250.0) == pytest.approx(5 / 25)  # enough: the share itself
 
 
 def test_latency_book_keys_series_separately() -> None:

@@ -19,6 +19,7 @@ from adaptive_offload.types import DetectionSet, FrameRecord, InferenceReport, R
 from offload_manager.accuracy import AccuracyModel
 from offload_manager.availability import AvailabilityPredictor
 from offload_manager.models import ArForecaster, BandwidthEstimator, LatencyBook
+from offload_manager.models import tail_probability
 
 # JPEG bytes relative to quality 75, measured on 640x480 frames by benchmarks/bench_service.py
 # (q50 13.7 %, q75 20.1 %, q95 39.1 % of raw); other qualities interpolate.
@@ -77,13 +78,18 @@ class Observations:
         edge_profile_ms: Inference times from the device profile (``model@imgsz`` -> ms), used
             until the option has been measured.
         window: Samples kept per latency series.
+        max_age_s: Oldest latency sample that still counts (the newest 20 always do), so
+            figures fed only by occasional probes do not keep a fault in mind for minutes.
+        shift_run: Newest samples all beyond the older ones' tail that mark a regime change
+            (see :class:`offload_manager.models.SlidingQuantiles`).
     """
 
     def __init__(self, energy: EnergyModelLike, cloud_model: str = 'fasterrcnn_resnet50_fpn_v2',
                  gpu_price_per_hour: float = 0.0,
-                 edge_profile_ms: dict[str, float] | None = None, window: int = 200) -> None:
+                 edge_profile_ms: dict[str, float] | None = None, window: int = 200,
+                 max_age_s: float = 30.0, shift_run: int = 5) -> None:
         self.energy = energy
-        self.book = LatencyBook(window)
+        self.book = LatencyBook(window, max_age_s, shift_run)
         self.bandwidth = BandwidthEstimator()
         self.trend = ArForecaster()
         self.availability = AvailabilityPredictor()
@@ -103,8 +109,8 @@ class Observations:
         """Learn from a worker report."""
         if report.source == 'cloud':
             if report.status == 'ok':
-                self.book.add('cloud', report.total_ms)
-                self.book.add('cloud:server', report.server_ms)
+                self.book.add('cloud', report.total_ms, self.now_s)
+                self.book.add('cloud:server', report.server_ms, self.now_s)
                 self.trend.add(report.total_ms)
                 transfer = report.inference_ms - report.server_ms
                 self.bandwidth.add(report.bytes_sent, transfer)
@@ -114,7 +120,7 @@ class Observations:
             elif report.status == 'failed':
                 self.availability.observe(self.now_s, False)
         elif report.status == 'ok' and report.model:
-            self.book.add(f'edge:{report.model}@{report.imgsz}', report.total_ms)
+            self.book.add(f'edge:{report.model}@{report.imgsz}', report.total_ms, self.now_s)
             self._edge_meta[report.stamp_ns] = (report.model, report.imgsz)
             _bound(self._edge_meta)
             self._pair(report.stamp_ns)
@@ -143,6 +149,7 @@ class Observations:
 
     def prepare(self) -> None:
         """Compute what every option's estimate shares, once per plan (keeps plans cheap)."""
+        self.book.expire(self.now_s)
         self._avail = self.availability.predict(self.now_s)
         self._server = self.book.quantile('cloud:server', 0.5) or 0.0
         self._shifts: dict[int, float] = {}
@@ -180,7 +187,7 @@ class Observations:
         series = self.book.get('cloud')
         if series is None or not len(series):
             return None
-        return _smoothed(series.exceedance(deadline_ms - self._shift(quality)), len(series))
+        return tail_probability(series, deadline_ms - self._shift(quality))
 
     def bytes_at(self, quality: int) -> int:
         """Expected request size at ``quality`` as of :meth:`prepare`; 0 before any request."""
@@ -196,8 +203,7 @@ class Observations:
                 self._edge_cache[key] = None
             else:
                 mean, series = edge
-                p_miss = _smoothed(series.exceedance(deadline_ms), len(series)) if series \
-                    else _smoothed(float(mean > deadline_ms), 1)
+                p_miss = tail_probability(series, deadline_ms, prior_ms=mean)
                 self._edge_cache[key] = (mean, p_miss, self.accuracy.edge(model, imgsz))
         return self._edge_cache[key]
 
@@ -247,8 +253,3 @@ def _bound(table: dict[Any, Any], size: int = 64) -> None:
     """Forget the oldest entries: partners that never came."""
     while len(table) > size:
         table.pop(next(iter(table)))
-
-
-def _smoothed(share: float, n: int) -> float:
-    """A share from ``n`` samples, pulled towards 1/2 while n < 20 so few are not certain."""
-    return (share * n + 0.5) / (n + 1.0) if n < 20 else share
