@@ -84,6 +84,23 @@ def test_cloud_only_late_result_is_still_published() -> None:
     assert out.record.result_source == 'cloud' and not out.record.deadline_met
 
 
+def test_an_edge_probe_on_the_cloud_route_serves_only_when_the_cloud_does_not() -> None:
+    probing = Decision(seq=1, route=Route.CLOUD, deadline_ms=100.0, probe_every=10)
+    arb = Arbiter()
+    arb.frame_arrived(1, 'cam', 0, probing)
+    arb.add_result(_dets(1, 'edge'), 20 * MS)
+    assert arb.poll(21 * MS) == []  # the cloud is still in time: its answer is awaited
+    arb.add_result(_dets(1, 'cloud'), 60 * MS)
+    [won] = arb.poll(60 * MS)
+    assert won.record.result_source == 'cloud' and won.record.sources == ['cloud', 'edge']
+    arb.frame_arrived(2, 'cam', 100 * MS, probing)
+    arb.add_result(_dets(2, 'edge'), 120 * MS)
+    arb.add_report(_report(2, 'cloud', 'failed', 'connection: refused'))
+    [saved] = arb.poll(130 * MS)
+    assert saved.record.result_source == 'edge' and saved.record.deadline_met
+    assert 'cloud: connection: refused' in saved.record.reason
+
+
 def test_every_source_failing_drops_the_frame_with_their_reasons() -> None:
     arb = Arbiter()
     arb.frame_arrived(1, 'cam', 0, _decision(Route.HEDGED))

@@ -99,6 +99,16 @@ def test_edge_core_skips_cloud_route_and_reports_decode_failures(types: MessageT
     assert backend.calls == []
 
 
+def test_edge_core_probes_every_nth_frame_of_the_cloud_route(types: MessageTypes) -> None:
+    core, backend = _edge(ManualClock())
+    probing = Decision(route=Route.CLOUD, probe_every=3)
+    statuses = [core.process(_image(types, i), probing)[1].status for i in range(1, 8)]
+    assert statuses == ['ok', 'skipped', 'skipped', 'ok', 'skipped', 'skipped', 'ok']
+    assert len(backend.calls) == 3
+    dets, report = core.process(_image(types, 9), Decision(route=Route.CLOUD))
+    assert dets is None and report.status == 'skipped'  # probe_every 0: never
+
+
 def test_edge_core_class_filter(types: MessageTypes) -> None:
     core, _ = _edge(ManualClock(), classes='disc')
     dets, _ = core.process(_image(types, 1), Decision())

@@ -185,8 +185,10 @@ class Decision(JsonRecord):
         cloud_max_side: Longest image side sent to the cloud; 0 keeps the original size.
         offload_every: Send every n-th frame to the cloud (1 = every frame).
         hedge_delay_ms: For hedged routes, how long after the frame the cloud request starts.
-        probe_every: On the edge route, send every n-th frame to the cloud as a probe whose
-            answer nobody waits for (it measures the cloud; 0 = none).
+        probe_every: On a one-sided route, every n-th frame also goes to the other side as
+            a probe nobody waits for: to the cloud on the edge route (it measures the cloud),
+            to the edge on the cloud route (it measures the edge, and serves the frame if
+            the cloud fails). 0 = none.
         deadline_ms: Deadline a result must meet, measured from frame arrival.
         policy: Name of the policy that made the decision.
         reason: Why the policy chose this, for humans.

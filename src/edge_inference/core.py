@@ -123,12 +123,20 @@ class EdgeInference:
         self.models = models
         self._clock = clock
         self._classes: dict[str, tuple[int, ...] | None] = {}
+        self._off_route = 0  # frames seen off the edge route: every probe_every-th is probed
         self._class_filter(*models.select('')[:2])
 
     def _class_filter(self, name: str, backend: DetectorBackend) -> tuple[int, ...] | None:
         if name not in self._classes:
             self._classes[name] = class_indices(backend.names, self.config.classes)
         return self._classes[name]
+
+    def _probe(self, decision: Decision) -> bool:
+        """Whether a frame off the edge route is the decision's every ``probe_every``-th."""
+        if not decision.probe_every:
+            return False
+        self._off_route += 1
+        return (self._off_route - 1) % decision.probe_every == 0
 
     def drop(self, stamp_ns: int, frame_id: str, reason: str,
              decision: Decision) -> InferenceReport:
@@ -148,7 +156,7 @@ class EdgeInference:
         report = InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id,
                                  source=self.config.source_name, model=self.config.model_name,
                                  decision_seq=decision.seq)
-        if not decision.route.uses_edge:
+        if not decision.route.uses_edge and not self._probe(decision):
             return None, replace(report, status='skipped', reason=f'route={decision.route.value}')
         imgsz = decision.edge_imgsz if decision.edge_imgsz > 0 else self.config.imgsz
         name, backend, note = self.models.select(decision.edge_model)

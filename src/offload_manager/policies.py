@@ -45,8 +45,8 @@ class PolicySettings:
         weight_accuracy: Weight of accuracy loss (relative to the best option's).
         weight_cost: Weight of cloud cost (relative to the dearest option's).
         hysteresis: Relative score gain needed to leave a feasible current option.
-        probe_every: On the edge route, send every n-th frame to the cloud as a probe (its
-            answer is not waited for; 0: never probe).
+        probe_every: On the edge (cloud) route, every n-th frame also goes to the cloud
+            (edge) as a probe whose answer is not waited for; 0: never probe.
         score_period_s: Re-evaluation period of the weighted score.
         score_weights: w1, w2, w3 of the weighted score.
         failover_after: Consecutive cloud failures before the reactive policy fails over.
@@ -66,7 +66,7 @@ class PolicySettings:
     qualities: tuple[int, ...] = (50, 75, 95)
     epsilon: float = 0.01
     weight_energy: float = 1.0
-    weight_accuracy: float = 2.0
+    weight_accuracy: float = 1.0
     weight_cost: float = 0.2
     hysteresis: float = 0.05
     probe_every: int = 10

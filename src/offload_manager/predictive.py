@@ -59,7 +59,8 @@ class _ObservingPolicy:
         out = []
         for i, spec in enumerate(self.settings.edge_options):
             model, imgsz = spec.rsplit('@', 1)
-            out.append(Option(Route.EDGE, model, int(imgsz), self.settings.defaults.jpeg_quality))
+            # On the edge route only probes are encoded: the smallest frame measures the link.
+            out.append(Option(Route.EDGE, model, int(imgsz), min(self.settings.qualities)))
             for q in self.settings.qualities:
                 out.append(Option(Route.HEDGED, model, int(imgsz), q))
                 if i == 0:  # the edge model does not matter on the cloud route
@@ -82,13 +83,15 @@ class _ObservingPolicy:
                        reason=f'{self.name}: {reason}')
 
     def probing(self, plan: Plan) -> Plan:
-        """On the edge route, probe the cloud every ``probe_every``-th frame.
+        """On a one-sided route, probe the other side every ``probe_every``-th frame.
 
-        Probes keep the cloud's figures (latency, availability, agreement) current, so a
-        recovered or faster cloud is noticed; their answers are not waited for, and a probe
-        costs the robot only its radio energy.
+        On the edge route, cloud probes keep the cloud's figures (latency, availability,
+        agreement) current, so a recovered or faster cloud is noticed; a probe costs the robot
+        its radio energy. On the cloud route, edge probes do the same for the edge: without
+        them an edge slowed by CPU contention would be remembered as slow long after the
+        contention ended. Their answers are not waited for.
         """
-        if plan.route is Route.EDGE and self.settings.probe_every:
+        if plan.route is not Route.HEDGED and self.settings.probe_every:
             return replace(plan, probe_every=self.settings.probe_every,
                            reason=f'{plan.reason}; probing')
         return plan

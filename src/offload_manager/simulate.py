@@ -9,7 +9,8 @@ same reports and detections it gets from the real workers and produces the same 
 
 Detections are synthetic: each frame holds ``objects`` ground-truth boxes, and a source finds
 each with a probability derived from its accuracy prior, so edge/cloud agreement behaves as
-the priors say. Energy per frame is modelled from the robot profile.
+the priors say. Energy per frame is the manager's own record of it (modelled from the robot
+profile, as on a robot without an energy reader).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from cloud_bridge.resilience import CircuitBreaker
 from health_monitor.scenario import Scenario
 from offload_manager.accuracy import prior
 from offload_manager.core import OffloadManager
-from offload_manager.energy import DeviceProfile, EnergyModel
-from offload_manager.observations import REPLY_BYTES, jpeg_factor
+from offload_manager.energy import DeviceProfile
+from offload_manager.observations import jpeg_factor
 
 MS = 1_000_000
 
@@ -101,7 +102,6 @@ class Simulation:
         self.m = manager
         self.robot, self.cloud, self.net, self.scenario = robot, cloud, network, scenario
         self.s = settings
-        self.energy = EnergyModel(robot)
         self.breaker = CircuitBreaker()
         self.result = SimResult()
         self._events: list[tuple[int, int, str, tuple]] = []
@@ -111,6 +111,7 @@ class Simulation:
         self._in_flight = 0
         self._cloud_pending: tuple[int, Decision] | None = None
         self._sent = 0
+        self._off_route = 0
         self._parts: dict[int, dict[str, float]] = {}
 
     def _at(self, t_ns: int, kind: str, *payload: object) -> None:
@@ -154,13 +155,8 @@ class Simulation:
             rec = outcome.record
             self.result.records.append(rec)
             parts = self._parts.pop(rec.stamp_ns, {})
-            # Only a frame routed to the cloud waits for it; a probe on the edge route does not.
-            waits = 'cloud_ms' in parts and rec.route != 'edge'
-            wait = max(0.0, parts.get('cloud_ms', 0.0) - parts.get('edge_ms', 0.0))
-            self.result.energy_j[rec.stamp_ns] = self.energy.frame(
-                parts.get('edge_ms', 0.0), int(parts.get('bytes', 0)),
-                REPLY_BYTES if 'cloud_ms' in parts else 0,
-                wait if waits else 0.0).joules
+            # The manager's own figure: modelled from the same robot profile, late work included.
+            self.result.energy_j[rec.stamp_ns] = rec.energy_j or 0.0
             self.result.accuracy[rec.stamp_ns] = parts.get(f'acc_{rec.result_source}', 0.0)
 
     def _on_frame(self, t: int, decision: Decision, index: int) -> None:
@@ -171,7 +167,7 @@ class Simulation:
             return
         self._parts[stamp] = {}
         self._at(t + int(decision.deadline_ms * MS), 'wake')
-        if decision.route.uses_edge:
+        if decision.route.uses_edge or self._edge_probe(decision):
             if self._edge_busy:
                 if self._edge_pending is not None:
                     self._report(InferenceReport(stamp_ns=self._edge_pending[0], source='edge',
@@ -194,6 +190,13 @@ class Simulation:
         else:
             self._report(InferenceReport(stamp_ns=stamp, source='cloud', status='skipped'))
 
+    def _edge_probe(self, decision: Decision) -> bool:
+        """As ``EdgeInference``: off the edge route every ``probe_every``-th frame runs there."""
+        if not decision.probe_every:
+            return False
+        self._off_route += 1
+        return (self._off_route - 1) % decision.probe_every == 0
+
     def _start_edge(self, t: int, stamp: int, decision: Decision) -> None:
         base = self.robot.inference_time_ms(decision.edge_model, decision.edge_imgsz)
         if base is None:
@@ -207,8 +210,7 @@ class Simulation:
                       ms: float) -> None:
         self._edge_busy = False
         acc = prior(decision.edge_model, decision.edge_imgsz)
-        parts = self._parts.setdefault(stamp, {})
-        parts['edge_ms'], parts['acc_edge'] = ms, acc
+        self._parts.get(stamp, {})['acc_edge'] = acc
         self.m.on_detections(self._detections(stamp, 'edge', decision.edge_model, acc), t)
         self._report(InferenceReport(stamp_ns=stamp, source='edge', status='ok',
                                      model=decision.edge_model, imgsz=decision.edge_imgsz,
@@ -246,12 +248,12 @@ class Simulation:
         self._in_flight -= 1
         self.breaker.record(not reason, t)
         self.result.cloud_requests += 1
-        self.result.bytes_sent += nbytes
-        parts = self._parts.setdefault(stamp, {})
-        parts['bytes'], parts['cloud_ms'] = nbytes, total
+        sent = 0 if reason.startswith('connection') else nbytes  # refused: nothing went out
+        self.result.bytes_sent += sent
+        parts = self._parts.get(stamp, {})  # the frame may have ended: a probe's answer
         if reason:
             self._report(InferenceReport(stamp_ns=stamp, source='cloud', status='failed',
-                                         reason=reason, total_ms=total, bytes_sent=nbytes))
+                                         reason=reason, total_ms=total, bytes_sent=sent))
         else:
             self.result.gpu_seconds += server / 1e3
             acc = prior(self.s.cloud_model)
