@@ -135,6 +135,19 @@ def test_records_carry_modelled_or_measured_energy() -> None:
     assert hedged.energy_j == pytest.approx(0.7 + radio + 2.7 * 0.2)  # waited 200 ms
     assert probe.energy_j == pytest.approx(0.7 + radio)  # nobody waited for the probe
 
+    # A probe answered after its frame ended: the radio spent it all the same, and the next
+    # frame to end carries it (never idle time: nobody waited).
+    energy.report(InferenceReport(stamp_ns=3, frame_id='cam', source='cloud', status='ok',
+                                  bytes_sent=10_000, total_ms=300.0))
+    energy.report(InferenceReport(stamp_ns=4, frame_id='cam', source='edge', status='ok',
+                                  inference_ms=100.0))
+    [after] = energy.annotate([Outcome(FrameRecord(stamp_ns=4, frame_id='cam', route='edge'),
+                                       None)])
+    assert after.record.energy_j == pytest.approx(0.7 + radio)
+    [alone] = energy.annotate([Outcome(FrameRecord(stamp_ns=5, frame_id='cam', route='edge'),
+                                       None)])
+    assert alone.record.energy_j == 0.0  # carried once only
+
     battery = BatteryReader()
     battery.update(10.0, -1.0, 0)
     metered = FrameEnergy(EnergyModel(profile), MeasuredEnergy(battery))

@@ -2,8 +2,9 @@
 
 The manager keeps what each frame cost from the workers' reports (edge inference time, bytes
 sent, the cloud's round trip). When the frame ends, the modelled energy comes from the robot's
-device profile; with a working reader (RAPL, NVML) the energy measured since the previous
-outcomes is shared among the frames that ended, and the record says ``energy_measured``.
+device profile; with a working reader (RAPL, NVML, BatteryState) the energy measured since
+the previous outcomes is shared among the frames that ended, and the record says
+``energy_measured``.
 """
 
 from __future__ import annotations
@@ -19,29 +20,50 @@ from offload_manager.observations import REPLY_BYTES
 class FrameEnergy:
     """Per-frame energy bookkeeping.
 
+    Work that finishes after its frame ended (the answer of a probe nobody waited for, a
+    cloud reply that lost to the edge) was spent all the same: its energy is charged to the
+    next frame to end, so the energy per frame over a run is the robot's true total.
+
     Args:
         model: Energy model of the robot; None leaves records without energy.
         meter: Measured energy, when a reader works on this hardware.
-        memory: Frames whose costs are kept while they wait for their outcome.
+        memory: Frames whose costs are kept while they wait for their outcome, and ended
+            frames remembered for answers that come late.
     """
 
     def __init__(self, model: EnergyModel | None, meter: MeasuredEnergy | None = None,
                  memory: int = 512) -> None:
         self._model, self._meter, self._memory = model, meter, memory
         self._costs: dict[tuple[int, str], dict[str, float]] = {}
+        self._ended: dict[tuple[int, str], None] = {}
+        self._carry_j = 0.0
 
     def report(self, report: InferenceReport) -> None:
-        """Remember what the report says the frame cost."""
-        if self._model is None or report.status != 'ok':
+        """Remember what the report says the frame cost (a failed request sent its bytes)."""
+        if self._model is None or report.status not in ('ok', 'failed'):
             return
-        costs = self._costs.setdefault((report.stamp_ns, report.frame_id), {})
+        cost: dict[str, float] = {}
         if report.source == 'cloud':
-            costs['bytes'] = report.bytes_sent
-            costs['cloud_ms'] = report.total_ms
-        else:
-            costs['edge_ms'] = report.inference_ms
-        while len(self._costs) > self._memory:
-            self._costs.pop(next(iter(self._costs)))
+            if report.bytes_sent:
+                cost['bytes'] = report.bytes_sent
+            if report.status == 'ok':
+                cost['cloud_ms'], cost['replied'] = report.total_ms, 1.0
+        elif report.status == 'ok':
+            cost['edge_ms'] = report.inference_ms
+        if not cost:
+            return
+        key = (report.stamp_ns, report.frame_id)
+        if key in self._ended:  # nobody waits for it any more: no idle time, only the work
+            self._carry_j += self._joules(cost, waits=False)
+            return
+        self._costs.setdefault(key, {}).update(cost)
+        _bound(self._costs, self._memory)
+
+    def _joules(self, costs: dict[str, float], waits: bool) -> float:
+        wait = max(0.0, costs.get('cloud_ms', 0.0) - costs.get('edge_ms', 0.0))
+        return self._model.joules(costs.get('edge_ms', 0.0), int(costs.get('bytes', 0)),
+                                  REPLY_BYTES if 'replied' in costs else 0,
+                                  wait if waits else 0.0)
 
     def annotate(self, outcomes: list[Any]) -> list[Any]:
         """The outcomes with ``energy_j`` and ``energy_measured`` on their records."""
@@ -51,17 +73,22 @@ class FrameEnergy:
         out = []
         for outcome in outcomes:
             rec = outcome.record
-            costs = self._costs.pop((rec.stamp_ns, rec.frame_id), {})
-            if measured is not None:
-                joules, is_measured = measured.joules, True
+            key = (rec.stamp_ns, rec.frame_id)
+            costs = self._costs.pop(key, {})
+            self._ended[key] = None
+            _bound(self._ended, self._memory)
+            if measured is not None:  # the meter saw the late work too
+                joules, is_measured, self._carry_j = measured.joules, True, 0.0
             else:
-                waits = 'cloud_ms' in costs and rec.route != 'edge'  # a probe does not wait
-                joules = self._model.joules(
-                    costs.get('edge_ms', 0.0), int(costs.get('bytes', 0)),
-                    REPLY_BYTES if 'bytes' in costs else 0,
-                    max(0.0, costs.get('cloud_ms', 0.0) - costs.get('edge_ms', 0.0))
-                    if waits else 0.0)
-                is_measured = False
+                # Only a frame routed to the cloud waits for it; a probe on the edge route
+                # does not.
+                joules = self._joules(costs, waits=rec.route != 'edge') + self._carry_j
+                is_measured, self._carry_j = False, 0.0
             out.append(replace(outcome, record=replace(rec, energy_j=joules,
                                                        energy_measured=is_measured)))
         return out
+
+
+def _bound(table: dict[Any, Any], size: int) -> None:
+    while len(table) > size:
+        table.pop(next(iter(table)))
