@@ -2,9 +2,8 @@
 
 The manager keeps what each frame cost from the workers' reports (edge inference time, bytes
 sent, the cloud's round trip). When the frame ends, the modelled energy comes from the robot's
-device profile; with a working reader (RAPL, NVML, BatteryState) the energy measured since
-the previous outcomes is shared among the frames that ended, and the record says
-``energy_measured``.
+device profile; with a working reader (RAPL, NVML) the energy measured since the previous
+outcomes is shared among the frames that ended, and the record says ``energy_measured``.
 """
 
 from __future__ import annotations
