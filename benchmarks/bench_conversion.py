@@ -11,10 +11,9 @@ import argparse
 import time
 from typing import Any, Callable
 
-import numpy as np
-
 from adaptive_offload.conversions import frame_to_message, image_to_frame
 from adaptive_offload.typestore import make_typestore, message_types
+import numpy as np
 
 
 def timed(fn: Callable[[], Any], runs: int) -> tuple[float, float]:

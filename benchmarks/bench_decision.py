@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import time
 
-from adaptive_offload.evaluate import EvalOptions, _manager
+from adaptive_offload.evaluate import _manager, EvalOptions
 from health_monitor.scenario import parse_scenario
-from offload_manager.core import OffloadManager, default_devices_file
+from offload_manager.core import default_devices_file, OffloadManager
 from offload_manager.energy import load_devices
 from offload_manager.simulate import NetworkProfile, SimSettings, Simulation
 
 
 def warmed(policy: str, frames: int) -> tuple[OffloadManager, float]:
-    """A manager after ``frames`` simulated frames, and the wall time the simulation took."""
+    """Run ``frames`` simulated frames; return the manager and the wall time they took."""
     devices = load_devices(default_devices_file())
     manager = OffloadManager(_manager(EvalOptions(scenarios=[]), policy, 'raspberry_pi_5'))
     sim = Simulation(manager, devices['raspberry_pi_5'], devices['gpu_server'],

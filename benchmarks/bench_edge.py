@@ -12,21 +12,20 @@ Run: ``.venv/bin/python benchmarks/bench_edge.py [--frames 100] [--minutes 1.0]`
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import tempfile
 import threading
 import time
-from pathlib import Path
-
-import numpy as np
 
 from adaptive_offload.conversions import frame_to_message
+from adaptive_offload.datatypes import Decision
 from adaptive_offload.typestore import make_typestore, message_types
-from adaptive_offload.types import Decision
 from adaptive_offload.worker import DecisionHolder, FrameWorker
-from edge_inference.backends import BackendOptions, DetectorBackend, create_backend
-from edge_inference.core import EdgeConfig, build_edge
+from edge_inference.backends import BackendOptions, create_backend, DetectorBackend
+from edge_inference.core import build_edge, EdgeConfig
 from edge_inference.export import export_model
 from edge_inference.ultralytics_backend import prepare_offline
+import numpy as np
 
 
 def fps(backend: DetectorBackend, frames: list[np.ndarray], imgsz: int) -> float:

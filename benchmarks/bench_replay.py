@@ -10,17 +10,16 @@ Run: ``.venv/bin/python benchmarks/bench_replay.py [--frames 300] [--imgsz 640]`
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import tempfile
 import time
-from pathlib import Path
-
-from rosbags.rosbag2 import Reader
 
 from adaptive_offload.conversions import image_to_frame
 from adaptive_offload.replay import Replay, ReplayOptions
 from adaptive_offload.samplebag import SampleSpec, write_sample_bag
 from adaptive_offload.typestore import make_typestore
 from edge_inference.ultralytics_backend import prepare_offline
+from rosbags.rosbag2 import Reader
 
 
 def bare_loop(bag: Path, imgsz: int) -> float:

@@ -14,19 +14,18 @@ Run: ``.venv/bin/python benchmarks/bench_service.py [--requests 30] [--runtime b
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
-from pathlib import Path
-
-import numpy as np
 
 from adaptive_offload.conversions import encode_image
 from cloud_bridge.rcnn import RcnnDetector
 from cloud_bridge.transport import make_transport
+import numpy as np
 
 ARCH = 'fasterrcnn_mobilenet_v3_large_320_fpn'
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,17 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-import pytest
-
 from adaptive_offload.conversions import MessageTypes
 from adaptive_offload.samplebag import SampleSpec, write_sample_bag
 from adaptive_offload.typestore import make_typestore, message_types
 from helpers import FakeBackend
+import pytest
 
 
 @pytest.fixture(params=['humble', 'jazzy'])
 def store(request: pytest.FixtureRequest) -> object:
-    """A rosbags typestore of each supported distribution, with vision_msgs."""
+    """Return a rosbags typestore of each supported distribution, with vision_msgs."""
     return make_typestore(request.param)
 
 
@@ -27,13 +26,13 @@ def types() -> MessageTypes:
 
 @pytest.fixture
 def fake_backend_factory() -> Callable[..., FakeBackend]:
-    """A backend factory for Replay that builds :class:`FakeBackend`."""
+    """Return a backend factory for Replay that builds :class:`FakeBackend`."""
     return lambda name, options: FakeBackend()
 
 
 @pytest.fixture(scope='session')
 def sample_bag_300(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 300-frame 160x120 rgb8 bag at 30 fps (built once per session)."""
+    """Write a 300-frame 160x120 rgb8 bag at 30 fps (built once per session)."""
     path = tmp_path_factory.mktemp('bags') / 'sample300'
     write_sample_bag(path, SampleSpec(frames=300, fps=30, width=160, height=120))
     return path
@@ -41,5 +40,5 @@ def sample_bag_300(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope='session')
 def yolo_config_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """An ultralytics settings folder private to the test session."""
+    """Make an ultralytics settings folder private to the test session."""
     return str(tmp_path_factory.mktemp('ultralytics'))

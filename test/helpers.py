@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
-
-from adaptive_offload.types import Detection
+from adaptive_offload.datatypes import Detection
 from edge_inference.backends import BackendOptions
 from edge_inference.core import EdgeConfig, EdgeInference
 from edge_inference.models import ModelPool
+import numpy as np
 
 
 class FakeBackend:
@@ -51,7 +50,7 @@ class ManualClock:
 
 def fake_edge(config_values: dict | None = None, backend: FakeBackend | None = None,
               clock: Callable[[], int] | None = None) -> EdgeInference:
-    """An edge core whose default model is ``backend`` (a :class:`FakeBackend` by default)."""
+    """Build an edge core whose default model is ``backend`` (default a :class:`FakeBackend`)."""
     config = EdgeConfig.from_params({'model': 'x.yaml', **(config_values or {})})
     fake = backend or FakeBackend()
     pool = ModelPool(config.default_model(), [], lambda name, options: fake,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from adaptive_offload.datatypes import FrameRecord, InferenceReport, Route
+from offload_manager.policies import create_policy, Plan, PolicySettings
 import pytest
-
-from adaptive_offload.types import FrameRecord, InferenceReport, Route
-from offload_manager.policies import Plan, PolicySettings, create_policy
 
 DEADLINE = 100.0
 
@@ -23,8 +22,8 @@ class FakeEnergy:
 def _settings(**overrides: Any) -> PolicySettings:
     defaults = Plan(route=Route.EDGE, edge_model='yolov8n', edge_imgsz=320, jpeg_quality=75,
                     cloud_max_side=0, offload_every=1, hedge_delay_ms=0.0, reason='')
-    values = dict(energy=FakeEnergy(), edge_options=('yolov8n@320', 'yolov8n@640'),
-                  cloud_model='fasterrcnn_resnet50_fpn_v2', probe_every=10)
+    values = {'energy': FakeEnergy(), 'edge_options': ('yolov8n@320', 'yolov8n@640'),
+              'cloud_model': 'fasterrcnn_resnet50_fpn_v2', 'probe_every': 10}
     values.update(overrides)
     return PolicySettings(DEADLINE, Route.EDGE, defaults, **values)
 

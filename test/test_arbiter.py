@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from adaptive_offload.types import Decision, Detection, DetectionSet, InferenceReport, Route
-from offload_manager.arbiter import HEDGE_GUARD_MS, Arbiter
+from adaptive_offload.datatypes import Decision, Detection, DetectionSet, InferenceReport, Route
+from offload_manager.arbiter import Arbiter, HEDGE_GUARD_MS
 
 MS = 1_000_000
 
@@ -160,8 +160,11 @@ def test_several_edge_targets_earliest_result_is_used() -> None:
 
 
 def test_a_refused_duplicate_does_not_decide_the_original_frame() -> None:
-    """The worker refuses a repeated stamp; its report shares the original's key and may
-    arrive before the original's result (seen under ROS): the original must still publish."""
+    """Publish the original frame even when a refused duplicate's report comes first.
+
+    The worker refuses a repeated stamp; its report shares the original's key and may arrive
+    before the original's result (seen under ROS).
+    """
     arb = Arbiter()
     arb.frame_arrived(60, 'cam', 0, _decision(Route.EDGE))
     dup = arb.frame_arrived(60, 'cam', 1, _decision(Route.EDGE))

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 from adaptive_offload.errors import ConfigError
 from cloud_bridge.batching import AdaptiveBatcher
+import pytest
 
 
 class _GatedModel:

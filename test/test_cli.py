@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
-from pathlib import Path
-
-import pytest
 
 from adaptive_offload.cli import main
+import pytest
 
 
 def test_sample_bag_every_encoding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

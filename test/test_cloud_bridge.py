@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import base64
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterator
 
+from adaptive_offload.conversions import frame_to_message, MessageTypes
+from adaptive_offload.datatypes import Decision, Route
+from adaptive_offload.errors import CloudError, ConfigError
+from cloud_bridge.core import CloudBridge, CloudConfig
+from cloud_bridge.transport import parse_v2_reply, V2RestTransport
 import cv2
 import numpy as np
 import pytest
-
-from adaptive_offload.conversions import MessageTypes, frame_to_message
-from adaptive_offload.errors import CloudError, ConfigError
-from adaptive_offload.types import Decision, Route
-from cloud_bridge.core import CloudBridge, CloudConfig
-from cloud_bridge.transport import V2RestTransport, parse_v2_reply
 
 
 class _V2Handler(BaseHTTPRequestHandler):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
-import pytest
-
-from adaptive_offload.conversions import (
-    boxes_from_arrays, detections_to_message, diagnostics_to_health, encode_image,
-    frame_to_message, header, health_to_diagnostics, image_to_frame, message_to_detections)
+from adaptive_offload.conversions import (boxes_from_arrays, detections_to_message,
+                                          diagnostics_to_health, encode_image, frame_to_message,
+                                          header, health_to_diagnostics, image_to_frame,
+                                          message_to_detections)
+from adaptive_offload.datatypes import Detection, DetectionSet, HealthStatus, Level
 from adaptive_offload.errors import ConversionError
 from adaptive_offload.typestore import message_types
-from adaptive_offload.types import Detection, DetectionSet, HealthStatus, Level
+import numpy as np
+import pytest
 
 RNG = np.random.default_rng(7)
 BGR = RNG.integers(0, 255, (17, 33, 3), np.uint8)  # odd sizes on purpose

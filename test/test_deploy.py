@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from adaptive_offload.cli import build_parser
 import kubernetes_validate
 import pytest
 import yaml
-
-from adaptive_offload.cli import build_parser
 
 DEPLOY = Path(__file__).resolve().parents[1] / 'deploy'
 CORE = ('deployment.yaml', 'service.yaml', 'hpa.yaml')
@@ -32,8 +31,10 @@ def test_hpa_is_autoscaling_v2_on_the_deployment() -> None:
 
 
 def test_inference_service_containers_are_valid_kubernetes_containers() -> None:
-    """kubernetes-validate has no schema for KServe's CRD; its predictor holds standard
-    Container and Volume objects, which are validated strictly inside a Pod."""
+    """Validate the predictor's Container and Volume objects strictly inside a Pod.
+
+    kubernetes-validate has no schema for KServe's CRD, but its predictor holds standard ones.
+    """
     isvc = _load('inferenceservice.yaml')
     assert (isvc['apiVersion'], isvc['kind']) == ('serving.kserve.io/v1beta1',
                                                   'InferenceService')

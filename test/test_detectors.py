@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+import threading
+import time
 
-import numpy as np
-import pytest
-
-from adaptive_offload.types import HealthEvent, InferenceReport, Level
+from adaptive_offload.datatypes import HealthEvent, InferenceReport, Level
 from health_monitor.checks import CloudCheck
 from health_monitor.core import HealthConfig, HealthMonitor
-from health_monitor.detectors import (ANOMALY_DETECTORS, BandwidthCheck, ReadinessCheck,
-                                      ReadinessProber, http_ready_probe)
+from health_monitor.detectors import (ANOMALY_DETECTORS, BandwidthCheck, http_ready_probe,
+                                      ReadinessCheck, ReadinessProber)
 from health_monitor.history import FailureLog, load_outcomes
+import numpy as np
+import pytest
 
 S = 1_000_000_000
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-
-from adaptive_offload.conversions import MessageTypes, frame_to_message
+from adaptive_offload.conversions import frame_to_message, MessageTypes
+from adaptive_offload.datatypes import Decision, Detection, DetectionSet, Route
 from adaptive_offload.drawing import annotate_message, colour_of
-from adaptive_offload.types import Decision, Detection, DetectionSet, Route
+import numpy as np
 from offload_manager.annotate import Annotator
 from offload_manager.arbiter import Arbiter
 

@@ -6,12 +6,11 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 from adaptive_offload.errors import ConfigError
 from offload_manager.core import default_devices_file
-from offload_manager.energy import (READERS, BatteryReader, EnergyModel, MeasuredEnergy,
-                                    NvmlReader, RaplReader, load_devices)
+from offload_manager.energy import (BatteryReader, EnergyModel, load_devices, MeasuredEnergy,
+                                    NvmlReader, RaplReader, READERS)
+import pytest
 
 
 def test_shipped_profiles_load_with_every_figure() -> None:
@@ -115,7 +114,7 @@ def test_measured_energy_is_shared_among_the_frames_that_ended() -> None:
 
 
 def test_records_carry_modelled_or_measured_energy() -> None:
-    from adaptive_offload.types import FrameRecord, InferenceReport
+    from adaptive_offload.datatypes import FrameRecord, InferenceReport
     from offload_manager.arbiter import Outcome
     from offload_manager.frame_energy import FrameEnergy
 

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import csv
-import statistics
 from pathlib import Path
+import statistics
 from typing import Any
 
-import pytest
-
 from adaptive_offload.cli import main
-from adaptive_offload.evaluate import EvalOptions, _manager, evaluate
+from adaptive_offload.evaluate import _manager, EvalOptions, evaluate
 from health_monitor.scenario import parse_scenario
-from offload_manager.core import OffloadManager, default_devices_file
+from offload_manager.core import default_devices_file, OffloadManager
 from offload_manager.energy import load_devices
 from offload_manager.simulate import NetworkProfile, SimSettings, Simulation
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
+from adaptive_offload.datatypes import Detection
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.types import Detection
+import numpy as np
 from offload_manager.accuracy import AccuracyModel, agreement_f1, prior
 from offload_manager.availability import AvailabilityPredictor
-from offload_manager.models import ArForecaster, BandwidthEstimator, LatencyBook
-from offload_manager.models import SlidingQuantiles, tail_probability
+from offload_manager.models import (ArForecaster, BandwidthEstimator, LatencyBook,
+                                    SlidingQuantiles, tail_probability)
+import pytest
 
 
 def test_quantiles_match_numpy_and_follow_the_window() -> None:

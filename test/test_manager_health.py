@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
-
+from adaptive_offload.datatypes import Detection, DetectionSet, InferenceReport, Level, Route
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.types import Detection, DetectionSet, InferenceReport, Level, Route
 from health_monitor.checks import CloudCheck, TopicRateCheck
 from health_monitor.core import HealthConfig, HealthMonitor
 from offload_manager.core import ManagerConfig, OffloadManager
-from offload_manager.policies import POLICIES, create_policy
+from offload_manager.policies import create_policy, POLICIES
+import pytest
 
 S = 1_000_000_000
 

@@ -3,26 +3,25 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from typing import Any, Iterator
 import urllib.error
 import urllib.request
-from pathlib import Path
-from typing import Any, Iterator
 
+from adaptive_offload.conversions import frame_to_message, MessageTypes
+from adaptive_offload.datatypes import Decision, Route
+from adaptive_offload.errors import CloudError
+from cloud_bridge.core import CloudBridge
+from cloud_bridge.transport import make_transport, V2GrpcTransport, V2RestTransport
 import cv2
 import numpy as np
 import pytest
-
-from adaptive_offload.conversions import MessageTypes, frame_to_message
-from adaptive_offload.errors import CloudError
-from adaptive_offload.types import Decision, Route
-from cloud_bridge.core import CloudBridge
-from cloud_bridge.transport import V2GrpcTransport, V2RestTransport, make_transport
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = 's3cret'

@@ -5,16 +5,15 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+from adaptive_offload.conversions import frame_to_message, MessageTypes
+from adaptive_offload.datatypes import Decision
+from adaptive_offload.errors import BackendError, ConfigError
+from edge_inference.backends import BackendOptions
+from edge_inference.core import build_edge, EdgeConfig
+from edge_inference.models import ModelPool, ModelSpec, parse_models
+from helpers import FakeBackend
 import numpy as np
 import pytest
-
-from adaptive_offload.conversions import MessageTypes, frame_to_message
-from adaptive_offload.errors import BackendError, ConfigError
-from adaptive_offload.types import Decision
-from helpers import FakeBackend
-from edge_inference.backends import BackendOptions
-from edge_inference.core import EdgeConfig, build_edge
-from edge_inference.models import ModelPool, ModelSpec, parse_models
 
 
 class Loader:

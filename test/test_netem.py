@@ -9,13 +9,12 @@ import sys
 import time
 from typing import Iterator
 
-import pytest
-
 from adaptive_offload.errors import ConfigError
 from health_monitor import netem
 from health_monitor.netem import NetemInjector, netns_support, NetnsLink, qdisc_support
 from health_monitor.scenario import Fault, parse_scenario
 from helpers import ManualClock
+import pytest
 
 S = 1_000_000_000
 PORT = 9000  # the namespace is ours alone: no other listener can hold it
@@ -75,7 +74,7 @@ def test_a_failed_open_undoes_what_was_done() -> None:
     run = Recorder(fail='addr')  # fails at addressing the host end
     link = NetnsLink('ao', run=run, pid=1)
     with pytest.raises(OSError, match='refused'):
-        link.open()
+        link.create()
     assert run.take()[-2:] == [f'ip link del {link.host_veth}', f'ip netns del {link.namespace}']
     link.close()
     assert run.take() == []
@@ -88,7 +87,7 @@ def test_names_too_long_are_refused() -> None:
 
 def test_apply_maps_faults_to_qdiscs_and_only_changes_what_changed() -> None:
     run = Recorder()
-    link = _link(run).open()
+    link = _link(run).create()
     run.take()
     dev = f'dev {link.host_veth}'
     link.apply([_fault('bandwidth', mbps=2)])
@@ -113,7 +112,7 @@ def test_apply_maps_faults_to_qdiscs_and_only_changes_what_changed() -> None:
 
 def test_the_injector_applies_the_timeline_only_on_changes() -> None:
     run, clock = Recorder(), ManualClock(0)
-    link = _link(run).open()
+    link = _link(run).create()
     run.take()
     scenario = parse_scenario({'faults': [
         {'kind': 'bandwidth', 'start_s': 1, 'duration_s': 2, 'mbps': 8},
@@ -149,7 +148,7 @@ def test_support_probes_explain_what_is_missing(monkeypatch: pytest.MonkeyPatch)
 
 # --- as root: a real namespace --------------------------------------------------------------
 
-SINK = '''
+SINK = """
 import socket, sys
 server = socket.create_server((sys.argv[1], int(sys.argv[2])))
 print('ready', flush=True)
@@ -161,12 +160,12 @@ while True:
         total += len(data)
     conn.sendall(str(total).encode())
     conn.close()
-'''
+"""
 
 
 @pytest.fixture
 def link() -> Iterator[NetnsLink]:
-    """A real namespace and veth pair (skips without the privileges)."""
+    """Create a real namespace and veth pair (skips without the privileges)."""
     reason = netns_support()
     if reason is not None:
         pytest.skip(reason)
@@ -176,7 +175,7 @@ def link() -> Iterator[NetnsLink]:
 
 @pytest.fixture
 def sink(link: NetnsLink) -> Iterator[tuple[str, int]]:
-    """A server in the namespace that counts the bytes of each connection and says how many."""
+    """Serve in the namespace, answering each connection with the count of its bytes."""
     proc = subprocess.Popen(link.exec_argv([sys.executable, '-c', SINK, link.ns_address,
                                             str(PORT)]), stdout=subprocess.PIPE, text=True)
     try:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 from adaptive_offload.cli import main
+from adaptive_offload.datatypes import Detection
 from adaptive_offload.errors import BackendError
-from adaptive_offload.types import Detection
 from edge_inference.backends import BackendOptions, create_backend
 from edge_inference.onnx_backend import letterbox
 from edge_inference.ultralytics_backend import prepare_offline
+import numpy as np
+import pytest
 
 
 @pytest.fixture(scope='module')

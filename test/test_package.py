@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import ast
 import os
+from pathlib import Path
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-
-import pytest
 
 from adaptive_offload.params import load_params_file, node_params, resolve
 from cloud_bridge.core import PARAMETERS as CLOUD
 from edge_inference.core import PARAMETERS as EDGE
 from health_monitor.core import PARAMETERS as HEALTH
 from offload_manager.core import PARAMETERS as MANAGER
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NODES = {'edge_inference': EDGE, 'cloud_bridge': CLOUD, 'offload_manager': MANAGER,

@@ -10,11 +10,10 @@ import threading
 import time
 from typing import Iterator
 
-import pytest
-
 from health_monitor.proxy import FaultProxy
 from health_monitor.scenario import parse_scenario, Scenario
 from helpers import ManualClock
+import pytest
 
 S = 1_000_000_000
 TIMEOUT_S = 3.0
@@ -25,6 +24,8 @@ def _scenario(*faults: dict) -> Scenario:
 
 
 class _Echo(socketserver.BaseRequestHandler):
+    """Echo every byte back, counting connections on the server."""
+
     def handle(self) -> None:
         self.server.accepted += 1  # type: ignore[attr-defined]
         self.request.settimeout(TIMEOUT_S)
@@ -36,6 +37,8 @@ class _Echo(socketserver.BaseRequestHandler):
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
+    """Answer every GET with an empty detection list."""
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         body = b'{"detections": []}'
         self.send_response(200)
@@ -60,7 +63,7 @@ def _serve(server: socketserver.TCPServer) -> Iterator[socketserver.TCPServer]:
 
 @pytest.fixture
 def echo() -> Iterator[socketserver.TCPServer]:
-    """A threaded echo server on a free loopback port, counting its connections."""
+    """Start a threaded echo server on a free loopback port, counting its connections."""
     server = socketserver.ThreadingTCPServer(('127.0.0.1', 0), _Echo)
     server.daemon_threads = True
     server.block_on_close = False

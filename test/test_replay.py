@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
+import time
 from typing import Any, Callable
 
-import numpy as np
-import pytest
-from rosbags.rosbag2 import Reader
-
-from adaptive_offload.bagio import SENSOR_QOS, OutputBag
+from adaptive_offload.bagio import OutputBag, SENSOR_QOS
 from adaptive_offload.conversions import encode_image, frame_to_message, header
+from adaptive_offload.datatypes import FrameRecord
 from adaptive_offload.errors import BackendError, BagError
-from cloud_bridge.service import ServiceConfig
 from adaptive_offload.replay import Replay, ReplayOptions
 from adaptive_offload.samplebag import SampleSpec, write_sample_bag
 from adaptive_offload.typestore import make_typestore, message_types
-from adaptive_offload.types import FrameRecord
+from cloud_bridge.service import ServiceConfig
+import numpy as np
+import pytest
+from rosbags.rosbag2 import Reader
 
 RAW = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
@@ -76,7 +75,7 @@ def test_max_frames_and_real_time_pacing_without_sleeping(
 
 
 def _defect_bag(path: Path) -> list[str]:
-    """A raw-image bag with one frame per defect; returns the expected drop reasons."""
+    """Write a raw-image bag with one frame per defect; return the expected drop reasons."""
     store = make_typestore('jazzy')
     types = message_types(store)
     img = np.full((24, 32, 3), 128, np.uint8)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from adaptive_offload.conversions import MessageTypes, frame_to_message
+from adaptive_offload.conversions import frame_to_message, MessageTypes
+from adaptive_offload.datatypes import Decision, Route
 from adaptive_offload.errors import CloudError
-from adaptive_offload.types import Decision, Route
 from cloud_bridge.core import CloudBridge
 from cloud_bridge.resilience import BreakerState, CircuitBreaker, LinkEstimator
 from cloud_bridge.transport import CloudReply
 from helpers import ManualClock
+import numpy as np
 
 MS = 1_000_000
 

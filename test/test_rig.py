@@ -6,17 +6,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
+from adaptive_offload.datatypes import Decision
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.replay import Replay, ReplayOptions
 from adaptive_offload.samplebag import SampleSpec, write_sample_bag
-from adaptive_offload.types import Decision
 from cloud_bridge.service import ServiceConfig
 from health_monitor.process import CpuHogs
 from health_monitor.rig import FaultRig, StallingProcessor
 from health_monitor.scenario import load_scenario, parse_scenario
 from helpers import ManualClock
+import pytest
 
 ARCH = 'fasterrcnn_mobilenet_v3_large_320_fpn'
 
@@ -26,6 +25,8 @@ def _scenario(*faults: dict) -> Any:
 
 
 class _Core:
+    """An edge core that counts the frames it processes."""
+
     def __init__(self) -> None:
         self.calls = 0
 

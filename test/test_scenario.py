@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 from adaptive_offload.errors import CloudError, ConfigError
 from cloud_bridge.transport import CloudReply
 from health_monitor.injectors import FaultInjectingTransport
 from health_monitor.scenario import load_scenario, parse_scenario
 from helpers import ManualClock
+import numpy as np
+import pytest
 
 S = 1_000_000_000
 
@@ -49,6 +48,8 @@ def test_invalid_scenarios_name_the_problem(faults: list, message: str) -> None:
 
 
 class Inner:
+    """A transport that records each request's timeout."""
+
     def __init__(self) -> None:
         self.calls: list[float] = []
 

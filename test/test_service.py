@@ -5,34 +5,33 @@ from __future__ import annotations
 import base64
 import json
 import os
+from pathlib import Path
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
+from typing import Any, Iterator
 import urllib.error
 import urllib.request
-from pathlib import Path
-from typing import Any, Iterator
 
+from adaptive_offload.datatypes import Decision, Route
+from adaptive_offload.errors import CloudError
+from cloud_bridge.core import CloudBridge
+from cloud_bridge.rcnn import coco_categories, RcnnDetector
+from cloud_bridge.service import InferenceService, ServiceConfig
+from cloud_bridge.transport import V2RestTransport
 import cv2
 import numpy as np
 import pytest
-
-from adaptive_offload.errors import CloudError
-from adaptive_offload.types import Decision, Route
-from cloud_bridge.core import CloudBridge
-from cloud_bridge.rcnn import RcnnDetector, coco_categories
-from cloud_bridge.service import InferenceService, ServiceConfig
-from cloud_bridge.transport import V2RestTransport
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
 def detector() -> RcnnDetector:
-    """The smallest architecture, random weights, every detection kept."""
+    """Build the smallest architecture, random weights, every detection kept."""
     return RcnnDetector('fasterrcnn_mobilenet_v3_large_320_fpn', score_threshold=0.0,
                         threads=2)
 
@@ -282,13 +281,12 @@ def test_hedged_replay_keeps_every_frame_when_the_service_dies(
 
 def test_replay_with_an_outage_scenario_measures_detection_and_recovery(
         detector: RcnnDetector, tmp_path: Path, fake_backend_factory: Any) -> None:
-    from rosbags.rosbag2 import Reader
-
+    from adaptive_offload.datatypes import FaultEvent
     from adaptive_offload.replay import Replay, ReplayOptions
     from adaptive_offload.samplebag import SampleSpec, write_sample_bag
     from adaptive_offload.typestore import make_typestore
-    from adaptive_offload.types import FaultEvent
     from health_monitor.scenario import parse_scenario
+    from rosbags.rosbag2 import Reader
 
     svc = _start(ServiceConfig(port=0), detector)
     try:

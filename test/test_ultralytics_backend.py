@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
+import socket
 from typing import Any
-
-import numpy as np
-import pytest
 
 from adaptive_offload.errors import BackendError, ConfigError
 from edge_inference.backends import BackendOptions, class_indices, create_backend
+import numpy as np
+import pytest
 
 
 @pytest.fixture(scope='module')
@@ -24,8 +23,11 @@ def test_untrained_coco_architecture_gets_coco_names(yolo: Any) -> None:
 
 
 def test_detections_are_in_the_original_pixel_frame(yolo: Any) -> None:
-    """Random weights give low-confidence boxes; with conf 0 they exist, and must lie inside
-    the original (non-square, not network-sized) image, not the letterboxed input."""
+    """Keep boxes inside the original (non-square, not network-sized) image.
+
+    Random weights give low-confidence boxes; with conf 0 they exist, and must not be in the
+    letterboxed input's frame.
+    """
     image = np.random.default_rng(1).integers(0, 255, (90, 250, 3), np.uint8)
     dets = yolo.infer(image, 160, 0.0, 0.7, None, 50)
     assert 0 < len(dets) <= 50

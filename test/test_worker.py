@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
-import pytest
-
-from adaptive_offload.conversions import MessageTypes, frame_to_message
+from adaptive_offload.conversions import frame_to_message, MessageTypes
+from adaptive_offload.datatypes import Decision, Route
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.gate import StampGate
-from adaptive_offload.mailbox import LatestSlot
-from adaptive_offload.types import Decision, Route
+from adaptive_offload.handoff import LatestSlot
 from adaptive_offload.worker import DecisionHolder, FrameWorker
-from helpers import FakeBackend, ManualClock, fake_edge
 from edge_inference.core import EdgeInference
+from helpers import fake_edge, FakeBackend, ManualClock
+import numpy as np
+import pytest
 
 
 def _image(types: MessageTypes, stamp: int, encoding: str = 'rgb8') -> object:
@@ -143,8 +142,11 @@ def test_frame_worker_reports_every_frame_once(types: MessageTypes) -> None:
 
 
 def test_frame_worker_latency_does_not_grow_when_frames_come_faster(types: MessageTypes) -> None:
-    """A frame every 10 ms, the worker free every 40 ms: each processed frame waited 10 ms,
-    however long the stream (a FIFO queue would make the wait grow without bound)."""
+    """Keep each processed frame's wait at 10 ms however long the stream.
+
+    A frame every 10 ms, the worker free every 40 ms: a FIFO queue would make the wait grow
+    without bound.
+    """
     clock = ManualClock()
     core = fake_edge(clock=clock)
     arrivals: dict[int, int] = {}

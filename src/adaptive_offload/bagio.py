@@ -6,19 +6,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability
-from rosbags.interfaces import QosTime
+from adaptive_offload.errors import BagError
+from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness, QosReliability,
+                                QosTime)
 from rosbags.rosbag2 import Reader, Writer
 from rosbags.rosbag2.enums import StoragePlugin
-
-from adaptive_offload.errors import BagError
 
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 _ZERO = QosTime(sec=0, nsec=0)
 
 
 def qos(depth: int, reliable: bool, latched: bool = False) -> Qos:
-    """A QoS profile as recorded in bag metadata (what ``ros2 bag play`` offers)."""
+    """Return a QoS profile as recorded in bag metadata (what ``ros2 bag play`` offers)."""
     return Qos(history=QosHistory.KEEP_LAST, depth=depth,
                reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
                durability=QosDurability.TRANSIENT_LOCAL if latched else QosDurability.VOLATILE,

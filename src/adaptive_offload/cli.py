@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
+import sys
 from typing import Any, Sequence
 
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
@@ -19,6 +19,8 @@ EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors exit with EXIT_USAGE."""
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USAGE, f'{self.prog}: error: {message}\n')
 
@@ -38,7 +40,7 @@ def _rate(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
+    """Return the argument parser of every subcommand."""
     from adaptive_offload.samplebag import SAMPLE_ENCODINGS
 
     parser = _Parser(prog='adaptive-offload', description=__doc__.splitlines()[0])
@@ -166,7 +168,7 @@ def _sample_bag(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from cloud_bridge.service import ServiceConfig, serve
+    from cloud_bridge.service import serve, ServiceConfig
 
     if args.max_batch < 1 or args.batch_wait_ms < 0:
         raise ConfigError('--max-batch must be >= 1 and --batch-wait-ms >= 0')

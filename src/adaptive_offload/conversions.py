@@ -8,15 +8,14 @@ by keyword, because rosbags classes have no defaults.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+import math
 from typing import Any, Callable, Iterable, Sequence
 
+from adaptive_offload.datatypes import Detection, DetectionSet, Frame, HealthStatus, Level
+from adaptive_offload.errors import ConversionError
 import cv2
 import numpy as np
-
-from adaptive_offload.errors import ConversionError
-from adaptive_offload.types import Detection, DetectionSet, Frame, HealthStatus, Level
 
 # encoding -> (channels, bytes per channel, cv2 conversion to BGR or None)
 _RAW_ENCODINGS: dict[str, tuple[int, int, int | None]] = {

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from adaptive_offload.conversions import image_to_frame
+from adaptive_offload.datatypes import Detection
+from adaptive_offload.errors import ConversionError
 import cv2
 import numpy as np
-
-from adaptive_offload.conversions import image_to_frame
-from adaptive_offload.errors import ConversionError
-from adaptive_offload.types import Detection
 
 # BGR colours per source; edge targets other than the root one share the last colour.
 COLOURS = {'edge': (80, 200, 60), 'cloud': (40, 140, 255)}
@@ -17,7 +16,7 @@ OTHER = (230, 160, 40)
 
 
 def colour_of(source: str) -> tuple[int, int, int]:
-    """The colour boxes of ``source`` are drawn in."""
+    """Return the colour that boxes of ``source`` are drawn in."""
     return COLOURS.get(source, OTHER)
 
 

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-import numpy as np
-
+from adaptive_offload.datatypes import FrameRecord
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.types import FrameRecord
-from health_monitor.scenario import EDGE_KINDS, Scenario, load_scenario
+from health_monitor.scenario import EDGE_KINDS, load_scenario, Scenario
+import numpy as np
 from offload_manager.accuracy import prior
-from offload_manager.core import ManagerConfig, OffloadManager, default_devices_file
+from offload_manager.core import default_devices_file, ManagerConfig, OffloadManager
 from offload_manager.energy import DeviceProfile, load_devices
 from offload_manager.policies import POLICIES
 from offload_manager.simulate import NetworkProfile, SimSettings, Simulation

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
-import yaml
-
 from adaptive_offload.errors import ConfigError
+import yaml
 
 ParamValue = Union[bool, int, float, str, list]
 
@@ -101,7 +100,7 @@ def load_params_file(path: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def node_params(params_file: Mapping[str, Mapping[str, Any]], node: str) -> dict[str, Any]:
-    """The parameters a file gives one node: the wildcard's, then the node's own."""
+    """Return the parameters a file gives one node: the wildcard's, then the node's own."""
     merged = dict(params_file.get('/**', {}))
     merged.update(params_file.get(node, {}))
     return merged

@@ -8,31 +8,31 @@ MCAP bag.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 import queue
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from adaptive_offload import topics
-from adaptive_offload.bagio import LATCHED_QOS, RESULT_QOS, InputBag, OutputBag
-from adaptive_offload.conversions import (
-    detections_to_message, health_to_diagnostics, stamp_to_ns, string_message)
+from adaptive_offload.bagio import InputBag, LATCHED_QOS, OutputBag, RESULT_QOS
+from adaptive_offload.conversions import (detections_to_message, health_to_diagnostics,
+                                          stamp_to_ns, string_message)
+from adaptive_offload.datatypes import FaultEvent, FrameRecord, HealthEvent, InferenceReport
 from adaptive_offload.errors import BackendError, ConfigError
 from adaptive_offload.params import node_params
 from adaptive_offload.summary import summarize
 from adaptive_offload.typestore import make_typestore, message_types
-from adaptive_offload.types import FaultEvent, FrameRecord, HealthEvent, InferenceReport
 from adaptive_offload.worker import DecisionHolder, FrameWorker
 from cloud_bridge.core import CloudBridge, CloudConfig
 from cloud_bridge.service import InferenceService, ServiceConfig
-from edge_inference.backends import BackendOptions, DetectorBackend, create_backend
-from edge_inference.core import EdgeConfig, build_edge
+from edge_inference.backends import BackendOptions, create_backend, DetectorBackend
+from edge_inference.core import build_edge, EdgeConfig
 from health_monitor.core import HealthConfig, HealthMonitor
-from health_monitor.rig import FaultRig
 from health_monitor.measure import FaultMeasure, measure
+from health_monitor.rig import FaultRig
 from health_monitor.scenario import EDGE_KINDS, Scenario
 from offload_manager.core import ADAPTIVE, ManagerConfig, OffloadManager
 

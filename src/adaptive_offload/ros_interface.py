@@ -10,31 +10,30 @@ import copy
 import signal
 from typing import Any, Callable, Iterable
 
-import rclpy
-import rclpy.node
+from adaptive_offload import topics
+from adaptive_offload.conversions import detections_to_message, MessageTypes
+from adaptive_offload.datatypes import DetectionSet, InferenceReport
+from adaptive_offload.errors import AdaptiveOffloadError
+from adaptive_offload.params import ParameterSpec
+from adaptive_offload.worker import DecisionHolder, Emit
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+import rclpy
 from rclpy.executors import ExternalShutdownException
-from rclpy.qos import qos_profile_sensor_data
+import rclpy.node
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, qos_profile_sensor_data, QoSProfile,
+                       ReliabilityPolicy)
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header, String
-from vision_msgs.msg import (
-    BoundingBox2D, Detection2D, Detection2DArray, LabelInfo, ObjectHypothesis,
-    ObjectHypothesisWithPose, Point2D, Pose2D, VisionClass)
-
-from adaptive_offload import topics
-from adaptive_offload.conversions import MessageTypes, detections_to_message
-from adaptive_offload.errors import AdaptiveOffloadError
-from adaptive_offload.params import ParameterSpec
-from adaptive_offload.types import DetectionSet, InferenceReport
-from adaptive_offload.worker import DecisionHolder, Emit
+from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo,
+                             ObjectHypothesis, ObjectHypothesisWithPose, Point2D, Pose2D,
+                             VisionClass)
 
 
 def message_types() -> MessageTypes:
-    """The rclpy message classes for the conversions."""
+    """Return the rclpy message classes for the conversions."""
     return MessageTypes(
         Time=Time, Header=Header, Image=Image, CompressedImage=CompressedImage, String=String,
         Point=Point, Quaternion=Quaternion, Pose=Pose, PoseWithCovariance=PoseWithCovariance,
@@ -83,7 +82,7 @@ def declare_parameters(node: rclpy.node.Node, specs: Iterable[ParameterSpec]) ->
 
 
 def now_ns(node: rclpy.node.Node) -> int:
-    """The node's clock (ROS time, simulated under use_sim_time) in nanoseconds."""
+    """Return the node's clock (ROS time, simulated under use_sim_time) in nanoseconds."""
     return node.get_clock().now().nanoseconds
 
 
@@ -98,7 +97,7 @@ def subscribe_decisions(node: rclpy.node.Node, holder: DecisionHolder) -> Any:
 
 
 def result_publisher(node: rclpy.node.Node, det_topic: str, tel_topic: str) -> Emit:
-    """Publishers of a worker's detections and telemetry, as a :class:`FrameWorker` emit."""
+    """Create publishers of a worker's detections and telemetry, as a :class:`FrameWorker` emit."""
     types = message_types()
     det_pub = node.create_publisher(Detection2DArray, det_topic, result_qos())
     tel_pub = node.create_publisher(String, tel_topic, result_qos())

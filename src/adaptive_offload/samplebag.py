@@ -5,15 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from adaptive_offload.bagio import RESULT_QOS, SENSOR_QOS, OutputBag
-from adaptive_offload.conversions import (
-    COMPRESSED_FORMATS, detections_to_message, frame_to_message)
+from adaptive_offload.bagio import OutputBag, RESULT_QOS, SENSOR_QOS
+from adaptive_offload.conversions import (COMPRESSED_FORMATS, detections_to_message,
+                                          frame_to_message)
+from adaptive_offload.datatypes import Detection, DetectionSet
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.typestore import make_typestore, message_types
-from adaptive_offload.types import Detection, DetectionSet
+import cv2
+import numpy as np
 
 IMAGE_TOPIC = '/camera/image_raw'
 TRUTH_TOPIC = '/camera/ground_truth'

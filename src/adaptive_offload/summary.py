@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from adaptive_offload.datatypes import FrameRecord
 import numpy as np
-
-from adaptive_offload.types import FrameRecord
 
 
 def summarize(records: Sequence[FrameRecord], wall_s: float) -> dict[str, Any]:
-    """Counts, drops by reason and latency quantiles of a run.
+    """Summarise a run: counts, drops by reason and latency quantiles.
 
     Args:
         records: One record per input frame.
@@ -46,7 +45,7 @@ def summarize(records: Sequence[FrameRecord], wall_s: float) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as an aligned text table."""
+    """Return the summary as an aligned text table."""
     def ms(value: float | None) -> str:
         return '-' if value is None else f'{value:.1f} ms'
 

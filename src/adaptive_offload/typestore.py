@@ -5,11 +5,10 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-import numpy as np
-from rosbags.typesys import Stores, get_types_from_msg, get_typestore
-
 from adaptive_offload.conversions import MessageTypes
 from adaptive_offload.errors import ConfigError
+import numpy as np
+from rosbags.typesys import get_types_from_msg, get_typestore, Stores
 
 DISTROS = {'humble': Stores.ROS2_HUMBLE, 'jazzy': Stores.ROS2_JAZZY}
 

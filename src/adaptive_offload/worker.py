@@ -7,15 +7,15 @@ newest admitted frame, and every frame ends in exactly one :class:`InferenceRepo
 
 from __future__ import annotations
 
-import threading
 from dataclasses import replace
+import threading
 from typing import Any, Callable, Protocol
 
 from adaptive_offload.conversions import stamp_to_ns
+from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
 from adaptive_offload.errors import ConversionError
 from adaptive_offload.gate import StampGate
-from adaptive_offload.mailbox import LatestSlot
-from adaptive_offload.types import Decision, DetectionSet, InferenceReport
+from adaptive_offload.handoff import LatestSlot
 
 Emit = Callable[[Any, 'DetectionSet | None', InferenceReport], None]
 
@@ -60,7 +60,7 @@ class DecisionHolder:
         return ''
 
     def current(self, now_ns: int) -> Decision:
-        """The newest decision if still valid at ``now_ns``, else the fallback."""
+        """Return the newest decision if still valid at ``now_ns``, else the fallback."""
         with self._lock:
             latest = self._latest
         if latest is not None and latest.is_valid(now_ns):

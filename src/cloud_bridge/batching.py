@@ -9,9 +9,9 @@ that raises fails only if every image fails alone too.
 
 from __future__ import annotations
 
-import threading
 from collections import deque
 from concurrent.futures import Future
+import threading
 from typing import Callable, Generic, Sequence, TypeVar
 
 from adaptive_offload.errors import ConfigError

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 import threading
 import time
-from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping
 
-import cv2
-
-from adaptive_offload.conversions import boxes_from_arrays, encode_image, image_to_frame
-from adaptive_offload.conversions import stamp_to_ns
+from adaptive_offload.conversions import (boxes_from_arrays, encode_image, image_to_frame,
+                                          stamp_to_ns)
+from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
 from adaptive_offload.errors import CloudError, ConfigError, ConversionError
 from adaptive_offload.params import ParameterSpec, resolve
-from adaptive_offload.types import Decision, DetectionSet, InferenceReport
 from cloud_bridge.resilience import CircuitBreaker, LinkEstimator
 from cloud_bridge.transport import CloudReply, InferenceTransport, make_transport
+import cv2
 
 PARAMETERS = (
     ParameterSpec('url', 'grpc://127.0.0.1:8081',

@@ -17,28 +17,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from dataclasses import asdict, fields
 import functools
 import logging
 import time
-from dataclasses import asdict, fields
 from typing import Any, Callable, Mapping
-
-from mlserver import MLModel
-from mlserver.errors import MLServerError
-from mlserver.types import InferenceRequest, InferenceResponse
 
 from adaptive_offload.errors import ConfigError
 from cloud_bridge.batching import AdaptiveBatcher
 from cloud_bridge.rcnn import RcnnDetector
-from cloud_bridge.service import (RequestError, ServiceConfig, decode_image,
-                                  server_time_parameters, v2_response)
+from cloud_bridge.service import (decode_image, RequestError, server_time_parameters,
+                                  ServiceConfig, v2_response)
+from mlserver import MLModel
+from mlserver.errors import MLServerError
+from mlserver.types import InferenceRequest, InferenceResponse
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
 
 
 @functools.lru_cache(maxsize=1)
 def _metrics() -> tuple[Any, Any]:
-    """The runtime's Prometheus metrics, created once per process (registering twice fails)."""
+    """Return the runtime's Prometheus metrics, made once per process (twice fails)."""
     from prometheus_client import Counter, Histogram
 
     return (Counter('adaptive_offload_rejected_requests', 'Requests the runtime refused',
@@ -48,7 +47,7 @@ def _metrics() -> tuple[Any, Any]:
 
 
 def config_from_extra(extra: Mapping[str, Any] | None) -> ServiceConfig:
-    """A :class:`ServiceConfig` from a model-settings ``parameters.extra`` mapping.
+    """Return a :class:`ServiceConfig` from a model-settings ``parameters.extra`` mapping.
 
     Raises:
         ConfigError: For unknown keys or values of the wrong type.
@@ -145,7 +144,7 @@ class RcnnRuntime(MLModel):
 
 
 def mlserver_settings(config: ServiceConfig, grpc_port: int, metrics_port: int) -> tuple[Any, Any]:
-    """The server and model settings that run ``config`` on MLServer.
+    """Return the server and model settings that run ``config`` on MLServer.
 
     Returns:
         ``(Settings, ModelSettings)``; the model runs in the server process (no parallel

@@ -5,13 +5,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from rclpy.node import Node
-
 from adaptive_offload import ros_interface as ros
 from adaptive_offload import topics
-from adaptive_offload.types import Decision
+from adaptive_offload.datatypes import Decision
 from adaptive_offload.worker import DecisionHolder, FrameWorker
-from cloud_bridge.core import PARAMETERS, CloudConfig
+from cloud_bridge.core import CloudConfig, PARAMETERS
+from rclpy.node import Node
 
 
 class CloudBridgeNode(Node):

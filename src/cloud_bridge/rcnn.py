@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
+import threading
 from typing import Any, Callable
 
-import numpy as np
-
 from adaptive_offload.errors import BackendError, ConfigError
+import numpy as np
 
 
 def _builder(name: str) -> Callable[..., Any]:
@@ -43,7 +42,7 @@ class Detections:
 
 
 def coco_categories() -> list[str]:
-    """The 91 COCO category slots torchvision's detection models predict (index 0 background)."""
+    """Return the 91 COCO category slots of torchvision's detectors (index 0 background)."""
     from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
     return list(FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta['categories'])

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import enum
 from collections import deque
+import enum
 
 import numpy as np
 

@@ -9,23 +9,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections import Counter
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
 import logging
 import re
 import socket
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-import cv2
-import numpy as np
 
 from adaptive_offload.errors import AdaptiveOffloadError
 from cloud_bridge.batching import AdaptiveBatcher
 from cloud_bridge.rcnn import Detections, RcnnDetector
+import cv2
+import numpy as np
 
 LOG = logging.getLogger('adaptive_offload.service')
 _INFER = re.compile(r'^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$')
@@ -193,7 +192,7 @@ class InferenceService:
 
 
 def decode_request(body: bytes, max_side: int) -> np.ndarray:
-    """The image of a V2 request with one base64 ``image`` BYTES input.
+    """Decode the image of a V2 request with one base64 ``image`` BYTES input.
 
     Raises:
         RequestError: 400 naming what is wrong.
@@ -234,7 +233,7 @@ def decode_image(raw: bytes, max_side: int) -> np.ndarray:
 
 
 def v2_response(model: str, dets: Detections) -> dict[str, Any]:
-    """A V2 response with ``boxes``, ``scores``, ``labels`` (and PNG ``masks`` for Mask R-CNN)."""
+    """Build a V2 response of ``boxes``, ``scores``, ``labels`` (PNG ``masks`` for Mask R-CNN)."""
     n = len(dets.labels)
     outputs = [
         {'name': 'boxes', 'shape': [n, 4], 'datatype': 'FP32',

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 import http.client
 import json
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from adaptive_offload.errors import CloudError, ConfigError
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -245,7 +244,7 @@ TRANSPORTS: dict[str, Callable[[str, str, str], InferenceTransport]] = {
 
 
 def make_transport(url: str, model: str, token: str = '') -> InferenceTransport:
-    """The transport for ``url``'s scheme.
+    """Return the transport for ``url``'s scheme.
 
     Raises:
         ConfigError: For a scheme no transport speaks.

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-import numpy as np
-
+from adaptive_offload.datatypes import Detection
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.types import Detection
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -102,5 +101,5 @@ def class_indices(names: dict[int, str], wanted: str) -> tuple[int, ...] | None:
         elif item.isdigit() and int(item) in names:
             out.append(int(item))
         else:
-            raise ConfigError(f'class {item!r} is not one of the model\'s classes')
+            raise ConfigError(f"class {item!r} is not one of the model's classes")
     return tuple(out)

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+import time
 from typing import Any, Callable, Mapping
 
-import numpy as np
-
 from adaptive_offload.conversions import image_to_frame, stamp_to_ns
+from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
 from adaptive_offload.errors import BackendError, ConfigError, ConversionError
 from adaptive_offload.params import ParameterSpec, resolve
-from adaptive_offload.types import Decision, DetectionSet, InferenceReport
-from edge_inference.backends import BackendOptions, DetectorBackend, class_indices
-from edge_inference.backends import create_backend
+from edge_inference.backends import BackendOptions, class_indices, create_backend, DetectorBackend
 from edge_inference.models import Factory, ModelPool, ModelSpec, parse_models
+import numpy as np
 
 PARAMETERS = (
     ParameterSpec('backend', 'ultralytics', 'Detector backend (registry name).'),
@@ -84,7 +82,7 @@ class EdgeConfig:
         return Decision.safe_default(self.model_name, self.imgsz, self.deadline_ms)
 
     def default_model(self) -> ModelSpec:
-        """The model loaded at start."""
+        """Return the model loaded at start."""
         return ModelSpec(self.model_name, self.backend, self.model)
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 import shutil
 import sys
-from pathlib import Path
 
 from adaptive_offload.errors import BackendError
 from edge_inference.ultralytics_backend import named_classes, prepare_offline

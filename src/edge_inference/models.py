@@ -7,10 +7,10 @@ background while the current one keeps serving, and holds at most ``max_loaded``
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+import threading
 from typing import Callable
 
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
@@ -124,7 +124,7 @@ class ModelPool:
         return backend
 
     def select(self, name: str) -> tuple[str, DetectorBackend, str]:
-        """The backend to use for a frame whose decision asks for ``name``.
+        """Return the backend to use for a frame whose decision asks for ``name``.
 
         Returns:
             The name and backend actually used, and a note when it is not the one asked for

@@ -10,19 +10,18 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from adaptive_offload import ros_interface as ros
+from adaptive_offload.conversions import (detections_to_message, frame_to_message,
+                                          label_info_message)
+from adaptive_offload.datatypes import DetectionSet, InferenceReport
+from adaptive_offload.drawing import annotate_message
+from adaptive_offload.errors import AdaptiveOffloadError
+from adaptive_offload.worker import DecisionHolder, FrameWorker
+from edge_inference.core import build_edge, EdgeConfig, PARAMETERS
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from vision_msgs.msg import Detection2DArray, LabelInfo
-
-from adaptive_offload import ros_interface as ros
-from adaptive_offload.conversions import (
-    detections_to_message, frame_to_message, label_info_message)
-from adaptive_offload.drawing import annotate_message
-from adaptive_offload.errors import AdaptiveOffloadError
-from adaptive_offload.types import DetectionSet, InferenceReport
-from adaptive_offload.worker import DecisionHolder, FrameWorker
-from edge_inference.core import PARAMETERS, EdgeConfig, build_edge
 
 
 class EdgeInferenceNode(LifecycleNode):

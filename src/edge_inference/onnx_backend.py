@@ -11,13 +11,12 @@ import ast
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
-import numpy as np
-
 from adaptive_offload.conversions import boxes_from_arrays
+from adaptive_offload.datatypes import Detection
 from adaptive_offload.errors import BackendError
-from adaptive_offload.types import Detection
+import cv2
 from edge_inference.backends import BackendOptions
+import numpy as np
 
 _PROVIDERS = {'cpu': 'CPUExecutionProvider', 'cuda': 'CUDAExecutionProvider'}
 

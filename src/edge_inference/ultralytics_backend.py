@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+from importlib import resources
 import os
+from pathlib import Path
 import shutil
 import sys
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
+from adaptive_offload.conversions import boxes_from_arrays
+from adaptive_offload.datatypes import Detection
+from adaptive_offload.errors import BackendError
+from edge_inference.backends import BackendOptions
 import numpy as np
 import yaml
-
-from adaptive_offload.conversions import boxes_from_arrays
-from adaptive_offload.errors import BackendError
-from adaptive_offload.types import Detection
-from edge_inference.backends import BackendOptions
 
 _CONFIG_SUFFIXES = ('.yaml', '.yml')
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol
 
-import numpy as np
-
-from adaptive_offload.types import HealthStatus, InferenceReport, Level
+from adaptive_offload.datatypes import HealthStatus, InferenceReport, Level
 from health_monitor.detectors import AnomalyDetector, RobustZ
+import numpy as np
 
 
 class HealthCheck(Protocol):
@@ -17,7 +16,7 @@ class HealthCheck(Protocol):
     name: str
 
     def run(self, now_ns: int) -> HealthStatus:
-        """The check's state at ``now_ns``."""
+        """Return the check's state at ``now_ns``."""
 
 
 class TopicRateCheck:
@@ -57,7 +56,7 @@ class TopicRateCheck:
         self._count += 1
 
     def run(self, now_ns: int) -> HealthStatus:
-        """The check's state at ``now_ns``."""
+        """Return the check's state at ``now_ns``."""
         while self._stamps and self._stamps[0] < now_ns - self._window_ns:
             self._stamps.popleft()
         span_ns = min(self._window_ns, now_ns - self._start_ns)
@@ -129,7 +128,7 @@ class CloudCheck:
         self._rtts.append(rtt)
 
     def run(self, now_ns: int) -> HealthStatus:
-        """The check's state (the time is not needed: it judges the latest requests)."""
+        """Return the check's state (the time is not needed: it judges the latest requests)."""
         values = (('requests', str(self._requests)),
                   ('consecutive_failures', str(self._failures)),
                   ('breaker', self._breaker or '-'),

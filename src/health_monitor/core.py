@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+from adaptive_offload.datatypes import HealthEvent, HealthStatus, InferenceReport
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.params import ParameterSpec, resolve
-from adaptive_offload.types import HealthEvent, HealthStatus, InferenceReport
 from health_monitor.checks import CloudCheck, HealthCheck, TopicRateCheck
-from health_monitor.detectors import (ANOMALY_DETECTORS, BandwidthCheck, ReadinessCheck,
-                                      ReadinessProber, http_ready_probe)
+from health_monitor.detectors import (ANOMALY_DETECTORS, BandwidthCheck, http_ready_probe,
+                                      ReadinessCheck, ReadinessProber)
 from health_monitor.history import FailureLog
 
 PARAMETERS = (
@@ -146,7 +146,7 @@ class HealthMonitor:
         return statuses, events
 
     def prober(self, clock: Callable[[], int]) -> ReadinessProber | None:
-        """A thread probing ``probe_url`` into the readiness check (not started), if any."""
+        """Make a thread probing ``probe_url`` into the readiness check (not started), if any."""
         if self.readiness is None:
             return None
         return ReadinessProber(self.readiness, http_ready_probe(self.config.probe_url),

@@ -12,17 +12,16 @@
 
 from __future__ import annotations
 
+from collections import deque
 import statistics
 import threading
 import time
+from typing import Callable, Protocol, Sequence
 import urllib.error
 import urllib.request
-from collections import deque
-from typing import Callable, Protocol, Sequence
 
+from adaptive_offload.datatypes import HealthStatus, InferenceReport, Level
 import numpy as np
-
-from adaptive_offload.types import HealthStatus, InferenceReport, Level
 
 
 class ReadinessCheck:
@@ -69,7 +68,7 @@ class ReadinessCheck:
 
 
 def http_ready_probe(url: str, timeout_s: float = 0.5) -> Callable[[], tuple[bool, str]]:
-    """A probe of ``{url}/v2/health/ready``: (ready, error text)."""
+    """Probe ``{url}/v2/health/ready``; return (ready, error text)."""
     def probe() -> tuple[bool, str]:
         try:
             with urllib.request.urlopen(f'{url.rstrip("/")}/v2/health/ready',

@@ -9,13 +9,13 @@ ago. Unreadable lines are skipped (a crash may cut the last one).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
+from adaptive_offload.datatypes import HealthEvent, InferenceReport
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.types import HealthEvent, InferenceReport
 
 
 class FailureLog:

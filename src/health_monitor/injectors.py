@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 import random
 import time
-from dataclasses import replace
 from typing import Callable
 
 from adaptive_offload.errors import CloudError

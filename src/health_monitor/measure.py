@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
+import statistics
 from typing import Sequence
 
 from adaptive_offload import topics
-from adaptive_offload.types import FrameRecord, HealthEvent, InferenceReport, Level
+from adaptive_offload.datatypes import FrameRecord, HealthEvent, InferenceReport, Level
 from health_monitor.checks import CloudCheck
 from health_monitor.detectors import BandwidthCheck
 from health_monitor.scenario import EDGE_KINDS, Scenario

@@ -99,7 +99,7 @@ def _quietly(run: Runner, argv: list[str]) -> None:
 
 
 def qdisc_args(faults: Iterable[Fault]) -> list[str] | None:
-    """The ``tc qdisc`` arguments (after ``root``) for the faults, None if none shapes traffic."""
+    """Return ``tc qdisc`` arguments (after ``root``) for the faults, or None if none shape."""
     by_kind = {f.kind: f.params for f in faults}
     netem: list[str] = []
     if 'latency' in by_kind:
@@ -151,7 +151,7 @@ class NetnsLink:
         self._link_up = True
         self._qdisc: list[str] | None = None
 
-    def open(self) -> NetnsLink:
+    def create(self) -> NetnsLink:
         """Create the namespace and the veth pair and bring them up; undone if a step fails.
 
         Raises:
@@ -178,7 +178,7 @@ class NetnsLink:
         return self
 
     def exec_argv(self, argv: Sequence[str]) -> list[str]:
-        """The command line running ``argv`` inside the namespace."""
+        """Return the command line running ``argv`` inside the namespace."""
         return [tool('ip') or 'ip', 'netns', 'exec', self.namespace, *argv]
 
     def apply(self, faults: Iterable[Fault]) -> None:
@@ -210,7 +210,7 @@ class NetnsLink:
         self._link_up, self._qdisc = True, None
 
     def __enter__(self) -> NetnsLink:
-        return self.open()
+        return self.create()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

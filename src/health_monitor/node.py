@@ -5,17 +5,16 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.node import Node
-from rosidl_runtime_py.utilities import get_message
-from std_msgs.msg import String
-
 from adaptive_offload import ros_interface as ros
 from adaptive_offload import topics
 from adaptive_offload.conversions import health_to_diagnostics
+from adaptive_offload.datatypes import InferenceReport
 from adaptive_offload.errors import ConversionError
-from adaptive_offload.types import InferenceReport
-from health_monitor.core import PARAMETERS, HealthConfig, HealthMonitor
+from diagnostic_msgs.msg import DiagnosticArray
+from health_monitor.core import HealthConfig, HealthMonitor, PARAMETERS
+from rclpy.node import Node
+from rosidl_runtime_py.utilities import get_message
+from std_msgs.msg import String
 
 POLL_S = 0.1  # level changes reach /diagnostics within this; the period paces the rest
 

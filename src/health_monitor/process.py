@@ -7,9 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Callable, Sequence
 import urllib.error
 import urllib.request
-from typing import Callable, Sequence
 
 from adaptive_offload.errors import BackendError
 from cloud_bridge.service import ServiceConfig

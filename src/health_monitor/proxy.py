@@ -167,7 +167,7 @@ class FaultProxy:
         self.stop()
 
     def _faults(self, cut: bool = False) -> Mapping[str, Mapping[str, float]]:
-        """The faults in force by kind; raises _Cut instead if ``cut`` and in an outage."""
+        """Return the faults in force by kind; raises _Cut instead if ``cut`` and in an outage."""
         faults = {f.kind: f.params for f in self._scenario.active(self.now_s())}
         if cut and 'cloud_outage' in faults:
             raise _Cut()

@@ -10,15 +10,15 @@ service as a child process. Edge faults stall the edge worker or start CPU hogs 
 
 from __future__ import annotations
 
+from dataclasses import replace
 import signal
 import socket
 import threading
 import time
-from dataclasses import replace
 from typing import Any, Callable
 
+from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.types import Decision, DetectionSet, InferenceReport
 from cloud_bridge.service import ServiceConfig
 from cloud_bridge.transport import InferenceTransport
 from health_monitor.injectors import FaultInjectingTransport
@@ -118,7 +118,7 @@ class FaultRig:
         if self.network == 'netns':
             from health_monitor.netem import NetemInjector, NetnsLink
 
-            self._link = NetnsLink().open()
+            self._link = NetnsLink().create()
             self._netem = NetemInjector(self._link, self._net, self._clock)
             prefix, host = self._link.exec_argv([]), self._link.ns_address
         port = config.port or (_free_port(host) if not prefix else 8080)
@@ -128,7 +128,7 @@ class FaultRig:
         return self.service.url
 
     def service_url(self, url: str) -> str:
-        """The URL the bridge should use: a fault proxy's in proxy mode."""
+        """Return the URL the bridge should use: a fault proxy's in proxy mode."""
         if self.network != 'proxy' or not self._net.faults:
             return url
         from urllib.parse import urlsplit
@@ -151,7 +151,7 @@ class FaultRig:
         return self._client
 
     def wrap_edge(self, processor: Any) -> Any:
-        """The edge core, stalled when the scenario says so."""
+        """Return the edge core, stalled when the scenario says so."""
         return StallingProcessor(processor, self) if 'edge_stall' in self.scenario.kinds() \
             else processor
 
@@ -161,7 +161,7 @@ class FaultRig:
                      if f.kind == 'edge_stall'), None)
 
     def manager_alive(self) -> bool:
-        """False while a ``manager_death`` fault is in force."""
+        """Tell whether the manager is alive: False while a ``manager_death`` fault is in force."""
         return not any(f.kind == 'manager_death' for f in self.scenario.active(self.now_s()))
 
     def start(self, origin_ns: int) -> None:

@@ -31,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from adaptive_offload.errors import ConfigError
+import yaml
 
 # kind -> parameters it takes (name -> default); a parameter without default is required
 FAULT_KINDS: dict[str, dict[str, float | None]] = {
@@ -87,11 +86,11 @@ class Scenario:
     faults: tuple[Fault, ...]
 
     def active(self, t_s: float) -> list[Fault]:
-        """The faults in force at ``t_s``."""
+        """Return the faults in force at ``t_s``."""
         return [f for f in self.faults if f.active(t_s)]
 
     def only(self, kinds: frozenset[str] | set[str]) -> Scenario:
-        """The same scenario with only the faults of ``kinds``."""
+        """Return the same scenario with only the faults of ``kinds``."""
         return Scenario(self.name, tuple(f for f in self.faults if f.kind in kinds))
 
     def kinds(self) -> set[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Sequence
 
-from adaptive_offload.types import Detection
+from adaptive_offload.datatypes import Detection
 
 PRIORS_MAP: dict[str, tuple[float, int]] = {
     'yolov8n': (37.3, 640), 'yolov8s': (44.9, 640), 'yolov8m': (50.2, 640),

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-import numpy as np
-
 from adaptive_offload.conversions import stamp_to_ns
 from adaptive_offload.drawing import annotate_message
+import numpy as np
 from offload_manager.arbiter import Outcome
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from adaptive_offload.datatypes import Decision, DetectionSet, FrameRecord, InferenceReport, Route
 from adaptive_offload.gate import StampGate
-from adaptive_offload.types import Decision, DetectionSet, FrameRecord, InferenceReport, Route
 
 CLOUD = 'cloud'
 HEDGE_GUARD_MS = 25.0  # longer than the manager node's 20 ms tick
@@ -168,10 +168,10 @@ class Arbiter:
                 drop_reason: str = '') -> Outcome:
         notes = entry.notes + [f'{k}: {v}' for k, v in sorted(entry.failures.items())
                                if chosen is not None]
-        base = dict(index=entry.index, stamp_ns=entry.stamp_ns, frame_id=entry.frame_id,
-                    route=entry.decision.route.value, sources=sorted(entry.results),
-                    deadline_ms=entry.decision.deadline_ms, decision_seq=entry.decision.seq,
-                    reason='; '.join(notes))
+        base = {'index': entry.index, 'stamp_ns': entry.stamp_ns, 'frame_id': entry.frame_id,
+                'route': entry.decision.route.value, 'sources': sorted(entry.results),
+                'deadline_ms': entry.decision.deadline_ms, 'decision_seq': entry.decision.seq,
+                'reason': '; '.join(notes)}
         if chosen is None:
             return Outcome(FrameRecord(drop_reason=drop_reason, **base), None)
         dets = chosen[0]

@@ -15,9 +15,8 @@ import bisect
 from collections import deque
 from typing import Any
 
-import numpy as np
-
 from adaptive_offload.errors import ConfigError
+import numpy as np
 
 WINDOWS_S = (5.0, 30.0, 120.0)
 
@@ -70,11 +69,11 @@ class AvailabilityPredictor:
             del self._times[:cut], self._oks[:cut]
 
     def health(self, error: bool) -> None:
-        """The health monitor's view of the cloud: in ERROR or not."""
+        """Return the health monitor's view of the cloud: in ERROR or not."""
         self._health_error = error
 
     def features(self, t_s: float) -> np.ndarray:
-        """The feature vector at ``t_s``."""
+        """Return the feature vector at ``t_s``."""
         feats = []
         for window in WINDOWS_S:
             start = bisect.bisect_left(self._times, t_s - window)

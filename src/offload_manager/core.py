@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+import time
 from typing import Any, Mapping
 
+from adaptive_offload.datatypes import (Decision, DetectionSet, HealthEvent, InferenceReport,
+                                        Level, Route)
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.params import ParameterSpec, resolve
-from adaptive_offload.types import Decision, DetectionSet, HealthEvent, InferenceReport
-from adaptive_offload.types import Level, Route
 from offload_manager.arbiter import Arbiter, Outcome
 from offload_manager.frame_energy import FrameEnergy
-from offload_manager.policies import Plan, Policy, PolicySettings, create_policy
+from offload_manager.policies import create_policy, Plan, Policy, PolicySettings
 
 PARAMETERS = (
     ParameterSpec('policy', 'edge-only', 'Routing policy (registry name).'),
@@ -54,8 +54,8 @@ PARAMETERS = (
     ParameterSpec('energy_reader', '',
                   'Measure robot energy with rapl or nvml where it works; empty: model only.'),
     ParameterSpec('history_file', '',
-                  "Failure history the health monitor writes; read at start to warm the "
-                  "availability predictor. Empty: none."),
+                  'Failure history the health monitor writes; read at start to warm the '
+                  'availability predictor. Empty: none.'),
 )
 CLOUD_CHECK = 'adaptive_offload: cloud'  # health_monitor.checks.CloudCheck.name
 ADAPTIVE = ('predictive', 'weighted-score', 'reactive', 'mdp-svr', 'q-learning')
@@ -129,7 +129,7 @@ class ManagerConfig:
         return listed or (f'{self.edge_model}@{self.edge_imgsz}',)
 
     def policy_settings(self) -> PolicySettings:
-        """The subset policies read; device profiles are loaded for the adaptive policies.
+        """Return the subset policies read; device profiles are loaded for the adaptive policies.
 
         Raises:
             ConfigError: If an adaptive policy is chosen and the device profiles are unusable.
@@ -161,7 +161,7 @@ class ManagerConfig:
 
 def frame_energy(config: ManagerConfig) -> FrameEnergy:
     """Per-frame energy for ``config``: its robot profile, and a reader if one works here."""
-    from offload_manager.energy import READERS, EnergyModel, MeasuredEnergy, load_devices
+    from offload_manager.energy import EnergyModel, load_devices, MeasuredEnergy, READERS
 
     path = config.devices_file or default_devices_file()
     if not Path(path).is_file():
@@ -178,7 +178,7 @@ def frame_energy(config: ManagerConfig) -> FrameEnergy:
 
 
 def default_devices_file() -> Path:
-    """The shipped ``devices.yaml``: in the source tree, or installed under share/."""
+    """Return the shipped ``devices.yaml``: in the source tree, or installed under share/."""
     here = Path(__file__).resolve()
     candidates = [here.parents[2] / 'config' / 'devices.yaml']
     if len(here.parents) > 4:
@@ -257,24 +257,24 @@ class OffloadManager:
         return outcome
 
     def frame_unreadable(self, reason: str, now_ns: int) -> Outcome:
-        """A frame arrived that could not even be deserialized: it ends as a drop."""
+        """Record a frame that could not even be deserialized: it ends as a drop."""
         decision = self._decision or self.tick(now_ns)
         [outcome] = self._energy.annotate([self._arbiter.unreadable(reason, decision)])
         self._policy.observe_record(outcome.record)
         return outcome
 
     def on_detections(self, dets: DetectionSet, now_ns: int) -> None:
-        """A source published detections for a frame."""
+        """Take the detections a source published for a frame."""
         self._policy.observe_detections(dets)
         self._arbiter.add_result(dets, now_ns)
 
     def on_health_event(self, event: HealthEvent) -> None:
-        """A health level change; the cloud check's tells the policy whether the cloud is down."""
+        """Take a health level change; the cloud check's tells the policy if the cloud is down."""
         if event.name == CLOUD_CHECK:
             self._policy.observe_health(event.level >= Level.ERROR)
 
     def on_report(self, report: InferenceReport) -> None:
-        """A source reported what it did with a frame."""
+        """Take a source's report of what it did with a frame."""
         self._policy.observe_report(report)
         self._energy.report(report)
         self._arbiter.add_report(report)

@@ -14,14 +14,13 @@ Every :class:`EnergyEstimate` says whether it was measured or modelled.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
+import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-import yaml
-
 from adaptive_offload.errors import ConfigError
+import yaml
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class DeviceProfile:
     price_per_gpu_hour: float = 0.0
 
     def inference_time_ms(self, model: str, imgsz: int) -> float | None:
-        """The profile's inference time of ``model`` at ``imgsz``, if it has one."""
+        """Return the profile's inference time of ``model`` at ``imgsz``, if it has one."""
         return self.inference_ms.get(f'{model}@{imgsz}')
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from adaptive_offload.types import InferenceReport
+from adaptive_offload.datatypes import InferenceReport
 from offload_manager.energy import EnergyModel, MeasuredEnergy
 from offload_manager.observations import REPLY_BYTES
 
@@ -65,7 +65,7 @@ class FrameEnergy:
                                   wait if waits else 0.0)
 
     def annotate(self, outcomes: list[Any]) -> list[Any]:
-        """The outcomes with ``energy_j`` and ``energy_measured`` on their records."""
+        """Return the outcomes with ``energy_j`` and ``energy_measured`` on their records."""
         if self._model is None or not outcomes:
             return outcomes
         measured = self._meter.frames_ended(len(outcomes)) if self._meter else None

@@ -13,13 +13,12 @@ Both choose the route only; model, size and quality stay as the parameters set t
 
 from __future__ import annotations
 
-import random
 from collections import defaultdict
 from dataclasses import replace
+import random
 
+from adaptive_offload.datatypes import FrameRecord, Route
 import numpy as np
-
-from adaptive_offload.types import FrameRecord, Route
 from offload_manager.observations import Observations, Option
 from offload_manager.policies import Plan, PolicySettings
 from offload_manager.predictive import _ObservingPolicy

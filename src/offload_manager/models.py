@@ -14,14 +14,13 @@
 from __future__ import annotations
 
 import bisect
+from collections import deque
 import itertools
 import math
 import statistics
-from collections import deque
-
-import numpy as np
 
 from adaptive_offload.errors import ConfigError
+import numpy as np
 
 
 class SlidingQuantiles:
@@ -127,7 +126,7 @@ class SlidingQuantiles:
         return 1.0 - bisect.bisect_right(self._sorted, threshold) / len(self._sorted)
 
     def values(self) -> list[float]:
-        """The samples, smallest first."""
+        """Return the samples, smallest first."""
         return list(self._sorted)
 
 
@@ -192,11 +191,11 @@ class LatencyBook:
             series.expire(now_s)
 
     def get(self, key: str) -> SlidingQuantiles | None:
-        """The quantiles of ``key``, if it was ever measured."""
+        """Return the quantiles of ``key``, if it was ever measured."""
         return self._series.get(key)
 
     def quantile(self, key: str, q: float) -> float | None:
-        """The ``q`` quantile of ``key``, or None if never measured."""
+        """Return the ``q`` quantile of ``key``, or None if never measured."""
         series = self._series.get(key)
         return series.quantile(q) if series is not None else None
 
@@ -264,7 +263,7 @@ class ArForecaster:
             self._cache.clear()
 
     def forecast(self, steps: int = 1) -> float | None:
-        """The value ``steps`` ahead, or None without data (refitted only after new data)."""
+        """Forecast the value ``steps`` ahead; None without data (refits only on new data)."""
         if not self._values:
             return None
         if steps not in self._cache:

@@ -5,20 +5,19 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from adaptive_offload import ros_interface as ros
+from adaptive_offload import topics
+from adaptive_offload.conversions import (detections_to_message, frame_to_message,
+                                          message_to_detections, stamp_to_ns)
+from adaptive_offload.datatypes import HealthEvent, InferenceReport
+from adaptive_offload.errors import ConversionError
+from offload_manager.annotate import Annotator
+from offload_manager.arbiter import Outcome
+from offload_manager.core import ManagerConfig, OffloadManager, PARAMETERS
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from vision_msgs.msg import Detection2DArray
-
-from adaptive_offload import ros_interface as ros
-from adaptive_offload import topics
-from adaptive_offload.conversions import (
-    detections_to_message, frame_to_message, message_to_detections, stamp_to_ns)
-from adaptive_offload.errors import ConversionError
-from adaptive_offload.types import HealthEvent, InferenceReport
-from offload_manager.annotate import Annotator
-from offload_manager.arbiter import Outcome
-from offload_manager.core import PARAMETERS, ManagerConfig, OffloadManager
 
 TICK_S = 0.02
 

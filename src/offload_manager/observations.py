@@ -8,18 +8,16 @@ accurate it is, what the cloud charges.
 
 from __future__ import annotations
 
-import functools
 from collections import deque
 from dataclasses import dataclass
+import functools
 from typing import Any, NamedTuple, Protocol
 
+from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceReport, Route
 import numpy as np
-
-from adaptive_offload.types import DetectionSet, FrameRecord, InferenceReport, Route
 from offload_manager.accuracy import AccuracyModel
 from offload_manager.availability import AvailabilityPredictor
-from offload_manager.models import ArForecaster, BandwidthEstimator, LatencyBook
-from offload_manager.models import tail_probability
+from offload_manager.models import ArForecaster, BandwidthEstimator, LatencyBook, tail_probability
 
 # JPEG bytes relative to quality 75, measured on 640x480 frames by benchmarks/bench_service.py
 # (q50 13.7 %, q75 20.1 %, q95 39.1 % of raw); other qualities interpolate.
@@ -144,7 +142,7 @@ class Observations:
         """Frame outcomes (policies that learn from rewards read them themselves)."""
 
     def health(self, cloud_error: bool) -> None:
-        """The health monitor's view of the cloud."""
+        """Return the health monitor's view of the cloud."""
         self.availability.health(cloud_error)
 
     def prepare(self) -> None:
@@ -190,7 +188,7 @@ class Observations:
         return tail_probability(series, deadline_ms - self._shift(quality))
 
     def bytes_at(self, quality: int) -> int:
-        """Expected request size at ``quality`` as of :meth:`prepare`; 0 before any request."""
+        """Return the expected request size at ``quality`` as of :meth:`prepare` (0 at first)."""
         return int(self._bytes_mean * jpeg_factor(quality))
 
     def _edge_stats(self, model: str, imgsz: int,
@@ -218,7 +216,7 @@ class Observations:
         return self._cloud_cache[key]
 
     def estimate(self, option: Option, deadline_ms: float) -> Estimate | None:
-        """Expected miss probability, energy, accuracy and cost of ``option``; None if unknown.
+        """Estimate miss probability, energy, accuracy and cost of ``option``; None if unknown.
 
         Call :meth:`prepare` first (once per plan). Hedged frames miss only when both the
         cloud (late or failed) and the edge miss; the two are taken as independent.

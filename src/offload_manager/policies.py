@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol
 
+from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceReport, Route
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.types import DetectionSet, FrameRecord, InferenceReport, Route
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Policy(Protocol):
     """Chooses a plan from what it has observed."""
 
     def plan(self, now_ns: int) -> Plan:
-        """The plan to apply from ``now_ns``."""
+        """Return the plan to apply from ``now_ns``."""
 
     def observe_report(self, report: InferenceReport) -> None:
         """Learn from a worker's report of one frame."""
@@ -115,7 +115,7 @@ class FixedRoutePolicy:
                              reason=f'{name}: fixed route {route.value}')
 
     def plan(self, now_ns: int) -> Plan:
-        """The fixed plan."""
+        """Return the fixed plan."""
         return self._plan
 
     def observe_report(self, report: InferenceReport) -> None:

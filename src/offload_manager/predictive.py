@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from adaptive_offload.types import DetectionSet, FrameRecord, InferenceReport, Route
+from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceReport, Route
 from offload_manager.observations import Estimate, Observations, Option
 from offload_manager.policies import Plan, PolicySettings
 
@@ -69,12 +69,12 @@ class _ObservingPolicy:
         return out
 
     def default_option(self) -> Option:
-        """The option the parameters describe (used until something is measured)."""
+        """Return the option the parameters describe (used until something is measured)."""
         d = self.settings.defaults
         return Option(d.route, d.edge_model, d.edge_imgsz, d.jpeg_quality)
 
     def to_plan(self, option: Option, reason: str) -> Plan:
-        """The plan applying ``option``."""
+        """Return the plan applying ``option``."""
         self.current = option
         if option.route is not Route.EDGE:  # the quality of the requests now going out
             self.obs.quality = option.jpeg_quality

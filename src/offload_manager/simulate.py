@@ -15,13 +15,13 @@ profile, as on a robot without an energy reader).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, replace
 import heapq
 import math
 import random
-from dataclasses import dataclass, field, replace
 
-from adaptive_offload.types import (Decision, Detection, DetectionSet, FrameRecord,
-                                    InferenceReport)
+from adaptive_offload.datatypes import (Decision, Detection, DetectionSet, FrameRecord,
+                                        InferenceReport)
 from cloud_bridge.resilience import CircuitBreaker
 from health_monitor.scenario import Scenario
 from offload_manager.accuracy import prior

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
+import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Keep test traffic on this host and apart from other ROS graphs on the network.

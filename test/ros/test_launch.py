@@ -2,39 +2,38 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 import tempfile
 import time
-import unittest
-from pathlib import Path
 from typing import Any
+import unittest
 
 import numpy as np
 import pytest
-import yaml
 from ros_required import require
+import yaml
 
 require('rclpy', 'launch', 'launch_ros', 'launch_testing', 'ament_index_python')
 
+from adaptive_offload import ros_interface as ros  # noqa: E402, I100
+from adaptive_offload.conversions import frame_to_message, stamp_to_ns  # noqa: E402
+from adaptive_offload.datatypes import FrameRecord  # noqa: E402
+from ament_index_python.packages import get_package_share_directory  # noqa: E402
 import launch  # noqa: E402
+from launch.actions import IncludeLaunchDescription  # noqa: E402
+from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 import launch_testing.actions  # noqa: E402
 import launch_testing.asserts  # noqa: E402
 import rclpy  # noqa: E402
-from ament_index_python.packages import get_package_share_directory  # noqa: E402
-from launch.actions import IncludeLaunchDescription  # noqa: E402
-from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import Detection2DArray  # noqa: E402
-
-from adaptive_offload import ros_interface as ros  # noqa: E402
-from adaptive_offload.conversions import frame_to_message, stamp_to_ns  # noqa: E402
-from adaptive_offload.types import FrameRecord  # noqa: E402
 
 NODES = ('edge_inference', 'cloud_bridge', 'offload_manager', 'health_monitor')
 
 
 def _params_file() -> str:
-    """The shipped params.yaml with a random-weight model (no weights are downloaded)."""
+    """Return the shipped params.yaml with a random-weight model (no weights are downloaded)."""
     share = Path(get_package_share_directory('adaptive_offload'))
     params = yaml.safe_load((share / 'config' / 'params.yaml').read_text())
     edge = params['/**/edge_inference']['ros__parameters']

@@ -8,7 +8,7 @@ from ros_required import require
 
 require('ament_flake8.main', 'ament_pep257.main')
 
-from ament_flake8.main import main_with_errors as flake8_main  # noqa: E402
+from ament_flake8.main import main_with_errors as flake8_main  # noqa: E402, I100
 from ament_pep257.main import main as pep257_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from http.server import ThreadingHTTPServer
 import json
+from pathlib import Path
 import threading
 import time
-from http.server import ThreadingHTTPServer
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -15,8 +15,13 @@ from ros_required import require
 
 require('rclpy', 'rclpy.lifecycle', 'sensor_msgs.msg', 'vision_msgs.msg', 'diagnostic_msgs.msg')
 
-import rclpy  # noqa: E402
+from adaptive_offload import ros_interface as ros  # noqa: E402, I100
+from adaptive_offload.conversions import (detections_to_message, frame_to_message,  # noqa: E402
+                                          message_to_detections)
+from adaptive_offload.datatypes import (Decision, Detection, DetectionSet,  # noqa: E402
+                                        FrameRecord, InferenceReport, Route)
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
@@ -24,18 +29,12 @@ from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
-from adaptive_offload import ros_interface as ros  # noqa: E402
-from adaptive_offload.conversions import (  # noqa: E402
-    detections_to_message, frame_to_message, message_to_detections)
-from adaptive_offload.types import (  # noqa: E402
-    Decision, Detection, DetectionSet, FrameRecord, InferenceReport, Route)
-
 S = 1_000_000_000
 
 
 @pytest.fixture
 def graph(tmp_path: Path) -> Iterator[tuple[SingleThreadedExecutor, Node]]:
-    """rclpy with the test overrides, an executor and a probe node; shut down after."""
+    """Start rclpy with the test overrides, an executor and a probe node; shut down after."""
     rclpy.init(args=['--ros-args', '-p', 'model:=yolov8n.yaml', '-p', 'imgsz:=160',
                      '-p', 'edge_imgsz:=160', '-p', f'ultralytics_config_dir:={tmp_path}',
                      '-p', 'publish_period_s:=0.2', '-p', 'publish_annotated:=true'])
@@ -71,7 +70,7 @@ def collect(probe: Node, msg_type: Any, topic: str, qos: Any) -> list[Any]:
 
 
 def image(stamp_ns: int) -> Image:
-    """A 64x48 rgb8 frame with the given stamp."""
+    """Return a 64x48 rgb8 frame with the given stamp."""
     pixels = np.random.default_rng(stamp_ns % 1000).integers(0, 255, (48, 64, 3), np.uint8)
     return frame_to_message(ros.message_types(), pixels, stamp_ns, 'cam', 'rgb8')
 
@@ -162,9 +161,8 @@ def test_health_monitor_publishes_one_status_per_topic(graph: Any) -> None:
 
 
 def test_cloud_bridge_node(graph: Any) -> None:
-    from test_cloud_bridge import _V2Handler
-
     from cloud_bridge.node import CloudBridgeNode
+    from test_cloud_bridge import _V2Handler
 
     _V2Handler.mode, _V2Handler.seen = 'ok', []
     httpd = ThreadingHTTPServer(('127.0.0.1', 0), _V2Handler)

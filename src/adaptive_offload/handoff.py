@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 from collections import deque
+import threading
 from typing import Generic, TypeVar
 
 T = TypeVar('T')

@@ -8,9 +8,9 @@ Decisions, per-frame records, inference reports and health events travel as JSON
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
 import enum
 import json
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from adaptive_offload.errors import ConversionError
@@ -227,7 +227,7 @@ class Decision(JsonRecord):
     @classmethod
     def safe_default(cls, edge_model: str = '', edge_imgsz: int = 640,
                      deadline_ms: float = 250.0) -> Decision:
-        """The decision applied when no valid one is known: edge only, never the cloud."""
+        """Return the decision applied when no valid one is known: edge only, never the cloud."""
         return cls(seq=-1, route=Route.EDGE, edge_model=edge_model, edge_imgsz=edge_imgsz,
                    deadline_ms=deadline_ms, policy='safe-default',
                    reason='no valid decision from the manager')

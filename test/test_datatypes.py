@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
+from adaptive_offload.datatypes import (Decision, FrameRecord, HealthEvent, InferenceReport, Route,
+                                        SCHEMA_VERSION)
 from adaptive_offload.errors import ConversionError
-from adaptive_offload.types import (
-    SCHEMA_VERSION, Decision, FrameRecord, HealthEvent, InferenceReport, Route)
+import pytest
 
 RECORDS = [
     Decision(seq=4, issued_ns=10, route=Route.HEDGED, edge_model='yolov8n', jpeg_quality=60,
