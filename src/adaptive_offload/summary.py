@@ -8,6 +8,13 @@ from adaptive_offload.datatypes import FrameRecord
 import numpy as np
 
 
+def _drop_key(reason: str) -> str:
+    # 'cloud: not_sampled; edge: superseded' was lost by the edge: the cloud was never asked.
+    parts = reason.split('; ')
+    cause = next((p for p in parts if not p.endswith(': not_sampled')), parts[0])
+    return cause.split(':', 1)[0]
+
+
 def summarize(records: Sequence[FrameRecord], wall_s: float) -> dict[str, Any]:
     """Summarise a run: counts, drops by reason and latency quantiles.
 
@@ -16,17 +23,18 @@ def summarize(records: Sequence[FrameRecord], wall_s: float) -> dict[str, Any]:
         wall_s: Duration of the run.
 
     Returns:
-        ``frames``, ``results``, ``deadline_met``, ``drops`` (reason -> count, reasons cut at
-        their first colon), ``sources`` (source -> results), ``p50``/``p95``/``p99`` (ms, None
-        without results), ``fps`` (results per second), ``energy_j`` (mean robot energy per
-        frame, None without) and ``energy_measured`` (whether any of it was measured).
+        ``frames``, ``results``, ``deadline_met``, ``drops`` (reason -> count, by the first
+        source that did not just skip the frame, or the reason cut at its colon), ``sources``
+        (source -> results), ``p50``/``p95``/``p99`` (ms, None without results), ``fps``
+        (results per second), ``energy_j`` (mean robot energy per frame, None without) and
+        ``energy_measured`` (whether any of it was measured).
     """
     latencies = np.array([r.latency_ms for r in records if r.latency_ms is not None])
     drops: dict[str, int] = {}
     sources: dict[str, int] = {}
     for r in records:
         if r.dropped:
-            key = r.drop_reason.split(':', 1)[0]
+            key = _drop_key(r.drop_reason)
             drops[key] = drops.get(key, 0) + 1
         else:
             sources[r.result_source] = sources.get(r.result_source, 0) + 1
