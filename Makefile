@@ -16,7 +16,8 @@ $(STAMP): requirements.txt requirements-service.txt requirements-dev.txt setup.p
 
 setup: $(STAMP)
 
-# Generate a 300-frame sample bag and replay it through the whole graph in real time.
+# Generate a 300-frame sample bag and replay it through the whole graph in real time, with the
+# cloud service embedded on loopback (params.yaml's URL is the robot's, not this machine's).
 # yolov8n.yaml = the yolov8n architecture with random weights (no weights are downloaded);
 # pass MODEL=/path/to/yolov8n.pt for real detections.
 MODEL ?= yolov8n.yaml
@@ -24,7 +25,7 @@ demo: $(STAMP)
 	rm -rf $(DEMO)/sample $(DEMO)/out
 	$(BIN)/adaptive-offload sample-bag $(DEMO)/sample --frames 300 --fps 10
 	$(BIN)/adaptive-offload replay $(DEMO)/sample --out $(DEMO)/out --model $(MODEL) \
-		--imgsz 320 --params config/params.yaml
+		--imgsz 320 --params config/params.yaml --cloud embedded
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

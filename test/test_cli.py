@@ -7,7 +7,7 @@ from pathlib import Path
 import subprocess
 import sys
 
-from adaptive_offload.cli import main
+from adaptive_offload.cli import _overrides, build_parser, main
 import pytest
 
 
@@ -65,3 +65,12 @@ def test_argument_errors_exit_2_from_the_installed_entry_point(tmp_path: Path) -
     proc = subprocess.run([sys.executable, '-m', 'adaptive_offload.cli', 'replay'],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and 'error' in proc.stderr
+
+
+def test_cloud_embedded_clears_the_params_url_and_a_url_replaces_it() -> None:
+    def cloud(*argv: str) -> dict:
+        return _overrides(build_parser().parse_args(['replay', 'in', '--out', 'o', *argv]))[
+            'cloud_bridge']
+    assert cloud('--cloud', 'embedded') == {'url': ''}
+    assert cloud('--cloud', 'http://gpu:8080') == {'url': 'http://gpu:8080'}
+    assert cloud() == {}  # the params file's URL, or the embedded service without one

@@ -65,16 +65,16 @@ def test_rapl_sums_packages_and_survives_wrap_around(tmp_path: Path) -> None:
     b = _rapl(tmp_path, 'intel-rapl:1', 100)
     _rapl(tmp_path, 'intel-rapl:0:0', 5)  # a sub-domain (core) is inside package 0
     reader = READERS['rapl'](tmp_path)
-    assert reader.available() is None
-    assert reader.joules() == 0.0
+    assert reader.available(0) is None
+    assert reader.joules(0) == 0.0
     (a / 'energy_uj').write_text('100')  # wrapped: 900 -> 1000 -> 100 is 200 uJ
     (b / 'energy_uj').write_text('400')  # 300 uJ
-    assert reader.joules() == pytest.approx(500e-6)
+    assert reader.joules(0) == pytest.approx(500e-6)
     (a / 'energy_uj').chmod(0)
-    if reader.available() is None:  # root reads anything: make the file unreadable instead
+    if reader.available(0) is None:  # root reads anything: make the file unreadable instead
         (a / 'energy_uj').write_text('not a number')
-    assert 'cannot read' in reader.available()
-    assert 'no intel-rapl' in RaplReader(tmp_path / 'empty').available()
+    assert 'cannot read' in reader.available(0)
+    assert 'no intel-rapl' in RaplReader(tmp_path / 'empty').available(0)
 
 
 def test_nvml_reads_millijoules_and_explains_absence() -> None:
@@ -83,34 +83,70 @@ def test_nvml_reads_millijoules_and_explains_absence() -> None:
                            nvmlDeviceGetHandleByIndex=lambda i: f'gpu{i}',
                            nvmlDeviceGetTotalEnergyConsumption=lambda h: energy['mj'])
     reader = NvmlReader(fake)
-    assert reader.available() is None
+    assert reader.available(0) is None
     energy['mj'] = 7500
-    assert reader.joules() == pytest.approx(2.5)
+    assert reader.joules(0) == pytest.approx(2.5)
 
     def broken() -> None:
         raise RuntimeError('NVML Shared Library Not Found')
-    assert 'NVML Shared Library' in NvmlReader(SimpleNamespace(nvmlInit=broken)).available()
+    assert 'NVML Shared Library' in NvmlReader(SimpleNamespace(nvmlInit=broken)).available(0)
+
+
+S = 1_000_000_000
 
 
 def test_battery_integrates_discharge_and_skips_unknown_samples() -> None:
     battery = BatteryReader()
-    assert battery.available() is not None
-    battery.update(12.0, -2.0, 0)               # 24 W discharge
-    battery.update(math.nan, -2.0, 500_000_000)  # unknown voltage: skipped
-    battery.update(12.0, -2.0, 1_000_000_000)   # 1 s at 24 W
-    battery.update(12.0, 1.0, 2_000_000_000)    # charging: 0 W; trapezoid 24 -> 0 over 1 s
-    assert battery.joules() == pytest.approx(24.0 + 12.0)
-    assert battery.available() is None
+    assert battery.available(0) is not None
+    battery.update(12.0, -2.0, 0)           # 24 W discharge
+    battery.update(math.nan, -2.0, S // 2)  # unknown voltage: skipped
+    battery.update(12.0, -2.0, S)           # 1 s at 24 W
+    battery.update(12.0, 1.0, 2 * S)        # charging: 0 W; trapezoid 24 -> 0 over 1 s
+    assert battery.joules(2 * S) == pytest.approx(24.0 + 12.0)
+    assert battery.available(2 * S) is None
+
+
+def test_battery_holds_power_between_samples_and_goes_stale() -> None:
+    battery = BatteryReader(stale_after_s=5.0)
+    battery.update(10.0, -1.0, 0)  # 10 W
+    # Frames end every 100 ms, samples come every second: each reading moves on by 1 J.
+    assert [battery.joules(t * S // 10) for t in range(4)] == pytest.approx([0, 1, 2, 3])
+    battery.update(10.0, -1.0, S)
+    assert battery.joules(S) == pytest.approx(10.0)
+    assert battery.available(6 * S) is None and battery.available(6 * S + 1) is not None
+    assert battery.joules(60 * S) == pytest.approx(10.0 + 50.0)  # held 5 s at most
+    battery.update(10.0, -1.0, 60 * S)  # a minute's silence is not a minute of discharge
+    assert battery.joules(60 * S) == pytest.approx(10.0 + 50.0)
+    assert battery.available(60 * S) is None
 
 
 def test_measured_energy_is_shared_among_the_frames_that_ended() -> None:
     battery = BatteryReader()
+    measured = MeasuredEnergy(battery)
+    assert measured.frames_ended(2, 0) is None  # no BatteryState yet: modelled
+    battery.update(10.0, -1.0, 0)
+    assert measured.frames_ended(2, 0) is None  # the first reading only starts the interval
+    battery.update(10.0, -1.0, 2 * S)  # 20 J
+    est = measured.frames_ended(4, 2 * S)
+    assert est.measured and est.joules == pytest.approx(5.0)
+    assert measured.frames_ended(0, 2 * S) is None
+    assert measured.frames_ended(1, 10 * S) is None  # stale: modelled, and measuring restarts
+    battery.update(10.0, -1.0, 11 * S)
+    assert measured.frames_ended(1, 11 * S) is None
+    assert measured.frames_ended(2, 12 * S).joules == pytest.approx(5.0)
+
+
+def test_measured_energy_pays_back_a_held_power_that_overshot() -> None:
+    battery = BatteryReader()
     battery.update(10.0, -1.0, 0)
     measured = MeasuredEnergy(battery)
-    battery.update(10.0, -1.0, 2_000_000_000)  # 20 J
-    est = measured.frames_ended(4)
-    assert est.measured and est.joules == pytest.approx(5.0)
-    assert measured.frames_ended(0) is None
+    measured.frames_ended(1, 0)
+    assert measured.frames_ended(1, S).joules == pytest.approx(10.0)  # 10 W held
+    battery.update(0.0, 0.0, S)  # the power fell to 0 during that second: the truth is 5 J
+    assert measured.frames_ended(1, S).joules == 0.0
+    battery.update(10.0, -1.0, 2 * S)  # +5 J (trapezoid 0 -> 10 W)
+    assert measured.frames_ended(1, 2 * S).joules == 0.0  # the 5 J read ahead are paid back
+    assert measured.frames_ended(1, 3 * S).joules == pytest.approx(10.0)
 
 
 def test_records_carry_modelled_or_measured_energy() -> None:
@@ -127,7 +163,7 @@ def test_records_carry_modelled_or_measured_energy() -> None:
             energy.report(InferenceReport(stamp_ns=stamp, frame_id='cam', source='cloud',
                                           status='ok', bytes_sent=10_000, total_ms=300.0))
     outcomes = energy.annotate([Outcome(FrameRecord(stamp_ns=s, frame_id='cam', route=r), None)
-                                for s, r in ((1, 'edge'), (2, 'hedged'), (3, 'edge'))])
+                                for s, r in ((1, 'edge'), (2, 'hedged'), (3, 'edge'))], 0)
     edge, hedged, probe = (o.record for o in outcomes)
     assert edge.energy_j == pytest.approx(0.7) and not edge.energy_measured
     radio = (50e-9 * 80_000) + (30e-9 * 2048 * 8)
@@ -141,15 +177,22 @@ def test_records_carry_modelled_or_measured_energy() -> None:
     energy.report(InferenceReport(stamp_ns=4, frame_id='cam', source='edge', status='ok',
                                   inference_ms=100.0))
     [after] = energy.annotate([Outcome(FrameRecord(stamp_ns=4, frame_id='cam', route='edge'),
-                                       None)])
+                                       None)], 0)
     assert after.record.energy_j == pytest.approx(0.7 + radio)
     [alone] = energy.annotate([Outcome(FrameRecord(stamp_ns=5, frame_id='cam', route='edge'),
-                                       None)])
+                                       None)], 0)
     assert alone.record.energy_j == 0.0  # carried once only
 
     battery = BatteryReader()
-    battery.update(10.0, -1.0, 0)
     metered = FrameEnergy(EnergyModel(profile), MeasuredEnergy(battery))
-    battery.update(10.0, -1.0, 1_000_000_000)
-    [a, b] = metered.annotate([Outcome(FrameRecord(stamp_ns=s), None) for s in (1, 2)])
+    energy_of_edge = InferenceReport(stamp_ns=6, frame_id='cam', source='edge', status='ok',
+                                     inference_ms=100.0)
+    metered.report(energy_of_edge)
+    [before] = metered.annotate([Outcome(FrameRecord(stamp_ns=6, frame_id='cam'), None)], 0)
+    assert not before.record.energy_measured and before.record.energy_j == pytest.approx(0.7)
+    battery.update(10.0, -1.0, 0)
+    metered.annotate([Outcome(FrameRecord(stamp_ns=7), None)], 0)  # starts the interval
+    battery.update(10.0, -1.0, S)
+    [a, b] = metered.annotate([Outcome(FrameRecord(stamp_ns=s), None) for s in (8, 9)], S)
     assert a.record.energy_measured and a.record.energy_j == pytest.approx(5.0)
+    assert b.record.energy_j == pytest.approx(5.0)

@@ -10,6 +10,7 @@ from typing import Any
 from adaptive_offload.cli import main
 from adaptive_offload.evaluate import _manager, EvalOptions, evaluate
 from health_monitor.scenario import parse_scenario
+from offload_manager.accuracy import prior
 from offload_manager.core import default_devices_file, OffloadManager
 from offload_manager.energy import load_devices
 from offload_manager.simulate import NetworkProfile, SimSettings, Simulation
@@ -98,9 +99,13 @@ def test_live_mode_replays_the_bag_under_each_policy(tmp_path: Path,
     scenario.write_text('name: steady\nfaults: []\n')
     rows = evaluate(EvalOptions(scenarios=[scenario], policies=['edge-only', 'cloud-only'],
                                 mode='live', out=tmp_path / 'out', frames=12, fps=10.0,
-                                deadline_ms=30_000.0, backend_factory=fake_backend_factory),
+                                deadline_ms=30_000.0, imgsz=320,
+                                backend_factory=fake_backend_factory),
                     announce=lambda _: None)
     by = {r.policy: r for r in rows}
+    # Every frame served by the edge at the size its reports say: that size's prior.
+    assert by['edge-only'].accuracy == pytest.approx(prior('yolov8n', 320))
+    assert (tmp_path / 'out' / 'routes_steady.png').is_file()  # decisions drawn, as in sim
     assert by['edge-only'].frames == by['cloud-only'].frames == 12
     cloud = by['cloud-only']
     assert by['edge-only'].cloud_requests == 0 and 0 < cloud.cloud_requests <= 12
@@ -126,7 +131,8 @@ def test_sim_agrees_with_live_on_this_machines_measured_profile(
     live = Replay(ReplayOptions(
         bag=tmp_path / 'bag', out=tmp_path / 'live', rate=1.0,
         overrides={'edge_inference': {'model': 'yolov8n.yaml', 'imgsz': 320,
-                                      'ultralytics_config_dir': yolo_config_dir}})).run()
+                                      'ultralytics_config_dir': yolo_config_dir},
+                   'offload_manager': {'policy': 'edge-only', 'edge_imgsz': 320}})).run()
     # The edge's time per frame as the worker sees it (conversion + inference): its profile.
     edge_ms = [r.total_ms for r in live.reports if r.status == 'ok' and r.source == 'edge']
     devices = tmp_path / 'devices.yaml'

@@ -13,8 +13,14 @@ import pytest
 S = 1_000_000_000
 
 
+def test_the_default_policy_is_predictive() -> None:
+    assert ManagerConfig.from_params({}).policy == 'predictive'
+    assert OffloadManager(ManagerConfig.from_params({})).tick(0).policy == 'predictive'
+
+
 def test_decisions_are_reissued_on_the_period_with_rising_seq() -> None:
-    manager = OffloadManager(ManagerConfig.from_params({'decision_period_s': 0.5,
+    manager = OffloadManager(ManagerConfig.from_params({'policy': 'edge-only',
+                                                        'decision_period_s': 0.5,
                                                         'decision_valid_s': 2.0}))
     first = manager.tick(0)
     assert first.seq == 1 and first.route is Route.EDGE and first.policy == 'edge-only'

@@ -23,9 +23,16 @@ RAW = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
 
 
+EDGE_ONLY = {'offload_manager': {'policy': 'edge-only'}}
+
+
 def _replay(bag: Path, out: Path, factory: Callable[..., Any], **kw: Any) -> Any:
-    return Replay(ReplayOptions(bag=bag, out=out, rate=kw.pop('rate', 0.0), **kw),
-                  backend_factory=factory).run()
+    # The data path under edge-only unless a test names a policy: the default (predictive)
+    # may use the cloud, so it would start the embedded service.
+    overrides = dict(kw.pop('overrides', {}))
+    overrides['offload_manager'] = {'policy': 'edge-only', **overrides.get('offload_manager', {})}
+    return Replay(ReplayOptions(bag=bag, out=out, rate=kw.pop('rate', 0.0), overrides=overrides,
+                                **kw), backend_factory=factory).run()
 
 
 def _messages(bag: Path, topic: str) -> list[Any]:
@@ -45,6 +52,10 @@ def test_300_frames_give_300_records_and_a_complete_output_bag(
     records = [FrameRecord.from_json(m.data) for m in _messages(tmp_path / 'out',
                                                                 '/offload/frames')]
     assert len(records) == 300 and all(r.result_source == 'edge' for r in records)
+    decisions = _messages(tmp_path / 'out', '/offload/decision')
+    assert result.routes and len(result.routes) == len(decisions)
+    assert {route for _, route in result.routes} == {'edge'}
+    assert [t for t, _ in result.routes] == sorted(t for t, _ in result.routes)
     fused = _messages(tmp_path / 'out', '/detections')
     assert len(fused) == 300 and len(fused[0].detections) == 1
     # results keep the source image's header
@@ -67,11 +78,12 @@ def test_max_frames_and_real_time_pacing_without_sleeping(
         return time.monotonic_ns() + int(sum(slept) * 1e9)
 
     result = Replay(ReplayOptions(bag=tmp_path / 'in', out=tmp_path / 'out', rate=2.0,
-                                  max_frames=12),
+                                  max_frames=12, overrides=EDGE_ONLY),
                     backend_factory=fake_backend_factory, clock=clock, sleep=slept.append).run()
     assert len(result.records) == 12
-    # 12 frames 100 ms apart at rate 2: the player waits until 11 * 50 ms after the first
-    assert len(slept) == 12 and sum(slept) == pytest.approx(0.55, abs=0.05)
+    # 12 frames 100 ms apart at rate 2: the player waits 50 ms before each after the first
+    # (their ground truth, at the same times, is never ahead of the clock)
+    assert len(slept) == 11 and sum(slept) == pytest.approx(0.55, abs=0.05)
 
 
 def _defect_bag(path: Path) -> list[str]:
@@ -181,3 +193,32 @@ def test_replay_with_real_ultralytics_model(tmp_path: Path, yolo_config_dir: str
     assert len(result.records) == 8 and result.summary['results'] == 8
     report = json.loads(_messages(tmp_path / 'out', '/edge/telemetry')[0].data)
     assert report['model'] == 'yolov8n' and report['status'] == 'ok' and report['imgsz'] == 160
+
+
+def test_replay_measures_energy_from_the_bags_battery_state(
+        tmp_path: Path, fake_backend_factory: Callable[..., Any]) -> None:
+    """A 12 V battery at 1.5 A (18 W) and frames 100 ms apart: about 1.8 J a frame, measured.
+
+    Real time (2 s): the samples are read on the replay clock as they are played.
+    """
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=20, fps=10, width=64, height=48,
+                                                 battery_hz=4))
+    result = _replay(tmp_path / 'in', tmp_path / 'out', fake_backend_factory, rate=1.0,
+                     overrides={'offload_manager': {'policy': 'edge-only',
+                                                    'energy_reader': 'battery'}})
+    assert len(result.records) == 20
+    assert not result.records[0].energy_measured  # the first reading starts the interval
+    measured = [r.energy_j for r in result.records if r.energy_measured]
+    assert len(measured) >= 17
+    assert sum(measured) / len(measured) == pytest.approx(1.8, rel=0.15)
+    assert result.summary['energy_measured']
+    assert len(_messages(tmp_path / 'out', '/battery_state')) == 8
+
+
+def test_without_a_battery_reader_the_records_stay_modelled(
+        tmp_path: Path, fake_backend_factory: Callable[..., Any]) -> None:
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=5, fps=10, width=64, height=48,
+                                                 battery_hz=4))
+    result = _replay(tmp_path / 'in', tmp_path / 'out', fake_backend_factory,
+                     overrides={'offload_manager': {'policy': 'edge-only'}})
+    assert result.records and not any(r.energy_measured for r in result.records)

@@ -176,17 +176,27 @@ def test_replay_cloud_only_through_the_service(service: InferenceService, tmp_pa
     assert service.counts['ok'] == 6
 
 
+@pytest.mark.parametrize('params_url', ['', 'grpc://127.0.0.1:9'])
 def test_replay_starts_the_embedded_service_when_no_url_is_given(
-        tmp_path: Path, fake_backend_factory: Any) -> None:
+        tmp_path: Path, fake_backend_factory: Any, params_url: str) -> None:
+    """Embed with no URL, or when an empty override (``--cloud embedded``) clears the params'.
+
+    Port 9 has nothing listening, so a cloud result proves the embedded service ran.
+    """
     from adaptive_offload.replay import Replay, ReplayOptions
     from adaptive_offload.samplebag import SampleSpec, write_sample_bag
 
     write_sample_bag(tmp_path / 'in', SampleSpec(frames=4, width=160, height=120))
-    result = Replay(ReplayOptions(
-        bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0,
-        overrides={'offload_manager': {'policy': 'cloud-only', 'deadline_ms': 30_000.0}},
+    params = {'/**/cloud_bridge': {'ros__parameters': {'url': params_url}}} if params_url else {}
+    replay = Replay(ReplayOptions(
+        bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0, params=params,
+        overrides={'offload_manager': {'policy': 'cloud-only', 'deadline_ms': 30_000.0,
+                                       'cloud_model': 'maskrcnn_resnet50_fpn'},
+                   'cloud_bridge': {'url': ''} if params_url else {}},
         service=ServiceConfig(arch='fasterrcnn_mobilenet_v3_large_320_fpn')),
-        backend_factory=fake_backend_factory).run()
+        backend_factory=fake_backend_factory)
+    assert replay.manager.config.cloud_model == 'fasterrcnn_mobilenet_v3_large_320_fpn'
+    result = replay.run()
     assert [r.result_source for r in result.records] == ['cloud'] * 4
 
 

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument('--encoding', choices=SAMPLE_ENCODINGS, default='rgb8')
     sample.add_argument('--objects', type=_positive_int, default=4)
     sample.add_argument('--seed', type=int, default=0)
+    sample.add_argument('--battery-hz', type=float, default=0.0,
+                        help='also write sensor_msgs/BatteryState on /battery_state')
     sample.add_argument('--distro', choices=('humble', 'jazzy'), default='jazzy')
 
     replay = sub.add_parser('replay', help='run the graph on a bag, write an output bag')
@@ -71,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument('--device', help='edge device (cpu, cuda, mps)')
     replay.add_argument('--deadline-ms', type=float, help='per-frame deadline')
     replay.add_argument('--cloud', default='',
-                        help='URL of a V2 inference service; cloud policies without it start '
-                             'the service embedded on loopback')
+                        help="URL of a V2 inference service (default: the params file's); "
+                             '"embedded", or no URL at all: cloud policies start the service '
+                             'embedded on loopback')
     replay.add_argument('--cloud-arch', default='fasterrcnn_mobilenet_v3_large_fpn',
                         help='architecture of the embedded service')
     replay.add_argument('--cloud-checkpoint', default='',
@@ -152,7 +155,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         manager['policy'] = args.policy
     if args.deadline_ms:
         edge['deadline_ms'] = manager['deadline_ms'] = args.deadline_ms
-    cloud = {'url': args.cloud} if args.cloud else {}
+    # 'embedded' clears a params file's URL: cloud policies then start the service on loopback.
+    cloud = {'url': '' if args.cloud == 'embedded' else args.cloud} if args.cloud else {}
     return {'edge_inference': edge, 'offload_manager': manager, 'cloud_bridge': cloud}
 
 
@@ -160,7 +164,8 @@ def _sample_bag(args: argparse.Namespace) -> int:
     from adaptive_offload.samplebag import SampleSpec, write_sample_bag
 
     spec = SampleSpec(frames=args.frames, fps=args.fps, width=args.width, height=args.height,
-                      encoding=args.encoding, seed=args.seed, objects=args.objects)
+                      encoding=args.encoding, seed=args.seed, objects=args.objects,
+                      battery_hz=args.battery_hz)
     count = write_sample_bag(args.out, spec, args.distro)
     print(f'wrote {count} frames ({spec.width}x{spec.height} {spec.encoding} at {spec.fps} fps) '
           f'to {args.out}')

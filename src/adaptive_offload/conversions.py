@@ -37,6 +37,7 @@ class MessageTypes:
     Attributes:
         byte_array: Makes the value of a ``uint8[]`` field from bytes (rclpy wants
             ``array.array('B')``, rosbags a numpy array).
+        float32_array: Makes the value of a ``float32[]`` field from floats (the same).
     """
 
     Time: Any
@@ -60,7 +61,9 @@ class MessageTypes:
     DiagnosticArray: Any
     VisionClass: Any
     LabelInfo: Any
+    BatteryState: Any
     byte_array: Callable[[bytes], Any]
+    float32_array: Callable[[Sequence[float]], Any]
 
 
 def stamp_to_ns(stamp: Any) -> int:
@@ -301,6 +304,30 @@ def label_info_message(types: MessageTypes, names: dict[int, str], threshold: fl
         class_map=[types.VisionClass(class_id=int(k), class_name=v)
                    for k, v in sorted(names.items())],
         threshold=float(threshold))
+
+
+def battery_message(types: MessageTypes, stamp_ns: int, voltage_v: float,
+                    current_a: float) -> Any:
+    """Build a ``sensor_msgs/BatteryState`` of a discharging battery (current negative).
+
+    Args:
+        types: Message classes.
+        stamp_ns: Header stamp.
+        voltage_v: Voltage.
+        current_a: Current; ROS reports discharge as negative.
+    """
+    nan = float('nan')
+    return types.BatteryState(
+        header=header(types, stamp_ns, 'battery'), voltage=voltage_v, temperature=nan,
+        current=current_a, charge=nan, capacity=nan, design_capacity=nan, percentage=nan,
+        power_supply_status=2, power_supply_health=0, power_supply_technology=0, present=True,
+        cell_voltage=types.float32_array(()), cell_temperature=types.float32_array(()),
+        location='', serial_number='')
+
+
+def battery_sample(msg: Any) -> tuple[float, float]:
+    """Return (voltage, current) of a ``sensor_msgs/BatteryState``, NaN where unknown."""
+    return float(msg.voltage), float(msg.current)
 
 
 def string_message(types: MessageTypes, text: str) -> Any:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from adaptive_offload.datatypes import FrameRecord
+from adaptive_offload.datatypes import FrameRecord, InferenceReport
 from adaptive_offload.errors import ConfigError
 from health_monitor.scenario import EDGE_KINDS, load_scenario, Scenario
 import numpy as np
@@ -168,17 +168,28 @@ def run_live(opts: EvalOptions, scenario: Scenario, policy: str,
                                       'deadline_ms': opts.deadline_ms, **opts.edge_params}},
         service=ServiceConfig(arch=opts.cloud_arch)), **factory).run()
     cloud = {r.stamp_ns: r for r in result.reports if r.status == 'ok' and r.source == 'cloud'}
+    edge = {r.stamp_ns: r for r in result.reports if r.status == 'ok' and r.source != 'cloud'}
     energy, accuracy = {}, {}
     for rec in result.records:
         energy[rec.stamp_ns] = rec.energy_j or 0.0  # the manager's, from the robot profile
-        accuracy[rec.stamp_ns] = prior(opts.cloud_arch) if rec.result_source == 'cloud' else (
-            prior('yolov8n', 640) if rec.result_source else 0.0)
+        accuracy[rec.stamp_ns] = _live_accuracy(rec, edge, opts.cloud_arch)
     row = make_row(scenario.name, policy, 'live', result.records, energy, accuracy,
                    len(cloud), sum(c.bytes_sent for c in cloud.values()),
                    sum(c.server_ms for c in cloud.values()) / 1e3,
                    devices[opts.cloud].price_per_gpu_hour)
     return row, Trace([r.latency_ms for r in result.records if r.latency_ms is not None],
-                      [energy[r.stamp_ns] for r in result.records], [])
+                      [energy[r.stamp_ns] for r in result.records], result.routes)
+
+
+def _live_accuracy(rec: FrameRecord, edge: dict[int, InferenceReport], cloud_arch: str) -> float:
+    # The prior of what served the frame: the served architecture, or the edge model at the
+    # input size its report says it ran (a decision may have chosen 320 or 640).
+    if not rec.result_source:
+        return 0.0
+    if rec.result_source == 'cloud':
+        return prior(cloud_arch)
+    report = edge.get(rec.stamp_ns)
+    return prior(report.model or 'yolov8n', report.imgsz) if report else prior('yolov8n')
 
 
 def _slug(text: str) -> str:

@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping
 
 from adaptive_offload import topics
 from adaptive_offload.bagio import InputBag, LATCHED_QOS, OutputBag, RESULT_QOS
-from adaptive_offload.conversions import (detections_to_message, health_to_diagnostics,
-                                          stamp_to_ns, string_message)
+from adaptive_offload.conversions import (battery_sample, detections_to_message,
+                                          health_to_diagnostics, stamp_to_ns, string_message)
 from adaptive_offload.datatypes import FaultEvent, FrameRecord, HealthEvent, InferenceReport
 from adaptive_offload.errors import BackendError, ConfigError
 from adaptive_offload.params import node_params
@@ -78,7 +78,10 @@ class ReplayOptions:
 
 @dataclass
 class ReplayResult:
-    """What a replay produced (records in frame arrival order)."""
+    """What a replay produced (records in frame arrival order).
+
+    ``routes`` holds (seconds since the start, route) of every decision issued.
+    """
 
     records: list[FrameRecord]
     events: list[HealthEvent]
@@ -87,6 +90,7 @@ class ReplayResult:
     wall_s: float
     faults: list[FaultMeasure] = field(default_factory=list)
     reports: list[InferenceReport] = field(default_factory=list)
+    routes: list[tuple[float, str]] = field(default_factory=list)
 
 
 def _config(options: ReplayOptions, node: str) -> dict[str, Any]:
@@ -120,11 +124,20 @@ class Replay:
         manager_cfg = ManagerConfig.from_params(_config(options, 'offload_manager'))
         health_cfg = HealthConfig.from_params(_config(options, 'health_monitor'))
         cloud_values = _config(options, 'cloud_bridge')
+        wants_cloud = manager_cfg.policy in ('cloud-only', *ADAPTIVE) or (
+            manager_cfg.policy == 'static' and manager_cfg.static_route != 'edge')
+        embedded = wants_cloud and not cloud_values.get('url')
+        if embedded:
+            # The accuracy prior must describe the model this run serves, not the params' one.
+            manager_cfg = replace(manager_cfg, cloud_model=options.service.arch)
         self._service: InferenceService | None = None
+        self._battery_topic = manager_cfg.battery_topic \
+            if manager_cfg.energy_reader == 'battery' else None
         self._rig = FaultRig(options.scenario, options.injector, clock, sleep) \
             if options.scenario is not None else None
         self._origin = clock()
         self._timeline: list[tuple[float, FrameRecord]] = []
+        self._routes: list[tuple[float, str]] = []
         self._reports: list[tuple[float, InferenceReport]] = []
         self.health: HealthMonitor | None = None
         self._input = InputBag(options.bag, options.topic)
@@ -143,12 +156,10 @@ class Replay:
                               topics.edge_topic(self._edge_source, 'telemetry')), clock)]
             self._holders = [edge_holder]
             self._cloud: CloudBridge | None = None
-            wants_cloud = manager_cfg.policy in ('cloud-only', *ADAPTIVE) or (
-                manager_cfg.policy == 'static' and manager_cfg.static_route != 'edge')
             if self._rig and self._rig.runs_service and cloud_values.get('url'):
                 raise ConfigError('process and netns faults act on the service this run '
                                   'starts; drop the cloud URL')
-            if wants_cloud and not cloud_values.get('url'):
+            if embedded:
                 # The embedded default: the real service on loopback, for this run only.
                 if self._rig and self._rig.runs_service:
                     url = self._rig.start_service(replace(options.service, port=0))
@@ -239,7 +250,7 @@ class Replay:
         faults = measure(self._opts.scenario, self._timeline, self._reports, events) \
             if self._opts.scenario is not None else []
         return ReplayResult(records, self._health_events, summary, self._opts.out, wall_s,
-                            faults, [r for _, r in self._reports])
+                            faults, [r for _, r in self._reports], self._routes)
 
     def _wait_for_service(self) -> None:
         if self._service is None:
@@ -285,19 +296,22 @@ class Replay:
         first_bag = first_wall = None
         try:
             for raw in self._input.messages():
-                if raw.connection.topic != self._input.topic:
-                    self._events.put(('copy', raw))
-                    continue
-                if self._opts.max_frames and self._played >= self._opts.max_frames:
+                is_frame = raw.connection.topic == self._input.topic
+                if is_frame and self._opts.max_frames and self._played >= self._opts.max_frames:
                     break
-                if self._opts.rate > 0:
+                if self._opts.rate > 0:  # every topic at its time: a battery sample is timed
                     if first_bag is None:
                         first_bag, first_wall = raw.timestamp, self._clock()
                     due = first_wall + (raw.timestamp - first_bag) / self._opts.rate
-                    self._sleep(max(0.0, (due - self._clock()) / 1e9))
-                else:
+                    ahead_s = (due - self._clock()) / 1e9
+                    if ahead_s > 0:
+                        self._sleep(ahead_s)
+                elif is_frame:
                     for worker in self._workers:
                         worker.wait_taken()
+                if not is_frame:
+                    self._events.put(('copy', raw))
+                    continue
                 self._played += 1
                 self._events.put(('copy', raw))
                 try:
@@ -347,6 +361,8 @@ class Replay:
         now = self._clock()
         if kind == 'copy':
             out.write_raw(payload.connection.topic, payload.data, payload.timestamp)
+            if payload.connection.topic == self._battery_topic:
+                self._battery(payload)
         elif kind == 'frame':
             msg, arrival, bag_ns = payload
             self._map = (arrival, bag_ns)
@@ -369,6 +385,14 @@ class Replay:
             self._reports.append(((now - self._origin) / 1e9, report))
             out.write(tel_topic, string_message(self._types, report.to_json()), stamp)
         return kind == 'done'
+
+    def _battery(self, raw: Any) -> None:
+        try:
+            msg = self._store.deserialize_cdr(raw.data, raw.connection.msgtype)
+            sample = battery_sample(msg)
+        except Exception:  # noqa: BLE001 - a bad sample is skipped; the bag copy keeps it
+            return
+        self.manager.on_battery(*sample, self._clock())
 
     def _input_topic_for_health(self) -> str:
         topic = self._input.topic
@@ -395,6 +419,7 @@ class Replay:
             return
         for holder in self._holders:
             holder.update(decision)
+        self._routes.append(((now - self._origin) / 1e9, decision.route.value))
         out.write(topics.DECISION, string_message(self._types, decision.to_json()),
                   self._bag_time(now))
         self.health.message(topics.DECISION, now)

@@ -25,7 +25,7 @@ from rclpy.executors import ExternalShutdownException
 import rclpy.node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, qos_profile_sensor_data, QoSProfile,
                        ReliabilityPolicy)
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import BatteryState, CompressedImage, Image
 from std_msgs.msg import Header, String
 from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo,
                              ObjectHypothesis, ObjectHypothesisWithPose, Point2D, Pose2D,
@@ -41,9 +41,10 @@ def message_types() -> MessageTypes:
         ObjectHypothesis=ObjectHypothesis, ObjectHypothesisWithPose=ObjectHypothesisWithPose,
         Detection2D=Detection2D, Detection2DArray=Detection2DArray, KeyValue=KeyValue,
         DiagnosticStatus=DiagnosticStatus, DiagnosticArray=DiagnosticArray,
-        VisionClass=VisionClass, LabelInfo=LabelInfo,
+        VisionClass=VisionClass, LabelInfo=LabelInfo, BatteryState=BatteryState,
         # rclpy checks every element of a plain sequence; an array('B') is taken as is.
-        byte_array=lambda data: array.array('B', data))
+        byte_array=lambda data: array.array('B', data),
+        float32_array=lambda values: array.array('f', values))
 
 
 def image_qos() -> QoSProfile:

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adaptive_offload.bagio import OutputBag, RESULT_QOS, SENSOR_QOS
-from adaptive_offload.conversions import (COMPRESSED_FORMATS, detections_to_message,
-                                          frame_to_message)
+from adaptive_offload.conversions import (battery_message, COMPRESSED_FORMATS,
+                                          detections_to_message, frame_to_message)
 from adaptive_offload.datatypes import Detection, DetectionSet
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.typestore import make_typestore, message_types
@@ -16,6 +16,7 @@ import numpy as np
 
 IMAGE_TOPIC = '/camera/image_raw'
 TRUTH_TOPIC = '/camera/ground_truth'
+BATTERY_TOPIC = '/battery_state'
 SAMPLE_ENCODINGS = ('rgb8', 'bgr8', 'mono8', 'jpeg', 'png')
 START_NS = 1_700_000_000 * 1_000_000_000
 _SHAPES = ('box', 'disc', 'triangle')
@@ -34,6 +35,8 @@ class SampleSpec:
         seed: Random seed; the same seed gives the same bag.
         objects: Number of moving objects.
         frame_id: Header frame_id.
+        battery_hz: Rate of ``sensor_msgs/BatteryState`` on :data:`BATTERY_TOPIC` (a 12 V
+            battery discharging at about 1.5 A); 0 writes none.
     """
 
     frames: int = 300
@@ -44,11 +47,12 @@ class SampleSpec:
     seed: int = 0
     objects: int = 4
     frame_id: str = 'camera_optical_frame'
+    battery_hz: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values that cannot make a bag."""
-        if self.frames < 1 or self.fps <= 0 or self.objects < 0:
-            raise ConfigError('need frames >= 1, fps > 0 and objects >= 0')
+        if self.frames < 1 or self.fps <= 0 or self.objects < 0 or self.battery_hz < 0:
+            raise ConfigError('need frames >= 1, fps > 0, objects >= 0 and battery_hz >= 0')
         if not (16 <= self.width <= 8192 and 16 <= self.height <= 8192):
             raise ConfigError('width and height must be within 16..8192')
         if self.encoding not in SAMPLE_ENCODINGS:
@@ -104,6 +108,22 @@ class Scene:
         return cv2.add(image, noise), tuple(truth)
 
 
+class Battery:
+    """A 12 V battery discharging at about 1.5 A, its voltage sagging slowly.
+
+    Args:
+        seed: Seed of the current's noise.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed + 1)
+
+    def sample(self, stamp_ns: int) -> tuple[float, float]:
+        """Return (voltage, current) at ``stamp_ns``; discharge is negative, as in ROS."""
+        elapsed_s = (stamp_ns - START_NS) / 1e9
+        return 12.0 - 1e-3 * elapsed_s, -1.5 + 0.05 * float(self._rng.standard_normal())
+
+
 def write_sample_bag(path: str | Path, spec: SampleSpec, distro: str = 'jazzy') -> int:
     """Write a bag of ``spec.frames`` frames and their ground truth.
 
@@ -129,10 +149,20 @@ def write_sample_bag(path: str | Path, spec: SampleSpec, distro: str = 'jazzy') 
     try:
         bag.add_topic(topic, msgtype, SENSOR_QOS)
         bag.add_topic(TRUTH_TOPIC, 'vision_msgs/msg/Detection2DArray', RESULT_QOS)
+        if spec.battery_hz:
+            bag.add_topic(BATTERY_TOPIC, 'sensor_msgs/msg/BatteryState', SENSOR_QOS)
+        battery = Battery(spec.seed)
+        battery_period_ns = int(1e9 / spec.battery_hz) if spec.battery_hz else 0
+        next_battery = START_NS
         scene = Scene(spec)
         period_ns = int(1e9 / spec.fps)
         for i in range(spec.frames):
             stamp = START_NS + i * period_ns
+            while battery_period_ns and next_battery <= stamp:  # in time order with the frames
+                bag.write(BATTERY_TOPIC, battery_message(types, next_battery,
+                                                         *battery.sample(next_battery)),
+                          next_battery)
+                next_battery += battery_period_ns
             image, truth = scene.render(1.0 / spec.fps)
             bag.write(topic, frame_to_message(types, image, stamp, spec.frame_id, spec.encoding),
                       stamp)

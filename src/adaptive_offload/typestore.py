@@ -67,5 +67,7 @@ def message_types(store: Any) -> MessageTypes:
         DiagnosticArray=t['diagnostic_msgs/msg/DiagnosticArray'],
         VisionClass=t['vision_msgs/msg/VisionClass'],
         LabelInfo=t['vision_msgs/msg/LabelInfo'],
+        BatteryState=t['sensor_msgs/msg/BatteryState'],
         byte_array=lambda data: np.frombuffer(data, dtype=np.uint8),
+        float32_array=lambda values: np.asarray(values, dtype=np.float32),
     )

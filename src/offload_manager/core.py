@@ -12,11 +12,13 @@ from adaptive_offload.datatypes import (Decision, DetectionSet, HealthEvent, Inf
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.params import ParameterSpec, resolve
 from offload_manager.arbiter import Arbiter, Outcome
+from offload_manager.energy import (BatteryReader, EnergyModel, EnergyReader, load_devices,
+                                    MeasuredEnergy, READERS)
 from offload_manager.frame_energy import FrameEnergy
 from offload_manager.policies import create_policy, Plan, Policy, PolicySettings
 
 PARAMETERS = (
-    ParameterSpec('policy', 'edge-only', 'Routing policy (registry name).'),
+    ParameterSpec('policy', 'predictive', 'Routing policy (registry name).'),
     ParameterSpec('deadline_ms', 250.0, 'Per-frame deadline from arrival to result.', False),
     ParameterSpec('decision_period_s', 0.5, 'How often the decision is re-issued.'),
     ParameterSpec('plan_period_s', 0.25,
@@ -52,7 +54,10 @@ PARAMETERS = (
                   False),
     ParameterSpec('seed', 0, 'Seed of learning policies.'),
     ParameterSpec('energy_reader', '',
-                  'Measure robot energy with rapl or nvml where it works; empty: model only.'),
+                  'Measure robot energy with rapl, nvml or battery (BatteryState on '
+                  'battery_topic) where it works; empty: model only.'),
+    ParameterSpec('battery_topic', '/battery_state',
+                  'sensor_msgs/BatteryState topic read when energy_reader is battery.'),
     ParameterSpec('history_file', '',
                   'Failure history the health monitor writes; read at start to warm the '
                   'availability predictor. Empty: none.'),
@@ -95,6 +100,7 @@ class ManagerConfig:
     seed: int
     history_file: str
     energy_reader: str
+    battery_topic: str
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> ManagerConfig:
@@ -113,8 +119,9 @@ class ManagerConfig:
             raise ConfigError('need plan_period_s > 0')
         if not 1 <= config.jpeg_quality <= 100 or config.offload_every < 1:
             raise ConfigError('need jpeg_quality in 1..100 and offload_every >= 1')
-        if config.energy_reader not in ('', 'rapl', 'nvml'):
-            raise ConfigError(f'energy_reader {config.energy_reader!r}: rapl, nvml or empty')
+        if config.energy_reader not in ('', 'rapl', 'nvml', 'battery'):
+            raise ConfigError(f'energy_reader {config.energy_reader!r}: rapl, nvml, battery '
+                              'or empty')
         if not 0 < config.epsilon < 1 or config.probe_every < 0:
             raise ConfigError('need 0 < epsilon < 1 and probe_every >= 0')
         for spec in config.options():
@@ -159,10 +166,14 @@ class ManagerConfig:
                        weight_cost=self.weight_cost, probe_every=self.probe_every)
 
 
-def frame_energy(config: ManagerConfig) -> FrameEnergy:
-    """Per-frame energy for ``config``: its robot profile, and a reader if one works here."""
-    from offload_manager.energy import EnergyModel, load_devices, MeasuredEnergy, READERS
+def frame_energy(config: ManagerConfig, reader: EnergyReader | None = None) -> FrameEnergy:
+    """Per-frame energy for ``config``: its robot profile, and its reader if it names one.
 
+    Args:
+        config: Parameters.
+        reader: The reader to measure with; by default a new one of ``config.energy_reader``.
+            Frames are modelled whenever the reader is unavailable.
+    """
     path = config.devices_file or default_devices_file()
     if not Path(path).is_file():
         return FrameEnergy(None)
@@ -171,9 +182,7 @@ def frame_energy(config: ManagerConfig) -> FrameEnergy:
         raise ConfigError(f'device {config.device!r} is not in the device profiles')
     meter = None
     if config.energy_reader:
-        reader = READERS[config.energy_reader]()
-        if reader.available() is None:
-            meter = MeasuredEnergy(reader)
+        meter = MeasuredEnergy(reader or READERS[config.energy_reader]())
     return FrameEnergy(EnergyModel(devices[config.device]), meter)
 
 
@@ -207,7 +216,8 @@ class OffloadManager:
         self._planned_ns = 0
         self._seq = 0
         self._history_pending = bool(config.history_file)
-        self._energy = frame_energy(config)
+        self._battery = BatteryReader() if config.energy_reader == 'battery' else None
+        self._energy = frame_energy(config, self._battery)
 
     @property
     def decision(self) -> Decision | None:
@@ -252,14 +262,14 @@ class OffloadManager:
         decision = self._decision or self.tick(now_ns)
         outcome = self._arbiter.frame_arrived(stamp_ns, frame_id, now_ns, decision)
         if outcome is not None:
-            [outcome] = self._energy.annotate([outcome])
+            [outcome] = self._energy.annotate([outcome], now_ns)
             self._policy.observe_record(outcome.record)
         return outcome
 
     def frame_unreadable(self, reason: str, now_ns: int) -> Outcome:
         """Record a frame that could not even be deserialized: it ends as a drop."""
         decision = self._decision or self.tick(now_ns)
-        [outcome] = self._energy.annotate([self._arbiter.unreadable(reason, decision)])
+        [outcome] = self._energy.annotate([self._arbiter.unreadable(reason, decision)], now_ns)
         self._policy.observe_record(outcome.record)
         return outcome
 
@@ -273,6 +283,11 @@ class OffloadManager:
         if event.name == CLOUD_CHECK:
             self._policy.observe_health(event.level >= Level.ERROR)
 
+    def on_battery(self, voltage_v: float, current_a: float, now_ns: int) -> None:
+        """Take a BatteryState sample (used when ``energy_reader`` is battery)."""
+        if self._battery is not None:
+            self._battery.update(voltage_v, current_a, now_ns)
+
     def on_report(self, report: InferenceReport) -> None:
         """Take a source's report of what it did with a frame."""
         self._policy.observe_report(report)
@@ -282,7 +297,7 @@ class OffloadManager:
     def poll(self, now_ns: int, final: bool = False) -> list[Outcome]:
         """Outcomes of the frames that are finished at ``now_ns`` (all of them if final)."""
         outcomes = self._arbiter.flush(now_ns) if final else self._arbiter.poll(now_ns)
-        outcomes = self._energy.annotate(outcomes)
+        outcomes = self._energy.annotate(outcomes, now_ns)
         for outcome in outcomes:
             self._policy.observe_record(outcome.record)
         return outcomes

@@ -136,12 +136,17 @@ class EnergyModel:
 
 
 class EnergyReader(Protocol):
-    """A cumulative energy counter of the robot (or of the part of it that computes)."""
+    """A cumulative energy counter of the robot (or of the part of it that computes).
 
-    def available(self) -> str | None:
+    Both methods take the caller's clock (``now_ns``): a counter read from the hardware
+    ignores it; one fed by messages (:class:`BatteryReader`) uses it to hold the power between
+    samples and to go stale when they stop.
+    """
+
+    def available(self, now_ns: int) -> str | None:
         """None when usable, else why not (for the log)."""
 
-    def joules(self) -> float:
+    def joules(self, now_ns: int) -> float:
         """Energy consumed since the reader started, J."""
 
 
@@ -159,7 +164,7 @@ class RaplReader:
         self._last: dict[Path, int] = {}
         self._total_uj = 0
 
-    def available(self) -> str | None:
+    def available(self, now_ns: int) -> str | None:
         """See :class:`EnergyReader`."""
         if not self._domains:
             return 'no intel-rapl package domains under powercap'
@@ -170,7 +175,7 @@ class RaplReader:
             return f'cannot read RAPL counters: {err}'
         return None
 
-    def joules(self) -> float:
+    def joules(self, now_ns: int) -> float:
         """See :class:`EnergyReader`."""
         for domain in self._domains:
             raw = int((domain / 'energy_uj').read_text())
@@ -205,11 +210,11 @@ class NvmlReader:
         except Exception as err:  # ImportError, NVMLError_*: all mean "not here"
             self._reason = f'NVML unavailable: {err}'
 
-    def available(self) -> str | None:
+    def available(self, now_ns: int) -> str | None:
         """See :class:`EnergyReader`."""
         return self._reason
 
-    def joules(self) -> float:
+    def joules(self, now_ns: int) -> float:
         """See :class:`EnergyReader`."""
         now = float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
         return (now - self._start_mj) / 1e3
@@ -219,30 +224,46 @@ class BatteryReader:
     """Energy drawn from the battery, integrated from ``sensor_msgs/BatteryState``.
 
     ROS reports discharge as negative current; the magnitude of discharge is integrated
-    (trapezoids), charging counts as zero, and NaN (unknown) samples are skipped.
+    (trapezoids), charging counts as zero, and NaN (unknown) samples are skipped. A battery
+    reports at 1-10 Hz, slower than frames end, so between samples the last power is held:
+    otherwise most frames would read 0 J and one the whole interval. The battery feeds the
+    whole robot (motors too), so this measures perception's energy only where it dominates.
+
+    Args:
+        stale_after_s: Without a sample for this long the reader is unavailable (the records
+            fall back to the model) and the held power stops counting.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stale_after_s: float = 5.0) -> None:
+        self._stale_ns = int(stale_after_s * 1e9)
         self._last: tuple[int, float] | None = None
         self._total = 0.0
 
     def update(self, voltage_v: float, current_a: float, stamp_ns: int) -> None:
-        """Add one BatteryState sample."""
+        """Add one BatteryState sample, ``stamp_ns`` on the clock the readings are taken on."""
         if not (math.isfinite(voltage_v) and math.isfinite(current_a)):
             return
         power = voltage_v * max(0.0, -current_a)
         if self._last is not None and stamp_ns > self._last[0]:
-            self._total += (power + self._last[1]) / 2 * (stamp_ns - self._last[0]) / 1e9
+            gap = min(stamp_ns - self._last[0], self._stale_ns)  # a silence is not a discharge
+            self._total += (power + self._last[1]) / 2 * gap / 1e9
         if self._last is None or stamp_ns > self._last[0]:
             self._last = (stamp_ns, power)
 
-    def available(self) -> str | None:
+    def available(self, now_ns: int) -> str | None:
         """See :class:`EnergyReader`."""
-        return None if self._last is not None else 'no BatteryState received yet'
+        if self._last is None:
+            return 'no BatteryState received yet'
+        if now_ns - self._last[0] > self._stale_ns:
+            return f'no BatteryState for {(now_ns - self._last[0]) / 1e9:.1f} s'
+        return None
 
-    def joules(self) -> float:
+    def joules(self, now_ns: int) -> float:
         """See :class:`EnergyReader`."""
-        return self._total
+        if self._last is None:
+            return 0.0
+        held = min(max(0, now_ns - self._last[0]), self._stale_ns)
+        return self._total + self._last[1] * held / 1e9
 
 
 READERS: dict[str, Callable[..., EnergyReader]] = {
@@ -257,7 +278,9 @@ class MeasuredEnergy:
 
     Frames overlap (edge and cloud at once), so energy cannot be cut per frame; each call of
     :meth:`frames_ended` reads the counter once and splits the energy since the previous call
-    evenly among the frames that ended in between.
+    evenly among the frames that ended in between. While the reader is unavailable (not yet
+    fed, or stale) it answers None and the frames are modelled; measuring restarts from the
+    first reading after that.
 
     Args:
         reader: The counter.
@@ -265,12 +288,19 @@ class MeasuredEnergy:
 
     def __init__(self, reader: EnergyReader) -> None:
         self._reader = reader
-        self._last = reader.joules()
+        self._last: float | None = None
 
-    def frames_ended(self, count: int) -> EnergyEstimate | None:
-        """Energy per frame of ``count`` frames that ended since the last call."""
+    def frames_ended(self, count: int, now_ns: int) -> EnergyEstimate | None:
+        """Energy per frame of ``count`` frames that ended since the last call, at ``now_ns``."""
         if count <= 0:
             return None
-        now = self._reader.joules()
-        spent, self._last = max(0.0, now - self._last), now
+        if self._reader.available(now_ns) is not None:
+            self._last = None
+            return None
+        now = self._reader.joules(now_ns)
+        if self._last is None:  # no interval measured yet
+            self._last = now
+            return None
+        # A held power that overshot is paid back before anything more counts.
+        spent, self._last = max(0.0, now - self._last), max(self._last, now)
         return EnergyEstimate(spent / count, measured=True)

@@ -64,11 +64,11 @@ class FrameEnergy:
                                   REPLY_BYTES if 'replied' in costs else 0,
                                   wait if waits else 0.0)
 
-    def annotate(self, outcomes: list[Any]) -> list[Any]:
+    def annotate(self, outcomes: list[Any], now_ns: int) -> list[Any]:
         """Return the outcomes with ``energy_j`` and ``energy_measured`` on their records."""
         if self._model is None or not outcomes:
             return outcomes
-        measured = self._meter.frames_ended(len(outcomes)) if self._meter else None
+        measured = self._meter.frames_ended(len(outcomes), now_ns) if self._meter else None
         out = []
         for outcome in outcomes:
             rec = outcome.record

@@ -7,7 +7,7 @@ from typing import Any
 
 from adaptive_offload import ros_interface as ros
 from adaptive_offload import topics
-from adaptive_offload.conversions import (detections_to_message, frame_to_message,
+from adaptive_offload.conversions import (battery_sample, detections_to_message, frame_to_message,
                                           message_to_detections, stamp_to_ns)
 from adaptive_offload.datatypes import HealthEvent, InferenceReport
 from adaptive_offload.errors import ConversionError
@@ -15,7 +15,8 @@ from offload_manager.annotate import Annotator
 from offload_manager.arbiter import Outcome
 from offload_manager.core import ManagerConfig, OffloadManager, PARAMETERS
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import BatteryState, Image
 from std_msgs.msg import String
 from vision_msgs.msg import Detection2DArray
 
@@ -50,6 +51,11 @@ class OffloadManagerNode(Node):
             self.create_subscription(String, tel_topic, self._on_report, ros.result_qos())
         self.create_subscription(String, topics.HEALTH_EVENTS, self._on_health,
                                  ros.result_qos())
+        if config.energy_reader == 'battery':
+            self.create_subscription(
+                BatteryState, config.battery_topic,
+                lambda msg: self._core.on_battery(*battery_sample(msg), ros.now_ns(self)),
+                qos_profile_sensor_data)
         self.create_timer(TICK_S, self._on_tick)
         self.get_logger().info(f'policy {config.policy}, deadline {config.deadline_ms} ms, '
                                f'edge sources {", ".join(config.edge_sources)}')
