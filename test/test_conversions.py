@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from adaptive_offload.conversions import (boxes_from_arrays, detections_to_message,
-                                          diagnostics_to_health, encode_image, frame_to_message,
-                                          header, health_to_diagnostics, image_to_frame,
+from adaptive_offload.conversions import (battery_message, battery_sample, boxes_from_arrays,
+                                          detections_to_message, diagnostics_to_health,
+                                          encode_image, frame_to_message, header,
+                                          health_to_diagnostics, image_to_frame,
                                           message_to_detections)
 from adaptive_offload.datatypes import Detection, DetectionSet, HealthStatus, Level
 from adaptive_offload.errors import ConversionError
@@ -194,3 +195,13 @@ def test_boxes_from_arrays_clips_and_names() -> None:
     assert [d.class_name for d in dets] == ['person', '7']
     assert boxes_from_arrays(np.zeros((1, 4)), [0.1], [1], ['a', 'b'], 10, 10)[0].class_name \
         == 'b'
+
+
+def test_battery_state_round_trips_through_cdr(store: Any) -> None:
+    msg = _cdr(store, battery_message(message_types(store), 5_000_000_123, 12.5, -1.25))
+    assert msg.__msgtype__ == 'sensor_msgs/msg/BatteryState'
+    assert battery_sample(msg) == (12.5, -1.25)
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (5, 123)
+    assert math.isnan(msg.percentage) and msg.present
+    msg.voltage = float('nan')  # unknown: the reader skips it
+    assert math.isnan(battery_sample(msg)[0])
