@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
+from adaptive_offload import topics
 from adaptive_offload.errors import BagError
 from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness, QosReliability,
                                 QosTime)
@@ -160,3 +161,26 @@ class OutputBag:
     def close(self) -> None:
         """Finish the bag (writes metadata.yaml)."""
         self._writer.close()
+
+
+def declare_outputs(out: OutputBag, inputs: Iterable[Any], sources: Iterable[str]) -> None:
+    """Declare what a replay of the graph writes: the input topics, then every output.
+
+    Args:
+        out: The output bag.
+        inputs: Connections of the input bag, copied as they are.
+        sources: Detection sources (edge targets, ``cloud``); each has detections and telemetry.
+    """
+    for conn in inputs:
+        out.copy_topic(conn)
+    for source in sources:
+        det, tel = (topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY) if source == 'cloud' \
+            else (topics.edge_topic(source, 'detections'), topics.edge_topic(source, 'telemetry'))
+        out.add_topic(det, 'vision_msgs/msg/Detection2DArray')
+        out.add_topic(tel, 'std_msgs/msg/String')
+    out.add_topic(topics.DETECTIONS, 'vision_msgs/msg/Detection2DArray')
+    out.add_topic(topics.FRAMES, 'std_msgs/msg/String')
+    out.add_topic(topics.DECISION, 'std_msgs/msg/String', LATCHED_QOS)
+    out.add_topic(topics.DIAGNOSTICS, 'diagnostic_msgs/msg/DiagnosticArray', RESULT_QOS)
+    out.add_topic(topics.HEALTH_EVENTS, 'std_msgs/msg/String')
+    out.add_topic(topics.HEALTH_FAULTS, 'std_msgs/msg/String')

@@ -17,17 +17,18 @@ import time
 from typing import Any, Callable, Mapping
 
 from adaptive_offload import topics
-from adaptive_offload.bagio import InputBag, LATCHED_QOS, OutputBag, RESULT_QOS
+from adaptive_offload.bagio import declare_outputs, InputBag, OutputBag
 from adaptive_offload.conversions import (battery_sample, detections_to_message,
                                           health_to_diagnostics, stamp_to_ns, string_message)
 from adaptive_offload.datatypes import FaultEvent, FrameRecord, HealthEvent, InferenceReport
-from adaptive_offload.errors import BackendError, ConfigError
+from adaptive_offload.embedded import EmbeddedService
+from adaptive_offload.errors import ConfigError
 from adaptive_offload.params import node_params
-from adaptive_offload.summary import summarize
+from adaptive_offload.summary import progress_bar, summarize
 from adaptive_offload.typestore import make_typestore, message_types
 from adaptive_offload.worker import DecisionHolder, FrameWorker
 from cloud_bridge.core import CloudBridge, CloudConfig
-from cloud_bridge.service import InferenceService, ServiceConfig
+from cloud_bridge.service import ServiceConfig
 from edge_inference.backends import BackendOptions, create_backend, DetectorBackend
 from edge_inference.core import build_edge, EdgeConfig
 from health_monitor.core import HealthConfig, HealthMonitor
@@ -130,7 +131,7 @@ class Replay:
         if embedded:
             # The accuracy prior must describe the model this run serves, not the params' one.
             manager_cfg = replace(manager_cfg, cloud_model=options.service.arch)
-        self._service: InferenceService | None = None
+        self._service: EmbeddedService | None = None
         self._battery_topic = manager_cfg.battery_topic \
             if manager_cfg.energy_reader == 'battery' else None
         self._rig = FaultRig(options.scenario, options.injector, clock, sleep) \
@@ -164,10 +165,7 @@ class Replay:
                 if self._rig and self._rig.runs_service:
                     url = self._rig.start_service(replace(options.service, port=0))
                 else:
-                    self._service = InferenceService(replace(options.service,
-                                                             host='127.0.0.1', port=0))
-                    threading.Thread(target=self._service.serve_forever, name='service',
-                                     daemon=True).start()
+                    self._service = EmbeddedService(options.service)
                     url = self._service.url
                 cloud_values = {**cloud_values, 'url': url, 'token': options.service.token,
                                 'model': options.service.model_name}
@@ -216,13 +214,15 @@ class Replay:
         """
         start = self._clock()
         try:
-            self._wait_for_service()
+            if self._service is not None:
+                self._service.wait_ready(self._opts.service_timeout_s, self._clock, self._sleep)
             out = OutputBag(self._opts.out, self._store)
         except BaseException:
             self._close_inputs()
             raise
         try:
-            self._declare(out)
+            declare_outputs(out, self._input.connections,
+                            [self._edge_source] + (['cloud'] if self._cloud else []))
             self._origin = self._clock()
             if self._rig is not None:
                 self._rig.start(self._origin)
@@ -252,18 +252,6 @@ class Replay:
         return ReplayResult(records, self._health_events, summary, self._opts.out, wall_s,
                             faults, [r for _, r in self._reports], self._routes)
 
-    def _wait_for_service(self) -> None:
-        if self._service is None:
-            return
-        deadline = self._clock() + int(self._opts.service_timeout_s * 1e9)
-        while not self._service.ready and not self._service.load_error:
-            if self._clock() > deadline:
-                raise BackendError('the embedded cloud service was not ready in '
-                                   f'{self._opts.service_timeout_s:.0f} s')
-            self._sleep(0.05)
-        if self._service.load_error:
-            raise BackendError(f'embedded cloud service: {self._service.load_error}')
-
     def _close_inputs(self) -> None:
         self._input.close()
         if self.health is not None:
@@ -273,23 +261,6 @@ class Replay:
         if self._service is not None:
             self._service.shutdown()
             self._service = None
-
-    def _declare(self, out: OutputBag) -> None:
-        for conn in self._input.connections:
-            out.copy_topic(conn)
-        sources = [self._edge_source] + (['cloud'] if self._cloud else [])
-        for source in sources:
-            det, tel = (topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY) if source == 'cloud' \
-                else (topics.edge_topic(source, 'detections'), topics.edge_topic(source,
-                                                                                 'telemetry'))
-            out.add_topic(det, 'vision_msgs/msg/Detection2DArray')
-            out.add_topic(tel, 'std_msgs/msg/String')
-        out.add_topic(topics.DETECTIONS, 'vision_msgs/msg/Detection2DArray')
-        out.add_topic(topics.FRAMES, 'std_msgs/msg/String')
-        out.add_topic(topics.DECISION, 'std_msgs/msg/String', LATCHED_QOS)
-        out.add_topic(topics.DIAGNOSTICS, 'diagnostic_msgs/msg/DiagnosticArray', RESULT_QOS)
-        out.add_topic(topics.HEALTH_EVENTS, 'std_msgs/msg/String')
-        out.add_topic(topics.HEALTH_FAULTS, 'std_msgs/msg/String')
 
     def _play(self, out: OutputBag) -> None:
         """Player thread: publish frames at their recorded times (or back to back)."""
@@ -452,9 +423,5 @@ class Replay:
         total = self._input.frame_count
         if self._opts.max_frames:
             total = min(total, self._opts.max_frames)
-        done = len(self._records)
-        width = 30
-        filled = int(width * done / total) if total else width
-        sys.stderr.write(f'\rreplay [{"#" * filled}{"." * (width - filled)}] '
-                         f'{done}/{total} frames')
+        sys.stderr.write(f'\r{progress_bar(len(self._records), total)}')
         sys.stderr.flush()

@@ -76,3 +76,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         rows.append(('robot energy', f'{summary["energy_j"]:.3f} J/frame ({how})'))
     width = max(len(k) for k, _ in rows)
     return '\n'.join(f'{k.ljust(width)}  {v}' for k, v in rows)
+
+
+def progress_bar(done: int, total: int, width: int = 30) -> str:
+    """Return a one-line progress bar of ``done`` out of ``total`` frames."""
+    filled = min(width, int(width * done / total)) if total else width
+    return f'replay [{"#" * filled}{"." * (width - filled)}] {done}/{total} frames'
