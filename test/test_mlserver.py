@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from typing import Any, Iterator
-import urllib.error
 import urllib.request
 
 from adaptive_offload.conversions import frame_to_message, MessageTypes
@@ -51,6 +50,13 @@ class Server:
              '--port', str(self.rest), '--grpc-port', str(self.grpc),
              '--metrics-port', str(self.metrics)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        try:
+            self._wait_ready()
+        except BaseException:  # a server that never became ready must not outlive the test
+            self.kill()
+            raise
+
+    def _wait_ready(self) -> None:
         self.announced = self.proc.stdout.readline()
         # Keep reading the access log, so a full pipe never blocks the server.
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
@@ -60,9 +66,8 @@ class Server:
             try:
                 with urllib.request.urlopen(f'{self.rest_url}/v2/health/ready', timeout=1):
                     return
-            except (urllib.error.URLError, ConnectionError):
+            except OSError:  # refused, reset, or a timeout while the model loads (busy CI)
                 time.sleep(0.1)
-        self.kill()
         raise RuntimeError('server never became ready')
 
     @property

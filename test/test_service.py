@@ -148,7 +148,7 @@ def test_serve_command_stops_on_sigterm_within_10_s() -> None:
             try:
                 with urllib.request.urlopen(base + '/v2/health/ready', timeout=1):
                     break
-            except (urllib.error.URLError, ConnectionError):
+            except OSError:  # refused, or a timeout while the model loads (busy CI)
                 time.sleep(0.1)
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
