@@ -54,6 +54,18 @@ def image_qos() -> QoSProfile:
     return profile
 
 
+def every_frame_qos() -> QoSProfile:
+    """Sensor-data QoS with depth 10, for subscribers that account for every frame.
+
+    The manager records each frame and the health monitor counts them: with depth 1 a
+    callback held up for one frame period (the first frame, a busy executor) loses a frame
+    without a trace, where the inference nodes rightly keep only the newest.
+    """
+    profile = copy.copy(qos_profile_sensor_data)
+    profile.depth = 10
+    return profile
+
+
 def result_qos() -> QoSProfile:
     """Reliable, depth 10: detections, records, telemetry, diagnostics."""
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,

@@ -35,7 +35,7 @@ class HealthMonitorNode(Node):
             self.create_subscription(
                 get_message(type_name), topic,
                 lambda _msg, t=topic: self._core.message(t, ros.now_ns(self)),
-                ros.image_qos(), raw=True)
+                ros.every_frame_qos(), raw=True)
         self.create_subscription(String, topics.CLOUD_TELEMETRY, self._on_cloud_report,
                                  ros.result_qos())
         self.create_timer(min(POLL_S, config.publish_period_s), self._on_timer)

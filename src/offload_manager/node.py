@@ -39,15 +39,14 @@ class OffloadManagerNode(Node):
         self._annotated_pub = self.create_publisher(Image, topics.ANNOTATED, ros.result_qos())
         msg_type, suffix = ros.image_type(config.compressed)
         self.create_subscription(msg_type, config.image_topic + suffix, self._on_image,
-                                 ros.image_qos())
+                                 ros.every_frame_qos())
         sources = [(s, topics.edge_topic(s, 'detections'), topics.edge_topic(s, 'telemetry'))
                    for s in config.edge_sources]
         sources.append(('cloud', topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY))
         for source, det_topic, tel_topic in sources:
-            self.create_subscription(
-                Detection2DArray, det_topic,
-                lambda msg, s=source: self._core.on_detections(
-                    message_to_detections(msg, s), ros.now_ns(self)), ros.result_qos())
+            self.create_subscription(Detection2DArray, det_topic,
+                                     lambda msg, s=source: self._on_detections(msg, s),
+                                     ros.result_qos())
             self.create_subscription(String, tel_topic, self._on_report, ros.result_qos())
         self.create_subscription(String, topics.HEALTH_EVENTS, self._on_health,
                                  ros.result_qos())
@@ -68,11 +67,24 @@ class OffloadManagerNode(Node):
         if outcome is not None:
             self._publish(outcome)
 
+    def _on_detections(self, msg: Detection2DArray, source: str) -> None:
+        now = ros.now_ns(self)
+        self._core.on_detections(message_to_detections(msg, source), now)
+        self._flush(now)
+
     def _on_report(self, msg: String) -> None:
         try:
             self._core.on_report(InferenceReport.from_json(msg.data))
         except ConversionError as err:
             self.get_logger().warning(f'ignored bad telemetry: {err}')
+            return
+        self._flush(ros.now_ns(self))
+
+    def _flush(self, now: int) -> None:
+        # At once, not on the next tick: a result is not held back up to TICK_S, and under
+        # use_sim_time the last frames of a bag still end when its /clock stops with it.
+        for outcome in self._core.poll(now):
+            self._publish(outcome)
 
     def _on_health(self, msg: String) -> None:
         try:
@@ -85,8 +97,7 @@ class OffloadManagerNode(Node):
         decision = self._core.tick(now)
         if decision is not None:
             self._decision_pub.publish(String(data=decision.to_json()))
-        for outcome in self._core.poll(now):
-            self._publish(outcome)
+        self._flush(now)
 
     def _publish(self, outcome: Outcome) -> None:
         if outcome.result is not None:

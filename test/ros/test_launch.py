@@ -40,6 +40,8 @@ def _params_file() -> str:
     edge.update(model='yolov8n.yaml', imgsz=160,
                 ultralytics_config_dir=tempfile.mkdtemp(prefix='yolo-'))
     params['/**/offload_manager']['ros__parameters']['edge_imgsz'] = 160
+    # Nothing listens on port 9: a service someone runs on 8081 must not answer the probes.
+    params['/**/cloud_bridge']['ros__parameters']['url'] = 'grpc://127.0.0.1:9'
     out = Path(tempfile.mkdtemp(prefix='params-')) / 'params.yaml'
     out.write_text(yaml.safe_dump(params))
     return str(out)

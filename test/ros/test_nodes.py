@@ -126,7 +126,8 @@ def test_offload_manager_latches_decisions_and_records_every_frame(graph: Any) -
     decisions = collect(probe, String, '/offload/decision', ros.latched_qos())  # late joiner
     assert spin_until(executor, lambda: bool(decisions), timeout=5)
     decision = Decision.from_json(decisions[0].data)
-    assert decision.route is Route.EDGE and decision.policy == 'edge-only'
+    # The default policy starts on the edge until something is measured.
+    assert decision.route is Route.EDGE and decision.policy == 'predictive'
 
     frames = collect(probe, String, '/offload/frames', ros.result_qos())
     fused = collect(probe, Detection2DArray, '/detections', ros.result_qos())
