@@ -104,6 +104,9 @@ def test_server_faults_become_failed_reports(server: str, types: MessageTypes, m
     dets, report = bridge.process(_msg(types), Decision(route=Route.CLOUD, deadline_ms=200))
     assert dets is None and report.status == 'failed' and report.reason.startswith(reason)
     assert time.monotonic() - start < 0.45  # never waits past the deadline (server: 0.5 s)
+    # The request reached the server: its bytes were sent, and their radio energy is spent.
+    [seen] = _V2Handler.seen
+    assert seen['shape'] == (240, 320, 3) and report.bytes_sent > 1000
 
 
 def test_refused_connection_is_a_failed_report(types: MessageTypes) -> None:
@@ -113,6 +116,7 @@ def test_refused_connection_is_a_failed_report(types: MessageTypes) -> None:
         bridge = CloudBridge(V2RestTransport(f'http://127.0.0.1:{port}', 'rcnn'))
         _, report = bridge.process(_msg(types), Decision(route=Route.CLOUD))
     assert report.status == 'failed' and report.reason.startswith('connection')
+    assert report.bytes_sent == 0  # nothing left the robot
 
 
 def test_transport_validation() -> None:

@@ -183,6 +183,13 @@ def test_records_carry_modelled_or_measured_energy() -> None:
                                        None)], 0)
     assert alone.record.energy_j == 0.0  # carried once only
 
+    # A request that timed out sent its bytes: the radio spent them, though no reply came.
+    energy.report(InferenceReport(stamp_ns=10, frame_id='cam', source='cloud', status='failed',
+                                  reason='timeout', bytes_sent=10_000, total_ms=250.0))
+    [timed_out] = energy.annotate([Outcome(FrameRecord(stamp_ns=10, frame_id='cam',
+                                                       route='cloud'), None)], 0)
+    assert timed_out.record.energy_j == pytest.approx(50e-9 * 80_000 + 2.7 * 0.25)  # + idling
+
     battery = BatteryReader()
     metered = FrameEnergy(EnergyModel(profile), MeasuredEnergy(battery))
     energy_of_edge = InferenceReport(stamp_ns=6, frame_id='cam', source='edge', status='ok',

@@ -82,13 +82,15 @@ def test_outage_latency_and_bandwidth_follow_the_timeline() -> None:
         {'kind': 'bandwidth', 'start_s': 5, 'duration_s': 1, 'mbps': 8})
     assert injector.infer(b'x' * 1000, 1.0).request_ms == 10.0  # before any fault
     clock.now = int(1.5 * S)
-    with pytest.raises(CloudError, match='connection'):
+    with pytest.raises(CloudError, match='connection') as refused:
         injector.infer(b'x', 1.0)
+    assert refused.value.bytes_sent == 0  # an unreachable cloud got nothing
     clock.now = 3 * S
     assert injector.infer(b'x', 1.0).request_ms == 210.0
     assert inner.calls[-1] == pytest.approx(0.8)  # the real request gets what is left
-    with pytest.raises(CloudError, match='timeout'):
-        injector.infer(b'x', 0.1)  # 200 ms of delay cannot fit a 100 ms deadline
+    with pytest.raises(CloudError, match='timeout') as late:
+        injector.infer(b'x' * 500, 0.1)  # 200 ms of delay cannot fit a 100 ms deadline
+    assert late.value.bytes_sent == 500  # sent, never answered in time
     clock.now = 5 * S
     assert injector.infer(b'x' * 100_000, 1.0).request_ms == pytest.approx(110.0)  # 0.8 Mbit
 

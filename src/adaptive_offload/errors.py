@@ -41,9 +41,12 @@ class CloudError(AdaptiveOffloadError):
 
     Attributes:
         reason: Short machine-readable reason (``timeout``, ``connection``, ``http_503``, ...).
+        bytes_sent: Request bytes that left the robot before the failure (a request that timed
+            out or was refused by the server was sent all the same; its radio energy counts).
     """
 
-    def __init__(self, reason: str, detail: str = '') -> None:
+    def __init__(self, reason: str, detail: str = '', bytes_sent: int = 0) -> None:
         super().__init__(f'{reason}: {detail}' if detail else reason)
         self.reason = reason
         self.detail = detail
+        self.bytes_sent = bytes_sent

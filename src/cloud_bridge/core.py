@@ -139,12 +139,13 @@ class CloudBridge:
         if not allowed:
             return None, self._link(replace(report, status='failed', reason='circuit_open'))
         try:
-            reply = self._request(jpeg, start + int(decision.deadline_ms * 1e6))
+            reply, retried_bytes = self._request(jpeg, start + int(decision.deadline_ms * 1e6))
         except CloudError as err:
             with self._lock:
                 self.breaker.record(False, self._clock())
             return None, self._link(replace(report, status='failed', reason=str(err),
-                                            total_ms=(self._clock() - start) / 1e6))
+                                            total_ms=(self._clock() - start) / 1e6,
+                                            bytes_sent=err.bytes_sent))
         with self._lock:
             self.breaker.record(True, self._clock())
             self.link.add(reply.request_ms, reply.server_ms, reply.bytes_sent)
@@ -154,21 +155,31 @@ class CloudBridge:
         total_ms = (self._clock() - start) / 1e6
         return (DetectionSet(stamp_ns, frame_id, self.SOURCE, dets, self.model),
                 self._link(replace(report, detections=len(dets), inference_ms=reply.request_ms,
-                                   total_ms=total_ms, bytes_sent=reply.bytes_sent,
+                                   total_ms=total_ms,
+                                   bytes_sent=reply.bytes_sent + retried_bytes,
                                    imgsz=max(image.shape[:2]),
                                    server_ms=reply.server_ms or 0.0)))
 
-    def _request(self, jpeg: bytes, deadline_ns: int) -> CloudReply:
-        """Send with retries of connection failures while the deadline leaves time."""
-        attempt = 0
+    def _request(self, jpeg: bytes, deadline_ns: int) -> tuple[CloudReply, int]:
+        """Send with retries of connection failures while the deadline leaves time.
+
+        Returns:
+            The reply, and the bytes that failed attempts before it had sent.
+
+        Raises:
+            CloudError: The last failure, with the bytes of every attempt.
+        """
+        attempt, sent = 0, 0
         while True:
             left_s = (deadline_ns - self._clock()) / 1e9
             try:
-                return self._transport.infer(jpeg, left_s)
+                return self._transport.infer(jpeg, left_s), sent
             except CloudError as err:
+                sent += err.bytes_sent
                 rtt_s = (self.link.rtt_ms or 0.0) / 1e3
                 left_s = (deadline_ns - self._clock()) / 1e9
                 if err.reason != 'connection' or attempt >= self._retries or left_s <= rtt_s:
+                    err.bytes_sent = sent
                     raise
                 attempt += 1
 

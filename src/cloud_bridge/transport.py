@@ -99,22 +99,29 @@ class V2RestTransport:
             'data': [base64.b64encode(image).decode('ascii')]}]}).encode()
         start = time.perf_counter()
         conn = self._connection(timeout_s)
+        sent = 0
         try:
             conn.request('POST', self._path, body, self._headers)
+            sent = len(body)
             response = conn.getresponse()
             payload = response.read()
         except (socket.timeout, TimeoutError) as err:
             conn.close()
-            raise CloudError('timeout', str(err)) from err
+            raise CloudError('timeout', str(err), sent) from err
         except (OSError, http.client.HTTPException) as err:
             conn.close()
-            raise CloudError('connection', str(err) or type(err).__name__) from err
+            raise CloudError('connection', str(err) or type(err).__name__, sent) from err
         elapsed_ms = (time.perf_counter() - start) * 1e3
         with self._lock:
             self._idle.append(conn)
         if response.status != 200:
-            raise CloudError(f'http_{response.status}', payload[:200].decode(errors='replace'))
-        boxes, scores, labels, server_ms = parse_v2_reply(payload)
+            raise CloudError(f'http_{response.status}', payload[:200].decode(errors='replace'),
+                             sent)
+        try:
+            boxes, scores, labels, server_ms = parse_v2_reply(payload)
+        except CloudError as err:
+            err.bytes_sent = sent
+            raise
         return CloudReply(boxes, scores, labels, elapsed_ms, len(body), server_ms)
 
     def close(self) -> None:
@@ -204,11 +211,13 @@ class V2GrpcTransport:
             reason = {'DEADLINE_EXCEEDED': 'timeout', 'UNAVAILABLE': 'connection',
                       'CANCELLED': 'connection'}.get(
                 code, f'grpc_{code.lower() or "error"}')
-            raise CloudError(reason, err.message() or code) from err
+            # Only an unreachable server never got the request.
+            sent = 0 if reason == 'connection' else len(image)
+            raise CloudError(reason, err.message() or code, sent) from err
         elapsed_ms = (time.perf_counter() - start) * 1e3
         outputs = [result.as_numpy(name) for name in ('boxes', 'scores', 'labels')]
         if any(o is None for o in outputs):
-            raise CloudError('bad_reply', 'reply lacks boxes, scores or labels')
+            raise CloudError('bad_reply', 'reply lacks boxes, scores or labels', len(image))
         try:
             boxes = outputs[0].astype(np.float64).reshape(-1, 4)
             scores = outputs[1].astype(np.float64).reshape(-1)

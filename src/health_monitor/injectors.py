@@ -58,11 +58,13 @@ class FaultInjectingTransport:
         lost = 'loss' in faults and self._rng.random() < faults['loss']['probability']
         if lost or delay_ms / 1e3 >= timeout_s:
             self._sleep(max(0.0, timeout_s))
-            raise CloudError('timeout', 'injected loss' if lost else 'injected delay')
+            # The request went out (it was lost or is still on its way): the robot sent it.
+            raise CloudError('timeout', 'injected loss' if lost else 'injected delay',
+                             len(image))
         self._sleep(delay_ms / 1e3)
         reply = self._inner.infer(image, timeout_s - delay_ms / 1e3)
         if 'corruption' in faults and self._rng.random() < faults['corruption']['probability']:
-            raise CloudError('bad_reply', 'injected corruption')
+            raise CloudError('bad_reply', 'injected corruption', reply.bytes_sent)
         return replace(reply, request_ms=reply.request_ms + delay_ms)
 
     def close(self) -> None:

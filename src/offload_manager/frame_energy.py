@@ -45,8 +45,10 @@ class FrameEnergy:
         if report.source == 'cloud':
             if report.bytes_sent:
                 cost['bytes'] = report.bytes_sent
+            if report.total_ms > 0:  # a frame routed to the cloud idles until it fails, too
+                cost['cloud_ms'] = report.total_ms
             if report.status == 'ok':
-                cost['cloud_ms'], cost['replied'] = report.total_ms, 1.0
+                cost['replied'] = 1.0
         elif report.status == 'ok':
             cost['edge_ms'] = report.inference_ms
         if not cost:
