@@ -66,6 +66,21 @@ def test_manager_turns_results_into_records() -> None:
     assert unreadable.record.index == 1 and unreadable.record.dropped
 
 
+def test_a_frame_waits_for_its_result_at_least_until_its_deadline() -> None:
+    manager = OffloadManager(ManagerConfig.from_params({
+        'policy': 'edge-only', 'deadline_ms': 5000.0, 'result_timeout_ms': 2000.0}))
+    manager.tick(0)
+    manager.frame_arrived(5, 'cam', 0)
+    manager.frame_arrived(6, 'cam', 0)
+    assert manager.poll(3 * S) == []  # past result_timeout_ms, inside the deadline
+    manager.on_report(InferenceReport(stamp_ns=5, frame_id='cam', source='edge'))
+    manager.on_detections(DetectionSet(5, 'cam', 'edge', ()), 3 * S)
+    [served] = manager.poll(3 * S)
+    assert served.record.latency_ms == 3000.0 and served.record.deadline_met
+    [lost] = manager.poll(5 * S + 1)  # nothing for 6 by its deadline: now it is a drop
+    assert lost.record.stamp_ns == 6 and lost.record.drop_reason
+
+
 def test_rate_check_levels() -> None:
     check = TopicRateCheck('/cam', min_rate_hz=10, stale_after_s=2, start_ns=0, window_s=1)
     assert check.run(S // 2).level is Level.OK  # grace period: no window yet, not stale

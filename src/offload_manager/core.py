@@ -25,7 +25,8 @@ PARAMETERS = (
                   'How often the policy re-plans (at most); decisions change at once then.'),
     ParameterSpec('decision_valid_s', 2.0,
                   'Validity of a decision; workers fall back to edge-only after it.'),
-    ParameterSpec('result_timeout_ms', 2000.0, 'Longest wait for any result before a drop.'),
+    ParameterSpec('result_timeout_ms', 2000.0,
+                  'Longest wait for any result before a drop; never shorter than the deadline.'),
     ParameterSpec('static_route', 'edge', 'Route of the static policy: edge, cloud or hedged.'),
     ParameterSpec('edge_model', 'yolov8n', 'Edge model name decisions ask for.', False),
     ParameterSpec('edge_imgsz', 640, 'Edge input size decisions ask for.', False),
@@ -210,7 +211,9 @@ class OffloadManager:
     def __init__(self, config: ManagerConfig, policy: Policy | None = None) -> None:
         self.config = config
         self._policy = policy or create_policy(config.policy, config.policy_settings())
-        self._arbiter = Arbiter(tuple(config.edge_sources), config.result_timeout_ms)
+        # A frame that may still meet its deadline is never given up on.
+        self._arbiter = Arbiter(tuple(config.edge_sources),
+                                max(config.result_timeout_ms, config.deadline_ms))
         self._decision: Decision | None = None
         self._plan: Plan | None = None
         self._planned_ns = 0
