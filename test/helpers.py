@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Callable
 
 from adaptive_offload.datatypes import Detection
@@ -56,3 +58,14 @@ def fake_edge(config_values: dict | None = None, backend: FakeBackend | None = N
     pool = ModelPool(config.default_model(), [], lambda name, options: fake,
                      BackendOptions(''))
     return EdgeInference(config, pool, clock) if clock else EdgeInference(config, pool)
+
+
+def child_env() -> dict[str, str]:
+    """Return this environment with the source tree first on PYTHONPATH, for child processes.
+
+    Prepended, not replaced: on a robot the dependencies may come from PYTHONPATH (a ROS
+    workspace, a venv's site-packages), and a child without them could not even start.
+    """
+    src = str(Path(__file__).resolve().parents[1] / 'src')
+    rest = os.environ.get('PYTHONPATH', '')
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (src, rest) if p))

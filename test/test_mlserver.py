@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 import signal
 import socket
@@ -19,10 +18,10 @@ from adaptive_offload.errors import CloudError
 from cloud_bridge.core import CloudBridge
 from cloud_bridge.transport import make_transport, V2GrpcTransport, V2RestTransport
 import cv2
+from helpers import child_env
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 TOKEN = 's3cret'
 
 
@@ -42,7 +41,7 @@ class Server:
 
     def __init__(self, ports: list[int] | None = None) -> None:
         self.rest, self.grpc, self.metrics = ports or _free_ports(3)
-        env = dict(os.environ, PYTHONPATH=str(ROOT / 'src'))
+        env = child_env()
         self.proc = subprocess.Popen(
             [sys.executable, '-m', 'adaptive_offload.cli', 'serve',
              '--arch', 'fasterrcnn_mobilenet_v3_large_320_fpn', '--threads', '2',

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
 from pathlib import Path
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from adaptive_offload.params import load_params_file, node_params, resolve
 from cloud_bridge.core import PARAMETERS as CLOUD
 from edge_inference.core import PARAMETERS as EDGE
 from health_monitor.core import PARAMETERS as HEALTH
+from helpers import child_env
 from offload_manager.core import PARAMETERS as MANAGER
 import pytest
 
@@ -50,7 +50,7 @@ def test_cores_import_without_ros() -> None:
             ' "cloud_bridge.core", "offload_manager.core", "health_monitor.core"]:\n'
             '    importlib.import_module(m)\n'
             'assert "rclpy" not in sys.modules and "ultralytics" not in sys.modules\n')
-    env = dict(os.environ, PYTHONPATH=str(ROOT / 'src'))
+    env = child_env()
     subprocess.run([sys.executable, '-c', code], check=True, env=env, timeout=120)
 
 

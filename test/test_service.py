@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 import re
 import signal
@@ -23,6 +22,7 @@ from cloud_bridge.rcnn import coco_categories, RcnnDetector
 from cloud_bridge.service import InferenceService, ServiceConfig
 from cloud_bridge.transport import V2RestTransport
 import cv2
+from helpers import child_env
 import numpy as np
 import pytest
 
@@ -135,7 +135,7 @@ def test_cloud_only_bridge_against_the_service(service: InferenceService,
 
 
 def test_serve_command_stops_on_sigterm_within_10_s() -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / 'src'))
+    env = child_env()
     proc = subprocess.Popen([sys.executable, '-m', 'adaptive_offload.cli', 'serve', '--runtime',
                              'builtin', '--port',
                              '0', '--arch', 'fasterrcnn_mobilenet_v3_large_320_fpn'],
@@ -313,7 +313,11 @@ def test_replay_with_an_outage_scenario_measures_detection_and_recovery(
         svc.shutdown()
     assert result.summary['frames_lost'] == 0 and len(result.records) == 30
     [fault] = result.faults
-    assert fault.detect_s is not None and 0 <= fault.detect_s < 0.3
+    # Requests in flight at the start were sent before it and succeed; the first one sent
+    # into the outage fails at once. So it is seen within one request time (of a busy CI too).
+    request_s = max(r.total_ms for r in result.reports
+                    if r.source == 'cloud' and r.status == 'ok') / 1e3
+    assert fault.detect_s is not None and 0 <= fault.detect_s < request_s + 0.1
     assert fault.recover_s is not None and fault.recover_s >= fault.detect_s
     assert fault.recover_s - fault.detect_s < 1.0  # the first edge-served frame, in time
     # the cloud check turns ERROR at the next /diagnostics (period 1 s) after 3 failures
