@@ -101,6 +101,34 @@ def test_an_edge_probe_on_the_cloud_route_serves_only_when_the_cloud_does_not() 
     assert 'cloud: connection: refused' in saved.record.reason
 
 
+def test_a_failed_route_waits_for_the_probe_of_the_other_side() -> None:
+    """The cloud failing first must not drop a frame whose edge probe is still running."""
+    probing = Decision(seq=1, route=Route.CLOUD, deadline_ms=100.0, probe_every=10)
+    arb = Arbiter()
+    arb.frame_arrived(1, 'cam', 0, probing)
+    arb.add_report(_report(1, 'cloud', 'failed', 'connection: refused'))
+    assert arb.poll(5 * MS) == []  # the edge has not said whether this frame is its probe
+    arb.add_result(_dets(1, 'edge'), 40 * MS)
+    arb.add_report(_report(1, 'edge'))
+    [saved] = arb.poll(40 * MS)
+    assert saved.record.result_source == 'edge' and saved.record.deadline_met
+    # Not a probe frame: the edge says so, and the frame is dropped at once.
+    arb.frame_arrived(2, 'cam', 100 * MS, probing)
+    arb.add_report(_report(2, 'cloud', 'failed', 'connection: refused'))
+    arb.add_report(_report(2, 'edge', 'skipped', 'route=cloud'))
+    [dropped] = arb.poll(101 * MS)
+    assert dropped.result is None
+    assert dropped.record.drop_reason == 'cloud: connection: refused; edge: route=cloud'
+    # The same on the edge route: a superseded edge frame is served by its cloud probe.
+    edge_probing = Decision(seq=2, route=Route.EDGE, deadline_ms=100.0, probe_every=10)
+    arb.frame_arrived(3, 'cam', 200 * MS, edge_probing)
+    arb.add_report(_report(3, 'edge', 'dropped', 'superseded'))
+    assert arb.poll(201 * MS) == []
+    arb.add_result(_dets(3, 'cloud'), 260 * MS)
+    [served] = arb.poll(260 * MS)
+    assert served.record.result_source == 'cloud' and 'edge: superseded' in served.record.reason
+
+
 def test_every_source_failing_drops_the_frame_with_their_reasons() -> None:
     arb = Arbiter()
     arb.frame_arrived(1, 'cam', 0, _decision(Route.HEDGED))

@@ -27,8 +27,10 @@ class _Pending:
     arrival_ns: int
     decision: Decision
     expected: set[str]
+    probing: set[str] = field(default_factory=set)  # may answer: the probed side
     results: dict[str, tuple[DetectionSet, int]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    reported: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -36,7 +38,8 @@ class _Pending:
         return self.arrival_ns + int(self.decision.deadline_ms * 1e6)
 
     def answered(self) -> bool:
-        return self.expected <= set(self.results) | set(self.failures)
+        heard = set(self.results) | set(self.failures) | self.reported
+        return self.expected <= set(self.results) | set(self.failures) and self.probing <= heard
 
 
 class Arbiter:
@@ -47,7 +50,8 @@ class Arbiter:
     route when the cloud has failed or the deadline is ``HEDGE_GUARD_MS`` away; a result
     arriving late is still published (``deadline_met`` false); when every expected source
     failed, or nothing arrived within ``result_timeout_ms``, the frame is dropped with the
-    sources' reasons.
+    sources' reasons. On a one-sided route that probes the other side, a frame whose own
+    route failed waits for the other side's report: its probe may still serve it.
 
     Args:
         edge_sources: Names of the edge targets whose results are expected on edge routes.
@@ -80,13 +84,15 @@ class Arbiter:
                                  route=decision.route.value, deadline_ms=decision.deadline_ms,
                                  drop_reason=refusal, decision_seq=decision.seq)
             return Outcome(record, None)
-        expected = set()
+        expected, probing = set(), set()
         if decision.route.uses_edge:
             expected |= self._edge_sources
         if decision.route.uses_cloud:
             expected.add(CLOUD)
+        if decision.probe_every and decision.route is not Route.HEDGED:
+            probing = {CLOUD} if decision.route is Route.EDGE else set(self._edge_sources)
         self._pending[(stamp_ns, frame_id)] = _Pending(index, stamp_ns, frame_id, arrival_ns,
-                                                       decision, expected)
+                                                       decision, expected, probing)
         return None
 
     def unreadable(self, reason: str, decision: Decision) -> Outcome:
@@ -118,6 +124,7 @@ class Arbiter:
             if report.status == 'ok':
                 self.orphans += 1
             return
+        entry.reported.add(report.source)
         if report.status != 'ok':
             entry.failures[report.source] = report.reason or report.status
         elif report.reason:
