@@ -7,7 +7,7 @@ import threading
 from adaptive_offload.conversions import frame_to_message, MessageTypes
 from adaptive_offload.datatypes import Decision, Route
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.gate import StampGate
+from adaptive_offload.gate import EveryNth, StampGate
 from adaptive_offload.handoff import LatestSlot
 from adaptive_offload.worker import DecisionHolder, FrameWorker
 from edge_inference.core import EdgeInference
@@ -167,3 +167,10 @@ def test_frame_worker_latency_does_not_grow_when_frames_come_faster(types: Messa
             worker.process_next(timeout=0)
     assert len(waits) == 50 and statuses.count('dropped') == 150
     assert max(waits) == 10_000_000
+
+
+def test_every_nth_picks_the_first_and_then_every_nth_frame() -> None:
+    picker = EveryNth()
+    assert [picker.pick(3) for _ in range(7)] == [True, False, False, True, False, False, True]
+    assert not picker.pick(0) and not picker.pick(-1)  # 0: never, and nothing counted
+    assert picker.pick(1)

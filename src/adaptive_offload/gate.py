@@ -1,4 +1,4 @@
-"""Admission of frames by header stamp: duplicates and out-of-order frames are refused."""
+"""Admission of frames: by header stamp (duplicates, out of order) and every n-th."""
 
 from __future__ import annotations
 
@@ -41,3 +41,22 @@ class StampGate:
         if len(self._seen) > self._memory:
             self._seen.popitem(last=False)
         return ''
+
+
+class EveryNth:
+    """Picks every n-th of the frames it is asked about, the first one included.
+
+    The cloud bridge samples with it (``offload_every``, probes) and the edge probes with it;
+    the simulator uses the same so its workers pick the frames the real ones would. Callers
+    that share one across threads hold their own lock.
+    """
+
+    def __init__(self) -> None:
+        self._seen = 0
+
+    def pick(self, every: int) -> bool:
+        """Count one frame; whether it is an every-``every``-th one (never when ``every`` is 0)."""
+        if every <= 0:
+            return False
+        self._seen += 1
+        return (self._seen - 1) % every == 0

@@ -11,6 +11,7 @@ from adaptive_offload.conversions import (boxes_from_arrays, encode_image, image
                                           stamp_to_ns)
 from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
 from adaptive_offload.errors import CloudError, ConfigError, ConversionError
+from adaptive_offload.gate import EveryNth
 from adaptive_offload.params import ParameterSpec, resolve
 from cloud_bridge.resilience import CircuitBreaker, LinkEstimator
 from cloud_bridge.transport import CloudReply, InferenceTransport, make_transport
@@ -101,7 +102,7 @@ class CloudBridge:
                  breaker: CircuitBreaker | None = None, model: str = '') -> None:
         self._transport = transport
         self._clock = clock
-        self._frames = 0
+        self._sampling = EveryNth()
         self._lock = threading.Lock()  # frame count, breaker and link estimates
         self._retries = max_retries
         self.breaker = breaker or CircuitBreaker()
@@ -124,8 +125,7 @@ class CloudBridge:
         if not every:
             return None, replace(report, status='skipped', reason=f'route={decision.route.value}')
         with self._lock:
-            self._frames += 1
-            sampled = (self._frames - 1) % every == 0
+            sampled = self._sampling.pick(every)
         if not sampled:
             return None, replace(report, status='skipped', reason='not_sampled')
         try:

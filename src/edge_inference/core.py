@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 from adaptive_offload.conversions import image_to_frame, stamp_to_ns
 from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
 from adaptive_offload.errors import BackendError, ConfigError, ConversionError
+from adaptive_offload.gate import EveryNth
 from adaptive_offload.params import ParameterSpec, resolve
 from edge_inference.backends import BackendOptions, class_indices, create_backend, DetectorBackend
 from edge_inference.models import Factory, ModelPool, ModelSpec, parse_models
@@ -121,20 +122,13 @@ class EdgeInference:
         self.models = models
         self._clock = clock
         self._classes: dict[str, tuple[int, ...] | None] = {}
-        self._off_route = 0  # frames seen off the edge route: every probe_every-th is probed
+        self._probes = EveryNth()  # off the edge route, every probe_every-th frame runs here
         self._class_filter(*models.select('')[:2])
 
     def _class_filter(self, name: str, backend: DetectorBackend) -> tuple[int, ...] | None:
         if name not in self._classes:
             self._classes[name] = class_indices(backend.names, self.config.classes)
         return self._classes[name]
-
-    def _probe(self, decision: Decision) -> bool:
-        """Whether a frame off the edge route is the decision's every ``probe_every``-th."""
-        if not decision.probe_every:
-            return False
-        self._off_route += 1
-        return (self._off_route - 1) % decision.probe_every == 0
 
     def drop(self, stamp_ns: int, frame_id: str, reason: str,
              decision: Decision) -> InferenceReport:
@@ -154,7 +148,7 @@ class EdgeInference:
         report = InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id,
                                  source=self.config.source_name, model=self.config.model_name,
                                  decision_seq=decision.seq)
-        if not decision.route.uses_edge and not self._probe(decision):
+        if not decision.route.uses_edge and not self._probes.pick(decision.probe_every):
             return None, replace(report, status='skipped', reason=f'route={decision.route.value}')
         imgsz = decision.edge_imgsz if decision.edge_imgsz > 0 else self.config.imgsz
         name, backend, note = self.models.select(decision.edge_model)

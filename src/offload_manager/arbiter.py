@@ -38,8 +38,8 @@ class _Pending:
         return self.arrival_ns + int(self.decision.deadline_ms * 1e6)
 
     def answered(self) -> bool:
-        heard = set(self.results) | set(self.failures) | self.reported
-        return self.expected <= set(self.results) | set(self.failures) and self.probing <= heard
+        return self.expected <= set(self.results) | set(self.failures) and \
+            self.probing <= set(self.results) | self.reported
 
 
 class Arbiter:

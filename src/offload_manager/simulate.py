@@ -22,6 +22,7 @@ import random
 
 from adaptive_offload.datatypes import (Decision, Detection, DetectionSet, FrameRecord,
                                         InferenceReport)
+from adaptive_offload.gate import EveryNth
 from cloud_bridge.resilience import CircuitBreaker
 from health_monitor.scenario import Scenario
 from offload_manager.accuracy import prior
@@ -111,7 +112,7 @@ class Simulation:
         self._in_flight = 0
         self._cloud_pending: tuple[int, Decision] | None = None
         self._sent = 0
-        self._off_route = 0
+        self._edge_probes = EveryNth()  # as EdgeInference's
         self._parts: dict[int, dict[str, float]] = {}
 
     def _at(self, t_ns: int, kind: str, *payload: object) -> None:
@@ -167,7 +168,7 @@ class Simulation:
             return
         self._parts[stamp] = {}
         self._at(t + int(decision.deadline_ms * MS), 'wake')
-        if decision.route.uses_edge or self._edge_probe(decision):
+        if decision.route.uses_edge or self._edge_probes.pick(decision.probe_every):
             if self._edge_busy:
                 if self._edge_pending is not None:
                     self._report(InferenceReport(stamp_ns=self._edge_pending[0], source='edge',
@@ -189,13 +190,6 @@ class Simulation:
                 self._cloud_pending = (stamp, decision)
         else:
             self._report(InferenceReport(stamp_ns=stamp, source='cloud', status='skipped'))
-
-    def _edge_probe(self, decision: Decision) -> bool:
-        """As ``EdgeInference``: off the edge route every ``probe_every``-th frame runs there."""
-        if not decision.probe_every:
-            return False
-        self._off_route += 1
-        return (self._off_route - 1) % decision.probe_every == 0
 
     def _start_edge(self, t: int, stamp: int, decision: Decision) -> None:
         base = self.robot.inference_time_ms(decision.edge_model, decision.edge_imgsz)
