@@ -28,7 +28,7 @@ demo: $(STAMP)
 		--imgsz 320 --params config/params.yaml --cloud embedded
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 clean-demo:
 	rm -rf $(DEMO)

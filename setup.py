@@ -33,7 +33,7 @@ setup(
             'cloud_bridge = cloud_bridge.node:main',
             'offload_manager = offload_manager.node:main',
             'health_monitor = health_monitor.node:main',
-            'adaptive-offload = adaptive_offload.cli:main',
+            'adaptive-offload = offload_runtime.cli:main',
         ],
     },
 )

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import time
 
-from adaptive_offload.evaluate import _manager, EvalOptions
-from health_monitor.scenario import parse_scenario
-from offload_manager.core import default_devices_file, OffloadManager
+from fault_injection.scenario import parse_scenario
 from offload_manager.energy import load_devices
-from offload_manager.simulate import NetworkProfile, SimSettings, Simulation
+from offload_manager.manager import default_devices_file, OffloadManager
+from offload_runtime.evaluate import _manager, EvalOptions
+from offload_runtime.simulator import NetworkProfile, SimSettings, Simulation
 
 
 def warmed(policy: str, frames: int) -> tuple[OffloadManager, float]:

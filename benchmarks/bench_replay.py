@@ -15,10 +15,10 @@ import tempfile
 import time
 
 from adaptive_offload.conversions import image_to_frame
-from adaptive_offload.replay import Replay, ReplayOptions
-from adaptive_offload.samplebag import SampleSpec, write_sample_bag
 from adaptive_offload.typestore import make_typestore
 from edge_inference.ultralytics_backend import prepare_offline
+from offload_runtime.replay import Replay, ReplayOptions
+from offload_runtime.sample_bag import SampleSpec, write_sample_bag
 from rosbags.rosbag2 import Reader
 
 

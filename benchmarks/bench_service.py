@@ -23,9 +23,9 @@ import time
 import urllib.request
 
 from adaptive_offload.conversions import encode_image
-from cloud_bridge.rcnn import RcnnDetector
 from cloud_bridge.transport import make_transport
 import numpy as np
+from rcnn_service.rcnn_detector import RcnnDetector
 
 ARCH = 'fasterrcnn_mobilenet_v3_large_320_fpn'
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def start_service(runtime: str, threads: int) -> tuple[subprocess.Popen[str], st
         The process and the URL the bridge uses (gRPC for MLServer, REST for builtin).
     """
     rest, grpc, metrics = _free_ports(3)
-    proc = subprocess.Popen([sys.executable, '-m', 'adaptive_offload.cli', 'serve',
+    proc = subprocess.Popen([sys.executable, '-m', 'offload_runtime.cli', 'serve',
                              '--runtime', runtime, '--port', str(rest), '--grpc-port',
                              str(grpc), '--metrics-port', str(metrics), '--arch', ARCH,
                              '--threads', str(threads)],

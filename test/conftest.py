@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Callable
 
 from adaptive_offload.conversions import MessageTypes
-from adaptive_offload.samplebag import SampleSpec, write_sample_bag
 from adaptive_offload.typestore import make_typestore, message_types
 from helpers import FakeBackend
+from offload_runtime.sample_bag import SampleSpec, write_sample_bag
 import pytest
 
 

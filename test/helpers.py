@@ -8,8 +8,8 @@ from typing import Callable
 
 from adaptive_offload.datatypes import Detection
 from edge_inference.backends import BackendOptions
-from edge_inference.core import EdgeConfig, EdgeInference
-from edge_inference.models import ModelPool
+from edge_inference.inference import EdgeConfig, EdgeInference
+from edge_inference.model_pool import ModelPool
 import numpy as np
 
 

@@ -9,11 +9,11 @@ import subprocess
 import sys
 
 from adaptive_offload.params import load_params_file, node_params, resolve
-from cloud_bridge.core import PARAMETERS as CLOUD
-from edge_inference.core import PARAMETERS as EDGE
-from health_monitor.core import PARAMETERS as HEALTH
+from cloud_bridge.bridge import PARAMETERS as CLOUD
+from edge_inference.inference import PARAMETERS as EDGE
+from health_monitor.monitor import PARAMETERS as HEALTH
 from helpers import child_env
-from offload_manager.core import PARAMETERS as MANAGER
+from offload_manager.manager import PARAMETERS as MANAGER
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +46,9 @@ def test_only_node_modules_import_ros() -> None:
 
 def test_cores_import_without_ros() -> None:
     code = ('import sys, importlib\n'
-            'for m in ["adaptive_offload.replay", "adaptive_offload.cli", "edge_inference.core",'
-            ' "cloud_bridge.core", "offload_manager.core", "health_monitor.core"]:\n'
+            'for m in ["offload_runtime.replay", "offload_runtime.cli",'
+            ' "edge_inference.inference", "cloud_bridge.bridge", "offload_manager.manager",'
+            ' "health_monitor.monitor"]:\n'
             '    importlib.import_module(m)\n'
             'assert "rclpy" not in sys.modules and "ultralytics" not in sys.modules\n')
     env = child_env()
@@ -133,7 +134,7 @@ def test_colcon_build_and_test(tmp_path: Path) -> None:
     index = tmp_path / 'install' / 'adaptive_offload' / 'share' / 'ament_index'
     assert (index / 'resource_index' / 'packages' / 'adaptive_offload').is_file()
     subprocess.run([colcon, 'test', *common, '--pytest-args',
-                    str(ROOT / 'test' / 'test_arbiter.py')],
+                    str(ROOT / 'test' / 'offload_manager' / 'test_frame_outcomes.py')],
                    cwd=tmp_path, check=True, timeout=600, capture_output=True)
     result = subprocess.run([colcon, 'test-result', '--test-result-base',
                              str(tmp_path / 'build')], cwd=tmp_path, capture_output=True,

@@ -14,8 +14,8 @@ from adaptive_offload import topics
 from adaptive_offload.conversions import detections_to_message, MessageTypes
 from adaptive_offload.datatypes import DetectionSet, InferenceReport
 from adaptive_offload.errors import AdaptiveOffloadError
+from adaptive_offload.frame_worker import DecisionHolder, Emit
 from adaptive_offload.params import ParameterSpec
-from adaptive_offload.worker import DecisionHolder, Emit
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion

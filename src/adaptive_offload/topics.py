@@ -1,4 +1,4 @@
-"""Topic names shared by the nodes, the launch files and the standalone runtime."""
+"""Names shared by the nodes, the launch files and the runtime: topics and health checks."""
 
 from __future__ import annotations
 
@@ -13,6 +13,17 @@ HEALTH_FAULTS = '/health/faults'
 CLOUD_DETECTIONS = '/cloud/detections'
 CLOUD_TELEMETRY = '/cloud/telemetry'
 ROOT_EDGE_SOURCE = 'edge'
+
+# Names of the health checks' statuses on /diagnostics, which the manager and the fault
+# measures match on.
+CHECK_CLOUD = 'adaptive_offload: cloud'
+CHECK_CLOUD_READINESS = 'adaptive_offload: cloud readiness'
+CHECK_UPLINK_BANDWIDTH = 'adaptive_offload: uplink bandwidth'
+
+
+def topic_rate_check(topic: str) -> str:
+    """Name of the rate check of one monitored topic."""
+    return f'adaptive_offload: {topic} rate'
 
 
 def edge_topic(source: str, leaf: str) -> str:

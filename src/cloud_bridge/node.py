@@ -8,8 +8,8 @@ from typing import Any
 from adaptive_offload import ros_interface as ros
 from adaptive_offload import topics
 from adaptive_offload.datatypes import Decision
-from adaptive_offload.worker import DecisionHolder, FrameWorker
-from cloud_bridge.core import CloudConfig, PARAMETERS
+from adaptive_offload.frame_worker import DecisionHolder, FrameWorker
+from cloud_bridge.bridge import CloudConfig, PARAMETERS
 from rclpy.node import Node
 
 

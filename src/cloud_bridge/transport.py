@@ -3,53 +3,17 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
 import http.client
 import json
 import socket
 import threading
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from adaptive_offload.errors import CloudError, ConfigError
+from adaptive_offload.inference_transport import CloudReply, InferenceTransport
 import numpy as np
-
-
-@dataclass(frozen=True)
-class CloudReply:
-    """Detections returned by the service, in pixels of the image that was sent.
-
-    Attributes:
-        boxes: Nx4 float array, x1 y1 x2 y2.
-        scores: N confidences.
-        labels: N class names.
-        request_ms: Round trip measured by the client.
-        bytes_sent: Request body size.
-        server_ms: Server-side time when the server reports it (``parameters.server_us``).
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: tuple[str, ...]
-    request_ms: float
-    bytes_sent: int
-    server_ms: float | None = None
-
-
-class InferenceTransport(Protocol):
-    """Sends one encoded image to the service."""
-
-    def infer(self, image: bytes, timeout_s: float) -> CloudReply:
-        """Run inference on JPEG/PNG bytes within ``timeout_s``.
-
-        Raises:
-            CloudError: With reason ``timeout``, ``connection``, ``http_<code>`` or
-                ``bad_reply``.
-        """
-
-    def close(self) -> None:
-        """Release connections."""
 
 
 class V2RestTransport:

@@ -16,8 +16,8 @@ from adaptive_offload.conversions import (detections_to_message, frame_to_messag
 from adaptive_offload.datatypes import DetectionSet, InferenceReport
 from adaptive_offload.drawing import annotate_message
 from adaptive_offload.errors import AdaptiveOffloadError
-from adaptive_offload.worker import DecisionHolder, FrameWorker
-from edge_inference.core import build_edge, EdgeConfig, PARAMETERS
+from adaptive_offload.frame_worker import DecisionHolder, FrameWorker
+from edge_inference.inference import build_edge, EdgeConfig, PARAMETERS
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 from std_msgs.msg import String

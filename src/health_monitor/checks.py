@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol
 
+from adaptive_offload import topics
 from adaptive_offload.datatypes import HealthStatus, InferenceReport, Level
-from health_monitor.detectors import AnomalyDetector, RobustZ
+from health_monitor.link_checks import AnomalyDetector, RobustZ
 import numpy as np
 
 
@@ -40,7 +41,7 @@ class TopicRateCheck:
     def __init__(self, topic: str, min_rate_hz: float, stale_after_s: float, start_ns: int,
                  window_s: float = 5.0, tolerance: float = 0.1, hardware_id: str = '') -> None:
         self.topic = topic
-        self.name = f'adaptive_offload: {topic} rate'
+        self.name = topics.topic_rate_check(topic)
         self._min_rate = min_rate_hz
         self._stale_ns = int(stale_after_s * 1e9)
         self._window_ns = int(window_s * 1e9)
@@ -91,10 +92,10 @@ class CloudCheck:
         k: Robust z-score above which a round trip may be anomalous.
         ratio: Least multiple of the median round trip that is anomalous.
         hardware_id: What the check is about (the service URL).
-        detector: Anomaly model (``health_monitor.detectors``); robust z-score by default.
+        detector: Anomaly model (``health_monitor.link_checks``); robust z-score by default.
     """
 
-    name = 'adaptive_offload: cloud'
+    name = topics.CHECK_CLOUD
 
     def __init__(self, fail_after: int = 3, window: int = 50, k: float = 4.0,
                  ratio: float = 1.5, hardware_id: str = '',

@@ -11,7 +11,7 @@ from adaptive_offload.conversions import health_to_diagnostics
 from adaptive_offload.datatypes import InferenceReport
 from adaptive_offload.errors import ConversionError
 from diagnostic_msgs.msg import DiagnosticArray
-from health_monitor.core import HealthConfig, HealthMonitor, PARAMETERS
+from health_monitor.monitor import HealthConfig, HealthMonitor, PARAMETERS
 from rclpy.node import Node
 from rosidl_runtime_py.utilities import get_message
 from std_msgs.msg import String

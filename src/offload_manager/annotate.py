@@ -8,7 +8,7 @@ from typing import Any
 from adaptive_offload.conversions import stamp_to_ns
 from adaptive_offload.drawing import annotate_message
 import numpy as np
-from offload_manager.arbiter import Outcome
+from offload_manager.frame_outcomes import Outcome
 
 
 class Annotator:

@@ -12,8 +12,8 @@ from adaptive_offload.conversions import (battery_sample, detections_to_message,
 from adaptive_offload.datatypes import HealthEvent, InferenceReport
 from adaptive_offload.errors import ConversionError
 from offload_manager.annotate import Annotator
-from offload_manager.arbiter import Outcome
-from offload_manager.core import ManagerConfig, OffloadManager, PARAMETERS
+from offload_manager.frame_outcomes import Outcome
+from offload_manager.manager import ManagerConfig, OffloadManager, PARAMETERS
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import BatteryState, Image

@@ -17,7 +17,8 @@ from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceRepor
 import numpy as np
 from offload_manager.accuracy import AccuracyModel
 from offload_manager.availability import AvailabilityPredictor
-from offload_manager.models import ArForecaster, BandwidthEstimator, LatencyBook, tail_probability
+from offload_manager.latency_models import (ArForecaster, BandwidthEstimator, LatencyBook,
+                                            tail_probability)
 
 # JPEG bytes relative to quality 75, measured on 640x480 frames by benchmarks/bench_service.py
 # (q50 13.7 %, q75 20.1 %, q95 39.1 % of raw); other qualities interpolate.
@@ -79,7 +80,7 @@ class Observations:
         max_age_s: Oldest latency sample that still counts (the newest 20 always do), so
             figures fed only by occasional probes do not keep a fault in mind for minutes.
         shift_run: Newest samples all beyond the older ones' tail that mark a regime change
-            (see :class:`offload_manager.models.SlidingQuantiles`).
+            (see :class:`offload_manager.latency_models.SlidingQuantiles`).
     """
 
     def __init__(self, energy: EnergyModelLike, cloud_model: str = 'fasterrcnn_resnet50_fpn_v2',

@@ -76,7 +76,7 @@ def image(stamp_ns: int) -> Image:
 
 
 def test_edge_inference_detects_reports_and_follows_its_lifecycle(graph: Any) -> None:
-    from edge_inference.core import PARAMETERS
+    from edge_inference.inference import PARAMETERS
     from edge_inference.node import EdgeInferenceNode
 
     executor, probe = graph

@@ -1,0 +1,199 @@
+"""Cloud bridge core: pick frames by the decision, send them as JPEG, scale the reply back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+import threading
+import time
+from typing import Any, Callable, Mapping
+
+from adaptive_offload.admission import EveryNth
+from adaptive_offload.conversions import (boxes_from_arrays, encode_image, image_to_frame,
+                                          stamp_to_ns)
+from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
+from adaptive_offload.errors import CloudError, ConfigError, ConversionError
+from adaptive_offload.params import ParameterSpec, resolve
+from cloud_bridge.resilience import CircuitBreaker, LinkEstimator
+from cloud_bridge.transport import CloudReply, InferenceTransport, make_transport
+import cv2
+
+PARAMETERS = (
+    ParameterSpec('url', 'grpc://127.0.0.1:8081',
+                  'V2 inference server: grpc://host:port (gRPC) or http(s)://host:port (REST).'),
+    ParameterSpec('model', 'rcnn', 'Model name on the server.'),
+    ParameterSpec('token', '', 'Bearer token; empty sends none.'),
+    ParameterSpec('image_topic', '/camera/image_raw', 'Camera topic (sensor_msgs/Image).'),
+    ParameterSpec('compressed', False, 'Subscribe to <image_topic>/compressed instead.'),
+    ParameterSpec('deadline_ms', 250.0, 'Deadline applied while no decision is valid.'),
+    ParameterSpec('max_retries', 1,
+                  'Retries of a refused or dropped connection, only while the deadline allows.'),
+    ParameterSpec('breaker_threshold', 3, 'Consecutive failures that open the circuit breaker.'),
+    ParameterSpec('breaker_cooldown_ms', 1000.0, 'Open time before the breaker probes again.'),
+    ParameterSpec('max_in_flight', 2,
+                  'Requests in flight at once (their round trips overlap).'),
+    ParameterSpec('max_pending', 1,
+                  'Frames waiting for a free request; when full the oldest is dropped.'),
+)
+
+
+@dataclass(frozen=True)
+class CloudConfig:
+    """Validated cloud bridge parameters (see :data:`PARAMETERS`)."""
+
+    url: str
+    model: str
+    token: str
+    image_topic: str
+    compressed: bool
+    deadline_ms: float
+    max_retries: int
+    breaker_threshold: int
+    breaker_cooldown_ms: float
+    max_in_flight: int
+    max_pending: int
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any] | None = None) -> CloudConfig:
+        """Build from parameter values over the defaults.
+
+        Raises:
+            ConfigError: For unknown names, wrong types or a URL no transport speaks.
+        """
+        config = cls(**resolve(PARAMETERS, values))
+        if config.max_in_flight < 1 or config.max_pending < 1:
+            raise ConfigError('max_in_flight and max_pending must be >= 1')
+        config.make_transport().close()  # validates the URL; connections open lazily
+        return config
+
+    def make_transport(self) -> InferenceTransport:
+        """Build the transport for the URL's scheme."""
+        return make_transport(self.url, self.model, self.token)
+
+    def make_bridge(self, transport: InferenceTransport | None = None) -> CloudBridge:
+        """Build the bridge core with this configuration's breaker and retries."""
+        return CloudBridge(transport or self.make_transport(), max_retries=self.max_retries,
+                           breaker=CircuitBreaker(self.breaker_threshold,
+                                                  self.breaker_cooldown_ms), model=self.model)
+
+
+class CloudBridge:
+    """Sends frames the decision selects to the service and returns its detections.
+
+    Cloud routes send every ``offload_every``-th frame; the edge route sends every
+    ``probe_every``-th frame as a probe (its answer measures the cloud for the manager).
+
+    A request never outlives the frame's deadline; a refused or dropped connection is retried
+    (``max_retries``) only if the time left exceeds the recent round trip; the circuit breaker
+    fails frames at once while the service is known to be down. Thread-safe, so that several
+    requests can be in flight (the transport must be thread-safe too; ours are).
+
+    Args:
+        transport: Connection to the service.
+        clock: Monotonic nanosecond clock for timings (injected in tests).
+        max_retries: Retries of connection failures within the deadline.
+        breaker: Circuit breaker; a default one when None.
+        model: Model name put on the detections.
+    """
+
+    SOURCE = 'cloud'
+
+    def __init__(self, transport: InferenceTransport,
+                 clock: Callable[[], int] = time.perf_counter_ns, max_retries: int = 1,
+                 breaker: CircuitBreaker | None = None, model: str = '') -> None:
+        self._transport = transport
+        self._clock = clock
+        self._sampling = EveryNth()
+        self._lock = threading.Lock()  # frame count, breaker and link estimates
+        self._retries = max_retries
+        self.breaker = breaker or CircuitBreaker()
+        self.link = LinkEstimator()
+        self.model = model
+
+    def drop(self, stamp_ns: int, frame_id: str, reason: str,
+             decision: Decision) -> InferenceReport:
+        """Report a frame that was not processed (see :class:`FrameProcessor`)."""
+        return InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id, source=self.SOURCE,
+                               status='dropped', reason=reason, decision_seq=decision.seq)
+
+    def process(self, msg: Any, decision: Decision) -> tuple[DetectionSet | None, InferenceReport]:
+        """Send one frame if the decision selects it (see :class:`FrameProcessor`)."""
+        start = self._clock()
+        stamp_ns, frame_id = stamp_to_ns(msg.header.stamp), str(msg.header.frame_id)
+        report = InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id, source=self.SOURCE,
+                                 decision_seq=decision.seq)
+        every = decision.offload_every if decision.route.uses_cloud else decision.probe_every
+        if not every:
+            return None, replace(report, status='skipped', reason=f'route={decision.route.value}')
+        with self._lock:
+            sampled = self._sampling.pick(every)
+        if not sampled:
+            return None, replace(report, status='skipped', reason='not_sampled')
+        try:
+            frame = image_to_frame(msg)
+            image, scale = _shrink(frame.image, decision.cloud_max_side)
+            jpeg = encode_image(image, 'jpeg', decision.jpeg_quality)
+        except ConversionError as err:
+            return None, self._link(replace(report, status='failed', reason=str(err)))
+        with self._lock:
+            allowed = self.breaker.allow(self._clock())
+        if not allowed:
+            return None, self._link(replace(report, status='failed', reason='circuit_open'))
+        try:
+            reply, retried_bytes = self._request(jpeg, start + int(decision.deadline_ms * 1e6))
+        except CloudError as err:
+            with self._lock:
+                self.breaker.record(False, self._clock())
+            return None, self._link(replace(report, status='failed', reason=str(err),
+                                            total_ms=(self._clock() - start) / 1e6,
+                                            bytes_sent=err.bytes_sent))
+        with self._lock:
+            self.breaker.record(True, self._clock())
+            self.link.add(reply.request_ms, reply.server_ms, reply.bytes_sent)
+        dets = boxes_from_arrays(reply.boxes / scale, reply.scores,
+                                 range(len(reply.labels)), list(reply.labels),
+                                 frame.width, frame.height)
+        total_ms = (self._clock() - start) / 1e6
+        return (DetectionSet(stamp_ns, frame_id, self.SOURCE, dets, self.model),
+                self._link(replace(report, detections=len(dets), inference_ms=reply.request_ms,
+                                   total_ms=total_ms,
+                                   bytes_sent=reply.bytes_sent + retried_bytes,
+                                   imgsz=max(image.shape[:2]),
+                                   server_ms=reply.server_ms or 0.0)))
+
+    def _request(self, jpeg: bytes, deadline_ns: int) -> tuple[CloudReply, int]:
+        """Send with retries of connection failures while the deadline leaves time.
+
+        Returns:
+            The reply, and the bytes that failed attempts before it had sent.
+
+        Raises:
+            CloudError: The last failure, with the bytes of every attempt.
+        """
+        attempt, sent = 0, 0
+        while True:
+            left_s = (deadline_ns - self._clock()) / 1e9
+            try:
+                return self._transport.infer(jpeg, left_s), sent
+            except CloudError as err:
+                sent += err.bytes_sent
+                rtt_s = (self.link.rtt_ms or 0.0) / 1e3
+                left_s = (deadline_ns - self._clock()) / 1e9
+                if err.reason != 'connection' or attempt >= self._retries or left_s <= rtt_s:
+                    err.bytes_sent = sent
+                    raise
+                attempt += 1
+
+    def _link(self, report: InferenceReport) -> InferenceReport:
+        with self._lock:
+            return replace(report, rtt_ms=self.link.rtt_ms or 0.0,
+                           uplink_mbps=self.link.uplink_mbps or 0.0,
+                           breaker=self.breaker.state.value)
+
+
+def _shrink(image: Any, max_side: int) -> tuple[Any, float]:
+    longest = max(image.shape[:2])
+    if max_side <= 0 or longest <= max_side:
+        return image, 1.0
+    scale = max_side / longest
+    size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale

@@ -1,0 +1,176 @@
+"""Edge inference core: decode a frame, run the local detector under the current decision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+import time
+from typing import Any, Callable, Mapping
+
+from adaptive_offload.admission import EveryNth
+from adaptive_offload.conversions import image_to_frame, stamp_to_ns
+from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
+from adaptive_offload.errors import BackendError, ConfigError, ConversionError
+from adaptive_offload.params import ParameterSpec, resolve
+from edge_inference.backends import BackendOptions, class_indices, create_backend, DetectorBackend
+from edge_inference.model_pool import Factory, ModelPool, ModelSpec, parse_models
+import numpy as np
+
+PARAMETERS = (
+    ParameterSpec('backend', 'ultralytics', 'Detector backend (registry name).'),
+    ParameterSpec('model', 'yolov8n.pt',
+                  'Weights file (.pt) or model config (.yaml: random weights, for tests).'),
+    ParameterSpec('model_name', '', 'Name decisions use for this model; empty: file stem.'),
+    ParameterSpec('device', 'cpu', 'Inference device: cpu, cuda, cuda:N or mps.'),
+    ParameterSpec('imgsz', 640, 'Input size used while no decision sets one.', False),
+    ParameterSpec('conf', 0.25, 'Minimum detection confidence.', False),
+    ParameterSpec('iou', 0.7, 'NMS IoU threshold.', False),
+    ParameterSpec('max_det', 100, 'Most detections per frame.', False),
+    ParameterSpec('classes', '', 'Comma-separated class names to keep; empty keeps all.'),
+    ParameterSpec('image_topic', '/camera/image_raw', 'Camera topic (sensor_msgs/Image).'),
+    ParameterSpec('compressed', False,
+                  'Subscribe to <image_topic>/compressed (sensor_msgs/CompressedImage).'),
+    ParameterSpec('source_name', 'edge', 'Name of this target in records (e.g. robot, pi).'),
+    ParameterSpec('deadline_ms', 250.0, 'Deadline applied while no decision is valid.'),
+    ParameterSpec('ultralytics_config_dir', '', 'ultralytics settings folder; empty: default.'),
+    ParameterSpec('alt_models', '',
+                  'Other models decisions may ask for: name=path;name=path (.onnx: onnx).'),
+    ParameterSpec('max_loaded_models', 2, 'Most models held in memory at once.'),
+    ParameterSpec('publish_annotated', False,
+                  'Also publish edge/annotated (Image with the boxes) for rviz.'),
+    ParameterSpec('autostart', True,
+                  'Configure and activate the lifecycle node at start (plain launches).'),
+)
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Validated edge parameters (see :data:`PARAMETERS`)."""
+
+    backend: str
+    model: str
+    model_name: str
+    device: str
+    imgsz: int
+    conf: float
+    iou: float
+    max_det: int
+    classes: str
+    image_topic: str
+    compressed: bool
+    source_name: str
+    deadline_ms: float
+    ultralytics_config_dir: str
+    alt_models: str
+    max_loaded_models: int
+    publish_annotated: bool
+    autostart: bool
+
+    @classmethod
+    def from_params(cls, values: Mapping[str, Any] | None = None) -> EdgeConfig:
+        """Build from parameter values over the defaults.
+
+        Raises:
+            ConfigError: For unknown names or wrong types.
+        """
+        params = resolve(PARAMETERS, values)
+        if not params['model_name']:
+            params['model_name'] = Path(params['model']).stem
+        return cls(**params)
+
+    def fallback_decision(self) -> Decision:
+        """Decision applied while the manager gives none: this model, locally."""
+        return Decision.safe_default(self.model_name, self.imgsz, self.deadline_ms)
+
+    def default_model(self) -> ModelSpec:
+        """Return the model loaded at start."""
+        return ModelSpec(self.model_name, self.backend, self.model)
+
+
+def build_edge(config: EdgeConfig, factory: Factory = create_backend) -> EdgeInference:
+    """Load the default model (warmed up) and make the edge core.
+
+    Raises:
+        ConfigError: For bad alternatives or a class filter the model does not know.
+        BackendError: If the default model cannot be loaded.
+    """
+    def warm_up(backend: DetectorBackend) -> None:
+        backend.infer(np.zeros((480, 640, 3), np.uint8), config.imgsz, config.conf,
+                      config.iou, None, 1)
+
+    pool = ModelPool(config.default_model(), parse_models(config.alt_models, config.backend),
+                     factory, BackendOptions('', config.device, config.ultralytics_config_dir),
+                     config.max_loaded_models, warm_up)
+    return EdgeInference(config, pool)
+
+
+class EdgeInference:
+    """Runs the local detector on frames.
+
+    Args:
+        config: Parameters.
+        models: The detectors (see :func:`build_edge`).
+        clock: Monotonic nanosecond clock for timings (injected in tests).
+
+    Raises:
+        ConfigError: If ``classes`` names a class the default model does not have.
+    """
+
+    def __init__(self, config: EdgeConfig, models: ModelPool,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+        self.config = config
+        self.models = models
+        self._clock = clock
+        self._classes: dict[str, tuple[int, ...] | None] = {}
+        self._probes = EveryNth()  # off the edge route, every probe_every-th frame runs here
+        self._class_filter(*models.select('')[:2])
+
+    def _class_filter(self, name: str, backend: DetectorBackend) -> tuple[int, ...] | None:
+        if name not in self._classes:
+            self._classes[name] = class_indices(backend.names, self.config.classes)
+        return self._classes[name]
+
+    def drop(self, stamp_ns: int, frame_id: str, reason: str,
+             decision: Decision) -> InferenceReport:
+        """Report a frame that was not processed (see :class:`FrameProcessor`)."""
+        return InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id,
+                               source=self.config.source_name, status='dropped', reason=reason,
+                               model=self.config.model_name, decision_seq=decision.seq)
+
+    def process(self, msg: Any, decision: Decision) -> tuple[DetectionSet | None, InferenceReport]:
+        """Decode and detect one image message (see :class:`FrameProcessor`).
+
+        Returns:
+            The detections (None when skipped or failed) and the report.
+        """
+        start = self._clock()
+        stamp_ns, frame_id = stamp_to_ns(msg.header.stamp), str(msg.header.frame_id)
+        report = InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id,
+                                 source=self.config.source_name, model=self.config.model_name,
+                                 decision_seq=decision.seq)
+        if not decision.route.uses_edge and not self._probes.pick(decision.probe_every):
+            return None, replace(report, status='skipped', reason=f'route={decision.route.value}')
+        imgsz = decision.edge_imgsz if decision.edge_imgsz > 0 else self.config.imgsz
+        name, backend, note = self.models.select(decision.edge_model)
+        report = replace(report, model=name)
+        try:
+            frame = image_to_frame(msg)
+            classes = self._class_filter(name, backend)
+            infer_start = self._clock()
+            dets = backend.infer(frame.image, imgsz, self.config.conf, self.config.iou,
+                                 classes, self.config.max_det)
+        except ConversionError as err:
+            return None, replace(report, status='failed', reason=str(err), imgsz=imgsz,
+                                 total_ms=_ms(self._clock() - start))
+        except (BackendError, ConfigError) as err:
+            return None, replace(report, status='failed', reason=f'inference_error: {err}',
+                                 imgsz=imgsz, total_ms=_ms(self._clock() - start))
+        end = self._clock()
+        result = DetectionSet(stamp_ns=stamp_ns, frame_id=frame_id,
+                              source=self.config.source_name, detections=dets, model=name)
+        return result, replace(report, reason=note, imgsz=imgsz, detections=len(dets),
+                               inference_ms=_ms(end - infer_start), total_ms=_ms(end - start))
+
+
+def _ms(ns: int) -> float:
+    return ns / 1e6

@@ -1,0 +1,1 @@
+"""Fault injection: scenarios, injectors (client, proxy, netem, processes) and their measures."""

@@ -1,0 +1,281 @@
+"""The ``adaptive-offload`` command: sample bags and replays without ROS.
+
+Exit codes: 0 done, 2 bad arguments or unusable input (one line on stderr naming the problem),
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+import sys
+from typing import Any, Sequence
+
+from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
+
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors exit with EXIT_USAGE."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f'{self.prog}: error: {message}\n')
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'{text} is negative')
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'{text} is negative')
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of every subcommand."""
+    from offload_runtime.sample_bag import SAMPLE_ENCODINGS
+
+    parser = _Parser(prog='adaptive-offload', description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+
+    sample = sub.add_parser('sample-bag', help='write a synthetic camera bag (MCAP)')
+    sample.add_argument('out', type=Path, help='bag folder to create')
+    sample.add_argument('--frames', type=_positive_int, default=300)
+    sample.add_argument('--fps', type=float, default=10.0)
+    sample.add_argument('--width', type=int, default=640)
+    sample.add_argument('--height', type=int, default=480)
+    sample.add_argument('--encoding', choices=SAMPLE_ENCODINGS, default='rgb8')
+    sample.add_argument('--objects', type=_positive_int, default=4)
+    sample.add_argument('--seed', type=int, default=0)
+    sample.add_argument('--battery-hz', type=float, default=0.0,
+                        help='also write sensor_msgs/BatteryState on /battery_state')
+    sample.add_argument('--distro', choices=('humble', 'jazzy'), default='jazzy')
+
+    replay = sub.add_parser('replay', help='run the graph on a bag, write an output bag')
+    replay.add_argument('bag', type=Path, help='input bag folder')
+    replay.add_argument('--out', type=Path, required=True, help='output bag folder to create')
+    replay.add_argument('--rate', type=_rate, default=1.0,
+                        help='playback rate factor; 0 = as fast as possible (default 1)')
+    replay.add_argument('--max-frames', type=_positive_int, default=0)
+    replay.add_argument('--topic', default='', help='image topic (default: the only one)')
+    replay.add_argument('--params', type=Path, help='ROS 2 parameter file (config/params.yaml)')
+    replay.add_argument('--policy', help='offload_manager policy')
+    replay.add_argument('--model', help='edge weights (.pt) or model config (.yaml)')
+    replay.add_argument('--imgsz', type=int, help='edge input size')
+    replay.add_argument('--device', help='edge device (cpu, cuda, mps)')
+    replay.add_argument('--deadline-ms', type=float, help='per-frame deadline')
+    replay.add_argument('--cloud', default='',
+                        help="URL of a V2 inference service (default: the params file's); "
+                             '"embedded", or no URL at all: cloud policies start the service '
+                             'embedded on loopback')
+    replay.add_argument('--cloud-arch', default='fasterrcnn_mobilenet_v3_large_fpn',
+                        help='architecture of the embedded service')
+    replay.add_argument('--cloud-checkpoint', default='',
+                        help='state_dict of the embedded service; empty: random weights')
+    replay.add_argument('--scenario', type=Path,
+                        help='fault scenario (YAML) injected into the run (config/scenarios/)')
+    replay.add_argument('--injector', choices=('client', 'proxy', 'netns'), default='client',
+                        help='where network faults are injected: the bridge transport, a TCP '
+                             'fault proxy, or tc in a network namespace (root)')
+    replay.add_argument('--distro', choices=('humble', 'jazzy'), default='jazzy')
+    replay.add_argument('--json', action='store_true', help='print the summary as JSON')
+    replay.add_argument('--no-progress', action='store_true', help='no progress bar')
+
+    serve = sub.add_parser('serve', help='run the cloud R-CNN service (V2 gRPC and REST)')
+    serve.add_argument('--runtime', choices=('mlserver', 'builtin'), default='mlserver',
+                       help='mlserver: REST + gRPC + metrics port; builtin: a small REST-only '
+                            'server without the MLServer dependency')
+    serve.add_argument('--arch', default='fasterrcnn_mobilenet_v3_large_fpn',
+                       help='torchvision detection architecture')
+    serve.add_argument('--checkpoint', default='',
+                       help='state_dict file; empty: random weights (for tests)')
+    serve.add_argument('--device', default='cpu')
+    serve.add_argument('--host', default='127.0.0.1')
+    serve.add_argument('--port', type=int, default=8080,
+                       help='REST port (builtin: 0 picks a free port)')
+    serve.add_argument('--grpc-port', type=int, default=8081, help='gRPC port (mlserver)')
+    serve.add_argument('--metrics-port', type=int, default=8082,
+                       help='Prometheus /metrics port (mlserver; builtin serves it on --port)')
+    serve.add_argument('--model-name', default='rcnn')
+    serve.add_argument('--token', default='', help='require this bearer token')
+    serve.add_argument('--score-threshold', type=float, default=0.5)
+    serve.add_argument('--max-request-bytes', type=int, default=8 << 20)
+    serve.add_argument('--max-image-side', type=int, default=4096)
+    serve.add_argument('--threads', type=int, default=0, help='torch threads; 0: default')
+    serve.add_argument('--max-batch', type=int, default=4,
+                       help='largest batch of requests run together (adaptive batching)')
+    serve.add_argument('--batch-wait-ms', type=float, default=0.0,
+                       help='how long a lone request waits for others (0: never)')
+
+    evaluate = sub.add_parser('evaluate', help='every policy under every scenario: table, plots')
+    evaluate.add_argument('--scenarios', type=Path, default=Path('config/scenarios'),
+                          help='a scenario file, or a folder of them (*.yaml)')
+    evaluate.add_argument('--policies', default='',
+                          help='comma-separated policy names (default: all of them)')
+    evaluate.add_argument('--mode', choices=('sim', 'live'), default='sim')
+    evaluate.add_argument('--out', type=Path, required=True, help='folder for table and plots')
+    evaluate.add_argument('--frames', type=_positive_int, default=3000,
+                          help='frames per run (live: frames of the generated bag)')
+    evaluate.add_argument('--fps', type=float, default=10.0)
+    evaluate.add_argument('--deadline-ms', type=float, default=250.0)
+    evaluate.add_argument('--robot', default='',
+                          help='device profile (default: raspberry_pi_5; live: ci_machine)')
+    evaluate.add_argument('--devices', default='', help='device profiles file')
+    evaluate.add_argument('--uplink-mbps', type=float, default=50.0, help='sim link bandwidth')
+    evaluate.add_argument('--rtt-ms', type=float, default=30.0, help='sim link round trip')
+    evaluate.add_argument('--seed', type=int, default=0)
+
+    export = sub.add_parser('export', help='export a YOLO model for the onnx backend')
+    export.add_argument('model', help='weights (.pt) or model config (.yaml)')
+    export.add_argument('--out', type=Path, required=True, help='file to write (.onnx)')
+    export.add_argument('--imgsz', type=int, default=640, help='fixed input size')
+    export.add_argument('--format', default='onnx', choices=('onnx',))
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    edge: dict[str, Any] = {}
+    manager: dict[str, Any] = {}
+    if args.model:
+        edge['model'] = args.model
+        manager['edge_model'] = Path(args.model).stem
+    if args.imgsz:
+        edge['imgsz'] = manager['edge_imgsz'] = args.imgsz
+    if args.device:
+        edge['device'] = args.device
+    if args.policy:
+        manager['policy'] = args.policy
+    if args.deadline_ms:
+        edge['deadline_ms'] = manager['deadline_ms'] = args.deadline_ms
+    # 'embedded' clears a params file's URL: cloud policies then start the service on loopback.
+    cloud = {'url': '' if args.cloud == 'embedded' else args.cloud} if args.cloud else {}
+    return {'edge_inference': edge, 'offload_manager': manager, 'cloud_bridge': cloud}
+
+
+def _sample_bag(args: argparse.Namespace) -> int:
+    from offload_runtime.sample_bag import SampleSpec, write_sample_bag
+
+    spec = SampleSpec(frames=args.frames, fps=args.fps, width=args.width, height=args.height,
+                      encoding=args.encoding, seed=args.seed, objects=args.objects,
+                      battery_hz=args.battery_hz)
+    count = write_sample_bag(args.out, spec, args.distro)
+    print(f'wrote {count} frames ({spec.width}x{spec.height} {spec.encoding} at {spec.fps} fps) '
+          f'to {args.out}')
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rcnn_service.service import serve, ServiceConfig
+
+    if args.max_batch < 1 or args.batch_wait_ms < 0:
+        raise ConfigError('--max-batch must be >= 1 and --batch-wait-ms >= 0')
+    config = ServiceConfig(arch=args.arch, checkpoint=args.checkpoint, device=args.device,
+                           host=args.host, port=args.port, model_name=args.model_name,
+                           token=args.token, max_request_bytes=args.max_request_bytes,
+                           max_image_side=args.max_image_side,
+                           score_threshold=args.score_threshold, threads=args.threads,
+                           max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+    announce = (lambda line: print(line, flush=True))
+    if args.runtime == 'builtin':
+        serve(config, announce)
+    else:
+        from rcnn_service.mlserver_runtime import serve_mlserver
+
+        serve_mlserver(config, args.grpc_port, args.metrics_port, announce)
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from edge_inference.export import export_model
+
+    path = export_model(args.model, args.imgsz, args.out, args.format)
+    print(f'wrote {path} ({args.format}, input {args.imgsz}x{args.imgsz}); run it with '
+          f'backend onnx, model {path}')
+    return EXIT_OK
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from adaptive_offload.params import load_params_file
+    from offload_runtime.replay import Replay, ReplayOptions
+    from offload_runtime.summary import format_summary
+    from rcnn_service.service import ServiceConfig
+    from fault_injection.scenario import load_scenario
+
+    options = ReplayOptions(
+        bag=args.bag, out=args.out, rate=args.rate, max_frames=args.max_frames, topic=args.topic,
+        params=load_params_file(args.params) if args.params else {},
+        overrides=_overrides(args), distro=args.distro,
+        service=ServiceConfig(arch=args.cloud_arch, checkpoint=args.cloud_checkpoint),
+        scenario=load_scenario(args.scenario) if args.scenario else None,
+        injector=args.injector,
+        progress=not args.no_progress and sys.stderr.isatty())
+    result = Replay(options).run()
+    faults = [dataclasses.asdict(f) for f in result.faults]
+    if args.json:
+        print(json.dumps({**result.summary, 'faults': faults}, indent=2))
+    else:
+        print(format_summary(result.summary))
+        for f in faults:
+            detect = '-' if f['detect_s'] is None else f'{f["detect_s"] * 1e3:.0f} ms'
+            recover = '-' if f['recover_s'] is None else f'{f["recover_s"] * 1e3:.0f} ms'
+            diagnosed = '-' if f['diagnosed_s'] is None else f'{f["diagnosed_s"] * 1e3:.0f} ms'
+            print(f'fault {f["kind"]} at {f["start_s"]:.1f} s: detected {detect} '
+                  f'(on /diagnostics {diagnosed}), recovered {recover}, {f["late"]} late, '
+                  f'{f["dropped"]} dropped')
+        print(f'output bag: {result.out}')
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from offload_runtime.evaluate import DEFAULT_POLICIES, EvalOptions, evaluate
+    from offload_runtime.simulator import NetworkProfile
+
+    if args.scenarios.is_dir():
+        scenarios = sorted(args.scenarios.glob('*.yaml'))
+    else:
+        scenarios = [args.scenarios]
+    policies = [p for p in args.policies.split(',') if p] or list(DEFAULT_POLICIES)
+    evaluate(EvalOptions(scenarios=scenarios, policies=policies, mode=args.mode, out=args.out,
+                         frames=args.frames, fps=args.fps, deadline_ms=args.deadline_ms,
+                         robot=args.robot, devices_file=args.devices, seed=args.seed,
+                         network=NetworkProfile(args.uplink_mbps, args.rtt_ms)),
+             lambda line: print(line, flush=True))
+    print(f'table: {args.out / "table.md"} and table.csv; plots: {args.out}/*.png')
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: Arguments without the program name; None reads ``sys.argv``.
+
+    Returns:
+        The exit code.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed on one line
+        return int(exc.code or 0)
+    handlers = {'sample-bag': _sample_bag, 'replay': _replay, 'export': _export,
+                'serve': _serve, 'evaluate': _evaluate}
+    try:
+        return handlers[args.command](args)
+    except AdaptiveOffloadError as err:
+        print(f'adaptive-offload {args.command}: error: {err}', file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f'adaptive-offload {args.command}: interrupted', file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,292 @@
+"""``adaptive-offload evaluate``: every policy under every scenario, simulated or live.
+
+Writes ``table.md`` and ``table.csv`` (one row per scenario and policy: robot energy per
+frame, latency P50/P95/P99, deadline-miss %, accuracy proxy, cloud requests, bytes sent, GPU
+seconds and cost per 1,000 frames) and per scenario three plots: latency CDF per policy, the
+route each policy chose over time with the faults shaded, and energy per frame.
+
+``sim`` runs :mod:`offload_runtime.simulator` with device and network profiles; ``live`` replays
+a generated bag through the real models and the embedded service on loopback, faults
+injected in the bridge's transport, so its figures describe this machine only.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from adaptive_offload.datatypes import FrameRecord, InferenceReport
+from adaptive_offload.errors import ConfigError
+from fault_injection.scenario import EDGE_KINDS, load_scenario, Scenario
+import numpy as np
+from offload_manager.accuracy import prior
+from offload_manager.energy import DeviceProfile, load_devices
+from offload_manager.manager import default_devices_file, ManagerConfig, OffloadManager
+from offload_manager.policies import POLICIES
+from offload_runtime.simulator import NetworkProfile, SimSettings, Simulation
+
+DEFAULT_POLICIES = ('predictive', 'edge-only', 'cloud-only', 'static', 'weighted-score',
+                    'mdp-svr', 'reactive', 'q-learning')
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to evaluate.
+
+    Attributes:
+        scenarios: Scenario files.
+        policies: Policy names.
+        mode: ``sim`` or ``live``.
+        out: Output folder.
+        frames: Frames per run (sim), or per live replay.
+        fps: Camera rate.
+        deadline_ms: Per-frame deadline.
+        robot: Robot profile (``config/devices.yaml``); live mode defaults to ``ci_machine``.
+        cloud: Cloud profile.
+        devices_file: Profiles file; empty: the shipped one.
+        edge_options: Edge ``model@imgsz`` choices for adaptive policies.
+        network: Link profile (sim).
+        seed: Random seed.
+        model: Edge model for live mode (weights or ``.yaml``).
+        cloud_arch: Architecture of the embedded service (live).
+        imgsz: Edge input size of the live runs' default plan.
+        backend_factory: Builds the edge detector in live mode (tests inject a fake).
+        edge_params: More edge_inference parameters for live runs.
+    """
+
+    scenarios: Sequence[Path]
+    policies: Sequence[str] = DEFAULT_POLICIES
+    mode: str = 'sim'
+    out: Path = Path('evaluation')
+    frames: int = 3000
+    fps: float = 10.0
+    deadline_ms: float = 250.0
+    robot: str = ''
+    cloud: str = 'gpu_server'
+    devices_file: str = ''
+    edge_options: Sequence[str] = ('yolov8n@320', 'yolov8n@640')
+    network: NetworkProfile = field(default_factory=NetworkProfile)
+    seed: int = 0
+    model: str = 'yolov8n.yaml'
+    cloud_arch: str = 'fasterrcnn_mobilenet_v3_large_320_fpn'
+    imgsz: int = 640
+    backend_factory: Callable[..., Any] | None = None
+    edge_params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One scenario x policy line of the table."""
+
+    scenario: str
+    policy: str
+    mode: str
+    frames: int
+    energy_j: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    miss_pct: float
+    accuracy: float
+    cloud_requests: int
+    mb_sent: float
+    gpu_s: float
+    cost_per_1000: float
+
+
+@dataclass
+class Trace:
+    """What the plots need of one run."""
+
+    latencies: list[float]
+    energy: list[float]
+    routes: list[tuple[float, str]]
+
+
+def _manager(opts: EvalOptions, policy: str, robot: str) -> ManagerConfig:
+    return ManagerConfig.from_params({
+        'policy': policy, 'deadline_ms': opts.deadline_ms, 'edge_model': 'yolov8n',
+        'edge_imgsz': opts.imgsz, 'edge_options': list(opts.edge_options), 'device': robot,
+        'cloud_device': opts.cloud, 'devices_file': opts.devices_file, 'seed': opts.seed,
+        'decision_period_s': 0.5, 'decision_valid_s': 2.0})
+
+
+def make_row(scenario: str, policy: str, mode: str, records: list[FrameRecord],
+             energy: dict[int, float], accuracy: dict[int, float], cloud_requests: int,
+             bytes_sent: int, gpu_s: float, price_per_hour: float) -> Row:
+    """Aggregate one run's records and per-frame figures into a table row."""
+    n = max(1, len(records))
+    lat = [r.latency_ms for r in records if r.latency_ms is not None]
+    q = np.percentile(lat, [50, 95, 99]) if lat else [float('nan')] * 3
+    misses = sum(1 for r in records if not r.deadline_met)
+    gpu_cost = gpu_s * price_per_hour / 3600
+    return Row(scenario, policy, mode, len(records),
+               float(np.mean([energy.get(r.stamp_ns, 0.0) for r in records])) if records else 0,
+               float(q[0]), float(q[1]), float(q[2]), 100.0 * misses / n,
+               float(np.mean([accuracy.get(r.stamp_ns, 0.0) for r in records])) if records
+               else 0.0, cloud_requests, bytes_sent / 1e6, gpu_s, gpu_cost * 1000 / n)
+
+
+def run_sim(opts: EvalOptions, scenario: Scenario, policy: str,
+            devices: dict[str, DeviceProfile]) -> tuple[Row, Trace]:
+    """Simulate one policy under one scenario."""
+    robot = opts.robot or 'raspberry_pi_5'
+    manager = OffloadManager(_manager(opts, policy, robot))
+    sim = Simulation(manager, devices[robot], devices[opts.cloud], opts.network, scenario,
+                     SimSettings(frames=opts.frames, fps=opts.fps, seed=opts.seed))
+    res = sim.run()
+    row = make_row(scenario.name, policy, 'sim', res.records, res.energy_j, res.accuracy,
+                   res.cloud_requests, res.bytes_sent, res.gpu_seconds,
+                   devices[opts.cloud].price_per_gpu_hour)
+    return row, Trace([r.latency_ms for r in res.records if r.latency_ms is not None],
+                      [res.energy_j[r.stamp_ns] for r in res.records], res.routes)
+
+
+def run_live(opts: EvalOptions, scenario: Scenario, policy: str,
+             devices: dict[str, DeviceProfile], bag: Path) -> tuple[Row, Trace]:
+    """Replay the bag through the real graph for one policy under one scenario."""
+    from offload_runtime.replay import Replay, ReplayOptions
+    from rcnn_service.service import ServiceConfig
+
+    robot = opts.robot or 'ci_machine'
+    cfg = _manager(opts, policy, robot)
+    manager = {k: getattr(cfg, k) for k in ('policy', 'deadline_ms', 'edge_model', 'edge_imgsz',
+                                            'edge_options', 'device', 'cloud_device',
+                                            'devices_file', 'seed')}
+    out = opts.out / 'runs' / f'{_slug(scenario.name)}-{policy}'
+    factory = {'backend_factory': opts.backend_factory} if opts.backend_factory else {}
+    if cfg.policy == 'edge-only' or (cfg.policy == 'static' and cfg.static_route == 'edge'):
+        # The policy never calls the cloud: its faults cannot touch this run.
+        scenario = scenario.only(EDGE_KINDS | {'manager_death'})
+    result = Replay(ReplayOptions(
+        bag=bag, out=out, rate=1.0, scenario=scenario if scenario.faults else None,
+        overrides={'offload_manager': manager,
+                   'edge_inference': {'model': opts.model, 'imgsz': opts.imgsz,
+                                      'deadline_ms': opts.deadline_ms, **opts.edge_params}},
+        service=ServiceConfig(arch=opts.cloud_arch)), **factory).run()
+    cloud = {r.stamp_ns: r for r in result.reports if r.status == 'ok' and r.source == 'cloud'}
+    edge = {r.stamp_ns: r for r in result.reports if r.status == 'ok' and r.source != 'cloud'}
+    energy, accuracy = {}, {}
+    for rec in result.records:
+        energy[rec.stamp_ns] = rec.energy_j or 0.0  # the manager's, from the robot profile
+        accuracy[rec.stamp_ns] = _live_accuracy(rec, edge, opts.cloud_arch)
+    row = make_row(scenario.name, policy, 'live', result.records, energy, accuracy,
+                   len(cloud), sum(c.bytes_sent for c in cloud.values()),
+                   sum(c.server_ms for c in cloud.values()) / 1e3,
+                   devices[opts.cloud].price_per_gpu_hour)
+    return row, Trace([r.latency_ms for r in result.records if r.latency_ms is not None],
+                      [energy[r.stamp_ns] for r in result.records], result.routes)
+
+
+def _live_accuracy(rec: FrameRecord, edge: dict[int, InferenceReport], cloud_arch: str) -> float:
+    # The prior of what served the frame: the served architecture, or the edge model at the
+    # input size its report says it ran (a decision may have chosen 320 or 640).
+    if not rec.result_source:
+        return 0.0
+    if rec.result_source == 'cloud':
+        return prior(cloud_arch)
+    report = edge.get(rec.stamp_ns)
+    return prior(report.model or 'yolov8n', report.imgsz) if report else prior('yolov8n')
+
+
+def _slug(text: str) -> str:
+    return ''.join(c if c.isalnum() else '_' for c in text).strip('_')[:40]
+
+
+def evaluate(opts: EvalOptions, announce: Callable[[str], Any] = print) -> list[Row]:
+    """Run every scenario x policy, write the table and plots, return the rows.
+
+    Raises:
+        ConfigError: For an unknown mode or policy, or unusable scenarios or profiles.
+    """
+    if opts.mode not in ('sim', 'live'):
+        raise ConfigError(f'mode must be sim or live, got {opts.mode!r}')
+    unknown = [p for p in opts.policies if p not in POLICIES]
+    if unknown:
+        raise ConfigError(f'unknown policies {unknown} (known: {", ".join(sorted(POLICIES))})')
+    if not opts.scenarios:
+        raise ConfigError('no scenarios given')
+    devices = load_devices(opts.devices_file or default_devices_file())
+    scenarios = [load_scenario(p) for p in opts.scenarios]
+    opts.out.mkdir(parents=True, exist_ok=True)
+    bag = opts.out / 'bag'
+    if opts.mode == 'live' and not bag.exists():
+        from offload_runtime.sample_bag import SampleSpec, write_sample_bag
+
+        write_sample_bag(bag, SampleSpec(frames=opts.frames, fps=opts.fps))
+    rows: list[Row] = []
+    for scenario in scenarios:
+        traces: dict[str, Trace] = {}
+        for policy in opts.policies:
+            run = run_sim if opts.mode == 'sim' else run_live
+            args = (bag,) if opts.mode == 'live' else ()
+            row, traces[policy] = run(opts, scenario, policy, devices, *args)
+            rows.append(row)
+            announce(f'{scenario.name:32s} {policy:15s} miss {row.miss_pct:5.1f} % '
+                     f'P99 {row.p99_ms:7.1f} ms energy {row.energy_j:6.3f} J')
+        plot(opts.out, scenario, traces)
+    write_table(opts.out, rows)
+    return rows
+
+
+def write_table(out: Path, rows: list[Row]) -> None:
+    """``table.csv`` and ``table.md``."""
+    names = [f.name for f in dataclasses.fields(Row)]
+    with (out / 'table.csv').open('w', newline='', encoding='utf-8') as fh:
+        writer = csv.writer(fh)
+        writer.writerow(names)
+        writer.writerows([getattr(r, n) for n in names] for r in rows)
+    head = ('| scenario | policy | energy J/frame | P50 ms | P95 ms | P99 ms | miss % | mAP proxy '
+            '| cloud req | MB sent | GPU s | USD/1k frames |')
+    lines = [head, '|' + '---|' * 12]
+    lines += [f'| {r.scenario} | {r.policy} | {r.energy_j:.3f} | {r.p50_ms:.0f} | '
+              f'{r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.miss_pct:.1f} | {r.accuracy:.1f} | '
+              f'{r.cloud_requests} | {r.mb_sent:.1f} | {r.gpu_s:.1f} | {r.cost_per_1000:.4f} |'
+              for r in rows]
+    (out / 'table.md').write_text('\n'.join(lines) + '\n', encoding='utf-8')
+
+
+def plot(out: Path, scenario: Scenario, traces: dict[str, Trace]) -> None:
+    """Latency CDF, route timeline with faults, and energy per frame of one scenario."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt
+
+    slug = _slug(scenario.name)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for policy, trace in traces.items():
+        lat = np.sort(trace.latencies)
+        if len(lat):
+            ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=policy)
+    ax.set(xlabel='latency (ms)', ylabel='fraction of frames', title=scenario.name)
+    ax.legend(fontsize=7)
+    fig.savefig(out / f'latency_cdf_{slug}.png', dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    levels = {'edge': 0, 'hedged': 1, 'cloud': 2}
+    for i, (policy, trace) in enumerate(traces.items()):
+        if trace.routes:
+            t, r = zip(*trace.routes)
+            ax.step(t, [levels.get(x, 0) + 0.04 * i for x in r], where='post', label=policy)
+    for fault in scenario.faults:
+        ax.axvspan(fault.start_s, fault.end_s, color='red', alpha=0.15)
+    ax.set(yticks=list(levels.values()), yticklabels=list(levels), xlabel='time (s)',
+           title=f'{scenario.name}: routes (faults shaded)')
+    if any(trace.routes for trace in traces.values()):
+        ax.legend(fontsize=7)
+    fig.savefig(out / f'routes_{slug}.png', dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    names = list(traces)
+    ax.bar(names, [float(np.mean(traces[p].energy)) if traces[p].energy else 0 for p in names])
+    ax.set(ylabel='robot energy per frame (J)', title=scenario.name)
+    ax.tick_params(axis='x', rotation=45, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f'energy_{slug}.png', dpi=100)
+    plt.close(fig)

@@ -1,0 +1,275 @@
+"""Discrete-event simulation: the unchanged manager and policy on a simulated clock.
+
+Frames arrive at a fixed rate. The edge worker (newest-frame slot) takes its inference time
+from the robot's device profile, the cloud bridge (``max_in_flight`` requests, drop-oldest
+pending slot, the real :class:`CircuitBreaker`) takes encode + transfer + round trip + server
+time from the network and cloud profiles, and the scenario's faults change those as they do
+on the wire. The manager (:class:`OffloadManager` with any registered policy) receives the
+same reports and detections it gets from the real workers and produces the same records.
+
+Detections are synthetic: each frame holds ``objects`` ground-truth boxes, and a source finds
+each with a probability derived from its accuracy prior, so edge/cloud agreement behaves as
+the priors say. Energy per frame is the manager's own record of it (modelled from the robot
+profile, as on a robot without an energy reader).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+import heapq
+import math
+import random
+
+from adaptive_offload.admission import EveryNth
+from adaptive_offload.datatypes import (Decision, Detection, DetectionSet, FrameRecord,
+                                        InferenceReport)
+from cloud_bridge.resilience import CircuitBreaker
+from fault_injection.scenario import Scenario
+from offload_manager.accuracy import prior
+from offload_manager.energy import DeviceProfile
+from offload_manager.manager import OffloadManager
+from offload_manager.observations import jpeg_factor
+
+MS = 1_000_000
+
+
+@dataclass(frozen=True)
+class NetworkProfile:
+    """The robot's link to the cloud.
+
+    Attributes:
+        uplink_mbps: Uplink bandwidth.
+        rtt_ms: Round trip without payload.
+        jitter: Relative spread (log-normal sigma) of every simulated duration.
+    """
+
+    uplink_mbps: float = 50.0
+    rtt_ms: float = 30.0
+    jitter: float = 0.1
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """What is simulated.
+
+    Attributes:
+        frames: Frames to play.
+        fps: Camera rate.
+        q75_bytes: JPEG size of a frame at quality 75 (640x480 natural image, estimate).
+        encode_ms: JPEG encode time on the robot.
+        cloud_model: Model the service runs (its profile time and accuracy prior).
+        max_in_flight: Cloud requests at once.
+        objects: Ground-truth objects per frame.
+        seed: Random seed.
+    """
+
+    frames: int = 3000
+    fps: float = 10.0
+    q75_bytes: int = 50_000
+    encode_ms: float = 5.0
+    cloud_model: str = 'fasterrcnn_resnet50_fpn_v2'
+    max_in_flight: int = 2
+    objects: int = 5
+    seed: int = 0
+
+
+@dataclass
+class SimResult:
+    """Records and per-frame figures of one run."""
+
+    records: list[FrameRecord] = field(default_factory=list)
+    energy_j: dict[int, float] = field(default_factory=dict)
+    accuracy: dict[int, float] = field(default_factory=dict)
+    routes: list[tuple[float, str]] = field(default_factory=list)
+    cloud_requests: int = 0
+    bytes_sent: int = 0
+    gpu_seconds: float = 0.0
+
+
+class Simulation:
+    """One policy under one scenario.
+
+    Args:
+        manager: The manager (policy inside) to drive.
+        robot: Robot device profile.
+        cloud: Cloud device profile.
+        network: Link profile.
+        scenario: Faults (times in seconds from the start).
+        settings: What to simulate.
+    """
+
+    def __init__(self, manager: OffloadManager, robot: DeviceProfile, cloud: DeviceProfile,
+                 network: NetworkProfile, scenario: Scenario, settings: SimSettings) -> None:
+        self.m = manager
+        self.robot, self.cloud, self.net, self.scenario = robot, cloud, network, scenario
+        self.s = settings
+        self.breaker = CircuitBreaker()
+        self.result = SimResult()
+        self._events: list[tuple[int, int, str, tuple]] = []
+        self._n = 0
+        self._edge_busy = False
+        self._edge_pending: tuple[int, Decision] | None = None
+        self._in_flight = 0
+        self._cloud_pending: tuple[int, Decision] | None = None
+        self._sent = 0
+        self._edge_probes = EveryNth()  # as EdgeInference's
+        self._parts: dict[int, dict[str, float]] = {}
+
+    def _at(self, t_ns: int, kind: str, *payload: object) -> None:
+        self._n += 1
+        heapq.heappush(self._events, (t_ns, self._n, kind, payload))
+
+    def _rng(self, stream: str, stamp: int) -> random.Random:
+        """Draws fixed by frame and purpose (common random numbers).
+
+        Every policy meets the same frame times and losses, so differences between policies
+        are theirs alone.
+        """
+        return random.Random(f'{self.s.seed}:{stream}:{stamp}')
+
+    def _spread(self, ms: float, stream: str, stamp: int) -> float:
+        return ms * math.exp(self._rng(stream, stamp).gauss(0.0, self.net.jitter))
+
+    def _faults(self, t_ns: int) -> dict[str, dict[str, float]]:
+        return {f.kind: dict(f.params) for f in self.scenario.active(t_ns / 1e9)}
+
+    def run(self) -> SimResult:
+        """Play every frame and return what happened."""
+        period = int(1e9 / self.s.fps)
+        for i in range(self.s.frames):
+            self._at(i * period, 'frame', i)
+        decision = self.m.tick(0)
+        end = self.s.frames * period + 5_000 * MS
+        while self._events:
+            t, _, kind, payload = heapq.heappop(self._events)
+            issued = self.m.tick(t)
+            if issued is not None:
+                decision = issued
+                self.result.routes.append((t / 1e9, decision.route.value))
+            getattr(self, f'_on_{kind}')(t, decision, *payload)
+            self._finish(self.m.poll(t))
+        self._finish(self.m.poll(end, final=True))
+        return self.result
+
+    def _finish(self, outcomes: list) -> None:
+        for outcome in outcomes:
+            rec = outcome.record
+            self.result.records.append(rec)
+            parts = self._parts.pop(rec.stamp_ns, {})
+            # The manager's own figure: modelled from the same robot profile, late work included.
+            self.result.energy_j[rec.stamp_ns] = rec.energy_j or 0.0
+            self.result.accuracy[rec.stamp_ns] = parts.get(f'acc_{rec.result_source}', 0.0)
+
+    def _on_frame(self, t: int, decision: Decision, index: int) -> None:
+        stamp = index * int(1e9 / self.s.fps) + 1
+        outcome = self.m.frame_arrived(stamp, 'camera', t)
+        if outcome is not None:
+            self._finish([outcome])
+            return
+        self._parts[stamp] = {}
+        self._at(t + int(decision.deadline_ms * MS), 'wake')
+        if decision.route.uses_edge or self._edge_probes.pick(decision.probe_every):
+            if self._edge_busy:
+                if self._edge_pending is not None:
+                    self._report(InferenceReport(stamp_ns=self._edge_pending[0], source='edge',
+                                                 status='dropped', reason='superseded'))
+                self._edge_pending = (stamp, decision)
+            else:
+                self._start_edge(t, stamp, decision)
+        else:
+            self._report(InferenceReport(stamp_ns=stamp, source='edge', status='skipped'))
+        every = decision.offload_every if decision.route.uses_cloud else decision.probe_every
+        self._sent += 1 if every else 0
+        if every and (self._sent - 1) % every == 0:
+            if self._in_flight < self.s.max_in_flight:
+                self._start_cloud(t, stamp, decision)
+            else:
+                if self._cloud_pending is not None:
+                    self._report(InferenceReport(stamp_ns=self._cloud_pending[0], source='cloud',
+                                                 status='dropped', reason='superseded'))
+                self._cloud_pending = (stamp, decision)
+        else:
+            self._report(InferenceReport(stamp_ns=stamp, source='cloud', status='skipped'))
+
+    def _start_edge(self, t: int, stamp: int, decision: Decision) -> None:
+        base = self.robot.inference_time_ms(decision.edge_model, decision.edge_imgsz)
+        if base is None:
+            base = 100.0 * (decision.edge_imgsz / 640) ** 2
+        slowdown = self._faults(t).get('cpu_contention', {}).get('slowdown', 1.0)
+        ms = self._spread(base * slowdown, 'edge', stamp)
+        self._edge_busy = True
+        self._at(t + int(ms * MS), 'edge_done', stamp, decision, ms)
+
+    def _on_edge_done(self, t: int, _current: Decision, stamp: int, decision: Decision,
+                      ms: float) -> None:
+        self._edge_busy = False
+        acc = prior(decision.edge_model, decision.edge_imgsz)
+        self._parts.get(stamp, {})['acc_edge'] = acc
+        self.m.on_detections(self._detections(stamp, 'edge', decision.edge_model, acc), t)
+        self._report(InferenceReport(stamp_ns=stamp, source='edge', status='ok',
+                                     model=decision.edge_model, imgsz=decision.edge_imgsz,
+                                     inference_ms=ms, total_ms=ms))
+        if self._edge_pending is not None:
+            pending, self._edge_pending = self._edge_pending, None
+            self._start_edge(t, *pending)
+
+    def _start_cloud(self, t: int, stamp: int, decision: Decision) -> None:
+        faults = self._faults(t)
+        nbytes = int(self.s.q75_bytes * jpeg_factor(decision.jpeg_quality))
+        if not self.breaker.allow(t):
+            self._report(InferenceReport(stamp_ns=stamp, source='cloud', status='failed',
+                                         reason='circuit_open'))
+            return
+        self._in_flight += 1
+        mbps = min(self.net.uplink_mbps, faults.get('bandwidth', {}).get('mbps', math.inf))
+        server = self._spread(self.cloud.inference_time_ms(self.s.cloud_model, 640) or 60.0,
+                              'server', stamp)
+        transfer = self._spread(nbytes * 8 / (mbps * 1e3), 'transfer', stamp)
+        delay = faults.get('latency', {}).get('delay_ms', 0.0)
+        rtt = self._spread(self.net.rtt_ms, 'rtt', stamp) + delay
+        total = self.s.encode_ms + transfer + rtt + server
+        reason = ''
+        if 'cloud_outage' in faults:
+            total, reason = rtt, 'connection: refused'
+        elif total > decision.deadline_ms or self._rng('loss', stamp).random() < \
+                faults.get('loss', {}).get('probability', 0.0):
+            total, reason = decision.deadline_ms, 'timeout'
+        self._at(t + int(total * MS), 'cloud_done', stamp, decision, total, nbytes, server,
+                 reason)
+
+    def _on_cloud_done(self, t: int, _current: Decision, stamp: int, decision: Decision,
+                       total: float, nbytes: int, server: float, reason: str) -> None:
+        self._in_flight -= 1
+        self.breaker.record(not reason, t)
+        self.result.cloud_requests += 1
+        sent = 0 if reason.startswith('connection') else nbytes  # refused: nothing went out
+        self.result.bytes_sent += sent
+        parts = self._parts.get(stamp, {})  # the frame may have ended: a probe's answer
+        if reason:
+            self._report(InferenceReport(stamp_ns=stamp, source='cloud', status='failed',
+                                         reason=reason, total_ms=total, bytes_sent=sent))
+        else:
+            self.result.gpu_seconds += server / 1e3
+            acc = prior(self.s.cloud_model)
+            parts['acc_cloud'] = acc
+            self.m.on_detections(self._detections(stamp, 'cloud', self.s.cloud_model, acc), t)
+            self._report(InferenceReport(stamp_ns=stamp, source='cloud', status='ok',
+                                         total_ms=total, inference_ms=total - self.s.encode_ms,
+                                         server_ms=server, bytes_sent=nbytes))
+        if self._cloud_pending is not None:
+            pending, self._cloud_pending = self._cloud_pending, None
+            self._start_cloud(t, *pending)
+
+    def _detections(self, stamp: int, source: str, model: str, acc: float) -> DetectionSet:
+        recall = min(0.95, acc / 50.0)
+        rng = self._rng(f'detect:{source}', stamp)
+        dets = tuple(Detection(x1=40.0 * k, y1=10.0, x2=40.0 * k + 30.0, y2=60.0, score=0.8,
+                               class_name='object') for k in range(self.s.objects)
+                     if rng.random() < recall)
+        return DetectionSet(stamp, 'camera', source, dets, model)
+
+    def _report(self, report: InferenceReport) -> None:
+        self.m.on_report(replace(report, frame_id='camera'))
+
+    def _on_wake(self, t: int, _current: Decision) -> None:
+        """Nothing but a poll: a frame's deadline passes (the arbiter may publish then)."""

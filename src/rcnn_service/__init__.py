@@ -1,0 +1,1 @@
+"""The cloud R-CNN service: Open Inference Protocol (V2) server, MLServer runtime, batching."""

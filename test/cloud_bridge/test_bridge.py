@@ -1,0 +1,197 @@
+"""Cloud bridge core and V2 REST transport against a V2 server on loopback."""
+
+from __future__ import annotations
+
+import base64
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import json
+import socket
+import threading
+import time
+from typing import Any, Iterator
+
+from adaptive_offload.conversions import frame_to_message, MessageTypes
+from adaptive_offload.datatypes import Decision, Route
+from adaptive_offload.errors import CloudError, ConfigError
+from cloud_bridge.bridge import CloudBridge, CloudConfig
+from cloud_bridge.transport import parse_v2_reply, V2RestTransport
+import cv2
+import numpy as np
+import pytest
+
+
+class _V2Handler(BaseHTTPRequestHandler):
+    """Answers /v2/models/rcnn/infer with one box around the image centre."""
+
+    mode = 'ok'
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+        image = cv2.imdecode(np.frombuffer(base64.b64decode(body['inputs'][0]['data'][0]),
+                                           np.uint8), cv2.IMREAD_COLOR)
+        type(self).seen.append({'path': self.path, 'shape': image.shape,
+                                'auth': self.headers.get('Authorization')})
+        h, w = image.shape[:2]
+        reply = {'model_name': 'rcnn', 'outputs': [
+            {'name': 'boxes', 'shape': [1, 4], 'datatype': 'FP32',
+             'data': [w / 4, h / 4, 3 * w / 4, 3 * h / 4]},
+            {'name': 'scores', 'shape': [1], 'datatype': 'FP32', 'data': [0.8]},
+            {'name': 'labels', 'shape': [1], 'datatype': 'BYTES', 'data': ['person']}]}
+        if self.mode == 'slow':
+            time.sleep(0.5)
+        status, payload = 200, json.dumps(reply).encode()
+        if self.mode == 'error':
+            status, payload = 500, b'{"error": "model crashed"}'
+        elif self.mode == 'malformed':
+            payload = b'{"outputs": [{"name": "boxes", "data": [1, 2]}]}'
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    _V2Handler.mode = 'ok'
+    _V2Handler.seen = []
+    httpd = ThreadingHTTPServer(('127.0.0.1', 0), _V2Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{httpd.server_address[1]}'
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _msg(types: MessageTypes, stamp: int = 5) -> Any:
+    return frame_to_message(types, np.full((240, 320, 3), 100, np.uint8), stamp, 'cam', 'rgb8')
+
+
+def test_frame_is_sent_as_jpeg_and_boxes_come_back_in_original_pixels(
+        server: str, types: MessageTypes) -> None:
+    bridge = CloudBridge(V2RestTransport(server, 'rcnn', token='s3cret'))
+    decision = Decision(route=Route.CLOUD, cloud_max_side=160, jpeg_quality=50)
+    dets, report = bridge.process(_msg(types), decision)
+    assert report.status == 'ok' and report.bytes_sent > 0 and report.imgsz == 160
+    [seen] = _V2Handler.seen
+    assert seen['path'] == '/v2/models/rcnn/infer' and seen['shape'] == (120, 160, 3)
+    assert seen['auth'] == 'Bearer s3cret'
+    [det] = dets.detections
+    assert (det.x1, det.y1, det.x2, det.y2) == (80.0, 60.0, 240.0, 180.0)
+    assert det.class_name == 'person' and dets.source == 'cloud' and dets.stamp_ns == 5
+
+
+def test_route_and_sampling_decide_which_frames_go(server: str, types: MessageTypes) -> None:
+    bridge = CloudBridge(V2RestTransport(server, 'rcnn'))
+    _, report = bridge.process(_msg(types), Decision(route=Route.EDGE))
+    assert report.status == 'skipped' and _V2Handler.seen == []
+    every3 = Decision(route=Route.HEDGED, offload_every=3)
+    statuses = [bridge.process(_msg(types, s), every3)[1].status for s in range(6)]
+    assert statuses == ['ok', 'skipped', 'skipped', 'ok', 'skipped', 'skipped']
+
+
+@pytest.mark.parametrize('mode, reason', [('error', 'http_500'), ('malformed', 'bad_reply'),
+                                          ('slow', 'timeout')])
+def test_server_faults_become_failed_reports(server: str, types: MessageTypes, mode: str,
+                                             reason: str) -> None:
+    _V2Handler.mode = mode
+    bridge = CloudBridge(V2RestTransport(server, 'rcnn'))
+    start = time.monotonic()
+    dets, report = bridge.process(_msg(types), Decision(route=Route.CLOUD, deadline_ms=200))
+    assert dets is None and report.status == 'failed' and report.reason.startswith(reason)
+    assert time.monotonic() - start < 0.45  # never waits past the deadline (server: 0.5 s)
+    # The request reached the server: its bytes were sent, and their radio energy is spent.
+    [seen] = _V2Handler.seen
+    assert seen['shape'] == (240, 320, 3) and report.bytes_sent > 1000
+
+
+def test_refused_connection_is_a_failed_report(types: MessageTypes) -> None:
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        bridge = CloudBridge(V2RestTransport(f'http://127.0.0.1:{port}', 'rcnn'))
+        _, report = bridge.process(_msg(types), Decision(route=Route.CLOUD))
+    assert report.status == 'failed' and report.reason.startswith('connection')
+    assert report.bytes_sent == 0  # nothing left the robot
+
+
+def test_transport_validation() -> None:
+    with pytest.raises(ConfigError, match='http'):
+        V2RestTransport('ftp://x', 'm')
+    with pytest.raises(ConfigError, match='scheme'):
+        CloudConfig.from_params({'url': 'carrier-pigeon://coop:1'})
+    with pytest.raises(ConfigError, match='grpc://host:port'):
+        CloudConfig.from_params({'url': 'grpc://no-port'})
+    with pytest.raises(ConfigError, match='max_in_flight'):
+        CloudConfig.from_params({'max_in_flight': 0})
+    assert CloudConfig.from_params().url.startswith('grpc://')  # gRPC is the default
+    with pytest.raises(CloudError, match='bad_reply'):
+        parse_v2_reply(b'{"outputs": [{"name": "boxes", "data": [1, 2, 3, 4]}, '
+                       b'{"name": "scores", "data": [0.5, 0.2]}, '
+                       b'{"name": "labels", "data": ["a"]}]}')
+    with pytest.raises(CloudError, match='timeout'):
+        V2RestTransport('http://127.0.0.1:9', 'm').infer(b'x', 0.0)
+
+
+class _GatedTransport:
+    """Holds every request until released and counts how many are in flight at once."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self.in_flight = 0
+        self.peak = 0
+        self.two_in_flight = threading.Event()
+
+    def infer(self, image: bytes, timeout_s: float) -> Any:
+        from cloud_bridge.transport import CloudReply
+
+        with self._lock:
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            if self.in_flight == 2:
+                self.two_in_flight.set()
+        self.release.wait(10.0)
+        with self._lock:
+            self.in_flight -= 1
+        return CloudReply(np.zeros((0, 4)), np.zeros(0), (), 5.0, len(image))
+
+    def close(self) -> None:
+        pass
+
+
+def test_requests_overlap_up_to_the_bound_and_backpressure_drops_the_oldest(
+        types: MessageTypes) -> None:
+    from adaptive_offload.frame_worker import DecisionHolder, FrameWorker
+
+    transport = _GatedTransport()
+    reports: dict[int, Any] = {}
+    done = threading.Event()
+
+    def emit(_msg: Any, _dets: Any, report: Any) -> None:
+        reports[report.stamp_ns] = report
+        if len(reports) == 5:
+            done.set()
+
+    config = CloudConfig.from_params({'url': 'http://127.0.0.1:9', 'max_in_flight': 2,
+                                      'max_pending': 2})
+    holder = DecisionHolder(Decision(route=Route.CLOUD, deadline_ms=60_000, valid_for_ms=1e9))
+    worker = FrameWorker(config.make_bridge(transport), holder, emit, lambda: 0,
+                         workers=config.max_in_flight, pending=config.max_pending)
+    worker.start('cloud-test')
+    for stamp in (1, 2):
+        worker.submit(_msg(types, stamp))
+    assert transport.two_in_flight.wait(10.0)
+    for stamp in (3, 4, 5):  # two may wait; the third pushes out the oldest waiting (3)
+        worker.submit(_msg(types, stamp))
+    assert reports[3].status == 'dropped' and reports[3].reason == 'superseded'
+    transport.release.set()
+    assert done.wait(10.0)
+    worker.stop()
+    assert transport.peak == 2  # never more in flight than the bound
+    assert {s: r.status for s, r in reports.items()} == {
+        1: 'ok', 2: 'ok', 3: 'dropped', 4: 'ok', 5: 'ok'}

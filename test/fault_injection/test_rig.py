@@ -1,0 +1,178 @@
+"""The fault rig: every injector of a scenario in a replay, measured, nothing lost."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from adaptive_offload.datatypes import Decision
+from adaptive_offload.errors import ConfigError
+from fault_injection.processes import CpuHogs
+from fault_injection.rig import FaultRig, StallingProcessor
+from fault_injection.scenario import load_scenario, parse_scenario
+from helpers import ManualClock
+from offload_runtime.replay import Replay, ReplayOptions
+from offload_runtime.sample_bag import SampleSpec, write_sample_bag
+import pytest
+from rcnn_service.service import ServiceConfig
+
+ARCH = 'fasterrcnn_mobilenet_v3_large_320_fpn'
+
+
+def _scenario(*faults: dict) -> Any:
+    return parse_scenario({'faults': list(faults)})
+
+
+class _Core:
+    """An edge core that counts the frames it processes."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def process(self, msg: Any, decision: Decision) -> tuple[None, Any]:
+        self.calls += 1
+        return None, 'report'
+
+    def drop(self, *args: Any) -> str:
+        return 'dropped'
+
+
+def test_an_edge_stall_holds_the_worker_until_the_fault_ends() -> None:
+    clock = ManualClock(0)
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        clock.advance(s * 1e3)
+
+    rig = FaultRig(_scenario({'kind': 'edge_stall', 'start_s': 1.0, 'duration_s': 2.0}),
+                   clock=clock, sleep=sleep)
+    rig.start(0)
+    core = _Core()
+    stalled = rig.wrap_edge(core)
+    assert isinstance(stalled, StallingProcessor)
+    stalled.process(None, Decision())
+    assert slept == []  # before the stall: at once
+    clock.advance(1500)
+    stalled.process(None, Decision())
+    assert slept == [pytest.approx(1.5)] and core.calls == 2  # waited out the stall
+    assert rig.wrap_edge(core) is not core
+    assert FaultRig(_scenario()).wrap_edge(core) is core
+
+
+def test_manager_death_and_unknown_injectors() -> None:
+    clock = ManualClock(0)
+    rig = FaultRig(_scenario({'kind': 'manager_death', 'start_s': 1.0, 'duration_s': 1.0}),
+                   clock=clock)
+    rig.start(0)
+    assert rig.manager_alive()
+    clock.advance(1500)
+    assert not rig.manager_alive()
+    clock.advance(1000)
+    assert rig.manager_alive()
+    with pytest.raises(ConfigError, match='carrier'):
+        FaultRig(_scenario(), network='carrier')
+
+
+def test_cpu_hogs_take_cores_and_go_away() -> None:
+    hogs = CpuHogs(2)
+    hogs.start()
+    try:
+        assert hogs.running and len(hogs._procs) == 2
+        procs = list(hogs._procs)
+        assert all(p.poll() is None for p in procs)
+    finally:
+        hogs.stop()
+    assert not hogs.running and all(p.poll() is not None for p in procs)  # killed and reaped
+    assert CpuHogs.for_slowdown(2.0).count == (os.cpu_count() or 1)
+
+
+def _replay(tmp_path: Path, fake: Any, scenario: Any, injector: str = 'client',
+            frames: int = 40, policy: dict | None = None) -> Any:
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=frames, fps=10, width=128, height=96))
+    return Replay(ReplayOptions(
+        bag=tmp_path / 'in', out=tmp_path / 'out', rate=1.0, scenario=scenario,
+        injector=injector,
+        overrides={'offload_manager': policy or {'policy': 'static', 'static_route': 'hedged',
+                                                 'deadline_ms': 1000.0}},
+        service=ServiceConfig(arch=ARCH, threads=1)), backend_factory=fake).run()
+
+
+def test_replay_with_the_fault_proxy_detects_and_recovers(tmp_path: Path,
+                                                          fake_backend_factory: Any) -> None:
+    scenario = _scenario({'kind': 'cloud_outage', 'start_s': 1.0, 'duration_s': 1.0})
+    result = _replay(tmp_path, fake_backend_factory, scenario, injector='proxy')
+    assert result.summary['frames_lost'] == 0 and len(result.records) == 40
+    [fault] = result.faults
+    assert fault.detect_s is not None and fault.detect_s < 1.0
+    assert fault.recover_s is not None and fault.dropped == 0
+    sources = [r.result_source for r in result.records]
+    assert sources[0] == 'cloud' and 'edge' in sources and sources[-1] == 'cloud'
+
+
+def test_replay_kills_the_service_process_and_it_comes_back(
+        tmp_path: Path, fake_backend_factory: Any) -> None:
+    scenario = _scenario({'kind': 'service_kill', 'start_s': 1.0, 'duration_s': 1.0})
+    # 12 s: the restarted process imports torch and builds its model again, slowly on a busy CI
+    result = _replay(tmp_path, fake_backend_factory, scenario, frames=120)
+    assert result.summary['frames_lost'] == 0 and len(result.records) == 120
+    [fault] = result.faults
+    assert fault.kind == 'service_kill' and fault.detect_s is not None
+    assert fault.recover_s is not None and fault.dropped == 0
+    sources = [r.result_source for r in result.records]
+    assert 'edge' in sources[10:] and sources[-1] == 'cloud'  # restarted and used again
+
+
+def test_replay_with_an_edge_stall_serves_from_the_cloud(
+        tmp_path: Path, fake_backend_factory: Any) -> None:
+    scenario = _scenario({'kind': 'edge_stall', 'start_s': 1.0, 'duration_s': 1.5})
+    result = _replay(tmp_path, fake_backend_factory, scenario, frames=40,
+                     policy={'policy': 'static', 'static_route': 'hedged',
+                             'deadline_ms': 1000.0})
+    assert result.summary['frames_lost'] == 0
+    [fault] = result.faults
+    assert fault.detect_s is not None and fault.recover_s is not None
+
+
+def test_replay_survives_manager_death_on_the_fallback_decision(
+        tmp_path: Path, fake_backend_factory: Any) -> None:
+    scenario = _scenario({'kind': 'manager_death', 'start_s': 1.0, 'duration_s': 3.0})
+    result = _replay(tmp_path, fake_backend_factory, scenario, frames=60,
+                     policy={'policy': 'static', 'static_route': 'cloud',
+                             'deadline_ms': 1000.0, 'decision_valid_s': 1.0,
+                             'decision_period_s': 0.5})
+    assert result.summary['frames_lost'] == 0
+    routes = [r.route for r in result.records]
+    assert routes[0] == 'cloud' and routes[-1] == 'cloud'
+    # While no decision came, the workers fell back to the safe default: the edge served.
+    assert any(r.result_source == 'edge' for r in result.records[20:40])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='netns needs root')
+def test_replay_with_netns_outage(tmp_path: Path, fake_backend_factory: Any) -> None:
+    from fault_injection.netem import netns_support
+
+    reason = netns_support()
+    if reason:
+        pytest.skip(reason)
+    scenario = _scenario({'kind': 'cloud_outage', 'start_s': 1.0, 'duration_s': 1.0})
+    result = _replay(tmp_path, fake_backend_factory, scenario, injector='netns')
+    assert result.summary['frames_lost'] == 0 and len(result.records) == 40
+    [fault] = result.faults
+    assert fault.detect_s is not None and fault.recover_s is not None
+    sources = [r.result_source for r in result.records]
+    assert sources[0] == 'cloud' and 'edge' in sources and sources[-1] == 'cloud'
+
+
+def test_a_trace_replays_as_faults(tmp_path: Path) -> None:
+    (tmp_path / 'lanl.csv').write_text('start_s,duration_s\n1000,500\n4000,2000\n')
+    (tmp_path / 's.yaml').write_text(
+        'name: traced\ntraces:\n  - {file: lanl.csv, time_scale: 0.01, offset_s: 2}\n')
+    scenario = load_scenario(tmp_path / 's.yaml')
+    assert [(f.kind, f.start_s, f.duration_s) for f in scenario.faults] == [
+        ('cloud_outage', 12.0, 5.0), ('cloud_outage', 42.0, 20.0)]
+    (tmp_path / 'bad.csv').write_text('start_s,duration_s\nsoon,5\n')
+    (tmp_path / 'b.yaml').write_text('traces:\n  - {file: bad.csv}\n')
+    with pytest.raises(ConfigError, match='line 2'):
+        load_scenario(tmp_path / 'b.yaml')

@@ -1,0 +1,76 @@
+"""The adaptive-offload command line: exit codes, one-line errors, summaries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import subprocess
+import sys
+
+from offload_runtime.cli import _overrides, build_parser, main
+import pytest
+
+
+def test_sample_bag_every_encoding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for encoding in ('rgb8', 'bgr8', 'mono8', 'jpeg', 'png'):
+        out = tmp_path / encoding
+        assert main(['sample-bag', str(out), '--frames', '3', '--width', '48', '--height',
+                     '32', '--encoding', encoding, '--seed', '4']) == 0
+        meta = (out / 'metadata.yaml').read_text()
+        topic = '/camera/image_raw/compressed' if encoding in ('jpeg', 'png') \
+            else '/camera/image_raw'
+        assert f'name: {topic}' in meta and 'storage_identifier: mcap' in meta
+    assert 'wrote 3 frames' in capsys.readouterr().out
+
+
+def test_replay_prints_summary_and_json(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str],
+                                        yolo_config_dir: str) -> None:
+    assert main(['sample-bag', str(tmp_path / 'in'), '--frames', '5', '--width', '64',
+                 '--height', '48']) == 0
+    capsys.readouterr()
+    params = tmp_path / 'p.yaml'
+    params.write_text('/**/edge_inference:\n  ros__parameters:\n'
+                      f'    ultralytics_config_dir: {yolo_config_dir}\n')
+    code = main(['replay', str(tmp_path / 'in'), '--out', str(tmp_path / 'out'), '--rate', '0',
+                 '--model', 'yolov8n.yaml', '--imgsz', '64', '--params', str(params), '--json'])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary['frames'] == 5 and summary['results'] == 5
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['replay', '{tmp}/nothing', '--out', '{tmp}/o'], 'no such bag'),
+    (['replay', '{tmp}', '--out', '{tmp}/o'], 'not a readable rosbag2 bag'),
+    (['replay', '{tmp}/in', '--out', '{tmp}/o', '--model', '{tmp}/missing.pt'],
+     'not found (nothing is downloaded'),
+    (['replay', '{tmp}/in', '--out', '{tmp}/o', '--policy', 'psychic'], 'unknown policy'),
+    (['replay', '{tmp}/in', '--out', '{tmp}/o', '--params', '{tmp}/none.yaml'],
+     'cannot read parameter file'),
+    (['replay', '{tmp}/in', '--out', '{tmp}/o', '--rate', '-1'], 'is negative'),
+    (['replay', '{tmp}/in'], 'required: --out'),
+    (['sample-bag', '{tmp}/s', '--width', '3'], 'width and height'),
+])
+def test_errors_exit_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     argv: list[str], message: str) -> None:
+    main(['sample-bag', str(tmp_path / 'in'), '--frames', '1', '--width', '32',
+          '--height', '24'])
+    capsys.readouterr()
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_argument_errors_exit_2_from_the_installed_entry_point(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, '-m', 'offload_runtime.cli', 'replay'],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and 'error' in proc.stderr
+
+
+def test_cloud_embedded_clears_the_params_url_and_a_url_replaces_it() -> None:
+    def cloud(*argv: str) -> dict:
+        return _overrides(build_parser().parse_args(['replay', 'in', '--out', 'o', *argv]))[
+            'cloud_bridge']
+    assert cloud('--cloud', 'embedded') == {'url': ''}
+    assert cloud('--cloud', 'http://gpu:8080') == {'url': 'http://gpu:8080'}
+    assert cloud() == {}  # the params file's URL, or the embedded service without one

@@ -1,0 +1,37 @@
+"""Run summaries: drop reasons, sources, quantiles and energy."""
+
+from __future__ import annotations
+
+from adaptive_offload.datatypes import FrameRecord
+from offload_runtime.summary import format_summary, summarize
+
+
+def _record(index: int, latency_ms: float | None = None, drop_reason: str = '',
+            source: str = '', energy_j: float | None = None) -> FrameRecord:
+    return FrameRecord(index=index, stamp_ns=index, frame_id='cam', route='edge',
+                       sources=[source] if source else [], result_source=source,
+                       latency_ms=latency_ms, deadline_ms=250.0,
+                       deadline_met=latency_ms is not None and latency_ms <= 250.0,
+                       drop_reason=drop_reason, energy_j=energy_j)
+
+
+def test_drops_count_under_the_source_that_lost_the_frame() -> None:
+    records = [_record(0, drop_reason='cloud: not_sampled; edge: superseded'),
+               _record(1, drop_reason='edge: superseded'),
+               _record(2, drop_reason='cloud: timeout; edge: not_sampled'),
+               _record(3, drop_reason='decode: truncated JPEG'),
+               _record(4, drop_reason='cloud: not_sampled')]
+    assert summarize(records, 1.0)['drops'] == {'cloud': 2, 'decode': 1, 'edge': 2}
+
+
+def test_quantiles_sources_and_energy() -> None:
+    records = [_record(i, latency_ms=float(i + 1), source='edge' if i % 2 else 'cloud',
+                       energy_j=0.5) for i in range(100)] + [_record(100, drop_reason='edge: x')]
+    summary = summarize(records, 10.0)
+    assert summary['results'] == 100 and summary['frames'] == 101
+    assert summary['sources'] == {'cloud': 50, 'edge': 50}
+    assert summary['p50'] == 50.5 and abs(summary['p99'] - 99.01) < 1e-9
+    assert summary['fps'] == 10.0 and summary['energy_j'] == 0.5
+    assert summary['energy_measured'] is False
+    text = format_summary(summary)
+    assert 'cloud 50, edge 50' in text and '101' in text

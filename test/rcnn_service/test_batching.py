@@ -1,0 +1,84 @@
+"""Adaptive batching: batches form from the requests that wait, errors stay per request."""
+
+from __future__ import annotations
+
+import threading
+
+from adaptive_offload.errors import ConfigError
+import pytest
+from rcnn_service.batching import AdaptiveBatcher
+
+
+class _GatedModel:
+    """Doubles its inputs; the first batch blocks until released, so others queue behind it."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.batches: list[list[int]] = []
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        self.started.set()
+        if not self.release.wait(10.0):
+            raise TimeoutError('test never released the model')
+        if any(i < 0 for i in items):
+            raise ValueError(f'negative input in {items}')
+        return [2 * i for i in items]
+
+
+def test_requests_queued_behind_a_busy_model_run_as_one_batch() -> None:
+    model = _GatedModel()
+    sizes: list[int] = []
+    batcher = AdaptiveBatcher(model, max_batch=4, on_batch=sizes.append)
+    first = batcher.submit(1)
+    assert model.started.wait(10.0)
+    queued = [batcher.submit(i) for i in (2, 3, 4, 5, 6)]  # arrive while the model is busy
+    model.release.set()
+    assert first.result(10.0) == 2
+    assert [f.result(10.0) for f in queued] == [4, 6, 8, 10, 12]
+    batcher.close()
+    assert model.batches == [[1], [2, 3, 4, 5], [6]]  # a lone request never waited for company
+    assert sizes == [1, 4, 1]
+
+
+def test_one_bad_input_fails_only_its_own_request() -> None:
+    model = _GatedModel()
+    batcher = AdaptiveBatcher(model, max_batch=4)
+    first = batcher.submit(1)
+    assert model.started.wait(10.0)
+    good, bad, other = batcher.submit(2), batcher.submit(-1), batcher.submit(3)
+    model.release.set()
+    assert first.result(10.0) == 2 and good.result(10.0) == 4 and other.result(10.0) == 6
+    with pytest.raises(ValueError, match='negative'):
+        bad.result(10.0)
+    batcher.close()
+
+
+def test_wait_lets_a_lone_request_collect_company() -> None:
+    model = _GatedModel()
+    model.release.set()
+    batcher = AdaptiveBatcher(model, max_batch=2, max_wait_ms=5000.0)
+    # The second request arrives within the wait; the full batch starts without waiting it out.
+    a, b = batcher.submit(1), batcher.submit(2)
+    assert a.result(10.0) == 2 and b.result(10.0) == 4
+    batcher.close()
+    assert model.batches == [[1, 2]]
+
+
+def test_close_finishes_queued_requests_then_refuses() -> None:
+    model = _GatedModel()
+    batcher = AdaptiveBatcher(model, max_batch=1)
+    futures = [batcher.submit(i) for i in range(3)]
+    model.release.set()
+    batcher.close()
+    assert [f.result(0) for f in futures] == [0, 2, 4]
+    with pytest.raises(RuntimeError, match='closed'):
+        batcher.submit(9)
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ConfigError):
+        AdaptiveBatcher(lambda items: items, max_batch=0)
+    with pytest.raises(ConfigError):
+        AdaptiveBatcher(lambda items: items, max_wait_ms=-1)

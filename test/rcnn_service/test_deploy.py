@@ -1,0 +1,66 @@
+"""Kubernetes manifests and the container file, validated offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+from offload_runtime.cli import build_parser
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / 'deploy'
+CORE = ('deployment.yaml', 'service.yaml', 'hpa.yaml')
+
+
+def _load(name: str) -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / 'kubernetes' / name).read_text())
+
+
+@pytest.mark.parametrize('name', CORE)
+def test_core_manifests_validate_strictly(name: str) -> None:
+    kubernetes_validate.validate(_load(name), kubernetes_validate.latest_version(), strict=True)
+
+
+def test_hpa_is_autoscaling_v2_on_the_deployment() -> None:
+    hpa, deployment = _load('hpa.yaml'), _load('deployment.yaml')
+    assert hpa['apiVersion'] == 'autoscaling/v2'
+    assert hpa['spec']['scaleTargetRef']['name'] == deployment['metadata']['name']
+
+
+def test_inference_service_containers_are_valid_kubernetes_containers() -> None:
+    """Validate the predictor's Container and Volume objects strictly inside a Pod.
+
+    kubernetes-validate has no schema for KServe's CRD, but its predictor holds standard ones.
+    """
+    isvc = _load('inferenceservice.yaml')
+    assert (isvc['apiVersion'], isvc['kind']) == ('serving.kserve.io/v1beta1',
+                                                  'InferenceService')
+    predictor = isvc['spec']['predictor']
+    pod = {'apiVersion': 'v1', 'kind': 'Pod', 'metadata': {'name': 'check'},
+           'spec': {'containers': predictor['containers'], 'volumes': predictor['volumes']}}
+    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        pod['spec']['containers'][0]['imagePullPolicyy'] = 'Always'
+        kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_manifests_run_the_image_the_containerfile_builds_with_valid_arguments() -> None:
+    containerfile = (DEPLOY / 'Containerfile').read_text().replace('\\\n', ' ')
+    [line] = [ln for ln in containerfile.splitlines() if ln.startswith('ENTRYPOINT')]
+    entrypoint = json.loads(line.split(None, 1)[1])
+    assert entrypoint[:2] == ['adaptive-offload', 'serve']
+    deployment = _load('deployment.yaml')['spec']['template']['spec']['containers'][0]
+    kserve = _load('inferenceservice.yaml')['spec']['predictor']['containers'][0]
+    assert deployment['image'] == kserve['image']
+    parser = build_parser()
+    for container in (deployment, kserve):
+        args = parser.parse_args([*entrypoint[1:], *container['args']])
+        assert args.checkpoint.startswith('/models/') and args.runtime == 'mlserver'
+        assert args.port in {p['containerPort'] for p in container['ports']}
+        assert container['readinessProbe']['httpGet']['path'] == '/v2/health/ready'
+    assert deployment['livenessProbe']['httpGet']['path'] == '/v2/health/live'
+    ports = {p['name']: p['containerPort'] for p in deployment['ports']}
+    assert ports == {'http': args.port, 'grpc': args.grpc_port, 'metrics': args.metrics_port}

@@ -1,0 +1,212 @@
+"""The service on MLServer (REST + gRPC), reached through the bridge's own V2 clients."""
+
+from __future__ import annotations
+
+from pathlib import Path
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Iterator
+import urllib.request
+
+from adaptive_offload.conversions import frame_to_message, MessageTypes
+from adaptive_offload.datatypes import Decision, Route
+from adaptive_offload.errors import CloudError
+from cloud_bridge.bridge import CloudBridge
+from cloud_bridge.transport import make_transport, V2GrpcTransport, V2RestTransport
+import cv2
+from helpers import child_env
+import numpy as np
+import pytest
+
+TOKEN = 's3cret'
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(('127.0.0.1', 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+class Server:
+    """``adaptive-offload serve`` (MLServer runtime) in a child process."""
+
+    def __init__(self, ports: list[int] | None = None) -> None:
+        self.rest, self.grpc, self.metrics = ports or _free_ports(3)
+        env = child_env()
+        self.proc = subprocess.Popen(
+            [sys.executable, '-m', 'offload_runtime.cli', 'serve',
+             '--arch', 'fasterrcnn_mobilenet_v3_large_320_fpn', '--threads', '2',
+             '--score-threshold', '0.0', '--token', TOKEN, '--max-request-bytes', '200000',
+             '--port', str(self.rest), '--grpc-port', str(self.grpc),
+             '--metrics-port', str(self.metrics)],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+        try:
+            self._wait_ready()
+        except BaseException:  # a server that never became ready must not outlive the test
+            self.kill()
+            raise
+
+    def _wait_ready(self) -> None:
+        self.announced = self.proc.stdout.readline()
+        # Keep reading the access log, so a full pipe never blocks the server.
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        for _ in range(600):  # bounded: the model warms up before readiness
+            if self.proc.poll() is not None:
+                raise RuntimeError(f'server exited with {self.proc.returncode}')
+            try:
+                with urllib.request.urlopen(f'{self.rest_url}/v2/health/ready', timeout=1):
+                    return
+            except OSError:  # refused, reset, or a timeout while the model loads (busy CI)
+                time.sleep(0.1)
+        raise RuntimeError('server never became ready')
+
+    @property
+    def rest_url(self) -> str:
+        return f'http://127.0.0.1:{self.rest}'
+
+    @property
+    def grpc_url(self) -> str:
+        return f'grpc://127.0.0.1:{self.grpc}'
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(30)
+
+
+@pytest.fixture(scope='module')
+def server() -> Iterator[Server]:
+    srv = Server()
+    yield srv
+    srv.kill()
+
+
+def _msg(types: MessageTypes, stamp: int = 5) -> Any:
+    image = np.random.default_rng(stamp).integers(0, 255, (240, 320, 3), np.uint8)
+    return frame_to_message(types, image, stamp, 'cam', 'rgb8')
+
+
+def _jpeg() -> bytes:
+    image = np.random.default_rng(0).integers(0, 255, (240, 320, 3), np.uint8)
+    return cv2.imencode('.jpg', image)[1].tobytes()
+
+
+def test_announces_all_three_endpoints(server: Server) -> None:
+    assert f'gRPC 127.0.0.1:{server.grpc}' in server.announced
+    assert f'http://127.0.0.1:{server.rest}' in server.announced
+    with urllib.request.urlopen(f'{server.rest_url}/v2/models/rcnn', timeout=10) as reply:
+        assert b'"name":"image"' in reply.read()
+
+
+@pytest.mark.parametrize('scheme', ['grpc', 'http'])
+def test_bridge_gets_detections_over_both_protocols(
+        server: Server, types: MessageTypes, scheme: str) -> None:
+    url = server.grpc_url if scheme == 'grpc' else server.rest_url
+    bridge = CloudBridge(make_transport(url, 'rcnn', TOKEN))
+    dets, report = bridge.process(_msg(types), Decision(route=Route.CLOUD, deadline_ms=30_000))
+    assert report.status == 'ok', report.reason
+    assert report.server_ms > 0 and report.total_ms >= report.server_ms
+    assert len(dets.detections) == report.detections > 0  # threshold 0 keeps every box
+    assert all(0 <= d.x1 < d.x2 <= 320 and 0 <= d.y1 < d.y2 <= 240 for d in dets.detections)
+
+
+def test_refusals_are_clear_and_counted(server: Server) -> None:
+    grpc = V2GrpcTransport(server.grpc_url, 'rcnn', TOKEN)
+    with pytest.raises(CloudError, match='grpc_invalid_argument.*decodable'):
+        grpc.infer(b'not an image', 30.0)
+    with pytest.raises(CloudError, match='bearer token'):
+        V2GrpcTransport(server.grpc_url, 'rcnn', 'wrong').infer(_jpeg(), 30.0)
+    with pytest.raises(CloudError, match='http_401'):
+        V2RestTransport(server.rest_url, 'rcnn').infer(_jpeg(), 30.0)
+    noise = np.random.default_rng(1).integers(0, 255, (600, 600, 3), np.uint8)
+    png = cv2.imencode('.png', noise)[1].tobytes()  # > 200 000 bytes
+    with pytest.raises(CloudError, match='http_413'):
+        V2RestTransport(server.rest_url, 'rcnn', TOKEN).infer(png, 30.0)
+    with urllib.request.urlopen(f'http://127.0.0.1:{server.metrics}/metrics',
+                                timeout=10) as reply:
+        metrics = reply.read().decode()
+    assert 'adaptive_offload_rejected_requests_total{status="401"} 2.0' in metrics
+    assert 'adaptive_offload_rejected_requests_total{status="413"} 1.0' in metrics
+    assert 'adaptive_offload_batch_size_count' in metrics
+
+
+def test_concurrent_clients_all_get_answers(server: Server) -> None:
+    grpc = V2GrpcTransport(server.grpc_url, 'rcnn', TOKEN)  # one channel, shared by threads
+    results: list[Any] = []
+
+    def client() -> None:
+        for _ in range(3):
+            results.append(grpc.infer(_jpeg(), 60.0))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(results) == 12 and all(len(r.labels) == len(r.scores) for r in results)
+
+
+def test_deadline_is_never_exceeded(server: Server) -> None:
+    grpc = V2GrpcTransport(server.grpc_url, 'rcnn', TOKEN)
+    start = time.monotonic()
+    with pytest.raises(CloudError, match='timeout'):
+        grpc.infer(_jpeg(), 0.005)  # far below the model's time on this CPU
+    assert time.monotonic() - start < 1.0
+
+
+def test_server_down_then_killed_mid_run_then_back(types: MessageTypes) -> None:
+    ports = _free_ports(3)
+    bridge = CloudBridge(V2GrpcTransport(f'grpc://127.0.0.1:{ports[1]}', 'rcnn', TOKEN),
+                         max_retries=0)
+    decision = Decision(route=Route.CLOUD, deadline_ms=30_000)
+    _, report = bridge.process(_msg(types, 1), decision)
+    assert report.status == 'failed' and report.reason.startswith('connection')
+    srv = Server(ports)
+    try:
+        bridge.breaker.record(True, 0)  # the test restarts the server faster than the cool-down
+        assert bridge.process(_msg(types, 2), decision)[1].status == 'ok'
+        srv.kill()
+        _, report = bridge.process(_msg(types, 3), decision)
+        assert report.status == 'failed' and report.reason.startswith('connection')
+        srv = Server(ports)
+        bridge.breaker.record(True, 0)
+        # The next request uses the server again: no wait for gRPC's reconnect backoff.
+        _, report = bridge.process(_msg(types, 4), decision)
+        assert report.status == 'ok', report.reason
+    finally:
+        srv.kill()
+
+
+def test_sigterm_stops_the_server_within_10_s() -> None:
+    srv = Server()
+    start = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    try:
+        srv.proc.wait(timeout=10)
+    finally:
+        srv.kill()
+    assert time.monotonic() - start < 10
+
+
+def test_replay_cloud_only_over_grpc(server: Server, tmp_path: Path,
+                                     fake_backend_factory: Any) -> None:
+    from offload_runtime.replay import Replay, ReplayOptions
+    from offload_runtime.sample_bag import SampleSpec, write_sample_bag
+
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=6, width=160, height=120))
+    result = Replay(ReplayOptions(bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0,
+                                  overrides={'offload_manager': {'policy': 'cloud-only',
+                                                                 'deadline_ms': 30_000.0},
+                                             'cloud_bridge': {'url': server.grpc_url,
+                                                              'token': TOKEN}}),
+                    backend_factory=fake_backend_factory).run()
+    assert [r.result_source for r in result.records] == ['cloud'] * 6
