@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+from http.server import BaseHTTPRequestHandler
+import json
 import os
 from pathlib import Path
-from typing import Callable
+import time
+from typing import Any, Callable
 
 from adaptive_offload.datatypes import Detection
+import cv2
 from edge_inference.backends import BackendOptions
 from edge_inference.inference import EdgeConfig, EdgeInference
 from edge_inference.model_pool import ModelPool
@@ -69,3 +74,41 @@ def child_env() -> dict[str, str]:
     src = str(Path(__file__).resolve().parents[1] / 'src')
     rest = os.environ.get('PYTHONPATH', '')
     return dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (src, rest) if p))
+
+
+class V2Handler(BaseHTTPRequestHandler):
+    """A V2 server's REST handler: /v2/models/rcnn/infer gives one box around the image centre.
+
+    ``mode`` (ok, slow, error, malformed) says how it answers; ``seen`` keeps every request.
+    """
+
+    mode = 'ok'
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
+        image = cv2.imdecode(np.frombuffer(base64.b64decode(body['inputs'][0]['data'][0]),
+                                           np.uint8), cv2.IMREAD_COLOR)
+        type(self).seen.append({'path': self.path, 'shape': image.shape,
+                                'auth': self.headers.get('Authorization')})
+        h, w = image.shape[:2]
+        reply = {'model_name': 'rcnn', 'outputs': [
+            {'name': 'boxes', 'shape': [1, 4], 'datatype': 'FP32',
+             'data': [w / 4, h / 4, 3 * w / 4, 3 * h / 4]},
+            {'name': 'scores', 'shape': [1], 'datatype': 'FP32', 'data': [0.8]},
+            {'name': 'labels', 'shape': [1], 'datatype': 'BYTES', 'data': ['person']}]}
+        if self.mode == 'slow':
+            time.sleep(0.5)
+        status, payload = 200, json.dumps(reply).encode()
+        if self.mode == 'error':
+            status, payload = 500, b'{"error": "model crashed"}'
+        elif self.mode == 'malformed':
+            payload = b'{"outputs": [{"name": "boxes", "data": [1, 2]}]}'
+        self.send_response(status)
+        self.send_header('Content-Type', 'application/json')
+        self.send_header('Content-Length', str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass

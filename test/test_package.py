@@ -68,7 +68,7 @@ def test_params_yaml_agrees_with_the_declared_defaults() -> None:
     params = load_params_file(ROOT / 'config' / 'params.yaml')
     for node, specs in NODES.items():
         given = node_params(params, node)
-        differ = {s.name for s in specs if s.coerce(given[s.name]) != s.default}
+        differ = {s.name for s in specs if s.check(given[s.name]) != s.default}
         assert differ <= {'model_name'}, f'{node}: {differ} differ from the code defaults'
 
 

@@ -13,11 +13,13 @@ from typing import Any, Callable, Protocol
 
 from adaptive_offload.admission import StampGate
 from adaptive_offload.conversions import stamp_to_ns
-from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
+from adaptive_offload.datatypes import Decision, DetectionSet, Frame, InferenceReport
+from adaptive_offload.drawing import annotate_message
 from adaptive_offload.errors import ConversionError
 from adaptive_offload.latest_slot import LatestSlot
 
 Emit = Callable[[Any, 'DetectionSet | None', InferenceReport], None]
+Publish = Callable[[str, Any], None]
 
 
 class FrameProcessor(Protocol):
@@ -51,6 +53,15 @@ class DecisionHolder:
             self._latest = decision
             return True
 
+    def set_fallback(self, fallback: Decision) -> None:
+        """Change the decision used while none is valid (a parameter set at runtime)."""
+        with self._lock:
+            self._fallback = fallback
+
+    def on_decision(self, decision: Decision, now_ns: int = 0) -> None:
+        """Take a decision from the decision topic (the graph's handler)."""
+        self.update(decision)
+
     def update_json(self, text: str) -> str:
         """Parse a decision message and keep it; returns an error text, empty on success."""
         try:
@@ -66,6 +77,34 @@ class DecisionHolder:
         if latest is not None and latest.is_valid(now_ns):
             return latest
         return self._fallback
+
+
+class ResultEmitter:
+    """The one emitter of the edge and cloud workers: a frame's outputs by graph port name.
+
+    Every frame gives its ``telemetry`` report; a processed frame also its ``detections`` and,
+    when asked, an ``annotated`` image with the boxes drawn. The rclpy nodes publish what it
+    gives; the replay routes it to the other cores and writes it to the output bag.
+
+    Args:
+        publish: Called with (output port name, record).
+        annotated: Also give the annotated image of every processed frame.
+    """
+
+    def __init__(self, publish: Publish, annotated: bool = False) -> None:
+        self._publish = publish
+        self._annotated = annotated
+
+    def __call__(self, msg: Any, dets: DetectionSet | None, report: InferenceReport) -> None:
+        """Emit one frame's outputs (the :data:`Emit` a :class:`FrameWorker` calls)."""
+        if dets is not None:
+            self._publish('detections', dets)
+            if self._annotated:
+                image = annotate_message(msg, dets.detections, dets.source, dets.model)
+                if image is not None:
+                    self._publish('annotated', Frame(dets.stamp_ns, dets.frame_id, image,
+                                                     'bgr8'))
+        self._publish('telemetry', report)
 
 
 class FrameWorker:
@@ -109,6 +148,10 @@ class FrameWorker:
         replaced = self._slot.put(msg)
         if replaced is not None:
             self._report_drop(replaced, 'superseded')
+
+    def on_image(self, msg: Any, now_ns: int = 0) -> None:
+        """Take a camera message (the graph's handler): see :meth:`submit`."""
+        self.submit(msg)
 
     def _report_drop(self, msg: Any, reason: str, status: str = 'dropped') -> None:
         decision = self._decisions.current(self._now_ns())

@@ -1,4 +1,7 @@
-"""rclpy glue shared by the nodes: message classes, QoS profiles, parameters, clock.
+"""rclpy glue shared by the nodes: the graph's ports, QoS, parameters, clock and main loop.
+
+Subscriptions and publishers come from the graph's declarations, parameters are declared with
+descriptors (ranges included) and set at runtime through on-set callbacks.
 
 This module and the ``node`` modules are the only ones that import rclpy or message packages.
 """
@@ -6,30 +9,33 @@ This module and the ``node`` modules are the only ones that import rclpy or mess
 from __future__ import annotations
 
 import array
-import copy
 import signal
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
-from adaptive_offload import topics
-from adaptive_offload.conversions import detections_to_message, MessageTypes
-from adaptive_offload.datatypes import DetectionSet, InferenceReport
-from adaptive_offload.errors import AdaptiveOffloadError
-from adaptive_offload.frame_worker import DecisionHolder, Emit
+from adaptive_offload.conversions import MessageTypes
+from adaptive_offload.errors import AdaptiveOffloadError, ConfigError, ConversionError
+from adaptive_offload.graph import NodeGraph, Port, QOS
+from adaptive_offload.graph_codec import decode_input, encode_output
 from adaptive_offload.params import ParameterSpec
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
 import rclpy
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 import rclpy.node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, qos_profile_sensor_data, QoSProfile,
-                       ReliabilityPolicy)
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rosidl_runtime_py.utilities import get_message
 from sensor_msgs.msg import BatteryState, CompressedImage, Image
 from std_msgs.msg import Header, String
 from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo,
                              ObjectHypothesis, ObjectHypothesisWithPose, Point2D, Pose2D,
                              VisionClass)
+
+Targets = Mapping[str, Any]
 
 
 def message_types() -> MessageTypes:
@@ -47,51 +53,165 @@ def message_types() -> MessageTypes:
         float32_array=lambda values: array.array('f', values))
 
 
-def image_qos() -> QoSProfile:
-    """Sensor-data QoS with depth 1: only the newest frame is ever waiting."""
-    profile = copy.copy(qos_profile_sensor_data)
-    profile.depth = 1
-    return profile
+def qos_profile(name: str) -> QoSProfile:
+    """Return the rclpy profile of a QoS named in the graph's table."""
+    spec = QOS[name]
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=spec.depth,
+        reliability=ReliabilityPolicy.RELIABLE if spec.reliable
+        else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if spec.latched
+        else DurabilityPolicy.VOLATILE)
 
 
-def every_frame_qos() -> QoSProfile:
-    """Sensor-data QoS with depth 10, for subscribers that account for every frame.
+def subscribe(node: rclpy.node.Node, graph: NodeGraph, targets: Targets,
+              after: Callable[[int], None] | None = None,
+              only: Iterable[str] | None = None,
+              taps: Mapping[str, Callable[[Any], None]] | None = None) -> list[Any]:
+    """Subscribe to every input of ``graph``: each message goes to its handler as a record.
 
-    The manager records each frame and the health monitor counts them: with depth 1 a
-    callback held up for one frame period (the first frame, a busy executor) loses a frame
-    without a trace, where the inference nodes rightly keep only the newest.
+    Args:
+        node: The node.
+        graph: Its declaration.
+        targets: Input targets by port name, or ``'*'`` for all: the object whose
+            ``port.handler`` method takes ``(record, now_ns)``.
+        after: Called with the time after every handled input (the manager's flush).
+        only: Subscribe to these inputs only (a lifecycle node subscribes in steps).
+        taps: Called with the message itself before it is decoded, by port name (the
+            manager keeps camera images for its annotated output).
+
+    Returns:
+        The subscriptions.
     """
-    profile = copy.copy(qos_profile_sensor_data)
-    profile.depth = 10
-    return profile
+    subs = []
+    wanted = None if only is None else set(only)
+    for port in graph.inputs:
+        if wanted is not None and port.name not in wanted:
+            continue
+        target = targets.get(port.name, targets.get('*'))
+        handler = getattr(target, port.handler)
+        subs.append(node.create_subscription(
+            get_message(port.msg_type), port.topic,
+            _callback(node, port, handler, after, (taps or {}).get(port.name)),
+            qos_profile(port.qos), raw=port.kind == 'arrival'))
+    return subs
 
 
-def result_qos() -> QoSProfile:
-    """Reliable, depth 10: detections, records, telemetry, diagnostics."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
-                      reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.VOLATILE)
+def _callback(node: rclpy.node.Node, port: Port, handler: Callable[[Any, int], Any],
+              after: Callable[[int], None] | None,
+              tap: Callable[[Any], None] | None) -> Callable[[Any], None]:
+    def on_message(msg: Any) -> None:
+        if tap is not None:
+            tap(msg)
+        try:
+            record = decode_input(port, msg)
+        except ConversionError as err:
+            node.get_logger().warning(f'ignored a bad message on {port.topic}: {err}')
+            return
+        now = now_ns(node)
+        handler(record, now)
+        if after is not None:
+            after(now)
+    return on_message
 
 
-def latched_qos() -> QoSProfile:
-    """Reliable, transient local, depth 1: the decision, which late joiners must get."""
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                      reliability=ReliabilityPolicy.RELIABLE,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
+class Publishers:
+    """The publishers of a node's outputs; :meth:`publish` takes records by port name.
+
+    Args:
+        node: The node (a LifecycleNode gets lifecycle publishers with ``lifecycle``).
+        graph: Its declaration.
+        lifecycle: Create lifecycle publishers (they publish only while active).
+    """
+
+    def __init__(self, node: rclpy.node.Node, graph: NodeGraph, lifecycle: bool = False) -> None:
+        self._node = node
+        self._types = message_types()
+        create = node.create_lifecycle_publisher if lifecycle else node.create_publisher
+        self._ports = {p.name: p for p in graph.outputs}
+        self._pubs = {p.name: create(get_message(p.msg_type), p.topic, qos_profile(p.qos))
+                      for p in graph.outputs}
+
+    def publish(self, name: str, record: Any) -> None:
+        """Publish ``record`` on the output called ``name`` (an undeclared one is ignored)."""
+        pub = self._pubs.get(name)
+        if pub is not None:
+            pub.publish(encode_output(self._types, self._ports[name], record))
+
+    def destroy(self) -> None:
+        """Destroy every publisher."""
+        destroy = getattr(self._node, 'destroy_lifecycle_publisher', self._node.destroy_publisher)
+        for pub in self._pubs.values():
+            destroy(pub)
+        self._pubs = {}
 
 
-def image_type(compressed: bool) -> tuple[Any, str]:
-    """Message class and topic suffix of the camera input."""
-    return (CompressedImage, '/compressed') if compressed else (Image, '')
+def descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+    """Return the descriptor of a parameter: description, read-only, and its range."""
+    desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+    bounds = spec.bounds()
+    if bounds is not None and spec.type_name == 'INTEGER':
+        desc.integer_range = [IntegerRange(from_value=int(bounds[0]), to_value=int(bounds[1]),
+                                           step=1)]
+    elif bounds is not None:
+        desc.floating_point_range = [FloatingPointRange(
+            from_value=float(bounds[0]), to_value=float(bounds[1]), step=0.0)]
+    return desc
 
 
 def declare_parameters(node: rclpy.node.Node, specs: Iterable[ParameterSpec]) -> dict[str, Any]:
-    """Declare every parameter once, with its description, and return the values."""
+    """Declare every parameter once, with its descriptor, and return the values.
+
+    Raises:
+        ConfigError: With rclpy's one-line reason, for an override of the wrong type or out of
+            its range (a parameter file or ``-p``).
+    """
     values = {}
     for spec in specs:
-        descriptor = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
-        values[spec.name] = node.declare_parameter(spec.name, spec.default, descriptor).value
+        try:
+            values[spec.name] = node.declare_parameter(spec.name, spec.default,
+                                                       descriptor(spec)).value
+        except ParameterException as err:
+            raise ConfigError(f'{node.get_name()}: {err}') from None
     return values
+
+
+def current_parameters(node: rclpy.node.Node, specs: Iterable[ParameterSpec]) -> dict[str, Any]:
+    """Return every declared parameter's value now (what a lifecycle configure re-reads)."""
+    return {spec.name: node.get_parameter(spec.name).value for spec in specs}
+
+
+def on_parameters_set(node: rclpy.node.Node, specs: Iterable[ParameterSpec],
+                      apply: Callable[[dict[str, Any]], None],
+                      refuse: Callable[[ParameterSpec], str] = lambda spec: '') -> None:
+    """Apply ``ros2 param set`` on the running node, or refuse it with a reason.
+
+    rclpy has already checked type, range and read-only against the descriptor. Live
+    parameters go to ``apply`` (which raises ConfigError to refuse the whole set); a
+    configure-time parameter is accepted unless ``refuse`` gives a reason (a lifecycle node
+    refuses them unless unconfigured).
+    """
+    table = {spec.name: spec for spec in specs}
+
+    def callback(params: list[Parameter]) -> SetParametersResult:
+        live = {}
+        for param in params:
+            spec = table.get(param.name)
+            if spec is None:
+                continue
+            reason = '' if spec.live else refuse(spec)
+            if reason:
+                return SetParametersResult(successful=False, reason=reason)
+            if spec.live:
+                live[param.name] = param.value
+        if live:
+            try:
+                apply(live)
+            except ConfigError as err:
+                return SetParametersResult(successful=False, reason=str(err))
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(callback)
 
 
 def now_ns(node: rclpy.node.Node) -> int:
@@ -99,36 +219,13 @@ def now_ns(node: rclpy.node.Node) -> int:
     return node.get_clock().now().nanoseconds
 
 
-def subscribe_decisions(node: rclpy.node.Node, holder: DecisionHolder) -> Any:
-    """Keep ``holder`` up to date with the manager's latched decision topic."""
-    def on_decision(msg: String) -> None:
-        error = holder.update_json(msg.data)
-        if error:
-            node.get_logger().warning(error)
-
-    return node.create_subscription(String, topics.DECISION, on_decision, latched_qos())
-
-
-def result_publisher(node: rclpy.node.Node, det_topic: str, tel_topic: str) -> Emit:
-    """Create publishers of a worker's detections and telemetry, as a :class:`FrameWorker` emit."""
-    types = message_types()
-    det_pub = node.create_publisher(Detection2DArray, det_topic, result_qos())
-    tel_pub = node.create_publisher(String, tel_topic, result_qos())
-
-    def emit(_msg: Any, dets: DetectionSet | None, report: InferenceReport) -> None:
-        if dets is not None:
-            det_pub.publish(detections_to_message(types, dets))
-        tel_pub.publish(String(data=report.to_json()))
-
-    return emit
-
-
 def run_node(factory: Callable[[], rclpy.node.Node], name: str,
              args: list[str] | None = None) -> int:
     """Initialise rclpy, spin the node ``factory`` builds until shutdown, clean up.
 
-    A configuration error (bad parameter, missing weights) is logged as fatal and gives exit
-    code 1 instead of a traceback; an interrupt or shutdown gives exit code 0.
+    A configuration error (a parameter of the wrong type or out of range, missing weights, a
+    lifecycle transition that failed at start) is logged as one fatal line and gives exit code
+    1 instead of a traceback; an interrupt or shutdown gives exit code 0.
     """
     rclpy.init(args=args)
     node = None
@@ -138,7 +235,7 @@ def run_node(factory: Callable[[], rclpy.node.Node], name: str,
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
-    except AdaptiveOffloadError as err:
+    except (AdaptiveOffloadError, ParameterException) as err:
         rclpy.logging.get_logger(name).fatal(str(err))
         code = 1
     finally:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from adaptive_offload import graph
 from adaptive_offload import ros_interface as ros
-from adaptive_offload import topics
 from adaptive_offload.datatypes import Decision
-from adaptive_offload.frame_worker import DecisionHolder, FrameWorker
+from adaptive_offload.frame_worker import DecisionHolder, FrameWorker, ResultEmitter
 from cloud_bridge.bridge import CloudConfig, PARAMETERS
 from rclpy.node import Node
 
@@ -22,17 +22,14 @@ class CloudBridgeNode(Node):
         self._transport = config.make_transport()
         # Until the manager speaks, the safe default keeps every frame off the network.
         decisions = DecisionHolder(Decision.safe_default(deadline_ms=config.deadline_ms))
-        ros.subscribe_decisions(self, decisions)
-        emit = ros.result_publisher(self, topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY)
-        self._worker = FrameWorker(config.make_bridge(self._transport), decisions, emit,
-                                   lambda: ros.now_ns(self), workers=config.max_in_flight,
-                                   pending=config.max_pending)
-        msg_type, suffix = ros.image_type(config.compressed)
-        self.create_subscription(msg_type, config.image_topic + suffix, self._worker.submit,
-                                 ros.image_qos())
+        node_graph = graph.cloud_bridge(config.image_topic, config.compressed)
+        pubs = ros.Publishers(self, node_graph)
+        self._worker = FrameWorker(config.make_bridge(self._transport), decisions,
+                                   ResultEmitter(pubs.publish), lambda: ros.now_ns(self),
+                                   workers=config.max_in_flight, pending=config.max_pending)
+        subs = ros.subscribe(self, node_graph, {'camera': self._worker, 'decision': decisions})
         self._worker.start('cloud-bridge')
-        self.get_logger().info(f'{config.image_topic + suffix} -> {config.url} '
-                               f'(model {config.model})')
+        self.get_logger().info(f'{subs[0].topic_name} -> {config.url} (model {config.model})')
 
     def destroy_node(self) -> None:
         """Stop the worker and close connections before the node goes."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
 import time
@@ -17,30 +18,46 @@ from edge_inference.model_pool import Factory, ModelPool, ModelSpec, parse_model
 import numpy as np
 
 PARAMETERS = (
-    ParameterSpec('backend', 'ultralytics', 'Detector backend (registry name).'),
+    ParameterSpec('backend', 'ultralytics', 'Detector backend (registry name).', configure=True),
     ParameterSpec('model', 'yolov8n.pt',
-                  'Weights file (.pt) or model config (.yaml: random weights, for tests).'),
-    ParameterSpec('model_name', '', 'Name decisions use for this model; empty: file stem.'),
-    ParameterSpec('device', 'cpu', 'Inference device: cpu, cuda, cuda:N or mps.'),
-    ParameterSpec('imgsz', 640, 'Input size used while no decision sets one.', False),
-    ParameterSpec('conf', 0.25, 'Minimum detection confidence.', False),
-    ParameterSpec('iou', 0.7, 'NMS IoU threshold.', False),
-    ParameterSpec('max_det', 100, 'Most detections per frame.', False),
-    ParameterSpec('classes', '', 'Comma-separated class names to keep; empty keeps all.'),
-    ParameterSpec('image_topic', '/camera/image_raw', 'Camera topic (sensor_msgs/Image).'),
+                  'Weights file (.pt) or model config (.yaml: random weights, for tests).',
+                  configure=True),
+    ParameterSpec('model_name', '', 'Name decisions use for this model; empty: file stem.',
+                  configure=True),
+    ParameterSpec('device', 'cpu', 'Inference device: cpu, cuda, cuda:N or mps.',
+                  configure=True),
+    ParameterSpec('imgsz', 640, 'Input size used while no decision sets one.', live=True,
+                  minimum=32, maximum=4096),
+    ParameterSpec('conf', 0.25, 'Minimum detection confidence.', live=True, minimum=0.0,
+                  maximum=1.0),
+    ParameterSpec('iou', 0.7, 'NMS IoU threshold.', live=True, minimum=0.0, maximum=1.0),
+    ParameterSpec('max_det', 100, 'Most detections per frame.', live=True, minimum=1,
+                  maximum=10000),
+    ParameterSpec('classes', '', 'Comma-separated class names to keep; empty keeps all.',
+                  configure=True),
+    ParameterSpec('image_topic', '/camera/image_raw', 'Camera topic (sensor_msgs/Image).',
+                  configure=True),
     ParameterSpec('compressed', False,
-                  'Subscribe to <image_topic>/compressed (sensor_msgs/CompressedImage).'),
-    ParameterSpec('source_name', 'edge', 'Name of this target in records (e.g. robot, pi).'),
-    ParameterSpec('deadline_ms', 250.0, 'Deadline applied while no decision is valid.'),
-    ParameterSpec('ultralytics_config_dir', '', 'ultralytics settings folder; empty: default.'),
+                  'Subscribe to <image_topic>/compressed (sensor_msgs/CompressedImage).',
+                  configure=True),
+    ParameterSpec('source_name', 'edge', 'Name of this target in records (e.g. robot, pi).',
+                  configure=True),
+    ParameterSpec('deadline_ms', 250.0, 'Deadline applied while no decision is valid.',
+                  live=True, minimum=1.0, maximum=60000.0),
+    ParameterSpec('ultralytics_config_dir', '', 'ultralytics settings folder; empty: default.',
+                  configure=True),
     ParameterSpec('alt_models', '',
-                  'Other models decisions may ask for: name=path;name=path (.onnx: onnx).'),
-    ParameterSpec('max_loaded_models', 2, 'Most models held in memory at once.'),
+                  'Other models decisions may ask for: name=path;name=path (.onnx: onnx).',
+                  configure=True),
+    ParameterSpec('max_loaded_models', 2, 'Most models held in memory at once.', configure=True,
+                  minimum=1, maximum=16),
     ParameterSpec('publish_annotated', False,
-                  'Also publish edge/annotated (Image with the boxes) for rviz.'),
+                  'Also publish edge/annotated (Image with the boxes) for rviz.', configure=True),
     ParameterSpec('autostart', True,
                   'Configure and activate the lifecycle node at start (plain launches).'),
 )
+
+LIVE = frozenset(spec.name for spec in PARAMETERS if spec.live)
 
 
 @dataclass(frozen=True)
@@ -124,6 +141,21 @@ class EdgeInference:
         self._classes: dict[str, tuple[int, ...] | None] = {}
         self._probes = EveryNth()  # off the edge route, every probe_every-th frame runs here
         self._class_filter(*models.select('')[:2])
+
+    def reconfigure(self, values: Mapping[str, Any]) -> EdgeConfig:
+        """Apply parameters set at runtime (thresholds, the fallback size and deadline).
+
+        The next frame is processed with them; what needs a reload (model, device...) is read
+        on the next lifecycle configure instead.
+
+        Raises:
+            ConfigError: For a parameter that is not live or a wrong value; nothing changes.
+        """
+        fixed = sorted(name for name in values if name not in LIVE)
+        if fixed:
+            raise ConfigError(f'{", ".join(fixed)}: read on configure, not at runtime')
+        self.config = EdgeConfig.from_params({**dataclasses.asdict(self.config), **values})
+        return self.config
 
     def _class_filter(self, name: str, backend: DetectorBackend) -> tuple[int, ...] | None:
         if name not in self._classes:

@@ -50,11 +50,15 @@ class TopicRateCheck:
         self._hardware_id = hardware_id
         self._stamps: deque[int] = deque()
         self._count = 0
+        # Kept apart from the window's stamps: once the window has emptied, silence still
+        # counts from the last message, not from the start.
+        self._last_ns: int | None = None
 
     def tick(self, now_ns: int) -> None:
         """Record one message arrival."""
         self._stamps.append(now_ns)
         self._count += 1
+        self._last_ns = now_ns
 
     def run(self, now_ns: int) -> HealthStatus:
         """Return the check's state at ``now_ns``."""
@@ -62,8 +66,7 @@ class TopicRateCheck:
             self._stamps.popleft()
         span_ns = min(self._window_ns, now_ns - self._start_ns)
         rate = len(self._stamps) / (span_ns / 1e9) if span_ns > 0 else 0.0
-        last = self._stamps[-1] if self._stamps else None
-        silent_ns = now_ns - (last if last is not None else self._start_ns)
+        silent_ns = now_ns - (self._last_ns if self._last_ns is not None else self._start_ns)
         values = (('rate_hz', f'{rate:.2f}'), ('min_rate_hz', f'{self._min_rate:.2f}'),
                   ('messages', str(self._count)),
                   ('silent_s', f'{silent_ns / 1e9:.2f}'))

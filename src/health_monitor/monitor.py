@@ -23,17 +23,23 @@ PARAMETERS = (
                   'Message type of each monitored topic.'),
     ParameterSpec('min_rates_hz', [5.0, 2.0, 2.0, 1.0],
                   'Lowest acceptable rate of each topic; 0: heartbeat only.'),
-    ParameterSpec('stale_after_s', 3.0, 'Silence after which a topic is STALE.'),
-    ParameterSpec('rate_window_s', 5.0, 'Window of the rate estimates.'),
-    ParameterSpec('rate_tolerance', 0.1, 'Fraction below the minimum rate still accepted.'),
-    ParameterSpec('publish_period_s', 1.0, 'Period of /diagnostics.'),
+    ParameterSpec('stale_after_s', 3.0, 'Silence after which a topic is STALE.',
+                  minimum=0.1, maximum=3600.0),
+    ParameterSpec('rate_window_s', 5.0, 'Window of the rate estimates.', minimum=0.1,
+                  maximum=3600.0),
+    ParameterSpec('rate_tolerance', 0.1, 'Fraction below the minimum rate still accepted.',
+                  minimum=0.0, maximum=1.0),
+    ParameterSpec('publish_period_s', 1.0, 'Period of /diagnostics.', minimum=0.01,
+                  maximum=60.0),
     ParameterSpec('hardware_id', 'robot', 'hardware_id of the statuses.'),
     ParameterSpec('anomaly_detector', 'robust',
                   'Cloud latency anomaly model: robust (median/MAD) or isolation_forest.'),
     ParameterSpec('probe_url', '',
                   'V2 REST base URL whose /v2/health/ready is probed; empty: no probe.'),
-    ParameterSpec('probe_period_s', 1.0, 'Readiness probe period.'),
-    ParameterSpec('bandwidth_floor_mbps', 1.0, 'Uplink below this is ERROR.'),
+    ParameterSpec('probe_period_s', 1.0, 'Readiness probe period.', minimum=0.05,
+                  maximum=3600.0),
+    ParameterSpec('bandwidth_floor_mbps', 1.0, 'Uplink below this is ERROR.', minimum=0.0,
+                  maximum=100000.0),
     ParameterSpec('history_file', '',
                   'Failure history log (JSON lines) shared with the manager; empty: none.'),
 )
@@ -116,6 +122,14 @@ class HealthMonitor:
         check = self.topics.get(topic)
         if check is not None:
             check.tick(now_ns)
+
+    def on_arrival(self, topic: str, now_ns: int) -> None:
+        """Take an arrival on a monitored topic (the graph's handler)."""
+        self.message(topic, now_ns)
+
+    def on_report(self, report: InferenceReport, now_ns: int = 0) -> None:
+        """Take a cloud report (the graph's handler)."""
+        self.report(report)
 
     def report(self, report: InferenceReport) -> None:
         """Feed a worker's per-frame report to the checks (the cloud check reads the cloud's)."""

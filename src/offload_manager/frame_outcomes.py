@@ -68,6 +68,10 @@ class Arbiter:
         self._count = 0
         self.orphans = 0
 
+    def set_timeout(self, result_timeout_ms: float) -> None:
+        """Change how long frames arriving from now on may wait for anything at all."""
+        self._timeout_ns = int(result_timeout_ms * 1e6)
+
     @property
     def pending(self) -> int:
         """Frames still waiting for a result."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
 import time
@@ -11,6 +12,7 @@ from adaptive_offload import topics
 from adaptive_offload.datatypes import (Decision, DetectionSet, HealthEvent, InferenceReport,
                                         Level, Route)
 from adaptive_offload.errors import ConfigError
+from adaptive_offload.graph_codec import BatterySample, FrameHeader
 from adaptive_offload.params import ParameterSpec, resolve
 from offload_manager.energy import (BatteryReader, EnergyModel, EnergyReader, load_devices,
                                     MeasuredEnergy, READERS)
@@ -19,23 +21,33 @@ from offload_manager.frame_outcomes import Arbiter, Outcome
 from offload_manager.policies import create_policy, Plan, Policy, PolicySettings
 
 PARAMETERS = (
-    ParameterSpec('policy', 'predictive', 'Routing policy (registry name).'),
-    ParameterSpec('deadline_ms', 250.0, 'Per-frame deadline from arrival to result.', False),
-    ParameterSpec('decision_period_s', 0.5, 'How often the decision is re-issued.'),
+    ParameterSpec('policy', 'predictive', 'Routing policy (registry name).', live=True),
+    ParameterSpec('deadline_ms', 250.0, 'Per-frame deadline from arrival to result.', live=True,
+                  minimum=1.0, maximum=60000.0),
+    ParameterSpec('decision_period_s', 0.5, 'How often the decision is re-issued.',
+                  minimum=0.01, maximum=60.0),
     ParameterSpec('plan_period_s', 0.25,
-                  'How often the policy re-plans (at most); decisions change at once then.'),
+                  'How often the policy re-plans (at most); decisions change at once then.',
+                  minimum=0.01, maximum=60.0),
     ParameterSpec('decision_valid_s', 2.0,
-                  'Validity of a decision; workers fall back to edge-only after it.'),
+                  'Validity of a decision; workers fall back to edge-only after it.',
+                  minimum=0.02, maximum=600.0),
     ParameterSpec('result_timeout_ms', 2000.0,
-                  'Longest wait for any result before a drop; never shorter than the deadline.'),
-    ParameterSpec('static_route', 'edge', 'Route of the static policy: edge, cloud or hedged.'),
-    ParameterSpec('edge_model', 'yolov8n', 'Edge model name decisions ask for.', False),
-    ParameterSpec('edge_imgsz', 640, 'Edge input size decisions ask for.', False),
-    ParameterSpec('jpeg_quality', 75, 'JPEG quality of frames sent to the cloud.', False),
+                  'Longest wait for any result before a drop; never shorter than the deadline.',
+                  minimum=1.0, maximum=600000.0),
+    ParameterSpec('static_route', 'edge', 'Route of the static policy: edge, cloud or hedged.',
+                  live=True),
+    ParameterSpec('edge_model', 'yolov8n', 'Edge model name decisions ask for.', live=True),
+    ParameterSpec('edge_imgsz', 640, 'Edge input size decisions ask for.', live=True,
+                  minimum=32, maximum=4096),
+    ParameterSpec('jpeg_quality', 75, 'JPEG quality of frames sent to the cloud.', live=True,
+                  minimum=1, maximum=100),
     ParameterSpec('cloud_max_side', 0, 'Longest side sent to the cloud; 0 keeps the size.',
-                  False),
-    ParameterSpec('offload_every', 1, 'Send every n-th frame to the cloud.', False),
-    ParameterSpec('hedge_delay_ms', 0.0, 'Delay of the cloud request on hedged routes.', False),
+                  live=True, minimum=0, maximum=8192),
+    ParameterSpec('offload_every', 1, 'Send every n-th frame to the cloud.', live=True,
+                  minimum=1, maximum=1000),
+    ParameterSpec('hedge_delay_ms', 0.0, 'Delay of the cloud request on hedged routes.',
+                  live=True, minimum=0.0, maximum=60000.0),
     ParameterSpec('edge_sources', ['edge'], 'source_name of every edge_inference target.'),
     ParameterSpec('image_topic', '/camera/image_raw', 'Camera topic (sensor_msgs/Image).'),
     ParameterSpec('compressed', False, 'Subscribe to <image_topic>/compressed instead.'),
@@ -46,15 +58,18 @@ PARAMETERS = (
     ParameterSpec('cloud_model', 'fasterrcnn_resnet50_fpn_v2', 'Cloud model (accuracy prior).'),
     ParameterSpec('edge_options', [''],
                   'model@imgsz the adaptive policies may choose; [""]: edge_model@edge_imgsz.'),
-    ParameterSpec('epsilon', 0.01, 'Largest acceptable P(latency > deadline).', False),
-    ParameterSpec('weight_energy', 1.0, 'Weight of robot energy in the predictive policy.', False),
+    ParameterSpec('epsilon', 0.01, 'Largest acceptable P(latency > deadline).', live=True,
+                  minimum=0.0001, maximum=0.5),
+    ParameterSpec('weight_energy', 1.0, 'Weight of robot energy in the predictive policy.',
+                  live=True, minimum=0.0, maximum=1000.0),
     ParameterSpec('weight_accuracy', 1.0, 'Weight of accuracy loss in the predictive policy.',
-                  False),
-    ParameterSpec('weight_cost', 0.2, 'Weight of cloud cost in the predictive policy.', False),
+                  live=True, minimum=0.0, maximum=1000.0),
+    ParameterSpec('weight_cost', 0.2, 'Weight of cloud cost in the predictive policy.',
+                  live=True, minimum=0.0, maximum=1000.0),
     ParameterSpec('probe_every', 10,
-                  'Edge (cloud) route: every n-th frame also goes to the cloud (edge), a probe.',
-                  False),
-    ParameterSpec('seed', 0, 'Seed of learning policies.'),
+                  'Edge (cloud) route: every n-th frame also goes to the cloud (edge), a probe; '
+                  '0: no probes.', live=True, minimum=0, maximum=1000),
+    ParameterSpec('seed', 0, 'Seed of learning policies.', minimum=0, maximum=2 ** 31 - 1),
     ParameterSpec('energy_reader', '',
                   'Measure robot energy with rapl, nvml or battery (BatteryState on '
                   'battery_topic) where it works; empty: model only.'),
@@ -64,6 +79,7 @@ PARAMETERS = (
                   'Failure history the health monitor writes; read at start to warm the '
                   'availability predictor. Empty: none.'),
 )
+LIVE = frozenset(spec.name for spec in PARAMETERS if spec.live)
 ADAPTIVE = ('predictive', 'weighted-score', 'reactive', 'mdp-svr', 'q-learning')
 
 
@@ -221,6 +237,36 @@ class OffloadManager:
         self._history_pending = bool(config.history_file)
         self._battery = BatteryReader() if config.energy_reader == 'battery' else None
         self._energy = frame_energy(config, self._battery)
+        self._ended: list[Outcome] = []  # frames refused on arrival, until the next poll
+
+    def reconfigure(self, values: Mapping[str, Any]) -> ManagerConfig:
+        """Apply parameters set at runtime; the next decision (issued at the next tick) shows them.
+
+        The policy keeps what it learned unless ``policy`` names another one.
+
+        Args:
+            values: New values of live parameters (see :data:`PARAMETERS`).
+
+        Returns:
+            The new configuration.
+
+        Raises:
+            ConfigError: For a parameter that is not live or a value the manager refuses; the
+                configuration in force is then unchanged.
+        """
+        fixed = sorted(name for name in values if name not in LIVE)
+        if fixed:
+            raise ConfigError(f'{", ".join(fixed)}: only set at start-up')
+        config = ManagerConfig.from_params({**dataclasses.asdict(self.config), **values})
+        settings = config.policy_settings()
+        if config.policy != self.config.policy:
+            self._policy = create_policy(config.policy, settings)
+        else:
+            self._policy.retune(settings)
+        self.config = config
+        self._arbiter.set_timeout(max(config.result_timeout_ms, config.deadline_ms))
+        self._plan = None  # re-plan at the next tick, which then issues a decision
+        return config
 
     @property
     def decision(self) -> Decision | None:
@@ -269,6 +315,12 @@ class OffloadManager:
             self._policy.observe_record(outcome.record)
         return outcome
 
+    def on_frame(self, header: FrameHeader, now_ns: int) -> None:
+        """Take a camera frame (the graph's handler); a refused one ends at the next poll."""
+        outcome = self.frame_arrived(header.stamp_ns, header.frame_id, now_ns)
+        if outcome is not None:
+            self._ended.append(outcome)
+
     def frame_unreadable(self, reason: str, now_ns: int) -> Outcome:
         """Record a frame that could not even be deserialized: it ends as a drop."""
         decision = self._decision or self.tick(now_ns)
@@ -281,17 +333,17 @@ class OffloadManager:
         self._policy.observe_detections(dets)
         self._arbiter.add_result(dets, now_ns)
 
-    def on_health_event(self, event: HealthEvent) -> None:
+    def on_health_event(self, event: HealthEvent, now_ns: int = 0) -> None:
         """Take a health level change; the cloud check's tells the policy if the cloud is down."""
         if event.name == topics.CHECK_CLOUD:
             self._policy.observe_health(event.level >= Level.ERROR)
 
-    def on_battery(self, voltage_v: float, current_a: float, now_ns: int) -> None:
+    def on_battery(self, sample: BatterySample, now_ns: int) -> None:
         """Take a BatteryState sample (used when ``energy_reader`` is battery)."""
         if self._battery is not None:
-            self._battery.update(voltage_v, current_a, now_ns)
+            self._battery.update(sample.voltage_v, sample.current_a, now_ns)
 
-    def on_report(self, report: InferenceReport) -> None:
+    def on_report(self, report: InferenceReport, now_ns: int = 0) -> None:
         """Take a source's report of what it did with a frame."""
         self._policy.observe_report(report)
         self._energy.report(report)
@@ -299,8 +351,9 @@ class OffloadManager:
 
     def poll(self, now_ns: int, final: bool = False) -> list[Outcome]:
         """Outcomes of the frames that are finished at ``now_ns`` (all of them if final)."""
+        ended, self._ended = self._ended, []
         outcomes = self._arbiter.flush(now_ns) if final else self._arbiter.poll(now_ns)
-        outcomes = self._energy.annotate(outcomes, now_ns)
+        outcomes = ended + self._energy.annotate(outcomes, now_ns)
         for outcome in outcomes:
             self._policy.observe_record(outcome.record)
         return outcomes

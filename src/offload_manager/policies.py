@@ -98,6 +98,9 @@ class Policy(Protocol):
     def observe_history(self, outcomes: list[tuple[float, bool]]) -> None:
         """Learn from past cloud request outcomes ((seconds, ok), before now)."""
 
+    def retune(self, settings: PolicySettings) -> None:
+        """Take new settings (parameters set at runtime), keeping what was learned."""
+
 
 class FixedRoutePolicy:
     """Always the same route and settings: the edge-only, cloud-only and static baselines.
@@ -111,8 +114,15 @@ class FixedRoutePolicy:
     """
 
     def __init__(self, settings: PolicySettings, route: Route, name: str) -> None:
+        self._route = route
+        self._name = name
+        self.retune(settings)
+
+    def retune(self, settings: PolicySettings) -> None:
+        """Take new settings; ``static`` follows a new ``static_route``."""
+        route = settings.static_route if self._name == 'static' else self._route
         self._plan = replace(settings.defaults, route=route,
-                             reason=f'{name}: fixed route {route.value}')
+                             reason=f'{self._name}: fixed route {route.value}')
 
     def plan(self, now_ns: int) -> Plan:
         """Return the fixed plan."""

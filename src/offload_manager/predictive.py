@@ -31,6 +31,11 @@ class _ObservingPolicy:
         self.current: Option | None = None
         self._options: list[Option] | None = None
 
+    def retune(self, settings: PolicySettings) -> None:
+        """See :class:`offload_manager.policies.Policy`: the options are listed anew."""
+        self.settings = settings
+        self._options = None
+
     def observe_report(self, report: InferenceReport) -> None:
         """See :class:`offload_manager.policies.Policy`."""
         self.obs.observe_report(report)

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from adaptive_offload import topics
 from adaptive_offload.errors import BagError
+from adaptive_offload.graph import QOS
 from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness, QosReliability,
                                 QosTime)
 from rosbags.rosbag2 import Reader, Writer
@@ -17,18 +17,16 @@ IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 _ZERO = QosTime(sec=0, nsec=0)
 
 
-def qos(depth: int, reliable: bool, latched: bool = False) -> Qos:
-    """Return a QoS profile as recorded in bag metadata (what ``ros2 bag play`` offers)."""
-    return Qos(history=QosHistory.KEEP_LAST, depth=depth,
-               reliability=QosReliability.RELIABLE if reliable else QosReliability.BEST_EFFORT,
-               durability=QosDurability.TRANSIENT_LOCAL if latched else QosDurability.VOLATILE,
+def qos(name: str) -> Qos:
+    """Return a QoS of the graph's table as bag metadata records it (what bag play offers)."""
+    spec = QOS[name]
+    return Qos(history=QosHistory.KEEP_LAST, depth=spec.depth,
+               reliability=QosReliability.RELIABLE if spec.reliable
+               else QosReliability.BEST_EFFORT,
+               durability=QosDurability.TRANSIENT_LOCAL if spec.latched
+               else QosDurability.VOLATILE,
                deadline=_ZERO, lifespan=_ZERO, liveliness=QosLiveliness.AUTOMATIC,
                liveliness_lease_duration=_ZERO, avoid_ros_namespace_conventions=False)
-
-
-SENSOR_QOS = qos(1, reliable=False)
-RESULT_QOS = qos(10, reliable=True)
-LATCHED_QOS = qos(1, reliable=True, latched=True)
 
 
 @dataclass(frozen=True)
@@ -134,11 +132,12 @@ class OutputBag:
         self._store = typestore
         self._connections: dict[str, Any] = {}
 
-    def add_topic(self, topic: str, msgtype: str, profile: Qos = RESULT_QOS) -> None:
+    def add_topic(self, topic: str, msgtype: str, profile: Qos | None = None) -> None:
         """Declare a topic with the QoS ``ros2 bag play`` should offer."""
         if topic not in self._connections:
             self._connections[topic] = self._writer.add_connection(
-                topic, msgtype, typestore=self._store, offered_qos_profiles=[profile])
+                topic, msgtype, typestore=self._store,
+                offered_qos_profiles=[profile or qos('result')])
 
     def write(self, topic: str, msg: Any, timestamp: int) -> None:
         """Serialize and write a message on a declared topic."""
@@ -152,7 +151,7 @@ class OutputBag:
                 source.topic, source.msgtype, msgdef=source.msgdef.data,
                 rihs01=source.digest if str(source.digest).startswith('RIHS01_') else None,
                 offered_qos_profiles=list(getattr(source.ext, 'offered_qos_profiles', [])) or
-                [SENSOR_QOS])
+                [qos('sensor')])
 
     def write_raw(self, topic: str, data: bytes, timestamp: int) -> None:
         """Write an already serialized message."""
@@ -163,24 +162,16 @@ class OutputBag:
         self._writer.close()
 
 
-def declare_outputs(out: OutputBag, inputs: Iterable[Any], sources: Iterable[str]) -> None:
+def declare_outputs(out: OutputBag, inputs: Iterable[Any],
+                    outputs: Iterable[tuple[str, str, str]]) -> None:
     """Declare what a replay of the graph writes: the input topics, then every output.
 
     Args:
         out: The output bag.
         inputs: Connections of the input bag, copied as they are.
-        sources: Detection sources (edge targets, ``cloud``); each has detections and telemetry.
+        outputs: (topic, message type, QoS name) of every output the replay writes.
     """
     for conn in inputs:
         out.copy_topic(conn)
-    for source in sources:
-        det, tel = (topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY) if source == 'cloud' \
-            else (topics.edge_topic(source, 'detections'), topics.edge_topic(source, 'telemetry'))
-        out.add_topic(det, 'vision_msgs/msg/Detection2DArray')
-        out.add_topic(tel, 'std_msgs/msg/String')
-    out.add_topic(topics.DETECTIONS, 'vision_msgs/msg/Detection2DArray')
-    out.add_topic(topics.FRAMES, 'std_msgs/msg/String')
-    out.add_topic(topics.DECISION, 'std_msgs/msg/String', LATCHED_QOS)
-    out.add_topic(topics.DIAGNOSTICS, 'diagnostic_msgs/msg/DiagnosticArray', RESULT_QOS)
-    out.add_topic(topics.HEALTH_EVENTS, 'std_msgs/msg/String')
-    out.add_topic(topics.HEALTH_FAULTS, 'std_msgs/msg/String')
+    for topic, msgtype, qos_name in outputs:
+        out.add_topic(topic, msgtype, qos(qos_name))

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
 
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog='adaptive-offload', description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+
+    check = sub.add_parser('check-params',
+                           help='check a ROS 2 parameter file as the nodes would take it')
+    check.add_argument('file', type=Path, help='parameter file (params.yaml)')
 
     sample = sub.add_parser('sample-bag', help='write a synthetic camera bag (MCAP)')
     sample.add_argument('out', type=Path, help='bag folder to create')
@@ -212,6 +216,7 @@ def _replay(args: argparse.Namespace) -> int:
     options = ReplayOptions(
         bag=args.bag, out=args.out, rate=args.rate, max_frames=args.max_frames, topic=args.topic,
         params=load_params_file(args.params) if args.params else {},
+        params_file=str(args.params or ''),
         overrides=_overrides(args), distro=args.distro,
         service=ServiceConfig(arch=args.cloud_arch, checkpoint=args.cloud_checkpoint),
         scenario=load_scenario(args.scenario) if args.scenario else None,
@@ -252,6 +257,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_params(args: argparse.Namespace) -> int:
+    from offload_runtime.node_parameters import check_file
+
+    problems = check_file(args.file)
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        return EXIT_INVALID
+    print(f'{args.file}: ok')
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line.
 
@@ -266,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return int(exc.code or 0)
     handlers = {'sample-bag': _sample_bag, 'replay': _replay, 'export': _export,
-                'serve': _serve, 'evaluate': _evaluate}
+                'serve': _serve, 'evaluate': _evaluate, 'check-params': _check_params}
     try:
         return handlers[args.command](args)
     except AdaptiveOffloadError as err:

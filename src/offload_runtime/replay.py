@@ -1,14 +1,14 @@
 """Standalone runtime: the whole graph in one process on a rosbag, without ROS.
 
-The same cores as the rclpy nodes run here, under the same topic names and types: a player
-thread publishes the bag's frames at their recorded rate into the edge (and cloud) workers, and
-the main thread plays the manager and the health monitor and writes every output topic to an
-MCAP bag.
+The same cores as the rclpy nodes run here, wired by the same graph declaration
+(:mod:`offload_runtime.replay_graph`): a player thread publishes the bag's frames at their
+recorded rate into the edge (and cloud) workers, and the main thread plays the manager and the
+health monitor and writes every output topic to an MCAP bag.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 import queue
 import sys
@@ -16,28 +16,18 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from adaptive_offload import topics
-from adaptive_offload.conversions import (battery_sample, detections_to_message,
-                                          health_to_diagnostics, stamp_to_ns, string_message)
 from adaptive_offload.datatypes import FaultEvent, FrameRecord, HealthEvent, InferenceReport
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.frame_worker import DecisionHolder, FrameWorker
-from adaptive_offload.params import node_params
+from adaptive_offload.graph_codec import BatterySample, Diagnostics, encode_output, LabelMap
 from adaptive_offload.typestore import make_typestore, message_types
-from cloud_bridge.bridge import CloudBridge, CloudConfig
-from edge_inference.backends import BackendOptions, create_backend, DetectorBackend
-from edge_inference.inference import build_edge, EdgeConfig
+from edge_inference.backends import create_backend
 from fault_injection.fault_measures import FaultMeasure, measure
 from fault_injection.rig import FaultRig
-from fault_injection.scenario import EDGE_KINDS, Scenario
-from health_monitor.monitor import HealthConfig, HealthMonitor
-from offload_manager.manager import ADAPTIVE, ManagerConfig, OffloadManager
+from fault_injection.scenario import Scenario
 from offload_runtime.bagio import declare_outputs, InputBag, OutputBag
-from offload_runtime.embedded_service import EmbeddedService
+from offload_runtime.replay_graph import BackendFactory, ReplayGraph
 from offload_runtime.summary import progress_bar, summarize
 from rcnn_service.service import ServiceConfig
-
-BackendFactory = Callable[[str, BackendOptions], DetectorBackend]
 
 
 @dataclass(frozen=True)
@@ -51,6 +41,7 @@ class ReplayOptions:
         max_frames: Stop after this many frames; 0 plays all.
         topic: Image topic; empty picks the bag's only image topic.
         params: Parameter file content (``{node: {param: value}}``).
+        params_file: Where ``params`` came from, named when a parameter is refused.
         overrides: Per-node parameter overrides applied over ``params``.
         distro: ROS distribution whose message definitions are written.
         progress: Show a progress line on stderr.
@@ -68,6 +59,7 @@ class ReplayOptions:
     max_frames: int = 0
     topic: str = ''
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    params_file: str = ''
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     distro: str = 'jazzy'
     progress: bool = False
@@ -94,12 +86,6 @@ class ReplayResult:
     routes: list[tuple[float, str]] = field(default_factory=list)
 
 
-def _config(options: ReplayOptions, node: str) -> dict[str, Any]:
-    values = node_params(options.params, node)
-    values.update(options.overrides.get(node, {}))
-    return values
-
-
 class Replay:
     """One replay run; construct, then call :meth:`run`.
 
@@ -121,86 +107,35 @@ class Replay:
         self._opts = options
         self._clock = clock
         self._sleep = sleep
-        edge_cfg = EdgeConfig.from_params(_config(options, 'edge_inference'))
-        manager_cfg = ManagerConfig.from_params(_config(options, 'offload_manager'))
-        health_cfg = HealthConfig.from_params(_config(options, 'health_monitor'))
-        cloud_values = _config(options, 'cloud_bridge')
-        wants_cloud = manager_cfg.policy in ('cloud-only', *ADAPTIVE) or (
-            manager_cfg.policy == 'static' and manager_cfg.static_route != 'edge')
-        embedded = wants_cloud and not cloud_values.get('url')
-        if embedded:
-            # The accuracy prior must describe the model this run serves, not the params' one.
-            manager_cfg = replace(manager_cfg, cloud_model=options.service.arch)
-        self._service: EmbeddedService | None = None
-        self._battery_topic = manager_cfg.battery_topic \
-            if manager_cfg.energy_reader == 'battery' else None
         self._rig = FaultRig(options.scenario, options.injector, clock, sleep) \
             if options.scenario is not None else None
         self._origin = clock()
         self._timeline: list[tuple[float, FrameRecord]] = []
         self._routes: list[tuple[float, str]] = []
         self._reports: list[tuple[float, InferenceReport]] = []
-        self.health: HealthMonitor | None = None
+        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.graph: ReplayGraph | None = None
         self._input = InputBag(options.bag, options.topic)
         try:
             self._store = make_typestore(options.distro)
             self._types = message_types(self._store)
-            self.manager = OffloadManager(manager_cfg)
-            self.edge = build_edge(edge_cfg, backend_factory)
-            self.health = HealthMonitor(health_cfg, clock())
-            self._edge_source = edge_cfg.source_name
-            self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
-            edge_holder = DecisionHolder(edge_cfg.fallback_decision())
-            self._workers = [FrameWorker(
-                self._rig.wrap_edge(self.edge) if self._rig else self.edge, edge_holder,
-                self._emitter(topics.edge_topic(self._edge_source, 'detections'),
-                              topics.edge_topic(self._edge_source, 'telemetry')), clock)]
-            self._holders = [edge_holder]
-            self._cloud: CloudBridge | None = None
-            if self._rig and self._rig.runs_service and cloud_values.get('url'):
-                raise ConfigError('process and netns faults act on the service this run '
-                                  'starts; drop the cloud URL')
-            if embedded:
-                # The embedded default: the real service on loopback, for this run only.
-                if self._rig and self._rig.runs_service:
-                    url = self._rig.start_service(replace(options.service, port=0))
-                else:
-                    self._service = EmbeddedService(options.service)
-                    url = self._service.url
-                cloud_values = {**cloud_values, 'url': url, 'token': options.service.token,
-                                'model': options.service.model_name}
-            if cloud_values.get('url'):
-                if self._rig:
-                    cloud_values = {**cloud_values,
-                                    'url': self._rig.service_url(cloud_values['url'])}
-                cloud_cfg = CloudConfig.from_params(cloud_values)
-                transport = cloud_cfg.make_transport()
-                if self._rig:
-                    transport = self._rig.wrap_transport(transport)
-                self._cloud = cloud_cfg.make_bridge(transport)
-                holder = DecisionHolder(edge_cfg.fallback_decision())
-                self._workers.append(FrameWorker(
-                    self._cloud, holder,
-                    self._emitter(topics.CLOUD_DETECTIONS, topics.CLOUD_TELEMETRY), clock,
-                    workers=cloud_cfg.max_in_flight, pending=cloud_cfg.max_pending))
-                self._holders.append(holder)
-            elif options.scenario is not None and options.scenario.kinds() - EDGE_KINDS - \
-                    {'manager_death'}:
-                raise ConfigError(f'scenario {options.scenario.name!r} injects cloud faults, '
-                                  f'but policy {manager_cfg.policy!r} never uses the cloud')
+            self.graph = ReplayGraph(
+                options.params, options.overrides, options.params_file, self._input.topic,
+                backend_factory, clock, options.service, self._rig, options.scenario,
+                lambda node, name, rec: self._events.put(('out', (node, name, rec))))
         except BaseException:
             self._close_inputs()
             raise
+        self.manager = self.graph.manager
+        self.edge = self.graph.edge
+        self.health = self.graph.health
+        self._workers = self.graph.workers
         self._records: list[FrameRecord] = []
         self._health_events: list[HealthEvent] = []
         self._played = 0
         self._faults_told: set[tuple[str, float, str]] = set()
         self._map = (0, 0)  # (wall ns, bag ns) of the last played frame
-
-    def _emitter(self, det_topic: str, tel_topic: str) -> Callable[..., None]:
-        def emit(_msg: Any, dets: Any, report: Any) -> None:
-            self._events.put(('result', (det_topic, tel_topic, dets, report)))
-        return emit
+        self._out: OutputBag | None = None
 
     def _bag_time(self, now_ns: int) -> int:
         wall, bag = self._map
@@ -214,16 +149,18 @@ class Replay:
         """
         start = self._clock()
         try:
-            if self._service is not None:
-                self._service.wait_ready(self._opts.service_timeout_s, self._clock, self._sleep)
+            if self.graph.service is not None:
+                self.graph.service.wait_ready(self._opts.service_timeout_s, self._clock,
+                                              self._sleep)
             out = OutputBag(self._opts.out, self._store)
         except BaseException:
             self._close_inputs()
             raise
         try:
-            declare_outputs(out, self._input.connections,
-                            [self._edge_source] + (['cloud'] if self._cloud else []))
+            declare_outputs(out, self._input.connections, self.graph.outputs())
             self._origin = self._clock()
+            self._publish(out, 'edge_inference', 'label_info', LabelMap(
+                self.edge.models.names_of_current(), self.edge.config.conf, 0), self._origin)
             if self._rig is not None:
                 self._rig.start(self._origin)
             player = threading.Thread(target=self._play, args=(out,), name='player', daemon=True)
@@ -254,13 +191,10 @@ class Replay:
 
     def _close_inputs(self) -> None:
         self._input.close()
-        if self.health is not None:
-            self.health.close()
+        if self.graph is not None:
+            self.graph.close()
         if self._rig is not None:
             self._rig.close()
-        if self._service is not None:
-            self._service.shutdown()
-            self._service = None
 
     def _play(self, out: OutputBag) -> None:
         """Player thread: publish frames at their recorded times (or back to back)."""
@@ -292,8 +226,7 @@ class Replay:
                     continue
                 now = self._clock()
                 self._events.put(('frame', (msg, now, raw.timestamp)))
-                for worker in self._workers:
-                    worker.submit(msg)
+                self.graph.submit_frame(self._input.topic, msg, now)
         finally:
             self._events.put(('done', None))
 
@@ -332,42 +265,35 @@ class Replay:
         now = self._clock()
         if kind == 'copy':
             out.write_raw(payload.connection.topic, payload.data, payload.timestamp)
-            if payload.connection.topic == self._battery_topic:
+            if payload.connection.topic == self.graph.battery_topic:
                 self._battery(payload)
         elif kind == 'frame':
             msg, arrival, bag_ns = payload
             self._map = (arrival, bag_ns)
-            self.health.message(self._input_topic_for_health(), arrival)
-            outcome = self.manager.frame_arrived(stamp_to_ns(msg.header.stamp),
-                                                 str(msg.header.frame_id), arrival)
-            if outcome is not None:
-                self._write_outcomes(out, [outcome])
+            self.graph.handle(self._input.topic, None, arrival, message=msg)
         elif kind == 'unreadable':
             self._write_outcomes(out, [self.manager.frame_unreadable(payload, now)])
-        elif kind == 'result':
-            det_topic, tel_topic, dets, report = payload
-            stamp = self._bag_time(now)
-            if dets is not None:
-                self.manager.on_detections(dets, now)
-                out.write(det_topic, detections_to_message(self._types, dets), stamp)
-                self.health.message(det_topic, now)
-            self.manager.on_report(report)
-            self.health.report(report)
-            self._reports.append(((now - self._origin) / 1e9, report))
-            out.write(tel_topic, string_message(self._types, report.to_json()), stamp)
+        elif kind == 'out':
+            node, name, record = payload
+            if name == 'telemetry':
+                self._reports.append(((now - self._origin) / 1e9, record))
+            self._publish(out, node, name, record, now)
         return kind == 'done'
+
+    def _publish(self, out: OutputBag, node: str, name: str, record: Any, now: int) -> None:
+        """Write a node's output to the bag and give it to the inputs subscribed to it."""
+        topic = self.graph.topic_of(node, name)
+        out.write(topic, encode_output(self._types, self.graph.port_of(node, name), record),
+                  self._bag_time(now))
+        self.graph.handle(topic, record, now)
 
     def _battery(self, raw: Any) -> None:
         try:
             msg = self._store.deserialize_cdr(raw.data, raw.connection.msgtype)
-            sample = battery_sample(msg)
+            sample = BatterySample(float(msg.voltage), float(msg.current))
         except Exception:  # noqa: BLE001 - a bad sample is skipped; the bag copy keeps it
             return
-        self.manager.on_battery(*sample, self._clock())
-
-    def _input_topic_for_health(self) -> str:
-        topic = self._input.topic
-        return topic[:-len('/compressed')] if topic.endswith('/compressed') else topic
+        self.graph.handle(self.graph.battery_topic, sample, self._clock())
 
     def _publish_faults(self, out: OutputBag, now: int) -> None:
         """Write a FaultEvent when a scenario fault starts or ends."""
@@ -381,43 +307,34 @@ class Replay:
                     self._faults_told.add(key)
                     event = FaultEvent(t_s=at, kind=fault.kind, phase=phase,
                                        params=dict(fault.params))
-                    out.write(topics.HEALTH_FAULTS, string_message(self._types, event.to_json()),
-                              self._bag_time(now))
+                    self._publish(out, 'health_monitor', 'faults', event, now)
 
     def _publish_decision(self, out: OutputBag, now: int) -> None:
         decision = self.manager.tick(now)
         if decision is None:
             return
-        for holder in self._holders:
-            holder.update(decision)
         self._routes.append(((now - self._origin) / 1e9, decision.route.value))
-        out.write(topics.DECISION, string_message(self._types, decision.to_json()),
-                  self._bag_time(now))
-        self.health.message(topics.DECISION, now)
+        self._publish(out, 'offload_manager', 'decision', decision, now)
 
     def _publish_health(self, out: OutputBag, now: int, final: bool = False) -> None:
         due = self.health.run(now) if final else self.health.poll(now)
         if due is None:
             return
         statuses, events = due
-        stamp = self._bag_time(now)
-        out.write(topics.DIAGNOSTICS, health_to_diagnostics(self._types, statuses, stamp), stamp)
+        self._publish(out, 'health_monitor', 'diagnostics',
+                      Diagnostics(statuses, self._bag_time(now)), now)
         for event in events:
             self._health_events.append(event)
-            self.manager.on_health_event(event)
-            out.write(topics.HEALTH_EVENTS, string_message(self._types, event.to_json()), stamp)
+            self._publish(out, 'health_monitor', 'events', event, now)
 
     def _write_outcomes(self, out: OutputBag, outcomes: list[Any]) -> None:
         now = self._clock()
-        stamp = self._bag_time(now)
         for outcome in outcomes:
             self._records.append(outcome.record)
             self._timeline.append(((now - self._origin) / 1e9, outcome.record))
             if outcome.result is not None:
-                out.write(topics.DETECTIONS, detections_to_message(self._types, outcome.result),
-                          stamp)
-                self.health.message(topics.DETECTIONS, now)
-            out.write(topics.FRAMES, string_message(self._types, outcome.record.to_json()), stamp)
+                self._publish(out, 'offload_manager', 'detections', outcome.result, now)
+            self._publish(out, 'offload_manager', 'frames', outcome.record, now)
 
     def _progress(self, now: int) -> None:
         total = self._input.frame_count

@@ -12,7 +12,7 @@ from adaptive_offload.errors import ConfigError
 from adaptive_offload.typestore import make_typestore, message_types
 import cv2
 import numpy as np
-from offload_runtime.bagio import OutputBag, RESULT_QOS, SENSOR_QOS
+from offload_runtime.bagio import OutputBag, qos
 
 IMAGE_TOPIC = '/camera/image_raw'
 TRUTH_TOPIC = '/camera/ground_truth'
@@ -147,10 +147,10 @@ def write_sample_bag(path: str | Path, spec: SampleSpec, distro: str = 'jazzy') 
     msgtype = 'sensor_msgs/msg/CompressedImage' if compressed else 'sensor_msgs/msg/Image'
     bag = OutputBag(path, store)
     try:
-        bag.add_topic(topic, msgtype, SENSOR_QOS)
-        bag.add_topic(TRUTH_TOPIC, 'vision_msgs/msg/Detection2DArray', RESULT_QOS)
+        bag.add_topic(topic, msgtype, qos('sensor'))
+        bag.add_topic(TRUTH_TOPIC, 'vision_msgs/msg/Detection2DArray', qos('result'))
         if spec.battery_hz:
-            bag.add_topic(BATTERY_TOPIC, 'sensor_msgs/msg/BatteryState', SENSOR_QOS)
+            bag.add_topic(BATTERY_TOPIC, 'sensor_msgs/msg/BatteryState', qos('sensor'))
         battery = Battery(spec.seed)
         battery_period_ns = int(1e9 / spec.battery_hz) if spec.battery_hz else 0
         next_battery = START_NS

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-import json
+from http.server import ThreadingHTTPServer
 import socket
 import threading
 import time
@@ -15,51 +13,16 @@ from adaptive_offload.datatypes import Decision, Route
 from adaptive_offload.errors import CloudError, ConfigError
 from cloud_bridge.bridge import CloudBridge, CloudConfig
 from cloud_bridge.transport import parse_v2_reply, V2RestTransport
-import cv2
+from helpers import V2Handler
 import numpy as np
 import pytest
 
 
-class _V2Handler(BaseHTTPRequestHandler):
-    """Answers /v2/models/rcnn/infer with one box around the image centre."""
-
-    mode = 'ok'
-    seen: list[dict[str, Any]] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers['Content-Length'])))
-        image = cv2.imdecode(np.frombuffer(base64.b64decode(body['inputs'][0]['data'][0]),
-                                           np.uint8), cv2.IMREAD_COLOR)
-        type(self).seen.append({'path': self.path, 'shape': image.shape,
-                                'auth': self.headers.get('Authorization')})
-        h, w = image.shape[:2]
-        reply = {'model_name': 'rcnn', 'outputs': [
-            {'name': 'boxes', 'shape': [1, 4], 'datatype': 'FP32',
-             'data': [w / 4, h / 4, 3 * w / 4, 3 * h / 4]},
-            {'name': 'scores', 'shape': [1], 'datatype': 'FP32', 'data': [0.8]},
-            {'name': 'labels', 'shape': [1], 'datatype': 'BYTES', 'data': ['person']}]}
-        if self.mode == 'slow':
-            time.sleep(0.5)
-        status, payload = 200, json.dumps(reply).encode()
-        if self.mode == 'error':
-            status, payload = 500, b'{"error": "model crashed"}'
-        elif self.mode == 'malformed':
-            payload = b'{"outputs": [{"name": "boxes", "data": [1, 2]}]}'
-        self.send_response(status)
-        self.send_header('Content-Type', 'application/json')
-        self.send_header('Content-Length', str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def server() -> Iterator[str]:
-    _V2Handler.mode = 'ok'
-    _V2Handler.seen = []
-    httpd = ThreadingHTTPServer(('127.0.0.1', 0), _V2Handler)
+    V2Handler.mode = 'ok'
+    V2Handler.seen = []
+    httpd = ThreadingHTTPServer(('127.0.0.1', 0), V2Handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f'http://127.0.0.1:{httpd.server_address[1]}'
@@ -77,7 +40,7 @@ def test_frame_is_sent_as_jpeg_and_boxes_come_back_in_original_pixels(
     decision = Decision(route=Route.CLOUD, cloud_max_side=160, jpeg_quality=50)
     dets, report = bridge.process(_msg(types), decision)
     assert report.status == 'ok' and report.bytes_sent > 0 and report.imgsz == 160
-    [seen] = _V2Handler.seen
+    [seen] = V2Handler.seen
     assert seen['path'] == '/v2/models/rcnn/infer' and seen['shape'] == (120, 160, 3)
     assert seen['auth'] == 'Bearer s3cret'
     [det] = dets.detections
@@ -88,7 +51,7 @@ def test_frame_is_sent_as_jpeg_and_boxes_come_back_in_original_pixels(
 def test_route_and_sampling_decide_which_frames_go(server: str, types: MessageTypes) -> None:
     bridge = CloudBridge(V2RestTransport(server, 'rcnn'))
     _, report = bridge.process(_msg(types), Decision(route=Route.EDGE))
-    assert report.status == 'skipped' and _V2Handler.seen == []
+    assert report.status == 'skipped' and V2Handler.seen == []
     every3 = Decision(route=Route.HEDGED, offload_every=3)
     statuses = [bridge.process(_msg(types, s), every3)[1].status for s in range(6)]
     assert statuses == ['ok', 'skipped', 'skipped', 'ok', 'skipped', 'skipped']
@@ -98,14 +61,14 @@ def test_route_and_sampling_decide_which_frames_go(server: str, types: MessageTy
                                           ('slow', 'timeout')])
 def test_server_faults_become_failed_reports(server: str, types: MessageTypes, mode: str,
                                              reason: str) -> None:
-    _V2Handler.mode = mode
+    V2Handler.mode = mode
     bridge = CloudBridge(V2RestTransport(server, 'rcnn'))
     start = time.monotonic()
     dets, report = bridge.process(_msg(types), Decision(route=Route.CLOUD, deadline_ms=200))
     assert dets is None and report.status == 'failed' and report.reason.startswith(reason)
     assert time.monotonic() - start < 0.45  # never waits past the deadline (server: 0.5 s)
     # The request reached the server: its bytes were sent, and their radio energy is spent.
-    [seen] = _V2Handler.seen
+    [seen] = V2Handler.seen
     assert seen['shape'] == (240, 320, 3) and report.bytes_sent > 1000
 
 

@@ -74,3 +74,39 @@ def test_cloud_embedded_clears_the_params_url_and_a_url_replaces_it() -> None:
     assert cloud('--cloud', 'embedded') == {'url': ''}
     assert cloud('--cloud', 'http://gpu:8080') == {'url': 'http://gpu:8080'}
     assert cloud() == {}  # the params file's URL, or the embedded service without one
+
+
+def test_check_params_tells_what_ros2_launch_would_refuse(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(['check-params', 'config/params.yaml']) == 0
+    assert capsys.readouterr().out.strip() == 'config/params.yaml: ok'
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('offload_manager:\n  ros__parameters:\n    deadline_ms: 300\n'
+                   'edge_inference:\n  ros__parameters:\n    imgsz: -5\n'
+                   'health_monitor:\n  ros__parameters:\n    monitored_topics: [/a]\n')
+    assert main(['check-params', str(bad)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f'{bad}: edge_inference: Parameter imgsz out of range. Min: 32, Max: 4096, '
+                   'value: -5',
+                   f"{bad}: offload_manager: Trying to set parameter 'deadline_ms' to '300' of "
+                   "type 'INTEGER', expecting type 'DOUBLE'"]
+    # Types and ranges pass; what the node itself refuses at start is reported next.
+    bad.write_text('health_monitor:\n  ros__parameters:\n    monitored_topics: [/a]\n')
+    assert main(['check-params', str(bad)]) == 1
+    assert 'health_monitor: monitored_topics' in capsys.readouterr().err
+    assert main(['check-params', str(tmp_path / 'missing.yaml')]) == 2
+
+
+def test_replay_refuses_a_file_ros2_launch_refuses_with_the_same_reason(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(['sample-bag', str(tmp_path / 'in'), '--frames', '2', '--width', '32',
+                 '--height', '32']) == 0
+    params = tmp_path / 'p.yaml'
+    params.write_text('offload_manager:\n  ros__parameters:\n    deadline_ms: 300\n')
+    code = main(['replay', str(tmp_path / 'in'), '--out', str(tmp_path / 'out'),
+                 '--params', str(params), '--policy', 'edge-only', '--model', 'yolov8n.yaml'])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == (
+        f'adaptive-offload replay: error: {params}: offload_manager: Trying to set parameter '
+        "'deadline_ms' to '300' of type 'INTEGER', expecting type 'DOUBLE'")
+    assert not (tmp_path / 'out').exists()

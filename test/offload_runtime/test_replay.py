@@ -12,7 +12,7 @@ from adaptive_offload.datatypes import FrameRecord
 from adaptive_offload.errors import BackendError, BagError
 from adaptive_offload.typestore import make_typestore, message_types
 import numpy as np
-from offload_runtime.bagio import OutputBag, SENSOR_QOS
+from offload_runtime.bagio import OutputBag, qos
 from offload_runtime.replay import Replay, ReplayOptions
 from offload_runtime.sample_bag import SampleSpec, write_sample_bag
 import pytest
@@ -92,7 +92,7 @@ def _defect_bag(path: Path) -> list[str]:
     types = message_types(store)
     img = np.full((24, 32, 3), 128, np.uint8)
     bag = OutputBag(path, store)
-    bag.add_topic('/camera/image_raw', RAW, SENSOR_QOS)
+    bag.add_topic('/camera/image_raw', RAW, qos('sensor'))
     expected: list[str] = []
 
     def put(stamp: int, msg: Any, reason: str) -> None:
@@ -141,7 +141,7 @@ def test_bad_compressed_frames_become_explicit_drops(
               ('png', encode_image(img, 'png'), '')]
     bag = OutputBag(tmp_path / 'in', store)
     topic = '/camera/image_raw/compressed'
-    bag.add_topic(topic, COMPRESSED, SENSOR_QOS)
+    bag.add_topic(topic, COMPRESSED, qos('sensor'))
     for i, (fmt, data, _) in enumerate(frames):
         bag.write(topic, types.CompressedImage(header=header(types, i + 1, 'cam'), format=fmt,
                                                data=np.frombuffer(data, np.uint8)), i + 1)

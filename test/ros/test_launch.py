@@ -85,10 +85,11 @@ class TestRobotGraph(unittest.TestCase):
         fused: list[Detection2DArray] = []
         records: list[String] = []
         self.node.create_subscription(Detection2DArray, '/detections', fused.append,
-                                      ros.result_qos())
+                                      ros.qos_profile('result'))
         self.node.create_subscription(String, '/offload/frames', records.append,
-                                      ros.result_qos())
-        pub = self.node.create_publisher(Image, '/camera/image_raw', ros.image_qos())
+                                      ros.qos_profile('result'))
+        pub = self.node.create_publisher(Image, '/camera/image_raw',
+                                         ros.qos_profile('newest_frame'))
         pixels = np.full((48, 64, 3), 80, np.uint8)
         stamp = 0
         deadline = time.monotonic() + 90  # the edge node loads its model first

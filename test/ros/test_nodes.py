@@ -80,11 +80,11 @@ def test_edge_inference_detects_reports_and_follows_its_lifecycle(graph: Any) ->
     from edge_inference.node import EdgeInferenceNode
 
     executor, probe = graph
-    dets = collect(probe, Detection2DArray, '/edge/detections', ros.result_qos())
-    tel = collect(probe, String, '/edge/telemetry', ros.result_qos())
-    labels = collect(probe, LabelInfo, '/edge/label_info', ros.latched_qos())
-    annotated = collect(probe, Image, '/edge/annotated', ros.result_qos())
-    pub = probe.create_publisher(Image, '/camera/image_raw', ros.image_qos())
+    dets = collect(probe, Detection2DArray, '/edge/detections', ros.qos_profile('result'))
+    tel = collect(probe, String, '/edge/telemetry', ros.qos_profile('result'))
+    labels = collect(probe, LabelInfo, '/edge/label_info', ros.qos_profile('latched'))
+    annotated = collect(probe, Image, '/edge/annotated', ros.qos_profile('result'))
+    pub = probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame'))
     node = EdgeInferenceNode()
     executor.add_node(node)
     assert spin_until(executor, lambda: pub.get_subscription_count() > 0 and labels)
@@ -123,17 +123,18 @@ def test_offload_manager_latches_decisions_and_records_every_frame(graph: Any) -
     node = OffloadManagerNode()
     executor.add_node(node)
     spin_until(executor, lambda: False, timeout=0.5)
-    decisions = collect(probe, String, '/offload/decision', ros.latched_qos())  # late joiner
+    # A late joiner still gets the latched decision.
+    decisions = collect(probe, String, '/offload/decision', ros.qos_profile('latched'))
     assert spin_until(executor, lambda: bool(decisions), timeout=5)
     decision = Decision.from_json(decisions[0].data)
     # The default policy starts on the edge until something is measured.
     assert decision.route is Route.EDGE and decision.policy == 'predictive'
 
-    frames = collect(probe, String, '/offload/frames', ros.result_qos())
-    fused = collect(probe, Detection2DArray, '/detections', ros.result_qos())
-    annotated = collect(probe, Image, '/offload/annotated', ros.result_qos())
-    cam = probe.create_publisher(Image, '/camera/image_raw', ros.image_qos())
-    edge = probe.create_publisher(Detection2DArray, '/edge/detections', ros.result_qos())
+    frames = collect(probe, String, '/offload/frames', ros.qos_profile('result'))
+    fused = collect(probe, Detection2DArray, '/detections', ros.qos_profile('result'))
+    annotated = collect(probe, Image, '/offload/annotated', ros.qos_profile('result'))
+    cam = probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame'))
+    edge = probe.create_publisher(Detection2DArray, '/edge/detections', ros.qos_profile('result'))
     assert spin_until(executor, lambda: cam.get_subscription_count() > 0 and
                       edge.get_subscription_count() > 0)
     cam.publish(image(7 * S))
@@ -151,7 +152,7 @@ def test_health_monitor_publishes_one_status_per_topic(graph: Any) -> None:
     from health_monitor.node import HealthMonitorNode
 
     executor, probe = graph
-    diagnostics = collect(probe, DiagnosticArray, '/diagnostics', ros.result_qos())
+    diagnostics = collect(probe, DiagnosticArray, '/diagnostics', ros.qos_profile('result'))
     executor.add_node(HealthMonitorNode())
     assert spin_until(executor, lambda: bool(diagnostics), timeout=5)
     names = [s.name for s in diagnostics[-1].status]
@@ -163,24 +164,24 @@ def test_health_monitor_publishes_one_status_per_topic(graph: Any) -> None:
 
 def test_cloud_bridge_node(graph: Any) -> None:
     from cloud_bridge.node import CloudBridgeNode
-    from test_cloud_bridge import _V2Handler
+    from helpers import V2Handler
 
-    _V2Handler.mode, _V2Handler.seen = 'ok', []
-    httpd = ThreadingHTTPServer(('127.0.0.1', 0), _V2Handler)
+    V2Handler.mode, V2Handler.seen = 'ok', []
+    httpd = ThreadingHTTPServer(('127.0.0.1', 0), V2Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     executor, probe = graph
     try:
         url = f'http://127.0.0.1:{httpd.server_address[1]}'
         node = CloudBridgeNode(parameter_overrides=[Parameter('url', value=url)])
         executor.add_node(node)
-        cloud = collect(probe, Detection2DArray, '/cloud/detections', ros.result_qos())
-        tel = collect(probe, String, '/cloud/telemetry', ros.result_qos())
-        decide = probe.create_publisher(String, '/offload/decision', ros.latched_qos())
-        cam = probe.create_publisher(Image, '/camera/image_raw', ros.image_qos())
+        cloud = collect(probe, Detection2DArray, '/cloud/detections', ros.qos_profile('result'))
+        tel = collect(probe, String, '/cloud/telemetry', ros.qos_profile('result'))
+        decide = probe.create_publisher(String, '/offload/decision', ros.qos_profile('latched'))
+        cam = probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame'))
         assert spin_until(executor, lambda: cam.get_subscription_count() > 0)
         cam.publish(image(1 * S))  # no decision yet: the safe default keeps it local
         assert spin_until(executor, lambda: bool(tel))
-        assert json.loads(tel[0].data)['status'] == 'skipped' and _V2Handler.seen == []
+        assert json.loads(tel[0].data)['status'] == 'skipped' and V2Handler.seen == []
         now = node.get_clock().now().nanoseconds
         decide.publish(String(data=Decision(seq=1, issued_ns=now, route=Route.CLOUD,
                                             valid_for_ms=60_000).to_json()))
@@ -188,7 +189,7 @@ def test_cloud_bridge_node(graph: Any) -> None:
         cam.publish(image(2 * S))
         assert spin_until(executor, lambda: bool(cloud))
         assert message_to_detections(cloud[0], 'cloud').stamp_ns == 2 * S
-        assert len(_V2Handler.seen) == 1
+        assert len(V2Handler.seen) == 1
     finally:
         httpd.shutdown()
         httpd.server_close()

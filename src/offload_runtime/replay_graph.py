@@ -1,0 +1,214 @@
+"""The graph of one replay: the four roles' cores, wired by the graph declaration.
+
+The same declarations the rclpy nodes subscribe and publish by (:mod:`adaptive_offload.graph`)
+route records here: an output goes to the bag and to every input subscribed to its topic, whose
+handler takes it as the node's would. Records pass as they are; only the bag gets messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Callable, Mapping
+
+from adaptive_offload import graph
+from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
+from adaptive_offload.frame_worker import DecisionHolder, FrameWorker, ResultEmitter
+from adaptive_offload.graph_codec import decode_input
+from adaptive_offload.params import node_params
+from cloud_bridge.bridge import CloudBridge, CloudConfig
+from edge_inference.backends import BackendOptions, DetectorBackend
+from edge_inference.inference import build_edge, EdgeConfig
+from fault_injection.rig import FaultRig
+from fault_injection.scenario import EDGE_KINDS, Scenario
+from health_monitor.monitor import HealthConfig, HealthMonitor
+from offload_manager.manager import ADAPTIVE, ManagerConfig, OffloadManager
+from offload_runtime.embedded_service import EmbeddedService
+from rcnn_service.service import ServiceConfig
+
+BackendFactory = Callable[[str, BackendOptions], DetectorBackend]
+Publish = Callable[[str, str, Any], None]  # node, output port name, record
+
+
+def node_values(params: Mapping[str, Mapping[str, Any]],
+                overrides: Mapping[str, Mapping[str, Any]], node: str) -> dict[str, Any]:
+    """Return one node's parameters: the file's (wildcard, then the node's), then overrides."""
+    values = node_params(params, node)
+    values.update(overrides.get(node, {}))
+    return values
+
+
+def configure(node: str, build: Callable[[Mapping[str, Any]], Any], values: Mapping[str, Any],
+              source: str) -> Any:
+    """Build a role's configuration, naming the file and the node in a refusal.
+
+    Raises:
+        ConfigError: ``FILE: NODE: reason``, rclpy's reason for a type or range refusal.
+    """
+    try:
+        return build(values)
+    except ConfigError as err:
+        where = f'{source}: ' if source else ''
+        raise ConfigError(f'{where}{node}: {err}') from None
+
+
+class ReplayGraph:
+    """The roles of one replay, their inputs' targets and the routes between them.
+
+    Args:
+        params: Parameter file content (``{node: {param: value}}``).
+        overrides: Per-node overrides over ``params``.
+        params_source: Where ``params`` came from (named in refusals).
+        input_topic: The camera topic the bag is played on.
+        backend_factory: Builds the edge detector.
+        clock: Monotonic nanosecond clock.
+        service: The embedded service started when a cloud policy has no URL.
+        rig: The fault rig of the run, if a scenario is injected.
+        scenario: The scenario (to refuse cloud faults a policy never meets).
+        publish: Called with (node, output port name, record) by the workers' emitters, from
+            their threads.
+
+    Raises:
+        AdaptiveOffloadError: For refused parameters or a model that does not load.
+    """
+
+    def __init__(self, params: Mapping[str, Mapping[str, Any]],
+                 overrides: Mapping[str, Mapping[str, Any]], params_source: str,
+                 input_topic: str, backend_factory: BackendFactory, clock: Callable[[], int],
+                 service: ServiceConfig, rig: FaultRig | None, scenario: Scenario | None,
+                 publish: Publish) -> None:
+        def values(node: str) -> dict[str, Any]:
+            return node_values(params, overrides, node)
+
+        edge_cfg = configure('edge_inference', EdgeConfig.from_params, values('edge_inference'),
+                             params_source)
+        manager_cfg = configure('offload_manager', ManagerConfig.from_params,
+                                values('offload_manager'), params_source)
+        health_cfg = configure('health_monitor', HealthConfig.from_params,
+                               values('health_monitor'), params_source)
+        cloud_values = values('cloud_bridge')
+        wants_cloud = manager_cfg.policy in ('cloud-only', *ADAPTIVE) or (
+            manager_cfg.policy == 'static' and manager_cfg.static_route != 'edge')
+        embedded = wants_cloud and not cloud_values.get('url')
+        if embedded:
+            # The accuracy prior must describe the model this run serves, not the params' one.
+            manager_cfg = replace(manager_cfg, cloud_model=service.arch)
+        if rig and rig.runs_service and cloud_values.get('url'):
+            raise ConfigError('process and netns faults act on the service this run starts; '
+                              'drop the cloud URL')
+        self.service: EmbeddedService | None = None
+        self.cloud: CloudBridge | None = None
+        self.battery_topic = manager_cfg.battery_topic \
+            if manager_cfg.energy_reader == 'battery' else ''
+        compressed = input_topic.endswith('/compressed')
+        camera = input_topic[:-len('/compressed')] if compressed else input_topic
+        self.manager = OffloadManager(manager_cfg)
+        self.edge = build_edge(edge_cfg, backend_factory)
+        self.health = HealthMonitor(health_cfg, clock())
+        self.edge_source = edge_cfg.source_name
+        self.graphs = {
+            'edge_inference': graph.edge_inference(camera, compressed, edge_cfg.source_name),
+            'offload_manager': graph.offload_manager(camera, compressed,
+                                                     manager_cfg.edge_sources,
+                                                     self.battery_topic),
+            # The run's camera is what the monitor's camera topic sees (a compressed bag too).
+            'health_monitor': graph.health_monitor(
+                [input_topic if t == camera else t for t in health_cfg.monitored_topics],
+                health_cfg.monitored_types),
+        }
+        edge_holder = DecisionHolder(edge_cfg.fallback_decision())
+        self.workers = [FrameWorker(
+            rig.wrap_edge(self.edge) if rig else self.edge, edge_holder,
+            ResultEmitter(lambda name, rec: publish('edge_inference', name, rec)), clock)]
+        self.targets: dict[str, Mapping[str, Any]] = {
+            'edge_inference': {'camera': self.workers[0], 'decision': edge_holder},
+            'offload_manager': {'*': self.manager}, 'health_monitor': {'*': self.health}}
+        try:
+            if embedded:
+                # The embedded default: the real service on loopback, for this run only.
+                if rig and rig.runs_service:
+                    url = rig.start_service(replace(service, port=0))
+                else:
+                    self.service = EmbeddedService(service)
+                    url = self.service.url
+                cloud_values = {**cloud_values, 'url': url, 'token': service.token,
+                                'model': service.model_name}
+            if cloud_values.get('url'):
+                self._add_cloud(cloud_values, edge_cfg, camera, compressed, clock, rig,
+                                params_source, publish)
+            elif scenario is not None and scenario.kinds() - EDGE_KINDS - {'manager_death'}:
+                raise ConfigError(f'scenario {scenario.name!r} injects cloud faults, but '
+                                  f'policy {manager_cfg.policy!r} never uses the cloud')
+        except AdaptiveOffloadError:
+            self.close()
+            raise
+        self.subscribers = graph.subscribers(self.graphs.values())
+
+    def _add_cloud(self, cloud_values: Mapping[str, Any], edge_cfg: EdgeConfig, camera: str,
+                   compressed: bool, clock: Callable[[], int], rig: FaultRig | None,
+                   params_source: str, publish: Publish) -> None:
+        if rig:
+            cloud_values = {**cloud_values, 'url': rig.service_url(cloud_values['url'])}
+        cloud_cfg = configure('cloud_bridge', CloudConfig.from_params, cloud_values,
+                              params_source)
+        transport = cloud_cfg.make_transport()
+        if rig:
+            transport = rig.wrap_transport(transport)
+        self.cloud = cloud_cfg.make_bridge(transport)
+        holder = DecisionHolder(edge_cfg.fallback_decision())
+        worker = FrameWorker(self.cloud, holder,
+                             ResultEmitter(lambda name, rec: publish('cloud_bridge', name, rec)),
+                             clock, workers=cloud_cfg.max_in_flight,
+                             pending=cloud_cfg.max_pending)
+        self.workers.append(worker)
+        self.graphs['cloud_bridge'] = graph.cloud_bridge(camera, compressed)
+        self.targets['cloud_bridge'] = {'camera': worker, 'decision': holder}
+
+    def outputs(self) -> list[tuple[str, str, str]]:
+        """Return (topic, type, QoS name) of every output the replay writes.
+
+        Annotated images are for rviz on a robot; the replay does not draw them.
+        """
+        return [(port.resolved(g.namespace), port.msg_type, port.qos)
+                for g in self.graphs.values() for port in g.outputs if port.kind != 'image']
+
+    def topic_of(self, node: str, name: str) -> str:
+        """Return the absolute topic of a node's output."""
+        node_graph = self.graphs[node]
+        return node_graph.output(name).resolved(node_graph.namespace)
+
+    def port_of(self, node: str, name: str) -> graph.Port:
+        """Return a node's output port."""
+        return self.graphs[node].output(name)
+
+    def handle(self, topic: str, record: Any, now_ns: int, message: Any = None) -> None:
+        """Give a record published on ``topic`` to every input subscribed to it.
+
+        Image inputs (the workers) are skipped: the player gives them frames in its thread.
+        A camera message (``message``) is decoded for each input as its node would.
+        """
+        for node, port in self.subscribers.get(topic, ()):
+            if port.kind == 'image':
+                continue
+            if message is not None or port.kind == 'arrival':
+                value = decode_input(port, message)
+            else:
+                value = record
+            target = self.targets[node]
+            getattr(target.get(port.name, target.get('*')), port.handler)(value, now_ns)
+
+    def submit_frame(self, topic: str, msg: Any, now_ns: int) -> None:
+        """Give a camera message to the image inputs (the workers), in the player's thread."""
+        for node, port in self.subscribers.get(topic, ()):
+            if port.kind == 'image':
+                self.targets[node][port.name].on_image(msg, now_ns)
+
+    def holders(self) -> list[DecisionHolder]:
+        """Return the workers' decision holders."""
+        return [t['decision'] for n, t in self.targets.items() if 'decision' in t]
+
+    def close(self) -> None:
+        """Stop what this graph started (the embedded service, the failure history)."""
+        self.health.close()
+        if self.service is not None:
+            self.service.shutdown()
+            self.service = None
