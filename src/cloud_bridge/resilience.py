@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 import enum
 
+from adaptive_offload.uplink import UplinkEstimator
 import numpy as np
 
 
@@ -73,16 +74,14 @@ class LinkEstimator:
     def __init__(self, window: int = 20) -> None:
         self._rtt: deque[float] = deque(maxlen=window)
         self._server: deque[float] = deque(maxlen=window)
-        self._mbps: deque[float] = deque(maxlen=window)
+        self._uplink = UplinkEstimator(window)
 
     def add(self, rtt_ms: float, server_ms: float | None, bytes_sent: int) -> None:
         """Record one request; ``server_ms`` None when the server did not say."""
         self._rtt.append(rtt_ms)
         if server_ms is not None:
             self._server.append(server_ms)
-            transfer_ms = rtt_ms - server_ms
-            if transfer_ms > 0.05:
-                self._mbps.append(bytes_sent * 8 / transfer_ms / 1e3)
+            self._uplink.add(bytes_sent, rtt_ms - server_ms)
 
     @property
     def rtt_ms(self) -> float | None:
@@ -97,7 +96,7 @@ class LinkEstimator:
     @property
     def uplink_mbps(self) -> float | None:
         """Median bytes sent over transfer time (round trip less server time), in Mbit/s."""
-        return _median(self._mbps)
+        return self._uplink.mbps
 
 
 def _median(values: deque[float]) -> float | None:

@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-from collections import deque
-import statistics
 import threading
 import time
 from typing import Callable, Protocol, Sequence
@@ -22,6 +20,7 @@ import urllib.request
 
 from adaptive_offload import topics
 from adaptive_offload.datatypes import HealthStatus, InferenceReport, Level
+from adaptive_offload.uplink import UplinkEstimator
 import numpy as np
 
 
@@ -130,26 +129,20 @@ class BandwidthCheck:
 
     def __init__(self, baseline: int = 100, recent: int = 5, collapse_ratio: float = 0.3,
                  floor_mbps: float = 1.0, hardware_id: str = '') -> None:
-        self._base: deque[float] = deque(maxlen=baseline)
-        self._recent: deque[float] = deque(maxlen=recent)
+        self._base = UplinkEstimator(baseline)
+        self._recent = UplinkEstimator(recent)
         self._ratio, self._floor, self._hw = collapse_ratio, floor_mbps, hardware_id
 
     def report(self, report: InferenceReport) -> None:
         """Take one cloud report; only successful requests with a measurable transfer count."""
-        transfer_ms = report.inference_ms - report.server_ms
-        if report.source != 'cloud' or report.status != 'ok' or report.bytes_sent <= 0 or \
-                transfer_ms < 0.1:
-            return
-        mbps = report.bytes_sent * 8 / (transfer_ms * 1e3)
-        self._base.append(mbps)
-        self._recent.append(mbps)
+        if self._recent.add_report(report):
+            self._base.add_report(report)
 
     def run(self, now_ns: int) -> HealthStatus:
         """See :class:`health_monitor.checks.HealthCheck`."""
-        if len(self._recent) < (self._recent.maxlen or 1):
+        base, recent = self._base.mbps, self._recent.mbps
+        if not self._recent.full or base is None or recent is None:
             return HealthStatus(self.name, Level.OK, 'not enough requests yet', self._hw, ())
-        base = statistics.median(self._base)
-        recent = statistics.median(self._recent)
         values = (('baseline_mbps', f'{base:.1f}'), ('recent_mbps', f'{recent:.1f}'))
         if recent < self._floor:
             level, message = Level.ERROR, f'uplink {recent:.2f} Mbit/s below {self._floor}'

@@ -3,8 +3,8 @@
 - :class:`SlidingQuantiles`: exact quantiles over the last ``window`` samples of one component
   (edge inference per model and size, JPEG encode, round trip, server time), no older than
   ``max_age_s``, so estimates follow change instead of averaging over the whole run.
-- :class:`BandwidthEstimator`: uplink bandwidth from transfer times, as a median of per-request
-  rates (a retransmission or a GC pause does not move it).
+- The uplink bandwidth is ``adaptive_offload.uplink.UplinkEstimator``, shared with the bridge
+  and the health monitor.
 - :class:`ArForecaster`: a short-horizon autoregressive forecaster (AR(p) by least squares over a
   sliding window, the short-term part of the ARIMA forecasts of the resilience study), so a
   route can change ahead of a worsening trend.
@@ -17,7 +17,6 @@ import bisect
 from collections import deque
 import itertools
 import math
-import statistics
 
 from adaptive_offload.errors import ConfigError
 import numpy as np
@@ -198,38 +197,6 @@ class LatencyBook:
         """Return the ``q`` quantile of ``key``, or None if never measured."""
         series = self._series.get(key)
         return series.quantile(q) if series is not None else None
-
-
-class BandwidthEstimator:
-    """Uplink bandwidth in Mbit/s from (bytes, transfer time) of recent requests.
-
-    Each request gives one rate, bytes over transfer time (round trip less server time); the
-    estimate is the median of the last ``window`` rates, so a few slow transfers do not swing it
-    but a lasting drop moves it within half a window.
-
-    Args:
-        window: Requests kept.
-    """
-
-    def __init__(self, window: int = 15) -> None:
-        self._rates: deque[float] = deque(maxlen=window)
-        self._median: float | None = None
-
-    def add(self, bytes_sent: int, transfer_ms: float) -> None:
-        """Record one request; transfers under 0.1 ms are not measurable and are skipped."""
-        if bytes_sent > 0 and transfer_ms >= 0.1:
-            self._rates.append(bytes_sent * 8 / (transfer_ms * 1e3))
-            self._median = statistics.median(self._rates)
-
-    @property
-    def mbps(self) -> float | None:
-        """The estimate, or None before any measurable request."""
-        return self._median
-
-    def transfer_ms(self, nbytes: int) -> float | None:
-        """Predicted time to send ``nbytes`` at the estimated bandwidth."""
-        mbps = self.mbps
-        return nbytes * 8 / (mbps * 1e3) if mbps else None
 
 
 class ArForecaster:

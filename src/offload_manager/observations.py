@@ -14,11 +14,11 @@ import functools
 from typing import Any, NamedTuple, Protocol
 
 from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceReport, Route
+from adaptive_offload.uplink import UplinkEstimator
 import numpy as np
 from offload_manager.accuracy import AccuracyModel
 from offload_manager.availability import AvailabilityPredictor
-from offload_manager.latency_models import (ArForecaster, BandwidthEstimator, LatencyBook,
-                                            tail_probability)
+from offload_manager.latency_models import ArForecaster, LatencyBook, tail_probability
 
 # JPEG bytes relative to quality 75, measured on 640x480 frames by benchmarks/bench_service.py
 # (q50 13.7 %, q75 20.1 %, q95 39.1 % of raw); other qualities interpolate.
@@ -89,7 +89,7 @@ class Observations:
                  max_age_s: float = 30.0, shift_run: int = 5) -> None:
         self.energy = energy
         self.book = LatencyBook(window, max_age_s, shift_run)
-        self.bandwidth = BandwidthEstimator()
+        self.bandwidth = UplinkEstimator()
         self.trend = ArForecaster()
         self.availability = AvailabilityPredictor()
         self.accuracy = AccuracyModel(cloud_model)
@@ -111,8 +111,7 @@ class Observations:
                 self.book.add('cloud', report.total_ms, self.now_s)
                 self.book.add('cloud:server', report.server_ms, self.now_s)
                 self.trend.add(report.total_ms)
-                transfer = report.inference_ms - report.server_ms
-                self.bandwidth.add(report.bytes_sent, transfer)
+                self.bandwidth.add_report(report)
                 self._bytes.append(report.bytes_sent / jpeg_factor(self.quality))
                 self._sent.append(report.bytes_sent)
                 self.availability.observe(self.now_s, True)

@@ -7,8 +7,8 @@ from adaptive_offload.errors import ConfigError
 import numpy as np
 from offload_manager.accuracy import AccuracyModel, agreement_f1, prior
 from offload_manager.availability import AvailabilityPredictor
-from offload_manager.latency_models import (ArForecaster, BandwidthEstimator, LatencyBook,
-                                            SlidingQuantiles, tail_probability)
+from offload_manager.latency_models import (ArForecaster, LatencyBook, SlidingQuantiles,
+                                            tail_probability)
 import pytest
 
 
@@ -103,18 +103,6 @@ def test_latency_book_keys_series_separately() -> None:
     book.add('cloud', 120.0)
     assert book.quantile('edge:yolov8n@320', 0.5) == 30.0
     assert book.quantile('cloud', 0.5) == 120.0 and book.quantile('nothing', 0.5) is None
-
-
-def test_bandwidth_is_robust_to_outliers_and_follows_a_drop() -> None:
-    bw = BandwidthEstimator(window=15)
-    assert bw.mbps is None
-    for i in range(15):
-        bw.add(125_000, 10.0 if i != 7 else 500.0)  # 100 Mbit/s, one stalled transfer
-    assert bw.mbps == pytest.approx(100.0)
-    for _ in range(8):  # more than half the window at 5 Mbit/s
-        bw.add(125_000, 200.0)
-    assert bw.mbps == pytest.approx(5.0)
-    assert bw.transfer_ms(125_000) == pytest.approx(200.0)
 
 
 def test_ar_forecaster_extrapolates_a_trend_and_persists_a_flat_series() -> None:
