@@ -374,6 +374,7 @@ class FaultEvent(JsonRecord):
         kind: Fault kind.
         phase: ``start`` or ``end``.
         params: The fault's parameters.
+        duration_s: How long the fault lasts (a node that obeys it never holds it longer).
     """
 
     SCHEMA = 'adaptive_offload/FaultEvent'
@@ -382,3 +383,4 @@ class FaultEvent(JsonRecord):
     kind: str = ''
     phase: str = 'start'
     params: dict = field(default_factory=dict)
+    duration_s: float = 0.0

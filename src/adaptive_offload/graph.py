@@ -54,10 +54,10 @@ QOS: Mapping[str, QosSpec] = MappingProxyType({
 # How a message becomes the record an input handler takes (see conversions.decode_input):
 # image: the message itself (workers decode it in their own thread); frame: its header as a
 # FrameHeader; arrival: the port's topic name (only arrivals matter); decision, report,
-# health_event: the JSON record in a String; detections: a DetectionSet; battery: a
-# BatterySample.
+# health_event, frame_record, fault: the JSON record in a String; detections: a DetectionSet;
+# battery: a BatterySample.
 RECORD_KINDS = ('image', 'frame', 'arrival', 'decision', 'report', 'health_event',
-                'detections', 'battery')
+                'frame_record', 'fault', 'detections', 'battery')
 # How an output record becomes a message (see conversions.encode_output).
 OUTPUT_KINDS = ('detections', 'json', 'diagnostics', 'label_info', 'image')
 
@@ -131,12 +131,17 @@ def _decision_input() -> Port:
     return Port('decision', topics.DECISION, STRING, 'latched', 'decision', 'on_decision')
 
 
+def _faults_input() -> Port:
+    # Only nodes told to obey injected faults (a rehearsal) subscribe to them.
+    return Port('faults', topics.HEALTH_FAULTS, STRING, 'result', 'fault', 'on_fault')
+
+
 def edge_inference(image_topic: str, compressed: bool, source: str = topics.ROOT_EDGE_SOURCE,
-                   annotated: bool = False) -> NodeGraph:
+                   annotated: bool = False, obey_faults: bool = False) -> NodeGraph:
     """Declare an edge_inference node: camera and decisions in, detections and reports out.
 
     Its outputs are relative (``edge/...``): an instance in namespace ``/pi`` (source ``pi``)
-    publishes ``/pi/edge/...``.
+    publishes ``/pi/edge/...``. With ``obey_faults`` it also takes injected edge stalls.
     """
     outputs = [Port('detections', 'edge/detections', DETECTIONS, 'result', 'detections'),
                Port('telemetry', 'edge/telemetry', STRING, 'result', 'json'),
@@ -144,10 +149,11 @@ def edge_inference(image_topic: str, compressed: bool, source: str = topics.ROOT
     if annotated:
         outputs.append(Port('annotated', 'edge/annotated', IMAGE, 'result', 'image'))
     namespace = '' if source == topics.ROOT_EDGE_SOURCE else source
-    return NodeGraph('edge_inference',
-                     (_camera(image_topic, compressed, 'newest_frame', 'image', 'on_image'),
-                      _decision_input()),
-                     tuple(outputs), namespace)
+    inputs = [_camera(image_topic, compressed, 'newest_frame', 'image', 'on_image'),
+              _decision_input()]
+    if obey_faults:
+        inputs.append(_faults_input())
+    return NodeGraph('edge_inference', tuple(inputs), tuple(outputs), namespace)
 
 
 def cloud_bridge(image_topic: str, compressed: bool) -> NodeGraph:
@@ -161,7 +167,7 @@ def cloud_bridge(image_topic: str, compressed: bool) -> NodeGraph:
 
 
 def offload_manager(image_topic: str, compressed: bool, edge_sources: Sequence[str],
-                    battery_topic: str = '') -> NodeGraph:
+                    battery_topic: str = '', obey_faults: bool = False) -> NodeGraph:
     """Declare the offload_manager node.
 
     Args:
@@ -169,6 +175,7 @@ def offload_manager(image_topic: str, compressed: bool, edge_sources: Sequence[s
         compressed: Whether the camera is read as CompressedImage.
         edge_sources: ``source_name`` of every edge target.
         battery_topic: BatteryState topic read for measured energy; empty: none.
+        obey_faults: Also take injected manager deaths.
     """
     inputs = [_camera(image_topic, compressed, 'every_frame', 'frame', 'on_frame')]
     for source in [*edge_sources, 'cloud']:
@@ -186,6 +193,8 @@ def offload_manager(image_topic: str, compressed: bool, edge_sources: Sequence[s
     if battery_topic:
         inputs.append(Port('battery', battery_topic, BATTERY, 'sensor', 'battery',
                            'on_battery'))
+    if obey_faults:
+        inputs.append(_faults_input())
     return NodeGraph(
         'offload_manager', tuple(inputs),
         (Port('decision', topics.DECISION, STRING, 'latched', 'json'),
@@ -194,16 +203,26 @@ def offload_manager(image_topic: str, compressed: bool, edge_sources: Sequence[s
          Port('annotated', topics.ANNOTATED, IMAGE, 'result', 'image')))
 
 
-def health_monitor(monitored_topics: Sequence[str], monitored_types: Sequence[str]) -> NodeGraph:
+def health_monitor(monitored_topics: Sequence[str], monitored_types: Sequence[str],
+                   rehearsal_sources: Sequence[str] = ()) -> NodeGraph:
     """Declare the health_monitor node: arrivals on the monitored topics and cloud reports in.
 
     Monitored topics are subscribed for arrivals only (rclpy's ``raw=True``: images are never
-    deserialized).
+    deserialized). A node injecting a scenario (``rehearsal_sources``: the edge sources) also
+    takes the frame records and every source's reports, to measure each fault.
     """
     inputs = [Port(f'monitored_{i}', topic, type_name, 'every_frame', 'arrival', 'on_arrival')
               for i, (topic, type_name) in enumerate(zip(monitored_topics, monitored_types))]
     inputs.append(Port('cloud_telemetry', topics.CLOUD_TELEMETRY, STRING, 'result', 'report',
                        'on_report', 'cloud'))
+    if rehearsal_sources:
+        inputs.append(Port('rehearsal_frames', topics.FRAMES, STRING, 'result', 'frame_record',
+                           'on_record'))
+        inputs += [Port(f'rehearsal_{source}', topics.edge_topic(source, 'telemetry'), STRING,
+                        'result', 'report', 'on_report', source)
+                   for source in rehearsal_sources]
+        inputs.append(Port('rehearsal_cloud', topics.CLOUD_TELEMETRY, STRING, 'result',
+                           'report', 'on_report', 'cloud'))
     return NodeGraph(
         'health_monitor', tuple(inputs),
         (Port('diagnostics', topics.DIAGNOSTICS, DIAGNOSTICS, 'result', 'diagnostics'),

@@ -14,8 +14,8 @@ from typing import Any, Mapping, Sequence
 from adaptive_offload.conversions import (detections_to_message, frame_to_message,
                                           health_to_diagnostics, label_info_message,
                                           message_to_detections, MessageTypes, stamp_to_ns)
-from adaptive_offload.datatypes import (Decision, Frame, HealthEvent, HealthStatus,
-                                        InferenceReport)
+from adaptive_offload.datatypes import (Decision, FaultEvent, Frame, FrameRecord, HealthEvent,
+                                        HealthStatus, InferenceReport)
 from adaptive_offload.errors import ConversionError
 from adaptive_offload.graph import Port
 
@@ -71,7 +71,8 @@ def decode_input(port: Port, msg: Any) -> Any:
     if kind == 'battery':
         return BatterySample(float(msg.voltage), float(msg.current))
     record_type = {'decision': Decision, 'report': InferenceReport,
-                   'health_event': HealthEvent}.get(kind)
+                   'health_event': HealthEvent, 'frame_record': FrameRecord,
+                   'fault': FaultEvent}.get(kind)
     if record_type is None:
         raise ConversionError(f'input {port.name}: unknown record kind {kind!r}')
     return record_type.from_json(msg.data)

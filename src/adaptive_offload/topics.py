@@ -19,6 +19,7 @@ ROOT_EDGE_SOURCE = 'edge'
 CHECK_CLOUD = 'adaptive_offload: cloud'
 CHECK_CLOUD_READINESS = 'adaptive_offload: cloud readiness'
 CHECK_UPLINK_BANDWIDTH = 'adaptive_offload: uplink bandwidth'
+CHECK_FAULT_INJECTION = 'adaptive_offload: fault injection'
 
 
 def topic_rate_check(topic: str) -> str:

@@ -55,6 +55,9 @@ PARAMETERS = (
                   'Also publish edge/annotated (Image with the boxes) for rviz.', configure=True),
     ParameterSpec('autostart', True,
                   'Configure and activate the lifecycle node at start (plain launches).'),
+    ParameterSpec('obey_faults', False,
+                  'Obey edge stalls announced on /health/faults (a fault rehearsal).',
+                  configure=True),
 )
 
 LIVE = frozenset(spec.name for spec in PARAMETERS if spec.live)
@@ -82,6 +85,7 @@ class EdgeConfig:
     max_loaded_models: int
     publish_annotated: bool
     autostart: bool
+    obey_faults: bool
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> EdgeConfig:

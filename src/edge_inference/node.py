@@ -18,6 +18,7 @@ from adaptive_offload.frame_worker import DecisionHolder, FrameWorker, ResultEmi
 from adaptive_offload.graph_codec import LabelMap
 from adaptive_offload.params import ParameterSpec
 from edge_inference.inference import build_edge, EdgeConfig, EdgeInference, PARAMETERS
+from fault_injection.live import ObeyedFaults, StallingProcessor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 
@@ -49,11 +50,14 @@ class EdgeInferenceNode(LifecycleNode):
             return self._fail(err)
         config = self._config
         self._graph = graph.edge_inference(config.image_topic, config.compressed,
-                                           config.source_name, config.publish_annotated)
+                                           config.source_name, config.publish_annotated,
+                                           config.obey_faults)
         self._decisions = DecisionHolder(config.fallback_decision())
+        self._faults = ObeyedFaults(lambda: ros.now_ns(self)) if config.obey_faults else None
         self._pubs = ros.Publishers(self, self._graph, lifecycle=True)
-        self._subs = ros.subscribe(self, self._graph, {'decision': self._decisions},
-                                   only=('decision',))
+        self._subs = ros.subscribe(self, self._graph,
+                                   {'decision': self._decisions, 'faults': self._faults},
+                                   only=('decision', 'faults'))
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -67,7 +71,9 @@ class EdgeInferenceNode(LifecycleNode):
         self._pubs.publish('label_info', LabelMap(self._core.models.names_of_current(),
                                                   config.conf, ros.now_ns(self)))
         emit = ResultEmitter(self._pubs.publish, config.publish_annotated)
-        self._worker = FrameWorker(self._core, self._decisions, emit, lambda: ros.now_ns(self))
+        processor = self._core if self._faults is None \
+            else StallingProcessor(self._core, self._faults)
+        self._worker = FrameWorker(processor, self._decisions, emit, lambda: ros.now_ns(self))
         self._worker.start('edge-inference')
         self._camera = ros.subscribe(self, self._graph, {'camera': self._worker},
                                      only=('camera',))

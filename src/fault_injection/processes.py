@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import signal
 import subprocess
 import sys
@@ -128,3 +129,33 @@ class CpuHogs:
         for proc in self._procs:
             proc.wait(30)
         self._procs = []
+
+
+def pid_listening_on(port: int, proc: Path = Path('/proc')) -> int | None:
+    """Return the process listening on TCP ``port`` on this host, or None (Linux /proc).
+
+    Only processes whose file descriptors this process may read are found (the same user,
+    or root).
+    """
+    inodes = set()
+    for table in ('tcp', 'tcp6'):
+        try:
+            lines = (proc / 'net' / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == '0A' and \
+                    int(fields[1].rsplit(':', 1)[1], 16) == port:
+                inodes.add(f'socket:[{fields[9]}]')
+    if not inodes:
+        return None
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) in inodes for fd in (entry / 'fd').iterdir()):
+                return int(entry.name)
+        except OSError:  # gone, or not ours to read
+            continue
+    return None

@@ -4,8 +4,9 @@ Network faults (outage, latency, bandwidth, loss, corruption) go where ``network
 ``client`` (in the bridge's transport), ``proxy`` (a TCP fault proxy between bridge and
 service) or ``netns`` (tc in a network namespace the service runs in; root only). Process
 faults kill or stop the service process, so a scenario with them (or ``netns``) runs the
-service as a child process. Edge faults stall the edge worker or start CPU hogs beside it;
-``manager_death`` silences the manager's decisions.
+service as a child process. CPU contention starts hogs beside the edge. Edge stalls and
+manager death are announced on /health/faults, which the replay's edge and manager obey as
+the nodes do (``fault_injection.live.ObeyedFaults``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import threading
 import time
 from typing import Any, Callable
 
-from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.inference_transport import InferenceTransport
 from fault_injection.client_faults import FaultInjectingTransport
@@ -26,34 +26,6 @@ from fault_injection.scenario import NETWORK_KINDS, PROCESS_KINDS, Scenario
 from rcnn_service.service import ServiceConfig
 
 NETWORK_MODES = ('client', 'proxy', 'netns')
-
-
-class StallingProcessor:
-    """Wraps the edge core: while an ``edge_stall`` is in force, a frame waits for its end.
-
-    The worker thread blocks as a hung node would; frames arriving meanwhile supersede each
-    other in the worker's slot and are reported dropped.
-    """
-
-    def __init__(self, inner: Any, rig: FaultRig) -> None:
-        self._inner = inner
-        self._rig = rig
-
-    def process(self, msg: Any, decision: Decision) -> tuple[DetectionSet | None,
-                                                             InferenceReport]:
-        """See :class:`adaptive_offload.frame_worker.FrameProcessor`."""
-        end = self._rig.stall_end_s()
-        if end is not None:
-            self._rig.sleep(max(0.0, end - self._rig.now_s()))
-        return self._inner.process(msg, decision)
-
-    def drop(self, stamp_ns: int, frame_id: str, reason: str,
-             decision: Decision) -> InferenceReport:
-        """See :class:`adaptive_offload.frame_worker.FrameProcessor`."""
-        return self._inner.drop(stamp_ns, frame_id, reason, decision)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
 
 def _free_port(host: str) -> int:
@@ -149,20 +121,6 @@ class FaultRig:
         self._client = FaultInjectingTransport(transport, self._net, self._clock, self.sleep,
                                                self._seed)
         return self._client
-
-    def wrap_edge(self, processor: Any) -> Any:
-        """Return the edge core, stalled when the scenario says so."""
-        return StallingProcessor(processor, self) if 'edge_stall' in self.scenario.kinds() \
-            else processor
-
-    def stall_end_s(self) -> float | None:
-        """End of the edge stall in force now, if any."""
-        return next((f.end_s for f in self.scenario.active(self.now_s())
-                     if f.kind == 'edge_stall'), None)
-
-    def manager_alive(self) -> bool:
-        """Tell whether the manager is alive: False while a ``manager_death`` fault is in force."""
-        return not any(f.kind == 'manager_death' for f in self.scenario.active(self.now_s()))
 
     def start(self, origin_ns: int) -> None:
         """Start counting scenario time (the start of the run)."""

@@ -31,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from adaptive_offload.datatypes import FaultEvent
 from adaptive_offload.errors import ConfigError
+from adaptive_offload.package_files import shipped_config
 import yaml
 
 # kind -> parameters it takes (name -> default); a parameter without default is required
@@ -96,6 +98,35 @@ class Scenario:
     def kinds(self) -> set[str]:
         """Every kind of fault in the scenario."""
         return {f.kind for f in self.faults}
+
+
+class Announcer:
+    """Says when each fault of a scenario starts and ends, once each, as time passes.
+
+    Args:
+        scenario: The faults.
+    """
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self._told: set[tuple[int, str]] = set()
+
+    def due(self, t_s: float) -> list[tuple[Fault, FaultEvent]]:
+        """Return the starts and ends reached by ``t_s`` and not told yet, in time order."""
+        out = []
+        for i, fault in enumerate(self.scenario.faults):
+            for phase, at in (('start', fault.start_s), ('end', fault.end_s)):
+                if t_s >= at and (i, phase) not in self._told:
+                    self._told.add((i, phase))
+                    out.append((fault, FaultEvent(t_s=at, kind=fault.kind, phase=phase,
+                                                  params=dict(fault.params),
+                                                  duration_s=fault.duration_s)))
+        return sorted(out, key=lambda pair: pair[1].t_s)
+
+    def in_force(self) -> list[Fault]:
+        """Return the faults told started and not yet told ended."""
+        return [f for i, f in enumerate(self.scenario.faults)
+                if (i, 'start') in self._told and (i, 'end') not in self._told]
 
 
 def _number(entry: Mapping[str, Any], key: str, where: str) -> float:
@@ -189,11 +220,18 @@ def parse_scenario(data: Any, source: str = 'scenario', base: Path | None = None
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """Read and validate a scenario file.
+    """Read and validate a scenario file, or a shipped scenario by name.
+
+    Args:
+        path: A scenario file, or the name of one in the package's ``config/scenarios``
+            (``cloud_outage_10s``).
 
     Raises:
         ConfigError: If the file cannot be read or is not a valid scenario.
     """
+    text = str(path)
+    if '/' not in text and not text.endswith(('.yaml', '.yml')):
+        path = shipped_config('scenarios', f'{text}.yaml')
     try:
         data = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
     except (OSError, yaml.YAMLError) as err:

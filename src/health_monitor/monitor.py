@@ -9,6 +9,8 @@ from adaptive_offload.datatypes import HealthEvent, HealthStatus, InferenceRepor
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.failure_log import FailureLog
 from adaptive_offload.params import ParameterSpec, resolve
+from fault_injection.live import parse_address, Rehearsal
+from fault_injection.scenario import load_scenario
 from health_monitor.checks import CloudCheck, HealthCheck, TopicRateCheck
 from health_monitor.link_checks import (ANOMALY_DETECTORS, BandwidthCheck, http_ready_probe,
                                         ReadinessCheck, ReadinessProber)
@@ -42,6 +44,19 @@ PARAMETERS = (
                   maximum=100000.0),
     ParameterSpec('history_file', '',
                   'Failure history log (JSON lines) shared with the manager; empty: none.'),
+    ParameterSpec('scenario', '',
+                  'Fault scenario to inject into the running graph: a file, or a shipped name '
+                  '(cloud_outage_10s). Empty (default): nothing is injected.'),
+    ParameterSpec('fault_proxy_port', 0,
+                  'Port of the TCP fault proxy for network faults; the bridge url points at '
+                  'it. 0: no proxy.', minimum=0, maximum=65535),
+    ParameterSpec('fault_proxy_upstream', '',
+                  'host:port of the real service behind the fault proxy.'),
+    ParameterSpec('service_port', 0,
+                  'Port the service listens on, on this host, for process faults; 0: none.',
+                  minimum=0, maximum=65535),
+    ParameterSpec('edge_sources', ['edge'],
+                  'source_name of every edge target (their reports measure injected faults).'),
 )
 
 
@@ -62,6 +77,11 @@ class HealthConfig:
     probe_period_s: float
     bandwidth_floor_mbps: float
     history_file: str
+    scenario: str
+    fault_proxy_port: int
+    fault_proxy_upstream: str
+    service_port: int
+    edge_sources: list
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> HealthConfig:
@@ -158,6 +178,23 @@ class HealthMonitor:
             for event in events:
                 self.history.event(event)
         return statuses, events
+
+    def rehearsal(self, clock: Callable[[], int]) -> Rehearsal | None:
+        """Make the injector of ``scenario`` (not started), if one is set.
+
+        Raises:
+            ConfigError: For an unreadable scenario or one the parameters cannot inject.
+        """
+        config = self.config
+        if not config.scenario:
+            return None
+        proxy = ('127.0.0.1', config.fault_proxy_port) if config.fault_proxy_port else None
+        upstream = parse_address(config.fault_proxy_upstream) \
+            if config.fault_proxy_upstream else None
+        rehearsal = Rehearsal(load_scenario(config.scenario), clock, proxy, upstream,
+                              config.service_port)
+        self.add_check(rehearsal)
+        return rehearsal
 
     def prober(self, clock: Callable[[], int]) -> ReadinessProber | None:
         """Make a thread probing ``probe_url`` into the readiness check (not started), if any."""

@@ -13,6 +13,7 @@ from adaptive_offload.datatypes import (Decision, DetectionSet, HealthEvent, Inf
                                         Level, Route)
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.graph_codec import BatterySample, FrameHeader
+from adaptive_offload.package_files import shipped_config
 from adaptive_offload.params import ParameterSpec, resolve
 from offload_manager.energy import (BatteryReader, EnergyModel, EnergyReader, load_devices,
                                     MeasuredEnergy, READERS)
@@ -78,6 +79,8 @@ PARAMETERS = (
     ParameterSpec('history_file', '',
                   'Failure history the health monitor writes; read at start to warm the '
                   'availability predictor. Empty: none.'),
+    ParameterSpec('obey_faults', False,
+                  'Obey manager deaths announced on /health/faults (a fault rehearsal).'),
 )
 LIVE = frozenset(spec.name for spec in PARAMETERS if spec.live)
 ADAPTIVE = ('predictive', 'weighted-score', 'reactive', 'mdp-svr', 'q-learning')
@@ -118,6 +121,7 @@ class ManagerConfig:
     history_file: str
     energy_reader: str
     battery_topic: str
+    obey_faults: bool
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> ManagerConfig:
@@ -205,12 +209,7 @@ def frame_energy(config: ManagerConfig, reader: EnergyReader | None = None) -> F
 
 def default_devices_file() -> Path:
     """Return the shipped ``devices.yaml``: in the source tree, or installed under share/."""
-    here = Path(__file__).resolve()
-    candidates = [here.parents[2] / 'config' / 'devices.yaml']
-    if len(here.parents) > 4:
-        candidates.append(here.parents[4] / 'share' / 'adaptive_offload' / 'config' /
-                          'devices.yaml')
-    return next((c for c in candidates if c.is_file()), candidates[0])
+    return shipped_config('devices.yaml')
 
 
 class OffloadManager:

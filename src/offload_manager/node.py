@@ -8,6 +8,7 @@ from typing import Any
 from adaptive_offload import graph
 from adaptive_offload import ros_interface as ros
 from adaptive_offload.datatypes import Frame
+from fault_injection.live import ObeyedFaults
 from offload_manager.annotate import Annotator
 from offload_manager.frame_outcomes import Outcome
 from offload_manager.manager import ManagerConfig, OffloadManager, PARAMETERS
@@ -26,13 +27,15 @@ class OffloadManagerNode(Node):
         self._annotator = Annotator() if config.annotate else None
         battery = config.battery_topic if config.energy_reader == 'battery' else ''
         node_graph = graph.offload_manager(config.image_topic, config.compressed,
-                                           config.edge_sources, battery)
+                                           config.edge_sources, battery, config.obey_faults)
+        self._faults = ObeyedFaults(lambda: ros.now_ns(self))
         self._pubs = ros.Publishers(self, node_graph)
         # Outcomes are published as soon as an input ends them, not on the next tick: a result
         # is not held back up to TICK_S, and under use_sim_time the last frames of a bag still
         # end when its /clock stops with it.
         taps = {'camera': self._annotator.remember} if self._annotator is not None else {}
-        ros.subscribe(self, node_graph, {'*': self._core}, after=self._flush, taps=taps)
+        ros.subscribe(self, node_graph, {'*': self._core, 'faults': self._faults},
+                      after=self._flush, taps=taps)
         ros.on_parameters_set(self, PARAMETERS, self._core.reconfigure)
         self.create_timer(TICK_S, self._on_tick)
         self.get_logger().info(f'policy {config.policy}, deadline {config.deadline_ms} ms, '
@@ -40,7 +43,8 @@ class OffloadManagerNode(Node):
 
     def _on_tick(self) -> None:
         now = ros.now_ns(self)
-        decision = self._core.tick(now)
+        # An injected manager death silences the decisions, as a dead manager would.
+        decision = None if self._faults.active('manager_death') else self._core.tick(now)
         if decision is not None:
             self._pubs.publish('decision', decision)
         self._flush(now)

@@ -16,14 +16,14 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from adaptive_offload.datatypes import FaultEvent, FrameRecord, HealthEvent, InferenceReport
+from adaptive_offload.datatypes import FrameRecord, HealthEvent, InferenceReport
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.graph_codec import BatterySample, Diagnostics, encode_output, LabelMap
 from adaptive_offload.typestore import make_typestore, message_types
 from edge_inference.backends import create_backend
 from fault_injection.fault_measures import FaultMeasure, measure
 from fault_injection.rig import FaultRig
-from fault_injection.scenario import Scenario
+from fault_injection.scenario import Announcer, Scenario
 from offload_runtime.bagio import declare_outputs, InputBag, OutputBag
 from offload_runtime.replay_graph import BackendFactory, ReplayGraph
 from offload_runtime.summary import progress_bar, summarize
@@ -133,7 +133,7 @@ class Replay:
         self._records: list[FrameRecord] = []
         self._health_events: list[HealthEvent] = []
         self._played = 0
-        self._faults_told: set[tuple[str, float, str]] = set()
+        self._announcer = Announcer(options.scenario) if options.scenario is not None else None
         self._map = (0, 0)  # (wall ns, bag ns) of the last played frame
         self._out: OutputBag | None = None
 
@@ -245,7 +245,8 @@ class Replay:
             self._publish_faults(out, now)
             if self._rig is not None:
                 self._rig.tick()
-            if self._rig is None or self._rig.manager_alive():
+            # An injected manager death silences the decisions, as a dead manager would.
+            if not self.graph.faults.active('manager_death'):
                 self._publish_decision(out, now)
             self._publish_health(out, now)
             self._write_outcomes(out, self.manager.poll(now))
@@ -296,18 +297,11 @@ class Replay:
         self.graph.handle(self.graph.battery_topic, sample, self._clock())
 
     def _publish_faults(self, out: OutputBag, now: int) -> None:
-        """Write a FaultEvent when a scenario fault starts or ends."""
-        if self._opts.scenario is None:
+        """Announce on /health/faults each scenario fault that starts or ends now."""
+        if self._announcer is None:
             return
-        t_s = (now - self._origin) / 1e9
-        for fault in self._opts.scenario.faults:
-            for phase, at in (('start', fault.start_s), ('end', fault.end_s)):
-                key = (fault.kind, fault.start_s, phase)
-                if t_s >= at and key not in self._faults_told:
-                    self._faults_told.add(key)
-                    event = FaultEvent(t_s=at, kind=fault.kind, phase=phase,
-                                       params=dict(fault.params))
-                    self._publish(out, 'health_monitor', 'faults', event, now)
+        for _, event in self._announcer.due((now - self._origin) / 1e9):
+            self._publish(out, 'health_monitor', 'faults', event, now)
 
     def _publish_decision(self, out: OutputBag, now: int) -> None:
         decision = self.manager.tick(now)

@@ -18,6 +18,7 @@ from adaptive_offload.params import node_params
 from cloud_bridge.bridge import CloudBridge, CloudConfig
 from edge_inference.backends import BackendOptions, DetectorBackend
 from edge_inference.inference import build_edge, EdgeConfig
+from fault_injection.live import OBEYED_KINDS, ObeyedFaults, StallingProcessor
 from fault_injection.rig import FaultRig
 from fault_injection.scenario import EDGE_KINDS, Scenario
 from health_monitor.monitor import HealthConfig, HealthMonitor
@@ -105,11 +106,16 @@ class ReplayGraph:
         self.edge = build_edge(edge_cfg, backend_factory)
         self.health = HealthMonitor(health_cfg, clock())
         self.edge_source = edge_cfg.source_name
+        # Edge stalls and manager death are announced on /health/faults and obeyed, as the
+        # nodes of a rehearsal on a robot obey them.
+        self.faults = ObeyedFaults(clock)
+        obey = scenario is not None and bool(scenario.kinds() & OBEYED_KINDS)
         self.graphs = {
-            'edge_inference': graph.edge_inference(camera, compressed, edge_cfg.source_name),
+            'edge_inference': graph.edge_inference(camera, compressed, edge_cfg.source_name,
+                                                   obey_faults=obey),
             'offload_manager': graph.offload_manager(camera, compressed,
                                                      manager_cfg.edge_sources,
-                                                     self.battery_topic),
+                                                     self.battery_topic, obey),
             # The run's camera is what the monitor's camera topic sees (a compressed bag too).
             'health_monitor': graph.health_monitor(
                 [input_topic if t == camera else t for t in health_cfg.monitored_topics],
@@ -117,11 +123,13 @@ class ReplayGraph:
         }
         edge_holder = DecisionHolder(edge_cfg.fallback_decision())
         self.workers = [FrameWorker(
-            rig.wrap_edge(self.edge) if rig else self.edge, edge_holder,
+            StallingProcessor(self.edge, self.faults) if obey else self.edge, edge_holder,
             ResultEmitter(lambda name, rec: publish('edge_inference', name, rec)), clock)]
         self.targets: dict[str, Mapping[str, Any]] = {
-            'edge_inference': {'camera': self.workers[0], 'decision': edge_holder},
-            'offload_manager': {'*': self.manager}, 'health_monitor': {'*': self.health}}
+            'edge_inference': {'camera': self.workers[0], 'decision': edge_holder,
+                               'faults': self.faults},
+            'offload_manager': {'*': self.manager, 'faults': self.faults},
+            'health_monitor': {'*': self.health}}
         try:
             if embedded:
                 # The embedded default: the real service on loopback, for this run only.

@@ -6,17 +6,22 @@ from adaptive_offload import graph, topics
 from adaptive_offload.frame_worker import DecisionHolder, FrameWorker
 from adaptive_offload.graph_codec import decode_input, Diagnostics, encode_output, FrameHeader
 from adaptive_offload.typestore import make_typestore, message_types
+from fault_injection.live import ObeyedFaults, Rehearsal
 from health_monitor.monitor import HealthMonitor
 from offload_manager.manager import OffloadManager
 import pytest
 
 
-def _all(edge_sources: tuple[str, ...] = ('edge',)) -> list[graph.NodeGraph]:
-    return [*(graph.edge_inference('/camera/image_raw', False, s) for s in edge_sources),
+def _all(edge_sources: tuple[str, ...] = ('edge',), rehearse: bool = True
+         ) -> list[graph.NodeGraph]:
+    return [*(graph.edge_inference('/camera/image_raw', False, s, obey_faults=rehearse)
+              for s in edge_sources),
             graph.cloud_bridge('/camera/image_raw', False),
-            graph.offload_manager('/camera/image_raw', False, edge_sources, '/battery_state'),
+            graph.offload_manager('/camera/image_raw', False, edge_sources, '/battery_state',
+                                  obey_faults=rehearse),
             graph.health_monitor(['/camera/image_raw', '/detections'],
-                                 [graph.IMAGE, graph.DETECTIONS])]
+                                 [graph.IMAGE, graph.DETECTIONS],
+                                 edge_sources if rehearse else ())]
 
 
 def test_ports_name_known_qos_and_kinds() -> None:
@@ -52,9 +57,10 @@ def test_an_edge_target_in_a_namespace_publishes_where_the_manager_listens() -> 
 
 
 def test_every_handler_exists_on_its_target() -> None:
-    targets = {'edge_inference': (FrameWorker, DecisionHolder),
+    targets = {'edge_inference': (FrameWorker, DecisionHolder, ObeyedFaults),
                'cloud_bridge': (FrameWorker, DecisionHolder),
-               'offload_manager': (OffloadManager,), 'health_monitor': (HealthMonitor,)}
+               'offload_manager': (OffloadManager, ObeyedFaults),
+               'health_monitor': (HealthMonitor, Rehearsal)}
     for node in _all():
         for port in node.inputs:
             assert any(callable(getattr(cls, port.handler, None))
@@ -75,3 +81,17 @@ def test_records_cross_the_ports_both_ways() -> None:
     assert decode_input(camera, image) == FrameHeader(1_000_000_002, 'cam')
     arrival = graph.health_monitor(['/x'], [graph.STRING]).inputs[0]
     assert decode_input(arrival, object()) == '/x'
+
+
+def test_only_a_rehearsal_subscribes_to_injected_faults() -> None:
+    quiet = {p.topic for n in _all(rehearse=False) for p in n.inputs}
+    assert topics.HEALTH_FAULTS not in quiet and topics.FRAMES not in quiet
+    nodes = {n.node: n for n in _all(('edge', 'pi'))}
+    assert [p.handler for p in nodes['edge_inference'].inputs
+            if p.topic == topics.HEALTH_FAULTS] == ['on_fault']
+    assert [p.handler for p in nodes['offload_manager'].inputs
+            if p.topic == topics.HEALTH_FAULTS] == ['on_fault']
+    rehearsal = {p.name: p.source for p in nodes['health_monitor'].inputs
+                 if p.name.startswith('rehearsal_')}
+    assert rehearsal == {'rehearsal_frames': '', 'rehearsal_edge': 'edge',
+                         'rehearsal_pi': 'pi', 'rehearsal_cloud': 'cloud'}

@@ -7,7 +7,7 @@ from pathlib import Path
 from adaptive_offload.errors import CloudError, ConfigError
 from cloud_bridge.transport import CloudReply
 from fault_injection.client_faults import FaultInjectingTransport
-from fault_injection.scenario import load_scenario, parse_scenario
+from fault_injection.scenario import Announcer, load_scenario, parse_scenario
 from helpers import ManualClock
 import numpy as np
 import pytest
@@ -120,3 +120,26 @@ def test_every_shipped_scenario_is_valid() -> None:
     assert set(names) >= {'steady', 'cloud_outage_10s', 'bandwidth_drop', 'latency_spike',
                           'flapping_cloud'}
     assert names['steady'].faults == () and len(names['flapping_cloud'].faults) == 4
+
+
+def test_each_start_and_end_is_announced_once_in_time_order() -> None:
+    scenario = parse_scenario({'faults': [
+        {'kind': 'edge_stall', 'start_s': 2.0, 'duration_s': 1.0},
+        {'kind': 'cloud_outage', 'start_s': 1.0, 'duration_s': 3.0}]})
+    announcer = Announcer(scenario)
+    assert announcer.due(0.5) == []
+    told = announcer.due(3.5)  # a late tick tells everything reached, oldest first
+    assert [(e.kind, e.phase, e.t_s) for _, e in told] == [
+        ('cloud_outage', 'start', 1.0), ('edge_stall', 'start', 2.0),
+        ('edge_stall', 'end', 3.0)]
+    assert told[0][1].duration_s == 3.0
+    assert [f.kind for f in announcer.in_force()] == ['cloud_outage']
+    assert announcer.due(3.5) == []
+    assert [(e.kind, e.phase) for _, e in announcer.due(9.0)] == [('cloud_outage', 'end')]
+    assert announcer.in_force() == []
+
+
+def test_a_shipped_scenario_loads_by_name() -> None:
+    assert load_scenario('cloud_outage_10s').kinds() == {'cloud_outage'}
+    with pytest.raises(ConfigError, match='no_such_scenario'):
+        load_scenario('no_such_scenario')

@@ -1,0 +1,161 @@
+"""ROS parity of parameters and lifecycle: types, ranges, live sets, failures (needs ROS 2)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import pytest
+from ros_required import require
+
+require('rclpy', 'rclpy.lifecycle', 'sensor_msgs.msg', 'std_msgs.msg')
+
+from adaptive_offload import ros_interface as ros  # noqa: E402, I100
+from adaptive_offload.conversions import frame_to_message  # noqa: E402
+from adaptive_offload.datatypes import Decision, InferenceReport  # noqa: E402
+import rclpy  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import String  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def executor(tmp_path: Path) -> Iterator[SingleThreadedExecutor]:
+    """Start rclpy with a random-weight model; shut everything down after."""
+    rclpy.init(args=['--ros-args', '-p', 'model:=yolov8n.yaml', '-p', 'imgsz:=160',
+                     '-p', f'ultralytics_config_dir:={tmp_path}'])
+    executor = SingleThreadedExecutor()
+    try:
+        yield executor
+    finally:
+        for node in executor.get_nodes():
+            executor.remove_node(node)
+            node.destroy_node()
+        executor.shutdown()
+        rclpy.try_shutdown()
+
+
+def spin_until(executor: SingleThreadedExecutor, done: Callable[[], bool],
+               timeout: float = 30.0) -> bool:
+    """Spin until ``done()`` or the timeout; True if done."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not done():
+        executor.spin_once(timeout_sec=0.05)
+    return done()
+
+
+def run_node(module: str, *ros_args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+    """Run a node's ``main`` as ``ros2 run`` would, until it exits (bounded)."""
+    env = {**os.environ, 'YOLO_OFFLINE': '1',
+           'PYTHONPATH': os.pathsep.join([str(ROOT / 'src'), os.environ.get('PYTHONPATH', '')])}
+    return subprocess.run([sys.executable, '-m', module, '--ros-args', *ros_args],
+                          capture_output=True, text=True, timeout=timeout, env=env, check=False)
+
+
+def _one_fatal_line(proc: subprocess.CompletedProcess) -> str:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert 'Traceback' not in out, out
+    [line] = [x for x in out.splitlines() if 'FATAL' in x]
+    return line
+
+
+def test_an_integer_for_a_float_parameter_is_refused_as_rclpy_refuses_it(
+        tmp_path: Path) -> None:
+    params = tmp_path / 'params.yaml'
+    params.write_text('/**/offload_manager:\n  ros__parameters:\n    deadline_ms: 300\n')
+    line = _one_fatal_line(run_node('offload_manager.node', '--params-file', str(params)))
+    assert 'deadline_ms' in line
+    # The replay refuses the same file, naming the parameter and the file.
+    check = subprocess.run([sys.executable, '-m', 'offload_runtime.cli', 'check-params',
+                            str(params)], capture_output=True, text=True, check=False,
+                           env={**os.environ, 'PYTHONPATH': str(ROOT / 'src')})
+    assert check.returncode == 1 and 'deadline_ms' in check.stderr and str(params) in check.stderr
+
+
+def test_a_value_out_of_its_range_is_refused(tmp_path: Path) -> None:
+    line = _one_fatal_line(run_node('edge_inference.node', '-p', 'imgsz:=-5',
+                                    '-p', 'model:=yolov8n.yaml',
+                                    '-p', f'ultralytics_config_dir:={tmp_path}'))
+    assert 'imgsz' in line
+
+
+def test_a_failed_lifecycle_start_ends_the_edge_node_with_one_line(tmp_path: Path) -> None:
+    line = _one_fatal_line(run_node('edge_inference.node', '-p', 'model:=/nonexistent.pt',
+                                    '-p', f'ultralytics_config_dir:={tmp_path}'))
+    assert '/nonexistent.pt' in line and 'activate failed' in line
+    line = _one_fatal_line(run_node('edge_inference.node', '-p', 'device:=quantum',
+                                    '-p', 'model:=yolov8n.yaml',
+                                    '-p', f'ultralytics_config_dir:={tmp_path}'))
+    assert 'quantum' in line
+
+
+def test_a_live_parameter_set_shows_in_the_next_decision(executor: Any) -> None:
+    from offload_manager.node import OffloadManagerNode
+
+    probe = Node('probe')
+    executor.add_node(probe)
+    decisions: list[String] = []
+    probe.create_subscription(String, '/offload/decision', decisions.append,
+                              ros.qos_profile('latched'))
+    node = OffloadManagerNode()
+    executor.add_node(node)
+    assert spin_until(executor, lambda: bool(decisions))
+    assert Decision.from_json(decisions[-1].data).deadline_ms == 250.0
+    [result] = node.set_parameters([Parameter('deadline_ms', value=400.0)])
+    assert result.successful, result.reason
+    count = len(decisions)
+    assert spin_until(executor, lambda: len(decisions) > count, timeout=5.0)
+    assert Decision.from_json(decisions[-1].data).deadline_ms == 400.0
+    [result] = node.set_parameters([Parameter('deadline_ms', value=400)])
+    assert not result.successful  # an integer for a float, as rclpy refuses it
+    [result] = node.set_parameters([Parameter('epsilon', value=2.0)])
+    assert not result.successful  # out of the descriptor's range
+    [result] = node.set_parameters([Parameter('policy', value='static')])
+    assert result.successful, result.reason
+    count = len(decisions)
+    assert spin_until(executor, lambda: len(decisions) > count, timeout=5.0)
+    assert Decision.from_json(decisions[-1].data).policy == 'static'
+
+
+def test_the_edge_node_re_reads_its_parameters_on_configure(executor: Any) -> None:
+    from edge_inference.node import EdgeInferenceNode
+
+    probe = Node('probe')
+    executor.add_node(probe)
+    reports: list[String] = []
+    probe.create_subscription(String, '/edge/telemetry', reports.append,
+                              ros.qos_profile('result'))
+    camera = probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame'))
+    node = EdgeInferenceNode()
+    executor.add_node(node)
+    [result] = node.set_parameters([Parameter('imgsz', value=128)])
+    assert not result.successful and 'configure' in result.reason  # active: refused
+
+    def imgsz_of_next_frame(stamp: int) -> int:
+        assert spin_until(executor, lambda: camera.get_subscription_count() > 0)
+        pixels = np.full((48, 64, 3), 90, np.uint8)
+        camera.publish(frame_to_message(ros.message_types(), pixels, stamp, 'cam', 'rgb8'))
+        assert spin_until(executor, lambda: any(
+            InferenceReport.from_json(m.data).stamp_ns == stamp for m in reports))
+        return next(InferenceReport.from_json(m.data).imgsz for m in reports
+                    if InferenceReport.from_json(m.data).stamp_ns == stamp)
+
+    assert imgsz_of_next_frame(1_000_000_000) == 160
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    [result] = node.set_parameters([Parameter('imgsz', value=128)])
+    assert result.successful, result.reason
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    assert imgsz_of_next_frame(2_000_000_000) == 128
