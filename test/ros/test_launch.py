@@ -24,7 +24,7 @@ from launch.actions import IncludeLaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 import launch_testing.actions  # noqa: E402
 import launch_testing.asserts  # noqa: E402
-import rclpy  # noqa: E402
+from ros_helpers import LaunchProbe  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import Detection2DArray  # noqa: E402
@@ -57,27 +57,11 @@ def generate_test_description() -> tuple[launch.LaunchDescription, dict[str, Any
     return launch.LaunchDescription([robot, launch_testing.actions.ReadyToTest()]), {}
 
 
-class TestRobotGraph(unittest.TestCase):
+class TestRobotGraph(LaunchProbe, unittest.TestCase):
     """The launched graph: nodes up, an image in, a fused result and a record out."""
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        rclpy.init()
-        cls.node = rclpy.create_node('launch_probe')
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.node.destroy_node()
-        rclpy.try_shutdown()
-
-    def _spin_until(self, done: Any, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not done():
-            rclpy.spin_once(self.node, timeout_sec=0.1)
-        return bool(done())
-
     def test_nodes_come_up(self) -> None:
-        self.assertTrue(self._spin_until(
+        self.assertTrue(self.spin_until(
             lambda: set(NODES) <= set(self.node.get_node_names()), timeout=60),
             self.node.get_node_names())
 
@@ -97,7 +81,7 @@ class TestRobotGraph(unittest.TestCase):
             stamp += 1
             pub.publish(frame_to_message(ros.message_types(), pixels, stamp * 100_000_000,
                                          'cam', 'rgb8'))
-            self._spin_until(lambda: bool(fused), timeout=1.0)
+            self.spin_until(lambda: bool(fused), timeout=1.0)
         self.assertTrue(fused, 'no /detections within 90 s')
         stamp_ns = stamp_to_ns(fused[0].header.stamp)
 
@@ -105,7 +89,7 @@ class TestRobotGraph(unittest.TestCase):
             parsed = [FrameRecord.from_json(m.data) for m in records]
             return [r for r in parsed if r.stamp_ns == stamp_ns]
 
-        self.assertTrue(self._spin_until(lambda: bool(record_of_fused()), timeout=5))
+        self.assertTrue(self.spin_until(lambda: bool(record_of_fused()), timeout=5))
         [record] = record_of_fused()
         self.assertEqual((record.result_source, record.drop_reason), ('edge', ''))
         # frames sent while the model was still loading ended as explicit drops, not silence

@@ -7,7 +7,6 @@ from pathlib import Path
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Any
 import unittest
 
@@ -26,7 +25,7 @@ from launch.actions import IncludeLaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 import launch_testing.actions  # noqa: E402
 import launch_testing.asserts  # noqa: E402
-import rclpy  # noqa: E402
+from ros_helpers import LaunchProbe  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 WORK = Path(tempfile.mkdtemp(prefix='rehearsal-'))
@@ -60,24 +59,8 @@ def generate_test_description() -> tuple[launch.LaunchDescription, dict[str, Any
     return launch.LaunchDescription([robot, launch_testing.actions.ReadyToTest()]), {}
 
 
-class TestRehearsal(unittest.TestCase):
+class TestRehearsal(LaunchProbe, unittest.TestCase):
     """A bag played into the rehearsing graph: faults announced, every frame recorded."""
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        rclpy.init()
-        cls.node = rclpy.create_node('rehearsal_probe')
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.node.destroy_node()
-        rclpy.try_shutdown()
-
-    def _spin_until(self, done: Any, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not done():
-            rclpy.spin_once(self.node, timeout_sec=0.1)
-        return bool(done())
 
     def test_a_played_bag_goes_through_the_faults(self) -> None:
         faults: list[String] = []
@@ -86,7 +69,7 @@ class TestRehearsal(unittest.TestCase):
                                       ros.qos_profile('result'))
         self.node.create_subscription(String, topics.FRAMES, records.append,
                                       ros.qos_profile('result'))
-        self.assertTrue(self._spin_until(
+        self.assertTrue(self.spin_until(
             lambda: {'edge_inference', 'offload_manager', 'health_monitor'} <=
             set(self.node.get_node_names()), timeout=60))
         bag = WORK / 'bag'
@@ -95,12 +78,12 @@ class TestRehearsal(unittest.TestCase):
                        check=True, timeout=120, env={**os.environ, 'YOLO_OFFLINE': '1'})
         play = subprocess.Popen(['ros2', 'bag', 'play', '--clock', '100', str(bag)])
         try:
-            self.assertTrue(self._spin_until(lambda: len(faults) >= 4, timeout=60),
+            self.assertTrue(self.spin_until(lambda: len(faults) >= 4, timeout=60),
                             [m.data for m in faults])
             self.assertEqual(play.wait(timeout=60), 0)
         finally:
             play.kill()
-        self._spin_until(lambda: False, timeout=2.0)
+        self.spin_until(lambda: False, timeout=2.0)
         kinds = [(e.kind, e.phase) for e in (FaultEvent.from_json(m.data) for m in faults)]
         self.assertEqual(kinds, [('edge_stall', 'start'), ('edge_stall', 'end'),
                                  ('manager_death', 'start'), ('manager_death', 'end')])

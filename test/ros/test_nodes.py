@@ -6,8 +6,7 @@ from http.server import ThreadingHTTPServer
 import json
 from pathlib import Path
 import threading
-import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -21,10 +20,10 @@ from adaptive_offload.conversions import (detections_to_message, frame_to_messag
 from adaptive_offload.datatypes import (Decision, Detection, DetectionSet,  # noqa: E402
                                         FrameRecord, InferenceReport, Route)
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from ros_helpers import node_args, running, spin_until  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
@@ -35,31 +34,8 @@ S = 1_000_000_000
 @pytest.fixture
 def graph(tmp_path: Path) -> Iterator[tuple[SingleThreadedExecutor, Node]]:
     """Start rclpy with the test overrides, an executor and a probe node; shut down after."""
-    rclpy.init(args=['--ros-args', '-p', 'model:=yolov8n.yaml', '-p', 'imgsz:=160',
-                     '-p', 'edge_imgsz:=160', '-p', f'ultralytics_config_dir:={tmp_path}',
-                     '-p', 'publish_period_s:=0.2', '-p', 'publish_annotated:=true'])
-    executor = SingleThreadedExecutor()
-    probe = Node('probe')
-    executor.add_node(probe)
-    try:
-        yield executor, probe
-    finally:
-        for node in executor.get_nodes():
-            executor.remove_node(node)
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
-
-
-def spin_until(executor: SingleThreadedExecutor, done: Callable[[], bool],
-               timeout: float = 30.0) -> bool:
-    """Spin until ``done()`` or the timeout; True if done."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if done():
-            return True
-        executor.spin_once(timeout_sec=0.05)
-    return done()
+    with running(node_args(tmp_path, '-p', 'publish_annotated:=true')) as started:
+        yield started
 
 
 def collect(probe: Node, msg_type: Any, topic: str, qos: Any) -> list[Any]:

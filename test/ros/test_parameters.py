@@ -6,8 +6,7 @@ import os
 from pathlib import Path
 import subprocess
 import sys
-import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -18,11 +17,11 @@ require('rclpy', 'rclpy.lifecycle', 'sensor_msgs.msg', 'std_msgs.msg')
 from adaptive_offload import ros_interface as ros  # noqa: E402, I100
 from adaptive_offload.conversions import frame_to_message  # noqa: E402
 from adaptive_offload.datatypes import Decision, InferenceReport  # noqa: E402
-import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from ros_helpers import node_args, running, spin_until  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
@@ -30,28 +29,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def executor(tmp_path: Path) -> Iterator[SingleThreadedExecutor]:
-    """Start rclpy with a random-weight model; shut everything down after."""
-    rclpy.init(args=['--ros-args', '-p', 'model:=yolov8n.yaml', '-p', 'imgsz:=160',
-                     '-p', f'ultralytics_config_dir:={tmp_path}'])
-    executor = SingleThreadedExecutor()
-    try:
-        yield executor
-    finally:
-        for node in executor.get_nodes():
-            executor.remove_node(node)
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
-
-
-def spin_until(executor: SingleThreadedExecutor, done: Callable[[], bool],
-               timeout: float = 30.0) -> bool:
-    """Spin until ``done()`` or the timeout; True if done."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not done():
-        executor.spin_once(timeout_sec=0.05)
-    return done()
+def graph(tmp_path: Path) -> Iterator[tuple[SingleThreadedExecutor, Node]]:
+    """Start rclpy with a random-weight model, an executor and a probe; shut down after."""
+    with running(node_args(tmp_path)) as started:
+        yield started
 
 
 def run_node(module: str, *ros_args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
@@ -100,11 +81,10 @@ def test_a_failed_lifecycle_start_ends_the_edge_node_with_one_line(tmp_path: Pat
     assert 'quantum' in line
 
 
-def test_a_live_parameter_set_shows_in_the_next_decision(executor: Any) -> None:
+def test_a_live_parameter_set_shows_in_the_next_decision(graph: Any) -> None:
     from offload_manager.node import OffloadManagerNode
 
-    probe = Node('probe')
-    executor.add_node(probe)
+    executor, probe = graph
     decisions: list[String] = []
     probe.create_subscription(String, '/offload/decision', decisions.append,
                               ros.qos_profile('latched'))
@@ -128,11 +108,10 @@ def test_a_live_parameter_set_shows_in_the_next_decision(executor: Any) -> None:
     assert Decision.from_json(decisions[-1].data).policy == 'static'
 
 
-def test_the_edge_node_re_reads_its_parameters_on_configure(executor: Any) -> None:
+def test_the_edge_node_re_reads_its_parameters_on_configure(graph: Any) -> None:
     from edge_inference.node import EdgeInferenceNode
 
-    probe = Node('probe')
-    executor.add_node(probe)
+    executor, probe = graph
     reports: list[String] = []
     probe.create_subscription(String, '/edge/telemetry', reports.append,
                               ros.qos_profile('result'))

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-import time
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -17,50 +16,25 @@ from adaptive_offload import topics  # noqa: E402
 from adaptive_offload.conversions import frame_to_message  # noqa: E402
 from adaptive_offload.datatypes import FaultEvent, InferenceReport  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-import rclpy  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
+from ros_helpers import node_args, running, spin_until  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 
 @pytest.fixture
-def executor(tmp_path: Path) -> Iterator[SingleThreadedExecutor]:
-    """Start rclpy with a random-weight model; shut everything down after."""
-    rclpy.init(args=['--ros-args', '-p', 'model:=yolov8n.yaml', '-p', 'imgsz:=160',
-                     '-p', f'ultralytics_config_dir:={tmp_path}',
-                     '-p', 'publish_period_s:=0.2'])
-    executor = SingleThreadedExecutor()
-    try:
-        yield executor
-    finally:
-        for node in executor.get_nodes():
-            executor.remove_node(node)
-            node.destroy_node()
-        executor.shutdown()
-        rclpy.try_shutdown()
+def graph(tmp_path: Path) -> Iterator[tuple[SingleThreadedExecutor, Node]]:
+    """Start rclpy with a random-weight model, an executor and a probe; shut down after."""
+    with running(node_args(tmp_path)) as started:
+        yield started
 
 
-def spin_until(executor: SingleThreadedExecutor, done: Callable[[], bool],
-               timeout: float = 30.0) -> bool:
-    """Spin until ``done()`` or the timeout; True if done."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not done():
-        executor.spin_once(timeout_sec=0.05)
-    return done()
-
-
-def _probe(executor: SingleThreadedExecutor) -> Node:
-    probe = Node('probe')
-    executor.add_node(probe)
-    return probe
-
-
-def test_without_a_scenario_nothing_is_injected(executor: Any) -> None:
+def test_without_a_scenario_nothing_is_injected(graph: Any) -> None:
     from health_monitor.node import HealthMonitorNode
 
-    probe = _probe(executor)
+    executor, probe = graph
     faults: list[String] = []
     diagnostics: list[DiagnosticArray] = []
     probe.create_subscription(String, topics.HEALTH_FAULTS, faults.append,
@@ -74,14 +48,14 @@ def test_without_a_scenario_nothing_is_injected(executor: Any) -> None:
                    for s in d.status)
 
 
-def test_the_health_node_announces_and_measures_its_scenario(executor: Any,
+def test_the_health_node_announces_and_measures_its_scenario(graph: Any,
                                                              tmp_path: Path) -> None:
     from health_monitor.node import HealthMonitorNode
 
     scenario = tmp_path / 'stall.yaml'
     scenario.write_text('name: stall\nfaults:\n'
                         '  - {kind: edge_stall, start_s: 0.5, duration_s: 1.0}\n')
-    probe = _probe(executor)
+    executor, probe = graph
     faults: list[String] = []
     diagnostics: list[DiagnosticArray] = []
     probe.create_subscription(String, topics.HEALTH_FAULTS, faults.append,
@@ -99,11 +73,11 @@ def test_the_health_node_announces_and_measures_its_scenario(executor: Any,
         s.name == topics.CHECK_FAULT_INJECTION for s in diagnostics[-1].status), timeout=5)
 
 
-def test_a_node_told_to_obey_stalls_and_dies_on_announcement(executor: Any) -> None:
+def test_a_node_told_to_obey_stalls_and_dies_on_announcement(graph: Any) -> None:
     from edge_inference.node import EdgeInferenceNode
     from offload_manager.node import OffloadManagerNode
 
-    probe = _probe(executor)
+    executor, probe = graph
     reports: list[String] = []
     decisions: list[String] = []
     probe.create_subscription(String, '/edge/telemetry', reports.append,
