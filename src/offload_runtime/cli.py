@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument('--height', type=int, default=480)
     sample.add_argument('--encoding', choices=SAMPLE_ENCODINGS, default='rgb8')
     sample.add_argument('--objects', type=_positive_int, default=4)
+    sample.add_argument('--difficulty', default='',
+                        help='easy, medium or hard for the whole bag, or a timeline such as '
+                             'easy:0-30,hard:30-60 (seconds; easy elsewhere); a span may '
+                             'override values: hard[blur=0;light=0.2]:30-60')
     sample.add_argument('--seed', type=int, default=0)
     sample.add_argument('--battery-hz', type=float, default=0.0,
                         help='also write sensor_msgs/BatteryState on /battery_state')
@@ -169,7 +173,7 @@ def _sample_bag(args: argparse.Namespace) -> int:
 
     spec = SampleSpec(frames=args.frames, fps=args.fps, width=args.width, height=args.height,
                       encoding=args.encoding, seed=args.seed, objects=args.objects,
-                      battery_hz=args.battery_hz)
+                      difficulty=args.difficulty, battery_hz=args.battery_hz)
     count = write_sample_bag(args.out, spec, args.distro)
     print(f'wrote {count} frames ({spec.width}x{spec.height} {spec.encoding} at {spec.fps} fps) '
           f'to {args.out}')

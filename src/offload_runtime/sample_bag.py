@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from adaptive_offload.conversions import (battery_message, COMPRESSED_FORMATS,
@@ -13,6 +13,7 @@ from adaptive_offload.typestore import make_typestore, message_types
 import cv2
 import numpy as np
 from offload_runtime.bagio import OutputBag, qos
+from offload_runtime.scene_difficulty import DifficultyTimeline, parse_difficulty, PRESETS
 
 IMAGE_TOPIC = '/camera/image_raw'
 TRUTH_TOPIC = '/camera/ground_truth'
@@ -33,7 +34,9 @@ class SampleSpec:
         height: Image height.
         encoding: One of :data:`SAMPLE_ENCODINGS`; jpeg/png go to ``<topic>/compressed``.
         seed: Random seed; the same seed gives the same bag.
-        objects: Number of moving objects.
+        objects: Number of moving objects (outside difficulty spans).
+        difficulty: Difficulty timeline (``easy:0-30,hard:30-60``, seconds) or one preset
+            (``easy``, ``medium``, ``hard``); empty: easy, with ``objects`` objects.
         frame_id: Header frame_id.
         battery_hz: Rate of ``sensor_msgs/BatteryState`` on :data:`BATTERY_TOPIC` (a 12 V
             battery discharging at about 1.5 A); 0 writes none.
@@ -46,6 +49,7 @@ class SampleSpec:
     encoding: str = 'rgb8'
     seed: int = 0
     objects: int = 4
+    difficulty: str = ''
     frame_id: str = 'camera_optical_frame'
     battery_hz: float = 0.0
 
@@ -57,55 +61,117 @@ class SampleSpec:
             raise ConfigError('width and height must be within 16..8192')
         if self.encoding not in SAMPLE_ENCODINGS:
             raise ConfigError(f'encoding {self.encoding!r} not one of {SAMPLE_ENCODINGS}')
+        self.timeline()
+
+    def timeline(self) -> DifficultyTimeline:
+        """Return the difficulty over the bag.
+
+        Raises:
+            ConfigError: If ``difficulty`` cannot be read.
+        """
+        base = replace(PRESETS['easy'], objects=self.objects)
+        return parse_difficulty(self.difficulty, base)
 
 
 class Scene:
-    """Objects bouncing in a frame; :meth:`render` draws the next frame and its boxes."""
+    """Objects moving in a frame; :meth:`render` draws the next frame and its true boxes.
+
+    Every object and distractor exists from the start; the difficulty in force says how many
+    are in view, how large, and how the image is degraded, so a harder span of the timeline
+    shows the same world, harder to see.
+    """
 
     def __init__(self, spec: SampleSpec) -> None:
         rng = np.random.default_rng(spec.seed)
         self._spec = spec
-        short = min(spec.width, spec.height)
-        n = spec.objects
-        self._size = rng.uniform(0.12, 0.3, n) * short
+        self._timeline = spec.timeline()
+        self._short = min(spec.width, spec.height)
+        n, m = self._timeline.most()
+        self._scale = rng.uniform(0, 1, n)  # where in the difficulty's size range
         self._pos = np.column_stack([rng.uniform(0, spec.width, n),
                                      rng.uniform(0, spec.height, n)])
-        self._vel = rng.uniform(-0.4, 0.4, (n, 2)) * short
+        self._vel = rng.uniform(-0.4, 0.4, (n, 2)) * self._short
         self._color = rng.integers(40, 255, (n, 3))
         self._shape = [_SHAPES[i % len(_SHAPES)] for i in range(n)]
+        self._hidden = rng.uniform(0, 1, n)  # occluded while below the difficulty's share
+        self._side = rng.integers(0, 4, n)  # which side the occluder covers
+        self._clutter = [(int(rng.integers(0, 3)), rng.uniform(0, spec.width),
+                          rng.uniform(0, spec.height), rng.uniform(0.03, 0.2) * self._short,
+                          tuple(int(c) for c in rng.integers(40, 255, 3))) for _ in range(m)]
         yy, xx = np.mgrid[0:spec.height, 0:spec.width]
         self._background = np.dstack([(xx * 60 // spec.width), (yy * 60 // spec.height),
-                                      np.full_like(xx, 30)]).astype(np.uint8)
+                                      np.full_like(xx, 30)]).astype(np.float32)
+        coarse = rng.uniform(-1, 1, (max(2, spec.height // 16), max(2, spec.width // 16), 3))
+        self._texture = cv2.resize(coarse.astype(np.float32), (spec.width, spec.height))
         self._noise = rng
+        self._t = 0.0
 
     def render(self, dt: float) -> tuple[np.ndarray, tuple[Detection, ...]]:
         """Advance by ``dt`` seconds and draw; returns the BGR image and the true boxes."""
         spec = self._spec
+        hard = self._timeline.at(round(self._t, 6))  # 10 x 0.1 s is 1 s, not 0.999...
+        self._t += dt
         self._pos += self._vel * dt
         for axis, limit in ((0, spec.width), (1, spec.height)):
             low, high = self._pos[:, axis] < 0, self._pos[:, axis] > limit
             self._vel[low | high, axis] *= -1
             self._pos[:, axis] = self._pos[:, axis].clip(0, limit)
-        image = self._background.copy()
+        canvas = self._background + hard.texture * self._texture
+        image = canvas.clip(0, 255).astype(np.uint8)
+        for kind, cx, cy, size, bgr in self._clutter[:hard.clutter]:
+            _distractor(image, kind, int(cx), int(cy), int(size), bgr)
         truth = []
-        for (cx, cy), size, color, shape in zip(self._pos, self._size, self._color, self._shape):
-            half = size / 2
+        sizes = (hard.min_size + self._scale * (hard.max_size - hard.min_size)) * self._short
+        for i in range(hard.objects):
+            (cx, cy), half = self._pos[i], sizes[i] / 2
             x1, y1 = int(max(0, cx - half)), int(max(0, cy - half))
             x2, y2 = int(min(spec.width - 1, cx + half)), int(min(spec.height - 1, cy + half))
             if x2 - x1 < 2 or y2 - y1 < 2:
                 continue
-            bgr = tuple(int(c) for c in color)
-            if shape == 'box':
-                cv2.rectangle(image, (x1, y1), (x2, y2), bgr, -1)
-            elif shape == 'disc':
-                centre = ((x1 + x2) / 2, (y1 + y2) / 2)
-                cv2.ellipse(image, (centre, (x2 - x1, y2 - y1), 0), bgr, -1)
-            else:
-                pts = np.array([[(x1 + x2) // 2, y1], [x1, y2], [x2, y2]], dtype=np.int32)
-                cv2.fillPoly(image, [pts], bgr)
-            truth.append(Detection(float(x1), float(y1), float(x2), float(y2), 1.0, shape))
+            _object(image, self._shape[i], x1, y1, x2, y2, tuple(int(c) for c in self._color[i]))
+            if self._hidden[i] < hard.occlusion:
+                _occlude(image, int(self._side[i]), x1, y1, x2, y2)
+            truth.append(Detection(float(x1), float(y1), float(x2), float(y2), 1.0,
+                                   self._shape[i]))
+        if hard.blur > 0:
+            image = cv2.GaussianBlur(image, (0, 0), hard.blur)
+        if hard.light != 1.0:
+            image = cv2.convertScaleAbs(image, alpha=hard.light)
+        # Sensor noise does not dim with the light: a dark scene has less signal, same noise.
         noise = self._noise.integers(0, 12, image.shape, dtype=np.uint8)
         return cv2.add(image, noise), tuple(truth)
+
+
+def _object(image: np.ndarray, shape: str, x1: int, y1: int, x2: int, y2: int,
+            bgr: tuple[int, ...]) -> None:
+    if shape == 'box':
+        cv2.rectangle(image, (x1, y1), (x2, y2), bgr, -1)
+    elif shape == 'disc':
+        centre = ((x1 + x2) / 2, (y1 + y2) / 2)
+        cv2.ellipse(image, (centre, (x2 - x1, y2 - y1), 0), bgr, -1)
+    else:
+        pts = np.array([[(x1 + x2) // 2, y1], [x1, y2], [x2, y2]], dtype=np.int32)
+        cv2.fillPoly(image, [pts], bgr)
+
+
+def _distractor(image: np.ndarray, kind: int, cx: int, cy: int, size: int,
+                bgr: tuple[int, ...]) -> None:
+    # Outlines and strokes: edges and colours like the objects', but never filled shapes.
+    half = max(2, size // 2)
+    if kind == 0:
+        cv2.rectangle(image, (cx - half, cy - half), (cx + half, cy + half), bgr, 1)
+    elif kind == 1:
+        cv2.circle(image, (cx, cy), half, bgr, 2)
+    else:
+        cv2.line(image, (cx - half, cy + half // 3), (cx + half, cy - half // 3), bgr, 3)
+
+
+def _occlude(image: np.ndarray, side: int, x1: int, y1: int, x2: int, y2: int) -> None:
+    # A grey post over 40 % of the object, from one side.
+    w, h = int((x2 - x1) * 0.4), int((y2 - y1) * 0.4)
+    box = ((x1, y1, x1 + w, y2), (x2 - w, y1, x2, y2), (x1, y1, x2, y1 + h),
+           (x1, y2 - h, x2, y2))[side]
+    cv2.rectangle(image, box[:2], box[2:], (90, 90, 90), -1)
 
 
 class Battery:
