@@ -1,7 +1,8 @@
 """The ``adaptive-offload`` command: sample bags and replays without ROS.
 
-Exit codes: 0 done, 2 bad arguments or unusable input (one line on stderr naming the problem),
-130 interrupted.
+Exit codes: 0 done, 1 invalid parameters (check-params), 2 bad arguments or unusable input
+(one line on stderr naming the problem), 128 + the signal's number when SIGINT or SIGTERM
+stopped it (130 for Ctrl-C, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+import signal
 import sys
 from typing import Any, Sequence
 
@@ -92,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument('--distro', choices=('humble', 'jazzy'), default='jazzy')
     replay.add_argument('--json', action='store_true', help='print the summary as JSON')
     replay.add_argument('--no-progress', action='store_true', help='no progress bar')
+    replay.add_argument('--progress', action='store_true',
+                        help='the progress bar even when stderr is not a terminal (a log)')
 
     serve = sub.add_parser('serve', help='run the cloud R-CNN service (V2 gRPC and REST)')
     serve.add_argument('--runtime', choices=('mlserver', 'builtin'), default='mlserver',
@@ -208,8 +212,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from adaptive_offload.params import load_params_file
+    from offload_runtime.interrupts import SignalStop
     from offload_runtime.replay import Replay, ReplayOptions
-    from offload_runtime.summary import format_summary
     from rcnn_service.service import ServiceConfig
     from fault_injection.scenario import load_scenario
 
@@ -221,11 +225,32 @@ def _replay(args: argparse.Namespace) -> int:
         service=ServiceConfig(arch=args.cloud_arch, checkpoint=args.cloud_checkpoint),
         scenario=load_scenario(args.scenario) if args.scenario else None,
         injector=args.injector,
-        progress=not args.no_progress and sys.stderr.isatty())
-    result = Replay(options).run()
+        progress=args.progress or (not args.no_progress and sys.stderr.isatty()))
+    with SignalStop('adaptive-offload replay') as stopper:
+        try:
+            replay = Replay(options)
+            stopper.attach(replay)
+        except KeyboardInterrupt:  # still loading: nothing written yet
+            print('adaptive-offload replay: interrupted before the replay started',
+                  file=sys.stderr)
+            return stopper.exit_code or EXIT_INTERRUPTED
+        result = replay.run()
+        _print_result(args, result)
+        if not result.interrupted:
+            return EXIT_OK
+        how = signal.Signals(stopper.signum).name if stopper.signum else 'a stop'
+        print(f'adaptive-offload replay: stopped by {how} after {result.summary["frames"]} '
+              f'frames; output bag finalised: {result.out}', file=sys.stderr)
+        return stopper.exit_code or EXIT_INTERRUPTED
+
+
+def _print_result(args: argparse.Namespace, result: Any) -> None:
+    from offload_runtime.summary import format_summary
+
     faults = [dataclasses.asdict(f) for f in result.faults]
     if args.json:
-        print(json.dumps({**result.summary, 'faults': faults}, indent=2))
+        print(json.dumps({**result.summary, 'faults': faults,
+                          'interrupted': result.interrupted}, indent=2))
     else:
         print(format_summary(result.summary))
         for f in faults:
@@ -235,8 +260,7 @@ def _replay(args: argparse.Namespace) -> int:
             print(f'fault {f["kind"]} at {f["start_s"]:.1f} s: detected {detect} '
                   f'(on /diagnostics {diagnosed}), recovered {recover}, {f["late"]} late, '
                   f'{f["dropped"]} dropped')
-        print(f'output bag: {result.out}')
-    return EXIT_OK
+        print(f'output bag: {result.out}', flush=True)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
