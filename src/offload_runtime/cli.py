@@ -1,8 +1,8 @@
 """The ``adaptive-offload`` command: sample bags and replays without ROS.
 
-Exit codes: 0 done, 1 invalid parameters (check-params), 2 bad arguments or unusable input
-(one line on stderr naming the problem), 128 + the signal's number when SIGINT or SIGTERM
-stopped it (130 for Ctrl-C, 143 for SIGTERM).
+Exit codes: 0 done, 1 invalid parameters (check-params) or nothing to recover (recover-bag),
+2 bad arguments or unusable input (one line on stderr naming the problem), 128 + the signal's
+number when SIGINT or SIGTERM stopped it (130 for Ctrl-C, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument('--no-progress', action='store_true', help='no progress bar')
     replay.add_argument('--progress', action='store_true',
                         help='the progress bar even when stderr is not a terminal (a log)')
+
+    recover = sub.add_parser('recover-bag',
+                             help='rebuild a readable bag from one a killed replay left')
+    recover.add_argument('bag', type=Path, help='bag folder (or its .mcap file)')
+    recover.add_argument('--out', type=Path,
+                         help='bag folder to create (default: BAG-recovered beside it)')
 
     serve = sub.add_parser('serve', help='run the cloud R-CNN service (V2 gRPC and REST)')
     serve.add_argument('--runtime', choices=('mlserver', 'builtin'), default='mlserver',
@@ -263,6 +269,21 @@ def _print_result(args: argparse.Namespace, result: Any) -> None:
         print(f'output bag: {result.out}', flush=True)
 
 
+def _recover_bag(args: argparse.Namespace) -> int:
+    from offload_runtime.bag_recovery import recover_bag
+
+    done = recover_bag(args.bag, args.out)
+    if not done.messages:
+        print(f'adaptive-offload recover-bag: nothing to recover in {args.bag} ({done.end})',
+              file=sys.stderr)
+        return EXIT_INVALID
+    skipped = ''.join(f'; skipped {n} {t} (definition does not parse)'
+                      for t, n in done.skipped.items())
+    print(f'recovered {done.messages} messages on {len(done.counts)} topics to {done.out} '
+          f'(read up to: {done.end}){skipped}')
+    return EXIT_OK
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from offload_runtime.evaluate import DEFAULT_POLICIES, EvalOptions, evaluate
     from offload_runtime.simulator import NetworkProfile
@@ -307,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return int(exc.code or 0)
     handlers = {'sample-bag': _sample_bag, 'replay': _replay, 'export': _export,
-                'serve': _serve, 'evaluate': _evaluate, 'check-params': _check_params}
+                'serve': _serve, 'evaluate': _evaluate, 'check-params': _check_params,
+                'recover-bag': _recover_bag}
     try:
         return handlers[args.command](args)
     except AdaptiveOffloadError as err:

@@ -169,7 +169,7 @@ class Replay:
             if self.graph.service is not None:
                 self.graph.service.wait_ready(self._opts.service_timeout_s, self._clock,
                                               self._sleep, self._stop.is_set)
-            out = OutputBag(self._opts.out, self._store)
+            out = OutputBag(self._opts.out, self._store, self._clock)
         except BaseException:
             self._close_inputs()
             raise
@@ -271,6 +271,7 @@ class Replay:
                 self._publish_decision(out, now)
             self._publish_health(out, now)
             self._write_outcomes(out, self.manager.poll(now))
+            out.flush_due()
             if self._opts.progress and now - last_progress > 250_000_000:
                 self._progress(now)
                 last_progress = now
