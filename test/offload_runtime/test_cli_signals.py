@@ -1,6 +1,7 @@
 """Real signals to ``adaptive-offload replay`` in a child process.
 
-SIGINT and SIGTERM finish the output bag and print the summary of the frames so far.
+SIGINT and SIGTERM finish the output bag and print the summary of the frames so far; after a
+SIGKILL ``recover-bag`` gets back every frame written a second or more before the kill.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ from typing import Callable, Iterator
 
 from adaptive_offload.typestore import make_typestore
 from helpers import child_env
+from offload_runtime.cli import main
 from offload_runtime.sample_bag import SampleSpec, write_sample_bag
 import pytest
 from rosbags.rosbag2 import Reader
 
 PROGRESS = re.compile(r'(\d+)/\d+ frames')
 START_S = 40.0  # importing torch and building the model, on a busy two-core machine
+FLUSH_S = 1.0  # the output bag's promise: at most this much is lost to a SIGKILL
+MARGIN_S = 0.5  # progress is drawn every 250 ms, and read a little after
 
 
 class _Replay:
@@ -128,3 +132,26 @@ def test_a_signal_finishes_the_bag_and_prints_the_summary_so_far(
     assert shown <= frames < 300 and 'output bag: ' in out
     assert (tmp_path / 'out' / 'metadata.yaml').exists()
     assert _frames_in(tmp_path / 'out') == frames
+
+
+def test_after_sigkill_recover_bag_gets_back_all_but_the_last_second(
+        tmp_path: Path, start: Callable[[Path], _Replay],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    replay = start(tmp_path / 'out')
+    first = replay.wait_frames(5, START_S)
+    replay.wait_frames(first + 20, 10.0)  # two seconds of frames, a few flushes
+    replay.proc.kill()
+    killed_at = time.monotonic()
+    shown = replay.frames()
+    assert replay.finish()[0] == -signal.SIGKILL
+    assert not (tmp_path / 'out' / 'metadata.yaml').exists()
+    with pytest.raises(Exception):  # what recover-bag is for: the bag itself does not open
+        Reader(tmp_path / 'out').open()
+    assert main(['recover-bag', str(tmp_path / 'out')]) == 0
+    assert capsys.readouterr().out.startswith('recovered ')
+    recovered = _frames_in(tmp_path / 'out-recovered')
+    settled = max((n for t, n in replay.progress if t <= killed_at - FLUSH_S - MARGIN_S),
+                  default=0)
+    print(f'killed at {shown} frames shown, recovered {recovered} ({shown - recovered} lost); '
+          f'{settled} were shown {FLUSH_S + MARGIN_S} s before the kill')
+    assert settled >= first and recovered >= settled
