@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+import time
+from typing import Any, Callable, Iterable, Iterator
 
 from adaptive_offload.errors import BagError
 from adaptive_offload.graph import QOS
@@ -15,6 +16,7 @@ from rosbags.rosbag2.enums import StoragePlugin
 
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 _ZERO = QosTime(sec=0, nsec=0)
+FLUSH_AFTER_S = 1.0
 
 
 def qos(name: str) -> Qos:
@@ -111,15 +113,25 @@ class InputBag:
 class OutputBag:
     """An MCAP rosbag2 bag being written; topics are added on first use.
 
+    Messages are written in chunks. rosbags closes a chunk at 1 MiB and writes the MCAP
+    summary and metadata.yaml only at :meth:`close`; this bag also closes and flushes the open
+    chunk once its oldest message is ``flush_after_s`` old (:meth:`flush_due`), so that a
+    killed process loses at most that much: ``adaptive-offload recover-bag`` reads the
+    complete chunks back.
+
     Args:
         path: Bag folder to create (must not exist).
         typestore: Typestore that serializes the messages and provides their definitions.
+        clock: Monotonic nanosecond clock, for the age of the open chunk.
+        flush_after_s: Longest a written message waits in memory; 0 never flushes early.
 
     Raises:
         BagError: If the folder exists or cannot be created.
     """
 
-    def __init__(self, path: str | Path, typestore: Any) -> None:
+    def __init__(self, path: str | Path, typestore: Any,
+                 clock: Callable[[], int] = time.monotonic_ns,
+                 flush_after_s: float = FLUSH_AFTER_S) -> None:
         path = Path(path)
         if path.exists():
             raise BagError(f'{path}: already exists; choose a new output folder')
@@ -131,6 +143,13 @@ class OutputBag:
         self.path = path
         self._store = typestore
         self._connections: dict[str, Any] = {}
+        self._clock = clock
+        self._flush_after_ns = int(flush_after_s * 1e9)
+        self._unflushed_since: int | None = None
+        storage = self._writer.storage
+        # The chunk and the file of rosbags' MCAP storage are not public API: without them
+        # (another rosbags version) the bag is written as before, whole only at close.
+        self._chunked = all(hasattr(storage, name) for name in ('chunk', 'close_chunk', 'bio'))
 
     def add_topic(self, topic: str, msgtype: str, profile: Qos | None = None) -> None:
         """Declare a topic with the QoS ``ros2 bag play`` should offer."""
@@ -143,6 +162,7 @@ class OutputBag:
         """Serialize and write a message on a declared topic."""
         conn = self._connections[topic]
         self._writer.write(conn, timestamp, self._store.serialize_cdr(msg, conn.msgtype))
+        self._written()
 
     def copy_topic(self, source: Any) -> None:
         """Declare a topic of an input bag, keeping its type, definition and QoS."""
@@ -156,6 +176,33 @@ class OutputBag:
     def write_raw(self, topic: str, data: bytes, timestamp: int) -> None:
         """Write an already serialized message."""
         self._writer.write(self._connections[topic], timestamp, data)
+        self._written()
+
+    def _written(self) -> None:
+        if self._unflushed_since is None:
+            self._unflushed_since = self._clock()
+        self.flush_due()
+
+    def flush_due(self) -> bool:
+        """Flush the open chunk if its oldest message is ``flush_after_s`` old.
+
+        Returns:
+            Whether it flushed.
+        """
+        if self._unflushed_since is None or not self._flush_after_ns or \
+                self._clock() - self._unflushed_since < self._flush_after_ns:
+            return False
+        self.flush()
+        return True
+
+    def flush(self) -> None:
+        """Close the open chunk and hand the file's buffer to the OS (a kill keeps it)."""
+        storage = self._writer.storage
+        if self._chunked and storage is not None:
+            if storage.chunk.msgs:  # channels alone wait for their first message
+                storage.close_chunk()
+            storage.bio.flush()
+        self._unflushed_since = None
 
     def close(self) -> None:
         """Finish the bag (writes metadata.yaml)."""

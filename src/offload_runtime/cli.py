@@ -1,7 +1,8 @@
 """The ``adaptive-offload`` command: sample bags and replays without ROS.
 
-Exit codes: 0 done, 2 bad arguments or unusable input (one line on stderr naming the problem),
-130 interrupted.
+Exit codes: 0 done, 1 invalid parameters (check-params) or nothing to recover (recover-bag),
+2 bad arguments or unusable input (one line on stderr naming the problem), 128 + the signal's
+number when SIGINT or SIGTERM stopped it (130 for Ctrl-C, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+import signal
 import sys
 from typing import Any, Sequence
 
@@ -96,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument('--distro', choices=('humble', 'jazzy'), default='jazzy')
     replay.add_argument('--json', action='store_true', help='print the summary as JSON')
     replay.add_argument('--no-progress', action='store_true', help='no progress bar')
+    replay.add_argument('--progress', action='store_true',
+                        help='the progress bar even when stderr is not a terminal (a log)')
+
+    recover = sub.add_parser('recover-bag',
+                             help='rebuild a readable bag from one a killed replay left')
+    recover.add_argument('bag', type=Path, help='bag folder (or its .mcap file)')
+    recover.add_argument('--out', type=Path,
+                         help='bag folder to create (default: BAG-recovered beside it)')
 
     serve = sub.add_parser('serve', help='run the cloud R-CNN service (V2 gRPC and REST)')
     serve.add_argument('--runtime', choices=('mlserver', 'builtin'), default='mlserver',
@@ -212,8 +222,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from adaptive_offload.params import load_params_file
+    from offload_runtime.interrupts import SignalStop
     from offload_runtime.replay import Replay, ReplayOptions
-    from offload_runtime.summary import format_summary
     from rcnn_service.service import ServiceConfig
     from fault_injection.scenario import load_scenario
 
@@ -225,11 +235,32 @@ def _replay(args: argparse.Namespace) -> int:
         service=ServiceConfig(arch=args.cloud_arch, checkpoint=args.cloud_checkpoint),
         scenario=load_scenario(args.scenario) if args.scenario else None,
         injector=args.injector,
-        progress=not args.no_progress and sys.stderr.isatty())
-    result = Replay(options).run()
+        progress=args.progress or (not args.no_progress and sys.stderr.isatty()))
+    with SignalStop('adaptive-offload replay') as stopper:
+        try:
+            replay = Replay(options)
+            stopper.attach(replay)
+        except KeyboardInterrupt:  # still loading: nothing written yet
+            print('adaptive-offload replay: interrupted before the replay started',
+                  file=sys.stderr)
+            return stopper.exit_code or EXIT_INTERRUPTED
+        result = replay.run()
+        _print_result(args, result)
+        if not result.interrupted:
+            return EXIT_OK
+        how = signal.Signals(stopper.signum).name if stopper.signum else 'a stop'
+        print(f'adaptive-offload replay: stopped by {how} after {result.summary["frames"]} '
+              f'frames; output bag finalised: {result.out}', file=sys.stderr)
+        return stopper.exit_code or EXIT_INTERRUPTED
+
+
+def _print_result(args: argparse.Namespace, result: Any) -> None:
+    from offload_runtime.summary import format_summary
+
     faults = [dataclasses.asdict(f) for f in result.faults]
     if args.json:
-        print(json.dumps({**result.summary, 'faults': faults}, indent=2))
+        print(json.dumps({**result.summary, 'faults': faults,
+                          'interrupted': result.interrupted}, indent=2))
     else:
         print(format_summary(result.summary))
         for f in faults:
@@ -239,7 +270,21 @@ def _replay(args: argparse.Namespace) -> int:
             print(f'fault {f["kind"]} at {f["start_s"]:.1f} s: detected {detect} '
                   f'(on /diagnostics {diagnosed}), recovered {recover}, {f["late"]} late, '
                   f'{f["dropped"]} dropped')
-        print(f'output bag: {result.out}')
+        print(f'output bag: {result.out}', flush=True)
+
+
+def _recover_bag(args: argparse.Namespace) -> int:
+    from offload_runtime.bag_recovery import recover_bag
+
+    done = recover_bag(args.bag, args.out)
+    if not done.messages:
+        print(f'adaptive-offload recover-bag: nothing to recover in {args.bag} ({done.end})',
+              file=sys.stderr)
+        return EXIT_INVALID
+    skipped = ''.join(f'; skipped {n} {t} (definition does not parse)'
+                      for t, n in done.skipped.items())
+    print(f'recovered {done.messages} messages on {len(done.counts)} topics to {done.out} '
+          f'(read up to: {done.end}){skipped}')
     return EXIT_OK
 
 
@@ -287,7 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return int(exc.code or 0)
     handlers = {'sample-bag': _sample_bag, 'replay': _replay, 'export': _export,
-                'serve': _serve, 'evaluate': _evaluate, 'check-params': _check_params}
+                'serve': _serve, 'evaluate': _evaluate, 'check-params': _check_params,
+                'recover-bag': _recover_bag}
     try:
         return handlers[args.command](args)
     except AdaptiveOffloadError as err:

@@ -28,19 +28,21 @@ class EmbeddedService:
         return self._service.url
 
     def wait_ready(self, timeout_s: float, clock: Callable[[], int],
-                   sleep: Callable[[float], None]) -> None:
+                   sleep: Callable[[float], None],
+                   stopped: Callable[[], bool] = lambda: False) -> None:
         """Wait until the model is loaded.
 
         Args:
             timeout_s: Longest wait.
             clock: Monotonic nanosecond clock.
             sleep: Sleeps seconds.
+            stopped: Returns True when the run is stopped: the wait then ends at once.
 
         Raises:
             BackendError: If loading failed or took longer than ``timeout_s``.
         """
         deadline = clock() + int(timeout_s * 1e9)
-        while not self._service.ready and not self._service.load_error:
+        while not self._service.ready and not self._service.load_error and not stopped():
             if clock() > deadline:
                 raise BackendError('the embedded cloud service was not ready in '
                                    f'{timeout_s:.0f} s')

@@ -3,7 +3,9 @@
 The same cores as the rclpy nodes run here, wired by the same graph declaration
 (:mod:`offload_runtime.replay_graph`): a player thread publishes the bag's frames at their
 recorded rate into the edge (and cloud) workers, and the main thread plays the manager and the
-health monitor and writes every output topic to an MCAP bag.
+health monitor and writes every output topic to an MCAP bag. :meth:`Replay.stop` (what
+Ctrl-C calls, see :mod:`offload_runtime.interrupts`) ends a run early with the same result and a
+finalised bag, and every wait is sliced so that the stop is seen within a tenth of a second.
 """
 
 from __future__ import annotations
@@ -25,9 +27,14 @@ from fault_injection.fault_measures import FaultMeasure, measure
 from fault_injection.rig import FaultRig
 from fault_injection.scenario import Announcer, Scenario
 from offload_runtime.bagio import declare_outputs, InputBag, OutputBag
+from offload_runtime.interrupts import StopFlag
 from offload_runtime.replay_graph import BackendFactory, ReplayGraph
 from offload_runtime.summary import progress_bar, summarize
 from rcnn_service.service import ServiceConfig
+
+# After a stop, how long frames in flight (a cloud request, an edge inference) may take to
+# finish; the manager then closes what is left, as at the end of the bag.
+DRAIN_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,8 @@ class ReplayOptions:
 class ReplayResult:
     """What a replay produced (records in frame arrival order).
 
-    ``routes`` holds (seconds since the start, route) of every decision issued.
+    ``routes`` holds (seconds since the start, route) of every decision issued;
+    ``interrupted`` tells a run ended by :meth:`Replay.stop` before the end of the bag.
     """
 
     records: list[FrameRecord]
@@ -84,6 +92,7 @@ class ReplayResult:
     faults: list[FaultMeasure] = field(default_factory=list)
     reports: list[InferenceReport] = field(default_factory=list)
     routes: list[tuple[float, str]] = field(default_factory=list)
+    interrupted: bool = False
 
 
 class Replay:
@@ -107,6 +116,7 @@ class Replay:
         self._opts = options
         self._clock = clock
         self._sleep = sleep
+        self._stop = StopFlag(clock, sleep)
         self._rig = FaultRig(options.scenario, options.injector, clock, sleep) \
             if options.scenario is not None else None
         self._origin = clock()
@@ -137,6 +147,13 @@ class Replay:
         self._map = (0, 0)  # (wall ns, bag ns) of the last played frame
         self._out: OutputBag | None = None
 
+    def stop(self) -> None:
+        """Stop playing: :meth:`run` drains the frames in flight and returns what it has.
+
+        Thread-safe, idempotent, and safe to call from a signal handler.
+        """
+        self._stop.request()
+
     def _bag_time(self, now_ns: int) -> int:
         wall, bag = self._map
         return bag + int((now_ns - wall) * (self._opts.rate or 1.0))
@@ -151,11 +168,12 @@ class Replay:
         try:
             if self.graph.service is not None:
                 self.graph.service.wait_ready(self._opts.service_timeout_s, self._clock,
-                                              self._sleep)
-            out = OutputBag(self._opts.out, self._store)
+                                              self._sleep, self._stop.is_set)
+            out = OutputBag(self._opts.out, self._store, self._clock)
         except BaseException:
             self._close_inputs()
             raise
+        player: threading.Thread | None = None
         try:
             declare_outputs(out, self._input.connections, self.graph.outputs())
             self._origin = self._clock()
@@ -175,8 +193,11 @@ class Replay:
             if prober is not None:
                 prober.stop()
         finally:
+            if player is not None and player.is_alive():  # an exception ended the loop
+                self._stop.request()
+                player.join(DRAIN_S)  # before its bag is closed under it
             for worker in self._workers:
-                worker.stop()
+                worker.stop(DRAIN_S if self._stop.is_set() else 30.0)
             self._close_inputs()
             out.close()
         wall_s = (self._clock() - start) / 1e9
@@ -187,7 +208,8 @@ class Replay:
         faults = measure(self._opts.scenario, self._timeline, self._reports, events) \
             if self._opts.scenario is not None else []
         return ReplayResult(records, self._health_events, summary, self._opts.out, wall_s,
-                            faults, [r for _, r in self._reports], self._routes)
+                            faults, [r for _, r in self._reports], self._routes,
+                            self._stop.is_set())
 
     def _close_inputs(self) -> None:
         self._input.close()
@@ -201,6 +223,8 @@ class Replay:
         first_bag = first_wall = None
         try:
             for raw in self._input.messages():
+                if self._stop.is_set():
+                    break
                 is_frame = raw.connection.topic == self._input.topic
                 if is_frame and self._opts.max_frames and self._played >= self._opts.max_frames:
                     break
@@ -208,12 +232,10 @@ class Replay:
                     if first_bag is None:
                         first_bag, first_wall = raw.timestamp, self._clock()
                     due = first_wall + (raw.timestamp - first_bag) / self._opts.rate
-                    ahead_s = (due - self._clock()) / 1e9
-                    if ahead_s > 0:
-                        self._sleep(ahead_s)
-                elif is_frame:
-                    for worker in self._workers:
-                        worker.wait_taken()
+                    if not self._stop.sleep_until(int(due)):
+                        break
+                elif is_frame and not all(self._stop.wait(w.wait_taken) for w in self._workers):
+                    break
                 if not is_frame:
                     self._events.put(('copy', raw))
                     continue
@@ -250,10 +272,12 @@ class Replay:
                 self._publish_decision(out, now)
             self._publish_health(out, now)
             self._write_outcomes(out, self.manager.poll(now))
+            out.flush_due()
             if self._opts.progress and now - last_progress > 250_000_000:
                 self._progress(now)
                 last_progress = now
-            if player_done and self.manager.pending == 0 and self._events.empty():
+            if player_done and self._events.empty() and (
+                    self.manager.pending == 0 or self._stop.expired(now, DRAIN_S)):
                 break
         player.join()
         self._write_outcomes(out, self.manager.poll(self._clock(), final=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import threading
 import time
 from typing import Any, Callable
 
@@ -11,6 +12,7 @@ from adaptive_offload.conversions import encode_image, frame_to_message, header
 from adaptive_offload.datatypes import FrameRecord
 from adaptive_offload.errors import BackendError, BagError
 from adaptive_offload.typestore import make_typestore, message_types
+from helpers import FakeBackend
 import numpy as np
 from offload_runtime.bagio import OutputBag, qos
 from offload_runtime.replay import Replay, ReplayOptions
@@ -222,3 +224,108 @@ def test_without_a_battery_reader_the_records_stay_modelled(
     result = _replay(tmp_path / 'in', tmp_path / 'out', fake_backend_factory,
                      overrides={'offload_manager': {'policy': 'edge-only'}})
     assert result.records and not any(r.energy_measured for r in result.records)
+
+
+def _frames_in_bag(bag: Path) -> int:
+    assert (bag / 'metadata.yaml').exists()  # finalised, not just flushed
+    return len(_messages(bag, '/offload/frames'))
+
+
+def test_stop_mid_run_ends_promptly_with_a_finalised_bag_of_the_frames_so_far(
+        tmp_path: Path, fake_backend_factory: Callable[..., Any]) -> None:
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=50, fps=10, width=64, height=48))
+    slept: list[float] = []
+    replays: list[Replay] = []
+    at_stop: list[int] = []
+
+    def sleep(seconds: float) -> None:  # the player's pacing; stops the run after ~1 s
+        slept.append(seconds)
+        if sum(slept) >= 1.0 and not at_stop:
+            at_stop.append(len(slept))
+            replays[0].stop()
+
+    def clock() -> int:
+        return time.monotonic_ns() + int(sum(slept) * 1e9)
+
+    replay = Replay(ReplayOptions(bag=tmp_path / 'in', out=tmp_path / 'out', rate=1.0,
+                                  overrides=EDGE_ONLY),
+                    backend_factory=fake_backend_factory, clock=clock, sleep=sleep)
+    replays.append(replay)
+    result = replay.run()
+    assert result.interrupted
+    assert len(slept) == at_stop[0]  # not one more wait after the stop
+    assert 9 <= len(result.records) <= 12 and result.summary['frames_lost'] == 0
+    assert _frames_in_bag(tmp_path / 'out') == len(result.records)
+    replay.stop()  # idempotent, harmless after the run
+
+
+def test_stop_before_run_writes_an_empty_finalised_bag(
+        tmp_path: Path, fake_backend_factory: Callable[..., Any]) -> None:
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=5, width=32, height=24))
+    replay = Replay(ReplayOptions(bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0,
+                                  overrides=EDGE_ONLY), backend_factory=fake_backend_factory)
+    replay.stop()
+    result = replay.run()
+    assert result.interrupted and result.records == [] and result.summary['frames'] == 0
+    assert _frames_in_bag(tmp_path / 'out') == 0
+
+
+class _HeldBackend(FakeBackend):
+    """A detector that holds every frame until released (a slow model, without sleeping)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.hold = False  # not the warm-up inference of the constructor
+
+    def infer(self, *args: Any) -> Any:
+        if self.hold:
+            self.entered.set()
+            assert self.release.wait(10)
+        return super().infer(*args)
+
+
+def test_stop_while_the_player_waits_for_a_busy_worker(tmp_path: Path) -> None:
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=30, width=32, height=24))
+    backend = _HeldBackend()
+    replay = Replay(ReplayOptions(bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0,
+                                  overrides=EDGE_ONLY),
+                    backend_factory=lambda name, options: backend)
+    backend.hold = True
+    results: list[Any] = []
+    runner = threading.Thread(target=lambda: results.append(replay.run()))
+    runner.start()
+    assert backend.entered.wait(10)
+    replay.stop()  # the player is (or soon is) blocked on the held worker
+    backend.release.set()
+    runner.join(10)
+    assert not runner.is_alive()
+    result = results[0]
+    assert result.interrupted and 1 <= len(result.records) <= 2
+    assert result.summary['frames_lost'] == 0
+    assert _frames_in_bag(tmp_path / 'out') == len(result.records)
+
+
+def test_an_exception_in_the_loop_stops_the_player_before_its_bag_is_closed(
+        sample_bag_300: Path, tmp_path: Path, fake_backend_factory: Callable[..., Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt without the CLI's handler: no 'seek of closed file' in the player."""
+    thread_errors: list[Any] = []
+    monkeypatch.setattr(threading, 'excepthook', thread_errors.append)
+    frames: list[int] = []
+    handle = Replay._handle
+
+    def interrupted(self: Replay, out: OutputBag, kind: str, payload: Any) -> bool:
+        frames.append(kind == 'frame')
+        if sum(frames) == 20:  # Ctrl-C in the main thread while the player reads on
+            raise KeyboardInterrupt
+        return handle(self, out, kind, payload)
+
+    monkeypatch.setattr(Replay, '_handle', interrupted)
+    replay = Replay(ReplayOptions(bag=sample_bag_300, out=tmp_path / 'out', rate=0.0,
+                                  overrides=EDGE_ONLY), backend_factory=fake_backend_factory)
+    with pytest.raises(KeyboardInterrupt):
+        replay.run()
+    assert not [t for t in threading.enumerate() if t.name == 'player']
+    assert thread_errors == []
