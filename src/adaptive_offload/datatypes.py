@@ -299,6 +299,10 @@ class FrameRecord(JsonRecord):
         reason: Notes from the sources (failures that did not prevent a result).
         energy_j: Robot energy spent on the frame; None when no device profile is known.
         energy_measured: Whether ``energy_j`` was measured (RAPL, NVML) or modelled.
+        recall: Share of the frame's true boxes found by the published result (IoU 0.5, same
+            class); None when no ground truth is known (a live robot).
+        precision: Share of the published detections that are true; None without ground
+            truth or without detections.
     """
 
     SCHEMA = 'adaptive_offload/FrameRecord'
@@ -318,6 +322,8 @@ class FrameRecord(JsonRecord):
     reason: str = ''
     energy_j: float | None = None
     energy_measured: bool = False
+    recall: float | None = None
+    precision: float | None = None
 
     @property
     def dropped(self) -> bool:

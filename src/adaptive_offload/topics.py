@@ -12,6 +12,8 @@ HEALTH_EVENTS = '/health/events'
 HEALTH_FAULTS = '/health/faults'
 CLOUD_DETECTIONS = '/cloud/detections'
 CLOUD_TELEMETRY = '/cloud/telemetry'
+# Boxes that are really in each frame (a recording's or a generated bag's), for scoring.
+GROUND_TRUTH = '/camera/ground_truth'
 ROOT_EDGE_SOURCE = 'edge'
 
 # Names of the health checks' statuses on /diagnostics, which the manager and the fault

@@ -8,11 +8,17 @@ counts: its true boxes are misses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
 
-from adaptive_offload.datatypes import Detection
+from adaptive_offload import topics
+from adaptive_offload.conversions import message_to_detections
+from adaptive_offload.datatypes import Detection, DetectionSet, FrameRecord
 from adaptive_offload.errors import AdaptiveOffloadError
+from rosbags.rosbag2 import Reader
+
+Truth = Mapping[tuple[int, str], Sequence[Detection]]
 
 MATCH_IOU = 0.5
 
@@ -129,6 +135,58 @@ class MapScorer:
         evaluator.accumulate()
         evaluator.summarize()
         return max(0.0, float(evaluator.stats[0]))  # -1: nothing to score in some class
+
+
+def load_truth(bag: str | Path, store: Any) -> dict[tuple[int, str], tuple[Detection, ...]]:
+    """Read a bag's ground truth (:data:`topics.GROUND_TRUTH`), keyed by (stamp, frame_id).
+
+    Args:
+        bag: The bag folder.
+        store: The rosbags typestore to deserialize with.
+
+    Returns:
+        The true boxes of every frame that has them; empty when the bag has none. A message
+        that cannot be read scores nothing (its frame is then not scored); it never stops
+        the replay, whose output keeps the message as recorded.
+    """
+    out = {}
+    with Reader(bag) as reader:
+        conns = [c for c in reader.connections if c.topic == topics.GROUND_TRUTH and
+                 c.msgtype == 'vision_msgs/msg/Detection2DArray']
+        for conn, _, raw in reader.messages(conns):
+            try:
+                truth = message_to_detections(store.deserialize_cdr(raw, conn.msgtype),
+                                              'truth')
+            except Exception:  # noqa: BLE001 - any malformed CDR: that frame is not scored
+                continue
+            out[(truth.stamp_ns, truth.frame_id)] = truth.detections
+    return out
+
+
+class RunScorer:
+    """Scores every frame of a run against the ground truth, as its record is written.
+
+    Args:
+        truth: True boxes by (stamp, frame_id); frames without truth are not scored.
+    """
+
+    def __init__(self, truth: Truth) -> None:
+        self._truth = truth
+        self._scorer = MapScorer()
+
+    def score(self, record: FrameRecord, result: DetectionSet | None) -> FrameRecord:
+        """Return the record with its recall and precision (unchanged without truth)."""
+        truth = self._truth.get((record.stamp_ns, record.frame_id))
+        if truth is None:
+            return record
+        groups = (f'route {record.route}', f'source {record.result_source or "none"}')
+        score = self._scorer.add(truth, result.detections if result is not None else (),
+                                 groups)
+        return replace(record, recall=score.recall, precision=score.precision)
+
+    def summary(self) -> dict[str, Any]:
+        """Return ``{'map': {group: mAP}}`` when frames were scored, else nothing."""
+        return {'map': self._scorer.mean_ap()} if len(self._scorer) else {}
 
 
 def _xywh(d: Detection) -> list[float]:

@@ -27,6 +27,7 @@ from fault_injection.fault_measures import FaultMeasure, measure
 from fault_injection.rig import FaultRig
 from fault_injection.scenario import Announcer, Scenario
 from offload_runtime.bagio import declare_outputs, InputBag, OutputBag
+from offload_runtime.ground_truth import load_truth, RunScorer
 from offload_runtime.interrupts import StopFlag
 from offload_runtime.replay_graph import BackendFactory, ReplayGraph
 from offload_runtime.summary import progress_bar, summarize
@@ -129,6 +130,7 @@ class Replay:
         try:
             self._store = make_typestore(options.distro)
             self._types = message_types(self._store)
+            self._scorer = RunScorer(load_truth(options.bag, self._store))
             self.graph = ReplayGraph(
                 options.params, options.overrides, options.params_file, self._input.topic,
                 backend_factory, clock, options.service, self._rig, options.scenario,
@@ -204,6 +206,7 @@ class Replay:
         records = sorted(self._records, key=lambda r: r.index)
         summary = summarize(records, wall_s)
         summary['frames_lost'] = self._played - len(records)
+        summary.update(self._scorer.summary())
         events = [((e.stamp_ns - self._origin) / 1e9, e) for e in self._health_events]
         faults = measure(self._opts.scenario, self._timeline, self._reports, events) \
             if self._opts.scenario is not None else []
@@ -348,11 +351,12 @@ class Replay:
     def _write_outcomes(self, out: OutputBag, outcomes: list[Any]) -> None:
         now = self._clock()
         for outcome in outcomes:
-            self._records.append(outcome.record)
-            self._timeline.append(((now - self._origin) / 1e9, outcome.record))
+            record = self._scorer.score(outcome.record, outcome.result)
+            self._records.append(record)
+            self._timeline.append(((now - self._origin) / 1e9, record))
             if outcome.result is not None:
                 self._publish(out, 'offload_manager', 'detections', outcome.result, now)
-            self._publish(out, 'offload_manager', 'frames', outcome.record, now)
+            self._publish(out, 'offload_manager', 'frames', record, now)
 
     def _progress(self, now: int) -> None:
         total = self._input.frame_count

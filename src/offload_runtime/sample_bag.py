@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from adaptive_offload import topics
 from adaptive_offload.conversions import (battery_message, COMPRESSED_FORMATS,
                                           detections_to_message, frame_to_message)
 from adaptive_offload.datatypes import Detection, DetectionSet
@@ -16,7 +17,7 @@ from offload_runtime.bagio import OutputBag, qos
 from offload_runtime.scene_difficulty import DifficultyTimeline, parse_difficulty, PRESETS
 
 IMAGE_TOPIC = '/camera/image_raw'
-TRUTH_TOPIC = '/camera/ground_truth'
+TRUTH_TOPIC = topics.GROUND_TRUTH
 BATTERY_TOPIC = '/battery_state'
 SAMPLE_ENCODINGS = ('rgb8', 'bgr8', 'mono8', 'jpeg', 'png')
 START_NS = 1_700_000_000 * 1_000_000_000

@@ -74,6 +74,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get('energy_j') is not None:
         how = 'measured' if summary.get('energy_measured') else 'modelled'
         rows.append(('robot energy', f'{summary["energy_j"]:.3f} J/frame ({how})'))
+    maps = summary.get('map') or {}
+    if 'all' in maps:
+        rows.append(('mAP@[.5:.95]', f'{maps["all"]:.3f} (against ground truth)'))
+        rows += [(f'  {group}', f'{value:.3f}') for group, value in maps.items() if group != 'all']
     width = max(len(k) for k, _ in rows)
     return '\n'.join(f'{k.ljust(width)}  {v}' for k, v in rows)
 
