@@ -73,7 +73,10 @@ class ReplayOptions:
 class ReplayResult:
     """What a replay produced (records in frame arrival order).
 
-    ``routes`` holds (seconds since the start, route) of every decision issued.
+    ``routes`` holds (seconds since the start, route) of every decision issued. ``frames_s``
+    is the part of ``wall_s`` from the player's start to the last record written: the run
+    without its start-up (opening the output bag, declaring its topics) and finish (stopping
+    the workers, closing the bag).
     """
 
     records: list[FrameRecord]
@@ -84,6 +87,7 @@ class ReplayResult:
     faults: list[FaultMeasure] = field(default_factory=list)
     reports: list[InferenceReport] = field(default_factory=list)
     routes: list[tuple[float, str]] = field(default_factory=list)
+    frames_s: float = 0.0
 
 
 class Replay:
@@ -133,6 +137,7 @@ class Replay:
         self._records: list[FrameRecord] = []
         self._health_events: list[HealthEvent] = []
         self._played = 0
+        self._span = [0, 0]  # clock at the player's start and at the last record written
         self._faults_told: set[tuple[str, float, str]] = set()
         self._map = (0, 0)  # (wall ns, bag ns) of the last played frame
         self._out: OutputBag | None = None
@@ -158,6 +163,10 @@ class Replay:
             raise
         try:
             declare_outputs(out, self._input.connections, self.graph.outputs())
+            for conn in self._input.connections:  # their deserializers too (see add_topic)
+                if conn.topic in (self._input.topic, self.graph.battery_topic) and \
+                        conn.msgtype in self._store.fielddefs:
+                    self._store.get_msgdef(conn.msgtype)
             self._origin = self._clock()
             self._publish(out, 'edge_inference', 'label_info', LabelMap(
                 self.edge.models.names_of_current(), self.edge.config.conf, 0), self._origin)
@@ -187,7 +196,8 @@ class Replay:
         faults = measure(self._opts.scenario, self._timeline, self._reports, events) \
             if self._opts.scenario is not None else []
         return ReplayResult(records, self._health_events, summary, self._opts.out, wall_s,
-                            faults, [r for _, r in self._reports], self._routes)
+                            faults, [r for _, r in self._reports], self._routes,
+                            max(0, self._span[1] - self._span[0]) / 1e9)
 
     def _close_inputs(self) -> None:
         self._input.close()
@@ -199,6 +209,7 @@ class Replay:
     def _play(self, out: OutputBag) -> None:
         """Player thread: publish frames at their recorded times (or back to back)."""
         first_bag = first_wall = None
+        self._span[0] = self._clock()
         try:
             for raw in self._input.messages():
                 is_frame = raw.connection.topic == self._input.topic
@@ -328,6 +339,8 @@ class Replay:
             self._publish(out, 'health_monitor', 'events', event, now)
 
     def _write_outcomes(self, out: OutputBag, outcomes: list[Any]) -> None:
+        if not outcomes:
+            return
         now = self._clock()
         for outcome in outcomes:
             self._records.append(outcome.record)
@@ -335,6 +348,7 @@ class Replay:
             if outcome.result is not None:
                 self._publish(out, 'offload_manager', 'detections', outcome.result, now)
             self._publish(out, 'offload_manager', 'frames', outcome.record, now)
+        self._span[1] = self._clock()
 
     def _progress(self, now: int) -> None:
         total = self._input.frame_count

@@ -49,6 +49,7 @@ def test_300_frames_give_300_records_and_a_complete_output_bag(
     assert [r.index for r in result.records] == list(range(300))
     assert result.summary['frames'] == 300 and result.summary['results'] == 300
     assert result.summary['drops'] == {} and result.summary['p50'] is not None
+    assert 0 < result.frames_s < result.wall_s  # the frames, without start-up and finish
     records = [FrameRecord.from_json(m.data) for m in _messages(tmp_path / 'out',
                                                                 '/offload/frames')]
     assert len(records) == 300 and all(r.result_source == 'edge' for r in records)
