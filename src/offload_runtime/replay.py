@@ -29,6 +29,10 @@ from offload_runtime.replay_graph import BackendFactory, ReplayGraph
 from offload_runtime.summary import progress_bar, summarize
 from rcnn_service.service import ServiceConfig
 
+POLL_S = 0.005  # the main loop's period while a part of it cannot tell when it is next due
+MAX_WAIT_S = 0.1  # its longest sleep otherwise, so that a clock that jumps is still followed
+PROGRESS_NS = 250_000_000
+
 
 @dataclass(frozen=True)
 class ReplayOptions:
@@ -244,9 +248,10 @@ class Replay:
     def _loop(self, out: OutputBag, player: threading.Thread) -> None:
         player_done = False
         last_progress = 0
+        wait_s = POLL_S
         while True:
             try:
-                kind, payload = self._events.get(timeout=0.005)
+                kind, payload = self._events.get(timeout=wait_s)
                 player_done |= self._handle(out, kind, payload)
                 while not self._events.empty():
                     player_done |= self._handle(out, *self._events.get_nowait())
@@ -260,17 +265,33 @@ class Replay:
                 self._publish_decision(out, now)
             self._publish_health(out, now)
             self._write_outcomes(out, self.manager.poll(now))
-            if self._opts.progress and now - last_progress > 250_000_000:
+            if self._opts.progress and now - last_progress > PROGRESS_NS:
                 self._progress(now)
                 last_progress = now
             if player_done and self.manager.pending == 0 and self._events.empty():
                 break
+            wait_s = self._wait_s(now, last_progress)
         player.join()
         self._write_outcomes(out, self.manager.poll(self._clock(), final=True))
         self._publish_health(out, self._clock(), final=True)
         if self._opts.progress:
             self._progress(self._clock())
             sys.stderr.write('\n')
+
+    def _wait_s(self, now: int, last_progress: int) -> float:
+        """Seconds to wait for an event before the timed parts are next due.
+
+        Polling at a fixed period woke the loop several times a frame for nothing, and each
+        wake-up ran the manager and the health checks holding the GIL, which the inference
+        thread needs between its operators.
+        """
+        health = self.health.next_due_ns(now)
+        if self._rig is not None or health is None:  # faults and probes send no event
+            return POLL_S
+        due = min(self.manager.next_due_ns(now), health)
+        if self._opts.progress:
+            due = min(due, last_progress + PROGRESS_NS + 1)
+        return min(max(due - self._clock(), 0) / 1e9, MAX_WAIT_S)
 
     def _handle(self, out: OutputBag, kind: str, payload: Any) -> bool:
         now = self._clock()

@@ -11,6 +11,7 @@ from adaptive_offload.conversions import encode_image, frame_to_message, header
 from adaptive_offload.datatypes import FrameRecord
 from adaptive_offload.errors import BackendError, BagError
 from adaptive_offload.typestore import make_typestore, message_types
+from helpers import FakeBackend
 import numpy as np
 from offload_runtime.bagio import OutputBag, qos
 from offload_runtime.replay import Replay, ReplayOptions
@@ -85,6 +86,23 @@ def test_max_frames_and_real_time_pacing_without_sleeping(
     # 12 frames 100 ms apart at rate 2: the player waits 50 ms before each after the first
     # (their ground truth, at the same times, is never ahead of the clock)
     assert len(slept) == 11 and sum(slept) == pytest.approx(0.55, abs=0.05)
+
+
+def test_the_main_loop_sleeps_until_an_event_comes_or_a_period_is_due(
+        tmp_path: Path) -> None:
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=10, width=64, height=48))
+    runner = Replay(ReplayOptions(bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0,
+                                  overrides=EDGE_ONLY),
+                    backend_factory=lambda name, options: FakeBackend(lambda: time.sleep(0.1)))
+    polls: list[int] = []
+    poll = runner.health.poll
+    runner.health.poll = lambda now: polls.append(now) or poll(now)  # type: ignore[method-assign]
+    result = runner.run()
+    assert result.summary['results'] == 10 and result.summary['drops'] == {}
+    # Polled every 5 ms, the checks would run some 20 times a frame; a frame's five events (two
+    # copies, its arrival, its detections and report) wake the loop at most five times, and the
+    # periods (plan, decision, diagnostics) a few times a second.
+    assert len(polls) <= 8 * 10
 
 
 def _defect_bag(path: Path) -> list[str]:
