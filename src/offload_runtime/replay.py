@@ -121,7 +121,8 @@ class Replay:
         self._timeline: list[tuple[float, FrameRecord]] = []
         self._routes: list[tuple[float, str]] = []
         self._reports: list[tuple[float, InferenceReport]] = []
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        # The C queue: Queue runs a Python Condition under the GIL on every put and get.
+        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.graph: ReplayGraph | None = None
         self._input = InputBag(options.bag, options.topic)
         try:
@@ -130,7 +131,7 @@ class Replay:
             self.graph = ReplayGraph(
                 options.params, options.overrides, options.params_file, self._input.topic,
                 backend_factory, clock, options.service, self._rig, options.scenario,
-                lambda node, name, rec: self._events.put(('out', (node, name, rec))))
+                lambda node, outputs: self._events.put(('out', (node, outputs))))
         except BaseException:
             self._close_inputs()
             raise
@@ -233,14 +234,15 @@ class Replay:
                     self._events.put(('copy', raw))
                     continue
                 self._played += 1
-                self._events.put(('copy', raw))
                 try:
                     msg = self._store.deserialize_cdr(raw.data, raw.connection.msgtype)
                 except Exception as err:  # any malformed CDR must become a drop record
+                    self._events.put(('copy', raw))
                     self._events.put(('unreadable', f'deserialize_error: {err}'))
                     continue
                 now = self._clock()
-                self._events.put(('frame', (msg, now, raw.timestamp)))
+                # The frame carries its own copy: one event, so one wake-up of the main loop.
+                self._events.put(('frame', (raw, msg, now)))
                 self.graph.submit_frame(self._input.topic, msg, now)
         finally:
             self._events.put(('done', None))
@@ -300,16 +302,18 @@ class Replay:
             if payload.connection.topic == self.graph.battery_topic:
                 self._battery(payload)
         elif kind == 'frame':
-            msg, arrival, bag_ns = payload
-            self._map = (arrival, bag_ns)
+            raw, msg, arrival = payload
+            out.write_raw(raw.connection.topic, raw.data, raw.timestamp)
+            self._map = (arrival, raw.timestamp)
             self.graph.handle(self._input.topic, None, arrival, message=msg)
         elif kind == 'unreadable':
             self._write_outcomes(out, [self.manager.frame_unreadable(payload, now)])
         elif kind == 'out':
-            node, name, record = payload
-            if name == 'telemetry':
-                self._reports.append(((now - self._origin) / 1e9, record))
-            self._publish(out, node, name, record, now)
+            node, outputs = payload
+            for name, record in outputs:
+                if name == 'telemetry':
+                    self._reports.append(((now - self._origin) / 1e9, record))
+                self._publish(out, node, name, record, now)
         return kind == 'done'
 
     def _publish(self, out: OutputBag, node: str, name: str, record: Any, now: int) -> None:
