@@ -97,14 +97,22 @@ class ResultEmitter:
 
     def __call__(self, msg: Any, dets: DetectionSet | None, report: InferenceReport) -> None:
         """Emit one frame's outputs (the :data:`Emit` a :class:`FrameWorker` calls)."""
+        for name, record in self.outputs(msg, dets, report):
+            self._publish(name, record)
+
+    def outputs(self, msg: Any, dets: DetectionSet | None,
+                report: InferenceReport) -> list[tuple[str, Any]]:
+        """Return one frame's outputs as (port name, record), in the order they go out."""
+        outputs: list[tuple[str, Any]] = []
         if dets is not None:
-            self._publish('detections', dets)
+            outputs.append(('detections', dets))
             if self._annotated:
                 image = annotate_message(msg, dets.detections, dets.source, dets.model)
                 if image is not None:
-                    self._publish('annotated', Frame(dets.stamp_ns, dets.frame_id, image,
-                                                     'bgr8'))
-        self._publish('telemetry', report)
+                    outputs.append(('annotated', Frame(dets.stamp_ns, dets.frame_id, image,
+                                                       'bgr8')))
+        outputs.append(('telemetry', report))
+        return outputs
 
 
 class FrameWorker:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+import math
 from typing import Protocol
 
 from adaptive_offload import topics
@@ -79,6 +80,30 @@ class TopicRateCheck:
             level, message = Level.OK, f'{rate:.2f} Hz'
         return HealthStatus(self.name, level, message, self._hardware_id, values)
 
+    def next_change_ns(self, now_ns: int) -> int | None:
+        """Return when :meth:`run` may next give another level with no new message, if ever.
+
+        Call it after :meth:`run` at ``now_ns``. Silence makes the topic STALE once; the rate
+        can fall below the minimum only once the window is full and only as stamps leave it,
+        so the first stamp whose leaving takes the rate below the minimum is the next change.
+        """
+        due = []
+        silent_from = self._last_ns if self._last_ns is not None else self._start_ns
+        if self._stale_ns:
+            due.append(silent_from + self._stale_ns + 1)
+        if self._min_rate:
+            due.append(self._start_ns + self._window_ns)
+            window_s = self._window_ns / 1e9
+            floor = self._min_rate * (1.0 - self._tolerance)
+            left = len(self._stamps)
+            if left and left / window_s >= floor:
+                # The k-th oldest stamp leaves the window at its time + window + 1 ns.
+                gone = min(left, max(1, math.floor(left - floor * window_s)))
+                while gone < left and (left - gone) / window_s >= floor:
+                    gone += 1
+                due.append(self._stamps[gone - 1] + self._window_ns + 1)
+        return min((t for t in due if t > now_ns), default=None)
+
 
 class CloudCheck:
     """The cloud's health, from the bridge's per-frame reports.
@@ -130,6 +155,10 @@ class CloudCheck:
             self._anomaly = rtt >= self._ratio * float(np.median(self._rtts)) and \
                 self._detector.is_anomaly(rtt, self._rtts)
         self._rtts.append(rtt)
+
+    def next_change_ns(self, now_ns: int) -> int | None:
+        """Return None: only reports change the level, never time alone."""
+        return None
 
     def run(self, now_ns: int) -> HealthStatus:
         """Return the check's state (the time is not needed: it judges the latest requests)."""

@@ -138,6 +138,10 @@ class BandwidthCheck:
         if self._recent.add_report(report):
             self._base.add_report(report)
 
+    def next_change_ns(self, now_ns: int) -> int | None:
+        """Return None: only reports change the level, never time alone."""
+        return None
+
     def run(self, now_ns: int) -> HealthStatus:
         """See :class:`health_monitor.checks.HealthCheck`."""
         base, recent = self._base.mbps, self._recent.mbps

@@ -196,6 +196,26 @@ class HealthMonitor:
         self.add_check(rehearsal)
         return rehearsal
 
+    def next_due_ns(self, now_ns: int) -> int | None:
+        """Return when :meth:`poll` may next publish without a new input; None if unknown.
+
+        Call it after :meth:`poll` at ``now_ns``. A caller may sleep until then, or until an
+        input comes, and miss no period and no level change: every check tells when time alone
+        may next change its level (``next_change_ns``); one that cannot (the readiness check,
+        which a prober thread feeds) makes the answer None, and the caller must poll.
+        """
+        if self._published_ns is None:
+            return now_ns
+        due = [self._published_ns + int(self.config.publish_period_s * 1e9)]
+        for check in self._checks:
+            change = getattr(check, 'next_change_ns', None)
+            if change is None:
+                return None
+            at = change(now_ns)
+            if at is not None:
+                due.append(at)
+        return min(due)
+
     def prober(self, clock: Callable[[], int]) -> ReadinessProber | None:
         """Make a thread probing ``probe_url`` into the readiness check (not started), if any."""
         if self.readiness is None:

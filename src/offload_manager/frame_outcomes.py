@@ -145,6 +145,16 @@ class Arbiter:
         done.sort(key=lambda o: o.record.index)
         return done
 
+    def next_due_ns(self, now_ns: int) -> int | None:
+        """Return when a pending frame may next end by time alone, after ``now_ns``.
+
+        That is its hedge guard before the deadline or its result timeout; between inputs,
+        :meth:`poll` ends nothing before then. None when no pending frame can end by time.
+        """
+        return min((t for entry in self._pending.values()
+                    for t in (entry.deadline_ns - self._guard_ns,
+                              entry.arrival_ns + self._timeout_ns) if t > now_ns), default=None)
+
     def flush(self, now_ns: int) -> list[Outcome]:
         """Finish every pending frame (end of stream): best result so far, or a drop."""
         done = [self._decide(entry, now_ns, final=True) for entry in self._pending.values()]

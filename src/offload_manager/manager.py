@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, replace
+import math
 from pathlib import Path
 import time
 from typing import Any, Mapping
@@ -304,6 +305,21 @@ class OffloadManager:
             probe_every=plan.probe_every, deadline_ms=self.config.deadline_ms,
             policy=self.config.policy, reason=plan.reason)
         return self._decision
+
+    def next_due_ns(self, now_ns: int) -> int:
+        """Return when :meth:`tick` or :meth:`poll` may next act without a new input.
+
+        A caller may sleep until then, or until an input comes, and miss nothing: the plan and
+        decision periods and the pending frames' deadlines and timeouts all fall on or after
+        it. A time not after ``now_ns`` means at once.
+        """
+        if self._decision is None or self._plan is None or self._history_pending or \
+                self._ended:
+            return now_ns
+        due = min(self._planned_ns + math.ceil(self.config.plan_period_s * 1e9),
+                  self._decision.issued_ns + math.ceil(self.config.decision_period_s * 1e9))
+        frames = self._arbiter.next_due_ns(now_ns)
+        return due if frames is None else min(due, frames)
 
     def frame_arrived(self, stamp_ns: int, frame_id: str, now_ns: int) -> Outcome | None:
         """Register an input frame under the current decision; a refused one ends at once."""

@@ -157,6 +157,9 @@ class OutputBag:
             self._connections[topic] = self._writer.add_connection(
                 topic, msgtype, typestore=self._store,
                 offered_qos_profiles=[profile or qos('result')])
+            # rosbags compiles a type's serializer on first use (some ms, holding the GIL):
+            # here, before the frames, rather than on the first message in the middle of them.
+            self._store.get_msgdef(msgtype)
 
     def write(self, topic: str, msg: Any, timestamp: int) -> None:
         """Serialize and write a message on a declared topic."""

@@ -36,6 +36,9 @@ from rcnn_service.service import ServiceConfig
 # After a stop, how long frames in flight (a cloud request, an edge inference) may take to
 # finish; the manager then closes what is left, as at the end of the bag.
 DRAIN_S = 2.0
+POLL_S = 0.005  # the main loop's period while a part of it cannot tell when it is next due
+MAX_WAIT_S = 0.1  # its longest sleep otherwise, so that a clock that jumps is still followed
+PROGRESS_NS = 250_000_000
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,9 @@ class ReplayResult:
 
     ``routes`` holds (seconds since the start, route) of every decision issued;
     ``interrupted`` tells a run ended by :meth:`Replay.stop` before the end of the bag.
+    ``frames_s`` is the part of ``wall_s`` from the player's start to the last record
+    written: the run without its start-up (opening the output bag, declaring its topics)
+    and finish (stopping the workers, closing the bag).
     """
 
     records: list[FrameRecord]
@@ -94,6 +100,7 @@ class ReplayResult:
     reports: list[InferenceReport] = field(default_factory=list)
     routes: list[tuple[float, str]] = field(default_factory=list)
     interrupted: bool = False
+    frames_s: float = 0.0
 
 
 class Replay:
@@ -124,7 +131,8 @@ class Replay:
         self._timeline: list[tuple[float, FrameRecord]] = []
         self._routes: list[tuple[float, str]] = []
         self._reports: list[tuple[float, InferenceReport]] = []
-        self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        # The C queue: Queue runs a Python Condition under the GIL on every put and get.
+        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.graph: ReplayGraph | None = None
         self._input = InputBag(options.bag, options.topic)
         try:
@@ -134,7 +142,7 @@ class Replay:
             self.graph = ReplayGraph(
                 options.params, options.overrides, options.params_file, self._input.topic,
                 backend_factory, clock, options.service, self._rig, options.scenario,
-                lambda node, name, rec: self._events.put(('out', (node, name, rec))))
+                lambda node, outputs: self._events.put(('out', (node, outputs))))
         except BaseException:
             self._close_inputs()
             raise
@@ -146,6 +154,7 @@ class Replay:
         self._health_events: list[HealthEvent] = []
         self._played = 0
         self._announcer = Announcer(options.scenario) if options.scenario is not None else None
+        self._span = [0, 0]  # clock at the player's start and at the last record written
         self._map = (0, 0)  # (wall ns, bag ns) of the last played frame
         self._out: OutputBag | None = None
 
@@ -178,6 +187,10 @@ class Replay:
         player: threading.Thread | None = None
         try:
             declare_outputs(out, self._input.connections, self.graph.outputs())
+            for conn in self._input.connections:  # their deserializers too (see add_topic)
+                if conn.topic in (self._input.topic, self.graph.battery_topic) and \
+                        conn.msgtype in self._store.fielddefs:
+                    self._store.get_msgdef(conn.msgtype)
             self._origin = self._clock()
             self._publish(out, 'edge_inference', 'label_info', LabelMap(
                 self.edge.models.names_of_current(), self.edge.config.conf, 0), self._origin)
@@ -212,7 +225,8 @@ class Replay:
             if self._opts.scenario is not None else []
         return ReplayResult(records, self._health_events, summary, self._opts.out, wall_s,
                             faults, [r for _, r in self._reports], self._routes,
-                            self._stop.is_set())
+                            self._stop.is_set(),
+                            max(0, self._span[1] - self._span[0]) / 1e9)
 
     def _close_inputs(self) -> None:
         self._input.close()
@@ -224,6 +238,7 @@ class Replay:
     def _play(self, out: OutputBag) -> None:
         """Player thread: publish frames at their recorded times (or back to back)."""
         first_bag = first_wall = None
+        self._span[0] = self._clock()
         try:
             for raw in self._input.messages():
                 if self._stop.is_set():
@@ -243,14 +258,15 @@ class Replay:
                     self._events.put(('copy', raw))
                     continue
                 self._played += 1
-                self._events.put(('copy', raw))
                 try:
                     msg = self._store.deserialize_cdr(raw.data, raw.connection.msgtype)
                 except Exception as err:  # any malformed CDR must become a drop record
+                    self._events.put(('copy', raw))
                     self._events.put(('unreadable', f'deserialize_error: {err}'))
                     continue
                 now = self._clock()
-                self._events.put(('frame', (msg, now, raw.timestamp)))
+                # The frame carries its own copy: one event, so one wake-up of the main loop.
+                self._events.put(('frame', (raw, msg, now)))
                 self.graph.submit_frame(self._input.topic, msg, now)
         finally:
             self._events.put(('done', None))
@@ -258,9 +274,10 @@ class Replay:
     def _loop(self, out: OutputBag, player: threading.Thread) -> None:
         player_done = False
         last_progress = 0
+        wait_s = POLL_S
         while True:
             try:
-                kind, payload = self._events.get(timeout=0.005)
+                kind, payload = self._events.get(timeout=wait_s)
                 player_done |= self._handle(out, kind, payload)
                 while not self._events.empty():
                     player_done |= self._handle(out, *self._events.get_nowait())
@@ -276,18 +293,34 @@ class Replay:
             self._publish_health(out, now)
             self._write_outcomes(out, self.manager.poll(now))
             out.flush_due()
-            if self._opts.progress and now - last_progress > 250_000_000:
+            if self._opts.progress and now - last_progress > PROGRESS_NS:
                 self._progress(now)
                 last_progress = now
             if player_done and self._events.empty() and (
                     self.manager.pending == 0 or self._stop.expired(now, DRAIN_S)):
                 break
+            wait_s = self._wait_s(now, last_progress)
         player.join()
         self._write_outcomes(out, self.manager.poll(self._clock(), final=True))
         self._publish_health(out, self._clock(), final=True)
         if self._opts.progress:
             self._progress(self._clock())
             sys.stderr.write('\n')
+
+    def _wait_s(self, now: int, last_progress: int) -> float:
+        """Seconds to wait for an event before the timed parts are next due.
+
+        Polling at a fixed period woke the loop several times a frame for nothing, and each
+        wake-up ran the manager and the health checks holding the GIL, which the inference
+        thread needs between its operators.
+        """
+        health = self.health.next_due_ns(now)
+        if self._rig is not None or health is None:  # faults and probes send no event
+            return POLL_S
+        due = min(self.manager.next_due_ns(now), health)
+        if self._opts.progress:
+            due = min(due, last_progress + PROGRESS_NS + 1)
+        return min(max(due - self._clock(), 0) / 1e9, MAX_WAIT_S)
 
     def _handle(self, out: OutputBag, kind: str, payload: Any) -> bool:
         now = self._clock()
@@ -296,16 +329,18 @@ class Replay:
             if payload.connection.topic == self.graph.battery_topic:
                 self._battery(payload)
         elif kind == 'frame':
-            msg, arrival, bag_ns = payload
-            self._map = (arrival, bag_ns)
+            raw, msg, arrival = payload
+            out.write_raw(raw.connection.topic, raw.data, raw.timestamp)
+            self._map = (arrival, raw.timestamp)
             self.graph.handle(self._input.topic, None, arrival, message=msg)
         elif kind == 'unreadable':
             self._write_outcomes(out, [self.manager.frame_unreadable(payload, now)])
         elif kind == 'out':
-            node, name, record = payload
-            if name == 'telemetry':
-                self._reports.append(((now - self._origin) / 1e9, record))
-            self._publish(out, node, name, record, now)
+            node, outputs = payload
+            for name, record in outputs:
+                if name == 'telemetry':
+                    self._reports.append(((now - self._origin) / 1e9, record))
+                self._publish(out, node, name, record, now)
         return kind == 'done'
 
     def _publish(self, out: OutputBag, node: str, name: str, record: Any, now: int) -> None:
@@ -349,6 +384,8 @@ class Replay:
             self._publish(out, 'health_monitor', 'events', event, now)
 
     def _write_outcomes(self, out: OutputBag, outcomes: list[Any]) -> None:
+        if not outcomes:
+            return
         now = self._clock()
         for outcome in outcomes:
             record = self._scorer.score(outcome.record, outcome.result)
@@ -357,6 +394,7 @@ class Replay:
             if outcome.result is not None:
                 self._publish(out, 'offload_manager', 'detections', outcome.result, now)
             self._publish(out, 'offload_manager', 'frames', record, now)
+        self._span[1] = self._clock()
 
     def _progress(self, now: int) -> None:
         total = self._input.frame_count

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping
 
 from adaptive_offload import graph
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
-from adaptive_offload.frame_worker import DecisionHolder, FrameWorker, ResultEmitter
+from adaptive_offload.frame_worker import DecisionHolder, Emit, FrameWorker, ResultEmitter
 from adaptive_offload.graph_codec import decode_input
 from adaptive_offload.params import node_params
 from cloud_bridge.bridge import CloudBridge, CloudConfig
@@ -27,7 +27,7 @@ from offload_runtime.embedded_service import EmbeddedService
 from rcnn_service.service import ServiceConfig
 
 BackendFactory = Callable[[str, BackendOptions], DetectorBackend]
-Publish = Callable[[str, str, Any], None]  # node, output port name, record
+Publish = Callable[[str, list[tuple[str, Any]]], None]  # node, [(output port name, record)]
 
 
 def node_values(params: Mapping[str, Mapping[str, Any]],
@@ -52,6 +52,12 @@ def configure(node: str, build: Callable[[Mapping[str, Any]], Any], values: Mapp
         raise ConfigError(f'{where}{node}: {err}') from None
 
 
+def _emitter(node: str, publish: Publish) -> Emit:
+    """Return a worker's emit: a frame's outputs go to ``publish`` in one call."""
+    outputs = ResultEmitter(lambda name, record: None).outputs
+    return lambda msg, dets, report: publish(node, outputs(msg, dets, report))
+
+
 class ReplayGraph:
     """The roles of one replay, their inputs' targets and the routes between them.
 
@@ -65,8 +71,9 @@ class ReplayGraph:
         service: The embedded service started when a cloud policy has no URL.
         rig: The fault rig of the run, if a scenario is injected.
         scenario: The scenario (to refuse cloud faults a policy never meets).
-        publish: Called with (node, output port name, record) by the workers' emitters, from
-            their threads.
+        publish: Called by the workers' emitters, from their threads, with the node and one
+            frame's outputs as (output port name, record): together, so that a frame wakes
+            the replay's main loop once, not once an output.
 
     Raises:
         AdaptiveOffloadError: For refused parameters or a model that does not load.
@@ -124,7 +131,7 @@ class ReplayGraph:
         edge_holder = DecisionHolder(edge_cfg.fallback_decision())
         self.workers = [FrameWorker(
             StallingProcessor(self.edge, self.faults) if obey else self.edge, edge_holder,
-            ResultEmitter(lambda name, rec: publish('edge_inference', name, rec)), clock)]
+            _emitter('edge_inference', publish), clock)]
         self.targets: dict[str, Mapping[str, Any]] = {
             'edge_inference': {'camera': self.workers[0], 'decision': edge_holder,
                                'faults': self.faults},
@@ -164,7 +171,7 @@ class ReplayGraph:
         self.cloud = cloud_cfg.make_bridge(transport)
         holder = DecisionHolder(edge_cfg.fallback_decision())
         worker = FrameWorker(self.cloud, holder,
-                             ResultEmitter(lambda name, rec: publish('cloud_bridge', name, rec)),
+                             _emitter('cloud_bridge', publish),
                              clock, workers=cloud_cfg.max_in_flight,
                              pending=cloud_cfg.max_pending)
         self.workers.append(worker)

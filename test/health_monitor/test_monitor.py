@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import random
+
 from adaptive_offload.datatypes import InferenceReport, Level
 from adaptive_offload.errors import ConfigError
 from health_monitor.checks import CloudCheck, TopicRateCheck
@@ -106,3 +109,68 @@ def test_silence_counts_from_the_last_message_after_the_window_emptied() -> None
     assert dict(check.run(60 * S).values)['silent_s'] == '10.00'
     assert check.run(60 * S).message == '0.00 Hz'
     assert check.run(151 * S).message == 'no message for 101.0 s'
+
+
+def _levels_until(check: TopicRateCheck, times: list[int]) -> list[Level]:
+    probe = copy.deepcopy(check)  # run() drops the stamps that left the window
+    return [probe.run(t).level for t in times]
+
+
+@pytest.mark.parametrize('seed', range(20))
+def test_rate_check_tells_when_time_alone_may_next_change_its_level(seed: int) -> None:
+    rng = random.Random(seed)
+    window_s, min_rate = rng.choice((1.0, 2.5)), rng.choice((0.0, 2.0, 7.0))
+    stale_s = rng.choice((0.0, 1.5, 4.0))
+    check = TopicRateCheck('/a', min_rate, stale_s, 0, window_s=window_s)
+    stamps = sorted(rng.randrange(0, 6 * S) for _ in range(rng.randrange(0, 40)))
+    for stamp in stamps:
+        check.tick(stamp)
+    now = max(stamps[-1] if stamps else 0, rng.randrange(0, 7 * S))
+    level = check.run(now).level
+    due = check.next_change_ns(now)
+    # Every time at which the level could change (stamps leaving, the window filling, silence)
+    # and the nanosecond either side.
+    window, silent_from = int(window_s * S), stamps[-1] if stamps else 0
+    edges = sorted(t + d for t in [s + window for s in stamps] +
+                   [window, silent_from + int(stale_s * S)] for d in (-1, 0, 1))
+    later = [t for t in edges if now < t and (due is None or t < due)]
+    assert all(seen is level for seen in _levels_until(check, later))
+    if due is not None:
+        assert due > now
+
+
+def test_rate_check_names_the_stamp_whose_leaving_makes_the_rate_too_low() -> None:
+    check = TopicRateCheck('/a', min_rate_hz=4, stale_after_s=0, start_ns=0, window_s=1,
+                           tolerance=0.0)
+    for i in range(10):
+        check.tick(i * S // 10)
+    assert check.run(S).level is Level.OK
+    # 10 in the window; below 4 Hz once 7 have left: the 7th stamp (0.6 s) leaves after 1.6 s
+    assert check.next_change_ns(S) == 6 * S // 10 + S + 1
+    assert check.run(6 * S // 10 + S).level is Level.OK
+    assert check.run(6 * S // 10 + S + 1).level is Level.WARN
+    assert check.next_change_ns(6 * S // 10 + S + 1) is None  # stays low until a message
+    early = TopicRateCheck('/a', min_rate_hz=4, stale_after_s=0, start_ns=0, window_s=1)
+    early.tick(S // 10)
+    assert early.run(S // 2).level is Level.OK  # too few, but the window is not full yet
+    assert early.next_change_ns(S // 2) == S
+    assert early.run(S).level is Level.WARN
+
+
+def test_monitor_is_next_due_on_its_period_or_a_check_change_and_cannot_tell_with_probes(
+        ) -> None:
+    config = HealthConfig.from_params({'monitored_topics': ['/a'],
+                                       'monitored_types': ['std_msgs/msg/String'],
+                                       'min_rates_hz': [0.0], 'stale_after_s': 3.0,
+                                       'publish_period_s': 1.0})
+    monitor = HealthMonitor(config, start_ns=0)
+    assert monitor.next_due_ns(0) == 0  # never polled: at once
+    monitor.poll(0)
+    assert monitor.next_due_ns(0) == S
+    monitor.poll(S)
+    monitor.poll(2 * S)
+    assert monitor.next_due_ns(2 * S) == 3 * S  # the period and /a going STALE after 3 s
+    assert monitor.poll(3 * S + 1) is not None
+    probed = HealthMonitor(HealthConfig.from_params({'probe_url': 'http://cloud'}), 0)
+    probed.poll(0)
+    assert probed.next_due_ns(0) is None

@@ -202,3 +202,20 @@ def test_a_refused_duplicate_does_not_decide_the_original_frame() -> None:
     arb.add_result(_dets(60, 'edge'), 30 * MS)
     [out] = arb.poll(30 * MS)
     assert out.record.result_source == 'edge' and out.record.index == 0
+
+
+def test_next_due_is_the_first_guard_or_timeout_still_ahead() -> None:
+    arb = Arbiter(result_timeout_ms=500)
+    assert arb.next_due_ns(0) is None  # nothing pending
+    arb.frame_arrived(1, 'cam', 0, _decision(Route.HEDGED, deadline_ms=100))
+    arb.add_result(_dets(1, 'edge'), 20 * MS)
+    guard = int(HEDGE_GUARD_MS * MS)
+    due = arb.next_due_ns(20 * MS)
+    assert due == 100 * MS - guard and arb.poll(due - 1) == [] and len(arb.poll(due)) == 1
+    arb.frame_arrived(2, 'cam', 200 * MS, _decision(Route.CLOUD, deadline_ms=100))
+    assert arb.next_due_ns(200 * MS) == 300 * MS - guard
+    assert arb.poll(300 * MS - guard) == []  # cloud route: the guard ends nothing
+    due = arb.next_due_ns(300 * MS - guard)
+    assert due == 700 * MS and arb.poll(due - 1) == []
+    [out] = arb.poll(due)
+    assert out.record.drop_reason == 'no_result' and arb.next_due_ns(due) is None

@@ -114,3 +114,21 @@ def test_a_refused_runtime_change_leaves_the_configuration_in_force() -> None:
         manager.reconfigure({'policy': 'telepathy'})
     assert manager.config.deadline_ms == 250.0 and manager.config.policy == 'edge-only'
     assert manager.tick(1) is None
+
+
+def test_next_due_is_the_first_period_or_frame_deadline_ahead() -> None:
+    manager = OffloadManager(ManagerConfig.from_params({
+        'policy': 'edge-only', 'decision_period_s': 0.5, 'decision_valid_s': 2.0,
+        'plan_period_s': 0.25, 'result_timeout_ms': 400.0}))
+    assert manager.next_due_ns(7) == 7  # nothing issued yet: tick at once
+    manager.tick(0)
+    assert manager.next_due_ns(0) == S // 4  # the plan period
+    assert manager.tick(S // 4 - 1) is None and manager.next_due_ns(S // 4 - 1) == S // 4
+    assert manager.tick(S // 4) is None  # re-planned, same plan: nothing to issue
+    assert manager.next_due_ns(S // 4) == S // 2  # the plan and the decision periods
+    manager.frame_arrived(1, 'cam', S // 4)
+    guard = S // 4 + 225_000_000  # its 250 ms deadline less the hedge guard
+    assert manager.next_due_ns(S // 4) == guard
+    assert manager.poll(guard) == [] and manager.next_due_ns(guard) == S // 2
+    manager.tick(S // 2)
+    assert manager.next_due_ns(S // 2) == S // 4 + 400_000_000  # its result timeout

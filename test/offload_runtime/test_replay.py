@@ -51,6 +51,7 @@ def test_300_frames_give_300_records_and_a_complete_output_bag(
     assert [r.index for r in result.records] == list(range(300))
     assert result.summary['frames'] == 300 and result.summary['results'] == 300
     assert result.summary['drops'] == {} and result.summary['p50'] is not None
+    assert 0 < result.frames_s < result.wall_s  # the frames, without start-up and finish
     records = [FrameRecord.from_json(m.data) for m in _messages(tmp_path / 'out',
                                                                 '/offload/frames')]
     assert len(records) == 300 and all(r.result_source == 'edge' for r in records)
@@ -86,6 +87,23 @@ def test_max_frames_and_real_time_pacing_without_sleeping(
     # 12 frames 100 ms apart at rate 2: the player waits 50 ms before each after the first
     # (their ground truth, at the same times, is never ahead of the clock)
     assert len(slept) == 11 and sum(slept) == pytest.approx(0.55, abs=0.05)
+
+
+def test_the_main_loop_sleeps_until_an_event_comes_or_a_period_is_due(
+        tmp_path: Path) -> None:
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=10, width=64, height=48))
+    runner = Replay(ReplayOptions(bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0,
+                                  overrides=EDGE_ONLY),
+                    backend_factory=lambda name, options: FakeBackend(lambda: time.sleep(0.1)))
+    polls: list[int] = []
+    poll = runner.health.poll
+    runner.health.poll = lambda now: polls.append(now) or poll(now)  # type: ignore[method-assign]
+    result = runner.run()
+    assert result.summary['results'] == 10 and result.summary['drops'] == {}
+    # Polled every 5 ms, the checks would run some 20 times a frame; a frame's five events (two
+    # copies, its arrival, its detections and report) wake the loop at most five times, and the
+    # periods (plan, decision, diagnostics) a few times a second.
+    assert len(polls) <= 8 * 10
 
 
 def _defect_bag(path: Path) -> list[str]:
