@@ -10,28 +10,28 @@ finalised bag, and every wait is sliced so that the stop is seen within a tenth 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 import queue
 import sys
 import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from adaptive_offload.datatypes import FrameRecord, HealthEvent, InferenceReport
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.graph_codec import BatterySample, Diagnostics, encode_output, LabelMap
 from adaptive_offload.typestore import make_typestore, message_types
 from edge_inference.backends import create_backend
-from fault_injection.fault_measures import FaultMeasure, measure
+from fault_injection.fault_measures import measure
 from fault_injection.rig import FaultRig
-from fault_injection.scenario import Announcer, Scenario
+from fault_injection.scenario import Announcer
 from offload_runtime.bagio import declare_outputs, InputBag, OutputBag
 from offload_runtime.ground_truth import load_truth, RunScorer
 from offload_runtime.interrupts import StopFlag
 from offload_runtime.replay_graph import BackendFactory, ReplayGraph
+from offload_runtime.replay_options import ReplayOptions, ReplayResult
 from offload_runtime.summary import progress_bar, summarize
-from rcnn_service.service import ServiceConfig
+
+__all__ = ['Replay', 'ReplayOptions', 'ReplayResult']  # options and result live beside
 
 # After a stop, how long frames in flight (a cloud request, an edge inference) may take to
 # finish; the manager then closes what is left, as at the end of the bag.
@@ -39,68 +39,6 @@ DRAIN_S = 2.0
 POLL_S = 0.005  # the main loop's period while a part of it cannot tell when it is next due
 MAX_WAIT_S = 0.1  # its longest sleep otherwise, so that a clock that jumps is still followed
 PROGRESS_NS = 250_000_000
-
-
-@dataclass(frozen=True)
-class ReplayOptions:
-    """What to replay and how.
-
-    Attributes:
-        bag: Input bag.
-        out: Output bag folder (must not exist).
-        rate: Playback rate factor; 0 plays as fast as the graph can take frames.
-        max_frames: Stop after this many frames; 0 plays all.
-        topic: Image topic; empty picks the bag's only image topic.
-        params: Parameter file content (``{node: {param: value}}``).
-        params_file: Where ``params`` came from, named when a parameter is refused.
-        overrides: Per-node parameter overrides applied over ``params``.
-        distro: ROS distribution whose message definitions are written.
-        progress: Show a progress line on stderr.
-        service: The embedded cloud service started when a cloud policy has no
-            ``cloud_bridge`` url (host and port are always loopback and free).
-        service_timeout_s: Longest wait for the embedded service to be ready.
-        scenario: Faults injected into the run, timed from its start; each is measured (time
-            to detect and recover, frames late and dropped).
-        injector: Where network faults are injected: ``client``, ``proxy`` or ``netns``.
-    """
-
-    bag: Path
-    out: Path
-    rate: float = 1.0
-    max_frames: int = 0
-    topic: str = ''
-    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    params_file: str = ''
-    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    distro: str = 'jazzy'
-    progress: bool = False
-    service: ServiceConfig = field(default_factory=ServiceConfig)
-    service_timeout_s: float = 300.0
-    scenario: Scenario | None = None
-    injector: str = 'client'
-
-
-@dataclass
-class ReplayResult:
-    """What a replay produced (records in frame arrival order).
-
-    ``routes`` holds (seconds since the start, route) of every decision issued;
-    ``interrupted`` tells a run ended by :meth:`Replay.stop` before the end of the bag.
-    ``frames_s`` is the part of ``wall_s`` from the player's start to the last record
-    written: the run without its start-up (opening the output bag, declaring its topics)
-    and finish (stopping the workers, closing the bag).
-    """
-
-    records: list[FrameRecord]
-    events: list[HealthEvent]
-    summary: dict[str, Any]
-    out: Path
-    wall_s: float
-    faults: list[FaultMeasure] = field(default_factory=list)
-    reports: list[InferenceReport] = field(default_factory=list)
-    routes: list[tuple[float, str]] = field(default_factory=list)
-    interrupted: bool = False
-    frames_s: float = 0.0
 
 
 class Replay:
