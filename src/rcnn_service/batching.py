@@ -49,6 +49,11 @@ class AdaptiveBatcher(Generic[In, Out]):
         self._thread = threading.Thread(target=self._loop, name='batcher', daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether requests are taken and run (not closed, worker thread running)."""
+        return not self._closed and self._thread.is_alive()
+
     def submit(self, item: In) -> Future[Out]:
         """Queue one input; the future holds its output or its exception.
 

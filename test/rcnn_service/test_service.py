@@ -44,7 +44,7 @@ def _start(config: ServiceConfig, detector: RcnnDetector | None) -> InferenceSer
 
 @pytest.fixture
 def service(detector: RcnnDetector) -> Iterator[InferenceService]:
-    svc = _start(ServiceConfig(port=0, token='t0k', max_request_bytes=200_000,
+    svc = _start(ServiceConfig(port=0, tokens=('t0k',), max_request_bytes=200_000,
                                max_image_side=1000), detector)
     yield svc
     svc.shutdown()
@@ -76,10 +76,16 @@ def test_bridge_client_gets_boxes_in_the_image(service: InferenceService) -> Non
 
 
 def test_readiness_and_metadata(service: InferenceService) -> None:
-    for path in ('/v2/health/live', '/v2/health/ready', '/v2/models/rcnn/ready'):
+    """Probes are open; metadata needs the token (see rcnn_service.guard)."""
+    for path in ('/v2/health/live', '/v2/health/ready', '/v2/models/rcnn/ready', '/metrics'):
         with urllib.request.urlopen(service.url + path, timeout=5) as response:
             assert response.status == 200
-    with urllib.request.urlopen(service.url + '/v2/models/rcnn', timeout=5) as response:
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(service.url + '/v2/models/rcnn', timeout=5)
+    assert err.value.code == 401
+    request = urllib.request.Request(service.url + '/v2/models/rcnn',
+                                     headers={'Authorization': 'Bearer t0k'})
+    with urllib.request.urlopen(request, timeout=5) as response:
         meta = json.loads(response.read())
     assert meta['inputs'][0] == {'name': 'image', 'datatype': 'BYTES', 'shape': [1]}
 
