@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 from pathlib import Path
 import sys
 from typing import Any, Sequence
@@ -197,6 +198,11 @@ def _serve(args: argparse.Namespace) -> int:
                            score_threshold=args.score_threshold, threads=args.threads,
                            max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
     announce = (lambda line: print(line, flush=True))
+    handler = logging.StreamHandler()  # refusals, load errors: one line each, timestamped
+    handler.setFormatter(logging.Formatter('%(asctime)s [%(name)s] %(levelname)s %(message)s'))
+    service_log = logging.getLogger('adaptive_offload')
+    service_log.addHandler(handler)
+    service_log.setLevel(logging.INFO)
     if args.runtime == 'builtin':
         serve(config, announce)
     else:

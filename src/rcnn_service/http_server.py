@@ -160,7 +160,8 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
                 self._reader.deadline = time.monotonic() + cfg.request_timeout_s
                 self.raw_requestline = self.rfile.readline(65537)
                 if len(self.raw_requestline) > 65536:
-                    self._refuse(RequestError(414, 'request line too long'))
+                    self.requestline, self.command = '', ''
+                    self.send_error(414, 'request line too long')
                     return
                 if self.parse_request():  # else it has answered 400, 414 or 431
                     self._dispatch()
@@ -184,6 +185,8 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
         def send_error(self, code: int, message: str | None = None,
                        explain: str | None = None) -> None:
             self.close_connection = True  # the request line or headers were unreadable
+            if getattr(self, 'request_version', 'HTTP/0.9') == 'HTTP/0.9':
+                self.request_version = 'HTTP/1.0'  # 0.9 is never spoken: send a status line
             self._refuse(RequestError(code, message or explain or 'bad request'))
 
         def _dispatch(self) -> None:

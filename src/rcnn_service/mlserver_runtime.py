@@ -182,8 +182,9 @@ def mlserver_settings(config: ServiceConfig, grpc_port: int, metrics_port: int) 
 
     runtime = {k: v for k, v in asdict(config).items()
                if k not in ('host', 'port', 'request_timeout_s', 'max_connections')}
+    # debug (MLServer's default) would log a line per call and put tracebacks in 500 replies.
     settings = Settings(host=config.host, http_port=config.port, grpc_port=grpc_port,
-                        metrics_port=metrics_port, parallel_workers=0,
+                        metrics_port=metrics_port, parallel_workers=0, debug=False,
                         grpc_max_message_length=config.max_request_bytes + (64 << 10),
                         load_models_at_startup=True)
     model = ModelSettings(
