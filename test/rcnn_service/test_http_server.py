@@ -177,3 +177,15 @@ def test_keep_alive_and_expect_100_continue(service: InferenceService) -> None:
     got, closed = raw_exchange(_port(service), b'POST /v2/models/rcnn/infer HTTP/1.1\r\n'
                                b'Content-Length: 999999999\r\nExpect: 100-continue\r\n\r\n', 10)
     assert statuses(got) == [413] and closed  # no 100 Continue: the body is never sent
+
+
+def test_the_bridge_reconnects_when_the_server_closed_its_idle_connection() -> None:
+    service = _start(request_timeout_s=0.3)
+    try:
+        transport = V2RestTransport(service.url, 'rcnn')
+        assert transport.infer(_jpeg(), timeout_s=10).labels == ()
+        assert _wait(lambda: service._server.active == 0, 10)  # closed while idle
+        assert transport.infer(_jpeg(), timeout_s=10).labels == ()  # no 'connection' error
+        assert service.counts['ok'] == 2
+    finally:
+        service.shutdown()
