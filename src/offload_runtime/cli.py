@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help='largest batch of requests run together (adaptive batching)')
     serve.add_argument('--batch-wait-ms', type=float, default=0.0,
                        help='how long a lone request waits for others (0: never)')
+    serve.add_argument('--shutdown-grace-s', type=_rate, default=5.0,
+                       help='builtin: on SIGTERM, how long requests under way may take to '
+                            'finish; the queue is dropped after it (default 5)')
 
     evaluate = sub.add_parser('evaluate', help='every policy under every scenario: table, plots')
     evaluate.add_argument('--scenarios', type=Path, default=Path('config/scenarios'),
@@ -196,7 +199,8 @@ def _serve(args: argparse.Namespace) -> int:
                            tokens=tokens, max_request_bytes=args.max_request_bytes,
                            max_image_side=args.max_image_side,
                            score_threshold=args.score_threshold, threads=args.threads,
-                           max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+                           max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                           shutdown_grace_s=args.shutdown_grace_s)
     announce = (lambda line: print(line, flush=True))
     handler = logging.StreamHandler()  # refusals, load errors: one line each, timestamped
     handler.setFormatter(logging.Formatter('%(asctime)s [%(name)s] %(levelname)s %(message)s'))

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+import select
 import socket
 import sys
 import threading
@@ -143,11 +144,19 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
             self.rfile.close()
             self._reader = DeadlineReader(self.connection)
             self.rfile = io.BufferedReader(self._reader)
-            service.track(self.request, alive=True)
+            service.track(self.request, False)
 
         def finish(self) -> None:
-            service.track(self.request, alive=False)
+            service.track(self.request, None)
             super().finish()
+
+        def _client_gone(self) -> bool:
+            try:
+                if not select.select([self.connection], [], [], 0)[0]:
+                    return False
+                return self.connection.recv(1, socket.MSG_PEEK) == b''  # readable: no wait
+            except OSError:
+                return True  # reset
 
         def handle_one_request(self) -> None:
             started = False
@@ -157,6 +166,7 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
                     self.close_connection = True  # the client closed
                     return
                 started = True
+                service.track(self.request, True)
                 self._reader.deadline = time.monotonic() + cfg.request_timeout_s
                 self.raw_requestline = self.rfile.readline(65537)
                 if len(self.raw_requestline) > 65536:
@@ -166,6 +176,7 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
                 if self.parse_request():  # else it has answered 400, 414 or 431
                     self._dispatch()
                 self.wfile.flush()
+                service.track(self.request, False)
             except TimeoutError:
                 self.close_connection = True
                 if started:
@@ -244,8 +255,12 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
                 return  # the client closed before sending it all
             self.close_connection = not keep_alive
             try:
-                status, reply = 200, service.infer(body)
-            except RequestError:
+                status, reply = 200, service.infer(body, self._client_gone)
+            except RequestError as err:
+                if err.status == 499:  # nobody to answer
+                    service.count('abandoned')
+                    self.close_connection = True
+                    return
                 raise  # answered by _dispatch
             except Exception as err:  # a failing model must answer, not drop the connection
                 service.count('error_500')
@@ -269,6 +284,8 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
             self.send_header('Content-Length', str(len(payload)))
             for name, value in (extra or {}).items():
                 self.send_header(name, value)
+            if service.stopping:
+                self.close_connection = True  # the last answer on this connection
             if self.close_connection:
                 self.send_header('Connection', 'close')
             self.end_headers()

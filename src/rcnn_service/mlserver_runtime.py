@@ -40,6 +40,8 @@ from rcnn_service.rcnn_detector import RcnnDetector
 from rcnn_service.service import ServiceConfig
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
+BUILTIN_ONLY = ('host', 'port', 'request_timeout_s', 'max_connections', 'shutdown_grace_s')
+"""ServiceConfig fields MLServer's own settings hold, or that only the builtin server uses."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -180,8 +182,7 @@ def mlserver_settings(config: ServiceConfig, grpc_port: int, metrics_port: int) 
     from mlserver.settings import ModelParameters, ModelSettings, Settings
     from mlserver.types import MetadataTensor
 
-    runtime = {k: v for k, v in asdict(config).items()
-               if k not in ('host', 'port', 'request_timeout_s', 'max_connections')}
+    runtime = {k: v for k, v in asdict(config).items() if k not in BUILTIN_ONLY}
     # debug (MLServer's default) would log a line per call and put tracebacks in 500 replies.
     settings = Settings(host=config.host, http_port=config.port, grpc_port=grpc_port,
                         metrics_port=metrics_port, parallel_workers=0, debug=False,

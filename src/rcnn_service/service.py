@@ -10,12 +10,13 @@ the HTTP server itself is :mod:`rcnn_service.http_server`.
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import CancelledError, wait
 from dataclasses import dataclass
 import logging
 import socket
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from adaptive_offload.errors import AdaptiveOffloadError
 import numpy as np
@@ -50,6 +51,8 @@ class ServiceConfig:
         request_timeout_s: A request must arrive within this time of its first byte, and an
             idle connection is closed after it (builtin runtime).
         max_connections: Connections served at once; more get 503 (builtin runtime).
+        shutdown_grace_s: On SIGTERM, how long requests under way may take to finish
+            (builtin runtime; MLServer has its own).
     """
 
     arch: str = 'fasterrcnn_mobilenet_v3_large_fpn'
@@ -67,6 +70,7 @@ class ServiceConfig:
     batch_wait_ms: float = 0.0
     request_timeout_s: float = 10.0
     max_connections: int = 512
+    shutdown_grace_s: float = 5.0
 
 
 class InferenceService:
@@ -84,7 +88,8 @@ class InferenceService:
         self.counts: Counter[str] = Counter()
         self._infer_seconds = 0.0
         self._lock = threading.Lock()
-        self.connections: set[socket.socket] = set()
+        self.connections: dict[socket.socket, bool] = {}  # connection: a request under way
+        self.stopping = False
         self.tokens = Tokens(config.tokens)
         self._rejections = RejectionLog(LOG)
         self._server = GuardedHTTPServer(
@@ -123,32 +128,45 @@ class InferenceService:
         """Handle requests until :meth:`shutdown`."""
         self._server.serve_forever(poll_interval=0.2)
 
-    def shutdown(self) -> None:
-        """Stop serving, close every connection and wait for requests under way.
+    def shutdown(self, grace_s: float = 0.0) -> None:
+        """Stop serving, letting requests under way finish for up to ``grace_s``.
 
-        Kept-alive client connections are cut too, so clients see the service gone at once,
-        as they would if the process died, instead of being served by lingering threads. Call
-        it from another thread than :meth:`serve_forever`.
+        New connections are refused and idle ones closed at once; requests answered within
+        the grace period get ``Connection: close``. After it the rest are cut and the requests
+        still queued for the model dropped: none is computed for a client that is gone. With
+        no grace, clients see the service gone at once, as they would if the process died.
+        Call it from another thread than :meth:`serve_forever`.
+
+        Args:
+            grace_s: How long requests under way may take to finish.
         """
-        self._server.shutdown()
-        with self._lock:
-            open_now = list(self.connections)
-        for sock in open_now:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by the client
-        self._server.server_close()  # joins the request threads, now that their sockets end
+        self.stopping = True
+        self._server.shutdown()  # the accept loop ends
+        self._server.socket.close()  # new connections are refused, not queued
+        deadline = time.monotonic() + grace_s
+        while True:
+            with self._lock:
+                idle = [sock for sock, busy in self.connections.items() if not busy]
+                busy_left = len(self.connections) > len(idle)
+            _cut(idle)
+            if not busy_left or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
         if self._batcher is not None:
-            self._batcher.close()
-
-    def track(self, sock: socket.socket, alive: bool) -> None:
-        """Note a client connection opening or closing (see :meth:`shutdown`)."""
+            self._batcher.close(timeout_s=0.0, drain=False)  # cancel the queue, do not wait
         with self._lock:
-            if alive:
-                self.connections.add(sock)
+            _cut(list(self.connections))
+        if self._batcher is not None:
+            self._batcher.close()  # joins the worker once the batch under way is done
+        self._server.server_close()  # joins the request threads, now that their sockets end
+
+    def track(self, sock: socket.socket, state: bool | None) -> None:
+        """Note a client connection: a request under way (True), idle (False), closed (None)."""
+        with self._lock:
+            if state is None:
+                self.connections.pop(sock, None)
             else:
-                self.connections.discard(sock)
+                self.connections[sock] = state
 
     def reject(self, status: int, peer: str, reason: object) -> None:
         """Count and log (rate-limited, one line) a refused request."""
@@ -173,18 +191,32 @@ class InferenceService:
                       f'adaptive_offload_model_ready {int(self.ready)}']
         return '\n'.join(lines) + '\n'
 
-    def infer(self, body: bytes) -> dict[str, Any]:
+    def infer(self, body: bytes,
+              client_gone: Callable[[], bool] = lambda: False) -> dict[str, Any]:
         """Run one V2 inference request body.
 
+        Args:
+            body: The request body.
+            client_gone: Whether the client has closed its connection; a request whose client
+                left while it waited for the model is dropped, not computed.
+
         Raises:
-            RequestError: 400 for malformed requests or images, 503 while not ready.
+            RequestError: 400 for malformed requests or images, 503 while not ready or
+                stopping, 499 when the client left.
         """
         batcher = self._batcher
         if batcher is None or not batcher.alive:
             raise RequestError(503, 'model not ready')
         image = decode_request(body, self.config.max_image_side)
         start = time.perf_counter()
-        dets = batcher.submit(image).result()
+        future = batcher.submit(image)
+        while not wait([future], timeout=0.1).done:
+            if client_gone() and future.cancel():
+                raise RequestError(499, 'the client left before its request ran')
+        try:
+            dets = future.result()
+        except CancelledError as err:
+            raise RequestError(503, 'the service is stopping') from err
         seconds = time.perf_counter() - start
         self.count('ok', seconds)
         response = v2_response(self.config.model_name, dets)
@@ -202,9 +234,13 @@ def serve(config: ServiceConfig, announce: Any = print) -> None:
     import signal
 
     service = InferenceService(config)
+    stopping: list[threading.Thread] = []
 
     def stop(signum: int, _frame: Any) -> None:
-        threading.Thread(target=service.shutdown, name='shutdown').start()
+        if not stopping:  # a second signal changes nothing: the grace period is bounded
+            stopping.append(threading.Thread(target=service.shutdown, name='shutdown',
+                                             args=(config.shutdown_grace_s,)))
+            stopping[0].start()
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -212,6 +248,16 @@ def serve(config: ServiceConfig, announce: Any = print) -> None:
                  f'{service.url}: POST /v2/models/{config.model_name}/infer, '
                  'GET /v2/health/ready, GET /metrics')
         service.serve_forever()
+        for thread in stopping:
+            thread.join()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _cut(socks: list[socket.socket]) -> None:
+    for sock in socks:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by the client

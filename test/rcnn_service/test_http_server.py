@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any, Iterator
 
+from adaptive_offload.errors import CloudError
 from attack_kit import raw_exchange, statuses
 from cloud_bridge.transport import V2RestTransport
 import cv2
@@ -27,8 +28,21 @@ class _EmptyDetector(RcnnDetector):
                 for _ in images]
 
 
-def _start(**settings: Any) -> InferenceService:
-    service = InferenceService(ServiceConfig(port=0, **settings), _EmptyDetector())
+class _SlowDetector(_EmptyDetector):
+    """Takes ``seconds`` per batch and counts the images it ran."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.images = 0
+
+    def detect(self, images: list[np.ndarray]) -> list[Detections]:
+        self.images += len(images)
+        time.sleep(self.seconds)
+        return super().detect(images)
+
+
+def _start(detector: RcnnDetector | None = None, **settings: Any) -> InferenceService:
+    service = InferenceService(ServiceConfig(port=0, **settings), detector or _EmptyDetector())
     threading.Thread(target=service.serve_forever, daemon=True).start()
     return service
 
@@ -187,5 +201,74 @@ def test_the_bridge_reconnects_when_the_server_closed_its_idle_connection() -> N
         assert _wait(lambda: service._server.active == 0, 10)  # closed while idle
         assert transport.infer(_jpeg(), timeout_s=10).labels == ()  # no 'connection' error
         assert service.counts['ok'] == 2
+    finally:
+        service.shutdown()
+
+
+def _clients(service: InferenceService, count: int, timeout_s: float = 30.0) -> tuple[
+        list[threading.Thread], list[str]]:
+    outcomes: list[str] = []
+
+    def send() -> None:
+        try:
+            V2RestTransport(service.url, 'rcnn').infer(_jpeg(), timeout_s)
+            outcomes.append('ok')
+        except CloudError as err:
+            outcomes.append(err.reason)
+
+    threads = [threading.Thread(target=send) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads, outcomes
+
+
+def _busy(service: InferenceService) -> int:
+    return sum(service.connections.values())
+
+
+def test_shutdown_answers_the_requests_under_way_then_refuses_new_ones() -> None:
+    detector = _SlowDetector(0.3)
+    service = _start(detector, max_batch=1)
+    threads, outcomes = _clients(service, 4)
+    assert _wait(lambda: _busy(service) == 4, 10)
+    start = time.monotonic()
+    service.shutdown(grace_s=10.0)
+    assert time.monotonic() - start < 5  # four requests of 0.3 s, not the grace period
+    for thread in threads:
+        thread.join(10)
+    assert outcomes == ['ok'] * 4 and detector.images == 4
+    with pytest.raises(OSError):
+        socket.create_connection(('127.0.0.1', _port(service)), timeout=2)
+
+
+def test_shutdown_after_its_grace_drops_the_queued_requests() -> None:
+    """Before, every queued request was still computed after the clients had been cut."""
+    detector = _SlowDetector(1.0)
+    service = _start(detector, max_batch=1)
+    threads, outcomes = _clients(service, 6)
+    assert _wait(lambda: _busy(service) == 6, 10)
+    start = time.monotonic()
+    service.shutdown(grace_s=0.5)
+    assert time.monotonic() - start < 4  # grace + the batch under way (1 s), not 6 s
+    for thread in threads:
+        thread.join(10)
+    # Cut at the end of the grace: at most the batch under way then was computed in vain.
+    assert len(outcomes) == 6 and detector.images <= 2 and outcomes.count('ok') <= 1
+
+
+def test_a_request_whose_client_left_is_never_computed() -> None:
+    detector = _SlowDetector(0.5)
+    service = _start(detector, max_batch=1)
+    try:
+        first, outcomes = _clients(service, 1)
+        assert _wait(lambda: detector.images == 1, 10)  # the model is busy with it
+        gone, gone_outcomes = _clients(service, 2, timeout_s=0.2)  # give up, close
+        for thread in gone:
+            thread.join(10)
+        last, last_outcomes = _clients(service, 1)
+        for thread in first + last:
+            thread.join(10)
+        assert outcomes == last_outcomes == ['ok'] and gone_outcomes == ['timeout'] * 2
+        assert detector.images == 2 and service.counts['abandoned'] == 2
     finally:
         service.shutdown()
