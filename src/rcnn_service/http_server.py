@@ -270,7 +270,8 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
 
         def _refuse(self, err: RequestError) -> None:
             service.reject(err.status, self.client_address[0], err)
-            extra = {'WWW-Authenticate': 'Bearer'} if err.status == 401 else {}
+            extra = {401: {'WWW-Authenticate': 'Bearer'},
+                     405: {'Allow': 'GET, POST'}}.get(err.status, {})
             try:
                 self._send(err.status, {'error': str(err)}, extra=extra)
             except OSError:
