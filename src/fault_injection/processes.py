@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 
 from adaptive_offload.errors import BackendError
+from rcnn_service.guard import TOKENS_ENV
 from rcnn_service.service import ServiceConfig
 
 
@@ -54,9 +55,9 @@ class ServiceProcess:
                 cfg.model_name, '--max-batch', str(cfg.max_batch)]
         if cfg.checkpoint:
             argv += ['--checkpoint', cfg.checkpoint]
-        if cfg.token:
-            argv += ['--token', cfg.token]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        # Tokens go by the environment: argv shows in ps to every user of the host.
+        env[TOKENS_ENV] = ','.join(cfg.tokens)
         self._proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + self._timeout

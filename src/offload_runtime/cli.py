@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 from pathlib import Path
 import signal
 import sys
@@ -123,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--metrics-port', type=int, default=8082,
                        help='Prometheus /metrics port (mlserver; builtin serves it on --port)')
     serve.add_argument('--model-name', default='rcnn')
-    serve.add_argument('--token', default='', help='require this bearer token')
+    serve.add_argument('--token-file', default='',
+                       help='file of bearer tokens clients must present, one a line (one per '
+                            'robot; a mounted Kubernetes Secret); tokens are also read from '
+                            'the environment variable ADAPTIVE_OFFLOAD_TOKENS (comma- or '
+                            'space-separated), never from the command line')
     serve.add_argument('--score-threshold', type=float, default=0.5)
     serve.add_argument('--max-request-bytes', type=int, default=8 << 20)
     serve.add_argument('--max-image-side', type=int, default=4096)
@@ -132,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help='largest batch of requests run together (adaptive batching)')
     serve.add_argument('--batch-wait-ms', type=float, default=0.0,
                        help='how long a lone request waits for others (0: never)')
+    serve.add_argument('--shutdown-grace-s', type=_rate, default=5.0,
+                       help='builtin: on SIGTERM, how long requests under way may take to '
+                            'finish; the queue is dropped after it (default 5)')
 
     evaluate = sub.add_parser('evaluate', help='every policy under every scenario: table, plots')
     evaluate.add_argument('--scenarios', type=Path, default=Path('config/scenarios'),
@@ -191,17 +199,28 @@ def _sample_bag(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from rcnn_service.guard import load_tokens, TOKENS_ENV
     from rcnn_service.service import serve, ServiceConfig
 
     if args.max_batch < 1 or args.batch_wait_ms < 0:
         raise ConfigError('--max-batch must be >= 1 and --batch-wait-ms >= 0')
+    tokens = load_tokens(args.token_file)
+    if not tokens and args.host not in ('127.0.0.1', 'localhost', '::1'):
+        print(f'adaptive-offload serve: warning: no tokens (--token-file, {TOKENS_ENV}): '
+              f'anyone who reaches {args.host} can use the service', file=sys.stderr)
     config = ServiceConfig(arch=args.arch, checkpoint=args.checkpoint, device=args.device,
                            host=args.host, port=args.port, model_name=args.model_name,
-                           token=args.token, max_request_bytes=args.max_request_bytes,
+                           tokens=tokens, max_request_bytes=args.max_request_bytes,
                            max_image_side=args.max_image_side,
                            score_threshold=args.score_threshold, threads=args.threads,
-                           max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms)
+                           max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                           shutdown_grace_s=args.shutdown_grace_s)
     announce = (lambda line: print(line, flush=True))
+    handler = logging.StreamHandler()  # refusals, load errors: one line each, timestamped
+    handler.setFormatter(logging.Formatter('%(asctime)s [%(name)s] %(levelname)s %(message)s'))
+    service_log = logging.getLogger('adaptive_offload')
+    service_log.addHandler(handler)
+    service_log.setLevel(logging.INFO)
     if args.runtime == 'builtin':
         serve(config, announce)
     else:

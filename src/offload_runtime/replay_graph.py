@@ -145,7 +145,8 @@ class ReplayGraph:
                 else:
                     self.service = EmbeddedService(service)
                     url = self.service.url
-                cloud_values = {**cloud_values, 'url': url, 'token': service.token,
+                token = service.tokens[0] if service.tokens else ''
+                cloud_values = {**cloud_values, 'url': url, 'token': token,
                                 'model': service.model_name}
             if cloud_values.get('url'):
                 self._add_cloud(cloud_values, edge_cfg, camera, compressed, clock, rig,

@@ -49,6 +49,11 @@ class AdaptiveBatcher(Generic[In, Out]):
         self._thread = threading.Thread(target=self._loop, name='batcher', daemon=True)
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Whether requests are taken and run (not closed, worker thread running)."""
+        return not self._closed and self._thread.is_alive()
+
     def submit(self, item: In) -> Future[Out]:
         """Queue one input; the future holds its output or its exception.
 
@@ -63,11 +68,22 @@ class AdaptiveBatcher(Generic[In, Out]):
             self._cond.notify()
         return future
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Stop taking requests, finish the queued ones and join the worker."""
+    def close(self, timeout_s: float = 10.0, drain: bool = True) -> None:
+        """Stop taking requests and join the worker once the queue is done.
+
+        Args:
+            timeout_s: Longest wait for the worker.
+            drain: Run the queued requests first; False cancels them (their futures raise
+                ``CancelledError``), so only the batch under way is finished.
+        """
         with self._cond:
             self._closed = True
+            dropped = [] if drain else list(self._queue)
+            if not drain:
+                self._queue.clear()
             self._cond.notify()
+        for _, future in dropped:
+            future.cancel()
         self._thread.join(timeout_s)
 
     def _next_batch(self) -> list[tuple[In, Future[Out]]]:

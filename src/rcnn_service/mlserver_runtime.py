@@ -10,6 +10,10 @@ is checked alone and only decoded images are batched.
 Input: one ``image`` BYTES tensor holding JPEG or PNG bytes (raw over gRPC, base64 over REST).
 Output: ``boxes`` (FP32 Nx4), ``scores`` (FP32 N), ``labels`` (BYTES N), PNG ``masks`` for
 Mask R-CNN, and the server time as the integer parameter ``server_us``.
+
+``serve_mlserver`` runs MLServer with the guard of :mod:`rcnn_service.mlserver_guard` in
+front; the runtime checks each request again itself (token, size, image header), so it stays
+safe when run by a plain ``mlserver start``. Images are decoded off the event loop.
 """
 
 from __future__ import annotations
@@ -25,25 +29,28 @@ from typing import Any, Callable, Mapping
 
 from adaptive_offload.errors import ConfigError
 from mlserver import MLModel
-from mlserver.errors import MLServerError
 from mlserver.types import InferenceRequest, InferenceResponse
+import numpy as np
 from rcnn_service.batching import AdaptiveBatcher
+from rcnn_service.guard import RequestError, Tokens
+from rcnn_service.mlserver_guard import (GuardedMLServer, record_rejection, Refused,
+                                         ServerGuard)
+from rcnn_service.protocol import decode_image, server_time_parameters, v2_response
 from rcnn_service.rcnn_detector import RcnnDetector
-from rcnn_service.service import (decode_image, RequestError, server_time_parameters,
-                                  ServiceConfig, v2_response)
+from rcnn_service.service import ServiceConfig
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
+BUILTIN_ONLY = ('host', 'port', 'request_timeout_s', 'max_connections', 'shutdown_grace_s')
+"""ServiceConfig fields MLServer's own settings hold, or that only the builtin server uses."""
 
 
 @functools.lru_cache(maxsize=1)
-def _metrics() -> tuple[Any, Any]:
-    """Return the runtime's Prometheus metrics, made once per process (twice fails)."""
-    from prometheus_client import Counter, Histogram
+def _batch_sizes() -> Any:
+    """Return the batch size histogram, made once per process (twice fails)."""
+    from prometheus_client import Histogram
 
-    return (Counter('adaptive_offload_rejected_requests', 'Requests the runtime refused',
-                    ['status']),
-            Histogram('adaptive_offload_batch_size', 'Requests per model batch',
-                      buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32)))
+    return Histogram('adaptive_offload_batch_size', 'Requests per model batch',
+                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
 
 
 def config_from_extra(extra: Mapping[str, Any] | None) -> ServiceConfig:
@@ -60,6 +67,10 @@ def config_from_extra(extra: Mapping[str, Any] | None) -> ServiceConfig:
     defaults = asdict(ServiceConfig())
     for name, value in extra.items():
         want = type(defaults[name])
+        if want is tuple and isinstance(value, list):  # from a JSON model-settings file
+            extra[name] = value = tuple(value)
+        if want is tuple and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f'runtime setting {name} must be a list of strings')
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             extra[name] = float(value)
         elif not isinstance(value, want) or isinstance(value, bool) != (want is bool):
@@ -67,7 +78,8 @@ def config_from_extra(extra: Mapping[str, Any] | None) -> ServiceConfig:
     return ServiceConfig(**extra)
 
 
-def request_image_bytes(payload: InferenceRequest, config: ServiceConfig) -> bytes:
+def request_image_bytes(payload: InferenceRequest, config: ServiceConfig,
+                        tokens: Tokens | None = None) -> bytes:
     """Check a request (token, input name and type, size) and return its image bytes.
 
     Raises:
@@ -76,7 +88,7 @@ def request_image_bytes(payload: InferenceRequest, config: ServiceConfig) -> byt
     """
     headers = {str(k).lower(): v for k, v in
                ((payload.parameters.headers if payload.parameters else None) or {}).items()}
-    if config.token and headers.get('authorization') != f'Bearer {config.token}':
+    if not (tokens or Tokens(config.tokens)).accept(headers.get('authorization')):
         raise RequestError(401, 'missing or wrong bearer token')
     if len(payload.inputs) != 1:
         raise RequestError(400, f'expected exactly one input, got {len(payload.inputs)}')
@@ -111,10 +123,11 @@ class RcnnRuntime(MLModel):
         params = self.settings.parameters
         self._config = config_from_extra(params.extra if params else None)
         cfg = self._config
+        self._tokens = Tokens(cfg.tokens)
         detector = await asyncio.get_running_loop().run_in_executor(None, lambda: RcnnDetector(
             cfg.arch, cfg.checkpoint, cfg.device, cfg.score_threshold, cfg.threads))
         self._batcher = AdaptiveBatcher(detector.detect, cfg.max_batch, cfg.batch_wait_ms,
-                                        _metrics()[1].observe)
+                                        _batch_sizes().observe)
         LOG.info('model %s ready: %s on %s', self.name, cfg.arch, cfg.device)
         return True
 
@@ -123,24 +136,39 @@ class RcnnRuntime(MLModel):
         await asyncio.get_running_loop().run_in_executor(None, self._batcher.close)
         return True
 
+    @property
+    def ready(self) -> bool:
+        """Whether the model is loaded and its batching thread runs (MLServer's readiness)."""
+        batcher = getattr(self, '_batcher', None)
+        return self.__dict__.get('_loaded', False) and batcher is not None and batcher.alive
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self.__dict__['_loaded'] = value  # MLServer sets it after load() and unload()
+
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         """Detect objects in the request's image.
 
         Raises:
-            MLServerError: With the HTTP status of a refused request (gRPC maps it).
+            Refused: With the HTTP status of a refused request (gRPC maps it).
         """
         start = time.perf_counter()
         try:
-            image = decode_image(request_image_bytes(payload, self._config),
-                                 self._config.max_image_side)
+            # Off the event loop: base64 and image decoding would stall every other request
+            # and the health probes for as long as they take.
+            image = await asyncio.get_running_loop().run_in_executor(
+                None, self._decode, payload)
         except RequestError as err:
-            _metrics()[0].labels(str(err.status)).inc()
-            LOG.warning('rejected %s: %s', err.status, err)
-            raise MLServerError(str(err), status_code=err.status) from err
+            record_rejection(err.status, '-', err)
+            raise Refused(str(err), status_code=err.status) from err
         dets = await asyncio.wrap_future(self._batcher.submit(image))
         response = v2_response(self.name, dets)
         response['parameters'] = server_time_parameters(time.perf_counter() - start)
         return InferenceResponse.model_validate(response)
+
+    def _decode(self, payload: InferenceRequest) -> np.ndarray:
+        cfg = self._config
+        return decode_image(request_image_bytes(payload, cfg, self._tokens), cfg.max_image_side)
 
 
 def mlserver_settings(config: ServiceConfig, grpc_port: int, metrics_port: int) -> tuple[Any, Any]:
@@ -154,9 +182,10 @@ def mlserver_settings(config: ServiceConfig, grpc_port: int, metrics_port: int) 
     from mlserver.settings import ModelParameters, ModelSettings, Settings
     from mlserver.types import MetadataTensor
 
-    runtime = {k: v for k, v in asdict(config).items() if k not in ('host', 'port')}
+    runtime = {k: v for k, v in asdict(config).items() if k not in BUILTIN_ONLY}
+    # debug (MLServer's default) would log a line per call and put tracebacks in 500 replies.
     settings = Settings(host=config.host, http_port=config.port, grpc_port=grpc_port,
-                        metrics_port=metrics_port, parallel_workers=0,
+                        metrics_port=metrics_port, parallel_workers=0, debug=False,
                         grpc_max_message_length=config.max_request_bytes + (64 << 10),
                         load_models_at_startup=True)
     model = ModelSettings(
@@ -178,12 +207,13 @@ def serve_mlserver(config: ServiceConfig, grpc_port: int = 8081, metrics_port: i
         metrics_port: Port of ``/metrics``.
         announce: Called with one line saying where the service listens.
     """
-    from mlserver import MLServer
-
     settings, model = mlserver_settings(config, grpc_port, metrics_port)
 
     async def main() -> None:
-        server = MLServer(settings)  # installs its signal handlers on the running loop
+        # installs its signal handlers on the running loop
+        server = GuardedMLServer(settings, ServerGuard(Tokens(config.tokens),
+                                                       config.max_request_bytes),
+                                 config.model_name)
         announce(f'serving {config.arch} ({config.device}) as model {config.model_name!r} on '
                  f'MLServer: REST http://{config.host}:{config.port}, gRPC '
                  f'{config.host}:{grpc_port}, metrics http://{config.host}:{metrics_port}'

@@ -82,3 +82,16 @@ def test_bad_settings_are_refused() -> None:
         AdaptiveBatcher(lambda items: items, max_batch=0)
     with pytest.raises(ConfigError):
         AdaptiveBatcher(lambda items: items, max_wait_ms=-1)
+
+
+def test_close_without_drain_cancels_the_queue_and_finishes_the_batch_under_way() -> None:
+    model = _GatedModel()
+    batcher = AdaptiveBatcher(model, max_batch=1)
+    running = batcher.submit(1)
+    assert model.started.wait(10)
+    queued = [batcher.submit(i) for i in (2, 3)]
+    batcher.close(timeout_s=0.0, drain=False)
+    assert all(f.cancelled() for f in queued) and not batcher.alive
+    model.release.set()
+    batcher.close()
+    assert running.result(10) == 2 and model.batches == [[1]]

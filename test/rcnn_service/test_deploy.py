@@ -64,3 +64,19 @@ def test_manifests_run_the_image_the_containerfile_builds_with_valid_arguments()
     assert deployment['livenessProbe']['httpGet']['path'] == '/v2/health/live'
     ports = {p['name']: p['containerPort'] for p in deployment['ports']}
     assert ports == {'http': args.port, 'grpc': args.grpc_port, 'metrics': args.metrics_port}
+
+
+def test_tokens_come_from_a_mounted_secret_never_from_args_or_env_values() -> None:
+    deployment = _load('deployment.yaml')['spec']['template']['spec']
+    kserve = _load('inferenceservice.yaml')['spec']['predictor']
+    parser = build_parser()
+    for pod in (deployment, kserve):
+        [container] = pod['containers']
+        assert '--token' not in container['args']
+        assert all('value' not in env for env in container.get('env', []))
+        path = parser.parse_args(['serve', *container['args']]).token_file
+        volumes = {v['name']: v for v in pod['volumes']}
+        [mount] = [m for m in container['volumeMounts'] if path.startswith(m['mountPath'] + '/')]
+        secret = volumes[mount['name']]['secret']
+        assert secret['secretName'] == 'adaptive-offload-tokens' and mount['readOnly']
+        assert path == f'{mount["mountPath"]}/{secret["items"][0]["path"]}'

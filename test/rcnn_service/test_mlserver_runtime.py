@@ -21,6 +21,7 @@ import cv2
 from helpers import child_env
 import numpy as np
 import pytest
+from rcnn_service.guard import TOKENS_ENV
 
 TOKEN = 's3cret'
 
@@ -41,11 +42,11 @@ class Server:
 
     def __init__(self, ports: list[int] | None = None) -> None:
         self.rest, self.grpc, self.metrics = ports or _free_ports(3)
-        env = child_env()
+        env = {**child_env(), TOKENS_ENV: TOKEN}  # never argv: ps shows it to everyone
         self.proc = subprocess.Popen(
             [sys.executable, '-m', 'offload_runtime.cli', 'serve',
              '--arch', 'fasterrcnn_mobilenet_v3_large_320_fpn', '--threads', '2',
-             '--score-threshold', '0.0', '--token', TOKEN, '--max-request-bytes', '200000',
+             '--score-threshold', '0.0', '--max-request-bytes', '200000',
              '--port', str(self.rest), '--grpc-port', str(self.grpc),
              '--metrics-port', str(self.metrics)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -103,7 +104,9 @@ def _jpeg() -> bytes:
 def test_announces_all_three_endpoints(server: Server) -> None:
     assert f'gRPC 127.0.0.1:{server.grpc}' in server.announced
     assert f'http://127.0.0.1:{server.rest}' in server.announced
-    with urllib.request.urlopen(f'{server.rest_url}/v2/models/rcnn', timeout=10) as reply:
+    request = urllib.request.Request(f'{server.rest_url}/v2/models/rcnn',
+                                     headers={'Authorization': f'Bearer {TOKEN}'})
+    with urllib.request.urlopen(request, timeout=10) as reply:
         assert b'"name":"image"' in reply.read()
 
 

@@ -44,7 +44,7 @@ def _start(config: ServiceConfig, detector: RcnnDetector | None) -> InferenceSer
 
 @pytest.fixture
 def service(detector: RcnnDetector) -> Iterator[InferenceService]:
-    svc = _start(ServiceConfig(port=0, token='t0k', max_request_bytes=200_000,
+    svc = _start(ServiceConfig(port=0, tokens=('t0k',), max_request_bytes=200_000,
                                max_image_side=1000), detector)
     yield svc
     svc.shutdown()
@@ -76,10 +76,16 @@ def test_bridge_client_gets_boxes_in_the_image(service: InferenceService) -> Non
 
 
 def test_readiness_and_metadata(service: InferenceService) -> None:
-    for path in ('/v2/health/live', '/v2/health/ready', '/v2/models/rcnn/ready'):
+    """Probes are open; metadata needs the token (see rcnn_service.guard)."""
+    for path in ('/v2/health/live', '/v2/health/ready', '/v2/models/rcnn/ready', '/metrics'):
         with urllib.request.urlopen(service.url + path, timeout=5) as response:
             assert response.status == 200
-    with urllib.request.urlopen(service.url + '/v2/models/rcnn', timeout=5) as response:
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(service.url + '/v2/models/rcnn', timeout=5)
+    assert err.value.code == 401
+    request = urllib.request.Request(service.url + '/v2/models/rcnn',
+                                     headers={'Authorization': 'Bearer t0k'})
+    with urllib.request.urlopen(request, timeout=5) as response:
         meta = json.loads(response.read())
     assert meta['inputs'][0] == {'name': 'image', 'datatype': 'BYTES', 'shape': [1]}
 
@@ -134,11 +140,16 @@ def test_cloud_only_bridge_against_the_service(service: InferenceService,
     assert all(d.x2 <= 640 and d.y2 <= 480 for d in dets.detections)
 
 
-def test_serve_command_stops_on_sigterm_within_10_s() -> None:
+@pytest.mark.parametrize('in_flight', [False, True])
+def test_serve_command_stops_on_sigterm_within_10_s(in_flight: bool) -> None:
+    """Idle, it exits at once; a request under way at SIGTERM is answered first."""
+    import socket
+
     env = child_env()
+    # A grace long enough for one inference on a loaded CI machine.
     proc = subprocess.Popen([sys.executable, '-m', 'offload_runtime.cli', 'serve', '--runtime',
-                             'builtin', '--port',
-                             '0', '--arch', 'fasterrcnn_mobilenet_v3_large_320_fpn'],
+                             'builtin', '--port', '0', '--shutdown-grace-s', '30',
+                             '--arch', 'fasterrcnn_mobilenet_v3_large_320_fpn'],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
@@ -150,10 +161,23 @@ def test_serve_command_stops_on_sigterm_within_10_s() -> None:
                     break
             except OSError:  # refused, or a timeout while the model loads (busy CI)
                 time.sleep(0.1)
+        body = json.dumps({'inputs': [{'name': 'image', 'datatype': 'BYTES', 'shape': [1],
+                                       'data': [base64.b64encode(_jpeg()).decode()]}]}).encode()
+        client = socket.create_connection(('127.0.0.1', int(base.rsplit(':', 1)[1])), 30)
+        if in_flight:  # 100 Continue: the server has taken the request
+            client.sendall(b'POST /v2/models/rcnn/infer HTTP/1.1\r\nContent-Length: %d\r\n'
+                           b'Expect: 100-continue\r\n\r\n' % len(body))
+            assert client.recv(100).startswith(b'HTTP/1.1 100 Continue')
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-        assert time.monotonic() - start < 10
+        if in_flight:
+            time.sleep(0.2)
+            client.sendall(body)
+            reply = client.makefile('rb').read()  # to the close
+            assert reply.startswith(b'HTTP/1.1 200 ') and b'Connection: close' in reply
+        client.close()
+        assert proc.wait(timeout=40) == 0
+        assert time.monotonic() - start < (40 if in_flight else 10)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -1,0 +1,281 @@
+"""The rules of :mod:`rcnn_service.guard` put in front of MLServer's REST and gRPC servers.
+
+MLServer checks nothing before a model's ``predict``: its repository API can unload the model
+(after which readiness still says 200), it gzip-decompresses any REST body in full, and its
+gRPC errors other than 400/404/422/500 become UNKNOWN with a traceback in the log. So the
+service runs MLServer with
+
+* an ASGI middleware, outermost, that refuses a request on its headers alone (token, disabled
+  repository API, framing, Content-Encoding, Content-Length) before any body byte is read, and
+  answers readiness from the model's own state;
+* a gRPC interceptor, first, that does the same on the call's method and metadata before the
+  message is even parsed, and maps refusals to UNAUTHENTICATED, PERMISSION_DENIED,
+  RESOURCE_EXHAUSTED, INVALID_ARGUMENT and NOT_FOUND;
+* a log filter that turns MLServer's traceback per refused gRPC call into the one
+  rate-limited line every refusal gets.
+
+It reaches into MLServer's servers (``_rest_server._app``, ``_grpc_server``), which its public
+API does not expose; :class:`GuardedMLServer` fails loudly if a version changes them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+from adaptive_offload.errors import ConfigError
+import grpc
+from mlserver import MLServer
+from mlserver.errors import MLServerError
+from mlserver.grpc import dataplane_pb2 as pb
+from mlserver.grpc import utils as grpc_utils
+from mlserver.grpc.server import GRPCServer
+from rcnn_service.guard import (Access, body_length, check_body, DISABLED_MESSAGE,
+                                grpc_access, RejectionLog, RequestError, rest_access, Tokens)
+
+LOG = logging.getLogger('adaptive_offload.mlserver')
+
+GRPC_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+              403: grpc.StatusCode.PERMISSION_DENIED, 404: grpc.StatusCode.NOT_FOUND,
+              411: grpc.StatusCode.INVALID_ARGUMENT, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+              415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.FAILED_PRECONDITION,
+              503: grpc.StatusCode.UNAVAILABLE}
+"""gRPC code of each HTTP status the service refuses with."""
+
+
+class Refused(MLServerError):
+    """A refusal already counted and logged (the log filter leaves it out)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _rejections() -> tuple[Any, RejectionLog]:
+    """Return the refusal counter and log, made once per process (a second counter fails)."""
+    from prometheus_client import Counter
+
+    return (Counter('adaptive_offload_rejected_requests', 'Requests the runtime refused',
+                    ['status']), RejectionLog(LOG))
+
+
+def record_rejection(status: int, peer: str, reason: object) -> None:
+    """Count a refused request and log it in one line (rate-limited)."""
+    counter, log = _rejections()
+    counter.labels(str(status)).inc()
+    log(status, peer, reason)
+
+
+class ServerGuard:
+    """What the REST middleware and the gRPC interceptor check, and how they answer readiness.
+
+    Args:
+        tokens: Accepted bearer tokens.
+        max_request_bytes: Largest REST body.
+        ready: Whether the model can serve now (set by :class:`GuardedMLServer`).
+    """
+
+    def __init__(self, tokens: Tokens, max_request_bytes: int,
+                 ready: Callable[[], Awaitable[bool]] | None = None) -> None:
+        self.tokens = tokens
+        self.max_request_bytes = max_request_bytes
+        self.ready = ready or _never_ready
+
+
+async def _never_ready() -> bool:
+    return False
+
+
+class RestGuard:
+    """ASGI middleware: refuse on headers alone, before MLServer reads or expands a body.
+
+    Args:
+        app: The ASGI app behind it.
+        guard: The rules.
+    """
+
+    def __init__(self, app: Any, guard: ServerGuard) -> None:
+        self.app = app
+        self.guard = guard
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Serve one ASGI connection scope."""
+        if scope['type'] != 'http':
+            await self.app(scope, receive, send)
+            return
+        headers = [(k.decode('latin-1').lower(), v.decode('latin-1'))
+                   for k, v in scope.get('headers', ())]
+
+        def values(name: str) -> list[str]:
+            return [v for k, v in headers if k == name]
+
+        method, path = scope['method'], scope['path']
+        try:
+            length = body_length(values('transfer-encoding'), values('content-length'))
+            access = rest_access(method, path)
+            if access is not Access.OPEN and \
+                    not self.guard.tokens.accept(next(iter(values('authorization')), None)):
+                raise RequestError(401, 'missing or wrong bearer token')
+            if access is Access.DISABLED:
+                raise RequestError(403, DISABLED_MESSAGE)
+            check_body(length, values('content-encoding'), self.guard.max_request_bytes)
+        except RequestError as err:
+            record_rejection(err.status, (scope.get('client') or ('?',))[0], err)
+            await _respond(send, err.status, {'error': str(err)}, close=True)
+            return
+        if path == '/v2/health/ready':  # MLServer's says 200 with no model at all
+            await _respond(send, 200 if await self.guard.ready() else 503, None, close=False)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _respond(send: Any, status: int, body: dict[str, Any] | None, close: bool) -> None:
+    payload = b'' if body is None else json.dumps(body).encode()
+    headers = [(b'content-type', b'application/json'),
+               (b'content-length', str(len(payload)).encode())]
+    if status == 401:
+        headers.append((b'www-authenticate', b'Bearer'))
+    if close:  # the body was not read: the connection cannot carry another request
+        headers.append((b'connection', b'close'))
+    await send({'type': 'http.response.start', 'status': status, 'headers': headers})
+    await send({'type': 'http.response.body', 'body': payload})
+
+
+class GrpcGuard(grpc.aio.ServerInterceptor):
+    """gRPC interceptor: refuse on method and metadata, before the message is parsed.
+
+    Args:
+        guard: The rules.
+    """
+
+    def __init__(self, guard: ServerGuard) -> None:
+        self.guard = guard
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        """Return the call's handler, or one that refuses it."""
+        handler = await continuation(details)
+        if handler is None:
+            return None  # no such method: gRPC answers UNIMPLEMENTED
+        method = details.method
+        access = grpc_access(method)
+        if access is not Access.OPEN:
+            metadata = {m.key: m.value for m in details.invocation_metadata or ()}
+            if not self.guard.tokens.accept(metadata.get('authorization')):
+                return _refusal(handler, RequestError(401, 'missing or wrong bearer token'))
+            if access is Access.DISABLED:
+                return _refusal(handler, RequestError(403, DISABLED_MESSAGE))
+        if method.endswith('/ServerReady'):
+            async def ready(request: Any, context: Any) -> Any:
+                return pb.ServerReadyResponse(ready=await self.guard.ready())
+            return handler._replace(unary_unary=ready)
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_mapped(handler.unary_unary))
+        return handler
+
+
+def _refusal(handler: Any, err: RequestError) -> Any:
+    code = GRPC_CODES.get(err.status, grpc.StatusCode.INVALID_ARGUMENT)
+
+    async def refuse(request: Any, context: Any) -> Any:
+        peer = str(context.peer() or '?')
+        record_rejection(err.status, peer, err)
+        await context.abort(code, str(err))
+
+    async def refuse_stream(request: Any, context: Any) -> Any:
+        await refuse(request, context)
+        yield None  # never reached: abort raises; makes this an async generator
+
+    kind = ('stream_stream' if handler.response_streaming else 'stream_unary') \
+        if handler.request_streaming else \
+        ('unary_stream' if handler.response_streaming else 'unary_unary')
+    behavior = refuse_stream if handler.response_streaming else refuse
+    # No deserializer: a refused message is never parsed.
+    return handler._replace(request_deserializer=None, **{kind: behavior})
+
+
+def _mapped(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Wrap a unary behavior so an MLServerError it lets out gets its gRPC code, not UNKNOWN."""
+    async def call(request: Any, context: Any) -> Any:
+        try:
+            return await behavior(request, context)
+        except MLServerError as err:
+            if not isinstance(err, Refused):
+                record_rejection(err.status_code, str(context.peer() or '?'), err)
+            await context.abort(GRPC_CODES.get(err.status_code, grpc.StatusCode.INTERNAL),
+                                str(err))
+    return call
+
+
+def _quiet_refusals(record: logging.LogRecord) -> bool:
+    """Drop MLServer's traceback for a refused gRPC call; the refusal gets its one line."""
+    err = record.exc_info[1] if record.exc_info else None
+    if not isinstance(err, MLServerError) or err.status_code >= 500:
+        return True
+    if not isinstance(err, Refused):
+        record_rejection(err.status_code, '?', err)
+    return False
+
+
+class _GuardedGRPCServer(GRPCServer):
+    """MLServer's gRPC server with :class:`GrpcGuard` as its first interceptor."""
+
+    def __init__(self, *args: Any, guard: GrpcGuard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard = guard
+
+    @property
+    def _interceptors(self) -> list[Any]:
+        return self.__dict__['_guarded_interceptors']
+
+    @_interceptors.setter
+    def _interceptors(self, value: list[Any]) -> None:
+        # MLServer builds this list in _create_server and hands it to grpc.aio.server.
+        self.__dict__['_guarded_interceptors'] = [self._guard, *value]
+
+    def _create_server(self) -> Any:
+        server = super()._create_server()
+        if self.__dict__.get('_guarded_interceptors', [None])[0] is not self._guard:
+            raise ConfigError('this MLServer version builds its gRPC server differently: '
+                              'the request guard could not be installed')
+        return server
+
+
+class GuardedMLServer(MLServer):
+    """MLServer with the guard in front of REST and gRPC; readiness is the model's.
+
+    Args:
+        settings: MLServer settings.
+        guard: The rules.
+        model_name: The model whose readiness is the server's.
+
+    Raises:
+        ConfigError: If this MLServer version does not have the servers where expected.
+    """
+
+    def __init__(self, settings: Any, guard: ServerGuard, model_name: str) -> None:
+        self._guard = guard
+        self._model_name = model_name
+        super().__init__(settings)
+
+    def _create_servers(self) -> None:
+        super()._create_servers()
+        app = getattr(getattr(self, '_rest_server', None), '_app', None)
+        data_plane = getattr(self, '_data_plane', None)
+        if app is None or data_plane is None:
+            raise ConfigError('this MLServer version has no REST app or data plane where '
+                              'expected: the request guard could not be installed')
+
+        async def ready() -> bool:
+            try:
+                return bool(await data_plane.model_ready(self._model_name))
+            except MLServerError:
+                return False  # unknown (unloaded) model
+
+        self._guard.ready = ready
+        app.add_middleware(RestGuard, guard=self._guard)
+        self._grpc_server = _GuardedGRPCServer(
+            self._settings, data_plane, self._model_repository_handlers,
+            guard=GrpcGuard(self._guard))
+        for status, code in GRPC_CODES.items():  # what predict's refusals map to
+            grpc_utils.STATUS_CODE_MAPPING.setdefault(status, code)
+        logging.getLogger('mlserver.grpc').addFilter(_quiet_refusals)
