@@ -108,18 +108,20 @@ def test_a_live_parameter_set_shows_in_the_next_decision(graph: Any) -> None:
     assert Decision.from_json(decisions[-1].data).policy == 'static'
 
 
-def test_the_edge_node_re_reads_its_parameters_on_configure(graph: Any) -> None:
+def test_the_edge_node_applies_live_sets_and_re_reads_the_rest_on_configure(
+        graph: Any) -> None:
     from edge_inference.node import EdgeInferenceNode
 
     executor, probe = graph
     reports: list[String] = []
+    annotated: list[Image] = []
     probe.create_subscription(String, '/edge/telemetry', reports.append,
+                              ros.qos_profile('result'))
+    probe.create_subscription(Image, '/edge/annotated', annotated.append,
                               ros.qos_profile('result'))
     camera = probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame'))
     node = EdgeInferenceNode()
     executor.add_node(node)
-    [result] = node.set_parameters([Parameter('imgsz', value=128)])
-    assert not result.successful and 'configure' in result.reason  # active: refused
 
     def imgsz_of_next_frame(stamp: int) -> int:
         assert spin_until(executor, lambda: camera.get_subscription_count() > 0)
@@ -131,10 +133,16 @@ def test_the_edge_node_re_reads_its_parameters_on_configure(graph: Any) -> None:
                     if InferenceReport.from_json(m.data).stamp_ns == stamp)
 
     assert imgsz_of_next_frame(1_000_000_000) == 160
+    [result] = node.set_parameters([Parameter('imgsz', value=128)])
+    assert result.successful, result.reason  # live: the next frame uses it
+    assert imgsz_of_next_frame(2_000_000_000) == 128
+    [result] = node.set_parameters([Parameter('publish_annotated', value=True)])
+    assert not result.successful and 'configure' in result.reason  # active: refused
     assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
     assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
-    [result] = node.set_parameters([Parameter('imgsz', value=128)])
+    [result] = node.set_parameters([Parameter('publish_annotated', value=True)])
     assert result.successful, result.reason
     assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
     assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
-    assert imgsz_of_next_frame(2_000_000_000) == 128
+    assert imgsz_of_next_frame(3_000_000_000) == 128  # re-read, not the start-up value
+    assert spin_until(executor, lambda: bool(annotated))  # the configure-time set took
