@@ -114,7 +114,6 @@ class Replay:
         self._routes: list[tuple[float, str]] = []
         self._reports: list[tuple[float, InferenceReport]] = []
         self._events: queue.Queue[tuple[str, Any]] = queue.Queue()
-        self.graph: ReplayGraph | None = None
         self._input = InputBag(options.bag, options.topic)
         try:
             self._store = make_typestore(options.distro)
@@ -124,7 +123,7 @@ class Replay:
                 backend_factory, clock, options.service, self._rig, options.scenario,
                 lambda node, name, rec: self._events.put(('out', (node, name, rec))))
         except BaseException:
-            self._close_inputs()
+            self._close_inputs(None)
             raise
         self.manager = self.graph.manager
         self.edge = self.graph.edge
@@ -154,7 +153,7 @@ class Replay:
                                               self._sleep)
             out = OutputBag(self._opts.out, self._store)
         except BaseException:
-            self._close_inputs()
+            self._close_inputs(self.graph)
             raise
         try:
             declare_outputs(out, self._input.connections, self.graph.outputs())
@@ -177,7 +176,7 @@ class Replay:
         finally:
             for worker in self._workers:
                 worker.stop()
-            self._close_inputs()
+            self._close_inputs(self.graph)
             out.close()
         wall_s = (self._clock() - start) / 1e9
         records = sorted(self._records, key=lambda r: r.index)
@@ -189,24 +188,26 @@ class Replay:
         return ReplayResult(records, self._health_events, summary, self._opts.out, wall_s,
                             faults, [r for _, r in self._reports], self._routes)
 
-    def _close_inputs(self) -> None:
+    def _close_inputs(self, graph: ReplayGraph | None) -> None:
+        """Close the input bag, ``graph`` (None when building it failed) and the fault rig."""
         self._input.close()
-        if self.graph is not None:
-            self.graph.close()
+        if graph is not None:
+            graph.close()
         if self._rig is not None:
             self._rig.close()
 
     def _play(self, out: OutputBag) -> None:
         """Player thread: publish frames at their recorded times (or back to back)."""
-        first_bag = first_wall = None
+        first: tuple[int, int] | None = None  # (bag ns, wall ns) of the first message
         try:
             for raw in self._input.messages():
                 is_frame = raw.connection.topic == self._input.topic
                 if is_frame and self._opts.max_frames and self._played >= self._opts.max_frames:
                     break
                 if self._opts.rate > 0:  # every topic at its time: a battery sample is timed
-                    if first_bag is None:
-                        first_bag, first_wall = raw.timestamp, self._clock()
+                    if first is None:
+                        first = (raw.timestamp, self._clock())
+                    first_bag, first_wall = first
                     due = first_wall + (raw.timestamp - first_bag) / self._opts.rate
                     ahead_s = (due - self._clock()) / 1e9
                     if ahead_s > 0:
