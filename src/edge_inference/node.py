@@ -14,7 +14,8 @@ from typing import Any
 from adaptive_offload import graph
 from adaptive_offload import ros_interface as ros
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
-from adaptive_offload.frame_worker import DecisionHolder, FrameWorker, ResultEmitter
+from adaptive_offload.frame_worker import (DecisionHolder, FrameProcessor, FrameWorker,
+                                           ResultEmitter)
 from adaptive_offload.graph_codec import LabelMap
 from adaptive_offload.params import ParameterSpec
 from edge_inference.inference import build_edge, EdgeConfig, EdgeInference, PARAMETERS
@@ -73,7 +74,9 @@ class EdgeInferenceNode(LifecycleNode):
         pubs.publish('label_info', LabelMap(core.models.names_of_current(), config.conf,
                                             ros.now_ns(self)))
         emit = ResultEmitter(pubs.publish, config.publish_annotated)
-        processor = core if self._faults is None else StallingProcessor(core, self._faults)
+        processor: FrameProcessor = core
+        if self._faults is not None:
+            processor = StallingProcessor(core, self._faults)
         worker = self._worker = FrameWorker(processor, self._decisions, emit,
                                             lambda: ros.now_ns(self))
         worker.start('edge-inference')

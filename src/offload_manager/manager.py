@@ -325,10 +325,11 @@ class OffloadManager:
         """Register an input frame under the current decision; a refused one ends at once."""
         decision = self._in_force(now_ns)
         outcome = self._arbiter.frame_arrived(stamp_ns, frame_id, now_ns, decision)
-        if outcome is not None:
-            [outcome] = self._energy.annotate([outcome], now_ns)
-            self._policy.observe_record(outcome.record)
-        return outcome
+        if outcome is None:
+            return None
+        [annotated] = self._energy.annotate([outcome], now_ns)
+        self._policy.observe_record(annotated.record)
+        return annotated
 
     def on_frame(self, header: FrameHeader, now_ns: int) -> None:
         """Take a camera frame (the graph's handler); a refused one ends at the next poll."""
