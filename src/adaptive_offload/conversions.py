@@ -16,6 +16,7 @@ from adaptive_offload.datatypes import Detection, DetectionSet, Frame, HealthSta
 from adaptive_offload.errors import ConversionError
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 # encoding -> (channels, bytes per channel, cv2 conversion to BGR or None)
 _RAW_ENCODINGS: dict[str, tuple[int, int, int | None]] = {
@@ -335,7 +336,7 @@ def string_message(types: MessageTypes, text: str) -> Any:
     return types.String(data=text)
 
 
-def boxes_from_arrays(xyxy: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+def boxes_from_arrays(xyxy: ArrayLike, scores: ArrayLike, classes: ArrayLike,
                       names: Sequence[str] | dict[int, str], width: int,
                       height: int) -> tuple[Detection, ...]:
     """Turn detector output arrays into detections clipped to the image.

@@ -114,6 +114,7 @@ class Frame:
         return int(self.image.shape[0])
 
 
+@dataclass(frozen=True)
 class JsonRecord:
     """Mixin giving a dataclass a versioned JSON form.
 
@@ -129,7 +130,7 @@ class JsonRecord:
             JSON text.
         """
         body = {'schema': self.SCHEMA, 'version': SCHEMA_VERSION}
-        for fld in dataclasses.fields(self):  # type: ignore[arg-type]
+        for fld in dataclasses.fields(self):
             value = getattr(self, fld.name)
             body[fld.name] = value.value if isinstance(value, enum.Enum) else value
         return json.dumps(body, separators=(',', ':'), sort_keys=True)
@@ -159,7 +160,7 @@ class JsonRecord:
         if body.get('version') != SCHEMA_VERSION:
             raise ConversionError(
                 'bad_json', f'{cls.SCHEMA}: version {body.get("version")!r} != {SCHEMA_VERSION}')
-        names = {fld.name for fld in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        names = {fld.name for fld in dataclasses.fields(cls)}
         try:
             record = cls(**{k: v for k, v in body.items() if k in names})
         except (TypeError, ValueError) as err:

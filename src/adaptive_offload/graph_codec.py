@@ -15,9 +15,14 @@ from adaptive_offload.conversions import (detections_to_message, frame_to_messag
                                           health_to_diagnostics, label_info_message,
                                           message_to_detections, MessageTypes, stamp_to_ns)
 from adaptive_offload.datatypes import (Decision, FaultEvent, Frame, FrameRecord, HealthEvent,
-                                        HealthStatus, InferenceReport)
+                                        HealthStatus, InferenceReport, JsonRecord)
 from adaptive_offload.errors import ConversionError
 from adaptive_offload.graph import Port
+
+# The input kinds whose messages are std_msgs/String holding a record's JSON.
+JSON_RECORDS: Mapping[str, type[JsonRecord]] = {
+    'decision': Decision, 'report': InferenceReport, 'health_event': HealthEvent,
+    'frame_record': FrameRecord, 'fault': FaultEvent}
 
 
 @dataclass(frozen=True)
@@ -70,11 +75,9 @@ def decode_input(port: Port, msg: Any) -> Any:
         return message_to_detections(msg, port.source)
     if kind == 'battery':
         return BatterySample(float(msg.voltage), float(msg.current))
-    record_type = {'decision': Decision, 'report': InferenceReport,
-                   'health_event': HealthEvent, 'frame_record': FrameRecord,
-                   'fault': FaultEvent}.get(kind)
+    record_type = JSON_RECORDS.get(kind)
     if record_type is None:
-        raise ConversionError(f'input {port.name}: unknown record kind {kind!r}')
+        raise ConversionError('unknown_kind', f'input {port.name}: record kind {kind!r}')
     return record_type.from_json(msg.data)
 
 
@@ -97,4 +100,4 @@ def encode_output(types: MessageTypes, port: Port, record: Any) -> Any:
         frame: Frame = record
         return frame_to_message(types, frame.image, frame.stamp_ns, frame.frame_id,
                                 frame.encoding)
-    raise ConversionError(f'output {port.name}: unknown kind {kind!r}')
+    raise ConversionError('unknown_kind', f'output {port.name}: kind {kind!r}')

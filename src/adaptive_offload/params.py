@@ -36,6 +36,7 @@ def type_name(value: Any) -> str:
     if isinstance(value, str):
         return 'STRING'
     if isinstance(value, (list, tuple)):
+        kind: type
         for kind, name in ((bytes, 'BYTE_ARRAY'), (bool, 'BOOL_ARRAY')):
             if all(isinstance(v, kind) for v in value):
                 return name

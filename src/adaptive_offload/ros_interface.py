@@ -182,14 +182,14 @@ def current_parameters(node: rclpy.node.Node, specs: Iterable[ParameterSpec]) ->
 
 
 def on_parameters_set(node: rclpy.node.Node, specs: Iterable[ParameterSpec],
-                      apply: Callable[[dict[str, Any]], None],
+                      apply: Callable[[dict[str, Any]], object],
                       refuse: Callable[[ParameterSpec], str] = lambda spec: '') -> None:
     """Apply ``ros2 param set`` on the running node, or refuse it with a reason.
 
     rclpy has already checked type, range and read-only against the descriptor. Live
-    parameters go to ``apply`` (which raises ConfigError to refuse the whole set); a
-    configure-time parameter is accepted unless ``refuse`` gives a reason (a lifecycle node
-    refuses them unless unconfigured).
+    parameters go to ``apply`` (which raises ConfigError to refuse the whole set; what it
+    returns is ignored); a configure-time parameter is accepted unless ``refuse`` gives a
+    reason (a lifecycle node refuses them unless unconfigured).
     """
     table = {spec.name: spec for spec in specs}
 

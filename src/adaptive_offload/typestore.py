@@ -15,7 +15,8 @@ DISTROS = {'humble': Stores.ROS2_HUMBLE, 'jazzy': Stores.ROS2_JAZZY}
 
 def vision_msgs_definitions() -> dict[str, str]:
     """Return the vision_msgs 4.x (Humble/Jazzy) .msg texts kept in this package, by type name."""
-    folder = resources.files('adaptive_offload').joinpath('interfaces', 'vision_msgs', 'msg')
+    # One segment per step: Traversable takes a single child on 3.10.
+    folder = resources.files('adaptive_offload') / 'interfaces' / 'vision_msgs' / 'msg'
     return {f'vision_msgs/msg/{entry.name[:-4]}': entry.read_text(encoding='utf-8')
             for entry in folder.iterdir() if entry.name.endswith('.msg')}
 

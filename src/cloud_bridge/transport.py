@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from typing import Any, Callable
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from adaptive_offload.errors import CloudError, ConfigError
 from adaptive_offload.inference_transport import CloudReply, InferenceTransport
@@ -32,13 +32,20 @@ class V2RestTransport:
         url: Server base URL, ``http://host:port``.
         model: Model name on the server.
         token: Bearer token; empty sends none.
+
+    Raises:
+        ConfigError: For a URL that is not http(s) with a host, or has a bad port.
     """
 
     def __init__(self, url: str, model: str, token: str = '') -> None:
         parts = urlsplit(url)
-        if parts.scheme not in ('http', 'https') or not parts.hostname:
+        host = parts.hostname
+        if parts.scheme not in ('http', 'https') or not host:
             raise ConfigError(f'cloud URL {url!r} must be http://host:port or https://...')
-        self._parts = parts
+        port = _port(url, parts)
+        self._connect = http.client.HTTPSConnection if parts.scheme == 'https' \
+            else http.client.HTTPConnection
+        self._host, self._port = host, port
         self._path = f'{parts.path.rstrip("/")}/v2/models/{model}/infer'
         self._headers = {'Content-Type': 'application/json'}
         if token:
@@ -52,9 +59,7 @@ class V2RestTransport:
             conn = self._idle.pop() if self._idle else None
         reused = conn is not None and conn.sock is not None
         if conn is None:
-            kind = http.client.HTTPSConnection if self._parts.scheme == 'https' \
-                else http.client.HTTPConnection
-            conn = kind(self._parts.hostname, self._parts.port, timeout=timeout_s)
+            conn = self._connect(self._host, self._port, timeout=timeout_s)
         conn.timeout = timeout_s
         if conn.sock is not None:
             conn.sock.settimeout(timeout_s)
@@ -154,14 +159,15 @@ class V2GrpcTransport:
         token: Bearer token sent as ``authorization`` metadata; empty sends none.
 
     Raises:
-        ConfigError: For a URL without host and port.
+        ConfigError: For a URL without host and port, or with a bad port.
     """
 
     def __init__(self, url: str, model: str, token: str = '') -> None:
         parts = urlsplit(url)
-        if parts.scheme != 'grpc' or not parts.hostname or not parts.port:
+        port = _port(url, parts)
+        if parts.scheme != 'grpc' or not parts.hostname or not port:
             raise ConfigError(f'cloud URL {url!r} must be grpc://host:port')
-        self._target = f'{parts.hostname}:{parts.port}'
+        self._target = f'{parts.hostname}:{port}'
         self._model = model
         self._headers = {'authorization': f'Bearer {token}'} if token else None
         self._client: Any = None
@@ -230,6 +236,19 @@ TRANSPORTS: dict[str, Callable[[str, str, str], InferenceTransport]] = {
     'https': V2RestTransport,
 }
 """Transports by URL scheme: ``grpc://host:port`` (default) or ``http(s)://host:port``."""
+
+
+def _port(url: str, parts: SplitResult) -> int | None:
+    """Return the port of a URL split into ``parts``, None when it has none.
+
+    Raises:
+        ConfigError: For a port that is no number or out of range (urllib's ValueError would
+            otherwise surface on the first request).
+    """
+    try:
+        return parts.port
+    except ValueError as err:
+        raise ConfigError(f'cloud URL {url!r}: bad port ({err})') from err
 
 
 def make_transport(url: str, model: str, token: str = '') -> InferenceTransport:

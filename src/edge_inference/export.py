@@ -40,7 +40,11 @@ def export_model(model: str, imgsz: int, out: Path, fmt: str = 'onnx',
 
         try:
             yolo = YOLO(model, task='detect')
-            yolo.model.names = named_classes(yolo.model)  # travels in the export's metadata
+            # The names travel in the export's metadata. ultralytics leaves Model.model
+            # unannotated, so mypy types it str | None (its values before loading); a loaded
+            # .pt or .yaml makes it a DetectionModel.
+            net = yolo.model
+            net.names = named_classes(net)  # type: ignore[union-attr]
             written = yolo.export(format=fmt, imgsz=imgsz, dynamic=False, simplify=False,
                                   verbose=False)
         except Exception as err:  # ultralytics raises many types; report them as one

@@ -14,7 +14,8 @@ from typing import Any
 from adaptive_offload import graph
 from adaptive_offload import ros_interface as ros
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
-from adaptive_offload.frame_worker import DecisionHolder, FrameWorker, ResultEmitter
+from adaptive_offload.frame_worker import (DecisionHolder, FrameProcessor, FrameWorker,
+                                           ResultEmitter)
 from adaptive_offload.graph_codec import LabelMap
 from adaptive_offload.params import ParameterSpec
 from edge_inference.inference import build_edge, EdgeConfig, EdgeInference, PARAMETERS
@@ -62,20 +63,24 @@ class EdgeInferenceNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Load and warm up the model, then subscribe to the camera."""
-        config = self._config
+        config, pubs = self._config, self._pubs
+        if config is None or pubs is None:  # rclpy only activates a configured node
+            return self._fail(ConfigError('edge_inference: activated before configure'))
         try:
-            self._core = build_edge(config)
+            core = self._core = build_edge(config)
         except AdaptiveOffloadError as err:
             return self._fail(err)
         result = super().on_activate(state)
-        self._pubs.publish('label_info', LabelMap(self._core.models.names_of_current(),
-                                                  config.conf, ros.now_ns(self)))
-        emit = ResultEmitter(self._pubs.publish, config.publish_annotated)
-        processor = self._core if self._faults is None \
-            else StallingProcessor(self._core, self._faults)
-        self._worker = FrameWorker(processor, self._decisions, emit, lambda: ros.now_ns(self))
-        self._worker.start('edge-inference')
-        self._camera = ros.subscribe(self, self._graph, {'camera': self._worker},
+        pubs.publish('label_info', LabelMap(core.models.names_of_current(), config.conf,
+                                            ros.now_ns(self)))
+        emit = ResultEmitter(pubs.publish, config.publish_annotated)
+        processor: FrameProcessor = core
+        if self._faults is not None:
+            processor = StallingProcessor(core, self._faults)
+        worker = self._worker = FrameWorker(processor, self._decisions, emit,
+                                            lambda: ros.now_ns(self))
+        worker.start('edge-inference')
+        self._camera = ros.subscribe(self, self._graph, {'camera': worker},
                                      only=('camera',))
         self.get_logger().info(f'{config.model_name} ({config.model}) on {config.device}, '
                                f'imgsz {config.imgsz}, input {self._camera[0].topic_name}')

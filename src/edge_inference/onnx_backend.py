@@ -112,9 +112,9 @@ class OnnxBackend:
         boxes, scores, cls = output[:4].T[keep], scores[keep], cls[keep]
         xywh = np.column_stack([boxes[:, 0] - boxes[:, 2] / 2, boxes[:, 1] - boxes[:, 3] / 2,
                                 boxes[:, 2], boxes[:, 3]])
-        chosen = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), cls.tolist(),
-                                         conf, iou) if len(scores) else []
-        chosen = np.asarray(chosen, dtype=int).reshape(-1)
+        kept = cv2.dnn.NMSBoxesBatched(xywh.tolist(), scores.tolist(), cls.tolist(),
+                                       conf, iou) if len(scores) else []
+        chosen = np.asarray(kept, dtype=int).reshape(-1)
         chosen = chosen[np.argsort(-scores[chosen], kind='stable')][:max_det]
         xyxy = xywh[chosen].copy()
         xyxy[:, 2:] += xyxy[:, :2]

@@ -43,8 +43,8 @@ def prepare_offline(config_dir: str = '') -> Path:
     font = folder / 'Arial.ttf'
     if not font.exists():
         try:
-            local = resources.files('matplotlib').joinpath('mpl-data', 'fonts', 'ttf',
-                                                           'DejaVuSans.ttf')
+            # One segment per step: Traversable takes a single child on 3.10.
+            local = resources.files('matplotlib') / 'mpl-data' / 'fonts' / 'ttf' / 'DejaVuSans.ttf'
             with resources.as_file(local) as path:
                 shutil.copyfile(path, font)
         except (ModuleNotFoundError, OSError):
@@ -54,7 +54,7 @@ def prepare_offline(config_dir: str = '') -> Path:
 
 def coco_names() -> dict[int, str]:
     """Class names of COCO (80), from the dataset config ultralytics ships."""
-    text = resources.files('ultralytics').joinpath('cfg', 'datasets', 'coco.yaml').read_text()
+    text = (resources.files('ultralytics') / 'cfg' / 'datasets' / 'coco.yaml').read_text()
     return {int(k): str(v) for k, v in yaml.safe_load(text)['names'].items()}
 
 

@@ -100,7 +100,11 @@ class FaultRig:
         return self.service.url
 
     def service_url(self, url: str) -> str:
-        """Return the URL the bridge should use: a fault proxy's in proxy mode."""
+        """Return the URL the bridge should use: a fault proxy's in proxy mode.
+
+        Raises:
+            ConfigError: In proxy mode, for a URL without host or port.
+        """
         if self.network != 'proxy' or not self._net.faults:
             return url
         from urllib.parse import urlsplit
@@ -108,6 +112,8 @@ class FaultRig:
         from fault_injection.fault_proxy import FaultProxy
 
         parts = urlsplit(url)
+        if parts.hostname is None or parts.port is None:
+            raise ConfigError(f'fault proxy: the service URL {url!r} needs a host and a port')
         self._proxy = FaultProxy((parts.hostname, parts.port), self._net, clock=self._clock,
                                  seed=self._seed)
         self._proxy.start(self._origin)
@@ -136,13 +142,14 @@ class FaultRig:
         active = {f.kind: f for f in self.scenario.active(self.now_s())}
         if self._netem is not None:
             self._netem.tick()
-        if self.service is not None:
+        service = self.service
+        if service is not None:
             self._process('service_stop', 'service_stop' in active,
-                          lambda: self.service.signal(signal.SIGSTOP),
-                          lambda: self.service.signal(signal.SIGCONT))
+                          lambda: service.signal(signal.SIGSTOP),
+                          lambda: service.signal(signal.SIGCONT))
             # The restart waits for the model to load: not on the caller's (main loop) thread.
-            self._process('service_kill', 'service_kill' in active, self.service.kill,
-                          lambda: threading.Thread(target=self.service.start, name='restart',
+            self._process('service_kill', 'service_kill' in active, service.kill,
+                          lambda: threading.Thread(target=service.start, name='restart',
                                                    daemon=True).start())
         contention = active.get('cpu_contention')
         if contention is not None and self._hogs is None:

@@ -198,11 +198,14 @@ def parse_scenario(data: Any, source: str = 'scenario', base: Path | None = None
         unknown = set(entry) - {'kind', 'start_s', 'duration_s'} - set(spec)
         if unknown:
             raise ConfigError(f'{where}: {kind} takes no {", ".join(sorted(unknown))}')
-        params = {}
+        params: dict[str, float] = {}
         for name, default in spec.items():
-            if name not in entry and default is None:
+            if name in entry:
+                params[name] = _number(entry, name, where)
+            elif default is None:
                 raise ConfigError(f'{where}: {kind} needs {name}')
-            params[name] = _number(entry, name, where) if name in entry else default
+            else:
+                params[name] = default
         if params.get('probability', 0.5) > 1 or any(v < 0 for v in params.values()):
             raise ConfigError(f'{where}: parameters must be >= 0 (probabilities <= 1)')
         if kind == 'bandwidth' and params['mbps'] <= 0:

@@ -26,14 +26,15 @@ class HealthMonitorNode(Node):
         super().__init__('health_monitor', **kwargs)
         config = HealthConfig.from_params(ros.declare_parameters(self, PARAMETERS))
         self._core = HealthMonitor(config, ros.now_ns(self))
-        self._rehearsal = self._core.rehearsal(lambda: ros.now_ns(self))
+        rehearsal = self._rehearsal = self._core.rehearsal(lambda: ros.now_ns(self))
         node_graph = graph.health_monitor(
             config.monitored_topics, config.monitored_types,
-            config.edge_sources if self._rehearsal is not None else ())
+            config.edge_sources if rehearsal is not None else ())
         self._pubs = ros.Publishers(self, node_graph)
-        targets = {'*': self._core}
-        targets.update({p.name: self._rehearsal for p in node_graph.inputs
-                        if p.name.startswith('rehearsal_')})
+        targets: dict[str, object] = {'*': self._core}
+        if rehearsal is not None:
+            targets.update({p.name: rehearsal for p in node_graph.inputs
+                            if p.name.startswith('rehearsal_')})
         ros.subscribe(self, node_graph, targets)
         self.create_timer(min(POLL_S, config.publish_period_s), self._on_timer)
         self._prober = self._core.prober(lambda: ros.now_ns(self))
@@ -58,8 +59,8 @@ class HealthMonitorNode(Node):
         if self._rehearsal is not None:
             if not self._rehearsal.started and now > 0:  # under sim time: once /clock runs
                 self._rehearsal.start()
-            for event in self._rehearsal.tick():
-                self._pubs.publish('faults', event)
+            for fault in self._rehearsal.tick():
+                self._pubs.publish('faults', fault)
         due = self._core.poll(now)
         if due is None:
             return

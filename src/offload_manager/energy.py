@@ -202,7 +202,9 @@ class NvmlReader:
         self._start_mj = 0.0
         try:
             if nvml is None:
-                import pynvml as nvml
+                import pynvml
+
+                nvml = pynvml
             nvml.nvmlInit()
             self._handle = nvml.nvmlDeviceGetHandleByIndex(index)
             self._nvml = nvml

@@ -39,7 +39,8 @@ class FrameEnergy:
 
     def report(self, report: InferenceReport) -> None:
         """Remember what the report says the frame cost (a failed request sent its bytes)."""
-        if self._model is None or report.status not in ('ok', 'failed'):
+        model = self._model
+        if model is None or report.status not in ('ok', 'failed'):
             return
         cost: dict[str, float] = {}
         if report.source == 'cloud':
@@ -55,20 +56,15 @@ class FrameEnergy:
             return
         key = (report.stamp_ns, report.frame_id)
         if key in self._ended:  # nobody waits for it any more: no idle time, only the work
-            self._carry_j += self._joules(cost, waits=False)
+            self._carry_j += _joules(model, cost, waits=False)
             return
         self._costs.setdefault(key, {}).update(cost)
         _bound(self._costs, self._memory)
 
-    def _joules(self, costs: dict[str, float], waits: bool) -> float:
-        wait = max(0.0, costs.get('cloud_ms', 0.0) - costs.get('edge_ms', 0.0))
-        return self._model.joules(costs.get('edge_ms', 0.0), int(costs.get('bytes', 0)),
-                                  REPLY_BYTES if 'replied' in costs else 0,
-                                  wait if waits else 0.0)
-
     def annotate(self, outcomes: list[Any], now_ns: int) -> list[Any]:
         """Return the outcomes with ``energy_j`` and ``energy_measured`` on their records."""
-        if self._model is None or not outcomes:
+        model = self._model
+        if model is None or not outcomes:
             return outcomes
         measured = self._meter.frames_ended(len(outcomes), now_ns) if self._meter else None
         out = []
@@ -83,11 +79,17 @@ class FrameEnergy:
             else:
                 # Only a frame routed to the cloud waits for it; a probe on the edge route
                 # does not.
-                joules = self._joules(costs, waits=rec.route != 'edge') + self._carry_j
+                joules = _joules(model, costs, waits=rec.route != 'edge') + self._carry_j
                 is_measured, self._carry_j = False, 0.0
             out.append(replace(outcome, record=replace(rec, energy_j=joules,
                                                        energy_measured=is_measured)))
         return out
+
+
+def _joules(model: EnergyModel, costs: dict[str, float], waits: bool) -> float:
+    wait = max(0.0, costs.get('cloud_ms', 0.0) - costs.get('edge_ms', 0.0))
+    return model.joules(costs.get('edge_ms', 0.0), int(costs.get('bytes', 0)),
+                        REPLY_BYTES if 'replied' in costs else 0, wait if waits else 0.0)
 
 
 def _bound(table: dict[Any, Any], size: int) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from adaptive_offload.admission import StampGate
 from adaptive_offload.datatypes import Decision, DetectionSet, FrameRecord, InferenceReport, Route
@@ -189,15 +189,15 @@ class Arbiter:
                 drop_reason: str = '') -> Outcome:
         notes = entry.notes + [f'{k}: {v}' for k, v in sorted(entry.failures.items())
                                if chosen is not None]
-        base = {'index': entry.index, 'stamp_ns': entry.stamp_ns, 'frame_id': entry.frame_id,
-                'route': entry.decision.route.value, 'sources': sorted(entry.results),
-                'deadline_ms': entry.decision.deadline_ms, 'decision_seq': entry.decision.seq,
-                'reason': '; '.join(notes)}
+        base = FrameRecord(index=entry.index, stamp_ns=entry.stamp_ns, frame_id=entry.frame_id,
+                           route=entry.decision.route.value, sources=sorted(entry.results),
+                           deadline_ms=entry.decision.deadline_ms,
+                           decision_seq=entry.decision.seq, reason='; '.join(notes))
         if chosen is None:
-            return Outcome(FrameRecord(drop_reason=drop_reason, **base), None)
+            return Outcome(replace(base, drop_reason=drop_reason), None)
         dets = chosen[0]
         latency_ms = (now_ns - entry.arrival_ns) / 1e6
-        record = FrameRecord(result_source=dets.source, latency_ms=latency_ms,
-                             deadline_met=latency_ms <= entry.decision.deadline_ms,
-                             detections=len(dets.detections), **base)
+        record = replace(base, result_source=dets.source, latency_ms=latency_ms,
+                         deadline_met=latency_ms <= entry.decision.deadline_ms,
+                         detections=len(dets.detections))
         return Outcome(record, dets)

@@ -145,11 +145,11 @@ def tail_probability(series: SlidingQuantiles | None, threshold: float,
         The probability, or None without samples and without a prior.
     """
     n = len(series) if series is not None else 0
-    if n >= min_samples:
+    if series is not None and n >= min_samples:
         return series.exceedance(threshold)
     if threshold <= 0:
         return 1.0
-    if n:
+    if series is not None and n:
         logs = np.log(np.maximum(series.values(), 1e-3))
         mu = float(logs.mean())
         sigma = max(float(logs.std()), sigma_floor / math.sqrt(n)) * math.sqrt(1.0 + 1.0 / n)

@@ -280,6 +280,22 @@ class OffloadManager:
 
     def tick(self, now_ns: int) -> Decision | None:
         """Issue a decision if the plan changed or the period elapsed; returns it if issued."""
+        plan = self._plan_at(now_ns)
+        last = self._decision
+        due = last is None or plan != self._plan or \
+            now_ns - last.issued_ns >= self.config.decision_period_s * 1e9
+        if not due:
+            return None
+        return self._issue(plan, now_ns)
+
+    def _in_force(self, now_ns: int) -> Decision:
+        """Return the decision in force; a frame before the first tick has the first issued."""
+        if self._decision is not None:
+            return self._decision
+        return self._issue(self._plan_at(now_ns), now_ns)
+
+    def _plan_at(self, now_ns: int) -> Plan:
+        """Return the policy's plan, asked anew when none is kept or the plan period ended."""
         if self._history_pending:  # on the first tick: history needs the caller's clock
             from adaptive_offload.failure_log import load_outcomes
 
@@ -291,20 +307,20 @@ class OffloadManager:
             self._planned_ns = now_ns
         else:
             plan = self._plan
-        due = self._decision is None or plan != self._plan or \
-            now_ns - self._decision.issued_ns >= self.config.decision_period_s * 1e9
-        if not due:
-            return None
+        return plan
+
+    def _issue(self, plan: Plan, now_ns: int) -> Decision:
+        """Issue the next decision, carrying out ``plan``."""
         self._seq += 1
         self._plan = plan
-        self._decision = Decision(
+        decision = self._decision = Decision(
             seq=self._seq, issued_ns=now_ns, valid_for_ms=self.config.decision_valid_s * 1e3,
             route=plan.route, edge_model=plan.edge_model, edge_imgsz=plan.edge_imgsz,
             jpeg_quality=plan.jpeg_quality, cloud_max_side=plan.cloud_max_side,
             offload_every=plan.offload_every, hedge_delay_ms=plan.hedge_delay_ms,
             probe_every=plan.probe_every, deadline_ms=self.config.deadline_ms,
             policy=self.config.policy, reason=plan.reason)
-        return self._decision
+        return decision
 
     def next_due_ns(self, now_ns: int) -> int:
         """Return when :meth:`tick` or :meth:`poll` may next act without a new input.
@@ -323,12 +339,13 @@ class OffloadManager:
 
     def frame_arrived(self, stamp_ns: int, frame_id: str, now_ns: int) -> Outcome | None:
         """Register an input frame under the current decision; a refused one ends at once."""
-        decision = self._decision or self.tick(now_ns)
+        decision = self._in_force(now_ns)
         outcome = self._arbiter.frame_arrived(stamp_ns, frame_id, now_ns, decision)
-        if outcome is not None:
-            [outcome] = self._energy.annotate([outcome], now_ns)
-            self._policy.observe_record(outcome.record)
-        return outcome
+        if outcome is None:
+            return None
+        [annotated] = self._energy.annotate([outcome], now_ns)
+        self._policy.observe_record(annotated.record)
+        return annotated
 
     def on_frame(self, header: FrameHeader, now_ns: int) -> None:
         """Take a camera frame (the graph's handler); a refused one ends at the next poll."""
@@ -338,7 +355,7 @@ class OffloadManager:
 
     def frame_unreadable(self, reason: str, now_ns: int) -> Outcome:
         """Record a frame that could not even be deserialized: it ends as a drop."""
-        decision = self._decision or self.tick(now_ns)
+        decision = self._in_force(now_ns)
         [outcome] = self._energy.annotate([self._arbiter.unreadable(reason, decision)], now_ns)
         self._policy.observe_record(outcome.record)
         return outcome

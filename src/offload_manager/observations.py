@@ -160,8 +160,9 @@ class Observations:
     def _edge(self, model: str, imgsz: int) -> tuple[float, Any] | None:
         """(mean ms, series or None) of an edge option: measured, else the profile figure."""
         series = self.book.get(f'edge:{model}@{imgsz}')
-        if series is not None and len(series):
-            return series.mean(), series
+        mean = series.mean() if series is not None else None
+        if mean is not None:
+            return mean, series
         known = self._profile.get(f'{model}@{imgsz}')
         return (known, None) if known is not None else None
 
@@ -170,9 +171,10 @@ class Observations:
         if quality not in self._shifts:
             shift = 0.0
             nbytes = self.bytes_at(quality)
-            if nbytes and self.bandwidth.mbps:
-                shift += self.bandwidth.transfer_ms(nbytes) - self.bandwidth.transfer_ms(
-                    int(self._sent_mean))
+            at_quality = self.bandwidth.transfer_ms(nbytes) if nbytes else None
+            measured = self.bandwidth.transfer_ms(int(self._sent_mean))
+            if at_quality is not None and measured is not None:
+                shift += at_quality - measured
             median = self._cloud_median or 0.0
             ahead = self.trend.forecast(steps=5)
             if ahead is not None and ahead > median:  # worsening: shift ahead of it
@@ -202,7 +204,9 @@ class Observations:
             else:
                 mean, series = edge
                 p_miss = tail_probability(series, deadline_ms, prior_ms=mean)
-                self._edge_cache[key] = (mean, p_miss, self.accuracy.edge(model, imgsz))
+                # None only without samples and with a profile figure <= 0: no estimate then.
+                self._edge_cache[key] = None if p_miss is None else (
+                    mean, p_miss, self.accuracy.edge(model, imgsz))
         return self._edge_cache[key]
 
     def _cloud_stats(self, quality: int, deadline_ms: float) -> tuple[float, float] | None:

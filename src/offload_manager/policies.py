@@ -151,11 +151,12 @@ def _adaptive(kind: str) -> Callable[[PolicySettings], Policy]:
 
         if settings.energy is None:
             raise ConfigError(f'policy {kind!r} needs an energy model (a device profile)')
-        classes = {'predictive': predictive.PredictivePolicy,
-                   'weighted-score': predictive.WeightedScorePolicy,
-                   'reactive': predictive.ReactivePolicy,
-                   'mdp-svr': learning.MdpSvrPolicy,
-                   'q-learning': learning.QLearningPolicy}
+        classes: dict[str, Callable[[PolicySettings, Observations], Policy]] = {
+            'predictive': predictive.PredictivePolicy,
+            'weighted-score': predictive.WeightedScorePolicy,
+            'reactive': predictive.ReactivePolicy,
+            'mdp-svr': learning.MdpSvrPolicy,
+            'q-learning': learning.QLearningPolicy}
         obs = Observations(settings.energy, settings.cloud_model, settings.gpu_price_per_hour,
                            settings.edge_profile_ms)
         return classes[kind](settings, obs)

@@ -18,7 +18,7 @@ from typing import BinaryIO, Iterator
 import zlib
 
 from adaptive_offload.errors import BagError
-from rosbags.interfaces import Qos
+from rosbags.interfaces import Connection, Qos
 from rosbags.rosbag2 import Writer
 from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.typesys import get_types_from_idl, get_types_from_msg, get_typestore, Stores
@@ -257,7 +257,7 @@ class _Rebuilt:
     def __init__(self, out: Path) -> None:
         self.out = out
         self.writer: Writer | None = None
-        self.connections: dict[tuple[str, str], object] = {}
+        self.connections: dict[tuple[str, str], Connection] = {}
         self.counts: dict[str, int] = {}
         self.skipped: dict[str, int] = {}
         self._hashes: dict[str, str | None] = {}

@@ -200,7 +200,8 @@ class OutputBag:
 
     def flush(self) -> None:
         """Close the open chunk and hand the file's buffer to the OS (a kill keeps it)."""
-        storage = self._writer.storage
+        # rosbags' MCAP writer has no public flush: its chunk and file are internal attributes.
+        storage: Any = self._writer.storage
         if self._chunked and storage is not None:
             if storage.chunk.msgs:  # channels alone wait for their first message
                 storage.close_chunk()

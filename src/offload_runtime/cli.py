@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 import signal
 import sys
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
 
@@ -24,7 +24,7 @@ EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose usage errors exit with EXIT_USAGE."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f'{self.prog}: error: {message}\n')
 
 

@@ -120,7 +120,7 @@ def make_row(scenario: str, policy: str, mode: str, records: list[FrameRecord],
     """Aggregate one run's records and per-frame figures into a table row."""
     n = max(1, len(records))
     lat = [r.latency_ms for r in records if r.latency_ms is not None]
-    q = np.percentile(lat, [50, 95, 99]) if lat else [float('nan')] * 3
+    q = np.percentile(lat, [50, 95, 99]) if lat else np.full(3, np.nan)
     misses = sum(1 for r in records if not r.deadline_met)
     gpu_cost = gpu_s * price_per_hour / 3600
     return Row(scenario, policy, mode, len(records),
@@ -221,9 +221,10 @@ def evaluate(opts: EvalOptions, announce: Callable[[str], Any] = print) -> list[
     for scenario in scenarios:
         traces: dict[str, Trace] = {}
         for policy in opts.policies:
-            run = run_sim if opts.mode == 'sim' else run_live
-            args = (bag,) if opts.mode == 'live' else ()
-            row, traces[policy] = run(opts, scenario, policy, devices, *args)
+            if opts.mode == 'live':
+                row, traces[policy] = run_live(opts, scenario, policy, devices, bag)
+            else:
+                row, traces[policy] = run_sim(opts, scenario, policy, devices)
             rows.append(row)
             announce(f'{scenario.name:32s} {policy:15s} miss {row.miss_pct:5.1f} % '
                      f'P99 {row.p99_ms:7.1f} ms energy {row.energy_j:6.3f} J')

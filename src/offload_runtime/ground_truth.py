@@ -117,7 +117,9 @@ class MapScorer:
         if not classes:
             return None
         ids = {name: i + 1 for i, name in enumerate(classes)}
-        images, truths, results = [], [], []
+        images: list[dict[str, Any]] = []
+        truths: list[dict[str, Any]] = []
+        results: list[dict[str, Any]] = []
         for image_id, (_, truth, dets) in enumerate(frames, start=1):
             images.append({'id': image_id})
             for d in truth:

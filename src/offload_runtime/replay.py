@@ -71,7 +71,6 @@ class Replay:
         self._reports: list[tuple[float, InferenceReport]] = []
         # The C queue: Queue runs a Python Condition under the GIL on every put and get.
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self.graph: ReplayGraph | None = None
         self._input = InputBag(options.bag, options.topic)
         try:
             self._store = make_typestore(options.distro)
@@ -82,7 +81,7 @@ class Replay:
                 backend_factory, clock, options.service, self._rig, options.scenario,
                 lambda node, outputs: self._events.put(('out', (node, outputs))))
         except BaseException:
-            self._close_inputs()
+            self._close_inputs(None)
             raise
         self.manager = self.graph.manager
         self.edge = self.graph.edge
@@ -120,7 +119,7 @@ class Replay:
                                               self._sleep, self._stop.is_set)
             out = OutputBag(self._opts.out, self._store, self._clock)
         except BaseException:
-            self._close_inputs()
+            self._close_inputs(self.graph)
             raise
         player: threading.Thread | None = None
         try:
@@ -151,7 +150,7 @@ class Replay:
                 player.join(DRAIN_S)  # before its bag is closed under it
             for worker in self._workers:
                 worker.stop(DRAIN_S if self._stop.is_set() else 30.0)
-            self._close_inputs()
+            self._close_inputs(self.graph)
             out.close()
         wall_s = (self._clock() - start) / 1e9
         records = sorted(self._records, key=lambda r: r.index)
@@ -166,16 +165,17 @@ class Replay:
                             self._stop.is_set(),
                             max(0, self._span[1] - self._span[0]) / 1e9)
 
-    def _close_inputs(self) -> None:
+    def _close_inputs(self, graph: ReplayGraph | None) -> None:
+        """Close the input bag, ``graph`` (None when building it failed) and the fault rig."""
         self._input.close()
-        if self.graph is not None:
-            self.graph.close()
+        if graph is not None:
+            graph.close()
         if self._rig is not None:
             self._rig.close()
 
     def _play(self, out: OutputBag) -> None:
         """Player thread: publish frames at their recorded times (or back to back)."""
-        first_bag = first_wall = None
+        first: tuple[int, int] | None = None  # (bag ns, wall ns) of the first message
         self._span[0] = self._clock()
         try:
             for raw in self._input.messages():
@@ -185,8 +185,9 @@ class Replay:
                 if is_frame and self._opts.max_frames and self._played >= self._opts.max_frames:
                     break
                 if self._opts.rate > 0:  # every topic at its time: a battery sample is timed
-                    if first_bag is None:
-                        first_bag, first_wall = raw.timestamp, self._clock()
+                    if first is None:
+                        first = (raw.timestamp, self._clock())
+                    first_bag, first_wall = first
                     due = first_wall + (raw.timestamp - first_bag) / self._opts.rate
                     if not self._stop.sleep_until(int(due)):
                         break

@@ -12,7 +12,8 @@ from typing import Any, Callable, Mapping
 
 from adaptive_offload import graph
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
-from adaptive_offload.frame_worker import DecisionHolder, Emit, FrameWorker, ResultEmitter
+from adaptive_offload.frame_worker import (DecisionHolder, Emit, FrameProcessor, FrameWorker,
+                                           ResultEmitter)
 from adaptive_offload.graph_codec import decode_input
 from adaptive_offload.params import node_params
 from cloud_bridge.bridge import CloudBridge, CloudConfig
@@ -129,9 +130,11 @@ class ReplayGraph:
                 health_cfg.monitored_types),
         }
         edge_holder = DecisionHolder(edge_cfg.fallback_decision())
+        edge: FrameProcessor = self.edge
+        if obey:
+            edge = StallingProcessor(self.edge, self.faults)
         self.workers = [FrameWorker(
-            StallingProcessor(self.edge, self.faults) if obey else self.edge, edge_holder,
-            _emitter('edge_inference', publish), clock)]
+            edge, edge_holder, _emitter('edge_inference', publish), clock)]
         self.targets: dict[str, Mapping[str, Any]] = {
             'edge_inference': {'camera': self.workers[0], 'decision': edge_holder,
                                'faults': self.faults},
@@ -169,10 +172,9 @@ class ReplayGraph:
         transport = cloud_cfg.make_transport()
         if rig:
             transport = rig.wrap_transport(transport)
-        self.cloud = cloud_cfg.make_bridge(transport)
+        cloud = self.cloud = cloud_cfg.make_bridge(transport)
         holder = DecisionHolder(edge_cfg.fallback_decision())
-        worker = FrameWorker(self.cloud, holder,
-                             _emitter('cloud_bridge', publish),
+        worker = FrameWorker(cloud, holder, _emitter('cloud_bridge', publish),
                              clock, workers=cloud_cfg.max_in_flight,
                              pending=cloud_cfg.max_pending)
         self.workers.append(worker)

@@ -118,7 +118,7 @@ class Scene:
             self._vel[low | high, axis] *= -1
             self._pos[:, axis] = self._pos[:, axis].clip(0, limit)
         canvas = self._background + hard.texture * self._texture
-        image = canvas.clip(0, 255).astype(np.uint8)
+        image: np.ndarray = canvas.clip(0, 255).astype(np.uint8)
         for kind, cx, cy, size, bgr in self._clutter[:hard.clutter]:
             _distractor(image, kind, int(cx), int(cy), int(size), bgr)
         truth = []

@@ -143,7 +143,8 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
             super().setup()
             self.rfile.close()
             self._reader = DeadlineReader(self.connection)
-            self.rfile = io.BufferedReader(self._reader)
+            self._buffered = io.BufferedReader(self._reader)
+            self.rfile = self._buffered
             service.track(self.request, False)
 
         def finish(self) -> None:
@@ -162,7 +163,7 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
             started = False
             try:
                 self._reader.deadline = time.monotonic() + cfg.request_timeout_s  # idle
-                if not self.rfile.peek(1):
+                if not self._buffered.peek(1):
                     self.close_connection = True  # the client closed
                     return
                 started = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+import functools
 from pathlib import Path
 import threading
 from typing import Any, Callable
@@ -18,7 +19,7 @@ def _builder(name: str) -> Callable[..., Any]:
 
 
 ARCHITECTURES: dict[str, Callable[[], Callable[..., Any]]] = {
-    name: (lambda n=name: _builder(n)) for name in (
+    name: functools.partial(_builder, name) for name in (
         'fasterrcnn_resnet50_fpn_v2', 'fasterrcnn_mobilenet_v3_large_fpn',
         'fasterrcnn_mobilenet_v3_large_320_fpn', 'maskrcnn_resnet50_fpn')
 }

@@ -103,7 +103,9 @@ class InferenceService:
     @property
     def url(self) -> str:
         """Base URL the service listens on."""
-        host, port = self._server.server_address[:2]
+        # The socket's own address: server_address is typed for any bind() argument (a bytes
+        # host too), though the server sets it from getsockname(), which gives a str.
+        host, port = self._server.socket.getsockname()[:2]
         return f'http://{host}:{port}'
 
     @property

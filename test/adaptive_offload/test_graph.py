@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from adaptive_offload import graph, topics
+from adaptive_offload.errors import ConversionError
 from adaptive_offload.frame_worker import DecisionHolder, FrameWorker
 from adaptive_offload.graph_codec import decode_input, Diagnostics, encode_output, FrameHeader
 from adaptive_offload.typestore import make_typestore, message_types
@@ -81,6 +82,16 @@ def test_records_cross_the_ports_both_ways() -> None:
     assert decode_input(camera, image) == FrameHeader(1_000_000_002, 'cam')
     arrival = graph.health_monitor(['/x'], [graph.STRING]).inputs[0]
     assert decode_input(arrival, object()) == '/x'
+
+
+def test_an_unknown_kind_is_a_conversion_error() -> None:
+    # Raised as ConversionError('...') without its detail, these were a TypeError instead.
+    port = graph.Port('x', '/x', graph.STRING, 'result', 'meteor')
+    with pytest.raises(ConversionError, match='input x') as err:
+        decode_input(port, object())
+    assert err.value.reason == 'unknown_kind'
+    with pytest.raises(ConversionError, match='output x'):
+        encode_output(message_types(make_typestore('jazzy')), port, object())
 
 
 def test_only_a_rehearsal_subscribes_to_injected_faults() -> None:

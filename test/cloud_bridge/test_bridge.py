@@ -12,7 +12,7 @@ from adaptive_offload.conversions import frame_to_message, MessageTypes
 from adaptive_offload.datatypes import Decision, Route
 from adaptive_offload.errors import CloudError, ConfigError
 from cloud_bridge.bridge import CloudBridge, CloudConfig
-from cloud_bridge.transport import parse_v2_reply, V2RestTransport
+from cloud_bridge.transport import make_transport, parse_v2_reply, V2RestTransport
 from helpers import V2Handler
 import numpy as np
 import pytest
@@ -85,6 +85,10 @@ def test_refused_connection_is_a_failed_report(types: MessageTypes) -> None:
 def test_transport_validation() -> None:
     with pytest.raises(ConfigError, match='http'):
         V2RestTransport('ftp://x', 'm')
+    # A bad port was a ValueError, out of the first request on REST, instead.
+    for url in ('http://127.0.0.1:abc', 'grpc://127.0.0.1:99999'):
+        with pytest.raises(ConfigError, match='bad port'):
+            make_transport(url, 'm')
     with pytest.raises(ConfigError, match='scheme'):
         CloudConfig.from_params({'url': 'carrier-pigeon://coop:1'})
     with pytest.raises(ConfigError, match='grpc://host:port'):

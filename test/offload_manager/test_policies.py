@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from adaptive_offload.datatypes import FrameRecord, InferenceReport, Route
+from offload_manager.observations import Observations, Option
 from offload_manager.policies import create_policy, Plan, PolicySettings
 import pytest
 
@@ -178,3 +179,12 @@ def test_adaptive_policies_need_an_energy_model(name: str) -> None:
 
     with pytest.raises(ConfigError, match='energy'):
         create_policy(name, _settings(energy=None))
+
+
+def test_an_unmeasured_edge_option_with_a_zero_profile_figure_has_no_estimate() -> None:
+    # No samples and no positive prior give no miss probability: the option is unknown, not
+    # an estimate whose p_miss is None for the policy to trip on.
+    obs = Observations(FakeEnergy(), edge_profile_ms={'yolov8n@320': 0.0, 'yolov8n@640': 40.0})
+    obs.prepare()
+    assert obs.estimate(Option(Route.EDGE, 'yolov8n', 320, 75), DEADLINE) is None
+    assert obs.estimate(Option(Route.EDGE, 'yolov8n', 640, 75), DEADLINE).p_miss < 0.1
