@@ -22,21 +22,11 @@ import urllib.error
 import urllib.request
 import zlib
 
+from helpers import free_ports
+
 ROOT = Path(__file__).resolve().parents[1]
 ARCH = 'fasterrcnn_mobilenet_v3_large_320_fpn'
 TOKEN = 'robot-1-s3cret'
-
-
-def free_ports(n: int) -> list[int]:
-    """Return ``n`` free loopback TCP ports."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind(('127.0.0.1', 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 class ServedProcess:

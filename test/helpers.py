@@ -7,6 +7,7 @@ from http.server import BaseHTTPRequestHandler
 import json
 import os
 from pathlib import Path
+import socket
 import time
 from typing import Any, Callable
 
@@ -112,3 +113,15 @@ class V2Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+def free_ports(n: int) -> list[int]:
+    """Return ``n`` free loopback TCP ports (all bound at once, so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(('127.0.0.1', 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()

@@ -67,6 +67,17 @@ class Detection:
     score: float
     class_name: str
 
+    def iou(self, other: Detection) -> float:
+        """Return the intersection over union of this box and ``other``."""
+        w = min(self.x2, other.x2) - max(self.x1, other.x1)
+        h = min(self.y2, other.y2) - max(self.y1, other.y1)
+        if w <= 0 or h <= 0:
+            return 0.0
+        inter = w * h
+        union = (self.x2 - self.x1) * (self.y2 - self.y1) + \
+            (other.x2 - other.x1) * (other.y2 - other.y1) - inter
+        return inter / union if union > 0 else 0.0
+
 
 @dataclass(frozen=True)
 class DetectionSet:

@@ -47,16 +47,6 @@ def prior(model: str, imgsz: int = 0) -> float:
     return m_ap
 
 
-def _iou(a: Detection, b: Detection) -> float:
-    w = min(a.x2, b.x2) - max(a.x1, b.x1)
-    h = min(a.y2, b.y2) - max(a.y1, b.y1)
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def agreement_f1(edge: Sequence[Detection], cloud: Sequence[Detection],
                  iou_threshold: float = 0.5) -> float:
     """F1 of ``edge`` against ``cloud`` as reference (greedy IoU matching, same class).
@@ -65,7 +55,7 @@ def agreement_f1(edge: Sequence[Detection], cloud: Sequence[Detection],
     """
     if not edge and not cloud:
         return 1.0
-    pairs = sorted(((_iou(e, c), i, j) for i, e in enumerate(edge) for j, c in enumerate(cloud)
+    pairs = sorted(((e.iou(c), i, j) for i, e in enumerate(edge) for j, c in enumerate(cloud)
                     if e.class_name == c.class_name), reverse=True)
     used_e: set[int] = set()
     used_c: set[int] = set()

@@ -48,17 +48,6 @@ class FrameScore:
         return self.matched / self.detections if self.detections else None
 
 
-def iou(a: Detection, b: Detection) -> float:
-    """Return the intersection over union of two boxes."""
-    w = min(a.x2, b.x2) - max(a.x1, b.x1)
-    h = min(a.y2, b.y2) - max(a.y1, b.y1)
-    if w <= 0 or h <= 0:
-        return 0.0
-    inter = w * h
-    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def score_frame(truth: Sequence[Detection], detections: Sequence[Detection],
                 threshold: float = MATCH_IOU) -> FrameScore:
     """Match a frame's detections to its true boxes (greedy by score, class-aware)."""
@@ -68,7 +57,7 @@ def score_frame(truth: Sequence[Detection], detections: Sequence[Detection],
         best, best_iou = None, threshold
         for i, true in enumerate(free):
             if true.class_name == det.class_name:
-                overlap = iou(det, true)
+                overlap = det.iou(true)
                 if overlap >= best_iou:
                     best, best_iou = i, overlap
         if best is not None:

@@ -44,15 +44,8 @@ def calibrated_pt(tmp_path_factory: pytest.TempPathFactory, yolo_config_dir: str
     return path
 
 
-def _iou(a: Detection, b: Detection) -> float:
-    w = max(0.0, min(a.x2, b.x2) - max(a.x1, b.x1))
-    h = max(0.0, min(a.y2, b.y2) - max(a.y1, b.y1))
-    union = (a.x2 - a.x1) * (a.y2 - a.y1) + (b.x2 - b.x1) * (b.y2 - b.y1) - w * h
-    return w * h / union if union > 0 else 0.0
-
-
 def _matched(ours: tuple[Detection, ...], theirs: tuple[Detection, ...]) -> float:
-    hits = sum(any(o.class_name == t.class_name and _iou(o, t) >= 0.9 and
+    hits = sum(any(o.class_name == t.class_name and o.iou(t) >= 0.9 and
                    abs(o.score - t.score) < 1e-3 for t in theirs) for o in ours)
     return hits / len(ours)
 

@@ -11,7 +11,7 @@ from adaptive_offload.datatypes import Detection, DetectionSet, FrameRecord
 from adaptive_offload.typestore import make_typestore, message_types
 import numpy as np
 from offload_runtime.bagio import OutputBag, qos
-from offload_runtime.ground_truth import iou, load_truth, MapScorer, RunScorer, score_frame
+from offload_runtime.ground_truth import load_truth, MapScorer, RunScorer, score_frame
 from offload_runtime.replay import Replay, ReplayOptions
 from offload_runtime.sample_bag import SampleSpec, write_sample_bag
 from offload_runtime.summary import format_summary
@@ -25,9 +25,9 @@ def _box(x: float, y: float, size: float = 20.0, score: float = 1.0,
 
 
 def test_iou_of_disjoint_nested_and_shifted_boxes() -> None:
-    assert iou(_box(0, 0), _box(50, 50)) == 0.0
-    assert iou(_box(0, 0), _box(0, 0)) == 1.0
-    assert iou(_box(0, 0), _box(10, 0)) == pytest.approx(200 / 600)
+    assert _box(0, 0).iou(_box(50, 50)) == 0.0
+    assert _box(0, 0).iou(_box(0, 0)) == 1.0
+    assert _box(0, 0).iou(_box(10, 0)) == pytest.approx(200 / 600)
 
 
 def test_a_true_box_is_matched_once_by_the_same_class_above_half_overlap() -> None:

@@ -1,180 +1,27 @@
-"""The MLServer guard's parts alone: the ASGI middleware, the gRPC interceptor, the log filter."""
+"""The MLServer guard's parts, run in a child process of their own.
+
+``rcnn_service.mlserver_guard`` loads MLServer's gRPC messages and the bridge's gRPC client loads
+tritonclient's; both define the protobuf package ``inference``, and one process cannot hold
+both (a robot's bridge and a GPU host's service never share one). The cases are in
+``mlserver_guard_cases.py``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import logging
-from typing import Any
+import os
+from pathlib import Path
+import subprocess
+import sys
 
-from adaptive_offload.errors import ConfigError
-import grpc
-from mlserver.errors import MLServerError, ModelNotFound
-from mlserver.types import InferenceRequest
-import pytest
-from rcnn_service.guard import RequestError, Tokens
-from rcnn_service.mlserver_guard import (_quiet_refusals, GrpcGuard, Refused, RestGuard,
-                                         ServerGuard)
-from rcnn_service.mlserver_runtime import config_from_extra, request_image_bytes
+ROOT = Path(__file__).resolve().parents[2]
 
 
-class _App:
-    """The ASGI app behind the guard: records whether it was called."""
-
-    def __init__(self) -> None:
-        self.called = False
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        self.called = True
-        await send({'type': 'http.response.start', 'status': 200, 'headers': []})
-        await send({'type': 'http.response.body', 'body': b'app'})
-
-
-def _call(guard: ServerGuard, method: str, path: str,
-          headers: dict[str, str]) -> tuple[int, dict[bytes, bytes], bool, bool]:
-    """Run one request through RestGuard; return status, headers, app called, body read."""
-    app, sent, read = _App(), [], []
-
-    async def receive() -> dict[str, Any]:
-        read.append(True)
-        return {'type': 'http.request', 'body': b'', 'more_body': False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    scope = {'type': 'http', 'method': method, 'path': path, 'client': ('10.0.0.9', 5),
-             'headers': [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
-    asyncio.run(RestGuard(app, guard)(scope, receive, send))
-    return sent[0]['status'], dict(sent[0]['headers']), app.called, bool(read)
-
-
-def _guard(ready: bool = True) -> ServerGuard:
-    async def is_ready() -> bool:
-        return ready
-    return ServerGuard(Tokens(['t0k']), 1000, is_ready)
-
-
-@pytest.mark.parametrize('method, path, headers, status', [
-    ('POST', '/v2/models/rcnn/infer', {}, 401),
-    ('POST', '/v2/models/rcnn/infer', {'Authorization': 'Bearer nope'}, 401),
-    ('POST', '/v2/repository/models/rcnn/unload', {'Authorization': 'Bearer t0k'}, 403),
-    ('POST', '/v2/models/rcnn/infer', {'Authorization': 'Bearer t0k',
-                                       'Content-Encoding': 'gzip', 'Content-Length': '10'}, 415),
-    ('POST', '/v2/models/rcnn/infer', {'Authorization': 'Bearer t0k',
-                                       'Content-Length': '1001'}, 413),
-    ('POST', '/v2/models/rcnn/infer', {'Authorization': 'Bearer t0k', 'Content-Length': '4',
-                                       'Transfer-Encoding': 'chunked'}, 400),
-    ('GET', '/v2', {}, 401),
-])
-def test_refused_on_headers_without_reading_the_body(method: str, path: str,
-                                                     headers: dict[str, str],
-                                                     status: int) -> None:
-    got, head, called, read = _call(_guard(), method, path, headers)
-    assert (got, called, read) == (status, False, False)
-    assert head[b'connection'] == b'close'
-    assert (b'www-authenticate' in head) == (status == 401)
-
-
-def test_accepted_requests_and_probes() -> None:
-    auth = {'Authorization': 'Bearer t0k', 'Content-Length': '1000'}
-    assert _call(_guard(), 'POST', '/v2/models/rcnn/infer', auth)[::2] == (200, True)
-    assert _call(_guard(), 'GET', '/v2/health/live', {})[::2] == (200, True)
-    assert _call(_guard(), 'GET', '/v2/models/rcnn/ready', {})[::2] == (200, True)
-    # Readiness is the model's, not MLServer's (which says 200 with no model at all).
-    assert _call(_guard(True), 'GET', '/v2/health/ready', {})[::2] == (200, False)
-    assert _call(_guard(False), 'GET', '/v2/health/ready', {})[::2] == (503, False)
-
-
-class _Details:
-    def __init__(self, method: str, metadata: tuple[tuple[str, str], ...] = ()) -> None:
-        self.method = method
-        self.invocation_metadata = [_Metadatum(k, v) for k, v in metadata]
-
-
-class _Metadatum:
-    def __init__(self, key: str, value: str) -> None:
-        self.key, self.value = key, value
-
-
-class _Context:
-    def __init__(self) -> None:
-        self.aborted: tuple[Any, str] | None = None
-
-    def peer(self) -> str:
-        return 'ipv4:10.0.0.9:5'
-
-    async def abort(self, code: Any, details: str) -> None:
-        self.aborted = (code, details)
-        raise grpc.aio.AbortError()
-
-
-def _intercept(method: str, metadata: tuple[tuple[str, str], ...] = (),
-               behavior: Any = None) -> tuple[Any, _Context]:
-    async def ok(request: Any, context: Any) -> str:
-        return 'served'
-
-    async def continuation(details: Any) -> Any:
-        return grpc.unary_unary_rpc_method_handler(behavior or ok, request_deserializer=bytes)
-
-    async def run() -> tuple[Any, _Context]:
-        handler = await GrpcGuard(_guard()).intercept_service(continuation,
-                                                              _Details(method, metadata))
-        context = _Context()
-        try:
-            return await handler.unary_unary(b'raw', context), context
-        except grpc.aio.AbortError:
-            return handler.request_deserializer, context
-
-    return asyncio.run(run())
-
-
-@pytest.mark.parametrize('method, metadata, code', [
-    ('ModelInfer', (), grpc.StatusCode.UNAUTHENTICATED),
-    ('ModelMetadata', (('authorization', 'Bearer nope'),), grpc.StatusCode.UNAUTHENTICATED),
-    ('RepositoryModelUnload', (('authorization', 'Bearer t0k'),),
-     grpc.StatusCode.PERMISSION_DENIED),
-])
-def test_grpc_refusals_are_never_parsed(method: str, metadata: Any, code: Any) -> None:
-    deserializer, context = _intercept(f'/inference.GRPCInferenceService/{method}', metadata)
-    assert deserializer is None and context.aborted[0] == code
-
-
-def test_grpc_calls_pass_and_library_errors_get_their_codes() -> None:
-    auth = (('authorization', 'Bearer t0k'),)
-    assert _intercept('/inference.GRPCInferenceService/ModelInfer', auth)[0] == 'served'
-
-    async def unknown(request: Any, context: Any) -> None:
-        raise ModelNotFound('nope')
-
-    _, context = _intercept('/inference.GRPCInferenceService/ModelReady', (), unknown)
-    assert context.aborted[0] == grpc.StatusCode.NOT_FOUND  # was UNKNOWN
-
-
-def test_tracebacks_of_refusals_are_filtered_from_mlserver_log() -> None:
-    def record(err: BaseException | None) -> logging.LogRecord:
-        return logging.LogRecord('mlserver.grpc', logging.ERROR, __file__, 1, str(err), (),
-                                 (type(err), err, None) if err else None)
-
-    assert not _quiet_refusals(record(Refused('too big', 413)))
-    assert not _quiet_refusals(record(ModelNotFound('nope')))
-    assert _quiet_refusals(record(MLServerError('broken', 500)))
-    assert _quiet_refusals(record(ValueError('bug')))
-    assert _quiet_refusals(record(None))
-
-
-def test_runtime_settings_and_its_own_checks() -> None:
-    config = config_from_extra({'tokens': ['a', 'b'], 'max_request_bytes': 10})
-    assert config.tokens == ('a', 'b')
-    with pytest.raises(ConfigError, match='list of strings'):
-        config_from_extra({'tokens': [1]})
-    image = base64.b64encode(b'\xff\xd8' + bytes(4)).decode()
-    payload = InferenceRequest.model_validate({'inputs': [
-        {'name': 'image', 'datatype': 'BYTES', 'shape': [1], 'data': [image]}],
-        'parameters': {'headers': {'Authorization': 'Bearer b'}}})
-    assert request_image_bytes(payload, config) == b'\xff\xd8' + bytes(4)
-    with pytest.raises(RequestError) as err:
-        request_image_bytes(payload, config, Tokens(['c']))
-    assert err.value.status == 401
-    with pytest.raises(RequestError) as err:
-        request_image_bytes(payload, config_from_extra({'max_request_bytes': 5}))
-    assert err.value.status == 413
+def test_the_mlserver_guard_cases_pass_in_their_own_process() -> None:
+    cases = Path(__file__).with_name('mlserver_guard_cases.py')
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+        [str(ROOT / 'src'), str(ROOT / 'test'), os.environ.get('PYTHONPATH', '')])}
+    run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                          str(cases)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert ' passed' in run.stdout and 'skipped' not in run.stdout, run.stdout

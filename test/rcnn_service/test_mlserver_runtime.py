@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,7 +17,7 @@ from adaptive_offload.errors import CloudError
 from cloud_bridge.bridge import CloudBridge
 from cloud_bridge.transport import make_transport, V2GrpcTransport, V2RestTransport
 import cv2
-from helpers import child_env
+from helpers import child_env, free_ports
 import numpy as np
 import pytest
 from rcnn_service.guard import TOKENS_ENV
@@ -26,22 +25,11 @@ from rcnn_service.guard import TOKENS_ENV
 TOKEN = 's3cret'
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.bind(('127.0.0.1', 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 class Server:
     """``adaptive-offload serve`` (MLServer runtime) in a child process."""
 
     def __init__(self, ports: list[int] | None = None) -> None:
-        self.rest, self.grpc, self.metrics = ports or _free_ports(3)
+        self.rest, self.grpc, self.metrics = ports or free_ports(3)
         env = {**child_env(), TOKENS_ENV: TOKEN}  # never argv: ps shows it to everyone
         self.proc = subprocess.Popen(
             [sys.executable, '-m', 'offload_runtime.cli', 'serve',
@@ -167,7 +155,7 @@ def test_deadline_is_never_exceeded(server: Server) -> None:
 
 
 def test_server_down_then_killed_mid_run_then_back(types: MessageTypes) -> None:
-    ports = _free_ports(3)
+    ports = free_ports(3)
     bridge = CloudBridge(V2GrpcTransport(f'grpc://127.0.0.1:{ports[1]}', 'rcnn', TOKEN),
                          max_retries=0)
     decision = Decision(route=Route.CLOUD, deadline_ms=30_000)

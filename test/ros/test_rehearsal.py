@@ -31,16 +31,21 @@ def graph(tmp_path: Path) -> Iterator[tuple[SingleThreadedExecutor, Node]]:
         yield started
 
 
-def test_without_a_scenario_nothing_is_injected(graph: Any) -> None:
-    from health_monitor.node import HealthMonitorNode
-
-    executor, probe = graph
+def _watch(probe: Node) -> tuple[list[String], list[DiagnosticArray]]:
     faults: list[String] = []
     diagnostics: list[DiagnosticArray] = []
     probe.create_subscription(String, topics.HEALTH_FAULTS, faults.append,
                               ros.qos_profile('result'))
     probe.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, diagnostics.append,
                               ros.qos_profile('result'))
+    return faults, diagnostics
+
+
+def test_without_a_scenario_nothing_is_injected(graph: Any) -> None:
+    from health_monitor.node import HealthMonitorNode
+
+    executor, probe = graph
+    faults, diagnostics = _watch(probe)
     executor.add_node(HealthMonitorNode())
     assert spin_until(executor, lambda: len(diagnostics) >= 3, timeout=10)
     assert faults == []
@@ -56,12 +61,7 @@ def test_the_health_node_announces_and_measures_its_scenario(graph: Any,
     scenario.write_text('name: stall\nfaults:\n'
                         '  - {kind: edge_stall, start_s: 0.5, duration_s: 1.0}\n')
     executor, probe = graph
-    faults: list[String] = []
-    diagnostics: list[DiagnosticArray] = []
-    probe.create_subscription(String, topics.HEALTH_FAULTS, faults.append,
-                              ros.qos_profile('result'))
-    probe.create_subscription(DiagnosticArray, topics.DIAGNOSTICS, diagnostics.append,
-                              ros.qos_profile('result'))
+    faults, diagnostics = _watch(probe)
     node = HealthMonitorNode(parameter_overrides=[Parameter('scenario', value=str(scenario))])
     executor.add_node(node)
     assert spin_until(executor, lambda: len(faults) >= 2, timeout=10)
