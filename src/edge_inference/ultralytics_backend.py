@@ -10,6 +10,7 @@ import shutil
 import sys
 from typing import Any
 
+from adaptive_offload.allocator import keep_freed_memory
 from adaptive_offload.conversions import boxes_from_arrays
 from adaptive_offload.datatypes import Detection
 from adaptive_offload.errors import BackendError
@@ -79,6 +80,8 @@ class UltralyticsBackend:
             raise BackendError(f'weights file {model!r} not found (nothing is downloaded: '
                                'give the path of a local .pt file, or a model .yaml)')
         self._device = _check_device(options.device)
+        if self._device == 'cpu':
+            keep_freed_memory()
         try:
             self._model: Any = YOLO(model, task='detect')
         except Exception as err:  # ultralytics raises many types; report them as one

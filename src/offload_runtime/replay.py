@@ -253,8 +253,10 @@ class Replay:
         wake-up ran the manager and the health checks holding the GIL, which the inference
         thread needs between its operators.
         """
+        if self._rig is not None:  # faults start and end, and kill the manager, by no event
+            return POLL_S
         health = self.health.next_due_ns(now)
-        if self._rig is not None or health is None:  # faults and probes send no event
+        if health is None:  # a readiness prober feeds its check by no event either
             return POLL_S
         due = min(self.manager.next_due_ns(now), health)
         if self._opts.progress:
