@@ -66,9 +66,10 @@ def test_replay_with_the_fault_proxy_detects_and_recovers(tmp_path: Path,
 def test_replay_kills_the_service_process_and_it_comes_back(
         tmp_path: Path, fake_backend_factory: Any) -> None:
     scenario = _scenario({'kind': 'service_kill', 'start_s': 1.0, 'duration_s': 1.0})
-    # 12 s: the restarted process imports torch and builds its model again, slowly on a busy CI
-    result = _replay(tmp_path, fake_backend_factory, scenario, frames=120)
-    assert result.summary['frames_lost'] == 0 and len(result.records) == 120
+    # 20 s: the restarted process imports torch and builds its model again, which took 10-11 s
+    # on a loaded 2-core machine, and then must still answer in time at the end of the bag
+    result = _replay(tmp_path, fake_backend_factory, scenario, frames=200)
+    assert result.summary['frames_lost'] == 0 and len(result.records) == 200
     [fault] = result.faults
     assert fault.kind == 'service_kill' and fault.detect_s is not None
     assert fault.recover_s is not None and fault.dropped == 0
