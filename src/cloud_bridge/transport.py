@@ -88,6 +88,10 @@ class V2RestTransport:
                 conn.close()
                 raise CloudError('timeout', str(err), sent) from err
             except (OSError, http.client.HTTPException) as err:
+                early = _early_response(conn) if conn.sock is not None and sent == 0 else None
+                if early is not None:
+                    response, payload = early
+                    break
                 conn.close()
                 # Servers close kept-alive connections left idle (uvicorn after 5 s, the
                 # builtin runtime after 10 s); a request on one fails before the server read
@@ -97,8 +101,9 @@ class V2RestTransport:
                     continue
                 raise CloudError('connection', str(err) or type(err).__name__, sent) from err
         elapsed_ms = (time.perf_counter() - start) * 1e3
-        with self._lock:
-            self._idle.append(conn)
+        if conn.sock is not None:
+            with self._lock:
+                self._idle.append(conn)
         if response.status != 200:
             raise CloudError(f'http_{response.status}', payload[:200].decode(errors='replace'),
                              sent)
@@ -115,6 +120,22 @@ class V2RestTransport:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _early_response(conn: http.client.HTTPConnection
+                    ) -> tuple[http.client.HTTPResponse, bytes] | None:
+    """Read the answer a server sent before it read the whole body, if it sent one.
+
+    A server refusing a request on its headers (401, 413) answers and closes without reading
+    the body, so writing the rest fails with a broken pipe or a reset. Its answer is already
+    in the receive buffer, and it says why, which the write error does not.
+    """
+    try:
+        response = conn.getresponse()
+        return response, response.read()
+    except (OSError, http.client.HTTPException):
+        conn.close()
+        return None
 
 
 def parse_v2_reply(payload: bytes) -> tuple[np.ndarray, np.ndarray, tuple[str, ...],

@@ -177,15 +177,18 @@ def test_server_down_then_killed_mid_run_then_back(types: MessageTypes) -> None:
         srv.kill()
 
 
-def test_sigterm_stops_the_server_within_10_s() -> None:
+KUBERNETES_GRACE_S = 30
+"""The pod's default terminationGracePeriodSeconds: after it, the kubelet sends SIGKILL."""
+
+
+def test_sigterm_stops_the_server_cleanly_before_kubernetes_would_kill_it() -> None:
     srv = Server()
-    start = time.monotonic()
     srv.proc.send_signal(signal.SIGTERM)
     try:
-        srv.proc.wait(timeout=10)
+        returncode = srv.proc.wait(timeout=KUBERNETES_GRACE_S)
     finally:
         srv.kill()
-    assert time.monotonic() - start < 10
+    assert returncode == 0  # it stopped by itself, not by the signal's default action
 
 
 def test_replay_cloud_only_over_grpc(server: Server, tmp_path: Path,
