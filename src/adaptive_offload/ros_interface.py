@@ -25,6 +25,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
 import rclpy
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 import rclpy.node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -212,6 +213,29 @@ def on_parameters_set(node: rclpy.node.Node, specs: Iterable[ParameterSpec],
         return SetParametersResult(successful=True)
 
     node.add_on_set_parameters_callback(callback)
+
+
+def autostart(node: LifecycleNode, failure: Callable[[], str]) -> None:
+    """Configure and activate a lifecycle node, as ``autostart`` asks.
+
+    Args:
+        node: The lifecycle node.
+        failure: Returns why the last transition failed.
+
+    Raises:
+        ConfigError: Naming the transition that failed, so :func:`run_node` exits 1.
+    """
+    for name, trigger in (('configure', node.trigger_configure),
+                          ('activate', node.trigger_activate)):
+        if trigger() != TransitionCallbackReturn.SUCCESS:
+            raise ConfigError(f'{node.get_name()}: {name} failed: {failure()}')
+
+
+def unsubscribe(node: rclpy.node.Node, subs: Iterable[Any]) -> list[Any]:
+    """Destroy the subscriptions; return the empty list that replaces them."""
+    for sub in subs:
+        node.destroy_subscription(sub)
+    return []
 
 
 def now_ns(node: rclpy.node.Node) -> int:

@@ -12,9 +12,11 @@ from adaptive_offload.admission import EveryNth
 from adaptive_offload.conversions import image_to_frame, stamp_to_ns
 from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
 from adaptive_offload.errors import BackendError, ConfigError, ConversionError
+from adaptive_offload.frame_worker import DecisionHolder, Emit, FrameProcessor, FrameWorker
 from adaptive_offload.params import ParameterSpec, resolve
 from edge_inference.backends import BackendOptions, class_indices, create_backend, DetectorBackend
 from edge_inference.model_pool import Factory, ModelPool, ModelSpec, parse_models
+from fault_injection.live import ObeyedFaults, StallingProcessor
 import numpy as np
 
 PARAMETERS = (
@@ -123,6 +125,21 @@ def build_edge(config: EdgeConfig, factory: Factory = create_backend) -> EdgeInf
                      factory, BackendOptions('', config.device, config.ultralytics_config_dir),
                      config.max_loaded_models, warm_up)
     return EdgeInference(config, pool)
+
+
+def edge_worker(core: EdgeInference, decisions: DecisionHolder, emit: Emit,
+                clock: Callable[[], int], faults: ObeyedFaults | None = None) -> FrameWorker:
+    """Make the worker that runs ``core`` on the newest frame, in the node and in the replay.
+
+    Args:
+        core: The edge core.
+        decisions: The latest decision for this source.
+        emit: Publishes its results and reports.
+        clock: Nanosecond clock (ROS time in the node).
+        faults: Obeyed faults; an announced edge stall then stalls the worker.
+    """
+    processor: FrameProcessor = core if faults is None else StallingProcessor(core, faults)
+    return FrameWorker(processor, decisions, emit, clock)
 
 
 class EdgeInference:

@@ -14,12 +14,12 @@ from typing import Any
 from adaptive_offload import graph
 from adaptive_offload import ros_interface as ros
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
-from adaptive_offload.frame_worker import (DecisionHolder, FrameProcessor, FrameWorker,
-                                           ResultEmitter)
+from adaptive_offload.frame_worker import DecisionHolder, FrameWorker, ResultEmitter
 from adaptive_offload.graph_codec import LabelMap
 from adaptive_offload.params import ParameterSpec
-from edge_inference.inference import build_edge, EdgeConfig, EdgeInference, PARAMETERS
-from fault_injection.live import ObeyedFaults, StallingProcessor
+from edge_inference.inference import (build_edge, edge_worker, EdgeConfig, EdgeInference,
+                                      PARAMETERS)
+from fault_injection.live import ObeyedFaults
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 
@@ -38,10 +38,7 @@ class EdgeInferenceNode(LifecycleNode):
         self._failure = ''
         ros.on_parameters_set(self, PARAMETERS, self._apply, self._refuse)
         if self.get_parameter('autostart').value:
-            for name, trigger in (('configure', self.trigger_configure),
-                                  ('activate', self.trigger_activate)):
-                if trigger() != TransitionCallbackReturn.SUCCESS:
-                    raise ConfigError(f'edge_inference: {name} failed: {self._failure}')
+            ros.autostart(self, lambda: self._failure)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Read and check the parameters, create publishers and the decision subscription."""
@@ -73,12 +70,9 @@ class EdgeInferenceNode(LifecycleNode):
         result = super().on_activate(state)
         pubs.publish('label_info', LabelMap(core.models.names_of_current(), config.conf,
                                             ros.now_ns(self)))
-        emit = ResultEmitter(pubs.publish, config.publish_annotated)
-        processor: FrameProcessor = core
-        if self._faults is not None:
-            processor = StallingProcessor(core, self._faults)
-        worker = self._worker = FrameWorker(processor, self._decisions, emit,
-                                            lambda: ros.now_ns(self))
+        worker = self._worker = edge_worker(
+            core, self._decisions, ResultEmitter(pubs.publish, config.publish_annotated),
+            lambda: ros.now_ns(self), self._faults)
         worker.start('edge-inference')
         self._camera = ros.subscribe(self, self._graph, {'camera': worker},
                                      only=('camera',))
@@ -113,26 +107,22 @@ class EdgeInferenceNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Release everything on the way out."""
-        self._release()
         self._drop_io()
         return super().on_shutdown(state)
 
     def _release(self) -> None:
-        for sub in self._camera:
-            self.destroy_subscription(sub)
-        self._camera = []
+        self._camera = ros.unsubscribe(self, self._camera)
         if self._worker is not None:
             self._worker.stop()
             self._worker = None
         self._core = None  # the worker held the core and so the models
 
     def _drop_io(self) -> None:
+        self._release()
         if self._pubs is not None:
             self._pubs.destroy()
             self._pubs = None
-        for sub in self._subs:
-            self.destroy_subscription(sub)
-        self._subs = []
+        self._subs = ros.unsubscribe(self, self._subs)
         self._config = None
 
     def destroy_node(self) -> None:

@@ -12,14 +12,13 @@ from typing import Any, Callable, Mapping
 
 from adaptive_offload import graph
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
-from adaptive_offload.frame_worker import (DecisionHolder, Emit, FrameProcessor, FrameWorker,
-                                           ResultEmitter)
+from adaptive_offload.frame_worker import DecisionHolder, Emit, FrameWorker, ResultEmitter
 from adaptive_offload.graph_codec import decode_input
 from adaptive_offload.params import node_params
 from cloud_bridge.bridge import CloudBridge, CloudConfig
 from edge_inference.backends import BackendOptions, DetectorBackend
-from edge_inference.inference import build_edge, EdgeConfig
-from fault_injection.live import OBEYED_KINDS, ObeyedFaults, StallingProcessor
+from edge_inference.inference import build_edge, edge_worker, EdgeConfig
+from fault_injection.live import OBEYED_KINDS, ObeyedFaults
 from fault_injection.rig import FaultRig
 from fault_injection.scenario import EDGE_KINDS, Scenario
 from health_monitor.monitor import HealthConfig, HealthMonitor
@@ -130,11 +129,8 @@ class ReplayGraph:
                 health_cfg.monitored_types),
         }
         edge_holder = DecisionHolder(edge_cfg.fallback_decision())
-        edge: FrameProcessor = self.edge
-        if obey:
-            edge = StallingProcessor(self.edge, self.faults)
-        self.workers = [FrameWorker(
-            edge, edge_holder, _emitter('edge_inference', publish), clock)]
+        self.workers = [edge_worker(self.edge, edge_holder, _emitter('edge_inference', publish),
+                                    clock, self.faults if obey else None)]
         self.targets: dict[str, Mapping[str, Any]] = {
             'edge_inference': {'camera': self.workers[0], 'decision': edge_holder,
                                'faults': self.faults},
