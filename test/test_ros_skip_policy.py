@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(require: bool) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != 'ADAPTIVE_OFFLOAD_REQUIRE_ROS'}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('ADAPTIVE_OFFLOAD_REQUIRE_ROS', 'PYTEST_ADDOPTS')}
     if require:
         env['ADAPTIVE_OFFLOAD_REQUIRE_ROS'] = '1'
     return subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',

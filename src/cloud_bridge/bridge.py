@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -19,9 +20,16 @@ import cv2
 
 PARAMETERS = (
     ParameterSpec('url', 'grpc://127.0.0.1:8081',
-                  'V2 inference server: grpc://host:port (gRPC) or http(s)://host:port (REST).'),
+                  'V2 inference server: grpc://host:port (gRPC), grpcs:// (gRPC over TLS) or '
+                  'http(s)://host:port (REST).'),
     ParameterSpec('model', 'rcnn', 'Model name on the server.'),
-    ParameterSpec('token', '', 'Bearer token; empty sends none.'),
+    ParameterSpec('token', '', 'Bearer token; empty sends none (see token_file).'),
+    ParameterSpec('token_file', '',
+                  'File whose first line is the bearer token: kept out of the parameter '
+                  'server, where anyone on the ROS graph can read it; excludes token.'),
+    ParameterSpec('ca_file', '',
+                  'PEM CA file that verifies a grpcs:// or https:// service; empty trusts the '
+                  "system's CAs."),
     ParameterSpec('image_topic', '/camera/image_raw', 'Camera topic (sensor_msgs/Image).'),
     ParameterSpec('compressed', False, 'Subscribe to <image_topic>/compressed instead.'),
     ParameterSpec('deadline_ms', 250.0, 'Deadline applied while no decision is valid.',
@@ -49,6 +57,8 @@ class CloudConfig:
     url: str
     model: str
     token: str
+    token_file: str
+    ca_file: str
     image_topic: str
     compressed: bool
     deadline_ms: float
@@ -66,6 +76,8 @@ class CloudConfig:
             ConfigError: For unknown names, wrong types or a URL no transport speaks.
         """
         config = cls(**resolve(PARAMETERS, values))
+        if config.token and config.token_file:
+            raise ConfigError('give token or token_file, not both')
         if config.max_in_flight < 1 or config.max_pending < 1:
             raise ConfigError('max_in_flight and max_pending must be >= 1')
         config.make_transport().close()  # validates the URL; connections open lazily
@@ -73,7 +85,24 @@ class CloudConfig:
 
     def make_transport(self) -> InferenceTransport:
         """Build the transport for the URL's scheme."""
-        return make_transport(self.url, self.model, self.token)
+        return make_transport(self.url, self.model, self.bearer_token(), self.ca_file)
+
+    def bearer_token(self) -> str:
+        """Return the token, read from ``token_file`` when that is set.
+
+        Raises:
+            ConfigError: If the file cannot be read or its first line is empty.
+        """
+        if not self.token_file:
+            return self.token
+        try:
+            lines = Path(self.token_file).read_text(encoding='utf-8').splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f'token_file {self.token_file!r}: {err}') from err
+        token = lines[0].strip() if lines else ''
+        if not token:
+            raise ConfigError(f'token_file {self.token_file!r} has no token on its first line')
+        return token
 
     def make_bridge(self, transport: InferenceTransport | None = None) -> CloudBridge:
         """Build the bridge core with this configuration's breaker and retries."""

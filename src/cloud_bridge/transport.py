@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import functools
 import http.client
 import json
+from pathlib import Path
 import socket
+import ssl
 import threading
 import time
 from typing import Any, Callable
@@ -29,22 +32,29 @@ class V2RestTransport:
     flight); a connection that failed is closed instead of returned.
 
     Args:
-        url: Server base URL, ``http://host:port``.
+        url: Server base URL, ``http://host:port`` or ``https://host:port``.
         model: Model name on the server.
         token: Bearer token; empty sends none.
+        ca_file: PEM file of the CA(s) that sign an https server's certificate; empty trusts
+            the system's CAs.
 
     Raises:
-        ConfigError: For a URL that is not http(s) with a host, or has a bad port.
+        ConfigError: For a URL that is not http(s) with a host, or has a bad port; for a CA
+            file that does not load, or one given with plain http.
     """
 
-    def __init__(self, url: str, model: str, token: str = '') -> None:
+    def __init__(self, url: str, model: str, token: str = '', ca_file: str = '') -> None:
         parts = urlsplit(url)
         host = parts.hostname
         if parts.scheme not in ('http', 'https') or not host:
             raise ConfigError(f'cloud URL {url!r} must be http://host:port or https://...')
         port = _port(url, parts)
-        self._connect = http.client.HTTPSConnection if parts.scheme == 'https' \
-            else http.client.HTTPConnection
+        self._connect: Callable[..., http.client.HTTPConnection] = http.client.HTTPConnection
+        if parts.scheme == 'https':
+            self._connect = functools.partial(http.client.HTTPSConnection,
+                                              context=_client_context(ca_file))
+        elif ca_file:
+            raise ConfigError(f'a CA file is for https:// URLs, not {url!r}')
         self._host, self._port = host, port
         self._path = f'{parts.path.rstrip("/")}/v2/models/{model}/infer'
         self._headers = {'Content-Type': 'application/json'}
@@ -87,6 +97,9 @@ class V2RestTransport:
             except (socket.timeout, TimeoutError) as err:
                 conn.close()
                 raise CloudError('timeout', str(err), sent) from err
+            except ssl.SSLError as err:  # before OSError: a certificate problem, not the link
+                conn.close()
+                raise CloudError('tls', str(err), sent) from err
             except (OSError, http.client.HTTPException) as err:
                 early = _early_response(conn) if conn.sock is not None and sent == 0 else None
                 if early is not None:
@@ -175,20 +188,32 @@ class V2GrpcTransport:
     request instead of after gRPC's reconnect backoff (up to two minutes by default).
 
     Args:
-        url: ``grpc://host:port``.
+        url: ``grpc://host:port``, or ``grpcs://host:port`` for TLS.
         model: Model name on the server.
         token: Bearer token sent as ``authorization`` metadata; empty sends none.
+        ca_file: PEM file of the CA(s) that sign a grpcs server's certificate; empty trusts
+            the system's CAs.
 
     Raises:
-        ConfigError: For a URL without host and port, or with a bad port.
+        ConfigError: For a URL without host and port, or with a bad port; for a CA file that
+            does not load, or one given with plain grpc.
     """
 
-    def __init__(self, url: str, model: str, token: str = '') -> None:
+    def __init__(self, url: str, model: str, token: str = '', ca_file: str = '') -> None:
+        import grpc
+
         parts = urlsplit(url)
         port = _port(url, parts)
-        if parts.scheme != 'grpc' or not parts.hostname or not port:
-            raise ConfigError(f'cloud URL {url!r} must be grpc://host:port')
+        if parts.scheme not in ('grpc', 'grpcs') or not parts.hostname or not port:
+            raise ConfigError(f'cloud URL {url!r} must be grpc://host:port or grpcs://...')
         self._target = f'{parts.hostname}:{port}'
+        self._credentials = None
+        if parts.scheme == 'grpcs':
+            _client_context(ca_file)  # the same check, the same error, as https
+            self._credentials = grpc.ssl_channel_credentials(
+                Path(ca_file).read_bytes() if ca_file else None)
+        elif ca_file:
+            raise ConfigError(f'a CA file is for grpcs:// URLs, not {url!r}')
         self._model = model
         self._headers = {'authorization': f'Bearer {token}'} if token else None
         self._client: Any = None
@@ -203,7 +228,8 @@ class V2GrpcTransport:
             raise CloudError('timeout', 'no time left before the deadline')
         with self._lock:
             if self._client is None:
-                self._client = grpcclient.InferenceServerClient(self._target)
+                self._client = grpcclient.InferenceServerClient(self._target,
+                                                                creds=self._credentials)
             client = self._client
         tensor = grpcclient.InferInput('image', [1], 'BYTES')
         tensor.set_data_from_numpy(np.array([image], dtype=object))
@@ -251,12 +277,27 @@ class V2GrpcTransport:
             client.close()
 
 
-TRANSPORTS: dict[str, Callable[[str, str, str], InferenceTransport]] = {
+TRANSPORTS: dict[str, Callable[[str, str, str, str], InferenceTransport]] = {
     'grpc': V2GrpcTransport,
+    'grpcs': V2GrpcTransport,
     'http': V2RestTransport,
     'https': V2RestTransport,
 }
-"""Transports by URL scheme: ``grpc://host:port`` (default) or ``http(s)://host:port``."""
+"""Transports by URL scheme: ``grpc(s)://host:port`` (default) or ``http(s)://host:port``."""
+
+
+def _client_context(ca_file: str) -> ssl.SSLContext:
+    """Return a TLS client context that verifies the server against ``ca_file``.
+
+    Raises:
+        ConfigError: If the file is missing or holds no usable certificate.
+    """
+    if ca_file and not Path(ca_file).is_file():
+        raise ConfigError(f'CA file {ca_file!r} not found')
+    try:
+        return ssl.create_default_context(cafile=ca_file or None)
+    except (ssl.SSLError, ValueError) as err:
+        raise ConfigError(f'CA file {ca_file!r} does not load: {err}') from err
 
 
 def _port(url: str, parts: SplitResult) -> int | None:
@@ -272,14 +313,20 @@ def _port(url: str, parts: SplitResult) -> int | None:
         raise ConfigError(f'cloud URL {url!r}: bad port ({err})') from err
 
 
-def make_transport(url: str, model: str, token: str = '') -> InferenceTransport:
+def make_transport(url: str, model: str, token: str = '', ca_file: str = '') -> InferenceTransport:
     """Return the transport for ``url``'s scheme.
 
+    Args:
+        url: The service: ``grpc://``, ``grpcs://``, ``http://`` or ``https://host:port``.
+        model: Model name on the server.
+        token: Bearer token; empty sends none.
+        ca_file: CA file that verifies a TLS server; empty trusts the system's CAs.
+
     Raises:
-        ConfigError: For a scheme no transport speaks.
+        ConfigError: For a scheme no transport speaks, or a bad URL or CA file.
     """
     scheme = urlsplit(url).scheme
     if scheme not in TRANSPORTS:
         raise ConfigError(f'cloud URL {url!r}: scheme must be one of '
                           f'{", ".join(s + "://" for s in TRANSPORTS)}')
-    return TRANSPORTS[scheme](url, model, token)
+    return TRANSPORTS[scheme](url, model, token, ca_file)

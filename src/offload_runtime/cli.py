@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                             'robot; a mounted Kubernetes Secret); tokens are also read from '
                             'the environment variable ADAPTIVE_OFFLOAD_TOKENS (comma- or '
                             'space-separated), never from the command line')
+    serve.add_argument('--tls-cert', default='',
+                       help='PEM certificate (chain) for REST and gRPC: https:// and grpcs:// '
+                            '(tls.crt of a mounted kubernetes.io/tls Secret); with --tls-key')
+    serve.add_argument('--tls-key', default='', help='its unencrypted PEM private key')
     serve.add_argument('--score-threshold', type=float, default=0.5)
     serve.add_argument('--max-request-bytes', type=int, default=8 << 20)
     serve.add_argument('--max-image-side', type=int, default=4096)
@@ -201,6 +205,7 @@ def _sample_bag(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from rcnn_service.guard import load_tokens, TOKENS_ENV
     from rcnn_service.service import serve, ServiceConfig
+    from rcnn_service.tls import TlsFiles
 
     if args.max_batch < 1 or args.batch_wait_ms < 0:
         raise ConfigError('--max-batch must be >= 1 and --batch-wait-ms >= 0')
@@ -214,7 +219,10 @@ def _serve(args: argparse.Namespace) -> int:
                            max_image_side=args.max_image_side,
                            score_threshold=args.score_threshold, threads=args.threads,
                            max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                           shutdown_grace_s=args.shutdown_grace_s)
+                           shutdown_grace_s=args.shutdown_grace_s,
+                           tls=TlsFiles.from_options(args.tls_cert, args.tls_key))
+    if config.tls is not None:
+        config.tls.server_context()  # a bad pair stops here, before the model loads
     announce = (lambda line: print(line, flush=True))
     handler = logging.StreamHandler()  # refusals, load errors: one line each, timestamped
     handler.setFormatter(logging.Formatter('%(asctime)s [%(name)s] %(levelname)s %(message)s'))

@@ -19,6 +19,7 @@ import math
 import re
 import select
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -73,11 +74,17 @@ class DeadlineReader(io.RawIOBase):
 class GuardedHTTPServer(ThreadingHTTPServer):
     """A threading HTTP server with a connection limit and a 128-deep listen backlog.
 
+    With TLS, the handshake happens in the connection's thread, within ``handshake_timeout_s``:
+    a client that connects and never completes it holds neither the accepting thread nor its
+    own for longer.
+
     Args:
         address: ``(host, port)``.
         handler: Request handler class.
         max_connections: Connections served at once; more get 503 and are closed.
         on_refused: Called with the client address of each connection refused.
+        tls: Server TLS context; None serves plain HTTP.
+        handshake_timeout_s: How long a TLS handshake may take.
     """
 
     request_queue_size = 128
@@ -87,8 +94,11 @@ class GuardedHTTPServer(ThreadingHTTPServer):
     block_on_close = True
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
-                 max_connections: int, on_refused: Callable[[str], None]) -> None:
+                 max_connections: int, on_refused: Callable[[str], None],
+                 tls: ssl.SSLContext | None = None, handshake_timeout_s: float = 10.0) -> None:
         self.max_connections = max_connections
+        self.tls = tls
+        self._handshake_timeout_s = handshake_timeout_s
         self._on_refused = on_refused
         self._active = 0
         self._active_lock = threading.Lock()
@@ -116,9 +126,24 @@ class GuardedHTTPServer(ThreadingHTTPServer):
         self._on_refused(client_address[0])
         self.shutdown_request(request)
 
+    def get_request(self) -> tuple[Any, Any]:
+        """Accept a connection; with TLS, wrap it without handshaking yet."""
+        sock, address = super().get_request()
+        if self.tls is not None:
+            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """Serve one connection, then free its place."""
+        """Serve one connection (after its TLS handshake), then free its place."""
         try:
+            if isinstance(request, ssl.SSLSocket):
+                try:
+                    request.settimeout(self._handshake_timeout_s)
+                    request.do_handshake()
+                except OSError as err:  # ssl.SSLError and timeouts are OSErrors
+                    LOG.warning('TLS handshake with %s failed: %s', client_address[0], err)
+                    self.shutdown_request(request)
+                    return
             super().process_request_thread(request, client_address)
         finally:
             with self._active_lock:
@@ -155,7 +180,9 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
             try:
                 if not select.select([self.connection], [], [], 0)[0]:
                     return False
-                return self.connection.recv(1, socket.MSG_PEEK) == b''  # readable: no wait
+                # The TCP socket's own recv: a TLS socket refuses flags, and a closed
+                # connection shows as end of stream below TLS too.
+                return socket.socket.recv(self.connection, 1, socket.MSG_PEEK) == b''
             except OSError:
                 return True  # reset
 

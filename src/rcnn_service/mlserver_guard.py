@@ -34,6 +34,7 @@ from mlserver.grpc import utils as grpc_utils
 from mlserver.grpc.server import GRPCServer
 from rcnn_service.guard import (Access, body_length, check_body, DISABLED_MESSAGE,
                                 grpc_access, RejectionLog, RequestError, rest_access, Tokens)
+from rcnn_service.tls import TlsFiles
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
 
@@ -217,11 +218,17 @@ def _quiet_refusals(record: logging.LogRecord) -> bool:
 
 
 class _GuardedGRPCServer(GRPCServer):
-    """MLServer's gRPC server with :class:`GrpcGuard` as its first interceptor."""
+    """MLServer's gRPC server with :class:`GrpcGuard` as its first interceptor, and TLS.
 
-    def __init__(self, *args: Any, guard: GrpcGuard, **kwargs: Any) -> None:
+    MLServer builds its interceptor list and its ``grpc.aio`` server in ``_create_server`` and
+    only ever binds an insecure port: both are taken as MLServer assigns them.
+    """
+
+    def __init__(self, *args: Any, guard: GrpcGuard,
+                 credentials: grpc.ServerCredentials | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._guard = guard
+        self._credentials = credentials
 
     @property
     def _interceptors(self) -> list[Any]:
@@ -229,15 +236,35 @@ class _GuardedGRPCServer(GRPCServer):
 
     @_interceptors.setter
     def _interceptors(self, value: list[Any]) -> None:
-        # MLServer builds this list in _create_server and hands it to grpc.aio.server.
         self.__dict__['_guarded_interceptors'] = [self._guard, *value]
+
+    @property
+    def _server(self) -> Any:
+        return self.__dict__['_guarded_server']
+
+    @_server.setter
+    def _server(self, server: Any) -> None:
+        credentials = self._credentials
+        if credentials is not None:
+            # The one port MLServer binds is bound with TLS: no plain-text port is ever open.
+            server.add_insecure_port = functools.partial(_secure_port, server, credentials)
+        self.__dict__['_guarded_server'] = server
 
     def _create_server(self) -> Any:
         server = super()._create_server()
         if self.__dict__.get('_guarded_interceptors', [None])[0] is not self._guard:
             raise ConfigError('this MLServer version builds its gRPC server differently: '
                               'the request guard could not be installed')
+        if self._credentials is not None and not getattr(server, '_adaptive_offload_tls',
+                                                         False):
+            raise ConfigError('this MLServer version binds its gRPC port differently: TLS '
+                              'could not be set up')
         return server
+
+
+def _secure_port(server: Any, credentials: grpc.ServerCredentials, address: str) -> int:
+    server._adaptive_offload_tls = True
+    return int(server.add_secure_port(address, credentials))
 
 
 class GuardedMLServer(MLServer):
@@ -247,14 +274,19 @@ class GuardedMLServer(MLServer):
         settings: MLServer settings.
         guard: The rules.
         model_name: The model whose readiness is the server's.
+        tls: Certificate and key for gRPC (REST's go to uvicorn through the settings).
 
     Raises:
-        ConfigError: If this MLServer version does not have the servers where expected.
+        ConfigError: If this MLServer version does not have the servers where expected, or
+            the TLS files do not load.
     """
 
-    def __init__(self, settings: Any, guard: ServerGuard, model_name: str) -> None:
+    def __init__(self, settings: Any, guard: ServerGuard, model_name: str,
+                 tls: TlsFiles | None = None) -> None:
         self._guard = guard
         self._model_name = model_name
+        self._grpc_credentials = None if tls is None else \
+            grpc.ssl_server_credentials([tls.pem()])
         super().__init__(settings)
 
     def _create_servers(self) -> None:
@@ -275,7 +307,7 @@ class GuardedMLServer(MLServer):
         app.add_middleware(RestGuard, guard=self._guard)
         self._grpc_server = _GuardedGRPCServer(
             self._settings, data_plane, self._model_repository_handlers,
-            guard=GrpcGuard(self._guard))
+            guard=GrpcGuard(self._guard), credentials=self._grpc_credentials)
         for status, code in GRPC_CODES.items():  # what predict's refusals map to
             grpc_utils.STATUS_CODE_MAPPING.setdefault(status, code)
         logging.getLogger('mlserver.grpc').addFilter(_quiet_refusals)

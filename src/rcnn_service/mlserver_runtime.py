@@ -40,7 +40,8 @@ from rcnn_service.rcnn_detector import RcnnDetector
 from rcnn_service.service import ServiceConfig
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
-BUILTIN_ONLY = ('host', 'port', 'request_timeout_s', 'max_connections', 'shutdown_grace_s')
+BUILTIN_ONLY = ('host', 'port', 'request_timeout_s', 'max_connections', 'shutdown_grace_s',
+                'tls')
 """ServiceConfig fields MLServer's own settings hold, or that only the builtin server uses."""
 
 
@@ -188,6 +189,14 @@ def mlserver_settings(config: ServiceConfig, grpc_port: int, metrics_port: int) 
                         metrics_port=metrics_port, parallel_workers=0, debug=False,
                         grpc_max_message_length=config.max_request_bytes + (64 << 10),
                         load_models_at_startup=True)
+    # uvicorn's own limits, through the settings MLServer passes on to it: an idle keep-alive
+    # connection is closed after request_timeout_s, more than max_connections get 503.
+    rest: dict[str, Any] = {'timeout_keep_alive': max(1, round(config.request_timeout_s)),
+                            'limit_concurrency': config.max_connections, 'backlog': 128}
+    if config.tls is not None:
+        config.tls.server_context()  # a bad pair stops the service here, in one line
+        rest.update(ssl_certfile=config.tls.cert, ssl_keyfile=config.tls.key)
+    settings._custom_rest_server_settings = rest
     model = ModelSettings(
         name=config.model_name, implementation=RcnnRuntime, platform='pytorch',
         parameters=ModelParameters(extra=runtime),
@@ -213,11 +222,12 @@ def serve_mlserver(config: ServiceConfig, grpc_port: int = 8081, metrics_port: i
         # installs its signal handlers on the running loop
         server = GuardedMLServer(settings, ServerGuard(Tokens(config.tokens),
                                                        config.max_request_bytes),
-                                 config.model_name)
+                                 config.model_name, config.tls)
+        rest, grpc = ('https', 'grpcs') if config.tls else ('http', 'grpc')
         announce(f'serving {config.arch} ({config.device}) as model {config.model_name!r} on '
-                 f'MLServer: REST http://{config.host}:{config.port}, gRPC '
-                 f'{config.host}:{grpc_port}, metrics http://{config.host}:{metrics_port}'
-                 '/metrics')
+                 f'MLServer: REST {rest}://{config.host}:{config.port}, gRPC '
+                 f'{grpc}://{config.host}:{grpc_port}, metrics '
+                 f'http://{config.host}:{metrics_port}/metrics')
         await server.start([model])
 
     asyncio.run(main())

@@ -25,6 +25,7 @@ from rcnn_service.guard import RejectionLog, RequestError, Tokens
 from rcnn_service.http_server import GuardedHTTPServer, make_handler
 from rcnn_service.protocol import decode_request, server_time_parameters, v2_response
 from rcnn_service.rcnn_detector import Detections, RcnnDetector
+from rcnn_service.tls import TlsFiles
 
 LOG = logging.getLogger('adaptive_offload.service')
 
@@ -53,6 +54,7 @@ class ServiceConfig:
         max_connections: Connections served at once; more get 503 (builtin runtime).
         shutdown_grace_s: On SIGTERM, how long requests under way may take to finish
             (builtin runtime; MLServer has its own).
+        tls: Certificate and key for REST and gRPC (https, grpcs); None serves plain text.
     """
 
     arch: str = 'fasterrcnn_mobilenet_v3_large_fpn'
@@ -71,6 +73,7 @@ class ServiceConfig:
     request_timeout_s: float = 10.0
     max_connections: int = 512
     shutdown_grace_s: float = 5.0
+    tls: TlsFiles | None = None
 
 
 class InferenceService:
@@ -94,7 +97,8 @@ class InferenceService:
         self._rejections = RejectionLog(LOG)
         self._server = GuardedHTTPServer(
             (config.host, config.port), make_handler(self), config.max_connections,
-            lambda peer: self.reject(503, peer, 'too many connections'))
+            lambda peer: self.reject(503, peer, 'too many connections'),
+            config.tls.server_context() if config.tls else None, config.request_timeout_s)
         if detector is None:
             threading.Thread(target=self._load, name='model-load', daemon=True).start()
         else:
@@ -106,7 +110,7 @@ class InferenceService:
         # The socket's own address: server_address is typed for any bind() argument (a bytes
         # host too), though the server sets it from getsockname(), which gives a str.
         host, port = self._server.socket.getsockname()[:2]
-        return f'http://{host}:{port}'
+        return f'{"https" if self.config.tls else "http"}://{host}:{port}'
 
     @property
     def ready(self) -> bool:

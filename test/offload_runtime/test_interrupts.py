@@ -89,6 +89,7 @@ def test_the_first_request_time_counts_for_expired() -> None:
 
 def test_sigint_stops_the_target_and_a_second_exits_at_once() -> None:
     target, exits, err = _Target(), [], io.StringIO()
+    before = signal.getsignal(signal.SIGINT)  # colcon test runs pytest with SIGINT ignored
     with SignalStop('cmd', exit_now=exits.append, err=err) as stopper:
         stopper.attach(target)
         signal.raise_signal(signal.SIGINT)  # the handler runs before raise_signal returns
@@ -98,7 +99,7 @@ def test_sigint_stops_the_target_and_a_second_exits_at_once() -> None:
         assert exits == [130] and target.stops == 1
     lines = err.getvalue().splitlines()
     assert lines[0].startswith('cmd: SIGINT: stopping') and 'recover-bag' in lines[1]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_sigterm_before_a_target_raises_and_stops_it_once_attached() -> None:

@@ -80,3 +80,21 @@ def test_tokens_come_from_a_mounted_secret_never_from_args_or_env_values() -> No
         secret = volumes[mount['name']]['secret']
         assert secret['secretName'] == 'adaptive-offload-tokens' and mount['readOnly']
         assert path == f'{mount["mountPath"]}/{secret["items"][0]["path"]}'
+
+
+def test_the_deployment_serves_tls_from_a_tls_secret_its_user_can_read() -> None:
+    pod = _load('deployment.yaml')['spec']['template']['spec']
+    [container] = pod['containers']
+    args = build_parser().parse_args(['serve', *container['args']])
+    volumes = {v['name']: v for v in pod['volumes']}
+    for path, key in ((args.tls_cert, 'tls.crt'), (args.tls_key, 'tls.key')):
+        [mount] = [m for m in container['volumeMounts']
+                   if path == f'{m["mountPath"]}/{key}']  # the keys of `kubectl create secret tls`
+        assert mount['readOnly'] and volumes[mount['name']]['secret']['secretName'] == \
+            'adaptive-offload-tls'
+    for probe in ('readinessProbe', 'livenessProbe', 'startupProbe'):
+        assert container[probe]['httpGet']['scheme'] == 'HTTPS'
+    # Secret files belong to root: the service's user reads them through the pod's group.
+    user = pod['securityContext']['runAsUser']
+    assert pod['securityContext']['fsGroup'] == user
+    assert all(v['secret']['defaultMode'] & 0o040 for v in volumes.values() if 'secret' in v)

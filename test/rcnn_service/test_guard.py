@@ -141,16 +141,21 @@ def test_no_jpeg_or_png_header_is_a_400(data: bytes) -> None:
     assert err.value.status == 400
 
 
-def test_rejection_log_is_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+def test_rejection_log_is_rate_limited() -> None:
+    # A logger of its own, outside logging's registry: under a sourced ROS workspace, launch
+    # makes registered loggers stop propagating to the root, where caplog listens.
+    logger = logging.Logger('test.rejections', logging.WARNING)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger.addHandler(handler)
     now = [0.0]
-    log = RejectionLog(logging.getLogger('test.rejections'), burst=3, window_s=10.0,
-                       clock=lambda: now[0])
-    with caplog.at_level(logging.WARNING, 'test.rejections'):
-        for i in range(100):
-            log(401, '10.0.0.1', f'attempt {i}')
-        now[0] = 10.0
-        log(413, '10.0.0.2', 'too big')
-    lines = [r.getMessage() for r in caplog.records]
+    log = RejectionLog(logger, burst=3, window_s=10.0, clock=lambda: now[0])
+    for i in range(100):
+        log(401, '10.0.0.1', f'attempt {i}')
+    now[0] = 10.0
+    log(413, '10.0.0.2', 'too big')
+    lines = [r.getMessage() for r in records]
     assert len(lines) == 4 and all('\n' not in line for line in lines)
     assert lines[0] == 'rejected 401 from 10.0.0.1: attempt 0'
     assert lines[-1] == 'rejected 413 from 10.0.0.2: too big (97 more refused, not logged)'

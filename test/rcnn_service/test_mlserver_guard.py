@@ -18,8 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_mlserver_guard_cases_pass_in_their_own_process() -> None:
     cases = Path(__file__).with_name('mlserver_guard_cases.py')
-    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
-        [str(ROOT / 'src'), str(ROOT / 'test'), os.environ.get('PYTHONPATH', '')])}
+    # Not the parent's PYTEST_ADDOPTS: under colcon test it names the parent's JUnit file,
+    # which this run would overwrite.
+    env = {k: v for k, v in os.environ.items() if k != 'PYTEST_ADDOPTS'}
+    env['PYTHONPATH'] = os.pathsep.join(
+        [str(ROOT / 'src'), str(ROOT / 'test'), os.environ.get('PYTHONPATH', '')])
     run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
                           str(cases)], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300, check=False)

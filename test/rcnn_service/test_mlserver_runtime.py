@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ from helpers import child_env, free_ports
 import numpy as np
 import pytest
 from rcnn_service.guard import TOKENS_ENV
+from tls_kit import make_pki, Pki
 
 TOKEN = 's3cret'
 
@@ -28,15 +30,17 @@ TOKEN = 's3cret'
 class Server:
     """``adaptive-offload serve`` (MLServer runtime) in a child process."""
 
-    def __init__(self, ports: list[int] | None = None) -> None:
+    def __init__(self, ports: list[int] | None = None, tls: Pki | None = None) -> None:
         self.rest, self.grpc, self.metrics = ports or free_ports(3)
+        self.tls = tls
+        tls_args = ['--tls-cert', tls.cert, '--tls-key', tls.key] if tls else []
         env = {**child_env(), TOKENS_ENV: TOKEN}  # never argv: ps shows it to everyone
         self.proc = subprocess.Popen(
             [sys.executable, '-m', 'offload_runtime.cli', 'serve',
              '--arch', 'fasterrcnn_mobilenet_v3_large_320_fpn', '--threads', '2',
              '--score-threshold', '0.0', '--max-request-bytes', '200000',
              '--port', str(self.rest), '--grpc-port', str(self.grpc),
-             '--metrics-port', str(self.metrics)],
+             '--metrics-port', str(self.metrics), *tls_args],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         try:
             self._wait_ready()
@@ -48,11 +52,13 @@ class Server:
         self.announced = self.proc.stdout.readline()
         # Keep reading the access log, so a full pipe never blocks the server.
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        context = ssl.create_default_context(cafile=self.tls.ca) if self.tls else None
         for _ in range(600):  # bounded: the model warms up before readiness
             if self.proc.poll() is not None:
                 raise RuntimeError(f'server exited with {self.proc.returncode}')
             try:
-                with urllib.request.urlopen(f'{self.rest_url}/v2/health/ready', timeout=1):
+                with urllib.request.urlopen(f'{self.rest_url}/v2/health/ready', timeout=1,
+                                            context=context):
                     return
             except OSError:  # refused, reset, or a timeout while the model loads (busy CI)
                 time.sleep(0.1)
@@ -60,11 +66,11 @@ class Server:
 
     @property
     def rest_url(self) -> str:
-        return f'http://127.0.0.1:{self.rest}'
+        return f'{"https" if self.tls else "http"}://127.0.0.1:{self.rest}'
 
     @property
     def grpc_url(self) -> str:
-        return f'grpc://127.0.0.1:{self.grpc}'
+        return f'{"grpcs" if self.tls else "grpc"}://127.0.0.1:{self.grpc}'
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -90,7 +96,7 @@ def _jpeg() -> bytes:
 
 
 def test_announces_all_three_endpoints(server: Server) -> None:
-    assert f'gRPC 127.0.0.1:{server.grpc}' in server.announced
+    assert f'gRPC grpc://127.0.0.1:{server.grpc}' in server.announced
     assert f'http://127.0.0.1:{server.rest}' in server.announced
     request = urllib.request.Request(f'{server.rest_url}/v2/models/rcnn',
                                      headers={'Authorization': f'Bearer {TOKEN}'})
@@ -204,3 +210,26 @@ def test_replay_cloud_only_over_grpc(server: Server, tmp_path: Path,
                                                               'token': TOKEN}}),
                     backend_factory=fake_backend_factory).run()
     assert [r.result_source for r in result.records] == ['cloud'] * 6
+
+
+def test_rest_and_grpc_over_tls_with_no_plain_text_port(tmp_path: Path,
+                                                        types: MessageTypes) -> None:
+    pki = make_pki(tmp_path)
+    srv = Server(tls=pki)
+    try:
+        assert f'REST {srv.rest_url}' in srv.announced
+        assert f'gRPC {srv.grpc_url}' in srv.announced
+        for url in (srv.grpc_url, srv.rest_url):
+            bridge = CloudBridge(make_transport(url, 'rcnn', TOKEN, pki.ca))
+            _, report = bridge.process(_msg(types), Decision(route=Route.CLOUD,
+                                                             deadline_ms=30_000))
+            assert report.status == 'ok', f'{url}: {report.reason}'
+        with pytest.raises(CloudError, match='connection'):
+            V2GrpcTransport(f'grpc://127.0.0.1:{srv.grpc}', 'rcnn', TOKEN).infer(_jpeg(), 10.0)
+        with pytest.raises(CloudError, match='connection'):
+            V2GrpcTransport(srv.grpc_url, 'rcnn', TOKEN, pki.other_ca).infer(_jpeg(), 10.0)
+        with pytest.raises(CloudError) as caught:
+            V2RestTransport(srv.rest_url, 'rcnn', TOKEN, pki.other_ca).infer(_jpeg(), 10.0)
+        assert caught.value.reason == 'tls'
+    finally:
+        srv.kill()
