@@ -125,3 +125,19 @@ def free_ports(n: int) -> list[int]:
     finally:
         for sock in socks:
             sock.close()
+
+
+def v2_image_input(client_module: Any) -> Any:
+    """Return a JPEG as the input ``image`` of ``tritonclient.http`` or ``tritonclient.grpc``.
+
+    Over HTTP it goes base64 in JSON (no raw bytes there, and the service declares no binary
+    tensor extension); over gRPC as raw bytes.
+    """
+    image = np.random.default_rng(0).integers(0, 255, (240, 320, 3), np.uint8)
+    jpeg = base64.b64encode(cv2.imencode('.jpg', image)[1].tobytes())
+    tensor = client_module.InferInput('image', [1], 'BYTES')
+    if client_module.__name__ == 'tritonclient.http':
+        tensor.set_data_from_numpy(np.array([jpeg], dtype=object), binary_data=False)
+    else:
+        tensor.set_data_from_numpy(np.array([base64.b64decode(jpeg)], dtype=object))
+    return tensor

@@ -28,14 +28,14 @@ from urllib.parse import urlsplit
 
 from rcnn_service.guard import (Access, body_length, check_body, DISABLED_MESSAGE,
                                 RequestError, rest_access)
-from rcnn_service.protocol import model_metadata
+from rcnn_service.protocol import model_metadata, MODEL_VERSION, server_metadata
 
 if TYPE_CHECKING:
     from rcnn_service.service import InferenceService
 
 LOG = logging.getLogger('adaptive_offload.service')
-_INFER = re.compile(r'^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$')
-_MODEL = re.compile(r'^/v2/models/([^/]+)(?:/versions/[^/]+)?(/ready)?$')
+_INFER = re.compile(r'^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$')
+_MODEL = re.compile(r'^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready)?$')
 _BUSY_BODY = b'{"error": "too many connections"}'
 _BUSY = (b'HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n'
          b'Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s'
@@ -158,6 +158,10 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
     """Return the request handler class serving ``service``."""
     cfg = service.config
 
+    def _served(match: re.Match[str]) -> bool:
+        """Whether a model route names the served model (and its one version, if any)."""
+        return match.group(1) == cfg.model_name and match.group(2) in (None, MODEL_VERSION)
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = 'HTTP/1.1'  # keep-alive: the bridge reuses its connection
         # Headers and body go out in two writes; with Nagle on, the body would wait for the
@@ -261,8 +265,10 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
                 self._send(200 if service.ready else 503, {'ready': service.ready})
             elif path == '/metrics':
                 self._send(200, service.metrics(), 'text/plain; version=0.0.4')
-            elif (match := _MODEL.match(path)) and match.group(1) == cfg.model_name:
-                if match.group(2):
+            elif path in ('/v2', '/v2/'):
+                self._send(200, server_metadata())
+            elif (match := _MODEL.match(path)) and _served(match):
+                if match.group(3):
                     self._send(200 if service.ready else 503, {'ready': service.ready})
                 else:
                     self._send(200, model_metadata(cfg.model_name))
@@ -271,7 +277,7 @@ def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
 
         def _post(self, path: str, length: int, keep_alive: bool) -> None:
             match = _INFER.match(path)
-            if not match or match.group(1) != cfg.model_name:
+            if not match or not _served(match):
                 raise RequestError(404, f'no model route {path}')
             check_body(length, self.headers.get_all('Content-Encoding', []),
                        cfg.max_request_bytes)

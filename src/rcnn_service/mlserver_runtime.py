@@ -35,7 +35,9 @@ from rcnn_service.batching import AdaptiveBatcher
 from rcnn_service.guard import RequestError, Tokens
 from rcnn_service.mlserver_guard import (GuardedMLServer, record_rejection, Refused,
                                          ServerGuard)
-from rcnn_service.protocol import decode_image, server_time_parameters, v2_response
+from rcnn_service.protocol import (decode_image, MODEL_VERSION, OUTPUTS, requested_outputs,
+                                   server_metadata, SERVER_NAME, server_time_parameters,
+                                   v2_response)
 from rcnn_service.rcnn_detector import RcnnDetector
 from rcnn_service.service import ServiceConfig
 
@@ -155,6 +157,7 @@ class RcnnRuntime(MLModel):
         """
         start = time.perf_counter()
         try:
+            outputs = requested_outputs([o.name for o in payload.outputs or ()], masks=True)
             # Off the event loop: base64 and image decoding would stall every other request
             # and the health probes for as long as they take.
             image = await asyncio.get_running_loop().run_in_executor(
@@ -163,7 +166,11 @@ class RcnnRuntime(MLModel):
             record_rejection(err.status, '-', err)
             raise Refused(str(err), status_code=err.status) from err
         dets = await asyncio.wrap_future(self._batcher.submit(image))
-        response = v2_response(self.name, dets)
+        try:
+            response = v2_response(self.name, dets, outputs)
+        except RequestError as err:
+            record_rejection(err.status, '-', err)
+            raise Refused(str(err), status_code=err.status) from err
         response['parameters'] = server_time_parameters(time.perf_counter() - start)
         return InferenceResponse.model_validate(response)
 
@@ -188,7 +195,8 @@ def mlserver_settings(config: ServiceConfig, grpc_port: int, metrics_port: int) 
     settings = Settings(host=config.host, http_port=config.port, grpc_port=grpc_port,
                         metrics_port=metrics_port, parallel_workers=0, debug=False,
                         grpc_max_message_length=config.max_request_bytes + (64 << 10),
-                        load_models_at_startup=True)
+                        load_models_at_startup=True, server_name=SERVER_NAME,
+                        server_version=server_metadata()['version'])
     # uvicorn's own limits, through the settings MLServer passes on to it: an idle keep-alive
     # connection is closed after request_timeout_s, more than max_connections get 503.
     rest: dict[str, Any] = {'timeout_keep_alive': max(1, round(config.request_timeout_s)),
@@ -199,10 +207,10 @@ def mlserver_settings(config: ServiceConfig, grpc_port: int, metrics_port: int) 
     settings._custom_rest_server_settings = rest
     model = ModelSettings(
         name=config.model_name, implementation=RcnnRuntime, platform='pytorch',
-        parameters=ModelParameters(extra=runtime),
+        versions=[MODEL_VERSION],
+        parameters=ModelParameters(version=MODEL_VERSION, extra=runtime),
         inputs=[MetadataTensor(name='image', datatype='BYTES', shape=[1])],
-        outputs=[MetadataTensor(name=n, datatype=t, shape=s) for n, t, s in (
-            ('boxes', 'FP32', [-1, 4]), ('scores', 'FP32', [-1]), ('labels', 'BYTES', [-1]))])
+        outputs=[MetadataTensor(name=n, datatype=t, shape=s) for n, t, s in OUTPUTS])
     return settings, model
 
 

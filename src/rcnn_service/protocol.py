@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
+from importlib import metadata
 import json
 from typing import Any
 
@@ -19,13 +21,41 @@ from rcnn_service.rcnn_detector import Detections
 
 OUTPUTS = (('boxes', 'FP32', [-1, 4]), ('scores', 'FP32', [-1]), ('labels', 'BYTES', [-1]))
 """Name, datatype and shape of each output (``masks`` is added for Mask R-CNN)."""
+MASKS = 'masks'
+MODEL_VERSION = '1'
+"""The one version of the model both runtimes serve (``/versions/1/``; none means it too)."""
+SERVER_NAME = 'adaptive-offload'
+
+
+def server_metadata() -> dict[str, Any]:
+    """Return the V2 server metadata (``GET /v2``) both runtimes answer."""
+    try:
+        version = metadata.version('adaptive_offload')
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        version = '0+unknown'
+    return {'name': SERVER_NAME, 'version': version, 'extensions': []}
 
 
 def model_metadata(model: str) -> dict[str, Any]:
     """Return the V2 model metadata both runtimes answer."""
-    return {'name': model, 'platform': 'pytorch', 'versions': ['1'],
+    return {'name': model, 'platform': 'pytorch', 'versions': [MODEL_VERSION],
             'inputs': [{'name': 'image', 'datatype': 'BYTES', 'shape': [1]}],
             'outputs': [{'name': n, 'datatype': t, 'shape': s} for n, t, s in OUTPUTS]}
+
+
+@dataclass(frozen=True)
+class V2Request:
+    """What an inference request asks for.
+
+    Attributes:
+        image: The decoded BGR image.
+        request_id: The request's ``id``, echoed in the response; empty when it had none.
+        outputs: The outputs it asked for, in its order; None: all of them.
+    """
+
+    image: np.ndarray
+    request_id: str = ''
+    outputs: tuple[str, ...] | None = None
 
 
 def decode_request(body: bytes, max_side: int) -> np.ndarray:
@@ -34,10 +64,29 @@ def decode_request(body: bytes, max_side: int) -> np.ndarray:
     Raises:
         RequestError: 400 naming what is wrong.
     """
+    return parse_request(body, max_side).image
+
+
+def parse_request(body: bytes, max_side: int) -> V2Request:
+    """Read a V2 REST inference request: its image, ``id`` and requested ``outputs``.
+
+    Raises:
+        RequestError: 400 naming what is wrong.
+    """
     try:
-        inputs = json.loads(body)['inputs']
+        request = json.loads(body)
+        inputs = request['inputs']
     except (ValueError, KeyError, TypeError) as err:
         raise RequestError(400, f'not a V2 inference request: {err}') from err
+    request_id = request.get('id', '')
+    if not isinstance(request_id, str):
+        raise RequestError(400, 'the request id must be a string')
+    outputs = request.get('outputs')
+    if outputs is not None:
+        if not isinstance(outputs, list) or \
+                not all(isinstance(o, dict) and isinstance(o.get('name'), str) for o in outputs):
+            raise RequestError(400, 'outputs must be a list of objects with a name')
+        outputs = requested_outputs([o['name'] for o in outputs], masks=True)
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise RequestError(400, 'expected exactly one input')
     tensor = inputs[0]
@@ -51,7 +100,27 @@ def decode_request(body: bytes, max_side: int) -> np.ndarray:
         raw = base64.b64decode(data[0], validate=True)
     except (binascii.Error, ValueError) as err:
         raise RequestError(400, f'image is not base64: {err}') from err
-    return decode_image(raw, max_side)
+    return V2Request(decode_image(raw, max_side), request_id, outputs)
+
+
+def requested_outputs(names: list[str], masks: bool) -> tuple[str, ...] | None:
+    """Check the names of the outputs a request asks for; None (all) when it names none.
+
+    Args:
+        names: The names, in the request's order.
+        masks: Whether ``masks`` is known (Mask R-CNN; checked again when the reply is built).
+
+    Raises:
+        RequestError: 400 for a name the model has no output for, or a name given twice.
+    """
+    known = [n for n, _, _ in OUTPUTS] + ([MASKS] if masks else [])
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise RequestError(400, f'no output named {", ".join(map(repr, unknown))} '
+                                f'(outputs: {", ".join(known)})')
+    if len(set(names)) != len(names):
+        raise RequestError(400, 'an output is requested twice')
+    return tuple(names) or None
 
 
 def decode_image(raw: bytes, max_side: int) -> np.ndarray:
@@ -73,21 +142,41 @@ def decode_image(raw: bytes, max_side: int) -> np.ndarray:
     return image
 
 
-def v2_response(model: str, dets: Detections) -> dict[str, Any]:
-    """Build a V2 response of ``boxes``, ``scores``, ``labels`` (PNG ``masks`` for Mask R-CNN)."""
+def v2_response(model: str, dets: Detections, outputs: tuple[str, ...] | None = None,
+                request_id: str = '') -> dict[str, Any]:
+    """Build a V2 response of ``boxes``, ``scores``, ``labels`` (PNG ``masks`` for Mask R-CNN).
+
+    Args:
+        model: The model's name.
+        dets: Its detections.
+        outputs: The outputs to send, in this order; None: all.
+        request_id: The request's ``id``, echoed; empty sends none.
+
+    Raises:
+        RequestError: 400 when ``masks`` is asked of a model that has none.
+    """
     n = len(dets.labels)
-    outputs = [
+    tensors: list[dict[str, Any]] = [
         {'name': 'boxes', 'shape': [n, 4], 'datatype': 'FP32',
          'data': dets.boxes.reshape(-1).tolist()},
         {'name': 'scores', 'shape': [n], 'datatype': 'FP32', 'data': dets.scores.tolist()},
         {'name': 'labels', 'shape': [n], 'datatype': 'BYTES', 'data': list(dets.labels)},
     ]
-    if dets.masks is not None:
+    if dets.masks is not None and (outputs is None or MASKS in outputs):
         pngs = [base64.b64encode(cv2.imencode('.png', m * 255)[1].tobytes()).decode()
                 for m in dets.masks]
-        outputs.append({'name': 'masks', 'shape': [n], 'datatype': 'BYTES', 'data': pngs,
+        tensors.append({'name': MASKS, 'shape': [n], 'datatype': 'BYTES', 'data': pngs,
                         'parameters': {'content_type': 'base64', 'encoding': 'png'}})
-    return {'model_name': model, 'outputs': outputs}
+    if outputs is not None:
+        by_name = {t['name']: t for t in tensors}
+        if MASKS in outputs and MASKS not in by_name:
+            raise RequestError(400, 'this model has no masks output (a Mask R-CNN has)')
+        tensors = [by_name[name] for name in outputs]
+    response: dict[str, Any] = {'model_name': model, 'model_version': MODEL_VERSION,
+                                'outputs': tensors}
+    if request_id:
+        response['id'] = request_id
+    return response
 
 
 def server_time_parameters(seconds: float) -> dict[str, int]:

@@ -23,7 +23,7 @@ import numpy as np
 from rcnn_service.batching import AdaptiveBatcher
 from rcnn_service.guard import RejectionLog, RequestError, Tokens
 from rcnn_service.http_server import GuardedHTTPServer, make_handler
-from rcnn_service.protocol import decode_request, server_time_parameters, v2_response
+from rcnn_service.protocol import parse_request, server_time_parameters, v2_response
 from rcnn_service.rcnn_detector import Detections, RcnnDetector
 from rcnn_service.tls import TlsFiles
 
@@ -213,9 +213,9 @@ class InferenceService:
         batcher = self._batcher
         if batcher is None or not batcher.alive:
             raise RequestError(503, 'model not ready')
-        image = decode_request(body, self.config.max_image_side)
+        request = parse_request(body, self.config.max_image_side)
         start = time.perf_counter()
-        future = batcher.submit(image)
+        future = batcher.submit(request.image)
         while not wait([future], timeout=0.1).done:
             if client_gone() and future.cancel():
                 raise RequestError(499, 'the client left before its request ran')
@@ -225,7 +225,8 @@ class InferenceService:
             raise RequestError(503, 'the service is stopping') from err
         seconds = time.perf_counter() - start
         self.count('ok', seconds)
-        response = v2_response(self.config.model_name, dets)
+        response = v2_response(self.config.model_name, dets, request.outputs,
+                               request.request_id)
         response['parameters'] = server_time_parameters(seconds)
         return response
 

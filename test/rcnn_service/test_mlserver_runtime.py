@@ -18,7 +18,7 @@ from adaptive_offload.errors import CloudError
 from cloud_bridge.bridge import CloudBridge
 from cloud_bridge.transport import make_transport, V2GrpcTransport, V2RestTransport
 import cv2
-from helpers import child_env, free_ports
+from helpers import child_env, free_ports, v2_image_input
 import numpy as np
 import pytest
 from rcnn_service.guard import TOKENS_ENV
@@ -233,3 +233,40 @@ def test_rest_and_grpc_over_tls_with_no_plain_text_port(tmp_path: Path,
         assert caught.value.reason == 'tls'
     finally:
         srv.kill()
+
+
+@pytest.mark.parametrize('protocol', ['http', 'grpc'])
+def test_conformance_with_clients_the_project_did_not_write(server: Server,
+                                                            protocol: str) -> None:
+    """The builtin runtime answers the same (test_conformance.py)."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    module: Any = httpclient if protocol == 'http' else grpcclient
+    port = server.rest if protocol == 'http' else server.grpc
+    client = module.InferenceServerClient(f'127.0.0.1:{port}')
+    auth = {'authorization': f'Bearer {TOKEN}'}
+    as_json = {'as_json': True} if protocol == 'grpc' else {}
+    try:
+        meta = client.get_server_metadata(headers=auth, **as_json)
+        assert meta['name'] == 'adaptive-offload' and meta['version']
+        model = client.get_model_metadata('rcnn', '1', headers=auth, **as_json)
+        assert model['versions'] == ['1']
+        assert [o['name'] for o in model['outputs']] == ['boxes', 'scores', 'labels']
+        wanted = [module.InferRequestedOutput(name, **({'binary_data': False} if protocol ==
+                                                       'http' else {}))
+                  for name in ('scores', 'labels')]
+        result = client.infer('rcnn', [v2_image_input(module)], model_version='1',
+                              request_id='frame-42', outputs=wanted, headers=auth)
+        response = result.get_response(**as_json)
+        assert response['id'] == 'frame-42'
+        assert [o['name'] for o in response['outputs']] == ['scores', 'labels']
+        assert result.as_numpy('boxes') is None and len(result.as_numpy('scores')) > 0
+        bogus = [module.InferRequestedOutput('bogus')]
+        with pytest.raises(InferenceServerException, match="no output named 'bogus'"):
+            client.infer('rcnn', [v2_image_input(module)], outputs=bogus, headers=auth)
+        with pytest.raises(InferenceServerException):
+            client.infer('rcnn', [v2_image_input(module)], model_version='7', headers=auth)
+    finally:
+        client.close()
