@@ -142,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--batch-wait-ms', type=float, default=0.0,
                        help='how long a lone request waits for others (0: never)')
     serve.add_argument('--shutdown-grace-s', type=_rate, default=5.0,
-                       help='builtin: on SIGTERM, how long requests under way may take to '
-                            'finish; the queue is dropped after it (default 5)')
+                       help='on SIGTERM, how long requests under way may take to finish '
+                            '(builtin: the queue is dropped after it; MLServer: REST, its gRPC '
+                            'always gets 5 s) (default 5)')
 
     evaluate = sub.add_parser('evaluate', help='every policy under every scenario: table, plots')
     evaluate.add_argument('--scenarios', type=Path, default=Path('config/scenarios'),

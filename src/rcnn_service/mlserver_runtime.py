@@ -198,9 +198,11 @@ def mlserver_settings(config: ServiceConfig, grpc_port: int, metrics_port: int) 
                         load_models_at_startup=True, server_name=SERVER_NAME,
                         server_version=server_metadata()['version'])
     # uvicorn's own limits, through the settings MLServer passes on to it: an idle keep-alive
-    # connection is closed after request_timeout_s, more than max_connections get 503.
+    # connection is closed after request_timeout_s, more than max_connections get 503, and on
+    # SIGTERM requests under way get shutdown_grace_s to finish (MLServer's gRPC gets 5 s).
     rest: dict[str, Any] = {'timeout_keep_alive': max(1, round(config.request_timeout_s)),
-                            'limit_concurrency': config.max_connections, 'backlog': 128}
+                            'limit_concurrency': config.max_connections, 'backlog': 128,
+                            'timeout_graceful_shutdown': max(1, round(config.shutdown_grace_s))}
     if config.tls is not None:
         config.tls.server_context()  # a bad pair stops the service here, in one line
         rest.update(ssl_certfile=config.tls.cert, ssl_keyfile=config.tls.key)
