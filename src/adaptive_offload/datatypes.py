@@ -204,6 +204,8 @@ class Decision(JsonRecord):
         deadline_ms: Deadline a result must meet, measured from frame arrival.
         policy: Name of the policy that made the decision.
         reason: Why the policy chose this, for humans.
+        unmet: The user's bounds no option met, comma-separated (``energy budget``,
+            ``accuracy floor``, ``cloud spend cap``, ``deadline``); empty when all are met.
     """
 
     SCHEMA = 'adaptive_offload/Decision'
@@ -222,6 +224,7 @@ class Decision(JsonRecord):
     deadline_ms: float = 250.0
     policy: str = ''
     reason: str = ''
+    unmet: str = ''
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'route', Route(self.route))

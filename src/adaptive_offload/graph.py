@@ -205,7 +205,9 @@ def offload_manager(image_topic: str, compressed: bool, edge_sources: Sequence[s
 
 def health_monitor(monitored_topics: Sequence[str], monitored_types: Sequence[str],
                    rehearsal_sources: Sequence[str] = ()) -> NodeGraph:
-    """Declare the health_monitor node: arrivals on the monitored topics and cloud reports in.
+    """Declare the health_monitor node: monitored arrivals, cloud reports, decisions in.
+
+    The decisions say whether the manager meets the user's bounds (the goals check).
 
     Monitored topics are subscribed for arrivals only (rclpy's ``raw=True``: images are never
     deserialized). A node injecting a scenario (``rehearsal_sources``: the edge sources) also
@@ -215,6 +217,7 @@ def health_monitor(monitored_topics: Sequence[str], monitored_types: Sequence[st
               for i, (topic, type_name) in enumerate(zip(monitored_topics, monitored_types))]
     inputs.append(Port('cloud_telemetry', topics.CLOUD_TELEMETRY, STRING, 'result', 'report',
                        'on_report', 'cloud'))
+    inputs.append(_decision_input())
     if rehearsal_sources:
         inputs.append(Port('rehearsal_frames', topics.FRAMES, STRING, 'result', 'frame_record',
                            'on_record'))

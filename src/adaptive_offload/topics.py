@@ -22,6 +22,7 @@ CHECK_CLOUD = 'adaptive_offload: cloud'
 CHECK_CLOUD_READINESS = 'adaptive_offload: cloud readiness'
 CHECK_UPLINK_BANDWIDTH = 'adaptive_offload: uplink bandwidth'
 CHECK_FAULT_INJECTION = 'adaptive_offload: fault injection'
+CHECK_GOALS = 'adaptive_offload: offload goals'
 
 
 def topic_rate_check(topic: str) -> str:

@@ -7,7 +7,7 @@ import math
 from typing import Protocol
 
 from adaptive_offload import topics
-from adaptive_offload.datatypes import HealthStatus, InferenceReport, Level
+from adaptive_offload.datatypes import Decision, HealthStatus, InferenceReport, Level
 from health_monitor.link_checks import AnomalyDetector, RobustZ
 import numpy as np
 
@@ -175,3 +175,39 @@ class CloudCheck:
             level = Level.OK
             message = 'cloud answering' if self._requests else 'cloud not used'
         return HealthStatus(self.name, level, message, self._hardware_id, values)
+
+
+class GoalsCheck:
+    """Whether the manager's decisions meet every bound the user set (diagnostic ``goals``).
+
+    WARN names the bounds that gave way (the accuracy floor, energy budget, cloud spend cap or
+    deadline no option could meet) and why the policy chose what it did; OK when none did.
+
+    Args:
+        hardware_id: What the decisions come from.
+    """
+
+    name = topics.CHECK_GOALS
+
+    def __init__(self, hardware_id: str = '') -> None:
+        self._hardware_id = hardware_id
+        self._decision: Decision | None = None
+
+    def decision(self, decision: Decision) -> None:
+        """Take the manager's newest decision."""
+        self._decision = decision
+
+    def next_change_ns(self, now_ns: int) -> int | None:
+        """Return None: only decisions change the level, never time alone."""
+        return None
+
+    def run(self, now_ns: int) -> HealthStatus:
+        """Return the check's state: the newest decision's unmet bounds."""
+        d = self._decision
+        if d is None:
+            return HealthStatus(self.name, Level.OK, 'no decision yet', self._hardware_id, ())
+        values = (('policy', d.policy), ('route', d.route.value), ('reason', d.reason))
+        if d.unmet:
+            return HealthStatus(self.name, Level.WARN, f'bounds given way: {d.unmet}',
+                                self._hardware_id, values)
+        return HealthStatus(self.name, Level.OK, 'every bound met', self._hardware_id, values)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from adaptive_offload.datatypes import HealthEvent, HealthStatus, InferenceReport
+from adaptive_offload.datatypes import Decision, HealthEvent, HealthStatus, InferenceReport
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.failure_log import FailureLog
 from adaptive_offload.params import ParameterSpec, resolve
 from fault_injection.live import parse_address, Rehearsal
 from fault_injection.scenario import load_scenario
-from health_monitor.checks import CloudCheck, HealthCheck, TopicRateCheck
+from health_monitor.checks import CloudCheck, GoalsCheck, HealthCheck, TopicRateCheck
 from health_monitor.link_checks import (ANOMALY_DETECTORS, BandwidthCheck, http_ready_probe,
                                         ReadinessCheck, ReadinessProber)
 
@@ -124,7 +124,9 @@ class HealthMonitor:
                                 detector=ANOMALY_DETECTORS[config.anomaly_detector]())
         self.bandwidth = BandwidthCheck(floor_mbps=config.bandwidth_floor_mbps,
                                         hardware_id=config.hardware_id)
-        self._checks: list[HealthCheck] = [*self.topics.values(), self.cloud, self.bandwidth]
+        self.goals = GoalsCheck(hardware_id=config.hardware_id)
+        self._checks: list[HealthCheck] = [*self.topics.values(), self.cloud, self.bandwidth,
+                                           self.goals]
         self.readiness: ReadinessCheck | None = None
         if config.probe_url:
             self.readiness = ReadinessCheck(config.probe_url, config.probe_period_s)
@@ -146,6 +148,10 @@ class HealthMonitor:
     def on_arrival(self, topic: str, now_ns: int) -> None:
         """Take an arrival on a monitored topic (the graph's handler)."""
         self.message(topic, now_ns)
+
+    def on_decision(self, decision: Decision, now_ns: int = 0) -> None:
+        """Take the manager's decision (the graph's handler)."""
+        self.goals.decision(decision)
 
     def on_report(self, report: InferenceReport, now_ns: int = 0) -> None:
         """Take a cloud report (the graph's handler)."""

@@ -128,7 +128,7 @@ class OffloadManager:
             jpeg_quality=plan.jpeg_quality, cloud_max_side=plan.cloud_max_side,
             offload_every=plan.offload_every, hedge_delay_ms=plan.hedge_delay_ms,
             probe_every=plan.probe_every, deadline_ms=self.config.deadline_ms,
-            policy=self.config.policy, reason=plan.reason)
+            policy=self.config.policy, reason=plan.reason, unmet=plan.unmet)
         return decision
 
     def next_due_ns(self, now_ns: int) -> int:

@@ -55,11 +55,23 @@ PARAMETERS = (
                   'model@imgsz the adaptive policies may choose; [""]: edge_model@edge_imgsz.'),
     ParameterSpec('epsilon', 0.01, 'Largest acceptable P(latency > deadline).', live=True,
                   minimum=0.0001, maximum=0.5),
-    ParameterSpec('weight_energy', 1.0, 'Weight of robot energy in the predictive policy.',
+    ParameterSpec('accuracy_floor', 0.0,
+                  'Lowest acceptable expected mAP@[.5:.95] (0-100) of the results; 0: none.',
+                  live=True, minimum=0.0, maximum=100.0),
+    ParameterSpec('energy_budget_j', 0.0,
+                  'Largest acceptable robot energy per frame (J); 0: none.', live=True,
+                  minimum=0.0, maximum=1000.0),
+    ParameterSpec('cloud_spend_cap_usd_h', 0.0,
+                  'Largest acceptable cloud spend (USD per hour, at the measured frame rate); '
+                  '0: none.', live=True, minimum=0.0, maximum=1000000.0),
+    ParameterSpec('weight_energy', 1.0,
+                  'Predictive: tie-break weight of robot energy (options within 1 mJ).',
                   live=True, minimum=0.0, maximum=1000.0),
-    ParameterSpec('weight_accuracy', 1.0, 'Weight of accuracy loss in the predictive policy.',
+    ParameterSpec('weight_accuracy', 1.0,
+                  'Predictive: tie-break weight of accuracy loss (options within 1 mJ).',
                   live=True, minimum=0.0, maximum=1000.0),
-    ParameterSpec('weight_cost', 0.2, 'Weight of cloud cost in the predictive policy.',
+    ParameterSpec('weight_cost', 0.2,
+                  'Predictive: tie-break weight of cloud cost (options within 1 mJ).',
                   live=True, minimum=0.0, maximum=1000.0),
     ParameterSpec('probe_every', 10,
                   'Edge (cloud) route: every n-th frame also goes to the cloud (edge), a probe; '
@@ -107,6 +119,9 @@ class ManagerConfig:
     cloud_model: str
     edge_options: list
     epsilon: float
+    accuracy_floor: float
+    energy_budget_j: float
+    cloud_spend_cap_usd_h: float
     weight_energy: float
     weight_accuracy: float
     weight_cost: float
@@ -177,6 +192,9 @@ class ManagerConfig:
                        gpu_price_per_hour=cloud.price_per_gpu_hour,
                        server_power_w=cloud.compute_w, cloud_model=self.cloud_model,
                        edge_options=self.options(), epsilon=self.epsilon,
+                       accuracy_floor=self.accuracy_floor,
+                       energy_budget_j=self.energy_budget_j,
+                       spend_cap_usd_h=self.cloud_spend_cap_usd_h,
                        weight_energy=self.weight_energy, weight_accuracy=self.weight_accuracy,
                        weight_cost=self.weight_cost, probe_every=self.probe_every)
 

@@ -100,6 +100,7 @@ class Observations:
         self._edge_dets: dict[int, DetectionSet] = {}
         self._cloud_dets: dict[int, DetectionSet] = {}
         self._edge_meta: dict[int, tuple[str, int]] = {}  # stamp -> (model, imgsz)
+        self._stamps: deque[int] = deque(maxlen=50)  # of frame records: the camera's rate
         self.now_s = 0.0
         self.prepare()
         self.quality = 75
@@ -139,7 +140,15 @@ class Observations:
                                   self._cloud_dets.pop(stamp_ns).detections)
 
     def observe_record(self, record: FrameRecord) -> None:
-        """Frame outcomes (policies that learn from rewards read them themselves)."""
+        """Frame outcomes: their stamps give the frame rate (learning policies read more)."""
+        self._stamps.append(record.stamp_ns)
+
+    def frame_rate(self) -> float:
+        """Frames per second over the newest frame records; 0 before two have come."""
+        if len(self._stamps) < 2:
+            return 0.0
+        span_ns = max(self._stamps) - min(self._stamps)
+        return (len(self._stamps) - 1) * 1e9 / span_ns if span_ns > 0 else 0.0
 
     def health(self, cloud_error: bool) -> None:
         """Return the health monitor's view of the cloud."""

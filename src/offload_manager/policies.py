@@ -22,6 +22,7 @@ class Plan:
     hedge_delay_ms: float
     reason: str
     probe_every: int = 0
+    unmet: str = ''
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class PolicySettings:
         edge_options: ``model@imgsz`` the edge may be asked to run.
         qualities: JPEG qualities to choose from.
         epsilon: Largest acceptable P(latency > deadline).
+        accuracy_floor: Lowest acceptable expected mAP (0-100); 0: none.
+        energy_budget_j: Largest acceptable robot energy per frame (J); 0: none.
+        spend_cap_usd_h: Largest acceptable cloud spend (USD/hour); 0: none.
         weight_energy: Weight of robot energy (relative to the edge option's).
         weight_accuracy: Weight of accuracy loss (relative to the best option's).
         weight_cost: Weight of cloud cost (relative to the dearest option's).
@@ -65,6 +69,9 @@ class PolicySettings:
     edge_options: tuple[str, ...] = ()
     qualities: tuple[int, ...] = (50, 75, 95)
     epsilon: float = 0.01
+    accuracy_floor: float = 0.0
+    energy_budget_j: float = 0.0
+    spend_cap_usd_h: float = 0.0
     weight_energy: float = 1.0
     weight_accuracy: float = 1.0
     weight_cost: float = 0.2

@@ -3,9 +3,10 @@
 All of them read one :class:`Observations` and differ only in how they choose an option:
 
 - ``predictive``: per decision, every option (route x edge model@size x JPEG quality) is
-  scored on weighted robot energy, accuracy loss and cloud cost, subject to
-  P(latency > deadline) <= epsilon; hedging comes out of the same search when the edge alone
-  cannot meet the bound and the cloud's answer is cheap insurance.
+  estimated, and the one using least robot energy is chosen among those meeting every bound
+  the user set: P(latency > deadline) <= epsilon, an accuracy floor, an energy budget, a cloud
+  spend cap; hedging comes out of the same search when the edge alone cannot meet the bounds
+  and the cloud's answer is cheap insurance.
 - ``weighted-score``: the adaptive-partitioning study's S = w1 E_dev/E_norm + w2 E_tot/E_norm +
   w3 L/L_norm over options with mean latency L <= L_max, re-evaluated on its own period.
 - ``reactive``: cloud until N consecutive cloud failures, then edge; back after a cool-down.
@@ -108,13 +109,26 @@ class _ObservingPolicy:
         return [e for e in found if e is not None]
 
 
+GIVE_WAY = ('energy budget', 'accuracy floor', 'cloud spend cap', 'deadline')
+"""The order in which the user's bounds give way when no option meets them all: the robot's
+energy first, the deadline (safety) last."""
+ENERGY_TIE_J = 1e-3
+"""Options whose energies differ by less are tied; the weights break the tie."""
+
+
 class PredictivePolicy(_ObservingPolicy):
-    """Minimum weighted energy, accuracy loss and cost subject to P(miss) <= epsilon.
+    """Least robot energy subject to every bound the user set, feasibility first.
+
+    The bounds: P(latency > deadline) <= epsilon, expected mAP >= ``accuracy_floor``, energy
+    per frame <= ``energy_budget_j``, cloud spend <= ``spend_cap_usd_h`` (each 0: unset). When
+    no option meets them all, bounds give way in the order of :data:`GIVE_WAY`, each as little
+    as the options allow, and the decision names them (``unmet``). The weights only break ties
+    between options within :data:`ENERGY_TIE_J`.
 
     Options never measured are estimated from the device profile where it has figures; on the
     edge route the cloud is probed (every ``probe_every``-th frame, answer not waited for),
-    so a recovered cloud is noticed. A new choice must beat the current one by ``hysteresis``
-    (relative score) unless the current one broke the bound.
+    so a recovered cloud is noticed. A new choice must use ``hysteresis`` (relative) less
+    energy than the current one unless the current one broke a bound.
     """
 
     name = 'predictive'
@@ -126,28 +140,60 @@ class PredictivePolicy(_ObservingPolicy):
         estimates = self.estimates()
         if not estimates:
             return self.probing(self.to_plan(self.default_option(), 'no measurements yet'))
-        edge_ref = min((e.energy_j for e in estimates if e.option.route is Route.EDGE),
-                       default=max(e.energy_j for e in estimates)) or 1.0
         cost_ref = max((e.cost_usd for e in estimates), default=0.0) or 1.0
         acc_ref = max(e.accuracy for e in estimates) or 1.0
 
-        def score(e: Estimate) -> float:
-            return (s.weight_energy * e.energy_j / edge_ref +
-                    s.weight_accuracy * (acc_ref - e.accuracy) / acc_ref +
-                    s.weight_cost * e.cost_usd / cost_ref)
+        def key(e: Estimate) -> tuple[float, float]:
+            tie = (s.weight_energy * e.energy_j / max(e.energy_j, ENERGY_TIE_J) +
+                   s.weight_accuracy * (acc_ref - e.accuracy) / acc_ref +
+                   s.weight_cost * e.cost_usd / cost_ref)
+            return round(e.energy_j / ENERGY_TIE_J), tie
 
-        feasible = [e for e in estimates if e.p_miss <= s.epsilon]
-        if feasible:
-            best = min(feasible, key=score)
-            current = next((e for e in feasible if e.option == self.current), None)
-            if current is not None and score(current) <= score(best) * (1 + s.hysteresis):
+        relaxed: tuple[str, ...] = ()
+        for given in range(len(GIVE_WAY) + 1):
+            relaxed = GIVE_WAY[:given]
+            candidates = [e for e in estimates
+                          if not any(v > 0 for b, v in self.excess(e).items()
+                                     if b not in relaxed)]
+            if candidates:
+                break
+
+        # Each bound given way, from the last to give way, is missed as little as it can be.
+        def rank(e: Estimate) -> tuple[float, ...]:
+            excess = self.excess(e)
+            return (*(excess[b] for b in reversed(relaxed)), *key(e))
+
+        best = min(candidates, key=rank)
+        unmet = [b for b in relaxed if self.excess(best)[b] > 0]
+        if not unmet and self.current is not None:
+            current = next((e for e in candidates if e.option == self.current), None)
+            if current is not None and current.energy_j <= best.energy_j * (1 + s.hysteresis):
                 best = current
-            why = (f'{best.option.key}: P(miss) {best.p_miss:.3f}, {best.energy_j:.2f} J, '
-                   f'mAP {best.accuracy:.1f}')
-        else:
-            best = min(estimates, key=lambda e: (e.p_miss, score(e)))
-            why = f'{best.option.key}: no option meets epsilon; lowest P(miss) {best.p_miss:.3f}'
-        return self.probing(self.to_plan(best.option, why))
+        why = (f'{best.option.key}: P(miss) {best.p_miss:.3f}, {best.energy_j:.2f} J, '
+               f'mAP {best.accuracy:.1f}, {self.spend_usd_h(best):.2f} USD/h')
+        if unmet:
+            why += '; gave way: ' + ', '.join(unmet)
+        plan = self.to_plan(best.option, why)
+        return self.probing(replace(plan, unmet=', '.join(unmet)))
+
+    def spend_usd_h(self, estimate: Estimate) -> float:
+        """Cloud spend of an option at the measured frame rate (its share of frames sent)."""
+        every = self.settings.defaults.offload_every
+        return estimate.cost_usd * self.obs.frame_rate() * 3600.0 / every
+
+    def excess(self, e: Estimate) -> dict[str, float]:
+        """How far ``e`` is beyond each bound, relative to the bound (0: met or unset)."""
+        s = self.settings
+        spend = self.spend_usd_h(e)
+        return {
+            'energy budget': max(0.0, e.energy_j / s.energy_budget_j - 1)
+            if s.energy_budget_j else 0.0,
+            'accuracy floor': max(0.0, 1 - e.accuracy / s.accuracy_floor)
+            if s.accuracy_floor else 0.0,
+            'cloud spend cap': max(0.0, spend / s.spend_cap_usd_h - 1)
+            if s.spend_cap_usd_h else 0.0,
+            'deadline': max(0.0, e.p_miss / s.epsilon - 1),
+        }
 
 
 class WeightedScorePolicy(_ObservingPolicy):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import random
 
-from adaptive_offload.datatypes import InferenceReport, Level
+from adaptive_offload.datatypes import Decision, InferenceReport, Level, Route
 from adaptive_offload.errors import ConfigError
 from health_monitor.checks import CloudCheck, TopicRateCheck
 from health_monitor.monitor import HealthConfig, HealthMonitor
@@ -42,7 +42,8 @@ def test_monitor_reports_level_changes_as_events() -> None:
     statuses, events = monitor.run(S // 2)
     assert [(s.name, s.level) for s in statuses] == [
         ('adaptive_offload: /a rate', Level.OK), ('adaptive_offload: cloud', Level.OK),
-        ('adaptive_offload: uplink bandwidth', Level.OK)]
+        ('adaptive_offload: uplink bandwidth', Level.OK),
+        ('adaptive_offload: offload goals', Level.OK)]
     assert events == []
     _, events = monitor.run(2 * S)
     assert [(e.level, e.previous) for e in events] == [(Level.STALE, Level.OK)]
@@ -174,3 +175,21 @@ def test_monitor_is_next_due_on_its_period_or_a_check_change_and_cannot_tell_wit
     probed = HealthMonitor(HealthConfig.from_params({'probe_url': 'http://cloud'}), 0)
     probed.poll(0)
     assert probed.next_due_ns(0) is None
+
+
+def test_a_decision_whose_bounds_gave_way_warns_until_one_meets_them() -> None:
+    monitor = HealthMonitor(HealthConfig.from_params({}), start_ns=0)
+    monitor.on_decision(Decision(seq=1, route=Route.EDGE, policy='predictive',
+                                 reason='predictive: edge yolov8n@320 ...; gave way: '
+                                        'accuracy floor', unmet='accuracy floor'))
+    statuses, events = monitor.run(S)
+    [goals] = [s for s in statuses if s.name == 'adaptive_offload: offload goals']
+    assert goals.level is Level.WARN and goals.message == 'bounds given way: accuracy floor'
+    assert ('reason', 'predictive: edge yolov8n@320 ...; gave way: accuracy floor') in \
+        goals.values
+    assert [(e.name, e.level) for e in events] == [('adaptive_offload: offload goals',
+                                                    Level.WARN)]
+    monitor.on_decision(Decision(seq=2, route=Route.HEDGED, policy='predictive'))
+    _, events = monitor.run(2 * S)
+    assert [(e.name, e.level, e.previous) for e in events] == [
+        ('adaptive_offload: offload goals', Level.OK, Level.WARN)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from adaptive_offload.datatypes import FrameRecord, InferenceReport, Route
@@ -60,30 +61,35 @@ class Feeder:
                 server_ms=server_ms if ok else 0.0))
 
 
-def test_predictive_keeps_the_tail_bound_and_prefers_accuracy_when_cheap() -> None:
+def test_predictive_takes_the_least_energy_that_meets_the_deadline_and_accuracy_floor() -> None:
     feed = Feeder(create_policy('predictive', _settings()))
     assert 'no measurements' in feed.plan().reason
     feed.edge(320, 40.0)
     feed.edge(640, 160.0)  # over the deadline: never acceptable alone
-    feed.cloud(60.0)
+    feed.cloud(60.0)  # cheaper than the edge, but 8 % of its round trips miss the deadline
     plan = feed.plan()
-    assert (plan.route, plan.edge_imgsz) != (Route.EDGE, 640)
-    # The cloud is in time and more accurate; hedging keeps the edge as insurance.
-    assert plan.route in (Route.CLOUD, Route.HEDGED), plan.reason
+    assert (plan.route, plan.edge_imgsz) == (Route.EDGE, 320) and not plan.unmet, plan.reason
+    # An accuracy floor above the edge's mAP: hedging keeps the deadline and buys the
+    # cloud's accuracy, at the least energy of the options that reach it.
+    feed.policy.retune(_settings(accuracy_floor=40.0))
+    plan = feed.plan()
+    assert (plan.route, plan.edge_imgsz, plan.jpeg_quality) == (Route.HEDGED, 320, 50)
+    assert not plan.unmet, plan.reason
 
 
 def test_predictive_leaves_the_cloud_when_it_fails_and_probes_to_come_back() -> None:
-    feed = Feeder(create_policy('predictive', _settings()))
+    # With 10 % of misses allowed, the cloud (0.11 J a frame) is cheaper than the edge (0.24 J).
+    feed = Feeder(create_policy('predictive', _settings(epsilon=0.1)))
     feed.edge(320, 40.0)
     feed.cloud(60.0)
-    assert feed.plan().route in (Route.CLOUD, Route.HEDGED)
+    assert feed.plan().route is Route.CLOUD
     feed.cloud(0.0, ok=False, n=10)  # one second of an outage
     plan = feed.plan()
     # On the edge, every tenth frame probes the cloud; nobody waits for the answer.
     assert plan.route is Route.EDGE and plan.probe_every == 10, plan.reason
-    assert 'probing' in plan.reason
+    assert 'probing' in plan.reason and not plan.unmet
     feed.cloud(60.0, n=40)  # the probes find the cloud back
-    assert feed.plan().route in (Route.CLOUD, Route.HEDGED)
+    assert feed.plan().route is Route.CLOUD
 
 
 def test_predictive_leaves_a_slowed_edge_and_its_probes_bring_it_back() -> None:
@@ -105,7 +111,7 @@ def test_predictive_leaves_a_slowed_edge_and_its_probes_bring_it_back() -> None:
 
 
 def test_predictive_reacts_to_a_bandwidth_drop_within_a_second() -> None:
-    feed = Feeder(create_policy('predictive', _settings(weight_energy=0.1)))
+    feed = Feeder(create_policy('predictive', _settings(accuracy_floor=40.0)))
     feed.edge(320, 40.0)
     feed.cloud(60.0, nbytes=20_000)  # 20 kB in ~40 ms of transfer: fine
     assert feed.plan().route in (Route.CLOUD, Route.HEDGED)
@@ -117,6 +123,46 @@ def test_predictive_reacts_to_a_bandwidth_drop_within_a_second() -> None:
             break
     assert feed.plan().route is Route.EDGE  # the cloud no longer buys anything in time
     assert feed.t_s - start <= 1.0
+
+
+def _at_ten_fps(feed: Feeder, n: int = 30) -> None:
+    """Frame records 100 ms apart: the frame rate the cloud spend is reckoned at."""
+    for i in range(n):
+        feed.policy.observe_record(FrameRecord(index=i, stamp_ns=i * 100_000_000))
+
+
+def test_when_no_option_meets_every_bound_they_give_way_in_order_and_say_so() -> None:
+    feed = Feeder(create_policy('predictive', _settings(accuracy_floor=40.0,
+                                                        energy_budget_j=0.25)))
+    feed.edge(320, 40.0)
+    feed.edge(640, 160.0)
+    feed.cloud(60.0)
+    plan = feed.plan()
+    # Hedging (0.27 J) is the least energy that reaches the floor; the budget gives way first.
+    assert plan.route is Route.HEDGED and plan.unmet == 'energy budget', plan.reason
+    assert 'gave way: energy budget' in plan.reason
+    # A floor nothing in time reaches: the floor gives way, by as little as the options allow
+    # (hedged@320, mAP 45, not the edge's 26), and the deadline holds.
+    feed.policy.retune(_settings(accuracy_floor=50.0))
+    plan = feed.plan()
+    assert (plan.route, plan.edge_imgsz) == (Route.HEDGED, 320)
+    assert plan.unmet == 'accuracy floor', plan.reason
+
+
+def test_a_cloud_spend_cap_keeps_frames_off_the_cloud_at_the_measured_frame_rate() -> None:
+    # 1 USD per GPU-second, 20 ms of server time a frame, 10 frames/s: 720 USD/h on the cloud.
+    settings = _settings(accuracy_floor=40.0, gpu_price_per_hour=3600.0)
+    feed = Feeder(create_policy('predictive', settings))
+    feed.edge(320, 40.0)
+    feed.cloud(60.0)
+    _at_ten_fps(feed)
+    assert feed.plan().route is Route.HEDGED
+    feed.policy.retune(replace(settings, spend_cap_usd_h=1000.0))
+    plan = feed.plan()
+    assert plan.route is Route.HEDGED and '720.00 USD/h' in plan.reason
+    feed.policy.retune(replace(settings, spend_cap_usd_h=100.0))
+    plan = feed.plan()  # the cap holds; the accuracy floor gives way
+    assert plan.route is Route.EDGE and plan.unmet == 'accuracy floor', plan.reason
 
 
 def test_reactive_fails_over_after_n_failures_and_back_after_the_cool_down() -> None:

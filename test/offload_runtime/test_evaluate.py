@@ -66,20 +66,21 @@ def test_reactive_fails_over_within_the_outage_and_comes_back() -> None:
     assert after and result.routes[-1][1] == 'cloud'
 
 
-def test_predictive_leaves_the_cloud_within_a_second_of_a_bandwidth_drop() -> None:
-    """Issue 5's target, in the sim on the Pi 5 + GPU server profiles.
+def test_predictive_leaves_the_cloud_within_a_second_once_it_breaks_the_deadline() -> None:
+    """Issue 5's target, in the sim on the Pi 5 + GPU server profiles, with a stated goal.
 
-    With accuracy weighted 3x the steady-state choice is the cloud; at 5 Mbit/s its round
-    trips and idle waiting make the edge the better choice. The drop comes at 60 s, after the
-    availability predictor has the probe history it needs to trust the cloud (about 35 s).
+    With an accuracy floor (mAP 40) only the cloud reaches, the steady-state choice is the
+    cloud. At 1 Mbit/s its round trips miss the 250 ms deadline: hedging keeps the floor and
+    lets the edge meet the deadline. The drop comes at 60 s, after the availability predictor
+    has the probe history it needs to trust the cloud (about 35 s).
     """
     devices = load_devices(default_devices_file())
     config = _manager(EvalOptions(scenarios=[]), 'predictive', 'raspberry_pi_5')
-    manager = OffloadManager(dataclasses.replace(config, weight_accuracy=3.0))
-    drop = [{'kind': 'bandwidth', 'start_s': 60.0, 'duration_s': 20.0, 'mbps': 5.0}]
+    manager = OffloadManager(dataclasses.replace(config, accuracy_floor=40.0))
+    drop = [{'kind': 'bandwidth', 'start_s': 60.0, 'duration_s': 20.0, 'mbps': 1.0}]
     result = Simulation(manager, devices['raspberry_pi_5'], devices['gpu_server'],
                         NetworkProfile(), parse_scenario({'faults': drop}),
-                        SimSettings(frames=1000)).run()
+                        SimSettings(frames=1200)).run()
     changes = [(t, r) for (t, r), (_, before) in zip(result.routes[1:], result.routes)
                if r != before]
     assert not [t for t, _ in changes if 45.0 <= t < 60.0]  # steady before: the drop decides
@@ -87,9 +88,12 @@ def test_predictive_leaves_the_cloud_within_a_second_of_a_bandwidth_drop() -> No
     assert on_cloud and set(on_cloud) == {'cloud'}
     left = next(t for t, r in result.routes if t >= 60.0 and r != 'cloud')
     assert left - 60.0 <= 1.0
-    assert next(r for t, r in result.routes if t >= 60.0 and r != 'cloud') == 'edge'
-    assert any(r == 'cloud' for t, r in result.routes if t > 80.0)  # and back once it is over
-    assert not any(not r.deadline_met for r in result.records if r.stamp_ns >= 60e9)
+    assert next(r for t, r in result.routes if t >= 60.0 and r != 'cloud') == 'hedged'
+    # Back once the slow round trips have aged out of the latency window (30 s).
+    assert any(r == 'cloud' for t, r in result.routes if t > 80.0)
+    # Only frames already sent when the link dropped are late.
+    late = [r for r in result.records if r.stamp_ns >= 60e9 and not r.deadline_met]
+    assert len(late) <= 5 and all(r.stamp_ns < 61e9 for r in late)
 
 
 def test_evaluate_writes_table_and_plots(tmp_path: Path) -> None:
