@@ -124,7 +124,9 @@ def test_offload_manager_latches_decisions_and_records_every_frame(graph: Any) -
     assert annotated[0].encoding == 'bgr8' and annotated[0].width == 64
 
 
-def test_health_monitor_publishes_one_status_per_topic(graph: Any) -> None:
+def test_health_monitor_publishes_one_status_per_topic_and_warns_on_unmet_goals(
+        graph: Any) -> None:
+    from adaptive_offload.datatypes import Decision, Route
     from health_monitor.node import HealthMonitorNode
 
     executor, probe = graph
@@ -135,7 +137,17 @@ def test_health_monitor_publishes_one_status_per_topic(graph: Any) -> None:
     assert names == [f'adaptive_offload: {t} rate' for t in
                      ('/camera/image_raw', '/edge/detections', '/detections',
                       '/offload/decision')] + ['adaptive_offload: cloud',
-                                               'adaptive_offload: uplink bandwidth']
+                                               'adaptive_offload: uplink bandwidth',
+                                               'adaptive_offload: offload goals']
+    decisions = probe.create_publisher(String, '/offload/decision', ros.qos_profile('latched'))
+    decisions.publish(String(data=Decision(seq=1, route=Route.EDGE, policy='predictive',
+                                           unmet='accuracy floor').to_json()))
+
+    def goals_warn() -> bool:
+        return any(s.name == 'adaptive_offload: offload goals' and s.level == b'\x01' and
+                   s.message == 'bounds given way: accuracy floor'
+                   for array in diagnostics for s in array.status)
+    assert spin_until(executor, goals_warn, timeout=5)
 
 
 def test_cloud_bridge_node(graph: Any) -> None:
