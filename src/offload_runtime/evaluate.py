@@ -13,6 +13,7 @@ injected in the bridge's transport, so its figures describe this machine only.
 from __future__ import annotations
 
 import csv
+import math
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,12 @@ class EvalOptions:
 
 @dataclass(frozen=True)
 class Row:
-    """One scenario x policy line of the table."""
+    """One scenario x policy line of the table.
+
+    ``accuracy`` is the mAP the priors give the models that served the frames;
+    ``measured_map`` the mAP@[.5:.95] (0-100) of the results against the bag's ground truth
+    (live mode; NaN in the simulator, which has no images).
+    """
 
     scenario: str
     policy: str
@@ -95,6 +101,7 @@ class Row:
     mb_sent: float
     gpu_s: float
     cost_per_1000: float
+    measured_map: float = math.nan
 
 
 @dataclass
@@ -177,6 +184,9 @@ def run_live(opts: EvalOptions, scenario: Scenario, policy: str,
                    len(cloud), sum(c.bytes_sent for c in cloud.values()),
                    sum(c.server_ms for c in cloud.values()) / 1e3,
                    devices[opts.cloud].price_per_gpu_hour)
+    measured = (result.summary.get('map') or {}).get('all')
+    if measured is not None:
+        row = dataclasses.replace(row, measured_map=100.0 * measured)
     return row, Trace([r.latency_ms for r in result.records if r.latency_ms is not None],
                       [energy[r.stamp_ns] for r in result.records], result.routes)
 
@@ -241,10 +251,11 @@ def write_table(out: Path, rows: list[Row]) -> None:
         writer.writerow(names)
         writer.writerows([getattr(r, n) for n in names] for r in rows)
     head = ('| scenario | policy | energy J/frame | P50 ms | P95 ms | P99 ms | miss % | mAP proxy '
-            '| cloud req | MB sent | GPU s | USD/1k frames |')
-    lines = [head, '|' + '---|' * 12]
+            '| mAP measured | cloud req | MB sent | GPU s | USD/1k frames |')
+    lines = [head, '|' + '---|' * 13]
     lines += [f'| {r.scenario} | {r.policy} | {r.energy_j:.3f} | {r.p50_ms:.0f} | '
               f'{r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.miss_pct:.1f} | {r.accuracy:.1f} | '
+              f'{"-" if math.isnan(r.measured_map) else f"{r.measured_map:.1f}"} | '
               f'{r.cloud_requests} | {r.mb_sent:.1f} | {r.gpu_s:.1f} | {r.cost_per_1000:.4f} |'
               for r in rows]
     (out / 'table.md').write_text('\n'.join(lines) + '\n', encoding='utf-8')

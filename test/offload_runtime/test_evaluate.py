@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from pathlib import Path
 import statistics
 from typing import Any
@@ -107,6 +108,7 @@ def test_evaluate_writes_table_and_plots(tmp_path: Path) -> None:
     by = {r.policy: r for r in rows}
     assert by['predictive'].energy_j <= 0.6 * by['static'].energy_j
     assert by['predictive'].miss_pct <= 1.0 < by['cloud-only'].miss_pct
+    assert all(math.isnan(r.measured_map) for r in rows)  # the simulator has no images
     with (tmp_path / 'out' / 'table.csv').open() as fh:
         assert len(list(csv.DictReader(fh))) == 3
     for plot in ('latency_cdf', 'routes', 'energy'):
@@ -144,6 +146,12 @@ def test_live_mode_replays_the_bag_under_each_policy(tmp_path: Path,
     # A frame the busy service could not take is superseded: a miss, never a lost frame.
     assert cloud.miss_pct <= 100 * (12 - cloud.cloud_requests) / 12
     assert (tmp_path / 'out' / 'runs' / 'steady-cloud-only' / 'metadata.yaml').is_file()
+    # Scored against the bag's ground truth: the fake edge's one centred box overlaps some
+    # objects, the random-weight cloud model's boxes none well.
+    edge_map = by['edge-only'].measured_map
+    assert 0 <= cloud.measured_map <= edge_map <= 100 and not math.isnan(edge_map)
+    table = (tmp_path / 'out' / 'table.md').read_text()
+    assert '| mAP measured |' in table and f'| {edge_map:.1f} |' in table
 
 
 def test_sim_agrees_with_live_on_this_machines_measured_profile(
