@@ -13,9 +13,9 @@ injected in the bridge's transport, so its figures describe this machine only.
 from __future__ import annotations
 
 import csv
-import math
 import dataclasses
 from dataclasses import dataclass, field
+import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
