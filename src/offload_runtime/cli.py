@@ -163,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument('--uplink-mbps', type=float, default=50.0, help='sim link bandwidth')
     evaluate.add_argument('--rtt-ms', type=float, default=30.0, help='sim link round trip')
     evaluate.add_argument('--seed', type=int, default=0)
+    evaluate.add_argument('--floors', default='',
+                          help='comma-separated accuracy floors (mAP) to sweep predictive over: '
+                               'draws the energy-against-accuracy front of every scenario and '
+                               'writes matched.md (e.g. 0,30,35,40,45)')
 
     export = sub.add_parser('export', help='export a YOLO model for the onnx backend')
     export.add_argument('model', help='weights (.pt) or model config (.yaml)')
@@ -325,12 +329,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         scenarios = [args.scenarios]
     policies = [p for p in args.policies.split(',') if p] or list(DEFAULT_POLICIES)
+    try:
+        floors = [float(f) for f in args.floors.split(',') if f]
+    except ValueError as err:
+        raise ConfigError(f'--floors takes comma-separated numbers: {err}') from err
+    if any(not 0 <= f <= 100 for f in floors):
+        raise ConfigError('--floors are mAP values within 0..100')
     evaluate(EvalOptions(scenarios=scenarios, policies=policies, mode=args.mode, out=args.out,
                          frames=args.frames, fps=args.fps, deadline_ms=args.deadline_ms,
                          robot=args.robot, devices_file=args.devices, seed=args.seed,
-                         network=NetworkProfile(args.uplink_mbps, args.rtt_ms)),
+                         network=NetworkProfile(args.uplink_mbps, args.rtt_ms), floors=floors),
              lambda line: print(line, flush=True))
-    print(f'table: {args.out / "table.md"} and table.csv; plots: {args.out}/*.png')
+    print(f'table: {args.out / "table.md"} and table.csv; plots: {args.out}/*.png'
+          + ('; fronts: front_*.png, matched.md' if floors else ''))
     return EXIT_OK
 
 

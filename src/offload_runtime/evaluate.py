@@ -27,6 +27,7 @@ from offload_manager.accuracy import prior
 from offload_manager.energy import DeviceProfile, load_devices
 from offload_manager.manager import default_devices_file, ManagerConfig, OffloadManager
 from offload_manager.policies import POLICIES
+from offload_runtime.fronts import match, plot_front, swept_label, write_matched
 from offload_runtime.simulator import NetworkProfile, SimSettings, Simulation
 
 DEFAULT_POLICIES = ('predictive', 'edge-only', 'cloud-only', 'static', 'weighted-score',
@@ -56,6 +57,9 @@ class EvalOptions:
         imgsz: Edge input size of the live runs' default plan.
         backend_factory: Builds the edge detector in live mode (tests inject a fake).
         edge_params: More edge_inference parameters for live runs.
+        floors: Accuracy floors (mAP) to sweep ``predictive`` over, each a run of its own; with
+            any, each scenario's energy-against-accuracy front is drawn and ``matched.md``
+            pairs every baseline with the setting that reaches its accuracy.
     """
 
     scenarios: Sequence[Path]
@@ -76,6 +80,7 @@ class EvalOptions:
     imgsz: int = 640
     backend_factory: Callable[..., Any] | None = None
     edge_params: Mapping[str, Any] = field(default_factory=dict)
+    floors: Sequence[float] = ()
 
 
 @dataclass(frozen=True)
@@ -113,12 +118,12 @@ class Trace:
     routes: list[tuple[float, str]]
 
 
-def _manager(opts: EvalOptions, policy: str, robot: str) -> ManagerConfig:
+def _manager(opts: EvalOptions, policy: str, robot: str, floor: float = 0.0) -> ManagerConfig:
     return ManagerConfig.from_params({
         'policy': policy, 'deadline_ms': opts.deadline_ms, 'edge_model': 'yolov8n',
         'edge_imgsz': opts.imgsz, 'edge_options': list(opts.edge_options), 'device': robot,
         'cloud_device': opts.cloud, 'devices_file': opts.devices_file, 'seed': opts.seed,
-        'decision_period_s': 0.5, 'decision_valid_s': 2.0})
+        'decision_period_s': 0.5, 'decision_valid_s': 2.0, 'accuracy_floor': float(floor)})
 
 
 def make_row(scenario: str, policy: str, mode: str, records: list[FrameRecord],
@@ -138,14 +143,15 @@ def make_row(scenario: str, policy: str, mode: str, records: list[FrameRecord],
 
 
 def run_sim(opts: EvalOptions, scenario: Scenario, policy: str,
-            devices: dict[str, DeviceProfile]) -> tuple[Row, Trace]:
-    """Simulate one policy under one scenario."""
+            devices: dict[str, DeviceProfile], floor: float | None = None) -> tuple[Row, Trace]:
+    """Simulate one policy under one scenario (predictive with ``floor``, if given)."""
     robot = opts.robot or 'raspberry_pi_5'
-    manager = OffloadManager(_manager(opts, policy, robot))
+    manager = OffloadManager(_manager(opts, policy, robot, floor or 0.0))
     sim = Simulation(manager, devices[robot], devices[opts.cloud], opts.network, scenario,
                      SimSettings(frames=opts.frames, fps=opts.fps, seed=opts.seed))
     res = sim.run()
-    row = make_row(scenario.name, policy, 'sim', res.records, res.energy_j, res.accuracy,
+    label = policy if floor is None else swept_label(floor)
+    row = make_row(scenario.name, label, 'sim', res.records, res.energy_j, res.accuracy,
                    res.cloud_requests, res.bytes_sent, res.gpu_seconds,
                    devices[opts.cloud].price_per_gpu_hour)
     return row, Trace([r.latency_ms for r in res.records if r.latency_ms is not None],
@@ -153,17 +159,19 @@ def run_sim(opts: EvalOptions, scenario: Scenario, policy: str,
 
 
 def run_live(opts: EvalOptions, scenario: Scenario, policy: str,
-             devices: dict[str, DeviceProfile], bag: Path) -> tuple[Row, Trace]:
+             devices: dict[str, DeviceProfile], bag: Path,
+             floor: float | None = None) -> tuple[Row, Trace]:
     """Replay the bag through the real graph for one policy under one scenario."""
     from offload_runtime.replay import Replay, ReplayOptions
     from rcnn_service.service import ServiceConfig
 
     robot = opts.robot or 'ci_machine'
-    cfg = _manager(opts, policy, robot)
+    cfg = _manager(opts, policy, robot, floor or 0.0)
     manager = {k: getattr(cfg, k) for k in ('policy', 'deadline_ms', 'edge_model', 'edge_imgsz',
                                             'edge_options', 'device', 'cloud_device',
-                                            'devices_file', 'seed')}
-    out = opts.out / 'runs' / f'{_slug(scenario.name)}-{policy}'
+                                            'devices_file', 'seed', 'accuracy_floor')}
+    label = policy if floor is None else swept_label(floor)
+    out = opts.out / 'runs' / f'{_slug(scenario.name)}-{_slug(label)}'
     factory = {'backend_factory': opts.backend_factory} if opts.backend_factory else {}
     if cfg.policy == 'edge-only' or (cfg.policy == 'static' and cfg.static_route == 'edge'):
         # The policy never calls the cloud: its faults cannot touch this run.
@@ -180,7 +188,7 @@ def run_live(opts: EvalOptions, scenario: Scenario, policy: str,
     for rec in result.records:
         energy[rec.stamp_ns] = rec.energy_j or 0.0  # the manager's, from the robot profile
         accuracy[rec.stamp_ns] = _live_accuracy(rec, edge, opts.cloud_arch)
-    row = make_row(scenario.name, policy, 'live', result.records, energy, accuracy,
+    row = make_row(scenario.name, label, 'live', result.records, energy, accuracy,
                    len(cloud), sum(c.bytes_sent for c in cloud.values()),
                    sum(c.server_ms for c in cloud.values()) / 1e3,
                    devices[opts.cloud].price_per_gpu_hour)
@@ -236,11 +244,26 @@ def evaluate(opts: EvalOptions, announce: Callable[[str], Any] = print) -> list[
             else:
                 row, traces[policy] = run_sim(opts, scenario, policy, devices)
             rows.append(row)
-            announce(f'{scenario.name:32s} {policy:15s} miss {row.miss_pct:5.1f} % '
-                     f'P99 {row.p99_ms:7.1f} ms energy {row.energy_j:6.3f} J')
+            _announce(announce, row)
         plot(opts.out, scenario, traces)
+        for floor in opts.floors:
+            if opts.mode == 'live':
+                row, _ = run_live(opts, scenario, 'predictive', devices, bag, floor)
+            else:
+                row, _ = run_sim(opts, scenario, 'predictive', devices, floor)
+            rows.append(row)
+            _announce(announce, row)
+        if opts.floors:
+            plot_front(opts.out, scenario.name, _slug(scenario.name), rows)
     write_table(opts.out, rows)
+    if opts.floors:
+        write_matched(opts.out, match(rows))
     return rows
+
+
+def _announce(announce: Callable[[str], Any], row: Row) -> None:
+    announce(f'{row.scenario:32s} {row.policy:22s} miss {row.miss_pct:5.1f} % '
+             f'P99 {row.p99_ms:7.1f} ms energy {row.energy_j:6.3f} J mAP {row.accuracy:5.1f}')
 
 
 def write_table(out: Path, rows: list[Row]) -> None:
