@@ -1,4 +1,4 @@
-"""Test doubles shared by the tests: a fake detector, a manual clock, a fake edge core."""
+"""Test doubles shared by the tests: fake detector, clock, edge core and cloud transport."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ import socket
 import time
 from typing import Any, Callable
 
+from adaptive_offload.conversions import frame_to_message, MessageTypes
 from adaptive_offload.datatypes import Detection
+from adaptive_offload.errors import CloudError
+from adaptive_offload.inference_transport import CloudReply
 import cv2
 from edge_inference.backends import BackendOptions
 from edge_inference.inference import EdgeConfig, EdgeInference
@@ -141,3 +144,28 @@ def v2_image_input(client_module: Any) -> Any:
     else:
         tensor.set_data_from_numpy(np.array([base64.b64decode(jpeg)], dtype=object))
     return tensor
+
+
+class ScriptedTransport:
+    """Replies or fails as scripted; each call advances the clock by ``cost_ms``."""
+
+    def __init__(self, clock: ManualClock, script: list[str], cost_ms: float = 10.0) -> None:
+        self.clock, self.script, self.cost_ms = clock, script, cost_ms
+        self.timeouts: list[float] = []
+
+    def infer(self, image: bytes, timeout_s: float) -> CloudReply:
+        self.timeouts.append(timeout_s)
+        self.clock.advance(self.cost_ms)
+        step = self.script.pop(0)
+        if step != 'ok':
+            raise CloudError(step, 'scripted')
+        return CloudReply(np.array([[1.0, 1.0, 5.0, 5.0]]), np.array([0.9]), ('person',),
+                          self.cost_ms, len(image), server_ms=4.0)
+
+    def close(self) -> None:
+        pass
+
+
+def small_frame_message(types: MessageTypes, stamp: int) -> Any:
+    """Return a black 32x32 bgr8 Image message stamped ``stamp``."""
+    return frame_to_message(types, np.zeros((32, 32, 3), np.uint8), stamp, 'cam', 'bgr8')

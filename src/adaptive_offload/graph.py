@@ -156,12 +156,19 @@ def edge_inference(image_topic: str, compressed: bool, source: str = topics.ROOT
     return NodeGraph('edge_inference', tuple(inputs), tuple(outputs), namespace)
 
 
-def cloud_bridge(image_topic: str, compressed: bool) -> NodeGraph:
-    """Declare the cloud_bridge node: camera and decisions in, the service's answers out."""
+def cloud_bridge(image_topic: str, compressed: bool,
+                 sampled_sources: Sequence[str] = ()) -> NodeGraph:
+    """Declare the cloud_bridge node: camera and decisions in, the service's answers out.
+
+    With content sampling, the results of the ``sampled_sources`` edge targets come in too.
+    """
+    edge = tuple(Port(f'{source}_detections', topics.edge_topic(source, 'detections'),
+                      DETECTIONS, 'result', 'detections', 'on_edge_detections', source)
+                 for source in sampled_sources)
     return NodeGraph(
         'cloud_bridge',
         (_camera(image_topic, compressed, 'newest_frame', 'image', 'on_image'),
-         _decision_input()),
+         _decision_input(), *edge),
         (Port('detections', topics.CLOUD_DETECTIONS, DETECTIONS, 'result', 'detections'),
          Port('telemetry', topics.CLOUD_TELEMETRY, STRING, 'result', 'json')))
 

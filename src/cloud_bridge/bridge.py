@@ -8,13 +8,13 @@ import threading
 import time
 from typing import Any, Callable, Mapping
 
-from adaptive_offload.admission import EveryNth
 from adaptive_offload.conversions import (boxes_from_arrays, encode_image, image_to_frame,
                                           stamp_to_ns)
 from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
 from adaptive_offload.errors import CloudError, ConfigError, ConversionError
 from adaptive_offload.params import ParameterSpec, resolve
 from cloud_bridge.resilience import CircuitBreaker, LinkEstimator
+from cloud_bridge.sampling import make_sampler, Sampler, UniformSampler
 from cloud_bridge.transport import CloudReply, InferenceTransport, make_transport
 import cv2
 
@@ -47,6 +47,11 @@ PARAMETERS = (
     ParameterSpec('max_pending', 1,
                   'Frames waiting for a free request; when full the oldest is dropped.',
                   minimum=1, maximum=64),
+    ParameterSpec('sampling', 'uniform',
+                  'Which of one-in-n frames go to the cloud: uniform (every n-th) or content '
+                  "(where the edge's newest result is unsure or changing; same rate)."),
+    ParameterSpec('edge_sources', ['edge'],
+                  'source_name of the edge targets whose results content sampling reads.'),
 )
 
 
@@ -67,6 +72,8 @@ class CloudConfig:
     breaker_cooldown_ms: float
     max_in_flight: int
     max_pending: int
+    sampling: str
+    edge_sources: list
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> CloudConfig:
@@ -78,6 +85,7 @@ class CloudConfig:
         config = cls(**resolve(PARAMETERS, values))
         if config.token and config.token_file:
             raise ConfigError('give token or token_file, not both')
+        make_sampler(config.sampling)  # a name it does not know fails here
         if config.max_in_flight < 1 or config.max_pending < 1:
             raise ConfigError('max_in_flight and max_pending must be >= 1')
         config.make_transport().close()  # validates the URL; connections open lazily
@@ -108,14 +116,20 @@ class CloudConfig:
         """Build the bridge core with this configuration's breaker and retries."""
         return CloudBridge(transport or self.make_transport(), max_retries=self.max_retries,
                            breaker=CircuitBreaker(self.breaker_threshold,
-                                                  self.breaker_cooldown_ms), model=self.model)
+                                                  self.breaker_cooldown_ms), model=self.model,
+                           sampler=make_sampler(self.sampling))
+
+    def sampled_sources(self) -> tuple[str, ...]:
+        """Return the edge sources whose results the sampler reads (none for uniform)."""
+        return tuple(self.edge_sources) if self.sampling == 'content' else ()
 
 
 class CloudBridge:
     """Sends frames the decision selects to the service and returns its detections.
 
-    Cloud routes send every ``offload_every``-th frame; the edge route sends every
-    ``probe_every``-th frame as a probe (its answer measures the cloud for the manager).
+    Cloud routes send one in ``offload_every`` frames, picked by the sampler (every n-th, or
+    where the edge is unsure); the edge route sends every ``probe_every``-th frame as a probe
+    (its answer measures the cloud for the manager).
 
     A request never outlives the frame's deadline; a refused or dropped connection is retried
     (``max_retries``) only if the time left exceeds the recent round trip; the circuit breaker
@@ -128,21 +142,28 @@ class CloudBridge:
         max_retries: Retries of connection failures within the deadline.
         breaker: Circuit breaker; a default one when None.
         model: Model name put on the detections.
+        sampler: Picks the frames of one-in-n decisions; uniform when None.
     """
 
     SOURCE = 'cloud'
 
     def __init__(self, transport: InferenceTransport,
                  clock: Callable[[], int] = time.perf_counter_ns, max_retries: int = 1,
-                 breaker: CircuitBreaker | None = None, model: str = '') -> None:
+                 breaker: CircuitBreaker | None = None, model: str = '',
+                 sampler: Sampler | None = None) -> None:
         self._transport = transport
         self._clock = clock
-        self._sampling = EveryNth()
+        self._sampling: Sampler = sampler or UniformSampler()
         self._lock = threading.Lock()  # frame count, breaker and link estimates
         self._retries = max_retries
         self.breaker = breaker or CircuitBreaker()
         self.link = LinkEstimator()
         self.model = model
+
+    def on_edge_detections(self, dets: DetectionSet, now_ns: int = 0) -> None:
+        """Take an edge result: content sampling judges the next frames by it."""
+        with self._lock:
+            self._sampling.observe_edge(dets)
 
     def drop(self, stamp_ns: int, frame_id: str, reason: str,
              decision: Decision) -> InferenceReport:

@@ -22,12 +22,15 @@ class CloudBridgeNode(Node):
         self._transport = config.make_transport()
         # Until the manager speaks, the safe default keeps every frame off the network.
         decisions = DecisionHolder(Decision.safe_default(deadline_ms=config.deadline_ms))
-        node_graph = graph.cloud_bridge(config.image_topic, config.compressed)
+        node_graph = graph.cloud_bridge(config.image_topic, config.compressed,
+                                        config.sampled_sources())
         pubs = ros.Publishers(self, node_graph)
-        self._worker = FrameWorker(config.make_bridge(self._transport), decisions,
+        bridge = config.make_bridge(self._transport)
+        self._worker = FrameWorker(bridge, decisions,
                                    ResultEmitter(pubs.publish), lambda: ros.now_ns(self),
                                    workers=config.max_in_flight, pending=config.max_pending)
-        subs = ros.subscribe(self, node_graph, {'camera': self._worker, 'decision': decisions})
+        subs = ros.subscribe(self, node_graph, {'camera': self._worker, 'decision': decisions,
+                                                '*': bridge})
         self._worker.start('cloud-bridge')
         self.get_logger().info(f'{subs[0].topic_name} -> {config.url} (model {config.model})')
 

@@ -22,15 +22,35 @@ MISS_SLACK = 0.1
 
 
 class RowLike(Protocol):
-    """What the fronts read of an evaluation row."""
+    """What the fronts read of an evaluation row (read-only: rows are frozen)."""
 
-    scenario: str
-    policy: str
-    energy_j: float
-    accuracy: float
-    measured_map: float
-    miss_pct: float
-    p99_ms: float
+    @property
+    def scenario(self) -> str:
+        """Scenario name."""
+
+    @property
+    def policy(self) -> str:
+        """Policy label."""
+
+    @property
+    def energy_j(self) -> float:
+        """Robot energy per frame."""
+
+    @property
+    def accuracy(self) -> float:
+        """The mAP the priors give."""
+
+    @property
+    def measured_map(self) -> float:
+        """The mAP against ground truth; NaN without it."""
+
+    @property
+    def miss_pct(self) -> float:
+        """Deadline misses, percent."""
+
+    @property
+    def p99_ms(self) -> float:
+        """P99 latency."""
 
 
 def swept_label(floor: float) -> str:

@@ -174,8 +174,9 @@ class ReplayGraph:
                              clock, workers=cloud_cfg.max_in_flight,
                              pending=cloud_cfg.max_pending)
         self.workers.append(worker)
-        self.graphs['cloud_bridge'] = graph.cloud_bridge(camera, compressed)
-        self.targets['cloud_bridge'] = {'camera': worker, 'decision': holder}
+        self.graphs['cloud_bridge'] = graph.cloud_bridge(camera, compressed,
+                                                         cloud_cfg.sampled_sources())
+        self.targets['cloud_bridge'] = {'camera': worker, 'decision': holder, '*': cloud}
 
     def outputs(self) -> list[tuple[str, str, str]]:
         """Return (topic, type, QoS name) of every output the replay writes.

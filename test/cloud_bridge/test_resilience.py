@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from adaptive_offload.conversions import frame_to_message, MessageTypes
+from adaptive_offload.conversions import MessageTypes
 from adaptive_offload.datatypes import Decision, Route
-from adaptive_offload.errors import CloudError
 from cloud_bridge.bridge import CloudBridge
 from cloud_bridge.resilience import BreakerState, CircuitBreaker, LinkEstimator
-from cloud_bridge.transport import CloudReply
-from helpers import ManualClock
-import numpy as np
+from helpers import ManualClock, ScriptedTransport, small_frame_message as _msg
 
 MS = 1_000_000
 
@@ -38,30 +33,6 @@ def test_link_estimates_are_medians_robust_to_one_slow_request() -> None:
     assert link.rtt_ms == 20.0 and link.server_ms == 10.0
     assert link.uplink_mbps == 100.0  # 1 Mbit / 10 ms
     assert LinkEstimator().uplink_mbps is None
-
-
-class ScriptedTransport:
-    """Replies or fails as scripted; each call advances the clock by ``cost_ms``."""
-
-    def __init__(self, clock: ManualClock, script: list[str], cost_ms: float = 10.0) -> None:
-        self.clock, self.script, self.cost_ms = clock, script, cost_ms
-        self.timeouts: list[float] = []
-
-    def infer(self, image: bytes, timeout_s: float) -> CloudReply:
-        self.timeouts.append(timeout_s)
-        self.clock.advance(self.cost_ms)
-        step = self.script.pop(0)
-        if step != 'ok':
-            raise CloudError(step, 'scripted')
-        return CloudReply(np.array([[1.0, 1.0, 5.0, 5.0]]), np.array([0.9]), ('person',),
-                          self.cost_ms, len(image), server_ms=4.0)
-
-    def close(self) -> None:
-        pass
-
-
-def _msg(types: MessageTypes, stamp: int) -> Any:
-    return frame_to_message(types, np.zeros((32, 32, 3), np.uint8), stamp, 'cam', 'bgr8')
 
 
 def test_connection_failures_are_retried_within_the_deadline(types: MessageTypes) -> None:
