@@ -37,7 +37,7 @@ class Run:
     """One replay's figures."""
 
     name: str
-    map: float
+    m_ap: float
     requests: int
 
 
@@ -83,15 +83,15 @@ def main(argv: list[str] | None = None) -> int:
         runs = [replay(bag, Path(tmp), 'edge-only', args, {'policy': 'edge-only'}, {}),
                 replay(bag, Path(tmp), 'uniform', args, hedged, {'sampling': 'uniform'}),
                 replay(bag, Path(tmp), 'content', args, hedged, {'sampling': 'content'})]
-    base = runs[0].map
+    base = runs[0].m_ap
     print(f'{args.frames} frames at {args.fps:g} fps, difficulty {args.difficulty}, '
           f'one in {args.every} frames to the cloud')
     print(f'{"run":10s} {"mAP":>6s} {"requests":>9s} {"gain":>6s} {"gain/request":>13s}')
     per: dict[str, float] = {}
     for run in runs:
-        gain = run.map - base
+        gain = run.m_ap - base
         per[run.name] = gain / run.requests if run.requests else 0.0
-        print(f'{run.name:10s} {run.map:6.2f} {run.requests:9d} {gain:6.2f} '
+        print(f'{run.name:10s} {run.m_ap:6.2f} {run.requests:9d} {gain:6.2f} '
               f'{per[run.name]:13.4f}')
     if per['uniform'] <= 0:
         print('uniform sampling gained nothing: no ratio (are the models trained?)')
