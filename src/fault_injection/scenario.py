@@ -34,6 +34,7 @@ from typing import Any, Mapping
 from adaptive_offload.datatypes import FaultEvent
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.package_files import shipped_config
+from adaptive_offload.scene_difficulty import parse_difficulty
 import yaml
 
 # kind -> parameters it takes (name -> default); a parameter without default is required
@@ -82,10 +83,20 @@ class Fault:
 
 @dataclass(frozen=True)
 class Scenario:
-    """A named timeline of faults."""
+    """A named timeline of faults, and of how hard the scene is to see.
+
+    Attributes:
+        name: What it is called in tables and plots.
+        faults: The faults, in start order.
+        scene: The scene's difficulty over time, as ``sample-bag --difficulty`` takes it
+            (``easy:0-30,hard:30-60``); empty: easy throughout. Nothing injects it: a live
+            evaluation generates its bag so, and the simulator reads each model's measured
+            accuracy at that difficulty.
+    """
 
     name: str
     faults: tuple[Fault, ...]
+    scene: str = ''
 
     def active(self, t_s: float) -> list[Fault]:
         """Return the faults in force at ``t_s``."""
@@ -93,7 +104,8 @@ class Scenario:
 
     def only(self, kinds: frozenset[str] | set[str]) -> Scenario:
         """Return the same scenario with only the faults of ``kinds``."""
-        return Scenario(self.name, tuple(f for f in self.faults if f.kind in kinds))
+        return Scenario(self.name, tuple(f for f in self.faults if f.kind in kinds),
+                        self.scene)
 
     def kinds(self) -> set[str]:
         """Every kind of fault in the scenario."""
@@ -179,6 +191,14 @@ def parse_scenario(data: Any, source: str = 'scenario', base: Path | None = None
             not isinstance(data.get('traces', []), list) or \
             ('faults' not in data and 'traces' not in data):
         raise ConfigError(f'{source}: expected a mapping with a list "faults" (or "traces")')
+    scene = data.get('scene', '')
+    if not isinstance(scene, str):
+        raise ConfigError(f'{source}: scene must be a difficulty timeline such as '
+                          '"easy:0-30,hard:30-60"')
+    try:
+        parse_difficulty(scene)
+    except ConfigError as err:
+        raise ConfigError(f'{source}: scene: {err}') from err
     entries = list(data.get('faults', []))
     for i, trace in enumerate(data.get('traces', [])):
         entries += _trace_faults(trace, f'{source}: trace {i + 1}', base or Path('.'))
@@ -218,8 +238,8 @@ def parse_scenario(data: Any, source: str = 'scenario', base: Path | None = None
         if a.kind == b.kind and b.start_s < a.end_s:
             raise ConfigError(f'{source}: {a.kind} faults at {a.start_s} s and {b.start_s} s '
                               'overlap')
-    return Scenario(str(data.get('name', source)), tuple(sorted(faults,
-                                                                key=lambda f: f.start_s)))
+    return Scenario(str(data.get('name', source)),
+                    tuple(sorted(faults, key=lambda f: f.start_s)), scene)
 
 
 def load_scenario(path: str | Path) -> Scenario:

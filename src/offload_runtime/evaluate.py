@@ -171,7 +171,7 @@ def run_live(opts: EvalOptions, scenario: Scenario, policy: str,
                                             'edge_options', 'device', 'cloud_device',
                                             'devices_file', 'seed', 'accuracy_floor')}
     label = policy if floor is None else swept_label(floor)
-    out = opts.out / 'runs' / f'{_slug(scenario.name)}-{_slug(label)}'
+    out = opts.out / 'runs' / f'{_slug(scenario.name)}-{label.replace(" ", "-")}'
     factory = {'backend_factory': opts.backend_factory} if opts.backend_factory else {}
     if cfg.policy == 'edge-only' or (cfg.policy == 'static' and cfg.static_route == 'edge'):
         # The policy never calls the cloud: its faults cannot touch this run.
@@ -230,13 +230,9 @@ def evaluate(opts: EvalOptions, announce: Callable[[str], Any] = print) -> list[
     devices = load_devices(opts.devices_file or default_devices_file())
     scenarios = [load_scenario(p) for p in opts.scenarios]
     opts.out.mkdir(parents=True, exist_ok=True)
-    bag = opts.out / 'bag'
-    if opts.mode == 'live' and not bag.exists():
-        from offload_runtime.sample_bag import SampleSpec, write_sample_bag
-
-        write_sample_bag(bag, SampleSpec(frames=opts.frames, fps=opts.fps))
     rows: list[Row] = []
     for scenario in scenarios:
+        bag = _live_bag(opts, scenario) if opts.mode == 'live' else opts.out
         traces: dict[str, Trace] = {}
         for policy in opts.policies:
             if opts.mode == 'live':
@@ -259,6 +255,17 @@ def evaluate(opts: EvalOptions, announce: Callable[[str], Any] = print) -> list[
     if opts.floors:
         write_matched(opts.out, match(rows))
     return rows
+
+
+def _live_bag(opts: EvalOptions, scenario: Scenario) -> Path:
+    """Return the generated bag of a scenario's scene, written on first use."""
+    from offload_runtime.sample_bag import SampleSpec, write_sample_bag
+
+    bag = opts.out / (f'bag-{_slug(scenario.scene)}' if scenario.scene else 'bag')
+    if not bag.exists():
+        write_sample_bag(bag, SampleSpec(frames=opts.frames, fps=opts.fps,
+                                         difficulty=scenario.scene))
+    return bag
 
 
 def _announce(announce: Callable[[str], Any], row: Row) -> None:

@@ -10,11 +10,11 @@ from adaptive_offload.conversions import (battery_message, COMPRESSED_FORMATS,
                                           detections_to_message, frame_to_message)
 from adaptive_offload.datatypes import Detection, DetectionSet
 from adaptive_offload.errors import ConfigError
+from adaptive_offload.scene_difficulty import DifficultyTimeline, parse_difficulty, PRESETS
 from adaptive_offload.typestore import make_typestore, message_types
 import cv2
 import numpy as np
 from offload_runtime.bagio import OutputBag, qos
-from offload_runtime.scene_difficulty import DifficultyTimeline, parse_difficulty, PRESETS
 
 IMAGE_TOPIC = '/camera/image_raw'
 TRUTH_TOPIC = topics.GROUND_TRUTH

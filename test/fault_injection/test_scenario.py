@@ -143,3 +143,16 @@ def test_a_shipped_scenario_loads_by_name() -> None:
     assert load_scenario('cloud_outage_10s').kinds() == {'cloud_outage'}
     with pytest.raises(ConfigError, match='no_such_scenario'):
         load_scenario('no_such_scenario')
+
+
+def test_a_scenario_may_say_how_hard_the_scene_is_and_only_faults_are_filtered() -> None:
+    scenario = parse_scenario({'name': 'hard', 'scene': 'easy:0-30,hard:30-60',
+                               'faults': [{'kind': 'cloud_outage', 'start_s': 1.0,
+                                           'duration_s': 2.0}]})
+    assert scenario.scene == 'easy:0-30,hard:30-60'
+    assert scenario.only(set()).scene == scenario.scene and not scenario.only(set()).faults
+    assert parse_scenario({'faults': []}).scene == ''
+    with pytest.raises(ConfigError, match='scene: .*brutal'):
+        parse_scenario({'scene': 'brutal:0-10', 'faults': []})
+    with pytest.raises(ConfigError, match='scene must be'):
+        parse_scenario({'scene': 3, 'faults': []})

@@ -9,12 +9,15 @@ from pathlib import Path
 import statistics
 from typing import Any
 
+from adaptive_offload.typestore import make_typestore
 from fault_injection.scenario import parse_scenario
 from offload_manager.accuracy import prior
 from offload_manager.energy import load_devices
 from offload_manager.manager import default_devices_file, OffloadManager
 from offload_runtime.cli import main
 from offload_runtime.evaluate import _manager, EvalOptions, evaluate
+from offload_runtime.ground_truth import load_truth
+from offload_runtime.sample_bag import SampleSpec
 from offload_runtime.simulator import NetworkProfile, SimSettings, Simulation
 import pytest
 
@@ -197,3 +200,17 @@ def test_live_mode_runs_edge_policies_under_cloud_faults(tmp_path: Path,
                                  backend_factory=fake_backend_factory),
                      announce=lambda _: None)
     assert row.frames == 8 and row.cloud_requests == 0
+
+
+def test_live_mode_generates_each_scenarios_scene(tmp_path: Path,
+                                                  fake_backend_factory: Any) -> None:
+    scenario = tmp_path / 'hard.yaml'
+    scenario.write_text('name: hard\nscene: "hard:0-1"\nfaults: []\n')
+    evaluate(EvalOptions(scenarios=[scenario], policies=['edge-only'], mode='live',
+                         out=tmp_path / 'out', frames=6, fps=10.0,
+                         backend_factory=fake_backend_factory), announce=lambda _: None)
+    bags = sorted(p.name for p in (tmp_path / 'out').glob('bag*'))
+    assert bags == ['bag-hard_0_1']
+    first = next(iter(load_truth(tmp_path / 'out' / 'bag-hard_0_1',
+                                 make_typestore('jazzy')).values()))
+    assert len(first) > SampleSpec().objects  # the hard preset shows more objects

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from adaptive_offload.errors import ConfigError
+from adaptive_offload.scene_difficulty import Difficulty, parse_difficulty, PRESETS
 import numpy as np
 from offload_runtime.sample_bag import SampleSpec, Scene
-from offload_runtime.scene_difficulty import Difficulty, parse_difficulty, PRESETS
 import pytest
 
 
