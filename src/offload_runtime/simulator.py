@@ -8,9 +8,11 @@ on the wire. The manager (:class:`OffloadManager` with any registered policy) re
 same reports and detections it gets from the real workers and produces the same records.
 
 Detections are synthetic: each frame holds ``objects`` ground-truth boxes, and a source finds
-each with a probability derived from its accuracy prior, so edge/cloud agreement behaves as
-the priors say. Energy per frame is the manager's own record of it (modelled from the robot
-profile, as on a robot without an energy reader).
+each with a probability derived from its accuracy, so edge/cloud agreement behaves as the
+accuracies say. A model's accuracy is its measured mAP at the scene's difficulty of the moment
+(the scenario's ``scene``) where ``quality`` has that figure, else its prior. Energy per frame
+is the manager's own record of it (modelled from the robot profile, as on a robot without an
+energy reader).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ from dataclasses import dataclass, field, replace
 import heapq
 import math
 import random
+from typing import Callable
 
 from adaptive_offload.admission import EveryNth
 from adaptive_offload.datatypes import (Decision, Detection, DetectionSet, FrameRecord,
                                         InferenceReport)
+from adaptive_offload.scene_difficulty import parse_difficulty
 from cloud_bridge.resilience import CircuitBreaker
 from fault_injection.scenario import Scenario
 from offload_manager.accuracy import prior
@@ -46,6 +50,10 @@ class NetworkProfile:
     uplink_mbps: float = 50.0
     rtt_ms: float = 30.0
     jitter: float = 0.1
+
+
+Quality = Callable[[str, int, str], 'float | None']
+"""Measured mAP of (model, input size, scene difficulty); None where not measured."""
 
 
 @dataclass(frozen=True)
@@ -94,13 +102,18 @@ class Simulation:
         robot: Robot device profile.
         cloud: Cloud device profile.
         network: Link profile.
-        scenario: Faults (times in seconds from the start).
+        scenario: Faults (times in seconds from the start) and the scene's difficulty.
         settings: What to simulate.
+        quality: Measured mAP (0-100) of ``(model, imgsz, difficulty)``, None where not
+            measured; ``imgsz`` 0 means the model's only measured size.
     """
 
     def __init__(self, manager: OffloadManager, robot: DeviceProfile, cloud: DeviceProfile,
-                 network: NetworkProfile, scenario: Scenario, settings: SimSettings) -> None:
+                 network: NetworkProfile, scenario: Scenario, settings: SimSettings,
+                 quality: Quality | None = None) -> None:
         self.m = manager
+        self._scene = parse_difficulty(scenario.scene)
+        self._quality = quality
         self.robot, self.cloud, self.net, self.scenario = robot, cloud, network, scenario
         self.s = settings
         self.breaker = CircuitBreaker()
@@ -129,6 +142,13 @@ class Simulation:
 
     def _spread(self, ms: float, stream: str, stamp: int) -> float:
         return ms * math.exp(self._rng(stream, stamp).gauss(0.0, self.net.jitter))
+
+    def _accuracy(self, model: str, imgsz: int, t_ns: int) -> float:
+        """Return the model's mAP on the scene of the moment: measured, else its prior."""
+        level = self._scene.name_at(t_ns / 1e9).split('[')[0]
+        measured = None if self._quality is None else \
+            self._quality(model, imgsz, 'easy' if level == 'base' else level)
+        return prior(model, imgsz) if measured is None else measured
 
     def _faults(self, t_ns: int) -> dict[str, dict[str, float]]:
         return {f.kind: dict(f.params) for f in self.scenario.active(t_ns / 1e9)}
@@ -203,7 +223,7 @@ class Simulation:
     def _on_edge_done(self, t: int, _current: Decision, stamp: int, decision: Decision,
                       ms: float) -> None:
         self._edge_busy = False
-        acc = prior(decision.edge_model, decision.edge_imgsz)
+        acc = self._accuracy(decision.edge_model, decision.edge_imgsz, stamp)
         self._parts.get(stamp, {})['acc_edge'] = acc
         self.m.on_detections(self._detections(stamp, 'edge', decision.edge_model, acc), t)
         self._report(InferenceReport(stamp_ns=stamp, source='edge', status='ok',
@@ -250,7 +270,7 @@ class Simulation:
                                          reason=reason, total_ms=total, bytes_sent=sent))
         else:
             self.result.gpu_seconds += server / 1e3
-            acc = prior(self.s.cloud_model)
+            acc = self._accuracy(self.s.cloud_model, 0, stamp)
             parts['acc_cloud'] = acc
             self.m.on_detections(self._detections(stamp, 'cloud', self.s.cloud_model, acc), t)
             self._report(InferenceReport(stamp_ns=stamp, source='cloud', status='ok',

@@ -214,3 +214,24 @@ def test_live_mode_generates_each_scenarios_scene(tmp_path: Path,
     first = next(iter(load_truth(tmp_path / 'out' / 'bag-hard_0_1',
                                  make_typestore('jazzy')).values()))
     assert len(first) > SampleSpec().objects  # the hard preset shows more objects
+
+
+def test_the_simulator_takes_measured_accuracy_at_the_scenes_difficulty() -> None:
+    devices = load_devices(default_devices_file())
+    config = _manager(EvalOptions(scenarios=[]), 'edge-only', 'raspberry_pi_5')
+    table = {('yolov8n', 640, 'easy'): 70.0, ('yolov8n', 640, 'hard'): 20.0}
+
+    def quality(model: str, imgsz: int, level: str) -> float | None:
+        return table.get((model, imgsz, level))
+
+    scenario = parse_scenario({'name': 'hard', 'scene': 'hard:10-20', 'faults': []})
+    result = Simulation(OffloadManager(config), devices['raspberry_pi_5'],
+                        devices['gpu_server'], NetworkProfile(), scenario,
+                        SimSettings(frames=300), quality).run()
+    by_time = {r.stamp_ns // 1_000_000_000: result.accuracy[r.stamp_ns] for r in result.records
+               if r.result_source}
+    assert by_time[5] == 70.0 and by_time[15] == 20.0 and by_time[25] == 70.0
+    plain = Simulation(OffloadManager(config), devices['raspberry_pi_5'], devices['gpu_server'],
+                       NetworkProfile(), scenario, SimSettings(frames=300)).run()
+    assert {plain.accuracy[r.stamp_ns] for r in plain.records if r.result_source} == \
+        {prior('yolov8n', 640)}  # nothing measured: the prior throughout
