@@ -36,6 +36,8 @@ def decode_request(body: bytes, max_side: int) -> np.ndarray:
     """
     try:
         inputs = json.loads(body)['inputs']
+    except RecursionError as err:  # a body of 100 000 '[' nests deeper than json can read
+        raise RequestError(400, 'not a V2 inference request: JSON nested too deeply') from err
     except (ValueError, KeyError, TypeError) as err:
         raise RequestError(400, f'not a V2 inference request: {err}') from err
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
