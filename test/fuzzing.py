@@ -9,6 +9,7 @@ registered by test/conftest.py.
 from __future__ import annotations
 
 import struct
+import zlib
 
 import cv2
 from hypothesis import settings, strategies as st
@@ -51,7 +52,8 @@ def encoded_images(max_side: int = 24) -> st.SearchStrategy[bytes]:
 
 
 def _set_png_size(data: bytes, width: int, height: int) -> bytes:
-    return data[:16] + struct.pack('>II', width, height) + data[24:]
+    ihdr = b'IHDR' + struct.pack('>II', width, height) + data[24:29]
+    return data[:12] + ihdr + struct.pack('>I', zlib.crc32(ihdr)) + data[33:]  # CRC kept valid
 
 
 def _set_jpeg_size(data: bytes, width: int, height: int) -> bytes:
