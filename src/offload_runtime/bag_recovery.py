@@ -101,6 +101,8 @@ def _string(rec: BytesIO) -> str:
 
 
 def _exact(rec: BinaryIO, size: int) -> bytes:
+    if size > _left(rec):  # a damaged length: read() would fail on it, or allocate it
+        raise EOFError
     data = rec.read(size)
     if len(data) != size:
         raise EOFError

@@ -126,6 +126,9 @@ def test_reading_a_damaged_bag_gives_its_messages_or_a_bag_error(
     struct.pack('<BQ', 0x01, 2**62),        # a record longer than any file
     struct.pack('<BQ', 0x01, 2**64 - 1),
     struct.pack('<BQ', 0x03, 10) + b'\x01\x00\x02\x00\x00\x00\xff\xfe\x00\x00',  # not UTF-8
+    # a chunk whose records' length does not fit an index (2**63 + 4)
+    struct.pack('<BQ', 0x06, 40) + struct.pack('<QQQI', 0, 0, 0, 0) + struct.pack('<I', 0)
+    + struct.pack('<Q', 2**63 + 4),
     struct.pack('<BQ', 0x05, 4) + b'\x01\x00\x00\x00',  # a message shorter than its header
     struct.pack('<BQ', 0x05, 22) + b'\x07\x00' + b'\x00' * 20,  # of a channel never declared
 ])
