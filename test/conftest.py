@@ -1,15 +1,27 @@
-"""Shared fixtures: rosbags message classes, a fake detector, sample bags."""
+"""Shared fixtures: rosbags message classes, a fake detector, sample bags; fuzz budgets."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
 from adaptive_offload.conversions import MessageTypes
 from adaptive_offload.typestore import make_typestore, message_types
+from fuzzing import CI_EXAMPLES
 from helpers import FakeBackend
+from hypothesis import HealthCheck, settings
 from offload_runtime.sample_bag import SampleSpec, write_sample_bag
 import pytest
+
+# The fuzz tests' budgets (see test/fuzzing.py). ci: few examples, the same ones on every run,
+# no example database, so CI is bounded and reproducible; fuzz: a longer random local run.
+settings.register_profile('ci', max_examples=CI_EXAMPLES, deadline=None, derandomize=True,
+                          database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile('fuzz', max_examples=50 * CI_EXAMPLES, deadline=None,
+                          print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get('ADAPTIVE_OFFLOAD_FUZZ', 'ci'))
 
 
 @pytest.fixture(params=['humble', 'jazzy'])

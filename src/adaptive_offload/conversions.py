@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from adaptive_offload.datatypes import Detection, DetectionSet, Frame, HealthStatus, Level
 from adaptive_offload.errors import ConversionError
+from adaptive_offload.image_header import image_size
 import cv2
 import numpy as np
 from numpy.typing import ArrayLike
@@ -29,6 +30,8 @@ _RAW_ENCODINGS: dict[str, tuple[int, int, int | None]] = {
 }
 RAW_ENCODINGS = tuple(_RAW_ENCODINGS)
 COMPRESSED_FORMATS = ('jpeg', 'png')
+MAX_COMPRESSED_PIXELS = 1 << 26
+"""Largest compressed image decoded (8192x8192, 200 MB as BGR); its header is read first."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,10 @@ class MessageTypes:
     float32_array: Callable[[Sequence[float]], Any]
 
 
+MAX_STAMP_NS = 2**31 * 1_000_000_000
+"""First stamp a ``builtin_interfaces/Time`` cannot hold (its ``sec`` is an int32)."""
+
+
 def stamp_to_ns(stamp: Any) -> int:
     """Convert a ``builtin_interfaces/Time`` to integer nanoseconds."""
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
@@ -76,10 +83,12 @@ def header(types: MessageTypes, stamp_ns: int, frame_id: str) -> Any:
     """Build a ``std_msgs/Header``.
 
     Raises:
-        ConversionError: If the stamp is negative.
+        ConversionError: If the stamp is negative or past 2038 (``Time.sec`` is an int32).
     """
     if stamp_ns < 0:
         raise ConversionError('bad_stamp', f'negative stamp {stamp_ns}')
+    if stamp_ns >= MAX_STAMP_NS:  # else serializing the message fails, far from here
+        raise ConversionError('bad_stamp', f'stamp {stamp_ns} ns past the int32 seconds')
     sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
     return types.Header(stamp=types.Time(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
@@ -101,7 +110,8 @@ def image_to_frame(msg: Any) -> Frame:
 
     Raises:
         ConversionError: With reason ``unsupported_encoding``, ``empty_image``,
-            ``size_mismatch``, ``truncated_image`` or ``decode_failed``.
+            ``size_mismatch``, ``truncated_image``, ``image_too_large`` (a compressed image
+            over :data:`MAX_COMPRESSED_PIXELS`) or ``decode_failed``.
     """
     stamp_ns = stamp_to_ns(msg.header.stamp)
     if hasattr(msg, 'format'):
@@ -156,7 +166,15 @@ def _decode_compressed(fmt: str, data: np.ndarray) -> tuple[np.ndarray, str]:
             b'\xff\xd9' not in data[-16:].tobytes():
         # libjpeg pads a truncated stream with grey and only warns: refuse it instead.
         raise ConversionError('truncated_image', 'JPEG without end-of-image marker')
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    # The decoder allocates what the header declares: a 2 KB JPEG can declare 30000x30000.
+    width, height = image_size(data.tobytes())
+    if width * height > MAX_COMPRESSED_PIXELS:
+        raise ConversionError('image_too_large', f'{kind} header declares {width}x{height} '
+                                                 f'pixels, over {MAX_COMPRESSED_PIXELS}')
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error as err:  # e.g. a size over OpenCV's own limit, if this one were raised
+        raise ConversionError('decode_failed', f'{kind} data: {err}') from err
     if image is None or image.size == 0:
         raise ConversionError('decode_failed', f'{kind} data ({data.size} bytes) not decodable')
     return image, kind
@@ -253,15 +271,29 @@ def detections_to_message(types: MessageTypes, dets: DetectionSet) -> Any:
 
 
 def message_to_detections(msg: Any, source: str, model: str = '') -> DetectionSet:
-    """Read a ``vision_msgs/Detection2DArray``; each detection keeps its best hypothesis."""
+    """Read a ``vision_msgs/Detection2DArray``; each detection keeps its best hypothesis.
+
+    Raises:
+        ConversionError: ``bad_detection`` for a box or score that is not finite, or a box of
+            negative size (the mirror of what :func:`detections_to_message` refuses).
+    """
     dets = []
     for det in msg.detections:
         if not det.results:
             continue
-        best = max(det.results, key=lambda r: float(r.hypothesis.score))
+        scores = [float(r.hypothesis.score) for r in det.results]
+        best = det.results[scores.index(max(scores))]
         cx, cy = float(det.bbox.center.position.x), float(det.bbox.center.position.y)
         half_w, half_h = float(det.bbox.size_x) / 2.0, float(det.bbox.size_y) / 2.0
-        dets.append(Detection(cx - half_w, cy - half_h, cx + half_w, cy + half_h,
+        values = (cx, cy, half_w, half_h, *scores)
+        if not all(math.isfinite(v) for v in values) or half_w < 0 or half_h < 0:
+            raise ConversionError(
+                'bad_detection',
+                f'non-finite value or negative size in box {values[:4]} scores {scores}')
+        corners = (cx - half_w, cy - half_h, cx + half_w, cy + half_h)
+        if not all(math.isfinite(v) for v in corners):  # finite halves can add up to inf
+            raise ConversionError('bad_detection', f'box {values[:4]} overflows')
+        dets.append(Detection(*corners,
                               float(best.hypothesis.score), str(best.hypothesis.class_id)))
     return DetectionSet(stamp_ns=stamp_to_ns(msg.header.stamp),
                         frame_id=str(msg.header.frame_id), source=source,
@@ -285,12 +317,22 @@ def health_to_diagnostics(types: MessageTypes, statuses: Iterable[HealthStatus],
     return types.DiagnosticArray(header=header(types, stamp_ns, ''), status=status)
 
 
+_LEVELS = frozenset(level.value for level in Level)
+
+
 def diagnostics_to_health(msg: Any) -> list[HealthStatus]:
-    """Read a ``diagnostic_msgs/DiagnosticArray`` (levels are bytes in rclpy, ints in rosbags)."""
+    """Read a ``diagnostic_msgs/DiagnosticArray`` (levels are bytes in rclpy, ints in rosbags).
+
+    Raises:
+        ConversionError: ``bad_level`` for a level that is none of the four of the message.
+    """
     out = []
     for s in msg.status:
         level = s.level
         number = int.from_bytes(level, 'little') if isinstance(level, bytes) else int(level)
+        if number not in _LEVELS:
+            raise ConversionError('bad_level', f'diagnostic level {number} of {s.name!r} is '
+                                               'none of OK, WARN, ERROR, STALE')
         out.append(HealthStatus(name=str(s.name), level=Level(number), message=str(s.message),
                                 hardware_id=str(s.hardware_id),
                                 values=tuple((str(kv.key), str(kv.value)) for kv in s.values)))

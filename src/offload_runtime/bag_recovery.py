@@ -24,6 +24,8 @@ from rosbags.rosbag2.enums import StoragePlugin
 from rosbags.typesys import get_types_from_idl, get_types_from_msg, get_typestore, Stores
 
 MAGIC = b'\x89MCAP0\r\n'
+MAX_CHUNK_BYTES = 1 << 30
+"""Largest decompressed chunk read (writers close chunks at a few MiB)."""
 _HEADER, _FOOTER, _SCHEMA, _CHANNEL, _MESSAGE, _CHUNK, _DATA_END = \
     0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x0F
 
@@ -99,6 +101,8 @@ def _string(rec: BytesIO) -> str:
 
 
 def _exact(rec: BinaryIO, size: int) -> bytes:
+    if size > _left(rec):  # a damaged length: read() would fail on it, or allocate it
+        raise EOFError
     data = rec.read(size)
     if len(data) != size:
         raise EOFError
@@ -132,6 +136,8 @@ def _chunk_records(content: bytes) -> bytes:
     compression = _string(rec)
     (length,) = struct.unpack('<Q', _exact(rec, 8))
     data = _exact(rec, length)
+    if compression and size > MAX_CHUNK_BYTES:  # a damaged size: the decoder would allocate it
+        raise ValueError(f'chunk declares {size} bytes, over {MAX_CHUNK_BYTES}')
     if compression:
         # Only other writers compress (OutputBag does not); rosbags can undo what it writes.
         from rosbags.rosbag2.storage_mcap import DECOMPRESSORS
@@ -153,10 +159,20 @@ def _records(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
                 raise EOFError
             return
         opcode, length = struct.unpack('<BQ', head)
+        # A damaged length (up to 2**64) must not reach read(), which allocates it first.
+        if length > _left(stream):
+            raise EOFError
         content = stream.read(length)
         if len(content) != length:
             raise EOFError
         yield opcode, content
+
+
+def _left(stream: BinaryIO) -> int:
+    here = stream.tell()
+    end = stream.seek(0, 2)
+    stream.seek(here)
+    return end - here
 
 
 def read_mcap(path: Path, scan: Scan) -> Iterator[Message]:
@@ -204,13 +220,25 @@ def _read_data(stream: BinaryIO, scan: Scan) -> Iterator[Message]:
                 except (EOFError, ValueError) as err:
                     scan.end = f'bad chunk at byte {offset} ({err or "cut"})'
                     return
-                for inner_op, inner_content in _records(BytesIO(inner)):
-                    yield from _record(inner_op, inner_content, scan)
+                try:
+                    for inner_op, inner_content in _records(BytesIO(inner)):
+                        yield from _record(inner_op, inner_content, scan)
+                except _BAD_RECORD as err:
+                    scan.end = f'bad record in the chunk at byte {offset} ({err or "cut"})'
+                    return
             else:
-                yield from _record(opcode, content, scan)
+                try:
+                    yield from _record(opcode, content, scan)
+                except _BAD_RECORD as err:
+                    scan.end = f'bad record at byte {offset} ({err or "cut"})'
+                    return
             offset = stream.tell()
     except EOFError:
         scan.end = f'cut at byte {offset}'
+
+
+# What a record damaged inside (a length, a string) raises while it is read.
+_BAD_RECORD = (EOFError, ValueError, struct.error)
 
 
 def _record(opcode: int, content: bytes, scan: Scan) -> Iterator[Message]:
@@ -230,8 +258,9 @@ def count_messages(path: Path) -> dict[str, int]:
     scan = Scan()
     counts: dict[str, int] = {}
     for msg in read_mcap(path, scan):
-        topic = scan.channels[msg.channel_id].topic
-        counts[topic] = counts.get(topic, 0) + 1
+        channel = scan.channels.get(msg.channel_id)
+        if channel is not None:  # a damaged id: recover_bag leaves the message out too
+            counts[channel.topic] = counts.get(channel.topic, 0) + 1
     return counts
 
 

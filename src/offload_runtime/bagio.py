@@ -95,8 +95,20 @@ class InputBag:
         return list(self._reader.connections)
 
     def messages(self) -> Iterator[RawMessage]:
-        """Every message of the bag in log-time order."""
-        for conn, timestamp, data in self._reader.messages():
+        """Every message of the bag in log-time order.
+
+        Raises:
+            BagError: If the bag is damaged past what its index showed (a chunk that does not
+                read back).
+        """
+        found = iter(self._reader.messages())
+        while True:
+            try:
+                conn, timestamp, data = next(found)
+            except StopIteration:
+                return
+            except Exception as err:  # rosbags raises several types for a damaged chunk
+                raise BagError(f'{self.path}: damaged, cannot be read on ({err!r})') from err
             yield RawMessage(conn, timestamp, data)
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from adaptive_offload import topics
 from adaptive_offload.conversions import message_to_detections
 from adaptive_offload.datatypes import Detection, DetectionSet, FrameRecord
-from adaptive_offload.errors import AdaptiveOffloadError
+from adaptive_offload.errors import AdaptiveOffloadError, BagError
 from rosbags.rosbag2 import Reader
 
 Truth = Mapping[tuple[int, str], Sequence[Detection]]
@@ -139,18 +139,24 @@ def load_truth(bag: str | Path, store: Any) -> dict[tuple[int, str], tuple[Detec
         The true boxes of every frame that has them; empty when the bag has none. A message
         that cannot be read scores nothing (its frame is then not scored); it never stops
         the replay, whose output keeps the message as recorded.
+
+    Raises:
+        BagError: If the bag cannot be read (it is damaged).
     """
     out = {}
-    with Reader(bag) as reader:
-        conns = [c for c in reader.connections if c.topic == topics.GROUND_TRUTH and
-                 c.msgtype == 'vision_msgs/msg/Detection2DArray']
-        for conn, _, raw in reader.messages(conns):
-            try:
-                truth = message_to_detections(store.deserialize_cdr(raw, conn.msgtype),
-                                              'truth')
-            except Exception:  # noqa: BLE001 - any malformed CDR: that frame is not scored
-                continue
-            out[(truth.stamp_ns, truth.frame_id)] = truth.detections
+    try:
+        with Reader(bag) as reader:
+            conns = [c for c in reader.connections if c.topic == topics.GROUND_TRUTH and
+                     c.msgtype == 'vision_msgs/msg/Detection2DArray']
+            for conn, _, raw in reader.messages(conns):
+                try:
+                    truth = message_to_detections(store.deserialize_cdr(raw, conn.msgtype),
+                                                  'truth')
+                except Exception:  # noqa: BLE001 - any malformed CDR: that frame is not scored
+                    continue
+                out[(truth.stamp_ns, truth.frame_id)] = truth.detections
+    except Exception as err:  # noqa: BLE001 - rosbags raises several types for a damaged bag
+        raise BagError(f'{bag}: cannot read its ground truth ({err!r})') from err
     return out
 
 

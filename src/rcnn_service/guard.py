@@ -21,12 +21,12 @@ import logging
 import os
 from pathlib import Path
 import re
-import struct
 import threading
 import time
 from typing import Callable, Iterable, Sequence
 
-from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
+from adaptive_offload.errors import AdaptiveOffloadError, ConfigError, ConversionError
+from adaptive_offload.image_header import image_size as header_size
 
 TOKENS_ENV = 'ADAPTIVE_OFFLOAD_TOKENS'
 """Environment variable with tokens separated by commas or white space (a Kubernetes Secret)."""
@@ -185,46 +185,10 @@ def image_size(data: bytes) -> tuple[int, int]:
     Raises:
         RequestError: 400 if the bytes are neither, or their header is cut short or invalid.
     """
-    if data.startswith(b'\x89PNG\r\n\x1a\n'):
-        if len(data) < 24 or data[12:16] != b'IHDR':  # IHDR must come first
-            raise RequestError(400, 'PNG header is cut short or lacks IHDR')
-        width, height = struct.unpack('>II', data[16:24])
-    elif data.startswith(b'\xff\xd8'):
-        width, height = _jpeg_size(data)
-    else:
-        raise RequestError(400, 'image is not a decodable JPEG or PNG')
-    if not width or not height:
-        raise RequestError(400, f'image header gives an empty image {width}x{height}')
-    return width, height
-
-
-# Start-of-frame markers (baseline, progressive, lossless, arithmetic): they hold the size.
-_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
-                  0xCF})
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            break
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # stand-alone markers carry no length
-            pos += 2
-            continue
-        (length,) = struct.unpack('>H', data[pos + 2:pos + 4])
-        if marker in _SOF:
-            if pos + 9 > len(data) or length < 7:
-                break
-            height, width = struct.unpack('>HH', data[pos + 5:pos + 9])
-            return width, height
-        if marker == 0xDA or length < 2:  # scan data before any frame header
-            break
-        pos += 2 + length
-    raise RequestError(400, 'JPEG header is cut short or has no frame header')
+    try:
+        return header_size(data)
+    except ConversionError as err:
+        raise RequestError(400, err.detail) from err
 
 
 def check_image_header(data: bytes, max_side: int) -> tuple[int, int]:

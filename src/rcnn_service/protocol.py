@@ -76,6 +76,8 @@ def parse_request(body: bytes, max_side: int) -> V2Request:
     try:
         request = json.loads(body)
         inputs = request['inputs']
+    except RecursionError as err:  # a body of 100 000 '[' nests deeper than json can read
+        raise RequestError(400, 'not a V2 inference request: JSON nested too deeply') from err
     except (ValueError, KeyError, TypeError) as err:
         raise RequestError(400, f'not a V2 inference request: {err}') from err
     request_id = request.get('id', '')
