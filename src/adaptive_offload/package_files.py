@@ -17,3 +17,15 @@ def shipped_config(*parts: str) -> Path:
     if len(here.parents) > 4:  # <prefix>/lib/pythonX.Y/site-packages/adaptive_offload/
         candidates.append(here.parents[4].joinpath('share', PACKAGE, 'config', *parts))
     return next((c for c in candidates if c.exists()), candidates[0])
+
+
+def shipped_model(*parts: str) -> Path:
+    """Return a file under the package's ``models/`` (the trained detectors it ships).
+
+    The source tree's or share/'s, as :func:`shipped_config`.
+    """
+    here = Path(__file__).resolve()
+    candidates = [here.parents[2].joinpath('models', *parts)]
+    if len(here.parents) > 4:
+        candidates.append(here.parents[4].joinpath('share', PACKAGE, 'models', *parts))
+    return next((c for c in candidates if c.exists()), candidates[0])
