@@ -189,8 +189,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         edge['deadline_ms'] = manager['deadline_ms'] = args.deadline_ms
     # 'embedded' clears a params file's URL: cloud policies then start the service on loopback.
     cloud = {'url': '' if args.cloud == 'embedded' else args.cloud} if args.cloud else {}
-    if args.cloud == 'embedded':
-        manager['cloud_model'] = args.cloud_arch  # its accuracy prior is the embedded model's
     return {'edge_inference': edge, 'offload_manager': manager, 'cloud_bridge': cloud}
 
 

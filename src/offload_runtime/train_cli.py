@@ -25,6 +25,8 @@ def add_train_parser(sub: Any) -> None:
     edge.add_argument('--epochs', type=int, default=30)
     edge.add_argument('--imgsz', type=int, default=320)
     edge.add_argument('--batch', type=int, default=16)
+    edge.add_argument('--scale', type=float, default=0.5,
+                      help='random zoom of the augmentation (gain 1 +- scale)')
     cloud = kinds.add_parser('cloud', help='the compact Faster R-CNN on generated scenes')
     cloud.add_argument('--out', type=Path, default=shipped_model(CLOUD_FILE))
     cloud.add_argument('--steps', type=int, default=800)
@@ -70,8 +72,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.kind == 'edge':
         out = train_edge(EdgeTraining(
             out=args.out, frames=args.frames, val_frames=args.val_frames, epochs=args.epochs,
-            imgsz=args.imgsz, batch=args.batch, time_budget_s=args.time_budget, seed=args.seed,
-            threads=args.threads), log)
+            imgsz=args.imgsz, batch=args.batch, scale=args.scale, time_budget_s=args.time_budget,
+            seed=args.seed, threads=args.threads), log)
     else:
         out = train_cloud(CloudTraining(
             out=args.out, steps=args.steps, batch=args.batch, lr=args.lr,

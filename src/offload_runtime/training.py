@@ -37,6 +37,8 @@ class EdgeTraining:
         epochs: Training epochs.
         imgsz: Training input size.
         batch: Images per batch.
+        scale: Random zoom of the augmentation (ultralytics ``scale``: gain 1 +- scale), so
+            that objects appear at the sizes other input sizes show them.
         time_budget_s: Stop after about this long (0: after ``epochs``).
         seed: Seed of the frames and of the training.
         threads: torch threads.
@@ -48,12 +50,15 @@ class EdgeTraining:
     epochs: int = 30
     imgsz: int = 320
     batch: int = 16
+    scale: float = 0.5
     time_budget_s: float = 0.0
     seed: int = 0
     threads: int = 1
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for options that cannot train."""
+        if not 0 <= self.scale < 1:
+            raise ConfigError('scale must be within [0, 1)')
         if min(self.frames, self.val_frames, self.epochs, self.batch, self.threads) < 1:
             raise ConfigError('frames, val-frames, epochs, batch and threads must be >= 1')
         if self.imgsz < 32 or self.imgsz % 32 or self.time_budget_s < 0:
@@ -125,8 +130,9 @@ def train_edge(options: EdgeTraining, log: Log) -> Path:
         try:
             with contextlib.redirect_stdout(sys.stderr):
                 model.train(data=str(data), epochs=options.epochs, imgsz=options.imgsz,
-                            batch=options.batch, workers=0, device='cpu', seed=options.seed,
-                            deterministic=True, plots=False, amp=False, pretrained=False,
+                            batch=options.batch, scale=options.scale, workers=0,
+                            device='cpu', seed=options.seed, deterministic=True,
+                            plots=False, amp=False, pretrained=False,
                             project=str(folder / 'runs'), name='edge', exist_ok=True,
                             time=budget_h, patience=options.epochs, close_mosaic=3,
                             verbose=False)

@@ -88,13 +88,11 @@ def test_replay_defaults_to_the_shipped_models() -> None:
     assert args.cloud_arch == COMPACT_ARCH
     assert _cloud_checkpoint(args) == str(shipped_model(CLOUD_FILE))
     overrides = _overrides(args)
-    assert overrides['offload_manager']['cloud_model'] == COMPACT_ARCH
     assert overrides['offload_manager']['edge_model'] == 'yolov8n-shapes'
     assert overrides['edge_inference']['model_name'] == 'yolov8n-shapes'
     # Another architecture has no shipped weights; "" asks for random ones.
     assert _cloud_checkpoint(parse('--cloud-arch', 'fasterrcnn_mobilenet_v3_large_fpn')) == ''
     assert _cloud_checkpoint(parse('--cloud-checkpoint', '')) == ''
-    assert 'cloud_model' not in _overrides(parse())['offload_manager']
     assert 'MODEL ?= models/yolov8n-shapes.pt' in Path('Makefile').read_text()
 
 

@@ -72,3 +72,4 @@ def test_train_on_a_tiny_budget_writes_models_the_real_loaders_take(
 def test_bad_training_options_exit_with_a_usage_error(tmp_path: Path) -> None:
     assert main(['train', 'edge', '--out', str(tmp_path / 'e.pt'), '--imgsz', '100']) == 2
     assert main(['train', 'cloud', '--out', str(tmp_path / 'c.pt'), '--steps', '0']) == 2
+    assert main(['train', 'edge', '--out', str(tmp_path / 'e.pt'), '--scale', '1.5']) == 2
