@@ -20,12 +20,12 @@ def add_train_parser(sub: Any) -> None:
     kinds = train.add_subparsers(dest='kind', required=True, parser_class=type(train))
     edge = kinds.add_parser('edge', help='YOLOv8n (ultralytics) on generated scenes')
     edge.add_argument('--out', type=Path, default=shipped_model(EDGE_FILE))
-    edge.add_argument('--frames', type=int, default=600, help='training frames')
+    edge.add_argument('--frames', type=int, default=500, help='training frames')
     edge.add_argument('--val-frames', type=int, default=60)
     edge.add_argument('--epochs', type=int, default=30)
     edge.add_argument('--imgsz', type=int, default=320)
     edge.add_argument('--batch', type=int, default=16)
-    edge.add_argument('--scale', type=float, default=0.5,
+    edge.add_argument('--scale', type=float, default=0.9,
                       help='random zoom of the augmentation (gain 1 +- scale)')
     cloud = kinds.add_parser('cloud', help='the compact Faster R-CNN on generated scenes')
     cloud.add_argument('--out', type=Path, default=shipped_model(CLOUD_FILE))

@@ -45,12 +45,12 @@ class EdgeTraining:
     """
 
     out: Path
-    frames: int = 600
+    frames: int = 500
     val_frames: int = 60
     epochs: int = 30
     imgsz: int = 320
     batch: int = 16
-    scale: float = 0.5
+    scale: float = 0.9
     time_budget_s: float = 0.0
     seed: int = 0
     threads: int = 1
