@@ -18,9 +18,10 @@ setup: $(STAMP)
 
 # Generate a 300-frame sample bag and replay it through the whole graph in real time, with the
 # cloud service embedded on loopback (params.yaml's URL is the robot's, not this machine's).
-# yolov8n.yaml = the yolov8n architecture with random weights (no weights are downloaded);
-# pass MODEL=/path/to/yolov8n.pt for real detections.
-MODEL ?= yolov8n.yaml
+# The default models are the shipped ones, trained on these scenes (docs/models.md): YOLOv8n on
+# the edge, the compact Faster R-CNN in the embedded service. MODEL=yolov8n.yaml runs the
+# yolov8n architecture with random weights; MODEL=/path/to/yolov8n.pt your COCO weights.
+MODEL ?= models/yolov8n-shapes.pt
 demo: $(STAMP)
 	rm -rf $(DEMO)/sample $(DEMO)/out
 	$(BIN)/adaptive-offload sample-bag $(DEMO)/sample --frames 300 --fps 10

@@ -18,6 +18,7 @@ setup(
         (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
         (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.rviz')),
         (f'share/{PACKAGE}/config/scenarios', glob('config/scenarios/*.yaml')),
+        (f'share/{PACKAGE}/models', glob('models/*.pt') + glob('models/*.json')),
     ],
     install_requires=['setuptools'],
     extras_require={'test': ['pytest']},

@@ -129,7 +129,8 @@ def test_colcon_build_and_test(tmp_path: Path) -> None:
     assert {p.name for p in lib.iterdir()} >= expected
     share = tmp_path / 'install' / 'adaptive_offload' / 'share' / 'adaptive_offload'
     for rel in ('package.xml', 'launch/robot.launch.py', 'launch/edge.launch.py',
-                'config/params.yaml', 'config/adaptive_offload.rviz'):
+                'config/params.yaml', 'config/adaptive_offload.rviz',
+                'models/yolov8n-shapes.pt', 'models/rcnn-shapes.pt', 'models/accuracy.json'):
         assert (share / rel).is_file(), rel
     index = tmp_path / 'install' / 'adaptive_offload' / 'share' / 'ament_index'
     assert (index / 'resource_index' / 'packages' / 'adaptive_offload').is_file()

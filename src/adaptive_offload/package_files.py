@@ -12,8 +12,20 @@ def shipped_config(*parts: str) -> Path:
 
     The first that exists wins; if none does, the source tree's path (for the error message).
     """
+    return _shipped('config', *parts)
+
+
+def shipped_model(*parts: str) -> Path:
+    """Return a file under the package's ``models/`` (the trained detectors it ships).
+
+    The source tree's or share/'s, as :func:`shipped_config`.
+    """
+    return _shipped('models', *parts)
+
+
+def _shipped(folder: str, *parts: str) -> Path:
     here = Path(__file__).resolve()
-    candidates = [here.parents[2].joinpath('config', *parts)]
+    candidates = [here.parents[2].joinpath(folder, *parts)]
     if len(here.parents) > 4:  # <prefix>/lib/pythonX.Y/site-packages/adaptive_offload/
-        candidates.append(here.parents[4].joinpath('share', PACKAGE, 'config', *parts))
+        candidates.append(here.parents[4].joinpath('share', PACKAGE, folder, *parts))
     return next((c for c in candidates if c.exists()), candidates[0])

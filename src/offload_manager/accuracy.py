@@ -12,14 +12,22 @@ Nobody publishes YOLOv8 at other input sizes, so a smaller input is discounted b
 frames where both ran, the edge's F1 against the cloud (IoU >= 0.5, same class) times the
 cloud model's prior estimates the edge model's accuracy, blended with the prior as agreement
 samples accumulate.
+
+The models the package ships (trained on the sample scenes by ``adaptive-offload train``) have
+no COCO figure: their priors are the held-out mAP measured on those scenes at each input size,
+read from the packaged ``models/accuracy.json`` (``adaptive-offload train measure``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+import functools
+import json
+from typing import Any, Mapping, Sequence
 
 from adaptive_offload.datatypes import Detection
+from adaptive_offload.errors import ConfigError
+from adaptive_offload.package_files import shipped_model
 
 PRIORS_MAP: dict[str, tuple[float, int]] = {
     'yolov8n': (37.3, 640), 'yolov8s': (44.9, 640), 'yolov8m': (50.2, 640),
@@ -35,16 +43,46 @@ UNKNOWN_PRIOR = 30.0  # a model we have no figure for: middling, left to the agr
 def prior(model: str, imgsz: int = 0) -> float:
     """Prior accuracy (mAP, 0-100) of ``model`` at ``imgsz`` (0: the published size).
 
-    Model names may carry a backend suffix (``yolov8n-onnx``); the family prefix is used.
+    Model names may carry a backend suffix (``yolov8n-onnx``); the family prefix is used. A
+    shipped model's measured figures win over a COCO family whose name is a shorter prefix.
     """
-    base = next((name for name in sorted(PRIORS_MAP, key=len, reverse=True)
+    measured = measured_priors()
+    base = next((name for name in sorted({*PRIORS_MAP, *measured}, key=len, reverse=True)
                  if model.startswith(name)), None)
     if base is None:
         return UNKNOWN_PRIOR
-    m_ap, size = PRIORS_MAP[base]
+    if base in measured:
+        by_size = measured[base]
+        size = (min(by_size, key=lambda s: (abs(s - imgsz), -s)) if imgsz
+                else max(by_size))
+        m_ap = by_size[size]
+    else:
+        m_ap, size = PRIORS_MAP[base]
     if imgsz and imgsz < size:
         m_ap *= (imgsz / size) ** SIZE_EXPONENT
     return m_ap
+
+
+@functools.lru_cache(maxsize=1)
+def measured_priors() -> Mapping[str, Mapping[int, float]]:
+    """Return the shipped models' held-out mAP (0-100) by input size; empty without the file.
+
+    Raises:
+        ConfigError: If the file exists but does not hold the figures.
+    """
+    path = shipped_model('accuracy.json')
+    try:
+        text = path.read_text()
+    except OSError:
+        return {}  # an install without the shipped models: COCO priors and the default hold
+    try:
+        figures: Any = json.loads(text)
+        return {name: {int(size): float(groups['all']['map'])
+                       for size, groups in entry['sizes'].items()}
+                for name, entry in figures['models'].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ConfigError(f'{path}: not the measured figures of the shipped models ({err!r})') \
+            from err
 
 
 def agreement_f1(edge: Sequence[Detection], cloud: Sequence[Detection],

@@ -45,6 +45,8 @@ def _rate(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     from offload_runtime.sample_bag import SAMPLE_ENCODINGS
+    from offload_runtime.train_cli import add_train_parser
+    from rcnn_service.compact_rcnn import COMPACT_ARCH
 
     parser = _Parser(prog='adaptive-offload', description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
@@ -87,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="URL of a V2 inference service (default: the params file's); "
                              '"embedded", or no URL at all: cloud policies start the service '
                              'embedded on loopback')
-    replay.add_argument('--cloud-arch', default='fasterrcnn_mobilenet_v3_large_fpn',
-                        help='architecture of the embedded service')
-    replay.add_argument('--cloud-checkpoint', default='',
-                        help='state_dict of the embedded service; empty: random weights')
+    replay.add_argument('--cloud-arch', default=COMPACT_ARCH,
+                        help='architecture of the embedded service (default: that of '
+                             'the shipped model)')
+    replay.add_argument('--cloud-checkpoint', default=None,
+                        help='checkpoint of the embedded service (default: the shipped one '
+                             'for the shipped architecture, else none); "": random weights')
     replay.add_argument('--scenario', type=Path,
                         help='fault scenario (YAML) injected into the run (config/scenarios/)')
     replay.add_argument('--injector', choices=('client', 'proxy', 'netns'), default='client',
@@ -173,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument('--out', type=Path, required=True, help='file to write (.onnx)')
     export.add_argument('--imgsz', type=int, default=640, help='fixed input size')
     export.add_argument('--format', default='onnx', choices=('onnx',))
+    add_train_parser(sub)
     return parser
 
 
@@ -181,7 +186,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     manager: dict[str, Any] = {}
     if args.model:
         edge['model'] = args.model
-        manager['edge_model'] = Path(args.model).stem
+        # The name decisions ask for must be the one the edge answers to, whatever the file.
+        edge['model_name'] = manager['edge_model'] = Path(args.model).stem
     if args.imgsz:
         edge['imgsz'] = manager['edge_imgsz'] = args.imgsz
     if args.device:
@@ -264,7 +270,7 @@ def _replay(args: argparse.Namespace) -> int:
         params=load_params_file(args.params) if args.params else {},
         params_file=str(args.params or ''),
         overrides=_overrides(args), distro=args.distro,
-        service=ServiceConfig(arch=args.cloud_arch, checkpoint=args.cloud_checkpoint),
+        service=ServiceConfig(arch=args.cloud_arch, checkpoint=_cloud_checkpoint(args)),
         scenario=load_scenario(args.scenario) if args.scenario else None,
         injector=args.injector,
         progress=args.progress or (not args.no_progress and sys.stderr.isatty()))
@@ -284,6 +290,16 @@ def _replay(args: argparse.Namespace) -> int:
         print(f'adaptive-offload replay: stopped by {how} after {result.summary["frames"]} '
               f'frames; output bag finalised: {result.out}', file=sys.stderr)
         return stopper.exit_code or EXIT_INTERRUPTED
+
+
+def _cloud_checkpoint(args: argparse.Namespace) -> str:
+    from adaptive_offload.package_files import shipped_model
+    from offload_runtime.train_cli import CLOUD_FILE
+    from rcnn_service.compact_rcnn import COMPACT_ARCH
+
+    if args.cloud_checkpoint is not None:
+        return str(args.cloud_checkpoint)
+    return str(shipped_model(CLOUD_FILE)) if args.cloud_arch == COMPACT_ARCH else ''
 
 
 def _print_result(args: argparse.Namespace, result: Any) -> None:
@@ -345,6 +361,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _train(args: argparse.Namespace) -> int:
+    from offload_runtime.train_cli import run_train
+
+    return run_train(args)
+
+
 def _check_params(args: argparse.Namespace) -> int:
     from offload_runtime.node_parameters import check_file
 
@@ -372,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     handlers = {'sample-bag': _sample_bag, 'replay': _replay, 'export': _export,
                 'serve': _serve, 'evaluate': _evaluate, 'check-params': _check_params,
-                'recover-bag': _recover_bag}
+                'recover-bag': _recover_bag, 'train': _train}
     try:
         return handlers[args.command](args)
     except AdaptiveOffloadError as err:

@@ -90,13 +90,21 @@ class MapScorer:
         Raises:
             AdaptiveOffloadError: If the COCO evaluator is not installed.
         """
+        return {g: stats[0] for g, stats in self.mean_aps().items()}
+
+    def mean_aps(self) -> dict[str, tuple[float, float]]:
+        """Return (mAP@[.5:.95], mAP@.5) of each group with at least one true box.
+
+        Raises:
+            AdaptiveOffloadError: If the COCO evaluator is not installed.
+        """
         groups = sorted({g for names, _, _ in self._frames for g in names})
         return {g: ap for g in groups
                 if (ap := self._group_map([f for f in self._frames if g in f[0]])) is not None}
 
     @staticmethod
     def _group_map(frames: list[tuple[tuple[str, ...], Sequence[Detection],
-                                      Sequence[Detection]]]) -> float | None:
+                                      Sequence[Detection]]]) -> tuple[float, float] | None:
         try:
             from faster_coco_eval import COCO, COCOeval_faster
         except ImportError as err:
@@ -125,7 +133,8 @@ class MapScorer:
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-        return max(0.0, float(evaluator.stats[0]))  # -1: nothing to score in some class
+        # -1: nothing to score in some class
+        return max(0.0, float(evaluator.stats[0])), max(0.0, float(evaluator.stats[1]))
 
 
 def load_truth(bag: str | Path, store: Any) -> dict[tuple[int, str], tuple[Detection, ...]]:

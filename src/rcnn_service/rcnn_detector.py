@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from adaptive_offload.errors import BackendError, ConfigError
 import numpy as np
+from rcnn_service.compact_rcnn import COMPACT_ARCH
 
 
 def _builder(name: str) -> Callable[..., Any]:
@@ -18,10 +19,17 @@ def _builder(name: str) -> Callable[..., Any]:
     return getattr(detection, name)
 
 
+def _compact() -> Callable[..., Any]:
+    from rcnn_service.compact_rcnn import fasterrcnn_mobilenet_v3_small_fpn
+
+    return fasterrcnn_mobilenet_v3_small_fpn
+
+
 ARCHITECTURES: dict[str, Callable[[], Callable[..., Any]]] = {
-    name: functools.partial(_builder, name) for name in (
+    **{name: functools.partial(_builder, name) for name in (
         'fasterrcnn_resnet50_fpn_v2', 'fasterrcnn_mobilenet_v3_large_fpn',
-        'fasterrcnn_mobilenet_v3_large_320_fpn', 'maskrcnn_resnet50_fpn')
+        'fasterrcnn_mobilenet_v3_large_320_fpn', 'maskrcnn_resnet50_fpn')},
+    COMPACT_ARCH: _compact,
 }
 
 
@@ -54,15 +62,19 @@ class RcnnDetector:
 
     Args:
         arch: One of :data:`ARCHITECTURES`.
-        checkpoint: Path of a state_dict (``torch.load(..., weights_only=True)``: never
-            unpickles objects); empty builds random weights (tests, benchmarks).
+        checkpoint: Path of a checkpoint, read with ``torch.load(..., weights_only=True)``
+            (never unpickles objects): a torchvision state_dict of COCO's 91 classes, or
+            ``{'arch', 'categories', 'state_dict'}`` as ``adaptive-offload train cloud``
+            writes (labels are then its categories); empty builds random weights (tests,
+            benchmarks).
         device: ``cpu`` or ``cuda[:N]``.
         score_threshold: Detections below it are dropped.
         threads: torch intra-op threads; 0 keeps torch's default.
 
     Raises:
         ConfigError: For an unknown architecture.
-        BackendError: If the checkpoint does not load or the device is unavailable.
+        BackendError: If the checkpoint does not load, is for another architecture or does
+            not match its categories, or the device is unavailable.
     """
 
     def __init__(self, arch: str, checkpoint: str = '', device: str = 'cpu',
@@ -78,18 +90,18 @@ class RcnnDetector:
             torch.set_num_threads(threads)
         self._torch = torch
         self._device = torch.device(device)
-        self.categories = coco_categories()
+        state, categories = (_read_checkpoint(torch, checkpoint, arch) if checkpoint
+                             else (None, coco_categories()))
+        self.categories = categories
         model = ARCHITECTURES[arch]()(weights=None, weights_backbone=None,
                                       num_classes=len(self.categories),
                                       box_score_thresh=score_threshold)
-        if checkpoint:
-            if not Path(checkpoint).is_file():
-                raise BackendError(f'checkpoint {checkpoint!r} not found')
+        if state is not None:
             try:
-                state = torch.load(checkpoint, map_location=self._device, weights_only=True)
                 model.load_state_dict(state)
             except Exception as err:  # torch raises many types for a bad checkpoint
-                raise BackendError(f'cannot load checkpoint {checkpoint!r}: {err}') from err
+                raise BackendError(f'cannot load checkpoint {checkpoint!r} as {arch}: '
+                                   f'{err}') from err
         self._model = model.to(self._device).eval()
         self.arch = arch
         self.score_threshold = score_threshold
@@ -124,3 +136,30 @@ class RcnnDetector:
                              for i in labels.tolist()),
                 masks=masks))
         return results
+
+
+def _read_checkpoint(torch: Any, checkpoint: str, arch: str) -> tuple[dict[str, Any], list[str]]:
+    """Return a checkpoint's state_dict and its categories (COCO's for a plain state_dict)."""
+    if not Path(checkpoint).is_file():
+        raise BackendError(f'checkpoint {checkpoint!r} not found')
+    try:
+        data = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    except Exception as err:  # torch raises many types for a bad checkpoint
+        raise BackendError(f'cannot load checkpoint {checkpoint!r}: {err}') from err
+    if not isinstance(data, dict):
+        raise BackendError(f'checkpoint {checkpoint!r} holds no state_dict')
+    if 'state_dict' not in data:
+        return data, coco_categories()
+    saved, categories, state = data.get('arch'), data.get('categories'), data['state_dict']
+    if saved != arch:
+        raise BackendError(f'checkpoint {checkpoint!r} is for architecture {saved!r}, not '
+                           f'{arch!r} (pass --arch {saved})')
+    if (not isinstance(categories, list) or len(categories) < 2 or
+            not all(isinstance(c, str) for c in categories) or not isinstance(state, dict)):
+        raise BackendError(f'checkpoint {checkpoint!r}: categories must be a list of names, '
+                           'background first, and state_dict a dict')
+    scores = state.get('roi_heads.box_predictor.cls_score.weight')
+    if scores is not None and scores.shape[0] != len(categories):
+        raise BackendError(f'checkpoint {checkpoint!r} names {len(categories)} categories but '
+                           f'its weights score {scores.shape[0]} classes')
+    return state, categories

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 import subprocess
 import sys
 
-from offload_runtime.cli import _overrides, build_parser, main
+from adaptive_offload.package_files import shipped_model
+from offload_runtime.cli import _cloud_checkpoint, _overrides, build_parser, main
+from offload_runtime.train_cli import CLOUD_FILE
 import pytest
+from rcnn_service.compact_rcnn import COMPACT_ARCH
 
 
 def test_sample_bag_every_encoding(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,6 +78,22 @@ def test_cloud_embedded_clears_the_params_url_and_a_url_replaces_it() -> None:
     assert cloud('--cloud', 'embedded') == {'url': ''}
     assert cloud('--cloud', 'http://gpu:8080') == {'url': 'http://gpu:8080'}
     assert cloud() == {}  # the params file's URL, or the embedded service without one
+
+
+def test_replay_defaults_to_the_shipped_models() -> None:
+    def parse(*argv: str) -> argparse.Namespace:
+        return build_parser().parse_args(['replay', 'in', '--out', 'o', *argv])
+
+    args = parse('--cloud', 'embedded', '--model', 'models/yolov8n-shapes.pt')
+    assert args.cloud_arch == COMPACT_ARCH
+    assert _cloud_checkpoint(args) == str(shipped_model(CLOUD_FILE))
+    overrides = _overrides(args)
+    assert overrides['offload_manager']['edge_model'] == 'yolov8n-shapes'
+    assert overrides['edge_inference']['model_name'] == 'yolov8n-shapes'
+    # Another architecture has no shipped weights; "" asks for random ones.
+    assert _cloud_checkpoint(parse('--cloud-arch', 'fasterrcnn_mobilenet_v3_large_fpn')) == ''
+    assert _cloud_checkpoint(parse('--cloud-checkpoint', '')) == ''
+    assert 'MODEL ?= models/yolov8n-shapes.pt' in Path('Makefile').read_text()
 
 
 def test_check_params_tells_what_ros2_launch_would_refuse(

@@ -1,0 +1,125 @@
+"""Held-out accuracy of the shipped detectors, per input size and scene difficulty.
+
+Each model runs through the loading path the graph uses (the ultralytics edge backend, the
+service's :class:`rcnn_service.rcnn_detector.RcnnDetector`) on test-split frames (seeds no
+model saw) and is scored by COCO mAP (faster-coco-eval, via
+:class:`offload_runtime.ground_truth.MapScorer`) at a near-zero score threshold, as COCO tables
+are measured. The figures, in percent, are what ``models/accuracy.json`` holds and what the
+manager's accuracy priors read for these models.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from adaptive_offload.datatypes import Detection
+from offload_runtime.ground_truth import MapScorer, score_frame
+from offload_runtime.scene_difficulty import PRESETS
+from offload_runtime.train_data import held_out, LabelledFrame
+
+Detect = Callable[[LabelledFrame], Sequence[Detection]]
+EDGE_CONF = 0.001
+CLOUD_SCORE = 0.01
+MAX_DET = 100
+CLOUD_SIZE = 640  # the compact R-CNN's input: the camera's 640x480, not downscaled
+
+
+def edge_detector(weights: Path, imgsz: int, conf: float = EDGE_CONF) -> Detect:
+    """Return the edge model at ``imgsz`` as a frame -> detections function.
+
+    Raises:
+        BackendError: If the weights do not load.
+    """
+    from edge_inference.backends import BackendOptions, create_backend
+
+    backend = create_backend('ultralytics', BackendOptions(str(weights), 'cpu'))
+    return lambda frame: backend.infer(frame.image, imgsz, conf, 0.7, None, MAX_DET)
+
+
+def cloud_detector(checkpoint: Path, score: float = CLOUD_SCORE) -> Detect:
+    """Return the shipped cloud model as a frame -> detections function.
+
+    Raises:
+        BackendError: If the checkpoint does not load.
+    """
+    from rcnn_service.compact_rcnn import COMPACT_ARCH
+    from rcnn_service.rcnn_detector import RcnnDetector
+
+    detector = RcnnDetector(COMPACT_ARCH, str(checkpoint), score_threshold=score)
+
+    def detect(frame: LabelledFrame) -> tuple[Detection, ...]:
+        found = detector.detect([frame.image])[0]
+        return tuple(Detection(float(b[0]), float(b[1]), float(b[2]), float(b[3]), float(s),
+                               label)
+                     for b, s, label in zip(found.boxes, found.scores, found.labels))
+
+    return detect
+
+
+def score_model(detect: Detect, frames: Sequence[LabelledFrame]) -> dict[str, dict[str, float]]:
+    """Return ``{difficulty or 'all': {'map', 'map50'}}`` in percent over ``frames``."""
+    scorer = MapScorer()
+    for frame in frames:
+        scorer.add(frame.truth, detect(frame), (frame.difficulty,))
+    return {group: {'map': round(100 * m, 1), 'map50': round(100 * m50, 1)}
+            for group, (m, m50) in scorer.mean_aps().items()}
+
+
+def recall(detect: Detect, frames: Sequence[LabelledFrame]) -> float:
+    """Share of the true boxes found (IoU >= 0.5, same class) over ``frames``."""
+    scores = [score_frame(f.truth, detect(f)) for f in frames]
+    truths = sum(s.truths for s in scores)
+    return sum(s.matched for s in scores) / truths if truths else 1.0
+
+
+def measure_models(edge: Path, cloud: Path, edge_sizes: Sequence[int], frames: int,
+                   seed: int, threads: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Measure both shipped models on ``frames`` held-out frames of each difficulty.
+
+    Args:
+        edge: The edge model's weights.
+        cloud: The cloud model's checkpoint.
+        edge_sizes: Edge input sizes to measure.
+        frames: Held-out frames per difficulty.
+        seed: Which held-out frames.
+        threads: torch threads.
+        log: Receives progress lines.
+
+    Returns:
+        The figures as ``models/accuracy.json`` holds them.
+    """
+    import torch
+    from rcnn_service.compact_rcnn import COMPACT_ARCH
+
+    torch.set_num_threads(threads)
+    test = [f for name in PRESETS for f in held_out(name, frames, seed)]
+    models: dict[str, Any] = {}
+    sizes: dict[str, Any] = {}
+    for imgsz in edge_sizes:
+        log(f'measuring {edge.name} at {imgsz} on {len(test)} held-out frames')
+        sizes[str(imgsz)] = score_model(edge_detector(edge, imgsz), test)
+    models[edge.stem] = {'role': 'edge', 'file': edge.name, 'arch': 'yolov8n', 'sizes': sizes}
+    log(f'measuring {cloud.name} at {CLOUD_SIZE} on {len(test)} held-out frames')
+    models[COMPACT_ARCH] = {'role': 'cloud', 'file': cloud.name, 'arch': COMPACT_ARCH,
+                            'sizes': {str(CLOUD_SIZE): score_model(cloud_detector(cloud),
+                                                                   test)}}
+    return {'metric': 'COCO mAP@[.5:.95] and mAP@.5, percent (faster-coco-eval '
+                      f'{importlib.metadata.version("faster-coco-eval")})',
+            'held_out': {'frames_per_difficulty': frames, 'seed': seed,
+                         'difficulties': list(PRESETS)},
+            'models': models}
+
+
+def format_table(figures: dict[str, Any]) -> str:
+    """Return the figures as a Markdown table (one row per model and input size)."""
+    names = [*figures['held_out']['difficulties'], 'all']
+    lines = ['| model | role | input | ' + ' | '.join(f'{n} mAP (mAP50)' for n in names) + ' |',
+             '|---|---|---|' + '---|' * len(names)]
+    for model, entry in figures['models'].items():
+        for size, groups in entry['sizes'].items():
+            cells = [f'{groups[n]["map"]:.1f} ({groups[n]["map50"]:.1f})' if n in groups
+                     else '-' for n in names]
+            lines.append(f'| {model} | {entry["role"]} | {size} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
