@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from adaptive_offload.datatypes import Detection
+from adaptive_offload.scene_difficulty import PRESETS
 from offload_runtime.ground_truth import MapScorer, score_frame
-from offload_runtime.scene_difficulty import PRESETS
 from offload_runtime.train_data import held_out, LabelledFrame
 
 Detect = Callable[[LabelledFrame], Sequence[Detection]]

@@ -14,10 +14,10 @@ from typing import Iterator, Mapping
 
 from adaptive_offload.datatypes import Detection
 from adaptive_offload.errors import ConfigError
+from adaptive_offload.scene_difficulty import PRESETS
 import cv2
 import numpy as np
 from offload_runtime.sample_bag import SampleSpec, Scene
-from offload_runtime.scene_difficulty import PRESETS
 
 CLASSES = ('box', 'disc', 'triangle')
 FRAME_WIDTH, FRAME_HEIGHT = 640, 480  # the sample bag's default frame
@@ -49,7 +49,7 @@ def scene_frames(seed: int, difficulty: str, count: int = FRAMES_PER_SCENE
 
     Args:
         seed: The scene's seed.
-        difficulty: A preset of :data:`offload_runtime.scene_difficulty.PRESETS`.
+        difficulty: A preset of :data:`adaptive_offload.scene_difficulty.PRESETS`.
         count: Frames to render.
 
     Raises:
