@@ -70,6 +70,20 @@ def measured_priors() -> Mapping[str, Mapping[int, float]]:
     Raises:
         ConfigError: If the file exists but does not hold the figures.
     """
+    return {name: {size: groups['all'] for size, groups in sizes.items()}
+            for name, sizes in measured_figures().items()}
+
+
+@functools.lru_cache(maxsize=1)
+def measured_figures() -> Mapping[str, Mapping[int, Mapping[str, float]]]:
+    """Return the shipped models' held-out mAP (0-100) by input size and scene difficulty.
+
+    The groups are ``all`` and the difficulty presets (``easy``, ``medium``, ``hard``); empty
+    without the file.
+
+    Raises:
+        ConfigError: If the file exists but does not hold the figures.
+    """
     path = shipped_model('accuracy.json')
     try:
         text = path.read_text()
@@ -77,7 +91,7 @@ def measured_priors() -> Mapping[str, Mapping[int, float]]:
         return {}  # an install without the shipped models: COCO priors and the default hold
     try:
         figures: Any = json.loads(text)
-        return {name: {int(size): float(groups['all']['map'])
+        return {name: {int(size): {group: float(value['map']) for group, value in groups.items()}
                        for size, groups in entry['sizes'].items()}
                 for name, entry in figures['models'].items()}
     except (ValueError, KeyError, TypeError, AttributeError) as err:

@@ -46,8 +46,15 @@ class DeviceProfile:
     price_per_gpu_hour: float = 0.0
 
     def inference_time_ms(self, model: str, imgsz: int) -> float | None:
-        """Return the profile's inference time of ``model`` at ``imgsz``, if it has one."""
-        return self.inference_ms.get(f'{model}@{imgsz}')
+        """Return the profile's inference time of ``model`` at ``imgsz``, if it has one.
+
+        A model named ``<arch>-<variant>`` (``yolov8n-shapes``: yolov8n trained on other data)
+        runs as fast as its architecture.
+        """
+        found = self.inference_ms.get(f'{model}@{imgsz}')
+        if found is None and '-' in model:
+            found = self.inference_ms.get(f'{model.split("-", 1)[0]}@{imgsz}')
+        return found
 
 
 def load_devices(path: str | Path) -> dict[str, DeviceProfile]:

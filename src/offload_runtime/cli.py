@@ -167,6 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument('--uplink-mbps', type=float, default=50.0, help='sim link bandwidth')
     evaluate.add_argument('--rtt-ms', type=float, default=30.0, help='sim link round trip')
     evaluate.add_argument('--seed', type=int, default=0)
+    evaluate.add_argument('--measured', action='store_true',
+                          help='sim: the shipped detectors with their measured mAP at each '
+                               'scene difficulty, instead of COCO models and their priors')
     evaluate.add_argument('--floors', default='',
                           help='comma-separated accuracy floors (mAP) to sweep predictive over: '
                                'draws the energy-against-accuracy front of every scenario and '
@@ -354,7 +357,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     evaluate(EvalOptions(scenarios=scenarios, policies=policies, mode=args.mode, out=args.out,
                          frames=args.frames, fps=args.fps, deadline_ms=args.deadline_ms,
                          robot=args.robot, devices_file=args.devices, seed=args.seed,
-                         network=NetworkProfile(args.uplink_mbps, args.rtt_ms), floors=floors),
+                         network=NetworkProfile(args.uplink_mbps, args.rtt_ms), floors=floors,
+                         measured=args.measured),
              lambda line: print(line, flush=True))
     print(f'table: {args.out / "table.md"} and table.csv; plots: {args.out}/*.png'
           + ('; fronts: front_*.png, matched.md' if floors else ''))

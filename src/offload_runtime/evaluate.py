@@ -23,7 +23,7 @@ from adaptive_offload.datatypes import FrameRecord, InferenceReport
 from adaptive_offload.errors import ConfigError
 from fault_injection.scenario import EDGE_KINDS, load_scenario, Scenario
 import numpy as np
-from offload_manager.accuracy import prior
+from offload_manager.accuracy import measured_figures, prior
 from offload_manager.energy import DeviceProfile, load_devices
 from offload_manager.manager import default_devices_file, ManagerConfig, OffloadManager
 from offload_manager.policies import POLICIES
@@ -57,6 +57,9 @@ class EvalOptions:
         imgsz: Edge input size of the live runs' default plan.
         backend_factory: Builds the edge detector in live mode (tests inject a fake).
         edge_params: More edge_inference parameters for live runs.
+        measured: Simulate the shipped detectors (``yolov8n-shapes``, the compact Faster
+            R-CNN) with their measured mAP at each scene difficulty, instead of COCO models
+            and their priors.
         floors: Accuracy floors (mAP) to sweep ``predictive`` over, each a run of its own; with
             any, each scenario's energy-against-accuracy front is drawn and ``matched.md``
             pairs every baseline with the setting that reaches its accuracy.
@@ -81,6 +84,7 @@ class EvalOptions:
     backend_factory: Callable[..., Any] | None = None
     edge_params: Mapping[str, Any] = field(default_factory=dict)
     floors: Sequence[float] = ()
+    measured: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,12 +122,32 @@ class Trace:
     routes: list[tuple[float, str]]
 
 
+SHIPPED_EDGE, SHIPPED_CLOUD = 'yolov8n-shapes', 'fasterrcnn_mobilenet_v3_small_fpn'
+"""The shipped detectors' names in ``models/accuracy.json`` (``--measured``)."""
+
+
 def _manager(opts: EvalOptions, policy: str, robot: str, floor: float = 0.0) -> ManagerConfig:
+    edge, options = 'yolov8n', list(opts.edge_options)
+    extra = {}
+    if opts.measured and opts.mode == 'sim':
+        edge = SHIPPED_EDGE
+        options = [o.replace('yolov8n@', f'{SHIPPED_EDGE}@') for o in options]
+        extra = {'cloud_model': SHIPPED_CLOUD}
     return ManagerConfig.from_params({
-        'policy': policy, 'deadline_ms': opts.deadline_ms, 'edge_model': 'yolov8n',
-        'edge_imgsz': opts.imgsz, 'edge_options': list(opts.edge_options), 'device': robot,
+        'policy': policy, 'deadline_ms': opts.deadline_ms, 'edge_model': edge,
+        'edge_imgsz': opts.imgsz, 'edge_options': options, 'device': robot,
         'cloud_device': opts.cloud, 'devices_file': opts.devices_file, 'seed': opts.seed,
-        'decision_period_s': 0.5, 'decision_valid_s': 2.0, 'accuracy_floor': float(floor)})
+        'decision_period_s': 0.5, 'decision_valid_s': 2.0, 'accuracy_floor': float(floor),
+        **extra})
+
+
+def _measured_quality(model: str, imgsz: int, level: str) -> float | None:
+    """Return a shipped model's held-out mAP at a scene difficulty (the sim's quality)."""
+    sizes = measured_figures().get(model)
+    if not sizes:
+        return None
+    size = imgsz if imgsz in sizes else (next(iter(sizes)) if len(sizes) == 1 else None)
+    return None if size is None else sizes[size].get(level)
 
 
 def make_row(scenario: str, policy: str, mode: str, records: list[FrameRecord],
@@ -147,8 +171,11 @@ def run_sim(opts: EvalOptions, scenario: Scenario, policy: str,
     """Simulate one policy under one scenario (predictive with ``floor``, if given)."""
     robot = opts.robot or 'raspberry_pi_5'
     manager = OffloadManager(_manager(opts, policy, robot, floor or 0.0))
+    settings = SimSettings(frames=opts.frames, fps=opts.fps, seed=opts.seed)
+    if opts.measured:
+        settings = dataclasses.replace(settings, cloud_model=SHIPPED_CLOUD)
     sim = Simulation(manager, devices[robot], devices[opts.cloud], opts.network, scenario,
-                     SimSettings(frames=opts.frames, fps=opts.fps, seed=opts.seed))
+                     settings, _measured_quality if opts.measured else None)
     res = sim.run()
     label = policy if floor is None else swept_label(floor)
     row = make_row(scenario.name, label, 'sim', res.records, res.energy_j, res.accuracy,

@@ -20,8 +20,10 @@ def figures_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     path = tmp_path / 'accuracy.json'
     monkeypatch.setattr(accuracy, 'shipped_model', lambda *parts: path)
     measured_priors.cache_clear()
+    accuracy.measured_figures.cache_clear()
     yield path
     measured_priors.cache_clear()
+    accuracy.measured_figures.cache_clear()
 
 
 def _write(path: Path, sizes: dict[str, float]) -> None:
