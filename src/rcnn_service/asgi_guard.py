@@ -2,10 +2,11 @@
 
 It runs outermost, in front of the builtin runtime's app (:mod:`rcnn_service.asgi_app`) and of
 MLServer's, and applies the rules of :mod:`rcnn_service.guard` before any body byte is read:
-framing (Transfer-Encoding, Content-Length, no body on GET), token, the disabled repository
-API, Content-Encoding and body length. A refusal closes the connection, since its body was not
-read. It also answers readiness from the model's own state. It imports neither MLServer nor
-gRPC, so the builtin runtime runs without them.
+the length of the request target and headers, framing (Transfer-Encoding, Content-Length,
+no body on GET), token, the disabled repository API, Content-Encoding and body length. A
+refusal closes the connection, since its body was not read. It also answers readiness from the
+model's own state. It imports neither MLServer nor gRPC, so the builtin runtime runs without
+them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ from typing import Any, Awaitable, Callable
 
 from rcnn_service.guard import (Access, body_length, check_body, DISABLED_MESSAGE,
                                 RequestError, rest_access, Tokens)
+
+MAX_TARGET_BYTES = 8 << 10
+"""Longest request target (path and query); longer ones are refused (414)."""
+MAX_HEADER_BYTES = 16 << 10
+"""Most bytes of request line and headers; more are refused (431, or 400 from the parser)."""
 
 Reject = Callable[[int, str, object], None]
 """Counts and logs one refused request: ``(status, peer, reason)``."""
@@ -77,6 +83,12 @@ class RestGuard:
             return
         method, path = scope['method'], scope['path']
         try:
+            # The HTTP parser bounds only headers that arrive in pieces, not a whole request.
+            if len(scope.get('raw_path') or b'') + len(scope.get('query_string') or b'') > \
+                    MAX_TARGET_BYTES:
+                raise RequestError(414, f'request target over {MAX_TARGET_BYTES} bytes')
+            if sum(len(k) + len(v) + 4 for k, v in scope.get('headers', ())) > MAX_HEADER_BYTES:
+                raise RequestError(431, f'headers over {MAX_HEADER_BYTES} bytes')
             length = body_length(header_values(scope, 'transfer-encoding'),
                                  header_values(scope, 'content-length'))
             if length and method in ('GET', 'HEAD'):
