@@ -83,7 +83,10 @@ class AdaptiveBatcher(Generic[In, Out]):
                 self._queue.clear()
             self._cond.notify()
         for _, future in dropped:
-            future.cancel()
+            # Notified too: concurrent.futures.wait() counts a cancelled future as done only
+            # then, and the worker that would notify it never sees it now.
+            if future.cancel():
+                future.set_running_or_notify_cancel()
         self._thread.join(timeout_s)
 
     def _next_batch(self) -> list[tuple[In, Future[Out]]]:

@@ -1,332 +1,304 @@
-"""The builtin runtime's HTTP/1.1 server: stdlib threads, with the framing and limits hardened.
+"""The builtin runtime's HTTP/1.1 server: uvicorn (h11) with the limits it lacks added.
 
-Each connection has a thread, so every way a client could hold one is bounded: a request (line,
-headers and body) must arrive within ``request_timeout_s`` of its first byte, an idle
-keep-alive connection is closed after as long, at most ``max_connections`` are served at once
-(the rest get 503 at once, from the accepting thread, without blocking it), and the listen
-backlog is 128. Framing follows RFC 9112 strictly: no chunked bodies, no Transfer-Encoding
-with Content-Length, one decimal Content-Length, no body on GET; a request refused before its
-body was read closes the connection, so no byte of it is ever parsed as a request.
+HTTP framing is h11's (a maintained parser): it refuses a bad or repeated Content-Length, an
+unknown Transfer-Encoding and oversized headers with 400, and the guard in front of the app
+refuses chunked bodies and Transfer-Encoding with Content-Length. uvicorn bounds idle
+keep-alive connections but has no deadline for a request whose headers or body trickle in,
+so :class:`GuardedProtocol` adds one: a request (line, headers and body) must arrive within
+``request_timeout_s`` of its first byte (else 408 and the connection closes), and a
+connection with no request under way is closed after as long. It also refuses connections
+beyond ``max_connections`` at once with 503. The listen backlog is 128, a TLS handshake must
+complete within the request timeout, and access logging is off: refusals get the service's
+rate-limited line instead.
 """
 
 from __future__ import annotations
 
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-import io
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from http import HTTPStatus
 import json
 import logging
 import math
-import re
-import select
 import socket
 import ssl
 import sys
 import threading
-import time
-from typing import Any, Callable, TYPE_CHECKING
-from urllib.parse import urlsplit
+from typing import Any, Callable, ClassVar, Iterator
 
-from rcnn_service.guard import (Access, body_length, check_body, DISABLED_MESSAGE,
-                                RequestError, rest_access)
-from rcnn_service.protocol import model_metadata, MODEL_VERSION, server_metadata
+import h11
+from rcnn_service.asgi_guard import MAX_HEADER_BYTES
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.utils import get_remote_addr
 
-if TYPE_CHECKING:
-    from rcnn_service.service import InferenceService
-
-LOG = logging.getLogger('adaptive_offload.service')
-_INFER = re.compile(r'^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$')
-_MODEL = re.compile(r'^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready)?$')
-_BUSY_BODY = b'{"error": "too many connections"}'
-_BUSY = (b'HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n'
-         b'Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n%s'
-         % (len(_BUSY_BODY), _BUSY_BODY))
+BACKLOG = 128
+LOG = logging.getLogger('adaptive_offload.service.http')
+# uvicorn logs every unparsable request; the refusal gets the service's rate-limited line.
+LOG.addFilter(lambda record: record.getMessage() != 'Invalid HTTP request received.')
 
 
-class DeadlineReader(io.RawIOBase):
-    """Socket reads that fail once a deadline has passed, however slowly bytes trickle in.
+@dataclass(frozen=True)
+class HttpLimits:
+    """How long and how many clients may hold the server.
 
-    A plain socket timeout bounds each ``recv`` only: a client sending a byte every few
-    seconds would hold its thread for ever.
+    Attributes:
+        request_timeout_s: A request must arrive within this time of its first byte, an idle
+            connection is closed after it, and a TLS handshake must complete within it.
+        max_connections: Connections served at once; more get 503 and are closed.
+        reject: Counts and logs one refusal: ``(status, peer, reason)``.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
-        super().__init__()
-        self._sock = sock
-        self.deadline = math.inf
+    request_timeout_s: float
+    max_connections: int
+    reject: Callable[[int, str, object], None]
 
-    def readable(self) -> bool:
-        """Return True: this is a reader."""
-        return True
 
-    def readinto(self, buffer: Any) -> int:
-        """Read what has arrived, waiting at most until the deadline.
+_PHRASES = frozenset(s.value for s in HTTPStatus)
 
-        Raises:
-            TimeoutError: Once the deadline has passed.
+
+def _raw_response(status: int, reason: str, message: str, extra: bytes = b'') -> bytes:
+    body = json.dumps({'error': message}).encode()
+    return (b'HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n'
+            b'%sConnection: close\r\n\r\n%s' % (status, reason.encode(), len(body), extra,
+                                                body))
+
+
+_BUSY = _raw_response(503, 'Service Unavailable', 'too many connections', b'Retry-After: 1\r\n')
+
+
+class GuardedProtocol(H11Protocol):
+    """uvicorn's h11 protocol with a request deadline and a connection limit.
+
+    A connection is idle (no byte of a request yet), receiving (a request's line, headers or
+    body are arriving) or busy (the request is whole: the app answers it). Idle and receiving
+    each have ``request_timeout_s``, counted from when the phase began; busy has none. A
+    subclass made by :func:`protocol_class` sets :attr:`limits`.
+    """
+
+    limits: ClassVar[HttpLimits]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.logger = LOG
+        self._phase = ''
+        self._timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Serve the connection, or refuse it at once when the limit is reached."""
+        if len(self.connections) >= self.limits.max_connections:
+            self._refused = True
+            self.transport = transport
+            transport.write(_BUSY)
+            transport.close()
+            self.limits.reject(503, _peer(get_remote_addr(transport)), 'too many connections')
+            return
+        sock = transport.get_extra_info('socket')
+        if sock is not None:
+            # asyncio sets it only on sockets made with proto IPPROTO_TCP, and
+            # socket.create_server's has 0: each reply's body would wait for the client's
+            # delayed ACK of its headers (40 ms on Linux loopback).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().connection_made(transport)
+        self._update_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection and its deadline."""
+        self._cancel_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Parse what arrived; a request's first byte starts its deadline."""
+        if self._refused:
+            return
+        super().data_received(data)
+        self._update_timer()
+
+    def on_response_complete(self) -> None:
+        """Go on with the next request, and its deadline."""
+        super().on_response_complete()
+        self._update_timer()
+
+    def send_400_response(self, msg: str) -> None:
+        """Refuse a request h11 cannot parse: bad framing, oversized headers, no Host.
+
+        uvicorn calls it while handling h11's error, whose status hint (400, 431, 501) and
+        message are the answer's.
         """
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError('request not received in time')
-        self._sock.settimeout(left)
-        return self._sock.recv_into(buffer)
+        err = sys.exc_info()[1]
+        status = getattr(err, 'error_status_hint', 400)
+        reason = f'invalid HTTP request: {err or msg}'[:200]  # h11 quotes the client's bytes
+        self.limits.reject(status, _peer(self.client), reason)
+        phrase = HTTPStatus(status).phrase if status in _PHRASES else 'Bad Request'
+        self.transport.write(_raw_response(status, phrase, reason))
+        self.transport.close()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _update_timer(self) -> None:
+        if self.transport.is_closing():
+            self._cancel_timer()
+            return
+        state = self.conn.their_state
+        if state is h11.SEND_BODY or (state is h11.IDLE and self.conn.trailing_data[0]):
+            phase = 'receiving'
+        else:
+            phase = 'idle' if state is h11.IDLE else 'busy'
+        if phase == self._phase:
+            return
+        self._phase = phase
+        self._cancel_timer()
+        if phase != 'busy':
+            self._timer = self.loop.call_later(self.limits.request_timeout_s, self._expired)
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if self._phase == 'receiving' and (cycle is None or not cycle.response_started):
+            timeout = self.limits.request_timeout_s
+            self.limits.reject(408, _peer(self.client),
+                               f'request not received within {timeout:g} s')
+            self.transport.write(_raw_response(408, 'Request Timeout',
+                                               f'request not received within {timeout:g} s'))
+            if cycle is not None:  # the app waiting for the body sees the client gone
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self.transport.close()
 
 
-class GuardedHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server with a connection limit and a 128-deep listen backlog.
+def _peer(address: tuple[str, int] | None) -> str:
+    return address[0] if address else '?'
 
-    With TLS, the handshake happens in the connection's thread, within ``handshake_timeout_s``:
-    a client that connects and never completes it holds neither the accepting thread nor its
-    own for longer.
+
+def protocol_class(limits: HttpLimits) -> type[GuardedProtocol]:
+    """Return the protocol class uvicorn instantiates per connection, with these limits."""
+    return type('LimitedProtocol', (GuardedProtocol,), {'limits': limits})
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server on a socket bound beforehand, TLS with a handshake deadline.
+
+    uvicorn creates its asyncio server without a TLS handshake timeout (asyncio's default is
+    60 s) and installs signal handlers when run in the main thread; the service handles
+    SIGTERM itself (:func:`rcnn_service.service.serve`).
+    """
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket,
+                 tls: ssl.SSLContext | None, handshake_timeout_s: float) -> None:
+        super().__init__(config)
+        self._sock = sock
+        self._tls = tls
+        self._handshake_timeout_s = handshake_timeout_s
+        self.closing = threading.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Leave the process's signal handlers alone."""
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Listen on the bound socket."""
+        await self.lifespan.startup()
+        config = self.config
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state)
+
+        loop = asyncio.get_running_loop()
+        self.servers = [await loop.create_server(
+            create_protocol, sock=self._sock, ssl=self._tls, backlog=BACKLOG,
+            ssl_handshake_timeout=self._handshake_timeout_s if self._tls else None)]
+        self.started = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Stop gracefully, then cut the connections the grace period left."""
+        # What uvicorn's shutdown does first, done here too to tell the service when no new
+        # request can come (then it may drop the model's queue): both steps can be repeated.
+        for server in self.servers:
+            server.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        self.closing.set()
+        await super().shutdown(sockets)
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, 'transport', None)
+            if transport is not None:
+                transport.abort()
+
+
+class HttpServer:
+    """uvicorn serving an ASGI app on ``(host, port)``, listening from construction on.
 
     Args:
-        address: ``(host, port)``.
-        handler: Request handler class.
-        max_connections: Connections served at once; more get 503 and are closed.
-        on_refused: Called with the client address of each connection refused.
+        app: The ASGI app.
+        address: ``(host, port)``; port 0 picks a free one.
+        limits: Deadlines and the connection limit.
         tls: Server TLS context; None serves plain HTTP.
-        handshake_timeout_s: How long a TLS handshake may take.
     """
 
-    request_queue_size = 128
-    # Request threads are joined on shutdown: one left inside torch when the interpreter
-    # exits aborts the process ("terminate called without an active exception").
-    daemon_threads = False
-    block_on_close = True
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
-                 max_connections: int, on_refused: Callable[[str], None],
-                 tls: ssl.SSLContext | None = None, handshake_timeout_s: float = 10.0) -> None:
-        self.max_connections = max_connections
-        self.tls = tls
-        self._handshake_timeout_s = handshake_timeout_s
-        self._on_refused = on_refused
-        self._active = 0
-        self._active_lock = threading.Lock()
-        super().__init__(address, handler)
+    def __init__(self, app: Any, address: tuple[str, int], limits: HttpLimits,
+                 tls: ssl.SSLContext | None = None) -> None:
+        # Bound and listening now: the port is known, and clients queue in the backlog,
+        # before serve_forever runs.
+        self.socket = socket.create_server(address, backlog=BACKLOG)
+        config = uvicorn.Config(
+            app, http=protocol_class(limits), ws='none', lifespan='off', interface='asgi3',
+            loop='asyncio', log_config=None, access_log=False, server_header=False,
+            proxy_headers=False, backlog=BACKLOG, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+            timeout_keep_alive=max(1, math.ceil(limits.request_timeout_s)),
+            # A backstop only: GuardedProtocol refuses connections beyond the limit first.
+            limit_concurrency=limits.max_connections + 1)
+        self._server = _Server(config, self.socket, tls, limits.request_timeout_s)
+        self._lock = threading.Lock()
+        self._started = False
+        self._closed = False
+        self._done = threading.Event()
 
     @property
-    def active(self) -> int:
-        """Connections being served now."""
-        return self._active
+    def connections(self) -> int:
+        """Connections open now (TLS ones once their handshake completed)."""
+        return len(self._server.server_state.connections)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve the connection in a thread, or refuse it at once when the limit is reached."""
-        with self._active_lock:
-            full = self._active >= self.max_connections
-            if not full:
-                self._active += 1
-        if not full:
-            super().process_request(request, client_address)
-            return
-        try:  # never block the accepting thread on a client
-            request.setblocking(False)
-            request.send(_BUSY)
-        except OSError:
-            pass
-        self._on_refused(client_address[0])
-        self.shutdown_request(request)
-
-    def get_request(self) -> tuple[Any, Any]:
-        """Accept a connection; with TLS, wrap it without handshaking yet."""
-        sock, address = super().get_request()
-        if self.tls is not None:
-            sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return sock, address
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """Serve one connection (after its TLS handshake), then free its place."""
+    def serve_forever(self) -> None:
+        """Serve until :meth:`stop` (in the calling thread, on an event loop of its own)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._started = True
         try:
-            if isinstance(request, ssl.SSLSocket):
-                try:
-                    request.settimeout(self._handshake_timeout_s)
-                    request.do_handshake()
-                except OSError as err:  # ssl.SSLError and timeouts are OSErrors
-                    LOG.warning('TLS handshake with %s failed: %s', client_address[0], err)
-                    self.shutdown_request(request)
-                    return
-            super().process_request_thread(request, client_address)
+            self._server.run(sockets=[self.socket])
         finally:
-            with self._active_lock:
-                self._active -= 1
+            self._done.set()
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log a connection that failed unexpectedly in one line (no traceback per client)."""
-        LOG.warning('connection from %s failed: %r', client_address[0], sys.exc_info()[1])
+    def stop(self, grace_s: float) -> bool:
+        """Stop accepting and close idle connections; requests under way get ``grace_s``.
 
+        It returns once no new request can come.
 
-def make_handler(service: InferenceService) -> type[BaseHTTPRequestHandler]:
-    """Return the request handler class serving ``service``."""
-    cfg = service.config
+        Returns:
+            Whether the server was running (then :meth:`wait` tells when it has stopped).
+        """
+        with self._lock:
+            self._closed = True
+            if not self._started:
+                self.socket.close()
+                self._done.set()
+                return False
+        # uvicorn annotates it as int; it is used as seconds for asyncio.timeout, a float.
+        self._server.config.timeout_graceful_shutdown = grace_s  # type: ignore[assignment]
+        self._server.should_exit = True
+        while not self._server.closing.wait(0.05) and not self._done.is_set():
+            pass  # until no new request can come (the loop looks every 0.1 s)
+        return True
 
-    def _served(match: re.Match[str]) -> bool:
-        """Whether a model route names the served model (and its one version, if any)."""
-        return match.group(1) == cfg.model_name and match.group(2) in (None, MODEL_VERSION)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = 'HTTP/1.1'  # keep-alive: the bridge reuses its connection
-        # Headers and body go out in two writes; with Nagle on, the body would wait for the
-        # client's delayed ACK (40 ms on Linux loopback) on every reply.
-        disable_nagle_algorithm = True
-
-        def setup(self) -> None:
-            super().setup()
-            self.rfile.close()
-            self._reader = DeadlineReader(self.connection)
-            self._buffered = io.BufferedReader(self._reader)
-            self.rfile = self._buffered
-            service.track(self.request, False)
-
-        def finish(self) -> None:
-            service.track(self.request, None)
-            super().finish()
-
-        def _client_gone(self) -> bool:
-            try:
-                if not select.select([self.connection], [], [], 0)[0]:
-                    return False
-                # The TCP socket's own recv: a TLS socket refuses flags, and a closed
-                # connection shows as end of stream below TLS too.
-                return socket.socket.recv(self.connection, 1, socket.MSG_PEEK) == b''
-            except OSError:
-                return True  # reset
-
-        def handle_one_request(self) -> None:
-            started = False
-            try:
-                self._reader.deadline = time.monotonic() + cfg.request_timeout_s  # idle
-                if not self._buffered.peek(1):
-                    self.close_connection = True  # the client closed
-                    return
-                started = True
-                service.track(self.request, True)
-                self._reader.deadline = time.monotonic() + cfg.request_timeout_s
-                self.raw_requestline = self.rfile.readline(65537)
-                if len(self.raw_requestline) > 65536:
-                    self.requestline, self.command = '', ''
-                    self.send_error(414, 'request line too long')
-                    return
-                if self.parse_request():  # else it has answered 400, 414 or 431
-                    self._dispatch()
-                self.wfile.flush()
-                service.track(self.request, False)
-            except TimeoutError:
-                self.close_connection = True
-                if started:
-                    self._refuse(RequestError(408, 'request not received within '
-                                                   f'{cfg.request_timeout_s:g} s'))
-            except OSError:
-                self.close_connection = True  # the client went away, or shutdown cut it
-
-        def handle_expect_100(self) -> bool:
-            return True  # 100 Continue goes out only once the request passed its checks
-
-        def flush_headers(self) -> None:
-            # Writes get their own timeout: the reader left the socket's at what remained.
-            self.connection.settimeout(cfg.request_timeout_s)
-            super().flush_headers()
-
-        def send_error(self, code: int, message: str | None = None,
-                       explain: str | None = None) -> None:
-            self.close_connection = True  # the request line or headers were unreadable
-            if getattr(self, 'request_version', 'HTTP/0.9') == 'HTTP/0.9':
-                self.request_version = 'HTTP/1.0'  # 0.9 is never spoken: send a status line
-            self._refuse(RequestError(code, message or explain or 'bad request'))
-
-        def _dispatch(self) -> None:
-            path = urlsplit(self.path).path
-            headers = self.headers
-            keep_alive = not self.close_connection
-            try:
-                self.close_connection = True  # until the body is read, or known to be empty
-                length = body_length(headers.get_all('Transfer-Encoding', []),
-                                     headers.get_all('Content-Length', []))
-                self.close_connection = not keep_alive or bool(length)
-                access = rest_access(self.command, path)
-                if access is not Access.OPEN and \
-                        not service.tokens.accept(headers.get('Authorization')):
-                    raise RequestError(401, 'missing or wrong bearer token')
-                if access is Access.DISABLED:
-                    raise RequestError(403, DISABLED_MESSAGE)
-                if self.command == 'GET':
-                    if length:
-                        raise RequestError(400, 'a GET request carries no body')
-                    self._get(path)
-                elif self.command == 'POST':
-                    self._post(path, length, keep_alive)
-                else:
-                    raise RequestError(405, f'method {self.command} is not allowed')
-            except RequestError as err:
-                self._refuse(err)
-
-        def _get(self, path: str) -> None:
-            if path == '/v2/health/live':
-                self._send(200, {'live': True})
-            elif path == '/v2/health/ready':
-                self._send(200 if service.ready else 503, {'ready': service.ready})
-            elif path == '/metrics':
-                self._send(200, service.metrics(), 'text/plain; version=0.0.4')
-            elif path in ('/v2', '/v2/'):
-                self._send(200, server_metadata())
-            elif (match := _MODEL.match(path)) and _served(match):
-                if match.group(3):
-                    self._send(200 if service.ready else 503, {'ready': service.ready})
-                else:
-                    self._send(200, model_metadata(cfg.model_name))
-            else:
-                raise RequestError(404, f'no route {path}')
-
-        def _post(self, path: str, length: int, keep_alive: bool) -> None:
-            match = _INFER.match(path)
-            if not match or not _served(match):
-                raise RequestError(404, f'no model route {path}')
-            check_body(length, self.headers.get_all('Content-Encoding', []),
-                       cfg.max_request_bytes)
-            if self.headers.get('Expect', '').lower() == '100-continue':
-                self.send_response_only(100)
-                self.end_headers()
-            body = self.rfile.read(length)
-            if len(body) < length:
-                return  # the client closed before sending it all
-            self.close_connection = not keep_alive
-            try:
-                status, reply = 200, service.infer(body, self._client_gone)
-            except RequestError as err:
-                if err.status == 499:  # nobody to answer
-                    service.count('abandoned')
-                    self.close_connection = True
-                    return
-                raise  # answered by _dispatch
-            except Exception as err:  # a failing model must answer, not drop the connection
-                service.count('error_500')
-                LOG.exception('inference failed')
-                status, reply = 500, {'error': f'inference failed: {err}'}
-            self._send(status, reply)
-
-        def _refuse(self, err: RequestError) -> None:
-            service.reject(err.status, self.client_address[0], err)
-            extra = {401: {'WWW-Authenticate': 'Bearer'},
-                     405: {'Allow': 'GET, POST'}}.get(err.status, {})
-            try:
-                self._send(err.status, {'error': str(err)}, extra=extra)
-            except OSError:
-                self.close_connection = True
-
-        def _send(self, status: int, body: Any, content_type: str = 'application/json',
-                  extra: dict[str, str] | None = None) -> None:
-            payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header('Content-Type', content_type)
-            self.send_header('Content-Length', str(len(payload)))
-            for name, value in (extra or {}).items():
-                self.send_header(name, value)
-            if service.stopping:
-                self.close_connection = True  # the last answer on this connection
-            if self.close_connection:
-                self.send_header('Connection', 'close')
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, fmt: str, *args: Any) -> None:
-            LOG.debug(fmt, *args)
-
-    return Handler
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until the server has stopped; return whether it has."""
+        return self._done.wait(timeout_s)

@@ -5,9 +5,10 @@ MLServer checks nothing before a model's ``predict``: its repository API can unl
 gRPC errors other than 400/404/422/500 become UNKNOWN with a traceback in the log. So the
 service runs MLServer with
 
-* an ASGI middleware, outermost, that refuses a request on its headers alone (token, disabled
-  repository API, framing, Content-Encoding, Content-Length) before any body byte is read, and
-  answers readiness from the model's own state;
+* the ASGI middleware of the builtin runtime (:class:`rcnn_service.asgi_guard.RestGuard`),
+  outermost, that refuses a request on its headers alone (token, disabled repository API,
+  framing, Content-Encoding, Content-Length) before any body byte is read, and answers
+  readiness from the model's own state;
 * a gRPC interceptor, first, that does the same on the call's method and metadata before the
   message is even parsed, and maps refusals to UNAUTHENTICATED, PERMISSION_DENIED,
   RESOURCE_EXHAUSTED, INVALID_ARGUMENT and NOT_FOUND;
@@ -21,7 +22,6 @@ API does not expose; :class:`GuardedMLServer` fails loudly if a version changes 
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from typing import Any, Awaitable, Callable
 
@@ -32,8 +32,10 @@ from mlserver.errors import MLServerError
 from mlserver.grpc import dataplane_pb2 as pb
 from mlserver.grpc import utils as grpc_utils
 from mlserver.grpc.server import GRPCServer
-from rcnn_service.guard import (Access, body_length, check_body, DISABLED_MESSAGE,
-                                grpc_access, RejectionLog, RequestError, rest_access, Tokens)
+from rcnn_service import asgi_guard
+from rcnn_service.asgi_guard import RestGuard
+from rcnn_service.guard import (Access, DISABLED_MESSAGE, grpc_access, RejectionLog,
+                                RequestError, Tokens)
 from rcnn_service.tls import TlsFiles
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
@@ -66,8 +68,8 @@ def record_rejection(status: int, peer: str, reason: object) -> None:
     log(status, peer, reason)
 
 
-class ServerGuard:
-    """What the REST middleware and the gRPC interceptor check, and how they answer readiness.
+class ServerGuard(asgi_guard.ServerGuard):
+    """The rules of :class:`rcnn_service.asgi_guard.ServerGuard`, refusals counted for Prometheus.
 
     Args:
         tokens: Accepted bearer tokens.
@@ -77,68 +79,7 @@ class ServerGuard:
 
     def __init__(self, tokens: Tokens, max_request_bytes: int,
                  ready: Callable[[], Awaitable[bool]] | None = None) -> None:
-        self.tokens = tokens
-        self.max_request_bytes = max_request_bytes
-        self.ready = ready or _never_ready
-
-
-async def _never_ready() -> bool:
-    return False
-
-
-class RestGuard:
-    """ASGI middleware: refuse on headers alone, before MLServer reads or expands a body.
-
-    Args:
-        app: The ASGI app behind it.
-        guard: The rules.
-    """
-
-    def __init__(self, app: Any, guard: ServerGuard) -> None:
-        self.app = app
-        self.guard = guard
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Serve one ASGI connection scope."""
-        if scope['type'] != 'http':
-            await self.app(scope, receive, send)
-            return
-        headers = [(k.decode('latin-1').lower(), v.decode('latin-1'))
-                   for k, v in scope.get('headers', ())]
-
-        def values(name: str) -> list[str]:
-            return [v for k, v in headers if k == name]
-
-        method, path = scope['method'], scope['path']
-        try:
-            length = body_length(values('transfer-encoding'), values('content-length'))
-            access = rest_access(method, path)
-            if access is not Access.OPEN and \
-                    not self.guard.tokens.accept(next(iter(values('authorization')), None)):
-                raise RequestError(401, 'missing or wrong bearer token')
-            if access is Access.DISABLED:
-                raise RequestError(403, DISABLED_MESSAGE)
-            check_body(length, values('content-encoding'), self.guard.max_request_bytes)
-        except RequestError as err:
-            record_rejection(err.status, (scope.get('client') or ('?',))[0], err)
-            await _respond(send, err.status, {'error': str(err)}, close=True)
-            return
-        if path == '/v2/health/ready':  # MLServer's says 200 with no model at all
-            await _respond(send, 200 if await self.guard.ready() else 503, None, close=False)
-            return
-        await self.app(scope, receive, send)
-
-
-async def _respond(send: Any, status: int, body: dict[str, Any] | None, close: bool) -> None:
-    payload = b'' if body is None else json.dumps(body).encode()
-    headers = [(b'content-type', b'application/json'),
-               (b'content-length', str(len(payload)).encode())]
-    if status == 401:
-        headers.append((b'www-authenticate', b'Bearer'))
-    if close:  # the body was not read: the connection cannot carry another request
-        headers.append((b'connection', b'close'))
-    await send({'type': 'http.response.start', 'status': status, 'headers': headers})
-    await send({'type': 'http.response.body', 'body': payload})
+        super().__init__(tokens, max_request_bytes, ready, record_rejection)
 
 
 class GrpcGuard(grpc.aio.ServerInterceptor):

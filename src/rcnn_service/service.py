@@ -4,30 +4,33 @@ Speaks the subset of KServe V2 REST that ``cloud_bridge`` uses, so the bridge wo
 against this service, Triton or KServe: health and readiness, model metadata, inference with a
 base64 ``image`` BYTES input, Prometheus metrics. Client data is only ever decoded as an image.
 Who may call what, and the limits checked before any work, are in :mod:`rcnn_service.guard`;
-the HTTP server itself is :mod:`rcnn_service.http_server`.
+the routes are :mod:`rcnn_service.asgi_app`, the HTTP server (uvicorn) is
+:mod:`rcnn_service.http_server`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import CancelledError, wait
+from concurrent.futures import CancelledError, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 import logging
-import socket
 import threading
 import time
 from typing import Any, Callable
 
 from adaptive_offload.errors import AdaptiveOffloadError
 import numpy as np
+from rcnn_service.asgi_app import make_app
 from rcnn_service.batching import AdaptiveBatcher
 from rcnn_service.guard import RejectionLog, RequestError, Tokens
-from rcnn_service.http_server import GuardedHTTPServer, make_handler
+from rcnn_service.http_server import HttpLimits, HttpServer
 from rcnn_service.protocol import parse_request, server_time_parameters, v2_response
 from rcnn_service.rcnn_detector import Detections, RcnnDetector
 from rcnn_service.tls import TlsFiles
 
 LOG = logging.getLogger('adaptive_offload.service')
+_WORKERS = 64
+"""Requests decoded or waiting for the model at once; more wait for a thread."""
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,9 @@ class ServiceConfig:
         threads: torch intra-op threads; 0 keeps torch's default.
         max_batch: Largest batch of requests run together (adaptive batching).
         batch_wait_ms: How long a lone request waits for others (0: never).
-        request_timeout_s: A request must arrive within this time of its first byte, and an
-            idle connection is closed after it (builtin runtime).
+        request_timeout_s: A request must arrive within this time of its first byte (else
+            408), an idle connection is closed after it, and a TLS handshake must complete
+            within it (builtin runtime).
         max_connections: Connections served at once; more get 503 (builtin runtime).
         shutdown_grace_s: On SIGTERM, how long requests under way may take to finish
             (builtin runtime; MLServer has its own).
@@ -91,14 +95,16 @@ class InferenceService:
         self.counts: Counter[str] = Counter()
         self._infer_seconds = 0.0
         self._lock = threading.Lock()
-        self.connections: dict[socket.socket, bool] = {}  # connection: a request under way
+        self.under_way = 0  # requests in infer: decoded, or waiting for the model
         self.stopping = False
         self.tokens = Tokens(config.tokens)
         self._rejections = RejectionLog(LOG)
-        self._server = GuardedHTTPServer(
-            (config.host, config.port), make_handler(self), config.max_connections,
-            lambda peer: self.reject(503, peer, 'too many connections'),
-            config.tls.server_context() if config.tls else None, config.request_timeout_s)
+        # Requests wait for the model in these threads (one each), never on the event loop.
+        self._executor = ThreadPoolExecutor(_WORKERS, thread_name_prefix='request')
+        self._server = HttpServer(
+            make_app(self, self._executor), (config.host, config.port),
+            HttpLimits(config.request_timeout_s, config.max_connections, self.reject),
+            config.tls.server_context() if config.tls else None)
         if detector is None:
             threading.Thread(target=self._load, name='model-load', daemon=True).start()
         else:
@@ -107,8 +113,6 @@ class InferenceService:
     @property
     def url(self) -> str:
         """Base URL the service listens on."""
-        # The socket's own address: server_address is typed for any bind() argument (a bytes
-        # host too), though the server sets it from getsockname(), which gives a str.
         host, port = self._server.socket.getsockname()[:2]
         return f'{"https" if self.config.tls else "http"}://{host}:{port}'
 
@@ -130,49 +134,37 @@ class InferenceService:
             self.load_error = str(err)
             LOG.error('model failed to load: %s', err)
 
+    @property
+    def connections(self) -> int:
+        """Client connections open now."""
+        return self._server.connections
+
     def serve_forever(self) -> None:
         """Handle requests until :meth:`shutdown`."""
-        self._server.serve_forever(poll_interval=0.2)
+        self._server.serve_forever()
 
     def shutdown(self, grace_s: float = 0.0) -> None:
         """Stop serving, letting requests under way finish for up to ``grace_s``.
 
         New connections are refused and idle ones closed at once; requests answered within
-        the grace period get ``Connection: close``. After it the rest are cut and the requests
-        still queued for the model dropped: none is computed for a client that is gone. With
-        no grace, clients see the service gone at once, as they would if the process died.
-        Call it from another thread than :meth:`serve_forever`.
+        the grace period get ``Connection: close``. After it the requests still queued for the
+        model are dropped (none is computed for a client that is gone), the ones still under
+        way answered 503 and every connection left is cut. With no grace, clients see the
+        service gone at once, as they would if the process died. Call it from another thread
+        than :meth:`serve_forever`.
 
         Args:
             grace_s: How long requests under way may take to finish.
         """
         self.stopping = True
-        self._server.shutdown()  # the accept loop ends
-        self._server.socket.close()  # new connections are refused, not queued
-        deadline = time.monotonic() + grace_s
-        while True:
-            with self._lock:
-                idle = [sock for sock, busy in self.connections.items() if not busy]
-                busy_left = len(self.connections) > len(idle)
-            _cut(idle)
-            if not busy_left or time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
+        if self._server.stop(grace_s):
+            self._server.wait(grace_s)
         if self._batcher is not None:
             self._batcher.close(timeout_s=0.0, drain=False)  # cancel the queue, do not wait
-        with self._lock:
-            _cut(list(self.connections))
+        self._server.wait()
         if self._batcher is not None:
             self._batcher.close()  # joins the worker once the batch under way is done
-        self._server.server_close()  # joins the request threads, now that their sockets end
-
-    def track(self, sock: socket.socket, state: bool | None) -> None:
-        """Note a client connection: a request under way (True), idle (False), closed (None)."""
-        with self._lock:
-            if state is None:
-                self.connections.pop(sock, None)
-            else:
-                self.connections[sock] = state
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def reject(self, status: int, peer: str, reason: object) -> None:
         """Count and log (rate-limited, one line) a refused request."""
@@ -210,12 +202,26 @@ class InferenceService:
             RequestError: 400 for malformed requests or images, 503 while not ready or
                 stopping, 499 when the client left.
         """
+        with self._lock:
+            self.under_way += 1
+        try:
+            return self._infer(body, client_gone)
+        finally:
+            with self._lock:
+                self.under_way -= 1
+
+    def _infer(self, body: bytes, client_gone: Callable[[], bool]) -> dict[str, Any]:
         batcher = self._batcher
         if batcher is None or not batcher.alive:
             raise RequestError(503, 'model not ready')
+        if client_gone():  # it waited for a thread: nothing is decoded for nobody
+            raise RequestError(499, 'the client left before its request ran')
         request = parse_request(body, self.config.max_image_side)
         start = time.perf_counter()
-        future = batcher.submit(request.image)
+        try:
+            future = batcher.submit(request.image)
+        except RuntimeError as err:  # closed while this request was decoded
+            raise RequestError(503, 'the service is stopping') from err
         while not wait([future], timeout=0.1).done:
             if client_gone() and future.cancel():
                 raise RequestError(499, 'the client left before its request ran')
@@ -260,11 +266,3 @@ def serve(config: ServiceConfig, announce: Any = print) -> None:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def _cut(socks: list[socket.socket]) -> None:
-    for sock in socks:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed by the client

@@ -113,6 +113,16 @@ def test_a_request_smuggled_in_a_chunked_body_is_never_run(server: ServedProcess
     assert statuses(got) == [400] and closed  # one answer, then the connection is gone
 
 
+def test_a_chunked_body_is_refused_before_it_is_read(server: ServedProcess) -> None:
+    """Bodies need Content-Length (the guard's rule, both runtimes): 411, connection closed."""
+    smuggled = b'GET /v2/models/rcnn HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ' + \
+        TOKEN.encode() + b'\r\n\r\n'
+    chunked = b'5\r\n{"a":\r\n0\r\n\r\n' + smuggled
+    got, closed = raw_exchange(server.rest, _INFER + b'Transfer-Encoding: chunked\r\n\r\n' +
+                               chunked, 10.0)
+    assert statuses(got) == [411] and closed  # the request after the body never runs
+
+
 def test_a_get_with_a_body_does_not_smuggle_a_request(server: ServedProcess) -> None:
     smuggled = b'POST /v2/repository/models/rcnn/unload HTTP/1.1\r\nHost: x\r\n\r\n'
     data = b'GET /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s' % (
