@@ -70,8 +70,13 @@ def measured_priors() -> Mapping[str, Mapping[int, float]]:
     Raises:
         ConfigError: If the file exists but does not hold the figures.
     """
-    return {name: {size: groups['all'] for size, groups in sizes.items()}
-            for name, sizes in measured_figures().items()}
+    figures = measured_figures()
+    try:
+        return {name: {size: groups['all'] for size, groups in sizes.items()}
+                for name, sizes in figures.items()}
+    except KeyError as err:
+        raise ConfigError(f'{shipped_model("accuracy.json")}: not the measured figures of the '
+                          f'shipped models (no {err} group)') from err
 
 
 @functools.lru_cache(maxsize=1)
