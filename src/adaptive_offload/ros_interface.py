@@ -16,6 +16,7 @@ from adaptive_offload.conversions import MessageTypes
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError, ConversionError
 from adaptive_offload.graph import NodeGraph, Port, QOS
 from adaptive_offload.graph_codec import decode_input, encode_output
+from adaptive_offload.heap import frozen_start_up
 from adaptive_offload.params import ParameterSpec
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -256,7 +257,8 @@ def run_node(factory: Callable[[], rclpy.node.Node], name: str,
     code = 0
     try:
         node = factory()
-        rclpy.spin(node)
+        with frozen_start_up():
+            rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (AdaptiveOffloadError, ParameterException) as err:

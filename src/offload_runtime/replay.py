@@ -19,6 +19,7 @@ from typing import Any, Callable
 from adaptive_offload.datatypes import FrameRecord, HealthEvent, InferenceReport
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.graph_codec import BatterySample, Diagnostics, encode_output, LabelMap
+from adaptive_offload.heap import frozen_start_up
 from adaptive_offload.typestore import make_typestore, message_types
 from edge_inference.backends import create_backend
 from fault_injection.fault_measures import measure
@@ -112,6 +113,10 @@ class Replay:
         Returns:
             Records, health events, the summary and where the output went.
         """
+        with frozen_start_up():
+            return self._run()
+
+    def _run(self) -> ReplayResult:
         start = self._clock()
         try:
             if self.graph.service is not None:

@@ -19,6 +19,7 @@ import time
 from typing import Any, Callable
 
 from adaptive_offload.errors import AdaptiveOffloadError
+from adaptive_offload.heap import frozen_start_up
 import numpy as np
 from rcnn_service.asgi_app import make_app
 from rcnn_service.batching import AdaptiveBatcher
@@ -260,7 +261,8 @@ def serve(config: ServiceConfig, announce: Any = print) -> None:
         announce(f'serving {config.arch} ({config.device}) as model {config.model_name!r} on '
                  f'{service.url}: POST /v2/models/{config.model_name}/infer, '
                  'GET /v2/health/ready, GET /metrics')
-        service.serve_forever()
+        with frozen_start_up():
+            service.serve_forever()
         for thread in stopping:
             thread.join()
     finally:
