@@ -13,7 +13,9 @@ service runs MLServer with
   message is even parsed, and maps refusals to UNAUTHENTICATED, PERMISSION_DENIED,
   RESOURCE_EXHAUSTED, INVALID_ARGUMENT and NOT_FOUND;
 * a log filter that turns MLServer's traceback per refused gRPC call into the one
-  rate-limited line every refusal gets.
+  rate-limited line every refusal gets;
+* an ASGI middleware that cancels a REST request whose client disconnected before its answer
+  (:class:`DropAbandoned`), so queued work nobody waits for is never computed.
 
 It reaches into MLServer's servers (``_rest_server._app``, ``_grpc_server``), which its public
 API does not expose; :class:`GuardedMLServer` fails loudly if a version changes them.
@@ -21,6 +23,7 @@ API does not expose; :class:`GuardedMLServer` fails loudly if a version changes 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import Any, Awaitable, Callable
@@ -61,6 +64,15 @@ def _rejections() -> tuple[Any, RejectionLog]:
                     ['status']), RejectionLog(LOG))
 
 
+@functools.lru_cache(maxsize=1)
+def _abandoned() -> Any:
+    """Return the counter of requests dropped because their client left, made once."""
+    from prometheus_client import Counter
+
+    return Counter('adaptive_offload_abandoned_requests',
+                   'REST requests dropped because their client disconnected before the answer')
+
+
 def record_rejection(status: int, peer: str, reason: object) -> None:
     """Count a refused request and log it in one line (rate-limited)."""
     counter, log = _rejections()
@@ -80,6 +92,71 @@ class ServerGuard(asgi_guard.ServerGuard):
     def __init__(self, tokens: Tokens, max_request_bytes: int,
                  ready: Callable[[], Awaitable[bool]] | None = None) -> None:
         super().__init__(tokens, max_request_bytes, ready, record_rejection)
+
+
+class DropAbandoned:
+    """ASGI middleware: cancel a POST whose client disconnects before its answer starts.
+
+    Starlette runs a request handler to its end even after the client has gone, so under
+    overload MLServer computed every queued image for clients that had given up (a robot's
+    deadline is far shorter than a queue). Cancelling the handler cancels its place in the
+    batcher's queue (``asyncio.wrap_future`` passes the cancellation on); a batch already
+    running finishes. gRPC needs nothing of this: grpc.aio cancels the call's task itself.
+
+    Args:
+        app: The ASGI app behind it.
+        on_abandoned: Called once per request dropped this way.
+    """
+
+    def __init__(self, app: Any, on_abandoned: Callable[[], None] = lambda: None) -> None:
+        self.app = app
+        self.on_abandoned = on_abandoned
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        """Run the request; a client that leaves after its body was read cancels it."""
+        if scope['type'] != 'http' or scope.get('method') != 'POST':
+            await self.app(scope, receive, send)
+            return
+        body_read = asyncio.Event()
+        answering = asyncio.Event()
+
+        async def tracked_receive() -> Any:
+            message = await receive()
+            if message['type'] != 'http.request' or not message.get('more_body', False):
+                body_read.set()
+            return message
+
+        async def tracked_send(message: Any) -> None:
+            answering.set()
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, tracked_receive, tracked_send))
+        left = asyncio.ensure_future(self._left(receive, body_read, answering))
+        try:
+            await asyncio.wait([task, left], return_when=asyncio.FIRST_COMPLETED)
+            if task.done():
+                task.result()  # the handler's own exception goes on to the server
+                return
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            self.on_abandoned()  # nobody to answer: the server closes the connection
+        finally:
+            task.cancel()  # only when this request itself was cancelled (server shutdown)
+            left.cancel()
+
+    @staticmethod
+    async def _left(receive: Callable[[], Awaitable[Any]], body_read: asyncio.Event,
+                    answering: asyncio.Event) -> None:
+        """Return once the client disconnects before the answer starts; else never."""
+        await body_read.wait()  # the handler reads the body itself; only then is it ours
+        while (await receive())['type'] != 'http.disconnect':
+            pass  # a pipelined request's bytes wait in the server's buffer, never as a message
+        if answering.is_set():  # after the answer, uvicorn reports a finished cycle this way
+            await asyncio.Event().wait()
 
 
 class GrpcGuard(grpc.aio.ServerInterceptor):
@@ -245,7 +322,8 @@ class GuardedMLServer(MLServer):
                 return False  # unknown (unloaded) model
 
         self._guard.ready = ready
-        app.add_middleware(RestGuard, guard=self._guard)
+        app.add_middleware(DropAbandoned, on_abandoned=_abandoned().inc)
+        app.add_middleware(RestGuard, guard=self._guard)  # added last: outermost
         self._grpc_server = _GuardedGRPCServer(
             self._settings, data_plane, self._model_repository_handlers,
             guard=GrpcGuard(self._guard), credentials=self._grpc_credentials)

@@ -13,8 +13,8 @@ from mlserver.errors import MLServerError, ModelNotFound
 from mlserver.types import InferenceRequest
 import pytest
 from rcnn_service.guard import RequestError, Tokens
-from rcnn_service.mlserver_guard import (_quiet_refusals, GrpcGuard, Refused, RestGuard,
-                                         ServerGuard)
+from rcnn_service.mlserver_guard import (_quiet_refusals, DropAbandoned, GrpcGuard, Refused,
+                                         RestGuard, ServerGuard)
 from rcnn_service.mlserver_runtime import config_from_extra, request_image_bytes
 
 
@@ -178,3 +178,78 @@ def test_runtime_settings_and_its_own_checks() -> None:
     with pytest.raises(RequestError) as err:
         request_image_bytes(payload, config_from_extra({'max_request_bytes': 5}))
     assert err.value.status == 413
+
+
+def _abandon(client_leaves_at: str, fail: bool = False) -> tuple[list[str], list[Any], int]:
+    """Run a POST through DropAbandoned; the client disconnects at ``client_leaves_at``."""
+    events: list[str] = []
+    sent: list[Any] = []
+    dropped: list[int] = []
+    answer_started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # the whole body
+        events.append('read')
+        try:
+            await release.wait()  # waits for the model
+        except asyncio.CancelledError:
+            events.append('cancelled')
+            raise
+        if fail:
+            raise RuntimeError('model failed')
+        await send({'type': 'http.response.start', 'status': 200, 'headers': []})
+        answer_started.set()
+        await asyncio.sleep(0)  # the client may leave while the body is on its way
+        await send({'type': 'http.response.body', 'body': b'{}'})
+        events.append('answered')
+
+    async def run() -> None:
+        gone = asyncio.Event()
+        messages = [{'type': 'http.request', 'body': b'{}', 'more_body': False}]
+
+        async def receive() -> Any:
+            if messages:
+                return messages.pop()
+            await gone.wait()
+            return {'type': 'http.disconnect'}
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        async def client() -> None:
+            await asyncio.sleep(0.01)
+            if client_leaves_at == 'waiting':
+                gone.set()
+                return
+            release.set()
+            if client_leaves_at == 'answering':
+                await answer_started.wait()
+                gone.set()
+
+        middleware = DropAbandoned(app, lambda: dropped.append(1))
+        await asyncio.wait_for(asyncio.gather(middleware(
+            {'type': 'http', 'method': 'POST', 'path': '/v2/models/m/infer'}, receive, send),
+            client()), 5)
+
+    try:
+        asyncio.run(run())
+    except RuntimeError as err:
+        events.append(str(err))
+    return events, sent, len(dropped)
+
+
+def test_a_client_that_leaves_while_its_request_waits_cancels_it() -> None:
+    events, sent, dropped = _abandon('waiting')
+    assert events == ['read', 'cancelled'] and sent == [] and dropped == 1
+
+
+def test_a_client_that_stays_or_leaves_during_the_answer_gets_it_whole() -> None:
+    for moment in ('never', 'answering'):
+        events, sent, dropped = _abandon(moment)
+        assert events == ['read', 'answered'] and len(sent) == 2 and dropped == 0, moment
+
+
+def test_a_failing_handler_still_fails_through_the_middleware() -> None:
+    events, sent, dropped = _abandon('never', fail=True)
+    assert events == ['read', 'model failed'] and dropped == 0

@@ -160,6 +160,40 @@ def test_deadline_is_never_exceeded(server: Server) -> None:
     assert time.monotonic() - start < 1.0
 
 
+def _metric(server: Server, name: str) -> float:
+    with urllib.request.urlopen(f'http://127.0.0.1:{server.metrics}/metrics',
+                                timeout=10) as reply:
+        lines = reply.read().decode().splitlines()
+    return float(next(line.split()[1] for line in lines if line.startswith(name + ' ')))
+
+
+def test_rest_requests_whose_clients_left_are_not_computed(server: Server) -> None:
+    """Before, MLServer computed every queued image for robots that had long given up."""
+    computed = _metric(server, 'adaptive_offload_batch_size_sum')
+    abandoned = _metric(server, 'adaptive_offload_abandoned_requests_total')
+    outcomes: list[str] = []
+
+    def client(timeout_s: float) -> None:
+        try:
+            V2RestTransport(server.rest_url, 'rcnn', TOKEN).infer(_jpeg(), timeout_s)
+            outcomes.append('ok')
+        except CloudError as err:
+            outcomes.append(err.reason.split(':')[0])
+
+    # 24 robots whose deadline (50 ms) is far below 24 images' compute, and one patient one.
+    threads = [threading.Thread(target=client, args=(0.05,)) for _ in range(24)]
+    threads.append(threading.Thread(target=client, args=(60.0,)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert outcomes.count('ok') >= 1 and len(outcomes) == 25
+    computed = _metric(server, 'adaptive_offload_batch_size_sum') - computed
+    abandoned = _metric(server, 'adaptive_offload_abandoned_requests_total') - abandoned
+    # Only the images a batch had already taken when their client left are computed.
+    assert computed <= 12 and abandoned >= 1, (computed, abandoned)
+
+
 def test_server_down_then_killed_mid_run_then_back(types: MessageTypes) -> None:
     ports = free_ports(3)
     bridge = CloudBridge(V2GrpcTransport(f'grpc://127.0.0.1:{ports[1]}', 'rcnn', TOKEN),
