@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 import signal
 import sys
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
 
@@ -33,6 +33,15 @@ def _positive_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f'{text} is negative')
     return value
+
+
+def _above_zero(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f'{text} is not above 0')
+        return value
+    return parse
 
 
 def _rate(text: str) -> float:
@@ -145,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help='largest batch of requests run together (adaptive batching)')
     serve.add_argument('--batch-wait-ms', type=float, default=0.0,
                        help='how long a lone request waits for others (0: never)')
+    serve.add_argument('--request-timeout-s', type=_above_zero(float), default=10.0,
+                       help='a request (headers and body) must arrive within this time of its '
+                            'first byte (else 408), an idle connection is closed after it, '
+                            'and a TLS handshake must end within it (builtin) (default 10)')
+    serve.add_argument('--max-connections', type=_above_zero(int), default=512,
+                       help='REST connections served at once; more get 503 (default 512)')
     serve.add_argument('--shutdown-grace-s', type=_rate, default=5.0,
                        help='on SIGTERM, how long requests under way may take to finish '
                             '(builtin: the queue is dropped after it; MLServer: REST, its gRPC '
@@ -234,6 +249,8 @@ def _serve(args: argparse.Namespace) -> int:
                            score_threshold=args.score_threshold, threads=args.threads,
                            max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                            shutdown_grace_s=args.shutdown_grace_s,
+                           request_timeout_s=args.request_timeout_s,
+                           max_connections=args.max_connections,
                            tls=TlsFiles.from_options(args.tls_cert, args.tls_key))
     if config.tls is not None:
         config.tls.server_context()  # a bad pair stops here, before the model loads

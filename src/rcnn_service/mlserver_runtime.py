@@ -31,8 +31,10 @@ from adaptive_offload.errors import ConfigError
 from mlserver import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse
 import numpy as np
+from rcnn_service.asgi_guard import MAX_HEADER_BYTES
 from rcnn_service.batching import AdaptiveBatcher
 from rcnn_service.guard import RequestError, Tokens
+from rcnn_service.http_server import HttpLimits, protocol_class
 from rcnn_service.mlserver_guard import (GuardedMLServer, record_rejection, Refused,
                                          ServerGuard)
 from rcnn_service.protocol import (decode_image, MODEL_VERSION, OUTPUTS, requested_outputs,
@@ -197,11 +199,15 @@ def mlserver_settings(config: ServiceConfig, grpc_port: int, metrics_port: int) 
                         grpc_max_message_length=config.max_request_bytes + (64 << 10),
                         load_models_at_startup=True, server_name=SERVER_NAME,
                         server_version=server_metadata()['version'])
-    # uvicorn's own limits, through the settings MLServer passes on to it: an idle keep-alive
-    # connection is closed after request_timeout_s, more than max_connections get 503, and on
-    # SIGTERM requests under way get shutdown_grace_s to finish (MLServer's gRPC gets 5 s).
-    rest: dict[str, Any] = {'timeout_keep_alive': max(1, round(config.request_timeout_s)),
-                            'limit_concurrency': config.max_connections, 'backlog': 128,
+    # Through the settings MLServer passes on to uvicorn: the builtin runtime's HTTP protocol
+    # (h11 with a deadline for a request's headers and body and for an idle connection, and
+    # 503 beyond max_connections), its backlog and header limit, and on SIGTERM
+    # shutdown_grace_s for the requests under way (MLServer's gRPC gets 5 s).
+    limits = HttpLimits(config.request_timeout_s, config.max_connections, record_rejection)
+    rest: dict[str, Any] = {'http': protocol_class(limits),
+                            'h11_max_incomplete_event_size': MAX_HEADER_BYTES,
+                            'timeout_keep_alive': max(1, round(config.request_timeout_s)),
+                            'limit_concurrency': config.max_connections + 1, 'backlog': 128,
                             'timeout_graceful_shutdown': max(1, round(config.shutdown_grace_s))}
     if config.tls is not None:
         config.tls.server_context()  # a bad pair stops the service here, in one line

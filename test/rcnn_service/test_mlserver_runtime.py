@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import urllib.request
 from adaptive_offload.conversions import frame_to_message, MessageTypes
 from adaptive_offload.datatypes import Decision, Route
 from adaptive_offload.errors import CloudError
+from attack_kit import statuses
 from cloud_bridge.bridge import CloudBridge
 from cloud_bridge.transport import make_transport, V2GrpcTransport, V2RestTransport
 import cv2
@@ -30,7 +33,8 @@ TOKEN = 's3cret'
 class Server:
     """``adaptive-offload serve`` (MLServer runtime) in a child process."""
 
-    def __init__(self, ports: list[int] | None = None, tls: Pki | None = None) -> None:
+    def __init__(self, ports: list[int] | None = None, tls: Pki | None = None,
+                 args: tuple[str, ...] = ()) -> None:
         self.rest, self.grpc, self.metrics = ports or free_ports(3)
         self.tls = tls
         tls_args = ['--tls-cert', tls.cert, '--tls-key', tls.key] if tls else []
@@ -40,7 +44,7 @@ class Server:
              '--arch', 'fasterrcnn_mobilenet_v3_large_320_fpn', '--threads', '2',
              '--score-threshold', '0.0', '--max-request-bytes', '200000',
              '--port', str(self.rest), '--grpc-port', str(self.grpc),
-             '--metrics-port', str(self.metrics), *tls_args],
+             '--metrics-port', str(self.metrics), *tls_args, *args],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         try:
             self._wait_ready()
@@ -192,6 +196,36 @@ def test_rest_requests_whose_clients_left_are_not_computed(server: Server) -> No
     abandoned = _metric(server, 'adaptive_offload_abandoned_requests_total') - abandoned
     # Only the images a batch had already taken when their client left are computed.
     assert computed <= 12 and abandoned >= 1, (computed, abandoned)
+
+
+def test_slow_idle_and_surplus_rest_clients_are_bounded() -> None:
+    """Before, MLServer's REST port let a request's headers trickle in for ever."""
+    srv = Server(args=('--request-timeout-s', '2', '--max-connections', '6'))
+    slow = [socket.create_connection(('127.0.0.1', srv.rest)) for _ in range(4)]
+    idle = [socket.create_connection(('127.0.0.1', srv.rest)) for _ in range(2)]
+    try:
+        for sock in slow:  # slowloris: a header that never ends, one byte at a time
+            sock.sendall(b'POST /v2/models/rcnn/infer HTTP/1.1\r\nHost: x\r\nX-Pad: a')
+        time.sleep(0.3)  # let the server take all six before the seventh comes
+        with socket.create_connection(('127.0.0.1', srv.rest), timeout=5) as surplus:
+            surplus.sendall(b'GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n')
+            assert statuses(surplus.recv(4096)) == [503]
+        start = time.monotonic()
+        for sock in slow + idle:
+            sock.settimeout(10)
+            got = b''
+            with contextlib.suppress(ConnectionResetError):
+                while part := sock.recv(4096):  # until the server closes it
+                    got += part
+            assert statuses(got) == ([408] if sock in slow else []), got
+        assert time.monotonic() - start < 8  # 2 s from each one's first byte, not for ever
+        reply = V2RestTransport(srv.rest_url, 'rcnn', TOKEN).infer(_jpeg(), 30.0)
+        assert len(reply.labels) > 0
+        assert _metric(srv, 'adaptive_offload_rejected_requests_total{status="408"}') == 4
+    finally:
+        for sock in slow + idle:
+            sock.close()
+        srv.kill()
 
 
 def test_server_down_then_killed_mid_run_then_back(types: MessageTypes) -> None:
