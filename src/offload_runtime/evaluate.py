@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from adaptive_offload.datatypes import FrameRecord, InferenceReport
 from adaptive_offload.errors import ConfigError
+from adaptive_offload.package_files import shipped_model
 from fault_injection.scenario import EDGE_KINDS, load_scenario, Scenario
 import numpy as np
 from offload_manager.accuracy import measured_figures, prior
@@ -29,6 +30,8 @@ from offload_manager.manager import default_devices_file, ManagerConfig, Offload
 from offload_manager.policies import POLICIES
 from offload_runtime.fronts import match, plot_front, swept_label, write_matched
 from offload_runtime.simulator import NetworkProfile, SimSettings, Simulation
+from offload_runtime.train_cli import CLOUD_FILE, EDGE_FILE
+from rcnn_service.compact_rcnn import COMPACT_ARCH
 
 DEFAULT_POLICIES = ('predictive', 'edge-only', 'cloud-only', 'static', 'weighted-score',
                     'mdp-svr', 'reactive', 'q-learning')
@@ -52,8 +55,12 @@ class EvalOptions:
         edge_options: Edge ``model@imgsz`` choices for adaptive policies.
         network: Link profile (sim).
         seed: Random seed.
-        model: Edge model for live mode (weights or ``.yaml``).
-        cloud_arch: Architecture of the embedded service (live).
+        model: Edge model for live mode (weights or ``.yaml``); empty: the shipped one
+            (``models/yolov8n-shapes.pt``), so measured mAP means something.
+        cloud_arch: Architecture of the embedded service (live); by default the shipped
+            compact Faster R-CNN.
+        cloud_checkpoint: Its checkpoint; None: the shipped one for the compact
+            architecture, random weights for another; empty: random weights.
         imgsz: Edge input size of the live runs' default plan.
         backend_factory: Builds the edge detector in live mode (tests inject a fake).
         edge_params: More edge_inference parameters for live runs.
@@ -78,8 +85,9 @@ class EvalOptions:
     edge_options: Sequence[str] = ('yolov8n@320', 'yolov8n@640')
     network: NetworkProfile = field(default_factory=NetworkProfile)
     seed: int = 0
-    model: str = 'yolov8n.yaml'
-    cloud_arch: str = 'fasterrcnn_mobilenet_v3_large_320_fpn'
+    model: str = ''
+    cloud_arch: str = COMPACT_ARCH
+    cloud_checkpoint: str | None = None
     imgsz: int = 640
     backend_factory: Callable[..., Any] | None = None
     edge_params: Mapping[str, Any] = field(default_factory=dict)
@@ -126,13 +134,27 @@ SHIPPED_EDGE, SHIPPED_CLOUD = 'yolov8n-shapes', 'fasterrcnn_mobilenet_v3_small_f
 """The shipped detectors' names in ``models/accuracy.json`` (``--measured``)."""
 
 
+def live_models(opts: EvalOptions) -> tuple[str, str]:
+    """Return the edge model and the cloud checkpoint a live run uses."""
+    edge = opts.model or str(shipped_model(EDGE_FILE))
+    checkpoint = opts.cloud_checkpoint
+    if checkpoint is None:
+        checkpoint = str(shipped_model(CLOUD_FILE)) if opts.cloud_arch == COMPACT_ARCH else ''
+    return edge, checkpoint
+
+
 def _manager(opts: EvalOptions, policy: str, robot: str, floor: float = 0.0) -> ManagerConfig:
     edge, options = 'yolov8n', list(opts.edge_options)
     extra = {}
     if opts.measured and opts.mode == 'sim':
         edge = SHIPPED_EDGE
-        options = [o.replace('yolov8n@', f'{SHIPPED_EDGE}@') for o in options]
         extra = {'cloud_model': SHIPPED_CLOUD}
+    elif opts.mode == 'live':
+        # The name the edge node gives its model (the file's stem): the manager's priors and
+        # its decisions' model must be that one.
+        edge = Path(live_models(opts)[0]).stem
+        extra = {'cloud_model': opts.cloud_arch}
+    options = [o.replace('yolov8n@', f'{edge}@') for o in options]
     return ManagerConfig.from_params({
         'policy': policy, 'deadline_ms': opts.deadline_ms, 'edge_model': edge,
         'edge_imgsz': opts.imgsz, 'edge_options': options, 'device': robot,
@@ -200,15 +222,16 @@ def run_live(opts: EvalOptions, scenario: Scenario, policy: str,
     label = policy if floor is None else swept_label(floor)
     out = opts.out / 'runs' / f'{_slug(scenario.name)}-{label.replace(" ", "-")}'
     factory = {'backend_factory': opts.backend_factory} if opts.backend_factory else {}
+    edge_model, checkpoint = live_models(opts)
     if cfg.policy == 'edge-only' or (cfg.policy == 'static' and cfg.static_route == 'edge'):
         # The policy never calls the cloud: its faults cannot touch this run.
         scenario = scenario.only(EDGE_KINDS | {'manager_death'})
     result = Replay(ReplayOptions(
         bag=bag, out=out, rate=1.0, scenario=scenario if scenario.faults else None,
         overrides={'offload_manager': manager,
-                   'edge_inference': {'model': opts.model, 'imgsz': opts.imgsz,
+                   'edge_inference': {'model': edge_model, 'imgsz': opts.imgsz,
                                       'deadline_ms': opts.deadline_ms, **opts.edge_params}},
-        service=ServiceConfig(arch=opts.cloud_arch)), **factory).run()
+        service=ServiceConfig(arch=opts.cloud_arch, checkpoint=checkpoint)), **factory).run()
     cloud = {r.stamp_ns: r for r in result.reports if r.status == 'ok' and r.source == 'cloud'}
     edge = {r.stamp_ns: r for r in result.reports if r.status == 'ok' and r.source != 'cloud'}
     energy, accuracy = {}, {}
