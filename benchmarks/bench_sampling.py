@@ -25,8 +25,11 @@ import sys
 import tempfile
 from typing import Any
 
+from adaptive_offload.package_files import shipped_model
 from offload_runtime.replay import Replay, ReplayOptions
 from offload_runtime.sample_bag import SampleSpec, write_sample_bag
+from offload_runtime.train_cli import CLOUD_FILE, EDGE_FILE
+from rcnn_service.compact_rcnn import COMPACT_ARCH
 from rcnn_service.service import ServiceConfig
 
 TARGET = 1.5
@@ -47,6 +50,7 @@ def replay(bag: Path, out: Path, name: str, args: argparse.Namespace,
     edge: dict[str, Any] = {'imgsz': args.imgsz, 'deadline_ms': args.deadline_ms}
     if args.model:
         edge['model'] = args.model
+        manager = {'edge_model': Path(args.model).stem, **manager}  # its measured priors
     result = Replay(ReplayOptions(
         bag=bag, out=out / name, rate=1.0,
         overrides={'offload_manager': {'deadline_ms': args.deadline_ms,
@@ -70,11 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--difficulty', default='easy:0-15,hard:15-30,easy:30-45,hard:45-60')
     parser.add_argument('--imgsz', type=int, default=320)
     parser.add_argument('--deadline-ms', type=float, default=2000.0)
-    parser.add_argument('--model', default='', help='edge weights; default: the shipped ones')
-    parser.add_argument('--cloud-arch', default=ServiceConfig().arch)
-    parser.add_argument('--cloud-checkpoint', default='')
+    parser.add_argument('--model', default=str(shipped_model(EDGE_FILE)),
+                        help='edge weights (default: the shipped ones)')
+    parser.add_argument('--cloud-arch', default=COMPACT_ARCH)
+    parser.add_argument('--cloud-checkpoint', default=None,
+                        help="default: the shipped one for the compact architecture; '': random")
     parser.add_argument('--min-ratio', type=float, default=TARGET)
     args = parser.parse_args(argv)
+    if args.cloud_checkpoint is None:
+        args.cloud_checkpoint = str(shipped_model(CLOUD_FILE)) \
+            if args.cloud_arch == COMPACT_ARCH else ''
     with tempfile.TemporaryDirectory() as tmp:
         bag = Path(tmp) / 'bag'
         write_sample_bag(bag, SampleSpec(frames=args.frames, fps=args.fps, width=640,
