@@ -125,10 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--runtime', choices=('mlserver', 'builtin'), default='mlserver',
                        help='mlserver: REST + gRPC + metrics port; builtin: a small REST-only '
                             'server without the MLServer dependency')
-    serve.add_argument('--arch', default='fasterrcnn_mobilenet_v3_large_fpn',
-                       help='torchvision detection architecture')
-    serve.add_argument('--checkpoint', default='',
-                       help='state_dict file; empty: random weights (for tests)')
+    serve.add_argument('--arch', default=COMPACT_ARCH,
+                       help='torchvision detection architecture (default: that of the '
+                            'shipped model, docs/models.md)')
+    serve.add_argument('--checkpoint', default=None,
+                       help='state_dict file (default: the shipped one with the default arch, '
+                            'random weights with another); "": random weights (for tests)')
     serve.add_argument('--device', default='cpu')
     serve.add_argument('--host', default='127.0.0.1')
     serve.add_argument('--port', type=int, default=8080,
@@ -242,7 +244,8 @@ def _serve(args: argparse.Namespace) -> int:
     if not tokens and args.host not in ('127.0.0.1', 'localhost', '::1'):
         print(f'adaptive-offload serve: warning: no tokens (--token-file, {TOKENS_ENV}): '
               f'anyone who reaches {args.host} can use the service', file=sys.stderr)
-    config = ServiceConfig(arch=args.arch, checkpoint=args.checkpoint, device=args.device,
+    checkpoint = _checkpoint(args.arch, args.checkpoint)
+    config = ServiceConfig(arch=args.arch, checkpoint=checkpoint, device=args.device,
                            host=args.host, port=args.port, model_name=args.model_name,
                            tokens=tokens, max_request_bytes=args.max_request_bytes,
                            max_image_side=args.max_image_side,
@@ -313,13 +316,18 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _cloud_checkpoint(args: argparse.Namespace) -> str:
+    return _checkpoint(args.cloud_arch, args.cloud_checkpoint)
+
+
+def _checkpoint(arch: str, given: str | None) -> str:
+    """Return the checkpoint to serve: the given one, else the shipped one for its arch."""
     from adaptive_offload.package_files import shipped_model
     from offload_runtime.train_cli import CLOUD_FILE
     from rcnn_service.compact_rcnn import COMPACT_ARCH
 
-    if args.cloud_checkpoint is not None:
-        return str(args.cloud_checkpoint)
-    return str(shipped_model(CLOUD_FILE)) if args.cloud_arch == COMPACT_ARCH else ''
+    if given is not None:
+        return str(given)
+    return str(shipped_model(CLOUD_FILE)) if arch == COMPACT_ARCH else ''
 
 
 def _print_result(args: argparse.Namespace, result: Any) -> None:

@@ -184,6 +184,40 @@ def test_serve_command_stops_on_sigterm_within_10_s(in_flight: bool) -> None:
             proc.wait()
 
 
+def test_serve_with_no_model_given_finds_the_sample_scenes_objects() -> None:
+    """Before, a bare ``serve`` ran an architecture with random weights: boxes on nothing."""
+    from adaptive_offload.datatypes import Detection
+    from offload_runtime.train_data import held_out
+    from rcnn_service.compact_rcnn import COMPACT_ARCH
+
+    proc = subprocess.Popen([sys.executable, '-m', 'offload_runtime.cli', 'serve', '--runtime',
+                             'builtin', '--port', '0', '--threads', '1'],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=child_env())
+    try:
+        line = proc.stdout.readline()
+        assert f'serving {COMPACT_ARCH}' in line
+        url = re.search(r'http://[0-9.]+:[0-9]+', line).group(0)
+        frame = held_out('easy', 1)[0]
+        jpeg = cv2.imencode('.jpg', frame.image)[1].tobytes()
+        reply = None
+        for _ in range(600):  # bounded: the model loads in the background (503 until then)
+            try:
+                reply = V2RestTransport(url, 'rcnn').infer(jpeg, 30.0)
+                break
+            except CloudError:
+                time.sleep(0.1)
+        assert reply is not None
+        found = [Detection(*box, score, label) for box, score, label
+                 in zip(reply.boxes, reply.scores, reply.labels) if score >= 0.5]
+        matched = sum(any(t.iou(d) >= 0.5 and t.class_name == d.class_name for d in found)
+                      for t in frame.truth)
+        assert frame.truth and matched >= len(frame.truth) - 1, (frame.truth, found)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_replay_cloud_only_through_the_service(service: InferenceService, tmp_path: Path,
                                                fake_backend_factory: Any) -> None:
     from offload_runtime.replay import Replay, ReplayOptions
