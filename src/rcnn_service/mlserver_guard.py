@@ -39,7 +39,7 @@ from rcnn_service import asgi_guard
 from rcnn_service.asgi_guard import RestGuard
 from rcnn_service.guard import (Access, DISABLED_MESSAGE, grpc_access, RejectionLog,
                                 RequestError, Tokens)
-from rcnn_service.tls import TlsFiles
+from rcnn_service.tls import report_failed_handshakes, TlsFiles
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
 
@@ -73,7 +73,7 @@ def _abandoned() -> Any:
                    'REST requests dropped because their client disconnected before the answer')
 
 
-def record_rejection(status: int, peer: str, reason: object) -> None:
+def record_rejection(status: int | str, peer: str, reason: object) -> None:
     """Count a refused request and log it in one line (rate-limited)."""
     counter, log = _rejections()
     counter.labels(str(status)).inc()
@@ -280,6 +280,28 @@ class _GuardedGRPCServer(GRPCServer):
         return server
 
 
+def _report_rest_handshakes(rest: Any) -> None:
+    """Report the REST port's failed TLS handshakes, on the context uvicorn makes from files."""
+    get_config = getattr(rest, '_get_config', None)
+    if get_config is None:
+        raise ConfigError('this MLServer version configures uvicorn differently: failed TLS '
+                          'handshakes could not be reported')
+
+    def config() -> Any:
+        cfg = get_config()
+        load = cfg.load
+
+        def load_and_report() -> None:
+            load()
+            if cfg.ssl is not None:
+                report_failed_handshakes(
+                    cfg.ssl, lambda reason: record_rejection('tls', '?', reason))
+        cfg.load = load_and_report
+        return cfg
+
+    rest._get_config = config
+
+
 def _secure_port(server: Any, credentials: grpc.ServerCredentials, address: str) -> int:
     server._adaptive_offload_tls = True
     return int(server.add_secure_port(address, credentials))
@@ -322,6 +344,7 @@ class GuardedMLServer(MLServer):
                 return False  # unknown (unloaded) model
 
         self._guard.ready = ready
+        _report_rest_handshakes(self._rest_server)
         app.add_middleware(DropAbandoned, on_abandoned=_abandoned().inc)
         app.add_middleware(RestGuard, guard=self._guard)  # added last: outermost
         self._grpc_server = _GuardedGRPCServer(

@@ -27,7 +27,7 @@ from rcnn_service.guard import RejectionLog, RequestError, Tokens
 from rcnn_service.http_server import HttpLimits, HttpServer
 from rcnn_service.protocol import parse_request, server_time_parameters, v2_response
 from rcnn_service.rcnn_detector import Detections, RcnnDetector
-from rcnn_service.tls import TlsFiles
+from rcnn_service.tls import report_failed_handshakes, TlsFiles
 
 LOG = logging.getLogger('adaptive_offload.service')
 _WORKERS = 64
@@ -102,10 +102,12 @@ class InferenceService:
         self._rejections = RejectionLog(LOG)
         # Requests wait for the model in these threads (one each), never on the event loop.
         self._executor = ThreadPoolExecutor(_WORKERS, thread_name_prefix='request')
+        tls = config.tls.server_context() if config.tls else None
+        if tls is not None:
+            report_failed_handshakes(tls, lambda reason: self.reject('tls', '?', reason))
         self._server = HttpServer(
             make_app(self, self._executor), (config.host, config.port),
-            HttpLimits(config.request_timeout_s, config.max_connections, self.reject),
-            config.tls.server_context() if config.tls else None)
+            HttpLimits(config.request_timeout_s, config.max_connections, self.reject), tls)
         if detector is None:
             threading.Thread(target=self._load, name='model-load', daemon=True).start()
         else:
@@ -167,7 +169,7 @@ class InferenceService:
             self._batcher.close()  # joins the worker once the batch under way is done
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    def reject(self, status: int, peer: str, reason: object) -> None:
+    def reject(self, status: int | str, peer: str, reason: object) -> None:
         """Count and log (rate-limited, one line) a refused request."""
         self.count(f'rejected_{status}')
         self._rejections(status, peer, reason)

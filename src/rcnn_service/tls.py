@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 import ssl
+from typing import Callable
 
 from adaptive_offload.errors import ConfigError
 
@@ -65,6 +66,44 @@ class TlsFiles:
         """
         self.server_context()
         return Path(self.key).read_bytes(), Path(self.cert).read_bytes()
+
+
+_HINTS = {
+    'HTTP_REQUEST': 'plain HTTP on the TLS port (use https:// or grpcs://)',
+    'WRONG_VERSION_NUMBER': 'not TLS, or a TLS version this service does not speak',
+    'UNSUPPORTED_PROTOCOL': 'the client offers only TLS versions below 1.2',
+    'TLSV1_ALERT_UNKNOWN_CA': "the client does not trust this certificate's CA: check its CA file",
+    'SSLV3_ALERT_BAD_CERTIFICATE': 'the client refused this certificate: check its name and CA',
+    'SSLV3_ALERT_CERTIFICATE_UNKNOWN': 'the client refused this certificate: check its name, CA',
+    'NO_SHARED_CIPHER': 'no cipher both sides accept',
+}
+
+
+def report_failed_handshakes(context: ssl.SSLContext, report: Callable[[str], None]) -> None:
+    """Call ``report`` with a one-line reason for every TLS handshake that fails on ``context``.
+
+    asyncio drops a failed handshake silently (it logs only in debug mode), so an operator
+    never learned that a robot speaks plain HTTP to the TLS port or lacks the CA. A handshake
+    that never completes is cut by the server's deadline instead, and is not reported.
+
+    Args:
+        context: A server context (the service's, or the one uvicorn made from the files).
+        report: Called with the reason, e.g. ``TLS handshake failed: HTTP_REQUEST (plain
+            HTTP on the TLS port ...)``.
+    """
+    class _Reported(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise  # more bytes to come: not a failure
+            except ssl.SSLError as err:
+                code = err.reason or type(err).__name__
+                hint = _HINTS.get(code)
+                report(f'TLS handshake failed: {code}' + (f' ({hint})' if hint else ''))
+                raise
+
+    context.sslobject_class = _Reported
 
 
 def _no_passphrase() -> str:

@@ -331,6 +331,16 @@ def test_rest_and_grpc_over_tls_with_no_plain_text_port(tmp_path: Path,
         with pytest.raises(CloudError) as caught:
             V2RestTransport(srv.rest_url, 'rcnn', TOKEN, pki.other_ca).infer(_jpeg(), 10.0)
         assert caught.value.reason == 'tls'
+        with pytest.raises(CloudError):
+            V2RestTransport(f'http://127.0.0.1:{srv.rest}', 'rcnn', TOKEN).infer(_jpeg(), 10.0)
+        # Both failed handshakes are refusals the operator sees (asyncio said nothing); the
+        # server sees each failure just after its client does.
+        tls_refusals = 'adaptive_offload_rejected_requests_total{status="tls"}'
+        for _ in range(100):
+            if _metric(srv, tls_refusals) == 2:
+                break
+            time.sleep(0.05)
+        assert _metric(srv, tls_refusals) == 2
     finally:
         srv.kill()
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Iterator
 
 from adaptive_offload.conversions import frame_to_message, MessageTypes
@@ -71,12 +72,33 @@ def test_a_certificate_the_ca_did_not_sign_fails_as_tls_not_as_the_link(
 
 
 def test_plain_http_on_the_tls_port_is_refused_and_tls_clients_go_on(
-        service: InferenceService, pki: Pki) -> None:
+        service: InferenceService, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    before = service.counts['rejected_tls']
     plain = V2RestTransport(service.url.replace('https://', 'http://'), 'rcnn', TOKEN)
     with pytest.raises(CloudError):
         plain.infer(_jpeg(), 10.0)
     reply = V2RestTransport(service.url, 'rcnn', TOKEN, pki.ca).infer(_jpeg(), 30.0)
     assert len(reply.labels) == len(reply.scores) > 0
+    # One line for the operator, who used to see nothing at all.
+    assert _logged(caplog, 'TLS handshake failed: HTTP_REQUEST (plain HTTP on the TLS port')
+    assert service.counts['rejected_tls'] == before + 1
+
+
+def test_a_client_without_the_ca_is_reported_as_not_trusting_the_certificate(
+        service: InferenceService, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(CloudError) as caught:
+        V2RestTransport(service.url, 'rcnn', TOKEN, pki.other_ca).infer(_jpeg(), 10.0)
+    assert caught.value.reason == 'tls'
+    assert _logged(caplog, "the client does not trust this certificate's CA: check its CA file")
+
+
+def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
+    """Whether ``text`` is logged within 5 s (the server sees the failure after the client)."""
+    for _ in range(100):
+        if text in caplog.text:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def test_a_client_that_never_handshakes_holds_up_nobody_and_is_dropped(
