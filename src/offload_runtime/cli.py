@@ -184,9 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument('--uplink-mbps', type=float, default=50.0, help='sim link bandwidth')
     evaluate.add_argument('--rtt-ms', type=float, default=30.0, help='sim link round trip')
     evaluate.add_argument('--seed', type=int, default=0)
-    evaluate.add_argument('--measured', action='store_true',
-                          help='sim: the shipped detectors with their measured mAP at each '
-                               'scene difficulty, instead of COCO models and their priors')
+    quality = evaluate.add_mutually_exclusive_group()
+    quality.add_argument('--measured', dest='measured', action='store_true', default=True,
+                         help='sim: the shipped detectors, each frame of the quality measured '
+                              'for them at the scene difficulty of the moment (the default)')
+    quality.add_argument('--priors', dest='measured', action='store_false',
+                         help='sim: COCO models (yolov8n, the Faster R-CNN of the cloud '
+                              'profile) with their published priors, which no scene changes')
     evaluate.add_argument('--floors', default='',
                           help='comma-separated accuracy floors (mAP) to sweep predictive over: '
                                'draws the energy-against-accuracy front of every scenario and '

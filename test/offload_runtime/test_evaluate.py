@@ -11,7 +11,7 @@ from typing import Any
 
 from adaptive_offload.typestore import make_typestore
 from fault_injection.scenario import parse_scenario
-from offload_manager.accuracy import prior
+from offload_manager.accuracy import measured_figures, prior
 from offload_manager.energy import load_devices
 from offload_manager.manager import default_devices_file, OffloadManager
 from offload_runtime.cli import main
@@ -124,6 +124,18 @@ def test_evaluate_command_and_its_errors(tmp_path: Path,
                  '--policies', 'edge-only,weighted-score', '--frames', '100',
                  '--out', str(tmp_path / 'ev')]) == 0
     assert 'table:' in capsys.readouterr().out
+    # By default the simulator runs the shipped detectors at their measured accuracy.
+    rows = list(csv.DictReader((tmp_path / 'ev' / 'table.csv').open()))
+    edge = next(r for r in rows if r['policy'] == 'edge-only')
+    served = 1 - float(edge['miss_pct']) / 100  # a missed frame has no accuracy
+    assert float(edge['accuracy']) == pytest.approx(
+        served * measured_figures()['yolov8n-shapes'][640]['easy'], abs=0.05)
+    assert main(['evaluate', '--scenarios', str(ROOT / 'config/scenarios/steady.yaml'),
+                 '--policies', 'edge-only', '--frames', '100', '--priors',
+                 '--out', str(tmp_path / 'coco')]) == 0
+    [row] = list(csv.DictReader((tmp_path / 'coco' / 'table.csv').open()))
+    served = 1 - float(row['miss_pct']) / 100
+    assert float(row['accuracy']) == pytest.approx(served * prior('yolov8n', 640), abs=0.05)
     assert main(['evaluate', '--policies', 'telepathy', '--out', str(tmp_path / 'x'),
                  '--scenarios', str(ROOT / 'config/scenarios')]) == 2
     assert 'telepathy' in capsys.readouterr().err
