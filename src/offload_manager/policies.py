@@ -121,7 +121,7 @@ class Policy(Protocol):
         """Take new settings (parameters set at runtime), keeping what was learned."""
 
     def edge_accuracy(self, model: str, imgsz: int) -> AccuracyView | None:
-        """Return the estimated accuracy of ``model`` at ``imgsz``; None if the policy keeps none."""
+        """Return the estimated accuracy of ``model`` at ``imgsz``; None if none is kept."""
 
 
 class FixedRoutePolicy:
@@ -166,7 +166,7 @@ class FixedRoutePolicy:
         """Ignored by a fixed policy."""
 
     def edge_accuracy(self, model: str, imgsz: int) -> AccuracyView | None:
-        """A fixed policy estimates nothing."""
+        """Return None: a fixed policy estimates nothing."""
         return None
 
 
