@@ -97,6 +97,22 @@ class DifficultyTimeline:
         """Return the name of the difficulty at ``t_s`` (``base`` outside every span)."""
         return next((s.name for s in self.spans if s.start_s <= t_s < s.end_s), 'base')
 
+    def changes(self) -> list[tuple[float, str, str]]:
+        """Return (seconds, name before, name after) of every moment the difficulty changes.
+
+        A span that starts where the same difficulty already held (or ends into it) is no
+        change. The base is named after its preset when it is one, else ``base``.
+        """
+        base = next((n for n, d in PRESETS.items() if d == self.base), 'base')
+        out = []
+        for t in sorted({t for s in self.spans for t in (s.start_s, s.end_s)}):
+            before = next((s for s in self.spans if s.start_s < t <= s.end_s), None)
+            after = next((s for s in self.spans if s.start_s <= t < s.end_s), None)
+            if (before.difficulty if before else self.base) != \
+                    (after.difficulty if after else self.base):
+                out.append((t, before.name if before else base, after.name if after else base))
+        return out
+
     def most(self) -> tuple[int, int]:
         """Return the most objects and the most clutter anywhere on the timeline."""
         every = [self.base, *(s.difficulty for s in self.spans)]

@@ -21,6 +21,8 @@ TRUTH_TOPIC = topics.GROUND_TRUTH
 BATTERY_TOPIC = '/battery_state'
 SAMPLE_ENCODINGS = ('rgb8', 'bgr8', 'mono8', 'jpeg', 'png')
 START_NS = 1_700_000_000 * 1_000_000_000
+DIFFICULTY_KEY = 'adaptive_offload.difficulty'
+"""The bag metadata (``custom_data``) key of the difficulty timeline it was generated with."""
 _SHAPES = ('box', 'disc', 'triangle')
 
 
@@ -194,6 +196,9 @@ class Battery:
 def write_sample_bag(path: str | Path, spec: SampleSpec, distro: str = 'jazzy') -> int:
     """Write a bag of ``spec.frames`` frames and their ground truth.
 
+    A difficulty timeline is recorded in the bag's metadata (:data:`DIFFICULTY_KEY`), timed
+    from the first frame, so that a replay knows when the scenes changed.
+
     Args:
         path: Bag folder to create.
         spec: What to generate.
@@ -214,6 +219,8 @@ def write_sample_bag(path: str | Path, spec: SampleSpec, distro: str = 'jazzy') 
     msgtype = 'sensor_msgs/msg/CompressedImage' if compressed else 'sensor_msgs/msg/Image'
     bag = OutputBag(path, store)
     try:
+        if spec.difficulty:  # what a replay's accuracy tracking takes its changes from
+            bag.set_custom_data(DIFFICULTY_KEY, spec.difficulty)
         bag.add_topic(topic, msgtype, qos('sensor'))
         bag.add_topic(TRUTH_TOPIC, 'vision_msgs/msg/Detection2DArray', qos('result'))
         if spec.battery_hz:
