@@ -14,6 +14,9 @@ from typing import Mapping
 
 from adaptive_offload.errors import ConfigError
 
+DIFFICULTY_KEY = 'adaptive_offload.difficulty'
+"""Key of a bag's metadata (rosbag2 ``custom_data``) holding the timeline it was made with."""
+
 
 @dataclass(frozen=True)
 class Difficulty:

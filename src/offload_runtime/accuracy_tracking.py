@@ -25,6 +25,7 @@ import statistics
 from typing import Any, Sequence
 
 from adaptive_offload.datatypes import Detection, DetectionSet, FrameRecord
+from adaptive_offload.errors import ConfigError
 from offload_runtime.ground_truth import MapScorer, Truth
 
 
@@ -121,6 +122,18 @@ class TrackingSettings:
     step_s: float = 2.0
     min_change: float = 10.0
     min_share: float = 0.2
+
+    def __post_init__(self) -> None:
+        """Refuse settings that give no windows.
+
+        Raises:
+            ConfigError: For a window or step that is not positive, or a threshold out of
+                range.
+        """
+        if not (self.window_s > 0 and self.step_s > 0):
+            raise ConfigError('the tracking window and step must be > 0 s')
+        if self.min_change < 0 or not 0 <= self.min_share <= 1:
+            raise ConfigError('min_change must be >= 0 and min_share within 0..1')
 
 
 @dataclass(frozen=True)
@@ -292,15 +305,16 @@ def track(frames: Sequence[TrackFrame], changes: Sequence[tuple[float, str]] | N
 
     Args:
         frames: Every frame with ground truth.
-        changes: (seconds, label) of the changes of difficulty; None finds them in the
-            measured windows (:func:`detect_changes`).
+        changes: (seconds, label) of the changes of difficulty (those outside the frames are
+            left out); None finds them in the measured windows (:func:`detect_changes`).
         settings: Window, step and thresholds.
 
     Returns:
         The windows, the lag of every change and the error of the estimate.
     """
     spans = _Spans(frames)
-    found = sorted(changes) if changes is not None else \
+    end = spans.end_s()
+    found = sorted(c for c in changes if 0 < c[0] < end) if changes is not None else \
         [(t, 'detected') for t in _detect(spans, settings)]
     wins = _windows(spans, settings)
     pairs = [w.estimate - w.measured for w in wins

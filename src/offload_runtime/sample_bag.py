@@ -10,7 +10,8 @@ from adaptive_offload.conversions import (battery_message, COMPRESSED_FORMATS,
                                           detections_to_message, frame_to_message)
 from adaptive_offload.datatypes import Detection, DetectionSet
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.scene_difficulty import DifficultyTimeline, parse_difficulty, PRESETS
+from adaptive_offload.scene_difficulty import (DIFFICULTY_KEY, DifficultyTimeline,
+                                               parse_difficulty, PRESETS)
 from adaptive_offload.typestore import make_typestore, message_types
 import cv2
 import numpy as np
@@ -21,8 +22,6 @@ TRUTH_TOPIC = topics.GROUND_TRUTH
 BATTERY_TOPIC = '/battery_state'
 SAMPLE_ENCODINGS = ('rgb8', 'bgr8', 'mono8', 'jpeg', 'png')
 START_NS = 1_700_000_000 * 1_000_000_000
-DIFFICULTY_KEY = 'adaptive_offload.difficulty'
-"""The bag metadata (``custom_data``) key of the difficulty timeline it was generated with."""
 _SHAPES = ('box', 'disc', 'triangle')
 
 

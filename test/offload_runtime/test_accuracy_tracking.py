@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from adaptive_offload.datatypes import Detection, DetectionSet, FrameRecord
+from adaptive_offload.errors import ConfigError
 from offload_runtime.accuracy_tracking import (change_lags, detect_changes, track, TrackFrame,
                                                TrackingCollector, TrackingSettings, windows)
 import pytest
@@ -119,8 +120,16 @@ def test_changes_are_found_in_the_measured_windows_without_a_timeline() -> None:
         (30.0, 'detected', False), (60.0, 'detected', False)]
     # Windows 100, 100, 100, 0, 0, 0, 100, 100, 100 against a constant 50.
     assert found.mae == pytest.approx(50.0) and found.bias == pytest.approx(-50.0 / 3)
-    assert track(frames, [(30.0, 'easy -> hard')]).changes_from == 'timeline'
+    timeline = track(frames, [(90.0, 'easy -> base'), (30.0, 'easy -> hard')])
+    assert timeline.changes_from == 'timeline'
+    assert [c.t_s for c in timeline.changes] == [30.0]  # none past the last frame
     assert track(_frames(60, lambda t: True, lambda t: 50.0), None).changes == []
+
+
+@pytest.mark.parametrize('values', [{'window_s': 0}, {'step_s': -1}, {'min_share': 2}])
+def test_settings_that_give_no_windows_are_refused(values: dict) -> None:
+    with pytest.raises(ConfigError):
+        TrackingSettings(**values)
 
 
 def test_the_collector_keeps_the_edges_detections_where_there_is_truth() -> None:
