@@ -62,6 +62,13 @@ def _secs(value: float | None) -> str:
     return 'never' if value is None else f'{value:.1f} s'
 
 
+def _own(change: dict[str, Any]) -> str:
+    if change.get('own_lag50_s') is None:
+        return ''
+    return (f' ({100 * change["share"]:.0f} % of it; that move half-way after '
+            f'{_secs(change["own_lag50_s"])}, 90 % after {_secs(change["own_lag90_s"])})')
+
+
 def agreements(out: Path) -> list[tuple[float, float]]:
     """Return (seconds into the bag, edge/cloud F1) of every frame both sides answered.
 
@@ -118,7 +125,7 @@ def print_figures(result: Any, args: argparse.Namespace,
               f'{_pts(c["estimate_after"])}; ' +
               (f'half-way after {_secs(c["lag50_s"])}, 90 % after {_secs(c["lag90_s"])}'
                + (' (still moving)' if c['still_moving'] else '')
-               if c['follows'] else c['note']))
+               if c['follows'] else c['note'] + _own(c)))
     print()
     for name, value in tracking_rows(tracking)[:1]:
         print(f'{name}: {value}')

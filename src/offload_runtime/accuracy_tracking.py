@@ -85,12 +85,17 @@ class ChangeLag:
         estimate_after: Mean estimate over the window before the next change (or the end).
         follows: Whether the estimate moved the way the measured mAP did, by at least
             ``min_share`` of its move.
-        lag50_s: Seconds until the estimate had moved half-way; None when it never did.
+        lag50_s: Seconds until the estimate had moved half-way; None when it does not follow.
         lag90_s: The same for 90 %.
         still_moving: Whether the estimate was still moving over its ``after`` window (by more
             than a tenth of its move between halves), so its ``after`` level is not a settled
             one and the lags measure how far it got, not where it would settle.
         note: Why there is no lag, when there is none.
+        share: The estimate's move as a share of the measured move (None without both).
+        own_lag50_s: Seconds until the estimate had made half of its own move, also when that
+            move is too small to follow the measured one: how fast, apart from how far. None
+            when it did not move the measured way at all.
+        own_lag90_s: The same for 90 %.
     """
 
     t_s: float
@@ -104,6 +109,9 @@ class ChangeLag:
     lag90_s: float | None
     still_moving: bool = False
     note: str = ''
+    share: float | None = None
+    own_lag50_s: float | None = None
+    own_lag90_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -277,26 +285,32 @@ def _lag(spans: _Spans, t: float, label: str, before: tuple[float, float],
          after: tuple[float, float], settings: TrackingSettings) -> ChangeLag:
     m0, m1 = spans.measured(*before), spans.measured(*after)
     e0, e1 = spans.estimate(*before), spans.estimate(*after)
-
-    def result(note: str, lags: tuple[float | None, float | None] = (None, None),
-               still: bool = False) -> ChangeLag:
-        return ChangeLag(t, label, m0, m1, e0, e1, not note, *lags, still, note)
-
     if m0 is None or m1 is None or e0 is None or e1 is None:
-        return result('no data on one side')
+        return ChangeLag(t, label, m0, m1, e0, e1, False, None, None,
+                         note='no data on one side')
     moved, measured = e1 - e0, m1 - m0
+    share = moved / measured if measured else None
     if abs(measured) < settings.min_change:
-        return result(f'measured mAP moved {measured:+.1f}: no change to follow')
+        return ChangeLag(t, label, m0, m1, e0, e1, False, None, None, share=share,
+                         note=f'measured mAP moved {measured:+.1f}: no change to follow')
+    own: tuple[float | None, float | None] = (None, None)
+    still = False
+    if moved * measured > 0:
+        path = [(f.t_s, (f.estimate - e0) / moved) for f in spans.within(t, after[1])
+                if f.estimate is not None]
+        own = (next((s - t for s, part in path if part >= 0.5), None),
+               next((s - t for s, part in path if part >= 0.9), None))
+        half = (after[0] + after[1]) / 2
+        first, second = spans.estimate(after[0], half), spans.estimate(half, after[1])
+        still = first is not None and second is not None and \
+            abs(second - first) > 0.1 * abs(moved)
     if moved * measured <= 0 or abs(moved) < settings.min_share * abs(measured):
-        return result(f'never: estimate moved {moved:+.1f} for a measured {measured:+.1f}')
-    path = [(f.t_s, (f.estimate - e0) / moved) for f in spans.within(t, after[1])
-            if f.estimate is not None]
-    lag50 = next((s - t for s, share in path if share >= 0.5), None)
-    lag90 = next((s - t for s, share in path if share >= 0.9), None)
-    half = (after[0] + after[1]) / 2
-    first, second = spans.estimate(after[0], half), spans.estimate(half, after[1])
-    still = first is not None and second is not None and abs(second - first) > 0.1 * abs(moved)
-    return result('', (lag50, lag90), still)
+        return ChangeLag(t, label, m0, m1, e0, e1, False, None, None, still, share=share,
+                         own_lag50_s=own[0], own_lag90_s=own[1],
+                         note=f'never: estimate moved {moved:+.1f} for a measured '
+                              f'{measured:+.1f}')
+    return ChangeLag(t, label, m0, m1, e0, e1, True, *own, still, share=share,
+                     own_lag50_s=own[0], own_lag90_s=own[1])
 
 
 def track(frames: Sequence[TrackFrame], changes: Sequence[tuple[float, str]] | None,

@@ -107,6 +107,9 @@ def tracking_rows(tracking: dict[str, Any]) -> list[tuple[str, str]]:
                 how += ' (still moving)'
         else:
             how = c['note']
+            if c.get('own_lag50_s') is not None:
+                how += (f' ({100 * c["share"]:.0f} %; that move half-way '
+                        f'{secs(c["own_lag50_s"])}, 90 % {secs(c["own_lag90_s"])})')
         rows.append((f'  {c["label"]} at {c["t_s"]:g} s', f'{levels}: {how}'))
     if not tracking['changes']:
         rows.append(('  changes', f'none ({tracking["changes_from"]})'))

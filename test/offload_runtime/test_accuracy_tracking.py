@@ -51,6 +51,8 @@ def test_a_ramp_after_the_change_gives_its_half_and_90_percent_lags() -> None:
                      lambda t: 80.0 - 5.0 * min(max(t - 30.0, 0.0), 10.0))
     [lag] = change_lags(frames, [(30.0, 'easy -> hard')])
     assert lag.follows and lag.note == '' and not lag.still_moving
+    assert lag.share == pytest.approx(0.5)
+    assert (lag.own_lag50_s, lag.own_lag90_s) == (lag.lag50_s, lag.lag90_s)
     assert (lag.estimate_before, lag.estimate_after) == (80.0, 30.0)
     assert (lag.measured_before, lag.measured_after) == pytest.approx((100.0, 0.0))
     assert lag.lag50_s == pytest.approx(5.0, abs=0.11)
@@ -73,11 +75,15 @@ def test_an_estimate_that_never_moves_or_moves_the_wrong_way_has_no_lag() -> Non
     assert lag.note.startswith('never: estimate moved +0.0')
     wrong = _frames(60, _edge_good_until(30), lambda t: 40.0 if t < 30 else 60.0)
     [lag] = change_lags(wrong, [(30.0, 'easy -> hard')])
-    assert not lag.follows and lag.lag50_s is None
-    # Moving the right way by less than min_share of the measured move is not following.
-    timid = _frames(60, _edge_good_until(30), lambda t: 50.0 if t < 30 else 45.0)
+    assert not lag.follows and lag.lag50_s is None and lag.own_lag50_s is None
+    assert lag.share == pytest.approx(-0.2)
+    # Moving the right way by less than min_share of the measured move is not following;
+    # how fast it made its small move (2 s late) is still told apart.
+    timid = _frames(60, _edge_good_until(30), lambda t: 50.0 if t < 32 else 45.0)
     [lag] = change_lags(timid, [(30.0, 'x')], TrackingSettings(min_share=0.2))
     assert not lag.follows and lag.note == 'never: estimate moved -5.0 for a measured -100.0'
+    assert lag.lag50_s is None and lag.share == pytest.approx(0.05)
+    assert (lag.own_lag50_s, lag.own_lag90_s) == (pytest.approx(2.0), pytest.approx(2.0))
 
 
 def test_an_estimate_still_moving_at_the_next_change_is_flagged() -> None:

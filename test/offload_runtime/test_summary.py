@@ -42,8 +42,9 @@ def test_the_table_shows_the_tracking_error_and_each_changes_lag() -> None:
 
     tracking = Tracking(TrackingSettings(), [Window(0, 10, 100, 100, 80.0, 50.0, 10)], [
         ChangeLag(30.0, 'easy -> hard', 80.0, 27.0, 48.0, 30.0, True, 4.5, None, True),
-        ChangeLag(60.0, 'hard -> easy', 27.0, 80.0, 30.0, 30.0, False, None, None,
-                  note='never: estimate moved +0.0 for a measured +53.0')], 'timeline',
+        ChangeLag(60.0, 'hard -> easy', 27.0, 80.0, 30.0, 36.0, False, None, None,
+                  note='never: estimate moved +6.0 for a measured +53.0', share=6 / 53,
+                  own_lag50_s=5.0, own_lag90_s=12.0)], 'timeline',
         mae=30.0, bias=-30.0)
     summary = {**summarize([_record(0, 5.0, source='edge')], 1.0),
                'accuracy_tracking': tracking.to_dict()}
@@ -53,4 +54,5 @@ def test_the_table_shows_the_tracking_error_and_each_changes_lag() -> None:
     assert lines[-2].endswith('measured 80.0 -> 27.0, estimate 48.0 -> 30.0: half-way 4.5 s, '
                               '90 % never (still moving)')
     assert 'hard -> easy at 60 s' in lines[-1] and lines[-1].endswith(
-        ': never: estimate moved +0.0 for a measured +53.0')
+        ': never: estimate moved +6.0 for a measured +53.0 (11 %; that move half-way 5.0 s, '
+        '90 % 12.0 s)')
