@@ -13,7 +13,8 @@ windows) it measures the lag: seconds from the change until the per-frame estima
 half-way (and 90 %) from its level over the window before the change to its level over the
 window before the next change (or the end). An estimate that does not move with the measured
 mAP (the wrong way, or less than ``min_share`` of the measured move) has no lag: it never
-followed, and the figures say so.
+followed, and the figures say so; they still give the share of the measured move it made and
+how fast it made that move (``own_lag50_s``), so how far and how fast are told apart.
 """
 
 from __future__ import annotations
