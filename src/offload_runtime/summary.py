@@ -78,8 +78,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     if 'all' in maps:
         rows.append(('mAP@[.5:.95]', f'{maps["all"]:.3f} (against ground truth)'))
         rows += [(f'  {group}', f'{value:.3f}') for group, value in maps.items() if group != 'all']
-    if summary.get('accuracy_tracking'):
-        rows += tracking_rows(summary['accuracy_tracking'])
+    text = _aligned(rows)
+    tracking = summary.get('accuracy_tracking') or {}
+    if tracking.get('windows'):  # its own block: its labels would widen the table
+        text += '\n' + _aligned(tracking_rows(tracking))
+    return text
+
+
+def _aligned(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return '\n'.join(f'{k.ljust(width)}  {v}' for k, v in rows)
 

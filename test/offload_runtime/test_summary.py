@@ -48,6 +48,11 @@ def test_the_table_shows_the_tracking_error_and_each_changes_lag() -> None:
         mae=30.0, bias=-30.0)
     summary = {**summarize([_record(0, 5.0, source='edge')], 1.0),
                'accuracy_tracking': tracking.to_dict()}
+    plain = {k: v for k, v in summary.items() if k != 'accuracy_tracking'}
+    # The tracking is a block of its own after the table, which keeps its alignment.
+    assert format_summary(summary).startswith(format_summary(plain) + '\n')
+    no_windows = {**plain, 'accuracy_tracking': {**tracking.to_dict(), 'windows': []}}
+    assert format_summary(no_windows) == format_summary(plain)
     lines = format_summary(summary).splitlines()
     assert lines[-3].split('  ', 1)[1].strip() == (
         'MAE 30.0, bias -30.0 against measured (1 windows of 10 s, step 2 s)')
