@@ -318,6 +318,12 @@ class FrameRecord(JsonRecord):
             class); None when no ground truth is known (a live robot).
         precision: Share of the published detections that are true; None without ground
             truth or without detections.
+        edge_map_estimate: The manager's estimate, when the frame ended, of the mAP@[.5:.95]
+            (0-100) of the edge model and input size of the decision in force: the prior
+            corrected by edge/cloud agreement; None when the policy keeps no estimate (the
+            fixed-route baselines).
+        agreement_samples: Edge/cloud agreement samples the manager had taken when the frame
+            ended (every edge model together; one per frame both sides answered).
     """
 
     SCHEMA = 'adaptive_offload/FrameRecord'
@@ -339,6 +345,8 @@ class FrameRecord(JsonRecord):
     energy_measured: bool = False
     recall: float | None = None
     precision: float | None = None
+    edge_map_estimate: float | None = None
+    agreement_samples: int = 0
 
     @property
     def dropped(self) -> bool:

@@ -14,6 +14,9 @@ from typing import Mapping
 
 from adaptive_offload.errors import ConfigError
 
+DIFFICULTY_KEY = 'adaptive_offload.difficulty'
+"""Key of a bag's metadata (rosbag2 ``custom_data``) holding the timeline it was made with."""
+
 
 @dataclass(frozen=True)
 class Difficulty:
@@ -96,6 +99,22 @@ class DifficultyTimeline:
     def name_at(self, t_s: float) -> str:
         """Return the name of the difficulty at ``t_s`` (``base`` outside every span)."""
         return next((s.name for s in self.spans if s.start_s <= t_s < s.end_s), 'base')
+
+    def changes(self) -> list[tuple[float, str, str]]:
+        """Return (seconds, name before, name after) of every moment the difficulty changes.
+
+        A span that starts where the same difficulty already held (or ends into it) is no
+        change. The base is named after its preset when it is one, else ``base``.
+        """
+        base = next((n for n, d in PRESETS.items() if d == self.base), 'base')
+        out = []
+        for t in sorted({t for s in self.spans for t in (s.start_s, s.end_s)}):
+            before = next((s for s in self.spans if s.start_s < t <= s.end_s), None)
+            after = next((s for s in self.spans if s.start_s <= t < s.end_s), None)
+            if (before.difficulty if before else self.base) != \
+                    (after.difficulty if after else self.base):
+                out.append((t, before.name if before else base, after.name if after else base))
+        return out
 
     def most(self) -> tuple[int, int]:
         """Return the most objects and the most clutter anywhere on the timeline."""

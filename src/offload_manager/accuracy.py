@@ -153,6 +153,11 @@ class AccuracyModel:
         self._samples[key] += 1
         return f1
 
+    @property
+    def samples(self) -> int:
+        """Agreement samples taken so far, every edge model together."""
+        return sum(self._samples.values())
+
     def edge(self, model: str, imgsz: int) -> float:
         """Estimated accuracy (mAP, 0-100) of the edge model at ``imgsz``."""
         key = f'{model}@{imgsz}'

@@ -152,7 +152,7 @@ class OffloadManager:
         outcome = self._arbiter.frame_arrived(stamp_ns, frame_id, now_ns, decision)
         if outcome is None:
             return None
-        [annotated] = self._energy.annotate([outcome], now_ns)
+        [annotated] = self._annotate([outcome], now_ns)
         self._policy.observe_record(annotated.record)
         return annotated
 
@@ -165,7 +165,7 @@ class OffloadManager:
     def frame_unreadable(self, reason: str, now_ns: int) -> Outcome:
         """Record a frame that could not even be deserialized: it ends as a drop."""
         decision = self._in_force(now_ns)
-        [outcome] = self._energy.annotate([self._arbiter.unreadable(reason, decision)], now_ns)
+        [outcome] = self._annotate([self._arbiter.unreadable(reason, decision)], now_ns)
         self._policy.observe_record(outcome.record)
         return outcome
 
@@ -194,7 +194,19 @@ class OffloadManager:
         """Outcomes of the frames that are finished at ``now_ns`` (all of them if final)."""
         ended, self._ended = self._ended, []
         outcomes = self._arbiter.flush(now_ns) if final else self._arbiter.poll(now_ns)
-        outcomes = ended + self._energy.annotate(outcomes, now_ns)
+        outcomes = ended + self._annotate(outcomes, now_ns)
         for outcome in outcomes:
             self._policy.observe_record(outcome.record)
         return outcomes
+
+    def _annotate(self, outcomes: list[Outcome], now_ns: int) -> list[Outcome]:
+        """Add each frame's energy and the policy's current estimate of the edge's accuracy."""
+        outcomes = self._energy.annotate(outcomes, now_ns)
+        decision = self._decision
+        view = None if decision is None else \
+            self._policy.edge_accuracy(decision.edge_model, decision.edge_imgsz)
+        if view is None:
+            return outcomes
+        return [dataclasses.replace(o, record=dataclasses.replace(
+            o.record, edge_map_estimate=view.m_ap, agreement_samples=view.samples))
+            for o in outcomes]

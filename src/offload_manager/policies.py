@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceReport, Route
 from adaptive_offload.errors import ConfigError
@@ -23,6 +23,18 @@ class Plan:
     reason: str
     probe_every: int = 0
     unmet: str = ''
+
+
+class AccuracyView(NamedTuple):
+    """A policy's current estimate of the edge model's accuracy.
+
+    Attributes:
+        m_ap: Estimated mAP@[.5:.95], 0-100: the prior corrected by edge/cloud agreement.
+        samples: Agreement samples taken so far (every edge model together).
+    """
+
+    m_ap: float
+    samples: int
 
 
 @dataclass(frozen=True)
@@ -108,6 +120,9 @@ class Policy(Protocol):
     def retune(self, settings: PolicySettings) -> None:
         """Take new settings (parameters set at runtime), keeping what was learned."""
 
+    def edge_accuracy(self, model: str, imgsz: int) -> AccuracyView | None:
+        """Return the estimated accuracy of ``model`` at ``imgsz``; None if none is kept."""
+
 
 class FixedRoutePolicy:
     """Always the same route and settings: the edge-only, cloud-only and static baselines.
@@ -149,6 +164,10 @@ class FixedRoutePolicy:
 
     def observe_history(self, outcomes: list[tuple[float, bool]]) -> None:
         """Ignored by a fixed policy."""
+
+    def edge_accuracy(self, model: str, imgsz: int) -> AccuracyView | None:
+        """Return None: a fixed policy estimates nothing."""
+        return None
 
 
 def _adaptive(kind: str) -> Callable[[PolicySettings], Policy]:

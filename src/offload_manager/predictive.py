@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceReport, Route
 from offload_manager.observations import Estimate, Observations, Option
-from offload_manager.policies import Plan, PolicySettings
+from offload_manager.policies import AccuracyView, Plan, PolicySettings
 
 
 class _ObservingPolicy:
@@ -57,6 +57,10 @@ class _ObservingPolicy:
         """See :class:`offload_manager.policies.Policy`."""
         for t_s, ok in outcomes:
             self.obs.availability.observe(t_s, ok)
+
+    def edge_accuracy(self, model: str, imgsz: int) -> AccuracyView:
+        """See :class:`offload_manager.policies.Policy`: what the options are estimated with."""
+        return AccuracyView(self.obs.accuracy.edge(model, imgsz), self.obs.accuracy.samples)
 
     def options(self) -> list[Option]:
         """Every option the settings allow."""

@@ -94,6 +94,14 @@ class InputBag:
         """Connections of every topic in the bag."""
         return list(self._reader.connections)
 
+    @property
+    def custom_data(self) -> dict[str, str]:
+        """The bag's custom metadata (rosbag2 ``custom_data``); empty when it has none."""
+        # rosbags reads custom_data but has no public property for it (0.11): its storage's.
+        metadata = getattr(getattr(self._reader, 'storage', None), 'metadata', None)
+        found = getattr(metadata, 'custom', None)
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
     def messages(self) -> Iterator[RawMessage]:
         """Every message of the bag in log-time order.
 
@@ -162,6 +170,10 @@ class OutputBag:
         # The chunk and the file of rosbags' MCAP storage are not public API: without them
         # (another rosbags version) the bag is written as before, whole only at close.
         self._chunked = all(hasattr(storage, name) for name in ('chunk', 'close_chunk', 'bio'))
+
+    def set_custom_data(self, key: str, value: str) -> None:
+        """Record ``key: value`` in the bag's metadata (rosbag2 ``custom_data``)."""
+        self._writer.set_custom_data(key, value)
 
     def add_topic(self, topic: str, msgtype: str, profile: Qos | None = None) -> None:
         """Declare a topic with the QoS ``ros2 bag play`` should offer."""

@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument('--injector', choices=('client', 'proxy', 'netns'), default='client',
                         help='where network faults are injected: the bridge transport, a TCP '
                              'fault proxy, or tc in a network namespace (root)')
+    replay.add_argument('--tracking-window', type=_rate, default=10.0,
+                        help='seconds of each window comparing the estimated edge mAP with '
+                             'the measured one (bags with ground truth; default 10)')
+    replay.add_argument('--tracking-step', type=_rate, default=2.0,
+                        help='seconds between those windows (default 2)')
     replay.add_argument('--distro', choices=('humble', 'jazzy'), default='jazzy')
     replay.add_argument('--json', action='store_true', help='print the summary as JSON')
     replay.add_argument('--no-progress', action='store_true', help='no progress bar')
@@ -287,6 +292,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace) -> int:
     from adaptive_offload.params import load_params_file
+    from offload_runtime.accuracy_tracking import TrackingSettings
     from offload_runtime.interrupts import SignalStop
     from offload_runtime.replay import Replay, ReplayOptions
     from rcnn_service.service import ServiceConfig
@@ -300,6 +306,7 @@ def _replay(args: argparse.Namespace) -> int:
         service=ServiceConfig(arch=args.cloud_arch, checkpoint=_cloud_checkpoint(args)),
         scenario=load_scenario(args.scenario) if args.scenario else None,
         injector=args.injector,
+        tracking=TrackingSettings(args.tracking_window, args.tracking_step),
         progress=args.progress or (not args.no_progress and sys.stderr.isatty()))
     with SignalStop('adaptive-offload replay') as stopper:
         try:

@@ -20,11 +20,13 @@ from adaptive_offload.datatypes import FrameRecord, HealthEvent, InferenceReport
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.graph_codec import BatterySample, Diagnostics, encode_output, LabelMap
 from adaptive_offload.heap import frozen_start_up
+from adaptive_offload.scene_difficulty import DIFFICULTY_KEY, parse_difficulty
 from adaptive_offload.typestore import make_typestore, message_types
 from edge_inference.backends import create_backend
 from fault_injection.fault_measures import measure
 from fault_injection.rig import FaultRig
 from fault_injection.scenario import Announcer
+from offload_runtime.accuracy_tracking import track, TrackingCollector
 from offload_runtime.bagio import declare_outputs, InputBag, OutputBag
 from offload_runtime.ground_truth import load_truth, RunScorer
 from offload_runtime.interrupts import StopFlag
@@ -73,14 +75,17 @@ class Replay:
         # The C queue: Queue runs a Python Condition under the GIL on every put and get.
         self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._input = InputBag(options.bag, options.topic)
+        self._custom = self._input.custom_data  # read while open: closing forgets it
         try:
             self._store = make_typestore(options.distro)
             self._types = message_types(self._store)
-            self._scorer = RunScorer(load_truth(options.bag, self._store))
+            truth = load_truth(options.bag, self._store)
+            self._scorer = RunScorer(truth)
             self.graph = ReplayGraph(
                 options.params, options.overrides, options.params_file, self._input.topic,
                 backend_factory, clock, options.service, self._rig, options.scenario,
                 lambda node, outputs: self._events.put(('out', (node, outputs))))
+            self._tracking = TrackingCollector(truth, self.graph.edge_source)
         except BaseException:
             self._close_inputs(None)
             raise
@@ -123,6 +128,8 @@ class Replay:
                 self.graph.service.wait_ready(self._opts.service_timeout_s, self._clock,
                                               self._sleep, self._stop.is_set)
             out = OutputBag(self._opts.out, self._store, self._clock)
+            for key, value in self._custom.items():
+                out.set_custom_data(key, value)
         except BaseException:
             self._close_inputs(self.graph)
             raise
@@ -162,6 +169,9 @@ class Replay:
         summary = summarize(records, wall_s)
         summary['frames_lost'] = self._played - len(records)
         summary.update(self._scorer.summary())
+        if 'map' in summary:
+            summary['accuracy_tracking'] = track(self._tracking.frames(), self._changes(),
+                                                 self._opts.tracking).to_dict()
         events = [((e.stamp_ns - self._origin) / 1e9, e) for e in self._health_events]
         faults = measure(self._opts.scenario, self._timeline, self._reports, events) \
             if self._opts.scenario is not None else []
@@ -169,6 +179,17 @@ class Replay:
                             faults, [r for _, r in self._reports], self._routes,
                             self._stop.is_set(),
                             max(0, self._span[1] - self._span[0]) / 1e9)
+
+    def _changes(self) -> list[tuple[float, str]] | None:
+        """Return the changes of difficulty on the bag's timeline; None to find them."""
+        text = self._custom.get(DIFFICULTY_KEY)
+        if text is None:
+            return None
+        try:
+            timeline = parse_difficulty(text)
+        except ConfigError:  # a timeline this version cannot read: found in the windows
+            return None
+        return [(t, f'{before} -> {after}') for t, before, after in timeline.changes()]
 
     def _close_inputs(self, graph: ReplayGraph | None) -> None:
         """Close the input bag, ``graph`` (None when building it failed) and the fault rig."""
@@ -286,6 +307,8 @@ class Replay:
             for name, record in outputs:
                 if name == 'telemetry':
                     self._reports.append(((now - self._origin) / 1e9, record))
+                elif name == 'detections' and node == 'edge_inference':
+                    self._tracking.add_detections(record)
                 self._publish(out, node, name, record, now)
         return kind == 'done'
 
@@ -335,6 +358,7 @@ class Replay:
         now = self._clock()
         for outcome in outcomes:
             record = self._scorer.score(outcome.record, outcome.result)
+            self._tracking.add_record(record)
             self._records.append(record)
             self._timeline.append(((now - self._origin) / 1e9, record))
             if outcome.result is not None:

@@ -9,6 +9,7 @@ from typing import Any, Mapping
 from adaptive_offload.datatypes import FrameRecord, HealthEvent, InferenceReport
 from fault_injection.fault_measures import FaultMeasure
 from fault_injection.scenario import Scenario
+from offload_runtime.accuracy_tracking import TrackingSettings
 from rcnn_service.service import ServiceConfig
 
 
@@ -33,6 +34,8 @@ class ReplayOptions:
         scenario: Faults injected into the run, timed from its start; each is measured (time
             to detect and recover, frames late and dropped).
         injector: Where network faults are injected: ``client``, ``proxy`` or ``netns``.
+        tracking: Windows and thresholds of the edge accuracy tracking (summarised when the
+            bag has ground truth; see :mod:`offload_runtime.accuracy_tracking`).
     """
 
     bag: Path
@@ -49,6 +52,7 @@ class ReplayOptions:
     service_timeout_s: float = 300.0
     scenario: Scenario | None = None
     injector: str = 'client'
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
 
 @dataclass

@@ -10,7 +10,8 @@ from adaptive_offload.conversions import (battery_message, COMPRESSED_FORMATS,
                                           detections_to_message, frame_to_message)
 from adaptive_offload.datatypes import Detection, DetectionSet
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.scene_difficulty import DifficultyTimeline, parse_difficulty, PRESETS
+from adaptive_offload.scene_difficulty import (DIFFICULTY_KEY, DifficultyTimeline,
+                                               parse_difficulty, PRESETS)
 from adaptive_offload.typestore import make_typestore, message_types
 import cv2
 import numpy as np
@@ -194,6 +195,9 @@ class Battery:
 def write_sample_bag(path: str | Path, spec: SampleSpec, distro: str = 'jazzy') -> int:
     """Write a bag of ``spec.frames`` frames and their ground truth.
 
+    A difficulty timeline is recorded in the bag's metadata (:data:`DIFFICULTY_KEY`), timed
+    from the first frame, so that a replay knows when the scenes changed.
+
     Args:
         path: Bag folder to create.
         spec: What to generate.
@@ -214,6 +218,8 @@ def write_sample_bag(path: str | Path, spec: SampleSpec, distro: str = 'jazzy') 
     msgtype = 'sensor_msgs/msg/CompressedImage' if compressed else 'sensor_msgs/msg/Image'
     bag = OutputBag(path, store)
     try:
+        if spec.difficulty:  # what a replay's accuracy tracking takes its changes from
+            bag.set_custom_data(DIFFICULTY_KEY, spec.difficulty)
         bag.add_topic(topic, msgtype, qos('sensor'))
         bag.add_topic(TRUTH_TOPIC, 'vision_msgs/msg/Detection2DArray', qos('result'))
         if spec.battery_hz:

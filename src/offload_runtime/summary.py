@@ -78,8 +78,48 @@ def format_summary(summary: dict[str, Any]) -> str:
     if 'all' in maps:
         rows.append(('mAP@[.5:.95]', f'{maps["all"]:.3f} (against ground truth)'))
         rows += [(f'  {group}', f'{value:.3f}') for group, value in maps.items() if group != 'all']
+    text = _aligned(rows)
+    tracking = summary.get('accuracy_tracking') or {}
+    if tracking.get('windows'):  # its own block: its labels would widen the table
+        text += '\n' + _aligned(tracking_rows(tracking))
+    return text
+
+
+def _aligned(rows: list[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return '\n'.join(f'{k.ljust(width)}  {v}' for k, v in rows)
+
+
+def tracking_rows(tracking: dict[str, Any]) -> list[tuple[str, str]]:
+    """Return the rows of the edge accuracy tracking (``Tracking.to_dict()``) for the table."""
+    def pts(value: float | None) -> str:
+        return '-' if value is None else f'{value:.1f}'
+
+    def secs(value: float | None) -> str:
+        return 'never' if value is None else f'{value:.1f} s'
+
+    settings = tracking['settings']
+    bias = tracking['bias']
+    rows = [('edge mAP estimate',
+             f'MAE {pts(tracking["mae"])}, bias {"-" if bias is None else f"{bias:+.1f}"} '
+             f'against measured ({len(tracking["windows"])} windows of '
+             f'{settings["window_s"]:g} s, step {settings["step_s"]:g} s)')]
+    for c in tracking['changes']:
+        levels = (f'measured {pts(c["measured_before"])} -> {pts(c["measured_after"])}, '
+                  f'estimate {pts(c["estimate_before"])} -> {pts(c["estimate_after"])}')
+        if c['follows']:
+            how = f'half-way {secs(c["lag50_s"])}, 90 % {secs(c["lag90_s"])}'
+            if c['still_moving']:
+                how += ' (still moving)'
+        else:
+            how = c['note']
+            if c.get('own_lag50_s') is not None:
+                how += (f' ({100 * c["share"]:.0f} %; that move half-way '
+                        f'{secs(c["own_lag50_s"])}, 90 % {secs(c["own_lag90_s"])})')
+        rows.append((f'  {c["label"]} at {c["t_s"]:g} s', f'{levels}: {how}'))
+    if not tracking['changes']:
+        rows.append(('  changes', f'none ({tracking["changes_from"]})'))
+    return rows
 
 
 def progress_bar(done: int, total: int, width: int = 30) -> str:

@@ -59,3 +59,12 @@ def test_the_same_world_gets_harder_over_the_timeline() -> None:
     counts = [len(scene.render(0.1)[1]) for _ in range(30)]
     assert counts[:10] == [4] * 10 and min(counts[10:20]) > 4 and counts[20:] == [4] * 10
     assert Difficulty().objects == 4  # the default is the easy preset
+
+
+def test_the_timeline_lists_its_changes_of_difficulty() -> None:
+    timeline = parse_difficulty('easy:0-30,hard:30-60,easy:60-90')
+    # The last span ends into the base, which is easy too: no change at 90 s.
+    assert timeline.changes() == [(30.0, 'easy', 'hard'), (60.0, 'hard', 'easy')]
+    assert parse_difficulty('hard:10-20,medium:20-25').changes() == [
+        (10.0, 'easy', 'hard'), (20.0, 'hard', 'medium'), (25.0, 'medium', 'easy')]
+    assert parse_difficulty('hard').changes() == []

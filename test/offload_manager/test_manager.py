@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from adaptive_offload.datatypes import Detection, DetectionSet, InferenceReport, Route
+from adaptive_offload.datatypes import (Detection, DetectionSet, FrameRecord, InferenceReport,
+                                        Route)
 from adaptive_offload.errors import ConfigError
 from offload_manager.manager import ManagerConfig, OffloadManager
 from offload_manager.policies import create_policy, POLICIES
@@ -132,3 +133,40 @@ def test_next_due_is_the_first_period_or_frame_deadline_ahead() -> None:
     assert manager.poll(guard) == [] and manager.next_due_ns(guard) == S // 2
     manager.tick(S // 2)
     assert manager.next_due_ns(S // 2) == S // 4 + 400_000_000  # its result timeout
+
+
+def test_records_carry_the_edge_accuracy_estimate_and_it_follows_agreement() -> None:
+    from offload_manager.accuracy import prior
+
+    manager = OffloadManager(ManagerConfig.from_params({'edge_model': 'yolov8n',
+                                                        'edge_imgsz': 640}))
+    manager.tick(0)
+    box = Detection(0, 0, 10, 10, .9, 'b')
+    records = []
+    for i in range(1, 6):
+        stamp = i * S // 10
+        manager.frame_arrived(stamp, 'cam', stamp)
+        manager.on_report(InferenceReport(stamp_ns=stamp, frame_id='cam', source='edge',
+                                          model='yolov8n', imgsz=640))
+        manager.on_detections(DetectionSet(stamp, 'cam', 'cloud', (box,)), stamp + 1)
+        if i > 1:  # the first frame is served before any agreement: the prior alone
+            manager.on_detections(DetectionSet(stamp, 'cam', 'edge', ()), stamp + 2)
+        records += [o.record for o in manager.poll(stamp + 3)]
+    base = prior('yolov8n', 640)
+    assert [r.agreement_samples for r in records] == [0, 1, 2, 3, 4]
+    # The edge found none of the cloud's boxes (F1 0): the estimate sinks from the prior as
+    # the samples outweigh it (prior worth 20 samples).
+    assert [r.edge_map_estimate for r in records] == pytest.approx(
+        [base * 20 / (20 + n) for n in range(5)])
+    assert FrameRecord.from_json(records[-1].to_json()) == records[-1]
+    old = FrameRecord.from_json('{"schema":"adaptive_offload/FrameRecord","version":1}')
+    assert old.edge_map_estimate is None and old.agreement_samples == 0
+
+
+def test_a_fixed_policy_keeps_no_accuracy_estimate() -> None:
+    manager = OffloadManager(ManagerConfig.from_params({'policy': 'edge-only'}))
+    manager.tick(0)
+    manager.frame_arrived(5, 'cam', 0)
+    manager.on_detections(DetectionSet(5, 'cam', 'edge', ()), 1)
+    [outcome] = manager.poll(2)
+    assert outcome.record.edge_map_estimate is None

@@ -52,6 +52,8 @@ def test_replay_prints_summary_and_json(tmp_path: Path,
     (['replay', '{tmp}/in', '--out', '{tmp}/o', '--params', '{tmp}/none.yaml'],
      'cannot read parameter file'),
     (['replay', '{tmp}/in', '--out', '{tmp}/o', '--rate', '-1'], 'is negative'),
+    (['replay', '{tmp}/in', '--out', '{tmp}/o', '--tracking-step', '0'],
+     'tracking window and step must be > 0'),
     (['replay', '{tmp}/in'], 'required: --out'),
     (['sample-bag', '{tmp}/s', '--width', '3'], 'width and height'),
 ])

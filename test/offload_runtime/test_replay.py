@@ -365,3 +365,38 @@ def test_an_exception_in_the_loop_stops_the_player_before_its_bag_is_closed(
         replay.run()
     assert not [t for t in threading.enumerate() if t.name == 'player']
     assert thread_errors == []
+
+
+def test_the_summary_tracks_the_edge_accuracy_estimate_against_the_measured_map(
+        tmp_path: Path, fake_backend_factory: Callable[..., Any]) -> None:
+    """Predictive with the embedded service (random weights): the estimate is on the records."""
+    from offload_runtime.accuracy_tracking import TrackingSettings
+    from offload_runtime.bagio import InputBag
+    from offload_runtime.summary import format_summary
+
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=40, fps=10, width=128, height=96,
+                                                 difficulty='easy:0-2,hard:2-4'))
+    settings = TrackingSettings(window_s=1.0, step_s=0.5)
+    result = _replay(tmp_path / 'in', tmp_path / 'out', fake_backend_factory, tracking=settings,
+                     overrides={'offload_manager': {'policy': 'predictive',
+                                                    'deadline_ms': 2000.0}},
+                     service=ServiceConfig(arch='fasterrcnn_mobilenet_v3_large_320_fpn',
+                                           threads=1))
+    tracking = result.summary['accuracy_tracking']
+    assert tracking['changes_from'] == 'timeline' and tracking['settings']['window_s'] == 1.0
+    [change] = tracking['changes']
+    assert (change['t_s'], change['label']) == (2.0, 'easy -> hard')
+    assert [w['start_s'] for w in tracking['windows']] == [0.5 * k for k in range(7)]
+    assert all(w['edge_frames'] == 10 and w['measured'] is not None
+               for w in tracking['windows'])
+    assert all(r.edge_map_estimate is not None for r in result.records)
+    assert all(w['estimate'] is not None for w in tracking['windows'])
+    assert 'edge mAP estimate' in format_summary(result.summary)
+    with InputBag(tmp_path / 'out') as out:  # the output bag keeps the timeline
+        assert out.custom_data['adaptive_offload.difficulty'] == 'easy:0-2,hard:2-4'
+    # A fixed policy keeps no estimate: the windows say so, measured all the same.
+    fixed = _replay(tmp_path / 'in', tmp_path / 'out2', fake_backend_factory, tracking=settings)
+    windows = fixed.summary['accuracy_tracking']['windows']
+    assert windows and all(w['estimate'] is None and w['measured'] is not None
+                           for w in windows)
+    assert fixed.summary['accuracy_tracking']['mae'] is None

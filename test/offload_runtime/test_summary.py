@@ -35,3 +35,29 @@ def test_quantiles_sources_and_energy() -> None:
     assert summary['energy_measured'] is False
     text = format_summary(summary)
     assert 'cloud 50, edge 50' in text and '101' in text
+
+
+def test_the_table_shows_the_tracking_error_and_each_changes_lag() -> None:
+    from offload_runtime.accuracy_tracking import ChangeLag, Tracking, TrackingSettings, Window
+
+    tracking = Tracking(TrackingSettings(), [Window(0, 10, 100, 100, 80.0, 50.0, 10)], [
+        ChangeLag(30.0, 'easy -> hard', 80.0, 27.0, 48.0, 30.0, True, 4.5, None, True),
+        ChangeLag(60.0, 'hard -> easy', 27.0, 80.0, 30.0, 36.0, False, None, None,
+                  note='never: estimate moved +6.0 for a measured +53.0', share=6 / 53,
+                  own_lag50_s=5.0, own_lag90_s=12.0)], 'timeline',
+        mae=30.0, bias=-30.0)
+    summary = {**summarize([_record(0, 5.0, source='edge')], 1.0),
+               'accuracy_tracking': tracking.to_dict()}
+    plain = {k: v for k, v in summary.items() if k != 'accuracy_tracking'}
+    # The tracking is a block of its own after the table, which keeps its alignment.
+    assert format_summary(summary).startswith(format_summary(plain) + '\n')
+    no_windows = {**plain, 'accuracy_tracking': {**tracking.to_dict(), 'windows': []}}
+    assert format_summary(no_windows) == format_summary(plain)
+    lines = format_summary(summary).splitlines()
+    assert lines[-3].split('  ', 1)[1].strip() == (
+        'MAE 30.0, bias -30.0 against measured (1 windows of 10 s, step 2 s)')
+    assert lines[-2].endswith('measured 80.0 -> 27.0, estimate 48.0 -> 30.0: half-way 4.5 s, '
+                              '90 % never (still moving)')
+    assert 'hard -> easy at 60 s' in lines[-1] and lines[-1].endswith(
+        ': never: estimate moved +6.0 for a measured +53.0 (11 %; that move half-way 5.0 s, '
+        '90 % 12.0 s)')
