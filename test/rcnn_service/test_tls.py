@@ -81,7 +81,8 @@ def test_plain_http_on_the_tls_port_is_refused_and_tls_clients_go_on(
     assert len(reply.labels) == len(reply.scores) > 0
     # One line for the operator, who used to see nothing at all.
     assert _logged(caplog, 'TLS handshake failed: HTTP_REQUEST (plain HTTP on the TLS port')
-    assert service.counts['rejected_tls'] == before + 1
+    # An earlier test's refused handshake may be counted late, never this one twice.
+    assert caplog.text.count('HTTP_REQUEST') == 1 and service.counts['rejected_tls'] > before
 
 
 def test_a_client_without_the_ca_is_reported_as_not_trusting_the_certificate(
