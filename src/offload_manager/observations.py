@@ -137,7 +137,7 @@ class Observations:
                 stamp_ns in self._edge_meta:
             model, imgsz = self._edge_meta.pop(stamp_ns)
             self.accuracy.observe(model, imgsz, self._edge_dets.pop(stamp_ns).detections,
-                                  self._cloud_dets.pop(stamp_ns).detections)
+                                  self._cloud_dets.pop(stamp_ns).detections, self.now_s)
 
     def observe_record(self, record: FrameRecord) -> None:
         """Frame outcomes: their stamps give the frame rate (learning policies read more)."""

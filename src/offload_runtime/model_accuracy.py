@@ -6,6 +6,12 @@ model saw) and is scored by COCO mAP (faster-coco-eval, via
 :class:`offload_runtime.ground_truth.MapScorer`) at a near-zero score threshold, as COCO tables
 are measured. The figures, in percent, are what ``models/accuracy.json`` holds and what the
 manager's accuracy priors read for these models.
+
+Beside them, the agreement calibration: on the same frames, the edge's mean F1 against the
+cloud (both at the thresholds the running graph publishes with) next to the edge's measured
+mAP, per difficulty. It is how the manager turns the agreement it observes online into an
+accuracy estimate for the shipped pair; without it, agreement times the cloud's prior moves far
+less than the edge's accuracy does (docs/models.md).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 from adaptive_offload.datatypes import Detection
 from adaptive_offload.scene_difficulty import PRESETS
+from offload_manager.accuracy import agreement_f1
 from offload_runtime.ground_truth import MapScorer, score_frame
 from offload_runtime.train_data import held_out, LabelledFrame
 
@@ -24,6 +31,10 @@ EDGE_CONF = 0.001
 CLOUD_SCORE = 0.01
 MAX_DET = 100
 CLOUD_SIZE = 640  # the compact R-CNN's input: the camera's 640x480, not downscaled
+# What the running graph publishes with (edge ``conf`` and the service's ``score_threshold``
+# defaults): agreement is calibrated on the detections the manager actually compares.
+RUNTIME_EDGE_CONF = 0.25
+RUNTIME_CLOUD_SCORE = 0.5
 
 
 def edge_detector(weights: Path, imgsz: int, conf: float = EDGE_CONF) -> Detect:
@@ -60,11 +71,42 @@ def cloud_detector(checkpoint: Path, score: float = CLOUD_SCORE) -> Detect:
 
 def score_model(detect: Detect, frames: Sequence[LabelledFrame]) -> dict[str, dict[str, float]]:
     """Return ``{difficulty or 'all': {'map', 'map50'}}`` in percent over ``frames``."""
+    return score_detections(frames, [detect(frame) for frame in frames])
+
+
+def score_detections(frames: Sequence[LabelledFrame], found: Sequence[Sequence[Detection]]
+                     ) -> dict[str, dict[str, float]]:
+    """Return ``{difficulty or 'all': {'map', 'map50'}}`` in percent of ``found`` per frame."""
     scorer = MapScorer()
-    for frame in frames:
-        scorer.add(frame.truth, detect(frame), (frame.difficulty,))
+    for frame, dets in zip(frames, found, strict=True):
+        scorer.add(frame.truth, dets, (frame.difficulty,))
     return {group: {'map': round(100 * m, 1), 'map50': round(100 * m50, 1)}
             for group, (m, m50) in scorer.mean_aps().items()}
+
+
+def agreement_calibration(frames: Sequence[LabelledFrame], edge: Sequence[Sequence[Detection]],
+                          cloud: Sequence[Sequence[Detection]],
+                          edge_map: dict[str, dict[str, float]]) -> list[list[float]]:
+    """Return ``[[mean edge/cloud F1, edge mAP], ...]`` per difficulty, sorted by F1.
+
+    Args:
+        frames: The held-out frames.
+        edge: The edge's detections of each frame (any confidence; filtered here).
+        cloud: The cloud's detections of each frame (any score; filtered here).
+        edge_map: The edge's scores of these frames (:func:`score_detections`).
+
+    Returns:
+        One point per difficulty: the mean per-frame F1 of the edge's detections at
+        :data:`RUNTIME_EDGE_CONF` against the cloud's at :data:`RUNTIME_CLOUD_SCORE`, and the
+        edge's mAP on those frames.
+    """
+    f1s: dict[str, list[float]] = {}
+    for frame, mine, theirs in zip(frames, edge, cloud, strict=True):
+        f1s.setdefault(frame.difficulty, []).append(agreement_f1(
+            [d for d in mine if d.score >= RUNTIME_EDGE_CONF],
+            [d for d in theirs if d.score >= RUNTIME_CLOUD_SCORE]))
+    return sorted([round(sum(values) / len(values), 4), edge_map[name]['map']]
+                  for name, values in f1s.items())
 
 
 def recall(detect: Detect, frames: Sequence[LabelledFrame]) -> float:
@@ -95,16 +137,24 @@ def measure_models(edge: Path, cloud: Path, edge_sizes: Sequence[int], frames: i
 
     torch.set_num_threads(threads)
     test = [f for name in PRESETS for f in held_out(name, frames, seed)]
-    models: dict[str, Any] = {}
+    log(f'measuring {cloud.name} at {CLOUD_SIZE} on {len(test)} held-out frames')
+    detect_cloud = cloud_detector(cloud)
+    cloud_found = [detect_cloud(frame) for frame in test]
     sizes: dict[str, Any] = {}
+    points: dict[str, Any] = {}
     for imgsz in edge_sizes:
         log(f'measuring {edge.name} at {imgsz} on {len(test)} held-out frames')
-        sizes[str(imgsz)] = score_model(edge_detector(edge, imgsz), test)
-    models[edge.stem] = {'role': 'edge', 'file': edge.name, 'arch': 'yolov8n', 'sizes': sizes}
-    log(f'measuring {cloud.name} at {CLOUD_SIZE} on {len(test)} held-out frames')
+        detect_edge = edge_detector(edge, imgsz)
+        edge_found = [detect_edge(frame) for frame in test]
+        sizes[str(imgsz)] = score_detections(test, edge_found)
+        points[str(imgsz)] = agreement_calibration(test, edge_found, cloud_found,
+                                                   sizes[str(imgsz)])
+    models: dict[str, Any] = {edge.stem: {
+        'role': 'edge', 'file': edge.name, 'arch': 'yolov8n', 'sizes': sizes,
+        'agreement': {'against': COMPACT_ARCH, 'edge_conf': RUNTIME_EDGE_CONF,
+                      'cloud_score': RUNTIME_CLOUD_SCORE, 'points': points}}}
     models[COMPACT_ARCH] = {'role': 'cloud', 'file': cloud.name, 'arch': COMPACT_ARCH,
-                            'sizes': {str(CLOUD_SIZE): score_model(cloud_detector(cloud),
-                                                                   test)}}
+                            'sizes': {str(CLOUD_SIZE): score_detections(test, cloud_found)}}
     return {'metric': 'COCO mAP@[.5:.95] and mAP@.5, percent (faster-coco-eval '
                       f'{importlib.metadata.version("faster-coco-eval")})',
             'held_out': {'frames_per_difficulty': frames, 'seed': seed,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Iterator
 
+from adaptive_offload.datatypes import Detection
 from adaptive_offload.errors import ConfigError
 from offload_manager import accuracy
-from offload_manager.accuracy import measured_priors, prior, PRIORS_MAP, SIZE_EXPONENT
+from offload_manager.accuracy import (AccuracyModel, calibration, measured_priors, prior,
+                                      PRIORS_MAP, SIZE_EXPONENT)
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,11 +22,12 @@ def figures_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     """Point the priors at a figures file of the test's own; the cache is reset around it."""
     path = tmp_path / 'accuracy.json'
     monkeypatch.setattr(accuracy, 'shipped_model', lambda *parts: path)
-    measured_priors.cache_clear()
-    accuracy.measured_figures.cache_clear()
+    caches = (measured_priors, accuracy.measured_figures, accuracy.calibrations)
+    for cache in caches:
+        cache.cache_clear()
     yield path
-    measured_priors.cache_clear()
-    accuracy.measured_figures.cache_clear()
+    for cache in caches:
+        cache.cache_clear()
 
 
 def _write(path: Path, sizes: dict[str, float]) -> None:
@@ -64,3 +68,76 @@ def test_a_broken_figures_file_is_a_config_error(figures_file: Path) -> None:
     figures_file.write_text('{"models": {"x": {"sizes": {"320": {}}}}}')
     with pytest.raises(ConfigError, match='measured figures'):
         prior('yolov8n')
+
+
+def _calibrated(path: Path) -> None:
+    path.write_text(json.dumps({'models': {
+        'tiny-shapes': {'sizes': {'320': {'all': {'map': 50.0, 'map50': 60.0}}},
+                        'agreement': {'against': 'big_rcnn', 'points': {
+                            '320': [[0.8, 70.0], [0.4, 20.0], [0.6, 50.0]]}}},
+        'big_rcnn': {'sizes': {'640': {'all': {'map': 60.0, 'map50': 70.0}}}}}}))
+
+
+def _box(x: float) -> Detection:
+    return Detection(x, 0.0, x + 10.0, 10.0, 0.9, 'box')
+
+
+def _agreeing(share: int) -> tuple[list[Detection], list[Detection]]:
+    """Edge and cloud detections whose F1 is ``share`` / 10 (the cloud finds 10 boxes)."""
+    cloud = [_box(100.0 * i) for i in range(10)]
+    edge = cloud[:share] + [_box(5000.0 + 100.0 * i) for i in range(10 - share)]
+    return edge, cloud
+
+
+def test_calibration_maps_agreement_to_measured_accuracy(figures_file: Path) -> None:
+    _calibrated(figures_file)
+    fitted = calibration('tiny-shapes-onnx', 'big_rcnn')
+    assert fitted is not None
+    assert fitted.accuracy(320, 0.5) == pytest.approx(35.0)
+    assert fitted.accuracy(320, 0.7) == pytest.approx(60.0)
+    assert fitted.accuracy(320, 0.1) == 20.0 and fitted.accuracy(320, 0.95) == 70.0
+    assert fitted.accuracy(640, 0.5) is None  # agreement at another size means nothing here
+    assert calibration('tiny-shapes', 'other_rcnn') is None
+    assert calibration('yolov8n', 'big_rcnn') is None
+
+
+def test_calibrated_estimate_follows_the_scene(figures_file: Path) -> None:
+    _calibrated(figures_file)
+    model = AccuracyModel('big_rcnn')
+    assert model.edge('tiny-shapes', 320) == 50.0
+    t = 0.0
+    for _ in range(40):  # easy scene: the edge agrees on 8 of 10
+        t += 0.5
+        model.observe('tiny-shapes', 320, *_agreeing(8), t)
+    easy = model.edge('tiny-shapes', 320)
+    for _ in range(40):  # hard scene: 4 of 10
+        t += 0.5
+        model.observe('tiny-shapes', 320, *_agreeing(4), t)
+    hard = model.edge('tiny-shapes', 320)
+    # Measured calibration outweighs the prior (50) after 5 samples.
+    assert easy == pytest.approx((40 * 70.0 + 5 * 50.0) / 45, abs=0.5)
+    assert hard == pytest.approx((80 * 20.0 + 5 * 50.0) / 85, abs=1.0)
+    # The same agreement against a cloud model nobody calibrated: agreement x its prior.
+    other = AccuracyModel('fasterrcnn_resnet50_fpn_v2')
+    for i in range(200):
+        other.observe('tiny-shapes', 320, *_agreeing(4), float(i))
+    # ... and the prior keeps its 20 samples' worth of weight.
+    assert other.edge('tiny-shapes', 320) == pytest.approx((200 * 0.4 * 46.7 + 20 * 50.0) / 220)
+
+
+def test_agreement_forgets_at_the_same_pace_however_often_it_is_sampled() -> None:
+    sparse, dense = AccuracyModel('big_rcnn'), AccuracyModel('big_rcnn')
+    for model, step, count in ((sparse, 1.0, 4), (dense, 0.1, 40)):
+        model.observe('yolov8n', 640, *_agreeing(10), 0.0)
+        for i in range(1, count + 1):
+            model.observe('yolov8n', 640, *_agreeing(0), i * step)
+    # 4 s of disagreement after full agreement, one time constant: e^-1 left of it either way.
+    assert sparse.agreement('yolov8n', 640) == pytest.approx(math.exp(-1.0), rel=0.02)
+    assert dense.agreement('yolov8n', 640) == pytest.approx(math.exp(-1.0), rel=0.02)
+    assert sparse.agreement('yolov8n', 320) is None
+
+
+def test_a_broken_calibration_is_a_config_error(figures_file: Path) -> None:
+    figures_file.write_text('{"models": {"x": {"sizes": {}, "agreement": {"points": {}}}}}')
+    with pytest.raises(ConfigError, match='agreement calibration'):
+        calibration('x', 'y')
