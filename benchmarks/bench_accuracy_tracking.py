@@ -15,8 +15,8 @@ replay's own summary gives the figures (``accuracy_tracking``,
 frames it answered (faster-coco-eval), the mean estimate on the frame records and the agreement
 samples taken; per change, the estimate's lag to half-way and to 90 % of its own move; the
 mean absolute error of the estimate. The ``mean F1`` column is the edge/cloud agreement of the
-frames both answered in the window, read back from the output bag: what the estimate is made
-of (``agreement x the cloud's prior``, blended with the edge's prior).
+frames both answered in the window, read back from the output bag: one of the two signals the
+estimate is made of (the other is the confidence of the edge's boxes; docs/models.md).
 
 Run: ``.venv/bin/python benchmarks/bench_accuracy_tracking.py [--fps 10]
 [--difficulty easy:0-30,hard:30-60,easy:60-90] [--window 10] [--step 2] [--probe-every 10]

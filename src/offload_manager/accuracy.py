@@ -19,11 +19,13 @@ read from the packaged ``models/accuracy.json`` (``adaptive-offload train measur
 
 Agreement times the cloud's prior barely moves when the scene gets harder, since the cloud
 misses the same small, crowded objects the edge does (measured: 5-14 % of the edge's swing). For
-the shipped pair the same file holds a calibration, the edge's mean F1 against that cloud model
-next to its measured mAP on easy, medium and hard frames; the observed agreement is mapped
-through it (piecewise linear, held at its ends), and, being measured, it outweighs the prior
-sooner. The agreement is a time-based EWMA, so it forgets a scene at about the same pace
-however often frames are compared.
+the shipped edge model the same file holds calibrations measured on easy, medium and hard
+frames: its mean F1 against the shipped cloud model, and the mean confidence of its published
+detections, each next to its measured mAP. Online, each signal is mapped through its points
+(piecewise linear, held at the ends) and the two are averaged; being measured, they outweigh
+the prior sooner. Confidence comes with every edge frame, agreement only with the frames both
+sides ran. Each signal is a time-based EWMA, so it forgets a scene at about the same pace
+however often frames come.
 """
 
 from __future__ import annotations
@@ -50,33 +52,52 @@ SIZE_EXPONENT = 0.5
 UNKNOWN_PRIOR = 30.0  # a model we have no figure for: middling, left to the agreement to fix
 
 
+Points = tuple[tuple[float, float], ...]
+
+
+def _through(points: Points, x: float) -> float:
+    """Piecewise-linear ``points`` (sorted by x) at ``x``, held at the end points."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x_lo, y_lo), (x_hi, y_hi) in zip(points, points[1:]):
+        if x <= x_hi:
+            share = (x - x_lo) / (x_hi - x_lo) if x_hi > x_lo else 1.0
+            return y_lo + share * (y_hi - y_lo)
+    return points[-1][1]
+
+
 @dataclass(frozen=True)
 class Calibration:
-    """Measured edge accuracy as a function of edge/cloud agreement, for one cloud model.
+    """Measured edge accuracy as a function of what the manager observes online.
 
     Attributes:
         against: The cloud model the agreement was measured against.
-        points: ``(mean F1, edge mAP)`` per input size, sorted by F1.
+        agreement: ``(mean F1 against that cloud model, edge mAP)`` per input size, by F1.
+        confidence: ``(mean confidence of a frame's published detections, edge mAP)`` per
+            input size, by confidence.
     """
 
     against: str
-    points: Mapping[int, tuple[tuple[float, float], ...]]
+    agreement: Mapping[int, Points]
+    confidence: Mapping[int, Points]
 
-    def accuracy(self, imgsz: int, f1: float) -> float | None:
+    def from_agreement(self, imgsz: int, f1: float) -> float | None:
         """Return the edge mAP that agreement ``f1`` means at ``imgsz``; None if not measured.
 
         Only a measured size counts: agreement at another input size says nothing of these.
         """
-        points = self.points.get(imgsz)
-        if not points:
-            return None
-        if f1 <= points[0][0]:
-            return points[0][1]
-        for (f_lo, m_lo), (f_hi, m_hi) in zip(points, points[1:]):
-            if f1 <= f_hi:
-                share = (f1 - f_lo) / (f_hi - f_lo) if f_hi > f_lo else 1.0
-                return m_lo + share * (m_hi - m_lo)
-        return points[-1][1]
+        points = self.agreement.get(imgsz)
+        return _through(points, f1) if points else None
+
+    def from_confidence(self, imgsz: int, confidence: float) -> float | None:
+        """Return the edge mAP that mean ``confidence`` means at ``imgsz``; None if unmeasured."""
+        points = self.confidence.get(imgsz)
+        return _through(points, confidence) if points else None
+
+    def confidence_at(self, imgsz: int, m_ap: float) -> float | None:
+        """Return the mean confidence measured with edge mAP ``m_ap`` at ``imgsz`` (for sims)."""
+        points = self.confidence.get(imgsz)
+        return _through(tuple(sorted((m, c) for c, m in points)), m_ap) if points else None
 
 
 def prior(model: str, imgsz: int = 0) -> float:
@@ -145,7 +166,7 @@ def measured_figures() -> Mapping[str, Mapping[int, Mapping[str, float]]]:
 
 @functools.lru_cache(maxsize=1)
 def calibrations() -> Mapping[str, Calibration]:
-    """Return the shipped edge models' agreement calibrations; empty without the file.
+    """Return the shipped edge models' calibrations; empty without the file.
 
     Raises:
         ConfigError: If the file exists but a calibration in it is malformed.
@@ -155,29 +176,27 @@ def calibrations() -> Mapping[str, Calibration]:
         text = path.read_text()
     except OSError:
         return {}
+
+    def curves(entry: Any) -> dict[int, Points]:
+        return {int(size): tuple(sorted((float(x), float(m_ap)) for x, m_ap in points))
+                for size, points in entry['points'].items()}
+
     try:
         models: Any = json.loads(text)['models']
-        found: dict[str, Calibration] = {}
-        for name, entry in models.items():
-            if 'agreement' not in entry:
-                continue
-            agreement = entry['agreement']
-            found[name] = Calibration(str(agreement['against']), {
-                int(size): tuple(sorted((float(f1), float(m_ap)) for f1, m_ap in points))
-                for size, points in agreement['points'].items()})
-        return found
+        return {name: Calibration(str(entry['agreement']['against']),
+                                  curves(entry['agreement']), curves(entry['confidence']))
+                for name, entry in models.items()
+                if 'agreement' in entry or 'confidence' in entry}
     except (ValueError, KeyError, TypeError, AttributeError) as err:
-        raise ConfigError(f'{path}: not a valid agreement calibration ({err!r})') from err
+        raise ConfigError(f'{path}: not a valid accuracy calibration ({err!r})') from err
 
 
-def calibration(model: str, cloud_model: str) -> Calibration | None:
-    """Return the calibration of edge ``model`` against ``cloud_model``, if one was measured."""
+def calibration(model: str) -> Calibration | None:
+    """Return the calibration of edge ``model`` (names match by prefix), if one was measured."""
     found = calibrations()
     base = next((name for name in sorted(found, key=len, reverse=True)
                  if model.startswith(name)), None)
-    if base is None or not cloud_model.startswith(found[base].against):
-        return None
-    return found[base]
+    return None if base is None else found[base]
 
 
 def agreement_f1(edge: Sequence[Detection], cloud: Sequence[Detection],
@@ -202,14 +221,41 @@ def agreement_f1(edge: Sequence[Detection], cloud: Sequence[Detection],
     return 2 * matched / (len(edge) + len(cloud))
 
 
+class _TimedMean:
+    """EWMA per key whose factor grows with the time since the key's last sample."""
+
+    def __init__(self, time_constant_s: float, min_smoothing: float) -> None:
+        self._tau = time_constant_s
+        self._min_alpha = min_smoothing
+        self.value: dict[str, float] = {}
+        self.samples: dict[str, int] = defaultdict(int)
+        self._last_s: dict[str, float] = {}
+
+    def add(self, key: str, x: float, t_s: float) -> None:
+        old = self.value.get(key)
+        if old is None:
+            self.value[key] = x
+        else:
+            gap_s = max(0.0, t_s - self._last_s[key])
+            alpha = max(self._min_alpha, 1.0 - math.exp(-gap_s / self._tau))
+            self.value[key] = old + alpha * (x - old)
+        self._last_s[key] = t_s
+        self.samples[key] += 1
+
+
 class AccuracyModel:
-    """Accuracy per ``model@imgsz``: prior blended with agreement as samples come in.
+    """Accuracy per ``model@imgsz``: prior blended with what is observed as samples come in.
+
+    Two signals, each smoothed over time: the edge's agreement with the cloud on frames both
+    ran, and the mean confidence of the edge's published detections on every frame. Where the
+    edge model has a measured calibration, each maps to an mAP and the estimate is their mean;
+    otherwise agreement times the cloud's prior is the only signal.
 
     Args:
         cloud_model: The cloud model (its prior scales agreement into mAP).
         prior_weight: How many agreement samples the prior is worth.
         calibrated_weight: The same where a measured calibration maps agreement to mAP.
-        time_constant_s: How fast the agreement forgets (EWMA over time).
+        time_constant_s: How fast the signals forget (EWMA over time).
         min_smoothing: Least EWMA factor of one sample, so that one compared at the same
             instant as the last still counts.
     """
@@ -221,49 +267,61 @@ class AccuracyModel:
         self.cloud_prior = prior(cloud_model)
         self._k = prior_weight
         self._k_calibrated = calibrated_weight
-        self._tau = time_constant_s
-        self._min_alpha = min_smoothing
-        self._agreement: dict[str, float] = {}
-        self._last_s: dict[str, float] = {}
-        self._samples: dict[str, int] = defaultdict(int)
+        self._agreement = _TimedMean(time_constant_s, min_smoothing)
+        self._confidence = _TimedMean(time_constant_s, min_smoothing)
 
     def observe(self, model: str, imgsz: int, edge: Sequence[Detection],
                 cloud: Sequence[Detection], t_s: float = 0.0) -> float:
         """Record one frame both ran on, compared at ``t_s`` (seconds); returns its F1."""
-        key = f'{model}@{imgsz}'
         f1 = agreement_f1(edge, cloud)
-        old = self._agreement.get(key)
-        if old is None:
-            self._agreement[key] = f1
-        else:
-            gap_s = max(0.0, t_s - self._last_s[key])
-            alpha = max(self._min_alpha, 1.0 - math.exp(-gap_s / self._tau))
-            self._agreement[key] = old + alpha * (f1 - old)
-        self._last_s[key] = t_s
-        self._samples[key] += 1
+        self._agreement.add(f'{model}@{imgsz}', f1, t_s)
         return f1
+
+    def observe_edge(self, model: str, imgsz: int, edge: Sequence[Detection],
+                     t_s: float = 0.0) -> None:
+        """Record the edge's published detections of one frame (a frame without any: none)."""
+        if edge:
+            self._confidence.add(f'{model}@{imgsz}', sum(d.score for d in edge) / len(edge),
+                                 t_s)
 
     def agreement(self, model: str, imgsz: int) -> float | None:
         """Smoothed edge/cloud F1 of the edge model at ``imgsz``; None before any sample."""
-        return self._agreement.get(f'{model}@{imgsz}')
+        return self._agreement.value.get(f'{model}@{imgsz}')
+
+    def confidence(self, model: str, imgsz: int) -> float | None:
+        """Smoothed mean confidence of the edge model at ``imgsz``; None before any sample."""
+        return self._confidence.value.get(f'{model}@{imgsz}')
 
     @property
     def samples(self) -> int:
         """Agreement samples taken so far, every edge model together."""
-        return sum(self._samples.values())
+        return sum(self._agreement.samples.values())
 
     def edge(self, model: str, imgsz: int) -> float:
         """Estimated accuracy (mAP, 0-100) of the edge model at ``imgsz``."""
         key = f'{model}@{imgsz}'
         base = prior(model, imgsz)
-        n = self._samples.get(key, 0)
-        if not n:
-            return base
-        fitted = calibration(model, self.cloud_model)
-        calibrated = fitted.accuracy(imgsz, self._agreement[key]) if fitted else None
-        if calibrated is None:
-            observed, k = self._agreement[key] * self.cloud_prior, self._k
+        fitted = calibration(model)
+        found: list[float] = []
+        n = 0
+        agreement = self._agreement.value.get(key)
+        confidence = self._confidence.value.get(key)
+        if fitted and agreement is not None and self.cloud_model.startswith(fitted.against):
+            mapped = fitted.from_agreement(imgsz, agreement)
+            if mapped is not None:
+                found.append(mapped)
+                n += self._agreement.samples[key]
+        if fitted and confidence is not None:
+            mapped = fitted.from_confidence(imgsz, confidence)
+            if mapped is not None:
+                found.append(mapped)
+                n += self._confidence.samples[key]
+        if found:
+            observed, k = sum(found) / len(found), self._k_calibrated
+        elif agreement is not None:
+            observed, k = agreement * self.cloud_prior, self._k
+            n = self._agreement.samples[key]
         else:
-            observed, k = calibrated, self._k_calibrated
+            return base
         weight = n / (n + k)
         return (1 - weight) * base + weight * observed

@@ -122,14 +122,24 @@ class Observations:
             self.book.add(f'edge:{report.model}@{report.imgsz}', report.total_ms, self.now_s)
             self._edge_meta[report.stamp_ns] = (report.model, report.imgsz)
             _bound(self._edge_meta)
+            self._confide(report.stamp_ns)
             self._pair(report.stamp_ns)
 
     def observe_detections(self, dets: DetectionSet) -> None:
-        """Pair edge and cloud results of the same frame into accuracy agreement samples."""
+        """Pair edge and cloud results of the same frame into accuracy samples."""
         table = self._cloud_dets if dets.source == 'cloud' else self._edge_dets
         table[dets.stamp_ns] = dets
         _bound(table)
+        if dets.source != 'cloud':
+            self._confide(dets.stamp_ns)
         self._pair(dets.stamp_ns)
+
+    def _confide(self, stamp_ns: int) -> None:
+        """Once an edge frame has its detections and its model, take their confidence."""
+        if stamp_ns in self._edge_dets and stamp_ns in self._edge_meta:
+            model, imgsz = self._edge_meta[stamp_ns]
+            self.accuracy.observe_edge(model, imgsz, self._edge_dets[stamp_ns].detections,
+                                       self.now_s)
 
     def _pair(self, stamp_ns: int) -> None:
         """Once a frame has edge and cloud detections and the edge's model, score agreement."""

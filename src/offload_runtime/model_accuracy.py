@@ -7,11 +7,12 @@ model saw) and is scored by COCO mAP (faster-coco-eval, via
 are measured. The figures, in percent, are what ``models/accuracy.json`` holds and what the
 manager's accuracy priors read for these models.
 
-Beside them, the agreement calibration: on the same frames, the edge's mean F1 against the
-cloud (both at the thresholds the running graph publishes with) next to the edge's measured
-mAP, per difficulty. It is how the manager turns the agreement it observes online into an
-accuracy estimate for the shipped pair; without it, agreement times the cloud's prior moves far
-less than the edge's accuracy does (docs/models.md).
+Beside them, the calibrations: on the same frames and at the thresholds the running graph
+publishes with, the edge's mean F1 against the cloud, and the mean confidence of the edge's
+detections, each next to the edge's measured mAP, per difficulty. They are how the manager
+turns what it observes online into an accuracy estimate for the shipped models; without them,
+agreement times the cloud's prior moves far less than the edge's accuracy does
+(docs/models.md).
 """
 
 from __future__ import annotations
@@ -116,6 +117,29 @@ def recall(detect: Detect, frames: Sequence[LabelledFrame]) -> float:
     return sum(s.matched for s in scores) / truths if truths else 1.0
 
 
+def confidence_calibration(frames: Sequence[LabelledFrame], edge: Sequence[Sequence[Detection]],
+                           edge_map: dict[str, dict[str, float]]) -> list[list[float]]:
+    """Return ``[[mean confidence, edge mAP], ...]`` per difficulty, sorted by confidence.
+
+    Args:
+        frames: The held-out frames.
+        edge: The edge's detections of each frame (any confidence; filtered here).
+        edge_map: The edge's scores of these frames (:func:`score_detections`).
+
+    Returns:
+        One point per difficulty: the mean, over frames with a detection at
+        :data:`RUNTIME_EDGE_CONF` or above, of those detections' mean confidence (what the
+        manager averages online), and the edge's mAP on the frames.
+    """
+    means: dict[str, list[float]] = {}
+    for frame, found in zip(frames, edge, strict=True):
+        scores = [d.score for d in found if d.score >= RUNTIME_EDGE_CONF]
+        if scores:
+            means.setdefault(frame.difficulty, []).append(sum(scores) / len(scores))
+    return sorted([round(sum(values) / len(values), 4), edge_map[name]['map']]
+                  for name, values in means.items())
+
+
 def measure_models(edge: Path, cloud: Path, edge_sizes: Sequence[int], frames: int,
                    seed: int, threads: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Measure both shipped models on ``frames`` held-out frames of each difficulty.
@@ -142,6 +166,7 @@ def measure_models(edge: Path, cloud: Path, edge_sizes: Sequence[int], frames: i
     cloud_found = [detect_cloud(frame) for frame in test]
     sizes: dict[str, Any] = {}
     points: dict[str, Any] = {}
+    confidence: dict[str, Any] = {}
     for imgsz in edge_sizes:
         log(f'measuring {edge.name} at {imgsz} on {len(test)} held-out frames')
         detect_edge = edge_detector(edge, imgsz)
@@ -149,10 +174,12 @@ def measure_models(edge: Path, cloud: Path, edge_sizes: Sequence[int], frames: i
         sizes[str(imgsz)] = score_detections(test, edge_found)
         points[str(imgsz)] = agreement_calibration(test, edge_found, cloud_found,
                                                    sizes[str(imgsz)])
+        confidence[str(imgsz)] = confidence_calibration(test, edge_found, sizes[str(imgsz)])
     models: dict[str, Any] = {edge.stem: {
         'role': 'edge', 'file': edge.name, 'arch': 'yolov8n', 'sizes': sizes,
         'agreement': {'against': COMPACT_ARCH, 'edge_conf': RUNTIME_EDGE_CONF,
-                      'cloud_score': RUNTIME_CLOUD_SCORE, 'points': points}}}
+                      'cloud_score': RUNTIME_CLOUD_SCORE, 'points': points},
+        'confidence': {'edge_conf': RUNTIME_EDGE_CONF, 'points': confidence}}}
     models[COMPACT_ARCH] = {'role': 'cloud', 'file': cloud.name, 'arch': COMPACT_ARCH,
                             'sizes': {str(CLOUD_SIZE): score_detections(test, cloud_found)}}
     return {'metric': 'COCO mAP@[.5:.95] and mAP@.5, percent (faster-coco-eval '

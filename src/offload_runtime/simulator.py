@@ -29,7 +29,7 @@ from adaptive_offload.datatypes import (Decision, Detection, DetectionSet, Frame
 from adaptive_offload.scene_difficulty import parse_difficulty
 from cloud_bridge.resilience import CircuitBreaker
 from fault_injection.scenario import Scenario
-from offload_manager.accuracy import prior
+from offload_manager.accuracy import calibration, prior
 from offload_manager.energy import DeviceProfile
 from offload_manager.manager import OffloadManager
 from offload_manager.observations import jpeg_factor
@@ -225,7 +225,8 @@ class Simulation:
         self._edge_busy = False
         acc = self._accuracy(decision.edge_model, decision.edge_imgsz, stamp)
         self._parts.get(stamp, {})['acc_edge'] = acc
-        self.m.on_detections(self._detections(stamp, 'edge', decision.edge_model, acc), t)
+        self.m.on_detections(self._detections(stamp, 'edge', decision.edge_model, acc,
+                                              decision.edge_imgsz), t)
         self._report(InferenceReport(stamp_ns=stamp, source='edge', status='ok',
                                      model=decision.edge_model, imgsz=decision.edge_imgsz,
                                      inference_ms=ms, total_ms=ms))
@@ -280,10 +281,15 @@ class Simulation:
             pending, self._cloud_pending = self._cloud_pending, None
             self._start_cloud(t, *pending)
 
-    def _detections(self, stamp: int, source: str, model: str, acc: float) -> DetectionSet:
+    def _detections(self, stamp: int, source: str, model: str, acc: float,
+                    imgsz: int = 0) -> DetectionSet:
         recall = min(0.95, acc / 50.0)
         rng = self._rng(f'detect:{source}', stamp)
-        dets = tuple(Detection(x1=40.0 * k, y1=10.0, x2=40.0 * k + 30.0, y2=60.0, score=0.8,
+        # A model with a measured confidence calibration is as confident as it measured at
+        # this accuracy, so the manager reads the scene from confidence as it would live.
+        fitted = calibration(model) if source == 'edge' else None
+        score = (fitted.confidence_at(imgsz, acc) if fitted else None) or 0.8
+        dets = tuple(Detection(x1=40.0 * k, y1=10.0, x2=40.0 * k + 30.0, y2=60.0, score=score,
                                class_name='object') for k in range(self.s.objects)
                      if rng.random() < recall)
         return DetectionSet(stamp, 'camera', source, dets, model)

@@ -74,31 +74,35 @@ def _calibrated(path: Path) -> None:
     path.write_text(json.dumps({'models': {
         'tiny-shapes': {'sizes': {'320': {'all': {'map': 50.0, 'map50': 60.0}}},
                         'agreement': {'against': 'big_rcnn', 'points': {
-                            '320': [[0.8, 70.0], [0.4, 20.0], [0.6, 50.0]]}}},
+                            '320': [[0.8, 70.0], [0.4, 20.0], [0.6, 50.0]]}},
+                        'confidence': {'points': {'320': [[0.5, 20.0], [0.9, 70.0]]}}},
         'big_rcnn': {'sizes': {'640': {'all': {'map': 60.0, 'map50': 70.0}}}}}}))
 
 
-def _box(x: float) -> Detection:
-    return Detection(x, 0.0, x + 10.0, 10.0, 0.9, 'box')
+def _box(x: float, score: float = 0.9) -> Detection:
+    return Detection(x, 0.0, x + 10.0, 10.0, score, 'box')
 
 
-def _agreeing(share: int) -> tuple[list[Detection], list[Detection]]:
+def _agreeing(share: int, score: float = 0.9) -> tuple[list[Detection], list[Detection]]:
     """Edge and cloud detections whose F1 is ``share`` / 10 (the cloud finds 10 boxes)."""
     cloud = [_box(100.0 * i) for i in range(10)]
-    edge = cloud[:share] + [_box(5000.0 + 100.0 * i) for i in range(10 - share)]
+    edge = [_box(100.0 * i, score) for i in range(share)] + \
+        [_box(5000.0 + 100.0 * i, score) for i in range(10 - share)]
     return edge, cloud
 
 
 def test_calibration_maps_agreement_to_measured_accuracy(figures_file: Path) -> None:
     _calibrated(figures_file)
-    fitted = calibration('tiny-shapes-onnx', 'big_rcnn')
-    assert fitted is not None
-    assert fitted.accuracy(320, 0.5) == pytest.approx(35.0)
-    assert fitted.accuracy(320, 0.7) == pytest.approx(60.0)
-    assert fitted.accuracy(320, 0.1) == 20.0 and fitted.accuracy(320, 0.95) == 70.0
-    assert fitted.accuracy(640, 0.5) is None  # agreement at another size means nothing here
-    assert calibration('tiny-shapes', 'other_rcnn') is None
-    assert calibration('yolov8n', 'big_rcnn') is None
+    fitted = calibration('tiny-shapes-onnx')
+    assert fitted is not None and fitted.against == 'big_rcnn'
+    assert fitted.from_agreement(320, 0.5) == pytest.approx(35.0)
+    assert fitted.from_agreement(320, 0.7) == pytest.approx(60.0)
+    assert fitted.from_agreement(320, 0.1) == 20.0
+    assert fitted.from_agreement(320, 0.95) == 70.0
+    assert fitted.from_agreement(640, 0.5) is None  # another size's agreement means nothing
+    assert fitted.from_confidence(320, 0.7) == pytest.approx(45.0)
+    assert fitted.from_confidence(640, 0.7) is None
+    assert calibration('yolov8n') is None
 
 
 def test_calibrated_estimate_follows_the_scene(figures_file: Path) -> None:
@@ -106,7 +110,7 @@ def test_calibrated_estimate_follows_the_scene(figures_file: Path) -> None:
     model = AccuracyModel('big_rcnn')
     assert model.edge('tiny-shapes', 320) == 50.0
     t = 0.0
-    for _ in range(40):  # easy scene: the edge agrees on 8 of 10
+    for _ in range(40):  # easy scene: the edge agrees on 8 of 10, confident
         t += 0.5
         model.observe('tiny-shapes', 320, *_agreeing(8), t)
     easy = model.edge('tiny-shapes', 320)
@@ -117,12 +121,29 @@ def test_calibrated_estimate_follows_the_scene(figures_file: Path) -> None:
     # Measured calibration outweighs the prior (50) after 5 samples.
     assert easy == pytest.approx((40 * 70.0 + 5 * 50.0) / 45, abs=0.5)
     assert hard == pytest.approx((80 * 20.0 + 5 * 50.0) / 85, abs=1.0)
+    for _ in range(40):  # its detections' confidence falls from 0.9 to 0.5: 70 -> 20 mAP
+        t += 0.5
+        model.observe_edge('tiny-shapes', 320, _agreeing(4, score=0.5)[0], t)
+    assert model.confidence('tiny-shapes', 320) == pytest.approx(0.5, abs=0.01)
+    assert model.edge('tiny-shapes', 320) == pytest.approx(20.0, abs=1.5)
+    model.observe_edge('tiny-shapes', 320, [], t + 1.0)  # nothing found: no confidence sample
+    assert model.confidence('tiny-shapes', 320) == pytest.approx(0.5, abs=0.01)
     # The same agreement against a cloud model nobody calibrated: agreement x its prior.
     other = AccuracyModel('fasterrcnn_resnet50_fpn_v2')
     for i in range(200):
         other.observe('tiny-shapes', 320, *_agreeing(4), float(i))
     # ... and the prior keeps its 20 samples' worth of weight.
     assert other.edge('tiny-shapes', 320) == pytest.approx((200 * 0.4 * 46.7 + 20 * 50.0) / 220)
+
+
+def test_the_two_signals_are_averaged_and_agreement_needs_its_cloud(
+        figures_file: Path) -> None:
+    _calibrated(figures_file)
+    for cloud, expected in (('big_rcnn', (70.0 + 20.0) / 2), ('other_rcnn', 20.0)):
+        model = AccuracyModel(cloud, calibrated_weight=0.0)
+        model.observe('tiny-shapes', 320, *_agreeing(8), 0.0)  # agreement 0.8: 70
+        model.observe_edge('tiny-shapes', 320, _agreeing(8, score=0.5)[0], 0.0)  # 0.5: 20
+        assert model.edge('tiny-shapes', 320) == pytest.approx(expected), cloud
 
 
 def test_agreement_forgets_at_the_same_pace_however_often_it_is_sampled() -> None:
@@ -139,5 +160,5 @@ def test_agreement_forgets_at_the_same_pace_however_often_it_is_sampled() -> Non
 
 def test_a_broken_calibration_is_a_config_error(figures_file: Path) -> None:
     figures_file.write_text('{"models": {"x": {"sizes": {}, "agreement": {"points": {}}}}}')
-    with pytest.raises(ConfigError, match='agreement calibration'):
-        calibration('x', 'y')
+    with pytest.raises(ConfigError, match='accuracy calibration'):
+        calibration('x')

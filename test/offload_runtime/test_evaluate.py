@@ -15,7 +15,8 @@ from offload_manager.accuracy import measured_figures, prior
 from offload_manager.energy import load_devices
 from offload_manager.manager import default_devices_file, OffloadManager
 from offload_runtime.cli import main
-from offload_runtime.evaluate import _manager, EvalOptions, evaluate
+from offload_runtime.evaluate import (_manager, _measured_quality, EvalOptions, evaluate,
+                                      SHIPPED_CLOUD, SHIPPED_EDGE)
 from offload_runtime.ground_truth import load_truth
 from offload_runtime.sample_bag import SampleSpec
 from offload_runtime.simulator import NetworkProfile, SimSettings, Simulation
@@ -258,3 +259,26 @@ def test_measured_sim_of_the_hard_scene_favours_the_cloud_while_it_is_hard(
     by = {r.policy: r for r in rows}
     # The shipped edge model at 320 loses most on the hard span (26.9 against 38.7 mAP).
     assert by['cloud-only'].accuracy > by['edge-only'].accuracy
+
+
+def test_in_the_measured_sim_the_edge_estimate_follows_the_scene_from_confidence() -> None:
+    devices = load_devices(default_devices_file())
+    opts = EvalOptions(scenarios=[], imgsz=320, measured=True)
+    # The cloud is down throughout: no agreement, the edge's confidence alone can tell.
+    scenario = parse_scenario({'name': 'hard', 'scene': 'hard:10-20', 'faults': [
+        {'kind': 'cloud_outage', 'start_s': 0.0, 'duration_s': 30.0}]})
+    sim = Simulation(OffloadManager(_manager(opts, 'predictive', 'raspberry_pi_5')),
+                     devices['raspberry_pi_5'], devices['gpu_server'], NetworkProfile(),
+                     scenario, SimSettings(frames=300, cloud_model=SHIPPED_CLOUD),
+                     _measured_quality)
+    result = sim.run()
+    estimate = {r.stamp_ns // 1_000_000_000: r.edge_map_estimate for r in result.records
+                if r.edge_map_estimate is not None}
+    easy, hard = (_measured_quality(SHIPPED_EDGE, 320, level) for level in ('easy', 'hard'))
+    assert easy is not None and hard is not None
+    assert all(r.agreement_samples == 0 for r in result.records)
+    # 9 s after each change (the signals' time constant is 4 s), 85 % of the way there.
+    swing = easy - hard
+    assert estimate[9] == pytest.approx(easy, abs=3.0)  # the prior keeps 5 samples of 90
+    assert estimate[19] < hard + 0.15 * swing
+    assert estimate[29] > easy - 0.15 * swing

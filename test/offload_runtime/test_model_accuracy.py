@@ -8,9 +8,10 @@ from pathlib import Path
 from adaptive_offload.datatypes import Detection
 from adaptive_offload.package_files import shipped_model
 import numpy as np
-from offload_runtime.model_accuracy import (agreement_calibration, cloud_detector, edge_detector,
-                                            format_table, recall, RUNTIME_CLOUD_SCORE,
-                                            RUNTIME_EDGE_CONF, score_model)
+from offload_runtime.model_accuracy import (agreement_calibration, cloud_detector,
+                                            confidence_calibration, edge_detector, format_table,
+                                            recall, RUNTIME_CLOUD_SCORE, RUNTIME_EDGE_CONF,
+                                            score_model)
 from offload_runtime.train_cli import CLOUD_FILE, EDGE_FILE
 from offload_runtime.train_data import held_out, LabelledFrame
 import pytest
@@ -73,6 +74,15 @@ def test_calibration_compares_what_the_graph_publishes() -> None:
     assert points == [[pytest.approx(2 / 3, abs=1e-4), 20.0], [1.0, 80.0]]
 
 
+def test_confidence_calibration_averages_each_frame_then_the_frames() -> None:
+    frames = [_frame('easy'), _frame('easy'), _frame('hard'), _frame('hard')]
+    edge = [[_box(0, 0.9), _box(20, 0.7)], [_box(0, 0.6)],
+            [_box(0, 0.4), _box(20, RUNTIME_EDGE_CONF / 2)], []]  # unpublished; nothing found
+    edge_map = {'easy': {'map': 80.0}, 'hard': {'map': 20.0}}
+    points = confidence_calibration(frames, edge, edge_map)
+    assert points == [[0.4, 20.0], [pytest.approx(0.7), 80.0]]
+
+
 def test_calibration_needs_one_detection_list_per_frame() -> None:
     with pytest.raises(ValueError):
         agreement_calibration([_frame('easy')], [], [[]], {'easy': {'map': 1.0}})
@@ -88,3 +98,6 @@ def test_shipped_calibration_rises_with_the_edge_accuracy() -> None:
         assert len(points) == len(figures[Path(EDGE_FILE).stem]['sizes'][size]) - 1
         f1s, maps = zip(*points)
         assert list(f1s) == sorted(f1s) and list(maps) == sorted(maps), size
+    confidence = figures[Path(EDGE_FILE).stem]['confidence']
+    assert confidence['edge_conf'] == RUNTIME_EDGE_CONF
+    assert set(confidence['points']) == set(agreement['points'])
