@@ -102,6 +102,11 @@ class InputBag:
         found = getattr(metadata, 'custom', None)
         return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
 
+    @property
+    def start_ns(self) -> int:
+        """Log time of the bag's first message (0 for an empty bag)."""
+        return int(self._reader.start_time) if self._reader.message_count else 0
+
     def messages(self) -> Iterator[RawMessage]:
         """Every message of the bag in log-time order.
 

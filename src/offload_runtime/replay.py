@@ -141,6 +141,10 @@ class Replay:
                         conn.msgtype in self._store.fielddefs:
                     self._store.get_msgdef(conn.msgtype)
             self._origin = self._clock()
+            # Until the first frame maps the clock onto the bag's timeline, what is written
+            # (labels, the first decision) starts at the input's start, not at the clock's
+            # epoch: an output bag must play with no gap before its frames.
+            self._map = (self._origin, self._input.start_ns)
             self._publish(out, 'edge_inference', 'label_info', LabelMap(
                 self.edge.models.names_of_current(), self.edge.config.conf, 0), self._origin)
             if self._rig is not None:

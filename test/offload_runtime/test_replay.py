@@ -400,3 +400,22 @@ def test_the_summary_tracks_the_edge_accuracy_estimate_against_the_measured_map(
     assert windows and all(w['estimate'] is None and w['measured'] is not None
                            for w in windows)
     assert fixed.summary['accuracy_tracking']['mae'] is None
+
+
+def test_every_output_topic_lies_on_the_inputs_timeline(
+        tmp_path: Path, fake_backend_factory: Callable[..., Any]) -> None:
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=20, fps=10))
+    _replay(tmp_path / 'in', tmp_path / 'out', fake_backend_factory)
+    with Reader(tmp_path / 'in') as source:
+        start, end = source.start_time, source.end_time
+    with Reader(tmp_path / 'out') as reader:
+        spans: dict[str, list[int]] = {}
+        for conn, stamp, _ in reader.messages():
+            span = spans.setdefault(conn.topic, [stamp, stamp])
+            span[0], span[1] = min(span[0], stamp), max(span[1], stamp)
+        assert reader.start_time == start
+        # The run's tail after the last frame is its processing time: far under a second here.
+        assert reader.end_time - end < 1_000_000_000
+    assert {'/edge/label_info', '/offload/decision', '/diagnostics'} <= set(spans)
+    for topic, (first, last) in spans.items():
+        assert start <= first <= last < end + 1_000_000_000, topic
