@@ -201,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
                                'draws the energy-against-accuracy front of every scenario and '
                                'writes matched.md (e.g. 0,30,35,40,45)')
 
+    report = sub.add_parser('report', help='one self-contained HTML page of the output bag of a '
+                                           'replay or of an evaluate folder')
+    report.add_argument('out', type=Path, help='replay output bag, or evaluate --out folder')
+    report.add_argument('--html', type=Path, default=None,
+                        help='page to write (default: OUT/report.html)')
+    report.add_argument('--frames', type=_positive_int, default=8, help='frames in the strip')
+
     export = sub.add_parser('export', help='export a YOLO model for the onnx backend')
     export.add_argument('model', help='weights (.pt) or model config (.yaml)')
     export.add_argument('--out', type=Path, required=True, help='file to write (.onnx)')
@@ -345,9 +352,10 @@ def _print_result(args: argparse.Namespace, result: Any) -> None:
     from offload_runtime.summary import format_summary
 
     faults = [dataclasses.asdict(f) for f in result.faults]
+    report = _write_report(result.out)
     if args.json:
-        print(json.dumps({**result.summary, 'faults': faults,
-                          'interrupted': result.interrupted}, indent=2))
+        print(json.dumps({**result.summary, 'faults': faults, 'interrupted': result.interrupted,
+                          'report': str(report) if report else None}, indent=2))
     else:
         print(format_summary(result.summary))
         for f in faults:
@@ -358,6 +366,28 @@ def _print_result(args: argparse.Namespace, result: Any) -> None:
                   f'(on /diagnostics {diagnosed}), recovered {recover}, {f["late"]} late, '
                   f'{f["dropped"]} dropped')
         print(f'output bag: {result.out}', flush=True)
+        if report:
+            print(f'report: {report}', flush=True)
+
+
+def _write_report(bag: Path) -> Path | None:
+    from offload_runtime.report import write_report
+
+    try:
+        return write_report(bag)
+    except AdaptiveOffloadError as err:  # a run stopped before its first frame: no page
+        print(f'adaptive-offload: no report: {err}', file=sys.stderr)
+        return None
+
+
+def _report(args: argparse.Namespace) -> int:
+    from offload_runtime.report import write_evaluation_report, write_report
+
+    if (args.out / 'table.md').exists():
+        print(f'report: {write_evaluation_report(args.out)}')
+    else:
+        print(f'report: {write_report(args.out, args.html, args.frames)}')
+    return EXIT_OK
 
 
 def _recover_bag(args: argparse.Namespace) -> int:
@@ -398,6 +428,9 @@ def _evaluate(args: argparse.Namespace) -> int:
              lambda line: print(line, flush=True))
     print(f'table: {args.out / "table.md"} and table.csv; plots: {args.out}/*.png'
           + ('; fronts: front_*.png, matched.md' if floors else ''))
+    from offload_runtime.report import write_evaluation_report
+
+    print(f'report: {write_evaluation_report(args.out)}')
     return EXIT_OK
 
 
@@ -434,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     handlers = {'sample-bag': _sample_bag, 'replay': _replay, 'export': _export,
                 'serve': _serve, 'evaluate': _evaluate, 'check-params': _check_params,
-                'recover-bag': _recover_bag, 'train': _train}
+                'recover-bag': _recover_bag, 'train': _train, 'report': _report}
     try:
         return handlers[args.command](args)
     except AdaptiveOffloadError as err:

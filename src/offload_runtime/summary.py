@@ -54,6 +54,15 @@ def summarize(records: Sequence[FrameRecord], wall_s: float) -> dict[str, Any]:
 
 def format_summary(summary: dict[str, Any]) -> str:
     """Return the summary as an aligned text table."""
+    text = _aligned(summary_rows(summary))
+    tracking = summary.get('accuracy_tracking') or {}
+    if tracking.get('windows'):  # its own block: its labels would widen the table
+        text += '\n' + _aligned(tracking_rows(tracking))
+    return text
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """Return the summary's (label, value) rows, without the accuracy tracking."""
     def ms(value: float | None) -> str:
         return '-' if value is None else f'{value:.1f} ms'
 
@@ -78,11 +87,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     if 'all' in maps:
         rows.append(('mAP@[.5:.95]', f'{maps["all"]:.3f} (against ground truth)'))
         rows += [(f'  {group}', f'{value:.3f}') for group, value in maps.items() if group != 'all']
-    text = _aligned(rows)
-    tracking = summary.get('accuracy_tracking') or {}
-    if tracking.get('windows'):  # its own block: its labels would widen the table
-        text += '\n' + _aligned(tracking_rows(tracking))
-    return text
+    return rows
 
 
 def _aligned(rows: list[tuple[str, str]]) -> str:

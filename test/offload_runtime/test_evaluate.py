@@ -124,7 +124,12 @@ def test_evaluate_command_and_its_errors(tmp_path: Path,
     assert main(['evaluate', '--scenarios', str(ROOT / 'config/scenarios/steady.yaml'),
                  '--policies', 'edge-only,weighted-score', '--frames', '100',
                  '--out', str(tmp_path / 'ev')]) == 0
-    assert 'table:' in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert 'table:' in printed and f'report: {tmp_path / "ev" / "report.html"}' in printed
+    page = (tmp_path / 'ev' / 'report.html').read_text()
+    assert '<td>weighted-score</td>' in page
+    assert page.count('<img src="data:image/png;base64,') == len(list(
+        (tmp_path / 'ev').glob('*.png')))
     # By default the simulator runs the shipped detectors at their measured accuracy.
     rows = list(csv.DictReader((tmp_path / 'ev' / 'table.csv').open()))
     edge = next(r for r in rows if r['policy'] == 'edge-only')
