@@ -32,7 +32,7 @@ from offload_runtime.ground_truth import load_truth, RunScorer
 from offload_runtime.interrupts import StopFlag
 from offload_runtime.replay_graph import BackendFactory, ReplayGraph
 from offload_runtime.replay_options import ReplayOptions, ReplayResult
-from offload_runtime.summary import progress_bar, summarize
+from offload_runtime.summary import cloud_answers, progress_bar, summarize
 
 __all__ = ['Replay', 'ReplayOptions', 'ReplayResult']  # options and result live beside
 
@@ -172,6 +172,7 @@ class Replay:
         records = sorted(self._records, key=lambda r: r.index)
         summary = summarize(records, wall_s)
         summary['frames_lost'] = self._played - len(records)
+        summary['cloud'] = cloud_answers([r for _, r in self._reports])
         summary.update(self._scorer.summary())
         if 'map' in summary:
             summary['accuracy_tracking'] = track(self._tracking.frames(), self._changes(),

@@ -20,13 +20,13 @@ from typing import Any, Sequence
 
 from adaptive_offload import topics
 from adaptive_offload.conversions import image_to_frame, message_to_detections, stamp_to_ns
-from adaptive_offload.datatypes import Detection, FaultEvent, FrameRecord
+from adaptive_offload.datatypes import Detection, FaultEvent, FrameRecord, InferenceReport
 from adaptive_offload.drawing import colour_of, draw
 from adaptive_offload.errors import BagError, ConversionError
 from adaptive_offload.typestore import make_typestore
 import cv2
 import numpy as np
-from offload_runtime.summary import summarize, summary_rows
+from offload_runtime.summary import cloud_answers, summarize, summary_rows
 
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 DETECTIONS_TYPE = 'vision_msgs/msg/Detection2DArray'
@@ -42,6 +42,7 @@ class RunData:
     name: str
     duration_s: float
     records: list[tuple[float, FrameRecord]] = field(default_factory=list)
+    reports: list[InferenceReport] = field(default_factory=list)
     faults: list[tuple[float, float, str]] = field(default_factory=list)
     diagnostics: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     boxes: dict[int, dict[str, tuple[Detection, ...]]] = field(default_factory=dict)
@@ -76,6 +77,9 @@ def read_run(bag: Path, frames: int = 8) -> RunData:
             if conn.topic == topics.FRAMES:
                 data.records.append((t_s, FrameRecord.from_json(
                     store.deserialize_cdr(raw, conn.msgtype).data)))
+            elif conn.topic == topics.CLOUD_TELEMETRY:
+                data.reports.append(InferenceReport.from_json(
+                    store.deserialize_cdr(raw, conn.msgtype).data))
             elif conn.topic == topics.HEALTH_FAULTS:
                 event = FaultEvent.from_json(store.deserialize_cdr(raw, conn.msgtype).data)
                 if event.phase == 'start':
@@ -246,6 +250,7 @@ def render(data: RunData) -> str:
     """Return the page of one run as HTML."""
     records = [r for _, r in data.records]
     summary = summarize(records, data.duration_s)
+    summary['cloud'] = cloud_answers(data.reports)
     parts = ['<h2>Summary</h2>', _table(summary_rows(summary))]
     if data.faults:
         parts += ['<h2>Faults injected</h2>', _table(

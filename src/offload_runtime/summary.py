@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from adaptive_offload.datatypes import FrameRecord
+from adaptive_offload.datatypes import FrameRecord, InferenceReport
 import numpy as np
 
 
@@ -52,6 +52,34 @@ def summarize(records: Sequence[FrameRecord], wall_s: float) -> dict[str, Any]:
     return out
 
 
+def cloud_answers(reports: Sequence[InferenceReport]) -> dict[str, Any] | None:
+    """Summarise the cloud's answers, whether or not they were the frames' results.
+
+    A cloud answer that came after the edge's is not a frame's result, so the sources of the
+    results alone can hide a cloud that works: this counts what was sent to it.
+
+    Args:
+        reports: Every worker report of the run.
+
+    Returns:
+        ``requests`` (frames sent: answered, failed or dropped), ``answered``, ``failures``
+        (reason cut at its colon -> count) and ``p50_ms`` (of the answers, None without), or
+        None when nothing was sent to the cloud.
+    """
+    sent = [r for r in reports if r.source == 'cloud' and r.status in ('ok', 'failed', 'dropped')]
+    if not sent:
+        return None
+    answered = [r.total_ms for r in sent if r.status == 'ok']
+    failures: dict[str, int] = {}
+    for r in sent:
+        if r.status != 'ok':
+            key = _drop_key(r.reason or r.status)
+            failures[key] = failures.get(key, 0) + 1
+    return {'requests': len(sent), 'answered': len(answered),
+            'failures': dict(sorted(failures.items())),
+            'p50_ms': float(np.median(answered)) if answered else None}
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """Return the summary as an aligned text table."""
     text = _aligned(summary_rows(summary))
@@ -80,6 +108,11 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     rows += [(f'  {reason}', str(count)) for reason, count in summary['drops'].items()]
     rows += [('latency P50', ms(summary['p50'])), ('latency P95', ms(summary['p95'])),
              ('latency P99', ms(summary['p99']))]
+    cloud = summary.get('cloud')
+    if cloud:
+        rows.append(('cloud answers', f'{cloud["answered"]} of {cloud["requests"]} requests '
+                                      f'(P50 {ms(cloud["p50_ms"])})'))
+        rows += [(f'  {reason}', str(count)) for reason, count in cloud['failures'].items()]
     if summary.get('energy_j') is not None:
         how = 'measured' if summary.get('energy_measured') else 'modelled'
         rows.append(('robot energy', f'{summary["energy_j"]:.3f} J/frame ({how})'))

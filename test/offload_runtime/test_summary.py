@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from adaptive_offload.datatypes import FrameRecord
-from offload_runtime.summary import format_summary, summarize
+from adaptive_offload.datatypes import FrameRecord, InferenceReport
+from offload_runtime.summary import cloud_answers, format_summary, summarize
 
 
 def _record(index: int, latency_ms: float | None = None, drop_reason: str = '',
@@ -61,3 +61,22 @@ def test_the_table_shows_the_tracking_error_and_each_changes_lag() -> None:
     assert 'hard -> easy at 60 s' in lines[-1] and lines[-1].endswith(
         ': never: estimate moved +6.0 for a measured +53.0 (11 %; that move half-way 5.0 s, '
         '90 % 12.0 s)')
+
+
+def test_cloud_answers_count_what_was_sent_whoever_won_the_frame() -> None:
+    def report(status: str, ms: float = 0.0, source: str = 'cloud',
+               reason: str = '') -> InferenceReport:
+        return InferenceReport(stamp_ns=0, source=source, status=status, total_ms=ms,
+                               reason=reason)
+
+    reports = [report('ok', 180.0), report('ok', 220.0), report('ok', 200.0),
+               report('failed', reason='timeout: 250 ms'), report('dropped', reason='busy'),
+               report('skipped'), report('ok', 30.0, source='edge')]
+    cloud = cloud_answers(reports)
+    assert cloud == {'requests': 5, 'answered': 3, 'p50_ms': 200.0,
+                     'failures': {'busy': 1, 'timeout': 1}}
+    assert cloud_answers([report('skipped'), report('ok', source='edge')]) is None
+    records = [_record(0, latency_ms=30.0, source='edge')]
+    text = format_summary({**summarize(records, 1.0), 'cloud': cloud})
+    assert 'cloud answers  3 of 5 requests (P50 200.0 ms)' in text
+    assert '  timeout' in text
