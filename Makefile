@@ -17,7 +17,8 @@ $(STAMP): requirements.txt requirements-service.txt requirements-dev.txt setup.p
 setup: $(STAMP)
 
 # Generate a 300-frame sample bag and replay it through the whole graph in real time, with the
-# cloud service embedded on loopback (params.yaml's URL is the robot's, not this machine's).
+# cloud service embedded on loopback (params.yaml's URL is the robot's, not this machine's),
+# under a 10 s cloud outage from 10 s on: the summary shows it detected and recovered from.
 # The default models are the shipped ones, trained on these scenes (docs/models.md): YOLOv8n on
 # the edge, the compact Faster R-CNN in the embedded service. MODEL=yolov8n.yaml runs the
 # yolov8n architecture with random weights; MODEL=/path/to/yolov8n.pt your COCO weights.
@@ -26,7 +27,8 @@ demo: $(STAMP)
 	rm -rf $(DEMO)/sample $(DEMO)/out
 	$(BIN)/adaptive-offload sample-bag $(DEMO)/sample --frames 300 --fps 10
 	$(BIN)/adaptive-offload replay $(DEMO)/sample --out $(DEMO)/out --model $(MODEL) \
-		--imgsz 320 --params config/params.yaml --cloud embedded
+		--imgsz 320 --params config/params.yaml --cloud embedded \
+		--scenario config/scenarios/cloud_outage_10s.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15

@@ -122,8 +122,12 @@ def _read_strip(reader: Any, store: Any, data: RunData, frames: int) -> None:
     answered = [(t, r) for t, r in data.records if r.result_source]
     if not answered or frames <= 0:
         return
-    picks = np.linspace(0, len(answered) - 1, min(frames, len(answered))).round().astype(int)
-    wanted = {answered[i][1].stamp_ns: answered[i] for i in sorted(set(picks.tolist()))}
+    # Up to half the strip from frames more than one source answered (hedged, probed): the
+    # edge answers most frames first, and a strip of its boxes alone would hide the cloud's.
+    both = [(t, r) for t, r in answered if len(data.boxes.get(r.stamp_ns, {})) > 1]
+    wanted = dict(_spread(both, frames // 2))
+    rest = [(t, r) for t, r in answered if r.stamp_ns not in wanted]
+    wanted.update(_spread(rest, frames - len(wanted)))
     cameras = [c for c in reader.connections if c.msgtype in IMAGE_TYPES and
                c.topic in (topics.CAMERA, f'{topics.CAMERA}/compressed')]
     for conn, _, raw in reader.messages(cameras):
@@ -140,8 +144,18 @@ def _read_strip(reader: Any, store: Any, data: RunData, frames: int) -> None:
         scale = STRIP_WIDTH / image.shape[1]
         image = cv2.resize(image, (STRIP_WIDTH, max(1, round(image.shape[0] * scale))))
         t_s, record = wanted.pop(stamp)
-        data.strip.append((t_s, f'{t_s:.1f} s: {record.result_source}, '
-                                f'{record.latency_ms or 0:.0f} ms', image))
+        shown = ', '.join(sorted(data.boxes.get(stamp, {}))) or 'none'
+        data.strip.append((t_s, f'{t_s:.1f} s: result from {record.result_source} in '
+                                f'{record.latency_ms or 0:.0f} ms; boxes of {shown}', image))
+
+
+def _spread(frames: list[tuple[float, FrameRecord]], count: int
+            ) -> list[tuple[int, tuple[float, FrameRecord]]]:
+    """Return ``count`` of ``frames`` evenly spread, keyed by stamp."""
+    if count <= 0 or not frames:
+        return []
+    picks = np.linspace(0, len(frames) - 1, min(count, len(frames))).round().astype(int)
+    return [(frames[i][1].stamp_ns, frames[i]) for i in sorted(set(picks.tolist()))]
 
 
 def _png(fig: Any) -> str:
@@ -223,9 +237,15 @@ def _shade_faults(ax: Any, data: RunData) -> None:
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str] = ()) -> str:
     head = ''.join(f'<th>{html.escape(h)}</th>' for h in header)
-    body = ''.join('<tr>' + ''.join(f'<td>{html.escape(c)}</td>' for c in row) + '</tr>'
-                   for row in rows)
+    body = ''.join('<tr>' + ''.join(_cell(c) for c in row) + '</tr>' for row in rows)
     return f'<table>{f"<tr>{head}</tr>" if head else ""}{body}</table>'
+
+
+def _cell(text: str) -> str:
+    """Return a table cell; leading spaces (a sub-row of the summary) become an indent."""
+    depth = len(text) - len(text.lstrip(' '))
+    style = f' style="padding-left:{8 + 8 * depth}px"' if depth else ''
+    return f'<td{style}>{html.escape(text.strip())}</td>'
 
 
 def _css_colour(source: str) -> str:
