@@ -41,7 +41,7 @@ from rcnn_service.protocol import (decode_image, MODEL_VERSION, OUTPUTS, request
                                    server_metadata, SERVER_NAME, server_time_parameters,
                                    v2_response)
 from rcnn_service.rcnn_detector import RcnnDetector
-from rcnn_service.service import ServiceConfig
+from rcnn_service.service import ensure_ports_free, ServiceConfig
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
 BUILTIN_ONLY = ('host', 'port', 'request_timeout_s', 'max_connections', 'shutdown_grace_s',
@@ -231,7 +231,12 @@ def serve_mlserver(config: ServiceConfig, grpc_port: int = 8081, metrics_port: i
         grpc_port: gRPC port.
         metrics_port: Port of ``/metrics``.
         announce: Called with one line saying where the service listens.
+
+    Raises:
+        ConfigError: If a port is not free.
     """
+    ensure_ports_free(config.host, {'--port': config.port, '--grpc-port': grpc_port,
+                                    '--metrics-port': metrics_port})
     settings, model = mlserver_settings(config, grpc_port, metrics_port)
 
     async def main() -> None:

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from adaptive_offload.errors import AdaptiveOffloadError
+from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
 from adaptive_offload.heap import frozen_start_up
 import numpy as np
 from rcnn_service.asgi_app import make_app
@@ -240,15 +240,48 @@ class InferenceService:
         return response
 
 
+def ensure_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Refuse, in one line, a port another process listens on, before anything starts.
+
+    Without this, the servers fail deep inside their event loops: a traceback, and MLServer
+    keeps its other servers running.
+
+    Args:
+        host: The address the service binds.
+        ports: Option name -> port (0, picked by the system, is always free).
+
+    Raises:
+        ConfigError: Naming the first port in use and the option that sets it.
+    """
+    import socket
+
+    for option, port in ports.items():
+        if not port:
+            continue
+        family = socket.AF_INET6 if ':' in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As the servers bind: a port left in TIME_WAIT by a stopped service is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as err:
+                raise ConfigError(f'port {port} on {host} is not free ({err.strerror}): stop '
+                                  f'what listens there or choose another with {option}') from err
+
+
 def serve(config: ServiceConfig, announce: Any = print) -> None:
     """Run the service until SIGINT or SIGTERM; the model loads while it already listens.
 
     Args:
         config: Settings.
         announce: Called with one line saying where the service listens.
+
+    Raises:
+        ConfigError: If the port is not free.
     """
     import signal
 
+    ensure_ports_free(config.host, {'--port': config.port})
     service = InferenceService(config)
     stopping: list[threading.Thread] = []
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,15 +17,16 @@ import urllib.error
 import urllib.request
 
 from adaptive_offload.datatypes import Decision, Route
-from adaptive_offload.errors import CloudError
+from adaptive_offload.errors import CloudError, ConfigError
 from cloud_bridge.bridge import CloudBridge
 from cloud_bridge.transport import V2RestTransport
 import cv2
 from helpers import child_env
 import numpy as np
+from offload_runtime.cli import main
 import pytest
 from rcnn_service.rcnn_detector import coco_categories, RcnnDetector
-from rcnn_service.service import InferenceService, ServiceConfig
+from rcnn_service.service import ensure_ports_free, InferenceService, ServiceConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -393,3 +395,18 @@ def test_replay_with_an_outage_scenario_measures_detection_and_recovery(
                   for c, _, raw in reader.messages(conns)]
     assert [(e.kind, e.phase, e.t_s) for e in events] == [('cloud_outage', 'start', 0.5),
                                                           ('cloud_outage', 'end', 1.3)]
+
+
+def test_a_port_in_use_is_refused_in_one_line_before_anything_starts(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f'port {port} .* choose another with --grpc-port'):
+            ensure_ports_free('127.0.0.1', {'--port': 0, '--grpc-port': port})
+        for runtime in ('builtin', 'mlserver'):
+            assert main(['serve', '--runtime', runtime, '--port', str(port)]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.count('\n') == 0 and f'port {port} on 127.0.0.1 is not free' in err
+    ensure_ports_free('127.0.0.1', {'--port': port})  # closed again: free
