@@ -368,6 +368,12 @@ def _print_result(args: argparse.Namespace, result: Any) -> None:
         print(f'output bag: {result.out}', flush=True)
         if report:
             print(f'report: {report}', flush=True)
+    cloud = result.summary.get('cloud')
+    if cloud and not cloud['answered']:
+        why = ', '.join(f'{k} {v}' for k, v in cloud['failures'].items())
+        print(f'adaptive-offload replay: the cloud answered none of {cloud["requests"]} requests '
+              f'({why}): check its URL (--cloud, or cloud_bridge url in --params), start one '
+              'with adaptive-offload serve, or use --cloud embedded', file=sys.stderr)
 
 
 def _write_report(bag: Path) -> Path | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+import socket
 import subprocess
 import sys
 
@@ -41,6 +42,27 @@ def test_replay_prints_summary_and_json(tmp_path: Path,
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary['frames'] == 5 and summary['results'] == 5
+
+
+def test_a_cloud_that_never_answers_is_told_in_one_line(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        yolo_config_dir: str) -> None:
+    main(['sample-bag', str(tmp_path / 'in'), '--frames', '4', '--width', '64', '--height', '48'])
+    params = tmp_path / 'p.yaml'
+    params.write_text('/**/edge_inference:\n  ros__parameters:\n'
+                      f'    ultralytics_config_dir: {yolo_config_dir}\n')
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(('127.0.0.1', 0))
+        port = probe.getsockname()[1]
+    capsys.readouterr()
+    assert main(['replay', str(tmp_path / 'in'), '--out', str(tmp_path / 'out'),
+                 '--model', 'yolov8n.yaml', '--imgsz', '64', '--params', str(params),
+                 '--policy', 'cloud-only', '--cloud', f'grpc://127.0.0.1:{port}']) == 0
+    printed = capsys.readouterr()
+    assert 'cloud answers     0 of 4 requests' in printed.out
+    # (ultralytics may also say it made its settings file)
+    [line] = [x for x in printed.err.splitlines() if x.startswith('adaptive-offload')]
+    assert 'the cloud answered none of 4 requests (' in line and '--cloud embedded' in line
 
 
 @pytest.mark.parametrize('argv, message', [
