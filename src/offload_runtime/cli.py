@@ -291,6 +291,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from edge_inference.export import export_model
 
+    print(f'exporting {args.model} to {args.format} at {args.imgsz} (about a minute on a CPU)',
+          flush=True)
     path = export_model(args.model, args.imgsz, args.out, args.format)
     print(f'wrote {path} ({args.format}, input {args.imgsz}x{args.imgsz}); run it with '
           f'backend onnx, model {path}')
@@ -317,7 +319,10 @@ def _replay(args: argparse.Namespace) -> int:
         progress=args.progress or (not args.no_progress and sys.stderr.isatty()))
     with SignalStop('adaptive-offload replay') as stopper:
         try:
-            replay = Replay(options)
+            # Status lines of the long steps go with the summary, on stdout; --json keeps
+            # stdout for the summary alone.
+            replay = Replay(options, status=(lambda line: None) if args.json else
+                            (lambda line: print(line, flush=True)))
             stopper.attach(replay)
         except KeyboardInterrupt:  # still loading: nothing written yet
             print('adaptive-offload replay: interrupted before the replay started',

@@ -30,7 +30,7 @@ from offload_runtime.accuracy_tracking import track, TrackingCollector
 from offload_runtime.bagio import declare_outputs, InputBag, OutputBag
 from offload_runtime.ground_truth import load_truth, RunScorer
 from offload_runtime.interrupts import StopFlag
-from offload_runtime.replay_graph import BackendFactory, ReplayGraph
+from offload_runtime.replay_graph import BackendFactory, quiet, ReplayGraph
 from offload_runtime.replay_options import ReplayOptions, ReplayResult
 from offload_runtime.summary import cloud_answers, progress_bar, summarize
 
@@ -52,6 +52,8 @@ class Replay:
         backend_factory: Builds the edge detector (tests inject a fake).
         clock: Monotonic nanosecond clock.
         sleep: Sleeps seconds (the player's pacing; tests inject a fake).
+        status: Told, one line each, of the long steps: model load and warm-up, the embedded
+            service's start-up, the start of playing.
 
     Raises:
         AdaptiveOffloadError: For bad options, an unusable bag or a model that does not load.
@@ -59,7 +61,8 @@ class Replay:
 
     def __init__(self, options: ReplayOptions, backend_factory: BackendFactory = create_backend,
                  clock: Callable[[], int] = time.monotonic_ns,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 status: Callable[[str], Any] = quiet) -> None:
         if options.rate < 0 or options.max_frames < 0:
             raise ConfigError('rate and max-frames must be >= 0')
         self._opts = options
@@ -84,7 +87,7 @@ class Replay:
             self.graph = ReplayGraph(
                 options.params, options.overrides, options.params_file, self._input.topic,
                 backend_factory, clock, options.service, self._rig, options.scenario,
-                lambda node, outputs: self._events.put(('out', (node, outputs))))
+                lambda node, outputs: self._events.put(('out', (node, outputs))), status)
             self._tracking = TrackingCollector(truth, self.graph.edge_source)
         except BaseException:
             self._close_inputs(None)
@@ -97,6 +100,7 @@ class Replay:
         self._health_events: list[HealthEvent] = []
         self._played = 0
         self._announcer = Announcer(options.scenario) if options.scenario is not None else None
+        self._status = status
         self._span = [0, 0]  # clock at the player's start and at the last record written
         self._map = (0, 0)  # (wall ns, bag ns) of the last played frame
         self._out: OutputBag | None = None
@@ -127,6 +131,7 @@ class Replay:
             if self.graph.service is not None:
                 self.graph.service.wait_ready(self._opts.service_timeout_s, self._clock,
                                               self._sleep, self._stop.is_set)
+                self._status(f'cloud service ready at {self.graph.service.url}')
             out = OutputBag(self._opts.out, self._store, self._clock)
             for key, value in self._custom.items():
                 out.set_custom_data(key, value)
@@ -149,6 +154,10 @@ class Replay:
                 self.edge.models.names_of_current(), self.edge.config.conf, 0), self._origin)
             if self._rig is not None:
                 self._rig.start(self._origin)
+            frames = min(self._input.frame_count, self._opts.max_frames or self._input.frame_count)
+            pace = f'at {self._opts.rate:g}x their recorded rate' if self._opts.rate else \
+                'as fast as the graph takes them'
+            self._status(f'playing {frames} frames of {self._opts.bag} {pace}')
             player = threading.Thread(target=self._play, args=(out,), name='player', daemon=True)
             prober = self.health.prober(self._clock)
             if prober is not None:

@@ -58,6 +58,10 @@ def _emitter(node: str, publish: Publish) -> Emit:
     return lambda msg, dets, report: publish(node, outputs(msg, dets, report))
 
 
+def quiet(line: str) -> None:
+    """Say nothing (the default for status lines)."""
+
+
 class ReplayGraph:
     """The roles of one replay, their inputs' targets and the routes between them.
 
@@ -74,6 +78,7 @@ class ReplayGraph:
         publish: Called by the workers' emitters, from their threads, with the node and one
             frame's outputs as (output port name, record): together, so that a frame wakes
             the replay's main loop once, not once an output.
+        status: Told, one line each, of the long steps (model load, service start-up).
 
     Raises:
         AdaptiveOffloadError: For refused parameters or a model that does not load.
@@ -83,7 +88,7 @@ class ReplayGraph:
                  overrides: Mapping[str, Mapping[str, Any]], params_source: str,
                  input_topic: str, backend_factory: BackendFactory, clock: Callable[[], int],
                  service: ServiceConfig, rig: FaultRig | None, scenario: Scenario | None,
-                 publish: Publish) -> None:
+                 publish: Publish, status: Callable[[str], Any] = quiet) -> None:
         def values(node: str) -> dict[str, Any]:
             return node_values(params, overrides, node)
 
@@ -110,6 +115,8 @@ class ReplayGraph:
         compressed = input_topic.endswith('/compressed')
         camera = input_topic[:-len('/compressed')] if compressed else input_topic
         self.manager = OffloadManager(manager_cfg)
+        status(f'loading the edge model {edge_cfg.model} ({edge_cfg.backend} on '
+               f'{edge_cfg.device}) and warming it up at {edge_cfg.imgsz}')
         self.edge = build_edge(edge_cfg, backend_factory)
         self.health = HealthMonitor(health_cfg, clock())
         self.edge_source = edge_cfg.source_name
@@ -139,6 +146,8 @@ class ReplayGraph:
         try:
             if embedded:
                 # The embedded default: the real service on loopback, for this run only.
+                status(f'starting the cloud service on loopback ({service.arch}); '
+                       '--cloud URL uses one already running')
                 if rig and rig.runs_service:
                     url = rig.start_service(replace(service, port=0))
                 else:

@@ -419,3 +419,14 @@ def test_every_output_topic_lies_on_the_inputs_timeline(
     assert {'/edge/label_info', '/offload/decision', '/diagnostics'} <= set(spans)
     for topic, (first, last) in spans.items():
         assert start <= first <= last < end + 1_000_000_000, topic
+
+
+def test_the_long_steps_are_told_one_line_each(
+        tmp_path: Path, fake_backend_factory: Callable[..., Any]) -> None:
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=5, fps=10, width=64, height=48))
+    lines: list[str] = []
+    Replay(ReplayOptions(bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0, max_frames=3,
+                         overrides=EDGE_ONLY),
+           backend_factory=fake_backend_factory, status=lines.append).run()
+    assert len(lines) == 2 and lines[0].startswith('loading the edge model')
+    assert lines[1] == f'playing 3 frames of {tmp_path / "in"} as fast as the graph takes them'
