@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--max-request-bytes', type=int, default=8 << 20)
     serve.add_argument('--max-image-side', type=int, default=4096)
     serve.add_argument('--threads', type=int, default=0, help='torch threads; 0: default')
+    serve.add_argument('--input-size', type=_positive_int, default=0,
+                       help="longest image side the model reads; 0: the architecture's own")
     serve.add_argument('--max-batch', type=int, default=4,
                        help='largest batch of requests run together (adaptive batching)')
     serve.add_argument('--batch-wait-ms', type=float, default=0.0,
@@ -266,6 +268,7 @@ def _serve(args: argparse.Namespace) -> int:
                            tokens=tokens, max_request_bytes=args.max_request_bytes,
                            max_image_side=args.max_image_side,
                            score_threshold=args.score_threshold, threads=args.threads,
+                           input_size=args.input_size,
                            max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
                            shutdown_grace_s=args.shutdown_grace_s,
                            request_timeout_s=args.request_timeout_s,

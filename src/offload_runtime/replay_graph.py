@@ -151,7 +151,7 @@ class ReplayGraph:
                 if rig and rig.runs_service:
                     url = rig.start_service(replace(service, port=0))
                 else:
-                    self.service = EmbeddedService(service)
+                    self.service = EmbeddedService(service, manager_cfg.deadline_ms, status)
                     url = self.service.url
                 token = service.tokens[0] if service.tokens else ''
                 cloud_values = {**cloud_values, 'url': url, 'token': token,

@@ -130,7 +130,8 @@ class RcnnRuntime(MLModel):
         cfg = self._config
         self._tokens = Tokens(cfg.tokens)
         detector = await asyncio.get_running_loop().run_in_executor(None, lambda: RcnnDetector(
-            cfg.arch, cfg.checkpoint, cfg.device, cfg.score_threshold, cfg.threads))
+            cfg.arch, cfg.checkpoint, cfg.device, cfg.score_threshold, cfg.threads,
+            cfg.input_size))
         self._batcher = AdaptiveBatcher(detector.detect, cfg.max_batch, cfg.batch_wait_ms,
                                         _batch_sizes().observe)
         LOG.info('model %s ready: %s on %s', self.name, cfg.arch, cfg.device)

@@ -70,6 +70,8 @@ class RcnnDetector:
         device: ``cpu`` or ``cuda[:N]``.
         score_threshold: Detections below it are dropped.
         threads: torch intra-op threads; 0 keeps torch's default.
+        input_size: Longest side, in pixels, the model resizes an image to (a 640x480 frame
+            at 480 is read at 480x360); 0 keeps the architecture's own resizing.
 
     Raises:
         ConfigError: For an unknown architecture.
@@ -78,7 +80,7 @@ class RcnnDetector:
     """
 
     def __init__(self, arch: str, checkpoint: str = '', device: str = 'cpu',
-                 score_threshold: float = 0.5, threads: int = 0) -> None:
+                 score_threshold: float = 0.5, threads: int = 0, input_size: int = 0) -> None:
         import torch
 
         if arch not in ARCHITECTURES:
@@ -106,7 +108,27 @@ class RcnnDetector:
         self.arch = arch
         self.score_threshold = score_threshold
         self._lock = threading.Lock()
+        transform = self._model.transform
+        self._native = (tuple(transform.min_size), int(transform.max_size))
+        self.input_size = 0
+        self.set_input_size(input_size)
         self.detect([np.zeros((320, 320, 3), np.uint8)])  # warm-up before readiness
+
+    def set_input_size(self, size: int) -> None:
+        """Resize images so that their longest side is ``size`` (0: the architecture's own).
+
+        Raises:
+            ConfigError: For a size below 32 pixels (other than 0).
+        """
+        if size and size < 32:
+            raise ConfigError(f'input size {size}: at least 32 pixels, or 0 for the '
+                              "architecture's own")
+        transform = self._model.transform
+        with self._lock:
+            # torchvision scales the short side to min_size unless the long side would pass
+            # max_size; both at ``size`` make the long side ``size`` whatever the aspect.
+            transform.min_size, transform.max_size = ((size,), size) if size else self._native
+            self.input_size = size
 
     def detect(self, images: list[np.ndarray]) -> list[Detections]:
         """Detect objects in BGR images (one batch).

@@ -51,6 +51,8 @@ class ServiceConfig:
         max_image_side: Images with a longer side are refused (400).
         score_threshold: Detections below it are not returned.
         threads: torch intra-op threads; 0 keeps torch's default.
+        input_size: Longest image side the model reads (0: the architecture's own); smaller
+            is faster and misses more small objects.
         max_batch: Largest batch of requests run together (adaptive batching).
         batch_wait_ms: How long a lone request waits for others (0: never).
         request_timeout_s: A request must arrive within this time of its first byte (else
@@ -73,6 +75,7 @@ class ServiceConfig:
     max_image_side: int = 4096
     score_threshold: float = 0.5
     threads: int = 0
+    input_size: int = 0
     max_batch: int = 4
     batch_wait_ms: float = 0.0
     request_timeout_s: float = 10.0
@@ -132,7 +135,7 @@ class InferenceService:
         cfg = self.config
         try:
             self._use(RcnnDetector(cfg.arch, cfg.checkpoint, cfg.device,
-                                   cfg.score_threshold, cfg.threads))
+                                   cfg.score_threshold, cfg.threads, cfg.input_size))
         except AdaptiveOffloadError as err:
             self.load_error = str(err)
             LOG.error('model failed to load: %s', err)

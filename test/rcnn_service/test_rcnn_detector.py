@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adaptive_offload.errors import BackendError
+from adaptive_offload.errors import BackendError, ConfigError
 import pytest
 from rcnn_service.compact_rcnn import COMPACT_ARCH, fasterrcnn_mobilenet_v3_small_fpn
 from rcnn_service.rcnn_detector import coco_categories, RcnnDetector
@@ -63,3 +63,20 @@ def test_compact_architecture_is_small() -> None:
     assert sum(p.numel() for p in model.parameters()) < 4_000_000
     with pytest.raises(ValueError, match='no published weights'):
         fasterrcnn_mobilenet_v3_small_fpn(weights='DEFAULT')
+
+
+def test_the_input_size_sets_the_longest_side_the_model_reads() -> None:
+    detector = RcnnDetector(COMPACT_ARCH, threads=1)
+    transform = detector._model.transform
+    native = (tuple(transform.min_size), transform.max_size)
+    image = torch.zeros(3, 480, 640)
+    detector.set_input_size(320)
+    assert transform(([image]))[0].image_sizes == [(240, 320)]
+    detector.set_input_size(800)
+    assert transform(([image]))[0].image_sizes == [(600, 800)]
+    detector.set_input_size(0)
+    assert (tuple(transform.min_size), transform.max_size) == native
+    with pytest.raises(ConfigError, match='at least 32'):
+        detector.set_input_size(16)
+    sized = RcnnDetector(COMPACT_ARCH, threads=1, input_size=320)
+    assert sized.input_size == 320 and sized._model.transform.max_size == 320
