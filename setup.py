@@ -16,7 +16,8 @@ setup(
         ('share/ament_index/resource_index/packages', [f'resource/{PACKAGE}']),
         (f'share/{PACKAGE}', ['package.xml', 'requirements.txt']),
         (f'share/{PACKAGE}/launch', glob('launch/*.launch.py')),
-        (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.rviz')),
+        (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.rviz') +
+         glob('config/*.json')),
         (f'share/{PACKAGE}/config/scenarios', glob('config/scenarios/*.yaml')),
         (f'share/{PACKAGE}/models', glob('models/*.pt') + glob('models/*.json')),
     ],

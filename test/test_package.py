@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 import shutil
 import subprocess
 import sys
 
+from adaptive_offload import topics
 from adaptive_offload.params import load_params_file, node_params, resolve
 from cloud_bridge.bridge import PARAMETERS as CLOUD
 from edge_inference.inference import PARAMETERS as EDGE
@@ -108,6 +110,25 @@ def test_launch_files_start_declared_executables() -> None:
 def test_rviz_config_shows_input_and_annotated_images() -> None:
     text = (ROOT / 'config' / 'adaptive_offload.rviz').read_text()
     assert 'Value: /camera/image_raw' in text and 'Value: /offload/annotated' in text
+
+
+def _panels(tree: object) -> set[str]:
+    if isinstance(tree, str):
+        return {tree}
+    assert isinstance(tree, dict)
+    return _panels(tree['first']) | _panels(tree['second'])
+
+
+def test_foxglove_layout_shows_the_output_bags_topics() -> None:
+    layout = json.loads((ROOT / 'config' / 'foxglove_layout.json').read_text())
+    assert _panels(layout['layout']) == set(layout['configById'])
+    shown = set()
+    for config in layout['configById'].values():
+        path = config.get('topicPath') or config.get('topicToRender') or \
+            config.get('imageMode', {}).get('imageTopic')
+        shown.add(path.split('.')[0])
+    assert shown == {topics.CAMERA, topics.DETECTIONS, topics.FRAMES, topics.DECISION,
+                     topics.DIAGNOSTICS, topics.HEALTH_FAULTS, topics.CLOUD_TELEMETRY}
 
 
 def _colcon() -> str:
