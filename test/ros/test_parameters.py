@@ -35,10 +35,20 @@ def graph(tmp_path: Path) -> Iterator[tuple[SingleThreadedExecutor, Node]]:
         yield started
 
 
+def _env() -> dict[str, str]:
+    """Return this environment with the source tree first on PYTHONPATH, keeping the rest.
+
+    The dependencies may come from PYTHONPATH (a sourced ROS workspace, a venv's
+    site-packages): a child without them could not even import.
+    """
+    return {**os.environ, 'YOLO_OFFLINE': '1',
+            'PYTHONPATH': os.pathsep.join(p for p in (str(ROOT / 'src'),
+                                                      os.environ.get('PYTHONPATH', '')) if p)}
+
+
 def run_node(module: str, *ros_args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """Run a node's ``main`` as ``ros2 run`` would, until it exits (bounded)."""
-    env = {**os.environ, 'YOLO_OFFLINE': '1',
-           'PYTHONPATH': os.pathsep.join([str(ROOT / 'src'), os.environ.get('PYTHONPATH', '')])}
+    env = _env()
     return subprocess.run([sys.executable, '-m', module, '--ros-args', *ros_args],
                           capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
@@ -60,7 +70,7 @@ def test_an_integer_for_a_float_parameter_is_refused_as_rclpy_refuses_it(
     # The replay refuses the same file, naming the parameter and the file.
     check = subprocess.run([sys.executable, '-m', 'offload_runtime.cli', 'check-params',
                             str(params)], capture_output=True, text=True, check=False,
-                           env={**os.environ, 'PYTHONPATH': str(ROOT / 'src')})
+                           env=_env())
     assert check.returncode == 1 and 'deadline_ms' in check.stderr and str(params) in check.stderr
 
 
