@@ -24,6 +24,8 @@ from offload_manager.latency_models import ArForecaster, LatencyBook, tail_proba
 # (q50 13.7 %, q75 20.1 %, q95 39.1 % of raw); other qualities interpolate.
 JPEG_SIZE = {50: 0.68, 75: 1.0, 95: 1.95}
 REPLY_BYTES = 2048  # a detection reply: a few hundred bytes of JSON or protobuf per box
+EDGE_WINDOW = 20  # edge answers and unanswered edge frames the edge's availability counts
+CLOUD = 'cloud'
 
 
 class EnergyModelLike(Protocol):
@@ -101,6 +103,11 @@ class Observations:
         self._cloud_dets: dict[int, DetectionSet] = {}
         self._edge_meta: dict[int, tuple[str, int]] = {}  # stamp -> (model, imgsz)
         self._stamps: deque[int] = deque(maxlen=50)  # of frame records: the camera's rate
+        # Whether the edge answered: True for each edge result, False for each frame routed
+        # to the edge that ended without one. A stopped edge node sends no report at all, so
+        # its latency figures alone would keep promising answers that never come.
+        self._edge_answers: deque[bool] = deque(maxlen=EDGE_WINDOW)
+        self._edge_up = 1.0
         self.now_s = 0.0
         self.prepare()
         self.quality = 75
@@ -119,6 +126,7 @@ class Observations:
             elif report.status == 'failed':
                 self.availability.observe(self.now_s, False)
         elif report.status == 'ok' and report.model:
+            self._edge_answers.append(True)
             self.book.add(f'edge:{report.model}@{report.imgsz}', report.total_ms, self.now_s)
             self._edge_meta[report.stamp_ns] = (report.model, report.imgsz)
             _bound(self._edge_meta)
@@ -150,8 +158,10 @@ class Observations:
                                   self._cloud_dets.pop(stamp_ns).detections, self.now_s)
 
     def observe_record(self, record: FrameRecord) -> None:
-        """Frame outcomes: their stamps give the frame rate (learning policies read more)."""
+        """Frame outcomes: their stamps give the frame rate and show an edge that stopped."""
         self._stamps.append(record.stamp_ns)
+        if record.route == Route.EDGE.value and not any(s != CLOUD for s in record.sources):
+            self._edge_answers.append(False)
 
     def frame_rate(self) -> float:
         """Frames per second over the newest frame records; 0 before two have come."""
@@ -168,6 +178,8 @@ class Observations:
         """Compute what every option's estimate shares, once per plan (keeps plans cheap)."""
         self.book.expire(self.now_s)
         self._avail = self.availability.predict(self.now_s)
+        answers = self._edge_answers
+        self._edge_up = sum(answers) / len(answers) if answers else 1.0
         self._server = self.book.quantile('cloud:server', 0.5) or 0.0
         self._shifts: dict[int, float] = {}
         self._edge_cache: dict[tuple[str, int, float], tuple[float, float, float] | None] = {}
@@ -222,10 +234,10 @@ class Observations:
                 self._edge_cache[key] = None
             else:
                 mean, series = edge
-                p_miss = tail_probability(series, deadline_ms, prior_ms=mean)
+                p_late = tail_probability(series, deadline_ms, prior_ms=mean)
                 # None only without samples and with a profile figure <= 0: no estimate then.
-                self._edge_cache[key] = None if p_miss is None else (
-                    mean, p_miss, self.accuracy.edge(model, imgsz))
+                self._edge_cache[key] = None if p_late is None else (
+                    mean, 1.0 - self._edge_up * (1.0 - p_late), self.accuracy.edge(model, imgsz))
         return self._edge_cache[key]
 
     def _cloud_stats(self, quality: int, deadline_ms: float) -> tuple[float, float] | None:

@@ -110,6 +110,29 @@ def test_predictive_leaves_a_slowed_edge_and_its_probes_bring_it_back() -> None:
     assert feed.plan().route is Route.EDGE
 
 
+def test_predictive_leaves_an_edge_that_stopped_answering_and_its_probes_bring_it_back(
+) -> None:
+    feed = Feeder(create_policy('predictive', _settings(weight_accuracy=0.0)))
+    feed.edge(320, 15.0)
+    feed.edge(640, 160.0)
+    feed.cloud(60.0, n=100)
+    assert feed.plan().route is Route.EDGE
+    # The edge node is stopped: no report comes, and frame after frame on the edge route
+    # ends without a result. Its latency figures alone still look fine.
+    for _ in range(10):
+        feed.stamp += 1
+        feed.policy.observe_record(FrameRecord(stamp_ns=feed.stamp, route='edge', sources=[],
+                                               drop_reason='no_result'))
+    plan = feed.plan()
+    assert plan.route is not Route.EDGE, plan.reason
+    # A frame the cloud served on the cloud route says nothing about the edge.
+    feed.policy.observe_record(FrameRecord(stamp_ns=feed.stamp + 1, route='cloud',
+                                           sources=['cloud'], result_source='cloud'))
+    assert feed.plan().route is not Route.EDGE
+    feed.edge(320, 15.0, n=20)  # its probes answer again
+    assert feed.plan().route is Route.EDGE
+
+
 def test_predictive_reacts_to_a_bandwidth_drop_within_a_second() -> None:
     feed = Feeder(create_policy('predictive', _settings(accuracy_floor=40.0)))
     feed.edge(320, 40.0)
