@@ -25,7 +25,7 @@ from offload_manager.latency_models import ArForecaster, LatencyBook, tail_proba
 JPEG_SIZE = {50: 0.68, 75: 1.0, 95: 1.95}
 REPLY_BYTES = 2048  # a detection reply: a few hundred bytes of JSON or protobuf per box
 EDGE_WINDOW = 20  # edge answers and unanswered edge frames the edge's availability counts
-CLOUD = 'cloud'
+NO_RESULT = 'no_result'  # the drop reason of a frame no source answered or reported on
 
 
 class EnergyModelLike(Protocol):
@@ -103,9 +103,9 @@ class Observations:
         self._cloud_dets: dict[int, DetectionSet] = {}
         self._edge_meta: dict[int, tuple[str, int]] = {}  # stamp -> (model, imgsz)
         self._stamps: deque[int] = deque(maxlen=50)  # of frame records: the camera's rate
-        # Whether the edge answered: True for each edge result, False for each frame routed
-        # to the edge that ended without one. A stopped edge node sends no report at all, so
-        # its latency figures alone would keep promising answers that never come.
+        # Whether the edge answers: True for each edge result, False for each frame routed to
+        # the edge that ended with no answer nor report. A stopped edge node sends no report
+        # at all, so its latency figures alone would keep promising answers that never come.
         self._edge_answers: deque[bool] = deque(maxlen=EDGE_WINDOW)
         self._edge_up = 1.0
         self.now_s = 0.0
@@ -160,7 +160,9 @@ class Observations:
     def observe_record(self, record: FrameRecord) -> None:
         """Frame outcomes: their stamps give the frame rate and show an edge that stopped."""
         self._stamps.append(record.stamp_ns)
-        if record.route == Route.EDGE.value and not any(s != CLOUD for s in record.sources):
+        # Only a frame nobody answered or reported on: one the edge dropped under load
+        # (superseded, busy) came from a live edge, and its load shows in its latency.
+        if record.route == Route.EDGE.value and record.drop_reason == NO_RESULT:
             self._edge_answers.append(False)
 
     def frame_rate(self) -> float:
