@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 import select
 import socket
@@ -21,11 +22,12 @@ from helpers import child_env
 import numpy as np
 import pytest
 from rcnn_service.rcnn_detector import RcnnDetector
-from rcnn_service.service import InferenceService, ServiceConfig
+from rcnn_service.service import InferenceService, LOG, ServiceConfig
 from rcnn_service.tls import TlsFiles
 from tls_kit import make_pki, Pki
 
 TOKEN = 't0k'
+SERVICE_LOG = LOG.name
 
 
 @pytest.fixture(scope='module')
@@ -72,7 +74,8 @@ def test_a_certificate_the_ca_did_not_sign_fails_as_tls_not_as_the_link(
 
 
 def test_plain_http_on_the_tls_port_is_refused_and_tls_clients_go_on(
-        service: InferenceService, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+        service: InferenceService, pki: Pki, service_log: pytest.LogCaptureFixture) -> None:
+    caplog = service_log
     before = service.counts['rejected_tls']
     plain = V2RestTransport(service.url.replace('https://', 'http://'), 'rcnn', TOKEN)
     with pytest.raises(CloudError):
@@ -86,11 +89,34 @@ def test_plain_http_on_the_tls_port_is_refused_and_tls_clients_go_on(
 
 
 def test_a_client_without_the_ca_is_reported_as_not_trusting_the_certificate(
-        service: InferenceService, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
+        service: InferenceService, pki: Pki, service_log: pytest.LogCaptureFixture) -> None:
     with pytest.raises(CloudError) as caught:
         V2RestTransport(service.url, 'rcnn', TOKEN, pki.other_ca).infer(_jpeg(), 10.0)
     assert caught.value.reason == 'tls'
-    assert _logged(caplog, "the client does not trust this certificate's CA: check its CA file")
+    assert _logged(service_log,
+                   "the client does not trust this certificate's CA: check its CA file")
+
+
+@pytest.fixture
+def service_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Capture the service's log lines, whether or not they reach the root logger.
+
+    With a ROS workspace sourced, launch_testing's pytest plugin imports launch's logging,
+    whose loggers made after it do not propagate: caplog, on the root, would see nothing.
+    """
+    logger = logging.getLogger(SERVICE_LOG)
+    chain = [logger]
+    while chain[-1].parent is not None and chain[-1].parent is not logging.root:
+        chain.append(chain[-1].parent)
+    direct = not all(each.propagate for each in chain)
+    if direct:
+        logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger=SERVICE_LOG)
+    try:
+        yield caplog
+    finally:
+        if direct:
+            logger.removeHandler(caplog.handler)
 
 
 def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
