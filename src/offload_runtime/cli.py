@@ -282,12 +282,15 @@ def _serve(args: argparse.Namespace) -> int:
     service_log = logging.getLogger('adaptive_offload')
     service_log.addHandler(handler)
     service_log.setLevel(logging.INFO)
-    if args.runtime == 'builtin':
-        serve(config, announce)
-    else:
-        from rcnn_service.mlserver_runtime import serve_mlserver
+    try:
+        if args.runtime == 'builtin':
+            serve(config, announce)
+        else:
+            from rcnn_service.mlserver_runtime import serve_mlserver
 
-        serve_mlserver(config, args.grpc_port, args.metrics_port, announce)
+            serve_mlserver(config, args.grpc_port, args.metrics_port, announce)
+    finally:  # main() may run again in this process (tests): its stderr may be gone then
+        service_log.removeHandler(handler)
     return EXIT_OK
 
 
