@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import functools
 import json
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from adaptive_offload.datatypes import Detection
 from adaptive_offload.errors import ConfigError
@@ -100,6 +100,12 @@ class Calibration:
         return _through(tuple(sorted((m, c) for c, m in points)), m_ap) if points else None
 
 
+def _family(model: str, names: Iterable[str]) -> str | None:
+    """Return the longest of ``names`` that ``model`` starts with (``yolov8n-onnx``: yolov8n)."""
+    return next((name for name in sorted(names, key=len, reverse=True)
+                 if model.startswith(name)), None)
+
+
 def prior(model: str, imgsz: int = 0) -> float:
     """Prior accuracy (mAP, 0-100) of ``model`` at ``imgsz`` (0: the published size).
 
@@ -107,8 +113,7 @@ def prior(model: str, imgsz: int = 0) -> float:
     shipped model's measured figures win over a COCO family whose name is a shorter prefix.
     """
     measured = measured_priors()
-    base = next((name for name in sorted({*PRIORS_MAP, *measured}, key=len, reverse=True)
-                 if model.startswith(name)), None)
+    base = _family(model, {*PRIORS_MAP, *measured})
     if base is None:
         return UNKNOWN_PRIOR
     if base in measured:
@@ -194,8 +199,7 @@ def calibrations() -> Mapping[str, Calibration]:
 def calibration(model: str) -> Calibration | None:
     """Return the calibration of edge ``model`` (names match by prefix), if one was measured."""
     found = calibrations()
-    base = next((name for name in sorted(found, key=len, reverse=True)
-                 if model.startswith(name)), None)
+    base = _family(model, found)
     return None if base is None else found[base]
 
 
