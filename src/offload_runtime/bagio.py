@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from adaptive_offload.errors import BagError
 from adaptive_offload.graph import QOS
+from offload_runtime import mcap_direct
 from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness, QosReliability,
                                 QosTime)
 from rosbags.rosbag2 import Reader, Writer
@@ -175,6 +176,8 @@ class OutputBag:
         # The chunk and the file of rosbags' MCAP storage are not public API: without them
         # (another rosbags version) the bag is written as before, whole only at close.
         self._chunked = all(hasattr(storage, name) for name in ('chunk', 'close_chunk', 'bio'))
+        if self._chunked:
+            mcap_direct.install(storage)
 
     def set_custom_data(self, key: str, value: str) -> None:
         """Record ``key: value`` in the bag's metadata (rosbag2 ``custom_data``)."""
