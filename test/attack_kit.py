@@ -46,7 +46,7 @@ class ServedProcess:
         # ATTACK_KIT_SRC runs the attacks against another checkout's src (older code).
         src = src or Path(os.environ.get('ATTACK_KIT_SRC') or ROOT / 'src')
         if legacy_token is None:
-            cli = (src / 'offload_runtime' / 'cli.py').read_text()
+            cli = ''.join(f.read_text() for f in (src / 'offload_runtime').glob('*cli*.py'))
             legacy_token = "'--token-file'" not in cli
         self.runtime = runtime
         self.rest, self.grpc, self.metrics = free_ports(3)

@@ -83,7 +83,8 @@ def child_env() -> dict[str, str]:
 class V2Handler(BaseHTTPRequestHandler):
     """A V2 server's REST handler: /v2/models/rcnn/infer gives one box around the image centre.
 
-    ``mode`` (ok, slow, error, malformed) says how it answers; ``seen`` keeps every request.
+    ``mode`` (ok, slow, error, malformed, overloaded) says how it answers; ``seen`` keeps every
+    request.
     """
 
     mode = 'ok'
@@ -94,7 +95,8 @@ class V2Handler(BaseHTTPRequestHandler):
         image = cv2.imdecode(np.frombuffer(base64.b64decode(body['inputs'][0]['data'][0]),
                                            np.uint8), cv2.IMREAD_COLOR)
         type(self).seen.append({'path': self.path, 'shape': image.shape,
-                                'auth': self.headers.get('Authorization')})
+                                'auth': self.headers.get('Authorization'),
+                                'parameters': body.get('parameters')})
         h, w = image.shape[:2]
         reply = {'model_name': 'rcnn', 'outputs': [
             {'name': 'boxes', 'shape': [1, 4], 'datatype': 'FP32',
@@ -108,7 +110,13 @@ class V2Handler(BaseHTTPRequestHandler):
             status, payload = 500, b'{"error": "model crashed"}'
         elif self.mode == 'malformed':
             payload = b'{"outputs": [{"name": "boxes", "data": [1, 2]}]}'
+        elif self.mode == 'overloaded':  # as the builtin runtime refuses for load
+            status, payload = 503, json.dumps({
+                'error': 'overloaded (queue_full): 32 requests queued; retry after 250 ms',
+                'parameters': {'reason': 'queue_full', 'retry_after_us': 250000}}).encode()
         self.send_response(status)
+        if self.mode == 'overloaded':
+            self.send_header('Retry-After', '1')
         self.send_header('Content-Type', 'application/json')
         self.send_header('Content-Length', str(len(payload)))
         self.end_headers()

@@ -43,10 +43,13 @@ class CloudError(AdaptiveOffloadError):
         reason: Short machine-readable reason (``timeout``, ``connection``, ``http_503``, ...).
         bytes_sent: Request bytes that left the robot before the failure (a request that timed
             out or was refused by the server was sent all the same; its radio energy counts).
+        retry_after_s: For ``overloaded``: when the service expects to have room again.
     """
 
-    def __init__(self, reason: str, detail: str = '', bytes_sent: int = 0) -> None:
+    def __init__(self, reason: str, detail: str = '', bytes_sent: int = 0,
+                 retry_after_s: float = 0.0) -> None:
         super().__init__(f'{reason}: {detail}' if detail else reason)
         self.reason = reason
         self.detail = detail
         self.bytes_sent = bytes_sent
+        self.retry_after_s = retry_after_s

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+import random
+import socket
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -52,6 +54,9 @@ PARAMETERS = (
                   "(where the edge's newest result is unsure or changing; same rate)."),
     ParameterSpec('edge_sources', ['edge'],
                   'source_name of the edge targets whose results content sampling reads.'),
+    ParameterSpec('robot_id', '',
+                  "This robot's id on a shared service (its fair turn, its metrics); empty: "
+                  "the host's name."),
 )
 
 
@@ -74,6 +79,7 @@ class CloudConfig:
     max_pending: int
     sampling: str
     edge_sources: list
+    robot_id: str
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> CloudConfig:
@@ -93,7 +99,8 @@ class CloudConfig:
 
     def make_transport(self) -> InferenceTransport:
         """Build the transport for the URL's scheme."""
-        return make_transport(self.url, self.model, self.bearer_token(), self.ca_file)
+        return make_transport(self.url, self.model, self.bearer_token(), self.ca_file,
+                              self.robot_id or socket.gethostname())
 
     def bearer_token(self) -> str:
         """Return the token, read from ``token_file`` when that is set.
@@ -133,8 +140,12 @@ class CloudBridge:
 
     A request never outlives the frame's deadline; a refused or dropped connection is retried
     (``max_retries``) only if the time left exceeds the recent round trip; the circuit breaker
-    fails frames at once while the service is known to be down. Thread-safe, so that several
-    requests can be in flight (the transport must be thread-safe too; ours are).
+    fails frames at once while the service is known to be down. A service that refuses a
+    request for load (``overloaded``) is healthy but busy: it does not count against the
+    breaker, and frames fail at once (``backoff``) for the time it said, drawn between half and
+    one and a half times it, so that a fleet refused together does not come back together.
+    Thread-safe, so that several requests can be in flight (the transport must be thread-safe
+    too; ours are).
 
     Args:
         transport: Connection to the service.
@@ -143,6 +154,7 @@ class CloudBridge:
         breaker: Circuit breaker; a default one when None.
         model: Model name put on the detections.
         sampler: Picks the frames of one-in-n decisions; uniform when None.
+        rng: Draws the back-off after a load refusal (seeded in tests).
     """
 
     SOURCE = 'cloud'
@@ -150,7 +162,7 @@ class CloudBridge:
     def __init__(self, transport: InferenceTransport,
                  clock: Callable[[], int] = time.perf_counter_ns, max_retries: int = 1,
                  breaker: CircuitBreaker | None = None, model: str = '',
-                 sampler: Sampler | None = None) -> None:
+                 sampler: Sampler | None = None, rng: random.Random | None = None) -> None:
         self._transport = transport
         self._clock = clock
         self._sampling: Sampler = sampler or UniformSampler()
@@ -159,6 +171,8 @@ class CloudBridge:
         self.breaker = breaker or CircuitBreaker()
         self.link = LinkEstimator()
         self.model = model
+        self._rng = rng or random.Random()
+        self._backoff_until = 0
 
     def on_edge_detections(self, dets: DetectionSet, now_ns: int = 0) -> None:
         """Take an edge result: content sampling judges the next frames by it."""
@@ -191,14 +205,23 @@ class CloudBridge:
         except ConversionError as err:
             return None, self._link(replace(report, status='failed', reason=str(err)))
         with self._lock:
-            allowed = self.breaker.allow(self._clock())
+            now = self._clock()
+            backoff = now < self._backoff_until
+            allowed = not backoff and self.breaker.allow(now)
         if not allowed:
-            return None, self._link(replace(report, status='failed', reason='circuit_open'))
+            return None, self._link(replace(report, status='failed',
+                                            reason='backoff' if backoff else 'circuit_open'))
         try:
             reply, retried_bytes = self._request(jpeg, start + int(decision.deadline_ms * 1e6))
         except CloudError as err:
             with self._lock:
-                self.breaker.record(False, self._clock())
+                if err.reason == 'overloaded':
+                    self.breaker.release()
+                    hold_s = err.retry_after_s * self._rng.uniform(0.5, 1.5)
+                    self._backoff_until = max(self._backoff_until,
+                                              self._clock() + int(hold_s * 1e9))
+                else:
+                    self.breaker.record(False, self._clock())
             return None, self._link(replace(report, status='failed', reason=str(err),
                                             total_ms=(self._clock() - start) / 1e6,
                                             bytes_sent=err.bytes_sent))

@@ -50,6 +50,13 @@ class CircuitBreaker:
             return True
         return self.state is BreakerState.CLOSED
 
+    def release(self) -> None:
+        """Forget a request that was allowed but says nothing of the service's health.
+
+        A half-open breaker lets the next request probe instead.
+        """
+        self._probing = False
+
     def record(self, ok: bool, now_ns: int) -> None:
         """Record the outcome of a request that was allowed."""
         if ok:

@@ -16,6 +16,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from adaptive_offload.errors import CloudError, ConfigError
 from adaptive_offload.inference_transport import CloudReply, InferenceTransport
+from cloud_bridge.request_budget import overloaded, RequestBudget
 import numpy as np
 
 
@@ -37,13 +38,16 @@ class V2RestTransport:
         token: Bearer token; empty sends none.
         ca_file: PEM file of the CA(s) that sign an https server's certificate; empty trusts
             the system's CAs.
+        robot_id: Id sent with every request (the service's fair turns); empty: none.
 
     Raises:
         ConfigError: For a URL that is not http(s) with a host, or has a bad port; for a CA
             file that does not load, or one given with plain http.
     """
 
-    def __init__(self, url: str, model: str, token: str = '', ca_file: str = '') -> None:
+    def __init__(self, url: str, model: str, token: str = '', ca_file: str = '',
+                 robot_id: str = '') -> None:
+        self._budget = RequestBudget(robot_id)
         parts = urlsplit(url)
         host = parts.hostname
         if parts.scheme not in ('http', 'https') or not host:
@@ -79,7 +83,7 @@ class V2RestTransport:
         """See :class:`InferenceTransport`."""
         if timeout_s <= 0:
             raise CloudError('timeout', 'no time left before the deadline')
-        body = json.dumps({'inputs': [{
+        body = json.dumps({'parameters': self._budget.parameters(timeout_s), 'inputs': [{
             'name': 'image', 'shape': [1], 'datatype': 'BYTES',
             'parameters': {'content_type': 'base64'},
             'data': [base64.b64encode(image).decode('ascii')]}]}).encode()
@@ -118,13 +122,13 @@ class V2RestTransport:
             with self._lock:
                 self._idle.append(conn)
         if response.status != 200:
-            raise CloudError(f'http_{response.status}', payload[:200].decode(errors='replace'),
-                             sent)
+            raise _refusal(response, payload, sent)
         try:
             boxes, scores, labels, server_ms = parse_v2_reply(payload)
         except CloudError as err:
             err.bytes_sent = sent
             raise
+        self._budget.observe(elapsed_ms, server_ms)
         return CloudReply(boxes, scores, labels, elapsed_ms, len(body), server_ms)
 
     def close(self) -> None:
@@ -133,6 +137,20 @@ class V2RestTransport:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+def _refusal(response: http.client.HTTPResponse, payload: bytes, sent: int) -> CloudError:
+    """Return the error of a non-200 answer: ``overloaded`` for a load refusal, else http_N."""
+    text = payload[:300].decode(errors='replace')
+    if response.status == 503 and 'overloaded' in text:
+        try:
+            retry_us = json.loads(payload)['parameters']['retry_after_us']
+            retry_s: float | None = float(retry_us) / 1e6
+        except (ValueError, KeyError, TypeError):  # MLServer's answer: the header, the text
+            header = response.getheader('Retry-After') or ''
+            retry_s = float(header) if header.isdigit() else None
+        return overloaded(text, sent, retry_s)
+    return CloudError(f'http_{response.status}', text[:200], sent)
 
 
 def _early_response(conn: http.client.HTTPConnection
@@ -193,15 +211,18 @@ class V2GrpcTransport:
         token: Bearer token sent as ``authorization`` metadata; empty sends none.
         ca_file: PEM file of the CA(s) that sign a grpcs server's certificate; empty trusts
             the system's CAs.
+        robot_id: Id sent with every request (the service's fair turns); empty: none.
 
     Raises:
         ConfigError: For a URL without host and port, or with a bad port; for a CA file that
             does not load, or one given with plain grpc.
     """
 
-    def __init__(self, url: str, model: str, token: str = '', ca_file: str = '') -> None:
+    def __init__(self, url: str, model: str, token: str = '', ca_file: str = '',
+                 robot_id: str = '') -> None:
         import grpc
 
+        self._budget = RequestBudget(robot_id)
         parts = urlsplit(url)
         port = _port(url, parts)
         if parts.scheme not in ('grpc', 'grpcs') or not parts.hostname or not port:
@@ -236,9 +257,12 @@ class V2GrpcTransport:
         start = time.perf_counter()
         try:
             result = client.infer(self._model, [tensor], client_timeout=timeout_s,
-                                  headers=self._headers)
+                                  headers=self._headers,
+                                  parameters=self._budget.parameters(timeout_s))
         except InferenceServerException as err:
             code = str(err.status() or '').rsplit('.', 1)[-1]
+            if code == 'RESOURCE_EXHAUSTED' and 'overloaded' in (err.message() or ''):
+                raise overloaded(err.message(), len(image)) from err
             if code in ('UNAVAILABLE', 'CANCELLED', ''):
                 self._discard(client)
             reason = {'DEADLINE_EXCEEDED': 'timeout', 'UNAVAILABLE': 'connection',
@@ -260,6 +284,7 @@ class V2GrpcTransport:
             raise CloudError('bad_reply', f'not a detection reply: {err}') from err
         param = result.get_response().parameters.get('server_us')
         server_ms = param.int64_param / 1e3 if param is not None else None
+        self._budget.observe(elapsed_ms, server_ms)
         return CloudReply(*_consistent(boxes, scores, labels), elapsed_ms, len(image),
                           server_ms)
 
@@ -277,7 +302,7 @@ class V2GrpcTransport:
             client.close()
 
 
-TRANSPORTS: dict[str, Callable[[str, str, str, str], InferenceTransport]] = {
+TRANSPORTS: dict[str, Callable[..., InferenceTransport]] = {
     'grpc': V2GrpcTransport,
     'grpcs': V2GrpcTransport,
     'http': V2RestTransport,
@@ -313,7 +338,8 @@ def _port(url: str, parts: SplitResult) -> int | None:
         raise ConfigError(f'cloud URL {url!r}: bad port ({err})') from err
 
 
-def make_transport(url: str, model: str, token: str = '', ca_file: str = '') -> InferenceTransport:
+def make_transport(url: str, model: str, token: str = '', ca_file: str = '',
+                   robot_id: str = '') -> InferenceTransport:
     """Return the transport for ``url``'s scheme.
 
     Args:
@@ -321,6 +347,7 @@ def make_transport(url: str, model: str, token: str = '', ca_file: str = '') -> 
         model: Model name on the server.
         token: Bearer token; empty sends none.
         ca_file: CA file that verifies a TLS server; empty trusts the system's CAs.
+        robot_id: Id sent with every request; empty sends none.
 
     Raises:
         ConfigError: For a scheme no transport speaks, or a bad URL or CA file.
@@ -329,4 +356,4 @@ def make_transport(url: str, model: str, token: str = '', ca_file: str = '') -> 
     if scheme not in TRANSPORTS:
         raise ConfigError(f'cloud URL {url!r}: scheme must be one of '
                           f'{", ".join(s + "://" for s in TRANSPORTS)}')
-    return TRANSPORTS[scheme](url, model, token, ca_file)
+    return TRANSPORTS[scheme](url, model, token, ca_file, robot_id)

@@ -10,55 +10,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 from pathlib import Path
 import signal
 import sys
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Sequence
 
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors exit with EXIT_USAGE."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f'{self.prog}: error: {message}\n')
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'{text} is negative')
-    return value
-
-
-def _above_zero(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f'{text} is not above 0')
-        return value
-    return parse
-
-
-def _rate(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'{text} is negative')
-    return value
+from offload_runtime.cli_args import (EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE,
+                                      non_negative, non_negative_int, Parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
     from offload_runtime.sample_bag import SAMPLE_ENCODINGS
+    from offload_runtime.loadtest_cli import add_loadtest_parser
+    from offload_runtime.serve_cli import add_serve_parser
     from offload_runtime.train_cli import add_train_parser
     from rcnn_service.compact_rcnn import COMPACT_ARCH
 
-    parser = _Parser(prog='adaptive-offload', description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest='command', required=True, parser_class=_Parser)
+    parser = Parser(prog='adaptive-offload', description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest='command', required=True, parser_class=Parser)
 
     check = sub.add_parser('check-params',
                            help='check a ROS 2 parameter file as the nodes would take it')
@@ -66,12 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = sub.add_parser('sample-bag', help='write a synthetic camera bag (MCAP)')
     sample.add_argument('out', type=Path, help='bag folder to create')
-    sample.add_argument('--frames', type=_positive_int, default=300)
+    sample.add_argument('--frames', type=non_negative_int, default=300)
     sample.add_argument('--fps', type=float, default=10.0)
     sample.add_argument('--width', type=int, default=640)
     sample.add_argument('--height', type=int, default=480)
     sample.add_argument('--encoding', choices=SAMPLE_ENCODINGS, default='rgb8')
-    sample.add_argument('--objects', type=_positive_int, default=4)
+    sample.add_argument('--objects', type=non_negative_int, default=4)
     sample.add_argument('--difficulty', default='',
                         help='easy, medium or hard for the whole bag, or a timeline such as '
                              'easy:0-30,hard:30-60 (seconds; easy elsewhere); a span may '
@@ -84,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser('replay', help='run the graph on a bag, write an output bag')
     replay.add_argument('bag', type=Path, help='input bag folder')
     replay.add_argument('--out', type=Path, required=True, help='output bag folder to create')
-    replay.add_argument('--rate', type=_rate, default=1.0,
+    replay.add_argument('--rate', type=non_negative, default=1.0,
                         help='playback rate factor; 0 = as fast as possible (default 1)')
-    replay.add_argument('--max-frames', type=_positive_int, default=0)
+    replay.add_argument('--max-frames', type=non_negative_int, default=0)
     replay.add_argument('--topic', default='', help='image topic (default: the only one)')
     replay.add_argument('--params', type=Path, help='ROS 2 parameter file (config/params.yaml)')
     replay.add_argument('--policy', help='offload_manager policy')
@@ -109,10 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument('--injector', choices=('client', 'proxy', 'netns'), default='client',
                         help='where network faults are injected: the bridge transport, a TCP '
                              'fault proxy, or tc in a network namespace (root)')
-    replay.add_argument('--tracking-window', type=_rate, default=10.0,
+    replay.add_argument('--tracking-window', type=non_negative, default=10.0,
                         help='seconds of each window comparing the estimated edge mAP with '
                              'the measured one (bags with ground truth; default 10)')
-    replay.add_argument('--tracking-step', type=_rate, default=2.0,
+    replay.add_argument('--tracking-step', type=non_negative, default=2.0,
                         help='seconds between those windows (default 2)')
     replay.add_argument('--distro', choices=('humble', 'jazzy'), default='jazzy')
     replay.add_argument('--json', action='store_true', help='print the summary as JSON')
@@ -126,53 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument('--out', type=Path,
                          help='bag folder to create (default: BAG-recovered beside it)')
 
-    serve = sub.add_parser('serve', help='run the cloud R-CNN service (V2 gRPC and REST)')
-    serve.add_argument('--runtime', choices=('mlserver', 'builtin'), default='mlserver',
-                       help='mlserver: REST + gRPC + metrics port; builtin: a small REST-only '
-                            'server without the MLServer dependency')
-    serve.add_argument('--arch', default=COMPACT_ARCH,
-                       help='torchvision detection architecture (default: that of the '
-                            'shipped model, docs/models.md)')
-    serve.add_argument('--checkpoint', default=None,
-                       help='state_dict file (default: the shipped one with the default arch, '
-                            'random weights with another); "": random weights (for tests)')
-    serve.add_argument('--device', default='cpu')
-    serve.add_argument('--host', default='127.0.0.1')
-    serve.add_argument('--port', type=int, default=8080,
-                       help='REST port (builtin: 0 picks a free port)')
-    serve.add_argument('--grpc-port', type=int, default=8081, help='gRPC port (mlserver)')
-    serve.add_argument('--metrics-port', type=int, default=8082,
-                       help='Prometheus /metrics port (mlserver; builtin serves it on --port)')
-    serve.add_argument('--model-name', default='rcnn')
-    serve.add_argument('--token-file', default='',
-                       help='file of bearer tokens clients must present, one a line (one per '
-                            'robot; a mounted Kubernetes Secret); tokens are also read from '
-                            'the environment variable ADAPTIVE_OFFLOAD_TOKENS (comma- or '
-                            'space-separated), never from the command line')
-    serve.add_argument('--tls-cert', default='',
-                       help='PEM certificate (chain) for REST and gRPC: https:// and grpcs:// '
-                            '(tls.crt of a mounted kubernetes.io/tls Secret); with --tls-key')
-    serve.add_argument('--tls-key', default='', help='its unencrypted PEM private key')
-    serve.add_argument('--score-threshold', type=float, default=0.5)
-    serve.add_argument('--max-request-bytes', type=int, default=8 << 20)
-    serve.add_argument('--max-image-side', type=int, default=4096)
-    serve.add_argument('--threads', type=int, default=0, help='torch threads; 0: default')
-    serve.add_argument('--input-size', type=_positive_int, default=0,
-                       help="longest image side the model reads; 0: the architecture's own")
-    serve.add_argument('--max-batch', type=int, default=4,
-                       help='largest batch of requests run together (adaptive batching)')
-    serve.add_argument('--batch-wait-ms', type=float, default=0.0,
-                       help='how long a lone request waits for others (0: never)')
-    serve.add_argument('--request-timeout-s', type=_above_zero(float), default=10.0,
-                       help='a request (headers and body) must arrive within this time of its '
-                            'first byte (else 408), an idle connection is closed after it, '
-                            'and a TLS handshake must end within it (builtin) (default 10)')
-    serve.add_argument('--max-connections', type=_above_zero(int), default=512,
-                       help='REST connections served at once; more get 503 (default 512)')
-    serve.add_argument('--shutdown-grace-s', type=_rate, default=5.0,
-                       help='on SIGTERM, how long requests under way may take to finish '
-                            '(builtin: the queue is dropped after it; MLServer: REST, its gRPC '
-                            'always gets 5 s) (default 5)')
+    add_serve_parser(sub)
+    add_loadtest_parser(sub)
 
     evaluate = sub.add_parser('evaluate', help='every policy under every scenario: table, plots')
     evaluate.add_argument('--scenarios', type=Path, default=Path('config/scenarios'),
@@ -181,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help='comma-separated policy names (default: all of them)')
     evaluate.add_argument('--mode', choices=('sim', 'live'), default='sim')
     evaluate.add_argument('--out', type=Path, required=True, help='folder for table and plots')
-    evaluate.add_argument('--frames', type=_positive_int, default=3000,
+    evaluate.add_argument('--frames', type=non_negative_int, default=3000,
                           help='frames per run (live: frames of the generated bag)')
     evaluate.add_argument('--fps', type=float, default=10.0)
     evaluate.add_argument('--deadline-ms', type=float, default=250.0)
@@ -208,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument('out', type=Path, help='replay output bag, or evaluate --out folder')
     report.add_argument('--html', type=Path, default=None,
                         help='page to write (default: OUT/report.html)')
-    report.add_argument('--frames', type=_positive_int, default=8, help='frames in the strip')
+    report.add_argument('--frames', type=non_negative_int, default=8, help='frames in the strip')
 
     export = sub.add_parser('export', help='export a YOLO model for the onnx backend')
     export.add_argument('model', help='weights (.pt) or model config (.yaml)')
@@ -248,49 +175,6 @@ def _sample_bag(args: argparse.Namespace) -> int:
     count = write_sample_bag(args.out, spec, args.distro)
     print(f'wrote {count} frames ({spec.width}x{spec.height} {spec.encoding} at {spec.fps} fps) '
           f'to {args.out}')
-    return EXIT_OK
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from rcnn_service.guard import load_tokens, TOKENS_ENV
-    from rcnn_service.service import serve, ServiceConfig
-    from rcnn_service.tls import TlsFiles
-
-    if args.max_batch < 1 or args.batch_wait_ms < 0:
-        raise ConfigError('--max-batch must be >= 1 and --batch-wait-ms >= 0')
-    tokens = load_tokens(args.token_file)
-    if not tokens and args.host not in ('127.0.0.1', 'localhost', '::1'):
-        print(f'adaptive-offload serve: warning: no tokens (--token-file, {TOKENS_ENV}): '
-              f'anyone who reaches {args.host} can use the service', file=sys.stderr)
-    checkpoint = _checkpoint(args.arch, args.checkpoint)
-    config = ServiceConfig(arch=args.arch, checkpoint=checkpoint, device=args.device,
-                           host=args.host, port=args.port, model_name=args.model_name,
-                           tokens=tokens, max_request_bytes=args.max_request_bytes,
-                           max_image_side=args.max_image_side,
-                           score_threshold=args.score_threshold, threads=args.threads,
-                           input_size=args.input_size,
-                           max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                           shutdown_grace_s=args.shutdown_grace_s,
-                           request_timeout_s=args.request_timeout_s,
-                           max_connections=args.max_connections,
-                           tls=TlsFiles.from_options(args.tls_cert, args.tls_key))
-    if config.tls is not None:
-        config.tls.server_context()  # a bad pair stops here, before the model loads
-    announce = (lambda line: print(line, flush=True))
-    handler = logging.StreamHandler()  # refusals, load errors: one line each, timestamped
-    handler.setFormatter(logging.Formatter('%(asctime)s [%(name)s] %(levelname)s %(message)s'))
-    service_log = logging.getLogger('adaptive_offload')
-    service_log.addHandler(handler)
-    service_log.setLevel(logging.INFO)
-    try:
-        if args.runtime == 'builtin':
-            serve(config, announce)
-        else:
-            from rcnn_service.mlserver_runtime import serve_mlserver
-
-            serve_mlserver(config, args.grpc_port, args.metrics_port, announce)
-    finally:  # main() may run again in this process (tests): its stderr may be gone then
-        service_log.removeHandler(handler)
     return EXIT_OK
 
 
@@ -345,18 +229,9 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _cloud_checkpoint(args: argparse.Namespace) -> str:
-    return _checkpoint(args.cloud_arch, args.cloud_checkpoint)
+    from offload_runtime.train_cli import checkpoint_for
 
-
-def _checkpoint(arch: str, given: str | None) -> str:
-    """Return the checkpoint to serve: the given one, else the shipped one for its arch."""
-    from adaptive_offload.package_files import shipped_model
-    from offload_runtime.train_cli import CLOUD_FILE
-    from rcnn_service.compact_rcnn import COMPACT_ARCH
-
-    if given is not None:
-        return str(given)
-    return str(shipped_model(CLOUD_FILE)) if arch == COMPACT_ARCH else ''
+    return checkpoint_for(args.cloud_arch, args.cloud_checkpoint)
 
 
 def _print_result(args: argparse.Namespace, result: Any) -> None:
@@ -482,9 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return int(exc.code or 0)
+    from offload_runtime.loadtest_cli import run_loadtest
+    from offload_runtime.serve_cli import run_serve
+
     handlers = {'sample-bag': _sample_bag, 'replay': _replay, 'export': _export,
-                'serve': _serve, 'evaluate': _evaluate, 'check-params': _check_params,
-                'recover-bag': _recover_bag, 'train': _train, 'report': _report}
+                'serve': run_serve, 'loadtest': run_loadtest, 'evaluate': _evaluate,
+                'check-params': _check_params, 'recover-bag': _recover_bag, 'train': _train,
+                'report': _report}
     try:
         return handlers[args.command](args)
     except AdaptiveOffloadError as err:

@@ -11,6 +11,21 @@ EXIT_OK = 0
 EDGE_FILE, CLOUD_FILE = 'yolov8n-shapes.pt', 'rcnn-shapes.pt'
 
 
+def checkpoint_for(arch: str, given: str | None) -> str:
+    """Return the R-CNN checkpoint to serve: the given one, else the shipped one for its arch.
+
+    Args:
+        arch: The architecture served.
+        given: The checkpoint the user named; None: none named ("" means random weights).
+    """
+    from adaptive_offload.package_files import shipped_model
+    from rcnn_service.compact_rcnn import COMPACT_ARCH
+
+    if given is not None:
+        return str(given)
+    return str(shipped_model(CLOUD_FILE)) if arch == COMPACT_ARCH else ''
+
+
 def add_train_parser(sub: Any) -> None:
     """Add the ``train`` subcommand to ``sub`` (an argparse subparsers object)."""
     from adaptive_offload.package_files import shipped_model

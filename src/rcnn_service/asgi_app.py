@@ -18,7 +18,7 @@ import threading
 from typing import Any, Callable, TYPE_CHECKING
 
 from rcnn_service.asgi_guard import header_values, peer_of, respond, RestGuard, ServerGuard
-from rcnn_service.guard import RequestError
+from rcnn_service.guard import Overloaded, RequestError
 from rcnn_service.protocol import model_metadata, MODEL_VERSION, server_metadata
 
 if TYPE_CHECKING:
@@ -135,7 +135,13 @@ class BuiltinApp:
     async def _refuse(self, scope: dict[str, Any], send: Send, err: RequestError,
                       close: bool) -> None:
         self.service.reject(err.status, peer_of(scope), err)
-        await respond(send, err.status, {'error': str(err)}, close or self.service.stopping)
+        body: dict[str, Any] = {'error': str(err)}
+        retry_after = ''
+        if isinstance(err, Overloaded):
+            body['parameters'] = {'reason': err.reason,
+                                  'retry_after_us': round(err.retry_after_s * 1e6)}
+            retry_after = err.retry_after_header
+        await respond(send, err.status, body, close or self.service.stopping, retry_after)
 
     async def _send(self, send: Send, status: int, body: Any,
                     content_type: str = 'application/json') -> None:

@@ -112,14 +112,18 @@ class RestGuard:
         await self.app(scope, receive, send)
 
 
-async def respond(send: Any, status: int, body: dict[str, Any], close: bool) -> None:
+async def respond(send: Any, status: int, body: dict[str, Any], close: bool,
+                  retry_after: str = '') -> None:
     """Send a whole JSON response; ``close`` ends the connection after it.
 
-    A 401 says which scheme to use (``WWW-Authenticate``), a 405 which methods are allowed.
+    A 401 says which scheme to use (``WWW-Authenticate``), a 405 which methods are allowed, an
+    overloaded 503 when to come back (``retry_after``, whole seconds).
     """
     payload = json.dumps(body).encode()
     headers = [(b'content-type', b'application/json'),
                (b'content-length', str(len(payload)).encode())]
+    if retry_after:
+        headers.append((b'retry-after', retry_after.encode()))
     if status == 401:
         headers.append((b'www-authenticate', b'Bearer'))
     elif status == 405:

@@ -1,51 +1,67 @@
 """Adaptive batching for the service: requests that wait together run as one batch.
 
 A single worker thread runs the detector. While it is busy, new requests queue; when it is
-free it takes everything queued (up to ``max_batch``) as the next batch. Under light load a
+free it takes the next batch (up to ``max_batch``) from the queue. Under light load a
 request runs alone at once (``max_wait_ms`` = 0) and under heavy load batches grow by
 themselves, so nobody waits for a batch to fill. Each request keeps its own errors: a batch
 that raises fails only if every image fails alone too.
+
+The queue (:mod:`rcnn_service.fair_queue`) is bounded, serves robots in turn, and refuses a
+request that cannot finish within its budget, at once or when its batch forms; the time each
+batch took is measured here and feeds its estimates.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import Future
 import threading
+import time
 from typing import Callable, Generic, Sequence, TypeVar
 
 from adaptive_offload.errors import ConfigError
+from rcnn_service.fair_queue import ANONYMOUS, BatchTimes, FairQueue, Ticket
+from rcnn_service.guard import Overloaded
 
 In = TypeVar('In')
 Out = TypeVar('Out')
 
 
 class AdaptiveBatcher(Generic[In, Out]):
-    """Runs ``run_batch`` on the requests that queued while the previous batch ran.
+    """Runs ``run_batch`` on batches taken fairly from the requests that queued.
 
     Args:
         run_batch: Maps a list of inputs to one output each, in order.
         max_batch: Largest batch.
         max_wait_ms: How long a lone request waits for company (0: never).
         on_batch: Called with the size of each batch as it starts (metrics).
+        max_queue: Most requests waiting at once; 0: 16 batches.
+        on_refusal: Called with every request refused after it was queued (pushed out or
+            expired), outside the lock (metrics).
+        clock: Monotonic seconds; the budgets and batch times are measured on it.
 
     Raises:
-        ConfigError: For a batch size below 1 or a negative wait.
+        ConfigError: For a batch size below 1, a negative wait, or a queue smaller than one
+            batch.
     """
 
     def __init__(self, run_batch: Callable[[list[In]], Sequence[Out]], max_batch: int = 4,
                  max_wait_ms: float = 0.0,
-                 on_batch: Callable[[int], None] | None = None) -> None:
-        if max_batch < 1 or max_wait_ms < 0:
-            raise ConfigError(f'need max_batch >= 1 and max_wait_ms >= 0, got {max_batch}, '
-                              f'{max_wait_ms}')
+                 on_batch: Callable[[int], None] | None = None, max_queue: int = 0,
+                 on_refusal: Callable[[Overloaded], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if max_batch < 1 or max_wait_ms < 0 or max_queue < 0:
+            raise ConfigError(f'need max_batch >= 1, max_wait_ms >= 0 and max_queue >= 0, got '
+                              f'{max_batch}, {max_wait_ms}, {max_queue}')
         self._run = run_batch
         self.max_batch = max_batch
         self._wait_s = max_wait_ms / 1e3
-        self._queue: deque[tuple[In, Future[Out]]] = deque()
+        self.times = BatchTimes()
+        self._queue: FairQueue[In, Out] = FairQueue(max_batch, max_queue or 16 * max_batch,
+                                                    self.times)
         self._cond = threading.Condition()
         self._closed = False
         self._on_batch = on_batch
+        self._on_refusal = on_refusal
+        self._clock = clock
         self._thread = threading.Thread(target=self._loop, name='batcher', daemon=True)
         self._thread.start()
 
@@ -54,19 +70,38 @@ class AdaptiveBatcher(Generic[In, Out]):
         """Whether requests are taken and run (not closed, worker thread running)."""
         return not self._closed and self._thread.is_alive()
 
-    def submit(self, item: In) -> Future[Out]:
-        """Queue one input; the future holds its output or its exception.
+    @property
+    def depth(self) -> int:
+        """Requests waiting now (not the batch under way)."""
+        with self._cond:
+            return len(self._queue)
+
+    def submit(self, item: In, robot: str = ANONYMOUS,
+               budget_s: float | None = None) -> Ticket[In, Out]:
+        """Queue one input; the ticket's future holds its output or its exception.
+
+        Args:
+            item: The model input.
+            robot: Id of the robot that sent it (its turn in the fair order).
+            budget_s: How long from now its answer is useful; None: no limit.
 
         Raises:
+            Overloaded: When it cannot finish within its budget or the queue is full.
             RuntimeError: After :meth:`close`.
         """
-        future: Future[Out] = Future()
         with self._cond:
             if self._closed:
                 raise RuntimeError('batcher is closed')
-            self._queue.append((item, future))
+            now = self._clock()
+            ticket: Ticket[In, Out] = Ticket(item, robot or ANONYMOUS, now,
+                                             None if budget_s is None else now + budget_s)
+            evicted = self._queue.push(ticket, now)
             self._cond.notify()
-        return future
+        for other in evicted:
+            self._refuse(other, Overloaded(
+                'evicted', other.robot, self._queue.retry_after_s(now),
+                f'made room for robot {ticket.robot!r}, which held less of the full queue'))
+        return ticket
 
     def close(self, timeout_s: float = 10.0, drain: bool = True) -> None:
         """Stop taking requests and join the worker once the queue is done.
@@ -78,52 +113,87 @@ class AdaptiveBatcher(Generic[In, Out]):
         """
         with self._cond:
             self._closed = True
-            dropped = [] if drain else list(self._queue)
-            if not drain:
-                self._queue.clear()
+            dropped = [] if drain else self._queue.drain()
             self._cond.notify()
-        for _, future in dropped:
+        for ticket in dropped:
             # Notified too: concurrent.futures.wait() counts a cancelled future as done only
             # then, and the worker that would notify it never sees it now.
-            if future.cancel():
-                future.set_running_or_notify_cancel()
+            if ticket.future.cancel():
+                ticket.future.set_running_or_notify_cancel()
         self._thread.join(timeout_s)
 
-    def _next_batch(self) -> list[tuple[In, Future[Out]]]:
-        with self._cond:
-            while not self._queue and not self._closed:
-                self._cond.wait()
-            if self._wait_s and len(self._queue) < self.max_batch and not self._closed:
-                self._cond.wait_for(lambda: len(self._queue) >= self.max_batch or self._closed,
-                                    self._wait_s)
-            n = min(len(self._queue), self.max_batch)
-            return [self._queue.popleft() for _ in range(n)]
+    def _next_batch(self) -> list[Ticket[In, Out]]:
+        while True:
+            with self._cond:
+                while not len(self._queue) and not self._closed:
+                    self._cond.wait()
+                if self._wait_s and len(self._queue) < self.max_batch and not self._closed:
+                    self._cond.wait_for(
+                        lambda: len(self._queue) >= self.max_batch or self._closed, self._wait_s)
+                now = self._clock()
+                batch, expired = self._queue.pop_batch(now)
+                if batch:
+                    self._queue.running(now + self.times.estimate(len(batch)))
+            for ticket in expired:
+                self._refuse(ticket, Overloaded(
+                    'expired', ticket.robot, 0.0,
+                    f'its budget ran out after {(now - ticket.enqueued) * 1e3:.0f} ms in the '
+                    'queue'))
+            if batch or not expired:
+                return batch  # empty: closed and drained
+
+    def _refuse(self, ticket: Ticket[In, Out], err: Overloaded) -> None:
+        if ticket.future.set_running_or_notify_cancel():  # not cancelled by its client
+            ticket.future.set_exception(err)
+            if self._on_refusal is not None:
+                self._on_refusal(err)
 
     def _loop(self) -> None:
         while True:
             batch = self._next_batch()
             if not batch:
                 return  # closed and drained
-            batch = [(item, fut) for item, fut in batch if fut.set_running_or_notify_cancel()]
+            batch = [t for t in batch if t.future.set_running_or_notify_cancel()]
             if batch:
                 if self._on_batch is not None:
                     self._on_batch(len(batch))
                 self._finish(batch)
+            with self._cond:
+                self._queue.running(None)
 
-    def _finish(self, batch: list[tuple[In, Future[Out]]]) -> None:
+    def _finish(self, batch: list[Ticket[In, Out]]) -> None:
+        start = self._clock()
+        for ticket in batch:
+            ticket.started = start
         try:
-            outputs = list(self._run([item for item, _ in batch]))
+            outputs = list(self._run([t.item for t in batch]))
             if len(outputs) != len(batch):
                 raise RuntimeError(f'batch of {len(batch)} gave {len(outputs)} outputs')
         except Exception as err:  # delivered to the waiting requests
+            # A failed batch says nothing of how long a batch takes: its time is not kept.
             if len(batch) == 1:
-                batch[0][1].set_exception(err)
+                self._done(batch, start, timed=False)
+                batch[0].future.set_exception(err)
                 return
-            for item, fut in batch:  # one bad input must not fail its neighbours
+            for ticket in batch:  # one bad input must not fail its neighbours
                 try:
-                    fut.set_result(self._run([item])[0])
+                    out = self._run([ticket.item])[0]
                 except Exception as single:
-                    fut.set_exception(single)
+                    self._done([ticket], start, timed=False)
+                    ticket.future.set_exception(single)
+                else:
+                    self._done([ticket], start, timed=False)
+                    ticket.future.set_result(out)
             return
-        for (_, fut), out in zip(batch, outputs):
-            fut.set_result(out)
+        self._done(batch, start)
+        for ticket, out in zip(batch, outputs):
+            ticket.future.set_result(out)
+
+    def _done(self, batch: list[Ticket[In, Out]], start: float, timed: bool = True) -> None:
+        end = self._clock()
+        for ticket in batch:
+            ticket.finished = end
+        if timed:
+            with self._cond:
+                self.times.observe(len(batch), end - start, end,
+                                   fresh=any(t.probe for t in batch))

@@ -18,6 +18,7 @@ import enum
 import hashlib
 import hmac
 import logging
+import math
 import os
 from pathlib import Path
 import re
@@ -44,6 +45,30 @@ class RequestError(AdaptiveOffloadError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Overloaded(RequestError):
+    """A request refused because the service cannot answer it in time: 503, with Retry-After.
+
+    Attributes:
+        reason: ``budget`` (would finish after its budget), ``queue_full``, ``evicted`` (made
+            room for a robot holding less of the queue) or ``expired`` (its budget ran out
+            while it waited).
+        robot: Id of the robot that sent it.
+        retry_after_s: When the queue is expected to have drained.
+    """
+
+    def __init__(self, reason: str, robot: str, retry_after_s: float, detail: str) -> None:
+        super().__init__(503, f'overloaded ({reason}): {detail}; retry after '
+                              f'{retry_after_s * 1e3:.0f} ms')
+        self.reason = reason
+        self.robot = robot
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retry_after_header(self) -> str:
+        """The Retry-After value: whole seconds, at least 1 (HTTP has no finer unit)."""
+        return str(max(1, math.ceil(self.retry_after_s)))
 
 
 class Access(enum.Enum):

@@ -24,6 +24,7 @@ API does not expose; :class:`GuardedMLServer` fails loudly if a version changes 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from typing import Any, Awaitable, Callable
@@ -37,8 +38,8 @@ from mlserver.grpc import utils as grpc_utils
 from mlserver.grpc.server import GRPCServer
 from rcnn_service import asgi_guard
 from rcnn_service.asgi_guard import RestGuard
-from rcnn_service.guard import (Access, DISABLED_MESSAGE, grpc_access, RejectionLog,
-                                RequestError, Tokens)
+from rcnn_service.guard import (Access, DISABLED_MESSAGE, grpc_access, Overloaded,
+                                RejectionLog, RequestError, Tokens)
 from rcnn_service.tls import report_failed_handshakes, TlsFiles
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
@@ -53,6 +54,50 @@ GRPC_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTH
 
 class Refused(MLServerError):
     """A refusal already counted and logged (the log filter leaves it out)."""
+
+
+class OverloadedRefusal(Refused):
+    """A request the queue refused for lack of time or room (:class:`Overloaded`).
+
+    gRPC answers RESOURCE_EXHAUSTED with a ``retry-after-ms`` trailer; REST answers 503 with
+    ``Retry-After`` (:class:`DropAbandoned` adds the header).
+    """
+
+    def __init__(self, err: Overloaded) -> None:
+        super().__init__(str(err), status_code=503)
+        self.overloaded = err
+        holder = _REFUSED.get()
+        if holder is not None:
+            holder.append(self)
+
+
+_REFUSED: contextvars.ContextVar[list[OverloadedRefusal] | None] = contextvars.ContextVar(
+    'load_refusals', default=None)
+"""Where a request's load refusal is left for the layer that answers it.
+
+MLServer turns the exception into its own answer (a 503 without headers; gRPC UNAVAILABLE)
+before anything outside it sees the exception, so the middleware and the interceptor give each
+call a list here and read it when the answer goes out.
+"""
+
+
+class _AbortAsOverloaded:
+    """A gRPC call's context whose ``abort`` gives a load refusal RESOURCE_EXHAUSTED."""
+
+    def __init__(self, context: Any, refused: list[OverloadedRefusal]) -> None:
+        self._context = context
+        self._refused = refused
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(self, code: Any, details: str = '', *args: Any, **kwargs: Any) -> None:
+        """Abort the call; as RESOURCE_EXHAUSTED with ``retry-after-ms`` after a refusal."""
+        if self._refused:
+            retry_ms = round(self._refused[-1].overloaded.retry_after_s * 1e3)
+            self._context.set_trailing_metadata((('retry-after-ms', str(retry_ms)),))
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+        await self._context.abort(code, details, *args, **kwargs)
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,6 +142,9 @@ class ServerGuard(asgi_guard.ServerGuard):
 class DropAbandoned:
     """ASGI middleware: cancel a POST whose client disconnects before its answer starts.
 
+    It also gives an overloaded 503 its ``Retry-After`` header (MLServer's error answers have
+    no way to carry one).
+
     Starlette runs a request handler to its end even after the client has gone, so under
     overload MLServer computed every queued image for clients that had given up (a robot's
     deadline is far shorter than a queue). Cancelling the handler cancels its place in the
@@ -120,6 +168,8 @@ class DropAbandoned:
             return
         body_read = asyncio.Event()
         answering = asyncio.Event()
+        refused: list[OverloadedRefusal] = []
+        _REFUSED.set(refused)  # the handler's task starts with a copy of this context
 
         async def tracked_receive() -> Any:
             message = await receive()
@@ -129,6 +179,11 @@ class DropAbandoned:
 
         async def tracked_send(message: Any) -> None:
             answering.set()
+            if message['type'] == 'http.response.start' and message['status'] == 503 and \
+                    refused:
+                headers = [*message.get('headers', ()),
+                           (b'retry-after', refused[-1].overloaded.retry_after_header.encode())]
+                message = {**message, 'headers': headers}
             await send(message)
 
         task = asyncio.ensure_future(self.app(scope, tracked_receive, tracked_send))
@@ -215,12 +270,15 @@ def _refusal(handler: Any, err: RequestError) -> Any:
 def _mapped(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     """Wrap a unary behavior so an MLServerError it lets out gets its gRPC code, not UNKNOWN."""
     async def call(request: Any, context: Any) -> Any:
+        refused: list[OverloadedRefusal] = []
+        _REFUSED.set(refused)
+        guarded = _AbortAsOverloaded(context, refused)
         try:
-            return await behavior(request, context)
+            return await behavior(request, guarded)
         except MLServerError as err:
             if not isinstance(err, Refused):
                 record_rejection(err.status_code, str(context.peer() or '?'), err)
-            await context.abort(GRPC_CODES.get(err.status_code, grpc.StatusCode.INTERNAL),
+            await guarded.abort(GRPC_CODES.get(err.status_code, grpc.StatusCode.INTERNAL),
                                 str(err))
     return call
 
@@ -228,6 +286,8 @@ def _mapped(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[
 def _quiet_refusals(record: logging.LogRecord) -> bool:
     """Drop MLServer's traceback for a refused gRPC call; the refusal gets its one line."""
     err = record.exc_info[1] if record.exc_info else None
+    if isinstance(err, OverloadedRefusal):
+        return False
     if not isinstance(err, MLServerError) or err.status_code >= 500:
         return True
     if not isinstance(err, Refused):

@@ -33,15 +33,16 @@ from mlserver.types import InferenceRequest, InferenceResponse
 import numpy as np
 from rcnn_service.asgi_guard import MAX_HEADER_BYTES
 from rcnn_service.batching import AdaptiveBatcher
-from rcnn_service.guard import RequestError, Tokens
+from rcnn_service.guard import Overloaded, RequestError, Tokens
 from rcnn_service.http_server import HttpLimits, protocol_class
-from rcnn_service.mlserver_guard import (GuardedMLServer, record_rejection, Refused,
-                                         ServerGuard)
-from rcnn_service.protocol import (decode_image, MODEL_VERSION, OUTPUTS, requested_outputs,
-                                   server_metadata, SERVER_NAME, server_time_parameters,
-                                   v2_response)
+from rcnn_service.mlserver_guard import (GuardedMLServer, OverloadedRefusal,
+                                         record_rejection, Refused, ServerGuard)
+from rcnn_service.protocol import (decode_image, MODEL_VERSION, OUTPUTS, request_context,
+                                   requested_outputs, server_metadata, SERVER_NAME,
+                                   server_time_parameters, v2_response)
 from rcnn_service.rcnn_detector import RcnnDetector
 from rcnn_service.service import ensure_ports_free, ServiceConfig
+from rcnn_service.service_metrics import ServiceMetrics
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
 BUILTIN_ONLY = ('host', 'port', 'request_timeout_s', 'max_connections', 'shutdown_grace_s',
@@ -50,12 +51,11 @@ BUILTIN_ONLY = ('host', 'port', 'request_timeout_s', 'max_connections', 'shutdow
 
 
 @functools.lru_cache(maxsize=1)
-def _batch_sizes() -> Any:
-    """Return the batch size histogram, made once per process (twice fails)."""
-    from prometheus_client import Histogram
+def _load_metrics() -> ServiceMetrics:
+    """Return the queue metrics on MLServer's registry, made once per process (twice fails)."""
+    from prometheus_client import REGISTRY
 
-    return Histogram('adaptive_offload_batch_size', 'Requests per model batch',
-                     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32))
+    return ServiceMetrics(REGISTRY)
 
 
 def config_from_extra(extra: Mapping[str, Any] | None) -> ServiceConfig:
@@ -132,8 +132,11 @@ class RcnnRuntime(MLModel):
         detector = await asyncio.get_running_loop().run_in_executor(None, lambda: RcnnDetector(
             cfg.arch, cfg.checkpoint, cfg.device, cfg.score_threshold, cfg.threads,
             cfg.input_size))
+        metrics = _load_metrics()
         self._batcher = AdaptiveBatcher(detector.detect, cfg.max_batch, cfg.batch_wait_ms,
-                                        _batch_sizes().observe)
+                                        metrics.batch_size.observe, cfg.max_queue,
+                                        metrics.refused)
+        metrics.watch(lambda: self._batcher.depth)
         LOG.info('model %s ready: %s on %s', self.name, cfg.arch, cfg.device)
         return True
 
@@ -165,21 +168,38 @@ class RcnnRuntime(MLModel):
             # and the health probes for as long as they take.
             image = await asyncio.get_running_loop().run_in_executor(
                 None, self._decode, payload)
+            context = request_context(_parameters(payload))
+            ticket = self._batcher.submit(image, context.robot, context.budget_s)
         except RequestError as err:
             record_rejection(err.status, '-', err)
+            if isinstance(err, Overloaded):
+                _load_metrics().refused(err)
+                raise OverloadedRefusal(err) from err
             raise Refused(str(err), status_code=err.status) from err
-        dets = await asyncio.wrap_future(self._batcher.submit(image))
+        try:
+            dets = await asyncio.wrap_future(ticket.future)
+        except Overloaded as err:  # pushed out of the queue, or its budget ran out there
+            record_rejection(err.status, '-', err)
+            raise OverloadedRefusal(err) from err
+        _load_metrics().answered(ticket.queue_wait_s, ticket.in_budget)
         try:
             response = v2_response(self.name, dets, outputs)
         except RequestError as err:
             record_rejection(err.status, '-', err)
             raise Refused(str(err), status_code=err.status) from err
-        response['parameters'] = server_time_parameters(time.perf_counter() - start)
+        response['parameters'] = server_time_parameters(time.perf_counter() - start,
+                                                        ticket.queue_wait_s)
         return InferenceResponse.model_validate(response)
 
     def _decode(self, payload: InferenceRequest) -> np.ndarray:
         cfg = self._config
         return decode_image(request_image_bytes(payload, cfg, self._tokens), cfg.max_image_side)
+
+
+def _parameters(payload: InferenceRequest) -> dict[str, Any]:
+    """Return a request's own parameters (gRPC's typed values arrive as plain ones)."""
+    params = payload.parameters
+    return dict(params.model_extra or {}) if params is not None else {}
 
 
 def mlserver_settings(config: ServiceConfig, grpc_port: int, metrics_port: int) -> tuple[Any, Any]:

@@ -12,7 +12,8 @@ import binascii
 from dataclasses import dataclass
 from importlib import metadata
 import json
-from typing import Any
+import re
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
@@ -25,6 +26,11 @@ MASKS = 'masks'
 MODEL_VERSION = '1'
 """The one version of the model both runtimes serve (``/versions/1/``; none means it too)."""
 SERVER_NAME = 'adaptive-offload'
+ROBOT_ID = 'robot_id'
+"""Request parameter naming the robot that sends it (its turn in the fair queue)."""
+BUDGET_US = 'budget_us'
+"""Request parameter: microseconds from arrival after which its answer is of no use."""
+_ROBOT_ID = re.compile(r'^[A-Za-z0-9_.:/-]{1,64}$')
 
 
 def server_metadata() -> dict[str, Any]:
@@ -44,6 +50,41 @@ def model_metadata(model: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class RequestContext:
+    """Who sent a request and how long its answer is useful (its V2 request parameters).
+
+    Attributes:
+        robot: The ``robot_id`` parameter; empty when it had none.
+        budget_s: The ``budget_us`` parameter in seconds; None when it had none.
+    """
+
+    robot: str = ''
+    budget_s: float | None = None
+
+
+def request_context(parameters: Mapping[str, Any] | None) -> RequestContext:
+    """Read ``robot_id`` and ``budget_us`` from a request's parameters (others are ignored).
+
+    Raises:
+        RequestError: 400 for a robot id that is not 1-64 characters of letters, digits and
+            ``_.:/-`` (it becomes a metrics label), or a budget that is not a non-negative
+            integer.
+    """
+    if not parameters:
+        return RequestContext()
+    robot = parameters.get(ROBOT_ID, '')
+    if robot != '' and (not isinstance(robot, str) or not _ROBOT_ID.match(robot)):
+        raise RequestError(400, f'{ROBOT_ID} must be 1-64 characters of letters, digits and '
+                                f'_.:/-, got {str(robot)[:80]!r}')
+    budget = parameters.get(BUDGET_US)
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or
+                               budget < 0):
+        raise RequestError(400, f'{BUDGET_US} must be a non-negative integer, got '
+                                f'{str(budget)[:80]!r}')
+    return RequestContext(robot, None if budget is None else budget / 1e6)
+
+
+@dataclass(frozen=True)
 class V2Request:
     """What an inference request asks for.
 
@@ -51,11 +92,13 @@ class V2Request:
         image: The decoded BGR image.
         request_id: The request's ``id``, echoed in the response; empty when it had none.
         outputs: The outputs it asked for, in its order; None: all of them.
+        context: Its robot and budget.
     """
 
     image: np.ndarray
     request_id: str = ''
     outputs: tuple[str, ...] | None = None
+    context: RequestContext = RequestContext()
 
 
 def decode_request(body: bytes, max_side: int) -> np.ndarray:
@@ -83,6 +126,10 @@ def parse_request(body: bytes, max_side: int) -> V2Request:
     request_id = request.get('id', '')
     if not isinstance(request_id, str):
         raise RequestError(400, 'the request id must be a string')
+    parameters = request.get('parameters')
+    if parameters is not None and not isinstance(parameters, dict):
+        raise RequestError(400, 'the request parameters must be an object')
+    context = request_context(parameters)
     outputs = request.get('outputs')
     if outputs is not None:
         if not isinstance(outputs, list) or \
@@ -102,7 +149,7 @@ def parse_request(body: bytes, max_side: int) -> V2Request:
         raw = base64.b64decode(data[0], validate=True)
     except (binascii.Error, ValueError) as err:
         raise RequestError(400, f'image is not base64: {err}') from err
-    return V2Request(decode_image(raw, max_side), request_id, outputs)
+    return V2Request(decode_image(raw, max_side), request_id, outputs, context)
 
 
 def requested_outputs(names: list[str], masks: bool) -> tuple[str, ...] | None:
@@ -181,10 +228,12 @@ def v2_response(model: str, dets: Detections, outputs: tuple[str, ...] | None = 
     return response
 
 
-def server_time_parameters(seconds: float) -> dict[str, int]:
-    """Response parameters carrying the server time, from which clients estimate bandwidth.
+def server_time_parameters(seconds: float, queue_s: float = 0.0) -> dict[str, int]:
+    """Return the response parameters: the server time, and the queue wait within it.
+
+    Clients estimate bandwidth from the server time, and see the service's load in the wait.
 
     Integer microseconds: the V2 gRPC mapping has no float parameter type, so a float would be
     dropped on the way (MLServer does).
     """
-    return {'server_us': round(seconds * 1e6)}
+    return {'server_us': round(seconds * 1e6), 'queue_us': round(queue_s * 1e6)}

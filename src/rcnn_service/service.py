@@ -21,12 +21,14 @@ from typing import Any, Callable
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
 from adaptive_offload.heap import frozen_start_up
 import numpy as np
+from prometheus_client import CollectorRegistry
 from rcnn_service.asgi_app import make_app
 from rcnn_service.batching import AdaptiveBatcher
-from rcnn_service.guard import RejectionLog, RequestError, Tokens
+from rcnn_service.guard import Overloaded, RejectionLog, RequestError, Tokens
 from rcnn_service.http_server import HttpLimits, HttpServer
 from rcnn_service.protocol import parse_request, server_time_parameters, v2_response
 from rcnn_service.rcnn_detector import Detections, RcnnDetector
+from rcnn_service.service_metrics import exposition, ServiceMetrics
 from rcnn_service.tls import report_failed_handshakes, TlsFiles
 
 LOG = logging.getLogger('adaptive_offload.service')
@@ -55,6 +57,8 @@ class ServiceConfig:
             is faster and misses more small objects.
         max_batch: Largest batch of requests run together (adaptive batching).
         batch_wait_ms: How long a lone request waits for others (0: never).
+        max_queue: Most requests waiting for the model at once (0: 16 batches); more are
+            refused (503), unless a robot holding more of the queue makes room.
         request_timeout_s: A request must arrive within this time of its first byte (else
             408), an idle connection is closed after it, and a TLS handshake must complete
             within it (builtin runtime).
@@ -78,6 +82,7 @@ class ServiceConfig:
     input_size: int = 0
     max_batch: int = 4
     batch_wait_ms: float = 0.0
+    max_queue: int = 0
     request_timeout_s: float = 10.0
     max_connections: int = 512
     shutdown_grace_s: float = 5.0
@@ -102,6 +107,9 @@ class InferenceService:
         self.under_way = 0  # requests in infer: decoded, or waiting for the model
         self.stopping = False
         self.tokens = Tokens(config.tokens)
+        self._registry = CollectorRegistry()
+        self.load = ServiceMetrics(self._registry)
+        self.load.watch(lambda: self._batcher.depth if self._batcher else 0)
         self._rejections = RejectionLog(LOG)
         # Requests wait for the model in these threads (one each), never on the event loop.
         self._executor = ThreadPoolExecutor(_WORKERS, thread_name_prefix='request')
@@ -128,8 +136,10 @@ class InferenceService:
         return self._batcher is not None and self._batcher.alive
 
     def _use(self, detector: RcnnDetector) -> None:
-        self._batcher = AdaptiveBatcher(detector.detect, self.config.max_batch,
-                                        self.config.batch_wait_ms)
+        cfg = self.config
+        self._batcher = AdaptiveBatcher(detector.detect, cfg.max_batch, cfg.batch_wait_ms,
+                                        self.load.batch_size.observe, cfg.max_queue,
+                                        self.load.refused)
 
     def _load(self) -> None:
         cfg = self.config
@@ -193,7 +203,7 @@ class InferenceService:
                       f'adaptive_offload_inference_seconds_total {self._infer_seconds:.6f}',
                       '# TYPE adaptive_offload_model_ready gauge',
                       f'adaptive_offload_model_ready {int(self.ready)}']
-        return '\n'.join(lines) + '\n'
+        return '\n'.join(lines) + '\n' + exposition(self._registry)
 
     def infer(self, body: bytes,
               client_gone: Callable[[], bool] = lambda: False) -> dict[str, Any]:
@@ -224,10 +234,15 @@ class InferenceService:
             raise RequestError(499, 'the client left before its request ran')
         request = parse_request(body, self.config.max_image_side)
         start = time.perf_counter()
+        context = request.context
         try:
-            future = batcher.submit(request.image)
+            ticket = batcher.submit(request.image, context.robot, context.budget_s)
         except RuntimeError as err:  # closed while this request was decoded
             raise RequestError(503, 'the service is stopping') from err
+        except Overloaded as err:
+            self.load.refused(err)
+            raise
+        future = ticket.future
         while not wait([future], timeout=0.1).done:
             if client_gone() and future.cancel():
                 raise RequestError(499, 'the client left before its request ran')
@@ -237,9 +252,10 @@ class InferenceService:
             raise RequestError(503, 'the service is stopping') from err
         seconds = time.perf_counter() - start
         self.count('ok', seconds)
+        self.load.answered(ticket.queue_wait_s, ticket.in_budget)
         response = v2_response(self.config.model_name, dets, request.outputs,
                                request.request_id)
-        response['parameters'] = server_time_parameters(seconds)
+        response['parameters'] = server_time_parameters(seconds, ticket.queue_wait_s)
         return response
 
 

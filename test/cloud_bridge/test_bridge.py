@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from http.server import ThreadingHTTPServer
+import random
 import socket
 import threading
 import time
@@ -13,7 +14,8 @@ from adaptive_offload.datatypes import Decision, Route
 from adaptive_offload.errors import CloudError, ConfigError
 from cloud_bridge.bridge import CloudBridge, CloudConfig
 from cloud_bridge.transport import make_transport, parse_v2_reply, V2RestTransport
-from helpers import V2Handler
+import cv2
+from helpers import ManualClock, V2Handler
 import numpy as np
 import pytest
 
@@ -162,3 +164,63 @@ def test_requests_overlap_up_to_the_bound_and_backpressure_drops_the_oldest(
     assert transport.peak == 2  # never more in flight than the bound
     assert {s: r.status for s, r in reports.items()} == {
         1: 'ok', 2: 'ok', 3: 'dropped', 4: 'ok', 5: 'ok'}
+
+
+def test_requests_carry_the_robot_and_a_budget_within_the_time_left(server: str) -> None:
+    transport = make_transport(server, 'rcnn', robot_id='robot-7')
+    transport.infer(_jpeg(), 2.0)
+    [seen] = V2Handler.seen
+    assert seen['parameters']['robot_id'] == 'robot-7'
+    assert 0 < seen['parameters']['budget_us'] <= 2_000_000
+
+
+def test_a_load_refusal_is_overloaded_with_the_servers_retry_time(server: str) -> None:
+    V2Handler.mode = 'overloaded'
+    with pytest.raises(CloudError) as refused:
+        make_transport(server, 'rcnn').infer(_jpeg(), 2.0)
+    assert refused.value.reason == 'overloaded' and refused.value.retry_after_s == 0.25
+
+
+class _Refusing:
+    """A transport whose service refuses every request for load."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        self.retry_after_s = retry_after_s
+        self.calls = 0
+
+    def infer(self, image: bytes, timeout_s: float) -> Any:
+        self.calls += 1
+        raise CloudError('overloaded', 'queue_full', len(image), self.retry_after_s)
+
+    def close(self) -> None:
+        pass
+
+
+def _backoff_s(types: MessageTypes, seed: int) -> float:
+    """Seconds a bridge with ``seed`` waits after a refusal before it sends again."""
+    clock = ManualClock()
+    transport = _Refusing(retry_after_s=1.0)
+    bridge = CloudBridge(transport, clock=clock, rng=random.Random(seed))
+    decision = Decision(route=Route.CLOUD, deadline_ms=200.0)
+    start = clock.now
+    _, first = bridge.process(_msg(types), decision)
+    assert first.status == 'failed' and first.reason.startswith('overloaded')
+    for step in range(1, 200):
+        clock.advance(10)
+        _, report = bridge.process(_msg(types, 5 + step), decision)
+        if transport.calls == 2:
+            return (clock.now - start) / 1e9
+        assert report.reason == 'backoff' and report.breaker == 'closed'
+    raise AssertionError('the bridge never sent again')
+
+
+def test_a_refused_robot_backs_off_for_a_jittered_retry_time_without_opening_the_breaker(
+        types: MessageTypes) -> None:
+    waits = [_backoff_s(types, seed) for seed in range(20)]
+    assert all(0.5 <= w <= 1.51 for w in waits)
+    # a fleet refused at one tick comes back spread over the window, not at one tick
+    assert max(waits) - min(waits) > 0.5 and len({round(w, 2) for w in waits}) > 10
+
+
+def _jpeg() -> bytes:
+    return cv2.imencode('.jpg', np.full((120, 160, 3), 90, np.uint8))[1].tobytes()

@@ -7,6 +7,7 @@ import threading
 from adaptive_offload.errors import ConfigError
 import pytest
 from rcnn_service.batching import AdaptiveBatcher
+from rcnn_service.guard import Overloaded
 
 
 class _GatedModel:
@@ -31,9 +32,10 @@ def test_requests_queued_behind_a_busy_model_run_as_one_batch() -> None:
     model = _GatedModel()
     sizes: list[int] = []
     batcher = AdaptiveBatcher(model, max_batch=4, on_batch=sizes.append)
-    first = batcher.submit(1)
+    first = batcher.submit(1).future
     assert model.started.wait(10.0)
-    queued = [batcher.submit(i) for i in (2, 3, 4, 5, 6)]  # arrive while the model is busy
+    # they arrive while the model is busy
+    queued = [batcher.submit(i).future for i in (2, 3, 4, 5, 6)]
     model.release.set()
     assert first.result(10.0) == 2
     assert [f.result(10.0) for f in queued] == [4, 6, 8, 10, 12]
@@ -45,9 +47,10 @@ def test_requests_queued_behind_a_busy_model_run_as_one_batch() -> None:
 def test_one_bad_input_fails_only_its_own_request() -> None:
     model = _GatedModel()
     batcher = AdaptiveBatcher(model, max_batch=4)
-    first = batcher.submit(1)
+    first = batcher.submit(1).future
     assert model.started.wait(10.0)
-    good, bad, other = batcher.submit(2), batcher.submit(-1), batcher.submit(3)
+    good, bad = batcher.submit(2).future, batcher.submit(-1).future
+    other = batcher.submit(3).future
     model.release.set()
     assert first.result(10.0) == 2 and good.result(10.0) == 4 and other.result(10.0) == 6
     with pytest.raises(ValueError, match='negative'):
@@ -60,7 +63,7 @@ def test_wait_lets_a_lone_request_collect_company() -> None:
     model.release.set()
     batcher = AdaptiveBatcher(model, max_batch=2, max_wait_ms=5000.0)
     # The second request arrives within the wait; the full batch starts without waiting it out.
-    a, b = batcher.submit(1), batcher.submit(2)
+    a, b = batcher.submit(1).future, batcher.submit(2).future
     assert a.result(10.0) == 2 and b.result(10.0) == 4
     batcher.close()
     assert model.batches == [[1, 2]]
@@ -69,7 +72,7 @@ def test_wait_lets_a_lone_request_collect_company() -> None:
 def test_close_finishes_queued_requests_then_refuses() -> None:
     model = _GatedModel()
     batcher = AdaptiveBatcher(model, max_batch=1)
-    futures = [batcher.submit(i) for i in range(3)]
+    futures = [batcher.submit(i).future for i in range(3)]
     model.release.set()
     batcher.close()
     assert [f.result(0) for f in futures] == [0, 2, 4]
@@ -87,11 +90,55 @@ def test_bad_settings_are_refused() -> None:
 def test_close_without_drain_cancels_the_queue_and_finishes_the_batch_under_way() -> None:
     model = _GatedModel()
     batcher = AdaptiveBatcher(model, max_batch=1)
-    running = batcher.submit(1)
+    running = batcher.submit(1).future
     assert model.started.wait(10)
-    queued = [batcher.submit(i) for i in (2, 3)]
+    queued = [batcher.submit(i).future for i in (2, 3)]
     batcher.close(timeout_s=0.0, drain=False)
     assert all(f.cancelled() for f in queued) and not batcher.alive
     model.release.set()
     batcher.close()
     assert running.result(10) == 2 and model.batches == [[1]]
+
+
+class _StepClock:
+    """Seconds that move only when told (the batcher's budgets and batch times use it)."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_each_request_learns_its_queue_wait_and_compute_time_on_the_given_clock() -> None:
+    clock = _StepClock()
+
+    def model(items: list[int]) -> list[int]:
+        clock.now += 0.25  # the model takes a quarter of a second
+        return items
+
+    batcher = AdaptiveBatcher(model, max_batch=2, clock=clock)
+    ticket = batcher.submit(1, robot='r1', budget_s=1.0)
+    assert ticket.future.result(10) == 1
+    batcher.close()
+    assert ticket.robot == 'r1' and ticket.queue_wait_s == 0.0
+    assert ticket.compute_s == pytest.approx(0.25) and ticket.in_budget
+    assert batcher.times.estimate(1) == pytest.approx(0.25)
+
+
+def test_refusals_after_queueing_fail_the_request_and_are_reported() -> None:
+    model = _GatedModel()
+    refusals: list[Overloaded] = []
+    batcher = AdaptiveBatcher(model, max_batch=1, max_queue=2, on_refusal=refusals.append)
+    running = batcher.submit(1, robot='hog').future
+    assert model.started.wait(10)
+    queued = [batcher.submit(i, robot='hog').future for i in (2, 3)]
+    quiet = batcher.submit(4, robot='quiet').future  # the queue is full: hog's newest goes
+    with pytest.raises(Overloaded, match='evicted'):
+        queued[1].result(10)
+    with pytest.raises(Overloaded, match='queue_full'):
+        batcher.submit(5, robot='quiet')  # 1 each now: nobody holds more
+    model.release.set()
+    assert running.result(10) == 2 and queued[0].result(10) == 4 and quiet.result(10) == 8
+    batcher.close()
+    assert [(r.reason, r.robot) for r in refusals] == [('evicted', 'hog')]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import re
 from typing import Any
 
 import kubernetes_validate
@@ -12,7 +13,8 @@ import pytest
 import yaml
 
 DEPLOY = Path(__file__).resolve().parents[2] / 'deploy'
-CORE = ('deployment.yaml', 'service.yaml', 'hpa.yaml')
+CORE = ('deployment.yaml', 'service.yaml', 'hpa.yaml', 'pdb.yaml',
+        'prometheus-adapter-rules.yaml')
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -28,6 +30,54 @@ def test_hpa_is_autoscaling_v2_on_the_deployment() -> None:
     hpa, deployment = _load('hpa.yaml'), _load('deployment.yaml')
     assert hpa['apiVersion'] == 'autoscaling/v2'
     assert hpa['spec']['scaleTargetRef']['name'] == deployment['metadata']['name']
+    assert deployment['spec']['replicas'] == hpa['spec']['minReplicas']
+
+
+def _exported_metric_names() -> set[str]:
+    """Names of the series a service's /metrics holds once it has answered and refused."""
+    from prometheus_client import CollectorRegistry
+    from rcnn_service.guard import Overloaded
+    from rcnn_service.service_metrics import exposition, ServiceMetrics
+
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry)
+    metrics.watch(lambda: 3)
+    metrics.answered(0.01, in_budget=True)
+    metrics.refused(Overloaded('budget', 'r1', 0.1, 'test'))
+    return {line.split('{')[0].split(' ')[0] for line in exposition(registry).splitlines()
+            if line and not line.startswith('#')}
+
+
+def test_the_hpa_scales_on_queue_metrics_the_adapter_derives_from_what_the_service_exports(
+        ) -> None:
+    hpa = _load('hpa.yaml')['spec']['metrics']
+    pods = [m['pods']['metric']['name'] for m in hpa if m['type'] == 'Pods']
+    assert pods == ['adaptive_offload_queue_wait_seconds', 'adaptive_offload_refusals_per_second']
+    [cpu] = [m for m in hpa if m['type'] == 'Resource']  # secondary only
+    assert cpu['resource']['name'] == 'cpu'
+    assert cpu['resource']['target']['averageUtilization'] >= 80
+    rules = yaml.safe_load(_load('prometheus-adapter-rules.yaml')['data']['config.yaml'])['rules']
+    exported = _exported_metric_names()
+    assert {r['name']['as'] for r in rules} == set(pods)
+    for rule in rules:
+        queried = set(re.findall(r'(adaptive_offload_\w+)\{', rule['metricsQuery']))
+        series = re.match(r"'?(\w+)\{", rule['seriesQuery']).group(1)
+        assert queried and queried | {series} <= exported, (queried, exported)
+        assert re.fullmatch(rule['name']['matches'].strip('^$'), series)
+        assert rule['resources']['overrides']['pod'] == {'resource': 'pod'}
+
+
+def test_prometheus_scrapes_the_metrics_port_and_a_drain_keeps_a_pod_serving() -> None:
+    deployment = _load('deployment.yaml')
+    template = deployment['spec']['template']
+    notes = template['metadata']['annotations']
+    [container] = template['spec']['containers']
+    ports = {p['name']: p['containerPort'] for p in container['ports']}
+    assert notes['prometheus.io/scrape'] == 'true'
+    assert int(notes['prometheus.io/port']) == ports['metrics']
+    pdb = _load('pdb.yaml')['spec']
+    assert pdb['selector']['matchLabels'].items() <= template['metadata']['labels'].items()
+    assert 1 <= pdb['minAvailable'] < _load('hpa.yaml')['spec']['minReplicas']
 
 
 def test_inference_service_containers_are_valid_kubernetes_containers() -> None:

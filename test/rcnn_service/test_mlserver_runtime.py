@@ -159,9 +159,12 @@ def test_concurrent_clients_all_get_answers(server: Server) -> None:
 def test_deadline_is_never_exceeded(server: Server) -> None:
     grpc = V2GrpcTransport(server.grpc_url, 'rcnn', TOKEN)
     start = time.monotonic()
-    with pytest.raises(CloudError, match='timeout'):
+    with pytest.raises(CloudError) as failed:
         grpc.infer(_jpeg(), 0.005)  # far below the model's time on this CPU
     assert time.monotonic() - start < 1.0
+    # refused at once once the service has timed a batch (its budget is too short), else the
+    # client gives up at the deadline
+    assert failed.value.reason in ('overloaded', 'timeout')
 
 
 def _metric(server: Server, name: str) -> float:
@@ -194,8 +197,11 @@ def test_rest_requests_whose_clients_left_are_not_computed(server: Server) -> No
     assert outcomes.count('ok') >= 1 and len(outcomes) == 25
     computed = _metric(server, 'adaptive_offload_batch_size_sum') - computed
     abandoned = _metric(server, 'adaptive_offload_abandoned_requests_total') - abandoned
-    # Only the images a batch had already taken when their client left are computed.
-    assert computed <= 12 and abandoned >= 1, (computed, abandoned)
+    # Only the images a batch had already taken when their client left are computed. The
+    # others were dropped when their client left, or refused at once for their budget
+    # (once the service has timed a batch, it knows 50 ms cannot be met).
+    refused = outcomes.count('overloaded')
+    assert computed <= 12 and abandoned + refused >= 1, (computed, abandoned, refused)
 
 
 def test_slow_idle_and_surplus_rest_clients_are_bounded() -> None:

@@ -1,0 +1,118 @@
+"""``adaptive-offload serve``: the cloud R-CNN service, with MLServer or the builtin server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any
+
+from adaptive_offload.errors import ConfigError
+from offload_runtime.cli_args import above_zero, EXIT_OK, non_negative, non_negative_int
+
+
+def add_serve_parser(sub: Any) -> None:
+    """Add the ``serve`` subcommand to ``sub`` (an argparse subparsers object)."""
+    from rcnn_service.compact_rcnn import COMPACT_ARCH
+
+    serve = sub.add_parser('serve', help='run the cloud R-CNN service (V2 gRPC and REST)')
+    serve.add_argument('--runtime', choices=('mlserver', 'builtin'), default='mlserver',
+                       help='mlserver: REST + gRPC + metrics port; builtin: a small REST-only '
+                            'server without the MLServer dependency')
+    serve.add_argument('--arch', default=COMPACT_ARCH,
+                       help='torchvision detection architecture (default: that of the '
+                            'shipped model, docs/models.md)')
+    serve.add_argument('--checkpoint', default=None,
+                       help='state_dict file (default: the shipped one with the default arch, '
+                            'random weights with another); "": random weights (for tests)')
+    serve.add_argument('--device', default='cpu')
+    serve.add_argument('--host', default='127.0.0.1')
+    serve.add_argument('--port', type=int, default=8080,
+                       help='REST port (builtin: 0 picks a free port)')
+    serve.add_argument('--grpc-port', type=int, default=8081, help='gRPC port (mlserver)')
+    serve.add_argument('--metrics-port', type=int, default=8082,
+                       help='Prometheus /metrics port (mlserver; builtin serves it on --port)')
+    serve.add_argument('--model-name', default='rcnn')
+    serve.add_argument('--token-file', default='',
+                       help='file of bearer tokens clients must present, one a line (one per '
+                            'robot; a mounted Kubernetes Secret); tokens are also read from '
+                            'the environment variable ADAPTIVE_OFFLOAD_TOKENS (comma- or '
+                            'space-separated), never from the command line')
+    serve.add_argument('--tls-cert', default='',
+                       help='PEM certificate (chain) for REST and gRPC: https:// and grpcs:// '
+                            '(tls.crt of a mounted kubernetes.io/tls Secret); with --tls-key')
+    serve.add_argument('--tls-key', default='', help='its unencrypted PEM private key')
+    serve.add_argument('--score-threshold', type=float, default=0.5)
+    serve.add_argument('--max-request-bytes', type=int, default=8 << 20)
+    serve.add_argument('--max-image-side', type=int, default=4096)
+    serve.add_argument('--threads', type=int, default=0, help='torch threads; 0: default')
+    serve.add_argument('--input-size', type=non_negative_int, default=0,
+                       help="longest image side the model reads; 0: the architecture's own")
+    serve.add_argument('--max-batch', type=int, default=4,
+                       help='largest batch of requests run together (adaptive batching)')
+    serve.add_argument('--batch-wait-ms', type=float, default=0.0,
+                       help='how long a lone request waits for others (0: never)')
+    serve.add_argument('--max-queue', type=non_negative_int, default=0,
+                       help='most requests waiting for the model; more are refused (503, '
+                            'RESOURCE_EXHAUSTED) unless a robot holding more of the queue '
+                            'makes room (0: 16 batches)')
+    serve.add_argument('--request-timeout-s', type=above_zero(float), default=10.0,
+                       help='a request (headers and body) must arrive within this time of its '
+                            'first byte (else 408), an idle connection is closed after it, '
+                            'and a TLS handshake must end within it (builtin) (default 10)')
+    serve.add_argument('--max-connections', type=above_zero(int), default=512,
+                       help='REST connections served at once; more get 503 (default 512)')
+    serve.add_argument('--shutdown-grace-s', type=non_negative, default=5.0,
+                       help='on SIGTERM, how long requests under way may take to finish '
+                            '(builtin: the queue is dropped after it; MLServer: REST, its gRPC '
+                            'always gets 5 s) (default 5)')
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run ``serve`` until SIGINT or SIGTERM.
+
+    Raises:
+        ConfigError: For settings the service refuses.
+    """
+    from offload_runtime.train_cli import checkpoint_for
+    from rcnn_service.guard import load_tokens, TOKENS_ENV
+    from rcnn_service.service import serve, ServiceConfig
+    from rcnn_service.tls import TlsFiles
+
+    if args.max_batch < 1 or args.batch_wait_ms < 0:
+        raise ConfigError('--max-batch must be >= 1 and --batch-wait-ms >= 0')
+    tokens = load_tokens(args.token_file)
+    if not tokens and args.host not in ('127.0.0.1', 'localhost', '::1'):
+        print(f'adaptive-offload serve: warning: no tokens (--token-file, {TOKENS_ENV}): '
+              f'anyone who reaches {args.host} can use the service', file=sys.stderr)
+    checkpoint = checkpoint_for(args.arch, args.checkpoint)
+    config = ServiceConfig(arch=args.arch, checkpoint=checkpoint, device=args.device,
+                           host=args.host, port=args.port, model_name=args.model_name,
+                           tokens=tokens, max_request_bytes=args.max_request_bytes,
+                           max_image_side=args.max_image_side,
+                           score_threshold=args.score_threshold, threads=args.threads,
+                           input_size=args.input_size,
+                           max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
+                           max_queue=args.max_queue,
+                           shutdown_grace_s=args.shutdown_grace_s,
+                           request_timeout_s=args.request_timeout_s,
+                           max_connections=args.max_connections,
+                           tls=TlsFiles.from_options(args.tls_cert, args.tls_key))
+    if config.tls is not None:
+        config.tls.server_context()  # a bad pair stops here, before the model loads
+    announce = (lambda line: print(line, flush=True))
+    handler = logging.StreamHandler()  # refusals, load errors: one line each, timestamped
+    handler.setFormatter(logging.Formatter('%(asctime)s [%(name)s] %(levelname)s %(message)s'))
+    service_log = logging.getLogger('adaptive_offload')
+    service_log.addHandler(handler)
+    service_log.setLevel(logging.INFO)
+    try:
+        if args.runtime == 'builtin':
+            serve(config, announce)
+        else:
+            from rcnn_service.mlserver_runtime import serve_mlserver
+
+            serve_mlserver(config, args.grpc_port, args.metrics_port, announce)
+    finally:  # main() may run again in this process (tests): its stderr may be gone then
+        service_log.removeHandler(handler)
+    return EXIT_OK
