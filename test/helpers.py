@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
-from http.server import BaseHTTPRequestHandler
+import contextlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import json
 import os
 from pathlib import Path
 import socket
+import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from adaptive_offload.conversions import frame_to_message, MessageTypes
 from adaptive_offload.datatypes import Detection
@@ -124,6 +126,21 @@ class V2Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+@contextlib.contextmanager
+def v2_stub() -> Iterator[str]:
+    """Serve :class:`V2Handler` (mode ``ok``, nothing seen) on loopback; yield its URL."""
+    V2Handler.mode = 'ok'
+    V2Handler.seen = []
+    httpd = ThreadingHTTPServer(('127.0.0.1', 0), V2Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f'http://127.0.0.1:{httpd.server_address[1]}'
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def free_ports(n: int) -> list[int]:

@@ -15,6 +15,7 @@ from adaptive_offload.conversions import (boxes_from_arrays, encode_image, image
 from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
 from adaptive_offload.errors import CloudError, ConfigError, ConversionError
 from adaptive_offload.params import ParameterSpec, resolve
+from cloud_bridge.endpoints import HedgedEndpoints
 from cloud_bridge.resilience import CircuitBreaker, LinkEstimator
 from cloud_bridge.sampling import make_sampler, Sampler, UniformSampler
 from cloud_bridge.transport import CloudReply, InferenceTransport, make_transport
@@ -23,7 +24,7 @@ import cv2
 PARAMETERS = (
     ParameterSpec('url', 'grpc://127.0.0.1:8081',
                   'V2 inference server: grpc://host:port (gRPC), grpcs:// (gRPC over TLS) or '
-                  'http(s)://host:port (REST).'),
+                  'http(s)://host:port (REST); several (replicas, regions) separated by commas.'),
     ParameterSpec('model', 'rcnn', 'Model name on the server.'),
     ParameterSpec('token', '', 'Bearer token; empty sends none (see token_file).'),
     ParameterSpec('token_file', '',
@@ -54,6 +55,10 @@ PARAMETERS = (
                   "(where the edge's newest result is unsure or changing; same rate)."),
     ParameterSpec('edge_sources', ['edge'],
                   'source_name of the edge targets whose results content sampling reads.'),
+    ParameterSpec('hedge_share', 0.1,
+                  'With several urls: most requests sent again to a second endpoint when the '
+                  'first is slow, as a share of all requests (0: never).',
+                  minimum=0.0, maximum=1.0),
     ParameterSpec('robot_id', '',
                   "This robot's id on a shared service (its fair turn, its metrics); empty: "
                   "the host's name."),
@@ -79,6 +84,7 @@ class CloudConfig:
     max_pending: int
     sampling: str
     edge_sources: list
+    hedge_share: float
     robot_id: str
 
     @classmethod
@@ -98,9 +104,31 @@ class CloudConfig:
         return config
 
     def make_transport(self) -> InferenceTransport:
-        """Build the transport for the URL's scheme."""
-        return make_transport(self.url, self.model, self.bearer_token(), self.ca_file,
-                              self.robot_id or socket.gethostname())
+        """Build the transport for the URL's scheme; several URLs: one that hedges over them.
+
+        Raises:
+            ConfigError: For a URL no transport speaks.
+        """
+        urls = self.urls()
+        robot = self.robot_id or socket.gethostname()
+        transports = [(url, make_transport(url, self.model, self.bearer_token(), self.ca_file,
+                                           robot)) for url in urls]
+        if len(transports) == 1:
+            return transports[0][1]
+        return HedgedEndpoints(transports, self.hedge_share)
+
+    def urls(self) -> list[str]:
+        """Return the endpoint URLs of ``url`` (comma-separated).
+
+        Raises:
+            ConfigError: If it names none, or one twice.
+        """
+        urls = [u.strip() for u in self.url.split(',') if u.strip()]
+        if not urls:
+            raise ConfigError('url names no endpoint')
+        if len(set(urls)) != len(urls):
+            raise ConfigError(f'url names an endpoint twice: {self.url!r}')
+        return urls
 
     def bearer_token(self) -> str:
         """Return the token, read from ``token_file`` when that is set.

@@ -271,6 +271,9 @@ def rehearsal_parameters(params: Mapping[str, Mapping[str, Any]], scenario: str,
     health: dict[str, Any] = {'scenario': scenario}
     out: dict[str, dict[str, Any]] = {'health_monitor': health}
     url = str(node_params(params, 'cloud_bridge').get('url', ''))
+    if ',' in url and kinds & (NETWORK_KINDS | PROCESS_KINDS):
+        raise ConfigError(f'scenario {scenario!r} injects faults in front of one endpoint: give '
+                          f'cloud_bridge one url, not {url!r}')
     parts = urlsplit(url)
     try:
         port = parts.port

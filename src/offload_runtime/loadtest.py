@@ -26,13 +26,14 @@ import random
 import re
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 import urllib.request
 
 from adaptive_offload.conversions import frame_to_message
 from adaptive_offload.datatypes import Decision, Route
 from adaptive_offload.typestore import make_typestore, message_types
 from cloud_bridge.bridge import CloudBridge, CloudConfig
+from cloud_bridge.endpoints import HedgedEndpoints
 import numpy as np
 
 OUTCOMES = ('good', 'late', 'refused', 'backoff', 'timeout', 'breaker', 'error', 'busy')
@@ -73,6 +74,9 @@ class LoadResult:
         server: Change in the service's counters over the point (``goodput``,
             ``late_answers``, ``refusals``); empty when its metrics could not be read.
         errors: Reasons of the ``error`` outcomes.
+        requests: Requests the robots sent over several endpoints (hedges included); 0 with
+            one endpoint.
+        hedged: Of them, the hedges.
     """
 
     spec: LoadSpec
@@ -81,6 +85,8 @@ class LoadResult:
     elapsed_s: float = 0.0
     server: dict[str, float] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    hedged: int = 0
 
     @property
     def offered_fps(self) -> float:
@@ -131,9 +137,10 @@ class _Robot:
     """One robot: its bridge, its frame, and the requests it has under way."""
 
     def __init__(self, index: int, url: str, model: str, token: str, spec: LoadSpec,
-                 rng: random.Random) -> None:
+                 rng: random.Random, params: Mapping[str, Any]) -> None:
         config = CloudConfig.from_params({'url': url, 'model': model, 'token': token,
-                                          'robot_id': f'robot-{index}', 'max_retries': 0})
+                                          'robot_id': f'robot-{index}', 'max_retries': 0,
+                                          **params})
         self.transport = config.make_transport()
         self.bridge = CloudBridge(self.transport, max_retries=0, model=config.model,
                                   rng=random.Random(rng.random()))
@@ -151,7 +158,7 @@ class _Robot:
 
 
 def run_point(url: str, spec: LoadSpec, model: str = 'rcnn', token: str = '',
-              metrics_url: str = '',
+              metrics_url: str = '', bridge_params: Mapping[str, Any] | None = None,
               clock: Callable[[], float] = time.monotonic,
               sleep: Callable[[float], None] = time.sleep) -> LoadResult:
     """Run one load point against the service at ``url``; bounded by ``spec.seconds``.
@@ -162,6 +169,7 @@ def run_point(url: str, spec: LoadSpec, model: str = 'rcnn', token: str = '',
         model: Model name on the service.
         token: Bearer token every robot sends.
         metrics_url: The service's ``/metrics``; empty: its counters are not read.
+        bridge_params: More cloud_bridge parameters of every robot (``hedge_share``...).
         clock: Monotonic seconds.
         sleep: Waits between frames.
 
@@ -169,7 +177,8 @@ def run_point(url: str, spec: LoadSpec, model: str = 'rcnn', token: str = '',
         The counts and latencies of every frame due.
     """
     rng = random.Random(spec.seed)
-    robots = [_Robot(i, url, model, token, spec, rng) for i in range(spec.robots)]
+    robots = [_Robot(i, url, model, token, spec, rng, bridge_params or {})
+              for i in range(spec.robots)]
     decision = Decision(route=Route.CLOUD, deadline_ms=spec.deadline_ms, offload_every=1)
     result = LoadResult(spec)
     lock = threading.Lock()
@@ -214,6 +223,9 @@ def run_point(url: str, spec: LoadSpec, model: str = 'rcnn', token: str = '',
             pool.submit(send, robot, seq)
     result.elapsed_s = clock() - start
     for robot in robots:
+        if isinstance(robot.transport, HedgedEndpoints):
+            result.requests += sum(e.requests for e in robot.transport.endpoints)
+            result.hedged += robot.transport.hedged
         robot.transport.close()
     after = read_counters(metrics_url)
     if before and after:

@@ -57,7 +57,8 @@ def run_loadtest(args: argparse.Namespace) -> int:
     from offload_runtime.loadtest import format_table, LoadSpec, run_point
 
     token = _token(args.token_file)
-    service = None if args.url else _StartedService(args)
+    service = None if args.url else StartedService(
+        args.arch, args.checkpoint, args.threads, args.max_batch, args.input_size)
     try:
         url = args.url or (service.url if service else '')
         metrics = args.metrics_url or (f'{url}/metrics' if url.startswith('http') else '')
@@ -91,10 +92,24 @@ def _token(token_file: str) -> str:
     return lines[0].strip() if lines else ''
 
 
-class _StartedService:
-    """``adaptive-offload serve --runtime builtin`` in a child process on a free port."""
+class StartedService:
+    """``adaptive-offload serve --runtime builtin`` in a child process on a free port.
 
-    def __init__(self, args: argparse.Namespace, ready_timeout_s: float = 300.0) -> None:
+    Args:
+        arch: R-CNN architecture.
+        checkpoint: Its state_dict; None: the shipped one with the default architecture.
+        threads: torch threads.
+        max_batch: Largest batch.
+        input_size: Longest image side the model reads (0: the architecture's own).
+        ready_timeout_s: Longest wait for the model to be ready.
+
+    Raises:
+        ConfigError: If it exits or is not ready in time (with the end of its log).
+    """
+
+    def __init__(self, arch: str, checkpoint: str | None = None, threads: int = 1,
+                 max_batch: int = 4, input_size: int = 0,
+                 ready_timeout_s: float = 300.0) -> None:
         from offload_runtime.train_cli import checkpoint_for
 
         with socket.socket() as probe:
@@ -102,11 +117,11 @@ class _StartedService:
             port = probe.getsockname()[1]
         self.url = f'http://127.0.0.1:{port}'
         argv = [sys.executable, '-m', 'offload_runtime.cli', 'serve', '--runtime', 'builtin',
-                '--port', str(port), '--arch', args.arch,
-                '--checkpoint', checkpoint_for(args.arch, args.checkpoint),
-                '--threads', str(args.threads), '--max-batch', str(args.max_batch),
-                '--input-size', str(args.input_size)]
-        print(f'loadtest: starting the service ({args.arch}) on {self.url}', file=sys.stderr,
+                '--port', str(port), '--arch', arch,
+                '--checkpoint', checkpoint_for(arch, checkpoint),
+                '--threads', str(threads), '--max-batch', str(max_batch),
+                '--input-size', str(input_size)]
+        print(f'loadtest: starting the service ({arch}) on {self.url}', file=sys.stderr,
               flush=True)
         # A file, not a pipe: nobody reads the log while the test runs, and a full pipe would
         # stall the service.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from http.server import ThreadingHTTPServer
 import random
 import socket
 import threading
@@ -15,21 +14,15 @@ from adaptive_offload.errors import CloudError, ConfigError
 from cloud_bridge.bridge import CloudBridge, CloudConfig
 from cloud_bridge.transport import make_transport, parse_v2_reply, V2RestTransport
 import cv2
-from helpers import ManualClock, V2Handler
+from helpers import ManualClock, v2_stub, V2Handler
 import numpy as np
 import pytest
 
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    V2Handler.mode = 'ok'
-    V2Handler.seen = []
-    httpd = ThreadingHTTPServer(('127.0.0.1', 0), V2Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f'http://127.0.0.1:{httpd.server_address[1]}'
-    httpd.shutdown()
-    httpd.server_close()
+    with v2_stub() as url:
+        yield url
 
 
 def _msg(types: MessageTypes, stamp: int = 5) -> Any:

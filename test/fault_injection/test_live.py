@@ -257,3 +257,6 @@ def test_a_launched_rehearsal_points_the_bridge_at_the_proxy(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match='host and a port'):
         rehearsal_parameters({'cloud_bridge': {'url': 'http://gpu-server'}},
                              'cloud_outage_10s', 18081)
+    with pytest.raises(ConfigError, match='one url'):  # which endpoint would the proxy front?
+        rehearsal_parameters({'cloud_bridge': {'url': 'grpc://a:8081,grpc://b:8081'}},
+                             'cloud_outage_10s', 18081)

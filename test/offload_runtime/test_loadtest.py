@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from http.server import ThreadingHTTPServer
 import json
 from pathlib import Path
-import threading
 from typing import Iterator
 
-from helpers import V2Handler
+from helpers import v2_stub, V2Handler
 from offload_runtime.cli import main
 from offload_runtime.loadtest import classify, format_table, LoadSpec, run_point
 import pytest
@@ -16,14 +14,8 @@ import pytest
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    V2Handler.mode = 'ok'
-    V2Handler.seen = []
-    httpd = ThreadingHTTPServer(('127.0.0.1', 0), V2Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f'http://127.0.0.1:{httpd.server_address[1]}'
-    httpd.shutdown()
-    httpd.server_close()
+    with v2_stub() as url:
+        yield url
 
 
 @pytest.mark.parametrize('status, reason, total_ms, outcome', [
