@@ -1,5 +1,9 @@
 """All robot-side nodes: edge_inference, cloud_bridge, offload_manager, health_monitor.
 
+A node that exits (a parameter it refuses, a model that does not load, a crash) stops the
+others and the launch (``required:=false`` keeps them running), so that a supervisor (systemd,
+a container's restart policy) sees perception down instead of a graph with a node missing.
+
 ``scenario:=cloud_outage_10s`` (a shipped name or a file) rehearses that scenario's faults on
 the running graph: the health monitor injects them (network faults through a fault proxy on
 ``fault_proxy_port`` that the bridge's url is pointed at; process faults on the service of the
@@ -12,7 +16,7 @@ from typing import Any
 from adaptive_offload.params import load_params_file
 from fault_injection.live import rehearsal_parameters
 from launch import LaunchContext, LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
 from launch.conditions import IfCondition
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
@@ -30,20 +34,17 @@ def _nodes(context: LaunchContext) -> list[Any]:
         int(LaunchConfiguration('fault_proxy_port').perform(context)),
         int(LaunchConfiguration('service_port').perform(context)))
 
-    def parameters(node: str) -> list[Any]:
-        return [params_file, {'use_sim_time': use_sim_time}, rehearsal.get(node, {})]
+    def node(name: str, **kwargs: Any) -> Node:
+        stop_all = Shutdown(reason=f'{name} exited',
+                            condition=IfCondition(LaunchConfiguration('required')))
+        return Node(package=PACKAGE, executable=name, name=name, output='screen',
+                    emulate_tty=True, on_exit=[stop_all],
+                    parameters=[params_file, {'use_sim_time': use_sim_time},
+                                rehearsal.get(name, {})], **kwargs)
 
-    return [
-        Node(package=PACKAGE, executable='edge_inference', name='edge_inference',
-             parameters=parameters('edge_inference'), output='screen', emulate_tty=True),
-        Node(package=PACKAGE, executable='cloud_bridge', name='cloud_bridge',
-             parameters=parameters('cloud_bridge'), output='screen', emulate_tty=True,
-             condition=IfCondition(LaunchConfiguration('cloud'))),
-        Node(package=PACKAGE, executable='offload_manager', name='offload_manager',
-             parameters=parameters('offload_manager'), output='screen', emulate_tty=True),
-        Node(package=PACKAGE, executable='health_monitor', name='health_monitor',
-             parameters=parameters('health_monitor'), output='screen', emulate_tty=True),
-    ]
+    return [node('edge_inference'),
+            node('cloud_bridge', condition=IfCondition(LaunchConfiguration('cloud'))),
+            node('offload_manager'), node('health_monitor')]
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -58,6 +59,8 @@ def generate_launch_description() -> LaunchDescription:
                               description='Use /clock (true when playing a bag with --clock)'),
         DeclareLaunchArgument('cloud', default_value='true',
                               description='Start cloud_bridge'),
+        DeclareLaunchArgument('required', default_value='true',
+                              description='A node that exits stops the others and the launch'),
         DeclareLaunchArgument('rviz', default_value='false',
                               description='Start rviz2 with config/adaptive_offload.rviz'),
         DeclareLaunchArgument('scenario', default_value='',

@@ -229,7 +229,7 @@ def autostart(node: LifecycleNode, failure: Callable[[], str]) -> None:
     for name, trigger in (('configure', node.trigger_configure),
                           ('activate', node.trigger_activate)):
         if trigger() != TransitionCallbackReturn.SUCCESS:
-            raise ConfigError(f'{node.get_name()}: {name} failed: {failure()}')
+            raise ConfigError(f'{node.get_fully_qualified_name()}: {name} failed: {failure()}')
 
 
 def unsubscribe(node: rclpy.node.Node, subs: Iterable[Any]) -> list[Any]:

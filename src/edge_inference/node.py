@@ -36,9 +36,15 @@ class EdgeInferenceNode(LifecycleNode):
         self._subs: list[Any] = []
         self._camera: list[Any] = []
         self._failure = ''
+        self._quiet = False
         ros.on_parameters_set(self, PARAMETERS, self._apply, self._refuse)
         if self.get_parameter('autostart').value:
-            ros.autostart(self, lambda: self._failure)
+            # A failure here ends the process with one fatal line (run_node), not two.
+            self._quiet = True
+            try:
+                ros.autostart(self, lambda: self._failure)
+            finally:
+                self._quiet = False
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Read and check the parameters, create publishers and the decision subscription."""
@@ -82,7 +88,8 @@ class EdgeInferenceNode(LifecycleNode):
 
     def _fail(self, err: Exception) -> TransitionCallbackReturn:
         self._failure = str(err)
-        self.get_logger().error(self._failure)
+        if not self._quiet:  # a transition asked for by ros2 lifecycle: say why it failed
+            self.get_logger().error(self._failure)
         return TransitionCallbackReturn.FAILURE
 
     def _apply(self, values: dict[str, Any]) -> None:

@@ -57,6 +57,7 @@ def _one_fatal_line(proc: subprocess.CompletedProcess) -> str:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert 'Traceback' not in out, out
+    assert not [x for x in out.splitlines() if 'ERROR' in x], out  # one line, not two
     [line] = [x for x in out.splitlines() if 'FATAL' in x]
     return line
 
@@ -83,8 +84,10 @@ def test_a_value_out_of_its_range_is_refused(tmp_path: Path) -> None:
 
 def test_a_failed_lifecycle_start_ends_the_edge_node_with_one_line(tmp_path: Path) -> None:
     line = _one_fatal_line(run_node('edge_inference.node', '-p', 'model:=/nonexistent.pt',
-                                    '-p', f'ultralytics_config_dir:={tmp_path}'))
+                                    '-p', f'ultralytics_config_dir:={tmp_path}',
+                                    '-r', '__ns:=/pi'))
     assert '/nonexistent.pt' in line and 'activate failed' in line
+    assert '/pi/edge_inference' in line  # which of the fleet's edge nodes it was
     line = _one_fatal_line(run_node('edge_inference.node', '-p', 'device:=quantum',
                                     '-p', 'model:=yolov8n.yaml',
                                     '-p', f'ultralytics_config_dir:={tmp_path}'))
