@@ -34,17 +34,28 @@ def _nodes(context: LaunchContext) -> list[Any]:
         int(LaunchConfiguration('fault_proxy_port').perform(context)),
         int(LaunchConfiguration('service_port').perform(context)))
 
-    def node(name: str, **kwargs: Any) -> Node:
-        stop_all = Shutdown(reason=f'{name} exited',
-                            condition=IfCondition(LaunchConfiguration('required')))
-        return Node(package=PACKAGE, executable=name, name=name, output='screen',
-                    emulate_tty=True, on_exit=[stop_all],
-                    parameters=[params_file, {'use_sim_time': use_sim_time},
-                                rehearsal.get(name, {})], **kwargs)
+    def parameters(node: str) -> list[Any]:
+        return [params_file, {'use_sim_time': use_sim_time}, rehearsal.get(node, {})]
 
-    return [node('edge_inference'),
-            node('cloud_bridge', condition=IfCondition(LaunchConfiguration('cloud'))),
-            node('offload_manager'), node('health_monitor')]
+    def stop_all(node: str) -> list[Any]:
+        return [Shutdown(reason=f'{node} exited',
+                         condition=IfCondition(LaunchConfiguration('required')))]
+
+    return [
+        Node(package=PACKAGE, executable='edge_inference', name='edge_inference',
+             parameters=parameters('edge_inference'), output='screen', emulate_tty=True,
+             on_exit=stop_all('edge_inference')),
+        Node(package=PACKAGE, executable='cloud_bridge', name='cloud_bridge',
+             parameters=parameters('cloud_bridge'), output='screen', emulate_tty=True,
+             on_exit=stop_all('cloud_bridge'),
+             condition=IfCondition(LaunchConfiguration('cloud'))),
+        Node(package=PACKAGE, executable='offload_manager', name='offload_manager',
+             parameters=parameters('offload_manager'), output='screen', emulate_tty=True,
+             on_exit=stop_all('offload_manager')),
+        Node(package=PACKAGE, executable='health_monitor', name='health_monitor',
+             parameters=parameters('health_monitor'), output='screen', emulate_tty=True,
+             on_exit=stop_all('health_monitor')),
+    ]
 
 
 def generate_launch_description() -> LaunchDescription:

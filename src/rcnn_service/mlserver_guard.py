@@ -119,10 +119,14 @@ def _abandoned() -> Any:
 
 
 def record_rejection(status: int | str, peer: str, reason: object) -> None:
-    """Count a refused request and log it in one line (rate-limited)."""
+    """Count a refused request and log it in one line (rate-limited).
+
+    A load refusal is counted, not logged: the queue's metrics say how often, for whom, why.
+    """
     counter, log = _rejections()
     counter.labels(str(status)).inc()
-    log(status, peer, reason)
+    if not isinstance(reason, Overloaded):
+        log(status, peer, reason)
 
 
 class ServerGuard(asgi_guard.ServerGuard):

@@ -183,9 +183,14 @@ class InferenceService:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def reject(self, status: int | str, peer: str, reason: object) -> None:
-        """Count and log (rate-limited, one line) a refused request."""
+        """Count and log (rate-limited, one line) a refused request.
+
+        A load refusal is counted, not logged: under load it is how the service works, and
+        ``adaptive_offload_refusals_total`` says how often, for which robot and why.
+        """
         self.count(f'rejected_{status}')
-        self._rejections(status, peer, reason)
+        if not isinstance(reason, Overloaded):
+            self._rejections(status, peer, reason)
 
     def count(self, key: str, seconds: float = 0.0) -> None:
         """Count a request outcome (and its inference time)."""
