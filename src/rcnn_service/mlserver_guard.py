@@ -24,7 +24,6 @@ API does not expose; :class:`GuardedMLServer` fails loudly if a version changes 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 from typing import Any, Awaitable, Callable
@@ -40,6 +39,7 @@ from rcnn_service import asgi_guard
 from rcnn_service.asgi_guard import RestGuard
 from rcnn_service.guard import (Access, DISABLED_MESSAGE, grpc_access, Overloaded,
                                 RejectionLog, RequestError, Tokens)
+from rcnn_service.mlserver_refusals import AbortAsOverloaded, OverloadedRefusal, REFUSED, Refused
 from rcnn_service.tls import report_failed_handshakes, TlsFiles
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
@@ -50,54 +50,6 @@ GRPC_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTH
               415: grpc.StatusCode.INVALID_ARGUMENT, 422: grpc.StatusCode.FAILED_PRECONDITION,
               503: grpc.StatusCode.UNAVAILABLE}
 """gRPC code of each HTTP status the service refuses with."""
-
-
-class Refused(MLServerError):
-    """A refusal already counted and logged (the log filter leaves it out)."""
-
-
-class OverloadedRefusal(Refused):
-    """A request the queue refused for lack of time or room (:class:`Overloaded`).
-
-    gRPC answers RESOURCE_EXHAUSTED with a ``retry-after-ms`` trailer; REST answers 503 with
-    ``Retry-After`` (:class:`DropAbandoned` adds the header).
-    """
-
-    def __init__(self, err: Overloaded) -> None:
-        super().__init__(str(err), status_code=503)
-        self.overloaded = err
-        holder = _REFUSED.get()
-        if holder is not None:
-            holder.append(self)
-
-
-_REFUSED: contextvars.ContextVar[list[OverloadedRefusal] | None] = contextvars.ContextVar(
-    'load_refusals', default=None)
-"""Where a request's load refusal is left for the layer that answers it.
-
-MLServer turns the exception into its own answer (a 503 without headers; gRPC UNAVAILABLE)
-before anything outside it sees the exception, so the middleware and the interceptor give each
-call a list here and read it when the answer goes out.
-"""
-
-
-class _AbortAsOverloaded:
-    """A gRPC call's context whose ``abort`` gives a load refusal RESOURCE_EXHAUSTED."""
-
-    def __init__(self, context: Any, refused: list[OverloadedRefusal]) -> None:
-        self._context = context
-        self._refused = refused
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._context, name)
-
-    async def abort(self, code: Any, details: str = '', *args: Any, **kwargs: Any) -> None:
-        """Abort the call; as RESOURCE_EXHAUSTED with ``retry-after-ms`` after a refusal."""
-        if self._refused:
-            retry_ms = round(self._refused[-1].overloaded.retry_after_s * 1e3)
-            self._context.set_trailing_metadata((('retry-after-ms', str(retry_ms)),))
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED
-        await self._context.abort(code, details, *args, **kwargs)
 
 
 @functools.lru_cache(maxsize=1)
@@ -173,7 +125,7 @@ class DropAbandoned:
         body_read = asyncio.Event()
         answering = asyncio.Event()
         refused: list[OverloadedRefusal] = []
-        _REFUSED.set(refused)  # the handler's task starts with a copy of this context
+        REFUSED.set(refused)  # the handler's task starts with a copy of this context
 
         async def tracked_receive() -> Any:
             message = await receive()
@@ -275,8 +227,8 @@ def _mapped(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[
     """Wrap a unary behavior so an MLServerError it lets out gets its gRPC code, not UNKNOWN."""
     async def call(request: Any, context: Any) -> Any:
         refused: list[OverloadedRefusal] = []
-        _REFUSED.set(refused)
-        guarded = _AbortAsOverloaded(context, refused)
+        REFUSED.set(refused)
+        guarded = AbortAsOverloaded(context, refused)
         try:
             return await behavior(request, guarded)
         except MLServerError as err:

@@ -35,8 +35,8 @@ from rcnn_service.asgi_guard import MAX_HEADER_BYTES
 from rcnn_service.batching import AdaptiveBatcher
 from rcnn_service.guard import Overloaded, RequestError, Tokens
 from rcnn_service.http_server import HttpLimits, protocol_class
-from rcnn_service.mlserver_guard import (GuardedMLServer, OverloadedRefusal,
-                                         record_rejection, Refused, ServerGuard)
+from rcnn_service.mlserver_guard import GuardedMLServer, record_rejection, ServerGuard
+from rcnn_service.mlserver_refusals import OverloadedRefusal, Refused
 from rcnn_service.protocol import (decode_image, MODEL_VERSION, OUTPUTS, request_context,
                                    requested_outputs, server_metadata, SERVER_NAME,
                                    server_time_parameters, v2_response)
