@@ -251,8 +251,11 @@ class FairQueue(Generic[In, Out]):
             else:
                 del self._robots[robot]
             size = min(self.max_batch, len(batch) + 1 + self._size)
-            if ticket.deadline is not None and not ticket.probe and \
-                    now + self.times.estimate(size) > ticket.deadline:
+            # A probe runs whatever its estimate says, but never once its budget is gone.
+            late = ticket.deadline is not None and (
+                now >= ticket.deadline or
+                (not ticket.probe and now + self.times.estimate(size) > ticket.deadline))
+            if late:
                 expired.append(ticket)
             else:
                 batch.append(ticket)

@@ -90,6 +90,13 @@ def test_an_idle_model_whose_estimate_is_old_takes_one_probe_to_measure_again() 
     assert not _push(queue, 'b', now=3.1, budget=0.2)[0].probe  # admitted on the estimate
 
 
+def test_a_probe_whose_budget_is_already_gone_is_not_computed() -> None:
+    queue = _queue(one=10.0, full=20.0)
+    probe = _push(queue, 'a', now=5.0, budget=0.0)[0]
+    assert probe.probe
+    assert queue.pop_batch(5.0) == ([], [probe])
+
+
 def test_a_full_queue_makes_room_by_taking_from_the_robot_holding_most() -> None:
     queue = _queue(max_batch=2, max_queue=4)
     hog = _push(queue, 'hog', 4)
