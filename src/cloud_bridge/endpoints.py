@@ -121,6 +121,7 @@ class HedgedEndpoints:
         running: dict[Future[CloudReply], int] = {}
         last: CloudError | None = None
         sent_at = 0.0
+        hedge_decided = False  # one hedge decision per request, sent or not (no token, none ready)
         while True:
             now = self._clock()
             if not running:
@@ -130,7 +131,8 @@ class HedgedEndpoints:
                 running[self._send(index, image, deadline)] = index
                 tried.add(index)
                 sent_at = now
-            hedge_at = self._hedge_time(running, tried, sent_at)
+            hedge_at = float('inf') if hedge_decided else \
+                self._hedge_time(running, tried, sent_at)
             wait_s = max(0.0, min(deadline, hedge_at) - now)
             done, _ = wait(list(running), timeout=wait_s, return_when=FIRST_COMPLETED)
             for future in done:
@@ -139,9 +141,10 @@ class HedgedEndpoints:
                     return future.result()
                 except CloudError as err:  # the endpoint is already held back (_call)
                     last = err
-            if not done and running and self._clock() >= hedge_at and self._take_token():
+            if not done and running and self._clock() >= hedge_at:
+                hedge_decided = True
                 index = self._pick(tried, self._clock())
-                if index is not None:
+                if index is not None and self._take_token():
                     running[self._send(index, image, deadline)] = index
                     tried.add(index)
                     with self._lock:

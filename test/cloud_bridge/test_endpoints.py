@@ -194,3 +194,20 @@ def test_against_the_real_service_a_request_held_by_a_slow_path_is_answered_by_t
     assert elapsed < 2.0 and len(reply.labels) == len(reply.scores)  # the far path: 3 s more
     assert endpoints.hedged >= 1 and endpoints.endpoints[0].requests == near_requests + 1
     assert endpoints.endpoints[1].requests >= 1
+
+
+def test_a_request_that_may_not_hedge_waits_instead_of_spinning() -> None:
+    endpoints, _, _ = _warm(slow_s=0.3, share=0.1)
+    endpoints._tokens = 0.0  # the bucket is empty: this request may not hedge
+    calls = [0]
+
+    def counting() -> float:
+        calls[0] += 1
+        return time.monotonic()
+
+    endpoints._clock = counting  # type: ignore[method-assign]
+    hedged = endpoints.hedged
+    assert endpoints.infer(b'jpeg', 2.0).labels == ('slow',)
+    # a loop that polled until the slow answer came would read the clock thousands of times
+    assert endpoints.hedged == hedged and calls[0] < 50, calls[0]
+    endpoints.close()
