@@ -109,10 +109,9 @@ class CloudConfig:
         Raises:
             ConfigError: For a URL no transport speaks.
         """
-        urls = self.urls()
-        robot = self.robot_id or socket.gethostname()
-        transports = [(url, make_transport(url, self.model, self.bearer_token(), self.ca_file,
-                                           robot)) for url in urls]
+        token, robot = self.bearer_token(), self.robot_id or socket.gethostname()
+        transports = [(url, make_transport(url, self.model, token, self.ca_file, robot))
+                      for url in self.urls()]
         if len(transports) == 1:
             return transports[0][1]
         return HedgedEndpoints(transports, self.hedge_share)

@@ -8,6 +8,7 @@ from adaptive_offload.admission import StampGate
 from adaptive_offload.datatypes import Decision, DetectionSet, FrameRecord, InferenceReport, Route
 
 CLOUD = 'cloud'
+NO_RESULT = 'no_result'  # the drop reason of a frame no source answered or reported on
 HEDGE_GUARD_MS = 25.0  # longer than the manager node's 20 ms tick
 
 
@@ -182,7 +183,7 @@ class Arbiter:
                                 for k, v in sorted(entry.failures.items()))
             return self._finish(entry, now_ns, None, reasons or 'no_source')
         if final or timed_out:
-            return self._finish(entry, now_ns, None, 'no_result')
+            return self._finish(entry, now_ns, None, NO_RESULT)
         return None
 
     def _finish(self, entry: _Pending, now_ns: int, chosen: tuple[DetectionSet, int] | None,

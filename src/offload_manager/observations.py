@@ -18,6 +18,7 @@ from adaptive_offload.uplink import UplinkEstimator
 import numpy as np
 from offload_manager.accuracy import AccuracyModel
 from offload_manager.availability import AvailabilityPredictor
+from offload_manager.frame_outcomes import NO_RESULT
 from offload_manager.latency_models import ArForecaster, LatencyBook, tail_probability
 
 # JPEG bytes relative to quality 75, measured on 640x480 frames by benchmarks/bench_service.py
@@ -25,7 +26,6 @@ from offload_manager.latency_models import ArForecaster, LatencyBook, tail_proba
 JPEG_SIZE = {50: 0.68, 75: 1.0, 95: 1.95}
 REPLY_BYTES = 2048  # a detection reply: a few hundred bytes of JSON or protobuf per box
 EDGE_WINDOW = 20  # edge answers and unanswered edge frames the edge's availability counts
-NO_RESULT = 'no_result'  # the drop reason of a frame no source answered or reported on
 
 
 class EnergyModelLike(Protocol):

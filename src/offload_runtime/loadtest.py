@@ -137,7 +137,7 @@ class _Robot:
     """One robot: its bridge, its frame, and the requests it has under way."""
 
     def __init__(self, index: int, url: str, model: str, token: str, spec: LoadSpec,
-                 rng: random.Random, params: Mapping[str, Any]) -> None:
+                 rng: random.Random, params: Mapping[str, Any], types: Any) -> None:
         config = CloudConfig.from_params({'url': url, 'model': model, 'token': token,
                                           'robot_id': f'robot-{index}', 'max_retries': 0,
                                           **params})
@@ -146,7 +146,7 @@ class _Robot:
                                   rng=random.Random(rng.random()))
         height, width = spec.frame_size
         image = np.random.default_rng(index).integers(0, 255, (height, width, 3), np.uint8)
-        self._types = message_types(make_typestore('jazzy'))
+        self._types = types
         self._image = image
         self.phase_s = rng.random() / spec.fps
         self.busy = 0
@@ -177,7 +177,8 @@ def run_point(url: str, spec: LoadSpec, model: str = 'rcnn', token: str = '',
         The counts and latencies of every frame due.
     """
     rng = random.Random(spec.seed)
-    robots = [_Robot(i, url, model, token, spec, rng, bridge_params or {})
+    types = message_types(make_typestore('jazzy'))  # one for the fleet: it takes a while
+    robots = [_Robot(i, url, model, token, spec, rng, bridge_params or {}, types)
               for i in range(spec.robots)]
     decision = Decision(route=Route.CLOUD, deadline_ms=spec.deadline_ms, offload_every=1)
     result = LoadResult(spec)
