@@ -28,7 +28,7 @@ from fault_injection.fault_measures import FaultMeasure, measure
 from fault_injection.fault_proxy import FaultProxy
 from fault_injection.processes import CpuHogs, pid_listening_on
 from fault_injection.scenario import (Announcer, load_scenario, NETWORK_KINDS, PROCESS_KINDS,
-                                      Scenario)
+                                      refuse_service_kinds, Scenario)
 
 OBEYED_KINDS = frozenset({'edge_stall', 'manager_death'})
 _SIGNALS = {('service_stop', 'start'): signal.SIGSTOP, ('service_stop', 'end'): signal.SIGCONT,
@@ -57,6 +57,7 @@ class Rehearsal:
                  proxy_listen: tuple[str, int] | None = None,
                  proxy_upstream: tuple[str, int] | None = None, service_port: int = 0,
                  kill: Callable[[int, int], None] = os.kill) -> None:
+        refuse_service_kinds(scenario, 'health_monitor')
         kinds = scenario.kinds()
         if kinds & NETWORK_KINDS and (proxy_listen is None or proxy_upstream is None):
             raise ConfigError(f'scenario {scenario.name!r} has network faults: set '

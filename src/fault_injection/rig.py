@@ -22,7 +22,8 @@ from adaptive_offload.errors import ConfigError
 from adaptive_offload.inference_transport import InferenceTransport
 from fault_injection.client_faults import FaultInjectingTransport
 from fault_injection.processes import CpuHogs, ServiceProcess
-from fault_injection.scenario import NETWORK_KINDS, PROCESS_KINDS, Scenario
+from fault_injection.scenario import (NETWORK_KINDS, PROCESS_KINDS, refuse_service_kinds,
+                                      Scenario)
 from rcnn_service.service import ServiceConfig
 
 NETWORK_MODES = ('client', 'proxy', 'netns')
@@ -53,6 +54,7 @@ class FaultRig:
                  sleep: Callable[[float], None] = time.sleep, seed: int = 0) -> None:
         if network not in NETWORK_MODES:
             raise ConfigError(f'injector {network!r} (known: {", ".join(NETWORK_MODES)})')
+        refuse_service_kinds(scenario, 'fault rig')
         self.scenario = scenario
         self.network = network
         self.sleep = sleep

@@ -49,10 +49,29 @@ FAULT_KINDS: dict[str, dict[str, float | None]] = {
     'service_stop': {},    # the service process is stopped (SIGSTOP); continued at the end
     'edge_stall': {},      # the edge worker stops processing until the fault ends
     'manager_death': {},   # the manager issues no decisions until the fault ends
+    'replica_crash': {'replicas': 1.0},  # fleet sim: replicas crash, each restarts in place
+    'zone_outage': {'share': 0.5},       # fleet sim: the zones of this share of the replicas
 }
 NETWORK_KINDS = frozenset({'cloud_outage', 'latency', 'bandwidth', 'loss', 'corruption'})
 PROCESS_KINDS = frozenset({'service_kill', 'service_stop'})
 EDGE_KINDS = frozenset({'cpu_contention', 'edge_stall'})
+SERVICE_KINDS = frozenset({'replica_crash', 'zone_outage'})
+"""Faults of a replicated service: only the fleet simulation has replicas to fail."""
+INSTANT_KINDS = frozenset({'replica_crash'})
+"""Faults that happen at their start and take no duration_s."""
+
+
+def refuse_service_kinds(scenario: Scenario, where: str) -> None:
+    """Raise if ``scenario`` has faults only the fleet simulation can play.
+
+    Raises:
+        ConfigError: Naming the kinds and where they can run.
+    """
+    found = scenario.kinds() & SERVICE_KINDS
+    if found:
+        raise ConfigError(f'{where}: scenario {scenario.name!r} has {", ".join(sorted(found))}, '
+                          'which only the fleet simulation plays (evaluate --mode sim '
+                          '--robots N --replicas R)')
 
 
 @dataclass(frozen=True)
@@ -211,8 +230,14 @@ def parse_scenario(data: Any, source: str = 'scenario', base: Path | None = None
         if kind not in FAULT_KINDS:
             raise ConfigError(f'{where}: unknown kind {kind!r} '
                               f'(known: {", ".join(sorted(FAULT_KINDS))})')
-        start, duration = _number(entry, 'start_s', where), _number(entry, 'duration_s', where)
-        if start < 0 or duration <= 0:
+        start = _number(entry, 'start_s', where)
+        if kind in INSTANT_KINDS:
+            if 'duration_s' in entry:
+                raise ConfigError(f'{where}: {kind} happens at start_s and takes no duration_s')
+            duration = 0.0
+        else:
+            duration = _number(entry, 'duration_s', where)
+        if start < 0 or (duration <= 0 and kind not in INSTANT_KINDS):
             raise ConfigError(f'{where}: need start_s >= 0 and duration_s > 0')
         spec = FAULT_KINDS[kind]
         unknown = set(entry) - {'kind', 'start_s', 'duration_s'} - set(spec)
@@ -232,6 +257,11 @@ def parse_scenario(data: Any, source: str = 'scenario', base: Path | None = None
             raise ConfigError(f'{where}: mbps must be > 0')
         if kind == 'cpu_contention' and params['slowdown'] < 1:
             raise ConfigError(f'{where}: slowdown must be >= 1')
+        if kind == 'replica_crash' and (params['replicas'] < 1 or
+                                        params['replicas'] != int(params['replicas'])):
+            raise ConfigError(f'{where}: replicas must be a whole number >= 1')
+        if kind == 'zone_outage' and not 0 < params['share'] <= 1:
+            raise ConfigError(f'{where}: share must be in (0, 1]')
         faults.append(Fault(kind, start, duration, params))
     ordered = sorted(faults, key=lambda f: (f.kind, f.start_s))
     for a, b in zip(ordered, ordered[1:]):

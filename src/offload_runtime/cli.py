@@ -23,6 +23,7 @@ from offload_runtime.cli_args import (EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, E
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
+    from offload_runtime.fleet_cli import add_fleet_arguments
     from offload_runtime.sample_bag import SAMPLE_ENCODINGS
     from offload_runtime.loadtest_cli import add_loadtest_parser
     from offload_runtime.serve_cli import add_serve_parser
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help='comma-separated accuracy floors (mAP) to sweep predictive over: '
                                'draws the energy-against-accuracy front of every scenario and '
                                'writes matched.md (e.g. 0,30,35,40,45)')
+    add_fleet_arguments(evaluate)
 
     report = sub.add_parser('report', help='one self-contained HTML page of the output bag of a '
                                            'replay or of an evaluate folder')
@@ -299,6 +301,7 @@ def _recover_bag(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from offload_runtime.evaluate import DEFAULT_POLICIES, EvalOptions, evaluate
+    from offload_runtime.fleet_cli import is_fleet, run_fleet_evaluate
     from offload_runtime.simulator import NetworkProfile
 
     if args.scenarios.is_dir():
@@ -312,12 +315,14 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f'--floors takes comma-separated numbers: {err}') from err
     if any(not 0 <= f <= 100 for f in floors):
         raise ConfigError('--floors are mAP values within 0..100')
-    evaluate(EvalOptions(scenarios=scenarios, policies=policies, mode=args.mode, out=args.out,
-                         frames=args.frames, fps=args.fps, deadline_ms=args.deadline_ms,
-                         robot=args.robot, devices_file=args.devices, seed=args.seed,
-                         network=NetworkProfile(args.uplink_mbps, args.rtt_ms), floors=floors,
-                         measured=args.measured),
-             lambda line: print(line, flush=True))
+    opts = EvalOptions(scenarios=scenarios, policies=policies, mode=args.mode, out=args.out,
+                       frames=args.frames, fps=args.fps, deadline_ms=args.deadline_ms,
+                       robot=args.robot, devices_file=args.devices, seed=args.seed,
+                       network=NetworkProfile(args.uplink_mbps, args.rtt_ms), floors=floors,
+                       measured=args.measured)
+    if is_fleet(args):
+        return run_fleet_evaluate(args, opts)
+    evaluate(opts, lambda line: print(line, flush=True))
     print(f'table: {args.out / "table.md"} and table.csv; plots: {args.out}/*.png'
           + ('; fronts: front_*.png, matched.md' if floors else ''))
     from offload_runtime.report import write_evaluation_report

@@ -22,7 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 from adaptive_offload.datatypes import FrameRecord, InferenceReport
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.package_files import shipped_model
-from fault_injection.scenario import EDGE_KINDS, load_scenario, Scenario
+from fault_injection.scenario import (EDGE_KINDS, load_scenario, refuse_service_kinds,
+                                      Scenario)
 import numpy as np
 from offload_manager.accuracy import measured_figures, prior
 from offload_manager.energy import DeviceProfile, load_devices
@@ -143,7 +144,9 @@ def live_models(opts: EvalOptions) -> tuple[str, str]:
     return edge, checkpoint
 
 
-def _manager(opts: EvalOptions, policy: str, robot: str, floor: float = 0.0) -> ManagerConfig:
+def manager_config(opts: EvalOptions, policy: str, robot: str,
+                   floor: float = 0.0) -> ManagerConfig:
+    """Return the manager configuration a simulated or live run of ``policy`` uses."""
     edge, options = 'yolov8n', list(opts.edge_options)
     extra = {}
     if opts.measured and opts.mode == 'sim':
@@ -192,7 +195,7 @@ def run_sim(opts: EvalOptions, scenario: Scenario, policy: str,
             devices: dict[str, DeviceProfile], floor: float | None = None) -> tuple[Row, Trace]:
     """Simulate one policy under one scenario (predictive with ``floor``, if given)."""
     robot = opts.robot or 'raspberry_pi_5'
-    manager = OffloadManager(_manager(opts, policy, robot, floor or 0.0))
+    manager = OffloadManager(manager_config(opts, policy, robot, floor or 0.0))
     settings = SimSettings(frames=opts.frames, fps=opts.fps, seed=opts.seed)
     if opts.measured:
         settings = dataclasses.replace(settings, cloud_model=SHIPPED_CLOUD)
@@ -215,7 +218,7 @@ def run_live(opts: EvalOptions, scenario: Scenario, policy: str,
     from rcnn_service.service import ServiceConfig
 
     robot = opts.robot or 'ci_machine'
-    cfg = _manager(opts, policy, robot, floor or 0.0)
+    cfg = manager_config(opts, policy, robot, floor or 0.0)
     manager = {k: getattr(cfg, k) for k in ('policy', 'deadline_ms', 'edge_model', 'edge_imgsz',
                                             'edge_options', 'device', 'cloud_device',
                                             'devices_file', 'seed', 'accuracy_floor')}
@@ -279,6 +282,8 @@ def evaluate(opts: EvalOptions, announce: Callable[[str], Any] = print) -> list[
         raise ConfigError('no scenarios given')
     devices = load_devices(opts.devices_file or default_devices_file())
     scenarios = [load_scenario(p) for p in opts.scenarios]
+    for scenario in scenarios:
+        refuse_service_kinds(scenario, 'evaluate of one robot')
     opts.out.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     for scenario in scenarios:

@@ -37,6 +37,27 @@ from offload_manager.observations import jpeg_factor
 MS = 1_000_000
 
 
+class EventQueue:
+    """Events in time order; at one time, frames first, then the others in the order queued."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, int, Callable[..., None], tuple]] = []
+        self._n = 0
+
+    def at(self, t_ns: int, handler: Callable[..., None], *args: object,
+           first: bool = False) -> None:
+        """Call ``handler(t_ns, *args)`` at ``t_ns``."""
+        self._n += 1
+        heapq.heappush(self._heap, (t_ns, 0 if first else 1, self._n, handler, args))
+
+    def run(self, until_ns: int | None = None) -> None:
+        """Handle events in order until none is left (or the next is after ``until_ns``)."""
+        heap = self._heap
+        while heap and (until_ns is None or heap[0][0] <= until_ns):
+            t, _, _, handler, args = heapq.heappop(heap)
+            handler(t, *args)
+
+
 @dataclass(frozen=True)
 class NetworkProfile:
     """The robot's link to the cloud.
@@ -106,11 +127,14 @@ class Simulation:
         settings: What to simulate.
         quality: Measured mAP (0-100) of ``(model, imgsz, difficulty)``, None where not
             measured; ``imgsz`` 0 means the model's only measured size.
+        events: The event queue, shared by the robots of a fleet; None: its own.
+        name: The robot's name in a fleet (its random draws are its own); empty: alone.
     """
 
     def __init__(self, manager: OffloadManager, robot: DeviceProfile, cloud: DeviceProfile,
                  network: NetworkProfile, scenario: Scenario, settings: SimSettings,
-                 quality: Quality | None = None) -> None:
+                 quality: Quality | None = None, events: EventQueue | None = None,
+                 name: str = '') -> None:
         self.m = manager
         self._scene = parse_difficulty(scenario.scene)
         self._quality = quality
@@ -118,8 +142,9 @@ class Simulation:
         self.s = settings
         self.breaker = CircuitBreaker()
         self.result = SimResult()
-        self._events: list[tuple[int, int, str, tuple]] = []
-        self._n = 0
+        self.events = events if events is not None else EventQueue()
+        self._name = name
+        self._decision: Decision | None = None
         self._edge_busy = False
         self._edge_pending: tuple[int, Decision] | None = None
         self._in_flight = 0
@@ -129,8 +154,7 @@ class Simulation:
         self._parts: dict[int, dict[str, float]] = {}
 
     def _at(self, t_ns: int, kind: str, *payload: object) -> None:
-        self._n += 1
-        heapq.heappush(self._events, (t_ns, self._n, kind, payload))
+        self.events.at(t_ns, self._step, kind, payload)
 
     def _rng(self, stream: str, stamp: int) -> random.Random:
         """Draws fixed by frame and purpose (common random numbers).
@@ -138,7 +162,7 @@ class Simulation:
         Every policy meets the same frame times and losses, so differences between policies
         are theirs alone.
         """
-        return random.Random(f'{self.s.seed}:{stream}:{stamp}')
+        return random.Random(f'{self.s.seed}:{self._name}{stream}:{stamp}')
 
     def _spread(self, ms: float, stream: str, stamp: int) -> float:
         return ms * math.exp(self._rng(stream, stamp).gauss(0.0, self.net.jitter))
@@ -153,23 +177,41 @@ class Simulation:
     def _faults(self, t_ns: int) -> dict[str, dict[str, float]]:
         return {f.kind: dict(f.params) for f in self.scenario.active(t_ns / 1e9)}
 
+    @property
+    def period_ns(self) -> int:
+        """Time between camera frames."""
+        return int(1e9 / self.s.fps)
+
+    @property
+    def end_ns(self) -> int:
+        """When the run ends: the last frame's time and five seconds for late answers."""
+        return self.s.frames * self.period_ns + 5_000 * MS
+
+    def start(self, offset_ns: int = 0) -> None:
+        """Take the first decision and queue the first frame (at ``offset_ns``)."""
+        self._decision = self.m.tick(0)
+        if self.s.frames:
+            self.events.at(offset_ns, self._step, 'frame', (0, offset_ns), first=True)
+
+    def stop(self) -> None:
+        """End the run: frames still open end now."""
+        self._finish(self.m.poll(self.end_ns, final=True))
+
     def run(self) -> SimResult:
         """Play every frame and return what happened."""
-        period = int(1e9 / self.s.fps)
-        for i in range(self.s.frames):
-            self._at(i * period, 'frame', i)
-        decision = self.m.tick(0)
-        end = self.s.frames * period + 5_000 * MS
-        while self._events:
-            t, _, kind, payload = heapq.heappop(self._events)
-            issued = self.m.tick(t)
-            if issued is not None:
-                decision = issued
-                self.result.routes.append((t / 1e9, decision.route.value))
-            getattr(self, f'_on_{kind}')(t, decision, *payload)
-            self._finish(self.m.poll(t))
-        self._finish(self.m.poll(end, final=True))
+        self.start()
+        self.events.run()
+        self.stop()
         return self.result
+
+    def _step(self, t: int, kind: str, payload: tuple) -> None:
+        """One event of this robot: the manager's tick, the event, the manager's poll."""
+        issued = self.m.tick(t)
+        if issued is not None:
+            self._decision = issued
+            self.result.routes.append((t / 1e9, issued.route.value))
+        getattr(self, f'_on_{kind}')(t, self._decision, *payload)
+        self._finish(self.m.poll(t))
 
     def _finish(self, outcomes: list) -> None:
         for outcome in outcomes:
@@ -180,8 +222,11 @@ class Simulation:
             self.result.energy_j[rec.stamp_ns] = rec.energy_j or 0.0
             self.result.accuracy[rec.stamp_ns] = parts.get(f'acc_{rec.result_source}', 0.0)
 
-    def _on_frame(self, t: int, decision: Decision, index: int) -> None:
-        stamp = index * int(1e9 / self.s.fps) + 1
+    def _on_frame(self, t: int, decision: Decision, index: int, offset: int) -> None:
+        if index + 1 < self.s.frames:
+            self.events.at(offset + (index + 1) * self.period_ns, self._step, 'frame',
+                           (index + 1, offset), first=True)
+        stamp = offset + index * self.period_ns + 1
         outcome = self.m.frame_arrived(stamp, 'camera', t)
         if outcome is not None:
             self._finish([outcome])
@@ -261,7 +306,7 @@ class Simulation:
     def _on_cloud_done(self, t: int, _current: Decision, stamp: int, decision: Decision,
                        total: float, nbytes: int, server: float, reason: str) -> None:
         self._in_flight -= 1
-        self.breaker.record(not reason, t)
+        self._settle(t, reason)
         self.result.cloud_requests += 1
         sent = 0 if reason.startswith('connection') else nbytes  # refused: nothing went out
         self.result.bytes_sent += sent
@@ -280,6 +325,10 @@ class Simulation:
         if self._cloud_pending is not None:
             pending, self._cloud_pending = self._cloud_pending, None
             self._start_cloud(t, *pending)
+
+    def _settle(self, t: int, reason: str) -> None:
+        """Tell the circuit breaker how a cloud request ended."""
+        self.breaker.record(not reason, t)
 
     def _detections(self, stamp: int, source: str, model: str, acc: float,
                     imgsz: int = 0) -> DetectionSet:

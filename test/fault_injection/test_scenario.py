@@ -7,7 +7,9 @@ from pathlib import Path
 from adaptive_offload.errors import CloudError, ConfigError
 from cloud_bridge.transport import CloudReply
 from fault_injection.client_faults import FaultInjectingTransport
-from fault_injection.scenario import Announcer, load_scenario, parse_scenario
+from fault_injection.rig import FaultRig
+from fault_injection.scenario import (Announcer, load_scenario, parse_scenario,
+                                      refuse_service_kinds)
 from helpers import ManualClock
 import numpy as np
 import pytest
@@ -41,6 +43,11 @@ def test_a_valid_scenario_file(tmp_path: Path) -> None:
     ([{'kind': 'bandwidth', 'start_s': 0, 'duration_s': 1, 'mbps': 'fast'}], 'number'),
     ([{'kind': 'cloud_outage', 'start_s': 0, 'duration_s': 5},
       {'kind': 'cloud_outage', 'start_s': 4, 'duration_s': 1}], 'overlap'),
+    ([{'kind': 'replica_crash', 'start_s': 0, 'duration_s': 5}], 'takes no duration_s'),
+    ([{'kind': 'replica_crash', 'start_s': 0, 'replicas': 1.5}], 'whole number'),
+    ([{'kind': 'replica_crash', 'start_s': 0, 'replicas': 0}], 'whole number'),
+    ([{'kind': 'zone_outage', 'start_s': 0, 'duration_s': 5, 'share': 0}], 'share'),
+    ([{'kind': 'zone_outage', 'start_s': 0, 'duration_s': 5, 'share': 1.5}], 'share'),
 ])
 def test_invalid_scenarios_name_the_problem(faults: list, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -120,6 +127,23 @@ def test_every_shipped_scenario_is_valid() -> None:
     assert set(names) >= {'steady', 'cloud_outage_10s', 'bandwidth_drop', 'latency_spike',
                           'flapping_cloud'}
     assert names['steady'].faults == () and len(names['flapping_cloud'].faults) == 4
+    fleet = {p.stem: load_scenario(p) for p in sorted((folder / 'fleet').glob('*.yaml'))}
+    assert set(fleet) == {'replica_crash', 'zone_outage', 'rush'}
+    assert fleet['replica_crash'].faults[0].params == {'replicas': 1.0}
+
+
+def test_service_faults_are_instant_or_timed_and_only_a_fleet_plays_them() -> None:
+    scenario = _scenario({'kind': 'replica_crash', 'start_s': 30, 'replicas': 2},
+                         {'kind': 'zone_outage', 'start_s': 60, 'duration_s': 20})
+    crash, zone = scenario.faults
+    assert (crash.start_s, crash.duration_s, crash.params) == (30.0, 0.0, {'replicas': 2.0})
+    assert zone.params == {'share': 0.5} and zone.active(70.0) and not zone.active(80.0)
+    with pytest.raises(ConfigError, match='only the fleet simulation'):
+        refuse_service_kinds(scenario, 'here')
+    refuse_service_kinds(_scenario({'kind': 'cloud_outage', 'start_s': 0, 'duration_s': 1}),
+                         'here')
+    with pytest.raises(ConfigError, match='replica_crash'):
+        FaultRig(scenario)
 
 
 def test_each_start_and_end_is_announced_once_in_time_order() -> None:

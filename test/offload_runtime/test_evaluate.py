@@ -15,7 +15,7 @@ from offload_manager.accuracy import measured_figures, prior
 from offload_manager.energy import load_devices
 from offload_manager.manager import default_devices_file, OffloadManager
 from offload_runtime.cli import main
-from offload_runtime.evaluate import (_manager, _measured_quality, EvalOptions, evaluate,
+from offload_runtime.evaluate import (_measured_quality, EvalOptions, evaluate, manager_config,
                                       SHIPPED_CLOUD, SHIPPED_EDGE)
 from offload_runtime.ground_truth import load_truth
 from offload_runtime.sample_bag import SampleSpec
@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _sim(policy: str, faults: list[dict], frames: int = 600, **net: float) -> Simulation:
     devices = load_devices(default_devices_file())
-    manager = OffloadManager(_manager(EvalOptions(scenarios=[]), policy, 'raspberry_pi_5'))
+    manager = OffloadManager(manager_config(EvalOptions(scenarios=[]), policy,
+                                            'raspberry_pi_5'))
     return Simulation(manager, devices['raspberry_pi_5'], devices['gpu_server'],
                       NetworkProfile(**net), parse_scenario({'faults': faults}),
                       SimSettings(frames=frames))
@@ -80,7 +81,7 @@ def test_predictive_leaves_the_cloud_within_a_second_once_it_breaks_the_deadline
     has the probe history it needs to trust the cloud (about 35 s).
     """
     devices = load_devices(default_devices_file())
-    config = _manager(EvalOptions(scenarios=[]), 'predictive', 'raspberry_pi_5')
+    config = manager_config(EvalOptions(scenarios=[]), 'predictive', 'raspberry_pi_5')
     manager = OffloadManager(dataclasses.replace(config, accuracy_floor=40.0))
     drop = [{'kind': 'bandwidth', 'start_s': 60.0, 'duration_s': 20.0, 'mbps': 1.0}]
     result = Simulation(manager, devices['raspberry_pi_5'], devices['gpu_server'],
@@ -237,7 +238,7 @@ def test_live_mode_generates_each_scenarios_scene(tmp_path: Path,
 
 def test_the_simulator_takes_measured_accuracy_at_the_scenes_difficulty() -> None:
     devices = load_devices(default_devices_file())
-    config = _manager(EvalOptions(scenarios=[]), 'edge-only', 'raspberry_pi_5')
+    config = manager_config(EvalOptions(scenarios=[]), 'edge-only', 'raspberry_pi_5')
     table = {('yolov8n', 640, 'easy'): 70.0, ('yolov8n', 640, 'hard'): 20.0}
 
     def quality(model: str, imgsz: int, level: str) -> float | None:
@@ -272,7 +273,7 @@ def test_in_the_measured_sim_the_edge_estimate_follows_the_scene_from_confidence
     # The cloud is down throughout: no agreement, the edge's confidence alone can tell.
     scenario = parse_scenario({'name': 'hard', 'scene': 'hard:10-20', 'faults': [
         {'kind': 'cloud_outage', 'start_s': 0.0, 'duration_s': 30.0}]})
-    sim = Simulation(OffloadManager(_manager(opts, 'predictive', 'raspberry_pi_5')),
+    sim = Simulation(OffloadManager(manager_config(opts, 'predictive', 'raspberry_pi_5')),
                      devices['raspberry_pi_5'], devices['gpu_server'], NetworkProfile(),
                      scenario, SimSettings(frames=300, cloud_model=SHIPPED_CLOUD),
                      _measured_quality)

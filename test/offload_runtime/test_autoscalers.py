@@ -1,0 +1,93 @@
+"""Autoscalers: the HPA's rules, a forecast that scales ahead, and a learner that learns."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from adaptive_offload.errors import ConfigError
+from offload_runtime.autoscalers import (HpaSettings, LearnedScaler, make_scaler,
+                                         PredictiveScaler, ReactiveHpa, spare_for)
+from offload_runtime.service_model import ServiceSample, ServiceSettings
+import pytest
+
+SERVICE = ServiceSettings(replicas=2, min_replicas=1, max_replicas=20, first_ms=50.0)
+
+
+def _sample(t_s: float, spec: int, ready: int | None = None, wait_s: float = 0.05,
+            refusals: float = 0.0, arrivals: float = 10.0) -> ServiceSample:
+    return ServiceSample(t_s, 15.0, arrivals, refusals, wait_s, 0.5,
+                         spec if ready is None else ready, spec, 10.0)
+
+
+def _hpa() -> ReactiveHpa:
+    return ReactiveHpa(HpaSettings(), SERVICE, random.Random(0))
+
+
+def test_static_keeps_the_count() -> None:
+    scaler = make_scaler('static', HpaSettings(), SERVICE, random.Random(0))
+    assert scaler.desired(_sample(15, 3, wait_s=9.0, refusals=50.0)) == 3
+
+
+def test_the_hpa_follows_the_metric_that_asks_for_most() -> None:
+    assert _hpa().desired(_sample(15, 2, wait_s=0.1)) == 4
+    assert _hpa().desired(_sample(15, 2, wait_s=0.054)) == 2  # within the 10 % tolerance
+    # Refusals a second per pod: 3 / 2 pods = 1.5 against 0.5 -> three times the pods, capped
+    # at twice per 30 s.
+    assert _hpa().desired(_sample(15, 2, refusals=3.0)) == 4
+
+
+def test_pods_not_ready_count_as_idle_when_scaling_up() -> None:
+    # One of two pods starting: the ready one's 2x wait is 1x over both; nothing to add.
+    assert _hpa().desired(_sample(15, 2, ready=1, wait_s=0.1)) == 2
+    assert _hpa().desired(_sample(15, 2, ready=1, wait_s=0.15)) == 3
+
+
+def test_scaling_down_waits_out_the_stabilisation_window() -> None:
+    hpa = _hpa()
+    assert hpa.desired(_sample(15, 4, wait_s=0.05)) == 4
+    counts = [hpa.desired(_sample(15 + 15 * k, 4, wait_s=0.0, arrivals=0.0))
+              for k in range(1, 30)]
+    # The idle minute's mean falls from the first idle scrape, but no scale-down comes until
+    # the busy recommendation has left the 300 s window.
+    assert counts[:18] == [4] * 18 and counts[-1] == SERVICE.min_replicas
+
+
+def test_the_forecast_scales_ahead_of_a_rising_rate() -> None:
+    predictive = PredictiveScaler(HpaSettings(), SERVICE, random.Random(0))
+    reactive = _hpa()
+    ahead = []
+    for k in range(12):  # the rate climbs 3 requests/s per scrape; the wait is still on target
+        sample = _sample(15 * (k + 1), 2, arrivals=3.0 * k)
+        ahead.append(predictive.desired(sample) - reactive.desired(sample))
+    assert ahead[-1] > 0 and min(ahead) >= 0
+
+
+def test_spares_cover_the_failures_expected_during_a_pod_start() -> None:
+    assert spare_for(0.0) == 0
+    assert spare_for(0.005) == 0  # P(any failure) 0.5 %, under the 1 % risk
+    assert spare_for(0.5) == 3    # P(more than 2) 1.4 %, P(more than 3) 0.2 %
+    assert spare_for(0.5, risk=0.05) == 2
+
+
+def test_the_learner_finds_the_count_that_serves_the_load() -> None:
+    # A service that refuses a third of its load with fewer than 4 replicas.
+    scaler = LearnedScaler(HpaSettings(), SERVICE, random.Random(1))
+    spec, history = 2, []
+    for k in range(4000):
+        refusals = 10.0 if spec < 4 else 0.0
+        spec = scaler.desired(_sample(15 * k, spec, refusals=refusals, arrivals=30.0))
+        history.append(spec)
+    late = history[-500:]
+    assert sum(s >= 4 for s in late) / len(late) > 0.8
+    assert sum(late) / len(late) < 7
+
+
+def test_unknown_scalers_and_bad_settings_are_named() -> None:
+    with pytest.raises(ConfigError, match='unknown scaler'):
+        make_scaler('oracle', HpaSettings(), SERVICE, random.Random(0))
+    with pytest.raises(ConfigError, match='utilisation'):
+        HpaSettings(utilisation=1.5)
+    with pytest.raises(ConfigError, match='sync_s'):
+        HpaSettings(sync_s=0)
+    assert math.isfinite(spare_for(50.0))

@@ -1,0 +1,131 @@
+"""Fleets: unchanged managers on one simulated service, its failures, its scalers, the table."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from adaptive_offload.datatypes import FrameRecord
+from fault_injection.scenario import parse_scenario, Scenario
+from offload_manager.energy import load_devices
+from offload_manager.manager import default_devices_file
+from offload_runtime.autoscalers import HpaSettings
+from offload_runtime.cli import main
+from offload_runtime.evaluate import EvalOptions
+from offload_runtime.fleet_eval import FleetOptions, run_fleet
+from offload_runtime.fleet_figures import capacity_recovery_s, FleetCounts, FleetRow, mttr_s
+from offload_runtime.fleet_sim import FleetSim
+from offload_runtime.service_model import ServiceSettings
+import pytest
+
+DEVICES = load_devices(default_devices_file())
+
+
+def _scenario(*faults: dict) -> Scenario:
+    return parse_scenario({'name': 'test', 'faults': list(faults)})
+
+
+def _fleet(robots: int, frames: int, scenario: Scenario, policy: str = 'cloud-only',
+           scaler: str = 'static', **service: object) -> tuple[FleetRow, FleetSim]:
+    settings = {'replicas': 2, 'first_ms': 30.0, 'pod_start_s': 10.0, 'scale_up_delay_s': 1.0}
+    settings.update(service)
+    opts = EvalOptions(scenarios=[], frames=frames, measured=True)
+    fleet = FleetOptions(robots, ServiceSettings(**settings), (scaler,), HpaSettings(sync_s=5.0))
+    return run_fleet(opts, fleet, scenario, policy, scaler, DEVICES)
+
+
+def test_a_crash_resets_requests_and_capacity_returns_after_a_pod_start() -> None:
+    row, sim = _fleet(4, 400, _scenario({'kind': 'replica_crash', 'start_s': 20.0}))
+    assert row.frames == 4 * 400  # every frame ended: answered, late or dropped
+    assert 10.0 <= row.capacity_s <= 11.0
+    assert min(n for t, n in sim.ready if 20 < t < 30) == 1
+    assert row.late_answers == 0 and row.late_frames == 0
+    assert row.cloud_pct > 90
+
+
+def test_an_overloaded_service_refuses_instead_of_answering_late() -> None:
+    row, _ = _fleet(8, 300, _scenario(), replicas=1, min_replicas=1, first_ms=80.0)
+    assert row.frames == 8 * 300
+    assert row.refusals > 0 and row.late_answers == 0
+    assert row.miss_pct > 10  # one replica cannot serve eight cloud-only robots
+
+
+def test_the_reactive_scaler_adds_replicas_and_misses_fewer_frames() -> None:
+    static, _ = _fleet(8, 900, _scenario(), replicas=1, min_replicas=1, first_ms=80.0)
+    scaled, _ = _fleet(8, 900, _scenario(), scaler='reactive', replicas=1, min_replicas=1,
+                       first_ms=80.0)
+    assert scaled.mean_replicas > 1.5 and scaled.gpu_s > static.gpu_s
+    assert scaled.miss_pct < static.miss_pct / 2
+
+
+def test_a_rush_turns_the_edge_fleet_to_the_cloud() -> None:
+    # Twelve times slower, the edge model misses the deadline at any input size.
+    rush = _scenario({'kind': 'cpu_contention', 'start_s': 20.0, 'duration_s': 20.0,
+                      'slowdown': 12.0})
+    quiet, _ = _fleet(4, 600, _scenario(), policy='predictive')
+    busy, _ = _fleet(4, 600, rush, policy='predictive')
+    assert busy.cloud_pct > quiet.cloud_pct + 20
+
+
+def test_runs_repeat_exactly_for_one_seed() -> None:
+    scenario = _scenario({'kind': 'zone_outage', 'start_s': 5.0, 'duration_s': 10.0})
+    first, _ = _fleet(3, 200, scenario, replicas=2)
+    again, _ = _fleet(3, 200, scenario, replicas=2)
+    assert dataclasses.replace(first, wall_s=0.0) == dataclasses.replace(again, wall_s=0.0)
+
+
+def _counts(misses_by_second: dict[int, int], frames: int = 100,
+            seconds: int = 200) -> FleetCounts:
+    counts = FleetCounts()
+    for s in range(seconds):
+        for k in range(frames):
+            counts.add(FrameRecord(stamp_ns=s * 1_000_000_000 + k, latency_ms=10.0,
+                                   deadline_ms=250.0,
+                                   deadline_met=k >= misses_by_second.get(s, 0)))
+    return counts
+
+
+def test_mttr_is_the_time_until_misses_are_back_to_normal() -> None:
+    bad = dict.fromkeys(range(100, 130), 50)
+    assert mttr_s(_counts(bad), 100.0, 200.0) == pytest.approx(30.0)
+    assert mttr_s(_counts({}), 100.0, 200.0) == 0.0
+    assert math.isnan(mttr_s(_counts(dict.fromkeys(range(100, 200), 50)), 100.0, 200.0))
+
+
+def test_capacity_recovery_is_the_time_until_as_many_replicas_are_ready() -> None:
+    ready = [(float(t), 2 if t < 10 or t >= 70 else 1) for t in range(100)]
+    assert capacity_recovery_s(ready, 10.0) == 60.0
+    assert capacity_recovery_s([(float(t), 2) for t in range(100)], 10.0) == 0.0
+    assert math.isnan(capacity_recovery_s([(0.0, 2), (20.0, 1)], 10.0))
+
+
+def test_the_cli_runs_a_fleet_and_writes_its_table(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = tmp_path / 'crash.yaml'
+    scenario.write_text('name: crash\nfaults:\n  - {kind: replica_crash, start_s: 3.0}\n')
+    out = tmp_path / 'out'
+    code = main(['evaluate', '--scenarios', str(scenario), '--robots', '2', '--replicas', '2',
+                 '--frames', '60', '--policies', 'static,cloud-only', '--scalers',
+                 'static,reactive', '--pod-start-s', '2', '--out', str(out)])
+    assert code == 0
+    table = (out / 'fleet.md').read_text()
+    assert table.count('| crash |') == 4 and '| cloud-only | reactive | 2 |' in table
+    assert (out / 'fleet.csv').exists() and (out / 'fleet_crash.png').stat().st_size > 0
+    assert 'fleet table' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('args, message', [
+    (['--robots', '2', '--floors', '30'], '--floors'),
+    (['--robots', '2', '--mode', 'live'], 'simulated only'),
+    (['--robots', '2', '--scalers', 'oracle'], 'oracle'),
+    (['--robots', '0'], 'not above 0'),
+    ([], 'only the fleet simulation'),
+])
+def test_bad_fleet_arguments_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                       args: list[str], message: str) -> None:
+    scenario = tmp_path / 'crash.yaml'
+    scenario.write_text('name: crash\nfaults:\n  - {kind: replica_crash, start_s: 3.0}\n')
+    code = main(['evaluate', '--scenarios', str(scenario), '--frames', '10', '--out',
+                 str(tmp_path / 'out'), *args])
+    assert code == 2 and message in capsys.readouterr().err
