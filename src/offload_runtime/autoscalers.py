@@ -9,7 +9,8 @@ its scaler how many replicas it wants. Scalers, by name (:data:`SCALERS`):
   with the HPA's rules: a 10 % tolerance, pods not ready counted as idle when scaling up, at
   most twice the replicas per 30 s, and a 300 s stabilisation window before scaling down.
 * ``predictive``: forecasts the fleet's request rate one pod start ahead (AR(2) on the
-  scraped rates) and the replica failures of that time (a Poisson rate from the failures seen,
+  scraped rates; ``predictive-lstm``: a small LSTM, the study's option) and the replica
+  failures of that time (a Poisson rate from the failures seen,
   with a prior of one per replica-day), and asks for enough replicas ahead of time; never fewer
   than ``reactive`` asks for, so a wrong forecast costs money, not deadlines.
 * ``learned``: tabular Q-learning of the replica count (the learned-allocation baseline),
@@ -26,7 +27,7 @@ import random
 from typing import Callable, Protocol
 
 from adaptive_offload.errors import ConfigError
-from offload_manager.latency_models import ArForecaster
+from offload_runtime.rate_forecasts import FORECASTERS
 from offload_runtime.service_model import ServiceSample, ServiceSettings
 
 
@@ -134,10 +135,11 @@ class PredictiveScaler:
     PRIOR_FAILURES_PER_S = 1.0 / 86_400.0
     """Prior failure rate of one replica: once a day."""
 
-    def __init__(self, hpa: HpaSettings, service: ServiceSettings, rng: random.Random) -> None:
+    def __init__(self, hpa: HpaSettings, service: ServiceSettings, rng: random.Random,
+                 forecaster: str = 'ar') -> None:
         self.hpa, self.service = hpa, service
         self._reactive = ReactiveHpa(hpa, service, rng)
-        self._rates = ArForecaster(order=2, window=40)
+        self._rates = FORECASTERS[forecaster]()
         self._steps = max(1, math.ceil((service.scale_up_delay_s + service.pod_start_s)
                                        / hpa.sync_s))
         self._failures = 0
@@ -217,6 +219,7 @@ SCALERS: dict[str, ScalerFactory] = {
     'static': StaticScaler,
     'reactive': ReactiveHpa,
     'predictive': PredictiveScaler,
+    'predictive-lstm': lambda hpa, service, rng: PredictiveScaler(hpa, service, rng, 'lstm'),
     'learned': LearnedScaler,
 }
 """Scaler name -> factory."""

@@ -22,7 +22,7 @@ import random
 import time
 from typing import Callable
 
-from adaptive_offload.datatypes import Decision, InferenceReport
+from adaptive_offload.datatypes import Decision
 from fault_injection.scenario import Fault, Scenario
 from offload_manager.energy import DeviceProfile
 from offload_manager.manager import OffloadManager
@@ -76,8 +76,7 @@ class FleetRobot(Simulation):
     def _start_cloud(self, t: int, stamp: int, decision: Decision) -> None:
         if t < self._hold_until or not self.breaker.allow(t):
             reason = 'backoff' if t < self._hold_until else 'circuit_open'
-            self._report(InferenceReport(stamp_ns=stamp, source='cloud', status='failed',
-                                         reason=reason))
+            self._report(stamp, 'cloud', 'failed', reason=reason)
             return
         faults = self._faults(t)
         self._in_flight += 1

@@ -17,11 +17,11 @@ energy reader).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 import heapq
 import math
 import random
-from typing import Callable
+from typing import Any, Callable
 
 from adaptive_offload.admission import EveryNth
 from adaptive_offload.datatypes import (Decision, Detection, DetectionSet, FrameRecord,
@@ -145,6 +145,8 @@ class Simulation:
         self.events = events if events is not None else EventQueue()
         self._name = name
         self._decision: Decision | None = None
+        self._faults_now: dict[str, dict[str, float]] = {}
+        self._faults_span = (math.inf, -math.inf)  # [from, until) of _faults_now, in seconds
         self._edge_busy = False
         self._edge_pending: tuple[int, Decision] | None = None
         self._in_flight = 0
@@ -175,7 +177,14 @@ class Simulation:
         return prior(model, imgsz) if measured is None else measured
 
     def _faults(self, t_ns: int) -> dict[str, dict[str, float]]:
-        return {f.kind: dict(f.params) for f in self.scenario.active(t_ns / 1e9)}
+        """Return the faults in force at ``t_ns`` by kind (read-only: shared until one changes)."""
+        t_s = t_ns / 1e9
+        if not self._faults_span[0] <= t_s < self._faults_span[1]:
+            self._faults_now = {f.kind: dict(f.params) for f in self.scenario.active(t_s)}
+            edges = [x for f in self.scenario.faults for x in (f.start_s, f.end_s)]
+            self._faults_span = (max((e for e in edges if e <= t_s), default=-math.inf),
+                                 min((e for e in edges if e > t_s), default=math.inf))
+        return self._faults_now
 
     @property
     def period_ns(self) -> int:
@@ -236,13 +245,12 @@ class Simulation:
         if decision.route.uses_edge or self._edge_probes.pick(decision.probe_every):
             if self._edge_busy:
                 if self._edge_pending is not None:
-                    self._report(InferenceReport(stamp_ns=self._edge_pending[0], source='edge',
-                                                 status='dropped', reason='superseded'))
+                    self._report(self._edge_pending[0], 'edge', 'dropped', reason='superseded')
                 self._edge_pending = (stamp, decision)
             else:
                 self._start_edge(t, stamp, decision)
         else:
-            self._report(InferenceReport(stamp_ns=stamp, source='edge', status='skipped'))
+            self._report(stamp, 'edge', 'skipped')
         every = decision.offload_every if decision.route.uses_cloud else decision.probe_every
         self._sent += 1 if every else 0
         if every and (self._sent - 1) % every == 0:
@@ -250,11 +258,10 @@ class Simulation:
                 self._start_cloud(t, stamp, decision)
             else:
                 if self._cloud_pending is not None:
-                    self._report(InferenceReport(stamp_ns=self._cloud_pending[0], source='cloud',
-                                                 status='dropped', reason='superseded'))
+                    self._report(self._cloud_pending[0], 'cloud', 'dropped', reason='superseded')
                 self._cloud_pending = (stamp, decision)
         else:
-            self._report(InferenceReport(stamp_ns=stamp, source='cloud', status='skipped'))
+            self._report(stamp, 'cloud', 'skipped')
 
     def _start_edge(self, t: int, stamp: int, decision: Decision) -> None:
         base = self.robot.inference_time_ms(decision.edge_model, decision.edge_imgsz)
@@ -272,9 +279,8 @@ class Simulation:
         self._parts.get(stamp, {})['acc_edge'] = acc
         self.m.on_detections(self._detections(stamp, 'edge', decision.edge_model, acc,
                                               decision.edge_imgsz), t)
-        self._report(InferenceReport(stamp_ns=stamp, source='edge', status='ok',
-                                     model=decision.edge_model, imgsz=decision.edge_imgsz,
-                                     inference_ms=ms, total_ms=ms))
+        self._report(stamp, 'edge', 'ok', model=decision.edge_model,
+                     imgsz=decision.edge_imgsz, inference_ms=ms, total_ms=ms)
         if self._edge_pending is not None:
             pending, self._edge_pending = self._edge_pending, None
             self._start_edge(t, *pending)
@@ -283,8 +289,7 @@ class Simulation:
         faults = self._faults(t)
         nbytes = int(self.s.q75_bytes * jpeg_factor(decision.jpeg_quality))
         if not self.breaker.allow(t):
-            self._report(InferenceReport(stamp_ns=stamp, source='cloud', status='failed',
-                                         reason='circuit_open'))
+            self._report(stamp, 'cloud', 'failed', reason='circuit_open')
             return
         self._in_flight += 1
         mbps = min(self.net.uplink_mbps, faults.get('bandwidth', {}).get('mbps', math.inf))
@@ -312,16 +317,15 @@ class Simulation:
         self.result.bytes_sent += sent
         parts = self._parts.get(stamp, {})  # the frame may have ended: a probe's answer
         if reason:
-            self._report(InferenceReport(stamp_ns=stamp, source='cloud', status='failed',
-                                         reason=reason, total_ms=total, bytes_sent=sent))
+            self._report(stamp, 'cloud', 'failed', reason=reason, total_ms=total, bytes_sent=sent)
         else:
             self.result.gpu_seconds += server / 1e3
             acc = self._accuracy(self.s.cloud_model, 0, stamp)
             parts['acc_cloud'] = acc
             self.m.on_detections(self._detections(stamp, 'cloud', self.s.cloud_model, acc), t)
-            self._report(InferenceReport(stamp_ns=stamp, source='cloud', status='ok',
-                                         total_ms=total, inference_ms=total - self.s.encode_ms,
-                                         server_ms=server, bytes_sent=nbytes))
+            self._report(stamp, 'cloud', 'ok', total_ms=total,
+                         inference_ms=total - self.s.encode_ms, server_ms=server,
+                         bytes_sent=nbytes)
         if self._cloud_pending is not None:
             pending, self._cloud_pending = self._cloud_pending, None
             self._start_cloud(t, *pending)
@@ -343,8 +347,9 @@ class Simulation:
                      if rng.random() < recall)
         return DetectionSet(stamp, 'camera', source, dets, model)
 
-    def _report(self, report: InferenceReport) -> None:
-        self.m.on_report(replace(report, frame_id='camera'))
+    def _report(self, stamp: int, source: str, status: str, **fields: Any) -> None:
+        self.m.on_report(InferenceReport(stamp_ns=stamp, frame_id='camera', source=source,
+                                         status=status, **fields))
 
     def _on_wake(self, t: int, _current: Decision) -> None:
         """Nothing but a poll: a frame's deadline passes (the arbiter may publish then)."""

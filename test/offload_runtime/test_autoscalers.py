@@ -91,3 +91,13 @@ def test_unknown_scalers_and_bad_settings_are_named() -> None:
     with pytest.raises(ConfigError, match='sync_s'):
         HpaSettings(sync_s=0)
     assert math.isfinite(spare_for(50.0))
+
+
+def test_the_lstm_option_also_scales_ahead_of_a_rising_rate() -> None:
+    predictive = make_scaler('predictive-lstm', HpaSettings(), SERVICE, random.Random(0))
+    reactive = _hpa()
+    ahead = []
+    for k in range(16):
+        sample = _sample(15 * (k + 1), 2, arrivals=3.0 * k)
+        ahead.append(predictive.desired(sample) - reactive.desired(sample))
+    assert ahead[-1] > 0 and min(ahead) >= 0
