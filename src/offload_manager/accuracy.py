@@ -273,12 +273,20 @@ class AccuracyModel:
         self._k_calibrated = calibrated_weight
         self._agreement = _TimedMean(time_constant_s, min_smoothing)
         self._confidence = _TimedMean(time_constant_s, min_smoothing)
+        # Priors and calibrations come from fixed tables: each is looked up once per model.
+        self._priors: dict[tuple[str, int], float] = {}
+        self._fitted: dict[str, Calibration | None] = {}
+        # Estimates and the sample count hold until the next sample comes.
+        self._estimates: dict[tuple[str, int], float] = {}
+        self._samples: int | None = None
 
     def observe(self, model: str, imgsz: int, edge: Sequence[Detection],
                 cloud: Sequence[Detection], t_s: float = 0.0) -> float:
         """Record one frame both ran on, compared at ``t_s`` (seconds); returns its F1."""
         f1 = agreement_f1(edge, cloud)
         self._agreement.add(f'{model}@{imgsz}', f1, t_s)
+        self._estimates.clear()
+        self._samples = None
         return f1
 
     def observe_edge(self, model: str, imgsz: int, edge: Sequence[Detection],
@@ -287,6 +295,7 @@ class AccuracyModel:
         if edge:
             self._confidence.add(f'{model}@{imgsz}', sum(d.score for d in edge) / len(edge),
                                  t_s)
+            self._estimates.clear()
 
     def agreement(self, model: str, imgsz: int) -> float | None:
         """Smoothed edge/cloud F1 of the edge model at ``imgsz``; None before any sample."""
@@ -299,13 +308,26 @@ class AccuracyModel:
     @property
     def samples(self) -> int:
         """Agreement samples taken so far, every edge model together."""
-        return sum(self._agreement.samples.values())
+        if self._samples is None:
+            self._samples = sum(self._agreement.samples.values())
+        return self._samples
 
     def edge(self, model: str, imgsz: int) -> float:
         """Estimated accuracy (mAP, 0-100) of the edge model at ``imgsz``."""
+        found = self._estimates.get((model, imgsz))
+        if found is None:
+            found = self._estimates[model, imgsz] = self._estimate(model, imgsz)
+        return found
+
+    def _estimate(self, model: str, imgsz: int) -> float:
+        """Compute :meth:`edge` from the prior and the samples taken so far."""
         key = f'{model}@{imgsz}'
-        base = prior(model, imgsz)
-        fitted = calibration(model)
+        base = self._priors.get((model, imgsz))
+        if base is None:
+            base = self._priors[model, imgsz] = prior(model, imgsz)
+        if model not in self._fitted:
+            self._fitted[model] = calibration(model)
+        fitted = self._fitted[model]
         found: list[float] = []
         n = 0
         agreement = self._agreement.value.get(key)

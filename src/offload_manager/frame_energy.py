@@ -63,9 +63,27 @@ class FrameEnergy:
 
     def annotate(self, outcomes: list[Any], now_ns: int) -> list[Any]:
         """Return the outcomes with ``energy_j`` and ``energy_measured`` on their records."""
+        charged = self.charge(outcomes, now_ns)
+        if charged is None:
+            return outcomes
+        return [replace(outcome, record=replace(outcome.record, energy_j=joules,
+                                                energy_measured=is_measured))
+                for outcome, (joules, is_measured) in zip(outcomes, charged)]
+
+    def charge(self, outcomes: list[Any], now_ns: int) -> list[tuple[float, bool]] | None:
+        """Return each ended frame's ``(energy_j, energy_measured)``, charging late work too.
+
+        Args:
+            outcomes: The frames that ended now, each with its record.
+            now_ns: The current time.
+
+        Returns:
+            One pair per outcome, in order; None without an energy model or outcomes (the
+            records then keep what they have).
+        """
         model = self._model
         if model is None or not outcomes:
-            return outcomes
+            return None
         measured = self._meter.frames_ended(len(outcomes), now_ns) if self._meter else None
         out = []
         for outcome in outcomes:
@@ -81,8 +99,7 @@ class FrameEnergy:
                 # does not.
                 joules = _joules(model, costs, waits=rec.route != 'edge') + self._carry_j
                 is_measured, self._carry_j = False, 0.0
-            out.append(replace(outcome, record=replace(rec, energy_j=joules,
-                                                       energy_measured=is_measured)))
+            out.append((joules, is_measured))
         return out
 
 

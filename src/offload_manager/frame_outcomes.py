@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from typing import Any
 
 from adaptive_offload.admission import StampGate
 from adaptive_offload.datatypes import Decision, DetectionSet, FrameRecord, InferenceReport, Route
@@ -165,8 +166,10 @@ class Arbiter:
     def _decide(self, entry: _Pending, now_ns: int, final: bool = False) -> Outcome | None:
         route = entry.decision.route
         cloud = entry.results.get(CLOUD)
-        edge = min((v for k, v in entry.results.items() if k != CLOUD), key=lambda v: v[1],
-                   default=None)
+        edge = None  # the first edge-side result to arrive (a loop: this runs at every poll)
+        for source, result in entry.results.items():
+            if source != CLOUD and (edge is None or result[1] < edge[1]):
+                edge = result
         # The edge result of a hedged frame goes out a guard before the deadline: published
         # at the deadline itself, the poll that notices it would always be a little late.
         past_deadline = now_ns >= entry.deadline_ns - self._guard_ns
@@ -190,15 +193,18 @@ class Arbiter:
                 drop_reason: str = '') -> Outcome:
         notes = entry.notes + [f'{k}: {v}' for k, v in sorted(entry.failures.items())
                                if chosen is not None]
-        base = FrameRecord(index=entry.index, stamp_ns=entry.stamp_ns, frame_id=entry.frame_id,
-                           route=entry.decision.route.value, sources=sorted(entry.results),
-                           deadline_ms=entry.decision.deadline_ms,
-                           decision_seq=entry.decision.seq, reason='; '.join(notes))
+        decision = entry.decision
+        # Built once with every field: no copy of a half-made record per frame.
+        common: dict[str, Any] = {
+            'index': entry.index, 'stamp_ns': entry.stamp_ns, 'frame_id': entry.frame_id,
+            'route': decision.route.value, 'sources': sorted(entry.results),
+            'deadline_ms': decision.deadline_ms, 'decision_seq': decision.seq,
+            'reason': '; '.join(notes)}
         if chosen is None:
-            return Outcome(replace(base, drop_reason=drop_reason), None)
+            return Outcome(FrameRecord(**common, drop_reason=drop_reason), None)
         dets = chosen[0]
         latency_ms = (now_ns - entry.arrival_ns) / 1e6
-        record = replace(base, result_source=dets.source, latency_ms=latency_ms,
-                         deadline_met=latency_ms <= entry.decision.deadline_ms,
-                         detections=len(dets.detections))
+        record = FrameRecord(**common, result_source=dets.source, latency_ms=latency_ms,
+                             deadline_met=latency_ms <= decision.deadline_ms,
+                             detections=len(dets.detections))
         return Outcome(record, dets)

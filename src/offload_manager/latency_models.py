@@ -63,6 +63,7 @@ class SlidingQuantiles:
         self._max_age = max_age_s
         self._min_keep = min_keep
         self._sum = 0.0
+        self._logs: tuple[float, float] | None = None  # see log_moments(), until samples change
 
     def __len__(self) -> int:
         return len(self._order)
@@ -76,6 +77,7 @@ class SlidingQuantiles:
         self._order.append((t_s, value))
         bisect.insort(self._sorted, value)
         self._sum += value
+        self._logs = None
         if self._shifted():
             while len(self._order) > self._shift_run:
                 self._pop()
@@ -104,6 +106,7 @@ class SlidingQuantiles:
         _, old = self._order.popleft()
         del self._sorted[bisect.bisect_left(self._sorted, old)]
         self._sum -= old
+        self._logs = None
 
     def mean(self) -> float | None:
         """Mean of the window, or None without samples."""
@@ -128,6 +131,21 @@ class SlidingQuantiles:
         """Return the samples, smallest first."""
         return list(self._sorted)
 
+    def log_moments(self) -> tuple[float, float]:
+        """Return the mean and standard deviation of the samples' logs (samples floored at 1e-3).
+
+        Kept until the samples change: a plan asks for them once per option.
+
+        Raises:
+            ValueError: Without samples.
+        """
+        if not self._sorted:
+            raise ValueError('no samples')
+        if self._logs is None:
+            logs = np.log(np.maximum(self._sorted, 1e-3))
+            self._logs = (float(logs.mean()), float(logs.std()))
+        return self._logs
+
 
 def tail_probability(series: SlidingQuantiles | None, threshold: float,
                      prior_ms: float | None = None, min_samples: int = 20,
@@ -150,9 +168,8 @@ def tail_probability(series: SlidingQuantiles | None, threshold: float,
     if threshold <= 0:
         return 1.0
     if series is not None and n:
-        logs = np.log(np.maximum(series.values(), 1e-3))
-        mu = float(logs.mean())
-        sigma = max(float(logs.std()), sigma_floor / math.sqrt(n)) * math.sqrt(1.0 + 1.0 / n)
+        mu, spread = series.log_moments()
+        sigma = max(spread, sigma_floor / math.sqrt(n)) * math.sqrt(1.0 + 1.0 / n)
     elif prior_ms is not None and prior_ms > 0:
         mu, sigma = math.log(prior_ms), sigma_floor
     else:

@@ -185,10 +185,11 @@ class Observations:
         self._server = self.book.quantile('cloud:server', 0.5) or 0.0
         self._shifts: dict[int, float] = {}
         self._edge_cache: dict[tuple[str, int, float], tuple[float, float, float] | None] = {}
-        self._cloud_cache: dict[tuple[int, float], tuple[float, float] | None] = {}
+        self._cloud_cache: dict[tuple[int, float], tuple[float, float, int] | None] = {}
         self._bytes_mean = sum(self._bytes) / len(self._bytes) if self._bytes else 0.0
         self._sent_mean = sum(self._sent) / len(self._sent) if self._sent else 0.0
         self._cloud_median = self.book.quantile('cloud', 0.5)
+        self._cost = self._server / 1e3 * self._price_s
 
     def _edge(self, model: str, imgsz: int) -> tuple[float, Any] | None:
         """(mean ms, series or None) of an edge option: measured, else the profile figure."""
@@ -242,14 +243,14 @@ class Observations:
                     mean, 1.0 - self._edge_up * (1.0 - p_late), self.accuracy.edge(model, imgsz))
         return self._edge_cache[key]
 
-    def _cloud_stats(self, quality: int, deadline_ms: float) -> tuple[float, float] | None:
-        """(median ms, P(late or failed)) of the cloud at ``quality``, cached for this plan."""
+    def _cloud_stats(self, quality: int, deadline_ms: float) -> tuple[float, float, int] | None:
+        """(median ms, P(late or failed), request bytes) at ``quality``, cached for this plan."""
         key = (quality, deadline_ms)
         if key not in self._cloud_cache:
             late = self.cloud_late(quality, deadline_ms)
             self._cloud_cache[key] = None if late is None else (
                 (self._cloud_median or 0.0) + self._shift(quality),
-                1.0 - self._avail * (1.0 - late))
+                1.0 - self._avail * (1.0 - late), self.bytes_at(quality))
         return self._cloud_cache[key]
 
     def estimate(self, option: Option, deadline_ms: float) -> Estimate | None:
@@ -271,11 +272,10 @@ class Observations:
         cloud = self._cloud_stats(option.jpeg_quality, deadline_ms)
         if cloud is None:
             return None
-        cloud_ms, p_cloud = cloud
-        energy = self.energy.joules(edge_ms, self.bytes_at(option.jpeg_quality), REPLY_BYTES,
-                                    max(0.0, cloud_ms - edge_ms))
+        cloud_ms, p_cloud, nbytes = cloud
+        energy = self.energy.joules(edge_ms, nbytes, REPLY_BYTES, max(0.0, cloud_ms - edge_ms))
         cloud_ok = 1.0 - p_cloud
-        cost = self._server / 1e3 * self._price_s
+        cost = self._cost
         if route is Route.CLOUD:
             return Estimate(option, p_cloud, energy, cloud_ok * self.accuracy.cloud_prior, cost,
                             cloud_ms)

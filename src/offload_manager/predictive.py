@@ -15,6 +15,7 @@ All of them read one :class:`Observations` and differ only in how they choose an
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceReport, Route
 from offload_manager.observations import Estimate, Observations, Option
@@ -85,12 +86,36 @@ class _ObservingPolicy:
 
     def to_plan(self, option: Option, reason: str) -> Plan:
         """Return the plan applying ``option``."""
+        return self._apply(option, f'{self.name}: {reason}', {})
+
+    def probing_plan(self, option: Option, reason: str, unmet: str | None = None) -> Plan:
+        """Return ``probing(to_plan(option, reason))``, given way on ``unmet``, built at once.
+
+        Args:
+            option: The option to apply.
+            reason: Why, as for :meth:`to_plan`.
+            unmet: The bounds given way; None keeps the default plan's.
+
+        Returns:
+            The plan.
+        """
+        reason = f'{self.name}: {reason}'
+        changes: dict[str, Any] = {}
+        if option.route is not Route.HEDGED and self.settings.probe_every:  # as probing()
+            changes['probe_every'] = self.settings.probe_every
+            reason = f'{reason}; probing'
+        if unmet is not None:
+            changes['unmet'] = unmet
+        return self._apply(option, reason, changes)
+
+    def _apply(self, option: Option, reason: str, changes: dict[str, Any]) -> Plan:
+        """Make ``option`` current and return the default plan with it and ``changes``."""
         self.current = option
         if option.route is not Route.EDGE:  # the quality of the requests now going out
             self.obs.quality = option.jpeg_quality
         return replace(self.settings.defaults, route=option.route, edge_model=option.edge_model,
                        edge_imgsz=option.edge_imgsz, jpeg_quality=option.jpeg_quality,
-                       reason=f'{self.name}: {reason}')
+                       reason=reason, **changes)
 
     def probing(self, plan: Plan) -> Plan:
         """On a one-sided route, probe the other side every ``probe_every``-th frame.
@@ -143,9 +168,11 @@ class PredictivePolicy(_ObservingPolicy):
         self.obs.now_s = now_ns / 1e9
         estimates = self.estimates()
         if not estimates:
-            return self.probing(self.to_plan(self.default_option(), 'no measurements yet'))
+            return self.probing_plan(self.default_option(), 'no measurements yet')
         cost_ref = max((e.cost_usd for e in estimates), default=0.0) or 1.0
         acc_ref = max(e.accuracy for e in estimates) or 1.0
+        rate = self.obs.frame_rate()  # nothing is observed during a plan
+        scored = [(e, self._excess(e, rate)) for e in estimates]
 
         def key(e: Estimate) -> tuple[float, float]:
             tie = (s.weight_energy * e.energy_j / max(e.energy_j, ENERGY_TIE_J) +
@@ -153,51 +180,53 @@ class PredictivePolicy(_ObservingPolicy):
                    s.weight_cost * e.cost_usd / cost_ref)
             return round(e.energy_j / ENERGY_TIE_J), tie
 
-        relaxed: tuple[str, ...] = ()
-        for given in range(len(GIVE_WAY) + 1):
-            relaxed = GIVE_WAY[:given]
-            candidates = [e for e in estimates
-                          if not any(v > 0 for b, v in self.excess(e).items()
-                                     if b not in relaxed)]
-            if candidates:
-                break
+        # Excesses are in GIVE_WAY order: an option meets the bounds left once as many of
+        # them as it needs, up to its last one broken, have given way. As few as can give way.
+        needs = [max((i + 1 for i, v in enumerate(excess) if v > 0), default=0)
+                 for _, excess in scored]
+        given = min(needs)
+        candidates = [pair for pair, need in zip(scored, needs) if need == given]
 
         # Each bound given way, from the last to give way, is missed as little as it can be.
-        def rank(e: Estimate) -> tuple[float, ...]:
-            excess = self.excess(e)
-            return (*(excess[b] for b in reversed(relaxed)), *key(e))
+        def rank(scored_e: tuple[Estimate, tuple[float, ...]]) -> tuple[float, ...]:
+            e, excess = scored_e
+            return (*reversed(excess[:given]), *key(e))
 
-        best = min(candidates, key=rank)
-        unmet = [b for b in relaxed if self.excess(best)[b] > 0]
+        best, best_excess = min(candidates, key=rank)
+        unmet = [b for b, v in zip(GIVE_WAY[:given], best_excess) if v > 0]
         if not unmet and self.current is not None:
-            current = next((e for e in candidates if e.option == self.current), None)
+            current = next((e for e, _ in candidates if e.option == self.current), None)
             if current is not None and current.energy_j <= best.energy_j * (1 + s.hysteresis):
                 best = current
         why = (f'{best.option.key}: P(miss) {best.p_miss:.3f}, {best.energy_j:.2f} J, '
-               f'mAP {best.accuracy:.1f}, {self.spend_usd_h(best):.2f} USD/h')
+               f'mAP {best.accuracy:.1f}, {self._spend(best, rate):.2f} USD/h')
         if unmet:
             why += '; gave way: ' + ', '.join(unmet)
-        plan = self.to_plan(best.option, why)
-        return self.probing(replace(plan, unmet=', '.join(unmet)))
+        return self.probing_plan(best.option, why, ', '.join(unmet))
 
     def spend_usd_h(self, estimate: Estimate) -> float:
         """Cloud spend of an option at the measured frame rate (its share of frames sent)."""
+        return self._spend(estimate, self.obs.frame_rate())
+
+    def _spend(self, estimate: Estimate, frame_rate: float) -> float:
+        """Cloud spend of an option at ``frame_rate`` (see :meth:`spend_usd_h`)."""
         every = self.settings.defaults.offload_every
-        return estimate.cost_usd * self.obs.frame_rate() * 3600.0 / every
+        return estimate.cost_usd * frame_rate * 3600.0 / every
 
     def excess(self, e: Estimate) -> dict[str, float]:
         """How far ``e`` is beyond each bound, relative to the bound (0: met or unset)."""
+        return dict(zip(GIVE_WAY, self._excess(e, self.obs.frame_rate())))
+
+    def _excess(self, e: Estimate, frame_rate: float) -> tuple[float, ...]:
+        """:meth:`excess` at ``frame_rate``, in the order of :data:`GIVE_WAY`."""
         s = self.settings
-        spend = self.spend_usd_h(e)
-        return {
-            'energy budget': max(0.0, e.energy_j / s.energy_budget_j - 1)
-            if s.energy_budget_j else 0.0,
-            'accuracy floor': max(0.0, 1 - e.accuracy / s.accuracy_floor)
-            if s.accuracy_floor else 0.0,
-            'cloud spend cap': max(0.0, spend / s.spend_cap_usd_h - 1)
-            if s.spend_cap_usd_h else 0.0,
-            'deadline': max(0.0, e.p_miss / s.epsilon - 1),
-        }
+        spend = self._spend(e, frame_rate)
+        return (
+            max(0.0, e.energy_j / s.energy_budget_j - 1) if s.energy_budget_j else 0.0,
+            max(0.0, 1 - e.accuracy / s.accuracy_floor) if s.accuracy_floor else 0.0,
+            max(0.0, spend / s.spend_cap_usd_h - 1) if s.spend_cap_usd_h else 0.0,
+            max(0.0, e.p_miss / s.epsilon - 1),
+        )
 
 
 class WeightedScorePolicy(_ObservingPolicy):
