@@ -43,6 +43,8 @@ def add_fleet_arguments(evaluate: argparse.ArgumentParser) -> None:
                        help="each further image's share of --batch-ms")
     fleet.add_argument('--sync-s', type=above_zero(float), default=15.0,
                        help="the autoscaler's period")
+    fleet.add_argument('--jobs', type=above_zero(int), default=1,
+                       help='runs at once, a process each (each run takes one core)')
 
 
 def is_fleet(args: argparse.Namespace) -> bool:
@@ -71,7 +73,7 @@ def run_fleet_evaluate(args: argparse.Namespace, opts: EvalOptions) -> int:
                               pod_start_s=args.pod_start_s, first_ms=args.batch_ms,
                               batch_extra=args.batch_extra)
     fleet = FleetOptions(args.robots or 100, service, scalers, HpaSettings(sync_s=args.sync_s))
-    evaluate_fleet(opts, fleet, lambda line: print(line, flush=True))
+    evaluate_fleet(opts, fleet, lambda line: print(line, flush=True), args.jobs)
     out: Path = opts.out
     print(f'fleet table: {out / "fleet.md"} and fleet.csv; plots: {out}/fleet_*.png')
     return EXIT_OK

@@ -10,9 +10,12 @@ misses over time for every run.
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+import multiprocessing
+from typing import Any, Callable, Iterable, Sequence
 
 from adaptive_offload.errors import ConfigError
 from fault_injection.scenario import load_scenario, Scenario
@@ -76,17 +79,49 @@ def run_fleet(opts: EvalOptions, fleet: FleetOptions, scenario: Scenario, policy
     return sim.run(), sim
 
 
+@dataclass(frozen=True)
+class FleetRun:
+    """What the table and plots keep of one fleet run (small enough to come back from a worker).
+
+    Attributes:
+        row: Its table row.
+        ready: (time s, replicas ready) samples.
+        misses: (window centre s, fleet misses %) per 10 s window with frames.
+    """
+
+    row: FleetRow
+    ready: list[tuple[float, int]]
+    misses: list[tuple[float, float]]
+
+
+def _run(task: tuple[EvalOptions, FleetOptions, Scenario, str, str,
+                     dict[str, DeviceProfile]]) -> FleetRun:
+    row, sim = run_fleet(*task)
+    misses = []
+    for start in range(0, max(1, int(sim.end_ns / 1e9) - 9), 10):
+        share = sim.counts.miss_share(start, start + 10)
+        if share is not None:
+            misses.append((start + 5.0, 100.0 * share))
+    return FleetRun(row, sim.ready, misses)
+
+
 def evaluate_fleet(opts: EvalOptions, fleet: FleetOptions,
-                   announce: Callable[[str], Any] = print) -> list[FleetRow]:
+                   announce: Callable[[str], Any] = print, jobs: int = 1) -> list[FleetRow]:
     """Run every scenario x policy x scaler as a fleet; write the table and plots.
+
+    Args:
+        opts: What to evaluate (mode ``sim``).
+        fleet: The fleet, its service and the scalers to compare.
+        announce: Takes one line per finished run.
+        jobs: Runs at once, each in a process of its own (each run is one core's work).
 
     Raises:
         ConfigError: For live mode, an unknown policy or scaler, or unusable scenarios.
     """
     if opts.mode != 'sim':
         raise ConfigError('fleets are simulated only: use --mode sim with --robots')
-    if fleet.robots < 1:
-        raise ConfigError(f'--robots must be >= 1, got {fleet.robots}')
+    if fleet.robots < 1 or jobs < 1:
+        raise ConfigError(f'--robots and --jobs must be >= 1, got {fleet.robots}, {jobs}')
     unknown = [p for p in opts.policies if p not in POLICIES] + \
         [s for s in fleet.scalers if s not in SCALERS]
     if unknown:
@@ -97,24 +132,31 @@ def evaluate_fleet(opts: EvalOptions, fleet: FleetOptions,
     devices = load_devices(opts.devices_file or default_devices_file())
     scenarios = [load_scenario(p) for p in opts.scenarios]
     opts.out.mkdir(parents=True, exist_ok=True)
-    rows: list[FleetRow] = []
+    tasks = [(opts, fleet, scenario, policy, scaler, devices) for scenario in scenarios
+             for policy in opts.policies for scaler in fleet.scalers]
+    runs: list[FleetRun] = []
+    with contextlib.ExitStack() as stack:
+        if jobs > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(
+                jobs, mp_context=multiprocessing.get_context('spawn')))
+            results: Iterable[FleetRun] = pool.map(_run, tasks)
+        else:
+            results = map(_run, tasks)
+        for run in results:
+            runs.append(run)
+            row = run.row
+            announce(f'{row.scenario:28s} {row.policy:12s} {row.scaler:10s} '
+                     f'miss {row.miss_pct:5.2f} % late {row.late_frames} '
+                     f'replicas {row.mean_replicas:4.1f} MTTR {row.mttr_s:5.0f} s '
+                     f'GPU {row.gpu_s:6.0f} s  {row.speed:.0f}x real time')
     for scenario in scenarios:
-        runs: dict[str, FleetSim] = {}
-        for policy in opts.policies:
-            for scaler in fleet.scalers:
-                row, sim = run_fleet(opts, fleet, scenario, policy, scaler, devices)
-                rows.append(row)
-                runs[f'{policy} / {scaler}'] = sim
-                announce(f'{row.scenario:28s} {row.policy:12s} {row.scaler:10s} '
-                         f'miss {row.miss_pct:5.2f} % late {row.late_frames} '
-                         f'replicas {row.mean_replicas:4.1f} MTTR {row.mttr_s:5.0f} s '
-                         f'GPU {row.gpu_s:6.0f} s  {row.speed:.0f}x real time')
-        _plot(opts, scenario, runs)
+        _plot(opts, scenario, [r for r in runs if r.row.scenario == scenario.name])
+    rows = [r.row for r in runs]
     write_fleet_table(opts.out, rows)
     return rows
 
 
-def _plot(opts: EvalOptions, scenario: Scenario, runs: dict[str, FleetSim]) -> None:
+def _plot(opts: EvalOptions, scenario: Scenario, runs: list[FleetRun]) -> None:
     """Replicas ready and the fleet's misses (10 s windows) over time, faults shaded."""
     import matplotlib
 
@@ -122,14 +164,11 @@ def _plot(opts: EvalOptions, scenario: Scenario, runs: dict[str, FleetSim]) -> N
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
-    for label, sim in runs.items():
-        top.step([t for t, _ in sim.ready], [n for _, n in sim.ready], where='post',
+    for run in runs:
+        label = f'{run.row.policy} / {run.row.scaler}'
+        top.step([t for t, _ in run.ready], [n for _, n in run.ready], where='post',
                  label=label)
-        end = int(sim.end_ns / 1e9)
-        starts = list(range(0, max(1, end - 9), 10))
-        shares = [sim.counts.miss_share(s, s + 10) for s in starts]
-        bottom.plot([s + 5 for s, v in zip(starts, shares) if v is not None],
-                    [100 * v for v in shares if v is not None], label=label)
+        bottom.plot([t for t, _ in run.misses], [m for _, m in run.misses], label=label)
     for ax in (top, bottom):
         for f in scenario.faults:
             ax.axvspan(f.start_s, f.end_s if f.duration_s else f.start_s + 1, color='red',
@@ -138,8 +177,7 @@ def _plot(opts: EvalOptions, scenario: Scenario, runs: dict[str, FleetSim]) -> N
     bottom.set_ylabel('fleet misses, % (10 s)')
     bottom.set_xlabel('time, s')
     top.legend(fontsize='small', loc='upper left', bbox_to_anchor=(1.01, 1.0))
-    top.set_title(f'{scenario.name}: {len(next(iter(runs.values())).robots)} robots'
-                  if runs else scenario.name)
+    top.set_title(f'{scenario.name}: {runs[0].row.robots} robots' if runs else scenario.name)
     fig.tight_layout()
     fig.savefig(opts.out / f'fleet_{_slug(scenario.name)}.png', dpi=90)
     plt.close(fig)

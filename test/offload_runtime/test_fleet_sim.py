@@ -13,7 +13,7 @@ from offload_manager.manager import default_devices_file
 from offload_runtime.autoscalers import HpaSettings
 from offload_runtime.cli import main
 from offload_runtime.evaluate import EvalOptions
-from offload_runtime.fleet_eval import FleetOptions, run_fleet
+from offload_runtime.fleet_eval import evaluate_fleet, FleetOptions, run_fleet
 from offload_runtime.fleet_figures import capacity_recovery_s, FleetCounts, FleetRow, mttr_s
 from offload_runtime.fleet_sim import FleetSim
 from offload_runtime.service_model import ServiceSettings
@@ -129,3 +129,19 @@ def test_bad_fleet_arguments_are_named(tmp_path: Path, capsys: pytest.CaptureFix
     code = main(['evaluate', '--scenarios', str(scenario), '--frames', '10', '--out',
                  str(tmp_path / 'out'), *args])
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_runs_in_worker_processes_give_the_same_rows(tmp_path: Path) -> None:
+    scenario = tmp_path / 'crash.yaml'
+    scenario.write_text('name: crash\nfaults:\n  - {kind: replica_crash, start_s: 3.0}\n')
+    opts = EvalOptions(scenarios=[scenario], policies=['static', 'cloud-only'], frames=80,
+                       out=tmp_path / 'one')
+    fleet = FleetOptions(2, ServiceSettings(replicas=2, pod_start_s=2.0), ('static', 'reactive'))
+    alone = evaluate_fleet(opts, fleet, lambda line: None)
+    pooled = evaluate_fleet(dataclasses.replace(opts, out=tmp_path / 'two'), fleet,
+                            lambda line: None, jobs=2)
+    assert [dataclasses.replace(r, wall_s=0.0) for r in alone] == \
+        [dataclasses.replace(r, wall_s=0.0) for r in pooled]
+    assert [(r.policy, r.scaler) for r in pooled] == [
+        ('static', 'static'), ('static', 'reactive'), ('cloud-only', 'static'),
+        ('cloud-only', 'reactive')]
