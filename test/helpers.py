@@ -185,7 +185,7 @@ class ScriptedTransport:
         if step != 'ok':
             raise CloudError(step, 'scripted')
         return CloudReply(np.array([[1.0, 1.0, 5.0, 5.0]]), np.array([0.9]), ('person',),
-                          self.cost_ms, len(image), server_ms=4.0)
+                          self.cost_ms, len(image), server_ms=4.0, queue_ms=1.5)
 
     def close(self) -> None:
         pass

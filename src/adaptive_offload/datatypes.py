@@ -269,6 +269,8 @@ class InferenceReport(JsonRecord):
         bytes_sent: Bytes sent over the network (cloud only).
         decision_seq: Sequence number of the decision applied.
         server_ms: Server-side time of the request (cloud only, when the server says).
+        queue_ms: The part of ``server_ms`` the request waited in the service's queue (cloud
+            only, when the server says): the shared service's load.
         rtt_ms: Median recent round trip (cloud only).
         uplink_mbps: Median recent uplink bandwidth estimate (cloud only).
         breaker: Circuit breaker state after the frame (cloud only).
@@ -292,6 +294,7 @@ class InferenceReport(JsonRecord):
     rtt_ms: float = 0.0
     uplink_mbps: float = 0.0
     breaker: str = ''
+    queue_ms: float = 0.0
 
 
 @dataclass(frozen=True)

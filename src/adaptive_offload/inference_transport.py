@@ -22,6 +22,8 @@ class CloudReply:
         request_ms: Round trip measured by the client.
         bytes_sent: Request body size.
         server_ms: Server-side time when the server reports it (``parameters.server_us``).
+        queue_ms: The part of it the request waited in the service's queue, when the server
+            reports it (``parameters.queue_us``): the service's load, apart from the network.
     """
 
     boxes: np.ndarray
@@ -30,6 +32,7 @@ class CloudReply:
     request_ms: float
     bytes_sent: int
     server_ms: float | None = None
+    queue_ms: float | None = None
 
 
 class InferenceTransport(Protocol):

@@ -264,7 +264,8 @@ class CloudBridge:
                                    total_ms=total_ms,
                                    bytes_sent=reply.bytes_sent + retried_bytes,
                                    imgsz=max(image.shape[:2]),
-                                   server_ms=reply.server_ms or 0.0)))
+                                   server_ms=reply.server_ms or 0.0,
+                                   queue_ms=reply.queue_ms or 0.0)))
 
     def _request(self, jpeg: bytes, deadline_ns: int) -> tuple[CloudReply, int]:
         """Send with retries of connection failures while the deadline leaves time.

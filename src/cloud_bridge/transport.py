@@ -124,12 +124,12 @@ class V2RestTransport:
         if response.status != 200:
             raise _refusal(response, payload, sent)
         try:
-            boxes, scores, labels, server_ms = parse_v2_reply(payload)
+            boxes, scores, labels, server_ms, queue_ms = parse_v2_reply(payload)
         except CloudError as err:
             err.bytes_sent = sent
             raise
         self._budget.observe(elapsed_ms, server_ms)
-        return CloudReply(boxes, scores, labels, elapsed_ms, len(body), server_ms)
+        return CloudReply(boxes, scores, labels, elapsed_ms, len(body), server_ms, queue_ms)
 
     def close(self) -> None:
         """See :class:`InferenceTransport`."""
@@ -170,8 +170,8 @@ def _early_response(conn: http.client.HTTPConnection
 
 
 def parse_v2_reply(payload: bytes) -> tuple[np.ndarray, np.ndarray, tuple[str, ...],
-                                            float | None]:
-    """Read boxes, scores, labels and the optional server time from a V2 JSON response.
+                                            float | None, float | None]:
+    """Read boxes, scores, labels, and the optional server time and queue wait (ms).
 
     Raises:
         CloudError: ``bad_reply`` if the payload is not such a response or is inconsistent.
@@ -179,14 +179,16 @@ def parse_v2_reply(payload: bytes) -> tuple[np.ndarray, np.ndarray, tuple[str, .
     try:
         body = json.loads(payload)
         outputs = {o['name']: o for o in body['outputs']}
-        server_us = (body.get('parameters') or {}).get('server_us')
+        parameters = body.get('parameters') or {}
+        server_us, queue_us = parameters.get('server_us'), parameters.get('queue_us')
         server_ms = None if server_us is None else float(server_us) / 1e3
+        queue_ms = None if queue_us is None else float(queue_us) / 1e3
         boxes = np.asarray(outputs['boxes']['data'], dtype=np.float64).reshape(-1, 4)
         scores = np.asarray(outputs['scores']['data'], dtype=np.float64).reshape(-1)
         labels = tuple(str(v) for v in outputs['labels']['data'])
     except (ValueError, KeyError, TypeError) as err:
         raise CloudError('bad_reply', f'not a V2 detection response: {err}') from err
-    return (*_consistent(boxes, scores, labels), server_ms)
+    return (*_consistent(boxes, scores, labels), server_ms, queue_ms)
 
 
 def _consistent(boxes: np.ndarray, scores: np.ndarray,
@@ -282,11 +284,12 @@ class V2GrpcTransport:
                            for v in outputs[2].reshape(-1))
         except (ValueError, TypeError) as err:
             raise CloudError('bad_reply', f'not a detection reply: {err}') from err
-        param = result.get_response().parameters.get('server_us')
-        server_ms = param.int64_param / 1e3 if param is not None else None
+        parameters = result.get_response().parameters
+        server_ms, queue_ms = (parameters[k].int64_param / 1e3 if k in parameters else None
+                               for k in ('server_us', 'queue_us'))
         self._budget.observe(elapsed_ms, server_ms)
         return CloudReply(*_consistent(boxes, scores, labels), elapsed_ms, len(image),
-                          server_ms)
+                          server_ms, queue_ms)
 
     def _discard(self, client: Any) -> None:
         with self._lock:

@@ -26,6 +26,7 @@ from offload_manager.latency_models import ArForecaster, LatencyBook, tail_proba
 JPEG_SIZE = {50: 0.68, 75: 1.0, 95: 1.95}
 REPLY_BYTES = 2048  # a detection reply: a few hundred bytes of JSON or protobuf per box
 EDGE_WINDOW = 20  # edge answers and unanswered edge frames the edge's availability counts
+QUEUE_RECENT = 3  # newest server-reported queue waits averaged for the service's load now
 
 
 class EnergyModelLike(Protocol):
@@ -99,6 +100,7 @@ class Observations:
         self._profile = dict(edge_profile_ms or {})
         self._bytes: deque[float] = deque(maxlen=50)  # at quality 75
         self._sent: deque[int] = deque(maxlen=50)  # as sent: what the latency samples carried
+        self._queued: deque[float] = deque(maxlen=QUEUE_RECENT)  # newest server queue waits
         self._edge_dets: dict[int, DetectionSet] = {}
         self._cloud_dets: dict[int, DetectionSet] = {}
         self._edge_meta: dict[int, tuple[str, int]] = {}  # stamp -> (model, imgsz)
@@ -118,6 +120,8 @@ class Observations:
             if report.status == 'ok':
                 self.book.add('cloud', report.total_ms, self.now_s)
                 self.book.add('cloud:server', report.server_ms, self.now_s)
+                self.book.add('cloud:queue', report.queue_ms, self.now_s)
+                self._queued.append(report.queue_ms)
                 self.trend.add(report.total_ms)
                 self.bandwidth.add_report(report)
                 self._bytes.append(report.bytes_sent / jpeg_factor(self.quality))
@@ -189,6 +193,12 @@ class Observations:
         self._bytes_mean = sum(self._bytes) / len(self._bytes) if self._bytes else 0.0
         self._sent_mean = sum(self._sent) / len(self._sent) if self._sent else 0.0
         self._cloud_median = self.book.quantile('cloud', 0.5)
+        # The answers of the window waited a median of `queued` in the shared service's queue;
+        # the newest wait `recent`. A fleet loading the service shows here before the window's
+        # latencies move, and apart from the network.
+        queued = self.book.quantile('cloud:queue', 0.5)
+        recent = sum(self._queued) / len(self._queued) if self._queued else 0.0
+        self._queue_rise = max(0.0, recent - queued) if queued is not None else 0.0
         self._cost = self._server / 1e3 * self._price_s
 
     def _edge(self, model: str, imgsz: int) -> tuple[float, Any] | None:
@@ -211,8 +221,11 @@ class Observations:
                 shift += at_quality - measured
             median = self._cloud_median or 0.0
             ahead = self.trend.forecast(steps=5)
-            if ahead is not None and ahead > median:  # worsening: shift ahead of it
-                shift += ahead - median
+            # Worsening (the latency trend, or the service's queue): shift ahead of it, as far
+            # as whichever sees it further (both see one cause; adding them would count it
+            # twice).
+            shift += max(0.0, self._queue_rise,
+                         ahead - median if ahead is not None else 0.0)
             self._shifts[quality] = shift
         return self._shifts[quality]
 

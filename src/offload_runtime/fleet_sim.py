@@ -104,10 +104,10 @@ class FleetRobot(Simulation):
 
     def answered(self, t_ns: int, token: int, server_ms: float, queue_ms: float) -> None:
         """Take the service's answer; it reaches the robot half a round trip later."""
-        del queue_ms
         entry = self._open.get(token)
         if entry is not None:
-            self._at(t_ns + int(entry[4] * MS), 'cloud_reply', token, '', server_ms)
+            self._at(t_ns + int(entry[4] * MS), 'cloud_reply', token, '', server_ms, 0.0,
+                     queue_ms)
 
     def refused(self, t_ns: int, token: int, reason: str, retry_after_s: float) -> None:
         """Take a refusal or reset; it reaches the robot half a round trip later."""
@@ -117,7 +117,8 @@ class FleetRobot(Simulation):
             self._at(t_ns + int(entry[4] * MS), 'cloud_reply', token, text, 0.0, retry_after_s)
 
     def _on_cloud_reply(self, t: int, current: Decision, token: int, reason: str,
-                        server_ms: float, retry_after_s: float = 0.0) -> None:
+                        server_ms: float, retry_after_s: float = 0.0,
+                        queue_ms: float = 0.0) -> None:
         entry = self._open.pop(token, None)
         if entry is None:
             return  # the bridge had already given up at the deadline
@@ -126,7 +127,7 @@ class FleetRobot(Simulation):
             hold_s = retry_after_s * self._backoff.uniform(0.5, 1.5)
             self._hold_until = max(self._hold_until, t + int(hold_s * 1e9))
         self._on_cloud_done(t, current, stamp, decision, (t - sent_at) / MS, nbytes,
-                            server_ms, reason)
+                            server_ms, reason, queue_ms)
 
     def _on_cloud_timeout(self, t: int, current: Decision, token: int) -> None:
         entry = self._open.pop(token, None)

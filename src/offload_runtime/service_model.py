@@ -86,7 +86,7 @@ class Caller(Protocol):
     """Who sent a request: told once how it ended."""
 
     def answered(self, t_ns: int, token: int, server_ms: float, queue_ms: float) -> None:
-        """Take the answer, which left the service at ``t_ns``."""
+        """Take the answer, which left the service at ``t_ns`` (times as the service says)."""
 
     def refused(self, t_ns: int, token: int, reason: str, retry_after_s: float) -> None:
         """Take a refusal (``overloaded``) or reset (``connection``) sent at ``t_ns``."""
@@ -367,7 +367,8 @@ class ServiceModel:
             if ticket.deadline is not None and now > ticket.deadline:
                 self.late_answers += 1
             started = now if ticket.started is None else ticket.started
-            ticket.item.caller.answered(t_ns, ticket.item.token, seconds * 1e3,
+            # As the service reports them: time in the service, and the wait within it.
+            ticket.item.caller.answered(t_ns, ticket.item.token, (now - ticket.enqueued) * 1e3,
                                         (started - ticket.enqueued) * 1e3)
         self._next_batch(t_ns, replica)
 

@@ -309,7 +309,8 @@ class Simulation:
                  reason)
 
     def _on_cloud_done(self, t: int, _current: Decision, stamp: int, decision: Decision,
-                       total: float, nbytes: int, server: float, reason: str) -> None:
+                       total: float, nbytes: int, server: float, reason: str,
+                       queue: float = 0.0) -> None:
         self._in_flight -= 1
         self._settle(t, reason)
         self.result.cloud_requests += 1
@@ -325,7 +326,7 @@ class Simulation:
             self.m.on_detections(self._detections(stamp, 'cloud', self.s.cloud_model, acc), t)
             self._report(stamp, 'cloud', 'ok', total_ms=total,
                          inference_ms=total - self.s.encode_ms, server_ms=server,
-                         bytes_sent=nbytes)
+                         bytes_sent=nbytes, queue_ms=queue)
         if self._cloud_pending is not None:
             pending, self._cloud_pending = self._cloud_pending, None
             self._start_cloud(t, *pending)

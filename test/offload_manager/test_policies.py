@@ -257,3 +257,24 @@ def test_an_unmeasured_edge_option_with_a_zero_profile_figure_has_no_estimate() 
     obs.prepare()
     assert obs.estimate(Option(Route.EDGE, 'yolov8n', 320, 75), DEADLINE) is None
     assert obs.estimate(Option(Route.EDGE, 'yolov8n', 640, 75), DEADLINE).p_miss < 0.1
+
+
+def test_a_rising_server_queue_makes_the_cloud_later_before_its_latencies_move() -> None:
+    def cloud_late(queues: list[float]) -> float:
+        obs = Observations(FakeEnergy())
+        for k, queue_ms in enumerate(queues):
+            obs.now_s = k * 0.1
+            obs.observe_report(InferenceReport(stamp_ns=k, source='cloud', status='ok',
+                                               total_ms=150.0 + (k % 5), server_ms=60.0,
+                                               queue_ms=queue_ms, bytes_sent=40_000))
+        obs.prepare()
+        late = obs.cloud_late(75, 250.0)
+        assert late is not None
+        return late
+
+    steady = cloud_late([5.0] * 40)
+    # The newest answers waited 120 ms more in the shared service's queue than the window's
+    # (a fleet arriving): the next ones will, so the cloud may miss the deadline.
+    loading = cloud_late([5.0] * 37 + [125.0] * 3)
+    assert steady < 0.05 < loading
+    assert cloud_late([125.0] * 3 + [5.0] * 37) == pytest.approx(steady)  # drained

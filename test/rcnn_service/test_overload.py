@@ -95,7 +95,9 @@ def test_the_bridge_transports_read_a_refusal_as_overloaded(server: ServedProces
         transport = make_transport(url, 'rcnn', TOKEN, robot_id=f'robot-{scheme}')
         try:
             reply = transport.infer(_jpeg(), 60.0)
-            assert reply.server_ms is not None
+            # the service's time and, within it, the queue wait: the load robots' managers see
+            assert reply.server_ms is not None and reply.queue_ms is not None
+            assert 0.0 <= reply.queue_ms <= reply.server_ms
             # a budget of a microsecond: what a robot whose deadline is all but gone sends
             transport._budget.parameters = lambda timeout_s, s=scheme: {  # type: ignore
                 'robot_id': f'robot-{s}', 'budget_us': 1}
