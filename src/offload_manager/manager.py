@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 import time
 from typing import Any, Mapping
 
@@ -42,6 +43,8 @@ class OffloadManager:
         self._decision: Decision | None = None
         self._plan: Plan | None = None
         self._planned_ns = 0
+        self._held: tuple[Plan, int] | None = None  # a switch onto the cloud, and when it goes
+        self._switch_rng = random.Random(f'{config.seed}:cloud-switch')
         self._seq = 0
         self._history_pending = bool(config.history_file)
         self._battery = BatteryReader() if config.energy_reader == 'battery' else None
@@ -112,11 +115,33 @@ class OffloadManager:
             self._policy.observe_history(load_outcomes(self.config.history_file, time.time(),
                                                        now_ns / 1e9))
         if self._plan is None or now_ns - self._planned_ns >= self.config.plan_period_s * 1e9:
-            plan = self._policy.plan(now_ns)
+            plan = self._hold(self._policy.plan(now_ns), now_ns)
             self._planned_ns = now_ns
+        elif self._held is not None and now_ns >= self._held[1]:
+            plan, self._held = self._held[0], None
         else:
             plan = self._plan
         return plan
+
+    def _hold(self, plan: Plan, now_ns: int) -> Plan:
+        """Hold a switch onto the cloud until its drawn time (``cloud_switch_jitter_s``).
+
+        A fleet whose robots see one cause at once (a hard scene for all, an update that slows
+        every edge) would otherwise reach the shared service within one decision period.
+        """
+        jitter_s = self.config.cloud_switch_jitter_s
+        current = self._plan
+        if not jitter_s or current is None or current.route.uses_cloud or \
+                not plan.route.uses_cloud:
+            self._held = None
+            return plan
+        switch_ns = self._held[1] if self._held is not None else \
+            now_ns + int(self._switch_rng.uniform(0.0, jitter_s) * 1e9)
+        if now_ns >= switch_ns:
+            self._held = None
+            return plan
+        self._held = (plan, switch_ns)
+        return current
 
     def _issue(self, plan: Plan, now_ns: int) -> Decision:
         """Issue the next decision, carrying out ``plan``."""
@@ -143,6 +168,8 @@ class OffloadManager:
             return now_ns
         due = min(self._planned_ns + math.ceil(self.config.plan_period_s * 1e9),
                   self._decision.issued_ns + math.ceil(self.config.decision_period_s * 1e9))
+        if self._held is not None:
+            due = min(due, self._held[1])
         frames = self._arbiter.next_due_ns(now_ns)
         return due if frames is None else min(due, frames)
 

@@ -24,6 +24,10 @@ PARAMETERS = (
     ParameterSpec('plan_period_s', 0.25,
                   'How often the policy re-plans (at most); decisions change at once then.',
                   minimum=0.01, maximum=60.0),
+    ParameterSpec('cloud_switch_jitter_s', 0.0,
+                  'Hold a switch onto the cloud for a random 0..this many seconds, so a fleet '
+                  'that sees one cause together does not reach the service together.',
+                  live=True, minimum=0.0, maximum=60.0),
     ParameterSpec('decision_valid_s', 2.0,
                   'Validity of a decision; workers fall back to edge-only after it.',
                   minimum=0.02, maximum=600.0),
@@ -100,6 +104,7 @@ class ManagerConfig:
     deadline_ms: float
     decision_period_s: float
     plan_period_s: float
+    cloud_switch_jitter_s: float
     decision_valid_s: float
     result_timeout_ms: float
     static_route: str

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from adaptive_offload.datatypes import (Detection, DetectionSet, FrameRecord, InferenceReport,
                                         Route)
 from adaptive_offload.errors import ConfigError
 from offload_manager.manager import ManagerConfig, OffloadManager
-from offload_manager.policies import create_policy, POLICIES
+from offload_manager.policies import create_policy, Plan, POLICIES
 import pytest
 
 S = 1_000_000_000
@@ -170,3 +172,59 @@ def test_a_fixed_policy_keeps_no_accuracy_estimate() -> None:
     manager.on_detections(DetectionSet(5, 'cam', 'edge', ()), 1)
     [outcome] = manager.poll(2)
     assert outcome.record.edge_map_estimate is None
+
+
+class Scripted:
+    """A policy whose route changes when told: edge, then the cloud from ``cloud_from_ns``."""
+
+    def __init__(self, cloud_from_ns: int, back_at_ns: int | None = None) -> None:
+        self.cloud_from_ns, self.back_at_ns = cloud_from_ns, back_at_ns
+
+    def plan(self, now_ns: int) -> Plan:
+        cloud = now_ns >= self.cloud_from_ns and (self.back_at_ns is None or
+                                                  now_ns < self.back_at_ns)
+        return Plan(Route.CLOUD if cloud else Route.EDGE, 'yolov8n', 640, 75, 0, 1, 0.0,
+                    'scripted')
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args: None  # observes nothing
+
+
+def _switch_time(seed: int, jitter_s: float, step_ns: int = S // 100) -> int:
+    manager = OffloadManager(ManagerConfig.from_params({'cloud_switch_jitter_s': jitter_s,
+                                                        'seed': seed}), Scripted(S))
+    for now in range(0, 10 * S, step_ns):
+        manager.tick(now)
+        if manager.decision is not None and manager.decision.route is Route.CLOUD:
+            return now
+    raise AssertionError('never switched')
+
+
+def test_a_switch_onto_the_cloud_is_held_for_a_drawn_share_of_the_jitter() -> None:
+    assert _switch_time(0, 0.0) == S  # no jitter: at the plan that asks for it
+    times = {_switch_time(seed, 2.0) for seed in range(8)}
+    assert len(times) >= 6 and all(S <= t <= 3 * S for t in times)
+    assert _switch_time(3, 2.0) == _switch_time(3, 2.0)  # drawn from the seed
+
+
+def test_a_held_switch_is_dropped_when_the_plan_turns_back_and_leaving_is_not_held() -> None:
+    config = ManagerConfig.from_params({'cloud_switch_jitter_s': 50.0, 'seed': 1})
+    manager = OffloadManager(config, Scripted(S, back_at_ns=2 * S))
+    routes = set()
+    for now in range(0, 60 * S, S // 10):
+        manager.tick(now)
+        routes.add(manager.decision.route)
+    assert routes == {Route.EDGE}  # the cloud was wanted for 1 s, held for longer: never used
+    manager = OffloadManager(ManagerConfig.from_params({'cloud_switch_jitter_s': 50.0,
+                                                        'policy': 'cloud-only'}))
+    assert manager.tick(0).route is Route.CLOUD  # the first plan is nothing to switch from
+    assert manager.next_due_ns(0) > 0
+
+
+def test_the_next_due_time_includes_a_held_switch() -> None:
+    manager = OffloadManager(ManagerConfig.from_params({'cloud_switch_jitter_s': 2.0,
+                                                        'seed': 0}), Scripted(S))
+    manager.tick(0)
+    manager.tick(S)  # the switch is asked for and held
+    held = manager._held
+    assert held is not None and manager.next_due_ns(S) <= held[1]
