@@ -204,11 +204,20 @@ class ServiceModel:
              zone: int | None = None) -> Replica:
         zone = self._made % self.s.zones if zone is None else zone
         replica = Replica(f'r{self._made}', zone, state, ready_at_s, t_ns / 1e9, self.s)
+        self._calibrate(replica)
         self._made += 1
         self.replicas.append(replica)
         if state == STARTING:
             self._schedule(int(ready_at_s * 1e9), self._on_ready, replica)
         return replica
+
+    def _calibrate(self, replica: Replica) -> None:
+        """Time a single and a full batch, as the service does before it serves."""
+        for size in sorted({1, self.s.max_batch}):
+            replica.times.observe(size, self._batch_time(size))
+
+    def _batch_time(self, size: int) -> float:
+        return self.s.batch_s(size) * math.exp(self._rng.gauss(0.0, self._jitter))
 
     def _on_ready(self, t_ns: int, replica: Replica) -> None:
         if replica.state == STARTING and replica.ready_at_s <= t_ns / 1e9 + 1e-9:
@@ -263,6 +272,7 @@ class ServiceModel:
             replica.ready_at_s = t_ns / 1e9 + self.s.pod_start_s
             replica.times = BatchTimes()
             replica.queue = FairQueue(self.s.max_batch, self.s.max_queue, replica.times)
+            self._calibrate(replica)
             self._schedule(int(replica.ready_at_s * 1e9), self._on_ready, replica)
         return [r.name for r in victims]
 
@@ -344,7 +354,7 @@ class ServiceModel:
             if replica.state == DRAINING:
                 self._retire(t_ns, replica)
             return
-        seconds = self.s.batch_s(len(batch)) * math.exp(self._rng.gauss(0.0, self._jitter))
+        seconds = self._batch_time(len(batch))
         for ticket in batch:
             ticket.started = now
             self.window.started += 1

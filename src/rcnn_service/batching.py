@@ -65,6 +65,24 @@ class AdaptiveBatcher(Generic[In, Out]):
         self._thread = threading.Thread(target=self._loop, name='batcher', daemon=True)
         self._thread.start()
 
+    def calibrate(self, sample: In, sizes: Sequence[int] = ()) -> None:
+        """Time batches of ``sample`` before serving, so that admission knows batch times.
+
+        Admission estimates a batch size it has not timed from the sizes it has; a service
+        that timed only single images would refuse the requests that would form a batch, and
+        so never time one. Call it before publishing the batcher.
+
+        Args:
+            sample: A typical input (e.g. a blank frame of the usual size).
+            sizes: Batch sizes to time; empty: 1 and ``max_batch``.
+        """
+        for size in sorted(set(sizes or (1, self.max_batch))):
+            start = self._clock()
+            self._run([sample] * size)
+            seconds = self._clock() - start
+            with self._cond:
+                self.times.observe(size, seconds)  # time unknown: the first request measures
+
     @property
     def alive(self) -> bool:
         """Whether requests are taken and run (not closed, worker thread running)."""

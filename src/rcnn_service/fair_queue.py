@@ -90,9 +90,12 @@ class BatchTimes:
 
     The estimate is the smoothed time plus twice its smoothed deviation (as TCP estimates its
     retransmission timeout): admission on the mean alone would let about half of the requests
-    it admits at the edge of their budget finish after it. A size not seen yet is estimated
-    from the nearest size seen, scaled by the number of images (a conservative guess: batching
-    makes the per-image time smaller, not larger).
+    it admits at the edge of their budget finish after it. A size not seen yet is interpolated
+    between the nearest sizes seen on either side; beyond the sizes seen, it is scaled from the
+    nearest by the number of images (conservative above: batching makes the per-image time
+    smaller, not larger). Scaling alone between sizes made a service that had timed only
+    single images refuse every request that would have formed a batch, so it never timed one:
+    the service times a full batch at start (:meth:`AdaptiveBatcher.calibrate`).
 
     Args:
         alpha: Weight of the newest batch in the smoothed time.
@@ -136,10 +139,15 @@ class BatchTimes:
         """Return the expected seconds of a batch of ``size`` (0 before any was timed)."""
         if not self._seconds:
             return 0.0
-        nearest = size if size in self._seconds else \
-            min(self._seconds, key=lambda s: (abs(s - size), -s))
-        seconds = self._seconds[nearest] + 2 * self._deviation[nearest]
-        return seconds * size / nearest
+        if size in self._seconds:
+            return self._seconds[size] + 2 * self._deviation[size]
+        below = max((s for s in self._seconds if s < size), default=None)
+        above = min((s for s in self._seconds if s > size), default=None)
+        if below is not None and above is not None:
+            low, high = self.estimate(below), self.estimate(above)
+            return low + (high - low) * (size - below) / (above - below)
+        nearest = below if above is None else above  # one of them is a size seen
+        return self.estimate(nearest) * size / nearest if nearest else 0.0
 
 
 class FairQueue(Generic[In, Out]):

@@ -40,7 +40,7 @@ from rcnn_service.mlserver_refusals import OverloadedRefusal, Refused
 from rcnn_service.protocol import (decode_image, MODEL_VERSION, OUTPUTS, request_context,
                                    requested_outputs, server_metadata, SERVER_NAME,
                                    server_time_parameters, v2_response)
-from rcnn_service.rcnn_detector import RcnnDetector
+from rcnn_service.rcnn_detector import calibration_frame, RcnnDetector
 from rcnn_service.service import ensure_ports_free, ServiceConfig
 from rcnn_service.service_metrics import ServiceMetrics
 
@@ -133,9 +133,11 @@ class RcnnRuntime(MLModel):
             cfg.arch, cfg.checkpoint, cfg.device, cfg.score_threshold, cfg.threads,
             cfg.input_size))
         metrics = _load_metrics()
-        self._batcher = AdaptiveBatcher(detector.detect, cfg.max_batch, cfg.batch_wait_ms,
-                                        metrics.batch_size.observe, cfg.max_queue,
-                                        metrics.refused)
+        batcher = AdaptiveBatcher(detector.detect, cfg.max_batch, cfg.batch_wait_ms,
+                                  metrics.batch_size.observe, cfg.max_queue, metrics.refused)
+        await asyncio.get_running_loop().run_in_executor(
+            None, batcher.calibrate, calibration_frame())
+        self._batcher = batcher
         metrics.watch(lambda: self._batcher.depth)
         LOG.info('model %s ready: %s on %s', self.name, cfg.arch, cfg.device)
         return True

@@ -57,6 +57,11 @@ def coco_categories() -> list[str]:
     return list(FasterRCNN_ResNet50_FPN_Weights.DEFAULT.meta['categories'])
 
 
+def calibration_frame() -> np.ndarray:
+    """Return a blank 640x480 frame, the size robots send by default, to time batches with."""
+    return np.zeros((480, 640, 3), np.uint8)
+
+
 class RcnnDetector:
     """A torchvision R-CNN loaded once, warmed up, thread-safe.
 

@@ -27,7 +27,7 @@ from rcnn_service.batching import AdaptiveBatcher
 from rcnn_service.guard import Overloaded, RejectionLog, RequestError, Tokens
 from rcnn_service.http_server import HttpLimits, HttpServer
 from rcnn_service.protocol import parse_request, server_time_parameters, v2_response
-from rcnn_service.rcnn_detector import Detections, RcnnDetector
+from rcnn_service.rcnn_detector import calibration_frame, Detections, RcnnDetector
 from rcnn_service.service_metrics import exposition, ServiceMetrics
 from rcnn_service.tls import report_failed_handshakes, TlsFiles
 
@@ -137,9 +137,11 @@ class InferenceService:
 
     def _use(self, detector: RcnnDetector) -> None:
         cfg = self.config
-        self._batcher = AdaptiveBatcher(detector.detect, cfg.max_batch, cfg.batch_wait_ms,
-                                        self.load.batch_size.observe, cfg.max_queue,
-                                        self.load.refused)
+        batcher = AdaptiveBatcher(detector.detect, cfg.max_batch, cfg.batch_wait_ms,
+                                  self.load.batch_size.observe, cfg.max_queue,
+                                  self.load.refused)
+        batcher.calibrate(calibration_frame())
+        self._batcher = batcher
 
     def _load(self) -> None:
         cfg = self.config

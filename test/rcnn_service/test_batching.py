@@ -142,3 +142,26 @@ def test_refusals_after_queueing_fail_the_request_and_are_reported() -> None:
     assert running.result(10) == 2 and queued[0].result(10) == 4 and quiet.result(10) == 8
     batcher.close()
     assert [(r.reason, r.robot) for r in refusals] == [('evicted', 'hog')]
+
+
+def test_calibration_times_a_single_and_a_full_batch_before_serving() -> None:
+    now = [0.0]
+    sizes: list[int] = []
+
+    def run(items: list[int]) -> list[int]:
+        sizes.append(len(items))
+        now[0] += 0.1 + 0.02 * (len(items) - 1)  # batching: each extra image adds 20 ms
+        return items
+
+    batcher = AdaptiveBatcher(run, max_batch=4, clock=lambda: now[0])
+    try:
+        batcher.calibrate(7)
+        assert sizes == [1, 4]
+        assert batcher.times.estimate(1) == pytest.approx(0.1)
+        # a batch of two is estimated between them (0.12 s), not as two single images (0.2 s)
+        assert batcher.times.estimate(2) == pytest.approx(0.12)
+        assert batcher.times.measured_at is None  # the first request measures again
+        batcher.calibrate(7, sizes=(2,))
+        assert sizes == [1, 4, 2] and batcher.times.estimate(2) == pytest.approx(0.12)
+    finally:
+        batcher.close()

@@ -60,7 +60,8 @@ def test_fair_order_is_what_admission_estimates() -> None:
     queue = _queue(one=0.1, full=0.2)
     _push(queue, 'chatty', 12)
     # a quiet robot's first request waits for one request per robot, not for chatty's 12
-    assert queue.expected_finish('quiet', 0.0) == pytest.approx(0.2)  # a batch of two
+    # a batch of two: between the timed batches of one (0.1 s) and four (0.2 s)
+    assert queue.expected_finish('quiet', 0.0) == pytest.approx(0.1 + 0.1 / 3)
     _push(queue, 'quiet', budget=0.25)
     batch, _ = queue.pop_batch(0.0)
     assert 'quiet0' in [t.item for t in batch]
@@ -135,6 +136,9 @@ def test_batch_times_smooth_and_scale_to_sizes_not_seen() -> None:
     assert times.estimate(2) == pytest.approx(0.5)
     times.observe(1, 0.05, fresh=True)  # a probe's time replaces every older one
     assert times.estimate(2) == pytest.approx(0.1)
+    times.observe(4, 0.11)  # sizes between two timed ones are interpolated, not scaled
+    assert times.estimate(2) == pytest.approx(0.07)
+    assert times.estimate(8) == pytest.approx(0.22)  # beyond them: scaled per image
     with pytest.raises(ConfigError):
         BatchTimes(alpha=0.0)
 
