@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from adaptive_offload.errors import ConfigError
+
 
 class StampGate:
     """Refuses a frame whose stamp was already seen or is older than the newest of its frame_id.
@@ -49,10 +51,17 @@ class EveryNth:
     The cloud bridge samples with it (``offload_every``, probes) and the edge probes with it;
     the simulator uses the same so its workers pick the frames the real ones would. Callers
     that share one across threads hold their own lock.
+
+    Args:
+        phase: Frames counted as seen before the first: robots started together that draw
+            different phases do not pick the same frames (a fleet's cloud probes would
+            otherwise reach the shared service in step, every n-th frame).
     """
 
-    def __init__(self) -> None:
-        self._seen = 0
+    def __init__(self, phase: int = 0) -> None:
+        if phase < 0:
+            raise ConfigError(f'phase must be >= 0, got {phase}')
+        self._seen = phase
 
     def pick(self, every: int) -> bool:
         """Count one frame; whether it is an every-``every``-th one (never when ``every`` is 0)."""

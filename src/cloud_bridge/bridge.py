@@ -21,6 +21,10 @@ from cloud_bridge.sampling import make_sampler, Sampler, UniformSampler
 from cloud_bridge.transport import CloudReply, InferenceTransport, make_transport
 import cv2
 
+SAMPLING_PHASES = 1000
+"""The uniform sampler of each bridge starts at a random count below this: bridges started
+together (a fleet after an outage) would otherwise send their one-in-n frames in step."""
+
 PARAMETERS = (
     ParameterSpec('url', 'grpc://127.0.0.1:8081',
                   'V2 inference server: grpc://host:port (gRPC), grpcs:// (gRPC over TLS) or '
@@ -151,7 +155,8 @@ class CloudConfig:
         return CloudBridge(transport or self.make_transport(), max_retries=self.max_retries,
                            breaker=CircuitBreaker(self.breaker_threshold,
                                                   self.breaker_cooldown_ms), model=self.model,
-                           sampler=make_sampler(self.sampling))
+                           sampler=make_sampler(self.sampling,
+                                                random.randrange(SAMPLING_PHASES)))
 
     def sampled_sources(self) -> tuple[str, ...]:
         """Return the edge sources whose results the sampler reads (none for uniform)."""

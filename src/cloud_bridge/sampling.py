@@ -123,12 +123,17 @@ def change(before: Sequence[Detection] | None, now: Sequence[Detection]) -> floa
     return 1.0 - 2.0 * matched / (len(before) + len(now))
 
 
-def make_sampler(name: str) -> Sampler:
+def make_sampler(name: str, phase: int = 0) -> Sampler:
     """Return a new sampler of the registry name ``name``.
+
+    Args:
+        name: A name in :data:`SAMPLERS`.
+        phase: Where the uniform sampler starts counting (see :class:`EveryNth`); content
+            sampling picks by content, not by count, and ignores it.
 
     Raises:
         ConfigError: For a name not in :data:`SAMPLERS`.
     """
     if name not in SAMPLERS:
         raise ConfigError(f'sampling {name!r}: one of {", ".join(SAMPLERS)}')
-    return SAMPLERS[name]()
+    return UniformSampler(phase) if name == 'uniform' else SAMPLERS[name]()

@@ -23,6 +23,7 @@ import time
 from typing import Callable
 
 from adaptive_offload.datatypes import Decision
+from cloud_bridge.bridge import SAMPLING_PHASES
 from fault_injection.scenario import Fault, Scenario
 from offload_manager.energy import DeviceProfile
 from offload_manager.manager import OffloadManager
@@ -72,6 +73,8 @@ class FleetRobot(Simulation):
         self._tokens = 0
         self._hold_until = 0
         self._backoff = random.Random(f'{settings.seed}:{name}:backoff')
+        # As each bridge's sampler: robots started together do not probe the cloud in step.
+        self._sent = random.Random(f'{settings.seed}:{name}:phase').randrange(SAMPLING_PHASES)
 
     def _start_cloud(self, t: int, stamp: int, decision: Decision) -> None:
         if t < self._hold_until or not self.breaker.allow(t):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from adaptive_offload.conversions import MessageTypes
 from adaptive_offload.datatypes import Decision, Detection, DetectionSet, Route
 from adaptive_offload.errors import ConfigError
-from cloud_bridge.bridge import CloudBridge
+from cloud_bridge.bridge import CloudBridge, CloudConfig
 from cloud_bridge.sampling import change, ContentSampler, make_sampler, uncertainty, UniformSampler
 from helpers import ManualClock, ScriptedTransport, small_frame_message as _msg
 import pytest
@@ -87,3 +87,19 @@ def test_the_bridge_samples_by_the_edge_results_it_is_given(types: MessageTypes)
             sent.append(hard)
     assert 18 <= len(sent) <= 22  # one frame in four, as uniform sampling would send
     assert sum(sent) / len(sent) >= 0.5  # while a quarter of the frames are hard
+
+
+def test_a_phase_shifts_which_frames_uniform_sampling_sends() -> None:
+    sampler = make_sampler('uniform', phase=2)
+    assert [i for i in range(12) if sampler.pick(4)] == [2, 6, 10]
+    with pytest.raises(ConfigError, match='phase'):
+        UniformSampler(phase=-1)
+
+
+def test_bridges_built_from_parameters_do_not_sample_in_step() -> None:
+    config = CloudConfig.from_params({})
+    firsts = set()
+    for _ in range(20):
+        sampler = config.make_bridge(ScriptedTransport(ManualClock(), []))._sampling
+        firsts.add(next(i for i in range(1000) if sampler.pick(10)))
+    assert len(firsts) > 1 and max(firsts) < 10
