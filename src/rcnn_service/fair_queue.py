@@ -122,12 +122,17 @@ class BatchTimes:
             size: Requests in the batch.
             seconds: How long it ran.
             at: When it ended; None: unknown (the next idle request is a probe).
-            fresh: It ran a probe: the older times are stale and are forgotten.
+            fresh: It ran a probe: the older times are stale. They are scaled by how much
+                this batch's time differs from theirs (the machine got slower or faster, not
+                its batching), and their deviations forgotten.
         """
         self.measured_at = at
-        if fresh:
-            self._seconds.clear()
-            self._deviation.clear()
+        if fresh and self._seconds:
+            ratio = seconds / self._interpolate(self._seconds, size)
+            self._seconds = {s: t * ratio for s, t in self._seconds.items()}
+            self._seconds[size] = seconds
+            self._deviation = dict.fromkeys(self._seconds, 0.0)
+            return
         old = self._seconds.get(size)
         if old is None:
             self._seconds[size], self._deviation[size] = seconds, 0.0
@@ -139,15 +144,21 @@ class BatchTimes:
         """Return the expected seconds of a batch of ``size`` (0 before any was timed)."""
         if not self._seconds:
             return 0.0
-        if size in self._seconds:
-            return self._seconds[size] + 2 * self._deviation[size]
-        below = max((s for s in self._seconds if s < size), default=None)
-        above = min((s for s in self._seconds if s > size), default=None)
+        return self._interpolate({s: t + 2 * self._deviation[s]
+                                  for s, t in self._seconds.items()}, size)
+
+    @staticmethod
+    def _interpolate(table: dict[int, float], size: int) -> float:
+        """Return ``table``'s value at ``size``: between sizes linear, beyond them per image."""
+        if size in table:
+            return table[size]
+        below = max((s for s in table if s < size), default=None)
+        above = min((s for s in table if s > size), default=None)
         if below is not None and above is not None:
-            low, high = self.estimate(below), self.estimate(above)
+            low, high = table[below], table[above]
             return low + (high - low) * (size - below) / (above - below)
-        nearest = below if above is None else above  # one of them is a size seen
-        return self.estimate(nearest) * size / nearest if nearest else 0.0
+        nearest = below if above is None else above  # one of them is a size in the table
+        return table[nearest] * size / nearest if nearest else 0.0
 
 
 class FairQueue(Generic[In, Out]):

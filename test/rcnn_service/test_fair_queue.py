@@ -134,11 +134,13 @@ def test_batch_times_smooth_and_scale_to_sizes_not_seen() -> None:
     assert times.estimate(1) == pytest.approx(0.1)
     times.observe(2, 0.4)  # mean 0.3, deviation 0.1: the estimate allows for two of it
     assert times.estimate(2) == pytest.approx(0.5)
-    times.observe(1, 0.05, fresh=True)  # a probe's time replaces every older one
-    assert times.estimate(2) == pytest.approx(0.1)
+    times.observe(1, 0.05, fresh=True)  # a probe's time rescales every older one
+    assert times.estimate(2) == pytest.approx(0.1)  # mean 0.3 at 2 was 0.15 at 1: a third
     times.observe(4, 0.11)  # sizes between two timed ones are interpolated, not scaled
-    assert times.estimate(2) == pytest.approx(0.07)
+    assert times.estimate(3) == pytest.approx(0.105)
     assert times.estimate(8) == pytest.approx(0.22)  # beyond them: scaled per image
+    times.observe(1, 0.1, fresh=True)  # twice as slow now: the batching profile is kept
+    assert times.estimate(4) == pytest.approx(0.22) and times.estimate(3) == pytest.approx(0.21)
     with pytest.raises(ConfigError):
         BatchTimes(alpha=0.0)
 
