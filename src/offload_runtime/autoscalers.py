@@ -15,7 +15,8 @@ its scaler how many replicas it wants. Scalers, by name (:data:`SCALERS`):
   than ``reactive`` asks for, so a wrong forecast costs money, not deadlines.
 * ``learned``: tabular Q-learning of the replica count (the learned-allocation baseline),
   trained online on the run itself: state is load per ready replica, refusals and pods
-  starting; reward is minus the refused share and the replicas paid for.
+  starting; reward is minus the refused share and minus the replicas added (the state does
+  not hold the count, so a reward on the count itself is mostly noise to it).
 """
 
 from __future__ import annotations
@@ -187,6 +188,7 @@ class LearnedScaler:
         self._cost = replica_cost
         self._q: dict[tuple[tuple[int, int, int], int], float] = {}
         self._last: tuple[tuple[int, int, int], int] | None = None
+        self._last_spec = service.replicas
 
     @staticmethod
     def state(sample: ServiceSample) -> tuple[int, int, int]:
@@ -199,7 +201,8 @@ class LearnedScaler:
         """Learn from the last action's outcome, then act."""
         state = self.state(sample)
         refused = sample.refusals_per_s / max(sample.arrivals_per_s, 1e-9)
-        reward = -100.0 * refused - self._cost * sample.spec
+        reward = -100.0 * refused - self._cost * (sample.spec - self._last_spec)
+        self._last_spec = sample.spec
         best = max(self._q.get((state, a), 0.0) for a in self.ACTIONS)
         if self._last is not None:
             old = self._q.get(self._last, 0.0)

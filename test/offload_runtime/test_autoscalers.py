@@ -83,6 +83,16 @@ def test_the_learner_finds_the_count_that_serves_the_load() -> None:
     assert sum(late) / len(late) < 7
 
 
+def test_the_learner_gives_back_replicas_nobody_uses() -> None:
+    scaler = LearnedScaler(HpaSettings(), SERVICE, random.Random(2))
+    spec, history = 10, []
+    for k in range(2000):
+        spec = scaler.desired(_sample(15 * k, spec, refusals=0.0, arrivals=1.0))
+        history.append(spec)
+    late = history[-500:]
+    assert sum(late) / len(late) < SERVICE.min_replicas + 1.5
+
+
 def test_unknown_scalers_and_bad_settings_are_named() -> None:
     with pytest.raises(ConfigError, match='unknown scaler'):
         make_scaler('oracle', HpaSettings(), SERVICE, random.Random(0))
