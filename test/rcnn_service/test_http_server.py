@@ -281,13 +281,16 @@ def test_the_bridge_reconnects_when_the_server_closed_its_idle_connection() -> N
         service.shutdown()
 
 
-def _clients(service: InferenceService, count: int, timeout_s: float = 30.0) -> tuple[
-        list[threading.Thread], list[str]]:
+def _clients(service: InferenceService, count: int, timeout_s: float = 30.0,
+             budget: bool = True) -> tuple[list[threading.Thread], list[str]]:
     outcomes: list[str] = []
 
     def send() -> None:
+        transport = V2RestTransport(service.url, 'rcnn')
+        if not budget:  # a client that says nothing of its budget: only leaving ends it
+            transport._budget.parameters = lambda timeout_s: {}  # type: ignore[method-assign]
         try:
-            V2RestTransport(service.url, 'rcnn').infer(_jpeg(), timeout_s)
+            transport.infer(_jpeg(), timeout_s)
             outcomes.append('ok')
         except CloudError as err:
             outcomes.append(err.reason)
@@ -305,6 +308,7 @@ def _busy(service: InferenceService) -> int:
 def test_shutdown_answers_the_requests_under_way_then_refuses_new_ones() -> None:
     detector = _SlowDetector(0.3)
     service = _start(detector, max_batch=1)
+    calibration = detector.images  # the batch timed before serving
     threads, outcomes = _clients(service, 4)
     assert _wait(lambda: _busy(service) == 4, 10)
     start = time.monotonic()
@@ -312,7 +316,7 @@ def test_shutdown_answers_the_requests_under_way_then_refuses_new_ones() -> None
     assert time.monotonic() - start < 5  # four requests of 0.3 s, not the grace period
     for thread in threads:
         thread.join(10)
-    assert outcomes == ['ok'] * 4 and detector.images == 4
+    assert outcomes == ['ok'] * 4 and detector.images == calibration + 4
     with pytest.raises(OSError):
         socket.create_connection(('127.0.0.1', _port(service)), timeout=2)
 
@@ -321,6 +325,7 @@ def test_shutdown_after_its_grace_drops_the_queued_requests() -> None:
     """Before, every queued request was still computed after the clients had been cut."""
     detector = _SlowDetector(1.0)
     service = _start(detector, max_batch=1)
+    calibration = detector.images  # the batch timed before serving
     threads, outcomes = _clients(service, 6)
     assert _wait(lambda: _busy(service) == 6, 10)
     start = time.monotonic()
@@ -329,22 +334,25 @@ def test_shutdown_after_its_grace_drops_the_queued_requests() -> None:
     for thread in threads:
         thread.join(10)
     # Cut at the end of the grace: at most the batch under way then was computed in vain.
-    assert len(outcomes) == 6 and detector.images <= 2 and outcomes.count('ok') <= 1
+    assert len(outcomes) == 6 and detector.images - calibration <= 2
+    assert outcomes.count('ok') <= 1
 
 
 def test_a_request_whose_client_left_is_never_computed() -> None:
     detector = _SlowDetector(0.5)
     service = _start(detector, max_batch=1)
+    calibration = detector.images  # the batch timed before serving
     try:
         first, outcomes = _clients(service, 1)
-        assert _wait(lambda: detector.images == 1, 10)  # the model is busy with it
-        gone, gone_outcomes = _clients(service, 2, timeout_s=0.2)  # give up, close
+        assert _wait(lambda: detector.images == calibration + 1, 10)  # busy with it
+        # give up and close (with a budget they would be refused at once: 0.2 s < 0.5 s)
+        gone, gone_outcomes = _clients(service, 2, timeout_s=0.2, budget=False)
         for thread in gone:
             thread.join(10)
         last, last_outcomes = _clients(service, 1)
         for thread in first + last:
             thread.join(10)
         assert outcomes == last_outcomes == ['ok'] and gone_outcomes == ['timeout'] * 2
-        assert detector.images == 2 and service.counts['abandoned'] == 2
+        assert detector.images == calibration + 2 and service.counts['abandoned'] == 2
     finally:
         service.shutdown()
