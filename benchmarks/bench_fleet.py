@@ -25,7 +25,7 @@ from offload_manager.manager import default_devices_file
 from offload_runtime.autoscalers import HpaSettings
 from offload_runtime.evaluate import EvalOptions
 from offload_runtime.fleet_eval import FleetOptions, run_fleet
-from offload_runtime.service_model import ServiceSettings
+from offload_runtime.service_settings import ServiceSettings
 
 CRASH = Path(__file__).resolve().parents[1] / 'config' / 'scenarios' / 'fleet' / \
     'replica_crash.yaml'

@@ -29,7 +29,8 @@ from typing import Callable, Protocol
 
 from adaptive_offload.errors import ConfigError
 from offload_runtime.rate_forecasts import FORECASTERS
-from offload_runtime.service_model import ServiceSample, ServiceSettings
+from offload_runtime.service_model import ServiceSample
+from offload_runtime.service_settings import ServiceSettings
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from offload_runtime.autoscalers import HpaSettings
 from offload_runtime.cli_args import above_zero, EXIT_OK, non_negative
 from offload_runtime.evaluate import EvalOptions
 from offload_runtime.fleet_eval import AUTOSCALE, evaluate_fleet, FleetOptions
-from offload_runtime.service_model import ServiceSettings
+from offload_runtime.service_settings import ServiceSettings
 
 FLEET_POLICIES = ('predictive', 'reactive', 'static')
 """Policies a fleet evaluation compares unless ``--policies`` says otherwise."""

@@ -27,7 +27,7 @@ from offload_runtime.evaluate import (_measured_quality, _slug, EvalOptions, man
                                       SHIPPED_CLOUD)
 from offload_runtime.fleet_figures import FleetRow, write_fleet_table
 from offload_runtime.fleet_sim import FleetSim, FleetSpec
-from offload_runtime.service_model import ServiceSettings
+from offload_runtime.service_settings import ServiceSettings
 from offload_runtime.simulator import SimSettings
 
 AUTOSCALE = ('static', 'reactive', 'predictive', 'learned')

@@ -31,7 +31,8 @@ from offload_manager.observations import jpeg_factor
 from offload_runtime.autoscalers import HpaSettings, make_scaler
 from offload_runtime.fleet_figures import (capacity_recovery_s, FleetCounts, FleetRow, mttr_s,
                                            percentiles)
-from offload_runtime.service_model import Request, ServiceModel, ServiceSettings
+from offload_runtime.service_model import Request, ServiceModel
+from offload_runtime.service_settings import ServiceSettings
 from offload_runtime.simulator import EventQueue, MS, NetworkProfile, Quality, SimSettings, \
     Simulation
 

@@ -8,7 +8,8 @@ import random
 from adaptive_offload.errors import ConfigError
 from offload_runtime.autoscalers import (HpaSettings, LearnedScaler, make_scaler,
                                          PredictiveScaler, ReactiveHpa, spare_for)
-from offload_runtime.service_model import ServiceSample, ServiceSettings
+from offload_runtime.service_model import ServiceSample
+from offload_runtime.service_settings import ServiceSettings
 import pytest
 
 SERVICE = ServiceSettings(replicas=2, min_replicas=1, max_replicas=20, first_ms=50.0)

@@ -16,7 +16,7 @@ from offload_runtime.evaluate import EvalOptions
 from offload_runtime.fleet_eval import evaluate_fleet, FleetOptions, run_fleet
 from offload_runtime.fleet_figures import capacity_recovery_s, FleetCounts, FleetRow, mttr_s
 from offload_runtime.fleet_sim import FleetSim
-from offload_runtime.service_model import ServiceSettings
+from offload_runtime.service_settings import ServiceSettings
 import pytest
 
 DEVICES = load_devices(default_devices_file())

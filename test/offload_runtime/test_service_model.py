@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 from adaptive_offload.errors import ConfigError
-from offload_runtime.service_model import (LOST, READY, Request, ServiceModel, ServiceSettings,
-                                           STARTING)
+from offload_runtime.service_model import LOST, READY, Request, ServiceModel, STARTING
+from offload_runtime.service_settings import ServiceSettings
 from offload_runtime.simulator import EventQueue
 import pytest
 
@@ -145,17 +145,6 @@ def test_with_no_replica_routed_a_request_is_reset() -> None:
     _send(model, events, robot, S, 0)
     events.run(until_ns=2 * S)
     assert robot.ends[0] == (S, 'connection', 0.0)
-
-
-@pytest.mark.parametrize('settings, message', [
-    ({'replicas': 0}, 'min_replicas'),
-    ({'replicas': 5, 'max_replicas': 4}, 'max_replicas'),
-    ({'first_ms': -1.0}, 'first_ms'),
-    ({'pod_start_s': -1.0}, 'pod_start_s'),
-])
-def test_bad_settings_are_named(settings: dict, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        ServiceSettings(**settings)
 
 
 def test_the_model_needs_a_batch_time() -> None:
