@@ -175,15 +175,17 @@ class FleetSim:
         self.cloud = cloud
         self.events = EventQueue()
         self.counts = FleetCounts()
-        typical_budget_s = (managers(0).config.deadline_ms - network.rtt_ms - 20.0) / 1e3
+        fleet = [managers(i) for i in range(spec.robots)]
+        deadline_ms = fleet[0].config.deadline_ms if fleet else 0.0
+        typical_budget_s = (deadline_ms - network.rtt_ms - 20.0) / 1e3
         self.service = ServiceModel(spec.service, self.events.at,
                                     random.Random(f'{settings.seed}:service'), network.jitter,
                                     typical_budget_s)
         self.scaler = make_scaler(spec.scaler, spec.hpa, spec.service,
                                   random.Random(f'{settings.seed}:scaler'))
-        self.robots = [FleetRobot(managers(i), robot, cloud, network, scenario, settings,
+        self.robots = [FleetRobot(manager, robot, cloud, network, scenario, settings,
                                   quality, self.events, f'robot{i}', self.service, self.counts)
-                       for i in range(spec.robots)]
+                       for i, manager in enumerate(fleet)]
         self.ready: list[tuple[float, int]] = []
         self.replicas: list[tuple[float, int]] = []
 

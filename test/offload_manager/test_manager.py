@@ -222,9 +222,12 @@ def test_a_held_switch_is_dropped_when_the_plan_turns_back_and_leaving_is_not_he
 
 
 def test_the_next_due_time_includes_a_held_switch() -> None:
-    manager = OffloadManager(ManagerConfig.from_params({'cloud_switch_jitter_s': 2.0,
-                                                        'seed': 0}), Scripted(S))
+    # Plans and decisions come every 1 s and 10 s: the held switch (under 0.9 s) is due first.
+    manager = OffloadManager(ManagerConfig.from_params(
+        {'cloud_switch_jitter_s': 0.9, 'seed': 0, 'plan_period_s': 1.0,
+         'decision_period_s': 10.0, 'decision_valid_s': 20.0}), Scripted(S))
     manager.tick(0)
     manager.tick(S)  # the switch is asked for and held
     held = manager._held
-    assert held is not None and manager.next_due_ns(S) <= held[1]
+    assert held is not None and S < held[1] < 2 * S
+    assert manager.next_due_ns(S) == held[1]
