@@ -26,6 +26,10 @@ from offload_manager.latency_models import ArForecaster, LatencyBook, tail_proba
 JPEG_SIZE = {50: 0.68, 75: 1.0, 95: 1.95}
 REPLY_BYTES = 2048  # a detection reply: a few hundred bytes of JSON or protobuf per box
 EDGE_WINDOW = 20  # edge answers and unanswered edge frames the edge's availability counts
+# An edge that has not answered for SILENT_FACTOR times its slowest recent answer (plus
+# SILENT_MARGIN_S) is stuck, not busy: a busy edge still finishes the frame it has begun.
+SILENT_FACTOR = 2.0
+SILENT_MARGIN_S = 0.25
 QUEUE_RECENT = 3  # newest server-reported queue waits averaged for the service's load now
 
 
@@ -110,6 +114,8 @@ class Observations:
         # at all, so its latency figures alone would keep promising answers that never come.
         self._edge_answers: deque[bool] = deque(maxlen=EDGE_WINDOW)
         self._edge_up = 1.0
+        self._edge_waiting_s: float | None = None  # first unanswered drop since an answer
+        self._edge_recent_ms: deque[float] = deque(maxlen=5)
         self.now_s = 0.0
         self.prepare()
         self.quality = 75
@@ -131,6 +137,8 @@ class Observations:
                 self.availability.observe(self.now_s, False)
         elif report.status == 'ok' and report.model:
             self._edge_answers.append(True)
+            self._edge_waiting_s = None
+            self._edge_recent_ms.append(report.total_ms)
             self.book.add(f'edge:{report.model}@{report.imgsz}', report.total_ms, self.now_s)
             self._edge_meta[report.stamp_ns] = (report.model, report.imgsz)
             _bound(self._edge_meta)
@@ -164,10 +172,28 @@ class Observations:
     def observe_record(self, record: FrameRecord) -> None:
         """Frame outcomes: their stamps give the frame rate and show an edge that stopped."""
         self._stamps.append(record.stamp_ns)
-        # Only a frame nobody answered or reported on: one the edge dropped under load
-        # (superseded, busy) came from a live edge, and its load shows in its latency.
-        if record.route == Route.EDGE.value and record.drop_reason == NO_RESULT:
+        # A frame nobody answered or reported on counts against the edge. One the edge dropped
+        # under load (superseded, busy) counts only while the edge is silent: a busy edge's
+        # load shows in its latency, but a stuck one supersedes every frame and answers none.
+        if record.route != Route.EDGE.value or record.result_source:
+            return
+        if record.drop_reason == NO_RESULT:
             self._edge_answers.append(False)
+        elif self._edge_waiting_s is None:
+            self._edge_waiting_s = self.now_s
+        elif self.edge_silent():
+            self._edge_answers.append(False)
+
+    def edge_silent(self) -> bool:
+        """Whether the edge has dropped frames, and answered none, for far longer than it takes.
+
+        The quiet counts from the first such drop, not from the edge's last answer: an edge
+        that no frame is routed to is not silent.
+        """
+        if self._edge_waiting_s is None or not self._edge_recent_ms:
+            return False
+        quiet_s = SILENT_FACTOR * max(self._edge_recent_ms) / 1e3 + SILENT_MARGIN_S
+        return self.now_s - self._edge_waiting_s > quiet_s
 
     def frame_rate(self) -> float:
         """Frames per second over the newest frame records; 0 before two have come."""

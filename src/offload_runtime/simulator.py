@@ -267,10 +267,15 @@ class Simulation:
         base = self.robot.inference_time_ms(decision.edge_model, decision.edge_imgsz)
         if base is None:
             base = 100.0 * (decision.edge_imgsz / 640) ** 2
-        slowdown = self._faults(t).get('cpu_contention', {}).get('slowdown', 1.0)
+        faults = self._faults(t)
+        slowdown = faults.get('cpu_contention', {}).get('slowdown', 1.0)
         ms = self._spread(base * slowdown, 'edge', stamp)
+        start = t
+        if 'edge_stall' in faults:  # the worker hangs on this frame until the stall ends
+            start = max(int(f.end_s * 1e9) for f in self.scenario.active(t / 1e9)
+                        if f.kind == 'edge_stall')
         self._edge_busy = True
-        self._at(t + int(ms * MS), 'edge_done', stamp, decision, ms)
+        self._at(start + int(ms * MS), 'edge_done', stamp, decision, ms)
 
     def _on_edge_done(self, t: int, _current: Decision, stamp: int, decision: Decision,
                       ms: float) -> None:

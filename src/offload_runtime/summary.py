@@ -25,14 +25,16 @@ def summarize(records: Sequence[FrameRecord], wall_s: float) -> dict[str, Any]:
     Returns:
         ``frames``, ``results``, ``deadline_met``, ``drops`` (reason -> count, by the first
         source that did not just skip the frame, or the reason cut at its colon), ``sources``
-        (source -> results), ``p50``/``p95``/``p99`` (ms, None without results), ``fps``
-        (results per second), ``energy_j`` (mean robot energy per frame, None without) and
-        ``energy_measured`` (whether any of it was measured).
+        (source -> results), ``routes`` (route decided -> frames), ``p50``/``p95``/``p99``
+        (ms, None without results), ``fps`` (results per second), ``energy_j`` (mean robot
+        energy per frame, None without) and ``energy_measured`` (whether any was measured).
     """
     latencies = np.array([r.latency_ms for r in records if r.latency_ms is not None])
     drops: dict[str, int] = {}
     sources: dict[str, int] = {}
+    routes: dict[str, int] = {}
     for r in records:
+        routes[r.route] = routes.get(r.route, 0) + 1
         if r.dropped:
             key = _drop_key(r.drop_reason)
             drops[key] = drops.get(key, 0) + 1
@@ -42,6 +44,7 @@ def summarize(records: Sequence[FrameRecord], wall_s: float) -> dict[str, Any]:
         'frames': len(records), 'results': int(latencies.size),
         'deadline_met': int(sum(r.deadline_met for r in records)),
         'drops': dict(sorted(drops.items())), 'sources': dict(sorted(sources.items())),
+        'routes': dict(sorted(routes.items())),
         'fps': latencies.size / wall_s if wall_s > 0 else 0.0,
     }
     for q in (50, 95, 99):
@@ -99,6 +102,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [
         ('frames in', str(frames)),
         ('results', f'{summary["results"]} ({summary["fps"]:.1f}/s)'),
+        ('by route', ', '.join(f'{k} {v}' for k, v in summary.get('routes', {}).items()) or '-'),
         ('by source', ', '.join(f'{k} {v}' for k, v in summary['sources'].items()) or '-'),
         ('deadline met', f'{met} ({100.0 * met / frames:.1f} %)' if frames else '0'),
         ('dropped', str(sum(summary['drops'].values()))),

@@ -133,6 +133,41 @@ def test_predictive_leaves_an_edge_that_stopped_answering_and_its_probes_bring_i
     assert feed.plan().route is Route.EDGE
 
 
+def _superseded(feed: Feeder, n: int, answer_every: int = 0) -> None:
+    """Frames 100 ms apart on the edge route that the edge drops as superseded.
+
+    With ``answer_every``, every so many frames the edge still answers one (a busy edge).
+    """
+    for i in range(1, n + 1):
+        feed.t_s += 0.1
+        feed.plan()
+        if answer_every and i % answer_every == 0:
+            feed.edge(320, 15.0, n=1)
+            continue
+        feed.stamp += 1
+        feed.policy.observe_record(FrameRecord(
+            stamp_ns=feed.stamp, route='edge', sources=[],
+            drop_reason='cloud: not_sampled; edge: superseded'))
+
+
+def test_predictive_leaves_a_stuck_edge_that_supersedes_every_frame_but_not_a_busy_one(
+) -> None:
+    feed = Feeder(create_policy('predictive', _settings(weight_accuracy=0.0)))
+    feed.edge(320, 15.0)
+    feed.edge(640, 160.0)
+    feed.cloud(60.0, n=100)
+    # Busy: it drops two frames of three, but the one it takes it answers.
+    _superseded(feed, 30, answer_every=3)
+    assert feed.plan().route is Route.EDGE
+    # Stuck (a hung worker): it reports each new frame superseded and answers none. Its
+    # reports look like load, but nothing has come back for 20 times its answers' time.
+    _superseded(feed, 8)
+    plan = feed.plan()
+    assert plan.route is not Route.EDGE, plan.reason
+    feed.edge(320, 15.0, n=20)  # it answers again
+    assert feed.plan().route is Route.EDGE
+
+
 def test_predictive_reacts_to_a_bandwidth_drop_within_a_second() -> None:
     feed = Feeder(create_policy('predictive', _settings(accuracy_floor=40.0)))
     feed.edge(320, 40.0)

@@ -7,8 +7,9 @@ from offload_runtime.summary import cloud_answers, format_summary, summarize
 
 
 def _record(index: int, latency_ms: float | None = None, drop_reason: str = '',
-            source: str = '', energy_j: float | None = None) -> FrameRecord:
-    return FrameRecord(index=index, stamp_ns=index, frame_id='cam', route='edge',
+            source: str = '', energy_j: float | None = None,
+            route: str = 'edge') -> FrameRecord:
+    return FrameRecord(index=index, stamp_ns=index, frame_id='cam', route=route,
                        sources=[source] if source else [], result_source=source,
                        latency_ms=latency_ms, deadline_ms=250.0,
                        deadline_met=latency_ms is not None and latency_ms <= 250.0,
@@ -35,6 +36,15 @@ def test_quantiles_sources_and_energy() -> None:
     assert summary['energy_measured'] is False
     text = format_summary(summary)
     assert 'cloud 50, edge 50' in text and '101' in text
+
+
+def test_routes_count_every_frame_by_the_route_decided_whatever_answered() -> None:
+    records = [_record(0, 30.0, source='edge'), _record(1, 180.0, source='cloud', route='hedged'),
+               _record(2, drop_reason='cloud: overloaded', route='hedged'),
+               _record(3, 200.0, source='cloud', route='cloud')]
+    summary = summarize(records, 1.0)
+    assert summary['routes'] == {'cloud': 1, 'edge': 1, 'hedged': 2}
+    assert 'by route      cloud 1, edge 1, hedged 2' in format_summary(summary).splitlines()
 
 
 def test_the_table_shows_the_tracking_error_and_each_changes_lag() -> None:
