@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 
-from adaptive_offload import topics
+from adaptive_offload import graph, topics
 from adaptive_offload.params import load_params_file, node_params, resolve
 from cloud_bridge.bridge import PARAMETERS as CLOUD
 from edge_inference.inference import PARAMETERS as EDGE
@@ -23,7 +23,7 @@ NODES = {'edge_inference': EDGE, 'cloud_bridge': CLOUD, 'offload_manager': MANAG
          'health_monitor': HEALTH}
 ROS_MODULES = ('rclpy', 'launch', 'launch_ros', 'rosidl_runtime_py', 'rcl_interfaces',
                'builtin_interfaces', 'std_msgs', 'sensor_msgs', 'vision_msgs',
-               'diagnostic_msgs', 'geometry_msgs', 'cv_bridge')
+               'diagnostic_msgs', 'geometry_msgs', 'visualization_msgs', 'cv_bridge')
 ROS_GLUE = {'node.py', 'ros_interface.py'}
 
 
@@ -129,6 +129,12 @@ def test_foxglove_layout_shows_the_output_bags_topics() -> None:
         shown.add(path.split('.')[0])
     assert shown == {topics.CAMERA, topics.DETECTIONS, topics.FRAMES, topics.DECISION,
                      topics.DIAGNOSTICS, topics.HEALTH_FAULTS, topics.CLOUD_TELEMETRY}
+    # The published boxes are drawn over the camera image, matched to each frame by stamp.
+    image = layout['configById']['Image!camera']['imageMode']
+    [annotations] = image['annotations']
+    assert (annotations['topic'], annotations['schemaName']) == (
+        topics.ANNOTATIONS, graph.IMAGE_MARKER)
+    assert annotations['settings']['visible'] and image['synchronize']
 
 
 def _colcon() -> str:

@@ -66,6 +66,9 @@ class MessageTypes:
     VisionClass: Any
     LabelInfo: Any
     BatteryState: Any
+    ColorRGBA: Any
+    Duration: Any
+    ImageMarker: Any
     byte_array: Callable[[bytes], Any]
     float32_array: Callable[[Sequence[float]], Any]
 

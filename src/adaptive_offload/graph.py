@@ -22,6 +22,7 @@ LABEL_INFO = 'vision_msgs/msg/LabelInfo'
 STRING = 'std_msgs/msg/String'
 DIAGNOSTICS = 'diagnostic_msgs/msg/DiagnosticArray'
 BATTERY = 'sensor_msgs/msg/BatteryState'
+IMAGE_MARKER = 'visualization_msgs/msg/ImageMarker'
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ QOS: Mapping[str, QosSpec] = MappingProxyType({
 RECORD_KINDS = ('image', 'frame', 'arrival', 'decision', 'report', 'health_event',
                 'frame_record', 'fault', 'detections', 'battery')
 # How an output record becomes a message (see conversions.encode_output).
-OUTPUT_KINDS = ('detections', 'json', 'diagnostics', 'label_info', 'image')
+OUTPUT_KINDS = ('detections', 'json', 'diagnostics', 'label_info', 'image', 'image_marker')
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,8 @@ def offload_manager(image_topic: str, compressed: bool, edge_sources: Sequence[s
         (Port('decision', topics.DECISION, STRING, 'latched', 'json'),
          Port('detections', topics.DETECTIONS, DETECTIONS, 'result', 'detections'),
          Port('frames', topics.FRAMES, STRING, 'result', 'json'),
-         Port('annotated', topics.ANNOTATED, IMAGE, 'result', 'image')))
+         Port('annotated', topics.ANNOTATED, IMAGE, 'result', 'image'),
+         Port('annotations', topics.ANNOTATIONS, IMAGE_MARKER, 'result', 'image_marker')))
 
 
 def health_monitor(monitored_topics: Sequence[str], monitored_types: Sequence[str],

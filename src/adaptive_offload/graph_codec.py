@@ -16,6 +16,7 @@ from adaptive_offload.conversions import (detections_to_message, frame_to_messag
                                           message_to_detections, MessageTypes, stamp_to_ns)
 from adaptive_offload.datatypes import (Decision, FaultEvent, Frame, FrameRecord, HealthEvent,
                                         HealthStatus, InferenceReport, JsonRecord)
+from adaptive_offload.drawing import detections_to_image_marker
 from adaptive_offload.errors import ConversionError
 from adaptive_offload.graph import Port
 
@@ -96,6 +97,8 @@ def encode_output(types: MessageTypes, port: Port, record: Any) -> Any:
         return health_to_diagnostics(types, record.statuses, record.stamp_ns)
     if kind == 'label_info':
         return label_info_message(types, dict(record.names), record.threshold, record.stamp_ns)
+    if kind == 'image_marker':
+        return detections_to_image_marker(types, record)
     if kind == 'image':
         frame: Frame = record
         return frame_to_message(types, frame.image, frame.stamp_ns, frame.frame_id,

@@ -18,7 +18,7 @@ from adaptive_offload.graph import NodeGraph, Port, QOS
 from adaptive_offload.graph_codec import decode_input, encode_output
 from adaptive_offload.heap import frozen_start_up
 from adaptive_offload.params import ParameterSpec
-from builtin_interfaces.msg import Time
+from builtin_interfaces.msg import Duration, Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
@@ -32,10 +32,11 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosidl_runtime_py.utilities import get_message
 from sensor_msgs.msg import BatteryState, CompressedImage, Image
-from std_msgs.msg import Header, String
+from std_msgs.msg import ColorRGBA, Header, String
 from vision_msgs.msg import (BoundingBox2D, Detection2D, Detection2DArray, LabelInfo,
                              ObjectHypothesis, ObjectHypothesisWithPose, Point2D, Pose2D,
                              VisionClass)
+from visualization_msgs.msg import ImageMarker
 
 Targets = Mapping[str, Any]
 
@@ -50,6 +51,7 @@ def message_types() -> MessageTypes:
         Detection2D=Detection2D, Detection2DArray=Detection2DArray, KeyValue=KeyValue,
         DiagnosticStatus=DiagnosticStatus, DiagnosticArray=DiagnosticArray,
         VisionClass=VisionClass, LabelInfo=LabelInfo, BatteryState=BatteryState,
+        ColorRGBA=ColorRGBA, Duration=Duration, ImageMarker=ImageMarker,
         # rclpy checks every element of a plain sequence; an array('B') is taken as is.
         byte_array=lambda data: array.array('B', data),
         float32_array=lambda values: array.array('f', values))

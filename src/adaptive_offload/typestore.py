@@ -69,6 +69,9 @@ def message_types(store: Any) -> MessageTypes:
         VisionClass=t['vision_msgs/msg/VisionClass'],
         LabelInfo=t['vision_msgs/msg/LabelInfo'],
         BatteryState=t['sensor_msgs/msg/BatteryState'],
+        ColorRGBA=t['std_msgs/msg/ColorRGBA'],
+        Duration=t['builtin_interfaces/msg/Duration'],
+        ImageMarker=t['visualization_msgs/msg/ImageMarker'],
         byte_array=lambda data: np.frombuffer(data, dtype=np.uint8),
         float32_array=lambda values: np.asarray(values, dtype=np.float32),
     )

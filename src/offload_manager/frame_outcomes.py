@@ -20,6 +20,12 @@ class Outcome:
     record: FrameRecord
     result: DetectionSet | None
 
+    def shown(self) -> DetectionSet:
+        """Return the boxes a viewer draws over the frame: the result, or none for a drop."""
+        if self.result is not None:
+            return self.result
+        return DetectionSet(self.record.stamp_ns, self.record.frame_id, '', ())
+
 
 @dataclass
 class _Pending:

@@ -57,6 +57,7 @@ class OffloadManagerNode(Node):
         if outcome.result is not None:
             self._pubs.publish('detections', outcome.result)
         self._pubs.publish('frames', outcome.record)
+        self._pubs.publish('annotations', outcome.shown())
         image = self._annotator.render(outcome) if self._annotator is not None else None
         if image is not None:
             record = outcome.record

@@ -378,6 +378,7 @@ class Replay:
             if outcome.result is not None:
                 self._publish(out, 'offload_manager', 'detections', outcome.result, now)
             self._publish(out, 'offload_manager', 'frames', record, now)
+            self._publish(out, 'offload_manager', 'annotations', outcome.shown(), now)
         self._span[1] = self._clock()
 
     def _progress(self, now: int) -> None:

@@ -1,13 +1,16 @@
-"""Annotated images: boxes drawn in the source's colour, undecodable input tolerated."""
+"""Annotated images and image markers: boxes in the source's colour, bad input refused."""
 
 from __future__ import annotations
 
 from adaptive_offload.conversions import frame_to_message, MessageTypes
 from adaptive_offload.datatypes import Decision, Detection, DetectionSet, Route
-from adaptive_offload.drawing import annotate_message, colour_of
+from adaptive_offload.drawing import annotate_message, colour_of, detections_to_image_marker
+from adaptive_offload.errors import ConversionError
+from adaptive_offload.typestore import message_types
 import numpy as np
 from offload_manager.annotate import Annotator
 from offload_manager.frame_outcomes import Arbiter
+import pytest
 
 
 def test_boxes_are_drawn_in_the_source_colour(types: MessageTypes) -> None:
@@ -33,3 +36,33 @@ def test_annotator_draws_each_outcome_once_on_its_own_image(types: MessageTypes)
     image = annotator.render(outcomes[1])
     assert image is not None and tuple(image[5, 15]) == colour_of('edge')
     assert annotator.render(outcomes[1]) is None  # drawn once
+
+
+def test_an_image_marker_outlines_each_box_in_its_sources_colour_and_round_trips(
+        store: object) -> None:
+    t = message_types(store)
+    dets = DetectionSet(3_000_000_001, 'cam', 'cloud',
+                        (Detection(10, 20, 50, 40, 0.9, 'a'), Detection(0, 0, 5, 5, 0.4, 'b')))
+    msg = store.deserialize_cdr(  # type: ignore[attr-defined]
+        store.serialize_cdr(  # type: ignore[attr-defined]
+            detections_to_image_marker(t, dets), 'visualization_msgs/msg/ImageMarker'),
+        'visualization_msgs/msg/ImageMarker')
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == (
+        3, 1, 'cam')
+    assert msg.type == 2 and len(msg.points) == 16  # LINE_LIST: 4 segments a box
+    segments = {((a.x, a.y), (b.x, b.y)) for a, b in zip(msg.points[0::2], msg.points[1::2])}
+    assert {((10, 20), (50, 20)), ((50, 20), (50, 40)), ((50, 40), (10, 40)),
+            ((10, 40), (10, 20))} <= segments
+    b, g, r = colour_of('cloud')
+    assert len(msg.outline_colors) == 8  # one colour a segment
+    assert (round(msg.outline_color.r * 255), round(msg.outline_color.g * 255),
+            round(msg.outline_color.b * 255)) == (r, g, b)
+
+
+def test_a_dropped_frame_gets_an_empty_marker_and_a_bad_box_is_refused(
+        types: MessageTypes) -> None:
+    empty = detections_to_image_marker(types, DetectionSet(7, 'cam', '', ()))
+    assert len(empty.points) == 0 and empty.header.stamp.nanosec == 7
+    bad = DetectionSet(7, 'cam', 'edge', (Detection(0, 0, float('nan'), 5, 0.4, 'b'),))
+    with pytest.raises(ConversionError):
+        detections_to_image_marker(types, bad)

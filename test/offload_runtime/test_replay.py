@@ -65,6 +65,10 @@ def test_300_frames_give_300_records_and_a_complete_output_bag(
     # results keep the source image's header
     images = _messages(tmp_path / 'out', '/camera/image_raw')
     assert [f.header.stamp for f in fused] == [i.header.stamp for i in images]
+    # Each frame's boxes are drawn over it in a viewer: one marker a frame, on its stamp.
+    markers = _messages(tmp_path / 'out', '/offload/annotations')
+    assert [m.header.stamp for m in markers] == [i.header.stamp for i in images]
+    assert all(len(m.points) == 8 for m in markers)  # the fake backend's one box
     assert len(_messages(tmp_path / 'out', '/edge/telemetry')) == 300
     assert _messages(tmp_path / 'out', '/offload/decision')
     diagnostics = _messages(tmp_path / 'out', '/diagnostics')
