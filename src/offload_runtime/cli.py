@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
 
-from offload_runtime.cli_args import (EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_USAGE,
-                                      non_negative, non_negative_int, Parser)
+from offload_runtime.cli_args import (architectures, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK,
+                                      EXIT_USAGE, non_negative, non_negative_int, Parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,11 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="URL of a V2 inference service (default: the params file's); "
                              '"embedded", or no URL at all: cloud policies start the service '
                              'embedded on loopback')
-    replay.add_argument('--cloud-arch', default=COMPACT_ARCH,
-                        help='architecture of the embedded service (default: that of '
-                             'the shipped model)')
+    replay.add_argument('--cloud-arch', type=architectures, default=[(COMPACT_ARCH, None)],
+                        help='architecture of the embedded service (default: that of the '
+                             'shipped model), or several, ARCH[=CHECKPOINT],..., most '
+                             'preferred first: it serves the first that answers within the '
+                             'deadline on this machine, else the fastest')
     replay.add_argument('--cloud-checkpoint', default=None,
-                        help='checkpoint of the embedded service (default: the shipped one '
+                        help='checkpoint of a single --cloud-arch (default: the shipped one '
                              'for the shipped architecture, else none); "": random weights')
     replay.add_argument('--scenario', type=Path,
                         help='fault scenario (YAML) injected into the run (config/scenarios/)')
@@ -196,15 +198,15 @@ def _replay(args: argparse.Namespace) -> int:
     from offload_runtime.accuracy_tracking import TrackingSettings
     from offload_runtime.interrupts import SignalStop
     from offload_runtime.replay import Replay, ReplayOptions
-    from rcnn_service.service import ServiceConfig
     from fault_injection.scenario import load_scenario
 
+    services = _cloud_services(args)
     options = ReplayOptions(
         bag=args.bag, out=args.out, rate=args.rate, max_frames=args.max_frames, topic=args.topic,
         params=load_params_file(args.params) if args.params else {},
         params_file=str(args.params or ''),
         overrides=_overrides(args), distro=args.distro,
-        service=ServiceConfig(arch=args.cloud_arch, checkpoint=_cloud_checkpoint(args)),
+        service=services[0], service_alternatives=tuple(services[1:]),
         scenario=load_scenario(args.scenario) if args.scenario else None,
         injector=args.injector,
         tracking=TrackingSettings(args.tracking_window, args.tracking_step),
@@ -230,10 +232,17 @@ def _replay(args: argparse.Namespace) -> int:
         return stopper.exit_code or EXIT_INTERRUPTED
 
 
-def _cloud_checkpoint(args: argparse.Namespace) -> str:
+def _cloud_services(args: argparse.Namespace) -> list[Any]:
+    """Return the embedded service's configurations, one per --cloud-arch, in order."""
     from offload_runtime.train_cli import checkpoint_for
+    from rcnn_service.service import ServiceConfig
 
-    return checkpoint_for(args.cloud_arch, args.cloud_checkpoint)
+    if len(args.cloud_arch) > 1 and args.cloud_checkpoint is not None:
+        raise ConfigError('--cloud-checkpoint names the checkpoint of a single --cloud-arch; '
+                          'with several, write each as ARCH=CHECKPOINT')
+    return [ServiceConfig(arch=arch, checkpoint=checkpoint_for(
+        arch, args.cloud_checkpoint if checkpoint is None else checkpoint))
+        for arch, checkpoint in args.cloud_arch]
 
 
 def _print_result(args: argparse.Namespace, result: Any) -> None:

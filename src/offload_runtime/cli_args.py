@@ -48,3 +48,20 @@ def above_zero(kind: Callable[[str], Any]) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f'{text} is not above 0')
         return value
     return parse
+
+
+def architectures(text: str) -> list[tuple[str, str | None]]:
+    """Parse ``ARCH[=CHECKPOINT],...``: (architecture, checkpoint or None) in the given order.
+
+    Raises:
+        argparse.ArgumentTypeError: For an empty entry or an architecture named twice.
+    """
+    out: list[tuple[str, str | None]] = []
+    for entry in text.split(','):
+        arch, eq, checkpoint = (part.strip() for part in entry.partition('='))
+        if not arch:
+            raise argparse.ArgumentTypeError(f'empty architecture in {text!r}')
+        if arch in (a for a, _ in out):
+            raise argparse.ArgumentTypeError(f'architecture {arch!r} named twice')
+        out.append((arch, checkpoint if eq else None))
+    return out

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
+import functools
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from adaptive_offload.errors import AdaptiveOffloadError, BackendError
+from adaptive_offload.errors import BackendError
 import numpy as np
-from rcnn_service.input_size import CANDIDATES, fit_input_size
+from rcnn_service.input_size import fit_architecture
+from rcnn_service.rcnn_detector import RcnnDetector
 from rcnn_service.service import InferenceService, ServiceConfig
 
 # Of the deadline, what the model may take of a frame: the rest is the JPEG, the transport,
@@ -21,6 +23,12 @@ def _quiet(line: str) -> None:
     """Say nothing."""
 
 
+def _load(config: ServiceConfig) -> RcnnDetector:
+    """Load the detector of ``config`` (raises what :class:`RcnnDetector` raises)."""
+    return RcnnDetector(config.arch, config.checkpoint, config.device, config.score_threshold,
+                        config.threads)
+
+
 class EmbeddedService:
     """Start the V2 service on a free loopback port.
 
@@ -30,28 +38,33 @@ class EmbeddedService:
             loaded here and timed at each candidate size, and serves at the largest whose
             time fits :data:`BUDGET_SHARE` of it (the smallest if none does); 0 keeps the
             architecture's own size and loads the model in the background.
-        status: Told in one line which size was chosen and why, or that none fits.
+        status: Told in one line which architecture and size were chosen and why, or that
+            none fits.
+        alternatives: Other architectures (and their checkpoints) to fall back on, in order,
+            when ``config``'s has no size within the deadline here; the fastest serves when
+            none has. Timed only with a deadline.
 
     Raises:
-        BackendError: If the model does not load (when it is timed here).
+        BackendError: If no model loads (when they are timed here).
     """
 
     def __init__(self, config: ServiceConfig, deadline_ms: float = 0.0,
-                 status: Callable[[str], Any] = _quiet) -> None:
+                 status: Callable[[str], Any] = _quiet,
+                 alternatives: Sequence[ServiceConfig] = ()) -> None:
         detector = None
         if deadline_ms > 0 and not config.input_size:
-            from rcnn_service.rcnn_detector import RcnnDetector
-
-            try:
-                detector = RcnnDetector(config.arch, config.checkpoint, config.device,
-                                        config.score_threshold, config.threads)
-            except AdaptiveOffloadError as err:
-                raise BackendError(f'embedded cloud service: {err}') from err
+            configs = {c.arch: c for c in (config, *alternatives)}
             noise = np.random.default_rng(0).integers(0, 255, (*CAMERA, 3), np.uint8)
-            fit = fit_input_size(detector, BUDGET_SHARE * deadline_ms, noise)
-            detector.set_input_size(fit.size or min(CANDIDATES))
-            config = replace(config, input_size=detector.input_size)
-            status(fit.describe(config.arch, deadline_ms))
+            chosen, detector = fit_architecture(
+                [(arch, functools.partial(_load, c)) for arch, c in configs.items()],
+                BUDGET_SHARE * deadline_ms, noise)
+            if detector is None:
+                raise BackendError('embedded cloud service: ' + '; '.join(
+                    str(why) if len(configs) == 1 else f'{arch}: {why}'
+                    for arch, why in chosen.tried))
+            config = replace(configs[chosen.arch], input_size=detector.input_size)
+            status(chosen.describe(deadline_ms))
+        self.arch = config.arch
         self.input_size = config.input_size
         self._service = InferenceService(replace(config, host='127.0.0.1', port=0), detector)
         threading.Thread(target=self._service.serve_forever, name='service',

@@ -86,7 +86,8 @@ class Replay:
             self._scorer = RunScorer(truth)
             self.graph = ReplayGraph(
                 options.params, options.overrides, options.params_file, self._input.topic,
-                backend_factory, clock, options.service, self._rig, options.scenario,
+                backend_factory, clock, (options.service, *options.service_alternatives),
+                self._rig, options.scenario,
                 lambda node, outputs: self._events.put(('out', (node, outputs))), status)
             self._tracking = TrackingCollector(truth, self.graph.edge_source)
         except BaseException:

@@ -8,7 +8,7 @@ handler takes it as the node's would. Records pass as they are; only the bag get
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from adaptive_offload import graph
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
@@ -72,7 +72,8 @@ class ReplayGraph:
         input_topic: The camera topic the bag is played on.
         backend_factory: Builds the edge detector.
         clock: Monotonic nanosecond clock.
-        service: The embedded service started when a cloud policy has no URL.
+        services: The embedded service started when a cloud policy has no URL: the first
+            architecture, or the next that answers within the deadline on this machine.
         rig: The fault rig of the run, if a scenario is injected.
         scenario: The scenario (to refuse cloud faults a policy never meets).
         publish: Called by the workers' emitters, from their threads, with the node and one
@@ -87,11 +88,13 @@ class ReplayGraph:
     def __init__(self, params: Mapping[str, Mapping[str, Any]],
                  overrides: Mapping[str, Mapping[str, Any]], params_source: str,
                  input_topic: str, backend_factory: BackendFactory, clock: Callable[[], int],
-                 service: ServiceConfig, rig: FaultRig | None, scenario: Scenario | None,
+                 services: Sequence[ServiceConfig], rig: FaultRig | None,
+                 scenario: Scenario | None,
                  publish: Publish, status: Callable[[str], Any] = quiet) -> None:
         def values(node: str) -> dict[str, Any]:
             return node_values(params, overrides, node)
 
+        service = services[0]
         edge_cfg = configure('edge_inference', EdgeConfig.from_params, values('edge_inference'),
                              params_source)
         manager_cfg = configure('offload_manager', ManagerConfig.from_params,
@@ -146,13 +149,21 @@ class ReplayGraph:
         try:
             if embedded:
                 # The embedded default: the real service on loopback, for this run only.
-                status(f'starting the cloud service on loopback ({service.arch}); '
+                status(f'starting the cloud service on loopback '
+                       f'({", ".join(s.arch for s in services)}); '
                        '--cloud URL uses one already running')
-                if rig and rig.runs_service:
+                if rig and rig.runs_service:  # a process of its own: the first architecture
                     url = rig.start_service(replace(service, port=0))
                 else:
-                    self.service = EmbeddedService(service, manager_cfg.deadline_ms, status)
+                    self.service = EmbeddedService(service, manager_cfg.deadline_ms, status,
+                                                   services[1:])
                     url = self.service.url
+                    if self.service.arch != manager_cfg.cloud_model:
+                        # Another architecture serves: its accuracy prior is the one to use.
+                        manager_cfg = replace(manager_cfg, cloud_model=self.service.arch)
+                        self.manager = OffloadManager(manager_cfg)
+                        self.targets['offload_manager'] = {'*': self.manager,
+                                                           'faults': self.faults}
                 token = service.tokens[0] if service.tokens else ''
                 cloud_values = {**cloud_values, 'url': url, 'token': token,
                                 'model': service.model_name}

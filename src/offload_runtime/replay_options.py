@@ -30,6 +30,8 @@ class ReplayOptions:
         progress: Show a progress line on stderr.
         service: The embedded cloud service started when a cloud policy has no
             ``cloud_bridge`` url (host and port are always loopback and free).
+        service_alternatives: Architectures (and checkpoints) the embedded service falls
+            back on, in order, when ``service``'s cannot answer within the deadline here.
         service_timeout_s: Longest wait for the embedded service to be ready.
         scenario: Faults injected into the run, timed from its start; each is measured (time
             to detect and recover, frames late and dropped).
@@ -49,6 +51,7 @@ class ReplayOptions:
     distro: str = 'jazzy'
     progress: bool = False
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    service_alternatives: tuple[ServiceConfig, ...] = ()
     service_timeout_s: float = 300.0
     scenario: Scenario | None = None
     injector: str = 'client'

@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 
+from adaptive_offload.errors import ConfigError
 from adaptive_offload.package_files import shipped_model
-from offload_runtime.cli import _cloud_checkpoint, _overrides, build_parser, main
+from offload_runtime.cli import _cloud_services, _overrides, build_parser, main
 from offload_runtime.train_cli import CLOUD_FILE
 import pytest
 from rcnn_service.compact_rcnn import COMPACT_ARCH
@@ -108,15 +109,26 @@ def test_replay_defaults_to_the_shipped_models() -> None:
     def parse(*argv: str) -> argparse.Namespace:
         return build_parser().parse_args(['replay', 'in', '--out', 'o', *argv])
 
+    def checkpoints(*argv: str) -> list[tuple[str, str]]:
+        return [(s.arch, s.checkpoint) for s in _cloud_services(parse(*argv))]
+
     args = parse('--cloud', 'embedded', '--model', 'models/yolov8n-shapes.pt')
-    assert args.cloud_arch == COMPACT_ARCH
-    assert _cloud_checkpoint(args) == str(shipped_model(CLOUD_FILE))
+    assert checkpoints() == [(COMPACT_ARCH, str(shipped_model(CLOUD_FILE)))]
     overrides = _overrides(args)
     assert overrides['offload_manager']['edge_model'] == 'yolov8n-shapes'
     assert overrides['edge_inference']['model_name'] == 'yolov8n-shapes'
     # Another architecture has no shipped weights; "" asks for random ones.
-    assert _cloud_checkpoint(parse('--cloud-arch', 'fasterrcnn_mobilenet_v3_large_fpn')) == ''
-    assert _cloud_checkpoint(parse('--cloud-checkpoint', '')) == ''
+    assert checkpoints('--cloud-arch', 'fasterrcnn_mobilenet_v3_large_fpn') == [
+        ('fasterrcnn_mobilenet_v3_large_fpn', '')]
+    assert checkpoints('--cloud-checkpoint', '') == [(COMPACT_ARCH, '')]
+    # Several, most preferred first, each with its own checkpoint or the default one.
+    assert checkpoints('--cloud-arch', f'maskrcnn_resnet50_fpn=/w/mask.pth,{COMPACT_ARCH}') == [
+        ('maskrcnn_resnet50_fpn', '/w/mask.pth'), (COMPACT_ARCH, str(shipped_model(CLOUD_FILE)))]
+    with pytest.raises(ConfigError, match='ARCH=CHECKPOINT'):
+        _cloud_services(parse('--cloud-arch', f'a,{COMPACT_ARCH}', '--cloud-checkpoint', 'x'))
+    for bad in ('a,,b', 'a,a=x'):
+        with pytest.raises(SystemExit):
+            parse('--cloud-arch', bad)
     assert 'MODEL ?= models/yolov8n-shapes.pt' in Path('Makefile').read_text()
 
 
