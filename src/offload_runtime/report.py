@@ -20,16 +20,20 @@ from typing import Any, Sequence
 
 from adaptive_offload import topics
 from adaptive_offload.conversions import image_to_frame, message_to_detections, stamp_to_ns
-from adaptive_offload.datatypes import Detection, FaultEvent, FrameRecord, InferenceReport
+from adaptive_offload.datatypes import (Detection, FaultEvent, FrameRecord, HealthEvent,
+                                        InferenceReport)
 from adaptive_offload.drawing import colour_of, draw
 from adaptive_offload.errors import BagError, ConversionError
 from adaptive_offload.typestore import make_typestore
 import cv2
+from fault_injection.fault_measures import measure
+from fault_injection.scenario import Fault, Scenario
 import numpy as np
 from offload_runtime.summary import cloud_answers, summarize, summary_rows
 
 IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
 DETECTIONS_TYPE = 'vision_msgs/msg/Detection2DArray'
+STRING_TYPE = 'std_msgs/msg/String'
 LEVELS = ('OK', 'WARN', 'ERROR', 'STALE')
 LEVEL_COLOURS = ('#3a9a3a', '#e0a000', '#d03030', '#8a8a8a')
 STRIP_WIDTH = 320  # pixels of each frame in the strip
@@ -43,6 +47,8 @@ class RunData:
     duration_s: float
     records: list[tuple[float, FrameRecord]] = field(default_factory=list)
     reports: list[InferenceReport] = field(default_factory=list)
+    timed_reports: list[tuple[float, InferenceReport]] = field(default_factory=list)
+    events: list[tuple[float, HealthEvent]] = field(default_factory=list)
     faults: list[tuple[float, float, str]] = field(default_factory=list)
     diagnostics: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     boxes: dict[int, dict[str, tuple[Detection, ...]]] = field(default_factory=dict)
@@ -77,9 +83,14 @@ def read_run(bag: Path, frames: int = 8) -> RunData:
             if conn.topic == topics.FRAMES:
                 data.records.append((t_s, FrameRecord.from_json(
                     store.deserialize_cdr(raw, conn.msgtype).data)))
-            elif conn.topic == topics.CLOUD_TELEMETRY:
-                data.reports.append(InferenceReport.from_json(
-                    store.deserialize_cdr(raw, conn.msgtype).data))
+            elif conn.topic.endswith('/telemetry') and conn.msgtype == STRING_TYPE:
+                report = InferenceReport.from_json(store.deserialize_cdr(raw, conn.msgtype).data)
+                data.timed_reports.append((t_s, report))
+                if conn.topic == topics.CLOUD_TELEMETRY:
+                    data.reports.append(report)
+            elif conn.topic == topics.HEALTH_EVENTS:
+                data.events.append((t_s, HealthEvent.from_json(
+                    store.deserialize_cdr(raw, conn.msgtype).data)))
             elif conn.topic == topics.HEALTH_FAULTS:
                 event = FaultEvent.from_json(store.deserialize_cdr(raw, conn.msgtype).data)
                 if event.phase == 'start':
@@ -266,6 +277,20 @@ def _page(title: str, body: str) -> str:
             f'<h1>{html.escape(title)}</h1>{body}</body></html>')
 
 
+def _fault_rows(data: RunData) -> list[tuple[str, ...]]:
+    """Each fault with how soon it was seen and served again, measured as the replay does."""
+    def ms(value: float | None) -> str:
+        return '-' if value is None else f'{value * 1e3:.0f} ms'
+
+    faults = sorted(data.faults)
+    scenario = Scenario(data.name, tuple(Fault(kind, start, end - start)
+                                         for start, end, kind in faults))
+    measures = measure(scenario, data.records, data.timed_reports, data.events)
+    return [(m.kind, f'{start:.1f} s', f'{end:.1f} s', ms(m.detect_s), ms(m.diagnosed_s),
+             ms(m.recover_s), str(m.late), str(m.dropped))
+            for (start, end, _), m in zip(faults, measures)]
+
+
 def render(data: RunData) -> str:
     """Return the page of one run as HTML."""
     records = [r for _, r in data.records]
@@ -273,9 +298,10 @@ def render(data: RunData) -> str:
     summary['cloud'] = cloud_answers(data.reports)
     parts = ['<h2>Summary</h2>', _table(summary_rows(summary))]
     if data.faults:
-        parts += ['<h2>Faults injected</h2>', _table(
-            [(kind, f'{start:.1f} s', f'{end:.1f} s') for start, end, kind in data.faults],
-            ('fault', 'from', 'to'))]
+        parts += ['<h2>Faults injected</h2>', _table(_fault_rows(data),
+                                                     ('fault', 'from', 'to', 'detected',
+                                                      'on /diagnostics', 'recovered', 'late',
+                                                      'dropped'))]
     for title, uri in _plots(data):
         label = html.escape(title)
         parts += [f'<h2>{label}</h2>', f'<img src="{uri}" alt="{label}">']
