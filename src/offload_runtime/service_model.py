@@ -30,6 +30,7 @@ from typing import Callable, Protocol
 
 from adaptive_offload.errors import ConfigError
 from offload_runtime.service_settings import ServiceSettings
+from rcnn_service.batching import capacity_per_s
 from rcnn_service.fair_queue import BatchTimes, FairQueue, Ticket
 from rcnn_service.guard import Overloaded
 
@@ -80,6 +81,7 @@ class Window:
     """What the service did since the last sample (the metrics an autoscaler scrapes)."""
 
     arrivals: int = 0
+    offered: int = 0
     refusals: int = 0
     answers: int = 0
     started: int = 0
@@ -101,6 +103,12 @@ class ServiceSample:
         ready: Replicas ready now.
         spec: Replicas asked for now.
         capacity_per_s: Requests a second one replica serves in time (from its profile).
+        offered_per_s: Requests a second that reached a ready replica's admission, admitted or
+            refused: what the replicas' ``adaptive_offload_offered_total`` counters count.
+            Requests no replica saw (none routed, or sent into a lost zone) are not in it.
+        ready_capacity_per_s: Images a second the ready replicas compute together, each at
+            its best batch size by its own measured batch times: the sum of their
+            ``adaptive_offload_capacity_images_per_second`` gauges (0: none ready).
     """
 
     t_s: float
@@ -112,6 +120,8 @@ class ServiceSample:
     ready: int
     spec: int
     capacity_per_s: float
+    offered_per_s: float = 0.0
+    ready_capacity_per_s: float = 0.0
 
 
 Schedule = Callable[..., None]
@@ -283,6 +293,7 @@ class ServiceModel:
             return  # black-holed: the robot's own timeout ends it
         now = t_ns / 1e9
         ticket: Ticket[Request, None] = Ticket(request, request.robot, now, now + budget_s)
+        self.window.offered += 1
         try:
             evicted = replica.queue.push(ticket, now)
         except Overloaded as err:
@@ -349,9 +360,11 @@ class ServiceModel:
         seconds = max(1e-9, t_s - self._window_start)
         ready = self.ready()
         w = self.window
+        capacity = sum(capacity_per_s(r.times, self.s.max_batch)
+                       for r in self.replicas if r.state == READY)
         out = ServiceSample(t_s, seconds, w.arrivals / seconds, w.refusals / seconds,
                             w.waited_s / max(1, w.started), w.busy_s / (seconds * max(1, ready)),
-                            ready, self.spec, self.capacity_per_s)
+                            ready, self.spec, self.capacity_per_s, w.offered / seconds, capacity)
         self.window = Window()
         self._window_start = t_s
         return out

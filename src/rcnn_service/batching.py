@@ -8,7 +8,8 @@ that raises fails only if every image fails alone too.
 
 The queue (:mod:`rcnn_service.fair_queue`) is bounded, serves robots in turn, and refuses a
 request that cannot finish within its budget, at once or when its batch forms; the time each
-batch took is measured here and feeds its estimates.
+batch took is measured here and feeds its estimates, and the pod's capacity
+(:func:`capacity_per_s`) that the autoscaler divides the offered load by.
 """
 
 from __future__ import annotations
@@ -25,6 +26,27 @@ In = TypeVar('In')
 Out = TypeVar('Out')
 
 
+def capacity_per_s(times: BatchTimes, max_batch: int) -> float:
+    """Return the images a second a model computes at its best batch size up to ``max_batch``.
+
+    The rate is the one admission plans with (each size's estimate: its smoothed time plus
+    twice its deviation), so a model whose batch times jitter counts for less than its mean.
+    Between and beyond the sizes timed the estimate is linear or per image, so the best rate
+    is always at a timed size: usually the full batch that :meth:`AdaptiveBatcher.calibrate`
+    times.
+
+    Args:
+        times: Measured batch times.
+        max_batch: Largest batch the model runs.
+
+    Returns:
+        Images a second; 0 while no batch has been timed (unknown, not idle).
+    """
+    rates = [size / seconds for size in range(1, max_batch + 1)
+             if (seconds := times.estimate(size)) > 0]
+    return max(rates, default=0.0)
+
+
 class AdaptiveBatcher(Generic[In, Out]):
     """Runs ``run_batch`` on batches taken fairly from the requests that queued.
 
@@ -37,6 +59,8 @@ class AdaptiveBatcher(Generic[In, Out]):
         on_refusal: Called with every request refused after it was queued (pushed out or
             expired), outside the lock (metrics).
         clock: Monotonic seconds; the budgets and batch times are measured on it.
+        on_offer: Called once for every request that reaches admission, before it is
+            admitted or refused (metrics: the offered load).
 
     Raises:
         ConfigError: For a batch size below 1, a negative wait, or a queue smaller than one
@@ -47,7 +71,8 @@ class AdaptiveBatcher(Generic[In, Out]):
                  max_wait_ms: float = 0.0,
                  on_batch: Callable[[int], None] | None = None, max_queue: int = 0,
                  on_refusal: Callable[[Overloaded], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_offer: Callable[[], None] | None = None) -> None:
         if max_batch < 1 or max_wait_ms < 0 or max_queue < 0:
             raise ConfigError(f'need max_batch >= 1, max_wait_ms >= 0 and max_queue >= 0, got '
                               f'{max_batch}, {max_wait_ms}, {max_queue}')
@@ -61,6 +86,7 @@ class AdaptiveBatcher(Generic[In, Out]):
         self._closed = False
         self._on_batch = on_batch
         self._on_refusal = on_refusal
+        self._on_offer = on_offer
         self._clock = clock
         self._thread = threading.Thread(target=self._loop, name='batcher', daemon=True)
         self._thread.start()
@@ -82,6 +108,12 @@ class AdaptiveBatcher(Generic[In, Out]):
             seconds = self._clock() - start
             with self._cond:
                 self.times.observe(size, seconds)  # time unknown: the first request measures
+
+    @property
+    def capacity(self) -> float:
+        """Images a second the model computes at its best batch size (0 until timed)."""
+        with self._cond:  # the worker adds batch sizes to the times as they run
+            return capacity_per_s(self.times, self.max_batch)
 
     @property
     def alive(self) -> bool:
@@ -113,6 +145,8 @@ class AdaptiveBatcher(Generic[In, Out]):
             now = self._clock()
             ticket: Ticket[In, Out] = Ticket(item, robot or ANONYMOUS, now,
                                              None if budget_s is None else now + budget_s)
+            if self._on_offer is not None:  # before push, which may refuse it
+                self._on_offer()
             evicted = self._queue.push(ticket, now)
             self._cond.notify()
         for other in evicted:

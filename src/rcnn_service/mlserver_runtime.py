@@ -134,11 +134,12 @@ class RcnnRuntime(MLModel):
             cfg.input_size))
         metrics = _load_metrics()
         batcher = AdaptiveBatcher(detector.detect, cfg.max_batch, cfg.batch_wait_ms,
-                                  metrics.batch_size.observe, cfg.max_queue, metrics.refused)
+                                  metrics.batch_size.observe, cfg.max_queue, metrics.refused,
+                                  on_offer=metrics.offered.inc)
         await asyncio.get_running_loop().run_in_executor(
             None, batcher.calibrate, calibration_frame())
         self._batcher = batcher
-        metrics.watch(lambda: self._batcher.depth)
+        metrics.watch(lambda: self._batcher.depth, lambda: self._batcher.capacity)
         LOG.info('model %s ready: %s on %s', self.name, cfg.arch, cfg.device)
         return True
 

@@ -109,7 +109,8 @@ class InferenceService:
         self.tokens = Tokens(config.tokens)
         self._registry = CollectorRegistry()
         self.load = ServiceMetrics(self._registry)
-        self.load.watch(lambda: self._batcher.depth if self._batcher else 0)
+        self.load.watch(lambda: self._batcher.depth if self._batcher else 0,
+                        lambda: self._batcher.capacity if self._batcher else 0.0)
         self._rejections = RejectionLog(LOG)
         # Requests wait for the model in these threads (one each), never on the event loop.
         self._executor = ThreadPoolExecutor(_WORKERS, thread_name_prefix='request')
@@ -139,7 +140,7 @@ class InferenceService:
         cfg = self.config
         batcher = AdaptiveBatcher(detector.detect, cfg.max_batch, cfg.batch_wait_ms,
                                   self.load.batch_size.observe, cfg.max_queue,
-                                  self.load.refused)
+                                  self.load.refused, on_offer=self.load.offered.inc)
         batcher.calibrate(calibration_frame())
         self._batcher = batcher
 

@@ -6,6 +6,15 @@ were useful (``goodput_total``: computed within their budget) and how many reque
 because it could not answer in time (``refusals_total``, by reason and robot). CPU utilisation
 says little of it: a GPU-bound process shows one busy core whether its queue is empty or
 overflowing.
+
+What the autoscaler sizes the service by: the load offered to a pod against what it can
+compute. ``offered_total`` counts every request that reached admission, once, whatever its
+fate (answered in or after its budget, refused at once, or later pushed out or expired);
+``capacity_images_per_second`` is the images a second the pod computes at its best batch size,
+from the batch times it measured at start and keeps measuring. Their ratio,
+``rate(offered_total) / capacity``, is the pod's offered utilisation (1: offered exactly what
+it can compute). Requests refused before admission (malformed, unauthorised, model not ready)
+are not offered load.
 """
 
 from __future__ import annotations
@@ -44,12 +53,29 @@ class ServiceMetrics:
         self.refusals = Counter('adaptive_offload_refusals',
                                 'Requests refused for lack of time or room, by reason and robot',
                                 ['reason', 'robot'], registry=registry)
+        self.offered = Counter('adaptive_offload_offered',
+                               'Requests that reached admission, admitted or refused',
+                               registry=registry)
+        self.capacity = Gauge('adaptive_offload_capacity_images_per_second',
+                              'Images a second the model computes at its best batch size, from '
+                              'its measured batch times (0 until measured)', registry=registry)
         self._robots: set[str] = set()
         self._lock = threading.Lock()
 
-    def watch(self, depth: Callable[[], int]) -> None:
-        """Read the queue depth from ``depth`` at each scrape."""
+    def watch(self, depth: Callable[[], int],
+              capacity: Callable[[], float] = lambda: 0.0) -> None:
+        """Read the queue depth and the capacity at each scrape.
+
+        Read, not set: the batch times are measured again with every batch, so the capacity
+        exported is always that of the newest times.
+
+        Args:
+            depth: Requests waiting now.
+            capacity: Images a second the model computes (e.g.
+                :attr:`rcnn_service.batching.AdaptiveBatcher.capacity`); 0 until measured.
+        """
         self.queue_depth.set_function(depth)
+        self.capacity.set_function(capacity)
 
     def answered(self, queue_wait_s: float, in_budget: bool) -> None:
         """Count an answer computed for a request."""

@@ -8,17 +8,20 @@ import random
 from adaptive_offload.errors import ConfigError
 from offload_runtime.autoscalers import (HpaSettings, LearnedScaler, make_scaler,
                                          PredictiveScaler, ReactiveHpa, spare_for)
-from offload_runtime.service_model import ServiceSample
+from offload_runtime.service_model import Request, ServiceModel, ServiceSample
 from offload_runtime.service_settings import ServiceSettings
+from offload_runtime.simulator import EventQueue
 import pytest
 
 SERVICE = ServiceSettings(replicas=2, min_replicas=1, max_replicas=20, first_ms=50.0)
 
 
 def _sample(t_s: float, spec: int, ready: int | None = None, wait_s: float = 0.05,
-            refusals: float = 0.0, arrivals: float = 10.0) -> ServiceSample:
+            refusals: float = 0.0, arrivals: float = 10.0, offered: float = 0.0,
+            capacity: float = 0.0) -> ServiceSample:
+    """Return a scrape; ``capacity`` 0: no pod exports one, so no offered utilisation."""
     return ServiceSample(t_s, 15.0, arrivals, refusals, wait_s, 0.5,
-                         spec if ready is None else ready, spec, 10.0)
+                         spec if ready is None else ready, spec, 10.0, offered, capacity)
 
 
 def _hpa() -> ReactiveHpa:
@@ -42,6 +45,48 @@ def test_pods_not_ready_count_as_idle_when_scaling_up() -> None:
     # One of two pods starting: the ready one's 2x wait is 1x over both; nothing to add.
     assert _hpa().desired(_sample(15, 2, ready=1, wait_s=0.1)) == 2
     assert _hpa().desired(_sample(15, 2, ready=1, wait_s=0.15)) == 3
+
+
+def test_the_hpa_scales_on_offered_utilisation_while_wait_and_refusals_are_on_target() -> None:
+    # Two ready pods computing 20 images/s together; the wait is a fifth of its target.
+    quiet = {'wait_s': 0.01, 'refusals': 0.0, 'capacity': 20.0}
+    assert _hpa().desired(_sample(15, 2, offered=30.0, **quiet)) == 4  # 1.5x: 2.1x the pods,
+    # capped at twice per 30 s
+    assert _hpa().desired(_sample(15, 2, offered=15.0, **quiet)) == 2  # 0.75: within tolerance
+    assert _hpa().desired(_sample(15, 2, offered=12.0, **quiet)) == 2  # below target
+    hpa, counts = _hpa(), []
+    for k, utilisation in enumerate((0.4, 0.6, 0.8, 1.0, 1.2)):  # rising, no queue yet
+        counts.append(hpa.desired(_sample(15 * (k + 1), 2, offered=20.0 * utilisation,
+                                          **quiet)))
+    # The one-minute mean is on target (70 %) at the fourth scrape and past its tolerance at
+    # the fifth, once the first scrape has left the window.
+    assert counts == [2, 2, 2, 2, 3]
+
+
+def test_the_simulated_hpa_adds_a_pod_for_offered_load_before_a_queue_builds() -> None:
+    events = EventQueue()
+    service = ServiceModel(ServiceSettings(replicas=1, max_replicas=4, first_ms=20.0,
+                                           batch_extra=0.5, max_batch=8), events.at,
+                           random.Random(0), jitter=0.0)
+
+    class Robot:
+        def answered(self, t_ns: int, token: int, server_ms: float, queue_ms: float) -> None:
+            pass
+
+        def refused(self, t_ns: int, token: int, reason: str, retry_after_s: float) -> None:
+            pass
+
+    robot = Robot()
+    for token in range(60 * 75):  # 75 requests a second for a minute: 84 % of 8 in 90 ms
+        events.at(token * 1_000_000_000 // 75, lambda t, k=token: service.submit(
+            t, Request(robot, k, f'robot{k % 10}'), 0.25))
+    events.run(until_ns=60 * 1_000_000_000)
+    sample = service.sample(60 * 1_000_000_000)
+    assert sample.ready_capacity_per_s == pytest.approx(8 / 0.09)
+    assert sample.offered_per_s == pytest.approx(75.0, rel=0.01)
+    hpa = HpaSettings()
+    assert sample.mean_wait_s < hpa.target_wait_s and sample.refusals_per_s == 0
+    assert ReactiveHpa(hpa, service.s, random.Random(0)).desired(sample) == 2
 
 
 def test_scaling_down_waits_out_the_stabilisation_window() -> None:
@@ -101,6 +146,8 @@ def test_unknown_scalers_and_bad_settings_are_named() -> None:
         HpaSettings(utilisation=1.5)
     with pytest.raises(ConfigError, match='sync_s'):
         HpaSettings(sync_s=0)
+    with pytest.raises(ConfigError, match='target_offered_utilisation'):
+        HpaSettings(target_offered_utilisation=0.0)
     assert math.isfinite(spare_for(50.0))
 
 

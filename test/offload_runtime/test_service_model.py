@@ -53,6 +53,7 @@ def test_requests_batch_while_the_replica_is_busy() -> None:
     assert robot.ends[1][2] == pytest.approx(100.0)
     sample = model.sample(S)
     assert (sample.arrivals_per_s, sample.refusals_per_s) == (4.0, 0.0)
+    assert sample.offered_per_s == 4.0
     assert sample.mean_wait_s == pytest.approx(0.075)  # (0 + 3 x 0.1) / 4
     assert sample.utilisation == pytest.approx(0.3)
 
@@ -106,6 +107,28 @@ def test_a_lost_zone_black_holes_until_detected_and_is_replaced_after_eviction()
     assert starting[0].ready_at_s == pytest.approx(301 + 5 + 60)
     events.run()
     assert model.ready() == 2
+
+
+def test_the_offered_load_is_what_ready_replicas_admit_or_refuse_over_their_capacity() -> None:
+    model, events = _service(replicas=2, detect_s=10.0)
+    robot = Robot()
+    events.at(0, lambda t: model.zone_down(t, 0.5, 600.0))
+    for token in range(20):  # some vanish into the lost zone: no pod counts those
+        _send(model, events, robot, S + token * 100_000_000, token, name=f'r{token}')
+    _send(model, events, robot, 3 * S, 99, budget_s=0.001)  # refused at once: offered
+    events.run(until_ns=5 * S)
+    sample = model.sample(5 * S)
+    seen = len(robot.ends)
+    assert 0 < seen < 21 and any(end[1] == 'overloaded' for end in robot.ends.values())
+    assert sample.offered_per_s * 5 == pytest.approx(seen)
+    assert sample.arrivals_per_s * 5 == pytest.approx(21)
+    # One ready replica: four images in 250 ms (16/s) beat one in 100 ms.
+    assert sample.ready_capacity_per_s == pytest.approx(16.0)
+    [ready] = [r for r in model.replicas if r.state == READY]
+    ready.times.observe(4, 0.5, 5.0, fresh=True)  # measured twice slower: half the capacity
+    assert model.sample(5 * S).ready_capacity_per_s == pytest.approx(8.0)
+    model.crash(5 * S, 1)  # restarting: ready again only after a pod start
+    assert model.sample(6 * S).ready_capacity_per_s == 0.0
 
 
 def test_a_zone_back_before_eviction_returns_its_replicas() -> None:

@@ -165,3 +165,43 @@ def test_calibration_times_a_single_and_a_full_batch_before_serving() -> None:
         assert sizes == [1, 4, 2] and batcher.times.estimate(2) == pytest.approx(0.12)
     finally:
         batcher.close()
+
+
+def test_every_request_that_reaches_admission_is_offered_once_whatever_its_fate() -> None:
+    model = _GatedModel()
+    offered: list[int] = []
+    batcher = AdaptiveBatcher(model, max_batch=1, max_queue=2,
+                              on_offer=lambda: offered.append(1))
+    running = batcher.submit(1, robot='hog').future
+    assert model.started.wait(10)
+    queued = [batcher.submit(i, robot='hog').future for i in (2, 3)]
+    batcher.submit(4, robot='quiet')  # pushes hog's newest out: offered once, not again
+    with pytest.raises(Overloaded, match='queue_full'):
+        batcher.submit(5, robot='quiet')  # refused at submit: offered all the same
+    model.release.set()
+    assert running.result(10) == 2 and queued[0].result(10) == 4
+    batcher.close()
+    with pytest.raises(RuntimeError, match='closed'):
+        batcher.submit(6)  # never reached admission
+    assert len(offered) == 5
+
+
+def test_capacity_is_the_best_rate_of_the_batch_times_and_follows_them() -> None:
+    now = [0.0]
+    slowdown = [1.0]
+
+    def run(items: list[int]) -> list[int]:
+        now[0] += slowdown[0] * (0.1 + 0.02 * (len(items) - 1))
+        return items
+
+    batcher = AdaptiveBatcher(run, max_batch=4, clock=lambda: now[0])
+    try:
+        assert batcher.capacity == 0.0  # nothing timed: unknown
+        batcher.calibrate(7)
+        # 4 images in 0.16 s beat 1 in 0.1 s: the full batch's rate, not the single's
+        assert batcher.capacity == pytest.approx(4 / 0.16)
+        slowdown[0] = 2.0  # the GPU got twice slower
+        assert batcher.submit(1).future.result(10) == 1  # a probe: it measures again
+        assert batcher.capacity == pytest.approx(4 / 0.32)
+    finally:
+        batcher.close()

@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import kubernetes_validate
+from offload_runtime.autoscalers import HpaSettings
 from offload_runtime.cli import build_parser
 import pytest
 import yaml
@@ -41,18 +42,19 @@ def _exported_metric_names() -> set[str]:
 
     registry = CollectorRegistry()
     metrics = ServiceMetrics(registry)
-    metrics.watch(lambda: 3)
+    metrics.watch(lambda: 3, lambda: 40.0)
+    metrics.offered.inc()
     metrics.answered(0.01, in_budget=True)
     metrics.refused(Overloaded('budget', 'r1', 0.1, 'test'))
     return {line.split('{')[0].split(' ')[0] for line in exposition(registry).splitlines()
             if line and not line.startswith('#')}
 
 
-def test_the_hpa_scales_on_queue_metrics_the_adapter_derives_from_what_the_service_exports(
-        ) -> None:
+def test_the_hpa_scales_on_metrics_the_adapter_derives_from_what_the_service_exports() -> None:
     hpa = _load('hpa.yaml')['spec']['metrics']
     pods = [m['pods']['metric']['name'] for m in hpa if m['type'] == 'Pods']
-    assert pods == ['adaptive_offload_queue_wait_seconds', 'adaptive_offload_refusals_per_second']
+    assert pods == ['adaptive_offload_offered_utilisation', 'adaptive_offload_queue_wait_seconds',
+                    'adaptive_offload_refusals_per_second']
     [cpu] = [m for m in hpa if m['type'] == 'Resource']  # secondary only
     assert cpu['resource']['name'] == 'cpu'
     assert cpu['resource']['target']['averageUtilization'] >= 80
@@ -65,6 +67,35 @@ def test_the_hpa_scales_on_queue_metrics_the_adapter_derives_from_what_the_servi
         assert queried and queried | {series} <= exported, (queried, exported)
         assert re.fullmatch(rule['name']['matches'].strip('^$'), series)
         assert rule['resources']['overrides']['pod'] == {'resource': 'pod'}
+
+
+def _quantity(value: str) -> float:
+    """Read a Kubernetes quantity such as ``700m`` or ``2``."""
+    return int(value[:-1]) / 1000 if value.endswith('m') else float(value)
+
+
+def test_the_hpa_sizes_for_the_offered_load_with_the_simulators_targets() -> None:
+    """The primary metric is the offered utilisation, on the targets the simulated HPA uses."""
+    hpa = _load('hpa.yaml')['spec']['metrics']
+    targets = {m['pods']['metric']['name']: _quantity(m['pods']['target']['averageValue'])
+               for m in hpa if m['type'] == 'Pods'}
+    assert hpa[0]['pods']['metric']['name'] == 'adaptive_offload_offered_utilisation'
+    assert hpa[-1]['type'] == 'Resource'  # CPU last
+    sim = HpaSettings()
+    assert targets == {'adaptive_offload_offered_utilisation': sim.target_offered_utilisation,
+                       'adaptive_offload_queue_wait_seconds': sim.target_wait_s,
+                       'adaptive_offload_refusals_per_second': sim.target_refusals_per_s}
+    rules = yaml.safe_load(_load('prometheus-adapter-rules.yaml')['data']['config.yaml'])['rules']
+    [rule] = [r for r in rules if r['name']['as'] == 'adaptive_offload_offered_utilisation']
+    # Per pod: the offered rate over the simulator's metric window, over the capacity gauge.
+    numerator, denominator = re.split(r'\s/\s', rule['metricsQuery'])
+    window = f'[{sim.metric_window_s / 60:g}m]'
+    assert re.search(r'rate\(adaptive_offload_offered_total\{[^}]*\}' + re.escape(window),
+                     numerator)
+    assert 'adaptive_offload_capacity_images_per_second{' in denominator
+    assert 'rate(' not in denominator
+    for part in (numerator, denominator):
+        assert part.rstrip().endswith('by (<<.GroupBy>>)')
 
 
 def test_prometheus_scrapes_the_metrics_port_and_a_drain_keeps_a_pod_serving() -> None:

@@ -83,6 +83,14 @@ def test_a_request_that_cannot_finish_in_its_budget_is_refused_at_once(
     assert _sample(text, 'adaptive_offload_goodput_total') >= 1
     assert 'adaptive_offload_queue_depth' in text
     assert _sample(text, 'adaptive_offload_queue_wait_seconds_count') >= 1
+    # The offered load the autoscaler sizes by, in both runtimes: each request that reached
+    # admission once, answered or refused, and the capacity measured before serving.
+    answered = _sample(text, 'adaptive_offload_goodput_total') + \
+        _sample(text, 'adaptive_offload_late_answers_total')
+    refused = sum(float(v) for v in re.findall(
+        r'^adaptive_offload_refusals_total\{.*\} (\S+)$', text, re.M))
+    assert _sample(text, 'adaptive_offload_offered_total') == answered + refused >= 2
+    assert _sample(text, 'adaptive_offload_capacity_images_per_second') > 0
     # counted, not logged: under load refusing is how the service works, not an incident
     assert 'overloaded' not in server.log_text()
 
