@@ -46,8 +46,7 @@ class RunData:
     name: str
     duration_s: float
     records: list[tuple[float, FrameRecord]] = field(default_factory=list)
-    reports: list[InferenceReport] = field(default_factory=list)
-    timed_reports: list[tuple[float, InferenceReport]] = field(default_factory=list)
+    reports: list[tuple[float, InferenceReport]] = field(default_factory=list)
     events: list[tuple[float, HealthEvent]] = field(default_factory=list)
     faults: list[tuple[float, float, str]] = field(default_factory=list)
     diagnostics: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
@@ -84,10 +83,8 @@ def read_run(bag: Path, frames: int = 8) -> RunData:
                 data.records.append((t_s, FrameRecord.from_json(
                     store.deserialize_cdr(raw, conn.msgtype).data)))
             elif conn.topic.endswith('/telemetry') and conn.msgtype == STRING_TYPE:
-                report = InferenceReport.from_json(store.deserialize_cdr(raw, conn.msgtype).data)
-                data.timed_reports.append((t_s, report))
-                if conn.topic == topics.CLOUD_TELEMETRY:
-                    data.reports.append(report)
+                data.reports.append((t_s, InferenceReport.from_json(
+                    store.deserialize_cdr(raw, conn.msgtype).data)))
             elif conn.topic == topics.HEALTH_EVENTS:
                 data.events.append((t_s, HealthEvent.from_json(
                     store.deserialize_cdr(raw, conn.msgtype).data)))
@@ -285,7 +282,7 @@ def _fault_rows(data: RunData) -> list[tuple[str, ...]]:
     faults = sorted(data.faults)
     scenario = Scenario(data.name, tuple(Fault(kind, start, end - start)
                                          for start, end, kind in faults))
-    measures = measure(scenario, data.records, data.timed_reports, data.events)
+    measures = measure(scenario, data.records, data.reports, data.events)
     return [(m.kind, f'{start:.1f} s', f'{end:.1f} s', ms(m.detect_s), ms(m.diagnosed_s),
              ms(m.recover_s), str(m.late), str(m.dropped))
             for (start, end, _), m in zip(faults, measures)]
@@ -295,7 +292,7 @@ def render(data: RunData) -> str:
     """Return the page of one run as HTML."""
     records = [r for _, r in data.records]
     summary = summarize(records, data.duration_s)
-    summary['cloud'] = cloud_answers(data.reports)
+    summary['cloud'] = cloud_answers([r for _, r in data.reports])
     parts = ['<h2>Summary</h2>', _table(summary_rows(summary))]
     if data.faults:
         parts += ['<h2>Faults injected</h2>', _table(_fault_rows(data),
