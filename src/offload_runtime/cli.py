@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     from offload_runtime.fleet_cli import add_fleet_arguments
     from offload_runtime.sample_bag import SAMPLE_ENCODINGS
     from offload_runtime.loadtest_cli import add_loadtest_parser
+    from offload_runtime.profile_cli import add_profile_parser
     from offload_runtime.serve_cli import add_serve_parser
     from offload_runtime.train_cli import add_train_parser
     from rcnn_service.compact_rcnn import COMPACT_ARCH
@@ -147,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument('--imgsz', type=int, default=640, help='fixed input size')
     export.add_argument('--format', default='onnx', choices=('onnx',))
     add_train_parser(sub)
+    add_profile_parser(sub)
     return parser
 
 
@@ -372,12 +374,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help, or a usage error already printed on one line
         return int(exc.code or 0)
     from offload_runtime.loadtest_cli import run_loadtest
+    from offload_runtime.profile_cli import run_profile_cli
     from offload_runtime.serve_cli import run_serve
 
     handlers = {'sample-bag': _sample_bag, 'replay': _replay, 'export': _export,
                 'serve': run_serve, 'loadtest': run_loadtest, 'evaluate': _evaluate,
                 'check-params': _check_params, 'recover-bag': _recover_bag, 'train': _train,
-                'report': _report}
+                'report': _report, 'profile': run_profile_cli}
     try:
         return handlers[args.command](args)
     except AdaptiveOffloadError as err:

@@ -119,6 +119,11 @@ class RcnnDetector:
         self.set_input_size(input_size)
         self.detect([np.zeros((320, 320, 3), np.uint8)])  # warm-up before readiness
 
+    @property
+    def model(self) -> Any:
+        """The torchvision model, in eval mode on its device (to split or profile it)."""
+        return self._model
+
     def set_input_size(self, size: int) -> None:
         """Resize images so that their longest side is ``size`` (0: the architecture's own).
 
