@@ -7,6 +7,7 @@ from pathlib import Path
 import re
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 from offload_runtime.autoscalers import HpaSettings
 from offload_runtime.cli import build_parser
@@ -111,21 +112,191 @@ def test_prometheus_scrapes_the_metrics_port_and_a_drain_keeps_a_pod_serving() -
     assert 1 <= pdb['minAvailable'] < _load('hpa.yaml')['spec']['minReplicas']
 
 
-def test_inference_service_containers_are_valid_kubernetes_containers() -> None:
-    """Validate the predictor's Container and Volume objects strictly inside a Pod.
+# KServe's predictor is a PodSpec plus these fields of its ComponentExtensionSpec
+# (pkg/apis/serving/v1beta1/component.go, v0.16.0 to v0.20.0) and model fields (model,
+# sklearn, ...) that a custom container does not use.
+KSERVE_COMPONENT_FIELDS = frozenset({
+    'minReplicas', 'maxReplicas', 'scaleTarget', 'scaleMetric', 'scaleMetricType', 'autoScaling',
+    'containerConcurrency', 'timeout', 'canaryTrafficPercent', 'logger', 'batcher', 'labels',
+    'annotations', 'deploymentStrategy'})
 
-    kubernetes-validate has no schema for KServe's CRD, but its predictor holds standard ones.
+
+def test_inference_service_predictor_is_a_valid_pod_spec_plus_kserve_fields() -> None:
+    """Validate the predictor's PodSpec fields strictly inside a Pod.
+
+    kubernetes-validate has no schema for KServe's CRD, but its predictor holds standard ones;
+    the rest must be KServe's own component fields (their schema: test below).
     """
     isvc = _load('inferenceservice.yaml')
     assert (isvc['apiVersion'], isvc['kind']) == ('serving.kserve.io/v1beta1',
                                                   'InferenceService')
     predictor = isvc['spec']['predictor']
-    pod = {'apiVersion': 'v1', 'kind': 'Pod', 'metadata': {'name': 'check'},
-           'spec': {'containers': predictor['containers'], 'volumes': predictor['volumes']}}
+    spec = {k: v for k, v in predictor.items() if k not in KSERVE_COMPONENT_FIELDS}
+    assert {'containers', 'volumes', 'securityContext'} <= spec.keys()
+    pod = {'apiVersion': 'v1', 'kind': 'Pod', 'metadata': {'name': 'check'}, 'spec': spec}
     kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
     with pytest.raises(kubernetes_validate.ValidationError):
         pod['spec']['containers'][0]['imagePullPolicyy'] = 'Always'
         kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
+
+
+def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {'type': 'object', 'properties': properties, 'required': list(required),
+            'additionalProperties': False}
+
+
+# spec.predictor.autoScaling of KServe's InferenceService CRD
+# (config/crd/full/serving.kserve.io_inferenceservices.yaml, the same from v0.16.0 to v0.20.0),
+# unknown fields refused as the API server's strict field validation refuses them. A quantity
+# is an integer or a string: KServe refuses a YAML float such as 0.7.
+_QUANTITY = {'anyOf': [{'type': 'integer'}, {
+    'type': 'string', 'pattern': r'^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))'
+                                 r'(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)'
+                                 r'|(\.[0-9]+))))?$'}]}
+_STRING = {'type': 'string'}
+_TARGET = _object({'type': {'enum': ['Utilization', 'Value', 'AverageValue']},
+                   'value': _QUANTITY, 'averageValue': _QUANTITY,
+                   'averageUtilization': {'type': 'integer'}})
+_SCALING_RULES = _object({
+    'policies': {'type': 'array', 'items': _object(
+        {'type': _STRING, 'value': {'type': 'integer'}, 'periodSeconds': {'type': 'integer'}},
+        ('type', 'value', 'periodSeconds'))},
+    'selectPolicy': _STRING, 'stabilizationWindowSeconds': {'type': 'integer'},
+    'tolerance': _QUANTITY})
+KSERVE_AUTOSCALING_SCHEMA = _object({
+    'metrics': {'type': 'array', 'items': _object({
+        'type': {'enum': ['Resource', 'External', 'PodMetric']},
+        'resource': _object({'name': {'enum': ['cpu', 'memory']}, 'target': _TARGET},
+                            ('name', 'target')),
+        'external': _object({
+            'metric': _object({'backend': {'enum': ['prometheus', 'graphite']},
+                               'serverAddress': _STRING, 'query': _STRING,
+                               'namespace': _STRING}),
+            'authenticationRef': _object({
+                'authenticationRef': _object({'name': _STRING}, ('name',)),
+                'authModes': _STRING}, ('authenticationRef',)),
+            'target': _TARGET}, ('metric', 'target')),
+        'podmetric': _object({
+            'metric': _object({'backend': {'enum': ['opentelemetry']},
+                               'serverAddress': _STRING,
+                               'metricNames': {'type': 'array', 'items': _STRING},
+                               'query': _STRING, 'operationOverTime': _STRING}),
+            'target': _TARGET}, ('metric', 'target')),
+    }, ('type',))},
+    'behavior': _object({'scaleUp': _SCALING_RULES, 'scaleDown': _SCALING_RULES}),
+})
+
+
+def test_the_kserve_autoscaling_section_matches_kserves_schema_and_keda_rules() -> None:
+    """Field names and types as KServe's CRD has them, and what its KEDA validation demands.
+
+    KServe's webhook (validateScalingKedaCompExtension) refuses scaleMetric with KEDA, an
+    External metric without a query or a target value, and a CPU target that is not a
+    Utilization of 1 to 100 %.
+    """
+    isvc = _load('inferenceservice.yaml')
+    notes = isvc['metadata']['annotations']
+    # KEDA needs Standard mode (RawDeployment before KServe 0.16, still read as Standard).
+    assert notes['serving.kserve.io/deploymentMode'] == 'Standard'
+    assert notes['serving.kserve.io/autoscalerClass'] == 'keda'
+    predictor = isvc['spec']['predictor']
+    assert not {'scaleMetric', 'scaleTarget', 'scaleMetricType'} & predictor.keys()
+    text = (DEPLOY / 'kubernetes' / 'inferenceservice.yaml').read_text()
+    assert not re.search(r'^\s*scaleMetric:', text, re.MULTILINE)
+    autoscaling = predictor['autoScaling']
+    jsonschema.validate(autoscaling, KSERVE_AUTOSCALING_SCHEMA)
+    for bad in ({'metrics': [{'type': 'External', 'external': {
+            'metric': {'backend': 'prometheus', 'query': 'up'},
+            'target': {'type': 'Value', 'value': 0.7}}}]},  # a float, not a quantity
+            {'metrics': [{'type': 'Pods'}]}, {'metric': []}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, KSERVE_AUTOSCALING_SCHEMA)
+    for metric in autoscaling['metrics']:
+        assert set(metric) == {'type', metric['type'].lower()}
+        if metric['type'] == 'External':
+            assert metric['external']['metric']['query']
+            assert metric['external']['target']['type'] == 'Value'
+            assert float(metric['external']['target']['value']) > 0
+        elif metric['type'] == 'Resource' and metric['resource']['name'] == 'cpu':
+            assert metric['resource']['target']['type'] == 'Utilization'
+            assert 1 <= metric['resource']['target']['averageUtilization'] <= 100
+
+
+_SELECTOR = re.compile(r'(adaptive_offload_\w+)\{([^}]*)\}')
+
+
+def test_the_kserve_service_scales_through_keda_on_the_hpas_metrics_and_targets() -> None:
+    """Each KEDA trigger is an HPA metric of hpa.yaml, summed over the predictor's pods.
+
+    KServe makes each External metric a KEDA prometheus trigger whose threshold is its value,
+    at KEDA's default metric type AverageValue: pods = ceil(query / value). A query summing a
+    per-pod value over the pods, against the HPA's per-pod target, asks for what the HPA asks.
+    """
+    isvc = _load('inferenceservice.yaml')
+    metrics = isvc['spec']['predictor']['autoScaling']['metrics']
+    hpa = _load('hpa.yaml')['spec']
+    hpa_targets = {m['pods']['metric']['name']: _quantity(m['pods']['target']['averageValue'])
+                   for m in hpa['metrics'] if m['type'] == 'Pods'}
+    rules = yaml.safe_load(_load('prometheus-adapter-rules.yaml')['data']['config.yaml'])['rules']
+    rule_series = {r['name']['as']: set(re.findall(r'(adaptive_offload_\w+)\{', r['metricsQuery']))
+                   for r in rules}
+    externals = [m['external'] for m in metrics if m['type'] == 'External']
+    exported = _exported_metric_names()
+    sim = HpaSettings()
+    window = f'[{sim.metric_window_s / 60:g}m]'
+    pods = f'pod=~"{isvc["metadata"]["name"]}-predictor-.+"'  # KServe's <name>-predictor
+    by_series = {}
+    for external in externals:
+        assert external['metric']['backend'] == 'prometheus'
+        assert external['metric']['serverAddress'].startswith(('http://', 'https://'))
+        query = external['metric']['query']
+        selectors = _SELECTOR.findall(query)
+        series = frozenset(name for name, _ in selectors)
+        assert selectors and series <= exported, (series, exported)
+        assert all(pods in labels for _, labels in selectors), query
+        assert query.startswith('sum(')  # over the pods: KEDA divides by the value
+        # Each selector's series taken once per pod, even where Prometheus scrapes a pod twice.
+        assert query.count('max by (namespace, pod') == len(selectors), query
+        assert all(w == window for w in re.findall(r'\[\w+\]', query)), query
+        by_series[series] = float(external['target']['value'])
+    # The same series and per-pod targets as the HPA's metrics, in the HPA's order.
+    assert len(by_series) == len(externals)
+    assert list(by_series) == [frozenset(rule_series[name]) for name in hpa_targets]
+    for name, target in hpa_targets.items():
+        assert by_series[frozenset(rule_series[name])] == pytest.approx(target), name
+    primary = externals[0]
+    assert metrics[0]['type'] == 'External'
+    assert float(primary['target']['value']) == pytest.approx(sim.target_offered_utilisation)
+    numerator, denominator = re.split(r'\s/\s', primary['metric']['query'])
+    assert re.search(r'rate\(adaptive_offload_offered_total\{[^}]*\}' + re.escape(window),
+                     numerator)
+    assert 'adaptive_offload_capacity_images_per_second{' in denominator
+    assert 'rate(' not in denominator
+    # CPU last, at the HPA's target; the HPA's stabilisation windows.
+    [hpa_cpu] = [m['resource'] for m in hpa['metrics'] if m['type'] == 'Resource']
+    assert metrics[-1] == {'type': 'Resource', 'resource': hpa_cpu}
+    behavior = isvc['spec']['predictor']['autoScaling']['behavior']
+    for way in ('scaleUp', 'scaleDown'):
+        assert behavior[way]['stabilizationWindowSeconds'] == \
+            hpa['behavior'][way]['stabilizationWindowSeconds']
+
+
+def test_prometheus_scrapes_the_kserve_pods_metrics_port() -> None:
+    """The predictor's pods carry the scrape annotations, at serve's metrics port.
+
+    KServe's enable-prometheus-scraping would point prometheus.io/port at a Knative queue
+    proxy's port (9091), which Standard mode does not run.
+    """
+    isvc = _load('inferenceservice.yaml')
+    assert isvc['metadata']['annotations'].get(
+        'serving.kserve.io/enable-prometheus-scraping') != 'true'
+    predictor = isvc['spec']['predictor']
+    notes = predictor['annotations']
+    [container] = predictor['containers']
+    args = build_parser().parse_args(['serve', *container['args']])
+    assert notes['prometheus.io/scrape'] == 'true'
+    assert int(notes['prometheus.io/port']) == args.metrics_port
+    assert notes['prometheus.io/path'] == '/metrics'
 
 
 def test_manifests_run_the_image_the_containerfile_builds_with_valid_arguments() -> None:
