@@ -15,7 +15,8 @@ import pytest
 
 def test_shipped_profiles_load_with_every_figure() -> None:
     devices = load_devices(default_devices_file())
-    assert {'raspberry_pi_5', 'laptop_cpu', 'jetson_orin_nano', 'gpu_server'} <= set(devices)
+    assert {'raspberry_pi_5', 'laptop_cpu', 'jetson_orin_nano', 'gpu_server',
+            'h200_server'} <= set(devices)
     pi = devices['raspberry_pi_5']
     assert pi.compute_w > pi.idle_w > 0 and pi.tx_nj_per_bit > 0
     assert pi.inference_time_ms('yolov8n', 320) < pi.inference_time_ms('yolov8n', 640)
