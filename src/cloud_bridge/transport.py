@@ -11,7 +11,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 from urllib.parse import SplitResult, urlsplit
 
 from adaptive_offload.errors import CloudError, ConfigError
@@ -83,17 +83,38 @@ class V2RestTransport:
         """See :class:`InferenceTransport`."""
         if timeout_s <= 0:
             raise CloudError('timeout', 'no time left before the deadline')
-        body = json.dumps({'parameters': self._budget.parameters(timeout_s), 'inputs': [{
+        body = json.dumps({'parameters': self.request_parameters(timeout_s), 'inputs': [{
             'name': 'image', 'shape': [1], 'datatype': 'BYTES',
             'parameters': {'content_type': 'base64'},
             'data': [base64.b64encode(image).decode('ascii')]}]}).encode()
+        return self.post(body, timeout_s)
+
+    def request_parameters(self, timeout_s: float) -> dict[str, Any]:
+        """Return the V2 request parameters (robot id, budget) of a request of ``timeout_s``."""
+        return self._budget.parameters(timeout_s)
+
+    def post(self, body: bytes, timeout_s: float,
+             headers: Mapping[str, str] | None = None) -> CloudReply:
+        """Send one V2 inference request body to the model and read the detections back.
+
+        Args:
+            body: The request body (its parameters from :meth:`request_parameters`).
+            timeout_s: Time left for the whole exchange.
+            headers: More HTTP headers; they replace the defaults of the same name.
+
+        Raises:
+            CloudError: As :meth:`infer`.
+        """
+        if timeout_s <= 0:
+            raise CloudError('timeout', 'no time left before the deadline')
+        sent_headers = {**self._headers, **(headers or {})}
         deadline = time.perf_counter() + timeout_s
         while True:
             start = time.perf_counter()
             conn, reused = self._connection(deadline - start)
             sent = 0
             try:
-                conn.request('POST', self._path, body, self._headers)
+                conn.request('POST', self._path, body, sent_headers)
                 sent = len(body)
                 response = conn.getresponse()
                 payload = response.read()

@@ -44,6 +44,9 @@ def add_serve_parser(sub: Any) -> None:
     serve.add_argument('--tls-key', default='', help='its unencrypted PEM private key')
     serve.add_argument('--score-threshold', type=float, default=0.5)
     serve.add_argument('--max-request-bytes', type=int, default=8 << 20)
+    serve.add_argument('--max-tail-bytes', type=above_zero(int), default=256 << 20,
+                       help='most bytes the tensors of one split-tail request may decode to '
+                            '(builtin)')
     serve.add_argument('--max-image-side', type=int, default=4096)
     serve.add_argument('--threads', type=int, default=0, help='torch threads; 0: default')
     serve.add_argument('--input-size', type=non_negative_int, default=0,
@@ -97,6 +100,7 @@ def run_serve(args: argparse.Namespace) -> int:
                            shutdown_grace_s=args.shutdown_grace_s,
                            request_timeout_s=args.request_timeout_s,
                            max_connections=args.max_connections,
+                           max_tail_bytes=args.max_tail_bytes,
                            tls=TlsFiles.from_options(args.tls_cert, args.tls_key))
     if config.tls is not None:
         config.tls.server_context()  # a bad pair stops here, before the model loads

@@ -4,19 +4,23 @@
 :mod:`rcnn_service.asgi_guard` first (framing, token, limits, readiness), then these routes.
 Decoding and inference run in a thread pool, never on the event loop; while a request waits
 for the model, the loop watches its connection, and a client that left has its queued work
-dropped.
+dropped. Two models are served: the image model (``model_name``) and the tail of its split
+(``<model_name>-tail``, requests in the V2 binary data extension; see
+:mod:`rcnn_service.split_tail`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
+import functools
 import json
 import logging
 import re
 import threading
 from typing import Any, Callable, TYPE_CHECKING
 
+from adaptive_offload.split_wire import HEADER_LENGTH
 from rcnn_service.asgi_guard import header_values, peer_of, respond, RestGuard, ServerGuard
 from rcnn_service.guard import Overloaded, RequestError
 from rcnn_service.protocol import model_metadata, MODEL_VERSION, server_metadata
@@ -28,6 +32,8 @@ LOG = logging.getLogger('adaptive_offload.service')
 _INFER = re.compile(r'^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$')
 _MODEL = re.compile(r'^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready)?$')
 _METRICS_TYPE = 'text/plain; version=0.0.4'
+_DIGITS = re.compile(r'^[0-9]{1,18}$')
+IMAGE, TAIL = 'image', 'tail'
 
 Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
@@ -59,10 +65,12 @@ class BuiltinApp:
         self.service = service
         self.executor = executor
 
-    def _served(self, match: re.Match[str]) -> bool:
-        """Whether a model route names the served model (and its one version, if any)."""
-        return match.group(1) == self.service.config.model_name and \
-            match.group(2) in (None, MODEL_VERSION)
+    def _served(self, match: re.Match[str] | None) -> str:
+        """Which model a model route names (and its one version, if any): IMAGE, TAIL or ''."""
+        if match is None or match.group(2) not in (None, MODEL_VERSION):
+            return ''
+        models = {self.service.config.model_name: IMAGE, self.service.tail_name: TAIL}
+        return models.get(match.group(1), '')
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         """Serve one HTTP request."""
@@ -89,31 +97,46 @@ class BuiltinApp:
             await self._send(send, 200, service.metrics(), _METRICS_TYPE)
         elif path in ('/v2', '/v2/'):
             await self._send(send, 200, server_metadata())
-        elif (match := _MODEL.match(path)) and self._served(match):
+        elif (match := _MODEL.match(path)) and (model := self._served(match)):
+            tail = service.tail if service.ready else None
             if match.group(3):
-                await self._send(send, 200 if service.ready else 503, {'ready': service.ready})
-            else:
+                ready = service.ready and (model == IMAGE or tail is not None)
+                await self._send(send, 200 if ready else 503, {'ready': ready})
+            elif model == IMAGE:
                 await self._send(send, 200, model_metadata(service.config.model_name))
+            elif tail is not None:
+                await self._send(send, 200, tail.metadata(service.tail_name,
+                                                          service.config.max_tail_bytes))
+            elif not service.ready:
+                raise RequestError(503, 'model not ready')
+            else:
+                raise RequestError(404, f'model {service.config.arch} does not split')
         else:
             raise RequestError(404, f'no route {path}')
 
     async def _post(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         path = scope['path']
-        match = _INFER.match(path)
-        if not match or not self._served(match):
+        model = self._served(_INFER.match(path))
+        if not model:
             raise RequestError(404, f'no model route {path}')
-        body = await _read_body(receive, self.service.config.max_request_bytes)
+        service = self.service
+        header_length = _header_length(scope) if model == TAIL else None
+        body = await _read_body(receive, service.config.max_request_bytes)
         if body is None:
             return  # the client left (or took too long: the server answered 408)
+        infer: Callable[[Callable[[], bool]], dict[str, Any]] = functools.partial(
+            service.infer_tail, body, header_length) if model == TAIL else \
+            functools.partial(service.infer, body)
+        count = service.count_tail if model == TAIL else _uncounted
         gone = threading.Event()
         watcher = asyncio.ensure_future(_watch(receive, gone))
         loop = asyncio.get_running_loop()
         try:
-            reply = await loop.run_in_executor(self.executor, self.service.infer, body,
-                                               gone.is_set)
+            reply = await loop.run_in_executor(self.executor, infer, gone.is_set)
         except RequestError as err:
+            count('abandoned' if err.status == 499 else f'rejected_{err.status}')
             if err.status == 499:
-                self.service.count('abandoned')  # nobody to answer
+                service.count('abandoned')  # nobody to answer
             else:  # the body was read: the connection can carry the next request
                 await self._refuse(scope, send, err, close=False)
             return
@@ -123,13 +146,15 @@ class BuiltinApp:
                                close=True)
             return
         except Exception as err:  # a failing model must answer, not drop the connection
-            self.service.count('error_500')
+            count('error_500')
+            service.count('error_500')
             LOG.exception('inference failed')
             await self._send(send, 500, {'error': f'inference failed: {err}'})
             return
         finally:
             watcher.cancel()
             gone.set()  # if the thread still waits, nobody will read its answer
+        count('ok')
         await self._send(send, 200, reply)
 
     async def _refuse(self, scope: dict[str, Any], send: Send, err: RequestError,
@@ -152,6 +177,22 @@ class BuiltinApp:
             headers.append((b'connection', b'close'))  # the last answer on this connection
         await send({'type': 'http.response.start', 'status': status, 'headers': headers})
         await send({'type': 'http.response.body', 'body': payload})
+
+
+def _header_length(scope: dict[str, Any]) -> int | None:
+    """Return a tail request's JSON header length (binary data extension); None if not given.
+
+    Raises:
+        RequestError: 400 for a value that is not one number (before the body is read).
+    """
+    values = header_values(scope, HEADER_LENGTH.lower())
+    if len(values) > 1 or (values and not _DIGITS.match(values[0].strip())):
+        raise RequestError(400, f'bad {HEADER_LENGTH} {", ".join(values)[:40]!r}')
+    return int(values[0]) if values else None
+
+
+def _uncounted(outcome: str) -> None:
+    pass
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -46,7 +46,7 @@ from rcnn_service.service_metrics import ServiceMetrics
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
 BUILTIN_ONLY = ('host', 'port', 'request_timeout_s', 'max_connections', 'shutdown_grace_s',
-                'tls')
+                'tls', 'max_tail_bytes')
 """ServiceConfig fields MLServer's own settings hold, or that only the builtin server uses."""
 
 

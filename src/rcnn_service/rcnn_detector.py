@@ -6,11 +6,13 @@ from dataclasses import dataclass
 import functools
 from pathlib import Path
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from adaptive_offload.errors import BackendError, ConfigError
 import numpy as np
 from rcnn_service.compact_rcnn import COMPACT_ARCH
+
+R = TypeVar('R')
 
 
 def _builder(name: str) -> Callable[..., Any]:
@@ -140,6 +142,11 @@ class RcnnDetector:
             transform.min_size, transform.max_size = ((size,), size) if size else self._native
             self.input_size = size
 
+    @property
+    def device(self) -> Any:
+        """The ``torch.device`` the model runs on."""
+        return self._device
+
     def detect(self, images: list[np.ndarray]) -> list[Detections]:
         """Detect objects in BGR images (one batch).
 
@@ -150,10 +157,36 @@ class RcnnDetector:
             One :class:`Detections` per image.
         """
         torch = self._torch
-        tensors = [torch.from_numpy(np.ascontiguousarray(img[:, :, ::-1])).permute(2, 0, 1)
-                   .to(self._device, torch.float32).div_(255.0) for img in images]
+        tensors = [image_tensor(img, self._device) for img in images]
         with self._lock, torch.inference_mode():
             outputs = self._model(tensors)
+        return self.detections(outputs)
+
+    def run_tail(self, split: Any, payload: Any) -> list[Detections]:
+        """Run the tail of a split model on a head's payload, as :meth:`detect` runs a batch.
+
+        Args:
+            split: A ``rcnn_service.rcnn_split.RcnnSplit`` of :attr:`model`.
+            payload: Its ``RcnnPayload``, tensors on :attr:`device`.
+
+        Returns:
+            One :class:`Detections` per image of the payload, exactly as :meth:`detect` gives
+            them for the images the head read.
+        """
+        return self.detections(self.run_locked(lambda: split.tail(payload)))
+
+    def run_locked(self, work: Callable[[], R]) -> R:
+        """Run ``work`` on the model as :meth:`detect` does: alone, without autograd."""
+        with self._lock, self._torch.inference_mode():
+            return work()
+
+    def detections(self, outputs: list[dict[str, Any]]) -> list[Detections]:
+        """Turn the model's outputs into :class:`Detections`: thresholded, labels named.
+
+        Args:
+            outputs: Per image, the torchvision model's ``boxes``, ``scores``, ``labels`` (and
+                ``masks``) in the image's pixels.
+        """
         results = []
         for out in outputs:
             keep = out['scores'] >= self.score_threshold
@@ -168,6 +201,22 @@ class RcnnDetector:
                              for i in labels.tolist()),
                 masks=masks))
         return results
+
+
+def image_tensor(image: np.ndarray, device: Any = 'cpu') -> Any:
+    """Return a BGR uint8 image as the model reads it: an RGB CxHxW float tensor in 0..1.
+
+    A robot running the head of a split detector feeds it this, so that its tail's answer is
+    the one :meth:`RcnnDetector.detect` gives for the same image.
+
+    Args:
+        image: HxWx3 uint8 BGR.
+        device: Where the tensor goes.
+    """
+    import torch
+
+    return (torch.from_numpy(np.ascontiguousarray(image[:, :, ::-1])).permute(2, 0, 1)
+            .to(device, torch.float32).div_(255.0))
 
 
 def _read_checkpoint(torch: Any, checkpoint: str, arch: str) -> tuple[dict[str, Any], list[str]]:

@@ -235,6 +235,35 @@ class RcnnSplit:
             detections, images.image_sizes, [tuple(s) for s in payload.original_sizes])
         return result
 
+    def layout(self, side: int = 256) -> dict[str, tuple[int, int]]:
+        """Return the channels and the stride of every tensor that can cross, by name.
+
+        Runs the body and the FPN once on a blank ``side`` x ``side`` batch. For a padded batch
+        whose sides are multiples of 32 (torchvision pads so), a tensor of stride ``s`` is
+        ``ceil(side / s)`` pixels on each side. Call it as :meth:`head` is called (eval mode,
+        no autograd).
+
+        Args:
+            side: Side of the blank batch: a multiple of the largest stride.
+
+        Raises:
+            ConfigError: If the model is in training mode.
+        """
+        import torch
+
+        self._check_eval()
+        weight = next(iter(self._model.parameters()))
+        x = torch.zeros((1, 3, side, side), dtype=weight.dtype, device=weight.device)
+        shapes = {IMAGE: tuple(x.shape)}
+        body: dict[str, torch.Tensor] = {}
+        for name, module in self._children:
+            x = module(x)
+            shapes[f'body.{name}'] = tuple(x.shape)
+            if name in self._returns:
+                body[f'body.{name}'] = x
+        shapes.update((name, tuple(t.shape)) for name, t in self._fpn(body).items())
+        return {name: (int(s[1]), side // int(s[-1])) for name, s in shapes.items()}
+
     def _fpn(self, body: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # The FPN reads the body's outputs in the body's order, under their return names.
         ordered = OrderedDict((self._returns[name], body[f'body.{name}'])

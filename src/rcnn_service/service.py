@@ -5,7 +5,8 @@ against this service, Triton or KServe: health and readiness, model metadata, in
 base64 ``image`` BYTES input, Prometheus metrics. Client data is only ever decoded as an image.
 Who may call what, and the limits checked before any work, are in :mod:`rcnn_service.guard`;
 the routes are :mod:`rcnn_service.asgi_app`, the HTTP server (uvicorn) is
-:mod:`rcnn_service.http_server`.
+:mod:`rcnn_service.http_server`. Next to the image model it serves the tail of the same model
+(``<model>-tail``, :mod:`rcnn_service.split_tail`) to robots that ran its head.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from typing import Any, Callable
 
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
 from adaptive_offload.heap import frozen_start_up
-import numpy as np
+from adaptive_offload.split_wire import tail_model_name
 from prometheus_client import CollectorRegistry
 from rcnn_service.asgi_app import make_app
 from rcnn_service.batching import AdaptiveBatcher
+from rcnn_service.fair_queue import Ticket
 from rcnn_service.guard import Overloaded, RejectionLog, RequestError, Tokens
 from rcnn_service.http_server import HttpLimits, HttpServer
-from rcnn_service.protocol import parse_request, server_time_parameters, v2_response
+from rcnn_service.protocol import (parse_request, RequestContext, server_time_parameters,
+                                   v2_response)
 from rcnn_service.rcnn_detector import calibration_frame, Detections, RcnnDetector
 from rcnn_service.service_metrics import exposition, ServiceMetrics
+from rcnn_service.split_tail import model_runner, ModelInput, SplitTail
 from rcnn_service.tls import report_failed_handshakes, TlsFiles
 
 LOG = logging.getLogger('adaptive_offload.service')
@@ -66,6 +70,8 @@ class ServiceConfig:
         shutdown_grace_s: On SIGTERM, how long requests under way may take to finish
             (builtin runtime; MLServer has its own).
         tls: Certificate and key for REST and gRPC (https, grpcs); None serves plain text.
+        max_tail_bytes: Most bytes the tensors of one tail request may decode to (builtin
+            runtime); a request over it is refused (400) before anything is decoded.
     """
 
     arch: str = 'fasterrcnn_mobilenet_v3_large_fpn'
@@ -87,6 +93,7 @@ class ServiceConfig:
     max_connections: int = 512
     shutdown_grace_s: float = 5.0
     tls: TlsFiles | None = None
+    max_tail_bytes: int = 256 << 20
 
 
 class InferenceService:
@@ -99,9 +106,12 @@ class InferenceService:
 
     def __init__(self, config: ServiceConfig, detector: RcnnDetector | None = None) -> None:
         self.config = config
-        self._batcher: AdaptiveBatcher[np.ndarray, Detections] | None = None
+        self._batcher: AdaptiveBatcher[ModelInput, Detections] | None = None
+        self.tail: SplitTail | None = None  # set with the model, if it splits
+        self.tail_name = tail_model_name(config.model_name)
         self.load_error = ''
         self.counts: Counter[str] = Counter()
+        self.tail_counts: Counter[str] = Counter()
         self._infer_seconds = 0.0
         self._lock = threading.Lock()
         self.under_way = 0  # requests in infer: decoded, or waiting for the model
@@ -138,10 +148,12 @@ class InferenceService:
 
     def _use(self, detector: RcnnDetector) -> None:
         cfg = self.config
-        batcher = AdaptiveBatcher(detector.detect, cfg.max_batch, cfg.batch_wait_ms,
-                                  self.load.batch_size.observe, cfg.max_queue,
-                                  self.load.refused, on_offer=self.load.offered.inc)
+        batcher: AdaptiveBatcher[ModelInput, Detections] = AdaptiveBatcher(
+            model_runner(detector), cfg.max_batch, cfg.batch_wait_ms,
+            self.load.batch_size.observe, cfg.max_queue, self.load.refused,
+            on_offer=self.load.offered.inc)
         batcher.calibrate(calibration_frame())
+        self.tail = SplitTail.of(detector)
         self._batcher = batcher
 
     def _load(self) -> None:
@@ -201,6 +213,11 @@ class InferenceService:
             self.counts[key] += 1
             self._infer_seconds += seconds
 
+    def count_tail(self, key: str) -> None:
+        """Count the outcome of a request to the tail model (counted by :meth:`count` too)."""
+        with self._lock:
+            self.tail_counts[key] += 1
+
     def metrics(self) -> str:
         """Prometheus text exposition of the counters."""
         with self._lock:
@@ -210,7 +227,10 @@ class InferenceService:
             lines += ['# TYPE adaptive_offload_inference_seconds_total counter',
                       f'adaptive_offload_inference_seconds_total {self._infer_seconds:.6f}',
                       '# TYPE adaptive_offload_model_ready gauge',
-                      f'adaptive_offload_model_ready {int(self.ready)}']
+                      f'adaptive_offload_model_ready {int(self.ready)}',
+                      '# TYPE adaptive_offload_tail_requests_total counter']
+            lines += [f'adaptive_offload_tail_requests_total{{outcome="{k}"}} {v}'
+                      for k, v in sorted(self.tail_counts.items())]
         return '\n'.join(lines) + '\n' + exposition(self._registry)
 
     def infer(self, body: bytes,
@@ -226,25 +246,65 @@ class InferenceService:
             RequestError: 400 for malformed requests or images, 503 while not ready or
                 stopping, 499 when the client left.
         """
+        def work(batcher: AdaptiveBatcher[ModelInput, Detections]) -> dict[str, Any]:
+            request = parse_request(body, self.config.max_image_side)
+            dets, ticket, seconds = self._compute(batcher, request.image, request.context,
+                                                  client_gone)
+            return self._reply(self.config.model_name, dets, request.outputs,
+                               request.request_id, ticket, seconds)
+
+        return self._under_way(work, client_gone)
+
+    def infer_tail(self, body: bytes, header_length: int | None,
+                   client_gone: Callable[[], bool] = lambda: False) -> dict[str, Any]:
+        """Run one request to the tail model: a head's tensors, in the V2 binary extension.
+
+        Args:
+            body: The request body: JSON header, then the tensors' bytes.
+            header_length: The ``Inference-Header-Content-Length`` header; None when absent.
+            client_gone: As for :meth:`infer`.
+
+        Raises:
+            RequestError: 400 for malformed requests (naming the problem), 404 when the model
+                does not split, 503 while not ready or stopping, 499 when the client left.
+        """
+        def work(batcher: AdaptiveBatcher[ModelInput, Detections]) -> dict[str, Any]:
+            if self.tail is None:
+                raise RequestError(404, f'model {self.config.arch} does not split: no '
+                                        f'{self.tail_name}')
+            request = self.tail.read(body, header_length, self.config.max_tail_bytes,
+                                     self.config.max_image_side)
+            dets, ticket, seconds = self._compute(batcher, request.job, request.context,
+                                                  client_gone)
+            return self._reply(self.tail_name, dets, request.outputs, request.request_id,
+                               ticket, seconds)
+
+        return self._under_way(work, client_gone)
+
+    def _under_way(self, work: Callable[[AdaptiveBatcher[ModelInput, Detections]], Any],
+                   client_gone: Callable[[], bool]) -> dict[str, Any]:
+        """Run ``work`` on the batcher, counted as under way (refused when not ready)."""
         with self._lock:
             self.under_way += 1
         try:
-            return self._infer(body, client_gone)
+            batcher = self._batcher
+            if batcher is None or not batcher.alive:
+                raise RequestError(503, 'model not ready')
+            if client_gone():  # it waited for a thread: nothing is decoded for nobody
+                raise RequestError(499, 'the client left before its request ran')
+            reply: dict[str, Any] = work(batcher)
+            return reply
         finally:
             with self._lock:
                 self.under_way -= 1
 
-    def _infer(self, body: bytes, client_gone: Callable[[], bool]) -> dict[str, Any]:
-        batcher = self._batcher
-        if batcher is None or not batcher.alive:
-            raise RequestError(503, 'model not ready')
-        if client_gone():  # it waited for a thread: nothing is decoded for nobody
-            raise RequestError(499, 'the client left before its request ran')
-        request = parse_request(body, self.config.max_image_side)
+    def _compute(self, batcher: AdaptiveBatcher[ModelInput, Detections], item: ModelInput,
+                 context: RequestContext, client_gone: Callable[[], bool]
+                 ) -> tuple[Detections, Ticket[ModelInput, Detections], float]:
+        """Queue ``item`` for the model and wait for its detections (admission may refuse)."""
         start = time.perf_counter()
-        context = request.context
         try:
-            ticket = batcher.submit(request.image, context.robot, context.budget_s)
+            ticket = batcher.submit(item, context.robot, context.budget_s)
         except RuntimeError as err:  # closed while this request was decoded
             raise RequestError(503, 'the service is stopping') from err
         except Overloaded as err:
@@ -258,11 +318,14 @@ class InferenceService:
             dets = future.result()
         except CancelledError as err:
             raise RequestError(503, 'the service is stopping') from err
-        seconds = time.perf_counter() - start
+        return dets, ticket, time.perf_counter() - start
+
+    def _reply(self, model: str, dets: Detections, outputs: tuple[str, ...] | None,
+               request_id: str, ticket: Ticket[ModelInput, Detections],
+               seconds: float) -> dict[str, Any]:
         self.count('ok', seconds)
         self.load.answered(ticket.queue_wait_s, ticket.in_budget)
-        response = v2_response(self.config.model_name, dets, request.outputs,
-                               request.request_id)
+        response = v2_response(model, dets, outputs, request_id)
         response['parameters'] = server_time_parameters(seconds, ticket.queue_wait_s)
         return response
 
@@ -322,6 +385,7 @@ def serve(config: ServiceConfig, announce: Any = print) -> None:
     try:
         announce(f'serving {config.arch} ({config.device}) as model {config.model_name!r} on '
                  f'{service.url}: POST /v2/models/{config.model_name}/infer, '
+                 f'POST /v2/models/{service.tail_name}/infer (split tail), '
                  'GET /v2/health/ready, GET /metrics')
         with frozen_start_up():
             service.serve_forever()

@@ -1,0 +1,266 @@
+"""The tail model: the rest of the service's R-CNN, run on the tensors a robot's head sent.
+
+Served next to the image model as ``<model>-tail`` (:func:`adaptive_offload.split_wire.
+tail_model_name`), with the same token, body limit and admission: a tail request is queued for
+the same model, in the same fair queue, as an image (:data:`ModelInput`), and its reply is the
+image model's. Its metadata lists the split points, what crosses each (channels, stride), the
+architecture and a digest of the weights, so that a robot can check that its head matches.
+
+Every check that can be made on the request's header is made before anything is decoded: the
+split point, the tensor names, datatypes and shapes (from the point and the padded size), the
+sizes against each other and the limits, the bytes the tensors decode to. Then each tensor is
+decoded within that bound, and refused if corrupt or not finite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import logging
+import math
+from typing import Any, Callable, Sequence
+
+from adaptive_offload.errors import ConfigError, ConversionError
+from adaptive_offload.split_request import decode_wire_tensor, parse_request, SplitRequest
+from adaptive_offload.split_wire import DATATYPES, Size, SplitTensors, weights_digest
+from adaptive_offload.tensor_compression import COMPRESSORS
+import numpy as np
+from rcnn_service.guard import RequestError
+from rcnn_service.protocol import (model_metadata, request_context, RequestContext,
+                                   requested_outputs)
+from rcnn_service.rcnn_detector import Detections, RcnnDetector
+from rcnn_service.rcnn_split import RcnnPayload, RcnnSplit
+
+LOG = logging.getLogger('adaptive_offload.service')
+_MAX_ERROR = 300
+
+
+class SplitTail:
+    """The tail of a detector's model, and what a request must send it.
+
+    Args:
+        detector: A loaded detector; its model, lock and thresholds are shared.
+
+    Attributes:
+        split: The model's split points.
+        layout: Channels and stride of every tensor that can cross, by name.
+        size_divisible: What the model pads a batch's sides to a multiple of.
+        weights_sha256: :func:`adaptive_offload.split_wire.weights_digest` of the model.
+
+    Raises:
+        ConfigError: If the detector's model cannot be split.
+    """
+
+    def __init__(self, detector: RcnnDetector) -> None:
+        model = detector.model
+        self.detector = detector
+        self.split = RcnnSplit(model)
+        self.layout = detector.run_locked(self.split.layout)
+        self.size_divisible = int(getattr(model.transform, 'size_divisible', 32))
+        self.weights_sha256 = weights_digest(model.state_dict())
+
+    @classmethod
+    def of(cls, detector: RcnnDetector) -> SplitTail | None:
+        """Return the tail of ``detector``'s model; None if it has no model that splits."""
+        if not hasattr(detector, 'model'):  # a stand-in (tests) that holds no torch model
+            return None
+        try:
+            return cls(detector)
+        except (ConfigError, RuntimeError) as err:  # the image model serves all the same
+            LOG.warning('no tail model: %s', err)
+            return None
+
+    def metadata(self, name: str, max_bytes: int) -> dict[str, Any]:
+        """Return the tail model's V2 metadata, with its split points under ``split``.
+
+        Args:
+            name: The tail model's name.
+            max_bytes: Most bytes a request's tensors may decode to.
+        """
+        transform = self.detector.model.transform
+        names = dict.fromkeys(n for p in self.split.points for n in p.crossing)
+        points = [{'index': p.index, 'name': p.name,
+                   'crossing': [{'name': n, 'channels': self.layout[n][0],
+                                 'stride': self.layout[n][1]} for n in p.crossing]}
+                  for p in self.split.points]
+        meta = model_metadata(name)
+        meta['inputs'] = [{'name': n, 'datatype': 'FP32', 'shape': [1, self.layout[n][0], -1, -1]}
+                          for n in names]
+        meta['split'] = {
+            'arch': self.detector.arch, 'weights_sha256': self.weights_sha256,
+            'min_size': int(transform.min_size[-1]), 'max_size': int(transform.max_size),
+            'size_divisible': self.size_divisible, 'images_per_request': 1,
+            'datatypes': list(DATATYPES), 'compressions': sorted(COMPRESSORS),
+            'max_tensor_bytes': max_bytes, 'points': points}
+        return meta
+
+    def read(self, body: bytes, header_length: int | None, max_bytes: int,
+             max_side: int) -> TailRequest:
+        """Read a tail request body, checked and decoded, ready to queue.
+
+        Args:
+            body: The body: JSON header, then the tensors' bytes.
+            header_length: The ``Inference-Header-Content-Length`` header; None when absent.
+            max_bytes: Most bytes its tensors may decode to, together.
+            max_side: Longest side of an original image.
+
+        Raises:
+            RequestError: 400 naming what is wrong.
+        """
+        try:
+            request = parse_request(body, header_length)
+        except ConversionError as err:
+            raise RequestError(400, str(err)) from err
+        context = request_context(request.parameters)
+        outputs = None if request.outputs is None else \
+            requested_outputs(request.outputs, masks=True)
+        job = TailJob(self, self.payload(request, max_bytes, max_side))
+        return TailRequest(job, context, outputs, request.request_id)
+
+    def payload(self, request: SplitRequest, max_bytes: int, max_side: int) -> RcnnPayload:
+        """Check a request against the split point and the limits, then decode its tensors.
+
+        Args:
+            request: The parsed request.
+            max_bytes: Most bytes its tensors may decode to, together.
+            max_side: Longest side of an original image.
+
+        Raises:
+            RequestError: 400 naming what is wrong.
+        """
+        import torch
+
+        wire = request.split
+        last = len(self.split.points) - 1
+        if not 0 <= wire.point <= last:
+            raise RequestError(400, f'unknown split point {wire.point}: this model splits at '
+                                    f'0..{last} (its metadata lists them)')
+        point = self.split.points[wire.point]
+        given = {t.name: t for t in wire.tensors}
+        missing = [n for n in point.crossing if n not in given]
+        extra = [n for n in given if n not in point.crossing]
+        if missing or extra:
+            raise RequestError(400, f'split point {point.index} ({point.name}) takes the '
+                                    f'tensors {list(point.crossing)}: missing {missing}, '
+                                    f'not taken {extra}')
+        self._check_sizes(wire, max_side)
+        for name in point.crossing:
+            tensor = given[name]
+            if tensor.datatype not in DATATYPES:
+                raise RequestError(400, f'tensor {name}: datatype {tensor.datatype!r}, not one '
+                                        f'of {", ".join(DATATYPES)}')
+            expected = self._shape(name, wire.padded_size)
+            if tuple(tensor.shape) != expected:
+                raise RequestError(400, f'tensor {name} of shape {list(tensor.shape)}: split '
+                                        f'point {point.index} at padded size '
+                                        f'{_size(wire.padded_size)} needs {list(expected)}')
+        total = sum(t.decoded_bytes for t in wire.tensors)
+        if total > max_bytes:
+            raise RequestError(400, f'the tensors decode to {total} bytes, over the cap of '
+                                    f'{max_bytes}')
+        tensors = {}
+        for name in point.crossing:
+            try:
+                array = decode_wire_tensor(given[name], max_bytes)
+            except ConversionError as err:
+                raise RequestError(400, f'tensor {name}: {err}') from err
+            tensors[name] = torch.from_numpy(array).to(self.detector.device)
+        return RcnnPayload(point.index, tensors, wire.padded_size, wire.image_sizes,
+                           wire.original_sizes)
+
+    def run(self, payload: RcnnPayload) -> Detections:
+        """Run the tail on one image's payload (under the detector's lock).
+
+        Raises:
+            RequestError: 400 if the model rejects the tensors (the checks before passed them,
+                so a shape torch refuses is still the client's), 503 if it ran out of memory.
+        """
+        import torch
+
+        try:
+            return self.detector.run_tail(self.split, payload)[0]
+        except ConfigError as err:
+            raise RequestError(400, f'the tail refused the tensors: {err}') from err
+        except torch.cuda.OutOfMemoryError as err:
+            raise RequestError(503, 'the model ran out of memory; retry later') from err
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise RequestError(400, f'the model cannot run on these tensors: '
+                                    f'{str(err)[:_MAX_ERROR]}') from err
+
+    def _shape(self, name: str, padded: Size) -> tuple[int, ...]:
+        channels, stride = self.layout[name]
+        return (1, channels, math.ceil(padded[0] / stride), math.ceil(padded[1] / stride))
+
+    def _check_sizes(self, wire: SplitTensors, max_side: int) -> None:
+        """Refuse sizes that disagree with each other, the model's padding or the limits."""
+        if len(wire.image_sizes) != 1 or len(wire.original_sizes) != 1:
+            raise RequestError(400, f'one image per request: got {len(wire.image_sizes)} image '
+                                    f'sizes and {len(wire.original_sizes)} original sizes')
+        (ph, pw), (ih, iw), (oh, ow) = wire.padded_size, wire.image_sizes[0], \
+            wire.original_sizes[0]
+        div = self.size_divisible
+        transform = self.detector.model.transform
+        largest = math.ceil(max(max_side, int(transform.max_size)) / div) * div
+        if max(oh, ow) > max_side or max(ph, pw) > largest:
+            raise RequestError(400, f'original size {_size((oh, ow))} or padded size '
+                                    f'{_size((ph, pw))} over the limits ({max_side} px, '
+                                    f'{largest} px)')
+        if ph % div or pw % div or not (0 <= ph - ih < div and 0 <= pw - iw < div):
+            raise RequestError(400, f'image size {_size((ih, iw))} does not pad to padded size '
+                                    f'{_size((ph, pw))}: the model pads to the next multiple '
+                                    f'of {div}')
+        # Resizing floors both sides of one scaled size, so the aspects differ by under a pixel.
+        if abs(ih * ow - iw * oh) > max(oh, ow):
+            raise RequestError(400, f'image size {_size((ih, iw))} is not original size '
+                                    f'{_size((oh, ow))} resized: their aspects differ')
+
+
+@dataclass(frozen=True)
+class TailJob:
+    """One tail request, queued for the model as an image is.
+
+    Attributes:
+        tail: The tail that runs it.
+        payload: Its checked, decoded payload.
+    """
+
+    tail: SplitTail
+    payload: RcnnPayload
+
+    def run(self) -> Detections:
+        """Run it (see :meth:`SplitTail.run`)."""
+        return self.tail.run(self.payload)
+
+
+@dataclass(frozen=True)
+class TailRequest:
+    """A tail request, read.
+
+    Attributes:
+        job: What to queue for the model.
+        context: Its robot and budget.
+        outputs: The outputs it asked for; None: all.
+        request_id: Its ``id``, echoed.
+    """
+
+    job: TailJob
+    context: RequestContext
+    outputs: tuple[str, ...] | None
+    request_id: str
+
+
+ModelInput = np.ndarray | TailJob
+"""What the service queues for its model: a decoded BGR image, or a tail request."""
+
+
+def model_runner(detector: RcnnDetector) -> Callable[[list[ModelInput]], Sequence[Detections]]:
+    """Return what runs a batch of queued inputs: the images as one batch, each tail alone."""
+    def run(items: list[ModelInput]) -> list[Detections]:
+        images = [i for i in items if not isinstance(i, TailJob)]
+        found = iter(detector.detect(images) if images else [])
+        return [i.run() if isinstance(i, TailJob) else next(found) for i in items]
+
+    return run
+
+
+def _size(size: Size) -> str:
+    return f'{size[0]}x{size[1]}'
