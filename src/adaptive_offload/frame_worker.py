@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 import threading
+import time
 from typing import Any, Callable, Protocol
 
 from adaptive_offload.admission import StampGate
@@ -25,8 +26,13 @@ Publish = Callable[[str, Any], None]
 class FrameProcessor(Protocol):
     """What a worker does with a frame (implemented by the edge and cloud cores)."""
 
-    def process(self, msg: Any, decision: Decision) -> tuple[DetectionSet | None, InferenceReport]:
-        """Process one image message under a decision; never raises for a bad frame."""
+    def process(self, msg: Any, decision: Decision,
+                waited_ns: int = 0) -> tuple[DetectionSet | None, InferenceReport]:
+        """Process one image message under a decision; never raises for a bad frame.
+
+        ``waited_ns`` is how long the frame waited for a worker: its deadline, counted from
+        its arrival, has that much less left.
+        """
 
     def drop(self, stamp_ns: int, frame_id: str, reason: str,
              decision: Decision) -> InferenceReport:
@@ -131,16 +137,20 @@ class FrameWorker:
         now_ns: Clock used to judge decision validity (ROS time on a robot).
         workers: Frames processed at once.
         pending: Frames that may wait.
+        monotonic_ns: Clock that times how long a frame waited (steady, unlike ROS time,
+            which a bag's /clock may drive).
     """
 
     def __init__(self, processor: FrameProcessor, decisions: DecisionHolder, emit: Emit,
-                 now_ns: Callable[[], int], workers: int = 1, pending: int = 1) -> None:
+                 now_ns: Callable[[], int], workers: int = 1, pending: int = 1,
+                 monotonic_ns: Callable[[], int] = time.monotonic_ns) -> None:
         self._processor = processor
         self._decisions = decisions
         self._emit = emit
         self._now_ns = now_ns
+        self._monotonic_ns = monotonic_ns
         self._gate = StampGate()
-        self._slot: LatestSlot[Any] = LatestSlot(pending)
+        self._slot: LatestSlot[tuple[Any, int]] = LatestSlot(pending)
         self._workers = max(1, workers)
         self._threads: list[threading.Thread] = []
 
@@ -153,9 +163,9 @@ class FrameWorker:
             # report must not decide.
             self._report_drop(msg, refusal, 'refused')
             return
-        replaced = self._slot.put(msg)
+        replaced = self._slot.put((msg, self._monotonic_ns()))
         if replaced is not None:
-            self._report_drop(replaced, 'superseded')
+            self._report_drop(replaced[0], 'superseded')
 
     def on_image(self, msg: Any, now_ns: int = 0) -> None:
         """Take a camera message (the graph's handler): see :meth:`submit`."""
@@ -169,10 +179,12 @@ class FrameWorker:
 
     def process_next(self, timeout: float | None = None) -> bool:
         """Process the waiting frame, if one arrives within ``timeout``; False if none did."""
-        msg = self._slot.take(timeout)
-        if msg is None:
+        taken = self._slot.take(timeout)
+        if taken is None:
             return False
-        dets, report = self._processor.process(msg, self._decisions.current(self._now_ns()))
+        msg, put_ns = taken
+        dets, report = self._processor.process(msg, self._decisions.current(self._now_ns()),
+                                               max(0, self._monotonic_ns() - put_ns))
         self._emit(msg, dets, report)
         return True
 

@@ -217,9 +217,17 @@ class CloudBridge:
         return InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id, source=self.SOURCE,
                                status='dropped', reason=reason, decision_seq=decision.seq)
 
-    def process(self, msg: Any, decision: Decision) -> tuple[DetectionSet | None, InferenceReport]:
-        """Send one frame if the decision selects it (see :class:`FrameProcessor`)."""
+    def process(self, msg: Any, decision: Decision,
+                waited_ns: int = 0) -> tuple[DetectionSet | None, InferenceReport]:
+        """Send one frame if the decision selects it (see :class:`FrameProcessor`).
+
+        The deadline counts from the frame's arrival: ``waited_ns`` (its wait for a free
+        request) comes off the time the request, and the service's budget, may take. A frame
+        that waited past its deadline is dropped (``expired``) without being sent: nobody
+        would use its answer, and the service would compute it for nothing.
+        """
         start = self._clock()
+        deadline_ns = start - max(0, waited_ns) + int(decision.deadline_ms * 1e6)
         stamp_ns, frame_id = stamp_to_ns(msg.header.stamp), str(msg.header.frame_id)
         report = InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id, source=self.SOURCE,
                                  decision_seq=decision.seq)
@@ -230,6 +238,10 @@ class CloudBridge:
             sampled = self._sampling.pick(every)
         if not sampled:
             return None, replace(report, status='skipped', reason='not_sampled')
+        if deadline_ns <= start:
+            return None, self._link(replace(
+                report, status='dropped', reason=f'expired: waited {waited_ns / 1e6:.0f} ms '
+                                                 f'of its {decision.deadline_ms:g} ms deadline'))
         try:
             frame = image_to_frame(msg)
             image, scale = _shrink(frame.image, decision.cloud_max_side)
@@ -244,7 +256,7 @@ class CloudBridge:
             return None, self._link(replace(report, status='failed',
                                             reason='backoff' if backoff else 'circuit_open'))
         try:
-            reply, retried_bytes = self._request(jpeg, start + int(decision.deadline_ms * 1e6))
+            reply, retried_bytes = self._request(jpeg, deadline_ns)
         except CloudError as err:
             with self._lock:
                 if err.reason == 'overloaded':

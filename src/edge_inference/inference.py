@@ -190,8 +190,12 @@ class EdgeInference:
                                source=self.config.source_name, status='dropped', reason=reason,
                                model=self.config.model_name, decision_seq=decision.seq)
 
-    def process(self, msg: Any, decision: Decision) -> tuple[DetectionSet | None, InferenceReport]:
+    def process(self, msg: Any, decision: Decision,
+                waited_ns: int = 0) -> tuple[DetectionSet | None, InferenceReport]:
         """Decode and detect one image message (see :class:`FrameProcessor`).
+
+        The edge runs every frame it takes, however long it waited (``waited_ns``): the
+        frame's lateness shows in its record, and a late local answer still counts.
 
         Returns:
             The detections (None when skipped or failed) and the report.

@@ -224,11 +224,11 @@ class StallingProcessor:
         self._inner = inner
         self._faults = faults
 
-    def process(self, msg: Any, decision: Decision) -> tuple[DetectionSet | None,
-                                                             InferenceReport]:
+    def process(self, msg: Any, decision: Decision,
+                waited_ns: int = 0) -> tuple[DetectionSet | None, InferenceReport]:
         """See :class:`adaptive_offload.frame_worker.FrameProcessor`."""
         self._faults.wait_stall()
-        return self._inner.process(msg, decision)
+        return self._inner.process(msg, decision, waited_ns)
 
     def drop(self, stamp_ns: int, frame_id: str, reason: str,
              decision: Decision) -> InferenceReport:

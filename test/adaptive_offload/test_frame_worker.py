@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from adaptive_offload.admission import EveryNth, StampGate
-from adaptive_offload.conversions import frame_to_message, MessageTypes
-from adaptive_offload.datatypes import Decision, Route
+from adaptive_offload.conversions import frame_to_message, MessageTypes, stamp_to_ns
+from adaptive_offload.datatypes import Decision, InferenceReport, Route
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.frame_worker import DecisionHolder, FrameWorker
 from adaptive_offload.latest_slot import LatestSlot
@@ -174,3 +175,37 @@ def test_every_nth_picks_the_first_and_then_every_nth_frame() -> None:
     assert [picker.pick(3) for _ in range(7)] == [True, False, False, True, False, False, True]
     assert not picker.pick(0) and not picker.pick(-1)  # 0: never, and nothing counted
     assert picker.pick(1)
+
+
+class _Recording:
+    """A processor that records how long each frame waited for it."""
+
+    def __init__(self) -> None:
+        self.waited: dict[int, int] = {}
+
+    def process(self, msg: Any, decision: Decision,
+                waited_ns: int = 0) -> tuple[None, InferenceReport]:
+        stamp = stamp_to_ns(msg.header.stamp)
+        self.waited[stamp] = waited_ns
+        return None, InferenceReport(stamp_ns=stamp, frame_id='', source='cloud')
+
+    def drop(self, stamp_ns: int, frame_id: str, reason: str,
+             decision: Decision) -> InferenceReport:
+        return InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id, source='cloud',
+                               status='dropped', reason=reason)
+
+
+def test_the_processor_learns_how_long_each_frame_waited_on_the_steady_clock(
+        types: MessageTypes) -> None:
+    ros = ManualClock()  # a bag's /clock: it must not time the wait
+    steady = ManualClock()
+    processor = _Recording()
+    worker = FrameWorker(processor, DecisionHolder(Decision.safe_default('x')),
+                         lambda *_: None, ros, workers=1, pending=2, monotonic_ns=steady)
+    worker.submit(_image(types, 1))
+    steady.advance(30)
+    worker.submit(_image(types, 2))
+    ros.advance(5_000)
+    steady.advance(20)
+    assert worker.process_next(timeout=0) and worker.process_next(timeout=0)
+    assert processor.waited == {1: 50_000_000, 2: 20_000_000}

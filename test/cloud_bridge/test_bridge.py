@@ -217,3 +217,40 @@ def test_a_refused_robot_backs_off_for_a_jittered_retry_time_without_opening_the
 
 def _jpeg() -> bytes:
     return cv2.imencode('.jpg', np.full((120, 160, 3), 90, np.uint8))[1].tobytes()
+
+
+class _Timing:
+    """A transport that answers at once and records the time each request was given."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[float] = []
+
+    def infer(self, image: bytes, timeout_s: float) -> Any:
+        from cloud_bridge.transport import CloudReply
+
+        self.timeouts.append(timeout_s)
+        return CloudReply(np.zeros((0, 4)), np.zeros(0), (), 5.0, len(image))
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_deadline_counts_from_the_frames_arrival_not_from_its_turn(
+        types: MessageTypes) -> None:
+    transport = _Timing()
+    bridge = CloudBridge(transport, clock=ManualClock())
+    decision = Decision(route=Route.CLOUD, deadline_ms=200.0)
+    _, fresh = bridge.process(_msg(types, 1), decision)
+    _, waited = bridge.process(_msg(types, 2), decision, waited_ns=150_000_000)
+    assert fresh.status == waited.status == 'ok'
+    assert transport.timeouts == [pytest.approx(0.2), pytest.approx(0.05)]
+
+
+def test_a_frame_that_waited_past_its_deadline_is_dropped_unsent(types: MessageTypes) -> None:
+    transport = _Timing()
+    bridge = CloudBridge(transport, clock=ManualClock())
+    decision = Decision(route=Route.CLOUD, deadline_ms=200.0)
+    _, report = bridge.process(_msg(types), decision, waited_ns=250_000_000)
+    assert transport.timeouts == []
+    assert report.status == 'dropped' and report.reason.startswith('expired: waited 250 ms')
+    assert report.breaker == 'closed'  # the service did nothing wrong

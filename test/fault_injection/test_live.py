@@ -31,8 +31,9 @@ class _Core:
     def __init__(self) -> None:
         self.calls = 0
 
-    def process(self, msg: Any, decision: Decision) -> tuple[None, Any]:
+    def process(self, msg: Any, decision: Decision, waited_ns: int = 0) -> tuple[None, Any]:
         self.calls += 1
+        self.waited_ns = waited_ns
         return None, 'report'
 
     def drop(self, *args: Any) -> str:
@@ -63,8 +64,8 @@ def test_a_stalled_edge_holds_its_frame_until_the_stall_ends() -> None:
     faults = ObeyedFaults()
     core = _Core()
     stalling = StallingProcessor(core, faults)
-    stalling.process(None, Decision())
-    assert core.calls == 1  # no stall: at once
+    stalling.process(None, Decision(), 7)
+    assert core.calls == 1 and core.waited_ns == 7  # no stall: at once, with its wait
     faults.on_fault(_stall('start', duration_s=60.0))
     worker = threading.Thread(target=stalling.process, args=(None, Decision()))
     worker.start()
