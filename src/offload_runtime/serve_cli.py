@@ -71,15 +71,15 @@ def add_serve_parser(sub: Any) -> None:
                             'always gets 5 s) (default 5)')
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    """Run ``serve`` until SIGINT or SIGTERM.
+def service_config(args: argparse.Namespace) -> Any:
+    """Return the :class:`rcnn_service.service.ServiceConfig` that ``serve``'s flags describe.
 
     Raises:
         ConfigError: For settings the service refuses.
     """
     from offload_runtime.train_cli import checkpoint_for
     from rcnn_service.guard import load_tokens, TOKENS_ENV
-    from rcnn_service.service import serve, ServiceConfig
+    from rcnn_service.service import ServiceConfig
     from rcnn_service.tls import TlsFiles
 
     if args.max_batch < 1 or args.batch_wait_ms < 0:
@@ -102,6 +102,18 @@ def run_serve(args: argparse.Namespace) -> int:
                            max_connections=args.max_connections,
                            max_tail_bytes=args.max_tail_bytes,
                            tls=TlsFiles.from_options(args.tls_cert, args.tls_key))
+    return config
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """Run ``serve`` until SIGINT or SIGTERM.
+
+    Raises:
+        ConfigError: For settings the service refuses.
+    """
+    from rcnn_service.service import serve
+
+    config = service_config(args)
     if config.tls is not None:
         config.tls.server_context()  # a bad pair stops here, before the model loads
     announce = (lambda line: print(line, flush=True))

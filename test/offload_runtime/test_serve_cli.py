@@ -1,0 +1,39 @@
+"""``adaptive-offload serve``: what its flags become."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adaptive_offload.errors import ConfigError
+from offload_runtime.cli import build_parser
+from offload_runtime.serve_cli import service_config
+import pytest
+
+
+def _config(*flags: str) -> Any:
+    args = ['serve', '--runtime', 'builtin', '--checkpoint', '', *flags]
+    return service_config(build_parser().parse_args(args))
+
+
+def test_the_flags_reach_the_service_config() -> None:
+    config = _config('--arch', 'fasterrcnn_resnet50_fpn_v2', '--device', 'cuda:1',
+                     '--max-batch', '16', '--max-tail-bytes', '1048576', '--input-size', '480',
+                     '--max-connections', '64', '--model-name', 'det')
+    assert (config.arch, config.device, config.max_batch, config.max_tail_bytes,
+            config.input_size, config.max_connections, config.model_name) == (
+        'fasterrcnn_resnet50_fpn_v2', 'cuda:1', 16, 1 << 20, 480, 64, 'det')
+
+
+def test_the_defaults_bound_a_tail_request_to_256_mib() -> None:
+    assert _config().max_tail_bytes == 256 << 20
+
+
+@pytest.mark.parametrize('flags', [('--max-batch', '0'), ('--batch-wait-ms', '-1')])
+def test_bad_batching_is_refused(flags: tuple[str, str]) -> None:
+    with pytest.raises(ConfigError, match='max-batch'):
+        _config(*flags)
+
+
+def test_a_tail_cap_below_one_byte_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(['serve', '--max-tail-bytes', '0'])
