@@ -19,6 +19,7 @@ setup(
         (f'share/{PACKAGE}/config', glob('config/*.yaml') + glob('config/*.rviz') +
          glob('config/*.json')),
         (f'share/{PACKAGE}/config/scenarios', glob('config/scenarios/*.yaml')),
+        (f'share/{PACKAGE}/config/split_payloads', glob('config/split_payloads/*.yaml')),
         (f'share/{PACKAGE}/config/scenarios/fleet', glob('config/scenarios/fleet/*.yaml')),
         (f'share/{PACKAGE}/models', glob('models/*.pt') + glob('models/*.json')),
     ],

@@ -26,11 +26,12 @@ class Route(str, enum.Enum):
     EDGE = 'edge'
     CLOUD = 'cloud'
     HEDGED = 'hedged'
+    SPLIT = 'split'  # the cloud model's head on the robot, its tail in the cloud
 
     @property
     def uses_edge(self) -> bool:
         """Whether the local detector runs on frames of this route."""
-        return self is not Route.CLOUD
+        return self is Route.EDGE or self is Route.HEDGED
 
     @property
     def uses_cloud(self) -> bool:
@@ -206,6 +207,7 @@ class Decision(JsonRecord):
         reason: Why the policy chose this, for humans.
         unmet: The user's bounds no option met, comma-separated (``energy budget``,
             ``accuracy floor``, ``cloud spend cap``, ``deadline``); empty when all are met.
+        split: On the split route, the split option (``arch@imgsz:point:encoding``).
     """
 
     SCHEMA = 'adaptive_offload/Decision'
@@ -225,6 +227,7 @@ class Decision(JsonRecord):
     policy: str = ''
     reason: str = ''
     unmet: str = ''
+    split: str = ''
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'route', Route(self.route))

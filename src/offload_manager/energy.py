@@ -35,6 +35,9 @@ class DeviceProfile:
         rx_nj_per_bit: Radio energy per bit received, nJ.
         inference_ms: Inference time by ``model@imgsz``, ms.
         price_per_gpu_hour: Price of the device's time (cloud), USD per hour.
+        split_ms: Split execution times by ``model@imgsz``, then by split point (the stage
+            after which the model is cut): ``(head_ms, tail_ms)``, the time of the layers
+            up to the point and of those after it, on this device.
     """
 
     name: str
@@ -44,6 +47,11 @@ class DeviceProfile:
     rx_nj_per_bit: float = 0.0
     inference_ms: Mapping[str, float] = field(default_factory=dict)
     price_per_gpu_hour: float = 0.0
+    split_ms: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
+
+    def split_time_ms(self, model: str, imgsz: int, point: str) -> tuple[float, float] | None:
+        """Return ``(head_ms, tail_ms)`` of ``model`` at ``imgsz`` cut after ``point``, if any."""
+        return self.split_ms.get(f'{model}@{imgsz}', {}).get(point)
 
     def inference_time_ms(self, model: str, imgsz: int) -> float | None:
         """Return the profile's inference time of ``model`` at ``imgsz``, if it has one.
@@ -87,10 +95,34 @@ def load_devices(path: str | Path) -> dict[str, DeviceProfile]:
                     raise ConfigError(f'{where}: inference_ms must map model@imgsz to ms')
                 values[key] = {str(k): _positive(v, f'{where}: inference_ms {k}')
                                for k, v in value.items()}
+            elif key == 'split_ms':
+                values[key] = _split_ms(value, f'{where}: split_ms')
             else:
                 values[key] = _positive(value, f'{where}: {key}', allow_zero=True)
         devices[str(name)] = DeviceProfile(name=str(name), **values)
     return devices
+
+
+def _split_ms(value: Any, where: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """Validate ``split_ms``: model@imgsz -> point -> [head_ms, tail_ms]."""
+    if not isinstance(value, dict):
+        raise ConfigError(f'{where} must map model@imgsz to split points')
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for model, points in value.items():
+        arch, _, size = str(model).rpartition('@')
+        if not arch or not size.isdigit():
+            raise ConfigError(f'{where}: key {model!r} is not model@imgsz')
+        if not isinstance(points, dict) or not points:
+            raise ConfigError(f'{where} {model}: expected a mapping of split points')
+        out[str(model)] = {}
+        for point, times in points.items():
+            if not isinstance(times, list) or len(times) != 2:
+                raise ConfigError(f'{where} {model} {point}: expected [head_ms, tail_ms], '
+                                  f'got {times!r}')
+            head = _positive(times[0], f'{where} {model} {point}: head_ms', allow_zero=True)
+            tail = _positive(times[1], f'{where} {model} {point}: tail_ms', allow_zero=True)
+            out[str(model)][str(point)] = (head, tail)
+    return out
 
 
 def _positive(value: Any, where: str, allow_zero: bool = False) -> float:

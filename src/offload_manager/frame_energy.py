@@ -14,6 +14,7 @@ from typing import Any
 from adaptive_offload.datatypes import InferenceReport
 from offload_manager.energy import EnergyModel, MeasuredEnergy
 from offload_manager.observations import REPLY_BYTES
+from offload_manager.split_figures import SPLIT_PREFIX
 
 
 class FrameEnergy:
@@ -50,6 +51,8 @@ class FrameEnergy:
                 cost['cloud_ms'] = report.total_ms
             if report.status == 'ok':
                 cost['replied'] = 1.0
+            if report.model.startswith(SPLIT_PREFIX):  # the robot ran the model's head
+                cost['head_ms'] = report.inference_ms
         elif report.status == 'ok':
             cost['edge_ms'] = report.inference_ms
         if not cost:
@@ -104,8 +107,9 @@ class FrameEnergy:
 
 
 def _joules(model: EnergyModel, costs: dict[str, float], waits: bool) -> float:
-    wait = max(0.0, costs.get('cloud_ms', 0.0) - costs.get('edge_ms', 0.0))
-    return model.joules(costs.get('edge_ms', 0.0), int(costs.get('bytes', 0)),
+    compute = costs.get('edge_ms', 0.0) + costs.get('head_ms', 0.0)
+    wait = max(0.0, costs.get('cloud_ms', 0.0) - compute)
+    return model.joules(compute, int(costs.get('bytes', 0)),
                         REPLY_BYTES if 'replied' in costs else 0, wait if waits else 0.0)
 
 

@@ -32,9 +32,20 @@ class OffloadManager:
     Args:
         config: Parameters.
         policy: Policy to use; by default the one ``config.policy`` names.
+        executes_split: Whether the caller executes split routes (only the simulator does
+            yet); without it, ``split_options`` are refused.
+
+    Raises:
+        ConfigError: For split options where they cannot be executed, or unusable parameters.
     """
 
-    def __init__(self, config: ManagerConfig, policy: Policy | None = None) -> None:
+    def __init__(self, config: ManagerConfig, policy: Policy | None = None,
+                 executes_split: bool = False) -> None:
+        if config.splits() and not executes_split:
+            # A split decision here would have no worker to carry it: every frame would drop.
+            raise ConfigError('split_options: split routes are executed only by the simulator '
+                              '(evaluate --mode sim) yet; the replay runtime and the ROS nodes '
+                              'cannot run them, leave split_options empty')
         self.config = config
         self._policy = policy or create_policy(config.policy, config.policy_settings())
         # A frame that may still meet its deadline is never given up on.
@@ -153,7 +164,8 @@ class OffloadManager:
             jpeg_quality=plan.jpeg_quality, cloud_max_side=plan.cloud_max_side,
             offload_every=plan.offload_every, hedge_delay_ms=plan.hedge_delay_ms,
             probe_every=plan.probe_every, deadline_ms=self.config.deadline_ms,
-            policy=self.config.policy, reason=plan.reason, unmet=plan.unmet)
+            policy=self.config.policy, reason=plan.reason, unmet=plan.unmet,
+            split=plan.split)
         return decision
 
     def next_due_ns(self, now_ns: int) -> int:

@@ -14,6 +14,7 @@ from offload_manager.energy import (EnergyModel, EnergyReader, load_devices, Mea
                                     READERS)
 from offload_manager.frame_energy import FrameEnergy
 from offload_manager.policies import Plan, PolicySettings
+from offload_manager.split_figures import parse_spec, split_figures
 
 PARAMETERS = (
     ParameterSpec('policy', 'predictive', 'Routing policy (registry name).', live=True),
@@ -57,6 +58,9 @@ PARAMETERS = (
     ParameterSpec('cloud_model', 'fasterrcnn_resnet50_fpn_v2', 'Cloud model (accuracy prior).'),
     ParameterSpec('edge_options', [''],
                   'model@imgsz the adaptive policies may choose; [""]: edge_model@edge_imgsz.'),
+    ParameterSpec('split_options', [''],
+                  'arch@imgsz:point:encoding split routes the adaptive policies may choose '
+                  '(simulator only yet); [""]: none.'),
     ParameterSpec('epsilon', 0.01, 'Largest acceptable P(latency > deadline).', live=True,
                   minimum=0.0001, maximum=0.5),
     ParameterSpec('accuracy_floor', 0.0,
@@ -92,8 +96,10 @@ PARAMETERS = (
     ParameterSpec('obey_faults', False,
                   'Obey manager deaths announced on /health/faults (a fault rehearsal).'),
 )
+SPLIT_POLICIES = ('static-split', 'split-score')
 LIVE = frozenset(spec.name for spec in PARAMETERS if spec.live)
-ADAPTIVE = ('predictive', 'weighted-score', 'reactive', 'mdp-svr', 'q-learning')
+ADAPTIVE = ('predictive', 'weighted-score', 'reactive', 'mdp-svr', 'q-learning',
+            'static-split', 'split-score')
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,7 @@ class ManagerConfig:
     devices_file: str
     cloud_model: str
     edge_options: list
+    split_options: list
     epsilon: float
     accuracy_floor: float
     energy_budget_j: float
@@ -145,7 +152,7 @@ class ManagerConfig:
             ConfigError: For unknown names, wrong types or out-of-range values.
         """
         config = cls(**resolve(PARAMETERS, values))
-        if config.static_route not in {r.value for r in Route}:
+        if config.static_route not in {r.value for r in Route} - {Route.SPLIT.value}:
             raise ConfigError(f'static_route {config.static_route!r}: edge, cloud or hedged')
         if config.deadline_ms <= 0 or config.decision_period_s <= 0 or \
                 config.decision_valid_s <= config.decision_period_s:
@@ -163,7 +170,15 @@ class ManagerConfig:
             model, _, size = spec.rpartition('@')
             if not model or not size.isdigit() or int(size) <= 0:
                 raise ConfigError(f'edge_options entry {spec!r}: expected model@imgsz')
+        for text in config.splits():
+            parse_spec(text)
+        if config.policy in SPLIT_POLICIES and not config.splits():
+            raise ConfigError(f'policy {config.policy!r} needs split_options')
         return config
+
+    def splits(self) -> tuple[str, ...]:
+        """Split options as ``arch@imgsz:point:encoding``; empty: none."""
+        return tuple(o for o in self.split_options if o)
 
     def options(self) -> tuple[str, ...]:
         """Edge choices as ``model@imgsz``: the listed ones, else the parameters' own."""
@@ -201,7 +216,8 @@ class ManagerConfig:
                        energy_budget_j=self.energy_budget_j,
                        spend_cap_usd_h=self.cloud_spend_cap_usd_h,
                        weight_energy=self.weight_energy, weight_accuracy=self.weight_accuracy,
-                       weight_cost=self.weight_cost, probe_every=self.probe_every)
+                       weight_cost=self.weight_cost, probe_every=self.probe_every,
+                       splits=split_figures(self.splits(), robot, cloud))
 
 
 def frame_energy(config: ManagerConfig, reader: EnergyReader | None = None) -> FrameEnergy:

@@ -49,10 +49,13 @@ class Option:
     edge_model: str
     edge_imgsz: int
     jpeg_quality: int
+    split: str = ''  # on the split route: the split option's name
 
     @property
     def key(self) -> str:
-        """Short label, e.g. ``hedged yolov8n@320 q75``."""
+        """Short label, e.g. ``hedged yolov8n@320 q75`` or ``split <arch@imgsz:point:enc>``."""
+        if self.split:
+            return f'{self.route.value} {self.split}'
         return f'{self.route.value} {self.edge_model}@{self.edge_imgsz} q{self.jpeg_quality}'
 
 
@@ -245,15 +248,17 @@ class Observations:
             measured = self.bandwidth.transfer_ms(int(self._sent_mean))
             if at_quality is not None and measured is not None:
                 shift += at_quality - measured
-            median = self._cloud_median or 0.0
-            ahead = self.trend.forecast(steps=5)
-            # Worsening (the latency trend, or the service's queue): shift ahead of it, as far
-            # as whichever sees it further (both see one cause; adding them would count it
-            # twice).
-            shift += max(0.0, self._queue_rise,
-                         ahead - median if ahead is not None else 0.0)
+            shift += self._worsening()
             self._shifts[quality] = shift
         return self._shifts[quality]
+
+    def _worsening(self) -> float:
+        """How much later than the series the next answers come: the trend or the queue."""
+        median = self._cloud_median or 0.0
+        ahead = self.trend.forecast(steps=5)
+        # Worsening (the latency trend, or the service's queue): shift ahead of it, as far as
+        # whichever sees it further (both see one cause; adding them would count it twice).
+        return max(0.0, self._queue_rise, ahead - median if ahead is not None else 0.0)
 
     def cloud_late(self, quality: int, deadline_ms: float) -> float | None:
         """P(a cloud answer at ``quality`` is later than the deadline); None if unmeasured."""

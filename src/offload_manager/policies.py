@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
 from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceReport, Route
 from adaptive_offload.errors import ConfigError
@@ -23,6 +23,7 @@ class Plan:
     reason: str
     probe_every: int = 0
     unmet: str = ''
+    split: str = ''
 
 
 class AccuracyView(NamedTuple):
@@ -68,6 +69,8 @@ class PolicySettings:
         failover_after: Consecutive cloud failures before the reactive policy fails over.
         failback_s: Time on the edge before the reactive policy tries the cloud again.
         seed: Seed of learning policies' exploration.
+        splits: Split options the policies may choose, by name
+            (``offload_manager.split_figures.SplitFigures``); empty: none.
     """
 
     deadline_ms: float
@@ -94,6 +97,7 @@ class PolicySettings:
     failover_after: int = 3
     failback_s: float = 10.0
     seed: int = 0
+    splits: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Policy(Protocol):
@@ -172,7 +176,7 @@ class FixedRoutePolicy:
 
 def _adaptive(kind: str) -> Callable[[PolicySettings], Policy]:
     def build(settings: PolicySettings) -> Policy:
-        from offload_manager import learning, predictive
+        from offload_manager import learning, predictive, split_policies
         from offload_manager.observations import Observations
 
         if settings.energy is None:
@@ -182,9 +186,18 @@ def _adaptive(kind: str) -> Callable[[PolicySettings], Policy]:
             'weighted-score': predictive.WeightedScorePolicy,
             'reactive': predictive.ReactivePolicy,
             'mdp-svr': learning.MdpSvrPolicy,
-            'q-learning': learning.QLearningPolicy}
+            'q-learning': learning.QLearningPolicy,
+            'static-split': split_policies.StaticSplitPolicy,
+            'split-score': split_policies.SplitScorePolicy}
         obs = Observations(settings.energy, settings.cloud_model, settings.gpu_price_per_hour,
                            settings.edge_profile_ms)
+        if settings.splits:
+            from offload_manager.split_observations import SplitObservations
+
+            obs = SplitObservations(settings.energy, settings.splits,
+                                    cloud_model=settings.cloud_model,
+                                    gpu_price_per_hour=settings.gpu_price_per_hour,
+                                    edge_profile_ms=settings.edge_profile_ms)
         return classes[kind](settings, obs)
     return build
 
@@ -194,7 +207,7 @@ POLICIES: dict[str, Callable[[PolicySettings], Policy]] = {
     'cloud-only': lambda s: FixedRoutePolicy(s, Route.CLOUD, 'cloud-only'),
     'static': lambda s: FixedRoutePolicy(s, s.static_route, 'static'),
     **{name: _adaptive(name) for name in ('predictive', 'weighted-score', 'reactive', 'mdp-svr',
-                                          'q-learning')},
+                                          'q-learning', 'static-split', 'split-score')},
 }
 
 

@@ -26,6 +26,7 @@ class _ObservingPolicy:
     """Feeds :class:`Observations` and turns a chosen option into a plan."""
 
     name = ''
+    chooses_splits = False  # whether the configured split options are among its options
 
     def __init__(self, settings: PolicySettings, observations: Observations) -> None:
         self.settings = settings
@@ -76,6 +77,10 @@ class _ObservingPolicy:
                 out.append(Option(Route.HEDGED, model, int(imgsz), q))
                 if i == 0:  # the edge model does not matter on the cloud route
                     out.append(Option(Route.CLOUD, model, int(imgsz), q))
+        if self.chooses_splits:
+            d = self.settings.defaults
+            out += [Option(Route.SPLIT, d.edge_model, d.edge_imgsz, d.jpeg_quality, split)
+                    for split in self.settings.splits]
         self._options = out
         return out
 
@@ -111,11 +116,11 @@ class _ObservingPolicy:
     def _apply(self, option: Option, reason: str, changes: dict[str, Any]) -> Plan:
         """Make ``option`` current and return the default plan with it and ``changes``."""
         self.current = option
-        if option.route is not Route.EDGE:  # the quality of the requests now going out
+        if option.route in (Route.CLOUD, Route.HEDGED):  # the quality of the JPEGs going out
             self.obs.quality = option.jpeg_quality
         return replace(self.settings.defaults, route=option.route, edge_model=option.edge_model,
                        edge_imgsz=option.edge_imgsz, jpeg_quality=option.jpeg_quality,
-                       reason=reason, **changes)
+                       reason=reason, split=option.split, **changes)
 
     def probing(self, plan: Plan) -> Plan:
         """On a one-sided route, probe the other side every ``probe_every``-th frame.
@@ -161,6 +166,7 @@ class PredictivePolicy(_ObservingPolicy):
     """
 
     name = 'predictive'
+    chooses_splits = True
 
     def plan(self, now_ns: int) -> Plan:
         """See :class:`offload_manager.policies.Policy`."""
@@ -254,8 +260,9 @@ class WeightedScorePolicy(_ObservingPolicy):
         if not estimates:
             self._plan = self.to_plan(self.default_option(), 'no option under L_max')
             return self._plan
-        server_j = {id(e): s.server_power_w * (self.obs.book.quantile('cloud:server', 0.5) or 0)
-                    / 1e3 if e.option.route is not Route.EDGE else 0.0 for e in estimates}
+        whole_ms = self.obs.book.quantile('cloud:server', 0.5) or 0
+        server_j = {id(e): s.server_power_w * self.server_ms(e, whole_ms) / 1e3
+                    if e.option.route is not Route.EDGE else 0.0 for e in estimates}
         e_norm = max(e.energy_j + server_j[id(e)] for e in estimates) or 1.0
         l_norm = max(e.latency_ms for e in estimates) or 1.0
         w1, w2, w3 = s.score_weights
@@ -263,6 +270,10 @@ class WeightedScorePolicy(_ObservingPolicy):
                    w2 * (e.energy_j + server_j[id(e)]) / e_norm + w3 * e.latency_ms / l_norm)
         self._plan = self.to_plan(best.option, f'{best.option.key}: lowest S')
         return self._plan
+
+    def server_ms(self, estimate: Estimate, whole_ms: float) -> float:
+        """Server time of an offloading option: the whole model's measured median."""
+        return whole_ms
 
 
 class ReactivePolicy(_ObservingPolicy):

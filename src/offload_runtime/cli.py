@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument('--uplink-mbps', type=float, default=50.0, help='sim link bandwidth')
     evaluate.add_argument('--rtt-ms', type=float, default=30.0, help='sim link round trip')
     evaluate.add_argument('--seed', type=int, default=0)
+    evaluate.add_argument('--cloud', default='gpu_server', help='cloud device profile')
+    evaluate.add_argument('--split-options', default='', help='comma-separated '
+                          'arch@imgsz:point:encoding split routes (sim only; default none)')
     quality = evaluate.add_mutually_exclusive_group()
     quality.add_argument('--measured', dest='measured', action='store_true', default=True,
                          help='sim: the shipped detectors, each frame of the quality measured '
@@ -330,7 +333,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                        frames=args.frames, fps=args.fps, deadline_ms=args.deadline_ms,
                        robot=args.robot, devices_file=args.devices, seed=args.seed,
                        network=NetworkProfile(args.uplink_mbps, args.rtt_ms), floors=floors,
-                       measured=args.measured)
+                       measured=args.measured, cloud=args.cloud,
+                       split_options=[o for o in args.split_options.split(',') if o])
     if is_fleet(args):
         return run_fleet_evaluate(args, opts)
     evaluate(opts, lambda line: print(line, flush=True))

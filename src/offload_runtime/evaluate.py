@@ -29,6 +29,7 @@ from offload_manager.accuracy import measured_figures, prior
 from offload_manager.energy import DeviceProfile, load_devices
 from offload_manager.manager import default_devices_file, ManagerConfig, OffloadManager
 from offload_manager.policies import POLICIES
+from offload_manager.split_figures import default_payloads_file, load_payloads, parse_spec
 from offload_runtime.fronts import match, plot_front, swept_label, write_matched
 from offload_runtime.simulator import NetworkProfile, SimSettings, Simulation
 from offload_runtime.train_cli import CLOUD_FILE, EDGE_FILE
@@ -65,6 +66,8 @@ class EvalOptions:
         imgsz: Edge input size of the live runs' default plan.
         backend_factory: Builds the edge detector in live mode (tests inject a fake).
         edge_params: More edge_inference parameters for live runs.
+        split_options: Split routes (``arch@imgsz:point:encoding``) the adaptive policies may
+            choose (sim only); frames then have the payload file's JPEG sizes.
         measured: Simulate the shipped detectors (``yolov8n-shapes``, the compact Faster
             R-CNN) with their measured mAP at each scene difficulty, instead of COCO models
             and their priors.
@@ -94,6 +97,7 @@ class EvalOptions:
     edge_params: Mapping[str, Any] = field(default_factory=dict)
     floors: Sequence[float] = ()
     measured: bool = False
+    split_options: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -163,7 +167,7 @@ def manager_config(opts: EvalOptions, policy: str, robot: str,
         'edge_imgsz': opts.imgsz, 'edge_options': options, 'device': robot,
         'cloud_device': opts.cloud, 'devices_file': opts.devices_file, 'seed': opts.seed,
         'decision_period_s': 0.5, 'decision_valid_s': 2.0, 'accuracy_floor': float(floor),
-        **extra})
+        'split_options': list(opts.split_options) or [''], **extra})
 
 
 def _measured_quality(model: str, imgsz: int, level: str) -> float | None:
@@ -195,8 +199,12 @@ def run_sim(opts: EvalOptions, scenario: Scenario, policy: str,
             devices: dict[str, DeviceProfile], floor: float | None = None) -> tuple[Row, Trace]:
     """Simulate one policy under one scenario (predictive with ``floor``, if given)."""
     robot = opts.robot or 'raspberry_pi_5'
-    manager = OffloadManager(manager_config(opts, policy, robot, floor or 0.0))
+    manager = OffloadManager(manager_config(opts, policy, robot, floor or 0.0),
+                             executes_split=True)
     settings = SimSettings(frames=opts.frames, fps=opts.fps, seed=opts.seed)
+    if opts.split_options:  # JPEGs of the frame the payloads were measured on
+        _, jpeg = load_payloads(default_payloads_file(parse_spec(opts.split_options[0]).arch))
+        settings = dataclasses.replace(settings, q75_bytes=jpeg.get(75, settings.q75_bytes))
     if opts.measured:
         settings = dataclasses.replace(settings, cloud_model=SHIPPED_CLOUD)
     sim = Simulation(manager, devices[robot], devices[opts.cloud], opts.network, scenario,
@@ -365,7 +373,7 @@ def plot(out: Path, scenario: Scenario, traces: dict[str, Trace]) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    levels = {'edge': 0, 'hedged': 1, 'cloud': 2}
+    levels = {'edge': 0, 'hedged': 1, 'cloud': 2, 'split': 3}
     for i, (policy, trace) in enumerate(traces.items()):
         if trace.routes:
             t, r = zip(*trace.routes)

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from adaptive_offload.admission import EveryNth
 from adaptive_offload.datatypes import (Decision, Detection, DetectionSet, FrameRecord,
-                                        InferenceReport)
+                                        InferenceReport, Route)
 from adaptive_offload.scene_difficulty import parse_difficulty
 from cloud_bridge.resilience import CircuitBreaker
 from fault_injection.scenario import Scenario
@@ -33,6 +33,7 @@ from offload_manager.accuracy import calibration, prior
 from offload_manager.energy import DeviceProfile
 from offload_manager.manager import OffloadManager
 from offload_manager.observations import jpeg_factor
+from offload_manager.split_figures import split_figures, SPLIT_PREFIX, SplitFigures
 
 MS = 1_000_000
 
@@ -154,6 +155,8 @@ class Simulation:
         self._sent = 0
         self._edge_probes = EveryNth()  # as EdgeInference's
         self._parts: dict[int, dict[str, float]] = {}
+        self._splits: dict[str, SplitFigures] = {}
+        self._head_ms: dict[int, float] = {}  # split frames in flight: the robot's time
 
     def _at(self, t_ns: int, kind: str, *payload: object) -> None:
         self.events.at(t_ns, self._step, kind, payload)
@@ -298,12 +301,19 @@ class Simulation:
             return
         self._in_flight += 1
         mbps = min(self.net.uplink_mbps, faults.get('bandwidth', {}).get('mbps', math.inf))
-        server = self._spread(self.cloud.inference_time_ms(self.s.cloud_model, 640) or 60.0,
-                              'server', stamp)
+        robot_ms, server_ms = self.s.encode_ms, \
+            self.cloud.inference_time_ms(self.s.cloud_model, 640) or 60.0
+        if decision.route is Route.SPLIT:  # the head runs here, its payload goes out
+            fig = self._split(decision.split)
+            slowdown = faults.get('cpu_contention', {}).get('slowdown', 1.0)
+            robot_ms = self._spread(fig.robot_ms * slowdown, 'head', stamp)
+            nbytes, server_ms = fig.payload_bytes, fig.server_ms
+            self._head_ms[stamp] = robot_ms
+        server = self._spread(server_ms, 'server', stamp)
         transfer = self._spread(nbytes * 8 / (mbps * 1e3), 'transfer', stamp)
         delay = faults.get('latency', {}).get('delay_ms', 0.0)
         rtt = self._spread(self.net.rtt_ms, 'rtt', stamp) + delay
-        total = self.s.encode_ms + transfer + rtt + server
+        total = robot_ms + transfer + rtt + server
         reason = ''
         if 'cloud_outage' in faults:
             total, reason = rtt, 'connection: refused'
@@ -322,19 +332,32 @@ class Simulation:
         sent = 0 if reason.startswith('connection') else nbytes  # refused: nothing went out
         self.result.bytes_sent += sent
         parts = self._parts.get(stamp, {})  # the frame may have ended: a probe's answer
+        # A split request's report names its option and gives the robot's head time.
+        split: dict[str, Any] = {'inference_ms': total - self.s.encode_ms}
+        if decision.route is Route.SPLIT:
+            split = {'model': SPLIT_PREFIX + decision.split,
+                     'inference_ms': self._head_ms.pop(stamp, 0.0)}
         if reason:
-            self._report(stamp, 'cloud', 'failed', reason=reason, total_ms=total, bytes_sent=sent)
+            self._report(stamp, 'cloud', 'failed', reason=reason, total_ms=total, bytes_sent=sent,
+                         **({} if decision.route is not Route.SPLIT else split))
         else:
             self.result.gpu_seconds += server / 1e3
             acc = self._accuracy(self.s.cloud_model, 0, stamp)
+            if decision.route is Route.SPLIT:
+                acc = max(0.0, acc - self._split(decision.split).map_loss)
             parts['acc_cloud'] = acc
             self.m.on_detections(self._detections(stamp, 'cloud', self.s.cloud_model, acc), t)
-            self._report(stamp, 'cloud', 'ok', total_ms=total,
-                         inference_ms=total - self.s.encode_ms, server_ms=server,
-                         bytes_sent=nbytes, queue_ms=queue)
+            self._report(stamp, 'cloud', 'ok', total_ms=total, server_ms=server,
+                         bytes_sent=nbytes, queue_ms=queue, **split)
         if self._cloud_pending is not None:
             pending, self._cloud_pending = self._cloud_pending, None
             self._start_cloud(t, *pending)
+
+    def _split(self, name: str) -> SplitFigures:
+        """Return a split option's figures on this robot and cloud (read once)."""
+        if name not in self._splits:
+            self._splits.update(split_figures([name], self.robot, self.cloud))
+        return self._splits[name]
 
     def _settle(self, t: int, reason: str) -> None:
         """Tell the circuit breaker how a cloud request ended."""

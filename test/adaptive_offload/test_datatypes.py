@@ -64,5 +64,5 @@ def test_decision_validation_and_validity_window() -> None:
 
 def test_route_properties() -> None:
     uses = [(r.uses_edge, r.uses_cloud) for r in Route]
-    assert uses == [(True, False), (False, True), (True, True)]
+    assert uses == [(True, False), (False, True), (True, True), (False, True)]
     assert FrameRecord(drop_reason='superseded').dropped and not FrameRecord().dropped

@@ -204,3 +204,43 @@ def test_records_carry_modelled_or_measured_energy() -> None:
     [a, b] = metered.annotate([Outcome(FrameRecord(stamp_ns=s), None) for s in (8, 9)], S)
     assert a.record.energy_measured and a.record.energy_j == pytest.approx(5.0)
     assert b.record.energy_j == pytest.approx(5.0)
+
+
+def test_shipped_profiles_carry_split_times_of_the_compact_model() -> None:
+    devices = load_devices(default_devices_file())
+    arch = 'fasterrcnn_mobilenet_v3_small_fpn'
+    for name in ('raspberry_pi_5', 'laptop_cpu', 'ci_machine', 'h200_server'):
+        head, tail = devices[name].split_time_ms(arch, 640, 'body.2') or (0.0, 0.0)
+        assert 0 < head < tail, name
+    # The Pi is slower than the CI machine it is scaled from; the H200 far faster than both.
+    pi, ci, h200 = (devices[n].split_time_ms(arch, 640, 'body.2') or (0.0, 0.0)
+                    for n in ('raspberry_pi_5', 'ci_machine', 'h200_server'))
+    assert pi[0] > ci[0] > h200[0]
+    for name in ('h200_server', 'gpu_server'):
+        assert devices[name].split_time_ms('fasterrcnn_resnet50_fpn_v2', 640, 'fpn')
+    assert devices['h200_server'].split_time_ms(arch, 640, 'no.such.point') is None
+    assert devices['jetson_orin_nano'].split_time_ms(arch, 640, 'body.2') is None
+
+
+@pytest.mark.parametrize('split, match', [
+    ('[1, 2]', 'map model@imgsz'),
+    ('{rcnn: {fpn: [1, 2]}}', 'not model@imgsz'),
+    ('{rcnn@640: {}}', 'mapping of split points'),
+    ('{rcnn@640: {fpn: [1]}}', r'\[head_ms, tail_ms\]'),
+    ('{rcnn@640: {fpn: [1, -2]}}', 'tail_ms must be a non-negative'),
+    ('{rcnn@640: {fpn: [x, 2]}}', 'head_ms must be a non-negative'),
+])
+def test_bad_split_times_name_the_entry(tmp_path: Path, split: str, match: str) -> None:
+    path = tmp_path / 'd.yaml'
+    path.write_text(f'devices: {{pi: {{idle_w: 1, compute_w: 2, split_ms: {split}}}}}')
+    with pytest.raises(ConfigError, match=match):
+        load_devices(path)
+
+
+def test_split_times_load_as_head_and_tail(tmp_path: Path) -> None:
+    path = tmp_path / 'd.yaml'
+    path.write_text('devices: {pi: {idle_w: 1, compute_w: 2, '
+                    'split_ms: {rcnn@640: {body.2: [3, 40.5]}}}}')
+    pi = load_devices(path)['pi']
+    assert pi.split_time_ms('rcnn', 640, 'body.2') == (3.0, 40.5)
+    assert pi.split_time_ms('rcnn', 320, 'body.2') is None

@@ -45,6 +45,8 @@ def test_unknown_policy_and_bad_config_are_refused() -> None:
         OffloadManager(ManagerConfig.from_params({'policy': 'psychic'}))
     with pytest.raises(ConfigError, match='static_route'):
         ManagerConfig.from_params({'static_route': 'mars'})
+    with pytest.raises(ConfigError, match='static_route'):  # a split needs its option
+        ManagerConfig.from_params({'static_route': 'split'})
     with pytest.raises(ConfigError, match='decision_valid_s'):
         ManagerConfig.from_params({'decision_period_s': 3.0, 'decision_valid_s': 2.0})
     with pytest.raises(ConfigError, match='unknown parameter'):

@@ -288,3 +288,23 @@ def test_in_the_measured_sim_the_edge_estimate_follows_the_scene_from_confidence
     assert estimate[9] == pytest.approx(easy, abs=3.0)  # the prior keeps 5 samples of 90
     assert estimate[19] < hard + 0.15 * swing
     assert estimate[29] > easy - 0.15 * swing
+
+
+def test_split_routes_run_in_the_simulator(tmp_path: Path) -> None:
+    from offload_manager.split_figures import default_payloads_file, load_payloads
+
+    arch = 'fasterrcnn_mobilenet_v3_small_fpn'
+    split = f'{arch}@640:body.2:int8+zstd'
+    scenario = tmp_path / 's.yaml'
+    scenario.write_text('name: drop\nfaults:\n  - {kind: bandwidth, start_s: 1.0, '
+                        'duration_s: 1.0, mbps: 5.0}\n')
+    opts = EvalOptions(scenarios=[scenario], policies=['static-split', 'predictive'],
+                       frames=40, out=tmp_path / 'out', robot='raspberry_pi_5',
+                       cloud='h200_server', split_options=[split], measured=True)
+    rows = {r.policy: r for r in evaluate(opts, announce=lambda _: None)}
+    points, _ = load_payloads(default_payloads_file(arch))
+    static = rows['static-split']
+    assert static.cloud_requests == 40
+    assert static.mb_sent == pytest.approx(40 * points['body.2']['int8+zstd'][0] / 1e6)
+    assert static.energy_j > 0 and static.accuracy > 0
+    assert rows['predictive'].miss_pct <= static.miss_pct

@@ -1,0 +1,191 @@
+"""Split options: the cloud model cut after a stage, its head on the robot and tail in the cloud.
+
+An option is named ``<arch>@<imgsz>:<point>:<encoding>`` (e.g.
+``fasterrcnn_mobilenet_v3_small_fpn@640:body.2:int8+zstd``). What one frame costs on it comes
+from three sources: the robot's head time and the cloud's tail time (``split_ms`` of the
+device profiles, ``config/devices.yaml``), and the payload bytes with their encode and decode
+times (a trained model's ``adaptive-offload profile --out`` file,
+``config/split_payloads/<arch>.yaml``): bytes belong to the model and the frame, not to a
+device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from adaptive_offload.errors import ConfigError
+from adaptive_offload.package_files import shipped_config
+from offload_manager.energy import DeviceProfile
+import yaml
+
+SPLIT_PREFIX = 'split:'
+"""A cloud report of a split request names its option as ``split:<option>`` in ``model``."""
+QUANTISATION_MAP_LOSS = {'fp16': 0.0, 'int8': 0.5}
+"""mAP points (0-100) a wire precision costs the cloud model. fp16: none measurable. int8: an
+assumption bounded by this project's own tests (test/rcnn_service/test_rcnn_split.py: int8
+payloads keep the detections' boxes and scores close to the unsplit model's); no mAP was
+measured on split execution."""
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """One split option's name, parsed.
+
+    Attributes:
+        arch: Cloud model architecture.
+        imgsz: Its input size (the profiles' key).
+        point: The stage after which the model is cut.
+        encoding: Wire encoding, ``<precision>+<codec>`` (``int8+zstd``).
+    """
+
+    arch: str
+    imgsz: int
+    point: str
+    encoding: str
+
+    @property
+    def key(self) -> str:
+        """The option's name, ``arch@imgsz:point:encoding``."""
+        return f'{self.arch}@{self.imgsz}:{self.point}:{self.encoding}'
+
+
+@dataclass(frozen=True)
+class SplitFigures:
+    """What one frame costs on a split option.
+
+    Attributes:
+        spec: The option.
+        head_ms: Robot time of the layers before the cut.
+        encode_ms: Robot time to quantise and compress the payload.
+        payload_bytes: Request bytes.
+        tail_ms: Cloud time of the layers after the cut.
+        decode_ms: Cloud time to decompress the payload.
+        map_loss: mAP points the encoding's precision costs.
+        jpeg_bytes: The same frame's JPEG bytes by quality (the payload file's reference).
+    """
+
+    spec: SplitSpec
+    head_ms: float
+    encode_ms: float
+    payload_bytes: int
+    tail_ms: float
+    decode_ms: float
+    map_loss: float
+    jpeg_bytes: Mapping[int, int]
+
+    @property
+    def robot_ms(self) -> float:
+        """Robot compute time per frame: head and encode."""
+        return self.head_ms + self.encode_ms
+
+    @property
+    def server_ms(self) -> float:
+        """Cloud compute time per frame: decode and tail."""
+        return self.decode_ms + self.tail_ms
+
+
+def parse_spec(text: str) -> SplitSpec:
+    """Parse ``arch@imgsz:point:encoding``.
+
+    Raises:
+        ConfigError: If the text is not of that form.
+    """
+    parts = text.split(':')
+    model, _, size = parts[0].rpartition('@')
+    if len(parts) != 3 or not model or not size.isdigit() or int(size) <= 0 or \
+            not parts[1] or parts[2].split('+')[0] not in QUANTISATION_MAP_LOSS:
+        raise ConfigError(f'split option {text!r}: expected arch@imgsz:point:encoding with '
+                          f'encoding {"/".join(QUANTISATION_MAP_LOSS)}+codec')
+    return SplitSpec(model, int(size), parts[1], parts[2])
+
+
+def default_payloads_file(arch: str) -> Path:
+    """Return the shipped payload figures of ``arch`` (``config/split_payloads/<arch>.yaml``)."""
+    return shipped_config('split_payloads', f'{arch}.yaml')
+
+
+Payloads = dict[str, dict[str, tuple[int, float, float]]]
+"""Payload figures: ``{point: {encoding: (bytes, encode_ms, decode_ms)}}``."""
+
+
+def load_payloads(path: str | Path) -> tuple[Payloads, dict[int, int]]:
+    """Read a profile file's payload figures.
+
+    Returns:
+        ``{point: {encoding: (bytes, encode_ms, decode_ms)}}`` and the JPEG bytes by quality.
+
+    Raises:
+        ConfigError: Naming the file and the entry at fault.
+    """
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f'cannot read split payload figures {path}: {err}') from err
+    if not isinstance(data, dict) or not isinstance(data.get('points'), list):
+        raise ConfigError(f'{path}: expected a profile with a list "points"')
+    jpeg = data.get('jpeg_bytes') or {}
+    try:
+        qualities = {int(str(q).lstrip('q')): int(b) for q, b in jpeg.items()}
+    except (AttributeError, TypeError, ValueError) as err:
+        raise ConfigError(f'{path}: jpeg_bytes must map qNN to bytes') from err
+    points: Payloads = {}
+    for entry in data['points']:
+        if not isinstance(entry, dict) or not isinstance(entry.get('wire'), dict):
+            raise ConfigError(f'{path}: point {entry!r} lacks a "wire" mapping')
+        name = str(entry.get('name'))
+        points[name] = {}
+        for encoding, fig in entry['wire'].items():
+            where = f'{path}: point {name} {encoding}'
+            if not isinstance(fig, dict):
+                raise ConfigError(f'{where}: expected bytes, encode_ms, decode_ms')
+            raw = [fig.get(k) for k in ('bytes', 'encode_ms', 'decode_ms')]
+            values = [float(v) for v in raw if not isinstance(v, bool) and
+                      isinstance(v, (int, float)) and math.isfinite(v) and v >= 0]
+            if len(values) != 3:
+                raise ConfigError(f'{where}: bytes, encode_ms, decode_ms must be non-negative '
+                                  f'numbers, got {raw}')
+            points[name][str(encoding)] = (int(values[0]), values[1], values[2])
+    return points, qualities
+
+
+def split_figures(specs: Sequence[str], robot: DeviceProfile, cloud: DeviceProfile,
+                  payload_files: Mapping[str, str | Path] | None = None
+                  ) -> dict[str, SplitFigures]:
+    """Figures of every split option, from the device profiles and the payload files.
+
+    Args:
+        specs: Option names (``arch@imgsz:point:encoding``).
+        robot: Robot profile (head times).
+        cloud: Cloud profile (tail times).
+        payload_files: Payload file by architecture; by default the shipped ones.
+
+    Returns:
+        Figures by option name.
+
+    Raises:
+        ConfigError: If an option is malformed or a figure it needs is missing.
+    """
+    payloads: dict[str, Any] = {}
+    out = {}
+    for text in specs:
+        spec = parse_spec(text)
+        if spec.arch not in payloads:
+            path = (payload_files or {}).get(spec.arch) or default_payloads_file(spec.arch)
+            payloads[spec.arch] = load_payloads(path)
+        points, jpeg = payloads[spec.arch]
+        wire = points.get(spec.point, {}).get(spec.encoding)
+        head = robot.split_time_ms(spec.arch, spec.imgsz, spec.point)
+        tail = cloud.split_time_ms(spec.arch, spec.imgsz, spec.point)
+        if wire is None:
+            raise ConfigError(f'split option {text!r}: no payload {spec.encoding} for point '
+                              f'{spec.point!r} in its payload file')
+        if head is None or tail is None:
+            device = robot.name if head is None else cloud.name
+            raise ConfigError(f'split option {text!r}: no time for point {spec.point!r} of '
+                              f'{spec.arch}@{spec.imgsz} in device {device} split_ms')
+        out[spec.key] = SplitFigures(spec, head[0], wire[1], wire[0], tail[1], wire[2],
+                                     QUANTISATION_MAP_LOSS[spec.encoding.split('+')[0]], jpeg)
+    return out

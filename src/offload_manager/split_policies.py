@@ -1,0 +1,63 @@
+"""The split computing study's baselines, over the configured split options.
+
+- ``static-split``: always the split option with the best latency in the profiles (robot head
+  and encode, payload at :data:`PROFILE_UPLINK_MBPS`, decode and tail), whatever the link
+  does: the study's comparison.
+- ``split-score``: the weighted score (``weighted-score``) over the split options and the
+  whole-frame options together, each split option's server energy from its tail time.
+"""
+
+from __future__ import annotations
+
+from adaptive_offload.datatypes import Route
+from offload_manager.observations import Estimate, Observations, Option
+from offload_manager.policies import Plan, PolicySettings
+from offload_manager.predictive import _ObservingPolicy, WeightedScorePolicy
+
+PROFILE_UPLINK_MBPS = 50.0
+"""The link a static split is chosen for: the simulator's nominal uplink."""
+
+
+def profile_latency_ms(settings: PolicySettings, name: str) -> float:
+    """Return a split option's latency by the profiles, at :data:`PROFILE_UPLINK_MBPS`."""
+    fig = settings.splits[name]
+    return fig.robot_ms + fig.payload_bytes * 8 / (PROFILE_UPLINK_MBPS * 1e3) + fig.server_ms
+
+
+class StaticSplitPolicy(_ObservingPolicy):
+    """Always the split option of best profiled latency (observations are kept, not used)."""
+
+    name = 'static-split'
+
+    def __init__(self, settings: PolicySettings, observations: Observations) -> None:
+        super().__init__(settings, observations)
+        self._plan: Plan | None = None
+
+    def retune(self, settings: PolicySettings) -> None:
+        """See :class:`offload_manager.policies.Policy`: the option is chosen anew."""
+        super().retune(settings)
+        self._plan = None
+
+    def plan(self, now_ns: int) -> Plan:
+        """See :class:`offload_manager.policies.Policy`."""
+        if self._plan is None:
+            s = self.settings
+            best = min(s.splits, key=lambda name: profile_latency_ms(s, name))
+            d = s.defaults
+            option = Option(Route.SPLIT, d.edge_model, d.edge_imgsz, d.jpeg_quality, best)
+            self._plan = self.to_plan(
+                option, f'{option.key}: best profiled latency '
+                        f'{profile_latency_ms(s, best):.0f} ms')
+        return self._plan
+
+
+class SplitScorePolicy(WeightedScorePolicy):
+    """The weighted score over split and whole-frame options (see the module)."""
+
+    name = 'split-score'
+    chooses_splits = True
+
+    def server_ms(self, estimate: Estimate, whole_ms: float) -> float:
+        """Server time of an option: a split option's decode and tail, else the whole model's."""
+        fig = self.settings.splits.get(estimate.option.split)
+        return fig.server_ms if fig is not None else whole_ms
