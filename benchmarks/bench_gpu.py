@@ -9,6 +9,8 @@
 3. The real service: ``adaptive-offload serve --runtime builtin --device cuda`` with batching,
    loaded by ``adaptive-offload loadtest`` (robots that are the real cloud bridge on loopback)
    from one robot to past its capacity: offered load, goodput, P50/P99, refusals.
+4. The model alone and beside a busy Python thread: how much a front end sharing the
+   interpreter slows it (the service's batches took three times the model's time on an H200).
 
 Random weights time as trained ones do, except the final per-class NMS, which sees fewer boxes
 above the score threshold (the RPN and the ROI heads run on their fixed proposal counts).
@@ -119,6 +121,56 @@ def part_profiles(args: argparse.Namespace, archs: tuple[str, ...]) -> None:
             yaml.safe_dump(profile.to_dict(), sort_keys=False))
 
 
+def part_contention(args: argparse.Namespace, arch: str, runs: int = 5,
+                    limit_s: float = 20.0) -> None:
+    """Time the model alone and beside a busy Python thread (the service's front end).
+
+    The service's model thread shares the interpreter with its HTTP front end; on a GPU every
+    kernel launch needs the interpreter, so a front end that keeps it busy slows the model.
+    Each figure prints as soon as it is measured, and a configuration stops after ``limit_s``.
+    """
+    import threading
+
+    from offload_runtime.train_cli import checkpoint_for
+    from rcnn_service.rcnn_detector import RcnnDetector
+
+    print(f'\n## 4. {arch}, one frame, alone and beside a busy Python thread', flush=True)
+    detector = RcnnDetector(arch, checkpoint_for(arch, None), args.device, input_size=640)
+    image = frames(1)
+
+    def timed() -> str:
+        times: list[float] = []
+        deadline = time.perf_counter() + limit_s
+        while len(times) < runs and time.perf_counter() < deadline:
+            start = time.perf_counter()
+            detector.detect(image)
+            times.append(time.perf_counter() - start)
+        return f'{statistics.median(times) * 1000:.1f} ms (of {len(times)} runs)'
+
+    def busy(stop: threading.Event) -> None:
+        x = 0
+        while not stop.is_set():
+            for i in range(1000):
+                x += i
+
+    switch = sys.getswitchinterval()
+    try:
+        for interval in (0.005, 0.0005):
+            sys.setswitchinterval(interval)
+            print(f'switch interval {interval * 1000:g} ms: alone {timed()}', flush=True)
+            stop = threading.Event()
+            thread = threading.Thread(target=busy, args=(stop,), daemon=True)
+            thread.start()
+            try:
+                print(f'switch interval {interval * 1000:g} ms: beside a busy thread {timed()}',
+                      flush=True)
+            finally:
+                stop.set()
+                thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+
+
 def _free_ports(n: int) -> list[int]:
     socks = [socket.socket() for _ in range(n)]
     for sock in socks:
@@ -184,7 +236,7 @@ def main() -> int:
     parser.add_argument('--service-arch', default='fasterrcnn_resnet50_fpn_v2')
     parser.add_argument('--robots', type=int, nargs='+', default=[1, 8, 24, 48, 96])
     parser.add_argument('--seconds', type=float, default=8.0)
-    parser.add_argument('--parts', default='1,3,2', help='which parts to run, in order')
+    parser.add_argument('--parts', default='1,4,3,2', help='which parts to run, in order')
     parser.add_argument('--quick', action='store_true', help='small sizes: check the script')
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -202,6 +254,8 @@ def main() -> int:
         elif part == '2':
             part_profiles(args, archs[:1] if args.quick else
                           ('fasterrcnn_mobilenet_v3_large_fpn', 'fasterrcnn_resnet50_fpn_v2'))
+        elif part == '4':
+            part_contention(args, archs[0] if args.quick else args.service_arch)
         elif part == '3':
             part_service(args, archs[0] if args.quick else args.service_arch,
                          [1, 2] if args.quick else args.robots,
