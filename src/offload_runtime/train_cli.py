@@ -9,6 +9,7 @@ from typing import Any
 
 EXIT_OK = 0
 EDGE_FILE, CLOUD_FILE = 'yolov8n-shapes.pt', 'rcnn-shapes.pt'
+BOTTLENECK_FILE = 'rcnn-shapes-bottleneck.pt'
 
 
 def checkpoint_for(arch: str, given: str | None) -> str:
@@ -47,7 +48,20 @@ def add_train_parser(sub: Any) -> None:
     cloud.add_argument('--steps', type=int, default=800)
     cloud.add_argument('--batch', type=int, default=4)
     cloud.add_argument('--lr', type=float, default=1e-3)
-    for parser in (edge, cloud):
+    bneck = kinds.add_parser('bottleneck', help='a learned bottleneck at a split point of the '
+                                                'cloud R-CNN (docs/models.md)')
+    bneck.add_argument('--out', type=Path, default=shipped_model(BOTTLENECK_FILE))
+    bneck.add_argument('--detector', type=Path, default=shipped_model(CLOUD_FILE),
+                       help='the R-CNN checkpoint it is trained against (frozen)')
+    bneck.add_argument('--point', type=int, default=4, help='split point (one tensor crosses)')
+    bneck.add_argument('--width', type=int, default=2, help='channels of the code sent')
+    bneck.add_argument('--reduction', type=int, default=1, choices=(1, 2),
+                       help='spatial reduction of the code')
+    bneck.add_argument('--frames', type=int, default=160, help='training frames')
+    bneck.add_argument('--steps', type=int, default=1500)
+    bneck.add_argument('--fpn-weight', type=float, default=1.0,
+                       help='weight of the feature-pyramid term of the loss')
+    for parser in (edge, cloud, bneck):
         parser.add_argument('--time-budget', type=float, default=0.0,
                             help='stop after about this many seconds (0: no limit)')
         parser.add_argument('--seed', type=int, default=0)
@@ -81,6 +95,17 @@ def run_train(args: argparse.Namespace) -> int:
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2) + '\n')
             print(f'wrote {args.json}')
+        return EXIT_OK
+    if args.kind == 'bottleneck':
+        from offload_runtime.bottleneck_training import BottleneckTraining, train_bottleneck
+
+        out = train_bottleneck(BottleneckTraining(
+            out=args.out, detector=args.detector, point=args.point, width=args.width,
+            reduction=args.reduction, frames=args.frames, steps=args.steps,
+            fpn_weight=args.fpn_weight, time_budget_s=args.time_budget, seed=args.seed,
+            threads=args.threads), log)
+        print(f'wrote {out} ({out.stat().st_size / 1e3:.0f} kB) in '
+              f'{time.monotonic() - start:.0f} s')
         return EXIT_OK
     from offload_runtime.training import CloudTraining, EdgeTraining, train_cloud, train_edge
 
