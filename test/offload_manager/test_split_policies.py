@@ -70,7 +70,7 @@ def test_split_estimate_is_the_cloud_series_shifted_by_its_figures() -> None:
     assert split.latency_ms == pytest.approx(
         cloud.latency_ms + fig.robot_ms + payload - jpeg + fig.server_ms - 13.0)
     assert split.energy_j > cloud.energy_j  # more bytes and the head: the known result
-    assert split.accuracy < cloud.accuracy  # int8 costs a little
+    assert split.accuracy == cloud.accuracy  # int8 per channel: no mAP measured lost
     # A deadline the shifted series cannot meet is missed.
     tight = obs.estimate(Option(Route.SPLIT, 'yolov8n', 640, 75, SPLITS[0]),
                          cloud.latency_ms + 1.0)
