@@ -14,7 +14,7 @@ layer's call overhead, which dominates small layers on a GPU.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 import statistics
 import time
@@ -88,7 +88,7 @@ class ModelProfile:
     frame: tuple[int, int]
     whole_ms: float
     jpeg_bytes: Mapping[int, int]
-    points: tuple[PointProfile, ...] = field(default=())
+    points: tuple[PointProfile, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Return the profile as plain data (YAML or JSON)."""
@@ -285,8 +285,7 @@ def run_profile(model: str, checkpoint: str | None, options: ProfileOptions,
             profile = profile_model(target, options, frame, sync=sync, log=log)
     where = (f'cuda ({torch.cuda.get_device_name(torch.device(options.device))})' if on_gpu
              else f'cpu ({torch.get_num_threads()} threads)')
-    return ModelProfile(profile.model, profile.family, where, profile.repeats, profile.frame,
-                        profile.whole_ms, profile.jpeg_bytes, profile.points)
+    return replace(profile, device=where)
 
 
 @contextmanager

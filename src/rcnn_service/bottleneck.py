@@ -30,7 +30,8 @@ from typing import Any, TYPE_CHECKING
 from adaptive_offload.errors import ConfigError, ConversionError
 from adaptive_offload.split_wire import weights_digest
 from adaptive_offload.tensor_codec import decode_tensor, DEFAULT_MAX_BYTES, encode_tensor
-from rcnn_service.rcnn_split import EncodedPayload, RcnnPayload, RcnnSplit
+from rcnn_service.rcnn_split import (EncodedPayload, payload_meta, RcnnPayload, RcnnSplit,
+                                     read_meta)
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +41,6 @@ FORMAT_VERSION = 1
 BLOB = 'bottleneck'
 """Name of the one blob an encoded bottleneck payload carries."""
 ENCODING, COMPRESSION = 'int8', 'zstd'
-_META_KEYS = {'point', 'padded_size', 'image_sizes', 'original_sizes'}
 
 
 @dataclass(frozen=True)
@@ -229,11 +229,8 @@ class LearnedBottleneck:
                               f'got a payload of point {payload.point} '
                               f'({", ".join(payload.tensors)})')
         code = self.compress(payload.tensors[self.spec.crossing])
-        meta = {'point': payload.point, 'padded_size': list(payload.padded_size),
-                'image_sizes': [list(s) for s in payload.image_sizes],
-                'original_sizes': [list(s) for s in payload.original_sizes]}
         blob = encode_tensor(code.detach().cpu().float().numpy(), ENCODING, COMPRESSION)
-        return EncodedPayload(meta, {BLOB: blob})
+        return EncodedPayload(payload_meta(payload), {BLOB: blob})
 
     def decode(self, wire: EncodedPayload, device: str | torch.device = 'cpu',
                max_bytes: int = DEFAULT_MAX_BYTES) -> RcnnPayload:
@@ -249,18 +246,13 @@ class LearnedBottleneck:
         """
         import torch
 
-        meta = wire.meta
-        if not isinstance(meta, dict) or set(meta) != _META_KEYS or set(wire.blobs) != {BLOB}:
-            raise ConversionError('bottleneck_meta', f'expected {sorted(_META_KEYS)} and one '
-                                  f'blob {BLOB!r}')
-        if meta['point'] != self.spec.point:
+        if set(wire.blobs) != {BLOB}:
+            raise ConversionError('bottleneck_meta', f'expected one blob {BLOB!r}, got '
+                                  f'{sorted(wire.blobs)}')
+        point, padded, sizes, original = read_meta(wire.meta, 'bottleneck_meta')
+        if point != self.spec.point:
             raise ConfigError(f'bottleneck for point {self.spec.point} got a payload of point '
-                              f'{meta["point"]!r}')
-        padded = _pairs([meta['padded_size']])[0]
-        sizes, original = _pairs(meta['image_sizes']), _pairs(meta['original_sizes'])
-        if not sizes or len(sizes) != len(original):
-            raise ConversionError('bottleneck_meta', f'{len(sizes)} image sizes for '
-                                  f'{len(original)} original sizes')
+                              f'{point!r}')
         target = self.crossing_size(padded)
         code_size = tuple(math.ceil(s / self.spec.reduction) for s in target)
         code = torch.from_numpy(decode_tensor(wire.blobs[BLOB], max_bytes))
@@ -331,12 +323,3 @@ def load_bottleneck(path: Path | str, model: Any = None, arch: str = '',
     if model is not None:
         bottleneck.check(model, arch, point)
     return bottleneck
-
-
-def _pairs(value: Any) -> tuple[tuple[int, int], ...]:
-    if not isinstance(value, (list, tuple)) or not all(
-            isinstance(s, (list, tuple)) and len(s) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in s)
-            for s in value):
-        raise ConversionError('bottleneck_meta', f'{value!r} is not a list of (height, width)')
-    return tuple((s[0], s[1]) for s in value)

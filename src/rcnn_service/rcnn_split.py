@@ -295,12 +295,47 @@ def encode_payload(payload: RcnnPayload, encoding: str = 'fp16',
     Raises:
         ConversionError: If a tensor cannot be encoded so.
     """
-    meta = {'point': payload.point, 'padded_size': list(payload.padded_size),
-            'image_sizes': [list(s) for s in payload.image_sizes],
-            'original_sizes': [list(s) for s in payload.original_sizes]}
     blobs = {name: encode_tensor(t.detach().cpu().numpy(), encoding, compression)
              for name, t in payload.tensors.items()}
-    return EncodedPayload(meta, blobs)
+    return EncodedPayload(payload_meta(payload), blobs)
+
+
+def payload_meta(payload: RcnnPayload) -> dict[str, Any]:
+    """Return a payload's metadata as the wire carries it (JSON-compatible)."""
+    return {'point': payload.point, 'padded_size': list(payload.padded_size),
+            'image_sizes': [list(s) for s in payload.image_sizes],
+            'original_sizes': [list(s) for s in payload.original_sizes]}
+
+
+def read_meta(meta: Any, what: str = 'split_meta') -> tuple[int, Size, tuple[Size, ...],
+                                                            tuple[Size, ...]]:
+    """Validate :func:`payload_meta`'s result as parsed from JSON.
+
+    Args:
+        meta: The metadata.
+        what: The field the errors name.
+
+    Returns:
+        The point, the padded size, the image sizes and the original sizes.
+
+    Raises:
+        ConversionError: If it is malformed or its sizes disagree.
+    """
+    if not isinstance(meta, dict) or set(meta) != {'point', 'padded_size', 'image_sizes',
+                                                   'original_sizes'}:
+        raise ConversionError(what, 'expected point, padded_size, image_sizes and '
+                              'original_sizes')
+    point = meta['point']
+    if isinstance(point, bool) or not isinstance(point, int):
+        raise ConversionError(what, f'point {point!r} is not an integer')
+    sizes, original = _sizes(meta['image_sizes'], what), _sizes(meta['original_sizes'], what)
+    padded = _sizes([meta['padded_size']], what)[0]
+    if not sizes or len(sizes) != len(original):
+        raise ConversionError(what, f'{len(sizes)} image sizes for {len(original)} '
+                              'original sizes (at least one of each)')
+    if any(h > padded[0] or w > padded[1] for h, w in sizes):
+        raise ConversionError(what, f'an image size exceeds the padded size {padded}')
+    return point, padded, sizes, original
 
 
 def decode_payload(wire: EncodedPayload, device: str | torch.device = 'cpu',
@@ -321,32 +356,18 @@ def decode_payload(wire: EncodedPayload, device: str | torch.device = 'cpu',
     """
     import torch
 
-    meta = wire.meta
-    if not isinstance(meta, dict) or set(meta) != {'point', 'padded_size', 'image_sizes',
-                                                   'original_sizes'}:
-        raise ConversionError('split_meta', 'expected point, padded_size, image_sizes and '
-                              'original_sizes')
-    point = meta['point']
-    if isinstance(point, bool) or not isinstance(point, int):
-        raise ConversionError('split_meta', f'point {point!r} is not an integer')
-    sizes, original = _sizes(meta['image_sizes']), _sizes(meta['original_sizes'])
-    padded = _sizes([meta['padded_size']])[0]
-    if not sizes or len(sizes) != len(original):
-        raise ConversionError('split_meta', f'{len(sizes)} image sizes for {len(original)} '
-                              'original sizes (at least one of each)')
-    if any(h > padded[0] or w > padded[1] for h, w in sizes):
-        raise ConversionError('split_meta', f'an image size exceeds the padded size {padded}')
+    point, padded, sizes, original = read_meta(wire.meta)
     tensors = {name: torch.from_numpy(decode_tensor(blob, max_bytes)).to(device)
                for name, blob in wire.blobs.items()}
     return RcnnPayload(point, tensors, padded, sizes, original)
 
 
-def _sizes(value: Any) -> tuple[Size, ...]:
+def _sizes(value: Any, what: str) -> tuple[Size, ...]:
     if not isinstance(value, (list, tuple)) or not all(
             isinstance(s, (list, tuple)) and len(s) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in s)
             for s in value):
-        raise ConversionError('split_meta', f'{value!r} is not a list of (height, width)')
+        raise ConversionError(what, f'{value!r} is not a list of (height, width)')
     return tuple((s[0], s[1]) for s in value)
 
 
