@@ -11,7 +11,7 @@ import sys
 
 from adaptive_offload import graph, topics
 from adaptive_offload.params import load_params_file, node_params, resolve
-from cloud_bridge.bridge import PARAMETERS as CLOUD
+from cloud_bridge.bridge_config import PARAMETERS as CLOUD
 from edge_inference.inference import PARAMETERS as EDGE
 from health_monitor.monitor import PARAMETERS as HEALTH
 from helpers import child_env
@@ -49,7 +49,7 @@ def test_only_node_modules_import_ros() -> None:
 def test_cores_import_without_ros() -> None:
     code = ('import sys, importlib\n'
             'for m in ["offload_runtime.replay", "offload_runtime.cli",'
-            ' "edge_inference.inference", "cloud_bridge.bridge", "offload_manager.manager",'
+            ' "edge_inference.inference", "cloud_bridge.bridge_config", "offload_manager.manager",'
             ' "health_monitor.monitor"]:\n'
             '    importlib.import_module(m)\n'
             'assert "rclpy" not in sys.modules and "ultralytics" not in sys.modules\n')

@@ -1,166 +1,24 @@
-"""Cloud bridge core: pick frames by the decision, send them as JPEG, scale the reply back."""
+"""Cloud bridge core: pick frames by the decision, send each as a JPEG or a split head's output."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import replace
+import functools
 import random
-import socket
 import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from adaptive_offload.conversions import (boxes_from_arrays, encode_image, image_to_frame,
                                           stamp_to_ns)
-from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
-from adaptive_offload.errors import CloudError, ConfigError, ConversionError
-from adaptive_offload.params import ParameterSpec, resolve
-from cloud_bridge.endpoints import HedgedEndpoints
+from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport, Route
+from adaptive_offload.errors import AdaptiveOffloadError, CloudError, ConfigError
+from adaptive_offload.split_option import parse_spec, SPLIT_PREFIX
 from cloud_bridge.resilience import CircuitBreaker, LinkEstimator
-from cloud_bridge.sampling import make_sampler, Sampler, UniformSampler
-from cloud_bridge.transport import CloudReply, InferenceTransport, make_transport
+from cloud_bridge.sampling import Sampler, UniformSampler
+from cloud_bridge.split_head import SplitRoute
+from cloud_bridge.transport import CloudReply, InferenceTransport
 import cv2
-
-SAMPLING_PHASES = 1000
-"""The uniform sampler of each bridge starts at a random count below this: bridges started
-together (a fleet after an outage) would otherwise send their one-in-n frames in step."""
-
-PARAMETERS = (
-    ParameterSpec('url', 'grpc://127.0.0.1:8081',
-                  'V2 inference server: grpc://host:port (gRPC), grpcs:// (gRPC over TLS) or '
-                  'http(s)://host:port (REST); several (replicas, regions) separated by commas.'),
-    ParameterSpec('model', 'rcnn', 'Model name on the server.'),
-    ParameterSpec('token', '', 'Bearer token; empty sends none (see token_file).'),
-    ParameterSpec('token_file', '',
-                  'File whose first line is the bearer token: kept out of the parameter '
-                  'server, where anyone on the ROS graph can read it; excludes token.'),
-    ParameterSpec('ca_file', '',
-                  'PEM CA file that verifies a grpcs:// or https:// service; empty trusts the '
-                  "system's CAs."),
-    ParameterSpec('image_topic', '/camera/image_raw', 'Camera topic (sensor_msgs/Image).'),
-    ParameterSpec('compressed', False, 'Subscribe to <image_topic>/compressed instead.'),
-    ParameterSpec('deadline_ms', 250.0, 'Deadline applied while no decision is valid.',
-                  minimum=1.0, maximum=60000.0),
-    ParameterSpec('max_retries', 1,
-                  'Retries of a refused or dropped connection, only while the deadline allows.',
-                  minimum=0, maximum=10),
-    ParameterSpec('breaker_threshold', 3, 'Consecutive failures that open the circuit breaker.',
-                  minimum=1, maximum=1000),
-    ParameterSpec('breaker_cooldown_ms', 1000.0, 'Open time before the breaker probes again.',
-                  minimum=0.0, maximum=600000.0),
-    ParameterSpec('max_in_flight', 2,
-                  'Requests in flight at once (their round trips overlap).', minimum=1,
-                  maximum=64),
-    ParameterSpec('max_pending', 1,
-                  'Frames waiting for a free request; when full the oldest is dropped.',
-                  minimum=1, maximum=64),
-    ParameterSpec('sampling', 'uniform',
-                  'Which of one-in-n frames go to the cloud: uniform (every n-th) or content '
-                  "(where the edge's newest result is unsure or changing; same rate)."),
-    ParameterSpec('edge_sources', ['edge'],
-                  'source_name of the edge targets whose results content sampling reads.'),
-    ParameterSpec('hedge_share', 0.1,
-                  'With several urls: most requests sent again to a second endpoint when the '
-                  'first is slow, as a share of all requests (0: never).',
-                  minimum=0.0, maximum=1.0),
-    ParameterSpec('robot_id', '',
-                  "This robot's id on a shared service (its fair turn, its metrics); empty: "
-                  "the host's name."),
-)
-
-
-@dataclass(frozen=True)
-class CloudConfig:
-    """Validated cloud bridge parameters (see :data:`PARAMETERS`)."""
-
-    url: str
-    model: str
-    token: str
-    token_file: str
-    ca_file: str
-    image_topic: str
-    compressed: bool
-    deadline_ms: float
-    max_retries: int
-    breaker_threshold: int
-    breaker_cooldown_ms: float
-    max_in_flight: int
-    max_pending: int
-    sampling: str
-    edge_sources: list
-    hedge_share: float
-    robot_id: str
-
-    @classmethod
-    def from_params(cls, values: Mapping[str, Any] | None = None) -> CloudConfig:
-        """Build from parameter values over the defaults.
-
-        Raises:
-            ConfigError: For unknown names, wrong types or a URL no transport speaks.
-        """
-        config = cls(**resolve(PARAMETERS, values))
-        if config.token and config.token_file:
-            raise ConfigError('give token or token_file, not both')
-        make_sampler(config.sampling)  # a name it does not know fails here
-        if config.max_in_flight < 1 or config.max_pending < 1:
-            raise ConfigError('max_in_flight and max_pending must be >= 1')
-        config.make_transport().close()  # validates the URL; connections open lazily
-        return config
-
-    def make_transport(self) -> InferenceTransport:
-        """Build the transport for the URL's scheme; several URLs: one that hedges over them.
-
-        Raises:
-            ConfigError: For a URL no transport speaks.
-        """
-        token, robot = self.bearer_token(), self.robot_id or socket.gethostname()
-        transports = [(url, make_transport(url, self.model, token, self.ca_file, robot))
-                      for url in self.urls()]
-        if len(transports) == 1:
-            return transports[0][1]
-        return HedgedEndpoints(transports, self.hedge_share)
-
-    def urls(self) -> list[str]:
-        """Return the endpoint URLs of ``url`` (comma-separated).
-
-        Raises:
-            ConfigError: If it names none, or one twice.
-        """
-        urls = [u.strip() for u in self.url.split(',') if u.strip()]
-        if not urls:
-            raise ConfigError('url names no endpoint')
-        if len(set(urls)) != len(urls):
-            raise ConfigError(f'url names an endpoint twice: {self.url!r}')
-        return urls
-
-    def bearer_token(self) -> str:
-        """Return the token, read from ``token_file`` when that is set.
-
-        Raises:
-            ConfigError: If the file cannot be read or its first line is empty.
-        """
-        if not self.token_file:
-            return self.token
-        try:
-            lines = Path(self.token_file).read_text(encoding='utf-8').splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ConfigError(f'token_file {self.token_file!r}: {err}') from err
-        token = lines[0].strip() if lines else ''
-        if not token:
-            raise ConfigError(f'token_file {self.token_file!r} has no token on its first line')
-        return token
-
-    def make_bridge(self, transport: InferenceTransport | None = None) -> CloudBridge:
-        """Build the bridge core with this configuration's breaker and retries."""
-        return CloudBridge(transport or self.make_transport(), max_retries=self.max_retries,
-                           breaker=CircuitBreaker(self.breaker_threshold,
-                                                  self.breaker_cooldown_ms), model=self.model,
-                           sampler=make_sampler(self.sampling,
-                                                random.randrange(SAMPLING_PHASES)))
-
-    def sampled_sources(self) -> tuple[str, ...]:
-        """Return the edge sources whose results the sampler reads (none for uniform)."""
-        return tuple(self.edge_sources) if self.sampling == 'content' else ()
 
 
 class CloudBridge:
@@ -187,6 +45,8 @@ class CloudBridge:
         model: Model name put on the detections.
         sampler: Picks the frames of one-in-n decisions; uniform when None.
         rng: Draws the back-off after a load refusal (seeded in tests).
+        split: Runs split decisions (the model's head here, its tail on the service); without
+            it they fail.
     """
 
     SOURCE = 'cloud'
@@ -194,8 +54,10 @@ class CloudBridge:
     def __init__(self, transport: InferenceTransport,
                  clock: Callable[[], int] = time.perf_counter_ns, max_retries: int = 1,
                  breaker: CircuitBreaker | None = None, model: str = '',
-                 sampler: Sampler | None = None, rng: random.Random | None = None) -> None:
+                 sampler: Sampler | None = None, rng: random.Random | None = None,
+                 split: SplitRoute | None = None) -> None:
         self._transport = transport
+        self._split = split
         self._clock = clock
         self._sampling: Sampler = sampler or UniformSampler()
         self._lock = threading.Lock()  # frame count, breaker and link estimates
@@ -205,6 +67,11 @@ class CloudBridge:
         self.model = model
         self._rng = rng or random.Random()
         self._backoff_until = 0
+
+    @property
+    def split_options(self) -> tuple[str, ...]:
+        """The split options whose heads this bridge runs."""
+        return self._split.options if self._split is not None else ()
 
     def on_edge_detections(self, dets: DetectionSet, now_ns: int = 0) -> None:
         """Take an edge result: content sampling judges the next frames by it."""
@@ -242,12 +109,20 @@ class CloudBridge:
             return None, self._link(replace(
                 report, status='dropped', reason=f'expired: waited {waited_ns / 1e6:.0f} ms '
                                                  f'of its {decision.deadline_ms:g} ms deadline'))
+        split = decision.route is Route.SPLIT
+        if split:  # its reports name the option, so that the manager learns each one
+            report = replace(report, model=SPLIT_PREFIX + decision.split)
         try:
             frame = image_to_frame(msg)
-            image, scale = _shrink(frame.image, decision.cloud_max_side)
-            jpeg = encode_image(image, 'jpeg', decision.jpeg_quality)
-        except ConversionError as err:
+            if split:
+                send, scale, size = self._split_request(frame.image, decision.split)
+            else:
+                image, scale = _shrink(frame.image, decision.cloud_max_side)
+                jpeg = encode_image(image, 'jpeg', decision.jpeg_quality)
+                send, size = functools.partial(self._transport.infer, jpeg), max(image.shape[:2])
+        except AdaptiveOffloadError as err:
             return None, self._link(replace(report, status='failed', reason=str(err)))
+        head_ms = (self._clock() - start) / 1e6 if split else 0.0
         with self._lock:
             now = self._clock()
             backoff = now < self._backoff_until
@@ -256,7 +131,11 @@ class CloudBridge:
             return None, self._link(replace(report, status='failed',
                                             reason='backoff' if backoff else 'circuit_open'))
         try:
-            reply, retried_bytes = self._request(jpeg, deadline_ns)
+            reply, retried_bytes = self._request(send, deadline_ns)
+        except ConfigError as err:  # the service's tail cannot finish this head's payload
+            with self._lock:
+                self.breaker.release()
+            return None, self._link(replace(report, status='failed', reason=str(err)))
         except CloudError as err:
             with self._lock:
                 if err.reason == 'overloaded':
@@ -276,16 +155,38 @@ class CloudBridge:
                                  range(len(reply.labels)), list(reply.labels),
                                  frame.width, frame.height)
         total_ms = (self._clock() - start) / 1e6
-        return (DetectionSet(stamp_ns, frame_id, self.SOURCE, dets, self.model),
-                self._link(replace(report, detections=len(dets), inference_ms=reply.request_ms,
+        # A split report's inference_ms is the robot's head time (the manager charges it as
+        # compute, as the simulator does); an image request's is its round trip.
+        return (DetectionSet(stamp_ns, frame_id, self.SOURCE, dets, report.model or self.model),
+                self._link(replace(report, detections=len(dets),
+                                   inference_ms=head_ms if split else reply.request_ms,
                                    total_ms=total_ms,
-                                   bytes_sent=reply.bytes_sent + retried_bytes,
-                                   imgsz=max(image.shape[:2]),
+                                   bytes_sent=reply.bytes_sent + retried_bytes, imgsz=size,
                                    server_ms=reply.server_ms or 0.0,
                                    queue_ms=reply.queue_ms or 0.0)))
 
-    def _request(self, jpeg: bytes, deadline_ns: int) -> tuple[CloudReply, int]:
+    def _split_request(self, image: Any, option: str
+                       ) -> tuple[Callable[[float], CloudReply], float, int]:
+        """Run a split option's head on the frame; return its sender, scale 1 and size.
+
+        Raises:
+            ConfigError: If this bridge runs no split, or not this option.
+            ConversionError: If the payload cannot be encoded.
+        """
+        if self._split is None:
+            raise ConfigError(f'split option {option!r}: this bridge runs no split head (set '
+                              'its split_options and split_checkpoint)')
+        payload = self._split.head(option, image)
+        return (functools.partial(self._split.send, option, payload), 1.0,
+                parse_spec(option).imgsz)
+
+    def _request(self, send: Callable[[float], CloudReply],
+                 deadline_ns: int) -> tuple[CloudReply, int]:
         """Send with retries of connection failures while the deadline leaves time.
+
+        Args:
+            send: Sends the request with the time it may take.
+            deadline_ns: When the frame's deadline passes.
 
         Returns:
             The reply, and the bytes that failed attempts before it had sent.
@@ -297,7 +198,7 @@ class CloudBridge:
         while True:
             left_s = (deadline_ns - self._clock()) / 1e9
             try:
-                return self._transport.infer(jpeg, left_s), sent
+                return send(left_s), sent
             except CloudError as err:
                 sent += err.bytes_sent
                 rtt_s = (self.link.rtt_ms or 0.0) / 1e3

@@ -9,7 +9,7 @@ from adaptive_offload import graph
 from adaptive_offload import ros_interface as ros
 from adaptive_offload.datatypes import Decision
 from adaptive_offload.frame_worker import DecisionHolder, FrameWorker, ResultEmitter
-from cloud_bridge.bridge import CloudConfig, PARAMETERS
+from cloud_bridge.bridge_config import CloudConfig, PARAMETERS
 from rclpy.node import Node
 
 

@@ -23,7 +23,7 @@ from adaptive_offload.tensor_compression import COMPRESSORS
 from cloud_bridge.transport import V2RestTransport
 
 if TYPE_CHECKING:
-    from cloud_bridge.bridge import CloudConfig
+    from cloud_bridge.bridge_config import CloudConfig
 
 
 class EncodedSplit(Protocol):
@@ -124,6 +124,14 @@ class V2TailTransport:
         if blobs is not None:
             return split_from_encoded(getattr(payload, 'meta'), blobs)
         return encode_split(payload, self.encoding, self.compression)  # type: ignore[arg-type]
+
+    def metadata(self, timeout_s: float) -> dict[str, Any]:
+        """Return the tail model's V2 metadata; its ``split`` names the weights and points.
+
+        Raises:
+            CloudError: As :meth:`cloud_bridge.transport.V2RestTransport.metadata`.
+        """
+        return self._rest.metadata(timeout_s)
 
     def close(self) -> None:
         """Release connections."""

@@ -17,6 +17,7 @@ from urllib.parse import SplitResult, urlsplit
 from adaptive_offload.errors import CloudError, ConfigError
 from adaptive_offload.inference_transport import CloudReply, InferenceTransport
 from cloud_bridge.request_budget import overloaded, RequestBudget
+from cloud_bridge.v2_replies import consistent, parse_v2_reply, refusal
 import numpy as np
 
 
@@ -60,7 +61,8 @@ class V2RestTransport:
         elif ca_file:
             raise ConfigError(f'a CA file is for https:// URLs, not {url!r}')
         self._host, self._port = host, port
-        self._path = f'{parts.path.rstrip("/")}/v2/models/{model}/infer'
+        self._model_path = f'{parts.path.rstrip("/")}/v2/models/{model}'
+        self._path = f'{self._model_path}/infer'
         self._headers = {'Content-Type': 'application/json'}
         if token:
             self._headers['Authorization'] = f'Bearer {token}'
@@ -143,7 +145,7 @@ class V2RestTransport:
             with self._lock:
                 self._idle.append(conn)
         if response.status != 200:
-            raise _refusal(response, payload, sent)
+            raise refusal(response, payload, sent)
         try:
             boxes, scores, labels, server_ms, queue_ms = parse_v2_reply(payload)
         except CloudError as err:
@@ -152,26 +154,47 @@ class V2RestTransport:
         self._budget.observe(elapsed_ms, server_ms)
         return CloudReply(boxes, scores, labels, elapsed_ms, len(body), server_ms, queue_ms)
 
+    def metadata(self, timeout_s: float) -> dict[str, Any]:
+        """Return the model's V2 metadata, as ``GET /v2/models/<model>`` answers it.
+
+        Raises:
+            CloudError: ``timeout``, ``connection``, ``tls``, ``http_<code>`` or
+                ``bad_reply`` (not a JSON object).
+        """
+        if timeout_s <= 0:
+            raise CloudError('timeout', 'no time left before the deadline')
+        conn, _ = self._connection(timeout_s)
+        try:
+            conn.request('GET', self._model_path, headers=self._headers)
+            response = conn.getresponse()
+            payload = response.read()
+        except (socket.timeout, TimeoutError) as err:
+            conn.close()
+            raise CloudError('timeout', str(err)) from err
+        except ssl.SSLError as err:
+            conn.close()
+            raise CloudError('tls', str(err)) from err
+        except (OSError, http.client.HTTPException) as err:
+            conn.close()
+            raise CloudError('connection', str(err) or type(err).__name__) from err
+        with self._lock:
+            self._idle.append(conn)
+        if response.status != 200:
+            raise refusal(response, payload, 0)
+        try:
+            meta = json.loads(payload)
+        except ValueError as err:
+            raise CloudError('bad_reply', f'model metadata is not JSON: {err}') from err
+        if not isinstance(meta, dict):
+            raise CloudError('bad_reply', 'model metadata is not a JSON object')
+        return meta
+
     def close(self) -> None:
         """See :class:`InferenceTransport`."""
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
-
-
-def _refusal(response: http.client.HTTPResponse, payload: bytes, sent: int) -> CloudError:
-    """Return the error of a non-200 answer: ``overloaded`` for a load refusal, else http_N."""
-    text = payload[:300].decode(errors='replace')
-    if response.status == 503 and 'overloaded' in text:
-        try:
-            retry_us = json.loads(payload)['parameters']['retry_after_us']
-            retry_s: float | None = float(retry_us) / 1e6
-        except (ValueError, KeyError, TypeError):  # MLServer's answer: the header, the text
-            header = response.getheader('Retry-After') or ''
-            retry_s = float(header) if header.isdigit() else None
-        return overloaded(text, sent, retry_s)
-    return CloudError(f'http_{response.status}', text[:200], sent)
 
 
 def _early_response(conn: http.client.HTTPConnection
@@ -188,36 +211,6 @@ def _early_response(conn: http.client.HTTPConnection
     except (OSError, http.client.HTTPException):
         conn.close()
         return None
-
-
-def parse_v2_reply(payload: bytes) -> tuple[np.ndarray, np.ndarray, tuple[str, ...],
-                                            float | None, float | None]:
-    """Read boxes, scores, labels, and the optional server time and queue wait (ms).
-
-    Raises:
-        CloudError: ``bad_reply`` if the payload is not such a response or is inconsistent.
-    """
-    try:
-        body = json.loads(payload)
-        outputs = {o['name']: o for o in body['outputs']}
-        parameters = body.get('parameters') or {}
-        server_us, queue_us = parameters.get('server_us'), parameters.get('queue_us')
-        server_ms = None if server_us is None else float(server_us) / 1e3
-        queue_ms = None if queue_us is None else float(queue_us) / 1e3
-        boxes = np.asarray(outputs['boxes']['data'], dtype=np.float64).reshape(-1, 4)
-        scores = np.asarray(outputs['scores']['data'], dtype=np.float64).reshape(-1)
-        labels = tuple(str(v) for v in outputs['labels']['data'])
-    except (ValueError, KeyError, TypeError) as err:
-        raise CloudError('bad_reply', f'not a V2 detection response: {err}') from err
-    return (*_consistent(boxes, scores, labels), server_ms, queue_ms)
-
-
-def _consistent(boxes: np.ndarray, scores: np.ndarray,
-                labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    if not len(boxes) == len(scores) == len(labels) or not np.isfinite(boxes).all() or \
-            not np.isfinite(scores).all():
-        raise CloudError('bad_reply', 'boxes, scores and labels disagree or are not finite')
-    return boxes, scores, labels
 
 
 class V2GrpcTransport:
@@ -309,7 +302,7 @@ class V2GrpcTransport:
         server_ms, queue_ms = (parameters[k].int64_param / 1e3 if k in parameters else None
                                for k in ('server_us', 'queue_us'))
         self._budget.observe(elapsed_ms, server_ms)
-        return CloudReply(*_consistent(boxes, scores, labels), elapsed_ms, len(image),
+        return CloudReply(*consistent(boxes, scores, labels), elapsed_ms, len(image),
                           server_ms, queue_ms)
 
     def _discard(self, client: Any) -> None:

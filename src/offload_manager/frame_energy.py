@@ -12,9 +12,9 @@ from dataclasses import replace
 from typing import Any
 
 from adaptive_offload.datatypes import InferenceReport
+from adaptive_offload.split_option import SPLIT_PREFIX
 from offload_manager.energy import EnergyModel, MeasuredEnergy
 from offload_manager.observations import REPLY_BYTES
-from offload_manager.split_figures import SPLIT_PREFIX
 
 
 class FrameEnergy:

@@ -32,8 +32,9 @@ class OffloadManager:
     Args:
         config: Parameters.
         policy: Policy to use; by default the one ``config.policy`` names.
-        executes_split: Whether the caller executes split routes (only the simulator does
-            yet); without it, ``split_options`` are refused.
+        executes_split: Whether the caller executes split routes: the simulator, a replay
+            whose cloud bridge runs the options' heads, the ROS nodes (``cloud_bridge`` with the
+            same ``split_options``); without it, ``split_options`` are refused.
 
     Raises:
         ConfigError: For split options where they cannot be executed, or unusable parameters.
@@ -43,9 +44,9 @@ class OffloadManager:
                  executes_split: bool = False) -> None:
         if config.splits() and not executes_split:
             # A split decision here would have no worker to carry it: every frame would drop.
-            raise ConfigError('split_options: split routes are executed only by the simulator '
-                              '(evaluate --mode sim) yet; the replay runtime and the ROS nodes '
-                              'cannot run them, leave split_options empty')
+            raise ConfigError('split_options: nothing here executes split routes (the '
+                              'simulator does, and a cloud bridge given the same split_options '
+                              "and the service's weights as split_checkpoint)")
         self.config = config
         self._policy = policy or create_policy(config.policy, config.policy_settings())
         # A frame that may still meet its deadline is never given up on.

@@ -10,11 +10,12 @@ from adaptive_offload.datatypes import Route
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.package_files import shipped_config
 from adaptive_offload.params import ParameterSpec, resolve
+from adaptive_offload.split_option import parse_spec
 from offload_manager.energy import (EnergyModel, EnergyReader, load_devices, MeasuredEnergy,
                                     READERS)
 from offload_manager.frame_energy import FrameEnergy
 from offload_manager.policies import Plan, PolicySettings
-from offload_manager.split_figures import parse_spec, split_figures
+from offload_manager.split_figures import split_figures
 
 PARAMETERS = (
     ParameterSpec('policy', 'predictive', 'Routing policy (registry name).', live=True),
@@ -60,7 +61,7 @@ PARAMETERS = (
                   'model@imgsz the adaptive policies may choose; [""]: edge_model@edge_imgsz.'),
     ParameterSpec('split_options', [''],
                   'arch@imgsz:point:encoding split routes the adaptive policies may choose '
-                  '(simulator only yet); [""]: none.'),
+                  '(cloud_bridge runs their heads: give it the same list); [""]: none.'),
     ParameterSpec('epsilon', 0.01, 'Largest acceptable P(latency > deadline).', live=True,
                   minimum=0.0001, maximum=0.5),
     ParameterSpec('accuracy_floor', 0.0,

@@ -23,7 +23,8 @@ class OffloadManagerNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__('offload_manager', **kwargs)
         config = ManagerConfig.from_params(ros.declare_parameters(self, PARAMETERS))
-        self._core = OffloadManager(config)
+        # cloud_bridge runs split routes' heads; a bridge without them reports each frame failed.
+        self._core = OffloadManager(config, executes_split=True)
         self._annotator = Annotator() if config.annotate else None
         battery = config.battery_topic if config.energy_reader == 'battery' else ''
         node_graph = graph.offload_manager(config.image_topic, config.compressed,

@@ -1,7 +1,7 @@
 """Split options: the cloud model cut after a stage, its head on the robot and tail in the cloud.
 
-An option is named ``<arch>@<imgsz>:<point>:<encoding>`` (e.g.
-``fasterrcnn_mobilenet_v3_small_fpn@640:body.2:int8+zstd``). What one frame costs on it comes
+An option is named ``<arch>@<imgsz>:<point>:<encoding>`` (:mod:`adaptive_offload.split_option`,
+e.g. ``fasterrcnn_mobilenet_v3_small_fpn@640:body.2:int8+zstd``). What one frame costs on it comes
 from three sources: the robot's head time and the cloud's tail time (``split_ms`` of the
 device profiles, ``config/devices.yaml``), and the payload bytes with their encode and decode
 times (a trained model's ``adaptive-offload profile --out`` file,
@@ -18,38 +18,15 @@ from typing import Any, Mapping, Sequence
 
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.package_files import shipped_config
+from adaptive_offload.split_option import parse_spec, SplitSpec
 from offload_manager.energy import DeviceProfile
 import yaml
 
-SPLIT_PREFIX = 'split:'
-"""A cloud report of a split request names its option as ``split:<option>`` in ``model``."""
 QUANTISATION_MAP_LOSS = {'fp16': 0.0, 'int8': 0.0}
 """mAP points (0-100) a wire precision costs the cloud model. fp16: none measurable (its error
 is a tenth of int8's in test/rcnn_service/test_rcnn_split.py). int8 (per channel): none
 measured, after ``body.3`` of the shipped compact model: held-out mAP 53.2 split and unsplit
 (``benchmarks/bench_bottleneck.py``, docs/models.md); the other points are taken to be alike."""
-
-
-@dataclass(frozen=True)
-class SplitSpec:
-    """One split option's name, parsed.
-
-    Attributes:
-        arch: Cloud model architecture.
-        imgsz: Its input size (the profiles' key).
-        point: The stage after which the model is cut.
-        encoding: Wire encoding, ``<precision>+<codec>`` (``int8+zstd``).
-    """
-
-    arch: str
-    imgsz: int
-    point: str
-    encoding: str
-
-    @property
-    def key(self) -> str:
-        """The option's name, ``arch@imgsz:point:encoding``."""
-        return f'{self.arch}@{self.imgsz}:{self.point}:{self.encoding}'
 
 
 @dataclass(frozen=True)
@@ -85,21 +62,6 @@ class SplitFigures:
     def server_ms(self) -> float:
         """Cloud compute time per frame: decode and tail."""
         return self.decode_ms + self.tail_ms
-
-
-def parse_spec(text: str) -> SplitSpec:
-    """Parse ``arch@imgsz:point:encoding``.
-
-    Raises:
-        ConfigError: If the text is not of that form.
-    """
-    parts = text.split(':')
-    model, _, size = parts[0].rpartition('@')
-    if len(parts) != 3 or not model or not size.isdigit() or int(size) <= 0 or \
-            not parts[1] or parts[2].split('+')[0] not in QUANTISATION_MAP_LOSS:
-        raise ConfigError(f'split option {text!r}: expected arch@imgsz:point:encoding with '
-                          f'encoding {"/".join(QUANTISATION_MAP_LOSS)}+codec')
-    return SplitSpec(model, int(size), parts[1], parts[2])
 
 
 def default_payloads_file(arch: str) -> Path:
@@ -187,5 +149,5 @@ def split_figures(specs: Sequence[str], robot: DeviceProfile, cloud: DeviceProfi
             raise ConfigError(f'split option {text!r}: no time for point {spec.point!r} of '
                               f'{spec.arch}@{spec.imgsz} in device {device} split_ms')
         out[spec.key] = SplitFigures(spec, head[0], wire[1], wire[0], tail[1], wire[2],
-                                     QUANTISATION_MAP_LOSS[spec.encoding.split('+')[0]], jpeg)
+                                     QUANTISATION_MAP_LOSS[spec.precision], jpeg)
     return out

@@ -16,10 +16,11 @@ from __future__ import annotations
 from typing import Mapping
 
 from adaptive_offload.datatypes import InferenceReport, Route
+from adaptive_offload.split_option import SPLIT_PREFIX
 from offload_manager.latency_models import tail_probability
 from offload_manager.observations import (EnergyModelLike, Estimate, Observations, Option,
                                           REPLY_BYTES)
-from offload_manager.split_figures import SPLIT_PREFIX, SplitFigures
+from offload_manager.split_figures import SplitFigures
 
 
 class SplitObservations(Observations):

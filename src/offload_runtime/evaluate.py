@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 from adaptive_offload.datatypes import FrameRecord, InferenceReport
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.package_files import shipped_model
+from adaptive_offload.split_option import parse_spec
 from fault_injection.scenario import (EDGE_KINDS, load_scenario, refuse_service_kinds,
                                       Scenario)
 import numpy as np
@@ -29,7 +30,7 @@ from offload_manager.accuracy import measured_figures, prior
 from offload_manager.energy import DeviceProfile, load_devices
 from offload_manager.manager import default_devices_file, ManagerConfig, OffloadManager
 from offload_manager.policies import POLICIES
-from offload_manager.split_figures import default_payloads_file, load_payloads, parse_spec
+from offload_manager.split_figures import default_payloads_file, load_payloads
 from offload_runtime.fronts import match, plot_front, swept_label, write_matched
 from offload_runtime.simulator import NetworkProfile, SimSettings, Simulation
 from offload_runtime.train_cli import CLOUD_FILE, EDGE_FILE

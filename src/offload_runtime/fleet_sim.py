@@ -23,7 +23,7 @@ import time
 from typing import Callable
 
 from adaptive_offload.datatypes import Decision
-from cloud_bridge.bridge import SAMPLING_PHASES
+from cloud_bridge.bridge_config import SAMPLING_PHASES
 from fault_injection.scenario import Fault, Scenario
 from offload_manager.energy import DeviceProfile
 from offload_manager.manager import OffloadManager

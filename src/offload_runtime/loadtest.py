@@ -32,7 +32,8 @@ import urllib.request
 from adaptive_offload.conversions import frame_to_message
 from adaptive_offload.datatypes import Decision, Route
 from adaptive_offload.typestore import make_typestore, message_types
-from cloud_bridge.bridge import CloudBridge, CloudConfig
+from cloud_bridge.bridge import CloudBridge
+from cloud_bridge.bridge_config import CloudConfig
 from cloud_bridge.endpoints import HedgedEndpoints
 import numpy as np
 

@@ -13,8 +13,8 @@ from typing import Any, Callable, Mapping
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.params import check_params_file, load_params_file, node_params
 from adaptive_offload.params import ParameterSpec
-from cloud_bridge.bridge import CloudConfig
-from cloud_bridge.bridge import PARAMETERS as CLOUD_BRIDGE
+from cloud_bridge.bridge_config import CloudConfig
+from cloud_bridge.bridge_config import PARAMETERS as CLOUD_BRIDGE
 from edge_inference.inference import EdgeConfig
 from edge_inference.inference import PARAMETERS as EDGE_INFERENCE
 from health_monitor.monitor import HealthConfig

@@ -15,7 +15,9 @@ from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
 from adaptive_offload.frame_worker import DecisionHolder, Emit, FrameWorker, ResultEmitter
 from adaptive_offload.graph_codec import decode_input
 from adaptive_offload.params import node_params
-from cloud_bridge.bridge import CloudBridge, CloudConfig
+from cloud_bridge.bridge import CloudBridge
+from cloud_bridge.bridge_config import CloudConfig
+from cloud_bridge.split_head import SplitRoute
 from edge_inference.backends import BackendOptions, DetectorBackend
 from edge_inference.inference import build_edge, edge_worker, EdgeConfig
 from fault_injection.live import OBEYED_KINDS, ObeyedFaults
@@ -113,11 +115,14 @@ class ReplayGraph:
                               'drop the cloud URL')
         self.service: EmbeddedService | None = None
         self.cloud: CloudBridge | None = None
+        self._split: SplitRoute | None = None
         self.battery_topic = manager_cfg.battery_topic \
             if manager_cfg.energy_reader == 'battery' else ''
         compressed = input_topic.endswith('/compressed')
         camera = input_topic[:-len('/compressed')] if compressed else input_topic
-        self.manager = OffloadManager(manager_cfg)
+        splits = manager_cfg.splits()
+        # Checked once the cloud bridge is built: its split heads execute these routes.
+        self.manager = OffloadManager(manager_cfg, executes_split=bool(splits))
         status(f'loading the edge model {edge_cfg.model} ({edge_cfg.backend} on '
                f'{edge_cfg.device}) and warming it up at {edge_cfg.imgsz}')
         self.edge = build_edge(edge_cfg, backend_factory)
@@ -161,15 +166,25 @@ class ReplayGraph:
                     if self.service.arch != manager_cfg.cloud_model:
                         # Another architecture serves: its accuracy prior is the one to use.
                         manager_cfg = replace(manager_cfg, cloud_model=self.service.arch)
-                        self.manager = OffloadManager(manager_cfg)
+                        self.manager = OffloadManager(manager_cfg,
+                                                      executes_split=bool(splits))
                         self.targets['offload_manager'] = {'*': self.manager,
                                                            'faults': self.faults}
                 token = service.tokens[0] if service.tokens else ''
-                cloud_values = {**cloud_values, 'url': url, 'token': token,
-                                'model': service.model_name}
+                served = next((s for s in services if s.arch == manager_cfg.cloud_model),
+                              service)
+                cloud_values = {'split_checkpoint': served.checkpoint, **cloud_values,
+                                'url': url, 'token': token, 'model': service.model_name}
+            if splits and not [o for o in cloud_values.get('split_options', ()) if o]:
+                cloud_values = {**cloud_values, 'split_options': list(splits)}
             if cloud_values.get('url'):
                 self._add_cloud(cloud_values, edge_cfg, camera, compressed, clock, rig,
-                                params_source, publish)
+                                params_source, publish, status)
+            missing = set(splits) - set(self.cloud.split_options if self.cloud else ())
+            if missing:
+                raise ConfigError(f'{params_source}: offload_manager: split_options '
+                                  f'{sorted(missing)}: cloud_bridge runs no head for them '
+                                  '(its split_options)')
             elif scenario is not None and scenario.kinds() - EDGE_KINDS - {'manager_death'}:
                 raise ConfigError(f'scenario {scenario.name!r} injects cloud faults, but '
                                   f'policy {manager_cfg.policy!r} never uses the cloud')
@@ -180,7 +195,7 @@ class ReplayGraph:
 
     def _add_cloud(self, cloud_values: Mapping[str, Any], edge_cfg: EdgeConfig, camera: str,
                    compressed: bool, clock: Callable[[], int], rig: FaultRig | None,
-                   params_source: str, publish: Publish) -> None:
+                   params_source: str, publish: Publish, status: Callable[[str], Any]) -> None:
         if rig:
             cloud_values = {**cloud_values, 'url': rig.service_url(cloud_values['url'])}
         cloud_cfg = configure('cloud_bridge', CloudConfig.from_params, cloud_values,
@@ -188,7 +203,11 @@ class ReplayGraph:
         transport = cloud_cfg.make_transport()
         if rig:
             transport = rig.wrap_transport(transport)
-        cloud = self.cloud = cloud_cfg.make_bridge(transport)
+        if cloud_cfg.splits():
+            status(f'loading the split heads {", ".join(cloud_cfg.splits())} from '
+                   f'{cloud_cfg.split_checkpoint}')
+        self._split = cloud_cfg.make_split()
+        cloud = self.cloud = cloud_cfg.make_bridge(transport, self._split)
         holder = DecisionHolder(edge_cfg.fallback_decision())
         worker = FrameWorker(cloud, holder, _emitter('cloud_bridge', publish),
                              clock, workers=cloud_cfg.max_in_flight,
@@ -244,6 +263,9 @@ class ReplayGraph:
     def close(self) -> None:
         """Stop what this graph started (the embedded service, the failure history)."""
         self.health.close()
+        if self._split is not None:
+            self._split.close()
+            self._split = None
         if self.service is not None:
             self.service.shutdown()
             self.service = None

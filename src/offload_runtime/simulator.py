@@ -27,13 +27,14 @@ from adaptive_offload.admission import EveryNth
 from adaptive_offload.datatypes import (Decision, Detection, DetectionSet, FrameRecord,
                                         InferenceReport, Route)
 from adaptive_offload.scene_difficulty import parse_difficulty
+from adaptive_offload.split_option import SPLIT_PREFIX
 from cloud_bridge.resilience import CircuitBreaker
 from fault_injection.scenario import Scenario
 from offload_manager.accuracy import calibration, prior
 from offload_manager.energy import DeviceProfile
 from offload_manager.manager import OffloadManager
 from offload_manager.observations import jpeg_factor
-from offload_manager.split_figures import split_figures, SPLIT_PREFIX, SplitFigures
+from offload_manager.split_figures import split_figures, SplitFigures
 
 MS = 1_000_000
 

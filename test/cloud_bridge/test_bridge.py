@@ -11,8 +11,10 @@ from typing import Any, Iterator
 from adaptive_offload.conversions import frame_to_message, MessageTypes
 from adaptive_offload.datatypes import Decision, Route
 from adaptive_offload.errors import CloudError, ConfigError
-from cloud_bridge.bridge import CloudBridge, CloudConfig
-from cloud_bridge.transport import make_transport, parse_v2_reply, V2RestTransport
+from cloud_bridge.bridge import CloudBridge
+from cloud_bridge.bridge_config import CloudConfig
+from cloud_bridge.transport import make_transport, V2RestTransport
+from cloud_bridge.v2_replies import parse_v2_reply
 import cv2
 from helpers import ManualClock, v2_stub, V2Handler
 import numpy as np

@@ -8,7 +8,7 @@ import time
 
 from adaptive_offload.errors import CloudError, ConfigError
 from adaptive_offload.inference_transport import CloudReply
-from cloud_bridge.bridge import CloudConfig
+from cloud_bridge.bridge_config import CloudConfig
 from cloud_bridge.endpoints import HedgedEndpoints
 import numpy as np
 import pytest

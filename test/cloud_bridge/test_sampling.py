@@ -5,7 +5,8 @@ from __future__ import annotations
 from adaptive_offload.conversions import MessageTypes
 from adaptive_offload.datatypes import Decision, Detection, DetectionSet, Route
 from adaptive_offload.errors import ConfigError
-from cloud_bridge.bridge import CloudBridge, CloudConfig
+from cloud_bridge.bridge import CloudBridge
+from cloud_bridge.bridge_config import CloudConfig
 from cloud_bridge.sampling import change, ContentSampler, make_sampler, uncertainty, UniformSampler
 from helpers import ManualClock, ScriptedTransport, small_frame_message as _msg
 import pytest

@@ -8,7 +8,7 @@ import threading
 from typing import Iterator
 
 from adaptive_offload.errors import CloudError, ConfigError
-from cloud_bridge.bridge import CloudConfig
+from cloud_bridge.bridge_config import CloudConfig
 from cloud_bridge.tail_client import V2TailTransport
 import cv2
 import numpy as np

@@ -23,7 +23,7 @@ def _config(policy: str, splits: list[str] | None = None) -> ManagerConfig:
 
 def test_split_options_are_refused_where_nothing_executes_them() -> None:
     config = _config('predictive', SPLITS)
-    with pytest.raises(ConfigError, match='only by the simulator'):
+    with pytest.raises(ConfigError, match='nothing here executes split routes'):
         OffloadManager(config)
     assert OffloadManager(config, executes_split=True).config.splits() == tuple(SPLITS)
     OffloadManager(_config('predictive'))  # none configured: nothing to refuse

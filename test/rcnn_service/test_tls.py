@@ -15,7 +15,8 @@ from typing import Any, Iterator
 from adaptive_offload.conversions import frame_to_message, MessageTypes
 from adaptive_offload.datatypes import Decision, Route
 from adaptive_offload.errors import CloudError, ConfigError
-from cloud_bridge.bridge import CloudBridge, CloudConfig
+from cloud_bridge.bridge import CloudBridge
+from cloud_bridge.bridge_config import CloudConfig
 from cloud_bridge.transport import make_transport, V2RestTransport
 import cv2
 from helpers import child_env

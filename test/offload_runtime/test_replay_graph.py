@@ -1,0 +1,58 @@
+"""The replay's graph: split routes run through the cloud bridge's heads and the service's tail."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from adaptive_offload import topics
+from adaptive_offload.errors import ConfigError
+from adaptive_offload.typestore import make_typestore
+from offload_runtime.replay import Replay, ReplayOptions
+from offload_runtime.sample_bag import SampleSpec, write_sample_bag
+import pytest
+from rcnn_service.compact_rcnn import COMPACT_ARCH
+from rcnn_service.service import ServiceConfig
+from rosbags.rosbag2 import Reader
+
+CHECKPOINT = str(Path(__file__).resolve().parents[2] / 'models' / 'rcnn-shapes.pt')
+SPLIT = f'{COMPACT_ARCH}@640:body.3:int8+zstd'
+MANAGER = {'policy': 'static-split', 'device': 'ci_machine', 'cloud_device': 'ci_machine',
+           'cloud_model': COMPACT_ARCH, 'split_options': [SPLIT], 'deadline_ms': 20000.0}
+
+
+def _replay(tmp_path: Path, factory: Callable[..., Any], frames: int,
+            cloud: dict[str, Any] | None = None) -> Any:
+    return Replay(ReplayOptions(
+        bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0, max_frames=frames,
+        overrides={'offload_manager': MANAGER, 'cloud_bridge': cloud or {}},
+        service=ServiceConfig(arch=COMPACT_ARCH, checkpoint=CHECKPOINT, threads=1)),
+        backend_factory=factory).run()
+
+
+def test_a_static_split_replay_sends_every_frame_through_the_head_and_the_tail(
+        tmp_path: Path, fake_backend_factory: Callable[..., Any]) -> None:
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=6, fps=5, width=320, height=240))
+    result = _replay(tmp_path, fake_backend_factory, 6)
+    assert [r.route for r in result.records] == ['split'] * 6
+    # The embedded service's own weights built the heads, so its tail answers them.
+    assert result.summary['cloud']['answered'] == result.summary['cloud']['requests'] > 0
+    store = make_typestore('jazzy')
+    with Reader(tmp_path / 'out') as reader:
+        conns = [c for c in reader.connections if c.topic == topics.CLOUD_TELEMETRY]
+        reports = [json.loads(store.deserialize_cdr(raw, c.msgtype).data)
+                   for c, _, raw in reader.messages(conns)]
+    answered = [r for r in reports if r['status'] == 'ok']
+    assert answered and {r['model'] for r in answered} == {f'split:{SPLIT}'}
+    assert all(0 < r['inference_ms'] < r['total_ms'] for r in answered)  # the head's time
+
+
+def test_split_options_the_bridge_runs_no_head_for_are_refused(
+        tmp_path: Path, fake_backend_factory: Callable[..., Any]) -> None:
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=2, fps=5, width=64, height=48))
+    other = f'{COMPACT_ARCH}@640:body.2:int8+zstd'
+    with pytest.raises(ConfigError, match=r"split_options \['.*body.3:int8\+zstd'\]: "
+                                          'cloud_bridge runs no head'):
+        _replay(tmp_path, fake_backend_factory, 2,
+                cloud={'split_options': [other], 'split_checkpoint': CHECKPOINT})
