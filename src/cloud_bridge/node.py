@@ -25,19 +25,25 @@ class CloudBridgeNode(Node):
         node_graph = graph.cloud_bridge(config.image_topic, config.compressed,
                                         config.sampled_sources())
         pubs = ros.Publishers(self, node_graph)
-        bridge = config.make_bridge(self._transport)
+        # Split heads load here, before the first frame, not on the first split decision.
+        self._split = config.make_split()
+        bridge = config.make_bridge(self._transport, self._split)
         self._worker = FrameWorker(bridge, decisions,
                                    ResultEmitter(pubs.publish), lambda: ros.now_ns(self),
                                    workers=config.max_in_flight, pending=config.max_pending)
         subs = ros.subscribe(self, node_graph, {'camera': self._worker, 'decision': decisions,
                                                 '*': bridge})
         self._worker.start('cloud-bridge')
-        self.get_logger().info(f'{subs[0].topic_name} -> {config.url} (model {config.model})')
+        heads = f'; split heads {", ".join(config.splits())}' if self._split else ''
+        self.get_logger().info(f'{subs[0].topic_name} -> {config.url} (model {config.model}'
+                               f'{heads})')
 
     def destroy_node(self) -> None:
         """Stop the worker and close connections before the node goes."""
         self._worker.stop()
         self._transport.close()
+        if self._split is not None:
+            self._split.close()
         super().destroy_node()
 
 

@@ -181,3 +181,39 @@ def test_cloud_bridge_node(graph: Any) -> None:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_cloud_bridge_node_runs_split_decisions_through_its_head(graph: Any) -> None:
+    from cloud_bridge.node import CloudBridgeNode
+    from rcnn_service.compact_rcnn import COMPACT_ARCH
+    from rcnn_service.rcnn_detector import RcnnDetector
+    from rcnn_service.service import InferenceService, ServiceConfig
+
+    checkpoint = str(Path(__file__).resolve().parents[2] / 'models' / 'rcnn-shapes.pt')
+    option = f'{COMPACT_ARCH}@320:body.3:int8+zstd'
+    service = InferenceService(ServiceConfig(port=0),
+                               RcnnDetector(COMPACT_ARCH, checkpoint, input_size=320))
+    threading.Thread(target=service.serve_forever, daemon=True).start()
+    executor, probe = graph
+    try:
+        node = CloudBridgeNode(parameter_overrides=[
+            Parameter('url', value=service.url), Parameter('model', value='rcnn'),
+            Parameter('split_options', value=[option]),
+            Parameter('split_checkpoint', value=checkpoint)])
+        executor.add_node(node)
+        tel = collect(probe, String, '/cloud/telemetry', ros.qos_profile('result'))
+        decide = probe.create_publisher(String, '/offload/decision', ros.qos_profile('latched'))
+        cam = probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame'))
+        assert spin_until(executor, lambda: cam.get_subscription_count() > 0)
+        now = node.get_clock().now().nanoseconds
+        decide.publish(String(data=Decision(seq=1, issued_ns=now, route=Route.SPLIT,
+                                            split=option, deadline_ms=30000.0,
+                                            valid_for_ms=60_000).to_json()))
+        spin_until(executor, lambda: False, timeout=0.5)
+        cam.publish(image(3 * S))
+        assert spin_until(executor, lambda: bool(tel), timeout=60)
+        report = json.loads(tel[0].data)
+        assert report['status'] == 'ok', report['reason']
+        assert report['model'] == f'split:{option}' and report['bytes_sent'] > 0
+    finally:
+        service.shutdown()
