@@ -121,15 +121,20 @@ class CloudConfig:
             if not config.split_checkpoint:
                 raise ConfigError('split_options need split_checkpoint: the weights the '
                                   'service loads, from which the heads are built')
-            config.make_tail().close()
+        if config.splits() or config.split_url:
+            config.make_tail().close()  # validates split_url, or finds a REST endpoint
         return config
 
     def splits(self) -> tuple[str, ...]:
         """Split options whose heads this bridge runs; empty: none."""
         return tuple(o for o in self.split_options if o)
 
-    def make_tail(self) -> V2TailTransport:
+    def make_tail(self, encoding: str = 'fp16', compression: str = 'zstd') -> V2TailTransport:
         """Build the client of the service's tail model (``split_url`` or the first REST URL).
+
+        Args:
+            encoding: How payloads given as tensors are encoded (see V2TailTransport).
+            compression: How they are compressed.
 
         Raises:
             ConfigError: If no URL speaks REST, or the token file cannot be read.
@@ -139,7 +144,8 @@ class CloudConfig:
         if not url:
             raise ConfigError(f'split_options need a REST endpoint: url {self.url!r} has none, '
                               'set split_url')
-        return V2TailTransport.from_config(self, url)
+        return V2TailTransport(url, self.model, self.bearer_token(), self.ca_file,
+                               self.robot_id or socket.gethostname(), encoding, compression)
 
     def make_split(self) -> SplitRoute | None:
         """Load the heads of ``split_options`` (None without any).

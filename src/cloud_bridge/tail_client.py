@@ -11,7 +11,7 @@ tail request as it reads an image request.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol, TYPE_CHECKING
+from typing import Any, Mapping, Protocol
 
 from adaptive_offload.errors import CloudError, ConfigError
 from adaptive_offload.inference_transport import CloudReply
@@ -21,9 +21,6 @@ from adaptive_offload.split_wire import (encode_split, HEADER_LENGTH, request_bo
 from adaptive_offload.tensor_codec import ENCODINGS
 from adaptive_offload.tensor_compression import COMPRESSORS
 from cloud_bridge.transport import V2RestTransport
-
-if TYPE_CHECKING:
-    from cloud_bridge.bridge_config import CloudConfig
 
 
 class EncodedSplit(Protocol):
@@ -66,26 +63,6 @@ class V2TailTransport:
         self.encoding = encoding
         self.compression = compression
         self._rest = V2RestTransport(url, self.model, token, ca_file, robot_id)
-
-    @classmethod
-    def from_config(cls, config: CloudConfig, url: str = '', encoding: str = 'fp16',
-                    compression: str = 'zstd') -> V2TailTransport:
-        """Build one with a bridge's model, token (or token file), CA file and robot id.
-
-        Args:
-            config: The bridge's settings.
-            url: The service; empty: the first of ``config.url`` (it must be http(s)).
-            encoding: As for the constructor.
-            compression: As for the constructor.
-
-        Raises:
-            ConfigError: As the constructor, or for an unreadable token file.
-        """
-        import socket
-
-        return cls(url or config.urls()[0], config.model, config.bearer_token(),
-                   config.ca_file, config.robot_id or socket.gethostname(), encoding,
-                   compression)
 
     def infer(self, payload: SplitPayload | SplitTensors | EncodedSplit,
               timeout_s: float) -> CloudReply:

@@ -125,6 +125,8 @@ def test_split_settings_it_cannot_use_are_refused_at_start(
                                       'split_checkpoint': CHECKPOINT,
                                       'split_url': service.url})
     assert config.splits() == (FP16,) and config.make_tail().model == 'rcnn-tail'
+    with pytest.raises(ConfigError, match='http://host:port'):
+        CloudConfig.from_params({'url': service.url, 'split_url': 'grpc://127.0.0.1:8081'})
     with pytest.raises(ConfigError, match="has no point 'body.99'"):
         _route(service, [f'{COMPACT_ARCH}@320:body.99:int8+zstd'])
     with pytest.raises(ConfigError, match='at least one split option'):

@@ -60,7 +60,7 @@ def test_an_encoded_payload_gets_the_detections_the_image_gets(
         tmp_path: Path) -> None:
     config = _config(service, tmp_path)
     image_transport = config.make_transport()
-    tail = V2TailTransport.from_config(config)
+    tail = config.make_tail()
     try:
         expected = image_transport.infer(cv2.imencode('.png', frame)[1].tobytes(), 30.0)
         reply = tail.infer(encode_payload(payload, 'fp32', 'lz4'), 30.0)
@@ -106,9 +106,10 @@ def test_settings_it_cannot_use_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown encoding/compression 'fp8'"):
         V2TailTransport('http://127.0.0.1:8080', 'rcnn', encoding='fp8')
     config = CloudConfig.from_params({'url': 'grpc://127.0.0.1:8081'})
-    with pytest.raises(ConfigError, match='http://host:port'):
-        V2TailTransport.from_config(config)
-    transport = V2TailTransport.from_config(config, url='http://127.0.0.1:8080',
-                                            encoding='fp32', compression='none')
+    with pytest.raises(ConfigError, match='REST endpoint'):
+        config.make_tail()
+    rest = CloudConfig.from_params({'url': 'grpc://127.0.0.1:8081',
+                                    'split_url': 'http://127.0.0.1:8080'})
+    transport = rest.make_tail(encoding='fp32', compression='none')
     assert (transport.encoding, transport.compression) == ('fp32', 'none')
     transport.close()
