@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument('--seed', type=int, default=0)
     evaluate.add_argument('--cloud', default='gpu_server', help='cloud device profile')
     evaluate.add_argument('--split-options', default='', help='comma-separated '
-                          'arch@imgsz:point:encoding split routes (sim only; default none)')
+                          'arch@imgsz:point:encoding split routes (default none)')
     quality = evaluate.add_mutually_exclusive_group()
     quality.add_argument('--measured', dest='measured', action='store_true', default=True,
                          help='sim: the shipped detectors, each frame of the quality measured '

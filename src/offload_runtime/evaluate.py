@@ -68,7 +68,8 @@ class EvalOptions:
         backend_factory: Builds the edge detector in live mode (tests inject a fake).
         edge_params: More edge_inference parameters for live runs.
         split_options: Split routes (``arch@imgsz:point:encoding``) the adaptive policies may
-            choose (sim only); frames then have the payload file's JPEG sizes.
+            choose; in the simulator frames then have the payload file's JPEG sizes, live the
+            replay's cloud bridge runs their heads against the embedded service's tail.
         measured: Simulate the shipped detectors (``yolov8n-shapes``, the compact Faster
             R-CNN) with their measured mAP at each scene difficulty, instead of COCO models
             and their priors.
@@ -230,7 +231,8 @@ def run_live(opts: EvalOptions, scenario: Scenario, policy: str,
     cfg = manager_config(opts, policy, robot, floor or 0.0)
     manager = {k: getattr(cfg, k) for k in ('policy', 'deadline_ms', 'edge_model', 'edge_imgsz',
                                             'edge_options', 'device', 'cloud_device',
-                                            'devices_file', 'seed', 'accuracy_floor')}
+                                            'devices_file', 'seed', 'accuracy_floor',
+                                            'split_options')}
     label = policy if floor is None else swept_label(floor)
     out = opts.out / 'runs' / f'{_slug(scenario.name)}-{label.replace(" ", "-")}'
     factory = {'backend_factory': opts.backend_factory} if opts.backend_factory else {}

@@ -177,6 +177,22 @@ def test_live_mode_replays_the_bag_under_each_policy(tmp_path: Path,
     assert '| mAP measured |' in table and f'| {edge_map:.1f} |' in table
 
 
+def test_live_mode_runs_split_routes_through_the_bridges_heads(
+        tmp_path: Path, fake_backend_factory: Any) -> None:
+    scenario = tmp_path / 'steady.yaml'
+    scenario.write_text('name: steady\nfaults: []\n')
+    option = 'fasterrcnn_mobilenet_v3_small_fpn@640:body.3:int8+zstd'
+    [row] = evaluate(EvalOptions(scenarios=[scenario], policies=['static-split'], mode='live',
+                                 out=tmp_path / 'out', frames=6, fps=5.0, cloud='ci_machine',
+                                 deadline_ms=30_000.0, split_options=[option],
+                                 backend_factory=fake_backend_factory),
+                     announce=lambda _: None)
+    assert row.frames == 6 and 0 < row.cloud_requests <= 6 and row.mb_sent > 0
+    # The head's payload to body.3 is several times the frame's JPEG (config/split_payloads).
+    assert row.mb_sent * 1e6 / row.cloud_requests > 20_000
+    assert row.measured_map > 10  # the shipped model's tail answered the head of its weights
+
+
 def test_sim_agrees_with_live_on_this_machines_measured_profile(
         tmp_path: Path, yolo_config_dir: str) -> None:
     """Calibration: measure the real edge here, give the simulator that profile, compare.
