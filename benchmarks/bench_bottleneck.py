@@ -9,6 +9,8 @@ cloud row of ``models/accuracy.json``), one row per way of getting a frame to th
 * ``JPEG qN``: the frame JPEG-encoded at quality N and decoded on the service, as offloading
   the frame sends it (the JPEG is lossy too, so its mAP is measured, not assumed);
 * ``naive int8``: the crossing tensor of the bottleneck's split point, int8 + zstd;
+* ``naive P @point``: with ``--points``, the crossing tensors of more split points at each
+  precision of ``--precisions``, + zstd: what quantisation costs at each point;
 * ``bottleneck wN``: each bottleneck file given: the code crossing as int8 + zstd.
 
 Bytes are the mean per frame of what crosses: the JPEG file, or the encoded tensors with their
@@ -17,7 +19,8 @@ left out). ``enc ms`` is the robot's extra work per frame beyond the head (JPEG 
 the bottleneck's encoder + int8 + zstd), ``dec ms`` the service's before the detector (JPEG
 decoding, or zstd + dequantisation + the decoder); both means on this CPU. Prints figures only.
 
-Run: ``.venv/bin/python benchmarks/bench_bottleneck.py [--bottleneck FILE ...] [--frames 60]``
+Run: ``.venv/bin/python benchmarks/bench_bottleneck.py [--bottleneck FILE ...] [--frames 60]
+[--points all --precisions int8,fp16]``
 """
 
 from __future__ import annotations
@@ -72,8 +75,8 @@ def as_detections(detector: RcnnDetector, outputs: list[dict[str, Any]]) -> tupl
 
 
 def run(detector: RcnnDetector, bottlenecks: list[Any], frames: list[LabelledFrame],
-        log: Callable[[str], None]) -> list[Row]:
-    """Measure every row on ``frames``."""
+        log: Callable[[str], None], points: tuple[tuple[int, str], ...] = ()) -> list[Row]:
+    """Measure every row on ``frames``; ``points``: more (point, precision) naive rows."""
     import torch
 
     model = detector.model
@@ -82,6 +85,7 @@ def run(detector: RcnnDetector, bottlenecks: list[Any], frames: list[LabelledFra
     raw, naive = Row('unsplit raw'), Row(f'naive int8 @{point}')
     jpegs = {q: Row(f'JPEG q{q}') for q in JPEG_QUALITIES}
     learned = [Row(f'bottleneck w{b.spec.width}/{b.spec.reduction}') for b in bottlenecks]
+    more = [Row(f'naive {precision} @{split.point(k).name}') for k, precision in points]
     head_ms: list[float] = []
     for i, frame in enumerate(frames):
         if i % 30 == 0:
@@ -103,13 +107,19 @@ def run(detector: RcnnDetector, bottlenecks: list[Any], frames: list[LabelledFra
             naive.sizes.append(wire.tensor_bytes)
             back = timed(lambda: decode_payload(wire), naive.dec_ms)
             naive.found.append(as_detections(detector, split.tail(back)))
+            for (k, precision), row in zip(points, more):
+                wire = timed(lambda: encode_payload(split.head([x], k), precision, 'zstd'),
+                             row.enc_ms)
+                row.sizes.append(wire.tensor_bytes)
+                back = timed(lambda: decode_payload(wire), row.dec_ms)
+                row.found.append(as_detections(detector, split.tail(back)))
             for bottleneck, row in zip(bottlenecks, learned):
                 code = timed(lambda: bottleneck.encode(payload), row.enc_ms)
                 row.sizes.append(code.tensor_bytes)
                 back = timed(lambda: bottleneck.decode(code), row.dec_ms)
                 row.found.append(as_detections(detector, split.tail(back)))
     log(f'head to point {point}: {np.mean(head_ms):.1f} ms per frame (every split row)')
-    return [raw, *jpegs.values(), naive, *learned]
+    return [raw, *jpegs.values(), naive, *learned, *more]
 
 
 def table(rows: list[Row], frames: list[LabelledFrame]) -> str:
@@ -142,6 +152,10 @@ def main() -> None:
     parser.add_argument('--frames', type=int, default=60, help='held-out frames per difficulty')
     parser.add_argument('--seed', type=int, default=0, help='which held-out frames')
     parser.add_argument('--threads', type=int, default=1, help='torch threads')
+    parser.add_argument('--points', default='',
+                        help='more split points (names, comma-separated, or "all") whose naive '
+                             'crossing is measured at each of --precisions')
+    parser.add_argument('--precisions', default='int8', help='comma-separated: int8, fp16')
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
@@ -150,11 +164,17 @@ def main() -> None:
     if len({b.spec.point for b in bottlenecks}) != 1:
         parser.error('the bottlenecks must share one split point')
     frames = [f for name in DIFFICULTIES for f in held_out(name, args.frames, args.seed)]
+    by_name = {p.name: p.index for p in RcnnSplit(detector.model).points}
+    names = list(by_name) if args.points == 'all' else [n for n in args.points.split(',') if n]
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        parser.error(f'unknown points {unknown} (points: {", ".join(by_name)})')
+    points = tuple((by_name[n], p) for n in names for p in args.precisions.split(',') if p)
 
     def log(line: str) -> None:
         print(line, flush=True)
 
-    rows = run(detector, bottlenecks, frames, log)
+    rows = run(detector, bottlenecks, frames, log, points)
     print(f'{args.detector.name} on {len(frames)} held-out frames ({args.frames} per '
           f'difficulty, seed {args.seed}), score >= {CLOUD_SCORE}; widths are code channels / '
           'spatial reduction')

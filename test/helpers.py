@@ -194,3 +194,31 @@ class ScriptedTransport:
 def small_frame_message(types: MessageTypes, stamp: int) -> Any:
     """Return a black 32x32 bgr8 Image message stamped ``stamp``."""
     return frame_to_message(types, np.zeros((32, 32, 3), np.uint8), stamp, 'cam', 'bgr8')
+
+
+SHAPES_RCNN = str(Path(__file__).resolve().parents[1] / 'models' / 'rcnn-shapes.pt')
+"""The shipped compact R-CNN's checkpoint."""
+
+
+def shapes_frame() -> np.ndarray:
+    """Render a 320x240 BGR scene the shipped compact R-CNN finds four objects in."""
+    from offload_runtime.sample_bag import SampleSpec, Scene
+
+    image, _ = Scene(SampleSpec(width=320, height=240, seed=2)).render(0.1)
+    return np.ascontiguousarray(image)
+
+
+@contextlib.contextmanager
+def compact_service(input_size: int = 320, **settings: Any) -> Iterator[Any]:
+    """Serve the shipped compact R-CNN on a free loopback port (``ServiceConfig`` settings)."""
+    from rcnn_service.compact_rcnn import COMPACT_ARCH
+    from rcnn_service.rcnn_detector import RcnnDetector
+    from rcnn_service.service import InferenceService, ServiceConfig
+
+    detector = RcnnDetector(COMPACT_ARCH, SHAPES_RCNN, input_size=input_size)
+    service = InferenceService(ServiceConfig(port=0, **settings), detector)
+    threading.Thread(target=service.serve_forever, daemon=True).start()
+    try:
+        yield service
+    finally:
+        service.shutdown()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-import threading
 from typing import Any, Iterator
 
 from adaptive_offload.conversions import frame_to_message, MessageTypes
@@ -13,32 +12,27 @@ from cloud_bridge.bridge import CloudBridge
 from cloud_bridge.bridge_config import CloudConfig
 from cloud_bridge.split_head import load_detector, SplitRoute
 from cloud_bridge.tail_client import V2TailTransport
+from helpers import compact_service, shapes_frame, SHAPES_RCNN
 import numpy as np
-from offload_runtime.sample_bag import SampleSpec, Scene
 import pytest
 from rcnn_service.compact_rcnn import COMPACT_ARCH
 from rcnn_service.rcnn_detector import RcnnDetector
-from rcnn_service.service import InferenceService, ServiceConfig
+from rcnn_service.service import InferenceService
 
-CHECKPOINT = str(Path(__file__).resolve().parents[2] / 'models' / 'rcnn-shapes.pt')
+CHECKPOINT = SHAPES_RCNN
 FP16 = f'{COMPACT_ARCH}@320:body.3:fp16+zstd'
 INT8 = f'{COMPACT_ARCH}@320:body.3:int8+lz4'
 
 
 @pytest.fixture(scope='module')
 def service() -> Iterator[InferenceService]:
-    detector = RcnnDetector(COMPACT_ARCH, CHECKPOINT, input_size=320)
-    svc = InferenceService(ServiceConfig(port=0), detector)
-    threading.Thread(target=svc.serve_forever, daemon=True).start()
-    yield svc
-    svc.shutdown()
+    with compact_service() as svc:
+        yield svc
 
 
 @pytest.fixture(scope='module')
 def frame() -> np.ndarray:
-    """Render a 320x240 BGR scene the shipped model finds four objects in."""
-    image, _ = Scene(SampleSpec(width=320, height=240, seed=2)).render(0.1)
-    return np.ascontiguousarray(image)
+    return shapes_frame()
 
 
 def _msg(types: MessageTypes, frame: np.ndarray) -> Any:

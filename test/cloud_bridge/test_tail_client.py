@@ -4,40 +4,34 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-import threading
 from typing import Iterator
 
 from adaptive_offload.errors import CloudError, ConfigError
 from cloud_bridge.bridge_config import CloudConfig
 from cloud_bridge.tail_client import V2TailTransport
 import cv2
+from helpers import compact_service, shapes_frame, SHAPES_RCNN
 import numpy as np
-from offload_runtime.sample_bag import SampleSpec, Scene
 import pytest
 from rcnn_service.compact_rcnn import COMPACT_ARCH
 from rcnn_service.rcnn_detector import image_tensor, RcnnDetector
 from rcnn_service.rcnn_split import encode_payload, RcnnPayload, RcnnSplit
-from rcnn_service.service import InferenceService, ServiceConfig
+from rcnn_service.service import InferenceService
 import torch
 
-CHECKPOINT = str(Path(__file__).resolve().parents[2] / 'models' / 'rcnn-shapes.pt')
+CHECKPOINT = SHAPES_RCNN
 TOKEN = 'bridge-t0k'
 
 
 @pytest.fixture(scope='module')
 def service() -> Iterator[InferenceService]:
-    detector = RcnnDetector(COMPACT_ARCH, CHECKPOINT, input_size=320)
-    svc = InferenceService(ServiceConfig(port=0, tokens=(TOKEN,)), detector)
-    threading.Thread(target=svc.serve_forever, daemon=True).start()
-    yield svc
-    svc.shutdown()
+    with compact_service(tokens=(TOKEN,)) as svc:
+        yield svc
 
 
 @pytest.fixture(scope='module')
 def frame() -> np.ndarray:
-    """Render a 320x240 BGR scene the shipped model finds four objects in."""
-    image, _ = Scene(SampleSpec(width=320, height=240, seed=2)).render(0.1)
-    return np.ascontiguousarray(image)
+    return shapes_frame()
 
 
 @pytest.fixture(scope='module')

@@ -24,8 +24,8 @@ from adaptive_offload.split_wire import (encode_split, encode_wire_tensor, reque
 from cloud_bridge.tail_client import V2TailTransport
 from cloud_bridge.transport import V2RestTransport
 import cv2
+from helpers import shapes_frame
 import numpy as np
-from offload_runtime.sample_bag import SampleSpec, Scene
 import pytest
 from rcnn_service.compact_rcnn import COMPACT_ARCH
 from rcnn_service.guard import RequestError
@@ -75,9 +75,7 @@ def service() -> Iterator[InferenceService]:
 
 @pytest.fixture(scope='module')
 def frame() -> np.ndarray:
-    """Render a 320x240 BGR scene with four confident detections (see test_rcnn_split)."""
-    image, _ = Scene(SampleSpec(width=320, height=240, seed=2)).render(0.1)
-    return np.ascontiguousarray(image)
+    return shapes_frame()
 
 
 @pytest.fixture(scope='module')
