@@ -16,8 +16,9 @@ cloud row of ``models/accuracy.json``), one row per way of getting a frame to th
 Bytes are the mean per frame of what crosses: the JPEG file, or the encoded tensors with their
 tensor_codec headers (the JSON sizes, about 100 bytes, are the same for every split row and
 left out). ``enc ms`` is the robot's extra work per frame beyond the head (JPEG encoding, or
-the bottleneck's encoder + int8 + zstd), ``dec ms`` the service's before the detector (JPEG
-decoding, or zstd + dequantisation + the decoder); both means on this CPU. Prints figures only.
+the bottleneck's encoder + int8 + zstd; for the ``--points`` rows the head as well), ``dec ms``
+the service's before the detector (JPEG decoding, or zstd + dequantisation + the decoder); both
+means on this CPU. Prints figures only.
 
 Run: ``.venv/bin/python benchmarks/bench_bottleneck.py [--bottleneck FILE ...] [--frames 60]
 [--points all --precisions int8,fp16]``
