@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Iterable, Mapping, Sequence
 
 from adaptive_offload import topics
+from adaptive_offload.errors import ConfigError
 
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED_IMAGE = 'sensor_msgs/msg/CompressedImage'
@@ -59,8 +60,12 @@ QOS: Mapping[str, QosSpec] = MappingProxyType({
 # battery: a BatterySample.
 RECORD_KINDS = ('image', 'frame', 'arrival', 'decision', 'report', 'health_event',
                 'frame_record', 'fault', 'detections', 'battery')
-# How an output record becomes a message (see conversions.encode_output).
-OUTPUT_KINDS = ('detections', 'json', 'diagnostics', 'label_info', 'image', 'image_marker')
+# How an output record becomes a message (see graph_codec.encode_output); split_frame: a split
+# detector's crossing tensors (adaptive_offload.split_frame) in a CompressedImage.
+OUTPUT_KINDS = ('detections', 'json', 'diagnostics', 'label_info', 'image', 'image_marker',
+                'split_frame')
+SPLIT_ROLES = ('', 'head', 'tail')
+"""Roles of an edge_inference node: the whole detector, or one part of a split one."""
 
 
 @dataclass(frozen=True)
@@ -138,20 +143,38 @@ def _faults_input() -> Port:
 
 
 def edge_inference(image_topic: str, compressed: bool, source: str = topics.ROOT_EDGE_SOURCE,
-                   annotated: bool = False, obey_faults: bool = False) -> NodeGraph:
+                   annotated: bool = False, obey_faults: bool = False, split_role: str = '',
+                   split_topic: str = 'edge/split') -> NodeGraph:
     """Declare an edge_inference node: camera and decisions in, detections and reports out.
 
     Its outputs are relative (``edge/...``): an instance in namespace ``/pi`` (source ``pi``)
     publishes ``/pi/edge/...``. With ``obey_faults`` it also takes injected edge stalls.
+
+    A split role swaps ports: a ``head`` publishes each frame's crossing tensors on
+    ``split_topic`` (relative: in its namespace) instead of detections; a ``tail`` takes them
+    from ``split_topic`` instead of the camera, and no decisions (its head obeyed them).
+
+    Raises:
+        ConfigError: For an unknown ``split_role``.
     """
+    if split_role not in SPLIT_ROLES:
+        raise ConfigError(f'split_role {split_role!r}: one of {SPLIT_ROLES}')
+    telemetry = Port('telemetry', 'edge/telemetry', STRING, 'result', 'json')
     outputs = [Port('detections', 'edge/detections', DETECTIONS, 'result', 'detections'),
-               Port('telemetry', 'edge/telemetry', STRING, 'result', 'json'),
+               telemetry,
                Port('label_info', 'edge/label_info', LABEL_INFO, 'latched', 'label_info')]
     if annotated:
         outputs.append(Port('annotated', 'edge/annotated', IMAGE, 'result', 'image'))
     namespace = '' if source == topics.ROOT_EDGE_SOURCE else source
     inputs = [_camera(image_topic, compressed, 'newest_frame', 'image', 'on_image'),
               _decision_input()]
+    if split_role == 'head':
+        outputs = [Port('split', split_topic, COMPRESSED_IMAGE, 'newest_frame', 'split_frame'),
+                   telemetry]
+    elif split_role == 'tail':
+        # The frames of a tail are its head's messages: kind image, decoded by its worker.
+        inputs = [Port('split', split_topic, COMPRESSED_IMAGE, 'newest_frame', 'image',
+                       'on_image')]
     if obey_faults:
         inputs.append(_faults_input())
     return NodeGraph('edge_inference', tuple(inputs), tuple(outputs), namespace)

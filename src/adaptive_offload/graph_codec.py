@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from adaptive_offload.conversions import (detections_to_message, frame_to_message,
+from adaptive_offload.conversions import (detections_to_message, frame_to_message, header,
                                           health_to_diagnostics, label_info_message,
                                           message_to_detections, MessageTypes, stamp_to_ns)
 from adaptive_offload.datatypes import (Decision, FaultEvent, Frame, FrameRecord, HealthEvent,
@@ -19,6 +19,7 @@ from adaptive_offload.datatypes import (Decision, FaultEvent, Frame, FrameRecord
 from adaptive_offload.drawing import detections_to_image_marker
 from adaptive_offload.errors import ConversionError
 from adaptive_offload.graph import Port
+from adaptive_offload.split_frame import SplitFrame
 
 # The input kinds whose messages are std_msgs/String holding a record's JSON.
 JSON_RECORDS: Mapping[str, type[JsonRecord]] = {
@@ -103,4 +104,8 @@ def encode_output(types: MessageTypes, port: Port, record: Any) -> Any:
         frame: Frame = record
         return frame_to_message(types, frame.image, frame.stamp_ns, frame.frame_id,
                                 frame.encoding)
+    if kind == 'split_frame':
+        split: SplitFrame = record
+        return types.CompressedImage(header=header(types, split.stamp_ns, split.frame_id),
+                                     format=split.format, data=types.byte_array(split.data))
     raise ConversionError('unknown_kind', f'output {port.name}: kind {kind!r}')

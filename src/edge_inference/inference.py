@@ -6,14 +6,17 @@ import dataclasses
 from dataclasses import dataclass, replace
 from pathlib import Path
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 from adaptive_offload.admission import EveryNth
 from adaptive_offload.conversions import image_to_frame, stamp_to_ns
 from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
 from adaptive_offload.errors import BackendError, ConfigError, ConversionError
 from adaptive_offload.frame_worker import DecisionHolder, Emit, FrameProcessor, FrameWorker
+from adaptive_offload.graph import SPLIT_ROLES
 from adaptive_offload.params import ParameterSpec, resolve
+from adaptive_offload.tensor_codec import ENCODINGS
+from adaptive_offload.tensor_compression import COMPRESSORS
 from edge_inference.backends import BackendOptions, class_indices, create_backend, DetectorBackend
 from edge_inference.model_pool import Factory, ModelPool, ModelSpec, parse_models
 from fault_injection.live import ObeyedFaults, StallingProcessor
@@ -60,6 +63,23 @@ PARAMETERS = (
     ParameterSpec('obey_faults', False,
                   'Obey edge stalls announced on /health/faults (a fault rehearsal).',
                   configure=True),
+    ParameterSpec('split_role', '',
+                  "'': the whole detector; head: layers [0, split_point) on the camera, "
+                  'published on split_topic; tail: the rest, on what split_topic brings.',
+                  configure=True),
+    ParameterSpec('split_point', 0,
+                  'k of a split role: the head runs layers [0, k), the tail [k, end); the '
+                  'same on both (1..22 for YOLOv8n).', configure=True, minimum=0,
+                  maximum=1000),
+    ParameterSpec('split_encoding', 'fp16+zstd',
+                  "A head's crossing tensors on the wire: fp32, fp16 or int8, then +zstd, "
+                  '+lz4 or +none.', configure=True),
+    ParameterSpec('split_topic', 'edge/split',
+                  "A head's output (relative: in its namespace); a tail's input, absolute "
+                  "(the head's, e.g. /robot/edge/split).", configure=True),
+    ParameterSpec('split_max_bytes', 64 * 1024 * 1024,
+                  "A tail's bound on the bytes a message's tensors decode to (float32).",
+                  configure=True, minimum=1024, maximum=2**31 - 1),
 )
 
 LIVE = frozenset(spec.name for spec in PARAMETERS if spec.live)
@@ -88,18 +108,64 @@ class EdgeConfig:
     publish_annotated: bool
     autostart: bool
     obey_faults: bool
+    split_role: str
+    split_point: int
+    split_encoding: str
+    split_topic: str
+    split_max_bytes: int
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> EdgeConfig:
         """Build from parameter values over the defaults.
 
         Raises:
-            ConfigError: For unknown names or wrong types.
+            ConfigError: For unknown names or wrong types, or split parameters that do not fit
+                together (see :meth:`check_split`).
         """
         params = resolve(PARAMETERS, values)
         if not params['model_name']:
             params['model_name'] = Path(params['model']).stem
-        return cls(**params)
+        config = cls(**params)
+        config.check_split()
+        return config
+
+    @property
+    def split_precision(self) -> str:
+        """The precision of ``split_encoding`` (``fp32``, ``fp16`` or ``int8``)."""
+        return self.split_encoding.partition('+')[0]
+
+    @property
+    def split_codec(self) -> str:
+        """The compression of ``split_encoding`` (``zstd``, ``lz4`` or ``none``)."""
+        return self.split_encoding.partition('+')[2]
+
+    def check_split(self) -> None:
+        """Check the split parameters against each other (the model's points: on load).
+
+        Raises:
+            ConfigError: For an unknown role or encoding, a role without a split point, a
+                tail whose topic is relative, or what a split role cannot do (another backend,
+                alternative models, annotated images).
+        """
+        role = self.split_role
+        if role not in SPLIT_ROLES:
+            raise ConfigError(f"split_role {role!r}: '' (the whole detector), head or tail")
+        if self.split_precision not in ENCODINGS or self.split_codec not in COMPRESSORS:
+            raise ConfigError(f'split_encoding {self.split_encoding!r}: <precision>+<codec> '
+                              f'with precision {"/".join(ENCODINGS)} and codec '
+                              f'{"/".join(COMPRESSORS)}, e.g. fp16+zstd')
+        if not role:
+            return
+        if self.split_point < 1:
+            raise ConfigError(f'split_role {role} needs split_point k >= 1 (the head runs '
+                              'layers [0, k), the tail the rest; the same k on both)')
+        if role == 'tail' and not self.split_topic.startswith('/'):
+            raise ConfigError(f'split_topic {self.split_topic!r} of a tail must be absolute: '
+                              "the head's topic, e.g. /robot/edge/split")
+        if self.backend != 'ultralytics' or self.alt_models or self.publish_annotated:
+            raise ConfigError(f'split_role {role} runs one ultralytics model and draws nothing: '
+                              'set backend ultralytics, alt_models "" and publish_annotated '
+                              'false')
 
     def fallback_decision(self) -> Decision:
         """Decision applied while the manager gives none: this model, locally."""
@@ -108,6 +174,30 @@ class EdgeConfig:
     def default_model(self) -> ModelSpec:
         """Return the model loaded at start."""
         return ModelSpec(self.model_name, self.backend, self.model)
+
+
+class EdgeCore(FrameProcessor, Protocol):
+    """What the edge node and the replay drive: the whole detector or a split role's part."""
+
+    config: EdgeConfig
+
+    def reconfigure(self, values: Mapping[str, Any]) -> EdgeConfig:
+        """Apply live parameters (see :func:`reconfigured`) and return the new config."""
+
+    def class_names(self) -> dict[int, str]:
+        """Class index to name of the model in use (the label map)."""
+
+
+def reconfigured(config: EdgeConfig, values: Mapping[str, Any]) -> EdgeConfig:
+    """Return ``config`` with parameters set at runtime (thresholds, fallback size, deadline).
+
+    Raises:
+        ConfigError: For a parameter that is not live or a wrong value.
+    """
+    fixed = sorted(name for name in values if name not in LIVE)
+    if fixed:
+        raise ConfigError(f'{", ".join(fixed)}: read on configure, not at runtime')
+    return EdgeConfig.from_params({**dataclasses.asdict(config), **values})
 
 
 def build_edge(config: EdgeConfig, factory: Factory = create_backend) -> EdgeInference:
@@ -127,7 +217,7 @@ def build_edge(config: EdgeConfig, factory: Factory = create_backend) -> EdgeInf
     return EdgeInference(config, pool)
 
 
-def edge_worker(core: EdgeInference, decisions: DecisionHolder, emit: Emit,
+def edge_worker(core: EdgeCore, decisions: DecisionHolder, emit: Emit,
                 clock: Callable[[], int], faults: ObeyedFaults | None = None) -> FrameWorker:
     """Make the worker that runs ``core`` on the newest frame, in the node and in the replay.
 
@@ -172,11 +262,12 @@ class EdgeInference:
         Raises:
             ConfigError: For a parameter that is not live or a wrong value; nothing changes.
         """
-        fixed = sorted(name for name in values if name not in LIVE)
-        if fixed:
-            raise ConfigError(f'{", ".join(fixed)}: read on configure, not at runtime')
-        self.config = EdgeConfig.from_params({**dataclasses.asdict(self.config), **values})
+        self.config = reconfigured(self.config, values)
         return self.config
+
+    def class_names(self) -> dict[int, str]:
+        """Class names of the model in use."""
+        return self.models.names_of_current()
 
     def _class_filter(self, name: str, backend: DetectorBackend) -> tuple[int, ...] | None:
         if name not in self._classes:

@@ -3,7 +3,8 @@
 configure: read the parameters (again), create publishers and the decision subscription;
 activate: load and warm up the model, subscribe to the camera; deactivate: unsubscribe and
 release the model; cleanup: drop publishers. With ``autostart`` (default) the node configures
-and activates itself, and a failure of either ends the process with exit code 1.
+and activates itself, and a failure of either ends the process with exit code 1. With
+``split_role`` it runs the head or the tail of a split detector (``edge_inference.split_roles``).
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
 from adaptive_offload.frame_worker import DecisionHolder, FrameWorker, ResultEmitter
 from adaptive_offload.graph_codec import LabelMap
 from adaptive_offload.params import ParameterSpec
-from edge_inference.inference import (build_edge, edge_worker, EdgeConfig, EdgeInference,
-                                      PARAMETERS)
+from edge_inference.inference import edge_worker, EdgeConfig, EdgeCore, PARAMETERS
+from edge_inference.split_roles import build_core
 from fault_injection.live import ObeyedFaults
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
@@ -30,7 +31,7 @@ class EdgeInferenceNode(LifecycleNode):
         super().__init__('edge_inference', **kwargs)
         ros.declare_parameters(self, PARAMETERS)
         self._config: EdgeConfig | None = None
-        self._core: EdgeInference | None = None
+        self._core: EdgeCore | None = None
         self._worker: FrameWorker | None = None
         self._pubs: ros.Publishers | None = None
         self._subs: list[Any] = []
@@ -55,7 +56,8 @@ class EdgeInferenceNode(LifecycleNode):
         config = self._config
         self._graph = graph.edge_inference(config.image_topic, config.compressed,
                                            config.source_name, config.publish_annotated,
-                                           config.obey_faults)
+                                           config.obey_faults, config.split_role,
+                                           config.split_topic)
         self._decisions = DecisionHolder(config.fallback_decision())
         self._faults = ObeyedFaults(lambda: ros.now_ns(self)) if config.obey_faults else None
         self._pubs = ros.Publishers(self, self._graph, lifecycle=True)
@@ -69,21 +71,23 @@ class EdgeInferenceNode(LifecycleNode):
         config, pubs = self._config, self._pubs
         if config is None or pubs is None:  # rclpy only activates a configured node
             return self._fail(ConfigError('edge_inference: activated before configure'))
-        try:
-            core = self._core = build_edge(config)
+        try:  # a split head publishes its tensors itself, from the worker thread
+            core = self._core = build_core(config, lambda out: pubs.publish('split', out))
         except AdaptiveOffloadError as err:
             return self._fail(err)
         result = super().on_activate(state)
-        pubs.publish('label_info', LabelMap(core.models.names_of_current(), config.conf,
-                                            ros.now_ns(self)))
+        pubs.publish('label_info', LabelMap(core.class_names(), config.conf, ros.now_ns(self)))
         worker = self._worker = edge_worker(
             core, self._decisions, ResultEmitter(pubs.publish, config.publish_annotated),
             lambda: ros.now_ns(self), self._faults)
         worker.start('edge-inference')
-        self._camera = ros.subscribe(self, self._graph, {'camera': worker},
-                                     only=('camera',))
+        frames = [p.name for p in self._graph.inputs if p.kind == 'image']  # camera or split
+        self._camera = ros.subscribe(self, self._graph, dict.fromkeys(frames, worker),
+                                     only=frames)
+        role = f', split {config.split_role} at k={config.split_point}' \
+            if config.split_role else ''
         self.get_logger().info(f'{config.model_name} ({config.model}) on {config.device}, '
-                               f'imgsz {config.imgsz}, input {self._camera[0].topic_name}')
+                               f'imgsz {config.imgsz}, input {self._camera[0].topic_name}{role}')
         return result
 
     def _fail(self, err: Exception) -> TransitionCallbackReturn:

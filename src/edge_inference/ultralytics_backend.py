@@ -93,6 +93,16 @@ class UltralyticsBackend:
         """Class index to class name."""
         return self._names
 
+    @property
+    def yolo(self) -> Any:
+        """The loaded ``ultralytics.YOLO`` (the split roles run its predictor's network)."""
+        return self._model
+
+    @property
+    def device(self) -> str:
+        """The device it runs on."""
+        return self._device
+
     def infer(self, image: np.ndarray, imgsz: int, conf: float, iou: float,
               classes: tuple[int, ...] | None, max_det: int) -> tuple[Detection, ...]:
         """Detect objects in one BGR image (see :class:`DetectorBackend`)."""

@@ -99,6 +99,12 @@ class ReplayGraph:
         service = services[0]
         edge_cfg = configure('edge_inference', EdgeConfig.from_params, values('edge_inference'),
                              params_source)
+        if edge_cfg.split_role:
+            # A head here would send its tensors to a tail no replay runs: every frame lost.
+            raise ConfigError(f'{params_source}: edge_inference: split_role '
+                              f'{edge_cfg.split_role!r} runs on two machines under ROS '
+                              '(edge.launch.py); the replay runs the whole detector, leave '
+                              'split_role empty')
         manager_cfg = configure('offload_manager', ManagerConfig.from_params,
                                 values('offload_manager'), params_source)
         health_cfg = configure('health_monitor', HealthConfig.from_params,

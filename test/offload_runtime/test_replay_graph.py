@@ -56,3 +56,13 @@ def test_split_options_the_bridge_runs_no_head_for_are_refused(
                                           'cloud_bridge runs no head'):
         _replay(tmp_path, fake_backend_factory, 2,
                 cloud={'split_options': [other], 'split_checkpoint': CHECKPOINT})
+
+
+def test_an_edge_split_role_is_refused_rather_than_run_whole(
+        tmp_path: Path, fake_backend_factory: Callable[..., Any]) -> None:
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=2, fps=5, width=64, height=48))
+    with pytest.raises(ConfigError, match="split_role 'head' runs on two machines under ROS"):
+        Replay(ReplayOptions(bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0, overrides={
+            'offload_manager': {'policy': 'edge-only'},
+            'edge_inference': {'split_role': 'head', 'split_point': 4}}),
+            backend_factory=fake_backend_factory).run()

@@ -1,0 +1,303 @@
+"""The split roles of edge_inference: the detector's head on the robot, its tail on a Pi.
+
+A ``head`` takes camera frames under the decision as the whole detector would (the edge route,
+or a probe), letterboxes each at the decision's size, runs layers ``[0, k)`` and publishes the
+crossing tensors as one :class:`adaptive_offload.split_frame.SplitFrame` (a CompressedImage),
+with its report: ``ok``, the head's time, the bytes sent, no detections. A ``tail`` runs
+whatever arrives: it reads the message within bounds, refuses one from other weights or
+another split point, runs layers ``[k, end)``, NMS and the box scaling, and publishes the
+detections and its report under its own ``source_name``: to the manager it is one more edge
+source. A bad or refused message gives a ``failed`` report that says why, never an exception.
+
+The message's request parameters (beside V2's ``point`` and sizes, see
+:mod:`adaptive_offload.split_wire`): ``model``, ``weights_sha256``, ``imgsz``,
+``letterbox_scale`` (``y,x``), ``letterbox_pad`` (``top,left``) and ``decision_seq``; tensors
+are named ``layer_<j>`` after the layer that output them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+import math
+import time
+from typing import Any, Callable, Mapping
+
+from adaptive_offload.admission import EveryNth
+from adaptive_offload.conversions import image_to_frame, stamp_to_ns
+from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
+from adaptive_offload.errors import BackendError, ConversionError
+from adaptive_offload.split_frame import read_split_frame, split_frame, SplitFrame
+from adaptive_offload.split_request import decode_wire_tensor, SplitRequest
+from adaptive_offload.split_wire import encode_wire_tensor, SplitTensors
+from edge_inference.backends import BackendOptions, class_indices
+from edge_inference.inference import build_edge, EdgeConfig, EdgeCore, reconfigured
+from edge_inference.split_model import Letterbox, SplitModel
+
+MODEL, WEIGHTS, IMGSZ = 'model', 'weights_sha256', 'imgsz'
+LETTERBOX_SCALE, LETTERBOX_PAD, DECISION_SEQ = 'letterbox_scale', 'letterbox_pad', 'decision_seq'
+MAX_INPUT_SIDE = 4096
+"""Longest side of a network input a tail accepts (the ``imgsz`` parameter's maximum)."""
+MAX_FRAME_SIDE = 16384
+"""Longest side of an original frame a tail accepts."""
+
+Send = Callable[[SplitFrame], None]
+
+
+def tensor_name(layer: int) -> str:
+    """Return the wire name of the crossing tensor that ``layer`` output."""
+    return f'layer_{layer}'
+
+
+def build_core(config: EdgeConfig, send: Send) -> EdgeCore:
+    """Make the edge core of ``config``'s role: whole detector, head or tail, model loaded.
+
+    Args:
+        config: Parameters.
+        send: Publishes a head's split frames (unused by the other roles).
+
+    Raises:
+        ConfigError: For a split point the model does not have, or a bad class filter.
+        BackendError: If the model cannot be loaded.
+    """
+    if not config.split_role:
+        return build_edge(config)
+    model = SplitModel.load(BackendOptions(config.model, config.device,
+                                           config.ultralytics_config_dir), config.split_point)
+    if config.split_role == 'head':
+        return SplitHead(config, model, send)
+    return SplitTail(config, model)
+
+
+class _SplitRole:
+    """What head and tail share: config, live parameters, class names, drop reports."""
+
+    def __init__(self, config: EdgeConfig, model: SplitModel,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+        self.config = config
+        self.model = model
+        self._clock = clock
+        self._classes = class_indices(model.names, config.classes)
+
+    def reconfigure(self, values: Mapping[str, Any]) -> EdgeConfig:
+        """Apply parameters set at runtime (see :func:`edge_inference.inference.reconfigured`).
+
+        Raises:
+            ConfigError: For a parameter that is not live or a wrong value; nothing changes.
+        """
+        self.config = reconfigured(self.config, values)
+        return self.config
+
+    def class_names(self) -> dict[int, str]:
+        """Class names of the model."""
+        return dict(self.model.names)
+
+    def drop(self, stamp_ns: int, frame_id: str, reason: str,
+             decision: Decision) -> InferenceReport:
+        """Report a frame that was not processed (see :class:`FrameProcessor`)."""
+        return InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id,
+                               source=self.config.source_name, status='dropped', reason=reason,
+                               model=self.config.model_name, decision_seq=decision.seq)
+
+    def _report(self, msg: Any, decision_seq: int) -> InferenceReport:
+        return InferenceReport(stamp_ns=stamp_to_ns(msg.header.stamp),
+                               frame_id=str(msg.header.frame_id),
+                               source=self.config.source_name, model=self.config.model_name,
+                               decision_seq=decision_seq)
+
+    def _ms_since(self, start: int) -> float:
+        return (self._clock() - start) / 1e6
+
+
+class SplitHead(_SplitRole):
+    """Runs layers ``[0, k)`` on camera frames and sends what crosses.
+
+    Args:
+        config: Parameters (``split_encoding`` says how the tensors travel).
+        model: The detector, prepared at the split point.
+        send: Publishes each frame's :class:`SplitFrame`.
+        clock: Monotonic nanosecond clock for timings.
+    """
+
+    def __init__(self, config: EdgeConfig, model: SplitModel, send: Send,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+        super().__init__(config, model, clock)
+        self._send = send
+        self._probes = EveryNth()
+
+    def process(self, msg: Any, decision: Decision,
+                waited_ns: int = 0) -> tuple[DetectionSet | None, InferenceReport]:
+        """Run the head on one image message and send its tensors (see :class:`FrameProcessor`).
+
+        Returns:
+            No detections (the tail makes them) and the report: the head's time as
+            ``inference_ms``, the message's bytes as ``bytes_sent``.
+        """
+        start = self._clock()
+        report = self._report(msg, decision.seq)
+        if not decision.route.uses_edge and not self._probes.pick(decision.probe_every):
+            return None, replace(report, status='skipped', reason=f'route={decision.route.value}')
+        config = self.config
+        imgsz = decision.edge_imgsz if decision.edge_imgsz > 0 else config.imgsz
+        note = '' if decision.edge_model in ('', config.model_name) else \
+            f'model {decision.edge_model} not split here; used {config.model_name}'
+        report = replace(report, imgsz=imgsz, reason=note)
+        try:
+            frame = image_to_frame(msg)
+            x, box = self.model.letterbox(frame.image, imgsz)
+            head_start = self._clock()
+            crossing = self.model.head(x)
+            head_ms = self._ms_since(head_start)
+            tensors = tuple(encode_wire_tensor(tensor_name(j), t, config.split_precision,
+                                               config.split_codec)
+                            for j, t in sorted(crossing.items()))
+        except ConversionError as err:
+            return None, replace(report, status='failed', reason=str(err),
+                                 total_ms=self._ms_since(start))
+        except BackendError as err:
+            return None, replace(report, status='failed', reason=f'inference_error: {err}',
+                                 total_ms=self._ms_since(start))
+        split = SplitTensors(self.model.point.index, box.padded, (box.image,), (box.original,),
+                             tensors)
+        out = split_frame(frame.stamp_ns, frame.frame_id, split, {
+            MODEL: config.model_name, WEIGHTS: self.model.weights_sha256, IMGSZ: imgsz,
+            LETTERBOX_SCALE: f'{box.scale[0]!r},{box.scale[1]!r}',
+            LETTERBOX_PAD: f'{box.pad[0]},{box.pad[1]}', DECISION_SEQ: decision.seq})
+        self._send(out)
+        return None, replace(report, inference_ms=head_ms, total_ms=self._ms_since(start),
+                             bytes_sent=len(out.data))
+
+
+@dataclass(frozen=True)
+class _TailInput:
+    """A checked message: decoded crossing tensors and what the detections need."""
+
+    crossing: dict[int, Any]
+    letterbox: Letterbox
+    imgsz: int
+    decision_seq: int
+
+
+class SplitTail(_SplitRole):
+    """Runs layers ``[k, end)`` on the tensors a head sent, and makes the detections.
+
+    Args:
+        config: Parameters (``split_max_bytes`` bounds what a message may decode to).
+        model: The detector, prepared at the split point.
+        clock: Monotonic nanosecond clock for timings.
+    """
+
+    def process(self, msg: Any, decision: Decision,
+                waited_ns: int = 0) -> tuple[DetectionSet | None, InferenceReport]:
+        """Run the tail on one split frame (see :class:`FrameProcessor`).
+
+        ``decision`` is not applied: the head obeyed it, and the report carries the sequence
+        number the message names.
+
+        Returns:
+            The detections (None when the message was refused or failed) and the report.
+        """
+        start = self._clock()
+        report = self._report(msg, -1)
+        config = self.config
+        try:
+            request = read_split_frame(str(msg.format), msg.data, config.split_max_bytes)
+            given = self._check(request)
+            report = replace(report, imgsz=given.imgsz, decision_seq=given.decision_seq)
+            tail_start = self._clock()
+            raw = self.model.tail(given.crossing)
+            dets = self.model.detections(raw, given.letterbox, config.conf, config.iou,
+                                         self._classes, config.max_det)
+        except ConversionError as err:
+            return None, replace(report, status='failed', reason=str(err),
+                                 total_ms=self._ms_since(start))
+        except BackendError as err:
+            return None, replace(report, status='failed', reason=f'inference_error: {err}',
+                                 total_ms=self._ms_since(start))
+        end = self._clock()
+        result = DetectionSet(stamp_ns=report.stamp_ns, frame_id=report.frame_id,
+                              source=config.source_name, detections=dets,
+                              model=config.model_name)
+        return result, replace(report, detections=len(dets),
+                               inference_ms=(end - tail_start) / 1e6, total_ms=(end - start) / 1e6)
+
+    def _check(self, request: SplitRequest) -> _TailInput:
+        """Check a message against this model and the bounds, then decode its tensors.
+
+        Raises:
+            ConversionError: ``split_refused`` for other weights or another split point,
+                ``split_request`` for what does not fit the model, ``tensor_*`` for tensors
+                that do not decode within the bound.
+        """
+        model, split, params = self.model, request.split, request.parameters
+        theirs = params.get(WEIGHTS)
+        if theirs != model.weights_sha256:
+            raise ConversionError('split_refused', f'the head runs weights '
+                                  f'{str(theirs)[:16]!r}..., this tail '
+                                  f'{model.weights_sha256[:16]!r}...: give both the same file')
+        if split.point != model.point.index:
+            raise ConversionError('split_refused', f'the head splits at k={split.point}, this '
+                                  f'tail at k={model.point.index}: set the same split_point')
+        box = _letterbox(split, params, model.stride)
+        names = {tensor_name(j): j for j in model.point.crossing}
+        given = {t.name: t for t in split.tensors}
+        if set(given) != set(names):
+            raise _bad(f'split point {split.point} takes {sorted(names)}, got {sorted(given)}')
+        for name, j in names.items():
+            expected = model.expected_shape(j, box.padded)
+            if tuple(given[name].shape) != expected:
+                raise _bad(f'tensor {name} of shape {list(given[name].shape)}: an input of '
+                           f'{box.padded[0]}x{box.padded[1]} gives {list(expected)}')
+        bound = self.config.split_max_bytes
+        total = sum(t.decoded_bytes for t in split.tensors)
+        if total > bound:
+            raise ConversionError('tensor_too_large', f'the tensors decode to {total} bytes, '
+                                                      f'over split_max_bytes {bound}')
+        crossing = {j: model.tensor(decode_wire_tensor(given[name], bound))
+                    for name, j in names.items()}
+        return _TailInput(crossing, box, _int(params, IMGSZ, 1, MAX_INPUT_SIDE),
+                          _int(params, DECISION_SEQ, -1, 2**63 - 1, default=-1))
+
+
+def _letterbox(split: SplitTensors, params: Mapping[str, Any], stride: int) -> Letterbox:
+    """Read and check the sizes and letterbox of a message."""
+    if len(split.image_sizes) != 1 or len(split.original_sizes) != 1:
+        raise _bad('one image per message')
+    padded, image, original = split.padded_size, split.image_sizes[0], split.original_sizes[0]
+    if max(padded) > MAX_INPUT_SIDE or padded[0] % stride or padded[1] % stride:
+        raise _bad(f'input {padded[0]}x{padded[1]}: sides must be multiples of {stride} up '
+                   f'to {MAX_INPUT_SIDE}')
+    if max(original) > MAX_FRAME_SIDE:
+        raise _bad(f'frame {original[0]}x{original[1]} over {MAX_FRAME_SIDE} px a side')
+    scale = _numbers(params.get(LETTERBOX_SCALE), LETTERBOX_SCALE, float)
+    pad = _numbers(params.get(LETTERBOX_PAD), LETTERBOX_PAD, int)
+    if not all(math.isfinite(s) and s > 0 for s in scale) or min(pad) < 0 or \
+            pad[0] + image[0] > padded[0] or pad[1] + image[1] > padded[1]:
+        raise _bad(f'letterbox scale {scale} and pad {pad} do not place a {image[0]}x'
+                   f'{image[1]} image in a {padded[0]}x{padded[1]} input')
+    return Letterbox(original, image, padded, (float(scale[0]), float(scale[1])),
+                     (int(pad[0]), int(pad[1])))
+
+
+def _numbers(text: Any, name: str, kind: type) -> tuple[Any, Any]:
+    parts = text.split(',') if isinstance(text, str) else []
+    try:
+        values = tuple(kind(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2:
+        raise _bad(f'parameter {name} must be two numbers separated by a comma, got '
+                   f'{str(text)[:40]!r}')
+    return values[0], values[1]
+
+
+def _int(params: Mapping[str, Any], name: str, low: int, high: int,
+         default: int | None = None) -> int:
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(f'parameter {name} must be an integer within {low}..{high}, got '
+                   f'{str(value)[:40]!r}')
+    return value
+
+
+def _bad(detail: str) -> ConversionError:
+    return ConversionError('split_request', detail)

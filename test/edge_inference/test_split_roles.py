@@ -1,0 +1,280 @@
+"""The split roles on the shipped YOLO: head -> CompressedImage -> tail = the unsplit backend.
+
+In fp32 the tail's detections are the unsplit backend's bit for bit (same machine, same
+ultralytics network). fp16 and int8 keep every detection and its class within the tolerances
+below (measured on these scenes at k = 6, 12, 22, 320 and 640 px: fp16 <= 0.0025 px and 1.4e-4
+in score; int8 <= 0.076 px and 0.0055 in score).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+from adaptive_offload import graph
+from adaptive_offload.conversions import frame_to_message, MessageTypes
+from adaptive_offload.datatypes import Decision, Route
+from adaptive_offload.errors import ConfigError
+from adaptive_offload.frame_worker import DecisionHolder, FrameWorker, ResultEmitter
+from adaptive_offload.graph_codec import encode_output
+from adaptive_offload.split_frame import read_split_frame, split_frame, SplitFrame
+from adaptive_offload.split_wire import SplitTensors
+from edge_inference.backends import BackendOptions, create_backend
+from edge_inference.inference import EdgeConfig, EdgeInference
+from edge_inference.split_model import SplitModel
+from edge_inference.split_roles import (build_core, DECISION_SEQ, SplitHead, SplitTail,
+                                        WEIGHTS)
+from edge_inference.ultralytics_backend import prepare_offline
+import numpy as np
+from offload_runtime.sample_bag import SampleSpec, Scene
+import pytest
+
+MODEL = str(Path(__file__).resolve().parents[2] / 'models' / 'yolov8n-shapes.pt')
+POINTS = (6, 22)  # the crossing of 6 is two tensors, of 22 Detect's three scales
+TOLERANCES = {'fp16+zstd': (0.02, 1e-3), 'int8+lz4': (0.5, 0.02)}  # box px, score
+HEAD_TOPIC = '/robot/edge/split'
+
+
+@pytest.fixture(scope='module')
+def yolo(yolo_config_dir: str) -> Iterator[SimpleNamespace]:
+    """Load the unsplit backend and the split model at each of :data:`POINTS`, on one thread."""
+    import torch
+
+    prepare_offline(yolo_config_dir)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core machine, 2 threads run far slower
+    options = BackendOptions(MODEL, 'cpu', yolo_config_dir)
+    yield SimpleNamespace(backend=create_backend('ultralytics', options),
+                          config_dir=yolo_config_dir,
+                          models={k: SplitModel.load(options, k) for k in POINTS})
+    torch.set_num_threads(threads)
+
+
+def config(yolo: SimpleNamespace, role: str, k: int, **values: Any) -> EdgeConfig:
+    """Return the parameters of a head (source robot) or a tail (source pi) at ``k``."""
+    return EdgeConfig.from_params({
+        'model': MODEL, 'ultralytics_config_dir': yolo.config_dir, 'split_role': role,
+        'split_point': k, 'split_topic': HEAD_TOPIC if role == 'tail' else 'edge/split',
+        'source_name': 'robot' if role == 'head' else 'pi', **values})
+
+
+def scene(seed: int) -> np.ndarray:
+    """Render a 640x480 BGR frame with objects of the model's classes."""
+    image, _ = Scene(SampleSpec(width=640, height=480, seed=seed)).render(0.3)
+    return image
+
+
+def head_frame(yolo: SimpleNamespace, types: MessageTypes, k: int, image: np.ndarray,
+               decision: Decision, **values: Any) -> tuple[Any, Any]:
+    """Run a head on ``image``; return (the message it published or None, its report)."""
+    sent: list[SplitFrame] = []
+    head = SplitHead(config(yolo, 'head', k, **values), yolo.models[k], sent.append)
+    msg = frame_to_message(types, image, 5_000_000_007, 'cam', 'bgr8')
+    dets, report = head.process(msg, decision)
+    assert dets is None and len(sent) <= 1
+    port = graph.edge_inference('', False, 'robot', split_role='head').output('split')
+    return (encode_output(types, port, sent[0]) if sent else None), report
+
+
+def decision(imgsz: int = 320, **changes: Any) -> Decision:
+    """Return an edge decision for the shipped model."""
+    return replace(Decision.safe_default('yolov8n-shapes', imgsz, 250.0), seq=4, **changes)
+
+
+@pytest.mark.parametrize('imgsz', [320, 640])
+@pytest.mark.parametrize('k', POINTS)
+def test_fp32_head_then_tail_gives_the_unsplit_detections_bit_for_bit(
+        yolo: SimpleNamespace, types: MessageTypes, k: int, imgsz: int) -> None:
+    tail = SplitTail(config(yolo, 'tail', k), yolo.models[k])
+    for seed in (1, 2):
+        image = scene(seed)
+        expected = yolo.backend.infer(image, imgsz, 0.25, 0.7, None, 100)
+        assert expected  # the scene has objects the model sees
+        msg, head_report = head_frame(yolo, types, k, image, decision(imgsz),
+                                      split_encoding='fp32+zstd')
+        dets, report = tail.process(msg, Decision.safe_default())
+        assert report.status == 'ok', report.reason
+        assert dets is not None and dets.detections == expected
+        assert (dets.source, dets.stamp_ns, dets.frame_id) == ('pi', 5_000_000_007, 'cam')
+        assert (report.source, report.imgsz, report.decision_seq) == ('pi', imgsz, 4)
+        assert report.detections == len(expected) and report.inference_ms > 0
+        assert head_report.bytes_sent == len(bytes(msg.data))
+
+
+@pytest.mark.parametrize('encoding', sorted(TOLERANCES))
+@pytest.mark.parametrize('k', POINTS)
+def test_lossy_encodings_keep_every_detection_within_tolerance(
+        yolo: SimpleNamespace, types: MessageTypes, k: int, encoding: str) -> None:
+    tail = SplitTail(config(yolo, 'tail', k), yolo.models[k])
+    box_px, score = TOLERANCES[encoding]
+    for imgsz in (320, 640):
+        image = scene(1)
+        expected = yolo.backend.infer(image, imgsz, 0.25, 0.7, None, 100)
+        msg, _ = head_frame(yolo, types, k, image, decision(imgsz), split_encoding=encoding)
+        dets, report = tail.process(msg, Decision.safe_default())
+        assert dets is not None, report.reason
+        assert [d.class_name for d in dets.detections] == [d.class_name for d in expected]
+        for got, want in zip(dets.detections, expected):
+            assert max(abs(got.x1 - want.x1), abs(got.y1 - want.y1), abs(got.x2 - want.x2),
+                       abs(got.y2 - want.y2)) <= box_px
+            assert abs(got.score - want.score) <= score
+
+
+def test_the_head_reports_its_time_and_bytes_and_sends_the_frames_header(
+        yolo: SimpleNamespace, types: MessageTypes) -> None:
+    msg, report = head_frame(yolo, types, 6, scene(1), decision(320, edge_model='other'))
+    assert msg.header.frame_id == 'cam' and msg.header.stamp.nanosec == 7
+    assert msg.format.startswith('adaptive_offload/yolo-split; header_length=')
+    request = read_split_frame(msg.format, msg.data, 1 << 26)
+    params = request.parameters
+    assert params['model'] == 'yolov8n-shapes' and params['imgsz'] == 320
+    assert params[WEIGHTS] == yolo.models[6].weights_sha256 and params[DECISION_SEQ] == 4
+    assert (params['letterbox_scale'], params['letterbox_pad']) == ('0.5,0.5', '8,0')
+    assert request.split.padded_size == (256, 320)
+    assert request.split.image_sizes == ((240, 320),)
+    assert request.split.original_sizes == ((480, 640),)
+    assert [(t.name, t.datatype) for t in request.split.tensors] == [('layer_4', 'FP16'),
+                                                                     ('layer_5', 'FP16')]
+    assert (report.status, report.source, report.detections) == ('ok', 'robot', 0)
+    assert report.inference_ms > 0 and report.total_ms >= report.inference_ms
+    assert report.bytes_sent == len(bytes(msg.data)) and report.imgsz == 320
+    assert report.reason == 'model other not split here; used yolov8n-shapes'
+
+
+def test_the_head_obeys_the_route_and_its_probes(yolo: SimpleNamespace,
+                                                 types: MessageTypes) -> None:
+    image = scene(1)
+    msg, report = head_frame(yolo, types, 6, image, decision(route=Route.CLOUD))
+    assert msg is None and (report.status, report.reason) == ('skipped', 'route=cloud')
+    msg, report = head_frame(yolo, types, 6, image, decision(route=Route.CLOUD, probe_every=1))
+    assert msg is not None and report.status == 'ok'
+
+
+def _reframed(msg: Any, types: MessageTypes, point: int | None = None,
+              **params: Any) -> Any:
+    """Rebuild a head's message with other parameters or another split point."""
+    request = read_split_frame(msg.format, msg.data, 1 << 26)
+    split: SplitTensors = request.split
+    if point is not None:
+        split = replace(split, point=point)
+    frame = split_frame(5, 'cam', split, {**request.parameters, **params})
+    port = graph.edge_inference('', False, 'robot', split_role='head').output('split')
+    return encode_output(types, port, frame)
+
+
+def _fails(tail: SplitTail, msg: Any) -> str:
+    dets, report = tail.process(msg, Decision.safe_default())
+    assert dets is None and report.status == 'failed' and report.source == 'pi'
+    return report.reason
+
+
+def test_the_tail_refuses_what_it_cannot_run_and_says_why(
+        yolo: SimpleNamespace, types: MessageTypes) -> None:
+    tail = SplitTail(config(yolo, 'tail', 6), yolo.models[6])
+    msg, _ = head_frame(yolo, types, 6, scene(1), decision())
+    assert _fails(tail, _reframed(msg, types, weights_sha256='ab' * 32)).startswith(
+        "split_refused: the head runs weights 'abababababababab'...")
+    assert _fails(tail, _reframed(msg, types, point=5)) == (
+        'split_refused: the head splits at k=5, this tail at k=6: set the same split_point')
+    truncated = replace(msg, data=msg.data[:-100])
+    assert _fails(tail, truncated).startswith('tensor_truncated')
+    assert _fails(tail, replace(msg, format='jpeg')).startswith('split_format')
+    assert _fails(tail, replace(msg, data=np.zeros(50, np.uint8))).startswith('split_request')
+    assert _fails(tail, _padded(msg, types, (128, 160))).startswith(
+        'split_request: tensor layer_4 of shape [1, 64, 32, 40]: an input of 128x160 gives '
+        '[1, 64, 16, 20]')
+    assert 'letterbox' in _fails(tail, _reframed(msg, types, letterbox_pad='300,0'))
+    assert 'letterbox_scale' in _fails(tail, _reframed(msg, types, letterbox_scale='nan'))
+    assert 'parameter imgsz' in _fails(tail, _reframed(msg, types, imgsz='big'))
+
+
+def _padded(msg: Any, types: MessageTypes, padded: tuple[int, int]) -> Any:
+    """Rebuild a message claiming another input size than its tensors have."""
+    request = read_split_frame(msg.format, msg.data, 1 << 26)
+    image = (padded[0] - 16, padded[1])  # still room for the letterbox's 8 px top and bottom
+    frame = split_frame(5, 'cam', replace(request.split, padded_size=padded,
+                                          image_sizes=(image,)), request.parameters)
+    port = graph.edge_inference('', False, 'robot', split_role='head').output('split')
+    return encode_output(types, port, frame)
+
+
+def test_the_tail_bounds_what_a_message_may_decode_to(
+        yolo: SimpleNamespace, types: MessageTypes) -> None:
+    msg, _ = head_frame(yolo, types, 6, scene(1), decision(640), split_encoding='int8+zstd')
+    decoded = 4 * sum(np.prod(yolo.models[6].expected_shape(j, (480, 640))) for j in (4, 5))
+    small = SplitTail(config(yolo, 'tail', 6, split_max_bytes=int(decoded) - 1),
+                      yolo.models[6])
+    assert _fails(small, msg).startswith('tensor_too_large: the tensors decode to')
+    tiny = SplitTail(config(yolo, 'tail', 6, split_max_bytes=1024), yolo.models[6])
+    assert _fails(tiny, msg).startswith('split_too_large')
+    fits = SplitTail(config(yolo, 'tail', 6, split_max_bytes=int(decoded)), yolo.models[6])
+    assert fits.process(msg, Decision.safe_default())[1].status == 'ok'
+
+
+def test_random_bodies_fail_cleanly(yolo: SimpleNamespace, types: MessageTypes) -> None:
+    tail = SplitTail(config(yolo, 'tail', 6), yolo.models[6])
+    msg, _ = head_frame(yolo, types, 6, scene(1), decision())
+    rng = np.random.default_rng(0)
+    data = np.frombuffer(bytes(msg.data), np.uint8)
+    for _ in range(30):
+        noisy = data.copy()
+        at = rng.integers(0, data.size, 8)
+        noisy[at] = rng.integers(0, 256, 8, dtype=np.uint8)
+        dets, report = tail.process(replace(msg, data=noisy), Decision.safe_default())
+        assert report.status in ('ok', 'failed') and (dets is None) == (report.status != 'ok')
+
+
+def test_a_tail_worker_emits_detections_and_telemetry(yolo: SimpleNamespace,
+                                                      types: MessageTypes) -> None:
+    tail = SplitTail(config(yolo, 'tail', 22), yolo.models[22])
+    out: list[tuple[str, Any]] = []
+    worker = FrameWorker(tail, DecisionHolder(tail.config.fallback_decision()),
+                         ResultEmitter(lambda name, record: out.append((name, record))),
+                         lambda: 0)
+    msg, _ = head_frame(yolo, types, 22, scene(2), decision())
+    worker.on_image(msg)
+    assert worker.process_next(timeout=0)
+    assert [name for name, _ in out] == ['detections', 'telemetry']
+    assert out[0][1].detections and out[1][1].status == 'ok'
+    assert tail.class_names() == yolo.backend.names
+
+
+def test_live_parameters_reach_a_split_role(yolo: SimpleNamespace,
+                                            types: MessageTypes) -> None:
+    tail = SplitTail(config(yolo, 'tail', 6), yolo.models[6])
+    msg, _ = head_frame(yolo, types, 6, scene(1), decision())
+    everything = tail.process(msg, Decision.safe_default())[0]
+    assert tail.reconfigure({'conf': 0.99}).conf == 0.99
+    assert everything is not None and everything.detections
+    assert tail.process(msg, Decision.safe_default())[0] == replace(everything, detections=())
+    with pytest.raises(ConfigError, match='read on configure'):
+        tail.reconfigure({'split_point': 7})
+
+
+@pytest.mark.parametrize(('values', 'match'), [
+    ({'split_role': 'middle'}, "split_role 'middle'"),
+    ({'split_encoding': 'fp8+zstd'}, 'split_encoding'),
+    ({'split_encoding': 'fp16'}, 'split_encoding'),
+    ({'split_role': 'head'}, 'needs split_point'),
+    ({'split_role': 'tail', 'split_point': 6}, 'must be absolute'),
+    ({'split_role': 'head', 'split_point': 6, 'alt_models': 'a=b.pt'}, 'one ultralytics'),
+    ({'split_role': 'head', 'split_point': 6, 'backend': 'onnx'}, 'one ultralytics'),
+    ({'split_role': 'head', 'split_point': 6, 'publish_annotated': True}, 'draws nothing'),
+])
+def test_split_parameters_that_do_not_fit_are_config_errors(values: dict[str, Any],
+                                                            match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        EdgeConfig.from_params(values)
+
+
+def test_a_point_the_model_does_not_have_names_the_valid_ones(yolo: SimpleNamespace) -> None:
+    with pytest.raises(ConfigError, match=r'yolov8n-shapes.pt: split point 23 invalid.*1\.\.22'):
+        build_core(config(yolo, 'head', 23), lambda frame: None)
+
+
+def test_the_role_picks_the_core(yolo: SimpleNamespace) -> None:
+    assert isinstance(build_core(config(yolo, 'tail', 22), lambda frame: None), SplitTail)
+    whole = build_core(config(yolo, '', 0), lambda frame: None)
+    assert isinstance(whole, EdgeInference) and whole.class_names() == yolo.backend.names
