@@ -186,14 +186,14 @@ class ReplayGraph:
             if cloud_values.get('url'):
                 self._add_cloud(cloud_values, edge_cfg, camera, compressed, clock, rig,
                                 params_source, publish, status)
+            elif scenario is not None and scenario.kinds() - EDGE_KINDS - {'manager_death'}:
+                raise ConfigError(f'scenario {scenario.name!r} injects cloud faults, but '
+                                  f'policy {manager_cfg.policy!r} never uses the cloud')
             missing = set(splits) - set(self.cloud.split_options if self.cloud else ())
             if missing:
                 raise ConfigError(f'{params_source}: offload_manager: split_options '
                                   f'{sorted(missing)}: cloud_bridge runs no head for them '
                                   '(its split_options)')
-            elif scenario is not None and scenario.kinds() - EDGE_KINDS - {'manager_death'}:
-                raise ConfigError(f'scenario {scenario.name!r} injects cloud faults, but '
-                                  f'policy {manager_cfg.policy!r} never uses the cloud')
         except AdaptiveOffloadError:
             self.close()
             raise
