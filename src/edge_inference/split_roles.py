@@ -104,6 +104,11 @@ class _SplitRole:
                                source=self.config.source_name, model=self.config.model_name,
                                decision_seq=decision_seq)
 
+    def _failed(self, report: InferenceReport, err: Exception, start: int) -> InferenceReport:
+        """Return ``report`` failed by ``err``: a bad input says why, a model error is named so."""
+        reason = str(err) if isinstance(err, ConversionError) else f'inference_error: {err}'
+        return replace(report, status='failed', reason=reason, total_ms=self._ms_since(start))
+
     def _ms_since(self, start: int) -> float:
         return (self._clock() - start) / 1e6
 
@@ -150,12 +155,8 @@ class SplitHead(_SplitRole):
             tensors = tuple(encode_wire_tensor(tensor_name(j), t, config.split_precision,
                                                config.split_codec)
                             for j, t in sorted(crossing.items()))
-        except ConversionError as err:
-            return None, replace(report, status='failed', reason=str(err),
-                                 total_ms=self._ms_since(start))
-        except BackendError as err:
-            return None, replace(report, status='failed', reason=f'inference_error: {err}',
-                                 total_ms=self._ms_since(start))
+        except (ConversionError, BackendError) as err:
+            return None, self._failed(report, err, start)
         split = SplitTensors(self.model.point.index, box.padded, (box.image,), (box.original,),
                              tensors)
         out = split_frame(frame.stamp_ns, frame.frame_id, split, {
@@ -207,12 +208,8 @@ class SplitTail(_SplitRole):
             raw = self.model.tail(given.crossing)
             dets = self.model.detections(raw, given.letterbox, config.conf, config.iou,
                                          self._classes, config.max_det)
-        except ConversionError as err:
-            return None, replace(report, status='failed', reason=str(err),
-                                 total_ms=self._ms_since(start))
-        except BackendError as err:
-            return None, replace(report, status='failed', reason=f'inference_error: {err}',
-                                 total_ms=self._ms_since(start))
+        except (ConversionError, BackendError) as err:
+            return None, self._failed(report, err, start)
         end = self._clock()
         result = DetectionSet(stamp_ns=report.stamp_ns, frame_id=report.frame_id,
                               source=config.source_name, detections=dets,
