@@ -95,6 +95,11 @@ class SlidingQuantiles:
         above = len(self._sorted) - bisect.bisect_left(self._sorted, min(newest)) - run
         return min(below, above) <= 0.05 * older
 
+    def keep_newest(self, n: int) -> None:
+        """Forget all but the newest ``n`` samples (the caller knows the older ones are stale)."""
+        while len(self._order) > max(n, 0):
+            self._pop()
+
     def expire(self, now_s: float) -> None:
         """Forget samples older than ``max_age_s`` at ``now_s``, keeping ``min_keep``."""
         if self._max_age is None:
@@ -206,6 +211,12 @@ class LatencyBook:
         for series in self._series.values():
             series.expire(now_s)
 
+    def keep_newest(self, key: str, n: int) -> None:
+        """Forget all but the newest ``n`` samples of ``key`` (nothing if never measured)."""
+        series = self._series.get(key)
+        if series is not None:
+            series.keep_newest(n)
+
     def get(self, key: str) -> SlidingQuantiles | None:
         """Return the quantiles of ``key``, if it was ever measured."""
         return self._series.get(key)
@@ -245,6 +256,12 @@ class ArForecaster:
         if math.isfinite(value):
             self._values.append(float(value))
             self._cache.clear()
+
+    def keep_newest(self, n: int) -> None:
+        """Forget all but the newest ``n`` values (a level shift is a step, not a trend)."""
+        while len(self._values) > max(n, 0):
+            self._values.popleft()
+        self._cache.clear()
 
     def forecast(self, steps: int = 1) -> float | None:
         """Forecast the value ``steps`` ahead; None without data (refits only on new data)."""

@@ -31,6 +31,8 @@ EDGE_WINDOW = 20  # edge answers and unanswered edge frames the edge's availabil
 SILENT_FACTOR = 2.0
 SILENT_MARGIN_S = 0.25
 QUEUE_RECENT = 3  # newest server-reported queue waits averaged for the service's load now
+LINK_CHANGE_RUN = 3  # newest uplink rates, all far beyond the older ones, that mark a new link
+LINK_FIT_WINDOW = 60  # requests the fixed part of a request's time is fitted over
 
 
 class EnergyModelLike(Protocol):
@@ -91,6 +93,11 @@ class Observations:
             figures fed only by occasional probes do not keep a fault in mind for minutes.
         shift_run: Newest samples all beyond the older ones' tail that mark a regime change
             (see :class:`offload_manager.latency_models.SlidingQuantiles`).
+
+    The uplink estimate detects change points (:data:`LINK_CHANGE_RUN` rates) and fits the
+    fixed part of a request's time (``adaptive_offload.uplink``). At a change point the
+    cloud latency series keeps only its newest :data:`LINK_CHANGE_RUN` samples (those of the
+    new link), so its quantiles follow the link at once instead of when a window flushes.
     """
 
     def __init__(self, energy: EnergyModelLike, cloud_model: str = 'fasterrcnn_resnet50_fpn_v2',
@@ -99,7 +106,8 @@ class Observations:
                  max_age_s: float = 30.0, shift_run: int = 5) -> None:
         self.energy = energy
         self.book = LatencyBook(window, max_age_s, shift_run)
-        self.bandwidth = UplinkEstimator()
+        self.bandwidth = UplinkEstimator(change_run=LINK_CHANGE_RUN,
+                                         fit_window=LINK_FIT_WINDOW)
         self.trend = ArForecaster()
         self.availability = AvailabilityPredictor()
         self.accuracy = AccuracyModel(cloud_model)
@@ -133,6 +141,7 @@ class Observations:
                 self._queued.append(report.queue_ms)
                 self.trend.add(report.total_ms)
                 self.bandwidth.add_report(report)
+                self.link_measured()
                 self._bytes.append(report.bytes_sent / jpeg_factor(self.quality))
                 self._sent.append(report.bytes_sent)
                 self.availability.observe(self.now_s, True)
@@ -147,6 +156,16 @@ class Observations:
             _bound(self._edge_meta)
             self._confide(report.stamp_ns)
             self._pair(report.stamp_ns)
+
+    def link_measured(self) -> None:
+        """After a request was added to the uplink estimate: follow a change point at once.
+
+        The trend forecaster forgets the old link too: fitted across the step it would
+        forecast the step as a trend.
+        """
+        if self.bandwidth.changed:
+            self.book.keep_newest('cloud', LINK_CHANGE_RUN)
+            self.trend.keep_newest(LINK_CHANGE_RUN)
 
     def observe_detections(self, dets: DetectionSet) -> None:
         """Pair edge and cloud results of the same frame into accuracy samples."""

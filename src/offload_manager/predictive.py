@@ -148,6 +148,8 @@ GIVE_WAY = ('energy budget', 'accuracy floor', 'cloud spend cap', 'deadline')
 energy first, the deadline (safety) last."""
 ENERGY_TIE_J = 1e-3
 """Options whose energies differ by less are tied; the weights break the tie."""
+CONFIRM_S = 1.0
+"""Longest burst of confirm probes (every frame to the cloud) per suspected faster link."""
 
 
 class PredictivePolicy(_ObservingPolicy):
@@ -163,10 +165,24 @@ class PredictivePolicy(_ObservingPolicy):
     edge route the cloud is probed (every ``probe_every``-th frame, answer not waited for),
     so a recovered cloud is noticed. A new choice must use ``hysteresis`` (relative) less
     energy than the current one unless the current one broke a bound.
+
+    Confirm probes: when a probe's uplink rate says the link got faster but too few rates
+    agree yet to make it a change point (``adaptive_offload.uplink``), every frame is also
+    sent to the cloud, so the next rates come within a few frame periods instead of a probe
+    period each, and a recovered link is confirmed (or not) within about a second. The
+    burst is bounded: at most :data:`CONFIRM_S` per suspicion (about ``CONFIRM_S`` x the
+    frame rate probes, 10 at 10 fps, each at the edge option's smallest JPEG), and a new
+    suspicion needs a new run of faster rates, which only an ordinary probe can begin once
+    the burst is over, so a link that keeps looking faster without being so costs at most
+    one burst per ``probe_every`` frames.
     """
 
     name = 'predictive'
     chooses_splits = True
+
+    def __init__(self, settings: PolicySettings, observations: Observations) -> None:
+        super().__init__(settings, observations)
+        self._confirm: tuple[int, float] | None = None  # (run of faster rates, began at s)
 
     def plan(self, now_ns: int) -> Plan:
         """See :class:`offload_manager.policies.Policy`."""
@@ -208,7 +224,20 @@ class PredictivePolicy(_ObservingPolicy):
                f'mAP {best.accuracy:.1f}, {self._spend(best, rate):.2f} USD/h')
         if unmet:
             why += '; gave way: ' + ', '.join(unmet)
-        return self.probing_plan(best.option, why, ', '.join(unmet))
+        plan = self.probing_plan(best.option, why, ', '.join(unmet))
+        if plan.probe_every and plan.route is Route.EDGE and self._confirming():
+            plan = replace(plan, probe_every=1, reason=f'{plan.reason}; confirming a faster link')
+        return plan
+
+    def _confirming(self) -> bool:
+        """Whether the cloud is probed every frame now: a faster link suspected, the burst on."""
+        bandwidth = self.obs.bandwidth
+        if not bandwidth.rising:
+            self._confirm = None
+            return False
+        if self._confirm is None or self._confirm[0] != bandwidth.run_starts:
+            self._confirm = (bandwidth.run_starts, self.obs.now_s)
+        return self.obs.now_s - self._confirm[1] < CONFIRM_S
 
     def spend_usd_h(self, estimate: Estimate) -> float:
         """Cloud spend of an option at the measured frame rate (its share of frames sent)."""

@@ -74,6 +74,7 @@ class SplitObservations(Observations):
         self.book.add('cloud:queue', report.queue_ms, self.now_s)
         self._queued.append(report.queue_ms)
         self.trend.add(sample)
+        self.link_measured()
 
     def _reference_bytes(self, fig: SplitFigures) -> int:
         """Return the JPEG bytes the cloud series stands for: as sent, else the file's q75."""

@@ -181,3 +181,23 @@ def test_availability_without_enough_samples_is_the_recent_share() -> None:
     for i in range(10):
         pred.observe(1.0 + i * 0.1, ok=False)
     assert pred.predict(2.0) == pytest.approx(1 / 12)  # ten failures in a row: nearly down
+
+
+def test_keep_newest_forgets_all_but_the_newest_samples() -> None:
+    series = SlidingQuantiles(window=50)
+    for i in range(10):
+        series.add(float(i), t_s=i)
+    series.keep_newest(3)
+    assert series.values() == [7.0, 8.0, 9.0] and series.mean() == pytest.approx(8.0)
+    book = LatencyBook()
+    book.keep_newest('cloud', 3)  # never measured: nothing to do
+    for v in (50.0, 50.0, 50.0, 90.0):
+        book.add('cloud', v)
+    book.keep_newest('cloud', 1)
+    assert book.quantile('cloud', 0.5) == 90.0
+    ar = ArForecaster()
+    for v in range(20):
+        ar.add(float(v))
+    assert ar.forecast() == pytest.approx(20.0)  # the trend
+    ar.keep_newest(3)
+    assert ar.forecast() == 19.0  # too few values to fit: the last one
