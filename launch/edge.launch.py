@@ -5,6 +5,7 @@ head on the robot (``split_role:=head``), the tail on the Pi (``split_role:=tail
 arguments override the parameter file only when given.
 """
 
+from edge_inference.inference import launch_argument
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -12,19 +13,18 @@ from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = 'adaptive_offload'
-# Launch arguments that override edge_inference parameters when not empty, and their types.
-OVERRIDES = {'model': str, 'split_role': str, 'split_point': int, 'split_encoding': str,
-             'split_topic': str}
+# Launch arguments that override the edge_inference parameters of their names when not empty.
+OVERRIDES = ('model', 'split_role', 'split_point', 'split_encoding', 'split_topic')
 
 
 def _edge_node(context: LaunchContext) -> list[Node]:
     """Return the edge node, with the overrides the launch arguments give."""
     namespace = LaunchConfiguration('namespace')
     overrides = {}
-    for name, kind in OVERRIDES.items():
+    for name in OVERRIDES:
         value = LaunchConfiguration(name).perform(context)
-        if value:
-            overrides[name] = kind(value)
+        if value:  # typed as the parameter; bad text: one line naming the argument
+            overrides[name] = launch_argument(name, value)
     if 'model' in overrides:  # the name follows the file given, not the parameter file's
         overrides['model_name'] = ''
     return [Node(package=PACKAGE, executable='edge_inference', name='edge_inference',

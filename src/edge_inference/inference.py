@@ -14,7 +14,7 @@ from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
 from adaptive_offload.errors import BackendError, ConfigError, ConversionError
 from adaptive_offload.frame_worker import DecisionHolder, Emit, FrameProcessor, FrameWorker
 from adaptive_offload.graph import SPLIT_ROLES
-from adaptive_offload.params import ParameterSpec, resolve
+from adaptive_offload.params import ParameterSpec, ParamValue, resolve
 from adaptive_offload.tensor_codec import ENCODINGS
 from adaptive_offload.tensor_compression import COMPRESSORS
 from edge_inference.backends import BackendOptions, class_indices, create_backend, DetectorBackend
@@ -198,6 +198,36 @@ def reconfigured(config: EdgeConfig, values: Mapping[str, Any]) -> EdgeConfig:
     if fixed:
         raise ConfigError(f'{", ".join(fixed)}: read on configure, not at runtime')
     return EdgeConfig.from_params({**dataclasses.asdict(config), **values})
+
+
+def launch_argument(name: str, text: str) -> ParamValue:
+    """Read a launch argument's text as the parameter of that name (``edge.launch.py``).
+
+    Args:
+        name: A parameter of :data:`PARAMETERS` (``split_point``...).
+        text: The argument as given (``split_point:=4``).
+
+    Raises:
+        ConfigError: Naming the argument, for text that is not a value of the parameter's
+            type or is out of its range.
+    """
+    spec = next((s for s in PARAMETERS if s.name == name), None)
+    kinds = {bool: 'true or false', int: 'an integer', float: 'a number', str: 'text'}
+    kind = type(spec.default) if spec is not None else None
+    if spec is None or kind not in kinds:
+        raise ConfigError(f'launch argument {name}: not a scalar edge_inference parameter')
+    try:
+        if kind is bool:
+            value: ParamValue = {'true': True, 'false': False}[text.strip().lower()]
+        else:
+            value = kind(text.strip()) if kind in (int, float) else text
+    except (KeyError, ValueError):
+        raise ConfigError(f'launch argument {name}:={text!r}: expected {kinds[kind]} '
+                          f'({spec.description})') from None
+    try:
+        return spec.check(value)
+    except ConfigError as err:
+        raise ConfigError(f'launch argument {name}:={text!r}: {err}') from None
 
 
 def build_edge(config: EdgeConfig, factory: Factory = create_backend) -> EdgeInference:

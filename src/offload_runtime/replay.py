@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from adaptive_offload.datatypes import FrameRecord, HealthEvent, InferenceReport
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.graph_codec import BatterySample, Diagnostics, encode_output, LabelMap
+from adaptive_offload.graph_codec import BatterySample, Diagnostics, encode_output
 from adaptive_offload.heap import frozen_start_up
 from adaptive_offload.scene_difficulty import DIFFICULTY_KEY, parse_difficulty
 from adaptive_offload.typestore import make_typestore, message_types
@@ -94,7 +94,6 @@ class Replay:
             self._close_inputs(None)
             raise
         self.manager = self.graph.manager
-        self.edge = self.graph.edge
         self.health = self.graph.health
         self._workers = self.graph.workers
         self._records: list[FrameRecord] = []
@@ -151,8 +150,8 @@ class Replay:
             # (labels, the first decision) starts at the input's start, not at the clock's
             # epoch: an output bag must play with no gap before its frames.
             self._map = (self._origin, self._input.start_ns)
-            self._publish(out, 'edge_inference', 'label_info', LabelMap(
-                self.edge.models.names_of_current(), self.edge.config.conf, 0), self._origin)
+            self._publish(out, self.graph.detector, 'label_info', self.graph.label_map(),
+                          self._origin)
             if self._rig is not None:
                 self._rig.start(self._origin)
             frames = min(self._input.frame_count, self._opts.max_frames or self._input.frame_count)
@@ -183,6 +182,7 @@ class Replay:
         summary = summarize(records, wall_s)
         summary['frames_lost'] = self._played - len(records)
         summary['cloud'] = cloud_answers([r for _, r in self._reports])
+        summary['edge_split'] = self.graph.edge_split([r for _, r in self._reports])
         summary.update(self._scorer.summary())
         if 'map' in summary:
             summary['accuracy_tracking'] = track(self._tracking.frames(), self._changes(),
@@ -232,7 +232,7 @@ class Replay:
                     due = first_wall + (raw.timestamp - first_bag) / self._opts.rate
                     if not self._stop.sleep_until(int(due)):
                         break
-                elif is_frame and not all(self._stop.wait(w.wait_taken) for w in self._workers):
+                elif is_frame and not self._stop.wait(self.graph.wait_taken):
                     break
                 if not is_frame:
                     self._events.put(('copy', raw))
@@ -322,7 +322,7 @@ class Replay:
             for name, record in outputs:
                 if name == 'telemetry':
                     self._reports.append(((now - self._origin) / 1e9, record))
-                elif name == 'detections' and node == 'edge_inference':
+                elif name == 'detections':  # the edge source's are kept
                     self._tracking.add_detections(record)
                 self._publish(out, node, name, record, now)
         return kind == 'done'
@@ -330,9 +330,9 @@ class Replay:
     def _publish(self, out: OutputBag, node: str, name: str, record: Any, now: int) -> None:
         """Write a node's output to the bag and give it to the inputs subscribed to it."""
         topic = self.graph.topic_of(node, name)
-        out.write(topic, encode_output(self._types, self.graph.port_of(node, name), record),
-                  self._bag_time(now))
-        self.graph.handle(topic, record, now)
+        message = encode_output(self._types, self.graph.port_of(node, name), record)
+        out.write(topic, message, self._bag_time(now))
+        self.graph.handle(topic, record, now, published=message)
 
     def _battery(self, raw: Any) -> None:
         try:

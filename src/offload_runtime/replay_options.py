@@ -25,7 +25,11 @@ class ReplayOptions:
         topic: Image topic; empty picks the bag's only image topic.
         params: Parameter file content (``{node: {param: value}}``).
         params_file: Where ``params`` came from, named when a parameter is refused.
-        overrides: Per-node parameter overrides applied over ``params``.
+        overrides: Per-node parameter overrides applied over ``params``. When
+            ``edge_inference`` is a split head (``split_role: head``), the replay also runs its
+            tail with the head's parameters, as ``edge.launch.py`` starts it on a Pi;
+            ``edge_inference_tail`` (:data:`offload_runtime.replay_split.TAIL`) gives the
+            tail's own values over them (its ``source_name``, another ``split_point``...).
         distro: ROS distribution whose message definitions are written.
         progress: Show a progress line on stderr.
         service: The embedded cloud service started when a cloud policy has no

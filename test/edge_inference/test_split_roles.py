@@ -22,7 +22,7 @@ from adaptive_offload.graph_codec import encode_output
 from adaptive_offload.split_frame import read_split_frame, split_frame, SplitFrame
 from adaptive_offload.split_wire import SplitTensors
 from edge_inference.backends import BackendOptions, create_backend
-from edge_inference.inference import EdgeConfig, EdgeInference
+from edge_inference.inference import EdgeConfig, EdgeInference, launch_argument
 from edge_inference.split_model import SplitModel
 from edge_inference.split_roles import (build_core, DECISION_SEQ, SplitHead, SplitTail,
                                         WEIGHTS)
@@ -278,3 +278,32 @@ def test_the_role_picks_the_core(yolo: SimpleNamespace) -> None:
     assert isinstance(build_core(config(yolo, 'tail', 22), lambda frame: None), SplitTail)
     whole = build_core(config(yolo, '', 0), lambda frame: None)
     assert isinstance(whole, EdgeInference) and whole.class_names() == yolo.backend.names
+
+
+@pytest.mark.parametrize('name, text, value', [
+    ('split_point', '4', 4), ('split_point', ' 12 ', 12), ('split_role', 'tail', 'tail'),
+    ('split_topic', '/robot/edge/split', '/robot/edge/split'), ('model', 'a.pt', 'a.pt')])
+def test_launch_arguments_are_typed_as_their_parameters(name: str, text: str,
+                                                        value: Any) -> None:
+    got = launch_argument(name, text)
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize('name, text, match', [
+    ('split_point', 'abc', "launch argument split_point:='abc': expected an integer \\(k of"),
+    ('split_point', '4.5', "split_point:='4.5': expected an integer"),
+    ('split_point', '-1', "split_point:='-1': Parameter split_point out of range"),
+    ('split_max_bytes', '1e9', "split_max_bytes:='1e9': expected an integer"),
+    ('publish_annotated', 'maybe', 'expected true or false'),
+    ('no_such', '1', 'launch argument no_such: not a scalar edge_inference parameter')])
+def test_a_bad_launch_argument_is_one_clear_line_naming_it(name: str, text: str,
+                                                           match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        launch_argument(name, text)
+
+
+def test_edge_launch_types_its_arguments_through_the_parameters() -> None:
+    # edge.launch.py imports launch, which this environment may lack: its source is read.
+    source = (Path(__file__).resolve().parents[2] / 'launch' / 'edge.launch.py').read_text()
+    assert 'from edge_inference.inference import launch_argument' in source
+    assert 'launch_argument(name, value)' in source and 'int(' not in source

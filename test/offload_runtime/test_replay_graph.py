@@ -1,4 +1,7 @@
-"""The replay's graph: split routes run through the cloud bridge's heads and the service's tail."""
+"""The replay's graph: split routes run through the cloud bridge's heads and the service's tail.
+
+An edge split (a head and its tail) runs in test_replay_edge_split.py.
+"""
 
 from __future__ import annotations
 
@@ -58,11 +61,14 @@ def test_split_options_the_bridge_runs_no_head_for_are_refused(
                 cloud={'split_options': [other], 'split_checkpoint': CHECKPOINT})
 
 
-def test_an_edge_split_role_is_refused_rather_than_run_whole(
+def test_a_split_tail_alone_is_refused_it_has_no_head_in_the_replay(
         tmp_path: Path, fake_backend_factory: Callable[..., Any]) -> None:
+    # A head runs, with its tail (test_replay_edge_split.py); a tail alone gets no frames.
     write_sample_bag(tmp_path / 'in', SampleSpec(frames=2, fps=5, width=64, height=48))
-    with pytest.raises(ConfigError, match="split_role 'head' runs on two machines under ROS"):
+    tail = {'split_role': 'tail', 'split_point': 4, 'split_topic': '/robot/edge/split'}
+    with pytest.raises(ConfigError, match='edge_inference: split_role tail runs behind a head '
+                                          ".* split_topic '/robot/edge/split'.*split_role head"):
         Replay(ReplayOptions(bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0, overrides={
-            'offload_manager': {'policy': 'edge-only'},
-            'edge_inference': {'split_role': 'head', 'split_point': 4}}),
+            'offload_manager': {'policy': 'edge-only'}, 'edge_inference': tail}),
             backend_factory=fake_backend_factory).run()
+    assert not (tmp_path / 'out').exists()
