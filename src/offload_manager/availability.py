@@ -146,6 +146,10 @@ class AvailabilityPredictor:
         oks = self._oks[-last:]
         return (sum(oks) + 1) / (len(oks) + 2)
 
+    def recent_failures(self, last: int = 10) -> int:
+        """Return how many of the last ``last`` requests failed."""
+        return sum(1 for ok in self._oks[-last:] if not ok)
+
     @property
     def fitted(self) -> bool:
         """Whether predictions come from a fitted model."""

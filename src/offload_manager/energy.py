@@ -1,9 +1,12 @@
 """Robot energy per frame: a model from device profiles, and readers that measure it.
 
-The model (:class:`EnergyModel`) charges a frame compute power times edge inference time,
-radio energy per bit sent and received, and idle power while the robot waits for the cloud.
-The radio's energy per bit already includes its active power during the transfer, so the
-transfer time is not charged again at idle power.
+The model (:class:`EnergyModel`) charges a frame what an energy reader on the robot would
+measure for it: the idle power over the frame's camera period (drawn whatever the route), the
+power computing draws beyond idle over the robot's own inference time (the edge model, or a
+split's head), and radio energy per bit sent and received (beyond idle). Waiting for the
+cloud costs nothing beyond idle: the robot idles the same while an edge frame's period runs
+out. Per-frame totals are therefore comparable with measured ones (RAPL, battery), and the
+options' differences are the work each adds.
 
 Readers replace the model with measurements where the hardware allows (one protocol, a
 registry): Intel RAPL energy counters (powercap sysfs, wrap-around handled), NVIDIA NVML's
@@ -145,32 +148,38 @@ class EnergyEstimate:
 
 
 class EnergyModel:
-    """Modelled energy per frame from a device profile."""
+    """Modelled energy per frame from a device profile (see the module)."""
 
     def __init__(self, profile: DeviceProfile) -> None:
         self.profile = profile
+        # What computing draws beyond idle: the idle part is in every frame's period.
+        self._extra_w = max(0.0, profile.compute_w - profile.idle_w)
 
-    def frame(self, edge_ms: float, bytes_sent: int, bytes_received: int,
-              wait_ms: float) -> EnergyEstimate:
-        """Energy of a frame that computed ``edge_ms``, sent and received bytes, waited.
+    def frame(self, compute_ms: float, bytes_sent: int, bytes_received: int,
+              period_ms: float) -> EnergyEstimate:
+        """Energy of a frame that computed ``compute_ms``, sent and received bytes.
 
         Args:
-            edge_ms: Edge inference time.
+            compute_ms: The robot's inference time for the frame (edge model, split head).
             bytes_sent: Request bytes to the cloud.
             bytes_received: Reply bytes.
-            wait_ms: Time the robot idled waiting for the cloud beyond its own computing.
+            period_ms: The frame's share of the robot's time (its camera period), charged at
+                idle power; 0 charges only the work the frame added.
+
+        Returns:
+            The estimate, with its parts (``compute_j`` is beyond idle).
         """
         p = self.profile
-        compute = p.compute_w * edge_ms / 1e3
+        compute = self._extra_w * max(0.0, compute_ms) / 1e3
         radio = (p.tx_nj_per_bit * bytes_sent + p.rx_nj_per_bit * bytes_received) * 8e-9
-        idle = p.idle_w * max(0.0, wait_ms) / 1e3
+        idle = p.idle_w * max(0.0, period_ms) / 1e3
         return EnergyEstimate(compute + radio + idle, False, compute, radio, idle)
 
-    def joules(self, edge_ms: float, bytes_sent: int, bytes_received: int,
-               wait_ms: float) -> float:
+    def joules(self, compute_ms: float, bytes_sent: int, bytes_received: int,
+               period_ms: float) -> float:
         """:meth:`frame`'s total alone (the policies score many options per decision)."""
         p = self.profile
-        return (p.compute_w * edge_ms + p.idle_w * max(0.0, wait_ms)) / 1e3 + \
+        return (self._extra_w * max(0.0, compute_ms) + p.idle_w * max(0.0, period_ms)) / 1e3 + \
             (p.tx_nj_per_bit * bytes_sent + p.rx_nj_per_bit * bytes_received) * 8e-9
 
 

@@ -1,8 +1,10 @@
 """Robot energy of each frame, put on its record: measured where a reader works, else modelled.
 
-The manager keeps what each frame cost from the workers' reports (edge inference time, bytes
-sent, the cloud's round trip). When the frame ends, the modelled energy comes from the robot's
-device profile; with a working reader (RAPL, NVML) the energy measured since the previous
+The manager keeps what each frame cost from the workers' reports (edge inference or split
+head time, bytes sent and received). When the frame ends, the modelled energy comes from the
+robot's device profile: that work, plus idle power over the time since the newest frame that
+ended before it (its camera period), so over a run the records add up to what a reader would
+measure; with a working reader (RAPL, NVML, battery) the energy measured since the previous
 outcomes is shared among the frames that ended, and the record says ``energy_measured``.
 """
 
@@ -37,6 +39,7 @@ class FrameEnergy:
         self._costs: dict[tuple[int, str], dict[str, float]] = {}
         self._ended: dict[tuple[int, str], None] = {}
         self._carry_j = 0.0
+        self._last_stamp: int | None = None  # newest stamp of an ended frame
 
     def report(self, report: InferenceReport) -> None:
         """Remember what the report says the frame cost (a failed request sent its bytes)."""
@@ -47,8 +50,6 @@ class FrameEnergy:
         if report.source == 'cloud':
             if report.bytes_sent:
                 cost['bytes'] = report.bytes_sent
-            if report.total_ms > 0:  # a frame routed to the cloud idles until it fails, too
-                cost['cloud_ms'] = report.total_ms
             if report.status == 'ok':
                 cost['replied'] = 1.0
             if report.model.startswith(SPLIT_PREFIX):  # the robot ran the model's head
@@ -58,8 +59,8 @@ class FrameEnergy:
         if not cost:
             return
         key = (report.stamp_ns, report.frame_id)
-        if key in self._ended:  # nobody waits for it any more: no idle time, only the work
-            self._carry_j += _joules(model, cost, waits=False)
+        if key in self._ended:  # its frame's period is charged already: only the work
+            self._carry_j += _joules(model, cost, 0)
             return
         self._costs.setdefault(key, {}).update(cost)
         _bound(self._costs, self._memory)
@@ -95,22 +96,31 @@ class FrameEnergy:
             costs = self._costs.pop(key, {})
             self._ended[key] = None
             _bound(self._ended, self._memory)
+            period_ns = self._period_ns(rec.stamp_ns)
             if measured is not None:  # the meter saw the late work too
                 joules, is_measured, self._carry_j = measured.joules, True, 0.0
             else:
-                # Only a frame routed to the cloud waits for it; a probe on the edge route
-                # does not.
-                joules = _joules(model, costs, waits=rec.route != 'edge') + self._carry_j
+                joules = _joules(model, costs, period_ns) + self._carry_j
                 is_measured, self._carry_j = False, 0.0
             out.append((joules, is_measured))
         return out
 
+    def _period_ns(self, stamp_ns: int) -> int:
+        """Return the time since the newest stamp that ended before, and take this one.
 
-def _joules(model: EnergyModel, costs: dict[str, float], waits: bool) -> float:
+        The first frame has none; one that ends after a later-stamped frame has none either
+        (its time is in that frame's), so the periods add up to the camera's time span.
+        """
+        last = self._last_stamp
+        if last is None or stamp_ns > last:
+            self._last_stamp = stamp_ns
+        return 0 if last is None else max(0, stamp_ns - last)
+
+
+def _joules(model: EnergyModel, costs: dict[str, float], period_ns: int) -> float:
     compute = costs.get('edge_ms', 0.0) + costs.get('head_ms', 0.0)
-    wait = max(0.0, costs.get('cloud_ms', 0.0) - compute)
     return model.joules(compute, int(costs.get('bytes', 0)),
-                        REPLY_BYTES if 'replied' in costs else 0, wait if waits else 0.0)
+                        REPLY_BYTES if 'replied' in costs else 0, period_ns / 1e6)
 
 
 def _bound(table: dict[Any, Any], size: int) -> None:

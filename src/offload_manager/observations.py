@@ -38,9 +38,9 @@ LINK_FIT_WINDOW = 60  # requests the fixed part of a request's time is fitted ov
 class EnergyModelLike(Protocol):
     """What the policies need of an energy model (``offload_manager.energy.EnergyModel``)."""
 
-    def joules(self, edge_ms: float, bytes_sent: int, bytes_received: int,
-               wait_ms: float) -> float:
-        """Energy of one frame, J."""
+    def joules(self, compute_ms: float, bytes_sent: int, bytes_received: int,
+               period_ms: float) -> float:
+        """Energy of one frame: its work, and idle power over ``period_ms``, J."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +248,9 @@ class Observations:
         recent = sum(self._queued) / len(self._queued) if self._queued else 0.0
         self._queue_rise = max(0.0, recent - queued) if queued is not None else 0.0
         self._cost = self._server / 1e3 * self._price_s
+        # Every option's frame draws idle power over the camera period, as a reader measures.
+        rate = self.frame_rate()
+        self.period_ms = 1e3 / rate if rate > 0 else 0.0
 
     def _edge(self, model: str, imgsz: int) -> tuple[float, Any] | None:
         """(mean ms, series or None) of an edge option: measured, else the profile figure."""
@@ -256,6 +259,8 @@ class Observations:
         if mean is not None:
             return mean, series
         known = self._profile.get(f'{model}@{imgsz}')
+        if known is None and '-' in model:  # as DeviceProfile.inference_time_ms: the arch's
+            known = self._profile.get(f'{model.split("-", 1)[0]}@{imgsz}')
         return (known, None) if known is not None else None
 
     def _shift(self, quality: int) -> float:
@@ -330,13 +335,13 @@ class Observations:
                 return None
             edge_ms, p_edge, edge_acc = edge
         if route is Route.EDGE:
-            energy = self.energy.joules(edge_ms, 0, 0, 0.0)
+            energy = self.energy.joules(edge_ms, 0, 0, self.period_ms)
             return Estimate(option, p_edge, energy, edge_acc, 0.0, edge_ms)
         cloud = self._cloud_stats(option.jpeg_quality, deadline_ms)
         if cloud is None:
             return None
         cloud_ms, p_cloud, nbytes = cloud
-        energy = self.energy.joules(edge_ms, nbytes, REPLY_BYTES, max(0.0, cloud_ms - edge_ms))
+        energy = self.energy.joules(edge_ms, nbytes, REPLY_BYTES, self.period_ms)
         cloud_ok = 1.0 - p_cloud
         cost = self._cost
         if route is Route.CLOUD:

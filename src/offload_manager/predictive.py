@@ -225,9 +225,35 @@ class PredictivePolicy(_ObservingPolicy):
         if unmet:
             why += '; gave way: ' + ', '.join(unmet)
         plan = self.probing_plan(best.option, why, ', '.join(unmet))
-        if plan.probe_every and plan.route is Route.EDGE and self._confirming():
-            plan = replace(plan, probe_every=1, reason=f'{plan.reason}; confirming a faster link')
+        if plan.probe_every and plan.route is Route.EDGE:
+            if self._confirming():
+                plan = replace(plan, probe_every=1,
+                               reason=f'{plan.reason}; confirming a faster link')
+            elif self._learning(estimates, best):
+                plan = replace(plan, probe_every=1,
+                               reason=f"{plan.reason}; learning the cloud's availability")
         return plan
+
+    def _learning(self, estimates: list[Estimate], best: Estimate) -> bool:
+        """Whether to probe every frame: the cloud would save energy, but is not known yet.
+
+        Until the availability predictor has learnt from enough outcomes it trusts only the
+        last few (at most 11/12, beyond any usual epsilon), and ordinary probes bring one a
+        probe period: half a minute at 10 fps. When a cheaper cloud option answers in time
+        and has not failed, but is held back by that alone, probing every frame learns it in
+        a few seconds (8 at 10 fps), at a probe's radio and encode per frame, once per run (a
+        learnt predictor stays learnt).
+        """
+        availability = self.obs.availability
+        if availability.fitted or availability.recent_failures():
+            return False  # known, or failing: ordinary probes watch for its return
+        deadline, epsilon = self.settings.deadline_ms, self.settings.epsilon
+        for e in estimates:
+            if e.option.route is Route.CLOUD and e.energy_j < best.energy_j:
+                late = self.obs.cloud_late(e.option.jpeg_quality, deadline)
+                if late is not None and late <= epsilon:  # only its availability is unknown
+                    return True
+        return False
 
     def _confirming(self) -> bool:
         """Whether the cloud is probed every frame now: a faster link suspected, the burst on."""
@@ -268,7 +294,9 @@ class WeightedScorePolicy(_ObservingPolicy):
     """The weighted score with a latency cap, re-evaluated every ``score_period_s``.
 
     E_dev is the robot's energy, E_tot adds the server's (its power while it computes), L the
-    expected (mean) latency, each normalised by the largest among the options.
+    expected (mean) latency, each normalised by the largest among the options. On a one-sided
+    route the other side is probed every ``probe_every``-th frame (as predictive does), so
+    every option's figures stay measured.
     """
 
     name = 'weighted-score'
@@ -287,7 +315,7 @@ class WeightedScorePolicy(_ObservingPolicy):
         self._next_s = self.obs.now_s + s.score_period_s
         estimates = [e for e in self.estimates() if e.latency_ms <= s.deadline_ms]
         if not estimates:
-            self._plan = self.to_plan(self.default_option(), 'no option under L_max')
+            self._plan = self.probing_plan(self.default_option(), 'no option under L_max')
             return self._plan
         whole_ms = self.obs.book.quantile('cloud:server', 0.5) or 0
         server_j = {id(e): s.server_power_w * self.server_ms(e, whole_ms) / 1e3
@@ -297,7 +325,9 @@ class WeightedScorePolicy(_ObservingPolicy):
         w1, w2, w3 = s.score_weights
         best = min(estimates, key=lambda e: w1 * e.energy_j / e_norm +
                    w2 * (e.energy_j + server_j[id(e)]) / e_norm + w3 * e.latency_ms / l_norm)
-        self._plan = self.to_plan(best.option, f'{best.option.key}: lowest S')
+        # Probes measure the side not chosen, as the study re-measures every option: without
+        # them a cloud never sent to would never be known to meet L_max.
+        self._plan = self.probing_plan(best.option, f'{best.option.key}: lowest S')
         return self._plan
 
     def server_ms(self, estimate: Estimate, whole_ms: float) -> float:

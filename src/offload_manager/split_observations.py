@@ -101,7 +101,7 @@ class SplitObservations(Observations):
         p_miss = 1.0 - self._avail * (1.0 - late)
         latency = (self._cloud_median or 0.0) + shift
         energy = self.energy.joules(fig.robot_ms, fig.payload_bytes, REPLY_BYTES,
-                                    max(0.0, latency - fig.robot_ms))
+                                    self.period_ms)
         accuracy = (1.0 - p_miss) * max(0.0, self.accuracy.cloud_prior - fig.map_loss)
         return Estimate(option, p_miss, energy, accuracy, fig.server_ms / 1e3 * self._price_s,
                         latency)

@@ -41,16 +41,19 @@ def test_bad_profiles_name_the_field(tmp_path: Path, body: str, match: str) -> N
         load_devices(tmp_path / 'missing.yaml')
 
 
-def test_model_adds_compute_radio_and_idle() -> None:
+def test_model_adds_work_beyond_idle_and_idle_over_the_period() -> None:
     devices = load_devices(default_devices_file())
     model = EnergyModel(devices['raspberry_pi_5'])
-    est = model.frame(edge_ms=100.0, bytes_sent=10_000, bytes_received=1_000, wait_ms=50.0)
-    assert est.compute_j == pytest.approx(7.0 * 0.1)
+    est = model.frame(compute_ms=100.0, bytes_sent=10_000, bytes_received=1_000,
+                      period_ms=50.0)
+    assert est.compute_j == pytest.approx((7.0 - 2.7) * 0.1)  # beyond idle
     assert est.radio_j == pytest.approx((50e-9 * 80_000) + (30e-9 * 8_000))
     assert est.idle_j == pytest.approx(2.7 * 0.05)
     assert est.joules == pytest.approx(est.compute_j + est.radio_j + est.idle_j)
     assert model.joules(100.0, 10_000, 1_000, 50.0) == pytest.approx(est.joules)
     assert not est.measured
+    # A robot computing a whole period draws compute power for it, however it is split.
+    assert model.joules(100.0, 0, 0, 100.0) == pytest.approx(7.0 * 0.1)
 
 
 def _rapl(root: Path, name: str, energy: int, max_range: int = 1000) -> Path:
@@ -157,39 +160,50 @@ def test_records_carry_modelled_or_measured_energy() -> None:
 
     profile = load_devices(default_devices_file())['raspberry_pi_5']
     energy = FrameEnergy(EnergyModel(profile))
-    for stamp, route in ((1, 'edge'), (2, 'hedged'), (3, 'edge')):
-        energy.report(InferenceReport(stamp_ns=stamp, frame_id='cam', source='edge',
+    ms = 1_000_000  # frames 100 ms apart: each after the first idles 0.27 J at least
+    idle = 2.7 * 0.1
+    for stamp in (1, 2, 3):
+        energy.report(InferenceReport(stamp_ns=stamp * 100 * ms, frame_id='cam', source='edge',
                                       status='ok', inference_ms=100.0))
         if stamp > 1:  # 2 is hedged, 3 is a probe on the edge route
-            energy.report(InferenceReport(stamp_ns=stamp, frame_id='cam', source='cloud',
-                                          status='ok', bytes_sent=10_000, total_ms=300.0))
-    outcomes = energy.annotate([Outcome(FrameRecord(stamp_ns=s, frame_id='cam', route=r), None)
+            energy.report(InferenceReport(stamp_ns=stamp * 100 * ms, frame_id='cam',
+                                          source='cloud', status='ok', bytes_sent=10_000,
+                                          total_ms=300.0))
+    outcomes = energy.annotate([Outcome(FrameRecord(stamp_ns=s * 100 * ms, frame_id='cam',
+                                                    route=r), None)
                                 for s, r in ((1, 'edge'), (2, 'hedged'), (3, 'edge'))], 0)
     edge, hedged, probe = (o.record for o in outcomes)
-    assert edge.energy_j == pytest.approx(0.7) and not edge.energy_measured
+    work = 4.3 * 0.1  # the inference beyond idle
+    assert edge.energy_j == pytest.approx(work) and not edge.energy_measured  # no period yet
     radio = (50e-9 * 80_000) + (30e-9 * 2048 * 8)
-    assert hedged.energy_j == pytest.approx(0.7 + radio + 2.7 * 0.2)  # waited 200 ms
-    assert probe.energy_j == pytest.approx(0.7 + radio)  # nobody waited for the probe
+    # Waiting for the cloud costs nothing beyond idle, hedged or probing alike.
+    assert hedged.energy_j == pytest.approx(idle + work + radio)
+    assert probe.energy_j == pytest.approx(idle + work + radio)
 
     # A probe answered after its frame ended: the radio spent it all the same, and the next
-    # frame to end carries it (never idle time: nobody waited).
-    energy.report(InferenceReport(stamp_ns=3, frame_id='cam', source='cloud', status='ok',
-                                  bytes_sent=10_000, total_ms=300.0))
-    energy.report(InferenceReport(stamp_ns=4, frame_id='cam', source='edge', status='ok',
-                                  inference_ms=100.0))
-    [after] = energy.annotate([Outcome(FrameRecord(stamp_ns=4, frame_id='cam', route='edge'),
-                                       None)], 0)
-    assert after.record.energy_j == pytest.approx(0.7 + radio)
-    [alone] = energy.annotate([Outcome(FrameRecord(stamp_ns=5, frame_id='cam', route='edge'),
-                                       None)], 0)
-    assert alone.record.energy_j == 0.0  # carried once only
+    # frame to end carries it (its frame's period is charged already).
+    energy.report(InferenceReport(stamp_ns=300 * ms, frame_id='cam', source='cloud',
+                                  status='ok', bytes_sent=10_000, total_ms=300.0))
+    energy.report(InferenceReport(stamp_ns=400 * ms, frame_id='cam', source='edge',
+                                  status='ok', inference_ms=100.0))
+    [after] = energy.annotate([Outcome(FrameRecord(stamp_ns=400 * ms, frame_id='cam',
+                                                   route='edge'), None)], 0)
+    assert after.record.energy_j == pytest.approx(idle + work + radio)
+    [alone] = energy.annotate([Outcome(FrameRecord(stamp_ns=500 * ms, frame_id='cam',
+                                                   route='edge'), None)], 0)
+    assert alone.record.energy_j == pytest.approx(idle)  # carried once only; idled still
+    # One that ends after a later frame: its period is in that frame's already.
+    [late] = energy.annotate([Outcome(FrameRecord(stamp_ns=450 * ms, frame_id='cam',
+                                                  route='edge'), None)], 0)
+    assert late.record.energy_j == 0.0
 
     # A request that timed out sent its bytes: the radio spent them, though no reply came.
-    energy.report(InferenceReport(stamp_ns=10, frame_id='cam', source='cloud', status='failed',
-                                  reason='timeout', bytes_sent=10_000, total_ms=250.0))
-    [timed_out] = energy.annotate([Outcome(FrameRecord(stamp_ns=10, frame_id='cam',
+    energy.report(InferenceReport(stamp_ns=600 * ms, frame_id='cam', source='cloud',
+                                  status='failed', reason='timeout', bytes_sent=10_000,
+                                  total_ms=250.0))
+    [timed_out] = energy.annotate([Outcome(FrameRecord(stamp_ns=600 * ms, frame_id='cam',
                                                        route='cloud'), None)], 0)
-    assert timed_out.record.energy_j == pytest.approx(50e-9 * 80_000 + 2.7 * 0.25)  # + idling
+    assert timed_out.record.energy_j == pytest.approx(50e-9 * 80_000 + idle)
 
     battery = BatteryReader()
     metered = FrameEnergy(EnergyModel(profile), MeasuredEnergy(battery))
@@ -197,7 +211,7 @@ def test_records_carry_modelled_or_measured_energy() -> None:
                                      inference_ms=100.0)
     metered.report(energy_of_edge)
     [before] = metered.annotate([Outcome(FrameRecord(stamp_ns=6, frame_id='cam'), None)], 0)
-    assert not before.record.energy_measured and before.record.energy_j == pytest.approx(0.7)
+    assert not before.record.energy_measured and before.record.energy_j == pytest.approx(work)
     battery.update(10.0, -1.0, 0)
     metered.annotate([Outcome(FrameRecord(stamp_ns=7), None)], 0)  # starts the interval
     battery.update(10.0, -1.0, S)

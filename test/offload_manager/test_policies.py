@@ -14,11 +14,11 @@ DEADLINE = 100.0
 
 
 class FakeEnergy:
-    """6 W computing, 2 W idle, 100 nJ per bit sent: a small robot on Wi-Fi."""
+    """6 W computing (4 W beyond idle), 2 W idle, 500 nJ per bit sent: a weak Wi-Fi link."""
 
-    def joules(self, edge_ms: float, bytes_sent: int, bytes_received: int,
-               wait_ms: float) -> float:
-        return 6.0 * edge_ms / 1e3 + 100e-9 * 8 * bytes_sent + 2.0 * wait_ms / 1e3
+    def joules(self, compute_ms: float, bytes_sent: int, bytes_received: int,
+               period_ms: float) -> float:
+        return 4.0 * compute_ms / 1e3 + 500e-9 * 8 * bytes_sent + 2.0 * period_ms / 1e3
 
 
 def _settings(**overrides: Any) -> PolicySettings:
@@ -78,7 +78,7 @@ def test_predictive_takes_the_least_energy_that_meets_the_deadline_and_accuracy_
 
 
 def test_predictive_leaves_the_cloud_when_it_fails_and_probes_to_come_back() -> None:
-    # With 10 % of misses allowed, the cloud (0.11 J a frame) is cheaper than the edge (0.24 J).
+    # With 10 % of misses allowed, the cloud (0.08 J a frame) is cheaper than the edge (0.16 J).
     feed = Feeder(create_policy('predictive', _settings(epsilon=0.1)))
     feed.edge(320, 40.0)
     feed.cloud(60.0)
@@ -194,12 +194,12 @@ def _at_ten_fps(feed: Feeder, n: int = 30) -> None:
 
 def test_when_no_option_meets_every_bound_they_give_way_in_order_and_say_so() -> None:
     feed = Feeder(create_policy('predictive', _settings(accuracy_floor=40.0,
-                                                        energy_budget_j=0.25)))
+                                                        energy_budget_j=0.2)))
     feed.edge(320, 40.0)
     feed.edge(640, 160.0)
     feed.cloud(60.0)
     plan = feed.plan()
-    # Hedging (0.27 J) is the least energy that reaches the floor; the budget gives way first.
+    # Hedging (0.24 J) is the least energy that reaches the floor; the budget gives way first.
     assert plan.route is Route.HEDGED and plan.unmet == 'energy budget', plan.reason
     assert 'gave way: energy budget' in plan.reason
     # A floor nothing in time reaches: the floor gives way, by as little as the options allow
@@ -316,3 +316,16 @@ def test_a_rising_server_queue_makes_the_cloud_later_before_its_latencies_move()
     loading = cloud_late([5.0] * 37 + [125.0] * 3)
     assert steady < 0.05 < loading
     assert cloud_late([125.0] * 3 + [5.0] * 37) == pytest.approx(steady)  # drained
+
+
+def test_weighted_score_probes_the_cloud_and_takes_it_once_it_fits_l_max() -> None:
+    feed = Feeder(create_policy('weighted-score', _settings(score_period_s=2.0)))
+    feed.edge(320, 40.0)
+    feed.edge(640, 160.0)
+    plan = feed.plan()  # the cloud never measured: the edge, probing the cloud
+    assert (plan.route, plan.edge_imgsz, plan.probe_every) == (Route.EDGE, 320, 10)
+    assert 'probing' in plan.reason
+    feed.cloud(60.0)  # the probes' answers: 60 ms, under L_max (100 ms), half the energy
+    feed.t_s += 2.0
+    plan = feed.plan()
+    assert plan.route is Route.CLOUD and plan.probe_every == 10, plan.reason

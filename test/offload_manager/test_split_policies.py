@@ -108,3 +108,19 @@ def test_without_split_options_the_options_are_unchanged() -> None:
     assert isinstance(score.obs, SplitObservations)  # type: ignore[attr-defined]
     assert not isinstance(OffloadManager(_config('split-score', SPLITS),
                                          executes_split=True)._policy, StaticSplitPolicy)
+
+
+def test_split_score_probes_the_cloud_and_leaves_the_edge_once_it_fits_l_max() -> None:
+    from dataclasses import replace
+
+    from offload_manager.policies import create_policy
+
+    # No server power: E_tot is the robot's alone, so the cloud's measured figures decide.
+    settings = replace(_config('split-score', SPLITS).policy_settings(), server_power_w=0.0)
+    policy = create_policy('split-score', settings)
+    plan = policy.plan(0)
+    assert plan.route is Route.EDGE and plan.probe_every == settings.probe_every > 0
+    obs = policy.obs  # type: ignore[attr-defined]
+    _fed(obs)
+    plan = policy.plan(int(10 * 1e9))
+    assert plan.route in (Route.CLOUD, Route.SPLIT) and 'probing' in plan.reason, plan.reason
