@@ -9,13 +9,17 @@
 3. The real service: ``adaptive-offload serve --runtime builtin --device cuda`` with batching,
    loaded by ``adaptive-offload loadtest`` (robots that are the real cloud bridge on loopback)
    from one robot to past its capacity: offered load, goodput, P50/P99, refusals.
-4. The model alone and beside a busy Python thread: how much a front end sharing the
-   interpreter slows it (the service's batches took three times the model's time on an H200).
+4. The model alone and beside busy Python threads (``--threads``), in this process and in its
+   own (``--modes inprocess,process``): how much a front end sharing the interpreter slows it
+   (on an H200 one frame went from 22 ms to 4.9 s in-process).
+5. A batch of 16 frames crossing to the model process: shared memory against pickling.
+6. The model process killed under a batch: time to fail the batch, time to be ready again.
 
 Random weights time as trained ones do, except the final per-class NMS, which sees fewer boxes
 above the score threshold (the RPN and the ROI heads run on their fixed proposal counts).
 
-Run: ``python benchmarks/bench_gpu.py [--device cuda] [--out DIR] [--quick]``; prints figures
+Run: ``python benchmarks/bench_gpu.py [--device cuda] [--out DIR] [--quick]``, e.g.
+``--parts 4,5,6 --modes inprocess,process --threads 2``; prints figures
 only. ``--quick`` runs a few small sizes (a check of the script on a CPU).
 """
 
@@ -29,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Any
 import urllib.request
 
 import numpy as np
@@ -121,31 +126,38 @@ def part_profiles(args: argparse.Namespace, archs: tuple[str, ...]) -> None:
             yaml.safe_dump(profile.to_dict(), sort_keys=False))
 
 
+def _model(mode: str, arch: str, device: str) -> Any:
+    """Load the model as the service runs it: in this process, or in its own."""
+    from offload_runtime.train_cli import checkpoint_for
+    from rcnn_service.image_model import LocalModel
+    from rcnn_service.model_process import ModelProcess
+    from rcnn_service.rcnn_detector import RcnnDetector
+    from rcnn_service.service_config import ServiceConfig
+
+    config = ServiceConfig(arch=arch, checkpoint=checkpoint_for(arch, None), device=device,
+                           input_size=640, max_image_side=1000, max_batch=16)
+    if mode == 'inprocess':
+        return LocalModel(RcnnDetector(config.arch, config.checkpoint, device, input_size=640))
+    model = ModelProcess(config)
+    if not model.wait_settled(600) or not model.ready:
+        raise RuntimeError(model.load_error or model.gave_up or 'the model did not start')
+    return model
+
+
 def part_contention(args: argparse.Namespace, arch: str, runs: int = 5,
                     limit_s: float = 20.0) -> None:
-    """Time the model alone and beside a busy Python thread (the service's front end).
+    """Time the model alone and beside busy Python threads (the service's front end), per mode.
 
     The service's model thread shares the interpreter with its HTTP front end; on a GPU every
-    kernel launch needs the interpreter, so a front end that keeps it busy slows the model.
-    Each figure prints as soon as it is measured, and a configuration stops after ``limit_s``.
+    kernel launch needs the interpreter, so a front end that keeps it busy slows the model,
+    unless the model runs in its own process (``--modes process``). Each figure prints as soon
+    as it is measured, and a configuration stops after ``limit_s``.
     """
     import threading
 
-    from offload_runtime.train_cli import checkpoint_for
-    from rcnn_service.rcnn_detector import RcnnDetector
-
-    print(f'\n## 4. {arch}, one frame, alone and beside a busy Python thread', flush=True)
-    detector = RcnnDetector(arch, checkpoint_for(arch, None), args.device, input_size=640)
+    print(f'\n## 4. {arch}, one frame, alone and beside {args.threads} busy Python '
+          f'thread(s)', flush=True)
     image = frames(1)
-
-    def timed() -> str:
-        times: list[float] = []
-        deadline = time.perf_counter() + limit_s
-        while len(times) < runs and time.perf_counter() < deadline:
-            start = time.perf_counter()
-            detector.detect(image)
-            times.append(time.perf_counter() - start)
-        return f'{statistics.median(times) * 1000:.1f} ms (of {len(times)} runs)'
 
     def busy(stop: threading.Event) -> None:
         x = 0
@@ -153,22 +165,111 @@ def part_contention(args: argparse.Namespace, arch: str, runs: int = 5,
             for i in range(1000):
                 x += i
 
-    switch = sys.getswitchinterval()
-    try:
-        for interval in (0.005, 0.0005):
-            sys.setswitchinterval(interval)
-            print(f'switch interval {interval * 1000:g} ms: alone {timed()}', flush=True)
+    for mode in args.modes.split(','):
+        model = _model(mode, arch, args.device)
+
+        def timed() -> float:
+            times: list[float] = []
+            deadline = time.perf_counter() + limit_s
+            while len(times) < runs and time.perf_counter() < deadline:
+                start = time.perf_counter()
+                model.run(image)
+                times.append(time.perf_counter() - start)
+            return statistics.median(times) * 1000
+
+        try:
+            model.run(image)
+            alone = timed()
             stop = threading.Event()
-            thread = threading.Thread(target=busy, args=(stop,), daemon=True)
-            thread.start()
+            threads = [threading.Thread(target=busy, args=(stop,), daemon=True)
+                       for _ in range(args.threads)]
+            for thread in threads:
+                thread.start()
             try:
-                print(f'switch interval {interval * 1000:g} ms: beside a busy thread {timed()}',
-                      flush=True)
+                beside = timed()
             finally:
                 stop.set()
-                thread.join()
+                for thread in threads:
+                    thread.join()
+            print(f'{mode:<10} alone {alone:8.1f} ms, beside {args.threads} busy thread(s) '
+                  f'{beside:8.1f} ms: x{beside / alone:.2f}', flush=True)
+        finally:
+            model.close()
+
+
+def part_ipc(args: argparse.Namespace, batch: int = 16, repeats: int = 20) -> None:
+    """Time a batch of 640x480 frames crossing to another process: shared memory or pickled."""
+    import multiprocessing
+    import threading
+
+    from rcnn_service.shared_frames import AttachedFrames, SharedFrames, slot_bytes
+
+    print(f'\n## 5. {batch} frames of 640x480 to the model process (median of {repeats})',
+          flush=True)
+    images = frames(batch)
+    sender, receiver = multiprocessing.Pipe()
+    pool = SharedFrames(batch, slot_bytes(1000))
+    attached = AttachedFrames(pool.names)
+    got: list[Any] = []
+
+    def receive(shared: bool) -> None:
+        message = receiver.recv()  # the model reads the frames alike either way: not timed
+        got.append([attached.get(h).shape for h in message] if shared else
+                   [f.shape for f in message])
+
+    def measure(shared: bool) -> float:
+        times = []
+        for _ in range(repeats):
+            thread = threading.Thread(target=receive, args=(shared,))
+            thread.start()
+            start = time.perf_counter()
+            sender.send(pool.put(images) if shared else images)
+            thread.join()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1000
+
+    try:
+        pickled, shared = measure(False), measure(True)
+        print(f'pickled through the pipe {pickled:7.2f} ms, shared memory {shared:7.2f} ms: '
+              f'x{pickled / shared:.1f}', flush=True)
     finally:
-        sys.setswitchinterval(switch)
+        pool.close()
+
+
+def part_restart(args: argparse.Namespace, arch: str) -> None:
+    """Kill the model process under a batch: time to fail it, time to be ready again."""
+    import os
+    import signal
+    import threading
+
+    print(f'\n## 6. {arch}: the model process killed under a batch', flush=True)
+    model = _model('process', arch, args.device)
+    image = frames(1)
+    try:
+        os.kill(model.pid, signal.SIGSTOP)  # the batch waits in the child: surely in flight
+        failed: list[float] = []
+
+        def run() -> None:
+            try:
+                model.run(image)
+            except Exception:  # the refusal: what is timed
+                failed.append(time.perf_counter())
+
+        thread = threading.Thread(target=run)
+        batches = model._batch
+        thread.start()
+        while model._batch == batches:
+            time.sleep(0.01)
+        killed = time.perf_counter()
+        os.kill(model.pid, signal.SIGKILL)
+        thread.join()
+        while not model.ready:
+            time.sleep(0.01)
+        ready = time.perf_counter()
+        print(f'batch failed {(failed[0] - killed) * 1000:.1f} ms after the kill; ready again '
+              f'after {ready - killed:.1f} s (1 s back-off, then the start)', flush=True)
+    finally:
+        model.close()
 
 
 def _free_ports(n: int) -> list[int]:
@@ -236,7 +337,11 @@ def main() -> int:
     parser.add_argument('--service-arch', default='fasterrcnn_resnet50_fpn_v2')
     parser.add_argument('--robots', type=int, nargs='+', default=[1, 8, 24, 48, 96])
     parser.add_argument('--seconds', type=float, default=8.0)
-    parser.add_argument('--parts', default='1,4,3,2', help='which parts to run, in order')
+    parser.add_argument('--parts', default='1,4,5,6,3,2', help='which parts to run, in order')
+    parser.add_argument('--modes', default='inprocess,process',
+                        help='part 4: where the model runs (inprocess, process)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='part 4: busy Python threads beside the service')
     parser.add_argument('--quick', action='store_true', help='small sizes: check the script')
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -256,6 +361,10 @@ def main() -> int:
                           ('fasterrcnn_mobilenet_v3_large_fpn', 'fasterrcnn_resnet50_fpn_v2'))
         elif part == '4':
             part_contention(args, archs[0] if args.quick else args.service_arch)
+        elif part == '5':
+            part_ipc(args)
+        elif part == '6':
+            part_restart(args, archs[0] if args.quick else args.service_arch)
         elif part == '3':
             part_service(args, archs[0] if args.quick else args.service_arch,
                          [1, 2] if args.quick else args.robots,

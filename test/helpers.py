@@ -222,3 +222,45 @@ def compact_service(input_size: int = 320, **settings: Any) -> Iterator[Any]:
         yield service
     finally:
         service.shutdown()
+
+
+def child_processes(pid: int | None = None) -> list[int]:
+    """Return the ids of the live child processes of ``pid`` (this process by default).
+
+    Read from /proc (Linux), so it needs no psutil; zombies (exited, not yet reaped) are not
+    counted as alive.
+    """
+    parent = os.getpid() if pid is None else pid
+    found = []
+    for entry in Path('/proc').iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / 'stat').read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # The command name may hold spaces and parentheses: the fields follow the last ')'.
+        fields = stat[stat.rindex(')') + 2:].split()
+        if int(fields[1]) == parent and fields[0] != 'Z':
+            found.append(int(entry.name))
+    return found
+
+
+def process_gone(pid: int, timeout_s: float = 10.0) -> bool:
+    """Wait up to ``timeout_s`` for a process to exit (a zombie counts as gone)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            state = Path(f'/proc/{pid}/stat').read_text()
+        except OSError:
+            return True
+        if state[state.rindex(')') + 2:].split()[0] == 'Z':
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def dying_model_child(*args: object) -> None:
+    """Die at once (exit status 3): a model process's main in a crash loop."""
+    os._exit(3)

@@ -15,6 +15,7 @@ import urllib.request
 
 from adaptive_offload.errors import ConfigError
 from offload_runtime.cli_args import above_zero, EXIT_OK, non_negative_int
+from offload_runtime.serve_cli import add_model_process_flag, model_process
 
 
 def add_loadtest_parser(sub: Any) -> None:
@@ -45,6 +46,8 @@ def add_loadtest_parser(sub: Any) -> None:
     load.add_argument('--threads', type=non_negative_int, default=1,
                       help="the started service's torch threads (default 1: the robots' "
                            'clients need the other cores)')
+    load.add_argument('--device', default='cpu', help="a started service's device")
+    add_model_process_flag(load)
     load.add_argument('--json', type=Path, default=None, help='also write the rows here')
 
 
@@ -58,7 +61,8 @@ def run_loadtest(args: argparse.Namespace) -> int:
 
     token = _token(args.token_file)
     service = None if args.url else StartedService(
-        args.arch, args.checkpoint, args.threads, args.max_batch, args.input_size)
+        args.arch, args.checkpoint, args.threads, args.max_batch, args.input_size,
+        device=args.device, own_process=model_process(args))
     try:
         url = args.url or (service.url if service else '')
         metrics = args.metrics_url or (f'{url}/metrics' if url.startswith('http') else '')
@@ -102,6 +106,8 @@ class StartedService:
         max_batch: Largest batch.
         input_size: Longest image side the model reads (0: the architecture's own).
         ready_timeout_s: Longest wait for the model to be ready.
+        device: Its device.
+        own_process: Run its model in a process of its own (``serve --model-process``).
 
     Raises:
         ConfigError: If it exits or is not ready in time (with the end of its log).
@@ -109,7 +115,8 @@ class StartedService:
 
     def __init__(self, arch: str, checkpoint: str | None = None, threads: int = 1,
                  max_batch: int = 4, input_size: int = 0,
-                 ready_timeout_s: float = 300.0) -> None:
+                 ready_timeout_s: float = 300.0, device: str = 'cpu',
+                 own_process: bool = False) -> None:
         from offload_runtime.train_cli import checkpoint_for
 
         with socket.socket() as probe:
@@ -120,7 +127,8 @@ class StartedService:
                 '--port', str(port), '--arch', arch,
                 '--checkpoint', checkpoint_for(arch, checkpoint),
                 '--threads', str(threads), '--max-batch', str(max_batch),
-                '--input-size', str(input_size)]
+                '--input-size', str(input_size), '--device', device,
+                '--model-process' if own_process else '--no-model-process']
         print(f'loadtest: starting the service ({arch}) on {self.url}', file=sys.stderr,
               flush=True)
         # A file, not a pipe: nobody reads the log while the test runs, and a full pipe would

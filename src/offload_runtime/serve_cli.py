@@ -26,6 +26,7 @@ def add_serve_parser(sub: Any) -> None:
                        help='state_dict file (default: the shipped one with the default arch, '
                             'random weights with another); "": random weights (for tests)')
     serve.add_argument('--device', default='cpu')
+    add_model_process_flag(serve)
     serve.add_argument('--host', default='127.0.0.1')
     serve.add_argument('--port', type=int, default=8080,
                        help='REST port (builtin: 0 picks a free port)')
@@ -71,6 +72,26 @@ def add_serve_parser(sub: Any) -> None:
                             'always gets 5 s) (default 5)')
 
 
+MODEL_PROCESS_HELP = (
+    'run the model in a process of its own, so that request handling (parsing, JSON, '
+    'admission) never holds the Python interpreter the GPU waits on; a dead model process '
+    'fails its batch at once with a retryable 503 and is restarted (the 4th death within '
+    '300 s stops the service, exit status 2). Default: on with a cuda device, off on cpu, '
+    'where the model already uses every core and a second process only adds copies')
+
+
+def add_model_process_flag(parser: argparse.ArgumentParser) -> None:
+    """Add ``--model-process/--no-model-process`` (default: decided by the device)."""
+    parser.add_argument('--model-process', action=argparse.BooleanOptionalAction,
+                        default=None, help=MODEL_PROCESS_HELP)
+
+
+def model_process(args: argparse.Namespace) -> bool:
+    """Return whether the model runs in its own process: as asked, else on a cuda device."""
+    chosen: bool | None = args.model_process
+    return str(args.device).startswith('cuda') if chosen is None else chosen
+
+
 def service_config(args: argparse.Namespace) -> Any:
     """Return the :class:`rcnn_service.service.ServiceConfig` that ``serve``'s flags describe.
 
@@ -101,6 +122,7 @@ def service_config(args: argparse.Namespace) -> Any:
                            request_timeout_s=args.request_timeout_s,
                            max_connections=args.max_connections,
                            max_tail_bytes=args.max_tail_bytes,
+                           model_process=model_process(args),
                            tls=TlsFiles.from_options(args.tls_cert, args.tls_key))
     return config
 

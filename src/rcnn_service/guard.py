@@ -71,6 +71,21 @@ class Overloaded(RequestError):
         return str(max(1, math.ceil(self.retry_after_s)))
 
 
+class ModelUnavailable(Overloaded):
+    """The model's process died under a batch, or is restarting: 503 with Retry-After.
+
+    An :class:`Overloaded` so that it is answered as a load refusal is (Retry-After, and a
+    client backs off), but its own message, and UNAVAILABLE over gRPC.
+    """
+
+    def __init__(self, detail: str, retry_after_s: float, robot: str = '') -> None:
+        RequestError.__init__(self, 503, f'model unavailable: {detail}; retry after '
+                                         f'{retry_after_s * 1e3:.0f} ms')
+        self.reason = 'model_restarting'
+        self.robot = robot
+        self.retry_after_s = retry_after_s
+
+
 class Access(enum.Enum):
     """Who may use an endpoint."""
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Sequence
 
 from adaptive_offload.errors import ConfigError
 import grpc
@@ -344,6 +344,20 @@ class GuardedMLServer(MLServer):
         self._grpc_credentials = None if tls is None else \
             grpc.ssl_server_credentials([tls.pem()])
         super().__init__(settings)
+
+    async def start(self, models_settings: Sequence[Any] = ()) -> None:
+        """Serve until the servers stop, then unload the models.
+
+        MLServer's own start returns with the models loaded once its servers stopped (on
+        SIGTERM, after their graceful shutdown): the process would then exit with the batching
+        thread inside a forward pass, which aborts the interpreter (SIGABRT, exit -6) instead
+        of the clean exit Kubernetes waits for.
+        """
+        try:
+            await super().start(list(models_settings))
+        finally:
+            for model in list(await self._model_registry.get_models()):
+                await model.unload()
 
     def _create_servers(self) -> None:
         super()._create_servers()

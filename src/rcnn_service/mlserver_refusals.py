@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 from mlserver.errors import MLServerError
-from rcnn_service.guard import Overloaded
+from rcnn_service.guard import ModelUnavailable, Overloaded
 
 
 class Refused(MLServerError):
@@ -23,8 +23,9 @@ class Refused(MLServerError):
 class OverloadedRefusal(Refused):
     """A request the queue refused for lack of time or room (:class:`Overloaded`).
 
-    gRPC answers RESOURCE_EXHAUSTED with a ``retry-after-ms`` trailer; REST answers 503 with
-    ``Retry-After`` (``mlserver_guard.DropAbandoned`` adds the header).
+    gRPC answers RESOURCE_EXHAUSTED (UNAVAILABLE for :class:`ModelUnavailable`) with a
+    ``retry-after-ms`` trailer; REST answers 503 with ``Retry-After``
+    (``mlserver_guard.DropAbandoned`` adds the header).
     """
 
     def __init__(self, err: Overloaded) -> None:
@@ -55,5 +56,8 @@ class AbortAsOverloaded:
         if self._refused:
             retry_ms = round(self._refused[-1].overloaded.retry_after_s * 1e3)
             self._context.set_trailing_metadata((('retry-after-ms', str(retry_ms)),))
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            # A model process restarting is not load: the service is briefly unavailable.
+            code = grpc.StatusCode.UNAVAILABLE if isinstance(
+                self._refused[-1].overloaded, ModelUnavailable) else \
+                grpc.StatusCode.RESOURCE_EXHAUSTED
         await self._context.abort(code, details, *args, **kwargs)

@@ -24,6 +24,8 @@ import binascii
 from dataclasses import asdict, fields
 import functools
 import logging
+import os
+import signal
 import time
 from typing import Any, Callable, Mapping
 
@@ -35,13 +37,15 @@ from rcnn_service.asgi_guard import MAX_HEADER_BYTES
 from rcnn_service.batching import AdaptiveBatcher
 from rcnn_service.guard import Overloaded, RequestError, Tokens
 from rcnn_service.http_server import HttpLimits, protocol_class
+from rcnn_service.image_model import ImageModel, LocalModel
 from rcnn_service.mlserver_guard import GuardedMLServer, record_rejection, ServerGuard
 from rcnn_service.mlserver_refusals import OverloadedRefusal, Refused
+from rcnn_service.model_process import ModelProcess
 from rcnn_service.protocol import (decode_image, MODEL_VERSION, OUTPUTS, request_context,
                                    requested_outputs, server_metadata, SERVER_NAME,
                                    server_time_parameters, v2_response)
 from rcnn_service.rcnn_detector import calibration_frame, RcnnDetector
-from rcnn_service.service import ensure_ports_free, ServiceConfig
+from rcnn_service.service import ensure_ports_free, ModelCrashLoop, ServiceConfig
 from rcnn_service.service_metrics import ServiceMetrics
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
@@ -116,6 +120,37 @@ def request_image_bytes(payload: InferenceRequest, config: ServiceConfig,
     return raw
 
 
+def load_model(config: ServiceConfig) -> ImageModel:
+    """Load the model of ``config``: in this process, or in its own (``model_process``).
+
+    A model process that keeps dying stops the server (SIGTERM to itself), and
+    :func:`serve_mlserver` then raises :class:`rcnn_service.service.ModelCrashLoop`.
+
+    Raises:
+        AdaptiveOffloadError: If the model does not load.
+    """
+    if not config.model_process:
+        return LocalModel(RcnnDetector(config.arch, config.checkpoint, config.device,
+                                       config.score_threshold, config.threads,
+                                       config.input_size))
+
+    def give_up(reason: str) -> None:
+        _CRASH_LOOP.append(reason)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    process = ModelProcess(config, on_give_up=give_up)
+    process.wait_settled()
+    if not process.ready:
+        process.close()
+        raise ConfigError(process.load_error or process.gave_up or
+                          'the model process did not start')
+    return process
+
+
+_CRASH_LOOP: list[str] = []
+"""Why a model process of this server gave up, if one did."""
+
+
 class RcnnRuntime(MLModel):
     """MLServer runtime around :class:`rcnn_service.rcnn_detector.RcnnDetector`.
 
@@ -129,11 +164,9 @@ class RcnnRuntime(MLModel):
         self._config = config_from_extra(params.extra if params else None)
         cfg = self._config
         self._tokens = Tokens(cfg.tokens)
-        detector = await asyncio.get_running_loop().run_in_executor(None, lambda: RcnnDetector(
-            cfg.arch, cfg.checkpoint, cfg.device, cfg.score_threshold, cfg.threads,
-            cfg.input_size))
+        self._model = await asyncio.get_running_loop().run_in_executor(None, load_model, cfg)
         metrics = _load_metrics()
-        batcher = AdaptiveBatcher(detector.detect, cfg.max_batch, cfg.batch_wait_ms,
+        batcher = AdaptiveBatcher(self._model.run, cfg.max_batch, cfg.batch_wait_ms,
                                   metrics.batch_size.observe, cfg.max_queue, metrics.refused,
                                   on_offer=metrics.offered.inc)
         await asyncio.get_running_loop().run_in_executor(
@@ -144,15 +177,24 @@ class RcnnRuntime(MLModel):
         return True
 
     async def unload(self) -> bool:
-        """Finish queued requests and stop the batching thread."""
-        await asyncio.get_running_loop().run_in_executor(None, self._batcher.close)
+        """Stop the batching thread after the batch under way; cancel the queued requests.
+
+        MLServer unloads after its servers stopped (``GuardedMLServer.stop``), once their
+        graceful shutdown answered what it could: nobody waits for the queue any more.
+        """
+        def close() -> None:
+            self._batcher.close(drain=False)
+            self._model.close()
+
+        await asyncio.get_running_loop().run_in_executor(None, close)
         return True
 
     @property
     def ready(self) -> bool:
         """Whether the model is loaded and its batching thread runs (MLServer's readiness)."""
-        batcher = getattr(self, '_batcher', None)
-        return self.__dict__.get('_loaded', False) and batcher is not None and batcher.alive
+        batcher, model = getattr(self, '_batcher', None), getattr(self, '_model', None)
+        return (self.__dict__.get('_loaded', False) and batcher is not None and batcher.alive
+                and model is not None and model.ready)
 
     @ready.setter
     def ready(self, value: bool) -> None:
@@ -172,6 +214,8 @@ class RcnnRuntime(MLModel):
             image = await asyncio.get_running_loop().run_in_executor(
                 None, self._decode, payload)
             context = request_context(_parameters(payload))
+            if not self._model.ready:  # its process is restarting
+                raise self._model.unavailable('the model process is restarting')
             ticket = self._batcher.submit(image, context.robot, context.budget_s)
         except RequestError as err:
             record_rejection(err.status, '-', err)
@@ -209,9 +253,9 @@ def mlserver_settings(config: ServiceConfig, grpc_port: int, metrics_port: int) 
     """Return the server and model settings that run ``config`` on MLServer.
 
     Returns:
-        ``(Settings, ModelSettings)``; the model runs in the server process (no parallel
-        workers: torch already uses every core, and the batcher needs all requests in one
-        place).
+        ``(Settings, ModelSettings)``; MLServer's parallel workers stay off (the batcher
+        needs all requests in one place): ``model_process`` moves the model alone out of the
+        server's process instead.
     """
     from mlserver.settings import ModelParameters, ModelSettings, Settings
     from mlserver.types import MetadataTensor
@@ -276,3 +320,5 @@ def serve_mlserver(config: ServiceConfig, grpc_port: int = 8081, metrics_port: i
         await server.start([model])
 
     asyncio.run(main())
+    if _CRASH_LOOP:
+        raise ModelCrashLoop(f'{_CRASH_LOOP[-1]}: the service stopped')

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import CancelledError, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 import logging
 import threading
 import time
@@ -28,86 +27,50 @@ from rcnn_service.batching import AdaptiveBatcher
 from rcnn_service.fair_queue import Ticket
 from rcnn_service.guard import Overloaded, RejectionLog, RequestError, Tokens
 from rcnn_service.http_server import HttpLimits, HttpServer
+from rcnn_service.image_model import ImageModel, LocalModel
+from rcnn_service.model_process import ModelProcess
 from rcnn_service.protocol import (parse_request, RequestContext, server_time_parameters,
                                    v2_response)
 from rcnn_service.rcnn_detector import calibration_frame, Detections, RcnnDetector
+from rcnn_service.service_config import ServiceConfig
 from rcnn_service.service_metrics import exposition, ServiceMetrics
-from rcnn_service.split_tail import model_runner, ModelInput, SplitTail
-from rcnn_service.tls import report_failed_handshakes, TlsFiles
+from rcnn_service.split_tail import ModelInput, TailChecks
+from rcnn_service.tls import report_failed_handshakes
+
+__all__ = ['ensure_ports_free', 'InferenceService', 'ModelCrashLoop', 'serve', 'ServiceConfig']
 
 LOG = logging.getLogger('adaptive_offload.service')
 _WORKERS = 64
 """Requests decoded or waiting for the model at once; more wait for a thread."""
+_SETTLE_S = 3600.0
+"""Longest wait for a model process's first start (a first CUDA start can take minutes)."""
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
-    """How the service runs.
-
-    Attributes:
-        arch: R-CNN architecture (see ``rcnn_service.rcnn_detector.ARCHITECTURES``).
-        checkpoint: state_dict path; empty: random weights.
-        device: ``cpu`` or ``cuda[:N]``.
-        host: Bind address (loopback by default; 0.0.0.0 in a container).
-        port: HTTP port; 0 picks a free one.
-        model_name: Name in the V2 paths.
-        tokens: Bearer tokens accepted from clients (one per robot); none: no token needed.
-            Read them with :func:`rcnn_service.guard.load_tokens`, never from argv.
-        max_request_bytes: Larger request bodies are refused (413).
-        max_image_side: Images with a longer side are refused (400).
-        score_threshold: Detections below it are not returned.
-        threads: torch intra-op threads; 0 keeps torch's default.
-        input_size: Longest image side the model reads (0: the architecture's own); smaller
-            is faster and misses more small objects.
-        max_batch: Largest batch of requests run together (adaptive batching).
-        batch_wait_ms: How long a lone request waits for others (0: never).
-        max_queue: Most requests waiting for the model at once (0: 16 batches); more are
-            refused (503), unless a robot holding more of the queue makes room.
-        request_timeout_s: A request must arrive within this time of its first byte (else
-            408), an idle connection is closed after it, and a TLS handshake must complete
-            within it (builtin runtime).
-        max_connections: Connections served at once; more get 503 (builtin runtime).
-        shutdown_grace_s: On SIGTERM, how long requests under way may take to finish
-            (builtin runtime; MLServer has its own).
-        tls: Certificate and key for REST and gRPC (https, grpcs); None serves plain text.
-        max_tail_bytes: Most bytes the tensors of one tail request may decode to (builtin
-            runtime); a request over it is refused (400) before anything is decoded.
-    """
-
-    arch: str = 'fasterrcnn_mobilenet_v3_large_fpn'
-    checkpoint: str = ''
-    device: str = 'cpu'
-    host: str = '127.0.0.1'
-    port: int = 8080
-    model_name: str = 'rcnn'
-    tokens: tuple[str, ...] = ()
-    max_request_bytes: int = 8 << 20
-    max_image_side: int = 4096
-    score_threshold: float = 0.5
-    threads: int = 0
-    input_size: int = 0
-    max_batch: int = 4
-    batch_wait_ms: float = 0.0
-    max_queue: int = 0
-    request_timeout_s: float = 10.0
-    max_connections: int = 512
-    shutdown_grace_s: float = 5.0
-    tls: TlsFiles | None = None
-    max_tail_bytes: int = 256 << 20
+class ModelCrashLoop(AdaptiveOffloadError):
+    """The model's process kept dying: the service stopped (the command exits with 2)."""
 
 
 class InferenceService:
     """The model and an HTTP server; the model loads in the background (not ready until warm).
 
     Args:
-        config: Settings.
+        config: Settings; with ``model_process`` the model runs in a process of its own.
         detector: A ready detector (tests); None loads ``config.arch`` in the background.
+        model: A ready model of either kind (instead of ``detector``).
+
+    Attributes:
+        crash_loop: Why the service stopped itself (its model process kept dying); empty
+            otherwise.
     """
 
-    def __init__(self, config: ServiceConfig, detector: RcnnDetector | None = None) -> None:
+    def __init__(self, config: ServiceConfig, detector: RcnnDetector | None = None,
+                 model: ImageModel | None = None) -> None:
         self.config = config
         self._batcher: AdaptiveBatcher[ModelInput, Detections] | None = None
-        self.tail: SplitTail | None = None  # set with the model, if it splits
+        self.model: ImageModel | None = None
+        self.tail: TailChecks | None = None  # set with the model, if it splits
+        self.crash_loop = ''
+        self.stopper: threading.Thread | None = None  # the shutdown a crash loop started
         self.tail_name = tail_model_name(config.model_name)
         self.load_error = ''
         self.counts: Counter[str] = Counter()
@@ -130,10 +93,10 @@ class InferenceService:
         self._server = HttpServer(
             make_app(self, self._executor), (config.host, config.port),
             HttpLimits(config.request_timeout_s, config.max_connections, self.reject), tls)
-        if detector is None:
-            threading.Thread(target=self._load, name='model-load', daemon=True).start()
+        if model is not None or detector is not None:
+            self._use(model or LocalModel(detector))
         else:
-            self._use(detector)
+            threading.Thread(target=self._load, name='model-load', daemon=True).start()
 
     @property
     def url(self) -> str:
@@ -143,27 +106,54 @@ class InferenceService:
 
     @property
     def ready(self) -> bool:
-        """Whether the model is loaded, warmed up and its batching thread runs."""
-        return self._batcher is not None and self._batcher.alive
+        """Whether the model is loaded, warm, batching, and its process not restarting."""
+        model = self.model
+        return (self._batcher is not None and self._batcher.alive and model is not None
+                and model.ready)
 
-    def _use(self, detector: RcnnDetector) -> None:
+    def _use(self, model: ImageModel) -> None:
         cfg = self.config
         batcher: AdaptiveBatcher[ModelInput, Detections] = AdaptiveBatcher(
-            model_runner(detector), cfg.max_batch, cfg.batch_wait_ms,
+            model.run, cfg.max_batch, cfg.batch_wait_ms,
             self.load.batch_size.observe, cfg.max_queue, self.load.refused,
             on_offer=self.load.offered.inc)
+        self.model = model
         batcher.calibrate(calibration_frame())
-        self.tail = SplitTail.of(detector)
+        self.tail = model.tail
         self._batcher = batcher
+        if self.stopping:  # shut down while it loaded: nobody else closes it
+            batcher.close(timeout_s=0.0, drain=False)
+            model.close()
 
     def _load(self) -> None:
         cfg = self.config
         try:
-            self._use(RcnnDetector(cfg.arch, cfg.checkpoint, cfg.device,
-                                   cfg.score_threshold, cfg.threads, cfg.input_size))
+            if cfg.model_process:
+                self._use(self._model_process())
+            else:
+                self._use(LocalModel(RcnnDetector(cfg.arch, cfg.checkpoint, cfg.device,
+                                                  cfg.score_threshold, cfg.threads,
+                                                  cfg.input_size)))
         except AdaptiveOffloadError as err:
             self.load_error = str(err)
             LOG.error('model failed to load: %s', err)
+
+    def _model_process(self) -> ImageModel:
+        """Start the model's process; return it once it is ready (raise if it never is)."""
+        process = ModelProcess(self.config, on_give_up=self._give_up)
+        self.model = process  # closed by shutdown, even while it starts
+        process.wait_settled(_SETTLE_S)
+        if not process.ready:
+            process.close()
+            raise AdaptiveOffloadError(process.load_error or process.gave_up or
+                                       'the model process did not start')
+        return process
+
+    def _give_up(self, reason: str) -> None:
+        """Stop the service: its model process keeps dying (a crash loop must not look alive)."""
+        self.crash_loop = reason
+        self.stopper = threading.Thread(target=self.shutdown, name='shutdown', daemon=True)
+        self.stopper.start()
 
     @property
     def connections(self) -> int:
@@ -195,6 +185,8 @@ class InferenceService:
         self._server.wait()
         if self._batcher is not None:
             self._batcher.close()  # joins the worker once the batch under way is done
+        if self.model is not None:
+            self.model.close()  # stops the model's process: none is left behind
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     def reject(self, status: int | str, peer: str, reason: object) -> None:
@@ -287,9 +279,11 @@ class InferenceService:
         with self._lock:
             self.under_way += 1
         try:
-            batcher = self._batcher
-            if batcher is None or not batcher.alive:
+            batcher, model = self._batcher, self.model
+            if batcher is None or not batcher.alive or model is None:
                 raise RequestError(503, 'model not ready')
+            if not model.ready:  # its process is restarting: come back later
+                raise model.unavailable('the model process is restarting')
             if client_gone():  # it waited for a thread: nothing is decoded for nobody
                 raise RequestError(499, 'the client left before its request ran')
             reply: dict[str, Any] = work(batcher)
@@ -383,7 +377,8 @@ def serve(config: ServiceConfig, announce: Any = print) -> None:
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        announce(f'serving {config.arch} ({config.device}) as model {config.model_name!r} on '
+        where = f'{config.device}, own process' if config.model_process else config.device
+        announce(f'serving {config.arch} ({where}) as model {config.model_name!r} on '
                  f'{service.url}: POST /v2/models/{config.model_name}/infer, '
                  f'POST /v2/models/{service.tail_name}/infer (split tail), '
                  'GET /v2/health/ready, GET /metrics')
@@ -391,6 +386,10 @@ def serve(config: ServiceConfig, announce: Any = print) -> None:
             service.serve_forever()
         for thread in stopping:
             thread.join()
+        if service.stopper is not None:
+            service.stopper.join()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if service.crash_loop:
+        raise ModelCrashLoop(f'{service.crash_loop}: the service stopped')

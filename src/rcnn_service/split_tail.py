@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import logging
 import math
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from adaptive_offload.errors import ConfigError, ConversionError
 from adaptive_offload.split_request import decode_wire_tensor, parse_request, SplitRequest
@@ -28,46 +28,64 @@ from rcnn_service.guard import RequestError
 from rcnn_service.protocol import (model_metadata, request_context, RequestContext,
                                    requested_outputs)
 from rcnn_service.rcnn_detector import Detections, RcnnDetector
-from rcnn_service.rcnn_split import RcnnPayload, RcnnSplit
+from rcnn_service.rcnn_split import RcnnPayload, RcnnSplit, RcnnSplitPoint
 
 LOG = logging.getLogger('adaptive_offload.service')
 _MAX_ERROR = 300
 
 
-class SplitTail:
-    """The tail of a detector's model, and what a request must send it.
-
-    Args:
-        detector: A loaded detector; its model, lock and thresholds are shared.
+@dataclass(frozen=True)
+class TailSpec:
+    """What a tail request is checked against: plain data, so that it crosses processes.
 
     Attributes:
-        split: The model's split points.
+        arch: The model's architecture.
+        points: The model's split points.
         layout: Channels and stride of every tensor that can cross, by name.
         size_divisible: What the model pads a batch's sides to a multiple of.
         weights_sha256: :func:`adaptive_offload.split_wire.weights_digest` of the model.
-
-    Raises:
-        ConfigError: If the detector's model cannot be split.
+        min_size: Shorter side the model resizes an image to.
+        max_size: Longest side the model resizes an image to.
     """
 
-    def __init__(self, detector: RcnnDetector) -> None:
-        model = detector.model
-        self.detector = detector
-        self.split = RcnnSplit(model)
-        self.layout = detector.run_locked(self.split.layout)
-        self.size_divisible = int(getattr(model.transform, 'size_divisible', 32))
-        self.weights_sha256 = weights_digest(model.state_dict())
+    arch: str
+    points: tuple[RcnnSplitPoint, ...]
+    layout: dict[str, tuple[int, int]]
+    size_divisible: int
+    weights_sha256: str
+    min_size: int
+    max_size: int
 
-    @classmethod
-    def of(cls, detector: RcnnDetector) -> SplitTail | None:
-        """Return the tail of ``detector``'s model; None if it has no model that splits."""
-        if not hasattr(detector, 'model'):  # a stand-in (tests) that holds no torch model
-            return None
-        try:
-            return cls(detector)
-        except (ConfigError, RuntimeError) as err:  # the image model serves all the same
-            LOG.warning('no tail model: %s', err)
-            return None
+
+class TailChecks:
+    """Reads and checks tail requests against a :class:`TailSpec`; needs no model.
+
+    The model's own process knows the spec; the process that serves requests checks them
+    with it, so a bad request is refused before it reaches the model.
+
+    Args:
+        spec: What requests are checked against.
+        device: Where decoded tensors go.
+    """
+
+    def __init__(self, spec: TailSpec, device: Any = 'cpu') -> None:
+        self.spec = spec
+        self.device = device
+
+    @property
+    def layout(self) -> dict[str, tuple[int, int]]:
+        """Channels and stride of every tensor that can cross, by name."""
+        return self.spec.layout
+
+    @property
+    def size_divisible(self) -> int:
+        """What the model pads a batch's sides to a multiple of."""
+        return self.spec.size_divisible
+
+    @property
+    def weights_sha256(self) -> str:
+        """The digest of the model's weights."""
+        return self.spec.weights_sha256
 
     def metadata(self, name: str, max_bytes: int) -> dict[str, Any]:
         """Return the tail model's V2 metadata, with its split points under ``split``.
@@ -76,18 +94,18 @@ class SplitTail:
             name: The tail model's name.
             max_bytes: Most bytes a request's tensors may decode to.
         """
-        transform = self.detector.model.transform
-        names = dict.fromkeys(n for p in self.split.points for n in p.crossing)
+        spec = self.spec
+        names = dict.fromkeys(n for p in spec.points for n in p.crossing)
         points = [{'index': p.index, 'name': p.name,
                    'crossing': [{'name': n, 'channels': self.layout[n][0],
                                  'stride': self.layout[n][1]} for n in p.crossing]}
-                  for p in self.split.points]
+                  for p in spec.points]
         meta = model_metadata(name)
         meta['inputs'] = [{'name': n, 'datatype': 'FP32', 'shape': [1, self.layout[n][0], -1, -1]}
                           for n in names]
         meta['split'] = {
-            'arch': self.detector.arch, 'weights_sha256': self.weights_sha256,
-            'min_size': int(transform.min_size[-1]), 'max_size': int(transform.max_size),
+            'arch': spec.arch, 'weights_sha256': self.weights_sha256,
+            'min_size': spec.min_size, 'max_size': spec.max_size,
             'size_divisible': self.size_divisible, 'images_per_request': 1,
             'datatypes': list(DATATYPES), 'compressions': sorted(COMPRESSORS),
             'max_tensor_bytes': max_bytes, 'points': points}
@@ -113,7 +131,7 @@ class SplitTail:
         context = request_context(request.parameters)
         outputs = None if request.outputs is None else \
             requested_outputs(request.outputs, masks=True)
-        job = TailJob(self, self.payload(request, max_bytes, max_side))
+        job = TailJob(self.payload(request, max_bytes, max_side))
         return TailRequest(job, context, outputs, request.request_id)
 
     def payload(self, request: SplitRequest, max_bytes: int, max_side: int) -> RcnnPayload:
@@ -130,11 +148,11 @@ class SplitTail:
         import torch
 
         wire = request.split
-        last = len(self.split.points) - 1
+        last = len(self.spec.points) - 1
         if not 0 <= wire.point <= last:
             raise RequestError(400, f'unknown split point {wire.point}: this model splits at '
                                     f'0..{last} (its metadata lists them)')
-        point = self.split.points[wire.point]
+        point = self.spec.points[wire.point]
         given = {t.name: t for t in wire.tensors}
         missing = [n for n in point.crossing if n not in given]
         extra = [n for n in given if n not in point.crossing]
@@ -163,9 +181,71 @@ class SplitTail:
                 array = decode_wire_tensor(given[name], max_bytes)
             except ConversionError as err:
                 raise RequestError(400, f'tensor {name}: {err}') from err
-            tensors[name] = torch.from_numpy(array).to(self.detector.device)
+            tensors[name] = torch.from_numpy(array).to(self.device)
         return RcnnPayload(point.index, tensors, wire.padded_size, wire.image_sizes,
                            wire.original_sizes)
+
+    def _shape(self, name: str, padded: Size) -> tuple[int, ...]:
+        channels, stride = self.layout[name]
+        return (1, channels, math.ceil(padded[0] / stride), math.ceil(padded[1] / stride))
+
+    def _check_sizes(self, wire: SplitTensors, max_side: int) -> None:
+        """Refuse sizes that disagree with each other, the model's padding or the limits."""
+        if len(wire.image_sizes) != 1 or len(wire.original_sizes) != 1:
+            raise RequestError(400, f'one image per request: got {len(wire.image_sizes)} image '
+                                    f'sizes and {len(wire.original_sizes)} original sizes')
+        (ph, pw), (ih, iw), (oh, ow) = wire.padded_size, wire.image_sizes[0], \
+            wire.original_sizes[0]
+        div = self.size_divisible
+        largest = math.ceil(max(max_side, self.spec.max_size) / div) * div
+        if max(oh, ow) > max_side or max(ph, pw) > largest:
+            raise RequestError(400, f'original size {_size((oh, ow))} or padded size '
+                                    f'{_size((ph, pw))} over the limits ({max_side} px, '
+                                    f'{largest} px)')
+        if ph % div or pw % div or not (0 <= ph - ih < div and 0 <= pw - iw < div):
+            raise RequestError(400, f'image size {_size((ih, iw))} does not pad to padded size '
+                                    f'{_size((ph, pw))}: the model pads to the next multiple '
+                                    f'of {div}')
+        # Resizing floors both sides of one scaled size, so the aspects differ by under a pixel.
+        if abs(ih * ow - iw * oh) > max(oh, ow):
+            raise RequestError(400, f'image size {_size((ih, iw))} is not original size '
+                                    f'{_size((oh, ow))} resized: their aspects differ')
+
+
+class SplitTail(TailChecks):
+    """The tail of a detector's model, and what a request must send it.
+
+    Args:
+        detector: A loaded detector; its model, lock and thresholds are shared.
+
+    Attributes:
+        split: The model's split points.
+
+    Raises:
+        ConfigError: If the detector's model cannot be split.
+    """
+
+    def __init__(self, detector: RcnnDetector) -> None:
+        model = detector.model
+        self.detector = detector
+        self.split = RcnnSplit(model)
+        transform = model.transform
+        super().__init__(TailSpec(
+            detector.arch, tuple(self.split.points), detector.run_locked(self.split.layout),
+            int(getattr(model.transform, 'size_divisible', 32)),
+            weights_digest(model.state_dict()), int(transform.min_size[-1]),
+            int(transform.max_size)), detector.device)
+
+    @classmethod
+    def of(cls, detector: Any) -> SplitTail | None:
+        """Return the tail of ``detector``'s model; None if it has no model that splits."""
+        if not hasattr(detector, 'model'):  # a stand-in (tests) that holds no torch model
+            return None
+        try:
+            return cls(detector)
+        except (ConfigError, RuntimeError) as err:  # the image model serves all the same
+            LOG.warning('no tail model: %s', err)
+            return None
 
     def run(self, payload: RcnnPayload) -> Detections:
         """Run the tail on one image's payload (under the detector's lock).
@@ -186,49 +266,16 @@ class SplitTail:
             raise RequestError(400, f'the model cannot run on these tensors: '
                                     f'{str(err)[:_MAX_ERROR]}') from err
 
-    def _shape(self, name: str, padded: Size) -> tuple[int, ...]:
-        channels, stride = self.layout[name]
-        return (1, channels, math.ceil(padded[0] / stride), math.ceil(padded[1] / stride))
-
-    def _check_sizes(self, wire: SplitTensors, max_side: int) -> None:
-        """Refuse sizes that disagree with each other, the model's padding or the limits."""
-        if len(wire.image_sizes) != 1 or len(wire.original_sizes) != 1:
-            raise RequestError(400, f'one image per request: got {len(wire.image_sizes)} image '
-                                    f'sizes and {len(wire.original_sizes)} original sizes')
-        (ph, pw), (ih, iw), (oh, ow) = wire.padded_size, wire.image_sizes[0], \
-            wire.original_sizes[0]
-        div = self.size_divisible
-        transform = self.detector.model.transform
-        largest = math.ceil(max(max_side, int(transform.max_size)) / div) * div
-        if max(oh, ow) > max_side or max(ph, pw) > largest:
-            raise RequestError(400, f'original size {_size((oh, ow))} or padded size '
-                                    f'{_size((ph, pw))} over the limits ({max_side} px, '
-                                    f'{largest} px)')
-        if ph % div or pw % div or not (0 <= ph - ih < div and 0 <= pw - iw < div):
-            raise RequestError(400, f'image size {_size((ih, iw))} does not pad to padded size '
-                                    f'{_size((ph, pw))}: the model pads to the next multiple '
-                                    f'of {div}')
-        # Resizing floors both sides of one scaled size, so the aspects differ by under a pixel.
-        if abs(ih * ow - iw * oh) > max(oh, ow):
-            raise RequestError(400, f'image size {_size((ih, iw))} is not original size '
-                                    f'{_size((oh, ow))} resized: their aspects differ')
-
 
 @dataclass(frozen=True)
 class TailJob:
     """One tail request, queued for the model as an image is.
 
     Attributes:
-        tail: The tail that runs it.
-        payload: Its checked, decoded payload.
+        payload: Its checked, decoded payload (tensors on the checking tail's device).
     """
 
-    tail: SplitTail
     payload: RcnnPayload
-
-    def run(self) -> Detections:
-        """Run it (see :meth:`SplitTail.run`)."""
-        return self.tail.run(self.payload)
 
 
 @dataclass(frozen=True)
@@ -250,16 +297,6 @@ class TailRequest:
 
 ModelInput = np.ndarray | TailJob
 """What the service queues for its model: a decoded BGR image, or a tail request."""
-
-
-def model_runner(detector: RcnnDetector) -> Callable[[list[ModelInput]], Sequence[Detections]]:
-    """Return what runs a batch of queued inputs: the images as one batch, each tail alone."""
-    def run(items: list[ModelInput]) -> list[Detections]:
-        images = [i for i in items if not isinstance(i, TailJob)]
-        found = iter(detector.detect(images) if images else [])
-        return [i.run() if isinstance(i, TailJob) else next(found) for i in items]
-
-    return run
 
 
 def _size(size: Size) -> str:

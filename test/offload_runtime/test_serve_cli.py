@@ -37,3 +37,22 @@ def test_bad_batching_is_refused(flags: tuple[str, str]) -> None:
 def test_a_tail_cap_below_one_byte_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(['serve', '--max-tail-bytes', '0'])
+
+
+@pytest.mark.parametrize('flags, expected', [
+    ((), False),                                        # cpu: the model uses the cores already
+    (('--device', 'cuda'), True),                       # cuda: on by default
+    (('--device', 'cuda:1', '--no-model-process'), False),
+    (('--model-process',), True),
+])
+def test_the_model_runs_in_its_own_process_by_default_on_cuda_only(
+        flags: tuple[str, ...], expected: bool) -> None:
+    assert _config(*flags).model_process is expected
+
+
+def test_loadtest_takes_the_model_process_flag_too() -> None:
+    from offload_runtime.serve_cli import model_process
+
+    args = build_parser().parse_args(['loadtest', '--model-process'])
+    assert model_process(args) is True
+    assert model_process(build_parser().parse_args(['loadtest'])) is False
