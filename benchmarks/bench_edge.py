@@ -21,7 +21,8 @@ from adaptive_offload.conversions import frame_to_message
 from adaptive_offload.datatypes import Decision
 from adaptive_offload.frame_worker import DecisionHolder, FrameWorker
 from adaptive_offload.typestore import make_typestore, message_types
-from edge_inference.backends import BackendOptions, create_backend, DetectorBackend
+from edge_inference.backends import create_backend
+from edge_inference.detector import BackendOptions, DetectorBackend
 from edge_inference.export import export_model
 from edge_inference.inference import build_edge, EdgeConfig
 from edge_inference.ultralytics_backend import prepare_offline

@@ -18,7 +18,7 @@ from adaptive_offload.datatypes import Detection
 from adaptive_offload.errors import CloudError
 from adaptive_offload.inference_transport import CloudReply
 import cv2
-from edge_inference.backends import BackendOptions
+from edge_inference.detector import BackendOptions
 from edge_inference.inference import EdgeConfig, EdgeInference
 from edge_inference.model_pool import ModelPool
 import numpy as np

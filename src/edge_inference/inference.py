@@ -17,7 +17,8 @@ from adaptive_offload.graph import SPLIT_ROLES
 from adaptive_offload.params import ParameterSpec, ParamValue, resolve
 from adaptive_offload.tensor_codec import ENCODINGS
 from adaptive_offload.tensor_compression import COMPRESSORS
-from edge_inference.backends import BackendOptions, class_indices, create_backend, DetectorBackend
+from edge_inference.backends import create_backend
+from edge_inference.detector import BackendOptions, class_indices, DetectorBackend
 from edge_inference.model_pool import Factory, ModelPool, ModelSpec, parse_models
 from fault_injection.live import ObeyedFaults, StallingProcessor
 import numpy as np

@@ -14,7 +14,7 @@ import threading
 from typing import Callable
 
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
-from edge_inference.backends import BackendOptions, DetectorBackend
+from edge_inference.detector import BackendOptions, DetectorBackend
 
 Factory = Callable[[str, BackendOptions], DetectorBackend]
 Spawn = Callable[[Callable[[], None]], None]

@@ -15,7 +15,7 @@ from adaptive_offload.conversions import boxes_from_arrays
 from adaptive_offload.datatypes import Detection
 from adaptive_offload.errors import BackendError
 import cv2
-from edge_inference.backends import BackendOptions
+from edge_inference.detector import BackendOptions
 import numpy as np
 
 _PROVIDERS = {'cpu': 'CPUExecutionProvider', 'cuda': 'CUDAExecutionProvider'}

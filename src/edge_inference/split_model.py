@@ -21,7 +21,7 @@ from adaptive_offload.conversions import boxes_from_arrays
 from adaptive_offload.datatypes import Detection
 from adaptive_offload.errors import BackendError, ConfigError
 from adaptive_offload.split_wire import Size, weights_digest
-from edge_inference.backends import BackendOptions
+from edge_inference.detector import BackendOptions
 from edge_inference.yolo_split import SplitPoint, YoloSplit
 import numpy as np
 

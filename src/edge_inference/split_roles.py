@@ -29,7 +29,7 @@ from adaptive_offload.errors import BackendError, ConversionError
 from adaptive_offload.split_frame import read_split_frame, split_frame, SplitFrame
 from adaptive_offload.split_request import decode_wire_tensor, SplitRequest
 from adaptive_offload.split_wire import encode_wire_tensor, SplitTensors
-from edge_inference.backends import BackendOptions, class_indices
+from edge_inference.detector import BackendOptions, class_indices
 from edge_inference.inference import build_edge, EdgeConfig, EdgeCore, reconfigured
 from edge_inference.split_model import Letterbox, SplitModel
 

@@ -14,7 +14,7 @@ from adaptive_offload.allocator import keep_freed_memory
 from adaptive_offload.conversions import boxes_from_arrays
 from adaptive_offload.datatypes import Detection
 from adaptive_offload.errors import BackendError
-from edge_inference.backends import BackendOptions
+from edge_inference.detector import BackendOptions
 import numpy as np
 import yaml
 

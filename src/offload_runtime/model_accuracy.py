@@ -44,7 +44,8 @@ def edge_detector(weights: Path, imgsz: int, conf: float = EDGE_CONF) -> Detect:
     Raises:
         BackendError: If the weights do not load.
     """
-    from edge_inference.backends import BackendOptions, create_backend
+    from edge_inference.backends import create_backend
+    from edge_inference.detector import BackendOptions
 
     backend = create_backend('ultralytics', BackendOptions(str(weights), 'cpu'))
     return lambda frame: backend.infer(frame.image, imgsz, conf, 0.7, None, MAX_DET)

@@ -22,7 +22,7 @@ from adaptive_offload.split_frame import SplitFrame
 from cloud_bridge.bridge import CloudBridge
 from cloud_bridge.bridge_config import CloudConfig
 from cloud_bridge.split_head import SplitRoute
-from edge_inference.backends import BackendOptions, DetectorBackend
+from edge_inference.detector import BackendOptions, DetectorBackend
 from edge_inference.inference import build_edge, edge_worker, EdgeConfig, EdgeCore
 from edge_inference.split_roles import build_core, SplitHead, SplitTail
 from fault_injection.live import OBEYED_KINDS, ObeyedFaults

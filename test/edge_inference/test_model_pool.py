@@ -8,7 +8,7 @@ from typing import Callable
 from adaptive_offload.conversions import frame_to_message, MessageTypes
 from adaptive_offload.datatypes import Decision
 from adaptive_offload.errors import BackendError, ConfigError
-from edge_inference.backends import BackendOptions
+from edge_inference.detector import BackendOptions
 from edge_inference.inference import build_edge, EdgeConfig
 from edge_inference.model_pool import ModelPool, ModelSpec, parse_models
 from helpers import FakeBackend

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from adaptive_offload.datatypes import Detection
 from adaptive_offload.errors import BackendError
-from edge_inference.backends import BackendOptions, create_backend
+from edge_inference.backends import create_backend
+from edge_inference.detector import BackendOptions
 from edge_inference.onnx_backend import letterbox
 from edge_inference.ultralytics_backend import prepare_offline
 import numpy as np

@@ -21,7 +21,8 @@ from adaptive_offload.frame_worker import DecisionHolder, FrameWorker, ResultEmi
 from adaptive_offload.graph_codec import encode_output
 from adaptive_offload.split_frame import read_split_frame, split_frame, SplitFrame
 from adaptive_offload.split_wire import SplitTensors
-from edge_inference.backends import BackendOptions, create_backend
+from edge_inference.backends import create_backend
+from edge_inference.detector import BackendOptions
 from edge_inference.inference import EdgeConfig, EdgeInference, launch_argument
 from edge_inference.split_model import SplitModel
 from edge_inference.split_roles import (build_core, DECISION_SEQ, SplitHead, SplitTail,

@@ -8,7 +8,8 @@ import socket
 from typing import Any
 
 from adaptive_offload.errors import BackendError, ConfigError
-from edge_inference.backends import BackendOptions, class_indices, create_backend
+from edge_inference.backends import create_backend
+from edge_inference.detector import BackendOptions, class_indices
 import numpy as np
 import pytest
 

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from adaptive_offload.errors import ConfigError
-from edge_inference.backends import BackendOptions, create_backend
+from edge_inference.backends import create_backend
+from edge_inference.detector import BackendOptions
 import numpy as np
 from offload_runtime.cli import main
 from offload_runtime.train_data import CLASSES, held_out, split_frames, write_yolo_dataset

@@ -19,7 +19,8 @@ from adaptive_offload import ros_interface as ros  # noqa: E402, I100
 from adaptive_offload.conversions import (detections_to_message, frame_to_message,  # noqa: E402
                                           message_to_detections)
 from adaptive_offload.datatypes import DetectionSet, InferenceReport  # noqa: E402
-from edge_inference.backends import BackendOptions, create_backend  # noqa: E402
+from edge_inference.backends import create_backend  # noqa: E402
+from edge_inference.detector import BackendOptions  # noqa: E402
 from offload_runtime.sample_bag import SampleSpec, Scene  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
