@@ -117,7 +117,9 @@ class CloudConfig:
         config.make_transport().close()  # validates the URL; connections open lazily
         if config.splits():
             for option in config.splits():
-                parse_spec(option)
+                if parse_spec(option).three_tier:  # a head to i would skip the middle device
+                    raise ConfigError(f'split option {option!r}: three tiers run in the '
+                                      'simulator only; the bridge runs robot-to-cloud splits')
             if not config.split_checkpoint:
                 raise ConfigError('split_options need split_checkpoint: the weights the '
                                   'service loads, from which the heads are built')

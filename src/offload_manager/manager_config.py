@@ -61,7 +61,16 @@ PARAMETERS = (
                   'model@imgsz the adaptive policies may choose; [""]: edge_model@edge_imgsz.'),
     ParameterSpec('split_options', [''],
                   'arch@imgsz:point:encoding split routes the adaptive policies may choose '
-                  '(cloud_bridge runs their heads: give it the same list); [""]: none.'),
+                  '(cloud_bridge runs their heads: give it the same list); [""]: none. '
+                  'arch@imgsz:i/j:encoding: three tiers, the middle device runs [i, j) '
+                  '(j end: the rest; simulator only).'),
+    ParameterSpec('split_middle_device', '',
+                  'Device profile of the middle tier (an edge computer on the LAN) of '
+                  'three-tier split options; empty: none.'),
+    ParameterSpec('split_lan_mbps', 100.0, 'Robot-to-middle-device LAN rate, Mbit/s.',
+                  minimum=0.001, maximum=100000.0),
+    ParameterSpec('split_lan_rtt_ms', 2.0, 'Robot-to-middle-device LAN round trip, ms.',
+                  minimum=0.0, maximum=10000.0),
     ParameterSpec('epsilon', 0.01, 'Largest acceptable P(latency > deadline).', live=True,
                   minimum=0.0001, maximum=0.5),
     ParameterSpec('accuracy_floor', 0.0,
@@ -131,6 +140,9 @@ class ManagerConfig:
     cloud_model: str
     edge_options: list
     split_options: list
+    split_middle_device: str
+    split_lan_mbps: float
+    split_lan_rtt_ms: float
     epsilon: float
     accuracy_floor: float
     energy_budget_j: float
@@ -172,7 +184,9 @@ class ManagerConfig:
             if not model or not size.isdigit() or int(size) <= 0:
                 raise ConfigError(f'edge_options entry {spec!r}: expected model@imgsz')
         for text in config.splits():
-            parse_spec(text)
+            if parse_spec(text).three_tier and not config.split_middle_device:
+                raise ConfigError(f'split option {text!r}: three tiers need '
+                                  'split_middle_device')
         if config.policy in SPLIT_POLICIES and not config.splits():
             raise ConfigError(f'policy {config.policy!r} needs split_options')
         return config
@@ -203,8 +217,8 @@ class ManagerConfig:
         from offload_manager.energy import EnergyModel, load_devices
 
         devices = load_devices(self.devices_file or default_devices_file())
-        for name in (self.device, self.cloud_device):
-            if name not in devices:
+        for name in (self.device, self.cloud_device, self.split_middle_device):
+            if name and name not in devices:
                 raise ConfigError(f'device {name!r} is not in the device profiles '
                                   f'(known: {", ".join(sorted(devices))})')
         robot, cloud = devices[self.device], devices[self.cloud_device]
@@ -218,7 +232,10 @@ class ManagerConfig:
                        spend_cap_usd_h=self.cloud_spend_cap_usd_h,
                        weight_energy=self.weight_energy, weight_accuracy=self.weight_accuracy,
                        weight_cost=self.weight_cost, probe_every=self.probe_every,
-                       splits=split_figures(self.splits(), robot, cloud))
+                       splits=split_figures(self.splits(), robot, cloud,
+                                            middle=devices.get(self.split_middle_device),
+                                            lan_mbps=self.split_lan_mbps,
+                                            lan_rtt_ms=self.split_lan_rtt_ms))
 
 
 def frame_energy(config: ManagerConfig, reader: EnergyReader | None = None) -> FrameEnergy:

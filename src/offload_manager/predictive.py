@@ -318,8 +318,8 @@ class WeightedScorePolicy(_ObservingPolicy):
             self._plan = self.probing_plan(self.default_option(), 'no option under L_max')
             return self._plan
         whole_ms = self.obs.book.quantile('cloud:server', 0.5) or 0
-        server_j = {id(e): s.server_power_w * self.server_ms(e, whole_ms) / 1e3
-                    if e.option.route is not Route.EDGE else 0.0 for e in estimates}
+        server_j = {id(e): self.server_j(e, whole_ms) if e.option.route is not Route.EDGE
+                    else 0.0 for e in estimates}
         e_norm = max(e.energy_j + server_j[id(e)] for e in estimates) or 1.0
         l_norm = max(e.latency_ms for e in estimates) or 1.0
         w1, w2, w3 = s.score_weights
@@ -333,6 +333,10 @@ class WeightedScorePolicy(_ObservingPolicy):
     def server_ms(self, estimate: Estimate, whole_ms: float) -> float:
         """Server time of an offloading option: the whole model's measured median."""
         return whole_ms
+
+    def server_j(self, estimate: Estimate, whole_ms: float) -> float:
+        """Energy of the devices beside the robot for an offloading option (E_tot - E_dev)."""
+        return self.settings.server_power_w * self.server_ms(estimate, whole_ms) / 1e3
 
 
 class ReactivePolicy(_ObservingPolicy):

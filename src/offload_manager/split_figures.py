@@ -7,18 +7,23 @@ device profiles, ``config/devices.yaml``), and the payload bytes with their enco
 times (a trained model's ``adaptive-offload profile --out`` file,
 ``config/split_payloads/<arch>.yaml``): bytes belong to the model and the frame, not to a
 device.
+
+A three-tier option (``<arch>@<imgsz>:<i>/<j>:<encoding>``) adds a middle device on the robot's
+LAN: the robot's head to ``i`` and its payload over the LAN, the middle device's decode, layers
+``i`` to ``j`` (its ``split_ms``) and encode, then the payload of ``j`` over the uplink to the
+cloud's tail; ``j = end`` leaves the rest to the middle device and sends nothing to the cloud.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.package_files import shipped_config
-from adaptive_offload.split_option import parse_spec, SplitSpec
+from adaptive_offload.split_option import check_order, parse_spec, SplitSpec
 from offload_manager.energy import DeviceProfile
 import yaml
 
@@ -42,6 +47,13 @@ class SplitFigures:
         decode_ms: Cloud time to decompress the payload.
         map_loss: mAP points the encoding's precision costs.
         jpeg_bytes: The same frame's JPEG bytes by quality (the payload file's reference).
+        lan_ms: Three-tier: the payload's transfer to the middle device with the LAN's round
+            trip (by the configured LAN rate).
+        middle_ms: Three-tier: the middle device's decode, layers ``i`` to ``j`` and encode.
+        middle_j: Three-tier: what the middle device draws over ``middle_ms`` (its compute
+            power), for totals that count every device.
+        onward_bytes: Three-tier: bytes the middle device sends the cloud (0 for ``j = end``);
+            None on two tiers, where the robot's payload goes to the cloud.
     """
 
     spec: SplitSpec
@@ -52,6 +64,25 @@ class SplitFigures:
     decode_ms: float
     map_loss: float
     jpeg_bytes: Mapping[int, int]
+    lan_ms: float = 0.0
+    middle_ms: float = 0.0
+    middle_j: float = 0.0
+    onward_bytes: int | None = None
+
+    @property
+    def wan_bytes(self) -> int:
+        """Bytes that cross the uplink to the cloud."""
+        return self.payload_bytes if self.onward_bytes is None else self.onward_bytes
+
+    @property
+    def to_cloud(self) -> bool:
+        """Whether the cloud runs part of the model."""
+        return self.spec.to_cloud
+
+    @property
+    def before_wan_ms(self) -> float:
+        """Time from the frame to the uplink: robot, then LAN and middle device on three tiers."""
+        return self.robot_ms + self.lan_ms + self.middle_ms
 
     @property
     def robot_ms(self) -> float:
@@ -114,21 +145,26 @@ def load_payloads(path: str | Path) -> tuple[Payloads, dict[int, int]]:
 
 
 def split_figures(specs: Sequence[str], robot: DeviceProfile, cloud: DeviceProfile,
-                  payload_files: Mapping[str, str | Path] | None = None
-                  ) -> dict[str, SplitFigures]:
+                  payload_files: Mapping[str, str | Path] | None = None,
+                  middle: DeviceProfile | None = None, lan_mbps: float = 100.0,
+                  lan_rtt_ms: float = 2.0) -> dict[str, SplitFigures]:
     """Figures of every split option, from the device profiles and the payload files.
 
     Args:
-        specs: Option names (``arch@imgsz:point:encoding``).
+        specs: Option names (``arch@imgsz:point:encoding`` or ``arch@imgsz:i/j:encoding``).
         robot: Robot profile (head times).
         cloud: Cloud profile (tail times).
         payload_files: Payload file by architecture; by default the shipped ones.
+        middle: The middle device of three-tier options; None: none (they are refused).
+        lan_mbps: Robot-to-middle LAN rate.
+        lan_rtt_ms: Robot-to-middle round trip.
 
     Returns:
         Figures by option name.
 
     Raises:
-        ConfigError: If an option is malformed or a figure it needs is missing.
+        ConfigError: If an option is malformed, its cuts out of order, or a figure it needs
+            is missing.
     """
     payloads: dict[str, Any] = {}
     out = {}
@@ -138,16 +174,56 @@ def split_figures(specs: Sequence[str], robot: DeviceProfile, cloud: DeviceProfi
             path = (payload_files or {}).get(spec.arch) or default_payloads_file(spec.arch)
             payloads[spec.arch] = load_payloads(path)
         points, jpeg = payloads[spec.arch]
-        wire = points.get(spec.point, {}).get(spec.encoding)
-        head = robot.split_time_ms(spec.arch, spec.imgsz, spec.point)
-        tail = cloud.split_time_ms(spec.arch, spec.imgsz, spec.point)
-        if wire is None:
-            raise ConfigError(f'split option {text!r}: no payload {spec.encoding} for point '
-                              f'{spec.point!r} in its payload file')
-        if head is None or tail is None:
-            device = robot.name if head is None else cloud.name
-            raise ConfigError(f'split option {text!r}: no time for point {spec.point!r} of '
-                              f'{spec.arch}@{spec.imgsz} in device {device} split_ms')
-        out[spec.key] = SplitFigures(spec, head[0], wire[1], wire[0], tail[1], wire[2],
-                                     QUANTISATION_MAP_LOSS[spec.precision], jpeg)
+        if spec.three_tier:
+            check_order(spec, list(points))
+        wire = _wire(text, spec, points, spec.point)
+        head = _times(text, spec, robot, spec.point)
+        fig = SplitFigures(spec, head[0], wire[1], wire[0], 0.0, 0.0,
+                           QUANTISATION_MAP_LOSS[spec.precision], jpeg)
+        if spec.three_tier:
+            if middle is None:
+                raise ConfigError(f'split option {text!r}: three tiers need a middle device '
+                                  '(split_middle_device)')
+            fig = _middle(text, fig, points, middle, wire, lan_mbps, lan_rtt_ms)
+        if spec.to_cloud:
+            last = spec.middle_to if spec.three_tier else spec.point
+            tail = _times(text, spec, cloud, last)[1]
+            fig = replace(fig, tail_ms=tail, decode_ms=_wire(text, spec, points, last)[2])
+        out[spec.key] = fig
     return out
+
+
+def _middle(text: str, fig: SplitFigures, points: Payloads, middle: DeviceProfile,
+            wire: tuple[int, float, float], lan_mbps: float, lan_rtt_ms: float
+            ) -> SplitFigures:
+    """Add the LAN and the middle device's part to a three-tier option's figures."""
+    spec = fig.spec
+    start = _times(text, spec, middle, spec.point)
+    if spec.to_cloud:
+        onward = _wire(text, spec, points, spec.middle_to)
+        # Heads run from the input: the layers between the cuts are the difference of two.
+        compute = max(0.0, _times(text, spec, middle, spec.middle_to)[0] - start[0])
+        nbytes, encode = onward[0], onward[1]
+    else:
+        compute, nbytes, encode = start[1], 0, 0.0
+    middle_ms = wire[2] + compute + encode
+    return replace(fig, lan_ms=wire[0] * 8 / (lan_mbps * 1e3) + lan_rtt_ms, middle_ms=middle_ms,
+                   middle_j=middle.compute_w * middle_ms / 1e3, onward_bytes=nbytes)
+
+
+def _wire(text: str, spec: SplitSpec, points: Payloads, point: str) -> tuple[int, float, float]:
+    """Return ``(bytes, encode_ms, decode_ms)`` of the payload at ``point``."""
+    wire = points.get(point, {}).get(spec.encoding)
+    if wire is None:
+        raise ConfigError(f'split option {text!r}: no payload {spec.encoding} for point '
+                          f'{point!r} in its payload file')
+    return wire
+
+
+def _times(text: str, spec: SplitSpec, device: DeviceProfile, point: str) -> tuple[float, float]:
+    """Return ``(head_ms, tail_ms)`` of the option's model cut at ``point`` on ``device``."""
+    times = device.split_time_ms(spec.arch, spec.imgsz, point)
+    if times is None:
+        raise ConfigError(f'split option {text!r}: no time for point {point!r} of '
+                          f'{spec.arch}@{spec.imgsz} in device {device.name} split_ms')
+    return times

@@ -6,6 +6,13 @@ the payload's transfer less the measured JPEG's, and the tail's server time less
 model's. P(miss), energy, accuracy and cost follow from that as for the cloud route. The
 whole-frame options are estimated by :class:`Observations` unchanged.
 
+A three-tier option adds the profiled LAN transfer and middle device's time to the shift, and
+crosses the uplink with the payload the middle device sends on; one that ends on the middle
+device (``j = end``) has no cloud part: its latency is the profiles' alone, and whether it
+meets the deadline follows from that. Such an option is weighed only once the cloud is known
+(its availability learnt, or failing): nothing measures the cloud while frames stop at the
+middle device, so choosing one first would leave the cloud unknown for good.
+
 A split request's report names its option as ``model = "split:<option>"`` and gives the
 robot's head and encode time as ``inference_ms`` (``offload_manager.frame_energy`` charges
 it as compute).
@@ -58,16 +65,19 @@ class SplitObservations(Observations):
         server time, so one series serves every option. Its payload still measures the link.
         """
         fig = self.splits.get(report.model[len(SPLIT_PREFIX):])
+        if fig is not None and not fig.to_cloud:  # the middle device answered: no cloud news
+            return
         if report.status == 'failed':
             self.availability.observe(self.now_s, False)
         if report.status != 'ok' or fig is None:
             return
         self.availability.observe(self.now_s, True)
-        self.bandwidth.add(report.bytes_sent, report.total_ms - fig.robot_ms - report.server_ms)
-        payload = self.bandwidth.transfer_ms(report.bytes_sent)
+        before = fig.before_wan_ms if fig.spec.three_tier else fig.robot_ms
+        self.bandwidth.add(fig.wan_bytes, report.total_ms - before - report.server_ms)
+        payload = self.bandwidth.transfer_ms(fig.wan_bytes)
         jpeg = self.bandwidth.transfer_ms(self._reference_bytes(fig))
         server = self.book.quantile('cloud:server', 0.5)
-        sample = report.total_ms - fig.robot_ms - \
+        sample = report.total_ms - before - \
             (payload - jpeg if payload is not None and jpeg is not None else 0.0) - \
             (report.server_ms - server if server is not None else 0.0)
         self.book.add('cloud', sample, self.now_s)
@@ -85,23 +95,36 @@ class SplitObservations(Observations):
     def _split_estimate(self, option: Option, deadline_ms: float) -> Estimate | None:
         """Estimate a split option: the cloud series shifted by its robot, bytes and tail times."""
         fig = self.splits.get(option.split)
-        series = self.book.get('cloud')
-        if fig is None or series is None or not len(series):
-            return None
-        payload = self.bandwidth.transfer_ms(fig.payload_bytes)
-        jpeg = self.bandwidth.transfer_ms(self._reference_bytes(fig))
-        if payload is None or jpeg is None:  # bytes are what a split changes: no guessing
-            return None
-        # Without whole-frame answers the series already holds split answers' server times.
-        server = fig.server_ms - self._server if self._server else 0.0
-        shift = fig.robot_ms + (payload - jpeg) + server + self._worsening()
-        late = tail_probability(series, deadline_ms - shift)
-        if late is None:
-            return None
-        p_miss = 1.0 - self._avail * (1.0 - late)
-        latency = (self._cloud_median or 0.0) + shift
+        if fig is not None and not fig.to_cloud:
+            if not (self.availability.fitted or self.availability.recent_failures()):
+                return None
+            latency = fig.before_wan_ms
+            p_miss = 0.0 if latency <= deadline_ms else 1.0
+        else:
+            found = self._cloud_part(fig, deadline_ms)
+            if fig is None or found is None:
+                return None
+            p_miss, latency = found
         energy = self.energy.joules(fig.robot_ms, fig.payload_bytes, REPLY_BYTES,
                                     self.period_ms)
         accuracy = (1.0 - p_miss) * max(0.0, self.accuracy.cloud_prior - fig.map_loss)
         return Estimate(option, p_miss, energy, accuracy, fig.server_ms / 1e3 * self._price_s,
                         latency)
+
+    def _cloud_part(self, fig: SplitFigures | None,
+                    deadline_ms: float) -> tuple[float, float] | None:
+        """Return P(miss) and latency of an option whose tail runs in the cloud, if known."""
+        series = self.book.get('cloud')
+        if fig is None or series is None or not len(series):
+            return None
+        payload = self.bandwidth.transfer_ms(fig.wan_bytes)
+        jpeg = self.bandwidth.transfer_ms(self._reference_bytes(fig))
+        if payload is None or jpeg is None:  # bytes are what a split changes: no guessing
+            return None
+        # Without whole-frame answers the series already holds split answers' server times.
+        server = fig.server_ms - self._server if self._server else 0.0
+        shift = fig.before_wan_ms + (payload - jpeg) + server + self._worsening()
+        late = tail_probability(series, deadline_ms - shift)
+        if late is None:
+            return None
+        return 1.0 - self._avail * (1.0 - late), (self._cloud_median or 0.0) + shift

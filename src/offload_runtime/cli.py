@@ -23,7 +23,7 @@ from offload_runtime.cli_args import (architectures, EXIT_INTERRUPTED, EXIT_INVA
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
-    from offload_runtime.fleet_cli import add_fleet_arguments
+    from offload_runtime.three_tier import add_evaluate_arguments
     from offload_runtime.sample_bag import SAMPLE_ENCODINGS
     from offload_runtime.loadtest_cli import add_loadtest_parser
     from offload_runtime.profile_cli import add_profile_parser
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help='comma-separated accuracy floors (mAP) to sweep predictive over: '
                                'draws the energy-against-accuracy front of every scenario and '
                                'writes matched.md (e.g. 0,30,35,40,45)')
-    add_fleet_arguments(evaluate)
+    add_evaluate_arguments(evaluate)
 
     report = sub.add_parser('report', help='one self-contained HTML page of the output bag of a '
                                            'replay or of an evaluate folder')
@@ -316,7 +316,7 @@ def _recover_bag(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from offload_runtime.evaluate import DEFAULT_POLICIES, EvalOptions, evaluate
     from offload_runtime.fleet_cli import is_fleet, run_fleet_evaluate
-    from offload_runtime.simulator import NetworkProfile
+    from offload_runtime.three_tier import network_profile
 
     if args.scenarios.is_dir():
         scenarios = sorted(args.scenarios.glob('*.yaml'))
@@ -332,7 +332,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     opts = EvalOptions(scenarios=scenarios, policies=policies, mode=args.mode, out=args.out,
                        frames=args.frames, fps=args.fps, deadline_ms=args.deadline_ms,
                        robot=args.robot, devices_file=args.devices, seed=args.seed,
-                       network=NetworkProfile(args.uplink_mbps, args.rtt_ms), floors=floors,
+                       network=network_profile(args), floors=floors,
                        measured=args.measured, cloud=args.cloud,
                        split_options=[o for o in args.split_options.split(',') if o])
     if is_fleet(args):

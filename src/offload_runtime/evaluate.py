@@ -154,15 +154,15 @@ def manager_config(opts: EvalOptions, policy: str, robot: str,
                    floor: float = 0.0) -> ManagerConfig:
     """Return the manager configuration a simulated or live run of ``policy`` uses."""
     edge, options = 'yolov8n', list(opts.edge_options)
-    extra = {}
+    extra = opts.network.manager_params()  # a middle device and its LAN, if any
     if opts.measured and opts.mode == 'sim':
         edge = SHIPPED_EDGE
-        extra = {'cloud_model': SHIPPED_CLOUD}
+        extra['cloud_model'] = SHIPPED_CLOUD
     elif opts.mode == 'live':
         # The name the edge node gives its model (the file's stem): the manager's priors and
         # its decisions' model must be that one.
         edge = Path(live_models(opts)[0]).stem
-        extra = {'cloud_model': opts.cloud_arch}
+        extra['cloud_model'] = opts.cloud_arch
     options = [o.replace('yolov8n@', f'{edge}@') for o in options]
     return ManagerConfig.from_params({
         'policy': policy, 'deadline_ms': opts.deadline_ms, 'edge_model': edge,

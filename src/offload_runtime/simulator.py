@@ -35,6 +35,7 @@ from offload_manager.energy import DeviceProfile
 from offload_manager.manager import OffloadManager
 from offload_manager.observations import jpeg_factor
 from offload_manager.split_figures import split_figures, SplitFigures
+from offload_runtime.three_tier import middle_device, route_parts
 
 MS = 1_000_000
 
@@ -62,17 +63,30 @@ class EventQueue:
 
 @dataclass(frozen=True)
 class NetworkProfile:
-    """The robot's link to the cloud.
+    """The robot's link to the cloud, and to a middle device on its LAN (three-tier splits).
 
     Attributes:
-        uplink_mbps: Uplink bandwidth.
+        uplink_mbps: Uplink bandwidth (the scenario's bandwidth faults act on it alone).
         rtt_ms: Round trip without payload.
         jitter: Relative spread (log-normal sigma) of every simulated duration.
+        lan_mbps: Robot-to-middle-device LAN rate.
+        lan_rtt_ms: Its round trip.
+        middle: The middle device's profile name; empty: the manager's ``split_middle_device``.
     """
 
     uplink_mbps: float = 50.0
     rtt_ms: float = 30.0
     jitter: float = 0.1
+    lan_mbps: float = 100.0
+    lan_rtt_ms: float = 2.0
+    middle: str = ''
+
+    def manager_params(self) -> dict[str, object]:
+        """Return the manager parameters of the middle device and LAN (none without one)."""
+        if not self.middle:
+            return {}
+        return {'split_middle_device': self.middle, 'split_lan_mbps': float(self.lan_mbps),
+                'split_lan_rtt_ms': float(self.lan_rtt_ms)}
 
 
 Quality = Callable[[str, int, str], 'float | None']
@@ -115,6 +129,7 @@ class SimResult:
     cloud_requests: int = 0
     bytes_sent: int = 0
     gpu_seconds: float = 0.0
+    tiers: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 class Simulation:
@@ -131,16 +146,19 @@ class Simulation:
             measured; ``imgsz`` 0 means the model's only measured size.
         events: The event queue, shared by the robots of a fleet; None: its own.
         name: The robot's name in a fleet (its random draws are its own); empty: alone.
+        middle: The middle device of three-tier split options; None: the one the network
+            profile or the manager's parameters name.
     """
 
     def __init__(self, manager: OffloadManager, robot: DeviceProfile, cloud: DeviceProfile,
                  network: NetworkProfile, scenario: Scenario, settings: SimSettings,
                  quality: Quality | None = None, events: EventQueue | None = None,
-                 name: str = '') -> None:
+                 name: str = '', middle: DeviceProfile | None = None) -> None:
         self.m = manager
         self._scene = parse_difficulty(scenario.scene)
         self._quality = quality
         self.robot, self.cloud, self.net, self.scenario = robot, cloud, network, scenario
+        self.middle = middle or middle_device(manager.config, network.middle)
         self.s = settings
         self.breaker = CircuitBreaker()
         self.result = SimResult()
@@ -297,28 +315,32 @@ class Simulation:
     def _start_cloud(self, t: int, stamp: int, decision: Decision) -> None:
         faults = self._faults(t)
         nbytes = int(self.s.q75_bytes * jpeg_factor(decision.jpeg_quality))
-        if not self.breaker.allow(t):
+        fig = self._split(decision.split) if decision.route is Route.SPLIT else None
+        to_cloud = fig is None or fig.to_cloud
+        if to_cloud and not self.breaker.allow(t):
             self._report(stamp, 'cloud', 'failed', reason='circuit_open')
             return
         self._in_flight += 1
         mbps = min(self.net.uplink_mbps, faults.get('bandwidth', {}).get('mbps', math.inf))
-        robot_ms, server_ms = self.s.encode_ms, \
-            self.cloud.inference_time_ms(self.s.cloud_model, 640) or 60.0
-        if decision.route is Route.SPLIT:  # the head runs here, its payload goes out
-            fig = self._split(decision.split)
-            slowdown = faults.get('cpu_contention', {}).get('slowdown', 1.0)
-            robot_ms = self._spread(fig.robot_ms * slowdown, 'head', stamp)
-            nbytes, server_ms = fig.payload_bytes, fig.server_ms
-            self._head_ms[stamp] = robot_ms
-        server = self._spread(server_ms, 'server', stamp)
-        transfer = self._spread(nbytes * 8 / (mbps * 1e3), 'transfer', stamp)
         delay = faults.get('latency', {}).get('delay_ms', 0.0)
         rtt = self._spread(self.net.rtt_ms, 'rtt', stamp) + delay
-        total = robot_ms + transfer + rtt + server
+        if fig is not None:  # the head runs here, its payload goes out
+            parts = route_parts(fig, self.net, mbps, delay,
+                                lambda ms, purpose: self._spread(ms, purpose, stamp),
+                                faults.get('cpu_contention', {}).get('slowdown', 1.0))
+            nbytes, server, total = fig.payload_bytes, parts['cloud'], sum(parts.values())
+            self._head_ms[stamp] = parts['robot']
+            if fig.spec.three_tier:
+                self.result.tiers[stamp] = parts
+        else:
+            server = self._spread(self.cloud.inference_time_ms(self.s.cloud_model, 640) or 60.0,
+                                  'server', stamp)
+            total = self.s.encode_ms + self._spread(nbytes * 8 / (mbps * 1e3), 'transfer',
+                                                    stamp) + rtt + server
         reason = ''
-        if 'cloud_outage' in faults:
+        if 'cloud_outage' in faults and to_cloud:
             total, reason = rtt, 'connection: refused'
-        elif total > decision.deadline_ms or self._rng('loss', stamp).random() < \
+        elif total > decision.deadline_ms or to_cloud and self._rng('loss', stamp).random() < \
                 faults.get('loss', {}).get('probability', 0.0):
             total, reason = decision.deadline_ms, 'timeout'
         self._at(t + int(total * MS), 'cloud_done', stamp, decision, total, nbytes, server,
@@ -328,8 +350,9 @@ class Simulation:
                        total: float, nbytes: int, server: float, reason: str,
                        queue: float = 0.0) -> None:
         self._in_flight -= 1
-        self._settle(t, reason)
-        self.result.cloud_requests += 1
+        if decision.route is not Route.SPLIT or self._split(decision.split).to_cloud:
+            self._settle(t, reason)
+            self.result.cloud_requests += 1
         sent = 0 if reason.startswith('connection') else nbytes  # refused: nothing went out
         self.result.bytes_sent += sent
         parts = self._parts.get(stamp, {})  # the frame may have ended: a probe's answer
@@ -357,7 +380,9 @@ class Simulation:
     def _split(self, name: str) -> SplitFigures:
         """Return a split option's figures on this robot and cloud (read once)."""
         if name not in self._splits:
-            self._splits.update(split_figures([name], self.robot, self.cloud))
+            self._splits.update(split_figures([name], self.robot, self.cloud, middle=self.middle,
+                                              lan_mbps=self.net.lan_mbps,
+                                              lan_rtt_ms=self.net.lan_rtt_ms))
         return self._splits[name]
 
     def _settle(self, t: int, reason: str) -> None:

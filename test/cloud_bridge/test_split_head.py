@@ -112,6 +112,10 @@ def test_split_settings_it_cannot_use_are_refused_at_start(
     with pytest.raises(ConfigError, match='arch@imgsz:point:encoding'):
         CloudConfig.from_params({'url': service.url, 'split_options': ['rcnn@320:body.3'],
                                  'split_checkpoint': CHECKPOINT})
+    with pytest.raises(ConfigError, match='three tiers run in the simulator only'):
+        CloudConfig.from_params({'url': service.url,
+                                 'split_options': [f'{COMPACT_ARCH}@320:body.2/body.3:int8+zstd'],
+                                 'split_checkpoint': CHECKPOINT})
     with pytest.raises(ConfigError, match='REST endpoint'):
         CloudConfig.from_params({'url': 'grpc://127.0.0.1:8081', 'split_options': [FP16],
                                  'split_checkpoint': CHECKPOINT})
