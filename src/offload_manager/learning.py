@@ -20,7 +20,7 @@ import random
 from adaptive_offload.datatypes import FrameRecord, Route
 import numpy as np
 from offload_manager.observations import Observations, Option
-from offload_manager.policies import Plan, PolicySettings
+from offload_manager.policy import Plan, PolicySettings
 from offload_manager.predictive import _ObservingPolicy
 
 ROUTES = (Route.EDGE, Route.CLOUD, Route.HEDGED)
@@ -72,7 +72,7 @@ class MdpSvrPolicy(_ObservingPolicy):
         return table
 
     def plan(self, now_ns: int) -> Plan:
-        """See :class:`offload_manager.policies.Policy`."""
+        """See :class:`offload_manager.policy.Policy`."""
         self.obs.now_s = now_ns / 1e9
         level = _level(self.obs.availability.predict(self.obs.now_s))
         if self._last_level is not None:
@@ -152,7 +152,7 @@ class QLearningPolicy(_ObservingPolicy):
                                         table[action])
 
     def plan(self, now_ns: int) -> Plan:
-        """See :class:`offload_manager.policies.Policy`."""
+        """See :class:`offload_manager.policy.Policy`."""
         self.obs.now_s = now_ns / 1e9
         self._state = self.state()
         values = self.q[self._state]

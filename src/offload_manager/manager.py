@@ -17,7 +17,8 @@ from offload_manager.energy import BatteryReader
 from offload_manager.frame_outcomes import Arbiter, Outcome
 from offload_manager.manager_config import (ADAPTIVE, default_devices_file, frame_energy, LIVE,
                                             ManagerConfig, PARAMETERS)
-from offload_manager.policies import create_policy, Plan, Policy
+from offload_manager.policies import create_policy
+from offload_manager.policy import Plan, Policy
 
 __all__ = ['ADAPTIVE', 'default_devices_file', 'frame_energy', 'LIVE', 'ManagerConfig',
            'OffloadManager', 'PARAMETERS']

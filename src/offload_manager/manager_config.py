@@ -14,7 +14,7 @@ from adaptive_offload.split_option import parse_spec
 from offload_manager.energy import (EnergyModel, EnergyReader, load_devices, MeasuredEnergy,
                                     READERS)
 from offload_manager.frame_energy import FrameEnergy
-from offload_manager.policies import Plan, PolicySettings
+from offload_manager.policy import Plan, PolicySettings
 from offload_manager.split_figures import split_figures
 
 PARAMETERS = (

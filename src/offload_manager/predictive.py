@@ -19,7 +19,7 @@ from typing import Any
 
 from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceReport, Route
 from offload_manager.observations import Estimate, Observations, Option
-from offload_manager.policies import AccuracyView, Plan, PolicySettings
+from offload_manager.policy import AccuracyView, Plan, PolicySettings
 
 
 class _ObservingPolicy:
@@ -35,33 +35,33 @@ class _ObservingPolicy:
         self._options: list[Option] | None = None
 
     def retune(self, settings: PolicySettings) -> None:
-        """See :class:`offload_manager.policies.Policy`: the options are listed anew."""
+        """See :class:`offload_manager.policy.Policy`: the options are listed anew."""
         self.settings = settings
         self._options = None
 
     def observe_report(self, report: InferenceReport) -> None:
-        """See :class:`offload_manager.policies.Policy`."""
+        """See :class:`offload_manager.policy.Policy`."""
         self.obs.observe_report(report)
 
     def observe_record(self, record: FrameRecord) -> None:
-        """See :class:`offload_manager.policies.Policy`."""
+        """See :class:`offload_manager.policy.Policy`."""
         self.obs.observe_record(record)
 
     def observe_detections(self, dets: DetectionSet) -> None:
-        """See :class:`offload_manager.policies.Policy`."""
+        """See :class:`offload_manager.policy.Policy`."""
         self.obs.observe_detections(dets)
 
     def observe_health(self, cloud_error: bool) -> None:
-        """See :class:`offload_manager.policies.Policy`."""
+        """See :class:`offload_manager.policy.Policy`."""
         self.obs.health(cloud_error)
 
     def observe_history(self, outcomes: list[tuple[float, bool]]) -> None:
-        """See :class:`offload_manager.policies.Policy`."""
+        """See :class:`offload_manager.policy.Policy`."""
         for t_s, ok in outcomes:
             self.obs.availability.observe(t_s, ok)
 
     def edge_accuracy(self, model: str, imgsz: int) -> AccuracyView:
-        """See :class:`offload_manager.policies.Policy`: what the options are estimated with."""
+        """See :class:`offload_manager.policy.Policy`: what the options are estimated with."""
         return AccuracyView(self.obs.accuracy.edge(model, imgsz), self.obs.accuracy.samples)
 
     def options(self) -> list[Option]:
@@ -185,7 +185,7 @@ class PredictivePolicy(_ObservingPolicy):
         self._confirm: tuple[int, float] | None = None  # (run of faster rates, began at s)
 
     def plan(self, now_ns: int) -> Plan:
-        """See :class:`offload_manager.policies.Policy`."""
+        """See :class:`offload_manager.policy.Policy`."""
         s = self.settings
         self.obs.now_s = now_ns / 1e9
         estimates = self.estimates()
@@ -307,7 +307,7 @@ class WeightedScorePolicy(_ObservingPolicy):
         self._plan: Plan | None = None
 
     def plan(self, now_ns: int) -> Plan:
-        """See :class:`offload_manager.policies.Policy`."""
+        """See :class:`offload_manager.policy.Policy`."""
         s = self.settings
         self.obs.now_s = now_ns / 1e9
         if self._plan is not None and self.obs.now_s < self._next_s:
@@ -359,7 +359,7 @@ class ReactivePolicy(_ObservingPolicy):
             self._failures = 0 if report.status == 'ok' else self._failures + 1
 
     def plan(self, now_ns: int) -> Plan:
-        """See :class:`offload_manager.policies.Policy`."""
+        """See :class:`offload_manager.policy.Policy`."""
         s = self.settings
         self.obs.now_s = now_ns / 1e9
         base = self.default_option()

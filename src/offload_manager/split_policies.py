@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from adaptive_offload.datatypes import Route
 from offload_manager.observations import Estimate, Observations, Option
-from offload_manager.policies import Plan, PolicySettings
+from offload_manager.policy import Plan, PolicySettings
 from offload_manager.predictive import _ObservingPolicy, WeightedScorePolicy
 
 PROFILE_UPLINK_MBPS = 50.0
@@ -41,12 +41,12 @@ class StaticSplitPolicy(_ObservingPolicy):
         self._plan: Plan | None = None
 
     def retune(self, settings: PolicySettings) -> None:
-        """See :class:`offload_manager.policies.Policy`: the option is chosen anew."""
+        """See :class:`offload_manager.policy.Policy`: the option is chosen anew."""
         super().retune(settings)
         self._plan = None
 
     def plan(self, now_ns: int) -> Plan:
-        """See :class:`offload_manager.policies.Policy`."""
+        """See :class:`offload_manager.policy.Policy`."""
         if self._plan is None:
             s = self.settings
             best = min(s.splits, key=lambda name: profile_latency_ms(s, name))

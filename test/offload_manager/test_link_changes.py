@@ -10,7 +10,8 @@ import random
 from typing import Callable
 
 from adaptive_offload.datatypes import InferenceReport, Route
-from offload_manager.policies import create_policy, Plan, PolicySettings
+from offload_manager.policies import create_policy
+from offload_manager.policy import Plan, PolicySettings
 import pytest
 
 DEADLINE = 150.0

@@ -8,7 +8,8 @@ from adaptive_offload.datatypes import (Detection, DetectionSet, FrameRecord, In
                                         Route)
 from adaptive_offload.errors import ConfigError
 from offload_manager.manager import ManagerConfig, OffloadManager
-from offload_manager.policies import create_policy, Plan, POLICIES
+from offload_manager.policies import create_policy, POLICIES
+from offload_manager.policy import Plan
 import pytest
 
 S = 1_000_000_000

@@ -7,7 +7,8 @@ from typing import Any
 
 from adaptive_offload.datatypes import FrameRecord, InferenceReport, Route
 from offload_manager.observations import Observations, Option
-from offload_manager.policies import create_policy, Plan, PolicySettings
+from offload_manager.policies import create_policy
+from offload_manager.policy import Plan, PolicySettings
 import pytest
 
 DEADLINE = 100.0
