@@ -77,7 +77,8 @@ PARAMETERS = (
                   'Lowest acceptable expected mAP@[.5:.95] (0-100) of the results; 0: none.',
                   live=True, minimum=0.0, maximum=100.0),
     ParameterSpec('energy_budget_j', 0.0,
-                  'Largest acceptable robot energy per frame (J); 0: none.', live=True,
+                  'Largest acceptable robot energy per frame (J, idle power over the camera '
+                  'period included); 0: none.', live=True,
                   minimum=0.0, maximum=1000.0),
     ParameterSpec('cloud_spend_cap_usd_h', 0.0,
                   'Largest acceptable cloud spend (USD per hour, at the measured frame rate); '
