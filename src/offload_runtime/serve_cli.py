@@ -46,8 +46,7 @@ def add_serve_parser(sub: Any) -> None:
     serve.add_argument('--score-threshold', type=float, default=0.5)
     serve.add_argument('--max-request-bytes', type=int, default=8 << 20)
     serve.add_argument('--max-tail-bytes', type=above_zero(int), default=256 << 20,
-                       help='most bytes the tensors of one split-tail request may decode to '
-                            '(builtin)')
+                       help='most bytes the tensors of one split-tail request may decode to')
     serve.add_argument('--max-image-side', type=int, default=4096)
     serve.add_argument('--threads', type=int, default=0, help='torch threads; 0: default')
     serve.add_argument('--input-size', type=non_negative_int, default=0,

@@ -14,6 +14,9 @@ Mask R-CNN, and the server time as the integer parameter ``server_us``.
 ``serve_mlserver`` runs MLServer with the guard of :mod:`rcnn_service.mlserver_guard` in
 front; the runtime checks each request again itself (token, size, image header), so it stays
 safe when run by a plain ``mlserver start``. Images are decoded off the event loop.
+
+Next to it ``<model>-tail`` serves the tail of the same model's split, on the same loaded model
+and in the same queue (:mod:`rcnn_service.mlserver_tail`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from adaptive_offload.errors import ConfigError
+from adaptive_offload.split_wire import tail_model_name
 from mlserver import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse
 import numpy as np
@@ -38,8 +42,10 @@ from rcnn_service.batching import AdaptiveBatcher
 from rcnn_service.guard import Overloaded, RequestError, Tokens
 from rcnn_service.http_server import HttpLimits, protocol_class
 from rcnn_service.image_model import ImageModel, LocalModel
-from rcnn_service.mlserver_guard import GuardedMLServer, record_rejection, ServerGuard
+from rcnn_service.mlserver_guard import record_rejection, ServerGuard
 from rcnn_service.mlserver_refusals import OverloadedRefusal, Refused
+from rcnn_service.mlserver_tail import (publish, SharedModel, tail_model_settings,
+                                        TailServingMLServer, withdraw)
 from rcnn_service.model_process import ModelProcess
 from rcnn_service.protocol import (decode_image, MODEL_VERSION, OUTPUTS, request_context,
                                    requested_outputs, server_metadata, SERVER_NAME,
@@ -50,7 +56,7 @@ from rcnn_service.service_metrics import ServiceMetrics
 
 LOG = logging.getLogger('adaptive_offload.mlserver')
 BUILTIN_ONLY = ('host', 'port', 'request_timeout_s', 'max_connections', 'shutdown_grace_s',
-                'tls', 'max_tail_bytes')
+                'tls')
 """ServiceConfig fields MLServer's own settings hold, or that only the builtin server uses."""
 
 
@@ -173,6 +179,8 @@ class RcnnRuntime(MLModel):
             None, batcher.calibrate, calibration_frame())
         self._batcher = batcher
         metrics.watch(lambda: self._batcher.depth, lambda: self._batcher.capacity)
+        publish(self.name, SharedModel(cfg, self._model, batcher, metrics.answered,
+                                       metrics.refused))
         LOG.info('model %s ready: %s on %s', self.name, cfg.arch, cfg.device)
         return True
 
@@ -182,6 +190,8 @@ class RcnnRuntime(MLModel):
         MLServer unloads after its servers stopped (``GuardedMLServer.stop``), once their
         graceful shutdown answered what it could: nobody waits for the queue any more.
         """
+        withdraw(self.name)
+
         def close() -> None:
             self._batcher.close(drain=False)
             self._model.close()
@@ -216,7 +226,10 @@ class RcnnRuntime(MLModel):
             context = request_context(_parameters(payload))
             if not self._model.ready:  # its process is restarting
                 raise self._model.unavailable('the model process is restarting')
-            ticket = self._batcher.submit(image, context.robot, context.budget_s)
+            try:
+                ticket = self._batcher.submit(image, context.robot, context.budget_s)
+            except RuntimeError as err:  # closed while this request was decoded
+                raise RequestError(503, 'the service is stopping') from err
         except RequestError as err:
             record_rejection(err.status, '-', err)
             if isinstance(err, Overloaded):
@@ -228,6 +241,11 @@ class RcnnRuntime(MLModel):
         except Overloaded as err:  # pushed out of the queue, or its budget ran out there
             record_rejection(err.status, '-', err)
             raise OverloadedRefusal(err) from err
+        except asyncio.CancelledError as err:
+            if not ticket.future.cancelled():  # this request's own task was cancelled
+                raise
+            # Dropped from the queue at unload: an answer, not a task torn down mid-request.
+            raise Refused('the service is stopping', status_code=503) from err
         _load_metrics().answered(ticket.queue_wait_s, ticket.in_budget)
         try:
             response = v2_response(self.name, dets, outputs)
@@ -309,15 +327,15 @@ def serve_mlserver(config: ServiceConfig, grpc_port: int = 8081, metrics_port: i
 
     async def main() -> None:
         # installs its signal handlers on the running loop
-        server = GuardedMLServer(settings, ServerGuard(Tokens(config.tokens),
-                                                       config.max_request_bytes),
-                                 config.model_name, config.tls)
+        guard = ServerGuard(Tokens(config.tokens), config.max_request_bytes)
+        server = TailServingMLServer(settings, guard, config.model_name, config.tls)
         rest, grpc = ('https', 'grpcs') if config.tls else ('http', 'grpc')
         announce(f'serving {config.arch} ({config.device}) as model {config.model_name!r} on '
                  f'MLServer: REST {rest}://{config.host}:{config.port}, gRPC '
-                 f'{grpc}://{config.host}:{grpc_port}, metrics '
+                 f'{grpc}://{config.host}:{grpc_port} (split tail: model '
+                 f'{tail_model_name(config.model_name)!r} over REST), metrics '
                  f'http://{config.host}:{metrics_port}/metrics')
-        await server.start([model])
+        await server.start([model, tail_model_settings(config)])
 
     asyncio.run(main())
     if _CRASH_LOOP:
