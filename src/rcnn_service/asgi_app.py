@@ -21,7 +21,8 @@ import threading
 from typing import Any, Callable, TYPE_CHECKING
 
 from adaptive_offload.split_wire import HEADER_LENGTH
-from rcnn_service.asgi_guard import header_values, peer_of, respond, RestGuard, ServerGuard
+from rcnn_service.asgi_guard import (header_values, peer_of, read_body, respond, RestGuard,
+                                     ServerGuard)
 from rcnn_service.guard import Overloaded, RequestError
 from rcnn_service.protocol import model_metadata, MODEL_VERSION, server_metadata
 
@@ -121,7 +122,7 @@ class BuiltinApp:
             raise RequestError(404, f'no model route {path}')
         service = self.service
         header_length = _header_length(scope) if model == TAIL else None
-        body = await _read_body(receive, service.config.max_request_bytes)
+        body = await read_body(receive, service.config.max_request_bytes)
         if body is None:
             return  # the client left (or took too long: the server answered 408)
         infer: Callable[[Callable[[], bool]], dict[str, Any]] = functools.partial(
@@ -193,27 +194,6 @@ def _header_length(scope: dict[str, Any]) -> int | None:
 
 def _uncounted(outcome: str) -> None:
     pass
-
-
-async def _read_body(receive: Receive, limit: int) -> bytes | None:
-    """Return the whole request body, None if the client left before sending it all.
-
-    Raises:
-        RequestError: 413 past ``limit`` bytes (the guard has checked Content-Length; this
-            holds whatever the framing).
-    """
-    parts, size = [], 0
-    while True:
-        message = await receive()
-        if message['type'] == 'http.disconnect':
-            return None
-        part = message.get('body', b'')
-        size += len(part)
-        if size > limit:
-            raise RequestError(413, f'request of more than {limit} bytes')
-        parts.append(part)
-        if not message.get('more_body', False):
-            return b''.join(parts)
 
 
 async def _watch(receive: Receive, gone: threading.Event) -> None:

@@ -132,3 +132,24 @@ async def respond(send: Any, status: int, body: dict[str, Any], close: bool,
         headers.append((b'connection', b'close'))
     await send({'type': 'http.response.start', 'status': status, 'headers': headers})
     await send({'type': 'http.response.body', 'body': payload})
+
+
+async def read_body(receive: Any, limit: int) -> bytes | None:
+    """Return the whole request body, None if the client left before sending it all.
+
+    Raises:
+        RequestError: 413 past ``limit`` bytes (the guard has checked Content-Length; this
+            holds whatever the framing).
+    """
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message['type'] == 'http.disconnect':
+            return None
+        part = message.get('body', b'')
+        size += len(part)
+        if size > limit:
+            raise RequestError(413, f'request of more than {limit} bytes')
+        parts.append(part)
+        if not message.get('more_body', False):
+            return b''.join(parts)

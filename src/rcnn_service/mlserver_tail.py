@@ -31,7 +31,7 @@ from adaptive_offload.errors import ConfigError
 from adaptive_offload.split_wire import HEADER_LENGTH, tail_model_name
 from mlserver import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse
-from rcnn_service.asgi_guard import header_values, peer_of, respond
+from rcnn_service.asgi_guard import header_values, peer_of, read_body, respond
 from rcnn_service.batching import AdaptiveBatcher
 from rcnn_service.guard import Overloaded, RequestError
 from rcnn_service.image_model import ImageModel
@@ -222,7 +222,7 @@ class TailRoutes:
             shared, tail = self._shared()
             cfg = shared.config
             header_length = _header_length(scope)
-            body = await _read_body(receive, cfg.max_request_bytes)
+            body = await read_body(receive, cfg.max_request_bytes)
             if body is None:
                 count_tail('abandoned')
                 return  # the client left: nobody to answer
@@ -285,26 +285,6 @@ def _header_length(scope: dict[str, Any]) -> int | None:
     if len(values) > 1 or (values and not _DIGITS.match(values[0].strip())):
         raise RequestError(400, f'bad {HEADER_LENGTH} {", ".join(values)[:40]!r}')
     return int(values[0]) if values else None
-
-
-async def _read_body(receive: Any, limit: int) -> bytes | None:
-    """Return the whole body; None if the client left first.
-
-    Raises:
-        RequestError: 413 past ``limit`` bytes, whatever the framing.
-    """
-    parts, size = [], 0
-    while True:
-        message = await receive()
-        if message['type'] == 'http.disconnect':
-            return None
-        part = message.get('body', b'')
-        size += len(part)
-        if size > limit:
-            raise RequestError(413, f'request of more than {limit} bytes')
-        parts.append(part)
-        if not message.get('more_body', False):
-            return b''.join(parts)
 
 
 class TailServingMLServer(GuardedMLServer):
