@@ -95,7 +95,15 @@ def test_the_process_model_answers_what_the_in_process_model_answers(
     with compact_service() as local_service:
         local_status, local, _ = _post(local_service.url, body)
     assert (status, local_status) == (200, 200)
-    assert remote['outputs'] == local['outputs']
+    # The same model on the same frame; two processes may sum in another order (their own
+    # thread pools), so float rounding is all that may differ.
+    assert [o['name'] for o in remote['outputs']] == [o['name'] for o in local['outputs']]
+    for theirs, ours in zip(remote['outputs'], local['outputs']):
+        assert (theirs['shape'], theirs['datatype']) == (ours['shape'], ours['datatype'])
+        if ours['datatype'] == 'BYTES':  # class names
+            assert theirs['data'] == ours['data']
+        else:
+            assert np.allclose(theirs['data'], ours['data'], rtol=0, atol=1e-3)
     assert len(remote['outputs'][0]['data']) == 16  # four objects, as the scene holds
 
 
