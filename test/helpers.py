@@ -208,6 +208,26 @@ def shapes_frame() -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def image_answer(url: str, frame: np.ndarray, token: str, timeout_s: float) -> CloudReply:
+    """Return the service's image model's answer for ``frame`` (PNG: decoded exactly)."""
+    from cloud_bridge.transport import V2RestTransport
+
+    transport = V2RestTransport(url, 'rcnn', token=token)
+    try:
+        return transport.infer(cv2.imencode('.png', frame)[1].tobytes(), timeout_s=timeout_s)
+    finally:
+        transport.close()
+
+
+def head_payload(head: Any, frame: np.ndarray, k: int) -> Any:
+    """Run an ``RcnnSplit``'s head on ``frame`` to point ``k``: the payload a tail takes."""
+    import torch
+    from rcnn_service.rcnn_detector import image_tensor
+
+    with torch.inference_mode():
+        return head.head([image_tensor(frame)], k)
+
+
 @contextlib.contextmanager
 def compact_service(input_size: int = 320, **settings: Any) -> Iterator[Any]:
     """Serve the shipped compact R-CNN on a free loopback port (``ServiceConfig`` settings)."""

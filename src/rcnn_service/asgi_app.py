@@ -20,10 +20,9 @@ import re
 import threading
 from typing import Any, Callable, TYPE_CHECKING
 
-from adaptive_offload.split_wire import HEADER_LENGTH
-from rcnn_service.asgi_guard import (header_values, peer_of, read_body, respond, RestGuard,
-                                     ServerGuard)
-from rcnn_service.guard import Overloaded, RequestError
+from rcnn_service.asgi_guard import (header_length, header_values, peer_of, read_body, refusal,
+                                     respond, RestGuard, ServerGuard)
+from rcnn_service.guard import RequestError
 from rcnn_service.protocol import model_metadata, MODEL_VERSION, server_metadata
 
 if TYPE_CHECKING:
@@ -33,7 +32,6 @@ LOG = logging.getLogger('adaptive_offload.service')
 _INFER = re.compile(r'^/v2/models/([^/]+)(?:/versions/([^/]+))?/infer$')
 _MODEL = re.compile(r'^/v2/models/([^/]+)(?:/versions/([^/]+))?(/ready)?$')
 _METRICS_TYPE = 'text/plain; version=0.0.4'
-_DIGITS = re.compile(r'^[0-9]{1,18}$')
 IMAGE, TAIL = 'image', 'tail'
 
 Receive = Callable[[], Any]
@@ -121,12 +119,12 @@ class BuiltinApp:
         if not model:
             raise RequestError(404, f'no model route {path}')
         service = self.service
-        header_length = _header_length(scope) if model == TAIL else None
+        header_bytes = header_length(scope) if model == TAIL else None
         body = await read_body(receive, service.config.max_request_bytes)
         if body is None:
             return  # the client left (or took too long: the server answered 408)
         infer: Callable[[Callable[[], bool]], dict[str, Any]] = functools.partial(
-            service.infer_tail, body, header_length) if model == TAIL else \
+            service.infer_tail, body, header_bytes) if model == TAIL else \
             functools.partial(service.infer, body)
         count = service.count_tail if model == TAIL else _uncounted
         gone = threading.Event()
@@ -161,12 +159,7 @@ class BuiltinApp:
     async def _refuse(self, scope: dict[str, Any], send: Send, err: RequestError,
                       close: bool) -> None:
         self.service.reject(err.status, peer_of(scope), err)
-        body: dict[str, Any] = {'error': str(err)}
-        retry_after = ''
-        if isinstance(err, Overloaded):
-            body['parameters'] = {'reason': err.reason,
-                                  'retry_after_us': round(err.retry_after_s * 1e6)}
-            retry_after = err.retry_after_header
+        body, retry_after = refusal(err)
         await respond(send, err.status, body, close or self.service.stopping, retry_after)
 
     async def _send(self, send: Send, status: int, body: Any,
@@ -178,18 +171,6 @@ class BuiltinApp:
             headers.append((b'connection', b'close'))  # the last answer on this connection
         await send({'type': 'http.response.start', 'status': status, 'headers': headers})
         await send({'type': 'http.response.body', 'body': payload})
-
-
-def _header_length(scope: dict[str, Any]) -> int | None:
-    """Return a tail request's JSON header length (binary data extension); None if not given.
-
-    Raises:
-        RequestError: 400 for a value that is not one number (before the body is read).
-    """
-    values = header_values(scope, HEADER_LENGTH.lower())
-    if len(values) > 1 or (values and not _DIGITS.match(values[0].strip())):
-        raise RequestError(400, f'bad {HEADER_LENGTH} {", ".join(values)[:40]!r}')
-    return int(values[0]) if values else None
 
 
 def _uncounted(outcome: str) -> None:

@@ -12,10 +12,13 @@ them.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Awaitable, Callable
 
+from adaptive_offload.split_wire import HEADER_LENGTH
+
 from rcnn_service.guard import (Access, body_length, check_body, DISABLED_MESSAGE,
-                                RequestError, rest_access, Tokens)
+                                Overloaded, RequestError, rest_access, Tokens)
 
 MAX_TARGET_BYTES = 8 << 10
 """Longest request target (path and query); longer ones are refused (414)."""
@@ -153,3 +156,27 @@ async def read_body(receive: Any, limit: int) -> bytes | None:
         parts.append(part)
         if not message.get('more_body', False):
             return b''.join(parts)
+
+
+_DIGITS = re.compile(r'^[0-9]{1,18}$')
+
+
+def header_length(scope: dict[str, Any]) -> int | None:
+    """Return a tail request's JSON header length (binary data extension); None if not given.
+
+    Raises:
+        RequestError: 400 for a value that is not one number (before the body is read).
+    """
+    values = header_values(scope, HEADER_LENGTH.lower())
+    if len(values) > 1 or (values and not _DIGITS.match(values[0].strip())):
+        raise RequestError(400, f'bad {HEADER_LENGTH} {", ".join(values)[:40]!r}')
+    return int(values[0]) if values else None
+
+
+def refusal(err: RequestError) -> tuple[dict[str, Any], str]:
+    """Return a refusal's JSON body and Retry-After value ('' unless it is a load refusal)."""
+    body: dict[str, Any] = {'error': str(err)}
+    if not isinstance(err, Overloaded):
+        return body, ''
+    body['parameters'] = {'reason': err.reason, 'retry_after_us': round(err.retry_after_s * 1e6)}
+    return body, err.retry_after_header

@@ -31,7 +31,8 @@ from adaptive_offload.errors import ConfigError
 from adaptive_offload.split_wire import HEADER_LENGTH, tail_model_name
 from mlserver import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse
-from rcnn_service.asgi_guard import header_values, peer_of, read_body, respond
+from rcnn_service.asgi_guard import (header_length, header_values, peer_of, read_body, refusal,
+                                     respond)
 from rcnn_service.batching import AdaptiveBatcher
 from rcnn_service.guard import Overloaded, RequestError
 from rcnn_service.image_model import ImageModel
@@ -47,7 +48,6 @@ IMAGE_MODEL = 'image_model'
 """The tail's ``parameters.extra`` key naming the image model whose model it runs."""
 _POLL_S = 0.05
 _ROUTE = re.compile(r'^/v2/models/([^/]+)(?:/versions/([^/]+))?(/infer)?$')
-_DIGITS = re.compile(r'^[0-9]{1,18}$')
 REST_ONLY = ('the tail model takes the V2 binary data extension over REST only: POST the '
              "head's tensors to /v2/models/{name}/infer with the " + HEADER_LENGTH +
              ' header')
@@ -221,7 +221,7 @@ class TailRoutes:
         try:
             shared, tail = self._shared()
             cfg = shared.config
-            header_length = _header_length(scope)
+            header_bytes = header_length(scope)
             body = await read_body(receive, cfg.max_request_bytes)
             if body is None:
                 count_tail('abandoned')
@@ -230,7 +230,7 @@ class TailRoutes:
             # From here, as the image runtime's: the bridge takes the rest for the transfer.
             start = time.perf_counter()
             request = await asyncio.get_running_loop().run_in_executor(
-                None, tail.read, body, header_length, cfg.max_tail_bytes, cfg.max_image_side)
+                None, tail.read, body, header_bytes, cfg.max_tail_bytes, cfg.max_image_side)
             if not shared.model.ready:  # its process is restarting
                 raise shared.model.unavailable('the model process is restarting')
             try:
@@ -266,25 +266,8 @@ class TailRoutes:
 async def _refuse(scope: dict[str, Any], send: Any, err: RequestError, close: bool) -> None:
     """Record and answer a refusal as the builtin runtime does (reason and Retry-After)."""
     record_rejection(err.status, peer_of(scope), err)
-    body: dict[str, Any] = {'error': str(err)}
-    retry_after = ''
-    if isinstance(err, Overloaded):
-        body['parameters'] = {'reason': err.reason,
-                              'retry_after_us': round(err.retry_after_s * 1e6)}
-        retry_after = err.retry_after_header
+    body, retry_after = refusal(err)
     await respond(send, err.status, body, close, retry_after)
-
-
-def _header_length(scope: dict[str, Any]) -> int | None:
-    """Return the JSON header's length (binary data extension); None if not given.
-
-    Raises:
-        RequestError: 400 for a value that is not one number.
-    """
-    values = header_values(scope, HEADER_LENGTH.lower())
-    if len(values) > 1 or (values and not _DIGITS.match(values[0].strip())):
-        raise RequestError(400, f'bad {HEADER_LENGTH} {", ".join(values)[:40]!r}')
-    return int(values[0]) if values else None
 
 
 class TailServingMLServer(GuardedMLServer):

@@ -21,13 +21,13 @@ from adaptive_offload.split_wire import encode_split, request_body, weights_dige
 from cloud_bridge.bridge import CloudBridge
 from cloud_bridge.split_head import load_detector, SplitRoute
 from cloud_bridge.tail_client import V2TailTransport
-from cloud_bridge.transport import V2GrpcTransport, V2RestTransport
+from cloud_bridge.transport import V2GrpcTransport
 import cv2
-from helpers import shapes_frame, SHAPES_RCNN
+from helpers import head_payload, image_answer, shapes_frame, SHAPES_RCNN
 import numpy as np
 import pytest
 from rcnn_service.compact_rcnn import COMPACT_ARCH
-from rcnn_service.rcnn_detector import image_tensor, RcnnDetector
+from rcnn_service.rcnn_detector import RcnnDetector
 from rcnn_service.rcnn_split import RcnnPayload, RcnnSplit
 from rcnn_service.split_tail import SplitTail
 from test_mlserver_runtime import Server, TOKEN
@@ -67,18 +67,13 @@ def frame() -> np.ndarray:
 @pytest.fixture(scope='module')
 def reference(server: Server, frame: np.ndarray) -> CloudReply:
     """Return the image model's answer for the frame (PNG: decoded exactly)."""
-    transport = V2RestTransport(server.rest_url, 'rcnn', token=TOKEN)
-    try:
-        reply = transport.infer(cv2.imencode('.png', frame)[1].tobytes(), timeout_s=60)
-    finally:
-        transport.close()
+    reply = image_answer(server.rest_url, frame, TOKEN, 60)
     assert len(reply.labels) == 4
     return reply
 
 
 def _payload(head: RcnnSplit, frame: np.ndarray, k: int) -> RcnnPayload:
-    with torch.inference_mode():
-        return head.head([image_tensor(frame)], k)
+    return head_payload(head, frame, k)
 
 
 def _request(server: Server, path: str, body: bytes | None = None,

@@ -24,12 +24,12 @@ from adaptive_offload.split_wire import (encode_split, encode_wire_tensor, reque
 from cloud_bridge.tail_client import V2TailTransport
 from cloud_bridge.transport import V2RestTransport
 import cv2
-from helpers import shapes_frame
+from helpers import head_payload, image_answer, shapes_frame
 import numpy as np
 import pytest
 from rcnn_service.compact_rcnn import COMPACT_ARCH
 from rcnn_service.guard import RequestError
-from rcnn_service.rcnn_detector import Detections, image_tensor, RcnnDetector
+from rcnn_service.rcnn_detector import Detections, RcnnDetector
 from rcnn_service.rcnn_split import RcnnPayload, RcnnSplit
 from rcnn_service.service import InferenceService, ServiceConfig
 from rcnn_service.split_tail import SplitTail
@@ -81,18 +81,13 @@ def frame() -> np.ndarray:
 @pytest.fixture(scope='module')
 def reference(service: InferenceService, frame: np.ndarray) -> CloudReply:
     """Return the image endpoint's answer for the frame (PNG: decoded exactly)."""
-    transport = V2RestTransport(service.url, 'rcnn', token=TOKEN)
-    try:
-        reply = transport.infer(cv2.imencode('.png', frame)[1].tobytes(), timeout_s=30)
-    finally:
-        transport.close()
+    reply = image_answer(service.url, frame, TOKEN, 30)
     assert len(reply.labels) == 4
     return reply
 
 
 def _payload(head: RcnnSplit, frame: np.ndarray, k: int) -> RcnnPayload:
-    with torch.inference_mode():
-        return head.head([image_tensor(frame)], k)
+    return head_payload(head, frame, k)
 
 
 def _tail(service: InferenceService, encoding: str = 'fp32') -> V2TailTransport:
