@@ -277,6 +277,8 @@ class InferenceReport(JsonRecord):
         rtt_ms: Median recent round trip (cloud only).
         uplink_mbps: Median recent uplink bandwidth estimate (cloud only).
         breaker: Circuit breaker state after the frame (cloud only).
+        encode_ms: Robot time to make the image request (cloud only: conversion, resize, JPEG
+            encode), charged as robot compute; a split request's is in its ``inference_ms``.
     """
 
     SCHEMA = 'adaptive_offload/InferenceReport'
@@ -298,6 +300,7 @@ class InferenceReport(JsonRecord):
     uplink_mbps: float = 0.0
     breaker: str = ''
     queue_ms: float = 0.0
+    encode_ms: float = 0.0
 
 
 @dataclass(frozen=True)

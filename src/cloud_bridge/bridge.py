@@ -112,6 +112,13 @@ class CloudBridge:
         split = decision.route is Route.SPLIT
         if split:  # its reports name the option, so that the manager learns each one
             report = replace(report, model=SPLIT_PREFIX + decision.split)
+        # Asked before the frame is encoded: a frame that cannot go costs the robot nothing.
+        with self._lock:
+            backoff = start < self._backoff_until
+            allowed = not backoff and self.breaker.allow(start)
+        if not allowed:
+            return None, self._link(replace(report, status='failed',
+                                            reason='backoff' if backoff else 'circuit_open'))
         try:
             frame = image_to_frame(msg)
             if split:
@@ -121,15 +128,15 @@ class CloudBridge:
                 jpeg = encode_image(image, 'jpeg', decision.jpeg_quality)
                 send, size = functools.partial(self._transport.infer, jpeg), max(image.shape[:2])
         except AdaptiveOffloadError as err:
+            with self._lock:
+                self.breaker.release()  # nothing went out: says nothing of the service
             return None, self._link(replace(report, status='failed', reason=str(err)))
-        head_ms = (self._clock() - start) / 1e6 if split else 0.0
-        with self._lock:
-            now = self._clock()
-            backoff = now < self._backoff_until
-            allowed = not backoff and self.breaker.allow(now)
-        if not allowed:
-            return None, self._link(replace(report, status='failed',
-                                            reason='backoff' if backoff else 'circuit_open'))
+        # The robot's work for the request, charged as compute (the manager's energy): a split
+        # report gives its head as inference_ms, an image request its conversion and encode.
+        prepared_ms = (self._clock() - start) / 1e6
+        head_ms = prepared_ms if split else 0.0
+        if not split:
+            report = replace(report, encode_ms=prepared_ms)
         try:
             reply, retried_bytes = self._request(send, deadline_ns)
         except ConfigError as err:  # the service's tail cannot finish this head's payload

@@ -1,11 +1,12 @@
 """Robot energy of each frame, put on its record: measured where a reader works, else modelled.
 
-The manager keeps what each frame cost from the workers' reports (edge inference or split
-head time, bytes sent and received). When the frame ends, the modelled energy comes from the
-robot's device profile: that work, plus idle power over the time since the newest frame that
-ended before it (its camera period), so over a run the records add up to what a reader would
-measure; with a working reader (RAPL, NVML, battery) the energy measured since the previous
-outcomes is shared among the frames that ended, and the record says ``energy_measured``.
+The manager keeps what each frame cost from the workers' reports (edge inference, split
+head or JPEG encode time, bytes sent and received). When the frame ends, the modelled energy
+comes from the robot's device profile: that work, plus idle power over the time since the
+newest frame that ended before it (its camera period), so over a run the records add up to
+what a reader would measure; with a working reader (RAPL, NVML, battery) the energy measured
+since the previous outcomes is shared among the frames that ended, and the record says
+``energy_measured``.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class FrameEnergy:
                 cost['replied'] = 1.0
             if report.model.startswith(SPLIT_PREFIX):  # the robot ran the model's head
                 cost['head_ms'] = report.inference_ms
+            elif report.encode_ms > 0:  # the robot encoded the frame
+                cost['encode_ms'] = report.encode_ms
         elif report.status == 'ok':
             cost['edge_ms'] = report.inference_ms
         if not cost:
@@ -118,7 +121,7 @@ class FrameEnergy:
 
 
 def _joules(model: EnergyModel, costs: dict[str, float], period_ns: int) -> float:
-    compute = costs.get('edge_ms', 0.0) + costs.get('head_ms', 0.0)
+    compute = sum(costs.get(work, 0.0) for work in ('edge_ms', 'head_ms', 'encode_ms'))
     return model.joules(compute, int(costs.get('bytes', 0)),
                         REPLY_BYTES if 'replied' in costs else 0, period_ns / 1e6)
 

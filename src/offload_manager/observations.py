@@ -116,6 +116,7 @@ class Observations:
         self._bytes: deque[float] = deque(maxlen=50)  # at quality 75
         self._sent: deque[int] = deque(maxlen=50)  # as sent: what the latency samples carried
         self._queued: deque[float] = deque(maxlen=QUEUE_RECENT)  # newest server queue waits
+        self._encode: deque[float] = deque(maxlen=50)  # robot ms to encode a cloud request
         self._edge_dets: dict[int, DetectionSet] = {}
         self._cloud_dets: dict[int, DetectionSet] = {}
         self._edge_meta: dict[int, tuple[str, int]] = {}  # stamp -> (model, imgsz)
@@ -134,6 +135,8 @@ class Observations:
     def observe_report(self, report: InferenceReport) -> None:
         """Learn from a worker report."""
         if report.source == 'cloud':
+            if report.encode_ms > 0:  # spent whether or not the request then succeeded
+                self._encode.append(report.encode_ms)
             if report.status == 'ok':
                 self.book.add('cloud', report.total_ms, self.now_s)
                 self.book.add('cloud:server', report.server_ms, self.now_s)
@@ -240,6 +243,7 @@ class Observations:
         self._cloud_cache: dict[tuple[int, float], tuple[float, float, int] | None] = {}
         self._bytes_mean = sum(self._bytes) / len(self._bytes) if self._bytes else 0.0
         self._sent_mean = sum(self._sent) / len(self._sent) if self._sent else 0.0
+        self._encode_ms = sum(self._encode) / len(self._encode) if self._encode else 0.0
         self._cloud_median = self.book.quantile('cloud', 0.5)
         # The answers of the window waited a median of `queued` in the shared service's queue;
         # the newest wait `recent`. A fleet loading the service shows here before the window's
@@ -341,7 +345,9 @@ class Observations:
         if cloud is None:
             return None
         cloud_ms, p_cloud, nbytes = cloud
-        energy = self.energy.joules(edge_ms, nbytes, REPLY_BYTES, self.period_ms)
+        # The robot encodes what goes out; on the hedged route it runs its edge model too.
+        energy = self.energy.joules(edge_ms + self._encode_ms, nbytes, REPLY_BYTES,
+                                    self.period_ms)
         cloud_ok = 1.0 - p_cloud
         cost = self._cost
         if route is Route.CLOUD:

@@ -356,14 +356,15 @@ class Simulation:
         sent = 0 if reason.startswith('connection') else nbytes  # refused: nothing went out
         self.result.bytes_sent += sent
         parts = self._parts.get(stamp, {})  # the frame may have ended: a probe's answer
-        # A split request's report names its option and gives the robot's head time.
-        split: dict[str, Any] = {'inference_ms': total - self.s.encode_ms}
+        # As the bridge reports: an image request's encode (robot work) apart from its round
+        # trip; a split request's names its option and gives the robot's head time.
+        split: dict[str, Any] = {'encode_ms': self.s.encode_ms}
         if decision.route is Route.SPLIT:
             split = {'model': SPLIT_PREFIX + decision.split,
                      'inference_ms': self._head_ms.pop(stamp, 0.0)}
         if reason:
             self._report(stamp, 'cloud', 'failed', reason=reason, total_ms=total, bytes_sent=sent,
-                         **({} if decision.route is not Route.SPLIT else split))
+                         **split)
         else:
             self.result.gpu_seconds += server / 1e3
             acc = self._accuracy(self.s.cloud_model, 0, stamp)
@@ -371,6 +372,8 @@ class Simulation:
                 acc = max(0.0, acc - self._split(decision.split).map_loss)
             parts['acc_cloud'] = acc
             self.m.on_detections(self._detections(stamp, 'cloud', self.s.cloud_model, acc), t)
+            if decision.route is not Route.SPLIT:  # an image request's is its round trip
+                split['inference_ms'] = total - self.s.encode_ms
             self._report(stamp, 'cloud', 'ok', total_ms=total, server_ms=server,
                          bytes_sent=nbytes, queue_ms=queue, **split)
         if self._cloud_pending is not None:

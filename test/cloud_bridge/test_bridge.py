@@ -8,11 +8,12 @@ import threading
 import time
 from typing import Any, Iterator
 
-from adaptive_offload.conversions import frame_to_message, MessageTypes
+from adaptive_offload.conversions import frame_to_message, header, MessageTypes
 from adaptive_offload.datatypes import Decision, Route
 from adaptive_offload.errors import CloudError, ConfigError
 from cloud_bridge.bridge import CloudBridge
 from cloud_bridge.bridge_config import CloudConfig
+from cloud_bridge.resilience import CircuitBreaker
 from cloud_bridge.transport import make_transport, V2RestTransport
 from cloud_bridge.v2_replies import parse_v2_reply
 import cv2
@@ -256,3 +257,49 @@ def test_a_frame_that_waited_past_its_deadline_is_dropped_unsent(types: MessageT
     assert transport.timeouts == []
     assert report.status == 'dropped' and report.reason.startswith('expired: waited 250 ms')
     assert report.breaker == 'closed'  # the service did nothing wrong
+
+
+class _Ticking:
+    """Nanosecond clock: moves ``step_ms`` each time it is read."""
+
+    def __init__(self, step_ms: float) -> None:
+        self.now, self._step = 1_000_000_000, int(step_ms * 1e6)
+
+    def __call__(self) -> int:
+        self.now += self._step
+        return self.now
+
+
+def _broken(types: MessageTypes, stamp: int = 5) -> Any:
+    """Return a compressed frame whose data is no image: its conversion fails."""
+    return types.CompressedImage(header=header(types, stamp, 'cam'), format='jpeg',
+                                 data=types.byte_array(b'not a jpeg'))
+
+
+def test_an_image_request_reports_the_robots_encode_time_apart_from_its_round_trip(
+        types: MessageTypes) -> None:
+    transport = _Timing()
+    # Read once at the start and once when the request is ready: 3 ms of robot work.
+    bridge = CloudBridge(transport, clock=_Ticking(3.0))
+    _, report = bridge.process(_msg(types), Decision(route=Route.CLOUD, deadline_ms=200.0))
+    assert report.status == 'ok' and report.encode_ms == pytest.approx(3.0)
+    assert report.inference_ms == 5.0  # the transport's request time, not the encode
+
+
+def test_a_frame_the_breaker_holds_back_is_not_encoded(types: MessageTypes) -> None:
+    clock = ManualClock()
+    breaker = CircuitBreaker(threshold=1, cooldown_ms=1000.0)
+    breaker.allow(clock.now)
+    breaker.record(False, clock.now)
+    bridge = CloudBridge(_Timing(), clock=clock, breaker=breaker)
+    decision = Decision(route=Route.CLOUD, deadline_ms=200.0)
+    # Open: the frame is refused before its conversion is tried, so nothing is spent on it.
+    _, held = bridge.process(_broken(types), decision)
+    assert held.reason == 'circuit_open' and held.encode_ms == 0.0
+    # Half-open: the trial frame fails to convert, which says nothing of the service, so the
+    # next frame is the trial and goes out.
+    clock.advance(1000)
+    _, bad = bridge.process(_broken(types, 6), decision)
+    assert bad.status == 'failed' and bad.reason != 'circuit_open'
+    _, trial = bridge.process(_msg(types, 7), decision)
+    assert trial.status == 'ok' and breaker.state.value == 'closed'

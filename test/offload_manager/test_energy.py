@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -258,3 +259,36 @@ def test_split_times_load_as_head_and_tail(tmp_path: Path) -> None:
     pi = load_devices(path)['pi']
     assert pi.split_time_ms('rcnn', 640, 'body.2') == (3.0, 40.5)
     assert pi.split_time_ms('rcnn', 320, 'body.2') is None
+
+
+def test_a_cloud_frame_pays_the_robot_its_encode_and_the_estimate_counts_it() -> None:
+    from adaptive_offload.datatypes import FrameRecord, InferenceReport, Route
+    from offload_manager.frame_energy import FrameEnergy
+    from offload_manager.frame_outcomes import Outcome
+    from offload_manager.observations import Observations, Option
+
+    profile = load_devices(default_devices_file())['raspberry_pi_5']
+    model = EnergyModel(profile)
+    ms = 1_000_000
+    sent = InferenceReport(stamp_ns=100 * ms, frame_id='cam', source='cloud', status='failed',
+                           reason='timeout', bytes_sent=10_000, total_ms=250.0, encode_ms=20.0)
+    charged = FrameEnergy(model)
+    charged.report(sent)
+    [frame] = charged.annotate([Outcome(FrameRecord(stamp_ns=100 * ms, frame_id='cam',
+                                                    route='cloud'), None)], 0)
+    # The encode ran at compute power: 4.3 W beyond idle for 20 ms, as well as the radio.
+    assert frame.record.energy_j == pytest.approx(4.3 * 0.02 + 50e-9 * 80_000)
+
+    obs = Observations(model)
+    option = Option(Route.CLOUD, 'yolov8n', 640, 75)
+    ok = InferenceReport(stamp_ns=200 * ms, frame_id='cam', source='cloud', status='ok',
+                         bytes_sent=10_000, total_ms=120.0, server_ms=60.0)
+    obs.observe_report(ok)
+    obs.prepare()
+    before = obs.estimate(option, 250.0)
+    obs.observe_report(replace(ok, stamp_ns=300 * ms, encode_ms=20.0))
+    obs.prepare()
+    after = obs.estimate(option, 250.0)
+    assert before is not None and after is not None
+    # Unmeasured before (0 ms); then the encode measured by the bridge, at compute power.
+    assert after.energy_j - before.energy_j == pytest.approx(4.3 * 0.02)
