@@ -172,6 +172,24 @@ def test_availability_learns_that_failures_cluster() -> None:
     assert pred.predict(up_t) <= healthy
 
 
+def test_the_rbf_surface_is_what_scikit_learn_predicts() -> None:
+    from sklearn.svm import SVR
+
+    from offload_manager.availability import _scale_gamma, RbfSurface
+
+    rng = np.random.default_rng(3)
+    x = rng.random((120, 6))
+    y = np.clip(1.0 - x[:, 0] ** 2 + 0.05 * rng.standard_normal(120), 0.0, 1.0)
+    fitted = SVR(kernel='rbf', C=1.0, epsilon=0.05, gamma='scale').fit(x, y)
+    gamma = _scale_gamma(x)
+    surface = RbfSurface(fitted.support_vectors_, fitted.dual_coef_[0],
+                         float(fitted.intercept_[0]), gamma)
+    assert gamma == pytest.approx(fitted._gamma)
+    for point in rng.random((20, 6)):
+        assert surface(point) == pytest.approx(fitted.predict(point.reshape(1, -1))[0],
+                                               abs=1e-9)
+
+
 def test_availability_without_enough_samples_is_the_recent_share() -> None:
     pred = AvailabilityPredictor(min_samples=1000)
     for i in range(10):
