@@ -17,7 +17,8 @@ from fault_injection.scenario import parse_scenario
 from offload_manager.energy import load_devices
 from offload_manager.manager import default_devices_file, OffloadManager
 from offload_runtime.evaluate import _manager, EvalOptions
-from offload_runtime.simulator import NetworkProfile, SimSettings, Simulation
+from offload_runtime.sim_settings import NetworkProfile, SimSettings
+from offload_runtime.simulator import Simulation
 
 
 def warmed(policy: str, frames: int) -> tuple[OffloadManager, float]:

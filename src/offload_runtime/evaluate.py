@@ -32,7 +32,8 @@ from offload_manager.manager import default_devices_file, ManagerConfig, Offload
 from offload_manager.policies import POLICIES
 from offload_manager.split_figures import default_payloads_file, load_payloads
 from offload_runtime.fronts import match, plot_front, swept_label, write_matched
-from offload_runtime.simulator import NetworkProfile, SimSettings, Simulation
+from offload_runtime.sim_settings import NetworkProfile, SimSettings
+from offload_runtime.simulator import Simulation
 from offload_runtime.train_cli import CLOUD_FILE, EDGE_FILE
 from rcnn_service.compact_rcnn import COMPACT_ARCH
 

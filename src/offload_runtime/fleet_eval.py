@@ -28,7 +28,7 @@ from offload_runtime.evaluate import (_measured_quality, _slug, EvalOptions, man
 from offload_runtime.fleet_figures import FleetRow, write_fleet_table
 from offload_runtime.fleet_sim import FleetSim, FleetSpec
 from offload_runtime.service_settings import ServiceSettings
-from offload_runtime.simulator import SimSettings
+from offload_runtime.sim_settings import SimSettings
 
 AUTOSCALE = ('static', 'reactive', 'predictive', 'learned')
 """Scalers compared by ``--autoscale``."""

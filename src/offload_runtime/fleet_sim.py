@@ -33,8 +33,9 @@ from offload_runtime.fleet_figures import (capacity_recovery_s, FleetCounts, Fle
                                            percentiles)
 from offload_runtime.service_model import Request, ServiceModel
 from offload_runtime.service_settings import ServiceSettings
-from offload_runtime.simulator import EventQueue, MS, NetworkProfile, Quality, SimSettings, \
-    Simulation
+from offload_runtime.sim_events import EventQueue, MS
+from offload_runtime.sim_settings import NetworkProfile, Quality, SimSettings
+from offload_runtime.simulator import Simulation
 
 FAILURE_KINDS = ('replica_crash', 'zone_outage', 'cpu_contention', 'edge_stall')
 """Faults whose recovery the fleet table times."""

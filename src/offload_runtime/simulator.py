@@ -18,10 +18,9 @@ energy reader).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import heapq
 import math
 import random
-from typing import Any, Callable
+from typing import Any
 
 from adaptive_offload.admission import EveryNth
 from adaptive_offload.datatypes import (Decision, Detection, DetectionSet, FrameRecord,
@@ -35,87 +34,9 @@ from offload_manager.energy import DeviceProfile
 from offload_manager.manager import OffloadManager
 from offload_manager.observations import jpeg_factor
 from offload_manager.split_figures import split_figures, SplitFigures
+from offload_runtime.sim_events import EventQueue, MS
+from offload_runtime.sim_settings import NetworkProfile, Quality, SimSettings
 from offload_runtime.three_tier import middle_device, route_parts
-
-MS = 1_000_000
-
-
-class EventQueue:
-    """Events in time order; at one time, frames first, then the others in the order queued."""
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[int, int, int, Callable[..., None], tuple]] = []
-        self._n = 0
-
-    def at(self, t_ns: int, handler: Callable[..., None], *args: object,
-           first: bool = False) -> None:
-        """Call ``handler(t_ns, *args)`` at ``t_ns``."""
-        self._n += 1
-        heapq.heappush(self._heap, (t_ns, 0 if first else 1, self._n, handler, args))
-
-    def run(self, until_ns: int | None = None) -> None:
-        """Handle events in order until none is left (or the next is after ``until_ns``)."""
-        heap = self._heap
-        while heap and (until_ns is None or heap[0][0] <= until_ns):
-            t, _, _, handler, args = heapq.heappop(heap)
-            handler(t, *args)
-
-
-@dataclass(frozen=True)
-class NetworkProfile:
-    """The robot's link to the cloud, and to a middle device on its LAN (three-tier splits).
-
-    Attributes:
-        uplink_mbps: Uplink bandwidth (the scenario's bandwidth faults act on it alone).
-        rtt_ms: Round trip without payload.
-        jitter: Relative spread (log-normal sigma) of every simulated duration.
-        lan_mbps: Robot-to-middle-device LAN rate.
-        lan_rtt_ms: Its round trip.
-        middle: The middle device's profile name; empty: the manager's ``split_middle_device``.
-    """
-
-    uplink_mbps: float = 50.0
-    rtt_ms: float = 30.0
-    jitter: float = 0.1
-    lan_mbps: float = 100.0
-    lan_rtt_ms: float = 2.0
-    middle: str = ''
-
-    def manager_params(self) -> dict[str, object]:
-        """Return the manager parameters of the middle device and LAN (none without one)."""
-        if not self.middle:
-            return {}
-        return {'split_middle_device': self.middle, 'split_lan_mbps': float(self.lan_mbps),
-                'split_lan_rtt_ms': float(self.lan_rtt_ms)}
-
-
-Quality = Callable[[str, int, str], 'float | None']
-"""Measured mAP of (model, input size, scene difficulty); None where not measured."""
-
-
-@dataclass(frozen=True)
-class SimSettings:
-    """What is simulated.
-
-    Attributes:
-        frames: Frames to play.
-        fps: Camera rate.
-        q75_bytes: JPEG size of a frame at quality 75 (640x480 natural image, estimate).
-        encode_ms: JPEG encode time on the robot.
-        cloud_model: Model the service runs (its profile time and accuracy prior).
-        max_in_flight: Cloud requests at once.
-        objects: Ground-truth objects per frame.
-        seed: Random seed.
-    """
-
-    frames: int = 3000
-    fps: float = 10.0
-    q75_bytes: int = 50_000
-    encode_ms: float = 5.0
-    cloud_model: str = 'fasterrcnn_resnet50_fpn_v2'
-    max_in_flight: int = 2
-    objects: int = 5
-    seed: int = 0
 
 
 @dataclass

@@ -11,16 +11,14 @@ bandwidth drop, added delay) reach only the legs that cross it. ``evaluate`` gai
 from __future__ import annotations
 
 import argparse
-from typing import Callable, TYPE_CHECKING
+from typing import Callable
 
 from adaptive_offload.split_option import parse_spec
 from offload_manager.energy import DeviceProfile, load_devices
 from offload_manager.manager_config import default_devices_file, ManagerConfig
 from offload_manager.split_figures import SplitFigures
 from offload_runtime.cli_args import above_zero, non_negative
-
-if TYPE_CHECKING:
-    from offload_runtime.simulator import NetworkProfile
+from offload_runtime.sim_settings import NetworkProfile
 
 Spread = Callable[[float, str], float]
 """Draws a duration (ms) around its nominal value for one purpose (``lan``, ``middle`` ...)."""
@@ -88,7 +86,5 @@ def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
 
 def network_profile(args: argparse.Namespace) -> NetworkProfile:
     """Return the simulated links ``evaluate``'s arguments describe."""
-    from offload_runtime.simulator import NetworkProfile
-
     return NetworkProfile(args.uplink_mbps, args.rtt_ms, lan_mbps=args.lan_mbps,
                           lan_rtt_ms=args.lan_rtt_ms, middle=args.middle)

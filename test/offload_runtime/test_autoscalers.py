@@ -10,7 +10,7 @@ from offload_runtime.autoscalers import (HpaSettings, LearnedScaler, make_scaler
                                          PredictiveScaler, ReactiveHpa, spare_for)
 from offload_runtime.service_model import Request, ServiceModel, ServiceSample
 from offload_runtime.service_settings import ServiceSettings
-from offload_runtime.simulator import EventQueue
+from offload_runtime.sim_events import EventQueue
 import pytest
 
 SERVICE = ServiceSettings(replicas=2, min_replicas=1, max_replicas=20, first_ms=50.0)

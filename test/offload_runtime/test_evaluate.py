@@ -19,7 +19,8 @@ from offload_runtime.evaluate import (_measured_quality, EvalOptions, evaluate, 
                                       SHIPPED_CLOUD, SHIPPED_EDGE)
 from offload_runtime.ground_truth import load_truth
 from offload_runtime.sample_bag import SampleSpec
-from offload_runtime.simulator import NetworkProfile, SimSettings, Simulation
+from offload_runtime.sim_settings import NetworkProfile, SimSettings
+from offload_runtime.simulator import Simulation
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ import random
 from adaptive_offload.errors import ConfigError
 from offload_runtime.service_model import LOST, READY, Request, ServiceModel, STARTING
 from offload_runtime.service_settings import ServiceSettings
-from offload_runtime.simulator import EventQueue
+from offload_runtime.sim_events import EventQueue
 import pytest
 
 S = 1_000_000_000

@@ -10,7 +10,8 @@ from offload_manager.energy import load_devices
 from offload_manager.manager import default_devices_file, ManagerConfig, OffloadManager
 from offload_runtime.cli import build_parser
 from offload_runtime.evaluate import EvalOptions, manager_config
-from offload_runtime.simulator import NetworkProfile, SimSettings, Simulation
+from offload_runtime.sim_settings import NetworkProfile, SimSettings
+from offload_runtime.simulator import Simulation
 from offload_runtime.three_tier import network_profile, TIERS
 import pytest
 
