@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from typing import Any
 
@@ -27,6 +28,14 @@ def add_serve_parser(sub: Any) -> None:
                             'random weights with another); "": random weights (for tests)')
     serve.add_argument('--device', default='cpu')
     add_model_process_flag(serve)
+    serve.add_argument('--batch-timeout-s', type=batch_timeout, default=120.0,
+                       help='with --model-process, the longest a batch may take in the model '
+                            'process: one that takes longer is taken for a hung process (a '
+                            'stuck kernel, a deadlock), which is killed (SIGKILL) and '
+                            'restarted, its batch refused with a retryable 503 (gRPC '
+                            'UNAVAILABLE); it counts as a death for the restart policy. Keep it '
+                            'well above the slowest real batch (a full batch of a large model '
+                            'on a CPU, the first batches on a GPU) (default 120)')
     serve.add_argument('--host', default='127.0.0.1')
     serve.add_argument('--port', type=int, default=8080,
                        help='REST port (builtin: 0 picks a free port)')
@@ -85,6 +94,22 @@ def add_model_process_flag(parser: argparse.ArgumentParser) -> None:
                         default=None, help=MODEL_PROCESS_HELP)
 
 
+def batch_timeout(text: str) -> float:
+    """Argument type of ``--batch-timeout-s``: a finite number of seconds above 0.
+
+    Raises:
+        argparse.ArgumentTypeError: For anything else (0 would refuse every batch, and a hung
+            model process needs a bound to be noticed at all).
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a number of seconds') from None
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f'{text} is not a finite number of seconds above 0')
+    return value
+
+
 def model_process(args: argparse.Namespace) -> bool:
     """Return whether the model runs in its own process: as asked, else on a cuda device."""
     chosen: bool | None = args.model_process
@@ -122,6 +147,7 @@ def service_config(args: argparse.Namespace) -> Any:
                            max_connections=args.max_connections,
                            max_tail_bytes=args.max_tail_bytes,
                            model_process=model_process(args),
+                           batch_timeout_s=args.batch_timeout_s,
                            tls=TlsFiles.from_options(args.tls_cert, args.tls_key))
     return config
 

@@ -20,7 +20,7 @@ from typing import Callable, Generic, Sequence, TypeVar
 
 from adaptive_offload.errors import ConfigError
 from rcnn_service.fair_queue import ANONYMOUS, BatchTimes, FairQueue, Ticket
-from rcnn_service.guard import Overloaded
+from rcnn_service.guard import ModelUnavailable, Overloaded
 
 In = TypeVar('In')
 Out = TypeVar('Out')
@@ -223,9 +223,12 @@ class AdaptiveBatcher(Generic[In, Out]):
                 raise RuntimeError(f'batch of {len(batch)} gave {len(outputs)} outputs')
         except Exception as err:  # delivered to the waiting requests
             # A failed batch says nothing of how long a batch takes: its time is not kept.
-            if len(batch) == 1:
+            # A model that is gone (its process died, hung or restarts) fails every image
+            # alike: running each alone would not help, and each request keeps the reason.
+            if len(batch) == 1 or isinstance(err, ModelUnavailable):
                 self._done(batch, start, timed=False)
-                batch[0].future.set_exception(err)
+                for ticket in batch:
+                    ticket.future.set_exception(err)
                 return
             for ticket in batch:  # one bad input must not fail its neighbours
                 try:

@@ -23,6 +23,7 @@ import asyncio
 from dataclasses import dataclass
 import functools
 import logging
+import math
 import re
 import time
 from typing import Any, Callable
@@ -46,6 +47,12 @@ from rcnn_service.split_tail import TailChecks
 LOG = logging.getLogger('adaptive_offload.mlserver')
 IMAGE_MODEL = 'image_model'
 """The tail's ``parameters.extra`` key naming the image model whose model it runs."""
+LOAD_TIMEOUT = 'load_timeout_s'
+"""The tail's ``parameters.extra`` key: how long its load waits for the image model."""
+LOAD_TIMEOUT_S = 900.0
+"""Its default: the image model's load (a model process's start, warm-up, calibration) ends
+well within it, or has failed; a tail still waiting then must fail MLServer's load, not hang it.
+"""
 _POLL_S = 0.05
 _ROUTE = re.compile(r'^/v2/models/([^/]+)(?:/versions/([^/]+))?(/infer)?$')
 REST_ONLY = ('the tail model takes the V2 binary data extension over REST only: POST the '
@@ -114,16 +121,30 @@ class RcnnTailRuntime(MLModel):
     async def load(self) -> bool:
         """Wait until the image model of the same process has loaded and published its model.
 
+        It waits at most ``parameters.extra.load_timeout_s`` (default :data:`LOAD_TIMEOUT_S`).
+
         Raises:
-            ConfigError: If the settings name no image model.
+            ConfigError: If the settings name no image model, or a timeout that is not a
+                finite number above 0, or the image model was not published within it.
         """
         params = self.settings.parameters
-        image = (params.extra or {}).get(IMAGE_MODEL) if params else None
+        extra = (params.extra if params else None) or {}
+        image = extra.get(IMAGE_MODEL)
         if not isinstance(image, str):
             raise ConfigError(f'the tail model needs parameters.extra.{IMAGE_MODEL}')
+        timeout_s = extra.get(LOAD_TIMEOUT, LOAD_TIMEOUT_S)
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or \
+                not 0 < timeout_s < math.inf:
+            raise ConfigError(f'parameters.extra.{LOAD_TIMEOUT} of the tail model must be a '
+                              f'number of seconds above 0, got {timeout_s!r}')
         self._image = image
         # MLServer loads all models at once (asyncio.gather): the image model's load runs.
+        deadline = time.monotonic() + timeout_s
         while image not in _SHARED:
+            if time.monotonic() >= deadline:
+                raise ConfigError(f'model {self.name}: image model {image!r} did not load '
+                                  f'within {timeout_s:g} s (parameters.extra.{LOAD_TIMEOUT}); '
+                                  'it failed to load or is still loading')
             await asyncio.sleep(_POLL_S)
         LOG.info('model %s ready: the tail of %s', self.name, image)
         return True

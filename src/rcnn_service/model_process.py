@@ -10,17 +10,24 @@ loaded and warmed up. When it dies, the batch under way fails at once with a ret
 (:class:`rcnn_service.guard.ModelUnavailable`: 503 with Retry-After, gRPC UNAVAILABLE), readiness
 turns false, and it is restarted after a back-off (1 s, doubling to 30 s). The fourth death
 within 300 s gives up: a crash loop must not look alive (:class:`RestartPolicy`).
+
+A child that hangs without dying (a stuck kernel, a deadlock) would hold every later batch: a
+batch that runs over ``ServiceConfig.batch_timeout_s`` gets SIGKILL to its child, and from there
+it is a death like any other (the batch refused, readiness false, a restart counted by the
+policy).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 from multiprocessing.connection import wait
 import threading
 import time
 from typing import Any, Callable
 
+from adaptive_offload.errors import ConfigError
 from rcnn_service.guard import ModelUnavailable
 from rcnn_service.image_model import ImageModel
 from rcnn_service.model_child import ErrorWire, main as child_main, TailWire
@@ -109,18 +116,29 @@ class ModelProcess:
         tail: Checks tail requests (the child's spec); None until ready, or if no split.
         load_error: Why the model did not load (then it is not restarted).
         gave_up: Why the policy gave up; empty while it has not.
+        starts: Children started.
+        timeouts: Batches that ran over ``config.batch_timeout_s`` (each killed its child).
+
+    Raises:
+        ConfigError: If ``config.batch_timeout_s`` is not a finite number above 0.
     """
 
     def __init__(self, config: ServiceConfig, policy: RestartPolicy | None = None,
                  on_give_up: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, slots: int = 0,
                  child: Callable[..., None] = child_main) -> None:
+        timeout_s = config.batch_timeout_s
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or \
+                not 0 < timeout_s < math.inf:
+            raise ConfigError(f'the batch timeout must be a number of seconds above 0, got '
+                              f'{timeout_s!r}')
         self.config = config
         self.policy = policy or RestartPolicy()
         self.tail: TailChecks | None = None
         self.load_error = ''
         self.gave_up = ''
         self.starts = 0
+        self.timeouts = 0
         self._on_give_up = on_give_up
         self._child_main = child
         self._clock = clock
@@ -139,6 +157,7 @@ class ModelProcess:
         self._batch = 0
         self._start_s = 0.0
         self._retry_at = 0.0
+        self._killed = ''  # why run() killed the child, for the supervisor's log
         self._supervisor = threading.Thread(target=self._supervise, name='model-supervisor',
                                             daemon=True)
         self._supervisor.start()
@@ -172,7 +191,8 @@ class ModelProcess:
         """Run one batch in the child (see :meth:`rcnn_service.image_model.ImageModel.run`).
 
         Raises:
-            ModelUnavailable: The child is (re)starting, or died under this batch.
+            ModelUnavailable: The child is (re)starting, died under this batch, or ran over
+                ``config.batch_timeout_s`` with it (then it is killed and restarted).
             RequestError: What the model raised for the batch, as it would in-process.
         """
         with self._lock:
@@ -185,10 +205,15 @@ class ModelProcess:
             wire = [TailWire.of(i.payload) if isinstance(i, TailJob) else next(order)
                     for i in items]
             self._batch += 1
+            # Real seconds, not self._clock: they bound a real wait on the pipe.
+            deadline = time.monotonic() + self.config.batch_timeout_s
             try:
                 conn.send(('run', self._batch, wire))
                 while True:
-                    if conn in wait([conn, proc.sentinel]):
+                    ready = wait([conn, proc.sentinel], max(0.0, deadline - time.monotonic()))
+                    if not ready:
+                        raise self._hung(proc)
+                    if conn in ready:
                         kind, batch, result = conn.recv()
                         if batch == self._batch:
                             break
@@ -201,6 +226,18 @@ class ModelProcess:
         if kind == 'failed' and isinstance(result, ErrorWire):
             raise result.error()
         return list(result)
+
+    def _hung(self, proc: Any) -> ModelUnavailable:
+        """Kill a child that ran over the batch timeout; return the batch's refusal."""
+        timeout_s = self.config.batch_timeout_s
+        self._ready.clear()
+        self.timeouts += 1
+        self._killed = f'its batch ran over the batch timeout of {timeout_s:g} s'
+        LOG.error('model process %s did not finish a batch within %g s (hung?): killing it',
+                  proc.pid, timeout_s)
+        proc.kill()  # SIGKILL: a hung child reads no 'stop'; the supervisor restarts it
+        return self.unavailable(f'the model process did not finish this batch within the '
+                                f'batch timeout of {timeout_s:g} s: it is killed and restarts')
 
     def close(self) -> None:
         """Stop the child (after its batch under way) and remove the shared memory."""
@@ -275,17 +312,19 @@ class ModelProcess:
             _stop(*child)
         with self._lock:
             self._child = None
+            cause, self._killed = self._killed, ''
+        status = f'killed: {cause}' if cause else f'exit status {code}'
         now = self._clock()
         delay = self.policy.died(now, up_since)
         if delay is None:
             self.gave_up = (f'the model process died {len(self.policy.deaths)} times within '
-                            f'{self.policy.window_s:g} s (last exit status {code})')
+                            f'{self.policy.window_s:g} s (last {status})')
             LOG.error('%s: giving up, the service stops', self.gave_up)
             if self._on_give_up is not None:
                 self._on_give_up(self.gave_up)
             return True
         self._retry_at = now + delay
-        LOG.warning('the model process died (exit status %s); restarting in %g s', code, delay)
+        LOG.warning('the model process died (%s); restarting in %g s', status, delay)
         return self._closing.wait(delay)
 
 

@@ -47,6 +47,11 @@ class ServiceConfig:
         model_process: Run the model in a process of its own
             (:mod:`rcnn_service.model_process`), so that request handling never holds the
             interpreter the model's kernel launches need; a dead one is restarted.
+        batch_timeout_s: With ``model_process``, the longest a batch may take in the model's
+            process; one that takes longer is taken for a hung process (a stuck kernel, a
+            deadlock), which is killed and restarted, its batch refused (503, retryable).
+            Well above the slowest legitimate batch: a full batch of a large model on a CPU,
+            or the first batches of a shape on a GPU (kernel selection, allocator growth).
     """
 
     arch: str = 'fasterrcnn_mobilenet_v3_large_fpn'
@@ -70,3 +75,4 @@ class ServiceConfig:
     tls: TlsFiles | None = None
     max_tail_bytes: int = 256 << 20
     model_process: bool = False
+    batch_timeout_s: float = 120.0

@@ -56,3 +56,16 @@ def test_loadtest_takes_the_model_process_flag_too() -> None:
     args = build_parser().parse_args(['loadtest', '--model-process'])
     assert model_process(args) is True
     assert model_process(build_parser().parse_args(['loadtest'])) is False
+
+
+def test_the_batch_timeout_reaches_the_config_and_defaults_to_two_minutes() -> None:
+    assert _config().batch_timeout_s == 120.0
+    assert _config('--batch-timeout-s', '7.5').batch_timeout_s == 7.5
+
+
+@pytest.mark.parametrize('value', ['0', '-3', 'nan', 'inf', 'soon'])
+def test_a_bad_batch_timeout_is_a_usage_error(value: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(['serve', '--batch-timeout-s', value])
+    assert '--batch-timeout-s' in capsys.readouterr().err

@@ -7,7 +7,7 @@ import threading
 from adaptive_offload.errors import ConfigError
 import pytest
 from rcnn_service.batching import AdaptiveBatcher
-from rcnn_service.guard import Overloaded
+from rcnn_service.guard import ModelUnavailable, Overloaded
 
 
 class _GatedModel:
@@ -56,6 +56,32 @@ def test_one_bad_input_fails_only_its_own_request() -> None:
     with pytest.raises(ValueError, match='negative'):
         bad.result(10.0)
     batcher.close()
+
+
+class _LostModel(_GatedModel):
+    """The gated model whose process is lost after its first batch (hung, killed)."""
+
+    def __call__(self, items: list[int]) -> list[int]:
+        if self.batches:
+            self.batches.append(list(items))
+            raise ModelUnavailable('the model process did not finish this batch within the '
+                                   'batch timeout of 1 s', 1.0)
+        return super().__call__(items)
+
+
+def test_a_lost_model_fails_the_whole_batch_at_once_with_its_reason() -> None:
+    model = _LostModel()
+    batcher = AdaptiveBatcher(model, max_batch=4)
+    first = batcher.submit(1).future
+    assert model.started.wait(10.0)
+    queued = [batcher.submit(i).future for i in (2, 3)]
+    model.release.set()
+    assert first.result(10.0) == 2
+    for future in queued:
+        with pytest.raises(ModelUnavailable, match='batch timeout of 1 s'):
+            future.result(10.0)
+    batcher.close()
+    assert model.batches == [[1], [2, 3]]  # not run again image by image
 
 
 def test_wait_lets_a_lone_request_collect_company() -> None:
