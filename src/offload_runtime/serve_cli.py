@@ -36,6 +36,11 @@ def add_serve_parser(sub: Any) -> None:
                             'UNAVAILABLE); it counts as a death for the restart policy. Keep it '
                             'well above the slowest real batch (a full batch of a large model '
                             'on a CPU, the first batches on a GPU) (default 120)')
+    serve.add_argument('--load-timeout-s', type=batch_timeout, default=900.0,
+                       help='with --model-process, the longest a model process may take from '
+                            'its start to readiness (load, warm-up, calibration): one that '
+                            'takes longer is taken for hung, killed and restarted, which '
+                            'counts as a death for the restart policy (default 900)')
     serve.add_argument('--host', default='127.0.0.1')
     serve.add_argument('--port', type=int, default=8080,
                        help='REST port (builtin: 0 picks a free port)')
@@ -95,7 +100,7 @@ def add_model_process_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def batch_timeout(text: str) -> float:
-    """Argument type of ``--batch-timeout-s``: a finite number of seconds above 0.
+    """Argument type of ``--batch-timeout-s`` and ``--load-timeout-s``: seconds, finite, > 0.
 
     Raises:
         argparse.ArgumentTypeError: For anything else (0 would refuse every batch, and a hung
@@ -148,6 +153,7 @@ def service_config(args: argparse.Namespace) -> Any:
                            max_tail_bytes=args.max_tail_bytes,
                            model_process=model_process(args),
                            batch_timeout_s=args.batch_timeout_s,
+                           load_timeout_s=args.load_timeout_s,
                            tls=TlsFiles.from_options(args.tls_cert, args.tls_key))
     return config
 

@@ -14,7 +14,8 @@ within 300 s gives up: a crash loop must not look alive (:class:`RestartPolicy`)
 A child that hangs without dying (a stuck kernel, a deadlock) would hold every later batch: a
 batch that runs over ``ServiceConfig.batch_timeout_s`` gets SIGKILL to its child, and from there
 it is a death like any other (the batch refused, readiness false, a restart counted by the
-policy).
+policy). So is a child whose model is not ready within ``ServiceConfig.load_timeout_s`` of
+its start.
 """
 
 from __future__ import annotations
@@ -120,18 +121,20 @@ class ModelProcess:
         timeouts: Batches that ran over ``config.batch_timeout_s`` (each killed its child).
 
     Raises:
-        ConfigError: If ``config.batch_timeout_s`` is not a finite number above 0.
+        ConfigError: If ``config.batch_timeout_s`` or ``load_timeout_s`` is not a finite
+            number above 0.
     """
 
     def __init__(self, config: ServiceConfig, policy: RestartPolicy | None = None,
                  on_give_up: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, slots: int = 0,
                  child: Callable[..., None] = child_main) -> None:
-        timeout_s = config.batch_timeout_s
-        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or \
-                not 0 < timeout_s < math.inf:
-            raise ConfigError(f'the batch timeout must be a number of seconds above 0, got '
-                              f'{timeout_s!r}')
+        for name, timeout_s in (('batch', config.batch_timeout_s),
+                                ('load', config.load_timeout_s)):
+            if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or \
+                    not 0 < timeout_s < math.inf:
+                raise ConfigError(f'the {name} timeout must be a number of seconds above 0, '
+                                  f'got {timeout_s!r}')
         self.config = config
         self.policy = policy or RestartPolicy()
         self.tail: TailChecks | None = None
@@ -276,8 +279,12 @@ class ModelProcess:
         self.starts += 1
         with self._lock:
             self._child = (proc, parent)
+        # Real seconds, as in run(): they bound a real wait for the child.
+        deadline = time.monotonic() + self.config.load_timeout_s
         while not self._closing.is_set():
             if not wait([parent, proc.sentinel], _POLL_S):
+                if time.monotonic() >= deadline:
+                    return self._load_hung(proc)
                 continue
             try:
                 message = parent.recv()
@@ -295,6 +302,16 @@ class ModelProcess:
             return 'ready'
         return 'closing'
 
+    def _load_hung(self, proc: Any) -> str:
+        """Kill a child that ran over the load timeout; its start is then a death."""
+        timeout_s = self.config.load_timeout_s
+        with self._lock:
+            self._killed = f'its load ran over the load timeout of {timeout_s:g} s'
+        LOG.error('model process %s did not load its model within %g s (hung?): killing it',
+                  proc.pid, timeout_s)
+        proc.kill()  # SIGKILL: a hung child reads no 'stop'
+        return 'died'
+
     def _watch(self) -> bool:
         """Wait until the child dies (False) or the model closes (True)."""
         child = self._child
@@ -307,9 +324,9 @@ class ModelProcess:
         """Handle a death: back off and return False, or give up and return True."""
         self._ready.clear()
         child = self._child
-        code = None if child is None else child[0].exitcode
         if child is not None:
-            _stop(*child)
+            _stop(*child)  # reaps it: its pipe may close before the exit status is known
+        code = None if child is None else child[0].exitcode
         with self._lock:
             self._child = None
             cause, self._killed = self._killed, ''

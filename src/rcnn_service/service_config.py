@@ -52,6 +52,10 @@ class ServiceConfig:
             deadlock), which is killed and restarted, its batch refused (503, retryable).
             Well above the slowest legitimate batch: a full batch of a large model on a CPU,
             or the first batches of a shape on a GPU (kernel selection, allocator growth).
+        load_timeout_s: With ``model_process``, the longest a child may take from its start to
+            its model's readiness (import, load, warm-up, calibration); one that takes longer
+            is taken for hung, killed and restarted, which the restart policy counts as a
+            death: readiness alone would stay false for ever, and nothing would restart it.
     """
 
     arch: str = 'fasterrcnn_mobilenet_v3_large_fpn'
@@ -76,3 +80,4 @@ class ServiceConfig:
     max_tail_bytes: int = 256 << 20
     model_process: bool = False
     batch_timeout_s: float = 120.0
+    load_timeout_s: float = 900.0

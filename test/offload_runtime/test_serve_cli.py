@@ -58,14 +58,16 @@ def test_loadtest_takes_the_model_process_flag_too() -> None:
     assert model_process(build_parser().parse_args(['loadtest'])) is False
 
 
-def test_the_batch_timeout_reaches_the_config_and_defaults_to_two_minutes() -> None:
-    assert _config().batch_timeout_s == 120.0
+def test_the_timeouts_reach_the_config_and_default_to_two_and_fifteen_minutes() -> None:
+    assert (_config().batch_timeout_s, _config().load_timeout_s) == (120.0, 900.0)
     assert _config('--batch-timeout-s', '7.5').batch_timeout_s == 7.5
+    assert _config('--load-timeout-s', '60').load_timeout_s == 60.0
 
 
+@pytest.mark.parametrize('flag', ['--batch-timeout-s', '--load-timeout-s'])
 @pytest.mark.parametrize('value', ['0', '-3', 'nan', 'inf', 'soon'])
-def test_a_bad_batch_timeout_is_a_usage_error(value: str,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_timeout_is_a_usage_error(flag: str, value: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        build_parser().parse_args(['serve', '--batch-timeout-s', value])
-    assert '--batch-timeout-s' in capsys.readouterr().err
+        build_parser().parse_args(['serve', flag, value])
+    assert flag in capsys.readouterr().err

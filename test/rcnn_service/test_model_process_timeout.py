@@ -14,7 +14,7 @@ from typing import Any
 
 from adaptive_offload.errors import ConfigError
 from helpers import child_processes, process_gone
-from model_children import HANG_ONCE_ENV, hanging_model_child
+from model_children import HANG_ONCE_ENV, hanging_model_child, slow_loading_model_child
 import numpy as np
 import pytest
 from rcnn_service.guard import ModelUnavailable
@@ -89,3 +89,34 @@ def test_a_bad_batch_timeout_is_refused_before_a_child_starts(timeout_s: Any) ->
         ModelProcess(ServiceConfig(model_process=True, max_batch=1, max_image_side=64,
                                    batch_timeout_s=timeout_s))
     assert set(child_processes()) - before - _tracker() == set()
+
+
+def test_a_child_that_never_loads_is_killed_at_the_load_timeout_and_replaced(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv(HANG_ONCE_ENV, str(tmp_path / 'hung'))
+    before = set(child_processes())
+    policy = RestartPolicy(first_s=0.05, max_s=0.1)
+    caplog.set_level(logging.WARNING, logger='adaptive_offload.service.model')
+    config = ServiceConfig(model_process=True, max_batch=2, max_image_side=64,
+                           load_timeout_s=TIMEOUT_S)
+    model = ModelProcess(config, policy, child=slow_loading_model_child)
+    try:
+        # Without the bound the first child would hold readiness false for ever.
+        assert model.wait_settled(START_S) and model.ready
+        assert model.starts == 2 and len(policy.deaths) == 1
+        answer = model.run([np.zeros((8, 8, 3), np.uint8)])
+        assert [len(d.scores) for d in answer] == [0]
+    finally:
+        model.close()
+    assert set(child_processes()) - before - _tracker() == set()
+    assert any('did not load its model within 1 s' in r.getMessage()
+               for r in caplog.records if r.levelno == logging.ERROR)
+    assert any('killed: its load ran over the load timeout of 1 s' in r.getMessage()
+               for r in caplog.records if r.levelno == logging.WARNING)
+
+
+def test_a_bad_load_timeout_is_refused_before_a_child_starts() -> None:
+    with pytest.raises(ConfigError, match='load timeout must be a number of seconds above 0'):
+        ModelProcess(ServiceConfig(model_process=True, max_batch=1, max_image_side=64,
+                                   load_timeout_s=0.0))
