@@ -18,7 +18,9 @@ payload of another size takes:
   *base*) come on top: on a 50 Mbit/s link with a 30 ms round trip a 14 kB JPEG's non-server
   time is 32 ms, of which 2 ms is transfer, and bytes over all of it reads 3.4 Mbit/s. With
   ``fit_window`` the estimator fits ``non_server_ms = base + bytes / rate`` and rates each
-  request as its bytes over ``non_server - base``.
+  request as its bytes over ``non_server - base``. The fit needs sizes that differ: a sender
+  whose requests are all alike (one JPEG quality) asks :attr:`UplinkEstimator.needs_spread`
+  and sends some at another size.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ CHANGE_SPREADS = 3.0  # robust spreads beyond the older rates' median that a cha
 # alike, base and rate cannot be told apart (any base fits one size with some rate).
 SIZE_SPAN = 1.5
 MIN_FIT = 6  # requests a fit needs
+# Requests the fit window needs on the rarer side of a SIZE_SPAN gap for the fit to be steady:
+# with fewer, every far pair shares one of a few requests, and its jitter is the slope's.
+SPREAD_WANTED = 6
 # A request's transfer is taken as at least this share of its non-server time: where the
 # transfer is within the base's jitter, ``non_server - base`` may be ~0 or negative.
 MIN_TRANSFER_SHARE = 0.05
@@ -111,6 +116,7 @@ class UplinkEstimator:
         self._factor = change_factor
         self._fit_window = fit_window
         self._rates: deque[float] = deque(maxlen=window)  # bytes over all non-server time
+        self._rate_bytes: deque[int] = deque(maxlen=window)  # their requests' sizes
         self._requests: deque[tuple[int, float]] = deque(maxlen=max(window, fit_window))
         self._median: float | None = None
         self._base: float | None = None
@@ -141,8 +147,9 @@ class UplinkEstimator:
             return False
         self.changed = 0
         if self._run_needed:
-            self._follow(rate)
+            self._follow(rate, bytes_sent)
         self._rates.append(rate)
+        self._rate_bytes.append(bytes_sent)
         self._requests.append((bytes_sent, transfer_ms))
         if self._run_needed and self._run >= self._run_needed:
             self._change_point()
@@ -151,27 +158,34 @@ class UplinkEstimator:
         self._median = self._estimate()
         return True
 
-    def _beyond(self, rate: float, older: list[float]) -> int:
-        """1 (-1) if ``rate`` is beyond the factor and the spreads above (below) ``older``."""
-        if len(older) < self._run_needed:
+    def _beyond(self, rate: float, nbytes: int, older: list[tuple[float, int]]) -> int:
+        """1 (-1) if ``rate`` is beyond the factor and the spreads above (below) ``older``.
+
+        Only the older rates of requests of about ``nbytes`` (within :data:`SIZE_SPAN`) count:
+        on one link a larger request's rate is higher, the base weighing less in its time, so
+        a request of another size (one sent to spread the fit) is no sign of a change. With
+        fewer of them than a change run, 0.
+        """
+        alike = [r for r, b in older if nbytes < b * SIZE_SPAN and b < nbytes * SIZE_SPAN]
+        if len(alike) < self._run_needed:
             return 0
-        median = statistics.median(older)
-        spread = CHANGE_SPREADS * MAD_SIGMA * statistics.median(abs(r - median) for r in older)
+        median = statistics.median(alike)
+        spread = CHANGE_SPREADS * MAD_SIGMA * statistics.median(abs(r - median) for r in alike)
         if rate > median * self._factor and rate > median + spread:
             return 1
         if rate < median / self._factor and rate < median - spread:
             return -1
         return 0
 
-    def _follow(self, rate: float) -> None:
+    def _follow(self, rate: float, nbytes: int) -> None:
         """Extend the run of rates beyond the older ones with ``rate``, or end it."""
-        rates = list(self._rates)
-        direction = self._beyond(rate, rates[:len(rates) - self._run])
+        rates = list(zip(self._rates, self._rate_bytes))
+        direction = self._beyond(rate, nbytes, rates[:len(rates) - self._run])
         if self._run and direction == self._run_dir:
             self._run += 1
             return
         if self._run:  # the run ended: its rates are older ones now
-            direction = self._beyond(rate, rates)
+            direction = self._beyond(rate, nbytes, rates)
         self._run, self._run_dir = (1, direction) if direction else (0, 0)
         self.run_starts += 1 if direction else 0
 
@@ -179,6 +193,7 @@ class UplinkEstimator:
         """Forget the rates older than the run: they describe a link that is gone."""
         while len(self._rates) > self._run:
             self._rates.popleft()
+            self._rate_bytes.popleft()
         while len(self._requests) > self._run:
             self._requests.popleft()
         self.changed, self.changes = self._run_dir, self.changes + 1
@@ -231,6 +246,28 @@ class UplinkEstimator:
     def base_ms(self) -> float:
         """Fixed part of a request's non-server time; 0 until fitted (or without a fit)."""
         return self._base or 0.0
+
+    @property
+    def spread(self) -> int:
+        """Requests of the fit window on the rarer side of a :data:`SIZE_SPAN` size gap.
+
+        Those at least :data:`SIZE_SPAN` times the window's smallest and the others are
+        counted apart; the fewer of the two is returned: 0 where sizes are alike or there is
+        no fit window.
+        """
+        if not self._fit_window or not self._requests:
+            return 0
+        sizes = [b for b, _ in list(self._requests)[-self._fit_window:]]
+        far = sum(1 for b in sizes if b >= SIZE_SPAN * min(sizes))
+        return min(far, len(sizes) - far)
+
+    @property
+    def needs_spread(self) -> bool:
+        """Whether the fit wants requests of another size (:attr:`spread` too small).
+
+        True while :attr:`spread` is below :data:`SPREAD_WANTED`; never without a fit window.
+        """
+        return bool(self._fit_window) and self.spread < SPREAD_WANTED
 
     @property
     def rising(self) -> int:

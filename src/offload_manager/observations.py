@@ -10,20 +10,16 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-import functools
 from typing import Any, NamedTuple, Protocol
 
 from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceReport, Route
 from adaptive_offload.uplink import UplinkEstimator
-import numpy as np
 from offload_manager.accuracy import AccuracyModel
 from offload_manager.availability import AvailabilityPredictor
 from offload_manager.frame_outcomes import NO_RESULT
+from offload_manager.jpeg_sizes import jpeg_factor, sent_quality
 from offload_manager.latency_models import ArForecaster, LatencyBook, tail_probability
 
-# JPEG bytes relative to quality 75, measured on 640x480 frames by benchmarks/bench_service.py
-# (q50 13.7 %, q75 20.1 %, q95 39.1 % of raw); other qualities interpolate.
-JPEG_SIZE = {50: 0.68, 75: 1.0, 95: 1.95}
 REPLY_BYTES = 2048  # a detection reply: a few hundred bytes of JSON or protobuf per box
 EDGE_WINDOW = 20  # edge answers and unanswered edge frames the edge's availability counts
 # An edge that has not answered for SILENT_FACTOR times its slowest recent answer (plus
@@ -70,13 +66,6 @@ class Estimate(NamedTuple):
     accuracy: float
     cost_usd: float
     latency_ms: float
-
-
-@functools.lru_cache(maxsize=128)
-def jpeg_factor(quality: int) -> float:
-    """Bytes at ``quality`` relative to quality 75 (see :data:`JPEG_SIZE`)."""
-    qs = sorted(JPEG_SIZE)
-    return float(np.interp(quality, qs, [JPEG_SIZE[q] for q in qs]))
 
 
 class Observations:
@@ -130,7 +119,11 @@ class Observations:
         self._edge_recent_ms: deque[float] = deque(maxlen=5)
         self.now_s = 0.0
         self.prepare()
-        self.quality = 75
+        self.quality = 75  # of the plan's cloud requests, probes included
+        # Of the requests last sent at another size for the uplink fit (size_spread), and how
+        # many requests that sent bytes ended since the last of them.
+        self.spread_quality: int | None = None
+        self.since_spread = 0
 
     def observe_report(self, report: InferenceReport) -> None:
         """Learn from a worker report."""
@@ -138,17 +131,20 @@ class Observations:
             if report.encode_ms > 0:  # spent whether or not the request then succeeded
                 self._encode.append(report.encode_ms)
             if report.status == 'ok':
-                self.book.add('cloud', report.total_ms, self.now_s)
+                quality = self._sent_at(report)
+                if quality == self.quality:  # one at the spread size measures the link alone
+                    self.book.add('cloud', report.total_ms, self.now_s)
+                    self.trend.add(report.total_ms)
+                    self._sent.append(report.bytes_sent)
                 self.book.add('cloud:server', report.server_ms, self.now_s)
                 self.book.add('cloud:queue', report.queue_ms, self.now_s)
                 self._queued.append(report.queue_ms)
-                self.trend.add(report.total_ms)
                 self.bandwidth.add_report(report)
                 self.link_measured()
-                self._bytes.append(report.bytes_sent / jpeg_factor(self.quality))
-                self._sent.append(report.bytes_sent)
+                self._bytes.append(report.bytes_sent / jpeg_factor(quality))
                 self.availability.observe(self.now_s, True)
             elif report.status == 'failed':
+                self._sent_at(report)
                 self.availability.observe(self.now_s, False)
         elif report.status == 'ok' and report.model:
             self._edge_answers.append(True)
@@ -159,6 +155,22 @@ class Observations:
             _bound(self._edge_meta)
             self._confide(report.stamp_ns)
             self._pair(report.stamp_ns)
+
+    def _sent_at(self, report: InferenceReport) -> int:
+        """Return the quality a cloud request went at: the plan's or the spread one.
+
+        Counts it in :attr:`since_spread`, unless it sent nothing (refused): that cost nothing.
+        One at the spread size is left out of the cloud latency series and trend: its larger
+        (or smaller) transfer is no news of the plan's JPEGs, and taking it off would need
+        the rate that it is sent to measure.
+        """
+        q75 = sum(self._bytes) / len(self._bytes) if self._bytes else 0.0
+        quality = sent_quality(report.bytes_sent, q75, self.quality, self.spread_quality)
+        if quality != self.quality:
+            self.since_spread = 0
+        elif report.bytes_sent > 0:
+            self.since_spread += 1
+        return quality
 
     def link_measured(self) -> None:
         """After a request was added to the uplink estimate: follow a change point at once.

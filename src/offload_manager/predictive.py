@@ -20,6 +20,7 @@ from typing import Any
 from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceReport, Route
 from offload_manager.observations import Estimate, Observations, Option
 from offload_manager.policy import AccuracyView, Plan, PolicySettings
+from offload_manager.size_spread import spread_sizes
 
 
 class _ObservingPolicy:
@@ -175,6 +176,9 @@ class PredictivePolicy(_ObservingPolicy):
     suspicion needs a new run of faster rates, which only an ordinary probe can begin once
     the burst is over, so a link that keeps looking faster without being so costs at most
     one burst per ``probe_every`` frames.
+
+    JPEGs go out at another quality now and then while the uplink fit needs sizes that differ
+    (``offload_manager.size_spread``, which states what that costs).
     """
 
     name = 'predictive'
@@ -232,7 +236,7 @@ class PredictivePolicy(_ObservingPolicy):
             elif self._learning(estimates, best):
                 plan = replace(plan, probe_every=1,
                                reason=f"{plan.reason}; learning the cloud's availability")
-        return plan
+        return spread_sizes(plan, self.obs, s)
 
     def _learning(self, estimates: list[Estimate], best: Estimate) -> bool:
         """Whether to probe every frame: the cloud would save energy, but is not known yet.

@@ -8,7 +8,8 @@ import statistics
 
 from adaptive_offload.datatypes import InferenceReport
 from adaptive_offload.errors import ConfigError
-from adaptive_offload.uplink import MIN_TRANSFER_MS, transfer_rate_mbps, UplinkEstimator
+from adaptive_offload.uplink import (MIN_TRANSFER_MS, SPREAD_WANTED, transfer_rate_mbps,
+                                     UplinkEstimator)
 import pytest
 
 
@@ -142,3 +143,37 @@ def test_a_fitted_base_is_kept_when_sizes_stop_varying() -> None:
     for _ in range(40):  # one size only, the link slower
         bw.add(13_707, 30.0 + 13_707 * 8 / 5e3)
     assert bw.base_ms == pytest.approx(30.0) and bw.mbps == pytest.approx(5.0)
+
+
+def test_spread_counts_the_rarer_side_of_a_size_gap() -> None:
+    assert not UplinkEstimator(window=15).needs_spread  # no fit: nothing to spread for
+    bw = UplinkEstimator(window=15, change_run=3, fit_window=60)
+    assert bw.spread == 0 and bw.needs_spread
+    rng = random.Random(3)
+    for _ in range(60):  # q50 JPEGs alone
+        bw.add(13_707, _noisy(rng, 30.0, 50.0, 13_707))
+    assert bw.spread == 0 and bw.needs_spread
+    for i in range(SPREAD_WANTED):  # q95 ones among them
+        bw.add(39_300, _noisy(rng, 30.0, 50.0, 39_300))
+        assert bw.spread == i + 1 and bw.needs_spread == (i + 1 < SPREAD_WANTED)
+    for _ in range(60 - SPREAD_WANTED):  # the q95 ones leave the fit window
+        bw.add(13_707, _noisy(rng, 30.0, 50.0, 13_707))
+    assert bw.spread == SPREAD_WANTED
+    bw.add(13_707, 32.0)
+    assert bw.spread == SPREAD_WANTED - 1 and bw.needs_spread
+
+
+def test_requests_of_another_size_are_no_sign_of_a_change() -> None:
+    # On one 50 Mbit/s link a q95 JPEG's rate (bytes over the whole non-server time) is 2.5
+    # times a q50 one's: a run of them is compared with requests of its own size, not the q50s.
+    bw = UplinkEstimator(window=15, change_run=3, fit_window=60)
+    rng = random.Random(5)
+    for _ in range(40):
+        bw.add(13_707, _noisy(rng, 30.0, 50.0, 13_707))
+    for _ in range(3):
+        bw.add(39_300, _noisy(rng, 30.0, 50.0, 39_300))
+        assert bw.rising == 0
+    assert bw.changes == 0
+    for _ in range(3):  # a real drop, to 2 Mbit/s, is still one
+        bw.add(13_707, 30.0 + 13_707 * 8 / 2e3)
+    assert bw.changes == 1 and bw.changed == -1

@@ -74,8 +74,10 @@ def test_predictive_takes_the_least_energy_that_meets_the_deadline_and_accuracy_
     # cloud's accuracy, at the least energy of the options that reach it.
     feed.policy.retune(_settings(accuracy_floor=40.0))
     plan = feed.plan()
-    assert (plan.route, plan.edge_imgsz, plan.jpeg_quality) == (Route.HEDGED, 320, 50)
-    assert not plan.unmet, plan.reason
+    # The option, not the plan's quality: the feeder's answers are all one size, so the plan
+    # may send q95 for the uplink fit (offload_manager.size_spread).
+    assert feed.policy.current == Option(Route.HEDGED, 'yolov8n', 320, 50), plan.reason
+    assert (plan.route, plan.edge_imgsz) == (Route.HEDGED, 320) and not plan.unmet
 
 
 def test_predictive_leaves_the_cloud_when_it_fails_and_probes_to_come_back() -> None:
