@@ -281,6 +281,48 @@ def process_gone(pid: int, timeout_s: float = 10.0) -> bool:
         time.sleep(0.05)
 
 
+def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
+    """Poll ``condition`` every 50 ms until it holds (True) or ``timeout_s`` passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def resource_tracker_pids() -> set[int]:
+    """Return the multiprocessing resource tracker's pid, if it runs: a child that stays."""
+    from multiprocessing import resource_tracker
+
+    pid = getattr(resource_tracker._resource_tracker, '_pid', None)
+    return set() if pid is None else {pid}
+
+
+def pytest_in_own_process(cases: Path) -> None:
+    """Run the test module ``cases`` in a pytest process of its own; fail unless all passed.
+
+    For cases that cannot share a process with others (MLServer's and tritonclient's gRPC
+    messages clash in one protobuf pool).
+    """
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    # Not the parent's PYTEST_ADDOPTS: under colcon test it names the parent's JUnit file,
+    # which this run would overwrite.
+    env = {k: v for k, v in os.environ.items() if k != 'PYTEST_ADDOPTS'}
+    env['PYTHONPATH'] = os.pathsep.join(
+        [str(repo / 'src'), str(repo / 'test'), os.environ.get('PYTHONPATH', '')])
+    run = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                          str(cases)], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
+    if run.returncode != 0:
+        raise AssertionError(run.stdout + run.stderr)
+    if ' passed' not in run.stdout or 'skipped' in run.stdout:
+        raise AssertionError(f'not every case ran and passed:\n{run.stdout}')
+
+
 def dying_model_child(*args: object) -> None:
     """Die at once (exit status 3): a model process's main in a crash loop."""
     os._exit(3)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-from multiprocessing import resource_tracker
 import os
 import signal
 import threading
@@ -19,7 +18,7 @@ import urllib.request
 
 import cv2
 from helpers import (child_processes, compact_service, dying_model_child, process_gone,
-                     shapes_frame, SHAPES_RCNN)
+                     resource_tracker_pids, shapes_frame, SHAPES_RCNN, wait_until)
 import numpy as np
 import pytest
 from rcnn_service.compact_rcnn import COMPACT_ARCH
@@ -32,15 +31,6 @@ from rcnn_service.shared_frames import AttachedFrames, SharedFrames
 CONFIG = ServiceConfig(arch=COMPACT_ARCH, checkpoint=SHAPES_RCNN, input_size=320, port=0,
                        max_image_side=1000, model_process=True)
 START_S = 180.0  # bound on a child's start (spawn, torch import, load, warm-up) on 2 cores
-
-
-def _wait(condition: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _body(image: np.ndarray) -> bytes:
@@ -67,25 +57,20 @@ def _ready(url: str) -> int:
         return err.code
 
 
-def _tracker() -> set[int]:
-    pid = getattr(resource_tracker._resource_tracker, '_pid', None)
-    return set() if pid is None else {pid}
-
-
 @pytest.fixture(scope='module')
 def service() -> Iterator[InferenceService]:
     before = set(child_processes())
     svc = InferenceService(CONFIG)
     threading.Thread(target=svc.serve_forever, daemon=True).start()
     try:
-        assert _wait(lambda: svc.ready or bool(svc.load_error), START_S), 'not ready in time'
+        assert wait_until(lambda: svc.ready or bool(svc.load_error), START_S), 'not ready in time'
         assert svc.ready, svc.load_error
         yield svc
     finally:
         pid = getattr(svc.model, 'pid', None)
         svc.shutdown()
     assert pid is None or process_gone(pid, 10.0)
-    assert set(child_processes()) - before - _tracker() == set()
+    assert set(child_processes()) - before - resource_tracker_pids() == set()
 
 
 def test_the_process_model_answers_what_the_in_process_model_answers(
@@ -131,7 +116,7 @@ def test_a_dead_child_fails_its_batch_at_once_and_comes_back(
         _post(service.url, _body(shapes_frame()))))
     batches = model._batch
     sender.start()
-    assert _wait(lambda: model._batch > batches, 30.0)
+    assert wait_until(lambda: model._batch > batches, 30.0)
     killed = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     sender.join(30.0)
@@ -145,7 +130,7 @@ def test_a_dead_child_fails_its_batch_at_once_and_comes_back(
     assert not model.ready and _ready(service.url) == 503
     status, body, retry_after = _post(service.url, _body(shapes_frame()))
     assert status == 503 and retry_after and 'restarting' in body['error']
-    assert _wait(lambda: service.ready, START_S)
+    assert wait_until(lambda: service.ready, START_S)
     assert _ready(service.url) == 200 and model.pid not in (None, pid)
     assert _post(service.url, _body(shapes_frame()))[0] == 200
 

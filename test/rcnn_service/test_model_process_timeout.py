@@ -7,13 +7,12 @@ waits are bounded by a 1 s batch timeout. Bad timeouts are refused before any ch
 from __future__ import annotations
 
 import logging
-from multiprocessing import resource_tracker
 from pathlib import Path
 import time
 from typing import Any
 
 from adaptive_offload.errors import ConfigError
-from helpers import child_processes, process_gone
+from helpers import child_processes, process_gone, resource_tracker_pids, wait_until
 from model_children import HANG_ONCE_ENV, hanging_model_child, slow_loading_model_child
 import numpy as np
 import pytest
@@ -26,20 +25,6 @@ CONFIG = ServiceConfig(model_process=True, max_batch=2, max_image_side=64,
                        batch_timeout_s=TIMEOUT_S)
 START_S = 60.0  # bound on a stand-in child's start (spawn, numpy import) on 2 busy cores
 SLACK_S = 5.0  # the refusal's delay past the timeout, on 2 busy cores
-
-
-def _wait(condition: Any, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _tracker() -> set[int]:
-    pid = getattr(resource_tracker._resource_tracker, '_pid', None)
-    return set() if pid is None else {pid}
 
 
 def test_a_hung_child_fails_its_batch_within_the_timeout_and_a_new_one_answers(
@@ -67,7 +52,7 @@ def test_a_hung_child_fails_its_batch_within_the_timeout_and_a_new_one_answers(
         assert 'did not finish this batch within the batch timeout of 1 s' in str(err)
         assert model.timeouts == 1
         assert process_gone(hung, 10.0)  # SIGKILL: it ignores SIGTERM, as the real child does
-        assert _wait(lambda: model.ready and model.pid not in (None, hung), START_S)
+        assert wait_until(lambda: model.ready and model.pid not in (None, hung), START_S)
         assert policy.deaths and len(policy.deaths) == 1  # counted as a death
         answer = model.run([frame, frame])
         assert [len(d.scores) for d in answer] == [0, 0]
@@ -75,7 +60,7 @@ def test_a_hung_child_fails_its_batch_within_the_timeout_and_a_new_one_answers(
     finally:
         model.close()
     assert model.pid is None
-    assert set(child_processes()) - before - _tracker() == set()
+    assert set(child_processes()) - before - resource_tracker_pids() == set()
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert any(f'model process {hung} did not finish a batch within 1 s' in m for m in errors)
     assert any('killed: its batch ran over the batch timeout of 1 s' in r.getMessage()
@@ -88,7 +73,7 @@ def test_a_bad_batch_timeout_is_refused_before_a_child_starts(timeout_s: Any) ->
     with pytest.raises(ConfigError, match='batch timeout must be a number of seconds above 0'):
         ModelProcess(ServiceConfig(model_process=True, max_batch=1, max_image_side=64,
                                    batch_timeout_s=timeout_s))
-    assert set(child_processes()) - before - _tracker() == set()
+    assert set(child_processes()) - before - resource_tracker_pids() == set()
 
 
 def test_a_child_that_never_loads_is_killed_at_the_load_timeout_and_replaced(
@@ -109,7 +94,7 @@ def test_a_child_that_never_loads_is_killed_at_the_load_timeout_and_replaced(
         assert [len(d.scores) for d in answer] == [0]
     finally:
         model.close()
-    assert set(child_processes()) - before - _tracker() == set()
+    assert set(child_processes()) - before - resource_tracker_pids() == set()
     assert any('did not load its model within 1 s' in r.getMessage()
                for r in caplog.records if r.levelno == logging.ERROR)
     assert any('killed: its load ran over the load timeout of 1 s' in r.getMessage()
