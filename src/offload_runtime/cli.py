@@ -23,7 +23,7 @@ from offload_runtime.cli_args import (architectures, EXIT_INTERRUPTED, EXIT_INVA
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of every subcommand."""
-    from offload_runtime.three_tier import add_evaluate_arguments
+    from offload_runtime.fleet_cli import add_evaluate_arguments
     from offload_runtime.sample_bag import SAMPLE_ENCODINGS
     from offload_runtime.loadtest_cli import add_loadtest_parser
     from offload_runtime.profile_cli import add_profile_parser
@@ -315,8 +315,7 @@ def _recover_bag(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from offload_runtime.evaluate import DEFAULT_POLICIES, EvalOptions, evaluate
-    from offload_runtime.fleet_cli import is_fleet, run_fleet_evaluate
-    from offload_runtime.three_tier import network_profile
+    from offload_runtime.fleet_cli import is_fleet, network_profile, run_fleet_evaluate
 
     if args.scenarios.is_dir():
         scenarios = sorted(args.scenarios.glob('*.yaml'))

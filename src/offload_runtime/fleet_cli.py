@@ -1,4 +1,4 @@
-"""The fleet options of ``adaptive-offload evaluate`` (``--robots``, ``--replicas``, ...)."""
+"""The fleet and three-tier options of ``evaluate`` (``--robots``, ``--middle``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from offload_runtime.cli_args import above_zero, EXIT_OK, non_negative
 from offload_runtime.evaluate import EvalOptions
 from offload_runtime.fleet_eval import AUTOSCALE, evaluate_fleet, FleetOptions
 from offload_runtime.service_settings import ServiceSettings
+from offload_runtime.sim_settings import NetworkProfile
 
 FLEET_POLICIES = ('predictive', 'reactive', 'static')
 """Policies a fleet evaluation compares unless ``--policies`` says otherwise."""
@@ -77,3 +78,23 @@ def run_fleet_evaluate(args: argparse.Namespace, opts: EvalOptions) -> int:
     out: Path = opts.out
     print(f'fleet table: {out / "fleet.md"} and fleet.csv; plots: {out}/fleet_*.png')
     return EXIT_OK
+
+
+def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
+    """Add the fleet options and the three-tier ones to the ``evaluate`` parser."""
+    add_fleet_arguments(evaluate)
+    tiers = evaluate.add_argument_group(
+        'three tiers', 'split options arch@imgsz:i/j:encoding: the robot to i, a middle device '
+                       'on the LAN i to j, the cloud the rest (j end: nothing to the cloud)')
+    tiers.add_argument('--middle', default='',
+                       help='device profile of the middle tier (e.g. laptop_cpu)')
+    tiers.add_argument('--lan-mbps', type=above_zero(float), default=100.0,
+                       help='robot-to-middle LAN rate (sim)')
+    tiers.add_argument('--lan-rtt-ms', type=non_negative, default=2.0,
+                       help='robot-to-middle LAN round trip (sim)')
+
+
+def network_profile(args: argparse.Namespace) -> NetworkProfile:
+    """Return the simulated links ``evaluate``'s arguments describe."""
+    return NetworkProfile(args.uplink_mbps, args.rtt_ms, lan_mbps=args.lan_mbps,
+                          lan_rtt_ms=args.lan_rtt_ms, middle=args.middle)

@@ -4,20 +4,18 @@ A three-tier option (``arch@imgsz:i/j:encoding``) runs the robot's head to ``i``
 payload over the LAN to the middle device (an edge computer), which runs ``i`` to ``j`` and
 sends the payload of ``j`` over the uplink to the cloud's tail; ``j = end`` stops at the middle
 device. :func:`route_parts` draws one frame's time on each leg; faults of the uplink (a
-bandwidth drop, added delay) reach only the legs that cross it. ``evaluate`` gains ``--middle``,
-``--lan-mbps`` and ``--lan-rtt-ms`` here (:func:`add_evaluate_arguments`).
+bandwidth drop, added delay) reach only the legs that cross it. ``evaluate``'s ``--middle``,
+``--lan-mbps`` and ``--lan-rtt-ms`` are in :mod:`offload_runtime.fleet_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 from typing import Callable
 
 from adaptive_offload.split_option import parse_spec
 from offload_manager.energy import DeviceProfile, load_devices
 from offload_manager.manager_config import default_devices_file, ManagerConfig
 from offload_manager.split_figures import SplitFigures
-from offload_runtime.cli_args import above_zero, non_negative
 from offload_runtime.sim_settings import NetworkProfile
 
 Spread = Callable[[float, str], float]
@@ -66,25 +64,3 @@ def middle_device(config: ManagerConfig, named: str = '') -> DeviceProfile | Non
     if not name or not any(parse_spec(o).three_tier for o in config.splits()):
         return None
     return load_devices(config.devices_file or default_devices_file()).get(name)
-
-
-def add_evaluate_arguments(evaluate: argparse.ArgumentParser) -> None:
-    """Add the fleet options and the three-tier ones to the ``evaluate`` parser."""
-    from offload_runtime.fleet_cli import add_fleet_arguments
-
-    add_fleet_arguments(evaluate)
-    tiers = evaluate.add_argument_group(
-        'three tiers', 'split options arch@imgsz:i/j:encoding: the robot to i, a middle device '
-                       'on the LAN i to j, the cloud the rest (j end: nothing to the cloud)')
-    tiers.add_argument('--middle', default='',
-                       help='device profile of the middle tier (e.g. laptop_cpu)')
-    tiers.add_argument('--lan-mbps', type=above_zero(float), default=100.0,
-                       help='robot-to-middle LAN rate (sim)')
-    tiers.add_argument('--lan-rtt-ms', type=non_negative, default=2.0,
-                       help='robot-to-middle LAN round trip (sim)')
-
-
-def network_profile(args: argparse.Namespace) -> NetworkProfile:
-    """Return the simulated links ``evaluate``'s arguments describe."""
-    return NetworkProfile(args.uplink_mbps, args.rtt_ms, lan_mbps=args.lan_mbps,
-                          lan_rtt_ms=args.lan_rtt_ms, middle=args.middle)

@@ -10,9 +10,10 @@ from offload_manager.energy import load_devices
 from offload_manager.manager import default_devices_file, ManagerConfig, OffloadManager
 from offload_runtime.cli import build_parser
 from offload_runtime.evaluate import EvalOptions, manager_config
+from offload_runtime.fleet_cli import network_profile
 from offload_runtime.sim_settings import NetworkProfile, SimSettings
 from offload_runtime.simulator import Simulation
-from offload_runtime.three_tier import network_profile, TIERS
+from offload_runtime.three_tier import TIERS
 import pytest
 
 S = 'fasterrcnn_mobilenet_v3_small_fpn@640'
