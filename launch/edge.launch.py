@@ -55,7 +55,8 @@ def generate_launch_description() -> LaunchDescription:
                                           "empty: the parameter file's (the whole detector)"),
         DeclareLaunchArgument('split_point', default_value='',
                               description='k: the head runs layers [0, k), the tail the rest; '
-                                          'the same on both'),
+                                          'the same on both, or 0 on the tail to run '
+                                          'whatever point the head chose'),
         DeclareLaunchArgument('split_encoding', default_value='',
                               description='Head: fp32, fp16 or int8, then +zstd, +lz4 or +none'),
         DeclareLaunchArgument('split_topic', default_value='',

@@ -12,6 +12,7 @@ Nothing happens at import: torch and ultralytics are imported by the methods tha
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 import importlib
 import math
@@ -99,6 +100,19 @@ class SplitModel:
             return cls(UltralyticsBackend(options), k)
         except ConfigError as err:
             raise ConfigError(f'{options.model}: {err}') from None
+
+    def at(self, k: int) -> SplitModel:
+        """Return this detector prepared at split point ``k``, its network and weights shared.
+
+        Raises:
+            ConfigError: If ``k`` is not one of the model's split points.
+        """
+        if k == self.point.index:
+            return self
+        other = copy.copy(self)
+        other.point = self._split.point(k)
+        other.layout = other._layout()
+        return other
 
     def _layout(self) -> dict[int, tuple[int, int]]:
         import torch

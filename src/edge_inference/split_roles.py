@@ -5,7 +5,8 @@ or a probe), letterboxes each at the decision's size, runs layers ``[0, k)`` and
 crossing tensors as one :class:`adaptive_offload.split_frame.SplitFrame` (a CompressedImage),
 with its report: ``ok``, the head's time, the bytes sent, no detections. A ``tail`` runs
 whatever arrives: it reads the message within bounds, refuses one from other weights or
-another split point, runs layers ``[k, end)``, NMS and the box scaling, and publishes the
+another split point (at ``split_point`` 0 it runs any point the head chose), runs layers
+``[k, end)``, NMS and the box scaling, and publishes the
 detections and its report under its own ``source_name``: to the manager it is one more edge
 source. A bad or refused message gives a ``failed`` report that says why, never an exception.
 
@@ -25,7 +26,7 @@ from typing import Any, Callable, Mapping
 from adaptive_offload.admission import EveryNth
 from adaptive_offload.conversions import image_to_frame, stamp_to_ns
 from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
-from adaptive_offload.errors import BackendError, ConversionError
+from adaptive_offload.errors import BackendError, ConfigError, ConversionError
 from adaptive_offload.split_frame import read_split_frame, split_frame, SplitFrame
 from adaptive_offload.split_request import decode_wire_tensor, SplitRequest
 from adaptive_offload.split_wire import encode_wire_tensor, SplitTensors
@@ -61,8 +62,9 @@ def build_core(config: EdgeConfig, send: Send) -> EdgeCore:
     """
     if not config.split_role:
         return build_edge(config)
+    # A tail that follows the head (k = 0) is prepared at each point as messages name it.
     model = SplitModel.load(BackendOptions(config.model, config.device,
-                                           config.ultralytics_config_dir), config.split_point)
+                                           config.ultralytics_config_dir), config.split_point or 1)
     if config.split_role == 'head':
         return SplitHead(config, model, send)
     return SplitTail(config, model)
@@ -170,8 +172,9 @@ class SplitHead(_SplitRole):
 
 @dataclass(frozen=True)
 class _TailInput:
-    """A checked message: decoded crossing tensors and what the detections need."""
+    """A checked message: its point's model, decoded crossing tensors, what detections need."""
 
+    model: SplitModel
     crossing: dict[int, Any]
     letterbox: Letterbox
     imgsz: int
@@ -181,11 +184,20 @@ class _TailInput:
 class SplitTail(_SplitRole):
     """Runs layers ``[k, end)`` on the tensors a head sent, and makes the detections.
 
+    At ``split_point`` 0 it follows the head: each message's own point is run (the model
+    prepared once per point), so the robot alone chooses k and the Pi needs no change when it
+    does; otherwise a message split elsewhere is refused.
+
     Args:
         config: Parameters (``split_max_bytes`` bounds what a message may decode to).
         model: The detector, prepared at the split point.
         clock: Monotonic nanosecond clock for timings.
     """
+
+    def __init__(self, config: EdgeConfig, model: SplitModel,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+        super().__init__(config, model, clock)
+        self._at: dict[int, SplitModel] = {model.point.index: model}
 
     def process(self, msg: Any, decision: Decision,
                 waited_ns: int = 0) -> tuple[DetectionSet | None, InferenceReport]:
@@ -205,9 +217,9 @@ class SplitTail(_SplitRole):
             given = self._check(request)
             report = replace(report, imgsz=given.imgsz, decision_seq=given.decision_seq)
             tail_start = self._clock()
-            raw = self.model.tail(given.crossing)
-            dets = self.model.detections(raw, given.letterbox, config.conf, config.iou,
-                                         self._classes, config.max_det)
+            raw = given.model.tail(given.crossing)
+            dets = given.model.detections(raw, given.letterbox, config.conf, config.iou,
+                                          self._classes, config.max_det)
         except (ConversionError, BackendError) as err:
             return None, self._failed(report, err, start)
         end = self._clock()
@@ -225,15 +237,14 @@ class SplitTail(_SplitRole):
                 ``split_request`` for what does not fit the model, ``tensor_*`` for tensors
                 that do not decode within the bound.
         """
-        model, split, params = self.model, request.split, request.parameters
+        split, params = request.split, request.parameters
         theirs = params.get(WEIGHTS)
-        if theirs != model.weights_sha256:
+        if theirs != self.model.weights_sha256:
             raise ConversionError('split_refused', f'the head runs weights '
                                   f'{str(theirs)[:16]!r}..., this tail '
-                                  f'{model.weights_sha256[:16]!r}...: give both the same file')
-        if split.point != model.point.index:
-            raise ConversionError('split_refused', f'the head splits at k={split.point}, this '
-                                  f'tail at k={model.point.index}: set the same split_point')
+                                  f'{self.model.weights_sha256[:16]!r}...: give both the same '
+                                  'file')
+        model = self._model_at(split.point)
         box = _letterbox(split, params, model.stride)
         names = {tensor_name(j): j for j in model.point.crossing}
         given = {t.name: t for t in split.tensors}
@@ -251,8 +262,27 @@ class SplitTail(_SplitRole):
                                                       f'over split_max_bytes {bound}')
         crossing = {j: model.tensor(decode_wire_tensor(given[name], bound))
                     for name, j in names.items()}
-        return _TailInput(crossing, box, _int(params, IMGSZ, 1, MAX_INPUT_SIDE),
+        return _TailInput(model, crossing, box, _int(params, IMGSZ, 1, MAX_INPUT_SIDE),
                           _int(params, DECISION_SEQ, -1, 2**63 - 1, default=-1))
+
+    def _model_at(self, point: int) -> SplitModel:
+        """Return the model prepared at a message's split point, if this tail runs it.
+
+        Raises:
+            ConversionError: ``split_refused`` for another point than a fixed one,
+                ``split_request`` for a point the model does not have.
+        """
+        fixed = self.config.split_point
+        if fixed and point != fixed:
+            raise ConversionError('split_refused', f'the head splits at k={point}, this tail '
+                                  f'at k={fixed}: set the same split_point (or 0 on the tail '
+                                  'to follow the head)')
+        if point not in self._at:
+            try:
+                self._at[point] = self.model.at(point)
+            except ConfigError as err:
+                raise _bad(str(err)) from None
+        return self._at[point]
 
 
 def _letterbox(split: SplitTensors, params: Mapping[str, Any], stride: int) -> Letterbox:

@@ -178,7 +178,8 @@ def test_the_tail_refuses_what_it_cannot_run_and_says_why(
     assert _fails(tail, _reframed(msg, types, weights_sha256='ab' * 32)).startswith(
         "split_refused: the head runs weights 'abababababababab'...")
     assert _fails(tail, _reframed(msg, types, point=5)) == (
-        'split_refused: the head splits at k=5, this tail at k=6: set the same split_point')
+        'split_refused: the head splits at k=5, this tail at k=6: set the same split_point (or '
+        '0 on the tail to follow the head)')
     truncated = replace(msg, data=msg.data[:-100])
     assert _fails(tail, truncated).startswith('tensor_truncated')
     assert _fails(tail, replace(msg, format='jpeg')).startswith('split_format')
@@ -189,6 +190,22 @@ def test_the_tail_refuses_what_it_cannot_run_and_says_why(
     assert 'letterbox' in _fails(tail, _reframed(msg, types, letterbox_pad='300,0'))
     assert 'letterbox_scale' in _fails(tail, _reframed(msg, types, letterbox_scale='nan'))
     assert 'parameter imgsz' in _fails(tail, _reframed(msg, types, imgsz='big'))
+
+
+def test_a_tail_at_point_0_runs_whatever_point_the_head_chose(
+        yolo: SimpleNamespace, types: MessageTypes) -> None:
+    follower = build_core(config(yolo, 'tail', 0), lambda frame: None)
+    assert isinstance(follower, SplitTail)
+    image = scene(2)
+    expected = yolo.backend.infer(image, 320, 0.25, 0.7, None, 100)
+    for k in POINTS + POINTS[:1]:  # the robot moves its cut, and back: the Pi changes nothing
+        msg, _ = head_frame(yolo, types, k, image, decision(), split_encoding='fp32+zstd')
+        dets, report = follower.process(msg, Decision.safe_default())
+        assert report.status == 'ok', report.reason
+        assert dets is not None and dets.detections == expected
+    msg, _ = head_frame(yolo, types, 6, image, decision())
+    assert _fails(follower, _reframed(msg, types, point=23)).startswith(
+        'split_request: split point 23 invalid')
 
 
 def _padded(msg: Any, types: MessageTypes, padded: tuple[int, int]) -> Any:
@@ -259,6 +276,7 @@ def test_live_parameters_reach_a_split_role(yolo: SimpleNamespace,
     ({'split_encoding': 'fp8+zstd'}, 'split_encoding'),
     ({'split_encoding': 'fp16'}, 'split_encoding'),
     ({'split_role': 'head'}, 'needs split_point'),
+    ({'split_role': 'head', 'split_point': 0}, 'needs split_point'),
     ({'split_role': 'tail', 'split_point': 6}, 'must be absolute'),
     ({'split_role': 'head', 'split_point': 6, 'alt_models': 'a=b.pt'}, 'one ultralytics'),
     ({'split_role': 'head', 'split_point': 6, 'backend': 'onnx'}, 'one ultralytics'),

@@ -147,7 +147,8 @@ def test_a_tail_at_another_k_fails_every_frame_with_the_reason_and_the_run_compl
     result = replay(bag, tmp_path / 'out', edge_values(yolo_config_dir, **HEAD),
                     tail={'split_point': 6})
     assert not result.interrupted and len(result.records) == FRAMES
-    reason = 'split_refused: the head splits at k=4, this tail at k=6: set the same split_point'
+    reason = ('split_refused: the head splits at k=4, this tail at k=6: set the same split_point '
+              '(or 0 on the tail to follow the head)')
     assert [r.drop_reason for r in result.records] == [reason] * FRAMES
     assert result.summary['drops'] == {'split_refused': FRAMES}
     assert result.summary['edge_split']['tail']['failures'] == {reason: FRAMES}
