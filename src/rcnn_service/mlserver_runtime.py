@@ -46,7 +46,7 @@ from rcnn_service.mlserver_guard import record_rejection, ServerGuard
 from rcnn_service.mlserver_refusals import OverloadedRefusal, Refused
 from rcnn_service.mlserver_tail import (publish, SharedModel, tail_model_settings,
                                         TailServingMLServer, withdraw)
-from rcnn_service.model_process import ModelProcess
+from rcnn_service.model_process import DEATH_CAUSES, ModelProcess
 from rcnn_service.protocol import (decode_image, MODEL_VERSION, OUTPUTS, request_context,
                                    requested_outputs, server_metadata, SERVER_NAME,
                                    server_time_parameters, v2_response)
@@ -144,7 +144,8 @@ def load_model(config: ServiceConfig) -> ImageModel:
         _CRASH_LOOP.append(reason)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    process = ModelProcess(config, on_give_up=give_up)
+    process = ModelProcess(config, on_give_up=give_up,
+                           on_death=_load_metrics().death_counter(DEATH_CAUSES))
     process.wait_settled()
     if not process.ready:
         process.close()

@@ -40,6 +40,9 @@ from rcnn_service.split_tail import ModelInput, TailChecks, TailJob
 LOG = logging.getLogger('adaptive_offload.service.model')
 _POLL_S = 0.2
 _STOP_S = 5.0
+DEATH_CAUSES = ('exited', 'batch_timeout', 'load_timeout')
+"""Why a model process died: it exited (crashed, or was killed from outside), or the service
+killed it as hung in a batch or in its load."""
 
 
 class RestartPolicy:
@@ -108,6 +111,9 @@ class ModelProcess:
         policy: When to restart; the default restarts after 1 s doubling to 30 s and gives
             up at the 4th death within 300 s.
         on_give_up: Called once, with the reason, when the policy gives up.
+        on_death: Called with the cause of each death: ``exited`` (it crashed, or something
+            else killed it), ``batch_timeout`` or ``load_timeout`` (hung: the service killed
+            it); see :data:`DEATH_CAUSES`.
         clock: Monotonic seconds (the deaths' times, the Retry-After of a restart).
         slots: Frames of a batch that cross through shared memory; 0: ``max_batch``.
         child: The child's main (:func:`rcnn_service.model_child.main`; tests pass one that
@@ -127,6 +133,7 @@ class ModelProcess:
 
     def __init__(self, config: ServiceConfig, policy: RestartPolicy | None = None,
                  on_give_up: Callable[[str], None] | None = None,
+                 on_death: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, slots: int = 0,
                  child: Callable[..., None] = child_main) -> None:
         for name, timeout_s in (('batch', config.batch_timeout_s),
@@ -143,6 +150,7 @@ class ModelProcess:
         self.starts = 0
         self.timeouts = 0
         self._on_give_up = on_give_up
+        self._on_death = on_death
         self._child_main = child
         self._clock = clock
         self._frames = SharedFrames(slots or config.max_batch, slot_bytes(config.max_image_side))
@@ -160,7 +168,7 @@ class ModelProcess:
         self._batch = 0
         self._start_s = 0.0
         self._retry_at = 0.0
-        self._killed = ''  # why run() killed the child, for the supervisor's log
+        self._killed = ('', '')  # (cause, why) the service killed the child, for _died
         self._supervisor = threading.Thread(target=self._supervise, name='model-supervisor',
                                             daemon=True)
         self._supervisor.start()
@@ -235,7 +243,8 @@ class ModelProcess:
         timeout_s = self.config.batch_timeout_s
         self._ready.clear()
         self.timeouts += 1
-        self._killed = f'its batch ran over the batch timeout of {timeout_s:g} s'
+        self._killed = ('batch_timeout',
+                        f'its batch ran over the batch timeout of {timeout_s:g} s')
         LOG.error('model process %s did not finish a batch within %g s (hung?): killing it',
                   proc.pid, timeout_s)
         proc.kill()  # SIGKILL: a hung child reads no 'stop'; the supervisor restarts it
@@ -306,7 +315,8 @@ class ModelProcess:
         """Kill a child that ran over the load timeout; its start is then a death."""
         timeout_s = self.config.load_timeout_s
         with self._lock:
-            self._killed = f'its load ran over the load timeout of {timeout_s:g} s'
+            self._killed = ('load_timeout',
+                            f'its load ran over the load timeout of {timeout_s:g} s')
         LOG.error('model process %s did not load its model within %g s (hung?): killing it',
                   proc.pid, timeout_s)
         proc.kill()  # SIGKILL: a hung child reads no 'stop'
@@ -329,8 +339,10 @@ class ModelProcess:
         code = None if child is None else child[0].exitcode
         with self._lock:
             self._child = None
-            cause, self._killed = self._killed, ''
-        status = f'killed: {cause}' if cause else f'exit status {code}'
+            (cause, why), self._killed = self._killed, ('', '')
+        status = f'killed: {why}' if why else f'exit status {code}'
+        if self._on_death is not None:
+            self._on_death(cause or 'exited')
         now = self._clock()
         delay = self.policy.died(now, up_since)
         if delay is None:

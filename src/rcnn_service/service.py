@@ -28,7 +28,7 @@ from rcnn_service.fair_queue import Ticket
 from rcnn_service.guard import Overloaded, RejectionLog, RequestError, Tokens
 from rcnn_service.http_server import HttpLimits, HttpServer
 from rcnn_service.image_model import ImageModel, LocalModel
-from rcnn_service.model_process import ModelProcess
+from rcnn_service.model_process import DEATH_CAUSES, ModelProcess
 from rcnn_service.protocol import (parse_request, RequestContext, server_time_parameters,
                                    v2_response)
 from rcnn_service.rcnn_detector import calibration_frame, Detections, RcnnDetector
@@ -140,7 +140,8 @@ class InferenceService:
 
     def _model_process(self) -> ImageModel:
         """Start the model's process; return it once it is ready (raise if it never is)."""
-        process = ModelProcess(self.config, on_give_up=self._give_up)
+        process = ModelProcess(self.config, on_give_up=self._give_up,
+                               on_death=self.load.death_counter(DEATH_CAUSES))
         self.model = process  # closed by shutdown, even while it starts
         process.wait_settled(_SETTLE_S)
         if not process.ready:

@@ -3,7 +3,8 @@
 What a GPU inference service's load is: how many requests wait (``queue_depth``), how long
 they wait (``queue_wait_seconds``), how full its batches are (``batch_size``), how many answers
 were useful (``goodput_total``: computed within their budget) and how many requests it refused
-because it could not answer in time (``refusals_total``, by reason and robot). CPU utilisation
+because it could not answer in time (``refusals_total``, by reason and robot); and how often
+its model process died (``model_process_deaths_total``, by cause), for alerts. CPU utilisation
 says little of it: a GPU-bound process shows one busy core whether its queue is empty or
 overflowing.
 
@@ -59,6 +60,10 @@ class ServiceMetrics:
         self.capacity = Gauge('adaptive_offload_capacity_images_per_second',
                               'Images a second the model computes at its best batch size, from '
                               'its measured batch times (0 until measured)', registry=registry)
+        self.model_deaths = Counter('adaptive_offload_model_process_deaths',
+                                    'Deaths of the model process, by cause: exited, or killed '
+                                    'as hung (batch_timeout, load_timeout)', ['cause'],
+                                    registry=registry)
         self._robots: set[str] = set()
         self._lock = threading.Lock()
 
@@ -76,6 +81,20 @@ class ServiceMetrics:
         """
         self.queue_depth.set_function(depth)
         self.capacity.set_function(capacity)
+
+    def death_counter(self, causes: tuple[str, ...]) -> Callable[[str], None]:
+        """Export a zero for each cause of a model process's death; return what counts one.
+
+        Each cause's series exists from the start, so an alert on its increase sees the first
+        death (a counter that appears at 1 has no increase to see).
+
+        Args:
+            causes: The causes the model process reports
+                (:data:`rcnn_service.model_process.DEATH_CAUSES`).
+        """
+        for cause in causes:
+            self.model_deaths.labels(cause)
+        return lambda cause: self.model_deaths.labels(cause).inc()
 
     def answered(self, queue_wait_s: float, in_budget: bool) -> None:
         """Count an answer computed for a request."""

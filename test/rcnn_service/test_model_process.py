@@ -20,12 +20,14 @@ import cv2
 from helpers import (child_processes, compact_service, dying_model_child, process_gone,
                      resource_tracker_pids, shapes_frame, SHAPES_RCNN, wait_until)
 import numpy as np
+from prometheus_client import CollectorRegistry
 import pytest
 from rcnn_service.compact_rcnn import COMPACT_ARCH
 from rcnn_service.guard import ModelUnavailable
-from rcnn_service.model_process import ModelProcess, RestartPolicy
+from rcnn_service.model_process import DEATH_CAUSES, ModelProcess, RestartPolicy
 from rcnn_service.rcnn_detector import Detections
 from rcnn_service.service import InferenceService, ModelCrashLoop, serve, ServiceConfig
+from rcnn_service.service_metrics import ServiceMetrics
 from rcnn_service.shared_frames import AttachedFrames, SharedFrames
 
 CONFIG = ServiceConfig(arch=COMPACT_ARCH, checkpoint=SHAPES_RCNN, input_size=320, port=0,
@@ -149,11 +151,17 @@ def test_the_policy_backs_off_doubling_and_gives_up_at_the_fourth_death() -> Non
 
 def test_a_crash_loop_gives_up_and_leaves_no_child() -> None:
     reasons: list[str] = []
+    registry = CollectorRegistry()
+    metrics = ServiceMetrics(registry)
     model = ModelProcess(CONFIG, RestartPolicy(first_s=0.01, max_s=0.05), reasons.append,
-                         child=dying_model_child)
+                         on_death=metrics.death_counter(DEATH_CAUSES), child=dying_model_child)
     try:
         assert model.wait_settled(120.0)
         assert model.starts == 4 and not model.ready and len(reasons) == 1
+        # Every cause is exported from the start, so an alert sees the first death.
+        deaths = {cause: registry.get_sample_value('adaptive_offload_model_process_deaths_total',
+                                                   {'cause': cause}) for cause in DEATH_CAUSES}
+        assert deaths == {'exited': 4.0, 'batch_timeout': 0.0, 'load_timeout': 0.0}
         assert 'died 4 times within 300 s (last exit status 3)' in reasons[0]
         with pytest.raises(ModelUnavailable):
             model.run([np.zeros((8, 8, 3), np.uint8)])

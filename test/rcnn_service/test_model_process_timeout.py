@@ -35,7 +35,8 @@ def test_a_hung_child_fails_its_batch_within_the_timeout_and_a_new_one_answers(
     policy = RestartPolicy(first_s=0.05, max_s=0.1)
     frame = np.zeros((8, 8, 3), np.uint8)
     caplog.set_level(logging.WARNING, logger='adaptive_offload.service.model')
-    model = ModelProcess(CONFIG, policy, child=hanging_model_child)
+    causes: list[str] = []
+    model = ModelProcess(CONFIG, policy, on_death=causes.append, child=hanging_model_child)
     try:
         assert model.wait_settled(START_S) and model.ready
         hung = model.pid
@@ -54,6 +55,7 @@ def test_a_hung_child_fails_its_batch_within_the_timeout_and_a_new_one_answers(
         assert process_gone(hung, 10.0)  # SIGKILL: it ignores SIGTERM, as the real child does
         assert wait_until(lambda: model.ready and model.pid not in (None, hung), START_S)
         assert policy.deaths and len(policy.deaths) == 1  # counted as a death
+        assert causes == ['batch_timeout']
         answer = model.run([frame, frame])
         assert [len(d.scores) for d in answer] == [0, 0]
         assert model.timeouts == 1 and model.starts == 2
@@ -85,11 +87,12 @@ def test_a_child_that_never_loads_is_killed_at_the_load_timeout_and_replaced(
     caplog.set_level(logging.WARNING, logger='adaptive_offload.service.model')
     config = ServiceConfig(model_process=True, max_batch=2, max_image_side=64,
                            load_timeout_s=TIMEOUT_S)
-    model = ModelProcess(config, policy, child=slow_loading_model_child)
+    causes: list[str] = []
+    model = ModelProcess(config, policy, on_death=causes.append, child=slow_loading_model_child)
     try:
         # Without the bound the first child would hold readiness false for ever.
         assert model.wait_settled(START_S) and model.ready
-        assert model.starts == 2 and len(policy.deaths) == 1
+        assert model.starts == 2 and len(policy.deaths) == 1 and causes == ['load_timeout']
         answer = model.run([np.zeros((8, 8, 3), np.uint8)])
         assert [len(d.scores) for d in answer] == [0]
     finally:
