@@ -26,8 +26,8 @@ from adaptive_offload.datatypes import Decision
 from cloud_bridge.bridge_config import SAMPLING_PHASES
 from fault_injection.scenario import Fault, Scenario
 from offload_manager.energy import DeviceProfile
+from offload_manager.jpeg_sizes import jpeg_factor
 from offload_manager.manager import OffloadManager
-from offload_manager.observations import jpeg_factor
 from offload_runtime.autoscalers import HpaSettings, make_scaler
 from offload_runtime.fleet_figures import (capacity_recovery_s, FleetCounts, FleetRow, mttr_s,
                                            percentiles)

@@ -31,8 +31,8 @@ from cloud_bridge.resilience import CircuitBreaker
 from fault_injection.scenario import Scenario
 from offload_manager.accuracy import calibration, prior
 from offload_manager.energy import DeviceProfile
+from offload_manager.jpeg_sizes import jpeg_factor
 from offload_manager.manager import OffloadManager
-from offload_manager.observations import jpeg_factor
 from offload_manager.split_figures import split_figures, SplitFigures
 from offload_runtime.sim_events import EventQueue, MS
 from offload_runtime.sim_settings import NetworkProfile, Quality, SimSettings

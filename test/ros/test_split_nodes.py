@@ -60,8 +60,9 @@ def collect(probe: Node, msg_type: Any, topic: str, qos: str) -> list[Any]:
     return got
 
 
+@pytest.mark.parametrize('tail_point', [K, 0])  # the head's k, or 0: follow the head
 def test_a_head_node_and_a_tail_node_detect_as_the_unsplit_backend(
-        graph: Any, tmp_path: Path) -> None:
+        graph: Any, tmp_path: Path, tail_point: int) -> None:
     executor, probe = graph
     dets = collect(probe, Detection2DArray, '/pi/edge/detections', 'result')
     tail_tel = collect(probe, String, '/pi/edge/telemetry', 'result')
@@ -69,7 +70,8 @@ def test_a_head_node_and_a_tail_node_detect_as_the_unsplit_backend(
     split = collect(probe, CompressedImage, '/robot/edge/split', 'newest_frame')
     camera = probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame'))
     for node in (split_node('head', 'robot'),
-                 split_node('tail', 'pi', split_topic='/robot/edge/split')):
+                 split_node('tail', 'pi', split_topic='/robot/edge/split',
+                            split_point=tail_point)):
         executor.add_node(node)
     assert spin_until(executor, lambda: camera.get_subscription_count() > 0 and
                       probe.count_subscribers('/robot/edge/split') >= 2)
