@@ -281,6 +281,30 @@ def process_gone(pid: int, timeout_s: float = 10.0) -> bool:
         time.sleep(0.05)
 
 
+@contextlib.contextmanager
+def captured_log(caplog: Any, name: str, level: int) -> Iterator[Any]:
+    """Capture logger ``name``'s lines in ``caplog``, whether or not they reach the root logger.
+
+    With a ROS workspace sourced, launch_testing's pytest plugin imports launch's logging,
+    whose loggers made after it do not propagate: caplog, on the root, would see nothing.
+    """
+    import logging
+
+    logger = logging.getLogger(name)
+    chain = [logger]
+    while chain[-1].parent is not None and chain[-1].parent is not logging.root:
+        chain.append(chain[-1].parent)
+    direct = not all(each.propagate for each in chain)
+    if direct:
+        logger.addHandler(caplog.handler)
+    caplog.set_level(level, logger=name)
+    try:
+        yield caplog
+    finally:
+        if direct:
+            logger.removeHandler(caplog.handler)
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float) -> bool:
     """Poll ``condition`` every 50 ms until it holds (True) or ``timeout_s`` passes (False)."""
     deadline = time.monotonic() + timeout_s

@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from adaptive_offload.errors import ConfigError
-from helpers import child_processes, process_gone, resource_tracker_pids, wait_until
+from helpers import (captured_log, child_processes, process_gone, resource_tracker_pids,
+                     wait_until)
 from model_children import HANG_ONCE_ENV, hanging_model_child, slow_loading_model_child
 import numpy as np
 import pytest
@@ -27,14 +28,20 @@ START_S = 60.0  # bound on a stand-in child's start (spawn, numpy import) on 2 b
 SLACK_S = 5.0  # the refusal's delay past the timeout, on 2 busy cores
 
 
+@pytest.fixture
+def model_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    """Capture the model process's warnings and errors (see :func:`helpers.captured_log`)."""
+    with captured_log(caplog, 'adaptive_offload.service.model', logging.WARNING) as captured:
+        yield captured
+
+
 def test_a_hung_child_fails_its_batch_within_the_timeout_and_a_new_one_answers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+        model_log: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv(HANG_ONCE_ENV, str(tmp_path / 'hung'))
     before = set(child_processes())
     policy = RestartPolicy(first_s=0.05, max_s=0.1)
     frame = np.zeros((8, 8, 3), np.uint8)
-    caplog.set_level(logging.WARNING, logger='adaptive_offload.service.model')
     causes: list[str] = []
     model = ModelProcess(CONFIG, policy, on_death=causes.append, child=hanging_model_child)
     try:
@@ -63,10 +70,10 @@ def test_a_hung_child_fails_its_batch_within_the_timeout_and_a_new_one_answers(
         model.close()
     assert model.pid is None
     assert set(child_processes()) - before - resource_tracker_pids() == set()
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    errors = [r.getMessage() for r in model_log.records if r.levelno == logging.ERROR]
     assert any(f'model process {hung} did not finish a batch within 1 s' in m for m in errors)
     assert any('killed: its batch ran over the batch timeout of 1 s' in r.getMessage()
-               for r in caplog.records if r.levelno == logging.WARNING)
+               for r in model_log.records if r.levelno == logging.WARNING)
 
 
 @pytest.mark.parametrize('timeout_s', [0.0, -1.0, float('nan'), float('inf'), True])
@@ -80,11 +87,10 @@ def test_a_bad_batch_timeout_is_refused_before_a_child_starts(timeout_s: Any) ->
 
 def test_a_child_that_never_loads_is_killed_at_the_load_timeout_and_replaced(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+        model_log: pytest.LogCaptureFixture) -> None:
     monkeypatch.setenv(HANG_ONCE_ENV, str(tmp_path / 'hung'))
     before = set(child_processes())
     policy = RestartPolicy(first_s=0.05, max_s=0.1)
-    caplog.set_level(logging.WARNING, logger='adaptive_offload.service.model')
     config = ServiceConfig(model_process=True, max_batch=2, max_image_side=64,
                            load_timeout_s=TIMEOUT_S)
     causes: list[str] = []
@@ -99,9 +105,9 @@ def test_a_child_that_never_loads_is_killed_at_the_load_timeout_and_replaced(
         model.close()
     assert set(child_processes()) - before - resource_tracker_pids() == set()
     assert any('did not load its model within 1 s' in r.getMessage()
-               for r in caplog.records if r.levelno == logging.ERROR)
+               for r in model_log.records if r.levelno == logging.ERROR)
     assert any('killed: its load ran over the load timeout of 1 s' in r.getMessage()
-               for r in caplog.records if r.levelno == logging.WARNING)
+               for r in model_log.records if r.levelno == logging.WARNING)
 
 
 def test_a_bad_load_timeout_is_refused_before_a_child_starts() -> None:

@@ -19,7 +19,7 @@ from cloud_bridge.bridge import CloudBridge
 from cloud_bridge.bridge_config import CloudConfig
 from cloud_bridge.transport import make_transport, V2RestTransport
 import cv2
-from helpers import child_env
+from helpers import captured_log, child_env
 import numpy as np
 import pytest
 from rcnn_service.rcnn_detector import RcnnDetector
@@ -100,24 +100,9 @@ def test_a_client_without_the_ca_is_reported_as_not_trusting_the_certificate(
 
 @pytest.fixture
 def service_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """Capture the service's log lines, whether or not they reach the root logger.
-
-    With a ROS workspace sourced, launch_testing's pytest plugin imports launch's logging,
-    whose loggers made after it do not propagate: caplog, on the root, would see nothing.
-    """
-    logger = logging.getLogger(SERVICE_LOG)
-    chain = [logger]
-    while chain[-1].parent is not None and chain[-1].parent is not logging.root:
-        chain.append(chain[-1].parent)
-    direct = not all(each.propagate for each in chain)
-    if direct:
-        logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger=SERVICE_LOG)
-    try:
-        yield caplog
-    finally:
-        if direct:
-            logger.removeHandler(caplog.handler)
+    """Capture the service's log lines (see :func:`helpers.captured_log`)."""
+    with captured_log(caplog, SERVICE_LOG, logging.INFO) as captured:
+        yield captured
 
 
 def _logged(caplog: pytest.LogCaptureFixture, text: str) -> bool:
