@@ -13,7 +13,8 @@ side imports the other:
   per-channel scales, see :class:`adaptive_offload.tensor_codec.Int8Encoding`);
 * request parameters ``point`` (the split point's index), ``padded_size`` (``HxW``),
   ``image_sizes`` and ``original_sizes`` (``HxW`` per image, separated by commas), plus whatever
-  else the caller adds (``robot_id``, ``budget_us``);
+  else the caller adds (``robot_id``, ``budget_us``; to a middle device of three tiers,
+  ``forward_to`` and ``forward_encoding``: :data:`FORWARD_TO`);
 * the HTTP header ``Inference-Header-Content-Length`` (:data:`HEADER_LENGTH`): the JSON
   header's length in bytes.
 
@@ -44,6 +45,10 @@ HEADER_LENGTH = 'Inference-Header-Content-Length'
 POINT, PADDED_SIZE = 'point', 'padded_size'
 IMAGE_SIZES, ORIGINAL_SIZES = 'image_sizes', 'original_sizes'
 BINARY_DATA_SIZE, COMPRESSION, SCALES = 'binary_data_size', 'compression', 'scales'
+FORWARD_TO, FORWARD_ENCODING = 'forward_to', 'forward_encoding'
+"""Request parameters of a three-tier request to the middle device's tail: the name of the
+point after which it hands over to the cloud's tail, and the encoding (``int8+zstd``) of what
+crosses there. Without them the middle device runs the whole rest of the model."""
 DATATYPES = {'FP32': 'fp32', 'FP16': 'fp16', 'INT8': 'int8'}
 """V2 datatype of a crossing tensor -> its encoding in :data:`tensor_codec.ENCODINGS`."""
 MAX_TENSORS = 64

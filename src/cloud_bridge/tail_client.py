@@ -64,8 +64,8 @@ class V2TailTransport:
         self.compression = compression
         self._rest = V2RestTransport(url, self.model, token, ca_file, robot_id)
 
-    def infer(self, payload: SplitPayload | SplitTensors | EncodedSplit,
-              timeout_s: float) -> CloudReply:
+    def infer(self, payload: SplitPayload | SplitTensors | EncodedSplit, timeout_s: float,
+              parameters: Mapping[str, Any] | None = None) -> CloudReply:
         """Send one head payload (one image) and return its detections.
 
         Args:
@@ -73,6 +73,8 @@ class V2TailTransport:
                 encoding and compression), or one encoded already (``split_wire.SplitTensors``,
                 or ``tensor_codec`` blobs with their metadata, sent as they are).
             timeout_s: Time left for the request.
+            parameters: More request parameters, over the robot id and budget (another
+                robot's id, when a middle device forwards; ``split_wire.FORWARD_TO``).
 
         Returns:
             The detections, in the original image's pixels, as for an image.
@@ -85,7 +87,8 @@ class V2TailTransport:
         if timeout_s <= 0:
             raise CloudError('timeout', 'no time left before the deadline')
         split = self.wire(payload)
-        body, header_length = request_body(split, self._rest.request_parameters(timeout_s))
+        body, header_length = request_body(
+            split, {**self._rest.request_parameters(timeout_s), **(parameters or {})})
         return self._rest.post(body, timeout_s, {'Content-Type': 'application/octet-stream',
                                                  HEADER_LENGTH: str(header_length)})
 

@@ -79,6 +79,18 @@ def add_serve_parser(sub: Any) -> None:
                             'and a TLS handshake must end within it (builtin) (default 10)')
     serve.add_argument('--max-connections', type=above_zero(int), default=512,
                        help='REST connections served at once; more get 503 (default 512)')
+    serve.add_argument('--upstream', default='',
+                       help='three tiers: this service runs on a middle device (an edge '
+                            "computer on the robots' LAN) and forwards a request that names "
+                            'forward_to, after running its model to that point, to the tail of '
+                            'the cloud service at this URL (http(s)://host:port; builtin '
+                            'runtime, model in this process); the cloud must load the same '
+                            'checkpoint')
+    serve.add_argument('--upstream-token-file', default='',
+                       help='file whose first line is the bearer token the upstream accepts '
+                            'from this device')
+    serve.add_argument('--upstream-ca-file', default='',
+                       help='PEM CA file that verifies an https upstream')
     serve.add_argument('--shutdown-grace-s', type=non_negative, default=5.0,
                        help='on SIGTERM, how long requests under way may take to finish '
                             '(builtin: the queue is dropped after it; MLServer: REST, its gRPC '
@@ -158,6 +170,35 @@ def service_config(args: argparse.Namespace) -> Any:
     return config
 
 
+def make_upstream(args: argparse.Namespace, config: Any) -> Any:
+    """Return the client of ``--upstream``'s tail (an ``UpstreamTail``).
+
+    Raises:
+        ConfigError: For another runtime than builtin, a model process, a URL that is not
+            http(s), an unreadable token file or a bad CA file.
+    """
+    from offload_runtime.upstream_tail import UpstreamTail
+
+    if args.runtime != 'builtin':
+        raise ConfigError('--upstream needs --runtime builtin (the MLServer runtime forwards '
+                          'nothing)')
+    if config.model_process:
+        raise ConfigError("--upstream runs the model in the service's process: add "
+                          '--no-model-process')
+    token = ''
+    if args.upstream_token_file:
+        try:
+            lines = open(args.upstream_token_file, encoding='utf-8').read().splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f'--upstream-token-file {args.upstream_token_file!r}: '
+                              f'{err}') from err
+        token = lines[0].strip() if lines else ''
+        if not token:
+            raise ConfigError(f'--upstream-token-file {args.upstream_token_file!r} has no '
+                              'token on its first line')
+    return UpstreamTail(args.upstream, config.model_name, token, args.upstream_ca_file)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Run ``serve`` until SIGINT or SIGTERM.
 
@@ -169,6 +210,7 @@ def run_serve(args: argparse.Namespace) -> int:
     config = service_config(args)
     if config.tls is not None:
         config.tls.server_context()  # a bad pair stops here, before the model loads
+    upstream = make_upstream(args, config) if args.upstream else None
     announce = (lambda line: print(line, flush=True))
     handler = logging.StreamHandler()  # refusals, load errors: one line each, timestamped
     handler.setFormatter(logging.Formatter('%(asctime)s [%(name)s] %(levelname)s %(message)s'))
@@ -177,7 +219,7 @@ def run_serve(args: argparse.Namespace) -> int:
     service_log.setLevel(logging.INFO)
     try:
         if args.runtime == 'builtin':
-            serve(config, announce)
+            serve(config, announce, upstream)
         else:
             from rcnn_service.mlserver_runtime import serve_mlserver
 

@@ -104,8 +104,8 @@ class BuiltinApp:
             elif model == IMAGE:
                 await self._send(send, 200, model_metadata(service.config.model_name))
             elif tail is not None:
-                await self._send(send, 200, tail.metadata(service.tail_name,
-                                                          service.config.max_tail_bytes))
+                await self._send(send, 200, tail.metadata(
+                    service.tail_name, service.config.max_tail_bytes, service.middle is not None))
             elif not service.ready:
                 raise RequestError(503, 'model not ready')
             else:

@@ -27,6 +27,7 @@ import sys
 import threading
 from typing import Any, Callable, ClassVar, Iterator
 
+from adaptive_offload.errors import ConfigError
 import h11
 from rcnn_service.asgi_guard import MAX_HEADER_BYTES
 import uvicorn
@@ -302,3 +303,30 @@ class HttpServer:
     def wait(self, timeout_s: float | None = None) -> bool:
         """Wait until the server has stopped; return whether it has."""
         return self._done.wait(timeout_s)
+
+
+def ensure_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Refuse, in one line, a port another process listens on, before anything starts.
+
+    Without this, the servers fail deep inside their event loops: a traceback, and MLServer
+    keeps its other servers running.
+
+    Args:
+        host: The address the service binds.
+        ports: Option name -> port (0, picked by the system, is always free).
+
+    Raises:
+        ConfigError: Naming the first port in use and the option that sets it.
+    """
+    for option, port in ports.items():
+        if not port:
+            continue
+        family = socket.AF_INET6 if ':' in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As the servers bind: a port left in TIME_WAIT by a stopped service is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as err:
+                raise ConfigError(f'port {port} on {host} is not free ({err.strerror}): stop '
+                                  f'what listens there or choose another with {option}') from err

@@ -40,7 +40,7 @@ import numpy as np
 from rcnn_service.asgi_guard import MAX_HEADER_BYTES
 from rcnn_service.batching import AdaptiveBatcher
 from rcnn_service.guard import Overloaded, RequestError, Tokens
-from rcnn_service.http_server import HttpLimits, protocol_class
+from rcnn_service.http_server import ensure_ports_free, HttpLimits, protocol_class
 from rcnn_service.image_model import ImageModel, LocalModel
 from rcnn_service.mlserver_guard import record_rejection, ServerGuard
 from rcnn_service.mlserver_refusals import OverloadedRefusal, Refused
@@ -51,7 +51,7 @@ from rcnn_service.protocol import (decode_image, MODEL_VERSION, OUTPUTS, request
                                    requested_outputs, server_metadata, SERVER_NAME,
                                    server_time_parameters, v2_response)
 from rcnn_service.rcnn_detector import calibration_frame, RcnnDetector
-from rcnn_service.service import ensure_ports_free, ModelCrashLoop, ServiceConfig
+from rcnn_service.service import ModelCrashLoop, ServiceConfig
 from rcnn_service.service_metrics import ServiceMetrics
 
 LOG = logging.getLogger('adaptive_offload.mlserver')

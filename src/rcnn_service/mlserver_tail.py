@@ -252,6 +252,9 @@ class TailRoutes:
             start = time.perf_counter()
             request = await asyncio.get_running_loop().run_in_executor(
                 None, tail.read, body, header_bytes, cfg.max_tail_bytes, cfg.max_image_side)
+            if request.forward is not None:  # its metadata says so: split.forwards false
+                raise RequestError(400, 'this service forwards to no cloud (the MLServer '
+                                        'runtime never does): send no forward_to')
             if not shared.model.ready:  # its process is restarting
                 raise shared.model.unavailable('the model process is restarting')
             try:

@@ -176,19 +176,26 @@ class RcnnSplit:
             raise ConfigError('images must be a non-empty list of CxHxW tensors')
         original = tuple((int(im.shape[-2]), int(im.shape[-1])) for im in images)
         batch, _ = self._model.transform(list(images))
-        x = batch.tensors
         sizes = tuple((int(h), int(w)) for h, w in batch.image_sizes)
-        padded = (int(x.shape[-2]), int(x.shape[-1]))
-        tensors: dict[str, torch.Tensor] = {IMAGE: x} if k == 0 else {}
-        if k:
-            stop = min(k, len(self._children))
-            for i, (name, module) in enumerate(self._children[:stop]):
-                x = module(x)
-                if name in self._returns or i == stop - 1:
-                    tensors[f'body.{name}'] = x
-        if k == len(self._children) + 1:
-            tensors = self._fpn(tensors)
-        return RcnnPayload(k, tensors, padded, sizes, original)
+        padded = (int(batch.tensors.shape[-2]), int(batch.tensors.shape[-1]))
+        return RcnnPayload(k, self._forward({IMAGE: batch.tensors}, 0, k), padded, sizes,
+                           original)
+
+    def middle(self, payload: RcnnPayload, k: int) -> RcnnPayload:
+        """Run from a payload's point (:meth:`head`'s) to a later point ``k``, for :meth:`tail`.
+
+        Raises:
+            ConfigError: If ``k`` is invalid or not after the payload's point, the model is in
+                training mode, or the payload does not hold exactly its point's tensors.
+        """
+        start, stop = self.point(payload.point), self.point(k)
+        if stop.index <= start.index:
+            raise ConfigError(f'split point {stop.index} ({stop.name}) is not after the '
+                              f"payload's point {start.index} ({start.name})")
+        self._check_eval()
+        tensors = self._forward(_checked(payload, start), start.index, stop.index)
+        return RcnnPayload(k, tensors, payload.padded_size, payload.image_sizes,
+                           payload.original_sizes)
 
     def tail(self, payload: RcnnPayload) -> list[dict[str, torch.Tensor]]:
         """Run the rest of the model from the head's payload.
@@ -209,19 +216,7 @@ class RcnnSplit:
 
         point = self.point(payload.point)
         self._check_eval()
-        tensors = _checked(payload, point)
-        n = len(self._children)
-        if point.index <= n:
-            x = tensors[point.crossing[-1]]
-            if point.index == 0:
-                body: dict[str, torch.Tensor] = {}
-            else:
-                body = {name: tensors[name] for name in point.crossing}
-            for name, module in self._children[point.index:]:
-                x = module(x)
-                if name in self._returns:
-                    body[f'body.{name}'] = x
-            tensors = self._fpn(body)
+        tensors = self._forward(_checked(payload, point), point.index, len(self.points) - 1)
         features = OrderedDict((name[len('fpn.'):], tensors[name])
                                for name in self.points[-1].crossing)
         first = next(iter(features.values()))
@@ -263,6 +258,22 @@ class RcnnSplit:
                 body[f'body.{name}'] = x
         shapes.update((name, tuple(t.shape)) for name, t in self._fpn(body).items())
         return {name: (int(s[1]), side // int(s[-1])) for name, s in shapes.items()}
+
+    def _forward(self, tensors: Mapping[str, torch.Tensor], start: int,
+                 stop: int) -> dict[str, torch.Tensor]:
+        """Run from point ``start``'s crossing tensors to point ``stop``'s."""
+        n = len(self._children)
+        if stop == start or start > n:
+            return dict(tensors)
+        x = tensors[self.points[start].crossing[-1]]
+        body = {} if start == 0 else dict(tensors)
+        for i, (name, module) in enumerate(self._children[start:min(stop, n)], start):
+            x = module(x)
+            if name in self._returns or i == stop - 1:
+                body[f'body.{name}'] = x
+        if stop > n:
+            return self._fpn(body)
+        return {name: body[name] for name in self.points[stop].crossing}
 
     def _fpn(self, body: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # The FPN reads the body's outputs in the body's order, under their return names.

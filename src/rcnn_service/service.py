@@ -26,8 +26,9 @@ from rcnn_service.asgi_app import make_app
 from rcnn_service.batching import AdaptiveBatcher
 from rcnn_service.fair_queue import Ticket
 from rcnn_service.guard import Overloaded, RejectionLog, RequestError, Tokens
-from rcnn_service.http_server import HttpLimits, HttpServer
+from rcnn_service.http_server import ensure_ports_free, HttpLimits, HttpServer
 from rcnn_service.image_model import ImageModel, LocalModel
+from rcnn_service.middle_part import MiddlePart, Upstream
 from rcnn_service.model_process import DEATH_CAUSES, ModelProcess
 from rcnn_service.protocol import (parse_request, RequestContext, server_time_parameters,
                                    v2_response)
@@ -37,7 +38,7 @@ from rcnn_service.service_metrics import exposition, ServiceMetrics
 from rcnn_service.split_tail import ModelInput, TailChecks
 from rcnn_service.tls import report_failed_handshakes
 
-__all__ = ['ensure_ports_free', 'InferenceService', 'ModelCrashLoop', 'serve', 'ServiceConfig']
+__all__ = ['InferenceService', 'ModelCrashLoop', 'serve', 'ServiceConfig']
 
 LOG = logging.getLogger('adaptive_offload.service')
 _WORKERS = 64
@@ -57,6 +58,8 @@ class InferenceService:
         config: Settings; with ``model_process`` the model runs in a process of its own.
         detector: A ready detector (tests); None loads ``config.arch`` in the background.
         model: A ready model of either kind (instead of ``detector``).
+        upstream: The cloud's tail, to which three-tier requests are forwarded
+            (:mod:`rcnn_service.middle_part`); None: this service forwards nothing.
 
     Attributes:
         crash_loop: Why the service stopped itself (its model process kept dying); empty
@@ -64,8 +67,13 @@ class InferenceService:
     """
 
     def __init__(self, config: ServiceConfig, detector: RcnnDetector | None = None,
-                 model: ImageModel | None = None) -> None:
+                 model: ImageModel | None = None, upstream: Upstream | None = None) -> None:
+        if upstream is not None and config.model_process:
+            raise ConfigError('a service with an upstream runs its model in the serving process, '
+                              'where the middle part runs: drop model_process')
         self.config = config
+        self.upstream = upstream
+        self.middle: MiddlePart | None = None  # set with the model, with an upstream
         self._batcher: AdaptiveBatcher[ModelInput, Detections] | None = None
         self.model: ImageModel | None = None
         self.tail: TailChecks | None = None  # set with the model, if it splits
@@ -120,6 +128,10 @@ class InferenceService:
         self.model = model
         batcher.calibrate(calibration_frame())
         self.tail = model.tail
+        split_tail = getattr(model, 'split_tail', None)
+        if self.upstream is not None and split_tail is not None:
+            self.middle = MiddlePart(split_tail, self.upstream, max(1, cfg.max_batch),
+                                     cfg.request_timeout_s)
         self._batcher = batcher
         if self.stopping:  # shut down while it loaded: nobody else closes it
             batcher.close(timeout_s=0.0, drain=False)
@@ -189,6 +201,8 @@ class InferenceService:
         if self.model is not None:
             self.model.close()  # stops the model's process: none is left behind
         self._executor.shutdown(wait=True, cancel_futures=True)
+        if self.upstream is not None:
+            self.upstream.close()
 
     def reject(self, status: int | str, peer: str, reason: object) -> None:
         """Count and log (rate-limited, one line) a refused request.
@@ -267,6 +281,14 @@ class InferenceService:
                                         f'{self.tail_name}')
             request = self.tail.read(body, header_length, self.config.max_tail_bytes,
                                      self.config.max_image_side)
+            if request.forward is not None:
+                if self.middle is None:
+                    raise RequestError(400, 'this service forwards to no cloud (it was started '
+                                            'without an upstream): send no forward_to')
+                dets, seconds, wait_s = self.middle.run(request)
+                self.count('ok', seconds)
+                return {**v2_response(self.tail_name, dets, request.outputs, request.request_id),
+                        'parameters': server_time_parameters(seconds, wait_s)}
             dets, ticket, seconds = self._compute(batcher, request.job, request.context,
                                                   client_gone)
             return self._reply(self.tail_name, dets, request.outputs, request.request_id,
@@ -325,41 +347,13 @@ class InferenceService:
         return response
 
 
-def ensure_ports_free(host: str, ports: dict[str, int]) -> None:
-    """Refuse, in one line, a port another process listens on, before anything starts.
-
-    Without this, the servers fail deep inside their event loops: a traceback, and MLServer
-    keeps its other servers running.
-
-    Args:
-        host: The address the service binds.
-        ports: Option name -> port (0, picked by the system, is always free).
-
-    Raises:
-        ConfigError: Naming the first port in use and the option that sets it.
-    """
-    import socket
-
-    for option, port in ports.items():
-        if not port:
-            continue
-        family = socket.AF_INET6 if ':' in host else socket.AF_INET
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            # As the servers bind: a port left in TIME_WAIT by a stopped service is free.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((host, port))
-            except OSError as err:
-                raise ConfigError(f'port {port} on {host} is not free ({err.strerror}): stop '
-                                  f'what listens there or choose another with {option}') from err
-
-
-def serve(config: ServiceConfig, announce: Any = print) -> None:
+def serve(config: ServiceConfig, announce: Any = print, upstream: Upstream | None = None) -> None:
     """Run the service until SIGINT or SIGTERM; the model loads while it already listens.
 
     Args:
         config: Settings.
         announce: Called with one line saying where the service listens.
+        upstream: The cloud's tail, for a middle device (see :class:`InferenceService`).
 
     Raises:
         ConfigError: If the port is not free.
@@ -367,7 +361,7 @@ def serve(config: ServiceConfig, announce: Any = print) -> None:
     import signal
 
     ensure_ports_free(config.host, {'--port': config.port})
-    service = InferenceService(config)
+    service = InferenceService(config, upstream=upstream)
     stopping: list[threading.Thread] = []
 
     def stop(signum: int, _frame: Any) -> None:
@@ -382,7 +376,9 @@ def serve(config: ServiceConfig, announce: Any = print) -> None:
         announce(f'serving {config.arch} ({where}) as model {config.model_name!r} on '
                  f'{service.url}: POST /v2/models/{config.model_name}/infer, '
                  f'POST /v2/models/{service.tail_name}/infer (split tail), '
-                 'GET /v2/health/ready, GET /metrics')
+                 'GET /v2/health/ready, GET /metrics'
+                 + (f'; forwarding three-tier requests to {getattr(upstream, "url", "")}'
+                    if upstream is not None else ''))
         with frozen_start_up():
             service.serve_forever()
         for thread in stopping:

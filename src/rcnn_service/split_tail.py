@@ -21,7 +21,8 @@ from typing import Any
 
 from adaptive_offload.errors import ConfigError, ConversionError
 from adaptive_offload.split_request import decode_wire_tensor, parse_request, SplitRequest
-from adaptive_offload.split_wire import DATATYPES, Size, SplitTensors, weights_digest
+from adaptive_offload.split_wire import (DATATYPES, FORWARD_ENCODING, FORWARD_TO, Size,
+                                         SplitTensors, weights_digest)
 from adaptive_offload.tensor_compression import COMPRESSORS
 import numpy as np
 from rcnn_service.guard import RequestError
@@ -87,12 +88,14 @@ class TailChecks:
         """The digest of the model's weights."""
         return self.spec.weights_sha256
 
-    def metadata(self, name: str, max_bytes: int) -> dict[str, Any]:
+    def metadata(self, name: str, max_bytes: int, forwards: bool = False) -> dict[str, Any]:
         """Return the tail model's V2 metadata, with its split points under ``split``.
 
         Args:
             name: The tail model's name.
             max_bytes: Most bytes a request's tensors may decode to.
+            forwards: Whether this service forwards three-tier requests to a cloud's tail
+                (``split.forwards``; see :mod:`rcnn_service.middle_part`).
         """
         spec = self.spec
         names = dict.fromkeys(n for p in spec.points for n in p.crossing)
@@ -108,7 +111,7 @@ class TailChecks:
             'min_size': spec.min_size, 'max_size': spec.max_size,
             'size_divisible': self.size_divisible, 'images_per_request': 1,
             'datatypes': list(DATATYPES), 'compressions': sorted(COMPRESSORS),
-            'max_tensor_bytes': max_bytes, 'points': points}
+            'max_tensor_bytes': max_bytes, 'points': points, 'forwards': forwards}
         return meta
 
     def read(self, body: bytes, header_length: int | None, max_bytes: int,
@@ -131,8 +134,33 @@ class TailChecks:
         context = request_context(request.parameters)
         outputs = None if request.outputs is None else \
             requested_outputs(request.outputs, masks=True)
+        forward = self.forward(request.parameters, request.split.point)
         job = TailJob(self.payload(request, max_bytes, max_side))
-        return TailRequest(job, context, outputs, request.request_id)
+        return TailRequest(job, context, outputs, request.request_id, forward)
+
+    def forward(self, parameters: dict[str, Any], point: int) -> Forward | None:
+        """Read a three-tier request's ``forward_to`` and ``forward_encoding``; None: absent.
+
+        Raises:
+            RequestError: 400 if only one is given, the point is not a later point of this
+                model, or the encoding is not ``fp16|int8+<compression>``.
+        """
+        to, encoding = parameters.get(FORWARD_TO), parameters.get(FORWARD_ENCODING)
+        if to is None and encoding is None:
+            return None
+        later = [p for p in self.spec.points if p.index > point]
+        names = {p.name: p.index for p in later}
+        if to not in names:
+            raise RequestError(400, f'{FORWARD_TO} must name a split point after point {point} '
+                                    f'({", ".join(names) or "there is none"}), got '
+                                    f'{str(to)[:80]!r}')
+        precision, _, codec = str(encoding).partition('+')
+        if not isinstance(encoding, str) or precision not in ('fp16', 'int8') or \
+                codec not in COMPRESSORS:
+            raise RequestError(400, f'{FORWARD_ENCODING} must be fp16 or int8, +'
+                                    f'{"/".join(sorted(COMPRESSORS))}, got '
+                                    f'{str(encoding)[:80]!r}')
+        return Forward(names[str(to)], precision, codec)
 
     def payload(self, request: SplitRequest, max_bytes: int, max_side: int) -> RcnnPayload:
         """Check a request against the split point and the limits, then decode its tensors.
@@ -279,6 +307,21 @@ class TailJob:
 
 
 @dataclass(frozen=True)
+class Forward:
+    """Where a middle device hands a three-tier request over to the cloud's tail.
+
+    Attributes:
+        point: Index of the split point the middle part runs to.
+        precision: ``fp16`` or ``int8``: how what crosses there is sent.
+        compression: Its compression.
+    """
+
+    point: int
+    precision: str
+    compression: str
+
+
+@dataclass(frozen=True)
 class TailRequest:
     """A tail request, read.
 
@@ -287,12 +330,14 @@ class TailRequest:
         context: Its robot and budget.
         outputs: The outputs it asked for; None: all.
         request_id: Its ``id``, echoed.
+        forward: Three tiers: where to hand it over to the cloud's tail; None: run it all.
     """
 
     job: TailJob
     context: RequestContext
     outputs: tuple[str, ...] | None
     request_id: str
+    forward: Forward | None = None
 
 
 ModelInput = np.ndarray | TailJob

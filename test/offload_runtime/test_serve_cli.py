@@ -71,3 +71,44 @@ def test_a_bad_timeout_is_a_usage_error(flag: str, value: str,
     with pytest.raises(SystemExit):
         build_parser().parse_args(['serve', flag, value])
     assert flag in capsys.readouterr().err
+
+
+def _upstream(tmp_path: Any, *flags: str, runtime: str = 'builtin') -> Any:
+    from offload_runtime.serve_cli import make_upstream
+
+    args = build_parser().parse_args(['serve', '--runtime', runtime, '--checkpoint', '',
+                                      '--upstream', 'https://cloud.example:8443', *flags])
+    return make_upstream(args, service_config(args))
+
+
+def test_upstream_flags_build_the_clouds_client_with_its_token(tmp_path: Any) -> None:
+    token = tmp_path / 'token'
+    token.write_text('s3cret\nignored\n')
+    upstream = _upstream(tmp_path, '--upstream-token-file', str(token))
+    try:
+        assert upstream.url == 'https://cloud.example:8443'
+        assert upstream._tail._rest._headers['Authorization'] == 'Bearer s3cret'
+    finally:
+        upstream.close()
+
+
+@pytest.mark.parametrize(('flags', 'runtime', 'message'), [
+    ((), 'mlserver', '--runtime builtin'),
+    (('--device', 'cuda'), 'builtin', '--no-model-process'),
+    (('--model-process',), 'builtin', '--no-model-process'),
+    (('--upstream-token-file', '/nonexistent/token'), 'builtin', 'upstream-token-file'),
+    (('--upstream-token-file', '/dev/null'), 'builtin', 'no token'),
+])
+def test_an_upstream_the_service_cannot_use_is_refused_before_the_model_loads(
+        tmp_path: Any, flags: tuple[str, ...], runtime: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _upstream(tmp_path, *flags, runtime=runtime)
+
+
+def test_an_upstream_that_is_not_http_is_refused(tmp_path: Any) -> None:
+    from offload_runtime.serve_cli import make_upstream
+
+    args = build_parser().parse_args(['serve', '--runtime', 'builtin', '--checkpoint', '',
+                                      '--upstream', 'grpc://cloud:8081'])
+    with pytest.raises(ConfigError):
+        make_upstream(args, service_config(args))

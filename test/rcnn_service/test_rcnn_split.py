@@ -150,6 +150,33 @@ def test_split_output_is_bitwise_the_unsplit_output(request: pytest.FixtureReque
                          model.reference)
 
 
+def test_head_middle_tail_is_bitwise_the_unsplit_output_for_every_pair(
+        compact: SimpleNamespace) -> None:
+    # Three tiers: the robot's head to i, a middle device from i to j, the cloud's tail.
+    with torch.no_grad():
+        for i in range(COMPACT_POINTS - 1):
+            payload = compact.split.head([compact.x], i)
+            for j in range(i + 1, COMPACT_POINTS):
+                middle = compact.split.middle(payload, j)
+                assert middle.point == j
+                assert list(middle.tensors) == list(compact.split.point(j).crossing)
+                assert identical(compact.split.tail(middle), compact.reference), (i, j)
+
+
+def test_a_middle_refuses_a_point_not_after_its_payloads(compact: SimpleNamespace) -> None:
+    with torch.no_grad():
+        payload = compact.split.head([compact.x], 5)
+        for k in (5, 2):
+            with pytest.raises(ConfigError, match='is not after'):
+                compact.split.middle(payload, k)
+        with pytest.raises(ConfigError, match='invalid'):
+            compact.split.middle(payload, COMPACT_POINTS)
+        bad = RcnnPayload(6, payload.tensors, payload.padded_size, payload.image_sizes,
+                          payload.original_sizes)
+        with pytest.raises(ConfigError, match='needs the tensors'):
+            compact.split.middle(bad, 9)
+
+
 @pytest.mark.parametrize('encoding', ['fp16', 'int8'])
 def test_lossy_crossing_keeps_the_detections_at_every_split(
         compact: SimpleNamespace, encoding: str) -> None:

@@ -25,8 +25,9 @@ from helpers import child_env
 import numpy as np
 from offload_runtime.cli import main
 import pytest
+from rcnn_service.http_server import ensure_ports_free
 from rcnn_service.rcnn_detector import coco_categories, RcnnDetector
-from rcnn_service.service import ensure_ports_free, InferenceService, ServiceConfig
+from rcnn_service.service import InferenceService, ServiceConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
