@@ -6,8 +6,9 @@ An option is named ``<arch>@<imgsz>:<point>:<encoding>``, e.g.
 device (an edge computer on the robot's LAN) from ``i`` to ``j``, the cloud the rest; ``j``
 ``end`` leaves the whole rest to the middle device and nothing to the cloud. The manager
 estimates options by these names (``offload_manager.split_figures``), decisions carry them
-(``Decision.split``), and the bridge runs the head they name (``cloud_bridge.split_head``; two
-tiers only: three run in the simulator): one parser for all three.
+(``Decision.split``), and the bridge runs the head they name (``cloud_bridge.split_head``;
+three tiers through the middle device's service, ``rcnn_service.middle_part``): one parser for
+all three.
 """
 
 from __future__ import annotations

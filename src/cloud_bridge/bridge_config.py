@@ -65,14 +65,20 @@ PARAMETERS = (
                   "This robot's id on a shared service (its fair turn, its metrics); empty: "
                   "the host's name."),
     ParameterSpec('split_options', [''],
-                  'Split options (arch@imgsz:point:encoding) whose head this robot runs, '
-                  "loaded at start: list the manager's split_options; [\"\"]: none."),
+                  'Split options (arch@imgsz:point:encoding, or arch@imgsz:i/j:encoding through '
+                  'the middle device: split_middle_url) whose head this robot runs, loaded at '
+                  "start: list the manager's split_options; [\"\"]: none."),
     ParameterSpec('split_checkpoint', '',
                   "The service model's weights (the file the service loads), for the heads "
                   'of split_options.'),
     ParameterSpec('split_url', '',
                   "The service's V2 REST URL for split requests (its tail model speaks REST "
                   'only); empty: the first http(s) endpoint of url.'),
+    ParameterSpec('split_middle_url', '',
+                  "The middle device's service base URL (http(s)://host:port) for three-tier "
+                  "split options: its tail runs i to j and forwards the rest to the cloud's "
+                  'tail, or runs the whole rest (j end); same token, ca_file and robot_id as '
+                  'the cloud; empty: none.'),
 )
 
 
@@ -100,6 +106,7 @@ class CloudConfig:
     split_options: list
     split_checkpoint: str
     split_url: str
+    split_middle_url: str
 
     @classmethod
     def from_params(cls, values: Mapping[str, Any] | None = None) -> CloudConfig:
@@ -117,14 +124,16 @@ class CloudConfig:
         config.make_transport().close()  # validates the URL; connections open lazily
         if config.splits():
             for option in config.splits():
-                if parse_spec(option).three_tier:  # a head to i would skip the middle device
-                    raise ConfigError(f'split option {option!r}: three tiers run in the '
-                                      'simulator only; the bridge runs robot-to-cloud splits')
+                if parse_spec(option).three_tier and not config.split_middle_url:
+                    raise ConfigError(f'split option {option!r} has three tiers: set '
+                                      "split_middle_url, the middle device's service")
             if not config.split_checkpoint:
                 raise ConfigError('split_options need split_checkpoint: the weights the '
                                   'service loads, from which the heads are built')
         if config.splits() or config.split_url:
             config.make_tail().close()  # validates split_url, or finds a REST endpoint
+        if config.split_middle_url:
+            config._middle_tail().close()  # validates it; connections open lazily
         return config
 
     def splits(self) -> tuple[str, ...]:
@@ -149,16 +158,36 @@ class CloudConfig:
         return V2TailTransport(url, self.model, self.bearer_token(), self.ca_file,
                                self.robot_id or socket.gethostname(), encoding, compression)
 
+    def make_middle(self) -> V2TailTransport | None:
+        """Build the client of the middle device's tail model (None without three-tier options).
+
+        Raises:
+            ConfigError: If ``split_middle_url`` is empty or not http(s), or the token file
+                cannot be read.
+        """
+        if not any(parse_spec(o).three_tier for o in self.splits()):
+            return None
+        if not self.split_middle_url:
+            raise ConfigError('three-tier split options need split_middle_url, the middle '
+                              "device's service")
+        return self._middle_tail()
+
+    def _middle_tail(self) -> V2TailTransport:
+        return V2TailTransport(self.split_middle_url, self.model, self.bearer_token(),
+                               self.ca_file, self.robot_id or socket.gethostname())
+
     def make_split(self) -> SplitRoute | None:
         """Load the heads of ``split_options`` (None without any).
 
         Raises:
-            ConfigError: For an option whose point the model lacks, or no REST endpoint.
+            ConfigError: For an option whose point the model lacks, three-tier cuts out of
+                order, no REST endpoint, or a bad ``split_middle_url``.
             BackendError: If the model does not load.
         """
         if not self.splits():
             return None
-        return SplitRoute(self.splits(), self.make_tail(), load_detector(self.split_checkpoint))
+        return SplitRoute(self.splits(), self.make_tail(), load_detector(self.split_checkpoint),
+                          self.make_middle())
 
     def make_transport(self) -> InferenceTransport:
         """Build the transport for the URL's scheme; several URLs: one that hedges over them.
