@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 import functools
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from adaptive_offload.errors import BackendError
 import numpy as np
@@ -43,6 +43,8 @@ class EmbeddedService:
         alternatives: Other architectures (and their checkpoints) to fall back on, in order,
             when ``config``'s has no size within the deadline here; the fastest serves when
             none has. Timed only with a deadline.
+        upstream: The cloud's tail: this service is then a middle device of three tiers
+            (``rcnn_service.middle_part``), its model in this process.
 
     Raises:
         BackendError: If no model loads (when they are timed here).
@@ -50,7 +52,7 @@ class EmbeddedService:
 
     def __init__(self, config: ServiceConfig, deadline_ms: float = 0.0,
                  status: Callable[[str], Any] = _quiet,
-                 alternatives: Sequence[ServiceConfig] = ()) -> None:
+                 alternatives: Sequence[ServiceConfig] = (), upstream: Any = None) -> None:
         detector = None
         if deadline_ms > 0 and not config.input_size:
             configs = {c.arch: c for c in (config, *alternatives)}
@@ -66,7 +68,10 @@ class EmbeddedService:
             status(chosen.describe(deadline_ms))
         self.arch = config.arch
         self.input_size = config.input_size
-        self._service = InferenceService(replace(config, host='127.0.0.1', port=0), detector)
+        if upstream is not None:
+            config = replace(config, model_process=False)
+        self._service = InferenceService(replace(config, host='127.0.0.1', port=0), detector,
+                                         upstream=upstream)
         threading.Thread(target=self._service.serve_forever, name='service',
                          daemon=True).start()
 
@@ -101,3 +106,21 @@ class EmbeddedService:
     def shutdown(self) -> None:
         """Stop serving and release the port."""
         self._service.shutdown()
+
+
+def start_middle(served: ServiceConfig, cloud_values: Mapping[str, Any],
+                 status: Callable[[str], Any] = _quiet) -> EmbeddedService:
+    """Start the middle device's service of three-tier options, forwarding to the cloud's.
+
+    Args:
+        served: The cloud service's settings: the middle device loads the same weights.
+        cloud_values: The bridge's parameters: ``url``, ``model`` and ``token`` of the cloud.
+        status: Told in one line what starts.
+    """
+    from offload_runtime.upstream_tail import UpstreamTail
+
+    status(f"starting the middle device's service on loopback ({served.arch}), forwarding to "
+           f'{cloud_values["url"]}; cloud_bridge split_middle_url uses one already running')
+    return EmbeddedService(served, upstream=UpstreamTail(
+        cloud_values['url'], cloud_values['model'], cloud_values.get('token', ''),
+        device_id='middle'))

@@ -128,10 +128,12 @@ class Replay:
     def _run(self) -> ReplayResult:
         start = self._clock()
         try:
-            if self.graph.service is not None:
-                self.graph.service.wait_ready(self._opts.service_timeout_s, self._clock,
-                                              self._sleep, self._stop.is_set)
-                self._status(f'cloud service ready at {self.graph.service.url}')
+            for what, service in (('cloud', self.graph.service),
+                                  ("middle device's", self.graph.middle)):
+                if service is not None:
+                    service.wait_ready(self._opts.service_timeout_s, self._clock, self._sleep,
+                                       self._stop.is_set)
+                    self._status(f'{what} service ready at {service.url}')
             out = OutputBag(self._opts.out, self._store, self._clock)
             for key, value in self._custom.items():
                 out.set_custom_data(key, value)

@@ -19,6 +19,7 @@ from adaptive_offload.frame_worker import DecisionHolder, Emit, FrameWorker, Res
 from adaptive_offload.graph_codec import decode_input, LabelMap
 from adaptive_offload.params import node_params
 from adaptive_offload.split_frame import SplitFrame
+from adaptive_offload.split_option import parse_spec
 from cloud_bridge.bridge import CloudBridge
 from cloud_bridge.bridge_config import CloudConfig
 from cloud_bridge.split_head import SplitRoute
@@ -30,7 +31,7 @@ from fault_injection.rig import FaultRig
 from fault_injection.scenario import EDGE_KINDS, Scenario
 from health_monitor.monitor import HealthConfig, HealthMonitor
 from offload_manager.manager import ADAPTIVE, ManagerConfig, OffloadManager
-from offload_runtime.embedded_service import EmbeddedService
+from offload_runtime.embedded_service import EmbeddedService, start_middle
 from offload_runtime.replay_split import check_tail, split_summary, SplitLink, TAIL
 from offload_runtime.replay_split import tail_values, warm_up
 from rcnn_service.service import ServiceConfig
@@ -170,6 +171,7 @@ class ReplayGraph:
             raise ConfigError('process and netns faults act on the service this run starts; '
                               'drop the cloud URL')
         self.service: EmbeddedService | None = None
+        self.middle: EmbeddedService | None = None  # three tiers: the middle device's service
         self.cloud: CloudBridge | None = None
         self._split: SplitRoute | None = None
         self.battery_topic = manager_cfg.battery_topic \
@@ -221,6 +223,10 @@ class ReplayGraph:
                                 'url': url, 'token': token, 'model': service.model_name}
             if splits and not [o for o in cloud_values.get('split_options', ()) if o]:
                 cloud_values = {**cloud_values, 'split_options': list(splits)}
+            if embedded and not cloud_values.get('split_middle_url') and any(
+                    o and parse_spec(o).three_tier for o in cloud_values.get('split_options', ())):
+                self.middle = start_middle(served, cloud_values, status)
+                cloud_values = {**cloud_values, 'split_middle_url': self.middle.url}
             if cloud_values.get('url'):
                 self._add_cloud(cloud_values, edge_cfg, camera, compressed, clock, rig,
                                 params_source, publish, status)
@@ -381,6 +387,7 @@ class ReplayGraph:
         if self._split is not None:
             self._split.close()
             self._split = None
-        if self.service is not None:
-            self.service.shutdown()
-            self.service = None
+        for service in (self.middle, self.service):
+            if service is not None:
+                service.shutdown()
+        self.service = self.middle = None

@@ -72,3 +72,29 @@ def test_a_split_tail_alone_is_refused_it_has_no_head_in_the_replay(
             'offload_manager': {'policy': 'edge-only'}, 'edge_inference': tail}),
             backend_factory=fake_backend_factory).run()
     assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('cut', ['body.2/body.3', 'body.2/end'])
+def test_a_three_tier_replay_runs_the_middle_devices_service_on_loopback(
+        tmp_path: Path, fake_backend_factory: Callable[..., Any], cut: str) -> None:
+    # The robot's head to body.2, the middle device's service (forwarding to the embedded
+    # cloud's tail unless the option ends there), the same answers as two tiers give.
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=4, fps=5, width=320, height=240))
+    option = f'{COMPACT_ARCH}@640:{cut}:int8+zstd'
+    manager = {**MANAGER, 'split_options': [option], 'split_middle_device': 'ci_machine'}
+    said: list[str] = []
+    result = Replay(ReplayOptions(
+        bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0, max_frames=4,
+        overrides={'offload_manager': manager},
+        service=ServiceConfig(arch=COMPACT_ARCH, checkpoint=CHECKPOINT, threads=1)),
+        backend_factory=fake_backend_factory, status=said.append).run()
+    assert any(line.startswith("middle device's service ready at http://127.0.0.1:")
+               for line in said)
+    assert [r.route for r in result.records] == ['split'] * 4
+    assert result.summary['cloud']['answered'] == result.summary['cloud']['requests'] == 4
+    store = make_typestore('jazzy')
+    with Reader(tmp_path / 'out') as reader:
+        conns = [c for c in reader.connections if c.topic == topics.CLOUD_TELEMETRY]
+        reports = [json.loads(store.deserialize_cdr(raw, c.msgtype).data)
+                   for c, _, raw in reader.messages(conns)]
+    assert {r['model'] for r in reports if r['status'] == 'ok'} == {f'split:{option}'}
