@@ -183,23 +183,32 @@ def test_cloud_bridge_node(graph: Any) -> None:
         httpd.server_close()
 
 
-def test_cloud_bridge_node_runs_split_decisions_through_its_head(graph: Any) -> None:
+@pytest.mark.parametrize('cut', ['body.3', 'body.2/body.3'])
+def test_cloud_bridge_node_runs_split_decisions_through_its_head(graph: Any, cut: str) -> None:
     from cloud_bridge.node import CloudBridgeNode
+    from offload_runtime.upstream_tail import UpstreamTail
     from rcnn_service.compact_rcnn import COMPACT_ARCH
     from rcnn_service.rcnn_detector import RcnnDetector
     from rcnn_service.service import InferenceService, ServiceConfig
 
     checkpoint = str(Path(__file__).resolve().parents[2] / 'models' / 'rcnn-shapes.pt')
-    option = f'{COMPACT_ARCH}@320:body.3:int8+zstd'
+    option = f'{COMPACT_ARCH}@320:{cut}:int8+zstd'
     service = InferenceService(ServiceConfig(port=0),
                                RcnnDetector(COMPACT_ARCH, checkpoint, input_size=320))
-    threading.Thread(target=service.serve_forever, daemon=True).start()
+    # Three tiers: the middle device's service forwards from body.2 on to the cloud's tail.
+    middle = InferenceService(ServiceConfig(port=0),
+                              RcnnDetector(COMPACT_ARCH, checkpoint, input_size=320),
+                              upstream=UpstreamTail(service.url, 'rcnn')) if '/' in cut else None
+    for started in (service, middle):
+        if started is not None:
+            threading.Thread(target=started.serve_forever, daemon=True).start()
     executor, probe = graph
     try:
         node = CloudBridgeNode(parameter_overrides=[
             Parameter('url', value=service.url), Parameter('model', value='rcnn'),
             Parameter('split_options', value=[option]),
-            Parameter('split_checkpoint', value=checkpoint)])
+            Parameter('split_checkpoint', value=checkpoint),
+            Parameter('split_middle_url', value=middle.url if middle else '')])
         executor.add_node(node)
         tel = collect(probe, String, '/cloud/telemetry', ros.qos_profile('result'))
         decide = probe.create_publisher(String, '/offload/decision', ros.qos_profile('latched'))
@@ -215,5 +224,8 @@ def test_cloud_bridge_node_runs_split_decisions_through_its_head(graph: Any) -> 
         report = json.loads(tel[0].data)
         assert report['status'] == 'ok', report['reason']
         assert report['model'] == f'split:{option}' and report['bytes_sent'] > 0
+        assert service.tail_counts['ok'] == 1  # the cloud ran the tail, via the middle or not
     finally:
         service.shutdown()
+        if middle is not None:
+            middle.shutdown()
