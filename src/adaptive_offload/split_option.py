@@ -25,6 +25,9 @@ END = 'end'
 """The second cut of a three-tier option that leaves nothing to the cloud."""
 PRECISIONS = ('fp16', 'int8')
 """Wire precisions of a split option (fp32 would be larger than the frame at every point)."""
+LEARNED = 'bottleneck'
+"""The encoding of an option whose payload is a learned bottleneck's code (int8 + zstd) at its
+point (``rcnn_service.bottleneck``): ``arch@imgsz:body.3:bottleneck``; two tiers only."""
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ class SplitSpec:
         arch: Cloud model architecture.
         imgsz: Its input size (longest side the head resizes a frame to).
         point: The stage after which the model is cut (``transform``, ``body.<n>``, ``fpn``).
-        encoding: Wire encoding, ``<precision>+<codec>`` (``int8+zstd``), of both cuts.
+        encoding: Wire encoding, ``<precision>+<codec>`` (``int8+zstd``), of both cuts, or
+            :data:`LEARNED`.
         middle_to: Three-tier: the stage after which the middle device hands over to the
             cloud, or :data:`END`; empty: two tiers (robot and cloud).
     """
@@ -63,8 +67,13 @@ class SplitSpec:
         return self.middle_to != END
 
     @property
+    def learned(self) -> bool:
+        """Whether the payload is a learned bottleneck's code."""
+        return self.encoding == LEARNED
+
+    @property
     def precision(self) -> str:
-        """The precision part of the encoding: ``fp16`` or ``int8``."""
+        """The precision part of the encoding: ``fp16``, ``int8`` or :data:`LEARNED`."""
         return self.encoding.split('+')[0]
 
     @property
@@ -84,14 +93,17 @@ def parse_spec(text: str) -> SplitSpec:
     parts = text.split(':')
     model, _, size = parts[0].rpartition('@')
     precision, _, codec = parts[-1].partition('+')
+    learned = parts[-1] == LEARNED
     cut = parts[1] if len(parts) == 3 else ''
     point, slash, middle_to = cut.partition('/')
     if len(parts) != 3 or not model or not size.isdigit() or int(size) <= 0 or \
             not point or point == END or (slash and not middle_to) or '/' in middle_to or \
-            precision not in PRECISIONS or codec not in COMPRESSORS:
+            (learned and slash) or \
+            (not learned and (precision not in PRECISIONS or codec not in COMPRESSORS)):
         raise ConfigError(f'split option {text!r}: expected arch@imgsz:point:encoding or '
                           f'arch@imgsz:i/j:encoding (j a later point or {END}) with encoding '
-                          f'{"/".join(PRECISIONS)}+{"/".join(sorted(COMPRESSORS))}')
+                          f'{"/".join(PRECISIONS)}+{"/".join(sorted(COMPRESSORS))}, or '
+                          f'arch@imgsz:point:{LEARNED} (two tiers)')
     return SplitSpec(model, int(size), point, parts[2], middle_to)
 
 

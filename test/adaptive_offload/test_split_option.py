@@ -55,3 +55,14 @@ def test_cuts_must_be_points_in_model_order() -> None:
                      ('layer1/body.2', 'not a split point')):
         with pytest.raises(ConfigError, match=f'{ARCH}@640:{bad}:int8\\+zstd.*{why}'):
             check_order(parse_spec(f'{ARCH}@640:{bad}:int8+zstd'), points)
+
+
+def test_a_learned_bottleneck_is_an_encoding_of_two_tier_options_only() -> None:
+    spec = parse_spec('fasterrcnn_mobilenet_v3_small_fpn@640:body.3:bottleneck')
+    assert spec.learned and not spec.three_tier and spec.point == 'body.3'
+    assert spec.key == 'fasterrcnn_mobilenet_v3_small_fpn@640:body.3:bottleneck'
+    assert not parse_spec('a@640:body.3:int8+zstd').learned
+    for text in ('a@640:body.2/body.3:bottleneck', 'a@640:body.3:bottleneck+zstd',
+                 'a@640:body.3:learned'):
+        with pytest.raises(ConfigError, match='bottleneck \\(two tiers\\)'):
+            parse_spec(text)
