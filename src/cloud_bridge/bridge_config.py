@@ -18,6 +18,7 @@ from cloud_bridge.sampling import make_sampler
 from cloud_bridge.split_head import load_detector, SplitRoute
 from cloud_bridge.tail_client import V2TailTransport
 from cloud_bridge.transport import InferenceTransport, make_transport
+from rcnn_service.bottleneck import load_bottleneck
 
 SAMPLING_PHASES = 1000
 """The uniform sampler of each bridge starts at a random count below this: bridges started
@@ -74,6 +75,10 @@ PARAMETERS = (
     ParameterSpec('split_url', '',
                   "The service's V2 REST URL for split requests (its tail model speaks REST "
                   'only); empty: the first http(s) endpoint of url.'),
+    ParameterSpec('split_bottleneck', '',
+                  'The learned bottleneck file (the one the service loads with --bottleneck) '
+                  'whose encoder split options of encoding bottleneck run after the head; '
+                  'empty: none.'),
     ParameterSpec('split_middle_url', '',
                   "The middle device's service base URL (http(s)://host:port) for three-tier "
                   "split options: its tail runs i to j and forwards the rest to the cloud's "
@@ -106,6 +111,7 @@ class CloudConfig:
     split_options: list
     split_checkpoint: str
     split_url: str
+    split_bottleneck: str
     split_middle_url: str
 
     @classmethod
@@ -130,6 +136,10 @@ class CloudConfig:
             if not config.split_checkpoint:
                 raise ConfigError('split_options need split_checkpoint: the weights the '
                                   'service loads, from which the heads are built')
+            learned = [o for o in config.splits() if parse_spec(o).learned]
+            if learned and not config.split_bottleneck:
+                raise ConfigError(f'split options {learned} need split_bottleneck: the '
+                                  'learned bottleneck file the service loads (--bottleneck)')
         if config.splits() or config.split_url:
             config.make_tail().close()  # validates split_url, or finds a REST endpoint
         if config.split_middle_url:
@@ -181,13 +191,16 @@ class CloudConfig:
 
         Raises:
             ConfigError: For an option whose point the model lacks, three-tier cuts out of
-                order, no REST endpoint, or a bad ``split_middle_url``.
+                order, no REST endpoint, a bad ``split_middle_url``, or a ``split_bottleneck``
+                that is unreadable or not trained for the model and the option's point.
             BackendError: If the model does not load.
         """
         if not self.splits():
             return None
+        bottleneck = load_bottleneck(self.split_bottleneck) if any(
+            parse_spec(o).learned for o in self.splits()) else None
         return SplitRoute(self.splits(), self.make_tail(), load_detector(self.split_checkpoint),
-                          self.make_middle())
+                          self.make_middle(), bottleneck)
 
     def make_transport(self) -> InferenceTransport:
         """Build the transport for the URL's scheme; several URLs: one that hedges over them.

@@ -30,6 +30,7 @@ from adaptive_offload.inference_transport import CloudReply
 from adaptive_offload.split_option import check_order, parse_spec, SplitSpec
 from adaptive_offload.split_wire import FORWARD_ENCODING, FORWARD_TO, weights_digest
 import numpy as np
+from rcnn_service.bottleneck import LearnedBottleneck
 from rcnn_service.rcnn_detector import image_tensor, RcnnDetector
 from rcnn_service.rcnn_split import encode_payload, EncodedPayload, RcnnSplit
 
@@ -57,13 +58,17 @@ class SplitHead:
     Args:
         spec: The option.
         detector: The service's model, loaded here from the same weights.
+        bottleneck: The learned bottleneck whose encoder a ``bottleneck`` option runs after
+            the head (the file the service decodes with).
 
     Raises:
-        ConfigError: If the model does not split, has no point of the option's name, or (three
-            tiers) its second cut is not a point after the first.
+        ConfigError: If the model does not split, has no point of the option's name, (three
+            tiers) its second cut is not a point after the first, or a ``bottleneck`` option
+            has no bottleneck trained for this model at this point.
     """
 
-    def __init__(self, spec: SplitSpec, detector: RcnnDetector) -> None:
+    def __init__(self, spec: SplitSpec, detector: RcnnDetector,
+                 bottleneck: LearnedBottleneck | None = None) -> None:
         self.spec = spec
         self._detector = detector
         self._split = RcnnSplit(detector.model)
@@ -76,6 +81,15 @@ class SplitHead:
         self.index = names[spec.point]
         self.middle_index = names.get(spec.middle_to)  # None unless j is a point
         self.weights_sha256 = weights_digest(detector.model.state_dict())
+        self._bottleneck = bottleneck if spec.learned else None
+        self.bottleneck_sha256 = ''
+        if self._bottleneck is not None:
+            self._bottleneck.check(detector.model, spec.arch, self.index)
+            self._bottleneck.net.to(detector.device)
+            self.bottleneck_sha256 = weights_digest(self._bottleneck.net.state_dict())
+        elif spec.learned:
+            raise ConfigError(f'split option {spec.key!r} needs split_bottleneck: the learned '
+                              'bottleneck file the service decodes with (serve --bottleneck)')
 
     def run(self, image: np.ndarray) -> EncodedPayload:
         """Run the head on one BGR uint8 frame and encode what crosses the cut.
@@ -89,6 +103,8 @@ class SplitHead:
             with torch.inference_mode():
                 payload = self._split.head([image_tensor(image, self._detector.device)],
                                            self.index)
+                if self._bottleneck is not None:
+                    return self._bottleneck.encode(payload)
             return encode_payload(payload, self.spec.precision, self.spec.codec)
 
         return self._detector.run_locked(head)
@@ -110,15 +126,18 @@ class SplitRoute:
         tail: The service's tail model.
         loader: Builds the service's model of an architecture at a size (one per pair).
         middle: The middle device's tail model, for three-tier options (closed with the route).
+        bottleneck: The learned bottleneck of ``bottleneck`` options.
 
     Raises:
         ConfigError: For a malformed option, a point the model does not have, three-tier cuts
-            out of order, or a three-tier option without a middle device.
+            out of order, a three-tier option without a middle device, or a ``bottleneck``
+            option without a bottleneck of its model and point.
         BackendError: If a model does not load.
     """
 
     def __init__(self, options: Sequence[str], tail: Tail, loader: Loader,
-                 middle: Tail | None = None) -> None:
+                 middle: Tail | None = None,
+                 bottleneck: LearnedBottleneck | None = None) -> None:
         if not options:
             raise ConfigError('a split route needs at least one split option')
         for text in options:
@@ -132,7 +151,7 @@ class SplitRoute:
             pair = (spec.arch, spec.imgsz)
             if pair not in detectors:
                 detectors[pair] = loader(*pair)
-            self._heads[spec.key] = SplitHead(spec, detectors[pair])
+            self._heads[spec.key] = SplitHead(spec, detectors[pair], bottleneck)
         self._tail = tail
         self._middle = middle
         self._lock = threading.Lock()
@@ -216,6 +235,13 @@ def disagreement(head: SplitHead, metadata: Mapping[str, Any]) -> str:
     for point, index in cuts:
         if names.get(point) != index:
             return f'split {key}: {who} has no point {point!r} at {index}'
+    learned = split.get('bottleneck')
+    if spec.learned and (not isinstance(learned, dict) or
+                         learned.get('weights_sha256') != head.bottleneck_sha256):
+        theirs = learned.get('weights_sha256') if isinstance(learned, dict) else None
+        return (f'split {key}: {who} decodes bottleneck {theirs!r}, the robot encodes '
+                f'{head.bottleneck_sha256!r}: give split_bottleneck the file the service '
+                'loads with --bottleneck')
     if spec.three_tier and spec.to_cloud and split.get('forwards') is not True:
         return (f'split {key}: the middle device forwards to no cloud: start its service with '
                 "--upstream (the cloud's URL), or take an option to end")

@@ -8,6 +8,7 @@ import threading
 from typing import Any, Callable, Mapping, Sequence
 
 from adaptive_offload.errors import BackendError
+from adaptive_offload.split_option import parse_spec
 import numpy as np
 from rcnn_service.input_size import fit_architecture
 from rcnn_service.rcnn_detector import RcnnDetector
@@ -124,3 +125,17 @@ def start_middle(served: ServiceConfig, cloud_values: Mapping[str, Any],
     return EmbeddedService(served, upstream=UpstreamTail(
         cloud_values['url'], cloud_values['model'], cloud_values.get('token', ''),
         device_id='middle'))
+
+
+def with_bottleneck(service: ServiceConfig, options: Sequence[str]) -> ServiceConfig:
+    """Return ``service`` decoding the shipped bottleneck when ``options`` need one it lacks.
+
+    The shipped bottleneck fits the shipped compact model only; with other weights the service
+    refuses it at load, saying to retrain it.
+    """
+    from adaptive_offload.package_files import shipped_model
+    from offload_runtime.bottleneck_training import BOTTLENECK_FILE
+
+    if service.bottleneck or not any(o and parse_spec(o).learned for o in options):
+        return service
+    return replace(service, bottleneck=str(shipped_model(BOTTLENECK_FILE)))

@@ -31,7 +31,7 @@ from fault_injection.rig import FaultRig
 from fault_injection.scenario import EDGE_KINDS, Scenario
 from health_monitor.monitor import HealthConfig, HealthMonitor
 from offload_manager.manager import ADAPTIVE, ManagerConfig, OffloadManager
-from offload_runtime.embedded_service import EmbeddedService, start_middle
+from offload_runtime.embedded_service import EmbeddedService, start_middle, with_bottleneck
 from offload_runtime.replay_split import check_tail, split_summary, SplitLink, TAIL
 from offload_runtime.replay_split import tail_values, warm_up
 from rcnn_service.service import ServiceConfig
@@ -200,6 +200,9 @@ class ReplayGraph:
         try:
             if embedded:
                 # The embedded default: the real service on loopback, for this run only.
+                services = [with_bottleneck(service, (*splits, *cloud_values.get(
+                    'split_options', ()))), *services[1:]]
+                service = services[0]
                 status(f'starting the cloud service on loopback '
                        f'({", ".join(s.arch for s in services)}); '
                        '--cloud URL uses one already running')
@@ -219,7 +222,8 @@ class ReplayGraph:
                 token = service.tokens[0] if service.tokens else ''
                 served = next((s for s in services if s.arch == manager_cfg.cloud_model),
                               service)
-                cloud_values = {'split_checkpoint': served.checkpoint, **cloud_values,
+                cloud_values = {'split_checkpoint': served.checkpoint,
+                                'split_bottleneck': served.bottleneck, **cloud_values,
                                 'url': url, 'token': token, 'model': service.model_name}
             if splits and not [o for o in cloud_values.get('split_options', ()) if o]:
                 cloud_values = {**cloud_values, 'split_options': list(splits)}

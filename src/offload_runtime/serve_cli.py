@@ -79,6 +79,12 @@ def add_serve_parser(sub: Any) -> None:
                             'and a TLS handshake must end within it (builtin) (default 10)')
     serve.add_argument('--max-connections', type=above_zero(int), default=512,
                        help='REST connections served at once; more get 503 (default 512)')
+    serve.add_argument('--bottleneck', default='',
+                       help='a learned bottleneck file (adaptive-offload train bottleneck; '
+                            'the shipped models/rcnn-shapes-bottleneck.pt fits the shipped '
+                            'model): the tail model then also takes its code at its split '
+                            'point, from robots whose split option is arch@imgsz:point:'
+                            'bottleneck (builtin runtime)')
     serve.add_argument('--upstream', default='',
                        help='three tiers: this service runs on a middle device (an edge '
                             "computer on the robots' LAN) and forwards a request that names "
@@ -151,6 +157,13 @@ def service_config(args: argparse.Namespace) -> Any:
         print(f'adaptive-offload serve: warning: no tokens (--token-file, {TOKENS_ENV}): '
               f'anyone who reaches {args.host} can use the service', file=sys.stderr)
     checkpoint = checkpoint_for(args.arch, args.checkpoint)
+    if args.bottleneck:
+        from rcnn_service.bottleneck import load_bottleneck
+
+        if args.runtime != 'builtin':
+            raise ConfigError('--bottleneck needs --runtime builtin (the MLServer tail takes '
+                              'crossing tensors only)')
+        load_bottleneck(args.bottleneck)  # an unreadable file stops here, not in the load
     config = ServiceConfig(arch=args.arch, checkpoint=checkpoint, device=args.device,
                            host=args.host, port=args.port, model_name=args.model_name,
                            tokens=tokens, max_request_bytes=args.max_request_bytes,
@@ -165,7 +178,7 @@ def service_config(args: argparse.Namespace) -> Any:
                            max_tail_bytes=args.max_tail_bytes,
                            model_process=model_process(args),
                            batch_timeout_s=args.batch_timeout_s,
-                           load_timeout_s=args.load_timeout_s,
+                           load_timeout_s=args.load_timeout_s, bottleneck=args.bottleneck,
                            tls=TlsFiles.from_options(args.tls_cert, args.tls_key))
     return config
 

@@ -24,6 +24,7 @@ from adaptive_offload.split_wire import tail_model_name
 from prometheus_client import CollectorRegistry
 from rcnn_service.asgi_app import make_app
 from rcnn_service.batching import AdaptiveBatcher
+from rcnn_service.bottleneck import load_bottleneck
 from rcnn_service.fair_queue import Ticket
 from rcnn_service.guard import Overloaded, RejectionLog, RequestError, Tokens
 from rcnn_service.http_server import ensure_ports_free, HttpLimits, HttpServer
@@ -121,6 +122,11 @@ class InferenceService:
 
     def _use(self, model: ImageModel) -> None:
         cfg = self.config
+        if cfg.bottleneck:  # checked against the model before anything serves
+            if model.tail is None:
+                raise ConfigError(f'{cfg.arch} does not split: no tail to take the '
+                                  f'bottleneck {cfg.bottleneck!r}')
+            model.tail.use_bottleneck(load_bottleneck(cfg.bottleneck))
         batcher: AdaptiveBatcher[ModelInput, Detections] = AdaptiveBatcher(
             model.run, cfg.max_batch, cfg.batch_wait_ms,
             self.load.batch_size.observe, cfg.max_queue, self.load.refused,

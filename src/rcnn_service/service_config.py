@@ -56,6 +56,8 @@ class ServiceConfig:
             its model's readiness (import, load, warm-up, calibration); one that takes longer
             is taken for hung, killed and restarted, which the restart policy counts as a
             death: readiness alone would stay false for ever, and nothing would restart it.
+        bottleneck: A learned bottleneck file (``rcnn_service.bottleneck``) whose codes the tail
+            model takes at its point (builtin runtime); empty: none.
     """
 
     arch: str = 'fasterrcnn_mobilenet_v3_large_fpn'
@@ -81,3 +83,4 @@ class ServiceConfig:
     model_process: bool = False
     batch_timeout_s: float = 120.0
     load_timeout_s: float = 900.0
+    bottleneck: str = ''

@@ -25,6 +25,9 @@ from adaptive_offload.split_wire import (DATATYPES, FORWARD_ENCODING, FORWARD_TO
                                          SplitTensors, weights_digest)
 from adaptive_offload.tensor_compression import COMPRESSORS
 import numpy as np
+from rcnn_service.bottleneck import BLOB, LearnedBottleneck
+from rcnn_service.bottleneck_tail import (bottleneck_metadata, checked_bottleneck,
+                                          restored_payload)
 from rcnn_service.guard import RequestError
 from rcnn_service.protocol import (model_metadata, request_context, RequestContext,
                                    requested_outputs)
@@ -72,6 +75,16 @@ class TailChecks:
     def __init__(self, spec: TailSpec, device: Any = 'cpu') -> None:
         self.spec = spec
         self.device = device
+        self.bottleneck: LearnedBottleneck | None = None
+
+    def use_bottleneck(self, bottleneck: LearnedBottleneck) -> None:
+        """Take ``bottleneck``'s code at its point (:mod:`rcnn_service.bottleneck_tail`).
+
+        Raises:
+            ConfigError: If it was trained for another architecture, weights or point.
+        """
+        self.bottleneck = checked_bottleneck(bottleneck, self.spec.arch, self.weights_sha256,
+                                             self.spec.points, self.device)
 
     @property
     def layout(self) -> dict[str, tuple[int, int]]:
@@ -111,7 +124,8 @@ class TailChecks:
             'min_size': spec.min_size, 'max_size': spec.max_size,
             'size_divisible': self.size_divisible, 'images_per_request': 1,
             'datatypes': list(DATATYPES), 'compressions': sorted(COMPRESSORS),
-            'max_tensor_bytes': max_bytes, 'points': points, 'forwards': forwards}
+            'max_tensor_bytes': max_bytes, 'points': points, 'forwards': forwards,
+            'bottleneck': bottleneck_metadata(self.bottleneck)}
         return meta
 
     def read(self, body: bytes, header_length: int | None, max_bytes: int,
@@ -182,6 +196,10 @@ class TailChecks:
                                     f'0..{last} (its metadata lists them)')
         point = self.spec.points[wire.point]
         given = {t.name: t for t in wire.tensors}
+        if BLOB in given:
+            self._check_sizes(wire, max_side)
+            return restored_payload(self.bottleneck, wire, point, given[BLOB], max_bytes,
+                                    self.device)
         missing = [n for n in point.crossing if n not in given]
         extra = [n for n in given if n not in point.crossing]
         if missing or extra:

@@ -112,3 +112,21 @@ def test_an_upstream_that_is_not_http_is_refused(tmp_path: Any) -> None:
                                       '--upstream', 'grpc://cloud:8081'])
     with pytest.raises(ConfigError):
         make_upstream(args, service_config(args))
+
+
+def test_bottleneck_reaches_the_config_and_a_bad_one_stops_before_the_model_loads(
+        tmp_path: Any) -> None:
+    from pathlib import Path
+
+    shipped = str(Path(__file__).resolve().parents[2] / 'models' / 'rcnn-shapes-bottleneck.pt')
+    assert _config('--bottleneck', shipped).bottleneck == shipped
+    assert _config().bottleneck == ''
+    with pytest.raises(ConfigError, match='not found'):
+        _config('--bottleneck', str(tmp_path / 'missing.pt'))
+    (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
+    with pytest.raises(ConfigError, match='cannot read'):
+        _config('--bottleneck', str(tmp_path / 'junk.pt'))
+    args = build_parser().parse_args(['serve', '--runtime', 'mlserver', '--checkpoint', '',
+                                      '--bottleneck', shipped])
+    with pytest.raises(ConfigError, match='--runtime builtin'):
+        service_config(args)
