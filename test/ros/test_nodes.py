@@ -183,7 +183,8 @@ def test_cloud_bridge_node(graph: Any) -> None:
         httpd.server_close()
 
 
-@pytest.mark.parametrize('cut', ['body.3', 'body.2/body.3'])
+@pytest.mark.parametrize('cut', ['body.3:int8+zstd', 'body.2/body.3:int8+zstd',
+                                 'body.3:bottleneck'])
 def test_cloud_bridge_node_runs_split_decisions_through_its_head(graph: Any, cut: str) -> None:
     from cloud_bridge.node import CloudBridgeNode
     from offload_runtime.upstream_tail import UpstreamTail
@@ -192,8 +193,10 @@ def test_cloud_bridge_node_runs_split_decisions_through_its_head(graph: Any, cut
     from rcnn_service.service import InferenceService, ServiceConfig
 
     checkpoint = str(Path(__file__).resolve().parents[2] / 'models' / 'rcnn-shapes.pt')
-    option = f'{COMPACT_ARCH}@320:{cut}:int8+zstd'
-    service = InferenceService(ServiceConfig(port=0),
+    bottleneck = checkpoint.replace('rcnn-shapes.pt', 'rcnn-shapes-bottleneck.pt') \
+        if 'bottleneck' in cut else ''
+    option = f'{COMPACT_ARCH}@320:{cut}'
+    service = InferenceService(ServiceConfig(port=0, bottleneck=bottleneck),
                                RcnnDetector(COMPACT_ARCH, checkpoint, input_size=320))
     # Three tiers: the middle device's service forwards from body.2 on to the cloud's tail.
     middle = InferenceService(ServiceConfig(port=0),
@@ -208,7 +211,8 @@ def test_cloud_bridge_node_runs_split_decisions_through_its_head(graph: Any, cut
             Parameter('url', value=service.url), Parameter('model', value='rcnn'),
             Parameter('split_options', value=[option]),
             Parameter('split_checkpoint', value=checkpoint),
-            Parameter('split_middle_url', value=middle.url if middle else '')])
+            Parameter('split_middle_url', value=middle.url if middle else ''),
+            Parameter('split_bottleneck', value=bottleneck)])
         executor.add_node(node)
         tel = collect(probe, String, '/cloud/telemetry', ros.qos_profile('result'))
         decide = probe.create_publisher(String, '/offload/decision', ros.qos_profile('latched'))
