@@ -6,7 +6,9 @@ from three sources: the robot's head time and the cloud's tail time (``split_ms`
 device profiles, ``config/devices.yaml``), and the payload bytes with their encode and decode
 times (a trained model's ``adaptive-offload profile --out`` file,
 ``config/split_payloads/<arch>.yaml``): bytes belong to the model and the frame, not to a
-device.
+device. A learned option (``<arch>@<imgsz>:<point>:bottleneck``) sends a learned bottleneck's
+code: its bytes and times are the point's ``bottleneck`` entry there (``profile --bottleneck``),
+its accuracy cost :data:`LEARNED_MAP_LOSS`.
 
 A three-tier option (``<arch>@<imgsz>:<i>/<j>:<encoding>``) adds a middle device on the robot's
 LAN: the robot's head to ``i`` and its payload over the LAN, the middle device's decode, layers
@@ -23,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.package_files import shipped_config
-from adaptive_offload.split_option import check_order, parse_spec, SplitSpec
+from adaptive_offload.split_option import check_order, LEARNED, parse_spec, SplitSpec
 from offload_manager.energy import DeviceProfile
 import yaml
 
@@ -32,6 +34,13 @@ QUANTISATION_MAP_LOSS = {'fp16': 0.0, 'int8': 0.0}
 the shipped compact model (``benchmarks/bench_bottleneck.py --points all``, docs/models.md):
 fp16 none; int8 (per channel) at most 0.2 points (51.2 to 51.5 against 51.4 unsplit on 60
 held-out frames), within what the run can tell apart, so none here either."""
+LEARNED_MAP_LOSS = 4.7
+"""mAP points (0-100) the shipped learned bottleneck (``models/rcnn-shapes-bottleneck.pt``, 2
+channels after ``body.3``; :data:`adaptive_offload.split_option.LEARNED`) costs the cloud
+model: 48.5 all-difficulty mAP against 53.2 for the unsplit frame and its q50 JPEG, on 60
+held-out frames per difficulty at score 0.01 (``benchmarks/bench_bottleneck.py``, docs/models.md,
+"A learned bottleneck at a split of the cloud model"). Its payload figures are the
+``bottleneck`` entry of the point's ``wire`` in the payload file (``profile --bottleneck``)."""
 
 
 @dataclass(frozen=True)
@@ -41,11 +50,12 @@ class SplitFigures:
     Attributes:
         spec: The option.
         head_ms: Robot time of the layers before the cut.
-        encode_ms: Robot time to quantise and compress the payload.
+        encode_ms: Robot time to quantise and compress the payload (a learned bottleneck's
+            encoder included).
         payload_bytes: Request bytes.
         tail_ms: Cloud time of the layers after the cut.
-        decode_ms: Cloud time to decompress the payload.
-        map_loss: mAP points the encoding's precision costs.
+        decode_ms: Cloud time to decompress the payload (and run a bottleneck's decoder).
+        map_loss: mAP points the encoding costs (its precision, or a learned bottleneck).
         jpeg_bytes: The same frame's JPEG bytes by quality (the payload file's reference).
         lan_ms: Three-tier: the payload's transfer to the middle device with the LAN's round
             trip (by the configured LAN rate).
@@ -178,8 +188,8 @@ def split_figures(specs: Sequence[str], robot: DeviceProfile, cloud: DeviceProfi
             check_order(spec, list(points))
         wire = _wire(text, spec, points, spec.point)
         head = _times(text, spec, robot, spec.point)
-        fig = SplitFigures(spec, head[0], wire[1], wire[0], 0.0, 0.0,
-                           QUANTISATION_MAP_LOSS[spec.precision], jpeg)
+        fig = SplitFigures(spec, head[0], wire[1], wire[0], 0.0, 0.0, encoding_map_loss(spec),
+                           jpeg)
         if spec.three_tier:
             if middle is None:
                 raise ConfigError(f'split option {text!r}: three tiers need a middle device '
@@ -191,6 +201,11 @@ def split_figures(specs: Sequence[str], robot: DeviceProfile, cloud: DeviceProfi
             fig = replace(fig, tail_ms=tail, decode_ms=_wire(text, spec, points, last)[2])
         out[spec.key] = fig
     return out
+
+
+def encoding_map_loss(spec: SplitSpec) -> float:
+    """Return the mAP points an option's encoding costs the cloud model (measured, see above)."""
+    return LEARNED_MAP_LOSS if spec.learned else QUANTISATION_MAP_LOSS[spec.precision]
 
 
 def _middle(text: str, fig: SplitFigures, points: Payloads, middle: DeviceProfile,
@@ -214,6 +229,10 @@ def _middle(text: str, fig: SplitFigures, points: Payloads, middle: DeviceProfil
 def _wire(text: str, spec: SplitSpec, points: Payloads, point: str) -> tuple[int, float, float]:
     """Return ``(bytes, encode_ms, decode_ms)`` of the payload at ``point``."""
     wire = points.get(point, {}).get(spec.encoding)
+    if wire is None and spec.learned:
+        raise ConfigError(f'split option {text!r}: the payload file has no {LEARNED} entry '
+                          f'for point {point!r} (a learned bottleneck measured there: '
+                          f'adaptive-offload profile ... --bottleneck FILE --out FILE)')
     if wire is None:
         raise ConfigError(f'split option {text!r}: no payload {spec.encoding} for point '
                           f'{point!r} in its payload file')

@@ -31,6 +31,13 @@ def add_profile_parser(sub: Any) -> None:
     profile.add_argument('--threads', type=non_negative_int, default=0,
                          help="torch threads (0: torch's default)")
     profile.add_argument('--seed', type=int, default=3, help='seed of the generated frame')
+    profile.add_argument('--bottleneck', type=Path, default=None, metavar='FILE',
+                         help='R-CNN: also measure this learned bottleneck (adaptive-offload '
+                              'train bottleneck, e.g. models/rcnn-shapes-bottleneck.pt) at '
+                              'the point it was trained for, as the "bottleneck" encoding: '
+                              'its code bytes, encoder + quantise + compress time, and '
+                              'decompress + decoder time; refused unless trained for these '
+                              'weights (default: none)')
     profile.add_argument('--out', type=Path, default=None,
                          help='also write the profile here (.yaml or .json)')
 
@@ -42,7 +49,8 @@ def run_profile_cli(args: argparse.Namespace) -> int:
     from offload_runtime.split_profile import format_table, ProfileOptions, run_profile
 
     options = ProfileOptions(device=args.device, imgsz=args.imgsz, repeats=args.repeats,
-                             threads=args.threads, seed=args.seed)
+                             threads=args.threads, seed=args.seed,
+                             bottleneck=args.bottleneck)
     profile = run_profile(args.model, args.checkpoint, options)
     print(format_table(profile))
     if args.out is not None:

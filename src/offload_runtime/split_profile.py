@@ -9,6 +9,9 @@ the JPEG of the same frame (what offloading the whole frame sends).
 
 Head and tail are timed as they run, not summed from per-layer times: a sum would count each
 layer's call overhead, which dominates small layers on a GPU.
+
+With a learned bottleneck (``--bottleneck``) the R-CNN's point it was trained at also gets a
+``bottleneck`` encoding: its code's bytes, encoder + quantise + compress and decode times.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from typing import Any, Callable, ContextManager, Iterator, Mapping, Protocol, Sequence
 
 from adaptive_offload.errors import ConfigError
+from adaptive_offload.split_option import LEARNED
 import cv2
 import numpy as np
 
@@ -133,6 +137,19 @@ class SplitTarget(Protocol):
         """Decode a wire form onto the tail's device."""
 
 
+class LearnedWire(Protocol):
+    """A learned encoding of one split point's crossing (a bottleneck's code)."""
+
+    name: str
+    point: int
+
+    def encode(self, crossing: Any) -> tuple[Any, int]:
+        """Encode a crossing of :attr:`point`; returns the wire form and its size in bytes."""
+
+    def decode(self, wire: Any) -> Any:
+        """Decode a wire form into a crossing on the tail's device."""
+
+
 @dataclass(frozen=True)
 class ProfileOptions:
     """How to profile.
@@ -145,6 +162,8 @@ class ProfileOptions:
         threads: torch intra-op threads; 0 keeps torch's default.
         seed: Seed of the generated scene that is the frame.
         codecs: (encoding, compression) pairs to measure.
+        bottleneck: A learned bottleneck file (R-CNN only) to measure at its point as the
+            ``bottleneck`` encoding; None: none.
     """
 
     device: str = 'cpu'
@@ -153,6 +172,7 @@ class ProfileOptions:
     threads: int = 0
     seed: int = 3
     codecs: tuple[tuple[str, str], ...] = CODECS
+    bottleneck: Path | None = None
 
     def __post_init__(self) -> None:
         if self.repeats < 1:
@@ -182,20 +202,25 @@ def family_of(model: str) -> str:
 def profile_model(target: SplitTarget, options: ProfileOptions, frame: np.ndarray,
                   sync: Callable[[], None] = lambda: None,
                   clock: Callable[[], float] = time.perf_counter,
-                  log: Callable[[str], None] = lambda line: None) -> ModelProfile:
+                  log: Callable[[str], None] = lambda line: None,
+                  learned: Sequence[LearnedWire] = ()) -> ModelProfile:
     """Time every split point of a loaded model.
 
     Args:
-        target: The model, as :data:`TARGETS` loads it.
+        target: The model, as :data:`LOADERS` loads it.
         options: How many runs, and which encodings.
         frame: The BGR frame the target was given (for the JPEG sizes).
         sync: Waits for the device (``torch.cuda.synchronize`` on a GPU), so the clock reads
             finished work.
         clock: Seconds, monotonic.
         log: Receives one line per split point.
+        learned: Learned encodings, each measured at its own point as the codecs are.
 
     Returns:
         The profile.
+
+    Raises:
+        ConfigError: If a learned encoding's point is not one of the target's.
     """
     def median_ms(run: Callable[[], Any]) -> float:
         run()  # warm-up: allocator, cudnn autotuning, lazy modules
@@ -208,6 +233,10 @@ def profile_model(target: SplitTarget, options: ProfileOptions, frame: np.ndarra
             times.append((clock() - start) * 1000.0)
         return float(statistics.median(times))
 
+    indices = [index for index, _ in target.points()]
+    for extra in (e for e in learned if e.point not in indices):
+        raise ConfigError(f'{extra.name} is for split point {extra.point}, which '
+                          f'{target.name} does not have ({indices})')
     whole = median_ms(target.whole)
     points = []
     for index, name in target.points():
@@ -220,6 +249,10 @@ def profile_model(target: SplitTarget, options: ProfileOptions, frame: np.ndarra
             wire[f'{encoding}+{compression}'] = WireCost(
                 size, median_ms(lambda: target.encode(crossing, encoding, compression)),
                 median_ms(lambda: target.decode(encoded)))
+        for extra in (e for e in learned if e.point == index):
+            encoded, size = extra.encode(crossing)
+            wire[extra.name] = WireCost(size, median_ms(lambda: extra.encode(crossing)),
+                                        median_ms(lambda: extra.decode(encoded)))
         points.append(PointProfile(index, name, head_ms, tail_ms,
                                    target.fp32_bytes(crossing), wire))
         log(f'{target.name} point {index} ({name}): head {head_ms:.2f} ms, '
@@ -242,6 +275,9 @@ def format_table(profile: ModelProfile) -> str:
     jpeg = ' / '.join(f'{n / 1024:.1f}' for n in profile.jpeg_bytes.values())
     qualities = '/'.join(str(q) for q in profile.jpeg_bytes)
     codecs = list(profile.points[0].wire) if profile.points else []
+    extra = [f'{k} at {p.name}: {w.size / 1024:.1f} KiB, encode {w.encode_ms:.2f} ms, decode '
+             f'{w.decode_ms:.2f} ms' for p in profile.points for k, w in p.wire.items()
+             if k not in codecs]
     lines = [f'{profile.model} on {profile.device}: whole model {profile.whole_ms:.2f} ms; '
              f'frame {profile.frame[1]}x{profile.frame[0]}, JPEG q{qualities} {jpeg} KiB; '
              f'medians of {profile.repeats} runs',
@@ -251,7 +287,7 @@ def format_table(profile: ModelProfile) -> str:
         lines.append(f'{p.index:>5} {p.name:<14} {p.head_ms:9.2f} {p.tail_ms:9.2f} '
                      f'{p.fp32_bytes / 1024:9.1f} '
                      + ' '.join(f'{p.wire[c].size / 1024:10.1f}' for c in codecs))
-    return '\n'.join(lines)
+    return '\n'.join(lines + extra)
 
 
 def run_profile(model: str, checkpoint: str | None, options: ProfileOptions,
@@ -269,7 +305,8 @@ def run_profile(model: str, checkpoint: str | None, options: ProfileOptions,
         The profile, with ``device`` naming where it ran.
 
     Raises:
-        ConfigError: For an unknown model, or a device that is not there.
+        ConfigError: For an unknown model, or a device that is not there; for a bottleneck
+            file that is missing, not one, or not trained for these weights, or with YOLO.
     """
     import torch
 
@@ -278,50 +315,81 @@ def run_profile(model: str, checkpoint: str | None, options: ProfileOptions,
     if options.device.startswith('cuda') and not torch.cuda.is_available():
         raise ConfigError(f'device {options.device!r} requested but CUDA is not available')
     family = family_of(model)
-    with LOADERS[family](model, checkpoint, options) as (target, frame):
+    with LOADERS[family](model, checkpoint, options) as (target, frame, learned):
         on_gpu = options.device.startswith('cuda')
         sync = torch.cuda.synchronize if on_gpu else (lambda: None)
         with torch.inference_mode():
-            profile = profile_model(target, options, frame, sync=sync, log=log)
+            profile = profile_model(target, options, frame, sync=sync, log=log,
+                                    learned=learned)
     where = (f'cuda ({torch.cuda.get_device_name(torch.device(options.device))})' if on_gpu
              else f'cpu ({torch.get_num_threads()} threads)')
     return replace(profile, device=where)
 
 
+Loaded = tuple[SplitTarget, np.ndarray, Sequence[LearnedWire]]
+"""A model loaded for profiling: the target, its frame and the learned encodings to measure."""
+
+
+class BottleneckWire:
+    """A learned bottleneck (``rcnn_service.bottleneck``) as a :class:`LearnedWire`.
+
+    Args:
+        bottleneck: The bottleneck, checked against the model.
+        device: The tail's device (its decoder runs there).
+    """
+
+    name = LEARNED
+
+    def __init__(self, bottleneck: Any, device: str) -> None:
+        bottleneck.net.to(device)
+        self._bottleneck, self._device, self.point = bottleneck, device, int(bottleneck.spec.point)
+
+    def encode(self, crossing: Any) -> tuple[Any, int]:
+        """Run the encoder, quantise and compress; returns the payload and its tensor bytes."""
+        wire = self._bottleneck.encode(crossing)
+        return wire, int(wire.tensor_bytes)  # as RcnnTarget counts the codecs' payloads
+
+    def decode(self, wire: Any) -> Any:
+        """Decompress and run the decoder onto the tail's device."""
+        return self._bottleneck.decode(wire, self._device)
+
+
 @contextmanager
-def _rcnn(arch: str, checkpoint: str | None,
-          options: ProfileOptions) -> Iterator[tuple[SplitTarget, np.ndarray]]:
+def _rcnn(arch: str, checkpoint: str | None, options: ProfileOptions) -> Iterator[Loaded]:
     from offload_runtime.split_targets import RcnnTarget
     from offload_runtime.train_cli import checkpoint_for
+    from rcnn_service.bottleneck import load_bottleneck
     from rcnn_service.rcnn_detector import RcnnDetector
 
     detector = RcnnDetector(arch, checkpoint_for(arch, checkpoint), options.device,
                             threads=options.threads, input_size=options.imgsz)
+    learned = [] if options.bottleneck is None else [BottleneckWire(
+        load_bottleneck(options.bottleneck, detector.model, arch), options.device)]
     frame = _scene(RCNN_FRAME[1], RCNN_FRAME[0], options.seed)
     size = options.imgsz or detector.model.transform.min_size[0]
-    yield RcnnTarget(f'{arch}@{size}', detector.model, frame, options.device), frame
+    yield RcnnTarget(f'{arch}@{size}', detector.model, frame, options.device), frame, learned
 
 
 @contextmanager
-def _yolo(path: str, checkpoint: str | None,
-          options: ProfileOptions) -> Iterator[tuple[SplitTarget, np.ndarray]]:
+def _yolo(path: str, checkpoint: str | None, options: ProfileOptions) -> Iterator[Loaded]:
     from edge_inference.ultralytics_backend import prepare_offline
     from offload_runtime.split_targets import YoloTarget
 
     if checkpoint is not None:
         raise ConfigError('a YOLO model is its own weights file: give no checkpoint')
+    if options.bottleneck is not None:
+        raise ConfigError('a learned bottleneck is for the cloud R-CNN, not a YOLO model')
     prepare_offline()  # as the edge node does: never download
     from ultralytics import YOLO
 
     size = options.imgsz or 640
     frame = _scene(size, size, options.seed)
-    yield YoloTarget(f'{Path(path).stem}@{size}', YOLO(path), frame, options.device), frame
+    yield YoloTarget(f'{Path(path).stem}@{size}', YOLO(path), frame, options.device), frame, ()
 
 
 # How each model family is loaded for profiling: (model, checkpoint, options) to a context
-# that holds the loaded target and its frame.
-LOADERS: dict[str, Callable[[str, str | None, ProfileOptions],
-                            ContextManager[tuple[SplitTarget, np.ndarray]]]] = {
+# that holds the loaded target, its frame and the learned encodings to measure.
+LOADERS: dict[str, Callable[[str, str | None, ProfileOptions], ContextManager[Loaded]]] = {
     'rcnn': _rcnn, 'yolo': _yolo}
 
 

@@ -7,18 +7,19 @@ from pathlib import Path
 from adaptive_offload.errors import ConfigError
 from offload_manager.energy import DeviceProfile, load_devices
 from offload_manager.manager import default_devices_file
-from offload_manager.split_figures import (default_payloads_file, load_payloads,
-                                           QUANTISATION_MAP_LOSS, split_figures)
+from offload_manager.split_figures import (default_payloads_file, LEARNED_MAP_LOSS,
+                                           load_payloads, QUANTISATION_MAP_LOSS, split_figures)
 import pytest
 
 ARCH = 'fasterrcnn_mobilenet_v3_small_fpn'
 
 
-def test_shipped_payloads_are_trained_and_no_split_is_smaller_than_q75() -> None:
+def test_shipped_payloads_are_trained_and_no_naive_split_is_smaller_than_q75() -> None:
     points, jpeg = load_payloads(default_payloads_file(ARCH))
     assert set(jpeg) == {50, 75, 95}
-    smallest = min(b for enc in points.values() for b, _, _ in enc.values())
-    assert jpeg[75] < smallest < jpeg[95]  # the known result: split rarely pays in bytes
+    smallest = min(b for enc in points.values() for name, (b, _, _) in enc.items()
+                   if name != 'bottleneck')
+    assert jpeg[75] < smallest < jpeg[95]  # the known result: a naive split rarely pays
 
 
 def test_figures_combine_robot_cloud_and_payload() -> None:
@@ -56,3 +57,60 @@ def test_missing_figures_name_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match='cannot read'):
         split_figures([spec], devices['ci_machine'], devices['h200_server'],
                       {ARCH: tmp_path / 'missing.yaml'})
+
+
+def _payloads_with(tmp_path: Path, wire_at: dict[str, dict[str, object]]) -> Path:
+    """Write a payload file of the shipped model's points with ``wire_at`` entries added."""
+    import yaml
+
+    data = yaml.safe_load(default_payloads_file(ARCH).read_text())
+    for point in data['points']:
+        point['wire'] = {k: v for k, v in point['wire'].items() if k != 'bottleneck'}
+        point['wire'].update(wire_at.get(point['name'], {}))
+    path = tmp_path / f'{ARCH}.yaml'
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_a_learned_option_takes_the_bottleneck_entry_and_its_measured_map_loss(
+        tmp_path: Path) -> None:
+    devices = load_devices(default_devices_file())
+    robot, cloud = devices['raspberry_pi_5'], devices['h200_server']
+    path = _payloads_with(tmp_path, {'body.3': {
+        'bottleneck': {'bytes': 7100, 'encode_ms': 3.25, 'decode_ms': 1.5}}})
+    learned, naive = f'{ARCH}@640:body.3:bottleneck', f'{ARCH}@640:body.3:int8+zstd'
+    figs = split_figures([learned, naive], robot, cloud, {ARCH: path})
+    fig = figs[learned]
+    head, tail = robot.split_time_ms(ARCH, 640, 'body.3') or (0, 0)
+    assert fig.payload_bytes == fig.wan_bytes == 7100
+    assert fig.robot_ms == pytest.approx(head + 3.25) and fig.encode_ms == 3.25
+    assert fig.server_ms == pytest.approx(1.5 + (cloud.split_time_ms(ARCH, 640, 'body.3')
+                                                 or (0, 0))[1])
+    # docs/models.md: 48.5 all-difficulty mAP against 53.2 unsplit and for the q50 JPEG.
+    assert fig.map_loss == LEARNED_MAP_LOSS == pytest.approx(53.2 - 48.5)
+    assert figs[naive].map_loss == 0.0 and figs[naive].payload_bytes > 10 * 7100
+    assert fig.spec.learned and fig.to_cloud and fig.onward_bytes is None
+
+
+def test_the_shipped_payloads_measure_the_shipped_bottleneck_below_a_q50_jpeg() -> None:
+    points, jpeg = load_payloads(default_payloads_file(ARCH))
+    nbytes, encode, decode = points['body.3']['bottleneck']
+    assert 0 < nbytes < jpeg[50] < points['body.3']['int8+zstd'][0]
+    assert encode > 0 and decode > 0
+    assert [p for p, enc in points.items() if 'bottleneck' in enc] == ['body.3']
+
+
+def test_a_learned_option_without_a_measured_bottleneck_is_refused(tmp_path: Path) -> None:
+    devices = load_devices(default_devices_file())
+    robot, cloud = devices['raspberry_pi_5'], devices['h200_server']
+    path = _payloads_with(tmp_path, {'body.3': {
+        'bottleneck': {'bytes': 7100, 'encode_ms': 3.0, 'decode_ms': 1.0}}})
+    with pytest.raises(ConfigError, match=r"body\.2:bottleneck'.*no bottleneck entry for point "
+                                          r"'body\.2'.*--bottleneck"):
+        split_figures([f'{ARCH}@640:body.2:bottleneck'], robot, cloud, {ARCH: path})
+    with pytest.raises(ConfigError, match='no bottleneck entry'):
+        split_figures([f'{ARCH}@640:body.3:bottleneck'], robot, cloud,
+                      {ARCH: _payloads_with(tmp_path, {})})
+    with pytest.raises(ConfigError, match='two tiers'):
+        split_figures([f'{ARCH}@640:body.2/body.3:bottleneck'], robot, cloud, {ARCH: path},
+                      middle=devices['laptop_cpu'])

@@ -98,3 +98,25 @@ def test_a_three_tier_replay_runs_the_middle_devices_service_on_loopback(
         reports = [json.loads(store.deserialize_cdr(raw, c.msgtype).data)
                    for c, _, raw in reader.messages(conns)]
     assert {r['model'] for r in reports if r['status'] == 'ok'} == {f'split:{option}'}
+
+
+def test_a_learned_bottleneck_replay_decodes_the_shipped_bottleneck_in_the_service(
+        tmp_path: Path, fake_backend_factory: Callable[..., Any]) -> None:
+    # The embedded service takes the shipped bottleneck when an option needs one.
+    write_sample_bag(tmp_path / 'in', SampleSpec(frames=4, fps=5, width=320, height=240))
+    option = f'{COMPACT_ARCH}@640:body.3:bottleneck'
+    result = Replay(ReplayOptions(
+        bag=tmp_path / 'in', out=tmp_path / 'out', rate=0.0, max_frames=4,
+        overrides={'offload_manager': {**MANAGER, 'split_options': [option]}},
+        service=ServiceConfig(arch=COMPACT_ARCH, checkpoint=CHECKPOINT, threads=1)),
+        backend_factory=fake_backend_factory).run()
+    assert [r.route for r in result.records] == ['split'] * 4
+    assert result.summary['cloud']['answered'] == result.summary['cloud']['requests'] == 4
+    store = make_typestore('jazzy')
+    with Reader(tmp_path / 'out') as reader:
+        conns = [c for c in reader.connections if c.topic == topics.CLOUD_TELEMETRY]
+        reports = [json.loads(store.deserialize_cdr(raw, c.msgtype).data)
+                   for c, _, raw in reader.messages(conns)]
+    answered = [r for r in reports if r['status'] == 'ok']
+    assert {r['model'] for r in answered} == {f'split:{option}'}
+    assert all(r['bytes_sent'] < 12 << 10 for r in answered)  # the code, not the 87 KiB map

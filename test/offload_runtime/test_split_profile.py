@@ -10,13 +10,14 @@ from adaptive_offload.errors import ConfigError
 import numpy as np
 from offload_runtime.cli import main
 from offload_runtime.split_profile import (family_of, format_table, profile_model,
-                                           ProfileOptions, run_profile)
+                                           ProfileOptions, run_profile, WireCost)
 import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 YOLO_MODEL = ROOT / 'models' / 'yolov8n-shapes.pt'
 COMPACT = 'fasterrcnn_mobilenet_v3_small_fpn'
+BOTTLENECK = ROOT / 'models' / 'rcnn-shapes-bottleneck.pt'
 ONE_CODEC = (('int8', 'zstd'),)
 
 
@@ -158,3 +159,90 @@ def test_the_command_refuses_a_checkpoint_for_yolo_and_an_unknown_model(
     assert 'cannot profile' in capsys.readouterr().err
     assert main(['profile', str(YOLO_MODEL), '--checkpoint', 'x.pt']) == 2
     assert 'give no checkpoint' in capsys.readouterr().err
+
+
+class FakeLearned:
+    """A learned encoding of point 2 that spends known times."""
+
+    name = 'bottleneck'
+
+    def __init__(self, target: FakeTarget, point: int = 2) -> None:
+        self.target, self.point = target, point
+
+    def encode(self, crossing: dict[str, int]) -> tuple[bytes, int]:
+        self.target._spend(0.003, 'learned encode')
+        return bytes(crossing['n'] // 100), crossing['n'] // 100
+
+    def decode(self, wire: bytes) -> None:
+        self.target._spend(0.005, 'learned decode')
+
+
+def test_a_learned_encoding_is_measured_at_its_point_only() -> None:
+    clock = [0.0]
+    target = FakeTarget(clock)
+    profile = profile_model(target, ProfileOptions(repeats=3, codecs=ONE_CODEC),
+                            np.zeros((8, 8, 3), np.uint8), clock=lambda: clock[0],
+                            learned=[FakeLearned(target)])
+    a, b = profile.points
+    assert set(a.wire) == {'int8+zstd'} and set(b.wire) == {'int8+zstd', 'bottleneck'}
+    assert b.wire['bottleneck'] == WireCost(20, pytest.approx(3.0), pytest.approx(5.0))
+    assert 'bottleneck at b: 0.0 KiB, encode 3.00 ms, decode 5.00 ms' in format_table(profile)
+    assert profile.to_dict()['points'][1]['wire']['bottleneck']['bytes'] == 20
+    with pytest.raises(ConfigError, match='split point 7'):
+        profile_model(target, ProfileOptions(repeats=1, codecs=ONE_CODEC),
+                      np.zeros((8, 8, 3), np.uint8), learned=[FakeLearned(target, 7)])
+
+
+def test_the_command_measures_the_shipped_bottleneck_as_the_service_receives_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+    from offload_runtime.split_targets import RcnnTarget
+    from rcnn_service.bottleneck import load_bottleneck
+    from rcnn_service.rcnn_detector import RcnnDetector
+
+    out = tmp_path / 'rcnn.yaml'
+    assert main(['profile', COMPACT, '--imgsz', '128', '--repeats', '1', '--threads', '1',
+                 '--bottleneck', str(BOTTLENECK), '--out', str(out)]) == 0
+    assert 'bottleneck at body.3' in capsys.readouterr().out
+    points = yaml.safe_load(out.read_text())['points']
+    learned = {p['name']: p['wire']['bottleneck'] for p in points if 'bottleneck' in p['wire']}
+    assert list(learned) == ['body.3']
+    entry = learned['body.3']
+    assert entry['encode_ms'] > 0 and entry['decode_ms'] > 0
+    naive = next(p for p in points if p['name'] == 'body.3')['wire']['int8+zstd']['bytes']
+    assert 0 < entry['bytes'] < naive / 5
+    # The bytes are those of the code a robot sends for the same frame.
+    detector = RcnnDetector(COMPACT, str(ROOT / 'models' / 'rcnn-shapes.pt'), input_size=128)
+    bottleneck = load_bottleneck(BOTTLENECK, detector.model, COMPACT)
+    frame = _profiled_frame()
+    target = RcnnTarget('x', detector.model, frame, 'cpu')
+    with torch.inference_mode():
+        wire = bottleneck.encode(target.head(bottleneck.spec.point))
+    assert entry['bytes'] == wire.tensor_bytes
+
+
+def _profiled_frame() -> np.ndarray:
+    from offload_runtime.split_profile import RCNN_FRAME
+    from offload_runtime.sample_bag import SampleSpec, Scene
+
+    spec = SampleSpec(width=RCNN_FRAME[1], height=RCNN_FRAME[0], seed=ProfileOptions().seed)
+    return Scene(spec).render(0.1)[0]
+
+
+def test_the_command_refuses_a_missing_foreign_or_misplaced_bottleneck(
+        tmp_path: Path, yolo_config_dir: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from rcnn_service.bottleneck import BottleneckSpec, LearnedBottleneck
+
+    base = ['profile', COMPACT, '--imgsz', '64', '--repeats', '1', '--threads', '1']
+    assert main(base + ['--bottleneck', str(tmp_path / 'missing.pt')]) == 2
+    assert "bottleneck file '" in capsys.readouterr().err
+    (tmp_path / 'junk.pt').write_bytes(b'not a checkpoint')
+    assert main(base + ['--bottleneck', str(tmp_path / 'junk.pt')]) == 2
+    assert 'cannot read bottleneck file' in capsys.readouterr().err
+    other = LearnedBottleneck(BottleneckSpec(COMPACT, 4, 'body.3', 24, 8, 2, 1, 48, 'f' * 64))
+    other.save(tmp_path / 'other.pt')
+    assert main(base + ['--bottleneck', str(tmp_path / 'other.pt')]) == 2
+    assert 'trained against other' in capsys.readouterr().err
+    assert main(['profile', str(YOLO_MODEL), '--imgsz', '64', '--repeats', '1',
+                 '--bottleneck', str(BOTTLENECK)]) == 2
+    assert 'for the cloud R-CNN' in capsys.readouterr().err
