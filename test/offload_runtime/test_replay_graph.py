@@ -34,6 +34,15 @@ def _replay(tmp_path: Path, factory: Callable[..., Any], frames: int,
         backend_factory=factory).run()
 
 
+def _cloud_reports(out: Path) -> list[dict[str, Any]]:
+    """Return the cloud bridge's reports a replay wrote to ``out``."""
+    store = make_typestore('jazzy')
+    with Reader(out) as reader:
+        conns = [c for c in reader.connections if c.topic == topics.CLOUD_TELEMETRY]
+        return [json.loads(store.deserialize_cdr(raw, c.msgtype).data)
+                for c, _, raw in reader.messages(conns)]
+
+
 def test_a_static_split_replay_sends_every_frame_through_the_head_and_the_tail(
         tmp_path: Path, fake_backend_factory: Callable[..., Any]) -> None:
     write_sample_bag(tmp_path / 'in', SampleSpec(frames=6, fps=5, width=320, height=240))
@@ -41,11 +50,7 @@ def test_a_static_split_replay_sends_every_frame_through_the_head_and_the_tail(
     assert [r.route for r in result.records] == ['split'] * 6
     # The embedded service's own weights built the heads, so its tail answers them.
     assert result.summary['cloud']['answered'] == result.summary['cloud']['requests'] > 0
-    store = make_typestore('jazzy')
-    with Reader(tmp_path / 'out') as reader:
-        conns = [c for c in reader.connections if c.topic == topics.CLOUD_TELEMETRY]
-        reports = [json.loads(store.deserialize_cdr(raw, c.msgtype).data)
-                   for c, _, raw in reader.messages(conns)]
+    reports = _cloud_reports(tmp_path / 'out')
     answered = [r for r in reports if r['status'] == 'ok']
     assert answered and {r['model'] for r in answered} == {f'split:{SPLIT}'}
     assert all(0 < r['inference_ms'] < r['total_ms'] for r in answered)  # the head's time
@@ -92,11 +97,7 @@ def test_a_three_tier_replay_runs_the_middle_devices_service_on_loopback(
                for line in said)
     assert [r.route for r in result.records] == ['split'] * 4
     assert result.summary['cloud']['answered'] == result.summary['cloud']['requests'] == 4
-    store = make_typestore('jazzy')
-    with Reader(tmp_path / 'out') as reader:
-        conns = [c for c in reader.connections if c.topic == topics.CLOUD_TELEMETRY]
-        reports = [json.loads(store.deserialize_cdr(raw, c.msgtype).data)
-                   for c, _, raw in reader.messages(conns)]
+    reports = _cloud_reports(tmp_path / 'out')
     assert {r['model'] for r in reports if r['status'] == 'ok'} == {f'split:{option}'}
 
 
@@ -112,11 +113,7 @@ def test_a_learned_bottleneck_replay_decodes_the_shipped_bottleneck_in_the_servi
         backend_factory=fake_backend_factory).run()
     assert [r.route for r in result.records] == ['split'] * 4
     assert result.summary['cloud']['answered'] == result.summary['cloud']['requests'] == 4
-    store = make_typestore('jazzy')
-    with Reader(tmp_path / 'out') as reader:
-        conns = [c for c in reader.connections if c.topic == topics.CLOUD_TELEMETRY]
-        reports = [json.loads(store.deserialize_cdr(raw, c.msgtype).data)
-                   for c, _, raw in reader.messages(conns)]
+    reports = _cloud_reports(tmp_path / 'out')
     answered = [r for r in reports if r['status'] == 'ok']
     assert {r['model'] for r in answered} == {f'split:{option}'}
     assert all(r['bytes_sent'] < 12 << 10 for r in answered)  # the code, not the 87 KiB map
