@@ -172,8 +172,8 @@ def test_a_crash_loop_gives_up_and_leaves_no_child() -> None:
 
 def test_a_crash_loop_stops_serve_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     class Dying(InferenceService):
-        def __init__(self, config: ServiceConfig) -> None:
-            super().__init__(config, _Blank())
+        def __init__(self, config: ServiceConfig, upstream: Any = None) -> None:
+            super().__init__(config, _Blank(), upstream=upstream)
             threading.Timer(0.5, self._give_up, ('the model process died 4 times',)).start()
 
     monkeypatch.setattr('rcnn_service.service.InferenceService', Dying)
