@@ -133,9 +133,9 @@ def with_bottleneck(service: ServiceConfig, options: Sequence[str]) -> ServiceCo
     The shipped bottleneck fits the shipped compact model only; with other weights the service
     refuses it at load, saying to retrain it.
     """
+    if service.bottleneck or not any(o and parse_spec(o).learned for o in options):
+        return service
     from adaptive_offload.package_files import shipped_model
     from offload_runtime.bottleneck_training import BOTTLENECK_FILE
 
-    if service.bottleneck or not any(o and parse_spec(o).learned for o in options):
-        return service
     return replace(service, bottleneck=str(shipped_model(BOTTLENECK_FILE)))
