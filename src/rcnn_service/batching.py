@@ -30,7 +30,7 @@ def capacity_per_s(times: BatchTimes, max_batch: int) -> float:
     """Return the images a second a model computes at its best batch size up to ``max_batch``.
 
     The rate is the one admission plans with (each size's estimate: its smoothed time plus
-    twice its deviation), so a model whose batch times jitter counts for less than its mean.
+    its margin for jitter), so a model whose batch times jitter counts for less than its mean.
     Between and beyond the sizes timed the estimate is linear or per image, so the best rate
     is always at a timed size: usually the full batch that :meth:`AdaptiveBatcher.calibrate`
     times.

@@ -40,6 +40,8 @@ Out = TypeVar('Out')
 
 ANONYMOUS = '-'
 """Robot id of requests that name none; they share one turn."""
+MARGIN = 4.0
+"""Deviations of batch time that a batch is expected to take beyond its smoothed time."""
 
 
 @dataclass(eq=False)
@@ -86,19 +88,26 @@ class Ticket(Generic[In, Out]):
 
 
 class BatchTimes:
-    """Smoothed seconds per batch, for each batch size the model has run.
+    """Smoothed seconds per batch, for each batch size the model has run, with a margin.
 
-    The estimate is the smoothed time plus twice its smoothed deviation (as TCP estimates its
-    retransmission timeout): admission on the mean alone would let about half of the requests
-    it admits at the edge of their budget finish after it. A size not seen yet is interpolated
-    between the nearest sizes seen on either side; beyond the sizes seen, it is scaled from the
-    nearest by the number of images (conservative above: batching makes the per-image time
-    smaller, not larger). Scaling alone between sizes made a service that had timed only
-    single images refuse every request that would have formed a batch, so it never timed one:
-    the service times a full batch at start (:meth:`AdaptiveBatcher.calibrate`).
+    The estimate is the smoothed time plus :data:`MARGIN` times the smoothed relative
+    deviation (of each size's time from its own smoothed time), as TCP bounds a round trip by
+    its smoothed time plus four deviations (RFC 6298): admission on the mean alone would let
+    about half of the requests it admits at the edge of their budget finish after it. An
+    answer computed after its budget costs the robot its whole deadline, where a refusal costs
+    it nothing (it falls back to its edge at once), so the margin is wide. The deviation is
+    relative and pooled over every size: a size timed once (a full batch, from the calibration)
+    is as unsteady as the others, not exactly its one time.
+
+    A size not seen yet is interpolated between the nearest sizes seen on either side; beyond
+    the sizes seen, it is scaled from the nearest by the number of images (conservative above:
+    batching makes the per-image time smaller, not larger). Scaling alone between sizes made a
+    service that had timed only single images refuse every request that would have formed a
+    batch, so it never timed one: the service times a full batch at start
+    (:meth:`AdaptiveBatcher.calibrate`).
 
     Args:
-        alpha: Weight of the newest batch in the smoothed time.
+        alpha: Weight of the newest batch in the smoothed time and deviation.
     """
 
     def __init__(self, alpha: float = 0.2) -> None:
@@ -106,7 +115,7 @@ class BatchTimes:
             raise ConfigError(f'alpha must be in (0, 1], got {alpha}')
         self._alpha = alpha
         self._seconds: dict[int, float] = {}
-        self._deviation: dict[int, float] = {}
+        self.spread = 0.0  # smoothed |time / smoothed time of its size - 1|
         self.measured_at: float | None = None
 
     @property
@@ -124,28 +133,26 @@ class BatchTimes:
             at: When it ended; None: unknown (the next idle request is a probe).
             fresh: It ran a probe: the older times are stale. They are scaled by how much
                 this batch's time differs from theirs (the machine got slower or faster, not
-                its batching), and their deviations forgotten.
+                its batching); that step is no news of the deviation, which is relative.
         """
         self.measured_at = at
         if fresh and self._seconds:
             ratio = seconds / self._interpolate(self._seconds, size)
             self._seconds = {s: t * ratio for s, t in self._seconds.items()}
             self._seconds[size] = seconds
-            self._deviation = dict.fromkeys(self._seconds, 0.0)
             return
         old = self._seconds.get(size)
-        if old is None:
-            self._seconds[size], self._deviation[size] = seconds, 0.0
+        if old is None:  # an interpolation's error is no jitter: it is not counted
+            self._seconds[size] = seconds
             return
-        self._deviation[size] += self._alpha * (abs(seconds - old) - self._deviation[size])
+        self.spread += self._alpha * (abs(seconds / old - 1.0) - self.spread)
         self._seconds[size] = old + self._alpha * (seconds - old)
 
     def estimate(self, size: int) -> float:
-        """Return the expected seconds of a batch of ``size`` (0 before any was timed)."""
+        """Return the seconds a batch of ``size`` is expected to take at most (0 before any)."""
         if not self._seconds:
             return 0.0
-        return self._interpolate({s: t + 2 * self._deviation[s]
-                                  for s, t in self._seconds.items()}, size)
+        return self._interpolate(self._seconds, size) * (1.0 + MARGIN * self.spread)
 
     @staticmethod
     def _interpolate(table: dict[int, float], size: int) -> float:

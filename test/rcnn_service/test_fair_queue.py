@@ -132,10 +132,8 @@ def test_batch_times_smooth_and_scale_to_sizes_not_seen() -> None:
     times.observe(2, 0.2)
     assert times.estimate(4) == pytest.approx(0.4)  # per image, from the nearest size
     assert times.estimate(1) == pytest.approx(0.1)
-    times.observe(2, 0.4)  # mean 0.3, deviation 0.1: the estimate allows for two of it
-    assert times.estimate(2) == pytest.approx(0.5)
     times.observe(1, 0.05, fresh=True)  # a probe's time rescales every older one
-    assert times.estimate(2) == pytest.approx(0.1)  # mean 0.3 at 2 was 0.15 at 1: a third
+    assert times.estimate(2) == pytest.approx(0.1)  # 0.2 at 2 was 0.1 at 1: half
     times.observe(4, 0.11)  # sizes between two timed ones are interpolated, not scaled
     assert times.estimate(3) == pytest.approx(0.105)
     assert times.estimate(8) == pytest.approx(0.22)  # beyond them: scaled per image
@@ -143,6 +141,21 @@ def test_batch_times_smooth_and_scale_to_sizes_not_seen() -> None:
     assert times.estimate(4) == pytest.approx(0.22) and times.estimate(3) == pytest.approx(0.21)
     with pytest.raises(ConfigError):
         BatchTimes(alpha=0.0)
+
+
+def test_batch_times_allow_four_relative_deviations_pooled_over_sizes() -> None:
+    times = BatchTimes(alpha=0.5)
+    times.observe(1, 0.1)
+    times.observe(8, 0.4)  # a size's first time is no news of the jitter
+    assert times.spread == 0.0 and times.estimate(8) == pytest.approx(0.4)
+    times.observe(1, 0.12)  # 20 % over its smoothed time: half of it enters the deviation
+    assert times.spread == pytest.approx(0.1)
+    assert times.estimate(1) == pytest.approx(0.11 * 1.4)
+    # The full batch, timed once, is taken as unsteady as the single image measured it.
+    assert times.estimate(8) == pytest.approx(0.4 * 1.4)
+    times.observe(1, 0.22, fresh=True)  # a step of the machine's speed is not jitter
+    assert times.spread == pytest.approx(0.1)
+    assert times.estimate(8) == pytest.approx(0.8 * 1.4)
 
 
 def test_a_queue_smaller_than_a_batch_is_refused() -> None:
