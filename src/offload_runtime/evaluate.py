@@ -198,18 +198,24 @@ def make_row(scenario: str, policy: str, mode: str, records: list[FrameRecord],
                else 0.0, cloud_requests, bytes_sent / 1e6, gpu_s, gpu_cost * 1000 / n)
 
 
-def run_sim(opts: EvalOptions, scenario: Scenario, policy: str,
-            devices: dict[str, DeviceProfile], floor: float | None = None) -> tuple[Row, Trace]:
-    """Simulate one policy under one scenario (predictive with ``floor``, if given)."""
-    robot = opts.robot or 'raspberry_pi_5'
-    manager = OffloadManager(manager_config(opts, policy, robot, floor or 0.0),
-                             executes_split=True)
+def sim_settings(opts: EvalOptions) -> SimSettings:
+    """Return what a simulated run of ``opts`` plays (one robot's, or each of a fleet's)."""
     settings = SimSettings(frames=opts.frames, fps=opts.fps, seed=opts.seed)
     if opts.split_options:  # JPEGs of the frame the payloads were measured on
         _, jpeg = load_payloads(default_payloads_file(parse_spec(opts.split_options[0]).arch))
         settings = dataclasses.replace(settings, q75_bytes=jpeg.get(75, settings.q75_bytes))
     if opts.measured:
         settings = dataclasses.replace(settings, cloud_model=SHIPPED_CLOUD)
+    return settings
+
+
+def run_sim(opts: EvalOptions, scenario: Scenario, policy: str,
+            devices: dict[str, DeviceProfile], floor: float | None = None) -> tuple[Row, Trace]:
+    """Simulate one policy under one scenario (predictive with ``floor``, if given)."""
+    robot = opts.robot or 'raspberry_pi_5'
+    manager = OffloadManager(manager_config(opts, policy, robot, floor or 0.0),
+                             executes_split=True)
+    settings = sim_settings(opts)
     sim = Simulation(manager, devices[robot], devices[opts.cloud], opts.network, scenario,
                      settings, _measured_quality if opts.measured else None)
     res = sim.run()

@@ -24,11 +24,10 @@ from offload_manager.manager import default_devices_file, OffloadManager
 from offload_manager.policies import POLICIES
 from offload_runtime.autoscalers import HpaSettings, SCALERS
 from offload_runtime.evaluate import (_measured_quality, _slug, EvalOptions, manager_config,
-                                      SHIPPED_CLOUD)
+                                      sim_settings)
 from offload_runtime.fleet_figures import FleetRow, write_fleet_table
 from offload_runtime.fleet_sim import FleetSim, FleetSpec
 from offload_runtime.service_settings import ServiceSettings
-from offload_runtime.sim_settings import SimSettings
 
 AUTOSCALE = ('static', 'reactive', 'predictive', 'learned')
 """Scalers compared by ``--autoscale``."""
@@ -63,14 +62,12 @@ def run_fleet(opts: EvalOptions, fleet: FleetOptions, scenario: Scenario, policy
               scaler: str, devices: dict[str, DeviceProfile]) -> tuple[FleetRow, FleetSim]:
     """Simulate one fleet run; return its table row and the finished simulation."""
     robot = opts.robot or 'raspberry_pi_5'
-    settings = SimSettings(frames=opts.frames, fps=opts.fps, seed=opts.seed)
-    if opts.measured:
-        settings = dataclasses.replace(settings, cloud_model=SHIPPED_CLOUD)
+    settings = sim_settings(opts)
 
     def managers(i: int) -> OffloadManager:
         # Each robot's policy draws its own numbers: a fleet of one seed would move as one.
         own = dataclasses.replace(opts, seed=opts.seed * 100_003 + i)
-        return OffloadManager(manager_config(own, policy, robot))
+        return OffloadManager(manager_config(own, policy, robot), executes_split=True)
 
     spec = FleetSpec(fleet.robots, _service(fleet, devices[opts.cloud], settings.cloud_model),
                      fleet.hpa, scaler)

@@ -9,6 +9,12 @@ Retry-After, jittered 0.5-1.5x, and the breaker does not count it), a reset (a r
 crashed), or the bridge's timeout at the deadline (a request black-holed in a lost zone, or
 lost on the link).
 
+A split route's request (:func:`offload_runtime.three_tier.route_parts`) reaches the service
+after the robot's head (and, on three tiers, the LAN and the middle device) and the uplink; it
+joins the same fair queue as images and carries its tail's time, which its batch adds to the
+images' (as the real service runs tails: each alone). ``j = end`` options end on the middle
+device and never reach the service.
+
 Faults: the scenario's robot faults (link, edge) hit every robot at once, so
 ``cpu_contention`` is a rush in which the whole fleet turns to the cloud; ``replica_crash`` and
 ``zone_outage`` hit the service. Robots' cameras start spread over one frame period, as
@@ -22,7 +28,7 @@ import random
 import time
 from typing import Callable
 
-from adaptive_offload.datatypes import Decision
+from adaptive_offload.datatypes import Decision, Route
 from cloud_bridge.bridge_config import SAMPLING_PHASES
 from fault_injection.scenario import Fault, Scenario
 from offload_manager.energy import DeviceProfile
@@ -79,17 +85,30 @@ class FleetRobot(Simulation):
         self._sent = random.Random(f'{settings.seed}:{name}:phase').randrange(SAMPLING_PHASES)
 
     def _start_cloud(self, t: int, stamp: int, decision: Decision) -> None:
+        fig = self._split(decision.split) if decision.route is Route.SPLIT else None
+        if fig is not None and not fig.to_cloud:
+            super()._start_cloud(t, stamp, decision)  # ends on the middle device
+            return
         if t < self._hold_until or not self.breaker.allow(t):
             reason = 'backoff' if t < self._hold_until else 'circuit_open'
             self._report(stamp, 'cloud', 'failed', reason=reason)
             return
         faults = self._faults(t)
         self._in_flight += 1
-        nbytes = int(self.s.q75_bytes * jpeg_factor(decision.jpeg_quality))
         mbps = min(self.net.uplink_mbps, faults.get('bandwidth', {}).get('mbps', float('inf')))
-        transfer = self._spread(nbytes * 8 / (mbps * 1e3), 'transfer', stamp)
-        rtt = self._spread(self.net.rtt_ms, 'rtt', stamp) + \
-            faults.get('latency', {}).get('delay_ms', 0.0)
+        delay = faults.get('latency', {}).get('delay_ms', 0.0)
+        rtt = self._spread(self.net.rtt_ms, 'rtt', stamp) + delay
+        tail_s = 0.0
+        if fig is None:
+            nbytes = int(self.s.q75_bytes * jpeg_factor(decision.jpeg_quality))
+            transfer = self._spread(nbytes * 8 / (mbps * 1e3), 'transfer', stamp)
+            network_ms = self.s.encode_ms + transfer + rtt
+            arrive_ms = self.s.encode_ms + transfer + rtt / 2
+        else:  # the head (and the middle device's part) first; the service runs the tail
+            parts = self._split_parts(stamp, fig, faults, mbps, delay)
+            nbytes, tail_s = fig.payload_bytes, parts['cloud'] / 1e3
+            network_ms = sum(parts.values()) - parts['cloud']
+            arrive_ms = network_ms - rtt / 2
         self._tokens += 1
         token = self._tokens
         self._open[token] = (stamp, decision, t, nbytes, rtt / 2)
@@ -99,13 +118,11 @@ class FleetRobot(Simulation):
             return
         if self._rng('loss', stamp).random() < faults.get('loss', {}).get('probability', 0.0):
             return  # lost on the link: the timeout ends it
-        network_ms = self.s.encode_ms + transfer + rtt
         budget_s = (decision.deadline_ms - network_ms) / 1e3
-        self.events.at(t + int((self.s.encode_ms + transfer + rtt / 2) * MS), self._submit,
-                       token, budget_s)
+        self.events.at(t + int(arrive_ms * MS), self._submit, token, budget_s, tail_s)
 
-    def _submit(self, t: int, token: int, budget_s: float) -> None:
-        self.service.submit(t, Request(self, token, self._name), budget_s)
+    def _submit(self, t: int, token: int, budget_s: float, tail_s: float) -> None:
+        self.service.submit(t, Request(self, token, self._name, tail_s), budget_s)
 
     def answered(self, t_ns: int, token: int, server_ms: float, queue_ms: float) -> None:
         """Take the service's answer; it reaches the robot half a round trip later."""

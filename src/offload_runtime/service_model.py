@@ -49,11 +49,19 @@ class Caller(Protocol):
 
 @dataclass(frozen=True)
 class Request:
-    """A request as the service sees it."""
+    """A request as the service sees it.
+
+    Attributes:
+        caller: Who sent it.
+        token: The caller's name for it.
+        robot: Its fair-queue flow.
+        tail_s: A split route's tail: its compute time alone; 0 for an image.
+    """
 
     caller: Caller
     token: int
     robot: str
+    tail_s: float = 0.0
 
 
 class Replica:
@@ -155,6 +163,7 @@ class ServiceModel:
         self.busy_total_s = 0.0
         self.late_answers = 0
         self.refusals_total = 0
+        self.arrivals_total = 0
         self.spec = settings.replicas
         fits = [b for b in range(1, settings.max_batch + 1) if 2 * settings.batch_s(b) <= budget_s]
         best = max(fits or [1])
@@ -180,8 +189,10 @@ class ServiceModel:
         for size in sorted({1, self.s.max_batch}):
             replica.times.observe(size, self._batch_time(size))
 
-    def _batch_time(self, size: int) -> float:
-        return self.s.batch_s(size) * math.exp(self._rng.gauss(0.0, self._jitter))
+    def _batch_time(self, images: int, tail_s: float = 0.0) -> float:
+        # As the real model runs one: its images as one batch, then each tail alone.
+        base = self.s.batch_s(images) if images else 0.0
+        return (base + tail_s) * math.exp(self._rng.gauss(0.0, self._jitter))
 
     def _on_ready(self, t_ns: int, replica: Replica) -> None:
         if replica.state == STARTING and replica.ready_at_s <= t_ns / 1e9 + 1e-9:
@@ -283,6 +294,7 @@ class ServiceModel:
     def submit(self, t_ns: int, request: Request, budget_s: float) -> None:
         """Balance a request that reaches the service at ``t_ns`` with ``budget_s`` left."""
         self.window.arrivals += 1
+        self.arrivals_total += 1
         routed = [r for r in self.replicas if r.routed and r.state in (READY, LOST)]
         if not routed:
             self._refuse(t_ns, request, 'connection', 0.0)
@@ -319,7 +331,8 @@ class ServiceModel:
             if replica.state == DRAINING:
                 self._retire(t_ns, replica)
             return
-        seconds = self._batch_time(len(batch))
+        tails = [t.item.tail_s for t in batch if t.item.tail_s > 0]
+        seconds = self._batch_time(len(batch) - len(tails), sum(tails))
         for ticket in batch:
             ticket.started = now
             self.window.started += 1

@@ -246,13 +246,8 @@ class Simulation:
         delay = faults.get('latency', {}).get('delay_ms', 0.0)
         rtt = self._spread(self.net.rtt_ms, 'rtt', stamp) + delay
         if fig is not None:  # the head runs here, its payload goes out
-            parts = route_parts(fig, self.net, mbps, delay,
-                                lambda ms, purpose: self._spread(ms, purpose, stamp),
-                                faults.get('cpu_contention', {}).get('slowdown', 1.0))
+            parts = self._split_parts(stamp, fig, faults, mbps, delay)
             nbytes, server, total = fig.payload_bytes, parts['cloud'], sum(parts.values())
-            self._head_ms[stamp] = parts['robot']
-            if fig.spec.three_tier:
-                self.result.tiers[stamp] = parts
         else:
             server = self._spread(self.cloud.inference_time_ms(self.s.cloud_model, 640) or 60.0,
                                   'server', stamp)
@@ -300,6 +295,17 @@ class Simulation:
         if self._cloud_pending is not None:
             pending, self._cloud_pending = self._cloud_pending, None
             self._start_cloud(t, *pending)
+
+    def _split_parts(self, stamp: int, fig: SplitFigures, faults: dict[str, dict[str, float]],
+                     mbps: float, delay_ms: float) -> dict[str, float]:
+        """Draw a split frame's legs (:func:`route_parts`) and keep its robot and tier times."""
+        parts = route_parts(fig, self.net, mbps, delay_ms,
+                            lambda ms, purpose: self._spread(ms, purpose, stamp),
+                            faults.get('cpu_contention', {}).get('slowdown', 1.0))
+        self._head_ms[stamp] = parts['robot']
+        if fig.spec.three_tier:
+            self.result.tiers[stamp] = parts
+        return parts
 
     def _split(self, name: str) -> SplitFigures:
         """Return a split option's figures on this robot and cloud (read once)."""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
+from typing import Any
 
-from adaptive_offload.datatypes import FrameRecord
+from adaptive_offload.datatypes import FrameRecord, InferenceReport
+from adaptive_offload.split_option import SPLIT_PREFIX
 from fault_injection.scenario import parse_scenario, Scenario
 from offload_manager.energy import load_devices
-from offload_manager.manager import default_devices_file
+from offload_manager.manager import default_devices_file, OffloadManager
 from offload_runtime.autoscalers import HpaSettings
 from offload_runtime.cli import main
 from offload_runtime.evaluate import EvalOptions
@@ -17,10 +19,15 @@ from offload_runtime.fleet_eval import evaluate_fleet, FleetOptions, run_fleet
 from offload_runtime.fleet_figures import capacity_recovery_s, FleetCounts, FleetRow, mttr_s
 from offload_runtime.fleet_sim import FleetSim
 from offload_runtime.service_settings import ServiceSettings
+from offload_runtime.sim_settings import NetworkProfile
 import pytest
 import yaml
 
 DEVICES = load_devices(default_devices_file())
+COMPACT = 'fasterrcnn_mobilenet_v3_small_fpn@640'
+TWO_TIER = f'{COMPACT}:body.3:int8+zstd'
+TO_MIDDLE = f'{COMPACT}:body.2/end:int8+zstd'
+SPLIT_RUN = {'robot': 'raspberry_pi_5', 'cloud': 'h200_server'}
 
 
 def _scenario(*faults: dict) -> Scenario:
@@ -29,10 +36,11 @@ def _scenario(*faults: dict) -> Scenario:
 
 def _fleet(robots: int, frames: int, scenario: Scenario, policy: str = 'cloud-only',
            scaler: str = 'static', devices_file: Path | None = None,
+           options: dict[str, Any] | None = None,
            **service: object) -> tuple[FleetRow, FleetSim]:
     settings = {'replicas': 2, 'first_ms': 30.0, 'pod_start_s': 10.0, 'scale_up_delay_s': 1.0}
     settings.update(service)
-    opts = EvalOptions(scenarios=[], frames=frames, measured=True)
+    opts = EvalOptions(scenarios=[], frames=frames, measured=True, **(options or {}))
     devices = DEVICES
     if devices_file is not None:
         opts = dataclasses.replace(opts, devices_file=str(devices_file))
@@ -97,6 +105,53 @@ def test_runs_repeat_exactly_for_one_seed() -> None:
         repr(dataclasses.replace(again, wall_s=0.0))
 
 
+def _cloud_reports(monkeypatch: pytest.MonkeyPatch) -> list[InferenceReport]:
+    """Record every cloud report the fleet's managers take."""
+    reports: list[InferenceReport] = []
+    take = OffloadManager.on_report
+
+    def record(manager: OffloadManager, report: InferenceReport, now_ns: int = 0) -> Any:
+        if report.source == 'cloud' and report.status != 'skipped':
+            reports.append(report)
+        return take(manager, report, now_ns)
+
+    monkeypatch.setattr(OffloadManager, 'on_report', record)
+    return reports
+
+
+def test_a_split_fleet_sends_tail_requests_the_service_answers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    reports = _cloud_reports(monkeypatch)
+    row, sim = _fleet(3, 300, _scenario(), policy='static-split',
+                      options={**SPLIT_RUN, 'split_options': [TWO_TIER]})
+    fig = sim.robots[0].m.config.policy_settings().splits[TWO_TIER]
+    requests = sum(r.result.cloud_requests for r in sim.robots)
+    assert row.frames == 900 and row.cloud_pct > 95 and row.miss_pct < 1
+    assert sim.service.arrivals_total == requests > 880
+    # Each answer is a tail, timed alone: a batch of images would take 30 ms and more.
+    assert sim.service.busy_total_s == pytest.approx(requests * fig.server_ms / 1e3, rel=0.05)
+    answered = [r for r in reports if r.status == 'ok']
+    assert len(answered) > 880
+    assert {r.model for r in reports} == {SPLIT_PREFIX + TWO_TIER}
+    assert all(0.5 * fig.robot_ms < r.inference_ms < 2 * fig.robot_ms for r in answered)
+    assert {r.bytes_sent for r in answered} == {fig.payload_bytes}
+    assert sum(r.result.bytes_sent for r in sim.robots) == requests * fig.payload_bytes
+
+
+def test_a_split_that_ends_on_the_middle_device_never_reaches_the_service(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    reports = _cloud_reports(monkeypatch)
+    # The laptop takes about 260 ms a frame: at 5 fps two requests in flight carry every one.
+    row, sim = _fleet(3, 200, _scenario(), policy='static-split',
+                      options={**SPLIT_RUN, 'split_options': [TO_MIDDLE], 'deadline_ms': 400.0,
+                               'fps': 5.0, 'network': NetworkProfile(middle='laptop_cpu')})
+    assert row.frames == 600 and row.cloud_pct > 95 and row.miss_pct < 1
+    assert sim.service.arrivals_total == 0 and sim.service.busy_total_s == 0.0
+    assert all(r.result.cloud_requests == 0 for r in sim.robots)
+    assert len([r for r in reports if r.status == 'ok']) > 590
+    assert {r.model for r in reports} == {SPLIT_PREFIX + TO_MIDDLE}
+
+
 def _counts(misses_by_second: dict[int, int], frames: int = 100,
             seconds: int = 200) -> FleetCounts:
     counts = FleetCounts()
@@ -143,6 +198,9 @@ def test_the_cli_runs_a_fleet_and_writes_its_table(
     (['--robots', '2', '--scalers', 'oracle'], 'oracle'),
     (['--robots', '0'], 'not above 0'),
     ([], 'only the fleet simulation'),
+    (['--robots', '2', '--policies', 'static-split', '--split-options', TO_MIDDLE],
+     'three tiers need'),
+    (['--robots', '2', '--split-options', f'{COMPACT}:nowhere:int8+zstd'], 'nowhere'),
 ])
 def test_bad_fleet_arguments_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                        args: list[str], message: str) -> None:
@@ -151,6 +209,19 @@ def test_bad_fleet_arguments_are_named(tmp_path: Path, capsys: pytest.CaptureFix
     code = main(['evaluate', '--scenarios', str(scenario), '--frames', '10', '--out',
                  str(tmp_path / 'out'), *args])
     assert code == 2 and message in capsys.readouterr().err
+
+
+def test_the_cli_runs_split_options_in_a_fleet(tmp_path: Path) -> None:
+    scenario = tmp_path / 'calm.yaml'
+    scenario.write_text('name: calm\nfaults: []\n')
+    out = tmp_path / 'out'
+    # Without --middle the three-tier option is refused (as above): here it reaches the fleet.
+    code = main(['evaluate', '--scenarios', str(scenario), '--robots', '2', '--frames', '40',
+                 '--policies', 'static-split', '--split-options', TO_MIDDLE, '--middle',
+                 'laptop_cpu', '--deadline-ms', '400', '--fps', '5', '--cloud', 'h200_server',
+                 '--out', str(out)])
+    assert code == 0
+    assert '| calm | static-split | static | 2 | 0.00 |' in (out / 'fleet.md').read_text()
 
 
 def test_runs_in_worker_processes_give_the_same_rows(tmp_path: Path) -> None:

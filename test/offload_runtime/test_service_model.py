@@ -58,6 +58,25 @@ def test_requests_batch_while_the_replica_is_busy() -> None:
     assert sample.utilisation == pytest.approx(0.3)
 
 
+def test_a_batch_runs_its_images_as_one_and_each_tail_request_alone() -> None:
+    model, events = _service()
+    robot = Robot()
+    _send(model, events, robot, 0, 0)  # runs alone: the others queue behind it
+    for token, tail_s in ((1, 0.0), (2, 0.0), (3, 0.03), (4, 0.05)):
+        events.at(10_000_000, lambda t, k=token, s=tail_s: model.submit(
+            t, Request(robot, k, f'robot{k}', s), 5.0))
+    events.run()
+    # Two images as one batch (150 ms), then the two tails (30 and 50 ms): 230 ms in all.
+    assert {k: robot.ends[k][1] for k in range(1, 5)} == dict.fromkeys(range(1, 5), 'answer')
+    for token in range(1, 5):
+        assert robot.ends[token][0] == pytest.approx(330_000_000, abs=1_000)
+    assert model.busy_total_s == pytest.approx(0.1 + 0.23)
+    # A batch of tails alone is their time: no image batch in it.
+    events.at(S, lambda t: model.submit(t, Request(robot, 5, 'robot5', 0.04), 5.0))
+    events.run()
+    assert robot.ends[5][0] == pytest.approx(S + 40_000_000, abs=1_000)
+
+
 def test_a_request_that_cannot_finish_in_its_budget_is_refused_at_once() -> None:
     model, events = _service()
     robot = Robot()
