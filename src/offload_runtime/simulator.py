@@ -17,7 +17,7 @@ energy reader).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import math
 import random
 from typing import Any
@@ -91,7 +91,7 @@ class Simulation:
         self._edge_busy = False
         self._edge_pending: tuple[int, Decision] | None = None
         self._in_flight = 0
-        self._cloud_pending: tuple[int, Decision] | None = None
+        self._cloud_pending: tuple[int, Decision, int] | None = None  # and its arrival
         self._sent = 0
         self._edge_probes = EveryNth()  # as EdgeInference's
         self._parts: dict[int, dict[str, float]] = {}
@@ -202,7 +202,7 @@ class Simulation:
             else:
                 if self._cloud_pending is not None:
                     self._report(self._cloud_pending[0], 'cloud', 'dropped', reason='superseded')
-                self._cloud_pending = (stamp, decision)
+                self._cloud_pending = (stamp, decision, t)
         else:
             self._report(stamp, 'cloud', 'skipped')
 
@@ -292,9 +292,24 @@ class Simulation:
                 split['inference_ms'] = total - self.s.encode_ms
             self._report(stamp, 'cloud', 'ok', total_ms=total, server_ms=server,
                          bytes_sent=nbytes, queue_ms=queue, **split)
-        if self._cloud_pending is not None:
-            pending, self._cloud_pending = self._cloud_pending, None
-            self._start_cloud(t, *pending)
+        self._start_pending_cloud(t)
+
+    def _start_pending_cloud(self, t: int) -> None:
+        """Send the frame that waited for a free request, with what its deadline has left.
+
+        As the bridge does: the deadline counts from the frame's arrival, so the request's
+        timeout (and the service's budget) is shorter by the wait, and a frame that waited past
+        its deadline is dropped (``expired``) unsent.
+        """
+        if self._cloud_pending is None:
+            return
+        (stamp, decision, arrived), self._cloud_pending = self._cloud_pending, None
+        waited_ms = (t - arrived) / MS
+        if waited_ms >= decision.deadline_ms:
+            self._report(stamp, 'cloud', 'dropped', reason='expired')
+            return
+        left_ms = decision.deadline_ms - waited_ms
+        self._start_cloud(t, stamp, replace(decision, deadline_ms=left_ms))
 
     def _split_parts(self, stamp: int, fig: SplitFigures, faults: dict[str, dict[str, float]],
                      mbps: float, delay_ms: float) -> dict[str, float]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import statistics
 from typing import Any
 
+from adaptive_offload.datatypes import Decision, InferenceReport, Route
 from adaptive_offload.typestore import make_typestore
 from fault_injection.scenario import parse_scenario
 from offload_manager.accuracy import measured_figures, prior
@@ -51,6 +52,43 @@ def test_an_outage_costs_cloud_only_frames_and_the_breaker_fails_fast() -> None:
     assert 50 <= len(missed) <= 110  # about the 100 frames of the outage
     assert all(19.9e9 <= r.stamp_ns <= 31e9 for r in missed)
     assert down.cloud_requests < steady.cloud_requests  # open breaker: no requests sent
+
+
+def _cloud_reports(sim: Simulation) -> list[InferenceReport]:
+    reports: list[InferenceReport] = []
+    take = sim.m.on_report
+
+    def record(report: InferenceReport, now_ns: int = 0) -> None:
+        if report.source == 'cloud':
+            reports.append(report)
+        take(report, now_ns)
+
+    sim.m.on_report = record  # type: ignore[method-assign]
+    return reports
+
+
+def test_a_frame_that_waited_for_a_request_gets_what_its_deadline_has_left() -> None:
+    # Requests take about 200 ms at 10 fps: every third frame waits for one of the two in
+    # flight. As the bridge, it is then given only what its deadline has left, so no cloud
+    # answer comes after its frame's deadline (before, 112 of these 300 frames' did).
+    slow = [{'kind': 'latency', 'start_s': 0.0, 'duration_s': 100.0, 'delay_ms': 100.0}]
+    sim = _sim('cloud-only', slow, frames=300)
+    reports = _cloud_reports(sim)
+    result = sim.run()
+    answered = [r for r in result.records if r.result_source == 'cloud']
+    assert len(answered) > 150 and all(r.deadline_met for r in answered)
+    deadline = sim.m.config.deadline_ms
+    timeouts = [r.total_ms for r in reports if r.reason == 'timeout']
+    assert timeouts and max(timeouts) <= deadline and min(timeouts) < deadline - 10
+    # One that waited its whole deadline is not sent at all.
+    sim = _sim('cloud-only', [], frames=1)
+    reports = _cloud_reports(sim)
+    decision = dataclasses.replace(Decision.safe_default(deadline_ms=deadline),
+                                   route=Route.CLOUD)
+    sim._cloud_pending = (7, decision, 0)
+    sim._start_pending_cloud(int(deadline * 1e6))
+    assert [(r.stamp_ns, r.status, r.reason) for r in reports] == [(7, 'dropped', 'expired')]
+    assert sim.result.cloud_requests == 0 and sim._in_flight == 0
 
 
 def test_cpu_contention_slows_the_edge_as_the_scenario_says() -> None:

@@ -32,13 +32,14 @@ def test_static_three_tier_split_runs_every_frame_through_three_tiers() -> None:
                         parse_scenario({'faults': drop}),
                         SimSettings(frames=200, cloud_model=SHIPPED)).run()
     assert len(result.records) == 200 and {r.route for r in result.records} == {'split'}
-    assert len(result.tiers) == result.cloud_requests > 190  # a few dropped in the drop
+    # In the drop a frame waits for one of the two requests in flight; one that waited past
+    # its deadline is not sent, and one sent is given what its deadline has left.
+    assert len(result.tiers) == result.cloud_requests > 180
     answered = [r for r in result.records if r.result_source == 'cloud']
-    assert len(answered) > 190
+    assert len(answered) > 175 and all(r.deadline_met for r in answered)
     for rec in answered:
         parts = result.tiers[rec.stamp_ns]
         assert all(parts[tier] > 0 for tier in TIERS)
-        # Within the drop a frame may wait for one of the two requests in flight.
         assert rec.latency_ms == pytest.approx(sum(parts.values()), abs=0.01) or \
             10e9 <= rec.stamp_ns and rec.latency_ms > sum(parts.values())
     # The drop slows the uplink leg alone: the LAN leg is as before.
