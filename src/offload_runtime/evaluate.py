@@ -12,10 +12,8 @@ injected in the bridge's transport, so its figures describe this machine only.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 from dataclasses import dataclass, field
-import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -31,6 +29,7 @@ from offload_manager.energy import DeviceProfile, load_devices
 from offload_manager.manager import default_devices_file, ManagerConfig, OffloadManager
 from offload_manager.policies import POLICIES
 from offload_manager.split_figures import default_payloads_file, load_payloads
+from offload_runtime.eval_figures import plot, Row, slug, Trace, write_table
 from offload_runtime.fronts import match, plot_front, swept_label, write_matched
 from offload_runtime.sim_settings import NetworkProfile, SimSettings
 from offload_runtime.simulator import Simulation
@@ -101,41 +100,6 @@ class EvalOptions:
     floors: Sequence[float] = ()
     measured: bool = False
     split_options: Sequence[str] = ()
-
-
-@dataclass(frozen=True)
-class Row:
-    """One scenario x policy line of the table.
-
-    ``accuracy`` is the mAP the priors give the models that served the frames;
-    ``measured_map`` the mAP@[.5:.95] (0-100) of the results against the bag's ground truth
-    (live mode; NaN in the simulator, which has no images).
-    """
-
-    scenario: str
-    policy: str
-    mode: str
-    frames: int
-    energy_j: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    miss_pct: float
-    accuracy: float
-    cloud_requests: int
-    mb_sent: float
-    gpu_s: float
-    cost_per_1000: float
-    measured_map: float = math.nan
-
-
-@dataclass
-class Trace:
-    """What the plots need of one run."""
-
-    latencies: list[float]
-    energy: list[float]
-    routes: list[tuple[float, str]]
 
 
 SHIPPED_EDGE, SHIPPED_CLOUD = 'yolov8n-shapes', 'fasterrcnn_mobilenet_v3_small_fpn'
@@ -241,7 +205,7 @@ def run_live(opts: EvalOptions, scenario: Scenario, policy: str,
                                             'devices_file', 'seed', 'accuracy_floor',
                                             'split_options')}
     label = policy if floor is None else swept_label(floor)
-    out = opts.out / 'runs' / f'{_slug(scenario.name)}-{label.replace(" ", "-")}'
+    out = opts.out / 'runs' / f'{slug(scenario.name)}-{label.replace(" ", "-")}'
     factory = {'backend_factory': opts.backend_factory} if opts.backend_factory else {}
     edge_model, checkpoint = live_models(opts)
     if cfg.policy == 'edge-only' or (cfg.policy == 'static' and cfg.static_route == 'edge'):
@@ -279,10 +243,6 @@ def _live_accuracy(rec: FrameRecord, edge: dict[int, InferenceReport], cloud_arc
         return prior(cloud_arch)
     report = edge.get(rec.stamp_ns)
     return prior(report.model or 'yolov8n', report.imgsz) if report else prior('yolov8n')
-
-
-def _slug(text: str) -> str:
-    return ''.join(c if c.isalnum() else '_' for c in text).strip('_')[:40]
 
 
 def evaluate(opts: EvalOptions, announce: Callable[[str], Any] = print) -> list[Row]:
@@ -323,7 +283,7 @@ def evaluate(opts: EvalOptions, announce: Callable[[str], Any] = print) -> list[
             rows.append(row)
             _announce(announce, row)
         if opts.floors:
-            plot_front(opts.out, scenario.name, _slug(scenario.name), rows)
+            plot_front(opts.out, scenario.name, slug(scenario.name), rows)
     write_table(opts.out, rows)
     if opts.floors:
         write_matched(opts.out, match(rows))
@@ -334,7 +294,7 @@ def _live_bag(opts: EvalOptions, scenario: Scenario) -> Path:
     """Return the generated bag of a scenario's scene, written on first use."""
     from offload_runtime.sample_bag import SampleSpec, write_sample_bag
 
-    bag = opts.out / (f'bag-{_slug(scenario.scene)}' if scenario.scene else 'bag')
+    bag = opts.out / (f'bag-{slug(scenario.scene)}' if scenario.scene else 'bag')
     if not bag.exists():
         write_sample_bag(bag, SampleSpec(frames=opts.frames, fps=opts.fps,
                                          difficulty=scenario.scene))
@@ -344,64 +304,3 @@ def _live_bag(opts: EvalOptions, scenario: Scenario) -> Path:
 def _announce(announce: Callable[[str], Any], row: Row) -> None:
     announce(f'{row.scenario:32s} {row.policy:22s} miss {row.miss_pct:5.1f} % '
              f'P99 {row.p99_ms:7.1f} ms energy {row.energy_j:6.3f} J mAP {row.accuracy:5.1f}')
-
-
-def write_table(out: Path, rows: list[Row]) -> None:
-    """``table.csv`` and ``table.md``."""
-    names = [f.name for f in dataclasses.fields(Row)]
-    with (out / 'table.csv').open('w', newline='', encoding='utf-8') as fh:
-        writer = csv.writer(fh)
-        writer.writerow(names)
-        writer.writerows([getattr(r, n) for n in names] for r in rows)
-    head = ('| scenario | policy | energy J/frame | P50 ms | P95 ms | P99 ms | miss % | mAP proxy '
-            '| mAP measured | cloud req | MB sent | GPU s | USD/1k frames |')
-    lines = [head, '|' + '---|' * 13]
-    lines += [f'| {r.scenario} | {r.policy} | {r.energy_j:.3f} | {r.p50_ms:.0f} | '
-              f'{r.p95_ms:.0f} | {r.p99_ms:.0f} | {r.miss_pct:.1f} | {r.accuracy:.1f} | '
-              f'{"-" if math.isnan(r.measured_map) else f"{r.measured_map:.1f}"} | '
-              f'{r.cloud_requests} | {r.mb_sent:.1f} | {r.gpu_s:.1f} | {r.cost_per_1000:.4f} |'
-              for r in rows]
-    (out / 'table.md').write_text('\n'.join(lines) + '\n', encoding='utf-8')
-
-
-def plot(out: Path, scenario: Scenario, traces: dict[str, Trace]) -> None:
-    """Latency CDF, route timeline with faults, and energy per frame of one scenario."""
-    import matplotlib
-
-    matplotlib.use('Agg')
-    from matplotlib import pyplot as plt
-
-    slug = _slug(scenario.name)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for policy, trace in traces.items():
-        lat = np.sort(trace.latencies)
-        if len(lat):
-            ax.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=policy)
-    ax.set(xlabel='latency (ms)', ylabel='fraction of frames', title=scenario.name)
-    ax.legend(fontsize=7)
-    fig.savefig(out / f'latency_cdf_{slug}.png', dpi=100)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    levels = {'edge': 0, 'hedged': 1, 'cloud': 2, 'split': 3}
-    for i, (policy, trace) in enumerate(traces.items()):
-        if trace.routes:
-            t, r = zip(*trace.routes)
-            ax.step(t, [levels.get(x, 0) + 0.04 * i for x in r], where='post', label=policy)
-    for fault in scenario.faults:
-        ax.axvspan(fault.start_s, fault.end_s, color='red', alpha=0.15)
-    ax.set(yticks=list(levels.values()), yticklabels=list(levels), xlabel='time (s)',
-           title=f'{scenario.name}: routes (faults shaded)')
-    if any(trace.routes for trace in traces.values()):
-        ax.legend(fontsize=7)
-    fig.savefig(out / f'routes_{slug}.png', dpi=100)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    names = list(traces)
-    ax.bar(names, [float(np.mean(traces[p].energy)) if traces[p].energy else 0 for p in names])
-    ax.set(ylabel='robot energy per frame (J)', title=scenario.name)
-    ax.tick_params(axis='x', rotation=45, labelsize=7)
-    fig.tight_layout()
-    fig.savefig(out / f'energy_{slug}.png', dpi=100)
-    plt.close(fig)

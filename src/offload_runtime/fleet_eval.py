@@ -23,8 +23,8 @@ from offload_manager.energy import DeviceProfile, load_devices
 from offload_manager.manager import default_devices_file, OffloadManager
 from offload_manager.policies import POLICIES
 from offload_runtime.autoscalers import HpaSettings, SCALERS
-from offload_runtime.evaluate import (_measured_quality, _slug, EvalOptions, manager_config,
-                                      sim_settings)
+from offload_runtime.eval_figures import slug
+from offload_runtime.evaluate import _measured_quality, EvalOptions, manager_config, sim_settings
 from offload_runtime.fleet_figures import FleetRow, write_fleet_table
 from offload_runtime.fleet_sim import FleetSim, FleetSpec
 from offload_runtime.service_settings import ServiceSettings
@@ -176,5 +176,5 @@ def _plot(opts: EvalOptions, scenario: Scenario, runs: list[FleetRun]) -> None:
     top.legend(fontsize='small', loc='upper left', bbox_to_anchor=(1.01, 1.0))
     top.set_title(f'{scenario.name}: {runs[0].row.robots} robots' if runs else scenario.name)
     fig.tight_layout()
-    fig.savefig(opts.out / f'fleet_{_slug(scenario.name)}.png', dpi=90)
+    fig.savefig(opts.out / f'fleet_{slug(scenario.name)}.png', dpi=90)
     plt.close(fig)

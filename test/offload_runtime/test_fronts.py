@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from offload_runtime.evaluate import default_devices_file, EvalOptions, evaluate, Row
+from offload_runtime.eval_figures import Row
+from offload_runtime.evaluate import default_devices_file, EvalOptions, evaluate
 from offload_runtime.fronts import match, swept_label, write_matched
 import yaml
 
