@@ -133,13 +133,16 @@ class BatchTimes:
             at: When it ended; None: unknown (the next idle request is a probe).
             fresh: It ran a probe: the older times are stale. They are scaled by how much
                 this batch's time differs from theirs (the machine got slower or faster, not
-                its batching); that step is no news of the deviation, which is relative.
+                its batching), so the probe deviates from them by nothing. It counts so: a
+                service refusing every request runs only probes, and a deviation they never
+                lowered would keep it refusing after the jitter that raised it had gone.
         """
         self.measured_at = at
         if fresh and self._seconds:
             ratio = seconds / self._interpolate(self._seconds, size)
             self._seconds = {s: t * ratio for s, t in self._seconds.items()}
             self._seconds[size] = seconds
+            self.spread -= self._alpha * self.spread
             return
         old = self._seconds.get(size)
         if old is None:  # an interpolation's error is no jitter: it is not counted

@@ -153,9 +153,29 @@ def test_batch_times_allow_four_relative_deviations_pooled_over_sizes() -> None:
     assert times.estimate(1) == pytest.approx(0.11 * 1.4)
     # The full batch, timed once, is taken as unsteady as the single image measured it.
     assert times.estimate(8) == pytest.approx(0.4 * 1.4)
-    times.observe(1, 0.22, fresh=True)  # a step of the machine's speed is not jitter
-    assert times.spread == pytest.approx(0.1)
-    assert times.estimate(8) == pytest.approx(0.8 * 1.4)
+    times.observe(1, 0.22, fresh=True)  # a step of the machine's speed is not jitter ...
+    assert times.spread == pytest.approx(0.05)  # ... but a time that matches the new speed
+    assert times.estimate(8) == pytest.approx(0.8 * 1.2)
+    for _ in range(10):  # a service refusing everything runs probes alone: they lower it
+        times.observe(1, 0.22, fresh=True)
+    assert times.spread < 0.0001 and times.estimate(1) == pytest.approx(0.22, rel=1e-3)
+
+
+def test_a_service_refusing_for_past_jitter_admits_again_once_probes_run_steady() -> None:
+    queue = _queue(max_batch=1, one=0.1)
+    now = 10.0
+    for seconds in (0.3, 0.1, 0.3, 0.1):  # a jittery spell: batches of one at 0.1-0.3 s
+        queue.times.observe(1, seconds, at=now)
+    with pytest.raises(Overloaded):  # a 0.25 s budget is under the jittery estimate
+        _push(queue, 'r', now=now, budget=0.25)
+    for _ in range(12):  # refusing all but probes: one each time the newest time is stale
+        now += 2.0
+        probe, = _push(queue, 'r', now=now, budget=0.25)
+        assert probe.probe
+        assert queue.pop_batch(now) == ([probe], [])
+        queue.times.observe(1, 0.1, at=now, fresh=True)  # steady again
+    ticket, = _push(queue, 'r', now=now, budget=0.25)  # a batch just ran: no probe
+    assert not ticket.probe and len(queue) == 1
 
 
 def test_a_queue_smaller_than_a_batch_is_refused() -> None:
