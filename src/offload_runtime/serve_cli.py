@@ -69,6 +69,10 @@ def add_serve_parser(sub: Any) -> None:
                        help='largest batch of requests run together (adaptive batching)')
     serve.add_argument('--batch-wait-ms', type=float, default=0.0,
                        help='how long a lone request waits for others (0: never)')
+    serve.add_argument('--admission-margin', type=non_negative, default=4.0,
+                       help='deviations of batch time admission allows beyond the smoothed '
+                            'time: fewer admit more requests near the edge of their budget, '
+                            'and more of those finish after it (default 4, as TCP)')
     serve.add_argument('--max-queue', type=non_negative_int, default=0,
                        help='most requests waiting for the model; more are refused (503, '
                             'RESOURCE_EXHAUSTED) unless a robot holding more of the queue '
@@ -152,6 +156,9 @@ def service_config(args: argparse.Namespace) -> Any:
 
     if args.max_batch < 1 or args.batch_wait_ms < 0:
         raise ConfigError('--max-batch must be >= 1 and --batch-wait-ms >= 0')
+    if not math.isfinite(args.admission_margin):
+        raise ConfigError(f'--admission-margin must be a finite number of deviations, got '
+                          f'{args.admission_margin}')
     tokens = load_tokens(args.token_file)
     if not tokens and args.host not in ('127.0.0.1', 'localhost', '::1'):
         print(f'adaptive-offload serve: warning: no tokens (--token-file, {TOKENS_ENV}): '
@@ -171,7 +178,7 @@ def service_config(args: argparse.Namespace) -> Any:
                            score_threshold=args.score_threshold, threads=args.threads,
                            input_size=args.input_size,
                            max_batch=args.max_batch, batch_wait_ms=args.batch_wait_ms,
-                           max_queue=args.max_queue,
+                           max_queue=args.max_queue, admission_margin=args.admission_margin,
                            shutdown_grace_s=args.shutdown_grace_s,
                            request_timeout_s=args.request_timeout_s,
                            max_connections=args.max_connections,

@@ -19,7 +19,7 @@ import time
 from typing import Callable, Generic, Sequence, TypeVar
 
 from adaptive_offload.errors import ConfigError
-from rcnn_service.fair_queue import ANONYMOUS, BatchTimes, FairQueue, Ticket
+from rcnn_service.fair_queue import ANONYMOUS, BatchTimes, FairQueue, MARGIN, Ticket
 from rcnn_service.guard import ModelUnavailable, Overloaded
 
 In = TypeVar('In')
@@ -61,10 +61,12 @@ class AdaptiveBatcher(Generic[In, Out]):
         clock: Monotonic seconds; the budgets and batch times are measured on it.
         on_offer: Called once for every request that reaches admission, before it is
             admitted or refused (metrics: the offered load).
+        admission_margin: Deviations of batch time admission allows beyond the smoothed
+            time (see :class:`rcnn_service.fair_queue.BatchTimes`).
 
     Raises:
-        ConfigError: For a batch size below 1, a negative wait, or a queue smaller than one
-            batch.
+        ConfigError: For a batch size below 1, a negative wait or margin, or a queue smaller
+            than one batch.
     """
 
     def __init__(self, run_batch: Callable[[list[In]], Sequence[Out]], max_batch: int = 4,
@@ -72,14 +74,15 @@ class AdaptiveBatcher(Generic[In, Out]):
                  on_batch: Callable[[int], None] | None = None, max_queue: int = 0,
                  on_refusal: Callable[[Overloaded], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 on_offer: Callable[[], None] | None = None) -> None:
+                 on_offer: Callable[[], None] | None = None,
+                 admission_margin: float = MARGIN) -> None:
         if max_batch < 1 or max_wait_ms < 0 or max_queue < 0:
             raise ConfigError(f'need max_batch >= 1, max_wait_ms >= 0 and max_queue >= 0, got '
                               f'{max_batch}, {max_wait_ms}, {max_queue}')
         self._run = run_batch
         self.max_batch = max_batch
         self._wait_s = max_wait_ms / 1e3
-        self.times = BatchTimes()
+        self.times = BatchTimes(margin=admission_margin)
         self._queue: FairQueue[In, Out] = FairQueue(max_batch, max_queue or 16 * max_batch,
                                                     self.times)
         self._cond = threading.Condition()

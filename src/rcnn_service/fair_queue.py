@@ -90,7 +90,7 @@ class Ticket(Generic[In, Out]):
 class BatchTimes:
     """Smoothed seconds per batch, for each batch size the model has run, with a margin.
 
-    The estimate is the smoothed time plus :data:`MARGIN` times the smoothed relative
+    The estimate is the smoothed time plus ``margin`` times the smoothed relative
     deviation (of each size's time from its own smoothed time), as TCP bounds a round trip by
     its smoothed time plus four deviations (RFC 6298): admission on the mean alone would let
     about half of the requests it admits at the edge of their budget finish after it. An
@@ -108,12 +108,19 @@ class BatchTimes:
 
     Args:
         alpha: Weight of the newest batch in the smoothed time and deviation.
+        margin: Deviations allowed beyond the smoothed time (:data:`MARGIN` by default).
+
+    Raises:
+        ConfigError: For ``alpha`` outside (0, 1] or a negative ``margin``.
     """
 
-    def __init__(self, alpha: float = 0.2) -> None:
+    def __init__(self, alpha: float = 0.2, margin: float = MARGIN) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ConfigError(f'alpha must be in (0, 1], got {alpha}')
+        if not margin >= 0.0:
+            raise ConfigError(f'the admission margin must be >= 0 deviations, got {margin}')
         self._alpha = alpha
+        self._margin = margin
         self._seconds: dict[int, float] = {}
         self.spread = 0.0  # smoothed |time / smoothed time of its size - 1|
         self.measured_at: float | None = None
@@ -155,7 +162,7 @@ class BatchTimes:
         """Return the seconds a batch of ``size`` is expected to take at most (0 before any)."""
         if not self._seconds:
             return 0.0
-        return self._interpolate(self._seconds, size) * (1.0 + MARGIN * self.spread)
+        return self._interpolate(self._seconds, size) * (1.0 + self._margin * self.spread)
 
     @staticmethod
     def _interpolate(table: dict[int, float], size: int) -> float:

@@ -175,7 +175,8 @@ class RcnnRuntime(MLModel):
         metrics = _load_metrics()
         batcher = AdaptiveBatcher(self._model.run, cfg.max_batch, cfg.batch_wait_ms,
                                   metrics.batch_size.observe, cfg.max_queue, metrics.refused,
-                                  on_offer=metrics.offered.inc)
+                                  on_offer=metrics.offered.inc,
+                                  admission_margin=cfg.admission_margin)
         await asyncio.get_running_loop().run_in_executor(
             None, batcher.calibrate, calibration_frame())
         self._batcher = batcher

@@ -35,6 +35,9 @@ class ServiceConfig:
         batch_wait_ms: How long a lone request waits for others (0: never).
         max_queue: Most requests waiting for the model at once (0: 16 batches); more are
             refused (503), unless a robot holding more of the queue makes room.
+        admission_margin: Deviations of batch time that admission allows beyond the smoothed
+            time (:class:`rcnn_service.fair_queue.BatchTimes`): fewer admit more requests near
+            the edge of their budget, and more of those finish after it.
         request_timeout_s: A request must arrive within this time of its first byte (else
             408), an idle connection is closed after it, and a TLS handshake must complete
             within it (builtin runtime).
@@ -75,6 +78,7 @@ class ServiceConfig:
     max_batch: int = 4
     batch_wait_ms: float = 0.0
     max_queue: int = 0
+    admission_margin: float = 4.0
     request_timeout_s: float = 10.0
     max_connections: int = 512
     shutdown_grace_s: float = 5.0

@@ -34,6 +34,17 @@ def test_bad_batching_is_refused(flags: tuple[str, str]) -> None:
         _config(*flags)
 
 
+def test_the_admission_margin_reaches_the_config_and_a_bad_one_is_refused(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert _config().admission_margin == 4.0
+    assert _config('--admission-margin', '2').admission_margin == 2.0
+    with pytest.raises(ConfigError, match='admission-margin'):
+        _config('--admission-margin', 'inf')
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(['serve', '--admission-margin', '-1'])
+    assert 'admission-margin' in capsys.readouterr().err
+
+
 def test_a_tail_cap_below_one_byte_is_a_usage_error() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(['serve', '--max-tail-bytes', '0'])

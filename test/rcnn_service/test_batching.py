@@ -231,3 +231,26 @@ def test_capacity_is_the_best_rate_of_the_batch_times_and_follows_them() -> None
         assert batcher.capacity == pytest.approx(4 / 0.32)
     finally:
         batcher.close()
+
+
+@pytest.mark.parametrize('margin, admitted', [(0.0, True), (4.0, False)])
+def test_the_admission_margin_decides_what_a_jittery_model_admits(margin: float,
+                                                                  admitted: bool) -> None:
+    clock = _StepClock()
+    steps = iter([0.1, 0.2] * 4)
+
+    def model(items: list[int]) -> list[int]:
+        clock.now += next(steps)  # 0.1 and 0.2 s in turn: 0.15 s, give or take a third
+        return items
+
+    batcher = AdaptiveBatcher(model, max_batch=1, clock=clock, admission_margin=margin)
+    try:
+        for item in range(6):
+            batcher.submit(item).future.result(10)
+        if admitted:  # the smoothed time alone fits the budget
+            assert batcher.submit(9, budget_s=0.2).future.result(10) == 9
+        else:  # four deviations beyond it do not
+            with pytest.raises(Overloaded, match='budget'):
+                batcher.submit(9, budget_s=0.2)
+    finally:
+        batcher.close()

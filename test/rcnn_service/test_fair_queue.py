@@ -153,6 +153,13 @@ def test_batch_times_allow_four_relative_deviations_pooled_over_sizes() -> None:
     assert times.estimate(1) == pytest.approx(0.11 * 1.4)
     # The full batch, timed once, is taken as unsteady as the single image measured it.
     assert times.estimate(8) == pytest.approx(0.4 * 1.4)
+    narrow = BatchTimes(alpha=0.5, margin=1.0)  # a service told to allow one deviation
+    narrow.observe(1, 0.1)
+    narrow.observe(1, 0.12)
+    assert narrow.estimate(1) == pytest.approx(0.11 * 1.1)
+    for margin in (-1.0, float('nan')):
+        with pytest.raises(ConfigError, match='margin'):
+            BatchTimes(margin=margin)
     times.observe(1, 0.22, fresh=True)  # a step of the machine's speed is not jitter ...
     assert times.spread == pytest.approx(0.05)  # ... but a time that matches the new speed
     assert times.estimate(8) == pytest.approx(0.8 * 1.2)
