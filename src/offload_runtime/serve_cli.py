@@ -15,6 +15,7 @@ from offload_runtime.cli_args import above_zero, EXIT_OK, non_negative, non_nega
 def add_serve_parser(sub: Any) -> None:
     """Add the ``serve`` subcommand to ``sub`` (an argparse subparsers object)."""
     from rcnn_service.compact_rcnn import COMPACT_ARCH
+    from rcnn_service.fair_queue import MARGIN
 
     serve = sub.add_parser('serve', help='run the cloud R-CNN service (V2 gRPC and REST)')
     serve.add_argument('--runtime', choices=('mlserver', 'builtin'), default='mlserver',
@@ -69,10 +70,10 @@ def add_serve_parser(sub: Any) -> None:
                        help='largest batch of requests run together (adaptive batching)')
     serve.add_argument('--batch-wait-ms', type=float, default=0.0,
                        help='how long a lone request waits for others (0: never)')
-    serve.add_argument('--admission-margin', type=non_negative, default=4.0,
+    serve.add_argument('--admission-margin', type=non_negative, default=MARGIN,
                        help='deviations of batch time admission allows beyond the smoothed '
                             'time: fewer admit more requests near the edge of their budget, '
-                            'and more of those finish after it (default 4, as TCP)')
+                            'and more of those finish after it (default %(default)g, as TCP)')
     serve.add_argument('--max-queue', type=non_negative_int, default=0,
                        help='most requests waiting for the model; more are refused (503, '
                             'RESOURCE_EXHAUSTED) unless a robot holding more of the queue '

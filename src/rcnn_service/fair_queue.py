@@ -120,7 +120,7 @@ class BatchTimes:
         if not margin >= 0.0:
             raise ConfigError(f'the admission margin must be >= 0 deviations, got {margin}')
         self._alpha = alpha
-        self._margin = margin
+        self.margin = margin
         self._seconds: dict[int, float] = {}
         self.spread = 0.0  # smoothed |time / smoothed time of its size - 1|
         self.measured_at: float | None = None
@@ -162,7 +162,7 @@ class BatchTimes:
         """Return the seconds a batch of ``size`` is expected to take at most (0 before any)."""
         if not self._seconds:
             return 0.0
-        return self._interpolate(self._seconds, size) * (1.0 + self._margin * self.spread)
+        return self._interpolate(self._seconds, size) * (1.0 + self.margin * self.spread)
 
     @staticmethod
     def _interpolate(table: dict[int, float], size: int) -> float:

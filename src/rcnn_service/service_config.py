@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rcnn_service.fair_queue import MARGIN
 from rcnn_service.tls import TlsFiles
 
 
@@ -78,7 +79,7 @@ class ServiceConfig:
     max_batch: int = 4
     batch_wait_ms: float = 0.0
     max_queue: int = 0
-    admission_margin: float = 4.0
+    admission_margin: float = MARGIN
     request_timeout_s: float = 10.0
     max_connections: int = 512
     shutdown_grace_s: float = 5.0

@@ -25,6 +25,7 @@ from helpers import child_env
 import numpy as np
 from offload_runtime.cli import main
 import pytest
+from rcnn_service.fair_queue import MARGIN
 from rcnn_service.http_server import ensure_ports_free
 from rcnn_service.rcnn_detector import coco_categories, RcnnDetector
 from rcnn_service.service import InferenceService, ServiceConfig
@@ -420,3 +421,13 @@ def test_a_port_in_use_is_refused_in_one_line_before_anything_starts(
         [line] = [x for x in proc.stderr.splitlines() if x.startswith('adaptive-offload')]
         assert f'port {port} on 127.0.0.1 is not free' in line
     ensure_ports_free('127.0.0.1', {'--port': port})  # closed again: free
+
+
+def test_the_configured_admission_margin_is_the_one_admission_plans_with(
+        detector: RcnnDetector) -> None:
+    for margin in (MARGIN, 1.5):
+        service = InferenceService(ServiceConfig(port=0, admission_margin=margin), detector)
+        try:
+            assert service._batcher is not None and service._batcher.times.margin == margin
+        finally:
+            service.shutdown()
