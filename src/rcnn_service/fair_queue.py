@@ -160,9 +160,17 @@ class BatchTimes:
 
     def estimate(self, size: int) -> float:
         """Return the seconds a batch of ``size`` is expected to take at most (0 before any)."""
+        return self.typical(size) * (1.0 + self.margin * self.spread)
+
+    def typical(self, size: int) -> float:
+        """Return the smoothed seconds of a batch of ``size``, without the margin (0 before any).
+
+        What a busy model's batches take on average, so what it computes in a second: the
+        margin bounds one answer's lateness, not the rate.
+        """
         if not self._seconds:
             return 0.0
-        return self._interpolate(self._seconds, size) * (1.0 + self.margin * self.spread)
+        return self._interpolate(self._seconds, size)
 
     @staticmethod
     def _interpolate(table: dict[int, float], size: int) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from adaptive_offload.errors import ConfigError
 import pytest
+from rcnn_service.batching import capacity_per_s
 from rcnn_service.fair_queue import BatchTimes, FairQueue, Ticket
 from rcnn_service.guard import Overloaded
 
@@ -188,3 +189,13 @@ def test_a_service_refusing_for_past_jitter_admits_again_once_probes_run_steady(
 def test_a_queue_smaller_than_a_batch_is_refused() -> None:
     with pytest.raises(ConfigError, match='max_queue'):
         FairQueue(4, 3, BatchTimes())
+
+
+def test_the_capacity_is_the_mean_rate_not_the_admission_estimates() -> None:
+    times = BatchTimes(alpha=0.5)
+    times.observe(4, 0.2)
+    times.observe(4, 0.3)  # jitter: the deviation makes admission's estimate longer
+    assert times.estimate(4) > times.typical(4) == pytest.approx(0.25)
+    # A saturated model computes at its mean time; the HPA's target is the headroom.
+    assert capacity_per_s(times, 4) == pytest.approx(4 / 0.25)
+    assert capacity_per_s(BatchTimes(), 4) == 0.0 and BatchTimes().typical(4) == 0.0
