@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Union
 
 from adaptive_offload.errors import ConfigError
-import yaml
+from adaptive_offload.yaml_files import read_yaml
 
 ParamValue = Union[bool, int, float, str, list]
 # The node options every rclpy node accepts without declaring them.
@@ -166,10 +166,7 @@ def load_params_file(path: str | Path) -> dict[str, dict[str, Any]]:
     Raises:
         ConfigError: If the file is missing or not a parameter file.
     """
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f'cannot read parameter file {path}: {err}') from err
+    data = read_yaml(path, 'parameter file')
     if not isinstance(data, dict):
         raise ConfigError(f'{path}: not a ROS 2 parameter file (expected a mapping)')
     out: dict[str, dict[str, Any]] = {}

@@ -35,7 +35,7 @@ from adaptive_offload.datatypes import FaultEvent
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.package_files import shipped_config
 from adaptive_offload.scene_difficulty import parse_difficulty
-import yaml
+from adaptive_offload.yaml_files import read_yaml
 
 # kind -> parameters it takes (name -> default); a parameter without default is required
 FAULT_KINDS: dict[str, dict[str, float | None]] = {
@@ -285,8 +285,5 @@ def load_scenario(path: str | Path) -> Scenario:
     text = str(path)
     if '/' not in text and not text.endswith(('.yaml', '.yml')):
         path = shipped_config('scenarios', f'{text}.yaml')
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f'cannot read scenario {path}: {err}') from err
+    data = read_yaml(path, 'scenario')
     return parse_scenario(data, str(path), Path(path).parent)

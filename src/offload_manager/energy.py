@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
 from adaptive_offload.errors import ConfigError
-import yaml
+from adaptive_offload.yaml_files import read_yaml
 
 
 @dataclass(frozen=True)
@@ -74,10 +74,7 @@ def load_devices(path: str | Path) -> dict[str, DeviceProfile]:
     Raises:
         ConfigError: Naming the file, device and field at fault.
     """
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f'cannot read device profiles {path}: {err}') from err
+    data = read_yaml(path, 'device profiles')
     if not isinstance(data, dict) or not isinstance(data.get('devices'), dict):
         raise ConfigError(f'{path}: expected a mapping "devices" of profiles')
     names = {f.name for f in fields(DeviceProfile)} - {'name'}

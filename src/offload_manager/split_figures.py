@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.package_files import shipped_config
 from adaptive_offload.split_option import check_order, LEARNED, parse_spec, SplitSpec
+from adaptive_offload.yaml_files import read_yaml
 from offload_manager.energy import DeviceProfile
-import yaml
 
 QUANTISATION_MAP_LOSS = {'fp16': 0.0, 'int8': 0.0}
 """mAP points (0-100) a wire precision costs the cloud model, measured at every split point of
@@ -123,10 +123,7 @@ def load_payloads(path: str | Path) -> tuple[Payloads, dict[int, int]]:
     Raises:
         ConfigError: Naming the file and the entry at fault.
     """
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f'cannot read split payload figures {path}: {err}') from err
+    data = read_yaml(path, 'split payload figures')
     if not isinstance(data, dict) or not isinstance(data.get('points'), list):
         raise ConfigError(f'{path}: expected a profile with a list "points"')
     jpeg = data.get('jpeg_bytes') or {}
