@@ -117,8 +117,9 @@ class BatchTimes:
     def __init__(self, alpha: float = 0.2, margin: float = MARGIN) -> None:
         if not 0.0 < alpha <= 1.0:
             raise ConfigError(f'alpha must be in (0, 1], got {alpha}')
-        if not margin >= 0.0:
-            raise ConfigError(f'the admission margin must be >= 0 deviations, got {margin}')
+        if not 0.0 <= margin < math.inf:
+            raise ConfigError(f'the admission margin must be a finite number >= 0 deviations, '
+                              f'got {margin}')
         self._alpha = alpha
         self.margin = margin
         self._seconds: dict[int, float] = {}

@@ -10,12 +10,17 @@ from typing import Any
 from adaptive_offload.errors import ConfigError
 import grpc
 from mlserver.errors import MLServerError, ModelNotFound
+from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest
+from prometheus_client import CollectorRegistry
 import pytest
+from rcnn_service import mlserver_runtime
+from rcnn_service.fair_queue import MARGIN
 from rcnn_service.guard import RequestError, Tokens
 from rcnn_service.mlserver_guard import (_quiet_refusals, DropAbandoned, GrpcGuard, Refused,
                                          RestGuard, ServerGuard)
 from rcnn_service.mlserver_runtime import config_from_extra, request_image_bytes
+from rcnn_service.service_metrics import ServiceMetrics
 
 
 class _App:
@@ -253,3 +258,42 @@ def test_a_client_that_stays_or_leaves_during_the_answer_gets_it_whole() -> None
 def test_a_failing_handler_still_fails_through_the_middleware() -> None:
     events, sent, dropped = _abandon('never', fail=True)
     assert events == ['read', 'model failed'] and dropped == 0
+
+
+class _Model:
+    """An image model that answers at once: what admission sees of the runtime is its batcher."""
+
+    ready, tail = True, None
+
+    def run(self, frames: list[bytes]) -> list[dict[str, Any]]:
+        return [{} for _ in frames]
+
+    def close(self) -> None:
+        self.ready = False
+
+
+@pytest.mark.parametrize('extra, margin', [({'admission_margin': 1.5}, 1.5), ({}, MARGIN)])
+def test_the_runtime_gives_admission_its_configured_margin(
+        monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any], margin: float) -> None:
+    monkeypatch.setattr(mlserver_runtime, 'load_model', lambda cfg: _Model())
+    monkeypatch.setattr(mlserver_runtime, '_load_metrics',
+                        lambda: ServiceMetrics(CollectorRegistry()))
+    runtime = mlserver_runtime.RcnnRuntime(ModelSettings(
+        name='rcnn', implementation=mlserver_runtime.RcnnRuntime,
+        parameters=ModelParameters(extra=extra)))
+    asyncio.run(runtime.load())
+    try:
+        assert runtime._batcher.times.margin == margin
+    finally:
+        asyncio.run(runtime.unload())
+
+
+@pytest.mark.parametrize('margin', [-1.0, float('inf')])
+def test_the_runtime_refuses_a_margin_admission_cannot_use(
+        monkeypatch: pytest.MonkeyPatch, margin: float) -> None:
+    monkeypatch.setattr(mlserver_runtime, 'load_model', lambda cfg: _Model())
+    runtime = mlserver_runtime.RcnnRuntime(ModelSettings(
+        name='rcnn', implementation=mlserver_runtime.RcnnRuntime,
+        parameters=ModelParameters(extra={'admission_margin': margin})))
+    with pytest.raises(ConfigError, match='admission margin'):
+        asyncio.run(runtime.load())

@@ -158,7 +158,7 @@ def test_batch_times_allow_four_relative_deviations_pooled_over_sizes() -> None:
     narrow.observe(1, 0.1)
     narrow.observe(1, 0.12)
     assert narrow.estimate(1) == pytest.approx(0.11 * 1.1)
-    for margin in (-1.0, float('nan')):
+    for margin in (-1.0, float('nan'), float('inf')):
         with pytest.raises(ConfigError, match='margin'):
             BatchTimes(margin=margin)
     times.observe(1, 0.22, fresh=True)  # a step of the machine's speed is not jitter ...
