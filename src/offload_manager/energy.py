@@ -53,8 +53,14 @@ class DeviceProfile:
     split_ms: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
 
     def split_time_ms(self, model: str, imgsz: int, point: str) -> tuple[float, float] | None:
-        """Return ``(head_ms, tail_ms)`` of ``model`` at ``imgsz`` cut after ``point``, if any."""
-        return self.split_ms.get(f'{model}@{imgsz}', {}).get(point)
+        """Return ``(head_ms, tail_ms)`` of ``model`` at ``imgsz`` cut after ``point``, if any.
+
+        As :meth:`inference_time_ms`, ``<arch>-<variant>`` takes its architecture's times.
+        """
+        found = self.split_ms.get(f'{model}@{imgsz}')
+        if found is None and '-' in model:
+            found = self.split_ms.get(f'{model.split("-", 1)[0]}@{imgsz}')
+        return None if found is None else found.get(point)
 
     def inference_time_ms(self, model: str, imgsz: int) -> float | None:
         """Return the profile's inference time of ``model`` at ``imgsz``, if it has one.

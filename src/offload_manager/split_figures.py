@@ -14,6 +14,12 @@ A three-tier option (``<arch>@<imgsz>:<i>/<j>:<encoding>``) adds a middle device
 LAN: the robot's head to ``i`` and its payload over the LAN, the middle device's decode, layers
 ``i`` to ``j`` (its ``split_ms``) and encode, then the payload of ``j`` over the uplink to the
 cloud's tail; ``j = end`` leaves the rest to the middle device and sends nothing to the cloud.
+
+The edge detector splits too, between the robot and the middle device only:
+``<model>@<imgsz>:<k>/end:<encoding>`` (``yolov8n-shapes@320:4/end:int8+zstd``), its payload
+file ``family: yolo`` (``profile models/yolov8n-shapes.pt --imgsz 320 --out ...``), one per input
+size (``config/split_payloads/<model>@<imgsz>.yaml``). Its figures say ``edge``: the option is
+the robot's edge route, its answer an edge answer (``edge_inference``'s split head and tail).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 import math
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.package_files import shipped_config
@@ -41,6 +47,13 @@ model: 48.5 all-difficulty mAP against 53.2 for the unsplit frame and its q50 JP
 held-out frames per difficulty at score 0.01 (``benchmarks/bench_bottleneck.py``, docs/models.md,
 "A learned bottleneck at a split of the cloud model"). Its payload figures are the
 ``bottleneck`` entry of the point's ``wire`` in the payload file (``profile --bottleneck``)."""
+
+EDGE_SPLIT_MAP_LOSS = 0.0
+"""mAP points a wire precision costs the edge detector: none measurable. On one machine its split
+boxes stay within 0.003 px (fp16) and 0.08 px (int8) of the unsplit model's, with the same
+detections (``test/edge_inference/test_split_roles.py``)."""
+FAMILIES = ('rcnn', 'yolo')
+"""Model families of payload files: the cloud R-CNN, the edge YOLO."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +77,7 @@ class SplitFigures:
             power), for totals that count every device.
         onward_bytes: Three-tier: bytes the middle device sends the cloud (0 for ``j = end``);
             None on two tiers, where the robot's payload goes to the cloud.
+        edge: The edge detector's split (robot head, middle device tail): an edge route.
     """
 
     spec: SplitSpec
@@ -78,6 +92,7 @@ class SplitFigures:
     middle_ms: float = 0.0
     middle_j: float = 0.0
     onward_bytes: int | None = None
+    edge: bool = False
 
     @property
     def wan_bytes(self) -> int:
@@ -105,8 +120,16 @@ class SplitFigures:
         return self.decode_ms + self.tail_ms
 
 
-def default_payloads_file(arch: str) -> Path:
-    """Return the shipped payload figures of ``arch`` (``config/split_payloads/<arch>.yaml``)."""
+def default_payloads_file(arch: str, imgsz: int = 0) -> Path:
+    """Return the shipped payload figures of ``arch``: at ``imgsz`` if measured there, else any.
+
+    That is ``config/split_payloads/<arch>@<imgsz>.yaml`` where it exists, else
+    ``config/split_payloads/<arch>.yaml``.
+    """
+    if imgsz:
+        sized = shipped_config('split_payloads', f'{arch}@{imgsz}.yaml')
+        if sized.is_file():
+            return sized
     return shipped_config('split_payloads', f'{arch}.yaml')
 
 
@@ -114,11 +137,35 @@ Payloads = dict[str, dict[str, tuple[int, float, float]]]
 """Payload figures: ``{point: {encoding: (bytes, encode_ms, decode_ms)}}``."""
 
 
-def load_payloads(path: str | Path) -> tuple[Payloads, dict[int, int]]:
-    """Read a profile file's payload figures.
+@dataclass(frozen=True)
+class PayloadFile:
+    """A profile file's payload figures (``adaptive-offload profile --out``).
 
-    Returns:
-        ``{point: {encoding: (bytes, encode_ms, decode_ms)}}`` and the JPEG bytes by quality.
+    Attributes:
+        points: ``{point: {encoding: (bytes, encode_ms, decode_ms)}}``.
+        jpeg: The profiled frame's JPEG bytes by quality.
+        model: ``model@imgsz`` measured (empty when the file does not say).
+        family: ``rcnn`` (the cloud model) or ``yolo`` (the edge detector).
+    """
+
+    points: Payloads
+    jpeg: dict[int, int]
+    model: str = ''
+    family: str = 'rcnn'
+
+
+def load_payloads(path: str | Path) -> tuple[Payloads, dict[int, int]]:
+    """Read a profile file's payload figures and its JPEG bytes by quality.
+
+    Raises:
+        ConfigError: Naming the file and the entry at fault.
+    """
+    found = load_payload_file(path)
+    return found.points, found.jpeg
+
+
+def load_payload_file(path: str | Path) -> PayloadFile:
+    """Read a profile file: its payload figures, JPEG bytes, model and family.
 
     Raises:
         ConfigError: Naming the file and the entry at fault.
@@ -126,6 +173,9 @@ def load_payloads(path: str | Path) -> tuple[Payloads, dict[int, int]]:
     data = read_yaml(path, 'split payload figures')
     if not isinstance(data, dict) or not isinstance(data.get('points'), list):
         raise ConfigError(f'{path}: expected a profile with a list "points"')
+    family = str(data.get('family') or 'rcnn')
+    if family not in FAMILIES:
+        raise ConfigError(f'{path}: family {family!r} is not one of {", ".join(FAMILIES)}')
     jpeg = data.get('jpeg_bytes') or {}
     try:
         qualities = {int(str(q).lstrip('q')): int(b) for q, b in jpeg.items()}
@@ -148,7 +198,7 @@ def load_payloads(path: str | Path) -> tuple[Payloads, dict[int, int]]:
                 raise ConfigError(f'{where}: bytes, encode_ms, decode_ms must be non-negative '
                                   f'numbers, got {raw}')
             points[name][str(encoding)] = (int(values[0]), values[1], values[2])
-    return points, qualities
+    return PayloadFile(points, qualities, str(data.get('model') or ''), family)
 
 
 def split_figures(specs: Sequence[str], robot: DeviceProfile, cloud: DeviceProfile,
@@ -173,20 +223,25 @@ def split_figures(specs: Sequence[str], robot: DeviceProfile, cloud: DeviceProfi
         ConfigError: If an option is malformed, its cuts out of order, or a figure it needs
             is missing.
     """
-    payloads: dict[str, Any] = {}
+    payloads: dict[tuple[str, int], PayloadFile] = {}
     out = {}
     for text in specs:
         spec = parse_spec(text)
-        if spec.arch not in payloads:
-            path = (payload_files or {}).get(spec.arch) or default_payloads_file(spec.arch)
-            payloads[spec.arch] = load_payloads(path)
-        points, jpeg = payloads[spec.arch]
+        key = (spec.arch, spec.imgsz)
+        if key not in payloads:
+            path = (payload_files or {}).get(spec.arch) or \
+                default_payloads_file(spec.arch, spec.imgsz)
+            payloads[key] = _payloads_for(text, spec, path)
+        found = payloads[key]
+        points = found.points
         if spec.three_tier:
             check_order(spec, list(points))
         wire = _wire(text, spec, points, spec.point)
         head = _times(text, spec, robot, spec.point)
-        fig = SplitFigures(spec, head[0], wire[1], wire[0], 0.0, 0.0, encoding_map_loss(spec),
-                           jpeg)
+        edge = found.family == 'yolo'
+        fig = SplitFigures(spec, head[0], wire[1], wire[0], 0.0, 0.0,
+                           EDGE_SPLIT_MAP_LOSS if edge else encoding_map_loss(spec), found.jpeg,
+                           edge=edge)
         if spec.three_tier:
             if middle is None:
                 raise ConfigError(f'split option {text!r}: three tiers need a middle device '
@@ -198,6 +253,20 @@ def split_figures(specs: Sequence[str], robot: DeviceProfile, cloud: DeviceProfi
             fig = replace(fig, tail_ms=tail, decode_ms=_wire(text, spec, points, last)[2])
         out[spec.key] = fig
     return out
+
+
+def _payloads_for(text: str, spec: SplitSpec, path: str | Path) -> PayloadFile:
+    """Read an option's payload file; refuse one measured at another size or family's form."""
+    found = load_payload_file(path)
+    if found.model and found.model != f'{spec.arch}@{spec.imgsz}':
+        raise ConfigError(f'split option {text!r}: its payload file {path} measured '
+                          f'{found.model}, not {spec.arch}@{spec.imgsz} (adaptive-offload '
+                          f'profile ... --imgsz {spec.imgsz} --out FILE)')
+    if found.family == 'yolo' and not (spec.three_tier and not spec.to_cloud):
+        raise ConfigError(f'split option {text!r}: an edge detector splits between the robot '
+                          f'and an edge computer only: {spec.arch}@{spec.imgsz}:<k>/end:'
+                          f'{spec.encoding}')
+    return found
 
 
 def encoding_map_loss(spec: SplitSpec) -> float:

@@ -28,7 +28,7 @@ from offload_manager.accuracy import measured_figures, prior
 from offload_manager.energy import DeviceProfile, load_devices
 from offload_manager.manager import default_devices_file, ManagerConfig, OffloadManager
 from offload_manager.policies import POLICIES
-from offload_manager.split_figures import default_payloads_file, load_payloads
+from offload_manager.split_figures import default_payloads_file, load_payload_file
 from offload_runtime.eval_figures import plot, Row, slug, Trace, write_table
 from offload_runtime.fronts import match, plot_front, swept_label, write_matched
 from offload_runtime.sim_settings import NetworkProfile, SimSettings
@@ -165,9 +165,13 @@ def make_row(scenario: str, policy: str, mode: str, records: list[FrameRecord],
 def sim_settings(opts: EvalOptions) -> SimSettings:
     """Return what a simulated run of ``opts`` plays (one robot's, or each of a fleet's)."""
     settings = SimSettings(frames=opts.frames, fps=opts.fps, seed=opts.seed)
-    if opts.split_options:  # JPEGs of the frame the payloads were measured on
-        _, jpeg = load_payloads(default_payloads_file(parse_spec(opts.split_options[0]).arch))
-        settings = dataclasses.replace(settings, q75_bytes=jpeg.get(75, settings.q75_bytes))
+    for option in opts.split_options:  # JPEGs of the frame the cloud model's were measured on
+        spec = parse_spec(option)
+        found = load_payload_file(default_payloads_file(spec.arch, spec.imgsz))
+        if found.family != 'yolo':  # the edge detector's frame is its own square input
+            settings = dataclasses.replace(settings,
+                                           q75_bytes=found.jpeg.get(75, settings.q75_bytes))
+            break
     if opts.measured:
         settings = dataclasses.replace(settings, cloud_model=SHIPPED_CLOUD)
     return settings

@@ -41,8 +41,8 @@ class YoloTarget:
         self._x = _tensor(frame, device)[None]
 
     def points(self) -> Sequence[tuple[int, str]]:
-        """Every split point: head = layers [0, k), named by its last layer."""
-        return [(p.index, f'layer {p.index - 1}') for p in self._split.points]
+        """Every split point: head = layers [0, k), named ``k`` (``split_point``, options)."""
+        return [(p.index, str(p.index)) for p in self._split.points]
 
     def whole(self) -> None:
         """Run the unsplit network."""

@@ -114,3 +114,54 @@ def test_a_learned_option_without_a_measured_bottleneck_is_refused(tmp_path: Pat
     with pytest.raises(ConfigError, match='two tiers'):
         split_figures([f'{ARCH}@640:body.2/body.3:bottleneck'], robot, cloud, {ARCH: path},
                       middle=devices['laptop_cpu'])
+
+
+def test_the_edge_detector_splits_to_the_middle_device_from_its_own_size_s_file() -> None:
+    devices = load_devices(default_devices_file())
+    robot, middle = devices['raspberry_pi_5'], devices['laptop_cpu']
+    names = ['yolov8n-shapes@320:4/end:int8+zstd', 'yolov8n-shapes@640:4/end:int8+zstd']
+    figs = split_figures(names, robot, devices['h200_server'], middle=middle)
+    small, large = (figs[n] for n in names)
+    assert small.edge and large.edge and not small.to_cloud
+    assert default_payloads_file('yolov8n-shapes', 320).name == 'yolov8n-shapes@320.yaml'
+    points, _ = load_payloads(default_payloads_file('yolov8n-shapes', 320))
+    assert list(points)[:3] == ['1', '2', '3']  # k, as split_point names it
+    assert small.payload_bytes == points['4']['int8+zstd'][0] < large.payload_bytes
+    # yolov8n-shapes takes yolov8n's times; head and tail add up to about the whole model.
+    head, tail = robot.split_time_ms('yolov8n-shapes', 320, '4') or (0.0, 0.0)
+    assert (head, tail) == robot.split_time_ms('yolov8n', 320, '4')
+    assert 0.5 < (head + tail) / (robot.inference_time_ms('yolov8n', 320) or 1) < 1.5
+    assert small.robot_ms == pytest.approx(head + points['4']['int8+zstd'][1])
+    assert small.middle_ms == pytest.approx(points['4']['int8+zstd'][2] + middle.split_time_ms(
+        'yolov8n', 320, '4')[1])  # type: ignore[index]
+    assert small.map_loss == 0.0 and small.server_ms == 0.0
+
+
+@pytest.mark.parametrize('name, error', [
+    ('yolov8n-shapes@320:4:int8+zstd', 'between the robot and an edge computer only'),
+    ('yolov8n-shapes@320:2/4:int8+zstd', 'between the robot and an edge computer only'),
+    ('yolov8n-shapes@480:4/end:int8+zstd', 'cannot read split payload figures'),
+    ('yolov8n-shapes@320:99/end:int8+zstd', 'not a split point'),
+])
+def test_edge_detector_options_that_cannot_run_are_refused(name: str, error: str) -> None:
+    devices = load_devices(default_devices_file())
+    with pytest.raises(ConfigError, match=error):
+        split_figures([name], devices['raspberry_pi_5'], devices['h200_server'],
+                      middle=devices['laptop_cpu'])
+
+
+def test_a_payload_file_measured_at_another_size_is_refused(tmp_path: Path) -> None:
+    devices = load_devices(default_devices_file())
+    text = default_payloads_file('yolov8n-shapes', 640).read_text(encoding='utf-8')
+    (tmp_path / 'yolo.yaml').write_text(text, encoding='utf-8')
+    with pytest.raises(ConfigError, match='measured yolov8n-shapes@640, not '
+                                          'yolov8n-shapes@320'):
+        split_figures(['yolov8n-shapes@320:4/end:int8+zstd'], devices['raspberry_pi_5'],
+                      devices['h200_server'], {'yolov8n-shapes': tmp_path / 'yolo.yaml'},
+                      middle=devices['laptop_cpu'])
+    (tmp_path / 'odd.yaml').write_text(text.replace('family: yolo', 'family: ssd'),
+                                       encoding='utf-8')
+    with pytest.raises(ConfigError, match="family 'ssd'"):
+        split_figures(['yolov8n-shapes@640:4/end:int8+zstd'], devices['raspberry_pi_5'],
+                      devices['h200_server'], {'yolov8n-shapes': tmp_path / 'odd.yaml'},
+                      middle=devices['laptop_cpu'])

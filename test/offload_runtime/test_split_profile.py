@@ -137,6 +137,8 @@ def test_the_yolo_profile_covers_every_layer_split(yolo_config_dir: str) -> None
     profile = run_profile(str(YOLO_MODEL), None, options)
     assert profile.model == 'yolov8n-shapes@64' and profile.family == 'yolo'
     assert [p.index for p in profile.points] == list(range(1, 23))
+    # named by k, as split options (model@imgsz:k/end:encoding) and split_point name them
+    assert [p.name for p in profile.points] == [str(k) for k in range(1, 23)]
     first = profile.points[0]  # layer 0: 16 channels at stride 2
     assert first.fp32_bytes == 16 * 32 * 32 * 4
     assert profile.frame == (64, 64)
