@@ -207,7 +207,10 @@ class Decision(JsonRecord):
         reason: Why the policy chose this, for humans.
         unmet: The user's bounds no option met, comma-separated (``energy budget``,
             ``accuracy floor``, ``cloud spend cap``, ``deadline``); empty when all are met.
-        split: On the split route, the split option (``arch@imgsz:point:encoding``).
+        split: On the split route, the split option (``arch@imgsz:point:encoding``); on the
+            edge route, a split of the edge detector (``model@imgsz:k/end:encoding``) that the
+            robot's split head runs to layer ``k``, its tail on an edge computer running the
+            rest; empty: the whole edge detector (or a head's own ``split_point``).
     """
 
     SCHEMA = 'adaptive_offload/Decision'
@@ -261,7 +264,9 @@ class InferenceReport(JsonRecord):
         source: ``edge`` or ``cloud``.
         status: ``ok``, ``skipped`` (not routed to this source), ``dropped`` (never
             processed), ``refused`` (its stamp repeated or went back: the report concerns the
-            refused frame, not the earlier frame with that key) or ``failed``.
+            refused frame, not the earlier frame with that key), ``forwarded`` (a split
+            detector's head ran its layers and sent the rest on: its tail, another source,
+            answers) or ``failed``.
         reason: Why it was dropped or failed; empty when ok.
         model: Model used.
         imgsz: Input size used.
@@ -279,6 +284,10 @@ class InferenceReport(JsonRecord):
         breaker: Circuit breaker state after the frame (cloud only).
         encode_ms: Robot time to make the image request (cloud only: conversion, resize, JPEG
             encode), charged as robot compute; a split request's is in its ``inference_ms``.
+            A split head's ``forwarded`` report gives its wire encode here too.
+        split: The edge detector's split option this frame ran on
+            (``model@imgsz:k/end:encoding``, :mod:`adaptive_offload.split_option`): on its
+            head's ``forwarded`` report and on its tail's answer; empty otherwise.
     """
 
     SCHEMA = 'adaptive_offload/InferenceReport'
@@ -301,6 +310,7 @@ class InferenceReport(JsonRecord):
     breaker: str = ''
     queue_ms: float = 0.0
     encode_ms: float = 0.0
+    split: str = ''
 
 
 @dataclass(frozen=True)
@@ -333,6 +343,7 @@ class FrameRecord(JsonRecord):
             fixed-route baselines).
         agreement_samples: Edge/cloud agreement samples the manager had taken when the frame
             ended (every edge model together; one per frame both sides answered).
+        split: The split option of the decision applied (``Decision.split``); empty if none.
     """
 
     SCHEMA = 'adaptive_offload/FrameRecord'
@@ -356,6 +367,7 @@ class FrameRecord(JsonRecord):
     precision: float | None = None
     edge_map_estimate: float | None = None
     agreement_samples: int = 0
+    split: str = ''
 
     @property
     def dropped(self) -> bool:

@@ -28,7 +28,7 @@ from fault_injection.fault_measures import FaultMeasure, measure
 from fault_injection.fault_proxy import FaultProxy
 from fault_injection.processes import CpuHogs, pid_listening_on
 from fault_injection.scenario import (Announcer, load_scenario, NETWORK_KINDS, PROCESS_KINDS,
-                                      refuse_service_kinds, Scenario)
+                                      refuse_lan_kinds, refuse_service_kinds, Scenario)
 
 OBEYED_KINDS = frozenset({'edge_stall', 'manager_death'})
 _SIGNALS = {('service_stop', 'start'): signal.SIGSTOP, ('service_stop', 'end'): signal.SIGCONT,
@@ -58,6 +58,7 @@ class Rehearsal:
                  proxy_upstream: tuple[str, int] | None = None, service_port: int = 0,
                  kill: Callable[[int, int], None] = os.kill) -> None:
         refuse_service_kinds(scenario, 'health_monitor')
+        refuse_lan_kinds(scenario, 'health_monitor')
         kinds = scenario.kinds()
         if kinds & NETWORK_KINDS and (proxy_listen is None or proxy_upstream is None):
             raise ConfigError(f'scenario {scenario.name!r} has network faults: set '

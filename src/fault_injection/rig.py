@@ -22,8 +22,8 @@ from adaptive_offload.errors import ConfigError
 from adaptive_offload.inference_transport import InferenceTransport
 from fault_injection.client_faults import FaultInjectingTransport
 from fault_injection.processes import CpuHogs, ServiceProcess
-from fault_injection.scenario import (NETWORK_KINDS, PROCESS_KINDS, refuse_service_kinds,
-                                      Scenario)
+from fault_injection.scenario import (NETWORK_KINDS, PROCESS_KINDS, refuse_lan_kinds,
+                                      refuse_service_kinds, Scenario)
 from rcnn_service.service import ServiceConfig
 
 NETWORK_MODES = ('client', 'proxy', 'netns')
@@ -55,6 +55,7 @@ class FaultRig:
         if network not in NETWORK_MODES:
             raise ConfigError(f'injector {network!r} (known: {", ".join(NETWORK_MODES)})')
         refuse_service_kinds(scenario, 'fault rig')
+        refuse_lan_kinds(scenario, 'fault rig')
         self.scenario = scenario
         self.network = network
         self.sleep = sleep

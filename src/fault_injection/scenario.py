@@ -42,6 +42,7 @@ FAULT_KINDS: dict[str, dict[str, float | None]] = {
     'cloud_outage': {},
     'latency': {'delay_ms': None, 'jitter_ms': 0.0},
     'bandwidth': {'mbps': None},
+    'lan_bandwidth': {'mbps': None},  # sim: the robot-to-edge-computer LAN (split routes)
     'loss': {'probability': None},
     'corruption': {'probability': 1.0},
     'cpu_contention': {'slowdown': 2.0},  # edge inference takes this many times longer
@@ -59,6 +60,8 @@ SERVICE_KINDS = frozenset({'replica_crash', 'zone_outage'})
 """Faults of a replicated service: only the fleet simulation has replicas to fail."""
 INSTANT_KINDS = frozenset({'replica_crash'})
 """Faults that happen at their start and take no duration_s."""
+LAN_KINDS = frozenset({'lan_bandwidth'})
+"""Faults of the robot's LAN to its edge computer: only the simulator models that link."""
 
 
 def refuse_service_kinds(scenario: Scenario, where: str) -> None:
@@ -72,6 +75,19 @@ def refuse_service_kinds(scenario: Scenario, where: str) -> None:
         raise ConfigError(f'{where}: scenario {scenario.name!r} has {", ".join(sorted(found))}, '
                           'which only the fleet simulation plays (evaluate --mode sim '
                           '--robots N --replicas R)')
+
+
+def refuse_lan_kinds(scenario: Scenario, where: str) -> None:
+    """Raise if ``scenario`` has faults of the robot's LAN, which only the simulator plays.
+
+    Raises:
+        ConfigError: Naming the kinds and where they can run.
+    """
+    found = scenario.kinds() & LAN_KINDS
+    if found:
+        raise ConfigError(f'{where}: scenario {scenario.name!r} has {", ".join(sorted(found))}, '
+                          'which only the simulator plays (evaluate --mode sim): live, throttle '
+                          'the link with tc')
 
 
 @dataclass(frozen=True)
@@ -253,7 +269,7 @@ def parse_scenario(data: Any, source: str = 'scenario', base: Path | None = None
                 params[name] = default
         if params.get('probability', 0.5) > 1 or any(v < 0 for v in params.values()):
             raise ConfigError(f'{where}: parameters must be >= 0 (probabilities <= 1)')
-        if kind == 'bandwidth' and params['mbps'] <= 0:
+        if kind in ('bandwidth', 'lan_bandwidth') and params['mbps'] <= 0:
             raise ConfigError(f'{where}: mbps must be > 0')
         if kind == 'cpu_contention' and params['slowdown'] < 1:
             raise ConfigError(f'{where}: slowdown must be >= 1')

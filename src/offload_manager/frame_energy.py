@@ -1,7 +1,9 @@
 """Robot energy of each frame, put on its record: measured where a reader works, else modelled.
 
 The manager keeps what each frame cost from the workers' reports (edge inference, split
-head or JPEG encode time, bytes sent and received). When the frame ends, the modelled energy
+head or JPEG encode time, bytes sent and received; an edge detector's split head reports
+``forwarded`` with its layers, encode and bytes, and its tail's answer, computed on another
+device, costs the robot only the reply). When the frame ends, the modelled energy
 comes from the robot's device profile: that work, plus idle power over the time since the
 newest frame that ended before it (its camera period), so over a run the records add up to
 what a reader would measure; with a working reader (RAPL, NVML, battery) the energy measured
@@ -17,6 +19,7 @@ from typing import Any
 from adaptive_offload.datatypes import InferenceReport
 from adaptive_offload.split_option import SPLIT_PREFIX
 from offload_manager.energy import EnergyModel, MeasuredEnergy
+from offload_manager.frame_outcomes import FORWARDED
 from offload_manager.observations import REPLY_BYTES
 
 
@@ -45,10 +48,14 @@ class FrameEnergy:
     def report(self, report: InferenceReport) -> None:
         """Remember what the report says the frame cost (a failed request sent its bytes)."""
         model = self._model
-        if model is None or report.status not in ('ok', 'failed'):
+        if model is None or report.status not in ('ok', 'failed', FORWARDED):
             return
         cost: dict[str, float] = {}
-        if report.source == 'cloud':
+        if report.status == FORWARDED:  # the robot's split head: its layers, encode and radio
+            cost['head_ms'] = report.inference_ms + report.encode_ms
+            if report.bytes_sent:
+                cost['bytes'] = report.bytes_sent
+        elif report.source == 'cloud':
             if report.bytes_sent:
                 cost['bytes'] = report.bytes_sent
             if report.status == 'ok':
@@ -57,6 +64,8 @@ class FrameEnergy:
                 cost['head_ms'] = report.inference_ms
             elif report.encode_ms > 0:  # the robot encoded the frame
                 cost['encode_ms'] = report.encode_ms
+        elif report.status == 'ok' and report.split:  # a tail elsewhere: the robot receives
+            cost['replied'] = 1.0
         elif report.status == 'ok':
             cost['edge_ms'] = report.inference_ms
         if not cost:

@@ -9,6 +9,7 @@ from adaptive_offload.admission import StampGate
 from adaptive_offload.datatypes import Decision, DetectionSet, FrameRecord, InferenceReport, Route
 
 CLOUD = 'cloud'
+FORWARDED = 'forwarded'  # a split head's report: its tail, another source, answers the frame
 NO_RESULT = 'no_result'  # the drop reason of a frame no source answered or reported on
 HEDGE_GUARD_MS = 25.0  # longer than the manager node's 20 ms tick
 
@@ -39,6 +40,7 @@ class _Pending:
     results: dict[str, tuple[DetectionSet, int]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     reported: set[str] = field(default_factory=set)
+    forwarded: set[str] = field(default_factory=set)  # split heads that passed it on
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -46,7 +48,11 @@ class _Pending:
         return self.arrival_ns + int(self.decision.deadline_ms * 1e6)
 
     def answered(self) -> bool:
-        return self.expected <= set(self.results) | set(self.failures) and \
+        settled = set(self.results) | set(self.failures)
+        # A split head's frame is answered by its tail: once that (another expected source,
+        # or the head's own name where both share one) has a result or a failure.
+        tails = not self.forwarded <= settled and not settled & (self.expected - self.forwarded)
+        return self.expected <= settled | self.forwarded and not tails and \
             self.probing <= set(self.results) | self.reported
 
 
@@ -126,6 +132,9 @@ class Arbiter:
     def add_report(self, report: InferenceReport) -> None:
         """Attach a source's report; a non-ok report marks that source as failed.
 
+        A split head's ``forwarded`` report is neither: the frame waits for its tail's answer
+        (or failure), which another expected source reports.
+
         A ``refused`` report is about another frame that repeated this key (the arbiter drops
         that one itself on arrival), so it never touches the pending frame.
         """
@@ -137,7 +146,9 @@ class Arbiter:
                 self.orphans += 1
             return
         entry.reported.add(report.source)
-        if report.status != 'ok':
+        if report.status == FORWARDED:  # no answer of its own, and no failure either
+            entry.forwarded.add(report.source)
+        elif report.status != 'ok':
             entry.failures[report.source] = report.reason or report.status
         elif report.reason:
             entry.notes.append(f'{report.source}: {report.reason}')
@@ -205,7 +216,7 @@ class Arbiter:
             'index': entry.index, 'stamp_ns': entry.stamp_ns, 'frame_id': entry.frame_id,
             'route': decision.route.value, 'sources': sorted(entry.results),
             'deadline_ms': decision.deadline_ms, 'decision_seq': decision.seq,
-            'reason': '; '.join(notes)}
+            'reason': '; '.join(notes), 'split': decision.split}
         if chosen is None:
             return Outcome(FrameRecord(**common, drop_reason=drop_reason), None)
         dets = chosen[0]

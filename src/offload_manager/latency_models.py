@@ -113,6 +113,11 @@ class SlidingQuantiles:
         self._sum -= old
         self._logs = None
 
+    @property
+    def newest_s(self) -> float | None:
+        """When the newest sample was taken, or None without samples."""
+        return self._order[-1][0] if self._order else None
+
     def mean(self) -> float | None:
         """Mean of the window, or None without samples."""
         return self._sum / len(self._order) if self._order else None

@@ -20,6 +20,9 @@ from offload_manager.manager_config import (ADAPTIVE, default_devices_file, fram
 from offload_manager.policies import create_policy
 from offload_manager.policy import Plan, Policy
 
+ARRIVALS_KEPT = 512
+"""Frames whose arrival the manager remembers, to time the answers of split tails."""
+
 __all__ = ['ADAPTIVE', 'default_devices_file', 'frame_energy', 'LIVE', 'ManagerConfig',
            'OffloadManager', 'PARAMETERS']
 
@@ -63,6 +66,7 @@ class OffloadManager:
         self._battery = BatteryReader() if config.energy_reader == 'battery' else None
         self._energy = frame_energy(config, self._battery)
         self._ended: list[Outcome] = []  # frames refused on arrival, until the next poll
+        self._arrived: dict[tuple[int, str], int] = {}  # the newest frames' arrival times
 
     def reconfigure(self, values: Mapping[str, Any]) -> ManagerConfig:
         """Apply parameters set at runtime; the next decision (issued at the next tick) shows them.
@@ -192,6 +196,9 @@ class OffloadManager:
         decision = self._in_force(now_ns)
         outcome = self._arbiter.frame_arrived(stamp_ns, frame_id, now_ns, decision)
         if outcome is None:
+            self._arrived[(stamp_ns, frame_id)] = now_ns
+            while len(self._arrived) > ARRIVALS_KEPT:
+                self._arrived.pop(next(iter(self._arrived)))
             return None
         [annotated] = self._annotate([outcome], now_ns)
         self._policy.observe_record(annotated.record)
@@ -226,8 +233,18 @@ class OffloadManager:
             self._battery.update(sample.voltage_v, sample.current_a, now_ns)
 
     def on_report(self, report: InferenceReport, now_ns: int = 0) -> None:
-        """Take a source's report of what it did with a frame."""
-        self._policy.observe_report(report)
+        """Take a source's report of what it did with a frame.
+
+        A split's tail (an answer naming its ``split``) timed only its own part: the policy
+        learns the route's latency from the frame's arrival here to now.
+        """
+        arrived = self._arrived.get((report.stamp_ns, report.frame_id)) \
+            if report.split and report.status == 'ok' else None
+        if arrived is not None and now_ns > arrived:
+            timed = dataclasses.replace(report, total_ms=(now_ns - arrived) / 1e6)
+            self._policy.observe_report(timed)
+        else:
+            self._policy.observe_report(report)
         self._energy.report(report)
         self._arbiter.add_report(report)
 

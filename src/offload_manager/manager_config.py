@@ -63,7 +63,9 @@ PARAMETERS = (
                   'arch@imgsz:point:encoding split routes the adaptive policies may choose '
                   '(cloud_bridge runs their heads: give it the same list); [""]: none. '
                   'arch@imgsz:i/j:encoding: three tiers, the middle device runs [i, j) '
-                  '(j end: the rest; cloud_bridge sends them via its split_middle_url).'),
+                  '(j end: the rest; cloud_bridge sends them via its split_middle_url). '
+                  'model@imgsz:k/end:encoding of the edge model: its split head on the robot '
+                  'runs [0, k), its tail on the middle device the rest (an edge route).'),
     ParameterSpec('split_middle_device', '',
                   'Device profile of the middle tier (an edge computer on the LAN) of '
                   'three-tier split options; empty: none.'),

@@ -150,7 +150,10 @@ class Observations:
             self._edge_answers.append(True)
             self._edge_waiting_s = None
             self._edge_recent_ms.append(report.total_ms)
-            self.book.add(f'edge:{report.model}@{report.imgsz}', report.total_ms, self.now_s)
+            # A split's answer is timed by the manager from the frame's arrival: its own route.
+            series = f'edge:{report.split}' if report.split else \
+                f'edge:{report.model}@{report.imgsz}'
+            self.book.add(series, report.total_ms, self.now_s)
             self._edge_meta[report.stamp_ns] = (report.model, report.imgsz)
             _bound(self._edge_meta)
             self._confide(report.stamp_ns)

@@ -79,11 +79,22 @@ class _ObservingPolicy:
                 if i == 0:  # the edge model does not matter on the cloud route
                     out.append(Option(Route.CLOUD, model, int(imgsz), q))
         if self.chooses_splits:
-            d = self.settings.defaults
-            out += [Option(Route.SPLIT, d.edge_model, d.edge_imgsz, d.jpeg_quality, split)
-                    for split in self.settings.splits]
+            out += [self.split_option(split) for split in self.settings.splits]
         self._options = out
         return out
+
+    def split_option(self, name: str) -> Option:
+        """Return the option of split ``name``: the split route, or the edge detector's split.
+
+        The edge detector's (figures ``edge``) is an edge route that names its model and size;
+        the cloud model's is the split route at the parameters' edge model and quality.
+        """
+        fig = self.settings.splits[name]
+        if fig.edge:
+            return Option(Route.EDGE, fig.spec.arch, fig.spec.imgsz,
+                          min(self.settings.qualities), name)
+        d = self.settings.defaults
+        return Option(Route.SPLIT, d.edge_model, d.edge_imgsz, d.jpeg_quality, name)
 
     def default_option(self) -> Option:
         """Return the option the parameters describe (used until something is measured)."""
@@ -229,6 +240,8 @@ class PredictivePolicy(_ObservingPolicy):
         if unmet:
             why += '; gave way: ' + ', '.join(unmet)
         plan = self.probing_plan(best.option, why, ', '.join(unmet))
+        if plan.route is Route.CLOUD and plan.probe_every:
+            plan = _probe_edge_split(plan, estimates, s.epsilon)
         if plan.probe_every and plan.route is Route.EDGE:
             if self._confirming():
                 plan = replace(plan, probe_every=1,
@@ -292,6 +305,25 @@ class PredictivePolicy(_ObservingPolicy):
             max(0.0, spend / s.spend_cap_usd_h - 1) if s.spend_cap_usd_h else 0.0,
             max(0.0, e.p_miss / s.epsilon - 1),
         )
+
+
+def _probe_edge_split(plan: Plan, estimates: list[Estimate], epsilon: float) -> Plan:
+    """Return a cloud ``plan`` whose edge probes run the edge option it would come back to.
+
+    That is the edge-route option in time (P(miss) within ``epsilon``) of least energy, else
+    the least late. Only an edge detector's split needs it: a split's latency is learnt from
+    its own answers, and without probes the ones of a slow spell (a LAN drop) would hold it off
+    for good; a whole edge model is probed as the plan names it.
+    """
+    edge = [e for e in estimates if e.option.route is Route.EDGE]
+    if not edge:
+        return plan
+    back = min(edge, key=lambda e: (e.p_miss > epsilon, e.p_miss if e.p_miss > epsilon
+                                    else e.energy_j)).option
+    if not back.split:
+        return plan
+    return replace(plan, split=back.split, edge_model=back.edge_model,
+                   edge_imgsz=back.edge_imgsz)
 
 
 class WeightedScorePolicy(_ObservingPolicy):

@@ -16,10 +16,16 @@ middle device, so choosing one first would leave the cloud unknown for good.
 A split request's report names its option as ``model = "split:<option>"`` and gives the
 robot's head and encode time as ``inference_ms`` (``offload_manager.frame_energy`` charges
 it as compute).
+
+The edge detector's split (``<model>@<imgsz>:<k>/end:<encoding>``, figures ``edge``) is an edge
+route: the robot's head to ``k``, the LAN, the middle device's tail. Its latency is measured
+from its answers (the manager times them from the frame's arrival), probes included, and the
+profiles' until then; its accuracy is the edge model's, and it needs no cloud.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 from adaptive_offload.datatypes import InferenceReport, Route
@@ -28,6 +34,13 @@ from offload_manager.latency_models import tail_probability
 from offload_manager.observations import (EnergyModelLike, Estimate, Observations, Option,
                                           REPLY_BYTES)
 from offload_manager.split_figures import SplitFigures
+
+
+SPLIT_RETRY_S = 30.0
+"""An edge detector's split left this long ago is estimated from its profile again. Only its
+own answers measure it (its probes run while the cloud route probes the edge), so after a slow
+spell of the LAN its late samples would otherwise hold it off for good; a LAN still slow costs
+the frames of one retry, about half a second's."""
 
 
 class SplitObservations(Observations):
@@ -41,8 +54,30 @@ class SplitObservations(Observations):
 
     def __init__(self, energy: EnergyModelLike, splits: Mapping[str, SplitFigures],
                  **kwargs: object) -> None:
-        super().__init__(energy, **kwargs)  # type: ignore[arg-type]
         self.splits = dict(splits)
+        self._lan_slowdown = 1.0
+        super().__init__(energy, **kwargs)  # type: ignore[arg-type]
+
+    def prepare(self) -> None:
+        """See :meth:`Observations.prepare`; also what the edge detector's splits share.
+
+        They share the LAN and the middle device: the newest measured one's latency over its
+        profile's scales the others' profiles (a slow LAN shows on all of them at once). One
+        left :data:`SPLIT_RETRY_S` ago forgets its samples, to be tried again by its profile.
+        """
+        super().prepare()
+        self._lan_slowdown, newest = 1.0, -math.inf
+        for name, fig in self.splits.items():
+            series = self.book.get(f'edge:{name}') if fig.edge else None
+            taken = series.newest_s if series is not None else None
+            if series is None or taken is None:
+                continue
+            if self.now_s - taken > SPLIT_RETRY_S:
+                series.keep_newest(0)
+            elif taken > newest and fig.before_wan_ms > 0:
+                newest = taken
+                self._lan_slowdown = max(1.0, (series.quantile(0.5) or 0.0) /
+                                         fig.before_wan_ms)
 
     def observe_report(self, report: InferenceReport) -> None:
         """Learn from a worker report; a split request's as the JPEG request it stands for."""
@@ -55,7 +90,35 @@ class SplitObservations(Observations):
         """See :meth:`Observations.estimate`; split options as the module says."""
         if option.route is Route.SPLIT:
             return self._split_estimate(option, deadline_ms)
+        if option.split:
+            return self._edge_split_estimate(option, deadline_ms)
         return super().estimate(option, deadline_ms)
+
+    def _edge_split_estimate(self, option: Option, deadline_ms: float) -> Estimate | None:
+        """Estimate the edge detector split between robot and middle device (an edge route).
+
+        Its latency is measured (the frames it answered, arrival to answer), else the
+        profiles' (head, encode, LAN, the middle device's decode and tail); it misses when
+        late or when the edge does not answer; its accuracy is the
+        edge model's own (a split's boxes are the unsplit model's, :data:`EDGE_SPLIT_MAP_LOSS`);
+        the robot pays its head, encode and radio, and its idle power; nothing is billed.
+        """
+        fig = self.splits.get(option.split)
+        if fig is None:
+            return None
+        series = self.book.get(f'edge:{option.split}')
+        measured = series.mean() if series is not None else None
+        prior = fig.before_wan_ms * self._lan_slowdown
+        latency = prior if measured is None else measured
+        p_late = tail_probability(series, deadline_ms, prior_ms=prior)
+        if p_late is None:
+            return None
+        p_miss = 1.0 - self._edge_up * (1.0 - p_late)
+        energy = self.energy.joules(fig.robot_ms, fig.payload_bytes, REPLY_BYTES,
+                                    self.period_ms)
+        accuracy = max(0.0, self.accuracy.edge(option.edge_model, option.edge_imgsz) -
+                       fig.map_loss)
+        return Estimate(option, p_miss, energy, accuracy, 0.0, latency)
 
     def _observe_split(self, report: InferenceReport) -> None:
         """Learn from a split request's report, as the JPEG request it stands in for.

@@ -11,8 +11,7 @@
 
 from __future__ import annotations
 
-from adaptive_offload.datatypes import Route
-from offload_manager.observations import Estimate, Observations, Option
+from offload_manager.observations import Estimate, Observations
 from offload_manager.policy import Plan, PolicySettings
 from offload_manager.predictive import _ObservingPolicy, WeightedScorePolicy
 
@@ -50,8 +49,7 @@ class StaticSplitPolicy(_ObservingPolicy):
         if self._plan is None:
             s = self.settings
             best = min(s.splits, key=lambda name: profile_latency_ms(s, name))
-            d = s.defaults
-            option = Option(Route.SPLIT, d.edge_model, d.edge_imgsz, d.jpeg_quality, best)
+            option = self.split_option(best)
             self._plan = self.to_plan(
                 option, f'{option.key}: best profiled latency '
                         f'{profile_latency_ms(s, best):.0f} ms')

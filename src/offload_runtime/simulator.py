@@ -97,6 +97,9 @@ class Simulation:
         self._parts: dict[int, dict[str, float]] = {}
         self._splits: dict[str, SplitFigures] = {}
         self._head_ms: dict[int, float] = {}  # split frames in flight: the robot's time
+        self._now = 0  # the time of the event under way
+        self._tail_busy = False  # the middle device's tail of the edge detector's split
+        self._tail_pending: tuple[int, Decision, float] | None = None
 
     def _at(self, t_ns: int, kind: str, *payload: object) -> None:
         self.events.at(t_ns, self._step, kind, payload)
@@ -158,6 +161,7 @@ class Simulation:
 
     def _step(self, t: int, kind: str, payload: tuple) -> None:
         """One event of this robot: the manager's tick, the event, the manager's poll."""
+        self._now = t
         issued = self.m.tick(t)
         if issued is not None:
             self._decision = issued
@@ -207,7 +211,9 @@ class Simulation:
             self._report(stamp, 'cloud', 'skipped')
 
     def _start_edge(self, t: int, stamp: int, decision: Decision) -> None:
-        base = self.robot.inference_time_ms(decision.edge_model, decision.edge_imgsz)
+        fig = self._edge_split(decision)
+        base = fig.robot_ms if fig else \
+            self.robot.inference_time_ms(decision.edge_model, decision.edge_imgsz)
         if base is None:
             base = 100.0 * (decision.edge_imgsz / 640) ** 2
         faults = self._faults(t)
@@ -223,15 +229,58 @@ class Simulation:
     def _on_edge_done(self, t: int, _current: Decision, stamp: int, decision: Decision,
                       ms: float) -> None:
         self._edge_busy = False
+        fig = self._edge_split(decision)
+        if fig is not None:  # the head ran: its payload goes over the LAN to the tail
+            head_ms = ms * fig.head_ms / fig.robot_ms if fig.robot_ms else ms
+            self._report(stamp, 'edge', 'forwarded', model=decision.edge_model,
+                         imgsz=decision.edge_imgsz, inference_ms=head_ms,
+                         encode_ms=ms - head_ms, total_ms=ms, bytes_sent=fig.payload_bytes,
+                         split=decision.split)
+            self.result.bytes_sent += fig.payload_bytes
+            lan = route_parts(fig, self._lan(self._faults(t)), self.net.uplink_mbps, 0.0,
+                              lambda nominal, purpose: self._spread(nominal, purpose, stamp))
+            self._at(t + int(lan['lan'] * MS), 'tail_arrived', stamp, decision, lan['middle'])
+        else:
+            self._answer(t, stamp, decision, ms)
+        if self._edge_pending is not None:
+            pending, self._edge_pending = self._edge_pending, None
+            self._start_edge(t, *pending)
+
+    def _answer(self, t: int, stamp: int, decision: Decision, ms: float, **split: Any) -> None:
+        """Publish the edge detector's answer: the robot's, or a split's tail's (middle)."""
         acc = self._accuracy(decision.edge_model, decision.edge_imgsz, stamp)
         self._parts.get(stamp, {})['acc_edge'] = acc
         self.m.on_detections(self._detections(stamp, 'edge', decision.edge_model, acc,
                                               decision.edge_imgsz), t)
         self._report(stamp, 'edge', 'ok', model=decision.edge_model,
-                     imgsz=decision.edge_imgsz, inference_ms=ms, total_ms=ms)
-        if self._edge_pending is not None:
-            pending, self._edge_pending = self._edge_pending, None
-            self._start_edge(t, *pending)
+                     imgsz=decision.edge_imgsz, inference_ms=ms, total_ms=ms, **split)
+
+    def _edge_split(self, decision: Decision) -> SplitFigures | None:
+        """Return the edge detector's split this decision runs, if it names one."""
+        if decision.route is Route.SPLIT or not decision.split:
+            return None
+        fig = self._split(decision.split)
+        return fig if fig.edge else None
+
+    def _on_tail_arrived(self, t: int, _current: Decision, stamp: int, decision: Decision,
+                         ms: float) -> None:
+        """Take a head's payload on the middle device: its tail worker keeps the newest."""
+        if not self._tail_busy:
+            self._tail_busy = True
+            self._at(t + int(ms * MS), 'tail_done', stamp, decision, ms)
+            return
+        if self._tail_pending is not None:
+            self._report(self._tail_pending[0], 'edge', 'dropped', reason='superseded',
+                         split=self._tail_pending[1].split)
+        self._tail_pending = (stamp, decision, ms)
+
+    def _on_tail_done(self, t: int, _current: Decision, stamp: int, decision: Decision,
+                      ms: float) -> None:
+        self._tail_busy = False
+        self._answer(t, stamp, decision, ms, split=decision.split)
+        if self._tail_pending is not None:
+            pending, self._tail_pending = self._tail_pending, None
+            self._on_tail_arrived(t, pending[1], *pending)
 
     def _start_cloud(self, t: int, stamp: int, decision: Decision) -> None:
         faults = self._faults(t)
@@ -314,13 +363,18 @@ class Simulation:
     def _split_parts(self, stamp: int, fig: SplitFigures, faults: dict[str, dict[str, float]],
                      mbps: float, delay_ms: float) -> dict[str, float]:
         """Draw a split frame's legs (:func:`route_parts`) and keep its robot and tier times."""
-        parts = route_parts(fig, self.net, mbps, delay_ms,
+        parts = route_parts(fig, self._lan(faults), mbps, delay_ms,
                             lambda ms, purpose: self._spread(ms, purpose, stamp),
                             faults.get('cpu_contention', {}).get('slowdown', 1.0))
         self._head_ms[stamp] = parts['robot']
         if fig.spec.three_tier:
             self.result.tiers[stamp] = parts
         return parts
+
+    def _lan(self, faults: dict[str, dict[str, float]]) -> NetworkProfile:
+        """Return the links with the LAN's rate as the faults leave it."""
+        mbps = faults.get('lan_bandwidth', {}).get('mbps', math.inf)
+        return self.net if mbps >= self.net.lan_mbps else replace(self.net, lan_mbps=mbps)
 
     def _split(self, name: str) -> SplitFigures:
         """Return a split option's figures on this robot and cloud (read once)."""
@@ -349,7 +403,7 @@ class Simulation:
 
     def _report(self, stamp: int, source: str, status: str, **fields: Any) -> None:
         self.m.on_report(InferenceReport(stamp_ns=stamp, frame_id='camera', source=source,
-                                         status=status, **fields))
+                                         status=status, **fields), self._now)
 
     def _on_wake(self, t: int, _current: Decision) -> None:
         """Nothing but a poll: a frame's deadline passes (the arbiter may publish then)."""

@@ -9,7 +9,7 @@ from cloud_bridge.transport import CloudReply
 from fault_injection.client_faults import FaultInjectingTransport
 from fault_injection.rig import FaultRig
 from fault_injection.scenario import (Announcer, load_scenario, parse_scenario,
-                                      refuse_service_kinds)
+                                      refuse_lan_kinds, refuse_service_kinds)
 from helpers import ManualClock
 import numpy as np
 import pytest
@@ -144,6 +144,19 @@ def test_service_faults_are_instant_or_timed_and_only_a_fleet_plays_them() -> No
                          'here')
     with pytest.raises(ConfigError, match='replica_crash'):
         FaultRig(scenario)
+
+
+def test_a_lan_fault_slows_the_edge_computers_link_and_only_the_simulator_plays_it() -> None:
+    scenario = load_scenario('lan_drop_twice')
+    first, second = scenario.faults
+    assert first.kind == 'lan_bandwidth' and first.params == {'mbps': 2.0}
+    assert first.active(15.0) and not first.active(25.0) and second.active(35.0)
+    with pytest.raises(ConfigError, match='only the simulator plays'):
+        refuse_lan_kinds(scenario, 'here')
+    with pytest.raises(ConfigError, match='lan_bandwidth'):
+        FaultRig(scenario)
+    with pytest.raises(ConfigError, match='mbps must be > 0'):
+        _scenario({'kind': 'lan_bandwidth', 'start_s': 0, 'duration_s': 1, 'mbps': 0})
 
 
 def test_each_start_and_end_is_announced_once_in_time_order() -> None:

@@ -219,3 +219,30 @@ def test_next_due_is_the_first_guard_or_timeout_still_ahead() -> None:
     assert due == 700 * MS and arb.poll(due - 1) == []
     [out] = arb.poll(due)
     assert out.record.drop_reason == 'no_result' and arb.next_due_ns(due) is None
+
+
+def test_a_split_heads_forwarded_frame_waits_for_its_tail_then_ends_by_it() -> None:
+    # The robot's head and the Pi's tail are both edge sources: the head passes the frame on.
+    arb = Arbiter(edge_sources=('robot', 'pi'))
+    arb.frame_arrived(1, 'cam', 0, _decision(Route.EDGE))
+    arb.frame_arrived(2, 'cam', 100 * MS, _decision(Route.EDGE))
+    arb.add_report(_report(1, 'robot', 'forwarded'))
+    arb.add_report(_report(2, 'robot', 'forwarded'))
+    assert arb.poll(20 * MS) == []  # neither a failure nor an answer: the tail answers
+    arb.add_result(_dets(1, 'pi'), 60 * MS)
+    arb.add_report(_report(1, 'pi'))
+    [answered] = arb.poll(61 * MS)
+    assert answered.result.source == 'pi' and answered.record.deadline_met
+    arb.add_report(_report(2, 'pi', 'dropped', 'superseded'))
+    [dropped] = arb.poll(130 * MS)
+    assert dropped.record.drop_reason == 'superseded'  # the tail's reason, not a timeout
+
+
+def test_a_head_and_tail_of_one_name_wait_for_the_tail() -> None:
+    arb = Arbiter()  # the simulator's robot reports both parts as 'edge'
+    arb.frame_arrived(1, 'cam', 0, _decision(Route.EDGE))
+    arb.add_report(_report(1, 'edge', 'forwarded'))
+    assert arb.poll(10 * MS) == []
+    arb.add_report(_report(1, 'edge', 'failed', 'inference_error: x'))
+    [out] = arb.poll(11 * MS)
+    assert out.record.drop_reason == 'inference_error: x'

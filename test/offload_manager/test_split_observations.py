@@ -1,0 +1,143 @@
+"""The edge detector's split (robot head, edge computer tail) as the manager estimates it."""
+
+from __future__ import annotations
+
+from adaptive_offload.datatypes import InferenceReport, Route
+from offload_manager.energy import EnergyModel
+from offload_manager.manager import ManagerConfig, OffloadManager
+from offload_manager.observations import Option, REPLY_BYTES
+from offload_manager.split_observations import SPLIT_RETRY_S, SplitObservations
+import pytest
+
+Y = 'yolov8n-shapes@320'
+SMALL, OTHER = f'{Y}:4/end:int8+zstd', f'{Y}:2/end:int8+zstd'
+
+
+def _config(policy: str = 'predictive', **extra: object) -> ManagerConfig:
+    return ManagerConfig.from_params({
+        'policy': policy, 'device': 'raspberry_pi_5', 'cloud_device': 'h200_server',
+        'split_options': [SMALL, OTHER], 'split_middle_device': 'laptop_cpu',
+        'split_lan_mbps': 100.0, 'split_lan_rtt_ms': 2.0, **extra})
+
+
+def _observations() -> SplitObservations:
+    settings = _config().policy_settings()
+    obs = SplitObservations(settings.energy, settings.splits)
+    obs.prepare()
+    return obs
+
+
+def _answer(obs: SplitObservations, split: str, ms: float, t_s: float) -> None:
+    obs.now_s = t_s
+    obs.observe_report(InferenceReport(stamp_ns=int(t_s * 1e9), source='pi', status='ok',
+                                       model='yolov8n-shapes', imgsz=320, total_ms=ms,
+                                       split=split))
+
+
+def _option(split: str) -> Option:
+    return Option(Route.EDGE, 'yolov8n-shapes', 320, 50, split)
+
+
+def test_an_edge_split_is_estimated_from_its_profiles_until_measured() -> None:
+    obs = _observations()
+    fig = obs.splits[SMALL]
+    assert fig.edge and not fig.to_cloud
+    est = obs.estimate(_option(SMALL), 250.0)
+    assert est is not None and est.latency_ms == pytest.approx(fig.before_wan_ms)
+    assert est.p_miss < 1e-3 and est.cost_usd == 0.0
+    # The robot pays its head, encode and radio; the edge model's accuracy, no cloud prior.
+    assert est.energy_j == pytest.approx(obs.energy.joules(fig.robot_ms, fig.payload_bytes,
+                                                           REPLY_BYTES, obs.period_ms))
+    assert est.accuracy == pytest.approx(obs.accuracy.edge('yolov8n-shapes', 320))
+    late = obs.estimate(_option(SMALL), fig.before_wan_ms / 4)
+    assert late is not None and late.p_miss > 0.9
+
+
+def test_measured_answers_replace_the_profile_and_slow_the_other_splits_too() -> None:
+    obs = _observations()
+    for i in range(30):  # a LAN at 2 Mbit/s: the route takes 300 ms
+        _answer(obs, SMALL, 300.0, i * 0.1)
+    obs.prepare()
+    small = obs.estimate(_option(SMALL), 250.0)
+    assert small is not None and small.latency_ms == pytest.approx(300.0)
+    assert small.p_miss == 1.0
+    # Never measured, the other split shares the LAN and the middle device: as slow.
+    other = obs.estimate(_option(OTHER), 250.0)
+    assert other is not None and other.p_miss > 0.5
+    assert other.latency_ms == pytest.approx(
+        obs.splits[OTHER].before_wan_ms * 300.0 / obs.splits[SMALL].before_wan_ms)
+
+
+def test_a_split_left_long_enough_is_tried_again_from_its_profile() -> None:
+    obs = _observations()
+    for i in range(30):
+        _answer(obs, SMALL, 300.0, i * 0.1)
+    obs.now_s = 2.9 + SPLIT_RETRY_S - 1
+    obs.prepare()
+    held = obs.estimate(_option(SMALL), 250.0)
+    assert held is not None and held.p_miss == 1.0
+    obs.now_s = 2.9 + SPLIT_RETRY_S + 1
+    obs.prepare()
+    retried = obs.estimate(_option(SMALL), 250.0)
+    assert retried is not None and retried.p_miss < 1e-3
+    assert retried.latency_ms == pytest.approx(obs.splits[SMALL].before_wan_ms)
+
+
+def test_predictive_offers_edge_splits_as_edge_routes_and_probes_them_from_the_cloud() -> None:
+    manager = OffloadManager(_config(), executes_split=True)
+    policy = manager._policy
+    options = {o.split: o for o in policy.options() if o.split}
+    assert set(options) == {SMALL, OTHER}
+    assert all(o.route is Route.EDGE and o.edge_imgsz == 320 for o in options.values())
+    decision = manager.tick(0)
+    assert decision is not None and decision.route is Route.EDGE and decision.split == SMALL
+
+
+def test_the_manager_times_a_tails_answer_from_the_frames_arrival() -> None:
+    manager = OffloadManager(_config('edge-only'), executes_split=True)
+    seen: list[InferenceReport] = []
+    manager._policy.observe_report = seen.append  # type: ignore[method-assign]
+    manager.tick(0)
+    assert manager.frame_arrived(7, 'cam', 1_000_000_000) is None
+    tail = InferenceReport(stamp_ns=7, frame_id='cam', source='pi', status='ok',
+                           model='yolov8n-shapes', imgsz=320, total_ms=14.0, split=SMALL)
+    manager.on_report(tail, 1_031_000_000)
+    assert seen[-1].total_ms == pytest.approx(31.0)  # head, LAN and tail, not the tail alone
+    manager.on_report(InferenceReport(stamp_ns=7, frame_id='cam', source='robot',
+                                      status='forwarded', inference_ms=3.0, split=SMALL),
+                      1_004_000_000)
+    assert seen[-1].total_ms == 0.0  # a head's report is not an answer: left as it came
+
+
+def test_an_edge_split_costs_the_robot_its_head_and_radio_not_the_tails_compute() -> None:
+    settings = _config().policy_settings()
+    manager = OffloadManager(_config('edge-only'), executes_split=True)
+    energy: EnergyModel = settings.energy
+    manager.tick(0)
+    for stamp in (1, 2):
+        manager.frame_arrived(stamp, 'cam', stamp * 100_000_000)
+    manager.on_report(InferenceReport(stamp_ns=1, frame_id='cam', source='robot',
+                                      status='forwarded', inference_ms=3.0, encode_ms=1.0,
+                                      bytes_sent=65_000, split=SMALL))
+    manager.on_report(InferenceReport(stamp_ns=1, frame_id='cam', source='pi', status='ok',
+                                      inference_ms=14.0, split=SMALL))
+    outcomes = manager.poll(10**9, final=True)
+    first = next(o for o in outcomes if o.record.stamp_ns == 1)
+    assert first.record.energy_j == pytest.approx(energy.joules(4.0, 65_000, REPLY_BYTES, 0))
+
+
+def test_on_the_cloud_route_edge_probes_run_the_split_it_would_come_back_to() -> None:
+    from offload_manager.observations import Estimate
+    from offload_manager.policy import Plan
+    from offload_manager.predictive import _probe_edge_split
+
+    cloud = Plan(Route.CLOUD, 'yolov8n-shapes', 640, 50, 0, 1, 0.0, '', probe_every=10)
+    whole = Estimate(Option(Route.EDGE, 'yolov8n-shapes', 640, 50), 0.0, 0.70, 47.0, 0.0, 100.0)
+    split = Estimate(_option(SMALL), 0.0, 0.31, 79.0, 0.0, 25.0)
+    slow = Estimate(_option(OTHER), 1.0, 0.30, 79.0, 0.0, 300.0)  # cheaper but late
+    probed = _probe_edge_split(cloud, [whole, split, slow], 0.01)
+    assert probed.route is Route.CLOUD and probed.split == SMALL and probed.edge_imgsz == 320
+    # The whole model in time and cheapest: probed as the plan already names it.
+    cheap_whole = Estimate(Option(Route.EDGE, 'yolov8n-shapes', 640, 50), 0.0, 0.2, 47.0, 0.0,
+                           100.0)
+    assert _probe_edge_split(cloud, [cheap_whole, split], 0.01) == cloud
