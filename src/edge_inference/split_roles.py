@@ -1,19 +1,25 @@
 """The split roles of edge_inference: the detector's head on the robot, its tail on a Pi.
 
 A ``head`` takes camera frames under the decision as the whole detector would (the edge route,
-or a probe), letterboxes each at the decision's size, runs layers ``[0, k)`` and publishes the
-crossing tensors as one :class:`adaptive_offload.split_frame.SplitFrame` (a CompressedImage),
-with its report: ``ok``, the head's time, the bytes sent, no detections. A ``tail`` runs
-whatever arrives: it reads the message within bounds, refuses one from other weights or
-another split point (at ``split_point`` 0 it runs any point the head chose), runs layers
-``[k, end)``, NMS and the box scaling, and publishes the
-detections and its report under its own ``source_name``: to the manager it is one more edge
-source. A bad or refused message gives a ``failed`` report that says why, never an exception.
+or a probe), letterboxes each, runs layers ``[0, k)`` and publishes the crossing tensors as one
+:class:`adaptive_offload.split_frame.SplitFrame` (a CompressedImage). A decision whose
+``split`` names a split option of its own model to the end (``model@imgsz:k/end:encoding``)
+sets k, the wire encoding and the input size of the frame; otherwise its parameters do
+(``split_point``, ``split_encoding``, the decision's size), with a note in the report when the
+decision asked for something else (:mod:`edge_inference.split_choice`). The model is prepared
+at each k as frames need it. Its report is ``forwarded`` (the tail answers the frame): the
+option run as ``split``, the head's time, the encode time, the bytes sent, no detections. A
+``tail`` runs whatever arrives: it reads the message within bounds, refuses one from other
+weights or another split point (at ``split_point`` 0 it runs any point the head chose), runs
+layers ``[k, end)``, NMS and the box scaling, and publishes the detections and its ``ok``
+report, with the message's option as ``split``, under its own ``source_name``: to the manager
+it is one more edge source. A bad or refused message, or a k the model does not have, gives a
+``failed`` report that says why, never an exception.
 
 The message's request parameters (beside V2's ``point`` and sizes, see
 :mod:`adaptive_offload.split_wire`): ``model``, ``weights_sha256``, ``imgsz``,
-``letterbox_scale`` (``y,x``), ``letterbox_pad`` (``top,left``) and ``decision_seq``; tensors
-are named ``layer_<j>`` after the layer that output them.
+``letterbox_scale`` (``y,x``), ``letterbox_pad`` (``top,left``), ``decision_seq`` and
+``split`` (the option name); tensors are named ``layer_<j>`` after the layer that output them.
 """
 
 from __future__ import annotations
@@ -32,10 +38,13 @@ from adaptive_offload.split_request import decode_wire_tensor, SplitRequest
 from adaptive_offload.split_wire import encode_wire_tensor, SplitTensors
 from edge_inference.detector import BackendOptions, class_indices
 from edge_inference.inference import build_edge, EdgeConfig, EdgeCore, reconfigured
+from edge_inference.split_choice import choose
 from edge_inference.split_model import Letterbox, SplitModel
 
-MODEL, WEIGHTS, IMGSZ = 'model', 'weights_sha256', 'imgsz'
+MODEL, WEIGHTS, IMGSZ, SPLIT = 'model', 'weights_sha256', 'imgsz', 'split'
 LETTERBOX_SCALE, LETTERBOX_PAD, DECISION_SEQ = 'letterbox_scale', 'letterbox_pad', 'decision_seq'
+MAX_SPLIT_NAME = 256
+"""Longest ``split`` parameter (the option's name) a tail accepts."""
 MAX_INPUT_SIDE = 4096
 """Longest side of a network input a tail accepts (the ``imgsz`` parameter's maximum)."""
 MAX_FRAME_SIDE = 16384
@@ -118,8 +127,11 @@ class _SplitRole:
 class SplitHead(_SplitRole):
     """Runs layers ``[0, k)`` on camera frames and sends what crosses.
 
+    k, the wire encoding and the input size are the decision's split option's when it names
+    one of this model, else the parameters' (:func:`edge_inference.split_choice.choose`).
+
     Args:
-        config: Parameters (``split_encoding`` says how the tensors travel).
+        config: Parameters (``split_point`` and ``split_encoding`` when no decision sets them).
         model: The detector, prepared at the split point.
         send: Publishes each frame's :class:`SplitFrame`.
         clock: Monotonic nanosecond clock for timings.
@@ -130,44 +142,64 @@ class SplitHead(_SplitRole):
         super().__init__(config, model, clock)
         self._send = send
         self._probes = EveryNth()
+        self._at: dict[int, SplitModel] = {model.point.index: model}
 
     def process(self, msg: Any, decision: Decision,
                 waited_ns: int = 0) -> tuple[DetectionSet | None, InferenceReport]:
         """Run the head on one image message and send its tensors (see :class:`FrameProcessor`).
 
         Returns:
-            No detections (the tail makes them) and the report: the head's time as
-            ``inference_ms``, the message's bytes as ``bytes_sent``.
+            No detections (the tail makes them) and the report: ``forwarded`` with the option
+            run as ``split``, the head's time as ``inference_ms``, the tensors' encoding and
+            the message's making as ``encode_ms``, the message's bytes as ``bytes_sent``;
+            ``failed`` (a k the model does not have names the valid ones) or ``skipped``.
         """
         start = self._clock()
         report = self._report(msg, decision.seq)
         if not decision.route.uses_edge and not self._probes.pick(decision.probe_every):
             return None, replace(report, status='skipped', reason=f'route={decision.route.value}')
         config = self.config
-        imgsz = decision.edge_imgsz if decision.edge_imgsz > 0 else config.imgsz
-        note = '' if decision.edge_model in ('', config.model_name) else \
-            f'model {decision.edge_model} not split here; used {config.model_name}'
-        report = replace(report, imgsz=imgsz, reason=note)
+        choice = choose(decision, config)
+        option = choice.option(config.model_name)
+        report = replace(report, imgsz=choice.imgsz, reason=choice.note)
         try:
+            model = self._model_at(choice.point, option)
             frame = image_to_frame(msg)
-            x, box = self.model.letterbox(frame.image, imgsz)
+            x, box = model.letterbox(frame.image, choice.imgsz)
             head_start = self._clock()
-            crossing = self.model.head(x)
-            head_ms = self._ms_since(head_start)
-            tensors = tuple(encode_wire_tensor(tensor_name(j), t, config.split_precision,
-                                               config.split_codec)
+            crossing = model.head(x)
+            encode_start = self._clock()
+            tensors = tuple(encode_wire_tensor(tensor_name(j), t, choice.precision, choice.codec)
                             for j, t in sorted(crossing.items()))
+            split = SplitTensors(model.point.index, box.padded, (box.image,), (box.original,),
+                                 tensors)
+            out = split_frame(frame.stamp_ns, frame.frame_id, split, {
+                MODEL: config.model_name, WEIGHTS: model.weights_sha256, IMGSZ: choice.imgsz,
+                LETTERBOX_SCALE: f'{box.scale[0]!r},{box.scale[1]!r}',
+                LETTERBOX_PAD: f'{box.pad[0]},{box.pad[1]}', DECISION_SEQ: decision.seq,
+                SPLIT: option})
+            encode_end = self._clock()
         except (ConversionError, BackendError) as err:
             return None, self._failed(report, err, start)
-        split = SplitTensors(self.model.point.index, box.padded, (box.image,), (box.original,),
-                             tensors)
-        out = split_frame(frame.stamp_ns, frame.frame_id, split, {
-            MODEL: config.model_name, WEIGHTS: self.model.weights_sha256, IMGSZ: imgsz,
-            LETTERBOX_SCALE: f'{box.scale[0]!r},{box.scale[1]!r}',
-            LETTERBOX_PAD: f'{box.pad[0]},{box.pad[1]}', DECISION_SEQ: decision.seq})
         self._send(out)
-        return None, replace(report, inference_ms=head_ms, total_ms=self._ms_since(start),
-                             bytes_sent=len(out.data))
+        return None, replace(report, status='forwarded', split=option,
+                             inference_ms=(encode_start - head_start) / 1e6,
+                             encode_ms=(encode_end - encode_start) / 1e6,
+                             total_ms=self._ms_since(start), bytes_sent=len(out.data))
+
+    def _model_at(self, point: int, option: str) -> SplitModel:
+        """Return the model prepared at split point ``point``, prepared on first use.
+
+        Raises:
+            ConversionError: ``split_option`` for a point the model does not have (the message
+                names the valid ones).
+        """
+        if point not in self._at:
+            try:
+                self._at[point] = self.model.at(point)
+            except ConfigError as err:
+                raise ConversionError('split_option', f'{option}: {err}') from None
+        return self._at[point]
 
 
 @dataclass(frozen=True)
@@ -179,6 +211,7 @@ class _TailInput:
     letterbox: Letterbox
     imgsz: int
     decision_seq: int
+    split: str
 
 
 class SplitTail(_SplitRole):
@@ -204,10 +237,11 @@ class SplitTail(_SplitRole):
         """Run the tail on one split frame (see :class:`FrameProcessor`).
 
         ``decision`` is not applied: the head obeyed it, and the report carries the sequence
-        number the message names.
+        number and the split option (``split``) the message names.
 
         Returns:
-            The detections (None when the message was refused or failed) and the report.
+            The detections (None when the message was refused or failed) and the report:
+            ``ok``, or ``failed`` saying why.
         """
         start = self._clock()
         report = self._report(msg, -1)
@@ -215,7 +249,8 @@ class SplitTail(_SplitRole):
         try:
             request = read_split_frame(str(msg.format), msg.data, config.split_max_bytes)
             given = self._check(request)
-            report = replace(report, imgsz=given.imgsz, decision_seq=given.decision_seq)
+            report = replace(report, imgsz=given.imgsz, decision_seq=given.decision_seq,
+                             split=given.split)
             tail_start = self._clock()
             raw = given.model.tail(given.crossing)
             dets = given.model.detections(raw, given.letterbox, config.conf, config.iou,
@@ -263,7 +298,8 @@ class SplitTail(_SplitRole):
         crossing = {j: model.tensor(decode_wire_tensor(given[name], bound))
                     for name, j in names.items()}
         return _TailInput(model, crossing, box, _int(params, IMGSZ, 1, MAX_INPUT_SIDE),
-                          _int(params, DECISION_SEQ, -1, 2**63 - 1, default=-1))
+                          _int(params, DECISION_SEQ, -1, 2**63 - 1, default=-1),
+                          _text(params, SPLIT, MAX_SPLIT_NAME))
 
     def _model_at(self, point: int) -> SplitModel:
         """Return the model prepared at a message's split point, if this tail runs it.
@@ -322,6 +358,14 @@ def _int(params: Mapping[str, Any], name: str, low: int, high: int,
     value = params.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise _bad(f'parameter {name} must be an integer within {low}..{high}, got '
+                   f'{str(value)[:40]!r}')
+    return value
+
+
+def _text(params: Mapping[str, Any], name: str, longest: int) -> str:
+    value = params.get(name, '')
+    if not isinstance(value, str) or len(value) > longest:
+        raise _bad(f'parameter {name} must be text of at most {longest} characters, got '
                    f'{str(value)[:40]!r}')
     return value
 

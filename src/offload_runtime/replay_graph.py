@@ -32,7 +32,8 @@ from fault_injection.scenario import EDGE_KINDS, Scenario
 from health_monitor.monitor import HealthConfig, HealthMonitor
 from offload_manager.manager import ADAPTIVE, ManagerConfig, OffloadManager
 from offload_runtime.embedded_service import EmbeddedService, start_middle, with_bottleneck
-from offload_runtime.replay_split import check_tail, split_summary, SplitLink, TAIL
+from offload_runtime.replay_split import (check_tail, edge_splits, split_summary, SplitLink,
+                                          TAIL)
 from offload_runtime.replay_split import tail_values, warm_up
 from rcnn_service.service import ServiceConfig
 
@@ -144,6 +145,9 @@ class ReplayGraph:
                               'the head and its tail')
         manager_cfg = configure('offload_manager', ManagerConfig.from_params,
                                 values('offload_manager'), params_source)
+        # The edge model's splits run in the split head; the bridge's heads run the rest,
+        # checked once the bridge is built.
+        on_edge = edge_splits(manager_cfg.splits(), edge_cfg, _where(params_source))
         health_cfg = configure('health_monitor', HealthConfig.from_params,
                                values('health_monitor'), params_source)
         compressed = input_topic.endswith('/compressed')
@@ -157,7 +161,8 @@ class ReplayGraph:
             head_topic = edge.output('split').resolved(edge.namespace)
             self._tail_cfg = configure(TAIL, EdgeConfig.from_params, tail_values(
                 edge_cfg, values('edge_inference'), overrides.get(TAIL, {}),
-                manager_cfg.edge_sources, head_topic, params_source), params_source)
+                manager_cfg.edge_sources, head_topic, params_source, bool(on_edge)),
+                params_source)
             check_tail(self._tail_cfg, edge_cfg, manager_cfg.edge_sources, head_topic,
                        params_source)
         cloud_values = values('cloud_bridge')
@@ -176,9 +181,8 @@ class ReplayGraph:
         self._split: SplitRoute | None = None
         self.battery_topic = manager_cfg.battery_topic \
             if manager_cfg.energy_reader == 'battery' else ''
-        splits = manager_cfg.splits()
-        # Checked once the cloud bridge is built: its split heads execute these routes.
-        self.manager = OffloadManager(manager_cfg, executes_split=bool(splits))
+        splits = tuple(o for o in manager_cfg.splits() if o not in on_edge)
+        self.manager = OffloadManager(manager_cfg, executes_split=bool(splits or on_edge))
         # Edge stalls and manager death are announced on /health/faults and obeyed, as the
         # nodes of a rehearsal on a robot obey them.
         self.faults = ObeyedFaults(clock)
@@ -215,8 +219,8 @@ class ReplayGraph:
                     if self.service.arch != manager_cfg.cloud_model:
                         # Another architecture serves: its accuracy prior is the one to use.
                         manager_cfg = replace(manager_cfg, cloud_model=self.service.arch)
-                        self.manager = OffloadManager(manager_cfg,
-                                                      executes_split=bool(splits))
+                        self.manager = OffloadManager(manager_cfg, executes_split=bool(
+                            splits or on_edge))
                         self.targets['offload_manager'] = {'*': self.manager,
                                                            'faults': self.faults}
                 token = service.tokens[0] if service.tokens else ''

@@ -17,6 +17,7 @@ from adaptive_offload.datatypes import DetectionSet, InferenceReport
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.frame_worker import FrameWorker, ResultEmitter
 from adaptive_offload.split_frame import SplitFrame
+from adaptive_offload.split_option import parse_spec
 from edge_inference.inference import EdgeConfig
 import numpy as np
 
@@ -25,14 +26,32 @@ TAIL = 'edge_inference_tail'
 parameters in :attr:`offload_runtime.replay_options.ReplayOptions.overrides`."""
 
 
+def edge_splits(options: Sequence[str], edge: EdgeConfig, where: str) -> tuple[str, ...]:
+    """Return the manager's split options of the edge model: the split head runs them.
+
+    The others split the cloud model, whose heads the cloud bridge runs.
+
+    Raises:
+        ConfigError: For options of the edge model without a split head to run them.
+    """
+    found = tuple(o for o in options if parse_spec(o).arch == edge.model_name)
+    if found and edge.split_role != 'head':
+        raise ConfigError(f'{where}offload_manager: split_options {list(found)} split the edge '
+                          f'model {edge.model_name}: edge_inference runs them with split_role '
+                          'head (its tail on the edge computer)')
+    return found
+
+
 def tail_values(head: EdgeConfig, head_values: Mapping[str, Any],
                 tail_overrides: Mapping[str, Any], edge_sources: Sequence[str],
-                head_topic: str, params_source: str) -> dict[str, Any]:
+                head_topic: str, params_source: str, follows: bool = False) -> dict[str, Any]:
     """Return the parameters of a split head's tail, before they are checked.
 
     As ``edge.launch.py`` starts it on a Pi: the same file's ``edge_inference`` values, as a
     tail (``split_role``) of the head's topic (``split_topic``) under its own ``source_name``,
-    here the one manager edge source that is not the head's; then ``tail_overrides``.
+    here the one manager edge source that is not the head's; with ``follows`` (the manager
+    chooses the head's split point) at ``split_point`` 0, following the head; then
+    ``tail_overrides``.
 
     Raises:
         ConfigError: Naming ``offload_manager``'s ``edge_sources`` when they do not name one
@@ -50,7 +69,7 @@ def tail_values(head: EdgeConfig, head_values: Mapping[str, Any],
     return {**head_values, 'split_role': 'tail', 'split_topic': head_topic,
             'source_name': others[0] if source is None else source,
             # A rehearsal's faults are obeyed by the robot's nodes; the Pi's tail is not one.
-            'obey_faults': False, **tail_overrides}
+            'obey_faults': False, **({'split_point': 0} if follows else {}), **tail_overrides}
 
 
 def check_tail(tail: EdgeConfig, head: EdgeConfig, edge_sources: Sequence[str],
@@ -169,19 +188,21 @@ def split_summary(reports: Sequence[InferenceReport], head: EdgeConfig,
     """Summarise a split edge's parts from their reports.
 
     Returns:
-        ``point``, ``encoding``, and for ``head`` and ``tail``: ``source``, ``frames`` (ok,
-        failed or dropped), ``ok``, ``p50_ms`` and ``mean_ms`` (the part's model time, None
-        without), ``total_p50_ms`` and ``failures`` (reason -> count); the head's also
-        ``bytes_p50`` (its message's bytes).
+        ``point`` and ``encoding`` (the head's parameters), and for ``head`` and ``tail``:
+        ``source``, ``frames`` (run, failed or dropped), ``ok`` (run: the head's
+        ``forwarded``, the tail's ``ok``), ``p50_ms`` and ``mean_ms`` (the part's model time,
+        None without), ``total_p50_ms`` and ``failures`` (reason -> count); the head's also
+        ``bytes_p50`` (its message's bytes) and ``splits`` (the split option run -> frames:
+        its parameters', or a decision's).
     """
     out: dict[str, Any] = {'point': head.split_point, 'encoding': head.split_encoding}
-    for part, config in (('head', head), ('tail', tail)):
+    for part, config, ran in (('head', head, 'forwarded'), ('tail', tail, 'ok')):
         mine = [r for r in reports if r.source == config.source_name and
-                r.status in ('ok', 'failed', 'dropped')]
-        ok = [r for r in mine if r.status == 'ok']
+                r.status in (ran, 'failed', 'dropped')]
+        ok = [r for r in mine if r.status == ran]
         failures: dict[str, int] = {}
         for r in mine:
-            if r.status != 'ok':
+            if r.status != ran:
                 failures[r.reason or r.status] = failures.get(r.reason or r.status, 0) + 1
         ms = [r.inference_ms for r in ok]
         out[part] = {
@@ -191,5 +212,9 @@ def split_summary(reports: Sequence[InferenceReport], head: EdgeConfig,
             'total_p50_ms': float(np.median([r.total_ms for r in ok])) if ok else None,
             'failures': dict(sorted(failures.items()))}
         if part == 'head':
+            splits: dict[str, int] = {}
+            for r in ok:
+                splits[r.split] = splits.get(r.split, 0) + 1
             out[part]['bytes_p50'] = int(np.median([r.bytes_sent for r in ok])) if ok else None
+            out[part]['splits'] = dict(sorted(splits.items()))
     return out

@@ -25,7 +25,7 @@ from edge_inference.backends import create_backend
 from edge_inference.detector import BackendOptions
 from edge_inference.inference import EdgeConfig, EdgeInference, launch_argument
 from edge_inference.split_model import SplitModel
-from edge_inference.split_roles import (build_core, DECISION_SEQ, SplitHead, SplitTail,
+from edge_inference.split_roles import (build_core, DECISION_SEQ, SPLIT, SplitHead, SplitTail,
                                         WEIGHTS)
 from edge_inference.ultralytics_backend import prepare_offline
 import numpy as np
@@ -72,11 +72,18 @@ def head_frame(yolo: SimpleNamespace, types: MessageTypes, k: int, image: np.nda
     """Run a head on ``image``; return (the message it published or None, its report)."""
     sent: list[SplitFrame] = []
     head = SplitHead(config(yolo, 'head', k, **values), yolo.models[k], sent.append)
+    return forward(head, sent, types, image, decision)
+
+
+def forward(head: SplitHead, sent: list[SplitFrame], types: MessageTypes, image: np.ndarray,
+            decision: Decision) -> tuple[Any, Any]:
+    """Run ``head`` (sending to ``sent``) on ``image``; return (its message or None, report)."""
+    before = len(sent)
     msg = frame_to_message(types, image, 5_000_000_007, 'cam', 'bgr8')
     dets, report = head.process(msg, decision)
-    assert dets is None and len(sent) <= 1
+    assert dets is None and len(sent) - before <= 1
     port = graph.edge_inference('', False, 'robot', split_role='head').output('split')
-    return (encode_output(types, port, sent[0]) if sent else None), report
+    return (encode_output(types, port, sent[-1]) if len(sent) > before else None), report
 
 
 def decision(imgsz: int = 320, **changes: Any) -> Decision:
@@ -102,6 +109,7 @@ def test_fp32_head_then_tail_gives_the_unsplit_detections_bit_for_bit(
         assert (report.source, report.imgsz, report.decision_seq) == ('pi', imgsz, 4)
         assert report.detections == len(expected) and report.inference_ms > 0
         assert head_report.bytes_sent == len(bytes(msg.data))
+        assert report.split == head_report.split == f'yolov8n-shapes@{imgsz}:{k}/end:fp32+zstd'
 
 
 @pytest.mark.parametrize('encoding', sorted(TOLERANCES))
@@ -138,8 +146,10 @@ def test_the_head_reports_its_time_and_bytes_and_sends_the_frames_header(
     assert request.split.original_sizes == ((480, 640),)
     assert [(t.name, t.datatype) for t in request.split.tensors] == [('layer_4', 'FP16'),
                                                                      ('layer_5', 'FP16')]
-    assert (report.status, report.source, report.detections) == ('ok', 'robot', 0)
-    assert report.inference_ms > 0 and report.total_ms >= report.inference_ms
+    assert params[SPLIT] == 'yolov8n-shapes@320:6/end:fp16+zstd' == report.split
+    assert (report.status, report.source, report.detections) == ('forwarded', 'robot', 0)
+    assert report.inference_ms > 0 and report.encode_ms > 0
+    assert report.total_ms >= report.inference_ms + report.encode_ms
     assert report.bytes_sent == len(bytes(msg.data)) and report.imgsz == 320
     assert report.reason == 'model other not split here; used yolov8n-shapes'
 
@@ -150,7 +160,7 @@ def test_the_head_obeys_the_route_and_its_probes(yolo: SimpleNamespace,
     msg, report = head_frame(yolo, types, 6, image, decision(route=Route.CLOUD))
     assert msg is None and (report.status, report.reason) == ('skipped', 'route=cloud')
     msg, report = head_frame(yolo, types, 6, image, decision(route=Route.CLOUD, probe_every=1))
-    assert msg is not None and report.status == 'ok'
+    assert msg is not None and report.status == 'forwarded'
 
 
 def _reframed(msg: Any, types: MessageTypes, point: int | None = None,
@@ -206,6 +216,76 @@ def test_a_tail_at_point_0_runs_whatever_point_the_head_chose(
     msg, _ = head_frame(yolo, types, 6, image, decision())
     assert _fails(follower, _reframed(msg, types, point=23)).startswith(
         'split_request: split point 23 invalid')
+
+
+def test_the_head_runs_the_split_each_decision_names_and_a_following_tail_answers(
+        yolo: SimpleNamespace, types: MessageTypes) -> None:
+    sent: list[SplitFrame] = []
+    head = SplitHead(config(yolo, 'head', 6), yolo.models[6], sent.append)
+    tail = SplitTail(config(yolo, 'tail', 0), yolo.models[6])
+    image = scene(1)
+    expected = yolo.backend.infer(image, 320, 0.25, 0.7, None, 100)
+    assert expected
+    for option, point, datatype, codec, (box_px, score) in [
+            ('yolov8n-shapes@320:2/end:int8+zstd', 2, 'INT8', 'zstd', TOLERANCES['int8+lz4']),
+            ('yolov8n-shapes@320:4/end:fp16+lz4', 4, 'FP16', 'lz4', TOLERANCES['fp16+zstd'])]:
+        # The decision's own size (640) gives way to the option's.
+        msg, report = forward(head, sent, types, image, decision(640, split=option))
+        assert msg is not None, report.reason
+        assert (report.status, report.split, report.imgsz, report.reason) == (
+            'forwarded', option, 320, '')
+        assert report.inference_ms > 0 and report.encode_ms > 0
+        assert report.bytes_sent == len(bytes(msg.data))
+        request = read_split_frame(msg.format, msg.data, 1 << 26)
+        assert (request.split.point, request.parameters[SPLIT]) == (point, option)
+        assert {(t.datatype, t.compression) for t in request.split.tensors} == {
+            (datatype, codec)}
+        dets, answer = tail.process(msg, Decision.safe_default())
+        assert (answer.status, answer.split, answer.decision_seq) == ('ok', option, 4)
+        assert dets is not None
+        assert [d.class_name for d in dets.detections] == [d.class_name for d in expected]
+        for got, want in zip(dets.detections, expected):
+            assert max(abs(got.x1 - want.x1), abs(got.y1 - want.y1), abs(got.x2 - want.x2),
+                       abs(got.y2 - want.y2)) <= box_px
+            assert abs(got.score - want.score) <= score
+
+
+@pytest.mark.parametrize('option, note', [  # more cases: test_split_choice.py
+    ('yolov8s@320:4/end:int8+zstd', "split 'yolov8s@320:4/end:int8+zstd' is no split of "
+                                    'yolov8n-shapes to end; ran k=6'),
+    ('nonsense', "split 'nonsense' unreadable; ran k=6")])
+def test_a_split_the_head_cannot_follow_runs_its_parameters_and_says_so(
+        yolo: SimpleNamespace, types: MessageTypes, option: str, note: str) -> None:
+    msg, report = head_frame(yolo, types, 6, scene(1), decision(320, split=option))
+    assert msg is not None and read_split_frame(msg.format, msg.data, 1 << 26).split.point == 6
+    assert (report.status, report.reason) == ('forwarded', note)
+    assert report.split == 'yolov8n-shapes@320:6/end:fp16+zstd'
+
+
+@pytest.mark.parametrize('point', [0, 23])
+def test_a_split_point_the_model_lacks_fails_the_frame_naming_the_valid_ones(
+        yolo: SimpleNamespace, types: MessageTypes, point: int) -> None:
+    option = f'yolov8n-shapes@320:{point}/end:int8+zstd'
+    msg, report = head_frame(yolo, types, 6, scene(1), decision(320, split=option))
+    assert msg is None and (report.status, report.split) == ('failed', '')
+    assert report.reason == (f'split_option: {option}: split point {point} invalid: the model '
+                             'has 23 layers, so k must be within 1..22')
+
+
+def test_the_tail_refuses_a_split_name_that_is_not_short_text(
+        yolo: SimpleNamespace, types: MessageTypes) -> None:
+    tail = SplitTail(config(yolo, 'tail', 6), yolo.models[6])
+    msg, _ = head_frame(yolo, types, 6, scene(1), decision())
+    for bad in (7, None, 'x' * 257):
+        assert _fails(tail, _reframed(msg, types, split=bad)).startswith(
+            'split_request: parameter split must be text of at most 256 characters')
+    # An older head's message names no option: the answer names none.
+    request = read_split_frame(msg.format, msg.data, 1 << 26)
+    params = {k: v for k, v in request.parameters.items() if k != SPLIT}
+    port = graph.edge_inference('', False, 'robot', split_role='head').output('split')
+    older = encode_output(types, port, split_frame(5, 'cam', request.split, params))
+    dets, report = tail.process(older, Decision.safe_default())
+    assert dets is not None and (report.status, report.split) == ('ok', '')
 
 
 def _padded(msg: Any, types: MessageTypes, padded: tuple[int, int]) -> Any:

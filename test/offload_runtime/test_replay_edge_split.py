@@ -110,8 +110,10 @@ def test_the_robots_params_file_runs_head_and_tail_and_the_tail_answers_every_fr
     stamps = set(unsplit)
     heads = reports(out, '/robot/edge/telemetry')
     tails = reports(out, '/pi/edge/telemetry')
-    assert {r.stamp_ns for r in heads if r.status == 'ok' and r.bytes_sent > 0} == stamps
-    assert {r.stamp_ns for r in tails if r.status == 'ok'} == stamps
+    option = 'yolov8n-shapes@320:4/end:int8+zstd'  # the head's parameters: no decision's
+    assert {r.stamp_ns for r in heads if r.status == 'forwarded' and r.bytes_sent > 0 and
+            r.split == option} == stamps
+    assert {r.stamp_ns for r in tails if r.status == 'ok' and r.split == option} == stamps
     assert all(r.inference_ms > 0 and r.detections == 0 for r in heads)  # the head's time
     assert all(r.inference_ms > 0 and r.imgsz == 320 for r in tails)  # the tail's time
     split = read(out, '/robot/edge/split')
@@ -120,6 +122,7 @@ def test_the_robots_params_file_runs_head_and_tail_and_the_tail_answers_every_fr
     summary = result.summary['edge_split']
     assert (summary['point'], summary['encoding']) == (4, 'int8+zstd')
     assert (summary['head']['ok'], summary['tail']['ok']) == (FRAMES, FRAMES)
+    assert summary['head']['splits'] == {option: FRAMES}
     assert summary['head']['p50_ms'] > 0 and summary['tail']['p50_ms'] > 0
     assert json.loads(json.dumps(summary)) == summary  # what --json prints
 
@@ -181,3 +184,36 @@ def test_a_split_point_the_model_lacks_is_refused_naming_it(
                                           'invalid'):
         replay(bag, tmp_path / 'out', edge_values(yolo_config_dir, **{**HEAD,
                                                                       'split_point': 99}))
+
+
+CHOSEN = 'yolov8n-shapes@320:2/end:fp16+lz4'
+STATIC = {**MANAGER, 'policy': 'static-split', 'split_options': [CHOSEN],
+          'split_middle_device': 'laptop_cpu', 'device': 'ci_machine'}
+NO_CLOUD = {'url': 'http://127.0.0.1:9'}  # static-split on the edge route never calls it
+
+
+def test_the_head_runs_the_split_the_manager_chose_not_its_parameters(
+        bag: Path, yolo_config_dir: str, tmp_path: Path) -> None:
+    out = tmp_path / 'out'
+    overrides = {'edge_inference': edge_values(yolo_config_dir, **HEAD),
+                 'offload_manager': STATIC, 'cloud_bridge': NO_CLOUD}
+    result = Replay(ReplayOptions(bag=bag, out=out, rate=0.0, overrides=overrides)).run()
+    assert [(r.route, r.result_source, r.split) for r in result.records] == \
+        [('edge', 'pi', CHOSEN)] * FRAMES
+    assert all(r.deadline_met for r in result.records)
+    # k=2 and fp16+lz4 from the decision, not the head's split_point 4 and int8+zstd.
+    heads = reports(out, '/robot/edge/telemetry')
+    assert {(r.status, r.split) for r in heads} == {('forwarded', CHOSEN)}
+    assert {r.split for r in reports(out, '/pi/edge/telemetry')} == {CHOSEN}
+    assert result.summary['edge_split']['head']['splits'] == {CHOSEN: FRAMES}
+
+
+def test_the_edge_models_splits_need_a_split_head(
+        bag: Path, yolo_config_dir: str, tmp_path: Path) -> None:
+    overrides = {'edge_inference': edge_values(yolo_config_dir),
+                 'offload_manager': {**STATIC, 'edge_sources': ['edge']},
+                 'cloud_bridge': NO_CLOUD}
+    with pytest.raises(ConfigError, match='split the edge model yolov8n-shapes: edge_inference '
+                                          'runs them with split_role head'):
+        Replay(ReplayOptions(bag=bag, out=tmp_path / 'out', rate=0.0,
+                             overrides=overrides)).run()

@@ -1,0 +1,86 @@
+"""What a split head runs on one frame: its own parameters, or the decision's split option.
+
+The offload manager may choose the edge detector's split at runtime: a decision then names an
+option ``<model>@<imgsz>:<k>/end:<precision>+<codec>`` (:mod:`adaptive_offload.split_option`)
+in ``Decision.split``. A head follows one that names its own model and a decimal ``k`` to the
+end; anything else (no option, another model, a name that does not parse) leaves it at its
+parameters (``split_point``, ``split_encoding``, the decision's or configured ``imgsz``), with
+a note saying why when the decision asked for something else. Whether the model has ``k`` is
+the head's to find out (:class:`edge_inference.split_roles.SplitHead`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adaptive_offload.datatypes import Decision, Route
+from adaptive_offload.errors import ConfigError
+from adaptive_offload.split_option import END, parse_spec
+from edge_inference.inference import EdgeConfig
+
+MAX_QUOTED = 80
+"""Most characters of a decision's split option quoted in a note."""
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    """The split point, input size and wire encoding of one frame, and why if not as asked.
+
+    Attributes:
+        point: k: the head runs layers ``[0, k)``.
+        imgsz: Longest side of the network input.
+        precision: Wire precision of the crossing tensors (``fp32``, ``fp16``, ``int8``).
+        codec: Their compression (``zstd``, ``lz4``, ``none``).
+        note: Why the decision's model or split option was not followed; empty when it was.
+    """
+
+    point: int
+    imgsz: int
+    precision: str
+    codec: str
+    note: str = ''
+
+    def option(self, model: str) -> str:
+        """Return the split option name of this choice for ``model``: what the frame ran on."""
+        return option_name(model, self.imgsz, self.point, self.precision, self.codec)
+
+
+def option_name(model: str, imgsz: int, point: int, precision: str, codec: str) -> str:
+    """Return the edge detector's split option ``model@imgsz:k/end:precision+codec``."""
+    return f'{model}@{imgsz}:{point}/{END}:{precision}+{codec}'
+
+
+def choose(decision: Decision, config: EdgeConfig) -> HeadChoice:
+    """Return what a head of ``config`` runs on a frame under ``decision``.
+
+    On the split route ``Decision.split`` names the cloud model's option, not the edge
+    detector's: a head there (a probe) runs its parameters without a note.
+
+    Args:
+        decision: The decision applied to the frame.
+        config: The head's parameters.
+
+    Returns:
+        The decision's split option when it is one of this model to the end, else the
+        parameters, with a note for a model or option the head did not follow.
+    """
+    model = config.model_name
+    notes = [] if decision.edge_model in ('', model) else \
+        [f'model {decision.edge_model} not split here; used {model}']
+    text = decision.split if decision.route is not Route.SPLIT else ''
+    if text:
+        try:
+            spec = parse_spec(text)
+        except ConfigError:
+            notes.append(f'split {text[:MAX_QUOTED]!r} unreadable')
+        else:
+            if spec.arch == model and spec.middle_to == END and spec.point.isascii() and \
+                    spec.point.isdigit():
+                return HeadChoice(int(spec.point), spec.imgsz, spec.precision, spec.codec,
+                                  '; '.join(notes))
+            notes.append(f'split {text[:MAX_QUOTED]!r} is no split of {model} to {END}')
+    imgsz = decision.edge_imgsz if decision.edge_imgsz > 0 else config.imgsz
+    if text:
+        notes[-1] += f'; ran k={config.split_point}'
+    return HeadChoice(config.split_point, imgsz, config.split_precision, config.split_codec,
+                      '; '.join(notes))
