@@ -70,11 +70,8 @@ def refuse_service_kinds(scenario: Scenario, where: str) -> None:
     Raises:
         ConfigError: Naming the kinds and where they can run.
     """
-    found = scenario.kinds() & SERVICE_KINDS
-    if found:
-        raise ConfigError(f'{where}: scenario {scenario.name!r} has {", ".join(sorted(found))}, '
-                          'which only the fleet simulation plays (evaluate --mode sim '
-                          '--robots N --replicas R)')
+    _refuse(scenario, SERVICE_KINDS, where,
+            'only the fleet simulation plays (evaluate --mode sim --robots N --replicas R)')
 
 
 def refuse_lan_kinds(scenario: Scenario, where: str) -> None:
@@ -83,11 +80,15 @@ def refuse_lan_kinds(scenario: Scenario, where: str) -> None:
     Raises:
         ConfigError: Naming the kinds and where they can run.
     """
-    found = scenario.kinds() & LAN_KINDS
+    _refuse(scenario, LAN_KINDS, where,
+            'only the simulator plays (evaluate --mode sim): live, throttle the link with tc')
+
+
+def _refuse(scenario: Scenario, kinds: frozenset[str], where: str, plays: str) -> None:
+    found = scenario.kinds() & kinds
     if found:
         raise ConfigError(f'{where}: scenario {scenario.name!r} has {", ".join(sorted(found))}, '
-                          'which only the simulator plays (evaluate --mode sim): live, throttle '
-                          'the link with tc')
+                          f'which {plays}')
 
 
 @dataclass(frozen=True)
