@@ -79,6 +79,7 @@ class Arbiter:
         self._guard_ns = int(HEDGE_GUARD_MS * 1e6)
         self._gate = StampGate()
         self._pending: dict[tuple[int, str], _Pending] = {}
+        self._heads: set[str] = set()  # sources seen forwarding: split heads
         self._count = 0
         self.orphans = 0
 
@@ -133,13 +134,17 @@ class Arbiter:
         """Attach a source's report; a non-ok report marks that source as failed.
 
         A split head's ``forwarded`` report is neither: the frame waits for its tail's answer
-        (or failure), which another expected source reports.
+        (or failure), which another expected source reports. A frame a split head (a source
+        seen forwarding) did not run never reaches its tail: the edge side fails with the
+        head's reason at once, instead of at the result timeout.
 
         A ``refused`` report is about another frame that repeated this key (the arbiter drops
         that one itself on arrival), so it never touches the pending frame.
         """
         if report.status == 'refused':
             return
+        if report.status == FORWARDED:
+            self._heads.add(report.source)
         entry = self._pending.get((report.stamp_ns, report.frame_id))
         if entry is None:
             if report.status == 'ok':
@@ -149,7 +154,14 @@ class Arbiter:
         if report.status == FORWARDED:  # no answer of its own, and no failure either
             entry.forwarded.add(report.source)
         elif report.status != 'ok':
-            entry.failures[report.source] = report.reason or report.status
+            reason = report.reason or report.status
+            tails = (entry.expected | entry.probing) - {CLOUD, report.source} \
+                if report.source in self._heads else set()
+            for tail in tails:  # they will never see the frame: they fail as the head did
+                entry.failures.setdefault(tail, reason)
+                entry.reported.add(tail)
+            if not tails or report.source in entry.expected:
+                entry.failures[report.source] = reason
         elif report.reason:
             entry.notes.append(f'{report.source}: {report.reason}')
 

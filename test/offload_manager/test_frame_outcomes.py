@@ -246,3 +246,20 @@ def test_a_head_and_tail_of_one_name_wait_for_the_tail() -> None:
     arb.add_report(_report(1, 'edge', 'failed', 'inference_error: x'))
     [out] = arb.poll(11 * MS)
     assert out.record.drop_reason == 'inference_error: x'
+
+
+def test_a_frame_a_split_head_did_not_run_ends_at_once_with_its_reason() -> None:
+    arb = Arbiter(edge_sources=('pi',))  # the robot's head is no edge source: its tail is
+    for stamp in (1, 2):
+        arb.frame_arrived(stamp, 'cam', stamp * MS, _decision(Route.EDGE))
+    arb.add_report(_report(1, 'robot', 'forwarded'))
+    arb.add_report(_report(2, 'robot', 'dropped', 'superseded'))
+    [out] = arb.poll(5 * MS)  # the Pi never sees frame 2: no need to wait for a timeout
+    assert out.record.stamp_ns == 2 and out.record.drop_reason == 'superseded'
+    # A probe the head skipped on the cloud route leaves the failed cloud to decide at once.
+    cloud = Decision(seq=1, route=Route.CLOUD, deadline_ms=100.0, probe_every=10)
+    arb.frame_arrived(3, 'cam', 10 * MS, cloud)
+    arb.add_report(_report(3, 'robot', 'skipped', 'route=cloud'))
+    arb.add_report(_report(3, 'cloud', 'failed', 'timeout'))
+    [out] = arb.poll(20 * MS)
+    assert out.record.stamp_ns == 3 and 'cloud: timeout' in out.record.drop_reason
