@@ -96,9 +96,10 @@ def test_a_head_node_and_a_tail_node_detect_as_the_unsplit_backend(
     assert spin_until(executor, lambda: bool(head_tel) and len(tail_tel) >= 2)
     heads = [InferenceReport.from_json(m.data) for m in head_tel]
     tails = [InferenceReport.from_json(m.data) for m in tail_tel]
-    assert all(r.status == 'ok' and r.source == 'robot' and r.bytes_sent > 0 and
-               r.detections == 0 for r in heads)
+    option = f'yolov8n-shapes@{IMGSZ}:{K}/end:fp32+zstd'  # the head's parameters: no decision's
+    assert all(r.status == 'forwarded' and r.source == 'robot' and r.bytes_sent > 0 and
+               r.detections == 0 and r.split == option for r in heads)
     assert {r.stamp_ns for r in tails if r.status == 'ok'} >= {1 * S, 2 * S}
-    assert all(r.source == 'pi' and r.imgsz == IMGSZ for r in tails)
+    assert all(r.source == 'pi' and r.imgsz == IMGSZ and r.split == option for r in tails)
     assert split and split[0].format.startswith('adaptive_offload/yolo-split; header_length=')
     assert split[0].header.frame_id == 'cam'
