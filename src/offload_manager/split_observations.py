@@ -98,10 +98,11 @@ class SplitObservations(Observations):
         """Estimate the edge detector split between robot and middle device (an edge route).
 
         Its latency is measured (the frames it answered, arrival to answer), else the
-        profiles' (head, encode, LAN, the middle device's decode and tail); it misses when
-        late or when the edge does not answer; its accuracy is the
-        edge model's own (a split's boxes are the unsplit model's, :data:`EDGE_SPLIT_MAP_LOSS`);
-        the robot pays its head, encode and radio, and its idle power; nothing is billed.
+        profiles' (head, encode, LAN, the middle device's decode and tail) scaled by what the
+        other splits measured; it misses when late or when the edge does not answer. Its
+        accuracy is the edge model's own (a split's boxes are the unsplit model's,
+        :data:`EDGE_SPLIT_MAP_LOSS`); the robot pays its head, encode and radio, and its idle
+        power; nothing is billed.
         """
         fig = self.splits.get(option.split)
         if fig is None:
