@@ -257,6 +257,10 @@ def split_figures(specs: Sequence[str], robot: DeviceProfile, cloud: DeviceProfi
 
 def _payloads_for(text: str, spec: SplitSpec, path: str | Path) -> PayloadFile:
     """Read an option's payload file; refuse one measured at another size or family's form."""
+    if not Path(path).is_file():
+        raise ConfigError(f'split option {text!r}: no payload figures for {spec.arch}@'
+                          f'{spec.imgsz} ({path}); measure them with adaptive-offload profile '
+                          f'MODEL --imgsz {spec.imgsz} --out FILE')
     found = load_payload_file(path)
     if found.model and found.model != f'{spec.arch}@{spec.imgsz}':
         raise ConfigError(f'split option {text!r}: its payload file {path} measured '

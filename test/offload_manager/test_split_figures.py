@@ -54,9 +54,13 @@ def test_missing_figures_name_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match='non-negative'):
         split_figures([spec], devices['ci_machine'], devices['h200_server'],
                       {ARCH: tmp_path / 'bad.yaml'})
-    with pytest.raises(ConfigError, match='cannot read'):
+    with pytest.raises(ConfigError, match='no payload figures .*missing.yaml'):
         split_figures([spec], devices['ci_machine'], devices['h200_server'],
                       {ARCH: tmp_path / 'missing.yaml'})
+    (tmp_path / 'bad.yaml').write_bytes(b'points: [\xff')
+    with pytest.raises(ConfigError, match='cannot read split payload figures'):
+        split_figures([spec], devices['ci_machine'], devices['h200_server'],
+                      {ARCH: tmp_path / 'bad.yaml'})
 
 
 def _payloads_with(tmp_path: Path, wire_at: dict[str, dict[str, object]]) -> Path:
@@ -140,7 +144,8 @@ def test_the_edge_detector_splits_to_the_middle_device_from_its_own_size_s_file(
 @pytest.mark.parametrize('name, error', [
     ('yolov8n-shapes@320:4:int8+zstd', 'between the robot and an edge computer only'),
     ('yolov8n-shapes@320:2/4:int8+zstd', 'between the robot and an edge computer only'),
-    ('yolov8n-shapes@480:4/end:int8+zstd', 'cannot read split payload figures'),
+    ('yolov8n-shapes@480:4/end:int8+zstd', 'no payload figures for yolov8n-shapes@480 .*'
+                                           'profile MODEL --imgsz 480'),
     ('yolov8n-shapes@320:99/end:int8+zstd', 'not a split point'),
 ])
 def test_edge_detector_options_that_cannot_run_are_refused(name: str, error: str) -> None:
