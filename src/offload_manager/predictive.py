@@ -21,6 +21,7 @@ from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceRepor
 from offload_manager.observations import Estimate, Observations, Option
 from offload_manager.policy import AccuracyView, Plan, PolicySettings
 from offload_manager.size_spread import spread_sizes
+from offload_manager.split_observations import edge_probe_plan
 
 
 class _ObservingPolicy:
@@ -241,7 +242,7 @@ class PredictivePolicy(_ObservingPolicy):
             why += '; gave way: ' + ', '.join(unmet)
         plan = self.probing_plan(best.option, why, ', '.join(unmet))
         if plan.route is Route.CLOUD and plan.probe_every:
-            plan = _probe_edge_split(plan, estimates, s.epsilon)
+            plan = edge_probe_plan(plan, estimates, s.epsilon)
         if plan.probe_every and plan.route is Route.EDGE:
             if self._confirming():
                 plan = replace(plan, probe_every=1,
@@ -305,25 +306,6 @@ class PredictivePolicy(_ObservingPolicy):
             max(0.0, spend / s.spend_cap_usd_h - 1) if s.spend_cap_usd_h else 0.0,
             max(0.0, e.p_miss / s.epsilon - 1),
         )
-
-
-def _probe_edge_split(plan: Plan, estimates: list[Estimate], epsilon: float) -> Plan:
-    """Return a cloud ``plan`` whose edge probes run the edge option it would come back to.
-
-    That is the edge-route option in time (P(miss) within ``epsilon``) of least energy, else
-    the least late. Only an edge detector's split needs it: a split's latency is learnt from
-    its own answers, and without probes the ones of a slow spell (a LAN drop) would hold it off
-    for good; a whole edge model is probed as the plan names it.
-    """
-    edge = [e for e in estimates if e.option.route is Route.EDGE]
-    if not edge:
-        return plan
-    back = min(edge, key=lambda e: (e.p_miss > epsilon, e.p_miss if e.p_miss > epsilon
-                                    else e.energy_j)).option
-    if not back.split:
-        return plan
-    return replace(plan, split=back.split, edge_model=back.edge_model,
-                   edge_imgsz=back.edge_imgsz)
 
 
 class WeightedScorePolicy(_ObservingPolicy):

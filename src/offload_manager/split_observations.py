@@ -25,6 +25,7 @@ profiles' until then; its accuracy is the edge model's, and it needs no cloud.
 
 from __future__ import annotations
 
+from dataclasses import replace
 import math
 from typing import Mapping
 
@@ -33,6 +34,7 @@ from adaptive_offload.split_option import SPLIT_PREFIX
 from offload_manager.latency_models import tail_probability
 from offload_manager.observations import (EnergyModelLike, Estimate, Observations, Option,
                                           REPLY_BYTES)
+from offload_manager.policy import Plan
 from offload_manager.split_figures import SplitFigures
 
 
@@ -192,3 +194,22 @@ class SplitObservations(Observations):
         if late is None:
             return None
         return 1.0 - self._avail * (1.0 - late), (self._cloud_median or 0.0) + shift
+
+
+def edge_probe_plan(plan: Plan, estimates: list[Estimate], epsilon: float) -> Plan:
+    """Return a cloud ``plan`` whose edge probes run the edge option it would come back to.
+
+    That is the edge-route option in time (P(miss) within ``epsilon``) of least energy, else
+    the least late. Only an edge detector's split needs it: a split's latency is learnt from
+    its own answers, and without probes the ones of a slow spell (a LAN drop) would hold it off
+    for good; a whole edge model is probed as the plan names it.
+    """
+    edge = [e for e in estimates if e.option.route is Route.EDGE]
+    if not edge:
+        return plan
+    back = min(edge, key=lambda e: (e.p_miss > epsilon, e.p_miss if e.p_miss > epsilon
+                                    else e.energy_j)).option
+    if not back.split:
+        return plan
+    return replace(plan, split=back.split, edge_model=back.edge_model,
+                   edge_imgsz=back.edge_imgsz)

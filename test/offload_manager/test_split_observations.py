@@ -5,8 +5,9 @@ from __future__ import annotations
 from adaptive_offload.datatypes import InferenceReport, Route
 from offload_manager.energy import EnergyModel
 from offload_manager.manager import ManagerConfig, OffloadManager
-from offload_manager.observations import Option, REPLY_BYTES
-from offload_manager.split_observations import SPLIT_RETRY_S, SplitObservations
+from offload_manager.observations import Estimate, Option, REPLY_BYTES
+from offload_manager.policy import Plan
+from offload_manager.split_observations import edge_probe_plan, SPLIT_RETRY_S, SplitObservations
 import pytest
 
 Y = 'yolov8n-shapes@320'
@@ -127,17 +128,13 @@ def test_an_edge_split_costs_the_robot_its_head_and_radio_not_the_tails_compute(
 
 
 def test_on_the_cloud_route_edge_probes_run_the_split_it_would_come_back_to() -> None:
-    from offload_manager.observations import Estimate
-    from offload_manager.policy import Plan
-    from offload_manager.predictive import _probe_edge_split
-
     cloud = Plan(Route.CLOUD, 'yolov8n-shapes', 640, 50, 0, 1, 0.0, '', probe_every=10)
     whole = Estimate(Option(Route.EDGE, 'yolov8n-shapes', 640, 50), 0.0, 0.70, 47.0, 0.0, 100.0)
     split = Estimate(_option(SMALL), 0.0, 0.31, 79.0, 0.0, 25.0)
     slow = Estimate(_option(OTHER), 1.0, 0.30, 79.0, 0.0, 300.0)  # cheaper but late
-    probed = _probe_edge_split(cloud, [whole, split, slow], 0.01)
+    probed = edge_probe_plan(cloud, [whole, split, slow], 0.01)
     assert probed.route is Route.CLOUD and probed.split == SMALL and probed.edge_imgsz == 320
     # The whole model in time and cheapest: probed as the plan already names it.
     cheap_whole = Estimate(Option(Route.EDGE, 'yolov8n-shapes', 640, 50), 0.0, 0.2, 47.0, 0.0,
                            100.0)
-    assert _probe_edge_split(cloud, [cheap_whole, split], 0.01) == cloud
+    assert edge_probe_plan(cloud, [cheap_whole, split], 0.01) == cloud
