@@ -1,11 +1,13 @@
 """Discrete-event simulation: the unchanged manager and policy on a simulated clock.
 
 Frames arrive at a fixed rate. The edge worker (newest-frame slot) takes its inference time
-from the robot's device profile, the cloud bridge (``max_in_flight`` requests, drop-oldest
-pending slot, the real :class:`CircuitBreaker`) takes encode + transfer + round trip + server
-time from the network and cloud profiles, and the scenario's faults change those as they do
-on the wire. The manager (:class:`OffloadManager` with any registered policy) receives the
-same reports and detections it gets from the real workers and produces the same records.
+from the robot's device profile (on an edge detector's split, its head's: the payload then
+crosses the LAN to a one-frame tail worker on the middle device), the cloud bridge
+(``max_in_flight`` requests, drop-oldest pending slot, the real :class:`CircuitBreaker`)
+takes encode + transfer + round trip + server time from the network and cloud profiles, and
+the scenario's faults change those as they do on the wire. The manager
+(:class:`OffloadManager` with any registered policy) receives the same reports and detections
+it gets from the real workers and produces the same records.
 
 Detections are synthetic: each frame holds ``objects`` ground-truth boxes, and a source finds
 each with a probability derived from its accuracy, so edge/cloud agreement behaves as the
