@@ -84,7 +84,7 @@ def test_a_split_left_long_enough_is_tried_again_from_its_profile() -> None:
     assert retried.latency_ms == pytest.approx(obs.splits[SMALL].before_wan_ms)
 
 
-def test_predictive_offers_edge_splits_as_edge_routes_and_probes_them_from_the_cloud() -> None:
+def test_predictive_offers_edge_splits_as_edge_routes_and_decides_on_one() -> None:
     manager = OffloadManager(_config(), executes_split=True)
     policy = manager._policy
     options = {o.split: o for o in policy.options() if o.split}
