@@ -163,7 +163,7 @@ class SplitModel:
         Raises:
             BackendError: If the network fails.
         """
-        return self._guard('head', lambda: self._split.head(x, self.point.index))
+        return self._guard('head', lambda: self._finished(self._split.head(x, self.point.index)))
 
     def tail(self, crossing: Mapping[int, Any]) -> Any:
         """Run layers ``[k, end)`` on the crossing tensors; the network's raw output.
@@ -171,7 +171,8 @@ class SplitModel:
         Raises:
             BackendError: If the network fails (on tensors of the wrong shape, say).
         """
-        return self._guard('tail', lambda: self._split.tail(crossing, self.point.index))
+        return self._guard('tail',
+                           lambda: self._finished(self._split.tail(crossing, self.point.index)))
 
     def tensor(self, array: np.ndarray) -> Any:
         """Return a decoded crossing array as a tensor on the model's device, in its dtype."""
@@ -199,6 +200,19 @@ class SplitModel:
         pred = self._guard('NMS', run)
         return boxes_from_arrays(pred[:, :4], pred[:, 4], pred[:, 5], self.names,
                                  box.original[1], box.original[0])
+
+    def _finished(self, out: Any) -> Any:
+        """Return ``out`` once the device has computed it.
+
+        CUDA runs the layers asynchronously: without waiting here their time would show up in
+        whatever first reads the tensors (the head's encoding, the tail's NMS), not in the
+        layers' own time that the manager's split estimates learn from.
+        """
+        import torch
+
+        if self._device.type == 'cuda':
+            torch.cuda.synchronize(self._device)
+        return out
 
     @staticmethod
     def _guard(what: str, run: Callable[[], Any]) -> Any:

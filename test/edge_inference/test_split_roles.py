@@ -8,6 +8,7 @@ in score; int8 <= 0.076 px and 0.0055 in score).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -152,6 +153,33 @@ def test_the_head_reports_its_time_and_bytes_and_sends_the_frames_header(
     assert report.total_ms >= report.inference_ms + report.encode_ms
     assert report.bytes_sent == len(bytes(msg.data)) and report.imgsz == 320
     assert report.reason == 'model other not split here; used yolov8n-shapes'
+
+
+def test_on_cuda_the_layers_time_includes_waiting_for_the_device(
+        yolo: SimpleNamespace, types: MessageTypes, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    events: list[str] = []
+    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: events.append(
+        f'sync {device}'))
+    model = copy.copy(yolo.models[6])
+    model._device = torch.device('cuda', 0)
+    model.letterbox = yolo.models[6].letterbox  # type: ignore[method-assign]  # on the CPU
+
+    def clock() -> int:
+        events.append('clock')
+        return len(events)
+
+    head = SplitHead(config(yolo, 'head', 6), model, [].append, clock)
+    head.process(frame_to_message(types, scene(1), 1, 'cam', 'bgr8'), decision())
+    # start, head start, [layers, wait], encode start, encode end, total
+    assert events == ['clock', 'clock', 'sync cuda:0', 'clock', 'clock', 'clock']
+    events.clear()
+    crossing = yolo.models[6].head(yolo.models[6].letterbox(scene(1), 320)[0])
+    model.tail(crossing)
+    assert events == ['sync cuda:0']
+    yolo.models[6].tail(crossing)  # on the CPU nothing waits
+    assert events == ['sync cuda:0']
 
 
 def test_the_head_obeys_the_route_and_its_probes(yolo: SimpleNamespace,
