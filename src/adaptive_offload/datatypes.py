@@ -288,6 +288,9 @@ class InferenceReport(JsonRecord):
         split: The edge detector's split option this frame ran on
             (``model@imgsz:k/end:encoding``, :mod:`adaptive_offload.split_option`): on its
             head's ``forwarded`` report and on its tail's answer; empty otherwise.
+        split_role: ``head`` on every report of a split detector's head, ``tail`` on its
+            tail's, empty otherwise. A frame a head answers, fails or skips itself never
+            reaches its tail: knowing the head, the manager settles the tail's part at once.
     """
 
     SCHEMA = 'adaptive_offload/InferenceReport'
@@ -311,6 +314,7 @@ class InferenceReport(JsonRecord):
     queue_ms: float = 0.0
     encode_ms: float = 0.0
     split: str = ''
+    split_role: str = ''
 
 
 @dataclass(frozen=True)

@@ -150,9 +150,10 @@ def edge_inference(image_topic: str, compressed: bool, source: str = topics.ROOT
     Its outputs are relative (``edge/...``): an instance in namespace ``/pi`` (source ``pi``)
     publishes ``/pi/edge/...``. With ``obey_faults`` it also takes injected edge stalls.
 
-    A split role swaps ports: a ``head`` publishes each frame's crossing tensors on
-    ``split_topic`` (relative: in its namespace) instead of detections; a ``tail`` takes them
-    from ``split_topic`` instead of the camera, and no decisions (its head obeyed them).
+    A split role adds or swaps ports: a ``head`` also publishes each frame's crossing tensors
+    on ``split_topic`` (relative: in its namespace), and detections only of the frames it
+    runs whole; a ``tail`` takes them from ``split_topic`` instead of the camera, and no
+    decisions (its head obeyed them).
 
     Raises:
         ConfigError: For an unknown ``split_role``.
@@ -170,7 +171,7 @@ def edge_inference(image_topic: str, compressed: bool, source: str = topics.ROOT
               _decision_input()]
     if split_role == 'head':
         outputs = [Port('split', split_topic, COMPRESSED_IMAGE, 'newest_frame', 'split_frame'),
-                   telemetry]
+                   *outputs]
     elif split_role == 'tail':
         # The frames of a tail are its head's messages: kind image, decoded by its worker.
         inputs = [Port('split', split_topic, COMPRESSED_IMAGE, 'newest_frame', 'image',

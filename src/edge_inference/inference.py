@@ -71,7 +71,8 @@ PARAMETERS = (
     ParameterSpec('split_point', 0,
                   'k of a split role: the head runs layers [0, k), the tail [k, end) (1..22 '
                   'for YOLOv8n); a tail at 0 runs from whatever point each message names, '
-                  'so the head alone chooses k.', configure=True, minimum=0,
+                  'so the head alone chooses k; a head at 0 runs the whole detector unless '
+                  "the manager's decision names a split of it.", configure=True, minimum=0,
                   maximum=1000),
     ParameterSpec('split_encoding', 'fp16+zstd',
                   "A head's crossing tensors on the wire: fp32, fp16 or int8, then +zstd, "
@@ -158,9 +159,6 @@ class EdgeConfig:
                               f'{"/".join(COMPRESSORS)}, e.g. fp16+zstd')
         if not role:
             return
-        if self.split_point < 1 and role == 'head':
-            raise ConfigError('split_role head needs split_point k >= 1 (the head runs layers '
-                              '[0, k), the tail the rest: at k too, or at 0 to follow the head)')
         if role == 'tail' and not self.split_topic.startswith('/'):
             raise ConfigError(f'split_topic {self.split_topic!r} of a tail must be absolute: '
                               "the head's topic, e.g. /robot/edge/split")

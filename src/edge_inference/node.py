@@ -84,7 +84,9 @@ class EdgeInferenceNode(LifecycleNode):
         frames = [p.name for p in self._graph.inputs if p.kind == 'image']  # camera or split
         self._camera = ros.subscribe(self, self._graph, dict.fromkeys(frames, worker),
                                      only=frames)
-        point = f'k={config.split_point}' if config.split_point else "the head's k"
+        point = f'k={config.split_point}' if config.split_point else \
+            ("the head's k" if config.split_role == 'tail' else
+             "the decision's k (else the whole model)")
         role = f', split {config.split_role} at {point}' if config.split_role else ''
         self.get_logger().info(f'{config.model_name} ({config.model}) on {config.device}, '
                                f'imgsz {config.imgsz}, input {self._camera[0].topic_name}{role}')

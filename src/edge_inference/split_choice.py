@@ -5,8 +5,9 @@ option ``<model>@<imgsz>:<k>/end:<precision>+<codec>`` (:mod:`adaptive_offload.s
 in ``Decision.split``. A head follows one that names its own model and a decimal ``k`` to the
 end; anything else (no option, another model, a name that does not parse) leaves it at its
 parameters (``split_point``, ``split_encoding``, the decision's or configured ``imgsz``), with
-a note saying why when the decision asked for something else. Whether the model has ``k`` is
-the head's to find out (:class:`edge_inference.split_roles.SplitHead`).
+a note saying why when the decision asked for something else. A head at ``split_point`` 0
+runs the whole detector then: the manager chose the robot's own model. Whether the model has
+``k`` is the head's to find out (:class:`edge_inference.split_roles.SplitHead`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class HeadChoice:
         precision: Wire precision of the crossing tensors (``fp32``, ``fp16``, ``int8``).
         codec: Their compression (``zstd``, ``lz4``, ``none``).
         note: Why the decision's model or split option was not followed; empty when it was.
+        whole: Run the whole detector on the robot instead (a head at ``split_point`` 0, on a
+            decision that names no split of its model).
     """
 
     point: int
@@ -39,9 +42,15 @@ class HeadChoice:
     precision: str
     codec: str
     note: str = ''
+    whole: bool = False
 
     def option(self, model: str) -> str:
-        """Return the split option name of this choice for ``model``: what the frame ran on."""
+        """Return the split option name of this choice for ``model``: what the frame ran on.
+
+        Empty for the whole detector, as an unsplit edge answer's ``split`` is.
+        """
+        if self.whole:
+            return ''
         return option_name(model, self.imgsz, self.point, self.precision, self.codec)
 
 
@@ -62,7 +71,8 @@ def choose(decision: Decision, config: EdgeConfig) -> HeadChoice:
 
     Returns:
         The decision's split option when it is one of this model to the end, else the
-        parameters, with a note for a model or option the head did not follow.
+        parameters (at point 0: the whole detector), with a note for a model or option the head
+        did not follow.
     """
     model = config.model_name
     notes = [] if decision.edge_model in ('', model) else \
@@ -81,6 +91,7 @@ def choose(decision: Decision, config: EdgeConfig) -> HeadChoice:
             notes.append(f'split {text[:MAX_QUOTED]!r} is no split of {model} to {END}')
     imgsz = decision.edge_imgsz if decision.edge_imgsz > 0 else config.imgsz
     if text:
-        notes[-1] += f'; ran k={config.split_point}'
+        notes[-1] += f'; ran k={config.split_point}' if config.split_point else \
+            '; ran the whole model'
     return HeadChoice(config.split_point, imgsz, config.split_precision, config.split_codec,
-                      '; '.join(notes))
+                      '; '.join(notes), whole=not config.split_point)

@@ -9,6 +9,9 @@ sets k, the wire encoding and the input size of the frame; otherwise its paramet
 decision asked for something else (:mod:`edge_inference.split_choice`). The model is prepared
 at each k as frames need it. Its report is ``forwarded`` (the tail answers the frame): the
 option run as ``split``, the head's time, the encode time, the bytes sent, no detections. A
+head at ``split_point`` 0 runs the whole detector on a frame whose decision names no split of
+it (the manager chose the robot's own model) and answers it itself, as an unsplit
+edge_inference would. Every report of a head or a tail says its ``split_role``. A
 ``tail`` runs whatever arrives: it reads the message within bounds, refuses one from other
 weights or another split point (at ``split_point`` 0 it runs any point the head chose), runs
 layers ``[k, end)``, NMS and the box scaling, and publishes the detections and its ``ok``
@@ -31,7 +34,7 @@ from typing import Any, Callable, Mapping
 
 from adaptive_offload.admission import EveryNth
 from adaptive_offload.conversions import image_to_frame, stamp_to_ns
-from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport
+from adaptive_offload.datatypes import Decision, Detection, DetectionSet, InferenceReport
 from adaptive_offload.errors import BackendError, ConfigError, ConversionError
 from adaptive_offload.split_frame import read_split_frame, split_frame, SplitFrame
 from adaptive_offload.split_request import decode_wire_tensor, SplitRequest
@@ -107,13 +110,30 @@ class _SplitRole:
         """Report a frame that was not processed (see :class:`FrameProcessor`)."""
         return InferenceReport(stamp_ns=stamp_ns, frame_id=frame_id,
                                source=self.config.source_name, status='dropped', reason=reason,
-                               model=self.config.model_name, decision_seq=decision.seq)
+                               model=self.config.model_name, decision_seq=decision.seq,
+                               split_role=self.config.split_role)
 
     def _report(self, msg: Any, decision_seq: int) -> InferenceReport:
         return InferenceReport(stamp_ns=stamp_to_ns(msg.header.stamp),
                                frame_id=str(msg.header.frame_id),
                                source=self.config.source_name, model=self.config.model_name,
-                               decision_seq=decision_seq)
+                               decision_seq=decision_seq, split_role=self.config.split_role)
+
+    def _detect(self, model: SplitModel, raw: Any, box: Letterbox) -> tuple[Detection, ...]:
+        """NMS and boxes of the network's raw output, under the live thresholds."""
+        config = self.config
+        return model.detections(raw, box, config.conf, config.iou, self._classes,
+                                config.max_det)
+
+    def _answer(self, report: InferenceReport, dets: tuple[Detection, ...], start: int,
+                run_start: int) -> tuple[DetectionSet, InferenceReport]:
+        """Return a frame's detections and ``ok`` report, timed from ``run_start`` (model)."""
+        end = self._clock()
+        result = DetectionSet(stamp_ns=report.stamp_ns, frame_id=report.frame_id,
+                              source=self.config.source_name, detections=dets,
+                              model=self.config.model_name)
+        return result, replace(report, detections=len(dets),
+                               inference_ms=(end - run_start) / 1e6, total_ms=(end - start) / 1e6)
 
     def _failed(self, report: InferenceReport, err: Exception, start: int) -> InferenceReport:
         """Return ``report`` failed by ``err``: a bad input says why, a model error is named so."""
@@ -152,7 +172,8 @@ class SplitHead(_SplitRole):
             No detections (the tail makes them) and the report: ``forwarded`` with the option
             run as ``split``, the head's time as ``inference_ms``, the tensors' encoding and
             the message's making as ``encode_ms``, the message's bytes as ``bytes_sent``;
-            ``failed`` (a k the model does not have names the valid ones) or ``skipped``.
+            ``failed`` (a k the model does not have names the valid ones) or ``skipped``. A
+            frame run whole (at ``split_point`` 0): its detections and ``ok`` report.
         """
         start = self._clock()
         report = self._report(msg, decision.seq)
@@ -163,8 +184,13 @@ class SplitHead(_SplitRole):
         option = choice.option(config.model_name)
         report = replace(report, imgsz=choice.imgsz, reason=choice.note)
         try:
-            model = self._model_at(choice.point, option)
             frame = image_to_frame(msg)
+            if choice.whole:
+                x, box = self.model.letterbox(frame.image, choice.imgsz)
+                run_start = self._clock()
+                raw = self.model.tail(self.model.head(x))
+                return self._answer(report, self._detect(self.model, raw, box), start, run_start)
+            model = self._model_at(choice.point, option)
             x, box = model.letterbox(frame.image, choice.imgsz)
             head_start = self._clock()
             crossing = model.head(x)
@@ -253,16 +279,10 @@ class SplitTail(_SplitRole):
                              split=given.split)
             tail_start = self._clock()
             raw = given.model.tail(given.crossing)
-            dets = given.model.detections(raw, given.letterbox, config.conf, config.iou,
-                                          self._classes, config.max_det)
+            dets = self._detect(given.model, raw, given.letterbox)
         except (ConversionError, BackendError) as err:
             return None, self._failed(report, err, start)
-        end = self._clock()
-        result = DetectionSet(stamp_ns=report.stamp_ns, frame_id=report.frame_id,
-                              source=config.source_name, detections=dets,
-                              model=config.model_name)
-        return result, replace(report, detections=len(dets),
-                               inference_ms=(end - tail_start) / 1e6, total_ms=(end - start) / 1e6)
+        return self._answer(report, dets, start, tail_start)
 
     def _check(self, request: SplitRequest) -> _TailInput:
         """Check a message against this model and the bounds, then decode its tensors.

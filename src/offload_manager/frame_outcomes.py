@@ -10,6 +10,7 @@ from adaptive_offload.datatypes import Decision, DetectionSet, FrameRecord, Infe
 
 CLOUD = 'cloud'
 FORWARDED = 'forwarded'  # a split head's report: its tail, another source, answers the frame
+HEAD = 'head'  # InferenceReport.split_role of a split head's reports
 NO_RESULT = 'no_result'  # the drop reason of a frame no source answered or reported on
 HEDGE_GUARD_MS = 25.0  # longer than the manager node's 20 ms tick
 
@@ -135,15 +136,16 @@ class Arbiter:
 
         A split head's ``forwarded`` report is neither: the frame waits for its tail's answer
         (or failure), which another expected source reports. A frame a split head (a source
-        seen forwarding) did not run never reaches its tail: the edge side fails with the
-        head's reason at once, instead of at the result timeout.
+        seen forwarding, or reporting as ``split_role`` head) did not forward never reaches
+        its tail: a failure or skip settles the edge side with the head's reason at once,
+        instead of at the result timeout, and an answer of its own ends the edge side.
 
         A ``refused`` report is about another frame that repeated this key (the arbiter drops
         that one itself on arrival), so it never touches the pending frame.
         """
         if report.status == 'refused':
             return
-        if report.status == FORWARDED:
+        if report.status == FORWARDED or report.split_role == HEAD:
             self._heads.add(report.source)
         entry = self._pending.get((report.stamp_ns, report.frame_id))
         if entry is None:

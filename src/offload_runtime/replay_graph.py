@@ -34,7 +34,7 @@ from offload_manager.manager import ADAPTIVE, ManagerConfig, OffloadManager
 from offload_runtime.embedded_service import EmbeddedService, start_middle, with_bottleneck
 from offload_runtime.replay_split import (check_tail, edge_splits, split_summary, SplitLink,
                                           TAIL)
-from offload_runtime.replay_split import tail_values, warm_up
+from offload_runtime.replay_split import head_point, tail_values, warm_up
 from rcnn_service.service import ServiceConfig
 
 BackendFactory = Callable[[str, BackendOptions], DetectorBackend]
@@ -271,7 +271,7 @@ class ReplayGraph:
             emit = link.emit
             status(f'loading the split edge model {config.model} on {config.device} twice: '
                    f'the head, and its tail as source {tail_cfg.source_name!r} ({TAIL}), at '
-                   f'k={config.split_point} with {config.split_encoding} between them, and '
+                   f'{head_point(config)} with {config.split_encoding} between them, and '
                    f'warming them up at {config.imgsz}')
             self.edge = _split_core(config, link.send, params_source)
         head = edge_worker(self.edge, holder, emit, clock, self.faults if obey else None)

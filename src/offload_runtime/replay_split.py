@@ -42,6 +42,12 @@ def edge_splits(options: Sequence[str], edge: EdgeConfig, where: str) -> tuple[s
     return found
 
 
+def head_point(head: EdgeConfig) -> str:
+    """Say where a split head splits: at its ``split_point``, or as each decision names."""
+    return f'k={head.split_point}' if head.split_point else \
+        "the decision's k (else the whole model on the robot)"
+
+
 def tail_values(head: EdgeConfig, head_values: Mapping[str, Any],
                 tail_overrides: Mapping[str, Any], edge_sources: Sequence[str],
                 head_topic: str, params_source: str, follows: bool = False) -> dict[str, Any]:
@@ -90,6 +96,10 @@ def check_tail(tail: EdgeConfig, head: EdgeConfig, edge_sources: Sequence[str],
     if tail.source_name == head.source_name:
         raise ConfigError(f"{where}{TAIL}: source_name {tail.source_name!r} is the head's: "
                           'the two publish in their own namespaces')
+    if not head.split_point and head.source_name not in edge_sources:
+        raise ConfigError(f'{where}offload_manager: edge_sources {list(edge_sources)} lack '
+                          f"{head.source_name!r}, the split head's: at split_point 0 it answers "
+                          'the frames it runs whole, and they would be heard by no one')
     if tail.source_name not in edge_sources:
         raise ConfigError(f'{where}offload_manager: edge_sources {list(edge_sources)} lack '
                           f"{tail.source_name!r}, the split head's tail: its detections would "

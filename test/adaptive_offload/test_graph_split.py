@@ -19,11 +19,12 @@ def _split(obey_faults: bool = False) -> tuple[graph.NodeGraph, graph.NodeGraph]
     return head, tail
 
 
-def test_a_head_publishes_tensors_in_its_namespace_and_no_detections() -> None:
+def test_a_head_publishes_tensors_in_its_namespace_and_detections_of_frames_run_whole() -> None:
     head, _ = _split()
     assert [p.name for p in head.inputs] == ['camera', 'decision']
     assert head.inputs[0].topic == f'{CAMERA}/compressed'
-    assert [p.name for p in head.outputs] == ['split', 'telemetry']
+    assert [p.name for p in head.outputs] == ['split', 'detections', 'telemetry', 'label_info']
+    assert head.output('detections').resolved(head.namespace) == '/robot/edge/detections'
     split = head.output('split')
     assert split.resolved(head.namespace) == '/robot/edge/split'
     assert (split.msg_type, split.kind, split.qos) == (graph.COMPRESSED_IMAGE, 'split_frame',
@@ -53,8 +54,8 @@ def test_every_split_input_is_published_and_every_port_is_known() -> None:
     published = {p.resolved(n.namespace) for n in nodes for p in n.outputs}
     unpublished = {port.resolved(node.namespace) for node in nodes for port in node.inputs} - \
         published - {f'{CAMERA}/compressed', CAMERA}
-    # A manager listing the head's source too gets its reports; its detections never come.
-    assert unpublished == {'/robot/edge/detections'}
+    # A manager listing the head's source too gets its reports and its whole frames' answers.
+    assert unpublished == set()
     for node in (head, tail):
         for port in node.inputs:
             assert port.kind in graph.RECORD_KINDS and port.qos in graph.QOS

@@ -79,3 +79,19 @@ def test_the_option_name_reads_back_as_the_option() -> None:
     spec = parse_spec(option_name('yolov8n-shapes', 320, 4, 'int8', 'zstd'))
     assert (spec.arch, spec.imgsz, spec.point, spec.middle_to, spec.encoding) == (
         'yolov8n-shapes', 320, '4', 'end', 'int8+zstd')
+
+
+def test_a_head_at_point_0_runs_the_whole_model_unless_the_decision_names_a_split() -> None:
+    at_zero = head(split_point=0)
+    whole = choose(decision(), at_zero)
+    assert whole == HeadChoice(0, 320, 'fp16', 'zstd', whole=True)
+    assert whole.option('yolov8n-shapes') == ''
+    chosen = choose(decision(split='yolov8n-shapes@320:4/end:int8+zstd'), at_zero)
+    assert chosen == HeadChoice(4, 320, 'int8', 'zstd')
+    assert chosen.option('yolov8n-shapes') == 'yolov8n-shapes@320:4/end:int8+zstd'
+    foreign = choose(decision(split='yolov8s@320:4/end:int8+zstd'), at_zero)
+    assert foreign.whole and foreign.note == \
+        "split 'yolov8s@320:4/end:int8+zstd' is no split of yolov8n-shapes to end; ran the " \
+        'whole model'
+    # A decision naming k = 0 asks for a split the model lacks: the head says so (it fails).
+    assert not choose(decision(split='yolov8n-shapes@320:0/end:int8+zstd'), at_zero).whole

@@ -113,6 +113,32 @@ def test_fp32_head_then_tail_gives_the_unsplit_detections_bit_for_bit(
         assert report.split == head_report.split == f'yolov8n-shapes@{imgsz}:{k}/end:fp32+zstd'
 
 
+@pytest.mark.parametrize('imgsz', [320, 640])
+def test_a_head_at_point_0_answers_a_frame_whole_as_the_unsplit_detector_would(
+        yolo: SimpleNamespace, types: MessageTypes, imgsz: int) -> None:
+    sent: list[SplitFrame] = []
+    head = SplitHead(config(yolo, 'head', 0), yolo.models[6], sent.append)
+    image = scene(2)
+    msg = frame_to_message(types, image, 5_000_000_007, 'cam', 'bgr8')
+    dets, report = head.process(msg, decision(imgsz))
+    assert not sent and report.status == 'ok', report.reason
+    assert dets is not None and dets.detections == \
+        yolo.backend.infer(image, imgsz, 0.25, 0.7, None, 100)
+    assert (dets.source, dets.stamp_ns, dets.model) == ('robot', 5_000_000_007, 'yolov8n-shapes')
+    assert (report.split, report.split_role, report.imgsz) == ('', 'head', imgsz)
+    assert report.detections == len(dets.detections) and report.inference_ms > 0
+    # The manager's split of this model: forwarded, and the tail answers as ever.
+    option = f'yolov8n-shapes@{imgsz}:6/end:fp16+zstd'  # options go lossy or not at all
+    split_msg, forwarded = forward(head, sent, types, image, decision(imgsz, split=option))
+    assert (forwarded.status, forwarded.split, forwarded.split_role) == \
+        ('forwarded', option, 'head')
+    tail_dets, answer = SplitTail(config(yolo, 'tail', 0), yolo.models[6]).process(
+        split_msg, Decision.safe_default())
+    assert tail_dets is not None and [d.class_name for d in tail_dets.detections] == \
+        [d.class_name for d in dets.detections]
+    assert (answer.split, answer.split_role) == (option, 'tail')
+
+
 @pytest.mark.parametrize('encoding', sorted(TOLERANCES))
 @pytest.mark.parametrize('k', POINTS)
 def test_lossy_encodings_keep_every_detection_within_tolerance(
@@ -383,8 +409,6 @@ def test_live_parameters_reach_a_split_role(yolo: SimpleNamespace,
     ({'split_role': 'middle'}, "split_role 'middle'"),
     ({'split_encoding': 'fp8+zstd'}, 'split_encoding'),
     ({'split_encoding': 'fp16'}, 'split_encoding'),
-    ({'split_role': 'head'}, 'needs split_point'),
-    ({'split_role': 'head', 'split_point': 0}, 'needs split_point'),
     ({'split_role': 'tail', 'split_point': 6}, 'must be absolute'),
     ({'split_role': 'head', 'split_point': 6, 'alt_models': 'a=b.pt'}, 'one ultralytics'),
     ({'split_role': 'head', 'split_point': 6, 'backend': 'onnx'}, 'one ultralytics'),

@@ -263,3 +263,24 @@ def test_a_frame_a_split_head_did_not_run_ends_at_once_with_its_reason() -> None
     arb.add_report(_report(3, 'cloud', 'failed', 'timeout'))
     [out] = arb.poll(20 * MS)
     assert out.record.stamp_ns == 3 and 'cloud: timeout' in out.record.drop_reason
+
+
+def test_a_head_that_runs_frames_whole_answers_them_and_its_failure_ends_the_tails_part() -> None:
+    # A head at split_point 0 runs the robot's own model on a decision naming no split: it
+    # answers as an edge source, and it says it is a head before it ever forwarded a frame.
+    arb = Arbiter(edge_sources=('robot', 'pi'))
+    for stamp in (1, 2):
+        arb.frame_arrived(stamp, 'cam', stamp * MS, _decision(Route.EDGE))
+    arb.add_result(_dets(1, 'robot'), 20 * MS)
+    arb.add_report(InferenceReport(stamp_ns=1, frame_id='cam', source='robot', split_role='head'))
+    [answered] = arb.poll(21 * MS)
+    assert (answered.result.source, answered.record.deadline_met) == ('robot', True)
+    arb.add_report(InferenceReport(stamp_ns=2, frame_id='cam', source='robot', status='failed',
+                                   reason='bad_image: x', split_role='head'))
+    [failed] = arb.poll(22 * MS)  # the Pi never sees frame 2: no wait for the timeout
+    assert failed.record.drop_reason == 'pi: bad_image: x; robot: bad_image: x'
+    # An edge source that is no head leaves the other to answer.
+    arb = Arbiter(edge_sources=('robot', 'pi'))
+    arb.frame_arrived(3, 'cam', 0, _decision(Route.EDGE))
+    arb.add_report(_report(3, 'robot', 'failed', 'bad_image: x'))
+    assert arb.poll(22 * MS) == []

@@ -145,6 +145,20 @@ def test_with_fp32_on_the_wire_the_split_replay_detects_as_the_unsplit_one(
     assert detections(tmp_path / 'out', 'pi') == unsplit
 
 
+def test_a_head_at_point_0_answers_whole_when_the_manager_names_no_split(
+        bag: Path, yolo_config_dir: str, unsplit: dict[int, tuple[Detection, ...]],
+        tmp_path: Path) -> None:
+    out = tmp_path / 'out'
+    result = replay(bag, out, edge_values(yolo_config_dir, **{**HEAD, 'split_point': 0}),
+                    manager={**MANAGER, 'edge_sources': ['robot', 'pi']})
+    assert [(r.route, r.result_source, r.split) for r in result.records] == \
+        [('edge', 'robot', '')] * FRAMES
+    assert detections(out, 'robot') == unsplit  # the robot's own model, bit for bit
+    assert {(r.status, r.split_role) for r in reports(out, '/robot/edge/telemetry')} == \
+        {('ok', 'head')}
+    assert reports(out, '/pi/edge/telemetry') == []  # the Pi's tail never saw a frame
+
+
 def test_a_tail_at_another_k_fails_every_frame_with_the_reason_and_the_run_completes(
         bag: Path, yolo_config_dir: str, tmp_path: Path) -> None:
     result = replay(bag, tmp_path / 'out', edge_values(yolo_config_dir, **HEAD),
@@ -161,7 +175,7 @@ def test_a_tail_at_another_k_fails_every_frame_with_the_reason_and_the_run_compl
 
 
 @pytest.mark.parametrize('edge, tail, manager, match', [
-    ({'split_point': 0}, None, None, 'edge_inference: split_role head needs split_point'),
+    ({'split_point': 0}, None, None, "edge_sources \\['pi'\\] lack 'robot', the split head's"),
     ({'split_encoding': 'int9+zstd'}, None, None, "split_encoding 'int9\\+zstd'"),
     ({}, None, {'edge_sources': ['robot', 'pi', 'laptop']}, 'offload_manager: edge_sources'),
     ({}, {'split_topic': '/other/edge/split'}, None, f"{TAIL}: split_topic '/other"),
@@ -192,16 +206,20 @@ STATIC = {**MANAGER, 'policy': 'static-split', 'split_options': [CHOSEN],
 NO_CLOUD = {'url': 'http://127.0.0.1:9'}  # static-split on the edge route never calls it
 
 
+@pytest.mark.parametrize('point, edge_sources', [(4, ['pi']), (0, ['robot', 'pi'])])
 def test_the_head_runs_the_split_the_manager_chose_not_its_parameters(
-        bag: Path, yolo_config_dir: str, tmp_path: Path) -> None:
+        bag: Path, yolo_config_dir: str, tmp_path: Path, point: int,
+        edge_sources: list[str]) -> None:
     out = tmp_path / 'out'
-    overrides = {'edge_inference': edge_values(yolo_config_dir, **HEAD),
-                 'offload_manager': STATIC, 'cloud_bridge': NO_CLOUD}
+    overrides = {'edge_inference': edge_values(yolo_config_dir,
+                                               **{**HEAD, 'split_point': point}),
+                 'offload_manager': {**STATIC, 'edge_sources': edge_sources},
+                 'cloud_bridge': NO_CLOUD}
     result = Replay(ReplayOptions(bag=bag, out=out, rate=0.0, overrides=overrides)).run()
     assert [(r.route, r.result_source, r.split) for r in result.records] == \
         [('edge', 'pi', CHOSEN)] * FRAMES
     assert all(r.deadline_met for r in result.records)
-    # k=2 and fp16+lz4 from the decision, not the head's split_point 4 and int8+zstd.
+    # k=2 and fp16+lz4 from the decision, not the head's split_point and int8+zstd.
     heads = reports(out, '/robot/edge/telemetry')
     assert {(r.status, r.split) for r in heads} == {('forwarded', CHOSEN)}
     assert {r.split for r in reports(out, '/pi/edge/telemetry')} == {CHOSEN}

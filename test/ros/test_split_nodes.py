@@ -103,3 +103,31 @@ def test_a_head_node_and_a_tail_node_detect_as_the_unsplit_backend(
     assert all(r.source == 'pi' and r.imgsz == IMGSZ and r.split == option for r in tails)
     assert split and split[0].format.startswith('adaptive_offload/yolo-split; header_length=')
     assert split[0].header.frame_id == 'cam'
+
+
+def test_a_head_node_at_point_0_answers_the_frames_no_decision_splits(
+        graph: Any, tmp_path: Path) -> None:
+    executor, probe = graph
+    dets = collect(probe, Detection2DArray, '/robot/edge/detections', 'result')
+    head_tel = collect(probe, String, '/robot/edge/telemetry', 'result')
+    split = collect(probe, CompressedImage, '/robot/edge/split', 'newest_frame')
+    camera = probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame'))
+    executor.add_node(split_node('head', 'robot', split_point=0))
+    assert spin_until(executor, lambda: camera.get_subscription_count() > 0)
+
+    image, _ = Scene(SampleSpec(width=640, height=480, seed=3)).render(0.3)
+    types = ros.message_types()
+    msg = frame_to_message(types, image, 1 * S, 'cam', 'bgr8')
+    for _ in range(5):  # best effort: resend a frame the graph lost
+        camera.publish(msg)
+        if spin_until(executor, lambda: bool(dets), timeout=10):
+            break
+    backend = create_backend('ultralytics', BackendOptions(MODEL, 'cpu', str(tmp_path)))
+    want = DetectionSet(1 * S, 'cam', 'robot', backend.infer(image, IMGSZ, 0.25, 0.7, None, 100))
+    assert want.detections  # the scene has objects the model sees
+    assert message_to_detections(dets[0], 'robot') == \
+        message_to_detections(detections_to_message(types, want), 'robot')
+    assert spin_until(executor, lambda: bool(head_tel))
+    report = InferenceReport.from_json(head_tel[0].data)
+    assert (report.status, report.split, report.split_role) == ('ok', '', 'head')
+    assert not split  # no decision named a split: nothing crossed
