@@ -29,12 +29,14 @@ from dataclasses import replace
 import math
 from typing import Mapping
 
-from adaptive_offload.datatypes import InferenceReport, Route
+from adaptive_offload.datatypes import FrameRecord, InferenceReport, Route
 from adaptive_offload.split_option import SPLIT_PREFIX
+from offload_manager.frame_outcomes import FORWARDED, NO_RESULT
 from offload_manager.latency_models import tail_probability
 from offload_manager.observations import (EnergyModelLike, Estimate, Observations, Option,
                                           REPLY_BYTES)
 from offload_manager.policy import Plan
+from offload_manager.split_answers import SplitAnswers
 from offload_manager.split_figures import SplitFigures
 
 
@@ -58,6 +60,7 @@ class SplitObservations(Observations):
                  **kwargs: object) -> None:
         self.splits = dict(splits)
         self._lan_slowdown = 1.0
+        self.split_answers = SplitAnswers(SPLIT_RETRY_S)
         super().__init__(energy, **kwargs)  # type: ignore[arg-type]
 
     def prepare(self) -> None:
@@ -68,6 +71,7 @@ class SplitObservations(Observations):
         left :data:`SPLIT_RETRY_S` ago forgets its samples, to be tried again by its profile.
         """
         super().prepare()
+        self.split_answers.tick(self.now_s)
         self._lan_slowdown, newest = 1.0, -math.inf
         for name, fig in self.splits.items():
             series = self.book.get(f'edge:{name}') if fig.edge else None
@@ -82,11 +86,37 @@ class SplitObservations(Observations):
                                          fig.before_wan_ms)
 
     def observe_report(self, report: InferenceReport) -> None:
-        """Learn from a worker report; a split request's as the JPEG request it stands for."""
+        """Learn from a worker report; a split request's as the JPEG request it stands for.
+
+        A head's ``forwarded`` frame on the edge detector's split awaits its tail's answer
+        (:class:`offload_manager.split_answers.SplitAnswers`).
+        """
         if report.source == 'cloud' and report.model.startswith(SPLIT_PREFIX):
             self._observe_split(report)
-        else:
-            super().observe_report(report)
+            return
+        if self._edge_split(report.split):
+            if report.status == FORWARDED:
+                self.split_answers.forwarded(report.stamp_ns)
+            elif report.status == 'ok':
+                self.split_answers.answered(report.stamp_ns)
+        super().observe_report(report)
+
+    def observe_record(self, record: FrameRecord) -> None:
+        """See :meth:`Observations.observe_record`.
+
+        A frame on the edge detector's split ends as one of the splits' answers or losses, not
+        the robot's own model's.
+        """
+        if record.route != Route.EDGE.value or not self._edge_split(record.split):
+            super().observe_record(record)
+            return
+        self._stamps.append(record.stamp_ns)
+        self.split_answers.ended(record.stamp_ns, not record.result_source and
+                                 record.drop_reason == NO_RESULT, self.now_s)
+
+    def _edge_split(self, name: str) -> bool:
+        fig = self.splits.get(name) if name else None
+        return fig is not None and fig.edge
 
     def estimate(self, option: Option, deadline_ms: float) -> Estimate | None:
         """See :meth:`Observations.estimate`; split options as the module says."""
@@ -101,7 +131,8 @@ class SplitObservations(Observations):
 
         Its latency is measured (the frames it answered, arrival to answer), else the
         profiles' (head, encode, LAN, the middle device's decode and tail) scaled by what the
-        other splits measured; it misses when late or when the edge does not answer. Its
+        other splits measured; it misses when late or when the splits do not answer (frames
+        lost, or forwarded and unanswered past the deadline: a lossy LAN is silent). Its
         accuracy is the edge model's own (a split's boxes are the unsplit model's,
         :data:`EDGE_SPLIT_MAP_LOSS`); the robot pays its head, encode and radio, and its idle
         power; nothing is billed.
@@ -116,7 +147,7 @@ class SplitObservations(Observations):
         p_late = tail_probability(series, deadline_ms, prior_ms=prior)
         if p_late is None:
             return None
-        p_miss = 1.0 - self._edge_up * (1.0 - p_late)
+        p_miss = 1.0 - self.split_answers.up(self.now_s, deadline_ms) * (1.0 - p_late)
         energy = self.energy.joules(fig.robot_ms, fig.payload_bytes, REPLY_BYTES,
                                     self.period_ms)
         accuracy = max(0.0, self.accuracy.edge(option.edge_model, option.edge_imgsz) -

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adaptive_offload.datatypes import InferenceReport, Route
+from adaptive_offload.datatypes import DetectionSet, InferenceReport, Route
 from offload_manager.energy import EnergyModel
 from offload_manager.manager import ManagerConfig, OffloadManager
 from offload_manager.observations import Estimate, Option, REPLY_BYTES
@@ -138,3 +138,52 @@ def test_on_the_cloud_route_edge_probes_run_the_split_it_would_come_back_to() ->
     cheap_whole = Estimate(Option(Route.EDGE, 'yolov8n-shapes', 640, 50), 0.0, 0.2, 47.0, 0.0,
                            100.0)
     assert edge_probe_plan(cloud, [cheap_whole, split], 0.01) == cloud
+
+
+def _run_lan(manager: OffloadManager, silent: tuple[float, float], seconds: float) -> list[
+        tuple[float, str]]:
+    """Feed the manager 10 fps frames; the LAN loses every split frame within ``silent``.
+
+    Returns:
+        (seconds, split) of each decision issued.
+    """
+    ms = 1_000_000
+    issued = [(0.0, manager.tick(0).split)]  # type: ignore[union-attr]
+    for i in range(int(seconds * 10)):
+        now = i * 100 * ms
+        manager.frame_arrived(now, 'cam', now)
+        split = manager.decision.split  # type: ignore[union-attr]
+        if split:
+            manager.on_report(InferenceReport(stamp_ns=now, frame_id='cam', source='robot',
+                                              status='forwarded', split=split,
+                                              split_role='head'), now + 5 * ms)
+            if not silent[0] <= now / 1e9 < silent[1]:
+                manager.on_detections(DetectionSet(now, 'cam', 'pi', ()), now + 40 * ms)
+                manager.on_report(InferenceReport(stamp_ns=now, frame_id='cam', source='pi',
+                                                  model='yolov8n-shapes', imgsz=320,
+                                                  total_ms=30.0, split=split,
+                                                  split_role='tail'), now + 40 * ms)
+        else:  # the robot's own model
+            manager.on_detections(DetectionSet(now, 'cam', 'robot', ()), now + 90 * ms)
+            manager.on_report(InferenceReport(stamp_ns=now, frame_id='cam', source='robot',
+                                              model='yolov8n-shapes', imgsz=320, total_ms=90.0,
+                                              split_role='head'), now + 90 * ms)
+        for t in (now + 50 * ms, now + 99 * ms):
+            manager.poll(t)
+            decision = manager.tick(t)
+            if decision is not None and decision.split != issued[-1][1]:
+                issued.append((t / 1e9, decision.split))
+    return issued
+
+
+def test_a_lan_that_loses_the_split_frames_moves_the_manager_to_its_own_model_in_time() -> None:
+    # Frames lost on the LAN never reach the tail, so nothing answers and nothing fails:
+    # forwarded and unanswered past the deadline, they count against the splits alone.
+    manager = OffloadManager(_config(edge_sources=['robot', 'pi']), executes_split=True)
+    issued = _run_lan(manager, (5.0, 15.0), 50.0)
+    assert issued[0] == (0.0, SMALL)
+    moved = next(t for t, split in issued if t >= 5.0)
+    assert issued[1][1] == '' and moved < 5.0 + 0.25 + 0.25 + 0.1  # deadline, plan, frame
+    back = [t for t, split in issued[2:] if split]
+    assert back and 15.0 < back[0] < 15.0 + SPLIT_RETRY_S + 5.0  # tried again, and kept
+    assert issued[-1][1] and all(split for _, split in issued if _ > back[0])

@@ -1,0 +1,78 @@
+"""Whether the edge detector's split answers: its frames answered, lost and overdue.
+
+A split frame crosses the LAN to the middle device's tail. A LAN that slows shows in the
+answers' latency; one that loses packets (Wi-Fi, a saturated link, best-effort DDS dropping a
+fragment) shows nothing at all: the tail never gets the frame, and the frame ends as
+``no_result`` only at the result timeout, seconds later. So a frame the head forwarded and no
+answer followed within the deadline already counts as lost here, and a lost split frame
+counts against the splits alone: the robot's own model, which needs no LAN, keeps its
+availability (:class:`offload_manager.observations.Observations`).
+
+The splits share one history: they share the LAN and the middle device.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+WINDOW = 20
+"""Split frames (answered or lost) the availability counts, as the edge's own window."""
+MAX_PENDING = 256
+"""Forwarded frames awaiting an answer that are kept; older ones are forgotten."""
+
+
+class SplitAnswers:
+    """The split frames' fates, and the share of them answered.
+
+    Args:
+        forget_after_s: With no split frame ended for this long, the history is forgotten: a
+            split left after a bad spell is tried again (as its latency samples are).
+    """
+
+    def __init__(self, forget_after_s: float) -> None:
+        self._forget_after_s = forget_after_s
+        self._outcomes: deque[bool] = deque(maxlen=WINDOW)
+        self._newest_s: float | None = None
+        self._unseen: list[int] = []  # forwarded since the last tick: timed then
+        self._pending: dict[int, float] = {}  # forwarded, unanswered: stamp -> when seen
+
+    def forwarded(self, stamp_ns: int) -> None:
+        """Count the frame of ``stamp_ns`` as forwarded on a split, awaiting its answer."""
+        self._unseen.append(stamp_ns)
+
+    def answered(self, stamp_ns: int) -> None:
+        """Count the frame of ``stamp_ns`` as answered by a tail."""
+        self._pending.pop(stamp_ns, None)
+        if stamp_ns in self._unseen:
+            self._unseen.remove(stamp_ns)
+
+    def ended(self, stamp_ns: int, lost: bool, now_s: float) -> None:
+        """Record that the frame of ``stamp_ns``, sent on a split, ended: answered or ``lost``."""
+        self.answered(stamp_ns)
+        self._outcomes.append(not lost)
+        self._newest_s = now_s
+
+    def tick(self, now_s: float) -> None:
+        """Time the frames forwarded since the last tick; forget a history left long ago.
+
+        A frame is timed from the first tick that sees it, never earlier: an overdue frame
+        is one surely overdue.
+        """
+        for stamp in self._unseen:
+            self._pending[stamp] = now_s
+        self._unseen.clear()
+        while len(self._pending) > MAX_PENDING:
+            del self._pending[next(iter(self._pending))]
+        if self._newest_s is not None and now_s - self._newest_s > self._forget_after_s:
+            self._outcomes.clear()
+            self._pending.clear()
+            self._newest_s = None
+
+    def up(self, now_s: float, deadline_ms: float) -> float:
+        """Return the share of split frames answered, frames overdue by ``deadline_ms`` lost.
+
+        1.0 with no split frame known.
+        """
+        overdue = sum(1 for t in self._pending.values() if now_s - t > deadline_ms / 1e3)
+        total = len(self._outcomes) + overdue
+        return sum(self._outcomes) / total if total else 1.0

@@ -1,0 +1,40 @@
+"""The split frames' fates: answered, lost, or forwarded and overdue."""
+
+from __future__ import annotations
+
+from offload_manager.split_answers import SplitAnswers, WINDOW
+
+
+def test_a_forwarded_frame_unanswered_past_the_deadline_counts_as_lost() -> None:
+    answers = SplitAnswers(forget_after_s=30.0)
+    assert answers.up(0.0, 250.0) == 1.0  # nothing known
+    answers.forwarded(1)
+    answers.tick(10.0)  # timed from the first tick that sees it
+    assert answers.up(10.2, 250.0) == 1.0
+    assert answers.up(10.3, 250.0) == 0.0
+    answers.answered(1)  # late, but it came: no longer overdue
+    assert answers.up(10.3, 250.0) == 1.0
+
+
+def test_ended_frames_count_answered_or_lost_within_a_window() -> None:
+    answers = SplitAnswers(forget_after_s=30.0)
+    for i in range(WINDOW):
+        answers.forwarded(i)
+        answers.ended(i, lost=i % 4 == 0, now_s=i * 0.1)
+    assert answers.up(2.0, 250.0) == 0.75
+    answers.forwarded(99)
+    answers.ended(99, lost=False, now_s=2.1)  # ended before any tick: never pending
+    answers.tick(2.2)
+    assert answers.up(60.0, 250.0) == 16 / WINDOW
+
+
+def test_a_history_left_long_enough_is_forgotten() -> None:
+    answers = SplitAnswers(forget_after_s=30.0)
+    answers.forwarded(1)
+    answers.ended(1, lost=True, now_s=5.0)
+    answers.forwarded(2)
+    answers.tick(5.0)
+    answers.tick(34.0)
+    assert answers.up(34.0, 250.0) == 0.0
+    answers.tick(35.5)
+    assert answers.up(35.5, 250.0) == 1.0
