@@ -114,6 +114,19 @@ class SplitModel:
         other.layout = other._layout()
         return other
 
+    def warm_up(self, imgsz: int) -> None:
+        """Run the network whole once on a blank 640x480 frame at ``imgsz``.
+
+        Its first frame at a size would otherwise carry the allocations into the reported time,
+        and a manager timing the split would see that frame late. The layers are shared by
+        every split point, so this warms them all.
+
+        Raises:
+            BackendError: If the network fails.
+        """
+        x, _ = self.letterbox(np.zeros((480, 640, 3), np.uint8), imgsz)
+        self.tail(self.head(x))
+
     def _layout(self) -> dict[int, tuple[int, int]]:
         import torch
 

@@ -62,7 +62,7 @@ def tensor_name(layer: int) -> str:
 
 
 def build_core(config: EdgeConfig, send: Send) -> EdgeCore:
-    """Make the edge core of ``config``'s role: whole detector, head or tail, model loaded.
+    """Make the edge core of ``config``'s role: whole detector, head or tail, model warmed up.
 
     Args:
         config: Parameters.
@@ -77,6 +77,7 @@ def build_core(config: EdgeConfig, send: Send) -> EdgeCore:
     # A tail that follows the head (k = 0) is prepared at each point as messages name it.
     model = SplitModel.load(BackendOptions(config.model, config.device,
                                            config.ultralytics_config_dir), config.split_point or 1)
+    model.warm_up(config.imgsz)
     if config.split_role == 'head':
         return SplitHead(config, model, send)
     return SplitTail(config, model)

@@ -3,8 +3,10 @@
 A split frame crosses the LAN to the middle device's tail. A LAN that slows shows in the
 answers' latency; one that loses packets (Wi-Fi, a saturated link, best-effort DDS dropping a
 fragment) shows nothing at all: the tail never gets the frame, and the frame ends as
-``no_result`` only at the result timeout, seconds later. So a frame the head forwarded and no
-answer followed within the deadline already counts as lost here, and a lost split frame
+``no_result`` only at the result timeout, seconds later. So frames the head forwarded and no
+answer followed within the deadline already count as lost here, once :data:`MIN_OVERDUE` of
+them are (a lost LAN leaves every frame unanswered; one slow frame is a late answer, which
+the latency series already counts), and a lost split frame
 counts against the splits alone: the robot's own model, which needs no LAN, keeps its
 availability (:class:`offload_manager.observations.Observations`).
 
@@ -17,6 +19,8 @@ from collections import deque
 
 WINDOW = 20
 """Split frames (answered or lost) the availability counts, as the edge's own window."""
+MIN_OVERDUE = 3
+"""Overdue frames that count as lost: fewer are a slow answer or two, not a silent LAN."""
 MAX_PENDING = 256
 """Forwarded frames awaiting an answer that are kept; older ones are forgotten."""
 
@@ -71,8 +75,11 @@ class SplitAnswers:
     def up(self, now_s: float, deadline_ms: float) -> float:
         """Return the share of split frames answered, frames overdue by ``deadline_ms`` lost.
 
-        1.0 with no split frame known.
+        Overdue frames count once there are :data:`MIN_OVERDUE` of them. 1.0 with no split
+        frame known.
         """
         overdue = sum(1 for t in self._pending.values() if now_s - t > deadline_ms / 1e3)
+        if overdue < MIN_OVERDUE:
+            overdue = 0
         total = len(self._outcomes) + overdue
         return sum(self._outcomes) / total if total else 1.0

@@ -25,7 +25,7 @@ from cloud_bridge.bridge_config import CloudConfig
 from cloud_bridge.split_head import SplitRoute
 from edge_inference.detector import BackendOptions, DetectorBackend
 from edge_inference.inference import build_edge, edge_worker, EdgeConfig, EdgeCore
-from edge_inference.split_roles import build_core, SplitHead, SplitTail
+from edge_inference.split_roles import build_core
 from fault_injection.live import OBEYED_KINDS, ObeyedFaults
 from fault_injection.rig import FaultRig
 from fault_injection.scenario import EDGE_KINDS, Scenario
@@ -34,7 +34,7 @@ from offload_manager.manager import ADAPTIVE, ManagerConfig, OffloadManager
 from offload_runtime.embedded_service import EmbeddedService, start_middle, with_bottleneck
 from offload_runtime.replay_split import (check_tail, edge_splits, split_summary, SplitLink,
                                           TAIL)
-from offload_runtime.replay_split import head_point, tail_values, warm_up
+from offload_runtime.replay_split import head_point, tail_values
 from rcnn_service.service import ServiceConfig
 
 BackendFactory = Callable[[str, BackendOptions], DetectorBackend]
@@ -87,13 +87,10 @@ def _split_core(config: EdgeConfig, send: Callable[[SplitFrame], None], params_s
         BackendError: If the model cannot be loaded.
     """
     try:
-        core = build_core(config, send)
+        return build_core(config, send)
     except ConfigError as err:
         raise ConfigError(f'{_where(params_source)}{node}: split_point {config.split_point}: '
                           f'{err}') from None
-    if isinstance(core, (SplitHead, SplitTail)):
-        warm_up(core.model, config.imgsz)
-    return core
 
 
 def quiet(line: str) -> None:

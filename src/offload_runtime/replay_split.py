@@ -106,15 +106,6 @@ def check_tail(tail: EdgeConfig, head: EdgeConfig, edge_sources: Sequence[str],
                           'be heard by no one')
 
 
-def warm_up(model: Any, imgsz: int) -> None:
-    """Run a :class:`edge_inference.split_model.SplitModel` whole once at ``imgsz``.
-
-    Its first frame at a size would otherwise carry the allocations into the reported time.
-    """
-    x, _ = model.letterbox(np.zeros((480, 640, 3), np.uint8), imgsz)
-    model.tail(model.head(x))
-
-
 class _Counted:
     """An image input of one part of the pair: gives a message to its worker, counted."""
 

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from offload_manager.split_answers import SplitAnswers, WINDOW
+from offload_manager.split_answers import MIN_OVERDUE, SplitAnswers, WINDOW
 
 
-def test_a_forwarded_frame_unanswered_past_the_deadline_counts_as_lost() -> None:
+def test_frames_unanswered_past_the_deadline_count_as_lost_once_there_are_several() -> None:
     answers = SplitAnswers(forget_after_s=30.0)
     assert answers.up(0.0, 250.0) == 1.0  # nothing known
     answers.forwarded(1)
     answers.tick(10.0)  # timed from the first tick that sees it
-    assert answers.up(10.2, 250.0) == 1.0
-    assert answers.up(10.3, 250.0) == 0.0
-    answers.answered(1)  # late, but it came: no longer overdue
+    answers.forwarded(2)
+    answers.ended(2, lost=False, now_s=10.1)
+    assert answers.up(10.3, 250.0) == 1.0  # one slow frame: a late answer, maybe
+    for stamp in range(3, 3 + MIN_OVERDUE - 1):
+        answers.forwarded(stamp)
+    answers.tick(10.1)
     assert answers.up(10.3, 250.0) == 1.0
+    assert answers.up(10.4, 250.0) == 1 / (1 + MIN_OVERDUE)  # a silent LAN
+    answers.answered(1)  # late, but it came: no longer overdue
+    assert answers.up(10.4, 250.0) == 1.0
 
 
 def test_ended_frames_count_answered_or_lost_within_a_window() -> None:

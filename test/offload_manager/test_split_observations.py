@@ -7,6 +7,7 @@ from offload_manager.energy import EnergyModel
 from offload_manager.manager import ManagerConfig, OffloadManager
 from offload_manager.observations import Estimate, Option, REPLY_BYTES
 from offload_manager.policy import Plan
+from offload_manager.split_answers import MIN_OVERDUE
 from offload_manager.split_observations import edge_probe_plan, SPLIT_RETRY_S, SplitObservations
 import pytest
 
@@ -183,7 +184,8 @@ def test_a_lan_that_loses_the_split_frames_moves_the_manager_to_its_own_model_in
     issued = _run_lan(manager, (5.0, 15.0), 50.0)
     assert issued[0] == (0.0, SMALL)
     moved = next(t for t, split in issued if t >= 5.0)
-    assert issued[1][1] == '' and moved < 5.0 + 0.25 + 0.25 + 0.1  # deadline, plan, frame
+    # The deadline, the frames until enough are overdue, a plan period, a frame.
+    assert issued[1][1] == '' and moved < 5.0 + 0.25 + (MIN_OVERDUE - 1) * 0.1 + 0.25 + 0.1
     back = [t for t, split in issued[2:] if split]
     assert back and 15.0 < back[0] < 15.0 + SPLIT_RETRY_S + 5.0  # tried again, and kept
     assert issued[-1][1] and all(split for _, split in issued if _ > back[0])
