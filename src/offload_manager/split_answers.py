@@ -39,10 +39,14 @@ class SplitAnswers:
         self._newest_s: float | None = None
         self._unseen: list[int] = []  # forwarded since the last tick: timed then
         self._pending: dict[int, float] = {}  # forwarded, unanswered: stamp -> when seen
+        self._sent: dict[int, None] = {}  # forwarded, not yet ended (in order)
 
     def forwarded(self, stamp_ns: int) -> None:
         """Count the frame of ``stamp_ns`` as forwarded on a split, awaiting its answer."""
         self._unseen.append(stamp_ns)
+        self._sent[stamp_ns] = None
+        while len(self._sent) > MAX_PENDING:
+            del self._sent[next(iter(self._sent))]
 
     def answered(self, stamp_ns: int) -> None:
         """Count the frame of ``stamp_ns`` as answered by a tail."""
@@ -50,11 +54,21 @@ class SplitAnswers:
         if stamp_ns in self._unseen:
             self._unseen.remove(stamp_ns)
 
-    def ended(self, stamp_ns: int, lost: bool, now_s: float) -> None:
-        """Record that the frame of ``stamp_ns``, sent on a split, ended: answered or ``lost``."""
+    def ended(self, stamp_ns: int, lost: bool, now_s: float) -> bool:
+        """Record that the frame of ``stamp_ns`` ended: answered or ``lost``.
+
+        Returns:
+            Whether it was a split frame: one a head forwarded. A frame the head never
+            forwarded was lost on the robot (a head that never saw it), not on the LAN, and is
+            none of the splits' business.
+        """
+        if stamp_ns not in self._sent:
+            return False
+        del self._sent[stamp_ns]
         self.answered(stamp_ns)
         self._outcomes.append(not lost)
         self._newest_s = now_s
+        return True
 
     def tick(self, now_s: float) -> None:
         """Time the frames forwarded since the last tick; forget a history left long ago.

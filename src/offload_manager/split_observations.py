@@ -104,15 +104,15 @@ class SplitObservations(Observations):
     def observe_record(self, record: FrameRecord) -> None:
         """See :meth:`Observations.observe_record`.
 
-        A frame on the edge detector's split ends as one of the splits' answers or losses, not
-        the robot's own model's.
+        A frame a head forwarded on the edge detector's split ends as one of the splits'
+        answers or losses, not the robot's own model's.
         """
-        if record.route != Route.EDGE.value or not self._edge_split(record.split):
-            super().observe_record(record)
+        if record.route == Route.EDGE.value and self._edge_split(record.split) and \
+                self.split_answers.ended(record.stamp_ns, not record.result_source and
+                                         record.drop_reason == NO_RESULT, self.now_s):
+            self._stamps.append(record.stamp_ns)
             return
-        self._stamps.append(record.stamp_ns)
-        self.split_answers.ended(record.stamp_ns, not record.result_source and
-                                 record.drop_reason == NO_RESULT, self.now_s)
+        super().observe_record(record)
 
     def _edge_split(self, name: str) -> bool:
         fig = self.splits.get(name) if name else None

@@ -29,15 +29,19 @@ def test_ended_frames_count_answered_or_lost_within_a_window() -> None:
         answers.ended(i, lost=i % 4 == 0, now_s=i * 0.1)
     assert answers.up(2.0, 250.0) == 0.75
     answers.forwarded(99)
-    answers.ended(99, lost=False, now_s=2.1)  # ended before any tick: never pending
+    assert answers.ended(99, lost=False, now_s=2.1)  # ended before any tick: never pending
     answers.tick(2.2)
+    assert answers.up(60.0, 250.0) == 16 / WINDOW
+    # A frame no head forwarded was lost on the robot: none of the splits' business.
+    assert not answers.ended(100, lost=True, now_s=2.3)
+    assert not answers.ended(99, lost=True, now_s=2.3)  # and a frame ends once
     assert answers.up(60.0, 250.0) == 16 / WINDOW
 
 
 def test_a_history_left_long_enough_is_forgotten() -> None:
     answers = SplitAnswers(forget_after_s=30.0)
     answers.forwarded(1)
-    answers.ended(1, lost=True, now_s=5.0)
+    assert answers.ended(1, lost=True, now_s=5.0)
     answers.forwarded(2)
     answers.tick(5.0)
     answers.tick(34.0)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from adaptive_offload.datatypes import DetectionSet, InferenceReport, Route
+from dataclasses import replace
+
+from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceReport, Route
 from offload_manager.energy import EnergyModel
+from offload_manager.frame_outcomes import NO_RESULT
 from offload_manager.manager import ManagerConfig, OffloadManager
 from offload_manager.observations import Estimate, Option, REPLY_BYTES
 from offload_manager.policy import Plan
@@ -189,3 +192,21 @@ def test_a_lan_that_loses_the_split_frames_moves_the_manager_to_its_own_model_in
     back = [t for t, split in issued[2:] if split]
     assert back and 15.0 < back[0] < 15.0 + SPLIT_RETRY_S + 5.0  # tried again, and kept
     assert issued[-1][1] and all(split for _, split in issued if _ > back[0])
+
+
+def test_a_frame_the_head_never_forwarded_counts_against_the_robot_not_the_split() -> None:
+    obs = OffloadManager(_config(), executes_split=True)._policy.obs  # type: ignore[attr-defined]
+    lost = FrameRecord(index=0, stamp_ns=1, frame_id='cam', route='edge', split=SMALL,
+                       drop_reason=NO_RESULT)
+    obs.observe_record(lost)  # the head never saw it: no forwarded report
+    obs.prepare()
+    whole = obs.estimate(Option(Route.EDGE, 'yolov8n-shapes', 320, 50), 250.0)
+    split = obs.estimate(_option(SMALL), 250.0)
+    assert whole is not None and split is not None
+    assert whole.p_miss == 1.0 and split.p_miss < 0.01
+    obs.observe_report(InferenceReport(stamp_ns=2, frame_id='cam', source='robot',
+                                       status='forwarded', split=SMALL))
+    obs.observe_record(replace(lost, stamp_ns=2))  # forwarded, then lost on the LAN
+    obs.prepare()
+    split = obs.estimate(_option(SMALL), 250.0)
+    assert split is not None and split.p_miss == 1.0
