@@ -4,10 +4,11 @@ Every ``sync_s`` the fleet simulation scrapes the service (:class:`ServiceSample
 its scaler how many replicas it wants. Scalers, by name (:data:`SCALERS`):
 
 * ``static``: never changes the count (what a fixed Deployment does).
-* ``reactive``: the Kubernetes HPA of ``deploy/kubernetes/hpa.yaml`` on its three per-pod
+* ``reactive``: the Kubernetes HPA of ``deploy/kubernetes/hpa.yaml`` on its four per-pod
   metrics, each over the adapter's one-minute window: the offered utilisation (requests that
   reached admission over what the ready pods compute at their best batch size, target 70 %),
-  the queue wait and the refusals a second. It follows whichever asks for most, with the HPA's
+  the busy share (the share of time the pods compute, target 70 %), the queue wait and the
+  refusals a second. It follows whichever asks for most, with the HPA's
   rules: a 10 % tolerance, pods not ready counted as idle when scaling up, at most twice the
   replicas per 30 s, and a 300 s stabilisation window before scaling down.
 * ``predictive``: forecasts the fleet's request rate one pod start ahead (AR(2) on the
@@ -47,6 +48,10 @@ class HpaSettings:
             second that reached admission over the images a second the pod computes
             (``adaptive_offload_offered_utilisation``, ``averageValue: 700m``). 0.7 is the
             predictive scaler's ``utilisation``: what it showed a replica should be offered.
+        target_busy_share: Per-pod target of the share of time the pod computes
+            (``adaptive_offload_busy_share``, ``averageValue: 700m``). Pods whose batches do
+            not fill compute far less than their best batch size allows: the offered
+            utilisation then reads low while they are busy.
         tolerance: Ratios within ``1 +- tolerance`` of the target change nothing.
         metric_window_s: Window the metrics are averaged over (the adapter's ``rate[1m]``).
         scale_up_factor: Most the replicas may grow by in ``scale_up_period_s``.
@@ -59,6 +64,7 @@ class HpaSettings:
     target_wait_s: float = 0.05
     target_refusals_per_s: float = 0.5
     target_offered_utilisation: float = 0.7
+    target_busy_share: float = 0.7
     tolerance: float = 0.1
     metric_window_s: float = 60.0
     scale_up_factor: float = 2.0
@@ -71,8 +77,9 @@ class HpaSettings:
             raise ConfigError('sync_s, target_wait_s and target_refusals_per_s must be > 0')
         if not 0 < self.utilisation <= 1 or self.scale_up_factor < 1:
             raise ConfigError('need 0 < utilisation <= 1 and scale_up_factor >= 1')
-        if not 0 < self.target_offered_utilisation <= 1:
-            raise ConfigError('need 0 < target_offered_utilisation <= 1')
+        if not 0 < self.target_offered_utilisation <= 1 or not 0 < self.target_busy_share <= 1:
+            raise ConfigError('need 0 < target_offered_utilisation <= 1 and '
+                              '0 < target_busy_share <= 1')
 
 
 class Scaler(Protocol):
@@ -113,10 +120,12 @@ class ReactiveHpa:
         wait = sum(s.mean_wait_s * s.seconds for s in self._samples) / seconds
         refusals = sum(s.refusals_per_s * s.seconds for s in self._samples) / seconds
         offered = sum(s.offered_per_s * s.seconds for s in self._samples) / seconds
+        busy = sum(s.utilisation * s.seconds for s in self._samples) / seconds
         spec, ready = sample.spec, max(1, sample.ready)
         proposals = []
         # With several metrics the HPA follows whichever asks for the most replicas.
-        metrics = [(wait, h.target_wait_s), (refusals / ready, h.target_refusals_per_s)]
+        metrics = [(wait, h.target_wait_s), (refusals / ready, h.target_refusals_per_s),
+                   (busy, h.target_busy_share)]
         if sample.ready_capacity_per_s > 0:  # no pod ready reports a capacity: no metric
             metrics.append((offered / sample.ready_capacity_per_s,
                             h.target_offered_utilisation))

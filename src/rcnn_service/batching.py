@@ -65,6 +65,8 @@ class AdaptiveBatcher(Generic[In, Out]):
             admitted or refused (metrics: the offered load).
         admission_margin: Deviations of batch time admission allows beyond the smoothed
             time (see :class:`rcnn_service.fair_queue.BatchTimes`).
+        on_busy: Called with the seconds each batch of requests took (metrics: the share of
+            time the model computes).
 
     Raises:
         ConfigError: For a batch size below 1, a negative wait or margin, or a queue smaller
@@ -77,7 +79,8 @@ class AdaptiveBatcher(Generic[In, Out]):
                  on_refusal: Callable[[Overloaded], None] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  on_offer: Callable[[], None] | None = None,
-                 admission_margin: float = MARGIN) -> None:
+                 admission_margin: float = MARGIN,
+                 on_busy: Callable[[float], None] | None = None) -> None:
         if max_batch < 1 or max_wait_ms < 0 or max_queue < 0:
             raise ConfigError(f'need max_batch >= 1, max_wait_ms >= 0 and max_queue >= 0, got '
                               f'{max_batch}, {max_wait_ms}, {max_queue}')
@@ -92,6 +95,7 @@ class AdaptiveBatcher(Generic[In, Out]):
         self._on_batch = on_batch
         self._on_refusal = on_refusal
         self._on_offer = on_offer
+        self._on_busy = on_busy
         self._clock = clock
         self._thread = threading.Thread(target=self._loop, name='batcher', daemon=True)
         self._thread.start()
@@ -214,7 +218,10 @@ class AdaptiveBatcher(Generic[In, Out]):
             if batch:
                 if self._on_batch is not None:
                     self._on_batch(len(batch))
+                start = self._clock()
                 self._finish(batch)
+                if self._on_busy is not None:
+                    self._on_busy(self._clock() - start)
             with self._cond:
                 self._queue.running(None)
 

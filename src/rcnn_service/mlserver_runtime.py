@@ -176,7 +176,8 @@ class RcnnRuntime(MLModel):
         batcher = AdaptiveBatcher(self._model.run, cfg.max_batch, cfg.batch_wait_ms,
                                   metrics.batch_size.observe, cfg.max_queue, metrics.refused,
                                   on_offer=metrics.offered.inc,
-                                  admission_margin=cfg.admission_margin)
+                                  admission_margin=cfg.admission_margin,
+                                  on_busy=metrics.busy.inc)
         await asyncio.get_running_loop().run_in_executor(
             None, batcher.calibrate, calibration_frame())
         self._batcher = batcher

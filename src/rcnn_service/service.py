@@ -130,7 +130,8 @@ class InferenceService:
         batcher: AdaptiveBatcher[ModelInput, Detections] = AdaptiveBatcher(
             model.run, cfg.max_batch, cfg.batch_wait_ms,
             self.load.batch_size.observe, cfg.max_queue, self.load.refused,
-            on_offer=self.load.offered.inc, admission_margin=cfg.admission_margin)
+            on_offer=self.load.offered.inc, admission_margin=cfg.admission_margin,
+            on_busy=self.load.busy.inc)
         self.model = model
         batcher.calibrate(calibration_frame())
         self.tail = model.tail

@@ -15,7 +15,10 @@ fate (answered in or after its budget, refused at once, or later pushed out or e
 from the batch times it measured at start and keeps measuring. Their ratio,
 ``rate(offered_total) / capacity``, is the pod's offered utilisation (1: offered exactly what
 it can compute). Requests refused before admission (malformed, unauthorised, model not ready)
-are not offered load.
+are not offered load. ``busy_seconds_total`` counts the seconds the model computed batches:
+its rate is the share of the time the pod is busy, which the offered utilisation misses when
+batches do not fill (a pod computing one image at a time is busy long before the offered
+load reaches what it computes at its best batch size).
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class ServiceMetrics:
         self.offered = Counter('adaptive_offload_offered',
                                'Requests that reached admission, admitted or refused',
                                registry=registry)
+        self.busy = Counter('adaptive_offload_busy_seconds',
+                            'Seconds the model spent computing batches of requests',
+                            registry=registry)
         self.capacity = Gauge('adaptive_offload_capacity_images_per_second',
                               'Images a second the model computes at its best batch size, from '
                               'its measured batch times (0 until measured)', registry=registry)

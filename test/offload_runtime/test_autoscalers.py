@@ -18,9 +18,9 @@ SERVICE = ServiceSettings(replicas=2, min_replicas=1, max_replicas=20, first_ms=
 
 def _sample(t_s: float, spec: int, ready: int | None = None, wait_s: float = 0.05,
             refusals: float = 0.0, arrivals: float = 10.0, offered: float = 0.0,
-            capacity: float = 0.0) -> ServiceSample:
+            capacity: float = 0.0, busy: float = 0.0) -> ServiceSample:
     """Return a scrape; ``capacity`` 0: no pod exports one, so no offered utilisation."""
-    return ServiceSample(t_s, 15.0, arrivals, refusals, wait_s, 0.5,
+    return ServiceSample(t_s, 15.0, arrivals, refusals, wait_s, busy,
                          spec if ready is None else ready, spec, 10.0, offered, capacity)
 
 
@@ -87,6 +87,16 @@ def test_the_simulated_hpa_adds_a_pod_for_offered_load_before_a_queue_builds() -
     hpa = HpaSettings()
     assert sample.mean_wait_s < hpa.target_wait_s and sample.refusals_per_s == 0
     assert ReactiveHpa(hpa, service.s, random.Random(0)).desired(sample) == 2
+
+
+def test_busy_pods_get_company_though_their_offered_utilisation_looks_low() -> None:
+    # Requests computed a few at a time: 58 % of what the pods compute at their best batch
+    # size is offered, yet they are busy 88 % of the time (a simulated cloud-heavy fleet).
+    quiet = {'wait_s': 0.024, 'refusals': 1.3, 'offered': 62.0, 'capacity': 107.0}
+    assert _hpa().desired(_sample(15, 4, busy=0.88, **quiet)) == 6  # ceil(4 x 0.88 / 0.7)
+    assert _hpa().desired(_sample(15, 4, busy=0.75, **quiet)) == 4  # within tolerance
+    # Pods not ready are idle to the HPA: busy ready pods ask for fewer new ones.
+    assert _hpa().desired(_sample(15, 4, ready=2, busy=0.88, **quiet)) == 4
 
 
 def test_scaling_down_waits_out_the_stabilisation_window() -> None:

@@ -212,6 +212,25 @@ def test_every_request_that_reaches_admission_is_offered_once_whatever_its_fate(
     assert len(offered) == 5
 
 
+def test_the_time_each_batch_computes_is_reported_busy_calibration_aside() -> None:
+    now = [0.0]
+
+    def run(items: list[int]) -> list[int]:
+        now[0] += 0.1 + 0.02 * (len(items) - 1)
+        return items
+
+    busy: list[float] = []
+    batcher = AdaptiveBatcher(run, max_batch=4, clock=lambda: now[0], on_busy=busy.append)
+    try:
+        batcher.calibrate(7)
+        assert busy == []  # the model's own timing before serving: no request's load
+        assert batcher.submit(1).future.result(10) == 1
+        batcher.submit(2).future.result(10)
+    finally:
+        batcher.close()
+    assert busy == pytest.approx([0.1, 0.1])
+
+
 def test_capacity_is_the_best_rate_of_the_batch_times_and_follows_them() -> None:
     now = [0.0]
     slowdown = [1.0]

@@ -54,8 +54,8 @@ def _exported_metric_names() -> set[str]:
 def test_the_hpa_scales_on_metrics_the_adapter_derives_from_what_the_service_exports() -> None:
     hpa = _load('hpa.yaml')['spec']['metrics']
     pods = [m['pods']['metric']['name'] for m in hpa if m['type'] == 'Pods']
-    assert pods == ['adaptive_offload_offered_utilisation', 'adaptive_offload_queue_wait_seconds',
-                    'adaptive_offload_refusals_per_second']
+    assert pods == ['adaptive_offload_offered_utilisation', 'adaptive_offload_busy_share',
+                    'adaptive_offload_queue_wait_seconds', 'adaptive_offload_refusals_per_second']
     [cpu] = [m for m in hpa if m['type'] == 'Resource']  # secondary only
     assert cpu['resource']['name'] == 'cpu'
     assert cpu['resource']['target']['averageUtilization'] >= 80
@@ -84,6 +84,7 @@ def test_the_hpa_sizes_for_the_offered_load_with_the_simulators_targets() -> Non
     assert hpa[-1]['type'] == 'Resource'  # CPU last
     sim = HpaSettings()
     assert targets == {'adaptive_offload_offered_utilisation': sim.target_offered_utilisation,
+                       'adaptive_offload_busy_share': sim.target_busy_share,
                        'adaptive_offload_queue_wait_seconds': sim.target_wait_s,
                        'adaptive_offload_refusals_per_second': sim.target_refusals_per_s}
     rules = yaml.safe_load(_load('prometheus-adapter-rules.yaml')['data']['config.yaml'])['rules']
