@@ -39,3 +39,19 @@ def edge_topic(source: str, leaf: str) -> str:
     """
     prefix = '' if source == ROOT_EDGE_SOURCE else f'/{source.strip("/")}'
     return f'{prefix}/edge/{leaf}'
+
+
+def misplaced_source(source: str, namespace: str) -> str:
+    """Say why an edge target in ``namespace`` is not heard as ``source``; empty if it is.
+
+    The manager listens for source ``source`` on :func:`edge_topic`; the node publishes on
+    ``edge/...`` relative to its namespace. Named ``robot`` but launched at the root, its
+    answers and reports would reach no manager.
+    """
+    published = f'{namespace.rstrip("/")}/edge/detections'
+    expected = edge_topic(source, 'detections')
+    if published == expected:
+        return ''
+    return (f'source_name {source!r} in namespace {namespace!r} publishes on {published}, '
+            f'but a manager listens for {source!r} on {expected}: launch it in namespace '
+            f'{expected[:-len("/edge/detections")] or "/"} or set source_name to match')

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from adaptive_offload import graph
+from adaptive_offload import graph, topics
 from adaptive_offload import ros_interface as ros
 from adaptive_offload.errors import AdaptiveOffloadError, ConfigError
 from adaptive_offload.frame_worker import DecisionHolder, FrameWorker, ResultEmitter
@@ -54,6 +54,9 @@ class EdgeInferenceNode(LifecycleNode):
         except AdaptiveOffloadError as err:
             return self._fail(err)
         config = self._config
+        misplaced = topics.misplaced_source(config.source_name, self.get_namespace())
+        if misplaced:
+            self.get_logger().warning(misplaced)
         self._graph = graph.edge_inference(config.image_topic, config.compressed,
                                            config.source_name, config.publish_annotated,
                                            config.obey_faults, config.split_role,
