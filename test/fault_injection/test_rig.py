@@ -60,7 +60,9 @@ def test_replay_with_the_fault_proxy_detects_and_recovers(tmp_path: Path,
     assert fault.detect_s is not None and fault.detect_s < 1.0
     assert fault.recover_s is not None and fault.dropped == 0
     sources = [r.result_source for r in result.records]
-    assert sources[0] == 'cloud' and 'edge' in sources and sources[-1] == 'cloud'
+    # The cloud serves again after the outage (1-2 s); not necessarily the bag's last frame,
+    # which the end of the replay may settle by its edge answer while its request is under way.
+    assert sources[0] == 'cloud' and 'edge' in sources and 'cloud' in sources[-10:]
 
 
 def test_replay_kills_the_service_process_and_it_comes_back(
