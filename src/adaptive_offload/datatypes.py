@@ -211,6 +211,10 @@ class Decision(JsonRecord):
             edge route, a split of the edge detector (``model@imgsz:k/end:encoding``) that the
             robot's split head runs to layer ``k``, its tail on an edge computer running the
             rest; empty: the whole edge detector (or a head's own ``split_point``).
+        split_probe: On the edge route with no ``split`` (the robot's own model), a split of
+            the edge detector (``model@imgsz:k/end:encoding``) that the robot's split head
+            also sends on every ``probe_every``-th frame it answers itself: the tail's answer
+            measures the split while the robot does not use it. Empty: none.
     """
 
     SCHEMA = 'adaptive_offload/Decision'
@@ -231,6 +235,7 @@ class Decision(JsonRecord):
     reason: str = ''
     unmet: str = ''
     split: str = ''
+    split_probe: str = ''
 
     def __post_init__(self) -> None:
         object.__setattr__(self, 'route', Route(self.route))
@@ -291,6 +296,9 @@ class InferenceReport(JsonRecord):
         split_role: ``head`` on every report of a split detector's head, ``tail`` on its
             tail's, empty otherwise. A frame a head answers, fails or skips itself never
             reaches its tail: knowing the head, the manager settles the tail's part at once.
+        split_probe: On a head's ``ok`` report of a frame it answered itself, the split
+            option it also sent the frame on as a probe (``Decision.split_probe``); its
+            ``encode_ms`` and ``bytes_sent`` are the probe's. Empty otherwise.
     """
 
     SCHEMA = 'adaptive_offload/InferenceReport'
@@ -315,6 +323,7 @@ class InferenceReport(JsonRecord):
     encode_ms: float = 0.0
     split: str = ''
     split_role: str = ''
+    split_probe: str = ''
 
 
 @dataclass(frozen=True)

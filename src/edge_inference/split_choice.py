@@ -12,7 +12,7 @@ runs the whole detector then: the manager chose the robot's own model. Whether t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from adaptive_offload.datatypes import Decision, Route
 from adaptive_offload.errors import ConfigError
@@ -79,19 +79,42 @@ def choose(decision: Decision, config: EdgeConfig) -> HeadChoice:
         [f'model {decision.edge_model} not split here; used {model}']
     text = decision.split if decision.route is not Route.SPLIT else ''
     if text:
-        try:
-            spec = parse_spec(text)
-        except ConfigError:
-            notes.append(f'split {text[:MAX_QUOTED]!r} unreadable')
-        else:
-            if spec.arch == model and spec.middle_to == END and spec.point.isascii() and \
-                    spec.point.isdigit():
-                return HeadChoice(int(spec.point), spec.imgsz, spec.precision, spec.codec,
-                                  '; '.join(notes))
-            notes.append(f'split {text[:MAX_QUOTED]!r} is no split of {model} to {END}')
+        named, why = _named(text, model)
+        if named is not None:
+            return replace(named, note='; '.join(notes))
+        notes.append(why)
     imgsz = decision.edge_imgsz if decision.edge_imgsz > 0 else config.imgsz
     if text:
         notes[-1] += f'; ran k={config.split_point}' if config.split_point else \
             '; ran the whole model'
     return HeadChoice(config.split_point, imgsz, config.split_precision, config.split_codec,
                       '; '.join(notes), whole=not config.split_point)
+
+
+def probe_choice(decision: Decision, config: EdgeConfig) -> tuple[HeadChoice | None, str]:
+    """Return the split a head also sends a frame on that it answers itself, and why not.
+
+    That is ``Decision.split_probe`` on the edge route, for a head at ``split_point`` 0 (the
+    one that answers frames itself), when it names a split of the head's model to the end.
+
+    Returns:
+        The probe's choice, or None with a note when the decision names a probe this head
+        cannot send (empty when it names none, or the head never runs whole).
+    """
+    text = decision.split_probe
+    if decision.route is not Route.EDGE or not text or config.split_point:
+        return None, ''
+    named, why = _named(text, config.model_name)
+    return named, '' if named is not None else f'probe {why}'
+
+
+def _named(text: str, model: str) -> tuple[HeadChoice | None, str]:
+    """Return the split of ``model`` to the end that the option ``text`` names, or why not."""
+    try:
+        spec = parse_spec(text)
+    except ConfigError:
+        return None, f'split {text[:MAX_QUOTED]!r} unreadable'
+    if spec.arch == model and spec.middle_to == END and spec.point.isascii() and \
+            spec.point.isdigit():
+        return HeadChoice(int(spec.point), spec.imgsz, spec.precision, spec.codec), ''
+    return None, f'split {text[:MAX_QUOTED]!r} is no split of {model} to {END}'

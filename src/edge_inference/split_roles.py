@@ -11,54 +11,41 @@ at each k as frames need it. Its report is ``forwarded`` (the tail answers the f
 option run as ``split``, the head's time, the encode time, the bytes sent, no detections. A
 head at ``split_point`` 0 runs the whole detector on a frame whose decision names no split of
 it (the manager chose the robot's own model) and answers it itself, as an unsplit
-edge_inference would. Every report of a head or a tail says its ``split_role``. A
+edge_inference would; every ``probe_every``-th such frame also goes on as a probe of the
+decision's ``split_probe``, so that the manager keeps measuring the split it left. Every report
+of a head or a tail says its ``split_role``. A
 ``tail`` runs whatever arrives: it reads the message within bounds, refuses one from other
 weights or another split point (at ``split_point`` 0 it runs any point the head chose), runs
 layers ``[k, end)``, NMS and the box scaling, and publishes the detections and its ``ok``
 report, with the message's option as ``split``, under its own ``source_name``: to the manager
 it is one more edge source. A bad or refused message, or a k the model does not have, gives a
 ``failed`` report that says why, never an exception.
-
-The message's request parameters (beside V2's ``point`` and sizes, see
-:mod:`adaptive_offload.split_wire`): ``model``, ``weights_sha256``, ``imgsz``,
-``letterbox_scale`` (``y,x``), ``letterbox_pad`` (``top,left``), ``decision_seq`` and
-``split`` (the option name); tensors are named ``layer_<j>`` after the layer that output them.
+The message and its parameters: :mod:`edge_inference.split_message`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-import math
 import time
 from typing import Any, Callable, Mapping
 
 from adaptive_offload.admission import EveryNth
 from adaptive_offload.conversions import image_to_frame, stamp_to_ns
-from adaptive_offload.datatypes import Decision, Detection, DetectionSet, InferenceReport
+from adaptive_offload.datatypes import (Decision, Detection, DetectionSet, Frame,
+                                        InferenceReport)
 from adaptive_offload.errors import BackendError, ConfigError, ConversionError
-from adaptive_offload.split_frame import read_split_frame, split_frame, SplitFrame
+from adaptive_offload.split_frame import read_split_frame, SplitFrame
 from adaptive_offload.split_request import decode_wire_tensor, SplitRequest
-from adaptive_offload.split_wire import encode_wire_tensor, SplitTensors
 from edge_inference.detector import BackendOptions, class_indices
 from edge_inference.inference import build_edge, EdgeConfig, EdgeCore, reconfigured
-from edge_inference.split_choice import choose
+from edge_inference.split_choice import choose, HeadChoice, MAX_QUOTED, probe_choice
+from edge_inference.split_message import (bad_request, DECISION_SEQ, head_message, IMGSZ,
+                                          int_param, MAX_INPUT_SIDE, MAX_SPLIT_NAME,
+                                          read_letterbox, SPLIT, tensor_name, text_param,
+                                          WEIGHTS)
 from edge_inference.split_model import Letterbox, SplitModel
 
-MODEL, WEIGHTS, IMGSZ, SPLIT = 'model', 'weights_sha256', 'imgsz', 'split'
-LETTERBOX_SCALE, LETTERBOX_PAD, DECISION_SEQ = 'letterbox_scale', 'letterbox_pad', 'decision_seq'
-MAX_SPLIT_NAME = 256
-"""Longest ``split`` parameter (the option's name) a tail accepts."""
-MAX_INPUT_SIDE = 4096
-"""Longest side of a network input a tail accepts (the ``imgsz`` parameter's maximum)."""
-MAX_FRAME_SIDE = 16384
-"""Longest side of an original frame a tail accepts."""
-
 Send = Callable[[SplitFrame], None]
-
-
-def tensor_name(layer: int) -> str:
-    """Return the wire name of the crossing tensor that ``layer`` output."""
-    return f'layer_{layer}'
 
 
 def build_core(config: EdgeConfig, send: Send) -> EdgeCore:
@@ -149,7 +136,11 @@ class SplitHead(_SplitRole):
     """Runs layers ``[0, k)`` on camera frames and sends what crosses.
 
     k, the wire encoding and the input size are the decision's split option's when it names
-    one of this model, else the parameters' (:func:`edge_inference.split_choice.choose`).
+    one of this model, else the parameters' (:func:`edge_inference.split_choice.choose`). At
+    ``split_point`` 0 a frame whose decision names no split runs whole here; every
+    ``probe_every``-th of them is also sent on the decision's ``split_probe``, if it names a
+    split of this model: the head runs to its k, sends what crosses, and finishes the frame
+    from there (the same boxes, bit for bit, at the same input size).
 
     Args:
         config: Parameters (``split_point`` and ``split_encoding`` when no decision sets them).
@@ -163,6 +154,7 @@ class SplitHead(_SplitRole):
         super().__init__(config, model, clock)
         self._send = send
         self._probes = EveryNth()
+        self._split_probes = EveryNth()
         self._at: dict[int, SplitModel] = {model.point.index: model}
 
     def process(self, msg: Any, decision: Decision,
@@ -174,7 +166,8 @@ class SplitHead(_SplitRole):
             run as ``split``, the head's time as ``inference_ms``, the tensors' encoding and
             the message's making as ``encode_ms``, the message's bytes as ``bytes_sent``;
             ``failed`` (a k the model does not have names the valid ones) or ``skipped``. A
-            frame run whole (at ``split_point`` 0): its detections and ``ok`` report.
+            frame run whole (at ``split_point`` 0): its detections and ``ok`` report, a
+            probe's option as ``split_probe`` with its encode time and bytes.
         """
         start = self._clock()
         report = self._report(msg, decision.seq)
@@ -187,24 +180,14 @@ class SplitHead(_SplitRole):
         try:
             frame = image_to_frame(msg)
             if choice.whole:
-                x, box = self.model.letterbox(frame.image, choice.imgsz)
-                run_start = self._clock()
-                raw = self.model.tail(self.model.head(x))
-                return self._answer(report, self._detect(self.model, raw, box), start, run_start)
+                return self._whole(frame, report, decision, choice, start)
             model = self._model_at(choice.point, option)
             x, box = model.letterbox(frame.image, choice.imgsz)
             head_start = self._clock()
             crossing = model.head(x)
             encode_start = self._clock()
-            tensors = tuple(encode_wire_tensor(tensor_name(j), t, choice.precision, choice.codec)
-                            for j, t in sorted(crossing.items()))
-            split = SplitTensors(model.point.index, box.padded, (box.image,), (box.original,),
-                                 tensors)
-            out = split_frame(frame.stamp_ns, frame.frame_id, split, {
-                MODEL: config.model_name, WEIGHTS: model.weights_sha256, IMGSZ: choice.imgsz,
-                LETTERBOX_SCALE: f'{box.scale[0]!r},{box.scale[1]!r}',
-                LETTERBOX_PAD: f'{box.pad[0]},{box.pad[1]}', DECISION_SEQ: decision.seq,
-                SPLIT: option})
+            out = head_message(frame, model, box, crossing, choice, config.model_name,
+                               decision.seq, option)
             encode_end = self._clock()
         except (ConversionError, BackendError) as err:
             return None, self._failed(report, err, start)
@@ -213,6 +196,49 @@ class SplitHead(_SplitRole):
                              inference_ms=(encode_start - head_start) / 1e6,
                              encode_ms=(encode_end - encode_start) / 1e6,
                              total_ms=self._ms_since(start), bytes_sent=len(out.data))
+
+    def _whole(self, frame: Frame, report: InferenceReport, decision: Decision,
+               choice: HeadChoice, start: int) -> tuple[DetectionSet, InferenceReport]:
+        """Answer a frame with the whole detector, sending it on as a split probe if due.
+
+        A probe that cannot be sent (a k the model lacks, a tensor that does not encode)
+        leaves the frame answered all the same, with a note saying why.
+
+        Raises:
+            ConversionError: For an image that does not fit the model.
+            BackendError: If the model fails.
+        """
+        probe, note = probe_choice(decision, self.config)
+        if probe is not None and self._split_probes.pick(decision.probe_every):
+            option = probe.option(self.config.model_name)
+            try:
+                model = self._model_at(probe.point, option)
+                x, box = model.letterbox(frame.image, probe.imgsz)
+                run_start = self._clock()
+                crossing = model.head(x)
+                encode_start = self._clock()
+                out = head_message(frame, model, box, crossing, probe, self.config.model_name,
+                                   decision.seq, option)
+                encode_end = self._clock()
+            except (ConversionError, BackendError) as err:
+                note = f'probe {option[:MAX_QUOTED]!r} not sent: {err}'
+            else:
+                self._send(out)
+                sent = replace(report, split_probe=option, bytes_sent=len(out.data),
+                               encode_ms=(encode_end - encode_start) / 1e6)
+                if probe.imgsz == choice.imgsz:  # the rest of the frame's own run
+                    raw = model.tail(crossing)
+                    dets = self._detect(model, raw, box)
+                    answer, done = self._answer(sent, dets, start, encode_end)
+                    return answer, replace(done, inference_ms=done.inference_ms +
+                                           (encode_start - run_start) / 1e6)
+                report = sent
+        if note:
+            report = replace(report, reason='; '.join(r for r in (report.reason, note) if r))
+        x, box = self.model.letterbox(frame.image, choice.imgsz)
+        run_start = self._clock()
+        raw = self.model.tail(self.model.head(x))
+        return self._answer(report, self._detect(self.model, raw, box), start, run_start)
 
     def _model_at(self, point: int, option: str) -> SplitModel:
         """Return the model prepared at split point ``point``, prepared on first use.
@@ -301,16 +327,17 @@ class SplitTail(_SplitRole):
                                   f'{self.model.weights_sha256[:16]!r}...: give both the same '
                                   'file')
         model = self._model_at(split.point)
-        box = _letterbox(split, params, model.stride)
+        box = read_letterbox(split, params, model.stride)
         names = {tensor_name(j): j for j in model.point.crossing}
         given = {t.name: t for t in split.tensors}
         if set(given) != set(names):
-            raise _bad(f'split point {split.point} takes {sorted(names)}, got {sorted(given)}')
+            raise bad_request(f'split point {split.point} takes {sorted(names)}, got '
+                              f'{sorted(given)}')
         for name, j in names.items():
             expected = model.expected_shape(j, box.padded)
             if tuple(given[name].shape) != expected:
-                raise _bad(f'tensor {name} of shape {list(given[name].shape)}: an input of '
-                           f'{box.padded[0]}x{box.padded[1]} gives {list(expected)}')
+                raise bad_request(f'tensor {name} of shape {list(given[name].shape)}: an input of '
+                                  f'{box.padded[0]}x{box.padded[1]} gives {list(expected)}')
         bound = self.config.split_max_bytes
         total = sum(t.decoded_bytes for t in split.tensors)
         if total > bound:
@@ -318,9 +345,9 @@ class SplitTail(_SplitRole):
                                                       f'over split_max_bytes {bound}')
         crossing = {j: model.tensor(decode_wire_tensor(given[name], bound))
                     for name, j in names.items()}
-        return _TailInput(model, crossing, box, _int(params, IMGSZ, 1, MAX_INPUT_SIDE),
-                          _int(params, DECISION_SEQ, -1, 2**63 - 1, default=-1),
-                          _text(params, SPLIT, MAX_SPLIT_NAME))
+        return _TailInput(model, crossing, box, int_param(params, IMGSZ, 1, MAX_INPUT_SIDE),
+                          int_param(params, DECISION_SEQ, -1, 2**63 - 1, default=-1),
+                          text_param(params, SPLIT, MAX_SPLIT_NAME))
 
     def _model_at(self, point: int) -> SplitModel:
         """Return the model prepared at a message's split point, if this tail runs it.
@@ -338,58 +365,5 @@ class SplitTail(_SplitRole):
             try:
                 self._at[point] = self.model.at(point)
             except ConfigError as err:
-                raise _bad(str(err)) from None
+                raise bad_request(str(err)) from None
         return self._at[point]
-
-
-def _letterbox(split: SplitTensors, params: Mapping[str, Any], stride: int) -> Letterbox:
-    """Read and check the sizes and letterbox of a message."""
-    if len(split.image_sizes) != 1 or len(split.original_sizes) != 1:
-        raise _bad('one image per message')
-    padded, image, original = split.padded_size, split.image_sizes[0], split.original_sizes[0]
-    if max(padded) > MAX_INPUT_SIDE or padded[0] % stride or padded[1] % stride:
-        raise _bad(f'input {padded[0]}x{padded[1]}: sides must be multiples of {stride} up '
-                   f'to {MAX_INPUT_SIDE}')
-    if max(original) > MAX_FRAME_SIDE:
-        raise _bad(f'frame {original[0]}x{original[1]} over {MAX_FRAME_SIDE} px a side')
-    scale = _numbers(params.get(LETTERBOX_SCALE), LETTERBOX_SCALE, float)
-    pad = _numbers(params.get(LETTERBOX_PAD), LETTERBOX_PAD, int)
-    if not all(math.isfinite(s) and s > 0 for s in scale) or min(pad) < 0 or \
-            pad[0] + image[0] > padded[0] or pad[1] + image[1] > padded[1]:
-        raise _bad(f'letterbox scale {scale} and pad {pad} do not place a {image[0]}x'
-                   f'{image[1]} image in a {padded[0]}x{padded[1]} input')
-    return Letterbox(original, image, padded, (float(scale[0]), float(scale[1])),
-                     (int(pad[0]), int(pad[1])))
-
-
-def _numbers(text: Any, name: str, kind: type) -> tuple[Any, Any]:
-    parts = text.split(',') if isinstance(text, str) else []
-    try:
-        values = tuple(kind(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 2:
-        raise _bad(f'parameter {name} must be two numbers separated by a comma, got '
-                   f'{str(text)[:40]!r}')
-    return values[0], values[1]
-
-
-def _int(params: Mapping[str, Any], name: str, low: int, high: int,
-         default: int | None = None) -> int:
-    value = params.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _bad(f'parameter {name} must be an integer within {low}..{high}, got '
-                   f'{str(value)[:40]!r}')
-    return value
-
-
-def _text(params: Mapping[str, Any], name: str, longest: int) -> str:
-    value = params.get(name, '')
-    if not isinstance(value, str) or len(value) > longest:
-        raise _bad(f'parameter {name} must be text of at most {longest} characters, got '
-                   f'{str(value)[:40]!r}')
-    return value
-
-
-def _bad(detail: str) -> ConversionError:
-    return ConversionError('split_request', detail)

@@ -14,6 +14,11 @@ RECORDS = [
              offload_every=2, policy='static', reason='r'),
     InferenceReport(stamp_ns=5, frame_id='cam', source='cloud', status='failed',
                     reason='timeout', bytes_sent=1000, uplink_mbps=12.5, breaker='open'),
+    Decision(seq=5, route=Route.EDGE, edge_model='yolov8n-shapes', probe_every=10,
+             split_probe='yolov8n-shapes@320:4/end:int8+zstd'),
+    InferenceReport(stamp_ns=6, frame_id='cam', source='robot', split_role='head',
+                    split_probe='yolov8n-shapes@320:4/end:int8+zstd', bytes_sent=53_000,
+                    encode_ms=2.5),
     FrameRecord(index=3, stamp_ns=5, frame_id='cam', route='edge', sources=['edge'],
                 result_source='edge', latency_ms=41.5, deadline_ms=250.0, deadline_met=True),
     HealthEvent(stamp_ns=9, name='adaptive_offload: /camera/image_raw rate', level=3,
@@ -66,3 +71,10 @@ def test_route_properties() -> None:
     uses = [(r.uses_edge, r.uses_cloud) for r in Route]
     assert uses == [(True, False), (False, True), (True, True), (False, True)]
     assert FrameRecord(drop_reason='superseded').dropped and not FrameRecord().dropped
+
+
+def test_records_from_before_split_probes_read_without_them() -> None:
+    old = {'schema': Decision.SCHEMA, 'version': SCHEMA_VERSION, 'seq': 3, 'route': 'edge'}
+    assert Decision.from_json(json.dumps(old)).split_probe == ''
+    old = {'schema': InferenceReport.SCHEMA, 'version': SCHEMA_VERSION, 'stamp_ns': 1}
+    assert InferenceReport.from_json(json.dumps(old)).split_probe == ''

@@ -25,9 +25,9 @@ from adaptive_offload.split_wire import SplitTensors
 from edge_inference.backends import create_backend
 from edge_inference.detector import BackendOptions
 from edge_inference.inference import EdgeConfig, EdgeInference, launch_argument
+from edge_inference.split_message import DECISION_SEQ, SPLIT, WEIGHTS
 from edge_inference.split_model import SplitModel
-from edge_inference.split_roles import (build_core, DECISION_SEQ, SPLIT, SplitHead, SplitTail,
-                                        WEIGHTS)
+from edge_inference.split_roles import build_core, SplitHead, SplitTail
 from edge_inference.ultralytics_backend import prepare_offline
 import numpy as np
 from offload_runtime.sample_bag import SampleSpec, Scene
@@ -137,6 +137,57 @@ def test_a_head_at_point_0_answers_a_frame_whole_as_the_unsplit_detector_would(
     assert tail_dets is not None and [d.class_name for d in tail_dets.detections] == \
         [d.class_name for d in dets.detections]
     assert (answer.split, answer.split_role) == (option, 'tail')
+
+
+@pytest.mark.parametrize('imgsz', [320, 640])
+def test_a_head_at_point_0_probes_the_decisions_split_every_nth_frame_it_answers(
+        yolo: SimpleNamespace, types: MessageTypes, imgsz: int) -> None:
+    sent: list[SplitFrame] = []
+    head = SplitHead(config(yolo, 'head', 0), yolo.models[6], sent.append)
+    tail = SplitTail(config(yolo, 'tail', 0), yolo.models[6])
+    image = scene(2)
+    expected = yolo.backend.infer(image, imgsz, 0.25, 0.7, None, 100)
+    option = 'yolov8n-shapes@320:6/end:fp16+zstd'
+    probing = decision(imgsz, split_probe=option, probe_every=3)
+    msg = frame_to_message(types, image, 5_000_000_007, 'cam', 'bgr8')
+    answers = [head.process(msg, probing) for _ in range(4)]
+    # Frames 1 and 4 go on as probes; every frame is answered here, bit for bit the unsplit
+    # detector's, at the decision's size (a probe at another size is a run of its own).
+    assert [r.split_probe for _, r in answers] == [option, '', '', option]
+    assert len(sent) == 2
+    for dets, report in answers:
+        assert report.status == 'ok' and report.reason == '' and report.split == ''
+        assert dets is not None and dets.detections == expected and report.imgsz == imgsz
+    probe = answers[0][1]
+    port = graph.edge_inference('', False, 'robot', split_role='head').output('split')
+    split_msg = encode_output(types, port, sent[0])
+    assert probe.bytes_sent == len(bytes(split_msg.data)) and probe.encode_ms > 0
+    assert answers[1][1].bytes_sent == 0 and answers[1][1].encode_ms == 0
+    tail_dets, answer = tail.process(split_msg, Decision.safe_default())
+    assert (answer.status, answer.split, answer.decision_seq) == ('ok', option, 4)
+    assert tail_dets is not None and [d.class_name for d in tail_dets.detections] == \
+        [d.class_name for d in yolo.backend.infer(image, 320, 0.25, 0.7, None, 100)]
+
+
+@pytest.mark.parametrize('probe, note', [
+    ('yolov8n-shapes@320:23/end:int8+zstd', "probe 'yolov8n-shapes@320:23/end:int8+zstd' not "
+                                            'sent: split_option: '),
+    ('yolov8s@320:4/end:int8+zstd', "probe split 'yolov8s@320:4/end:int8+zstd' is no split "
+                                    'of yolov8n-shapes to end')])
+def test_a_probe_the_head_cannot_send_leaves_the_frame_answered_and_says_why(
+        yolo: SimpleNamespace, types: MessageTypes, probe: str, note: str) -> None:
+    sent: list[SplitFrame] = []
+    head = SplitHead(config(yolo, 'head', 0), yolo.models[6], sent.append)
+    image = scene(1)
+    msg = frame_to_message(types, image, 5_000_000_007, 'cam', 'bgr8')
+    dets, report = head.process(msg, decision(320, split_probe=probe, probe_every=1))
+    assert not sent and report.status == 'ok' and report.reason.startswith(note)
+    assert dets is not None and dets.detections == \
+        yolo.backend.infer(image, 320, 0.25, 0.7, None, 100)
+    # Off the edge route, or on a split, the probe is not the head's business.
+    _, cloud = head.process(msg, decision(320, split_probe=probe, probe_every=1,
+                                          route=Route.CLOUD))
+    assert cloud.split_probe == '' and not sent
 
 
 @pytest.mark.parametrize('encoding', sorted(TOLERANCES))

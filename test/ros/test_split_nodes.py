@@ -18,7 +18,8 @@ require('rclpy', 'rclpy.lifecycle', 'sensor_msgs.msg', 'vision_msgs.msg')
 from adaptive_offload import ros_interface as ros  # noqa: E402, I100
 from adaptive_offload.conversions import (detections_to_message, frame_to_message,  # noqa: E402
                                           message_to_detections)
-from adaptive_offload.datatypes import DetectionSet, InferenceReport  # noqa: E402
+from adaptive_offload.datatypes import (Decision, DetectionSet, InferenceReport,  # noqa: E402
+                                        Route)
 from edge_inference.backends import create_backend  # noqa: E402
 from edge_inference.detector import BackendOptions  # noqa: E402
 from offload_runtime.sample_bag import SampleSpec, Scene  # noqa: E402
@@ -131,3 +132,37 @@ def test_a_head_node_at_point_0_answers_the_frames_no_decision_splits(
     report = InferenceReport.from_json(head_tel[0].data)
     assert (report.status, report.split, report.split_role) == ('ok', '', 'head')
     assert not split  # no decision named a split: nothing crossed
+
+
+def test_a_head_node_at_point_0_sends_the_decisions_split_probe_and_answers_too(
+        graph: Any, tmp_path: Path) -> None:
+    executor, probe = graph
+    dets = collect(probe, Detection2DArray, '/robot/edge/detections', 'result')
+    head_tel = collect(probe, String, '/robot/edge/telemetry', 'result')
+    split = collect(probe, CompressedImage, '/robot/edge/split', 'newest_frame')
+    camera = probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame'))
+    decisions = probe.create_publisher(String, '/offload/decision', ros.qos_profile('latched'))
+    option = f'yolov8n-shapes@{IMGSZ}:6/end:int8+zstd'
+    now = probe.get_clock().now().nanoseconds  # the nodes' clock: system time here
+    decision = Decision(seq=1, issued_ns=now, valid_for_ms=60_000.0, route=Route.EDGE,
+                        edge_model='yolov8n-shapes', edge_imgsz=IMGSZ, probe_every=1,
+                        deadline_ms=400.0, split_probe=option)
+    decisions.publish(String(data=decision.to_json()))
+    executor.add_node(split_node('head', 'robot', split_point=0))
+    assert spin_until(executor, lambda: camera.get_subscription_count() > 0 and
+                      decisions.get_subscription_count() > 0)
+    spin_until(executor, lambda: False, timeout=0.5)  # the latched decision arrives
+
+    image, _ = Scene(SampleSpec(width=640, height=480, seed=3)).render(0.3)
+    msg = frame_to_message(ros.message_types(), image, 1 * S, 'cam', 'bgr8')
+    for _ in range(5):  # best effort: resend a frame the graph lost
+        camera.publish(msg)
+        if spin_until(executor, lambda: bool(dets) and bool(split), timeout=10):
+            break
+    assert spin_until(executor, lambda: bool(head_tel))
+    report = InferenceReport.from_json(head_tel[0].data)
+    assert (report.status, report.split, report.split_probe, report.split_role) == \
+        ('ok', '', option, 'head')
+    assert report.bytes_sent == len(bytes(split[0].data)) and report.detections == len(
+        message_to_detections(dets[0], 'robot').detections)
+    assert split[0].header.stamp.sec == 1
