@@ -3,12 +3,13 @@
 The manager keeps what each frame cost from the workers' reports (edge inference, split
 head or JPEG encode time, bytes sent and received; an edge detector's split head reports
 ``forwarded`` with its layers, encode and bytes, and its tail's answer, computed on another
-device, costs the robot only the reply). When the frame ends, the modelled energy
-comes from the robot's device profile: that work, plus idle power over the time since the
-newest frame that ended before it (its camera period), so over a run the records add up to
-what a reader would measure; with a working reader (RAPL, NVML, battery) the energy measured
-since the previous outcomes is shared among the frames that ended, and the record says
-``energy_measured``.
+device, costs the robot only the reply; a frame the head answered itself and sent on as a
+split probe costs its model, the probe's encode and its bytes). When the frame ends, the
+modelled energy comes from the robot's device profile: that work, plus idle power over the
+time since the newest frame that ended before it (its camera period), so over a run the
+records add up to what a reader would measure; with a working reader (RAPL, NVML, battery)
+the energy measured since the previous outcomes is shared among the frames that ended, and
+the record says ``energy_measured``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class FrameEnergy:
             cost['replied'] = 1.0
         elif report.status == 'ok':
             cost['edge_ms'] = report.inference_ms
+            if report.split_probe:  # the head also sent the frame on as a probe
+                cost['encode_ms'] = report.encode_ms
+                cost['bytes'] = report.bytes_sent
         if not cost:
             return
         key = (report.stamp_ns, report.frame_id)

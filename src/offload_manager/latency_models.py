@@ -118,6 +118,11 @@ class SlidingQuantiles:
         """When the newest sample was taken, or None without samples."""
         return self._order[-1][0] if self._order else None
 
+    def newest(self, n: int) -> list[float]:
+        """Return the newest ``n`` samples (fewer if the window holds fewer), oldest first."""
+        start = max(0, len(self._order) - n)
+        return [v for _, v in itertools.islice(self._order, start, None)]
+
     def mean(self) -> float | None:
         """Mean of the window, or None without samples."""
         return self._sum / len(self._order) if self._order else None

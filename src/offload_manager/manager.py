@@ -171,7 +171,7 @@ class OffloadManager:
             offload_every=plan.offload_every, hedge_delay_ms=plan.hedge_delay_ms,
             probe_every=plan.probe_every, deadline_ms=self.config.deadline_ms,
             policy=self.config.policy, reason=plan.reason, unmet=plan.unmet,
-            split=plan.split)
+            split=plan.split, split_probe=plan.split_probe)
         return decision
 
     def next_due_ns(self, now_ns: int) -> int:

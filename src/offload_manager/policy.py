@@ -27,6 +27,7 @@ class Plan:
     probe_every: int = 0
     unmet: str = ''
     split: str = ''
+    split_probe: str = ''
 
 
 class AccuracyView(NamedTuple):

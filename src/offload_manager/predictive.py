@@ -21,7 +21,7 @@ from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceRepor
 from offload_manager.observations import Estimate, Observations, Option
 from offload_manager.policy import AccuracyView, Plan, PolicySettings
 from offload_manager.size_spread import spread_sizes
-from offload_manager.split_observations import edge_probe_plan
+from offload_manager.split_observations import edge_probe_plan, split_probe_plan
 
 
 class _ObservingPolicy:
@@ -243,12 +243,13 @@ class PredictivePolicy(_ObservingPolicy):
         plan = self.probing_plan(best.option, why, ', '.join(unmet))
         if plan.route is Route.CLOUD and plan.probe_every:
             plan = edge_probe_plan(plan, estimates, s.epsilon)
+        plan = split_probe_plan(plan, estimates, best)
         if plan.probe_every and plan.route is Route.EDGE:
             if self._confirming():
-                plan = replace(plan, probe_every=1,
+                plan = replace(plan, probe_every=1, split_probe='',
                                reason=f'{plan.reason}; confirming a faster link')
             elif self._learning(estimates, best):
-                plan = replace(plan, probe_every=1,
+                plan = replace(plan, probe_every=1, split_probe='',
                                reason=f"{plan.reason}; learning the cloud's availability")
         return spread_sizes(plan, self.obs, s)
 

@@ -20,7 +20,13 @@ it as compute).
 The edge detector's split (``<model>@<imgsz>:<k>/end:<encoding>``, figures ``edge``) is an edge
 route: the robot's head to ``k``, the LAN, the middle device's tail. Its latency is measured
 from its answers (the manager times them from the frame's arrival), probes included, and the
-profiles' until then; its accuracy is the edge model's, and it needs no cloud.
+profiles' until then; its accuracy is the edge model's, and it needs no cloud. While the robot
+runs its own model, its head's probes of the split (``Decision.split_probe``) keep measuring it:
+a LAN that comes back shows in a few probes' answers (``SplitAnswers``), not
+:data:`SPLIT_RETRY_S` later. A LAN that answers probes in time may still be too slow for every
+frame: a split whose LAN part (by its :data:`RECENT` newest answers) takes more than
+:data:`LAN_BUSY_MAX` of the camera period would queue frames behind each other, and is taken
+as missing.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Mapping
 from adaptive_offload.datatypes import FrameRecord, InferenceReport, Route
 from adaptive_offload.split_option import SPLIT_PREFIX
 from offload_manager.frame_outcomes import FORWARDED, NO_RESULT
-from offload_manager.latency_models import tail_probability
+from offload_manager.latency_models import SlidingQuantiles, tail_probability
 from offload_manager.observations import (EnergyModelLike, Estimate, Observations, Option,
                                           REPLY_BYTES)
 from offload_manager.policy import Plan
@@ -45,6 +51,10 @@ SPLIT_RETRY_S = 30.0
 own answers measure it (its probes run while the cloud route probes the edge), so after a slow
 spell of the LAN its late samples would otherwise hold it off for good; a LAN still slow costs
 the frames of one retry, about half a second's."""
+LAN_BUSY_MAX = 0.8
+"""Largest share of the camera period an edge detector's split may keep the LAN busy."""
+RECENT = 3
+"""Newest answers of a split that tell the LAN's state now (a probe a second, off it)."""
 
 
 class SplitObservations(Observations):
@@ -82,8 +92,7 @@ class SplitObservations(Observations):
                 series.keep_newest(0)
             elif taken > newest and fig.before_wan_ms > 0:
                 newest = taken
-                self._lan_slowdown = max(1.0, (series.quantile(0.5) or 0.0) /
-                                         fig.before_wan_ms)
+                self._lan_slowdown = max(1.0, _recent(series) / fig.before_wan_ms)
 
     def observe_report(self, report: InferenceReport) -> None:
         """Learn from a worker report; a split request's as the JPEG request it stands for.
@@ -98,8 +107,34 @@ class SplitObservations(Observations):
             if report.status == FORWARDED:
                 self.split_answers.forwarded(report.stamp_ns)
             elif report.status == 'ok':
-                self.split_answers.answered(report.stamp_ns)
+                self.split_answers.answered(report.stamp_ns, self.now_s)
+        elif report.status == 'ok' and self._edge_split(report.split_probe):
+            self.split_answers.probed(report.stamp_ns)
         super().observe_report(report)
+        if report.status == 'ok' and self._edge_split(report.split):
+            self._lan_back(report.split)
+
+    def _lan_back(self, name: str) -> None:
+        """After a split's answer: if the LAN was busy and is no longer, forget the busy spell.
+
+        Its :data:`RECENT` newest answers, each, say the LAN carries a frame a period, its older
+        ones on average that it did not: those are stale, for every split (they share the LAN),
+        and would hold the splits off until enough fast answers had outweighed them.
+        """
+        fig, series = self.splits[name], self.book.get(f'edge:{name}')
+        if series is None or len(series) <= RECENT or self._lan_busy(fig, _recent(series)):
+            return
+        older = series.newest(len(series))[:-RECENT]
+        if not self._lan_busy(fig, sum(older) / len(older)):
+            return
+        for other, figures in self.splits.items():
+            if figures.edge:
+                self.book.keep_newest(f'edge:{other}', RECENT if other == name else 0)
+
+    def _lan_busy(self, fig: SplitFigures, latency_ms: float) -> bool:
+        """Whether a split answering in ``latency_ms`` keeps the LAN too busy for every frame."""
+        return bool(self.period_ms) and \
+            latency_ms - fig.robot_ms - fig.middle_ms > LAN_BUSY_MAX * self.period_ms
 
     def observe_record(self, record: FrameRecord) -> None:
         """See :meth:`Observations.observe_record`.
@@ -132,7 +167,8 @@ class SplitObservations(Observations):
         Its latency is measured (the frames it answered, arrival to answer), else the
         profiles' (head, encode, LAN, the middle device's decode and tail) scaled by what the
         other splits measured; it misses when late or when the splits do not answer (frames
-        lost, or forwarded and unanswered past the deadline: a lossy LAN is silent). Its
+        lost, or forwarded and unanswered past the deadline: a lossy LAN is silent; or when
+        its LAN part takes over :data:`LAN_BUSY_MAX` of the camera period). Its
         accuracy is the edge model's own (a split's boxes are the unsplit model's,
         :data:`EDGE_SPLIT_MAP_LOSS`); the robot pays its head, encode and radio, and its idle
         power; nothing is billed.
@@ -147,6 +183,8 @@ class SplitObservations(Observations):
         p_late = tail_probability(series, deadline_ms, prior_ms=prior)
         if p_late is None:
             return None
+        if self._lan_busy(fig, prior if series is None or not len(series) else _recent(series)):
+            p_late = 1.0  # in time alone, but every frame would queue behind the last
         p_miss = 1.0 - self.split_answers.up(self.now_s, deadline_ms) * (1.0 - p_late)
         energy = self.energy.joules(fig.robot_ms, fig.payload_bytes, REPLY_BYTES,
                                     self.period_ms)
@@ -225,6 +263,33 @@ class SplitObservations(Observations):
         if late is None:
             return None
         return 1.0 - self._avail * (1.0 - late), (self._cloud_median or 0.0) + shift
+
+
+def _recent(series: SlidingQuantiles) -> float:
+    """Return the largest of a series' :data:`RECENT` newest samples (0 without any).
+
+    The LAN is taken as slow as the slowest of them: an answer from before a drop must not
+    make a split look in time while the newest say otherwise.
+    """
+    return max(series.newest(RECENT), default=0.0)
+
+
+def split_probe_plan(plan: Plan, estimates: list[Estimate], chosen: Estimate) -> Plan:
+    """Return an edge ``plan`` on the robot's own model that probes the split it would take.
+
+    That is the edge detector's split of least energy, if it costs less than the ``chosen``
+    option: one left in a LAN drop is measured by its probes, and taken again as soon as they
+    show the LAN back. A plan that probes nothing, or is on a split, is returned unchanged.
+    """
+    if plan.route is not Route.EDGE or plan.split or not plan.probe_every:
+        return plan
+    splits = [e for e in estimates if e.option.route is Route.EDGE and e.option.split]
+    if not splits:
+        return plan
+    cheapest = min(splits, key=lambda e: e.energy_j)
+    if cheapest.energy_j >= chosen.energy_j:
+        return plan
+    return replace(plan, split_probe=cheapest.option.split)
 
 
 def edge_probe_plan(plan: Plan, estimates: list[Estimate], epsilon: float) -> Plan:

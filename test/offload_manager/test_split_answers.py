@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from offload_manager.split_answers import MIN_OVERDUE, SplitAnswers, WINDOW
+from offload_manager.split_answers import (MIN_OVERDUE, PROBE_LOST_S, RECOVERED_RUN,
+                                           SplitAnswers, WINDOW)
 
 
 def test_frames_unanswered_past_the_deadline_count_as_lost_once_there_are_several() -> None:
@@ -48,3 +49,48 @@ def test_a_history_left_long_enough_is_forgotten() -> None:
     assert answers.up(34.0, 250.0) == 0.0
     answers.tick(35.5)
     assert answers.up(35.5, 250.0) == 1.0
+
+
+def test_a_probe_answered_counts_as_answered_and_one_unanswered_as_lost_in_time() -> None:
+    answers = SplitAnswers(forget_after_s=30.0)
+    answers.probed(1)
+    answers.tick(1.0)
+    answers.answered(1, now_s=1.1)
+    answers.probed(2)
+    answers.tick(2.0)
+    answers.tick(2.0 + PROBE_LOST_S - 0.1)
+    assert answers.up(5.0, 250.0) == 1.0  # late, not yet lost
+    answers.tick(2.0 + PROBE_LOST_S)
+    assert answers.up(5.0, 250.0) == 0.5
+    answers.answered(2, now_s=5.0)  # an answer after the probe was given up changes nothing
+    assert answers.up(5.0, 250.0) == 0.5
+
+
+def test_a_tail_that_answers_a_probe_before_the_heads_report_comes_counts_it() -> None:
+    answers = SplitAnswers(forget_after_s=30.0)
+    answers.answered(7, now_s=1.0)  # the tail was faster than the robot's own model
+    answers.probed(7)
+    answers.tick(1.1)
+    answers.tick(1.1 + PROBE_LOST_S)
+    assert answers.up(4.0, 250.0) == 1.0
+
+
+def test_probes_answered_in_a_row_after_losses_forget_them_but_split_frames_do_not() -> None:
+    answers = SplitAnswers(forget_after_s=30.0)
+    for stamp in range(5):  # a LAN drop: split frames lost
+        answers.forwarded(stamp)
+        answers.ended(stamp, lost=True, now_s=1.0)
+    for stamp in range(10, 10 + RECOVERED_RUN - 1):  # the LAN back: probes answered
+        answers.probed(stamp)
+        answers.answered(stamp, now_s=2.0)
+    assert answers.up(2.0, 250.0) == (RECOVERED_RUN - 1) / (RECOVERED_RUN + 4)
+    answers.probed(20)
+    answers.answered(20, now_s=3.0)
+    assert answers.up(3.0, 250.0) == 1.0
+    # On the split, answers after a loss are weighed against it as they come.
+    answers.forwarded(30)
+    answers.ended(30, lost=True, now_s=4.0)
+    for stamp in range(31, 31 + RECOVERED_RUN):
+        answers.forwarded(stamp)
+        answers.ended(stamp, lost=False, now_s=4.1)
+    assert answers.up(4.1, 250.0) == (2 * RECOVERED_RUN) / (2 * RECOVERED_RUN + 1)

@@ -11,7 +11,8 @@ from offload_manager.manager import ManagerConfig, OffloadManager
 from offload_manager.observations import Estimate, Option, REPLY_BYTES
 from offload_manager.policy import Plan
 from offload_manager.split_answers import MIN_OVERDUE
-from offload_manager.split_observations import edge_probe_plan, SPLIT_RETRY_S, SplitObservations
+from offload_manager.split_observations import (edge_probe_plan, split_probe_plan, SPLIT_RETRY_S,
+                                                SplitObservations)
 import pytest
 
 Y = 'yolov8n-shapes@320'
@@ -131,6 +132,23 @@ def test_an_edge_split_costs_the_robot_its_head_and_radio_not_the_tails_compute(
     assert first.record.energy_j == pytest.approx(energy.joules(4.0, 65_000, REPLY_BYTES, 0))
 
 
+def test_a_frame_the_robot_answered_and_probed_costs_its_model_and_the_probes_send() -> None:
+    settings = _config().policy_settings()
+    manager = OffloadManager(_config('edge-only'), executes_split=True)
+    energy: EnergyModel = settings.energy
+    manager.tick(0)
+    for stamp in (1, 2):
+        manager.frame_arrived(stamp, 'cam', stamp * 100_000_000)
+    manager.on_report(InferenceReport(stamp_ns=1, frame_id='cam', source='robot',
+                                      inference_ms=25.0, encode_ms=2.0, bytes_sent=53_000,
+                                      split_probe=SMALL, split_role='head'))
+    manager.on_report(InferenceReport(stamp_ns=2, frame_id='cam', source='robot',
+                                      inference_ms=25.0, split_role='head'))
+    outcomes = {o.record.stamp_ns: o.record for o in manager.poll(10**9, final=True)}
+    assert outcomes[1].energy_j == pytest.approx(energy.joules(27.0, 53_000, 0, 0))
+    assert outcomes[2].energy_j == pytest.approx(energy.joules(25.0, 0, 0, 0))
+
+
 def test_on_the_cloud_route_edge_probes_run_the_split_it_would_come_back_to() -> None:
     cloud = Plan(Route.CLOUD, 'yolov8n-shapes', 640, 50, 0, 1, 0.0, '', probe_every=10)
     whole = Estimate(Option(Route.EDGE, 'yolov8n-shapes', 640, 50), 0.0, 0.70, 47.0, 0.0, 100.0)
@@ -167,11 +185,21 @@ def _run_lan(manager: OffloadManager, silent: tuple[float, float], seconds: floa
                                                   model='yolov8n-shapes', imgsz=320,
                                                   total_ms=30.0, split=split,
                                                   split_role='tail'), now + 40 * ms)
-        else:  # the robot's own model
+        else:  # the robot's own model, a probe of the split every probe_every-th frame
+            decision = manager.decision
+            assert decision is not None
+            probe = decision.split_probe if decision.probe_every and \
+                i % decision.probe_every == 0 else ''
+            if probe and not silent[0] <= now / 1e9 < silent[1]:  # the tail beats the robot
+                manager.on_report(InferenceReport(stamp_ns=now, frame_id='cam', source='pi',
+                                                  model='yolov8n-shapes', imgsz=320,
+                                                  total_ms=30.0, split=probe,
+                                                  split_role='tail'), now + 40 * ms)
             manager.on_detections(DetectionSet(now, 'cam', 'robot', ()), now + 90 * ms)
             manager.on_report(InferenceReport(stamp_ns=now, frame_id='cam', source='robot',
                                               model='yolov8n-shapes', imgsz=320, total_ms=90.0,
-                                              split_role='head'), now + 90 * ms)
+                                              split_role='head', split_probe=probe),
+                              now + 90 * ms)
         for t in (now + 50 * ms, now + 99 * ms):
             manager.poll(t)
             decision = manager.tick(t)
@@ -192,6 +220,60 @@ def test_a_lan_that_loses_the_split_frames_moves_the_manager_to_its_own_model_in
     back = [t for t, split in issued[2:] if split]
     assert back and 15.0 < back[0] < 15.0 + SPLIT_RETRY_S + 5.0  # tried again, and kept
     assert issued[-1][1] and all(split for _, split in issued if _ > back[0])
+
+
+@pytest.mark.parametrize('probe_every, within_s', [(10, 4.0), (0, SPLIT_RETRY_S + 5.0)])
+def test_probes_of_the_split_bring_the_manager_back_soon_after_the_lan_is(
+        probe_every: int, within_s: float) -> None:
+    manager = OffloadManager(_config(edge_sources=['robot', 'pi'], probe_every=probe_every),
+                             executes_split=True)
+    issued = _run_lan(manager, (5.0, 15.0), 50.0)
+    assert issued[1][1] == ''
+    back = [t for t, split in issued[2:] if split]
+    # With probes, three answered in a row after the losses (a probe a second); without, the
+    # split's retry after its history has aged.
+    assert back and 15.0 < back[0] < 15.0 + within_s
+    if probe_every:
+        assert back[0] < 15.0 + SPLIT_RETRY_S - 10.0
+    assert issued[-1][1] and all(split for _, split in issued if _ > back[0])
+
+
+def test_a_probe_plan_names_the_cheapest_split_only_if_it_beats_the_choice() -> None:
+    own = Plan(Route.EDGE, 'yolov8n-shapes', 320, 50, 0, 1, 0.0, '', probe_every=10)
+    whole = Estimate(Option(Route.EDGE, 'yolov8n-shapes', 320, 50), 0.0, 0.38, 47.0, 0.0, 25.0)
+    cheap = Estimate(_option(SMALL), 1.0, 0.31, 47.0, 0.0, 300.0)  # late now: left
+    dear = Estimate(_option(OTHER), 1.0, 0.33, 47.0, 0.0, 300.0)
+    assert split_probe_plan(own, [whole, dear, cheap], whole).split_probe == SMALL
+    assert split_probe_plan(own, [whole, cheap], whole._replace(energy_j=0.30)) == own
+    # Not when it probes nothing, nor on a split, nor off the edge route.
+    assert split_probe_plan(replace(own, probe_every=0), [whole, cheap], whole).split_probe == ''
+    assert split_probe_plan(replace(own, split=OTHER), [whole, cheap], whole).split_probe == ''
+    cloud = replace(own, route=Route.CLOUD)
+    assert split_probe_plan(cloud, [whole, cheap], whole) == cloud
+
+
+def test_probes_answered_in_time_over_a_lan_too_slow_for_every_frame_keep_the_split_off() -> None:
+    obs = _observations()
+    fig = obs.splits[SMALL]
+    busy = fig.robot_ms + fig.middle_ms + 90.0  # in time, but the LAN is full at 10 fps
+    for i in range(3):
+        _answer(obs, SMALL, busy, 1.0 + i)
+    obs.prepare()
+    obs.period_ms = 100.0  # 10 fps
+    held = obs.estimate(_option(SMALL), 400.0)
+    assert held is not None and held.p_miss == 1.0
+    other = obs.estimate(_option(OTHER), 400.0)  # its sibling shares the LAN
+    assert other is not None and other.p_miss == 1.0
+    # Three answers in a row that fit a period: the busy spell is forgotten, for both.
+    for i in range(3):
+        _answer(obs, SMALL, fig.before_wan_ms, 4.0 + i)
+    obs.prepare()
+    obs.period_ms = 100.0
+    back = obs.estimate(_option(SMALL), 400.0)
+    assert back is not None and back.p_miss < 0.01
+    assert back.latency_ms == pytest.approx(fig.before_wan_ms)
+    other = obs.estimate(_option(OTHER), 400.0)
+    assert other is not None and other.p_miss < 0.01
 
 
 def test_a_frame_the_head_never_forwarded_counts_against_the_robot_not_the_split() -> None:
