@@ -1,9 +1,11 @@
-"""The discrete-event queue the simulators run on: handlers called in simulated time order."""
+"""The discrete-event queue the simulators run on, and the newest-frame slot of their workers."""
 
 from __future__ import annotations
 
 import heapq
-from typing import Callable
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar('T')
 
 MS = 1_000_000
 """Nanoseconds per millisecond."""
@@ -28,3 +30,28 @@ class EventQueue:
         while heap and (until_ns is None or heap[0][0] <= until_ns):
             t, _, _, handler, args = heapq.heappop(heap)
             handler(t, *args)
+
+
+class NewestSlot(Generic[T]):
+    """A worker that runs one item at a time, holding only the newest of those that wait.
+
+    As the nodes' frame workers do: an item offered while one waits supersedes it.
+    """
+
+    def __init__(self) -> None:
+        self.busy = False
+        self._waiting: T | None = None
+
+    def offer(self, item: T) -> tuple[bool, T | None]:
+        """Offer ``item``; return whether to start it now, and the waiting item it supersedes."""
+        if not self.busy:
+            self.busy = True
+            return True, None
+        superseded, self._waiting = self._waiting, item
+        return False, superseded
+
+    def done(self) -> T | None:
+        """End the item under way; return the waiting one, to start now, if any."""
+        item, self._waiting = self._waiting, None
+        self.busy = item is not None
+        return item

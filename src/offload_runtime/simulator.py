@@ -25,18 +25,18 @@ import random
 from typing import Any
 
 from adaptive_offload.admission import EveryNth
-from adaptive_offload.datatypes import (Decision, Detection, DetectionSet, FrameRecord,
-                                        InferenceReport, Route)
+from adaptive_offload.datatypes import Decision, FrameRecord, InferenceReport, Route
 from adaptive_offload.scene_difficulty import parse_difficulty
 from adaptive_offload.split_option import SPLIT_PREFIX
 from cloud_bridge.resilience import CircuitBreaker
 from fault_injection.scenario import Scenario
-from offload_manager.accuracy import calibration, prior
+from offload_manager.accuracy import prior
 from offload_manager.energy import DeviceProfile
 from offload_manager.jpeg_sizes import jpeg_factor
 from offload_manager.manager import OffloadManager
 from offload_manager.split_figures import split_figures, SplitFigures
-from offload_runtime.sim_events import EventQueue, MS
+from offload_runtime.sim_detections import synthetic_detections
+from offload_runtime.sim_events import EventQueue, MS, NewestSlot
 from offload_runtime.sim_settings import NetworkProfile, Quality, SimSettings
 from offload_runtime.three_tier import middle_device, route_parts
 
@@ -90,18 +90,18 @@ class Simulation:
         self._decision: Decision | None = None
         self._faults_now: dict[str, dict[str, float]] = {}
         self._faults_span = (math.inf, -math.inf)  # [from, until) of _faults_now, in seconds
-        self._edge_busy = False
-        self._edge_pending: tuple[int, Decision] | None = None
+        self._edge: NewestSlot[tuple[int, Decision]] = NewestSlot()
         self._in_flight = 0
         self._cloud_pending: tuple[int, Decision, int] | None = None  # and its arrival
         self._sent = 0
         self._edge_probes = EveryNth()  # as EdgeInference's
+        self._split_probes = EveryNth()  # as SplitHead's
         self._parts: dict[int, dict[str, float]] = {}
         self._splits: dict[str, SplitFigures] = {}
         self._head_ms: dict[int, float] = {}  # split frames in flight: the robot's time
         self._now = 0  # the time of the event under way
-        self._tail_busy = False  # the middle device's tail of the edge detector's split
-        self._tail_pending: tuple[int, Decision, float] | None = None
+        # The middle device's tail of the edge detector's split.
+        self._tail: NewestSlot[tuple[int, Decision, float]] = NewestSlot()
 
     def _at(self, t_ns: int, kind: str, *payload: object) -> None:
         self.events.at(t_ns, self._step, kind, payload)
@@ -192,11 +192,10 @@ class Simulation:
         self._parts[stamp] = {}
         self._at(t + int(decision.deadline_ms * MS), 'wake')
         if decision.route.uses_edge or self._edge_probes.pick(decision.probe_every):
-            if self._edge_busy:
-                if self._edge_pending is not None:
-                    self._report(self._edge_pending[0], 'edge', 'dropped', reason='superseded')
-                self._edge_pending = (stamp, decision)
-            else:
+            start, superseded = self._edge.offer((stamp, decision))
+            if superseded is not None:
+                self._report(superseded[0], 'edge', 'dropped', reason='superseded')
+            if start:
                 self._start_edge(t, stamp, decision)
         else:
             self._report(stamp, 'edge', 'skipped')
@@ -218,6 +217,9 @@ class Simulation:
             self.robot.inference_time_ms(decision.edge_model, decision.edge_imgsz)
         if base is None:
             base = 100.0 * (decision.edge_imgsz / 640) ** 2
+        probe = self._probe(decision) if fig is None else None
+        if probe is not None:  # the head runs to k, encodes and sends, then on to the end
+            base += probe.encode_ms
         faults = self._faults(t)
         slowdown = faults.get('cpu_contention', {}).get('slowdown', 1.0)
         ms = self._spread(base * slowdown, 'edge', stamp)
@@ -225,12 +227,29 @@ class Simulation:
         if 'edge_stall' in faults:  # the worker hangs on this frame until the stall ends
             start = max(int(f.end_s * 1e9) for f in self.scenario.active(t / 1e9)
                         if f.kind == 'edge_stall')
-        self._edge_busy = True
-        self._at(start + int(ms * MS), 'edge_done', stamp, decision, ms)
+        self._at(start + int(ms * MS), 'edge_done', stamp, decision, ms, probe)
+        if probe is not None:
+            self._at(start + int(ms * probe.robot_ms / base * MS), 'payload_sent', stamp,
+                     replace(decision, split=decision.split_probe, edge_imgsz=probe.spec.imgsz))
+
+    def _probe(self, decision: Decision) -> SplitFigures | None:
+        """Return the split a frame of the robot's own model is sent on as a probe, if due."""
+        if decision.route is not Route.EDGE or decision.split or not decision.split_probe:
+            return None
+        fig = self._split(decision.split_probe)
+        return fig if fig.edge and self._split_probes.pick(decision.probe_every) else None
+
+    def _on_payload_sent(self, t: int, _current: Decision, stamp: int,
+                         decision: Decision) -> None:
+        """Send a head's payload (or a probe's) over the LAN to the middle device's tail."""
+        fig = self._split(decision.split)
+        self.result.bytes_sent += fig.payload_bytes
+        lan = route_parts(fig, self._lan(self._faults(t)), self.net.uplink_mbps, 0.0,
+                          lambda nominal, purpose: self._spread(nominal, purpose, stamp))
+        self._at(t + int(lan['lan'] * MS), 'tail_arrived', stamp, decision, lan['middle'])
 
     def _on_edge_done(self, t: int, _current: Decision, stamp: int, decision: Decision,
-                      ms: float) -> None:
-        self._edge_busy = False
+                      ms: float, probe: SplitFigures | None = None) -> None:
         fig = self._edge_split(decision)
         if fig is not None:  # the head ran: its payload goes over the LAN to the tail
             head_ms = ms * fig.head_ms / fig.robot_ms if fig.robot_ms else ms
@@ -238,24 +257,27 @@ class Simulation:
                          imgsz=decision.edge_imgsz, inference_ms=head_ms,
                          encode_ms=ms - head_ms, total_ms=ms, bytes_sent=fig.payload_bytes,
                          split=decision.split)
-            self.result.bytes_sent += fig.payload_bytes
-            lan = route_parts(fig, self._lan(self._faults(t)), self.net.uplink_mbps, 0.0,
-                              lambda nominal, purpose: self._spread(nominal, purpose, stamp))
-            self._at(t + int(lan['lan'] * MS), 'tail_arrived', stamp, decision, lan['middle'])
+            self._on_payload_sent(t, _current, stamp, decision)
+        elif probe is not None:
+            self._answer(t, stamp, decision, ms - probe.encode_ms,
+                         split_probe=decision.split_probe, encode_ms=probe.encode_ms,
+                         bytes_sent=probe.payload_bytes)
         else:
             self._answer(t, stamp, decision, ms)
-        if self._edge_pending is not None:
-            pending, self._edge_pending = self._edge_pending, None
-            self._start_edge(t, *pending)
+        waiting = self._edge.done()
+        if waiting is not None:
+            self._start_edge(t, *waiting)
 
     def _answer(self, t: int, stamp: int, decision: Decision, ms: float, **split: Any) -> None:
         """Publish the edge detector's answer: the robot's, or a split's tail's (middle)."""
         acc = self._accuracy(decision.edge_model, decision.edge_imgsz, stamp)
         self._parts.get(stamp, {})['acc_edge'] = acc
-        self.m.on_detections(self._detections(stamp, 'edge', decision.edge_model, acc,
-                                              decision.edge_imgsz), t)
+        self.m.on_detections(synthetic_detections(
+            self._rng('detect:edge', stamp), stamp, 'edge', decision.edge_model, acc,
+            self.s.objects, decision.edge_imgsz), t)
         self._report(stamp, 'edge', 'ok', model=decision.edge_model,
-                     imgsz=decision.edge_imgsz, inference_ms=ms, total_ms=ms, **split)
+                     imgsz=decision.edge_imgsz, inference_ms=ms,
+                     total_ms=ms + split.get('encode_ms', 0.0), **split)
 
     def _edge_split(self, decision: Decision) -> SplitFigures | None:
         """Return the edge detector's split this decision runs, if it names one."""
@@ -267,22 +289,19 @@ class Simulation:
     def _on_tail_arrived(self, t: int, _current: Decision, stamp: int, decision: Decision,
                          ms: float) -> None:
         """Take a head's payload on the middle device: its tail worker keeps the newest."""
-        if not self._tail_busy:
-            self._tail_busy = True
+        start, superseded = self._tail.offer((stamp, decision, ms))
+        if superseded is not None:
+            self._report(superseded[0], 'edge', 'dropped', reason='superseded',
+                         split=superseded[1].split)
+        if start:
             self._at(t + int(ms * MS), 'tail_done', stamp, decision, ms)
-            return
-        if self._tail_pending is not None:
-            self._report(self._tail_pending[0], 'edge', 'dropped', reason='superseded',
-                         split=self._tail_pending[1].split)
-        self._tail_pending = (stamp, decision, ms)
 
     def _on_tail_done(self, t: int, _current: Decision, stamp: int, decision: Decision,
                       ms: float) -> None:
-        self._tail_busy = False
         self._answer(t, stamp, decision, ms, split=decision.split)
-        if self._tail_pending is not None:
-            pending, self._tail_pending = self._tail_pending, None
-            self._on_tail_arrived(t, pending[1], *pending)
+        waiting = self._tail.done()
+        if waiting is not None:
+            self._at(t + int(waiting[2] * MS), 'tail_done', *waiting)
 
     def _start_cloud(self, t: int, stamp: int, decision: Decision) -> None:
         faults = self._faults(t)
@@ -338,7 +357,9 @@ class Simulation:
             if decision.route is Route.SPLIT:
                 acc = max(0.0, acc - self._split(decision.split).map_loss)
             parts['acc_cloud'] = acc
-            self.m.on_detections(self._detections(stamp, 'cloud', self.s.cloud_model, acc), t)
+            self.m.on_detections(synthetic_detections(
+                self._rng('detect:cloud', stamp), stamp, 'cloud', self.s.cloud_model, acc,
+                self.s.objects), t)
             if decision.route is not Route.SPLIT:  # an image request's is its round trip
                 split['inference_ms'] = total - self.s.encode_ms
             self._report(stamp, 'cloud', 'ok', total_ms=total, server_ms=server,
@@ -389,19 +410,6 @@ class Simulation:
     def _settle(self, t: int, reason: str) -> None:
         """Tell the circuit breaker how a cloud request ended."""
         self.breaker.record(not reason, t)
-
-    def _detections(self, stamp: int, source: str, model: str, acc: float,
-                    imgsz: int = 0) -> DetectionSet:
-        recall = min(0.95, acc / 50.0)
-        rng = self._rng(f'detect:{source}', stamp)
-        # A model with a measured confidence calibration is as confident as it measured at
-        # this accuracy, so the manager reads the scene from confidence as it would live.
-        fitted = calibration(model) if source == 'edge' else None
-        score = (fitted.confidence_at(imgsz, acc) if fitted else None) or 0.8
-        dets = tuple(Detection(x1=40.0 * k, y1=10.0, x2=40.0 * k + 30.0, y2=60.0, score=score,
-                               class_name='object') for k in range(self.s.objects)
-                     if rng.random() < recall)
-        return DetectionSet(stamp, 'camera', source, dets, model)
 
     def _report(self, stamp: int, source: str, status: str, **fields: Any) -> None:
         self.m.on_report(InferenceReport(stamp_ns=stamp, frame_id='camera', source=source,
