@@ -115,13 +115,17 @@ def test_the_manager_times_a_tails_answer_from_the_frames_arrival() -> None:
     assert seen[-1].total_ms == 0.0  # a head's report is not an answer: left as it came
 
 
-def test_an_edge_split_costs_the_robot_its_head_and_radio_not_the_tails_compute() -> None:
-    settings = _config().policy_settings()
+def _two_frames() -> tuple[OffloadManager, EnergyModel]:
+    """Return a manager (the robot's energy model beside it) with frames 1 and 2 arrived."""
     manager = OffloadManager(_config('edge-only'), executes_split=True)
-    energy: EnergyModel = settings.energy
     manager.tick(0)
     for stamp in (1, 2):
         manager.frame_arrived(stamp, 'cam', stamp * 100_000_000)
+    return manager, _config().policy_settings().energy
+
+
+def test_an_edge_split_costs_the_robot_its_head_and_radio_not_the_tails_compute() -> None:
+    manager, energy = _two_frames()
     manager.on_report(InferenceReport(stamp_ns=1, frame_id='cam', source='robot',
                                       status='forwarded', inference_ms=3.0, encode_ms=1.0,
                                       bytes_sent=65_000, split=SMALL))
@@ -133,12 +137,7 @@ def test_an_edge_split_costs_the_robot_its_head_and_radio_not_the_tails_compute(
 
 
 def test_a_frame_the_robot_answered_and_probed_costs_its_model_and_the_probes_send() -> None:
-    settings = _config().policy_settings()
-    manager = OffloadManager(_config('edge-only'), executes_split=True)
-    energy: EnergyModel = settings.energy
-    manager.tick(0)
-    for stamp in (1, 2):
-        manager.frame_arrived(stamp, 'cam', stamp * 100_000_000)
+    manager, energy = _two_frames()
     manager.on_report(InferenceReport(stamp_ns=1, frame_id='cam', source='robot',
                                       inference_ms=25.0, encode_ms=2.0, bytes_sent=53_000,
                                       split_probe=SMALL, split_role='head'))

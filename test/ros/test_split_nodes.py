@@ -106,13 +106,18 @@ def test_a_head_node_and_a_tail_node_detect_as_the_unsplit_backend(
     assert split[0].header.frame_id == 'cam'
 
 
+def head_topics(probe: Node) -> tuple[list[Any], list[Any], list[Any], Any]:
+    """Subscribe to a head's detections, telemetry and split; return them and a camera."""
+    return (collect(probe, Detection2DArray, '/robot/edge/detections', 'result'),
+            collect(probe, String, '/robot/edge/telemetry', 'result'),
+            collect(probe, CompressedImage, '/robot/edge/split', 'newest_frame'),
+            probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame')))
+
+
 def test_a_head_node_at_point_0_answers_the_frames_no_decision_splits(
         graph: Any, tmp_path: Path) -> None:
     executor, probe = graph
-    dets = collect(probe, Detection2DArray, '/robot/edge/detections', 'result')
-    head_tel = collect(probe, String, '/robot/edge/telemetry', 'result')
-    split = collect(probe, CompressedImage, '/robot/edge/split', 'newest_frame')
-    camera = probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame'))
+    dets, head_tel, split, camera = head_topics(probe)
     executor.add_node(split_node('head', 'robot', split_point=0))
     assert spin_until(executor, lambda: camera.get_subscription_count() > 0)
 
@@ -137,10 +142,7 @@ def test_a_head_node_at_point_0_answers_the_frames_no_decision_splits(
 def test_a_head_node_at_point_0_sends_the_decisions_split_probe_and_answers_too(
         graph: Any, tmp_path: Path) -> None:
     executor, probe = graph
-    dets = collect(probe, Detection2DArray, '/robot/edge/detections', 'result')
-    head_tel = collect(probe, String, '/robot/edge/telemetry', 'result')
-    split = collect(probe, CompressedImage, '/robot/edge/split', 'newest_frame')
-    camera = probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame'))
+    dets, head_tel, split, camera = head_topics(probe)
     decisions = probe.create_publisher(String, '/offload/decision', ros.qos_profile('latched'))
     option = f'yolov8n-shapes@{IMGSZ}:6/end:int8+zstd'
     now = probe.get_clock().now().nanoseconds  # the nodes' clock: system time here
