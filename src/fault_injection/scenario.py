@@ -43,6 +43,7 @@ FAULT_KINDS: dict[str, dict[str, float | None]] = {
     'latency': {'delay_ms': None, 'jitter_ms': 0.0},
     'bandwidth': {'mbps': None},
     'lan_bandwidth': {'mbps': None},  # sim: the robot-to-edge-computer LAN (split routes)
+    'lan_loss': {'probability': None},  # sim: that LAN loses a split payload (all of it)
     'loss': {'probability': None},
     'corruption': {'probability': 1.0},
     'cpu_contention': {'slowdown': 2.0},  # edge inference takes this many times longer
@@ -60,7 +61,7 @@ SERVICE_KINDS = frozenset({'replica_crash', 'zone_outage'})
 """Faults of a replicated service: only the fleet simulation has replicas to fail."""
 INSTANT_KINDS = frozenset({'replica_crash'})
 """Faults that happen at their start and take no duration_s."""
-LAN_KINDS = frozenset({'lan_bandwidth'})
+LAN_KINDS = frozenset({'lan_bandwidth', 'lan_loss'})
 """Faults of the robot's LAN to its edge computer: only the simulator models that link."""
 
 

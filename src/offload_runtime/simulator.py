@@ -244,6 +244,10 @@ class Simulation:
         """Send a head's payload (or a probe's) over the LAN to the middle device's tail."""
         fig = self._split(decision.split)
         self.result.bytes_sent += fig.payload_bytes
+        # Lost whole, as a message over best-effort DDS is when one fragment is: silently.
+        loss = self._faults(t).get('lan_loss', {}).get('probability', 0.0)
+        if loss and self._rng('lan_loss', stamp).random() < loss:
+            return
         lan = route_parts(fig, self._lan(self._faults(t)), self.net.uplink_mbps, 0.0,
                           lambda nominal, purpose: self._spread(nominal, purpose, stamp))
         self._at(t + int(lan['lan'] * MS), 'tail_arrived', stamp, decision, lan['middle'])

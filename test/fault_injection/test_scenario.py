@@ -157,6 +157,13 @@ def test_a_lan_fault_slows_the_edge_computers_link_and_only_the_simulator_plays_
         FaultRig(scenario)
     with pytest.raises(ConfigError, match='mbps must be > 0'):
         _scenario({'kind': 'lan_bandwidth', 'start_s': 0, 'duration_s': 1, 'mbps': 0})
+    lossy = load_scenario('lan_loss_twice_no_cloud')
+    assert [(f.kind, f.params) for f in lossy.faults[1:]] == [
+        ('lan_loss', {'probability': 0.9})] * 2
+    with pytest.raises(ConfigError, match='lan_loss'):
+        refuse_lan_kinds(lossy, 'here')
+    with pytest.raises(ConfigError, match='lan_loss needs probability'):
+        _scenario({'kind': 'lan_loss', 'start_s': 0, 'duration_s': 1})
 
 
 def test_each_start_and_end_is_announced_once_in_time_order() -> None:

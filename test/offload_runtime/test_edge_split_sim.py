@@ -83,6 +83,21 @@ def test_predictive_leaves_a_slow_lan_within_a_second_and_comes_back_after() -> 
     assert not [r for r in result.records if r.stamp_ns >= 11e9 and not r.deadline_met]
 
 
+def test_a_lan_that_loses_the_payloads_silently_is_left_and_taken_again_when_it_stops() -> None:
+    lossy = {'kind': 'lan_loss', 'start_s': 10.0, 'duration_s': 10.0, 'probability': 0.9}
+    result, _ = _run('predictive', [NO_CLOUD, lossy], frames=400)
+    by_second: dict[int, set[str]] = {}
+    for rec in result.records:
+        by_second.setdefault(int(rec.stamp_ns // 1e9), set()).add(rec.split)
+    lost = [r for r in result.records if r.drop_reason]
+    # Nothing answers a lost payload and nothing fails: the frames forwarded and overdue
+    # move the robot to its own model within the deadline and a few frames.
+    assert lost and all(10e9 <= r.stamp_ns < 11.5e9 for r in lost)
+    assert all(by_second[s] == {''} for s in range(12, 20))
+    back = min(s for s in range(20, 40) if by_second[s] == {SPLITS[1]})
+    assert back <= 24 and all(by_second[s] == {SPLITS[1]} for s in range(back + 1, 40))
+
+
 def test_probes_of_the_split_left_measure_it_without_taking_frames_from_the_robot() -> None:
     reports: list[tuple[InferenceReport, int]] = []
     result, manager = _run('predictive', [NO_CLOUD, _drop(10.0, seconds=40.0)], frames=400,
