@@ -96,7 +96,8 @@ PARAMETERS = (
                   live=True, minimum=0.0, maximum=1000.0),
     ParameterSpec('probe_every', 10,
                   'Edge (cloud) route: every n-th frame also goes to the cloud (edge), a probe; '
-                  '0: no probes.', live=True, minimum=0, maximum=1000),
+                  "on the robot's own model also to the edge split it left; 0: no probes.",
+                  live=True, minimum=0, maximum=1000),
     ParameterSpec('seed', 0, 'Seed of learning policies.', minimum=0, maximum=2 ** 31 - 1),
     ParameterSpec('energy_reader', '',
                   'Measure robot energy with rapl, nvml or battery (BatteryState on '
