@@ -123,6 +123,12 @@ class SlidingQuantiles:
         start = max(0, len(self._order) - n)
         return [v for _, v in itertools.islice(self._order, start, None)]
 
+    def span_s(self, n: int) -> float:
+        """Return the time from the ``n``-th newest sample to the newest (0 with fewer)."""
+        if n < 1 or len(self._order) < n:
+            return 0.0
+        return self._order[-1][0] - self._order[-n][0]
+
     def mean(self) -> float | None:
         """Mean of the window, or None without samples."""
         return self._sum / len(self._order) if self._order else None

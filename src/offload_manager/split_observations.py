@@ -24,9 +24,9 @@ profiles' until then; its accuracy is the edge model's, and it needs no cloud. W
 runs its own model, its head's probes of the split (``Decision.split_probe``) keep measuring it:
 a LAN that comes back shows in a few probes' answers (``SplitAnswers``), not
 :data:`SPLIT_RETRY_S` later. A LAN that answers probes in time may still be too slow for every
-frame: a split whose LAN part (by its :data:`RECENT` newest answers) takes more than
-:data:`LAN_BUSY_MAX` of the camera period would queue frames behind each other, and is taken
-as missing.
+frame: a split answered that seldom whose LAN part takes more than :data:`LAN_BUSY_MAX` of the
+camera period even in the fastest of its :data:`RECENT` newest answers would queue frames
+behind each other, and is taken as missing (a split in use measures that queueing itself).
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ SPLIT_RETRY_S = 30.0
 own answers measure it (its probes run while the cloud route probes the edge), so after a slow
 spell of the LAN its late samples would otherwise hold it off for good; a LAN still slow costs
 the frames of one retry, about half a second's."""
-LAN_BUSY_MAX = 0.8
-"""Largest share of the camera period an edge detector's split may keep the LAN busy."""
+LAN_BUSY_MAX = 1.0
+"""Largest share of the camera period an edge detector's split not in use may keep the LAN
+busy: at 1, a LAN that cannot carry one frame a period."""
 RECENT = 3
 """Newest answers of a split that tell the LAN's state now (a probe a second, off it)."""
 
@@ -131,6 +132,15 @@ class SplitObservations(Observations):
             if figures.edge:
                 self.book.keep_newest(f'edge:{other}', RECENT if other == name else 0)
 
+    def _dense(self, series: SlidingQuantiles | None) -> bool:
+        """Whether a split's newest answers came at about the frame rate (it is in use).
+
+        Their latency then already holds the queueing of a LAN that carries every frame; a
+        probe's, one a second, does not.
+        """
+        return series is not None and len(series) >= RECENT and self.period_ms > 0 and \
+            series.span_s(RECENT) <= 2 * (RECENT - 1) * self.period_ms / 1e3
+
     def _lan_busy(self, fig: SplitFigures, latency_ms: float) -> bool:
         """Whether a split answering in ``latency_ms`` keeps the LAN too busy for every frame."""
         return bool(self.period_ms) and \
@@ -167,8 +177,9 @@ class SplitObservations(Observations):
         Its latency is measured (the frames it answered, arrival to answer), else the
         profiles' (head, encode, LAN, the middle device's decode and tail) scaled by what the
         other splits measured; it misses when late or when the splits do not answer (frames
-        lost, or forwarded and unanswered past the deadline: a lossy LAN is silent; or when
-        its LAN part takes over :data:`LAN_BUSY_MAX` of the camera period). Its
+        lost, or forwarded and unanswered past the deadline: a lossy LAN is silent; or, not
+        in use, when its LAN part takes over :data:`LAN_BUSY_MAX` of the camera period in
+        each of its newest answers). Its
         accuracy is the edge model's own (a split's boxes are the unsplit model's,
         :data:`EDGE_SPLIT_MAP_LOSS`); the robot pays its head, encode and radio, and its idle
         power; nothing is billed.
@@ -183,7 +194,8 @@ class SplitObservations(Observations):
         p_late = tail_probability(series, deadline_ms, prior_ms=prior)
         if p_late is None:
             return None
-        if self._lan_busy(fig, prior if series is None or not len(series) else _recent(series)):
+        if self._lan_busy(fig, prior if series is None or not len(series) else
+                          min(series.newest(RECENT))) and not self._dense(series):
             p_late = 1.0  # in time alone, but every frame would queue behind the last
         p_miss = 1.0 - self.split_answers.up(self.now_s, deadline_ms) * (1.0 - p_late)
         energy = self.energy.joules(fig.robot_ms, fig.payload_bytes, REPLY_BYTES,

@@ -49,6 +49,15 @@ def test_old_samples_expire_but_the_newest_are_kept() -> None:
         SlidingQuantiles(max_age_s=0.0)
 
 
+def test_the_newest_samples_come_in_order_with_the_time_they_span() -> None:
+    window = SlidingQuantiles(window=4)
+    assert window.newest(3) == [] and window.span_s(2) == 0.0
+    for t, value in enumerate([5.0, 1.0, 4.0, 2.0, 3.0]):
+        window.add(value, t * 0.5)
+    assert window.newest(3) == [4.0, 2.0, 3.0] and window.newest(9) == [1.0, 4.0, 2.0, 3.0]
+    assert window.span_s(3) == 1.0 and window.span_s(5) == 0.0
+
+
 def test_a_run_beyond_the_older_samples_is_a_regime_change() -> None:
     q = SlidingQuantiles(window=200, shift_run=5)
     rng = np.random.default_rng(1)

@@ -254,7 +254,7 @@ def test_a_probe_plan_names_the_cheapest_split_only_if_it_beats_the_choice() -> 
 def test_probes_answered_in_time_over_a_lan_too_slow_for_every_frame_keep_the_split_off() -> None:
     obs = _observations()
     fig = obs.splits[SMALL]
-    busy = fig.robot_ms + fig.middle_ms + 90.0  # in time, but the LAN is full at 10 fps
+    busy = fig.robot_ms + fig.middle_ms + 150.0  # in time, but the LAN takes 1.5 periods a frame
     for i in range(3):
         _answer(obs, SMALL, busy, 1.0 + i)
     obs.prepare()
@@ -273,6 +273,19 @@ def test_probes_answered_in_time_over_a_lan_too_slow_for_every_frame_keep_the_sp
     assert back.latency_ms == pytest.approx(fig.before_wan_ms)
     other = obs.estimate(_option(OTHER), 400.0)
     assert other is not None and other.p_miss < 0.01
+
+
+def test_a_split_in_use_is_judged_by_its_latency_not_by_how_busy_its_lan_is() -> None:
+    # A LAN kept about full (5 Mbit/s, 53 KB a frame): answers at the frame rate already hold
+    # its queueing, and all are in time.
+    obs = _observations()
+    fig = obs.splits[SMALL]
+    for i in range(20):
+        _answer(obs, SMALL, fig.robot_ms + fig.middle_ms + 105.0, 1.0 + i * 0.1)
+    obs.prepare()
+    obs.period_ms = 100.0
+    used = obs.estimate(_option(SMALL), 400.0)
+    assert used is not None and used.p_miss < 0.01
 
 
 def test_a_frame_the_head_never_forwarded_counts_against_the_robot_not_the_split() -> None:
