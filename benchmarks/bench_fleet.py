@@ -9,7 +9,8 @@ Issue targets for 100 robots over one simulated hour with a replica crash:
 * the simulation runs at least 100 times faster than real time on this machine.
 
 Run: ``.venv/bin/python benchmarks/bench_fleet.py [--robots 100] [--seconds 3600]
-[--policy predictive] [--scaler reactive] [--fps 10]``; exits 1 when a target is missed.
+[--policy predictive] [--scaler reactive] [--fps 10] [--busy-share 0.7]``; exits 1 when a
+target is missed.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main() -> int:
     parser.add_argument('--replicas', type=int, default=2)
     parser.add_argument('--pod-start-s', type=float, default=60.0)
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--busy-share', type=float, default=HpaSettings().target_busy_share,
+                        help="the HPA's per-pod busy-share target (1 never scales on it)")
     args = parser.parse_args()
     scenario = load_scenario(CRASH)
     if args.seconds <= scenario.faults[0].start_s:
@@ -52,7 +55,8 @@ def main() -> int:
                        seed=args.seed, measured=True)
     service = ServiceSettings(replicas=args.replicas, min_replicas=min(2, args.replicas),
                               pod_start_s=args.pod_start_s)
-    fleet = FleetOptions(args.robots, service, (args.scaler,), HpaSettings())
+    hpa = HpaSettings(target_busy_share=args.busy_share)
+    fleet = FleetOptions(args.robots, service, (args.scaler,), hpa)
     row, _ = run_fleet(opts, fleet, scenario, args.policy, args.scaler,
                        load_devices(default_devices_file()))
     offered = args.robots * opts.frames
@@ -60,7 +64,8 @@ def main() -> int:
           f'{args.policy}, scaler {args.scaler}, crash at {scenario.faults[0].start_s:.0f} s')
     print(f'frames: {offered} offered, {row.frames} ended ({row.late_frames} late, the rest in '
           f'time or dropped); misses {row.miss_pct:.2f} %; cloud share {row.cloud_pct:.1f} %; '
-          f'refusals {row.refusals}; answers computed after their budget {row.late_answers}')
+          f'refusals {row.refusals}; answers computed after their budget {row.late_answers}; '
+          f'robot energy {row.energy_j:.3f} J a frame')
     print(f'replicas: mean {row.mean_replicas:.1f}, capacity back {row.capacity_s:.0f} s '
           f'after the crash (pod start {args.pod_start_s:.0f} s), MTTR {row.mttr_s:.0f} s, '
           f'GPU {row.gpu_s:.0f} s, utilisation {100 * row.utilisation:.0f} %')
