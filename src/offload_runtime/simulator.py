@@ -19,13 +19,13 @@ energy reader).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 import math
 import random
 from typing import Any
 
 from adaptive_offload.admission import EveryNth
-from adaptive_offload.datatypes import Decision, FrameRecord, InferenceReport, Route
+from adaptive_offload.datatypes import Decision, InferenceReport, Route
 from adaptive_offload.scene_difficulty import parse_difficulty
 from adaptive_offload.split_option import SPLIT_PREFIX
 from cloud_bridge.resilience import CircuitBreaker
@@ -37,22 +37,9 @@ from offload_manager.manager import OffloadManager
 from offload_manager.split_figures import split_figures, SplitFigures
 from offload_runtime.sim_detections import synthetic_detections
 from offload_runtime.sim_events import EventQueue, MS, NewestSlot
+from offload_runtime.sim_result import SimResult
 from offload_runtime.sim_settings import NetworkProfile, Quality, SimSettings
 from offload_runtime.three_tier import middle_device, route_parts
-
-
-@dataclass
-class SimResult:
-    """Records and per-frame figures of one run."""
-
-    records: list[FrameRecord] = field(default_factory=list)
-    energy_j: dict[int, float] = field(default_factory=dict)
-    accuracy: dict[int, float] = field(default_factory=dict)
-    routes: list[tuple[float, str]] = field(default_factory=list)
-    cloud_requests: int = 0
-    bytes_sent: int = 0
-    gpu_seconds: float = 0.0
-    tiers: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 class Simulation:

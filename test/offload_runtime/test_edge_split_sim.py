@@ -14,8 +14,9 @@ from fault_injection.scenario import parse_scenario
 from offload_manager.energy import load_devices
 from offload_manager.manager import default_devices_file, OffloadManager
 from offload_runtime.evaluate import EvalOptions, manager_config
+from offload_runtime.sim_result import SimResult
 from offload_runtime.sim_settings import NetworkProfile, SimSettings
-from offload_runtime.simulator import SimResult, Simulation
+from offload_runtime.simulator import Simulation
 import pytest
 
 Y = 'yolov8n-shapes@320'

@@ -20,7 +20,8 @@ from offload_manager.manager import ManagerConfig, OffloadManager
 from offload_manager.observations import Option
 from offload_manager.policies import create_policy
 from offload_runtime import evaluate as ev
-from offload_runtime.simulator import NetworkProfile, SimResult, Simulation
+from offload_runtime.sim_result import SimResult
+from offload_runtime.simulator import NetworkProfile, Simulation
 import pytest
 
 S = 'fasterrcnn_mobilenet_v3_small_fpn@640'
