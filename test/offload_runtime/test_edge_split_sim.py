@@ -43,6 +43,14 @@ def _run(policy: str, faults: list[dict], frames: int = 400, splits: list[str] |
     return result, manager
 
 
+def _splits_by_second(result: SimResult) -> dict[int, set[str]]:
+    """Return the splits the frames of each second ran on ('' for the robot's own model)."""
+    by_second: dict[int, set[str]] = {}
+    for rec in result.records:
+        by_second.setdefault(int(rec.stamp_ns // 1e9), set()).add(rec.split)
+    return by_second
+
+
 def _drop(start_s: float, seconds: float = 10.0, mbps: float = 2.0) -> dict:
     return {'kind': 'lan_bandwidth', 'start_s': start_s, 'duration_s': seconds, 'mbps': mbps}
 
@@ -71,9 +79,7 @@ def test_a_static_edge_split_runs_head_lan_and_tail_and_a_lan_drop_slows_it() ->
 
 def test_predictive_leaves_a_slow_lan_within_a_second_and_comes_back_after() -> None:
     result, _ = _run('predictive', [NO_CLOUD, _drop(10.0)], frames=600)
-    by_second: dict[int, set[str]] = {}
-    for rec in result.records:
-        by_second.setdefault(int(rec.stamp_ns // 1e9), set()).add(rec.split)
+    by_second = _splits_by_second(result)
     assert all(by_second[s] == {SPLITS[1]} for s in range(2, 10))  # the cheapest split
     late = [r for r in result.records if 10e9 <= r.stamp_ns and not r.deadline_met]
     assert late and max(r.stamp_ns for r in late) < 11e9  # left within a second
@@ -87,9 +93,7 @@ def test_predictive_leaves_a_slow_lan_within_a_second_and_comes_back_after() -> 
 def test_a_lan_that_loses_the_payloads_silently_is_left_and_taken_again_when_it_stops() -> None:
     lossy = {'kind': 'lan_loss', 'start_s': 10.0, 'duration_s': 10.0, 'probability': 0.9}
     result, _ = _run('predictive', [NO_CLOUD, lossy], frames=400)
-    by_second: dict[int, set[str]] = {}
-    for rec in result.records:
-        by_second.setdefault(int(rec.stamp_ns // 1e9), set()).add(rec.split)
+    by_second = _splits_by_second(result)
     lost = [r for r in result.records if r.drop_reason]
     # Nothing answers a lost payload and nothing fails: the frames forwarded and overdue
     # move the robot to its own model within the deadline and a few frames.
@@ -101,8 +105,8 @@ def test_a_lan_that_loses_the_payloads_silently_is_left_and_taken_again_when_it_
 
 def test_probes_of_the_split_left_measure_it_without_taking_frames_from_the_robot() -> None:
     reports: list[tuple[InferenceReport, int]] = []
-    result, manager = _run('predictive', [NO_CLOUD, _drop(10.0, seconds=40.0)], frames=400,
-                           reports=reports)
+    result, _ = _run('predictive', [NO_CLOUD, _drop(10.0, seconds=40.0)], frames=400,
+                     reports=reports)
     own = [r for r in result.records if r.stamp_ns >= 12e9 and r.result_source]
     # The LAN stays slow: the robot keeps its own model, every frame answered in time...
     assert own and all(r.split == '' and r.deadline_met for r in own)
