@@ -10,6 +10,7 @@ from adaptive_offload.datatypes import Decision, DetectionSet, FrameRecord, Infe
 
 CLOUD = 'cloud'
 FORWARDED = 'forwarded'  # a split head's report: its tail, another source, answers the frame
+SKIPPED = 'skipped'  # a source the applied decision did not route the frame to
 HEAD = 'head'  # InferenceReport.split_role of a split head's reports
 NO_RESULT = 'no_result'  # the drop reason of a frame no source answered or reported on
 HEDGE_GUARD_MS = 25.0  # longer than the manager node's 20 ms tick
@@ -66,7 +67,9 @@ class Arbiter:
     arriving late is still published (``deadline_met`` false); when every expected source
     failed, or nothing arrived within ``result_timeout_ms``, the frame is dropped with the
     sources' reasons. On a one-sided route that probes the other side, a frame whose own
-    route failed waits for the other side's report: its probe may still serve it.
+    route failed waits for the other side's report: its probe may still serve it. So does a
+    frame a source skipped under another decision than the frame's (the workers' newer one,
+    or their fallback while no decision is valid).
 
     Args:
         edge_sources: Names of the edge targets whose results are expected on edge routes.
@@ -153,6 +156,11 @@ class Arbiter:
                 self.orphans += 1
             return
         entry.reported.add(report.source)
+        if report.status == SKIPPED and report.decision_seq != entry.decision.seq:
+            # The workers applied another decision than the one this frame arrived under (a
+            # newer one, or the fallback while none is valid): the other side may answer it,
+            # and a frame dropped on this skip alone would lose that answer.
+            entry.probing |= (self._edge_sources | {CLOUD}) - {report.source}
         if report.status == FORWARDED:  # no answer of its own, and no failure either
             entry.forwarded.add(report.source)
         elif report.status != 'ok':

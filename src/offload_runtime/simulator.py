@@ -185,7 +185,7 @@ class Simulation:
             if start:
                 self._start_edge(t, stamp, decision)
         else:
-            self._report(stamp, 'edge', 'skipped')
+            self._report(stamp, 'edge', 'skipped', decision_seq=decision.seq)
         every = decision.offload_every if decision.route.uses_cloud else decision.probe_every
         self._sent += 1 if every else 0
         if every and (self._sent - 1) % every == 0:
@@ -196,7 +196,7 @@ class Simulation:
                     self._report(self._cloud_pending[0], 'cloud', 'dropped', reason='superseded')
                 self._cloud_pending = (stamp, decision, t)
         else:
-            self._report(stamp, 'cloud', 'skipped')
+            self._report(stamp, 'cloud', 'skipped', decision_seq=decision.seq)
 
     def _start_edge(self, t: int, stamp: int, decision: Decision) -> None:
         fig = self._edge_split(decision)

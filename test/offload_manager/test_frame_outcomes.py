@@ -16,9 +16,10 @@ def _dets(stamp: int, source: str) -> DetectionSet:
     return DetectionSet(stamp, 'cam', source, (Detection(0, 0, 1, 1, 0.5, 'box'),), 'm')
 
 
-def _report(stamp: int, source: str, status: str = 'ok', reason: str = '') -> InferenceReport:
+def _report(stamp: int, source: str, status: str = 'ok', reason: str = '',
+            seq: int = 1) -> InferenceReport:
     return InferenceReport(stamp_ns=stamp, frame_id='cam', source=source, status=status,
-                           reason=reason)
+                           reason=reason, decision_seq=seq)
 
 
 def test_edge_route_publishes_the_edge_result_at_once() -> None:
@@ -127,6 +128,40 @@ def test_a_failed_route_waits_for_the_probe_of_the_other_side() -> None:
     arb.add_result(_dets(3, 'cloud'), 260 * MS)
     [served] = arb.poll(260 * MS)
     assert served.record.result_source == 'cloud' and 'edge: superseded' in served.record.reason
+
+
+def test_a_skip_under_another_decision_waits_for_the_side_that_decision_chose() -> None:
+    """The workers fell back to the edge (no valid decision, seq -1) on a cloud-route frame.
+
+    Whichever report comes first, the edge's answer is published: dropping the frame on the
+    cloud's skip lost it whenever that report won the race.
+    """
+    arb = Arbiter()
+    arb.frame_arrived(1, 'cam', 0, _decision(Route.CLOUD))
+    arb.add_report(_report(1, 'cloud', 'skipped', 'route=edge', seq=-1))
+    assert arb.poll(5 * MS) == []
+    arb.add_result(_dets(1, 'edge'), 20 * MS)
+    arb.add_report(_report(1, 'edge', seq=-1))
+    [out] = arb.poll(20 * MS)
+    assert out.record.result_source == 'edge' and out.record.deadline_met
+    # A newer decision (seq 2) sent an edge-route frame to the cloud: the same, mirrored.
+    arb.frame_arrived(2, 'cam', 100 * MS, _decision(Route.EDGE))
+    arb.add_report(_report(2, 'edge', 'skipped', 'route=cloud', seq=2))
+    assert arb.poll(105 * MS) == []
+    arb.add_result(_dets(2, 'cloud'), 150 * MS)
+    [out] = arb.poll(150 * MS)
+    assert out.record.result_source == 'cloud'
+    # Both sides skipped under the other decision: dropped with both reasons, not left waiting.
+    arb.frame_arrived(3, 'cam', 200 * MS, _decision(Route.CLOUD))
+    arb.add_report(_report(3, 'cloud', 'skipped', 'route=edge', seq=-1))
+    arb.add_report(_report(3, 'edge', 'skipped', 'route=cloud', seq=2))
+    [out] = arb.poll(201 * MS)
+    assert out.result is None and out.record.drop_reason == 'cloud: route=edge; edge: route=cloud'
+    # Under the frame's own decision a skip settles its side at once, as before.
+    arb.frame_arrived(4, 'cam', 300 * MS, _decision(Route.CLOUD))
+    arb.add_report(_report(4, 'cloud', 'skipped', 'route=edge'))
+    [out] = arb.poll(301 * MS)
+    assert out.result is None and out.record.drop_reason == 'route=edge'
 
 
 def test_every_source_failing_drops_the_frame_with_their_reasons() -> None:
