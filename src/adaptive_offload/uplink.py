@@ -258,7 +258,8 @@ class UplinkEstimator:
         if not self._fit_window or not self._requests:
             return 0
         sizes = [b for b, _ in list(self._requests)[-self._fit_window:]]
-        far = sum(1 for b in sizes if b >= SIZE_SPAN * min(sizes))
+        floor = SIZE_SPAN * min(sizes)
+        far = sum(1 for b in sizes if b >= floor)
         return min(far, len(sizes) - far)
 
     @property
