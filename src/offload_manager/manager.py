@@ -236,15 +236,17 @@ class OffloadManager:
         """Take a source's report of what it did with a frame.
 
         A split's tail (an answer naming its ``split``) timed only its own part: the policy
-        learns the route's latency from the frame's arrival here to now.
+        learns the route's latency from the frame's arrival here to now (``now_ns``; 0:
+        unknown).
         """
+        taken = now_ns or None
         arrived = self._arrived.get((report.stamp_ns, report.frame_id)) \
             if report.split and report.status == 'ok' else None
         if arrived is not None and now_ns > arrived:
             timed = dataclasses.replace(report, total_ms=(now_ns - arrived) / 1e6)
-            self._policy.observe_report(timed)
+            self._policy.observe_report(timed, taken)
         else:
-            self._policy.observe_report(report)
+            self._policy.observe_report(report, taken)
         self._energy.report(report)
         self._arbiter.add_report(report)
 

@@ -125,8 +125,13 @@ class Observations:
         self.spread_quality: int | None = None
         self.since_spread = 0
 
-    def observe_report(self, report: InferenceReport) -> None:
-        """Learn from a worker report."""
+    def observe_report(self, report: InferenceReport, now_ns: int | None = None) -> None:
+        """Learn from a worker report (its samples are timed at the last plan, :attr:`now_s`).
+
+        Args:
+            report: The report.
+            now_ns: When it came; None if unknown.
+        """
         if report.source == 'cloud':
             if report.encode_ms > 0:  # spent whether or not the request then succeeded
                 self._encode.append(report.encode_ms)

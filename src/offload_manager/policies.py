@@ -36,7 +36,7 @@ class FixedRoutePolicy:
         """Return the fixed plan."""
         return self._plan
 
-    def observe_report(self, report: InferenceReport) -> None:
+    def observe_report(self, report: InferenceReport, now_ns: int | None = None) -> None:
         """Ignored by a fixed policy."""
 
     def observe_record(self, record: FrameRecord) -> None:

@@ -110,8 +110,8 @@ class Policy(Protocol):
     def plan(self, now_ns: int) -> Plan:
         """Return the plan to apply from ``now_ns``."""
 
-    def observe_report(self, report: InferenceReport) -> None:
-        """Learn from a worker's report of one frame."""
+    def observe_report(self, report: InferenceReport, now_ns: int | None = None) -> None:
+        """Learn from a worker's report of one frame, taken at ``now_ns`` (None: unknown)."""
 
     def observe_record(self, record: FrameRecord) -> None:
         """Learn from the outcome of one frame."""

@@ -41,9 +41,9 @@ class _ObservingPolicy:
         self.settings = settings
         self._options = None
 
-    def observe_report(self, report: InferenceReport) -> None:
+    def observe_report(self, report: InferenceReport, now_ns: int | None = None) -> None:
         """See :class:`offload_manager.policy.Policy`."""
-        self.obs.observe_report(report)
+        self.obs.observe_report(report, now_ns)
 
     def observe_record(self, record: FrameRecord) -> None:
         """See :class:`offload_manager.policy.Policy`."""
@@ -371,9 +371,9 @@ class ReactivePolicy(_ObservingPolicy):
         self._failures = 0
         self._edge_since: float | None = None
 
-    def observe_report(self, report: InferenceReport) -> None:
+    def observe_report(self, report: InferenceReport, now_ns: int | None = None) -> None:
         """Count consecutive cloud failures."""
-        super().observe_report(report)
+        super().observe_report(report, now_ns)
         if report.source == 'cloud' and report.status in ('ok', 'failed'):
             self._failures = 0 if report.status == 'ok' else self._failures + 1
 

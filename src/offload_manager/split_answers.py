@@ -57,9 +57,18 @@ class SplitAnswers:
         # probe before the head's own answer (and its report of the probe) is done.
         self._early: dict[int, float] = {}
 
-    def forwarded(self, stamp_ns: int) -> None:
-        """Count the frame of ``stamp_ns`` as forwarded on a split, awaiting its answer."""
-        self._unseen.append(stamp_ns)
+    def forwarded(self, stamp_ns: int, now_s: float | None = None) -> None:
+        """Count the frame of ``stamp_ns`` as forwarded on a split, awaiting its answer.
+
+        Args:
+            stamp_ns: The frame's stamp.
+            now_s: When the head's report of it came: it is overdue a deadline later. None:
+                timed from the next :meth:`tick`, up to a plan period later.
+        """
+        if now_s is not None:
+            self._pending[stamp_ns] = now_s
+        else:
+            self._unseen.append(stamp_ns)
         self._sent[stamp_ns] = None
         while len(self._sent) > MAX_PENDING:
             del self._sent[next(iter(self._sent))]

@@ -95,7 +95,7 @@ class SplitObservations(Observations):
                 newest = taken
                 self._lan_slowdown = max(1.0, _recent(series) / fig.before_wan_ms)
 
-    def observe_report(self, report: InferenceReport) -> None:
+    def observe_report(self, report: InferenceReport, now_ns: int | None = None) -> None:
         """Learn from a worker report; a split request's as the JPEG request it stands for.
 
         A head's ``forwarded`` frame on the edge detector's split awaits its tail's answer
@@ -106,12 +106,13 @@ class SplitObservations(Observations):
             return
         if self._edge_split(report.split):
             if report.status == FORWARDED:
-                self.split_answers.forwarded(report.stamp_ns)
+                self.split_answers.forwarded(report.stamp_ns,
+                                             None if now_ns is None else now_ns / 1e9)
             elif report.status == 'ok':
                 self.split_answers.answered(report.stamp_ns, self.now_s)
         elif report.status == 'ok' and self._edge_split(report.split_probe):
             self.split_answers.probed(report.stamp_ns)
-        super().observe_report(report)
+        super().observe_report(report, now_ns)
         if report.status == 'ok' and self._edge_split(report.split):
             self._lan_back(report.split)
 

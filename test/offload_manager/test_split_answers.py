@@ -23,6 +23,18 @@ def test_frames_unanswered_past_the_deadline_count_as_lost_once_there_are_severa
     assert answers.up(10.4, 250.0) == 1.0
 
 
+def test_frames_timed_from_their_heads_report_are_overdue_a_deadline_after_it() -> None:
+    """No plan tick needed: timed from the next one, a frame is overdue up to a period late."""
+    answers = SplitAnswers(forget_after_s=30.0)
+    for i in range(MIN_OVERDUE):
+        answers.forwarded(i, now_s=10.0 + 0.1 * i)
+    last = 10.0 + 0.1 * (MIN_OVERDUE - 1)
+    assert answers.up(last + 0.25, 250.0) == 1.0  # the newest is not overdue yet
+    assert answers.up(last + 0.26, 250.0) == 0.0  # now all are, with no tick in between
+    answers.answered(0)
+    assert answers.up(last + 0.26, 250.0) == 1.0  # fewer than MIN_OVERDUE: slow, maybe
+
+
 def test_ended_frames_count_answered_or_lost_within_a_window() -> None:
     answers = SplitAnswers(forget_after_s=30.0)
     for i in range(WINDOW):

@@ -102,13 +102,20 @@ def test_predictive_offers_edge_splits_as_edge_routes_and_decides_on_one() -> No
 def test_the_manager_times_a_tails_answer_from_the_frames_arrival() -> None:
     manager = OffloadManager(_config('edge-only'), executes_split=True)
     seen: list[InferenceReport] = []
-    manager._policy.observe_report = seen.append  # type: ignore[method-assign]
+    taken: list[int | None] = []
+
+    def observe(report: InferenceReport, now_ns: int | None = None) -> None:
+        seen.append(report)
+        taken.append(now_ns)
+
+    manager._policy.observe_report = observe  # type: ignore[method-assign]
     manager.tick(0)
     assert manager.frame_arrived(7, 'cam', 1_000_000_000) is None
     tail = InferenceReport(stamp_ns=7, frame_id='cam', source='pi', status='ok',
                            model='yolov8n-shapes', imgsz=320, total_ms=14.0, split=SMALL)
     manager.on_report(tail, 1_031_000_000)
     assert seen[-1].total_ms == pytest.approx(31.0)  # head, LAN and tail, not the tail alone
+    assert taken[-1] == 1_031_000_000  # when the report came
     manager.on_report(InferenceReport(stamp_ns=7, frame_id='cam', source='robot',
                                       status='forwarded', inference_ms=3.0, split=SMALL),
                       1_004_000_000)
