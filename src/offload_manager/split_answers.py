@@ -135,8 +135,8 @@ class SplitAnswers:
     def tick(self, now_s: float) -> None:
         """Time the frames forwarded since the last tick; forget a history left long ago.
 
-        A frame is timed from the first tick that sees it, never earlier: an overdue frame
-        is one surely overdue.
+        A frame forwarded with no time of its report is timed from the first tick that sees
+        it, never earlier: an overdue frame is one surely overdue.
         """
         for stamp in self._unseen:
             self._pending[stamp] = now_s
