@@ -299,6 +299,8 @@ class InferenceReport(JsonRecord):
         split_probe: On a head's ``ok`` report of a frame it answered itself, the split
             option it also sent the frame on as a probe (``Decision.split_probe``); its
             ``encode_ms`` and ``bytes_sent`` are the probe's. Empty otherwise.
+        split_unsent: On a head's ``ok`` report of a frame it answered itself because no tail
+            took its split frames, the split the decision named. Empty otherwise.
     """
 
     SCHEMA = 'adaptive_offload/InferenceReport'
@@ -324,6 +326,7 @@ class InferenceReport(JsonRecord):
     split: str = ''
     split_role: str = ''
     split_probe: str = ''
+    split_unsent: str = ''
 
 
 @dataclass(frozen=True)

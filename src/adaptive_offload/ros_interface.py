@@ -142,6 +142,11 @@ class Publishers:
         if pub is not None:
             pub.publish(encode_output(self._types, self._ports[name], record))
 
+    def subscribers(self, name: str) -> int:
+        """Return how many subscriptions the output called ``name`` has now (0 if none)."""
+        pub = self._pubs.get(name)
+        return 0 if pub is None else pub.get_subscription_count()
+
     def destroy(self) -> None:
         """Destroy every publisher."""
         destroy = getattr(self._node, 'destroy_lifecycle_publisher', self._node.destroy_publisher)

@@ -75,7 +75,8 @@ class EdgeInferenceNode(LifecycleNode):
         if config is None or pubs is None:  # rclpy only activates a configured node
             return self._fail(ConfigError('edge_inference: activated before configure'))
         try:  # a split head publishes its tensors itself, from the worker thread
-            core = self._core = build_core(config, lambda out: pubs.publish('split', out))
+            core = self._core = build_core(config, lambda out: pubs.publish('split', out),
+                                           lambda: pubs.subscribers('split') > 0)
         except AdaptiveOffloadError as err:
             return self._fail(err)
         result = super().on_activate(state)

@@ -48,12 +48,14 @@ from edge_inference.split_model import Letterbox, SplitModel
 Send = Callable[[SplitFrame], None]
 
 
-def build_core(config: EdgeConfig, send: Send) -> EdgeCore:
+def build_core(config: EdgeConfig, send: Send,
+               listening: Callable[[], bool] | None = None) -> EdgeCore:
     """Make the edge core of ``config``'s role: whole detector, head or tail, model warmed up.
 
     Args:
         config: Parameters.
         send: Publishes a head's split frames (unused by the other roles).
+        listening: Whether a tail takes what ``send`` publishes now (a head's; None: always).
 
     Raises:
         ConfigError: For a split point the model does not have, or a bad class filter.
@@ -66,8 +68,16 @@ def build_core(config: EdgeConfig, send: Send) -> EdgeCore:
                                            config.ultralytics_config_dir), config.split_point or 1)
     model.warm_up(config.imgsz)
     if config.split_role == 'head':
-        return SplitHead(config, model, send)
+        return SplitHead(config, model, send, listening=listening)
     return SplitTail(config, model)
+
+
+NO_TAIL = 'no tail subscribes to the split topic'
+"""Why a head answered a split frame itself, or sent no probe."""
+
+
+def _always() -> bool:
+    return True
 
 
 class _SplitRole:
@@ -142,17 +152,25 @@ class SplitHead(_SplitRole):
     split of this model: the head runs to its k, sends what crosses, and finishes the frame
     from there (the same boxes, bit for bit, at the same input size).
 
+    While no tail takes what it sends (not started yet, stopped, deactivated), a frame the
+    decision splits is answered here whole instead, its report naming the split as
+    ``split_unsent``, and no probe is sent: sent, they would be lost.
+
     Args:
         config: Parameters (``split_point`` and ``split_encoding`` when no decision sets them).
         model: The detector, prepared at the split point.
         send: Publishes each frame's :class:`SplitFrame`.
         clock: Monotonic nanosecond clock for timings.
+        listening: Whether a tail takes what ``send`` publishes now (on ROS: the split
+            topic has a subscription); None: always.
     """
 
     def __init__(self, config: EdgeConfig, model: SplitModel, send: Send,
-                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
+                 clock: Callable[[], int] = time.perf_counter_ns,
+                 listening: Callable[[], bool] | None = None) -> None:
         super().__init__(config, model, clock)
         self._send = send
+        self._listening = listening or _always
         self._probes = EveryNth()
         self._split_probes = EveryNth()
         self._at: dict[int, SplitModel] = {model.point.index: model}
@@ -166,8 +184,9 @@ class SplitHead(_SplitRole):
             run as ``split``, the head's time as ``inference_ms``, the tensors' encoding and
             the message's making as ``encode_ms``, the message's bytes as ``bytes_sent``;
             ``failed`` (a k the model does not have names the valid ones) or ``skipped``. A
-            frame run whole (at ``split_point`` 0): its detections and ``ok`` report, a
-            probe's option as ``split_probe`` with its encode time and bytes.
+            frame run whole (at ``split_point`` 0, or with no tail listening): its detections
+            and ``ok`` report, a probe's option as ``split_probe`` with its encode time and
+            bytes, a split it could not send as ``split_unsent``.
         """
         start = self._clock()
         report = self._report(msg, decision.seq)
@@ -181,6 +200,10 @@ class SplitHead(_SplitRole):
             frame = image_to_frame(msg)
             if choice.whole:
                 return self._whole(frame, report, decision, choice, start)
+            if not self._listening():
+                note = '; '.join(r for r in (report.reason, f'{NO_TAIL}: answered here') if r)
+                return self._answer_whole(frame, replace(report, split_unsent=option, reason=note),
+                                          choice.imgsz, start)
             model = self._model_at(choice.point, option)
             x, box = model.letterbox(frame.image, choice.imgsz)
             head_start = self._clock()
@@ -211,31 +234,51 @@ class SplitHead(_SplitRole):
         probe, note = probe_choice(decision, self.config)
         if probe is not None and self._split_probes.pick(decision.probe_every):
             option = probe.option(self.config.model_name)
-            try:
-                model = self._model_at(probe.point, option)
-                x, box = model.letterbox(frame.image, probe.imgsz)
-                run_start = self._clock()
-                crossing = model.head(x)
-                encode_start = self._clock()
-                out = head_message(frame, model, box, crossing, probe, self.config.model_name,
-                                   decision.seq, option)
-                encode_end = self._clock()
-            except (ConversionError, BackendError) as err:
-                note = f'probe {option[:MAX_QUOTED]!r} not sent: {err}'
+            if not self._listening():
+                note = f'probe {option[:MAX_QUOTED]!r} not sent: {NO_TAIL}'
             else:
-                self._send(out)
-                sent = replace(report, split_probe=option, bytes_sent=len(out.data),
-                               encode_ms=(encode_end - encode_start) / 1e6)
-                if probe.imgsz == choice.imgsz:  # the rest of the frame's own run
-                    raw = model.tail(crossing)
-                    dets = self._detect(model, raw, box)
-                    answer, done = self._answer(sent, dets, start, encode_end)
-                    return answer, replace(done, inference_ms=done.inference_ms +
-                                           (encode_start - run_start) / 1e6)
-                report = sent
+                answered, report, note = self._send_probe(frame, report, decision, choice,
+                                                          probe, start)
+                if answered is not None:
+                    return answered
         if note:
             report = replace(report, reason='; '.join(r for r in (report.reason, note) if r))
-        x, box = self.model.letterbox(frame.image, choice.imgsz)
+        return self._answer_whole(frame, report, choice.imgsz, start)
+
+    def _send_probe(self, frame: Frame, report: InferenceReport, decision: Decision,
+                    choice: HeadChoice, probe: HeadChoice, start: int
+                    ) -> tuple[tuple[DetectionSet, InferenceReport] | None, InferenceReport, str]:
+        """Send ``frame`` on as a probe: the answer if the run finished it, the report, a note.
+
+        At the frame's own input size the probe's head is the first part of the frame's run,
+        finished here from the crossing; at another size the frame is left to run whole.
+        """
+        option = probe.option(self.config.model_name)
+        try:
+            model = self._model_at(probe.point, option)
+            x, box = model.letterbox(frame.image, probe.imgsz)
+            run_start = self._clock()
+            crossing = model.head(x)
+            encode_start = self._clock()
+            out = head_message(frame, model, box, crossing, probe, self.config.model_name,
+                               decision.seq, option)
+            encode_end = self._clock()
+        except (ConversionError, BackendError) as err:
+            return None, report, f'probe {option[:MAX_QUOTED]!r} not sent: {err}'
+        self._send(out)
+        sent = replace(report, split_probe=option, bytes_sent=len(out.data),
+                       encode_ms=(encode_end - encode_start) / 1e6)
+        if probe.imgsz != choice.imgsz:
+            return None, sent, ''
+        answer, done = self._answer(sent, self._detect(model, model.tail(crossing), box), start,
+                                    encode_end)
+        return (answer, replace(done, inference_ms=done.inference_ms +
+                                (encode_start - run_start) / 1e6)), sent, ''
+
+    def _answer_whole(self, frame: Frame, report: InferenceReport, imgsz: int,
+                      start: int) -> tuple[DetectionSet, InferenceReport]:
+        """Answer a frame with the whole detector at ``imgsz``."""
+        x, box = self.model.letterbox(frame.image, imgsz)
         run_start = self._clock()
         raw = self.model.tail(self.model.head(x))
         return self._answer(report, self._detect(self.model, raw, box), start, run_start)

@@ -97,6 +97,10 @@ class SplitAnswers:
             while len(self._early) > MAX_PENDING:
                 del self._early[next(iter(self._early))]
 
+    def unsent(self, now_s: float) -> None:
+        """Count a split frame its head could not send (no tail took them) as lost."""
+        self._outcome(False, now_s)
+
     def ended(self, stamp_ns: int, lost: bool, now_s: float) -> bool:
         """Record that the frame of ``stamp_ns`` ended: answered or ``lost``.
 

@@ -99,7 +99,8 @@ class SplitObservations(Observations):
         """Learn from a worker report; a split request's as the JPEG request it stands for.
 
         A head's ``forwarded`` frame on the edge detector's split awaits its tail's answer
-        (:class:`offload_manager.split_answers.SplitAnswers`).
+        (:class:`offload_manager.split_answers.SplitAnswers`); a split frame it answered
+        itself, no tail taking them (``split_unsent``), counts as lost to the split.
         """
         if report.source == 'cloud' and report.model.startswith(SPLIT_PREFIX):
             self._observe_split(report)
@@ -112,6 +113,8 @@ class SplitObservations(Observations):
                 self.split_answers.answered(report.stamp_ns, self.now_s)
         elif report.status == 'ok' and self._edge_split(report.split_probe):
             self.split_answers.probed(report.stamp_ns)
+        elif report.status == 'ok' and self._edge_split(report.split_unsent):
+            self.split_answers.unsent(self.now_s if now_ns is None else now_ns / 1e9)
         super().observe_report(report, now_ns)
         if report.status == 'ok' and self._edge_split(report.split):
             self._lan_back(report.split)

@@ -19,6 +19,8 @@ RECORDS = [
     InferenceReport(stamp_ns=6, frame_id='cam', source='robot', split_role='head',
                     split_probe='yolov8n-shapes@320:4/end:int8+zstd', bytes_sent=53_000,
                     encode_ms=2.5),
+    InferenceReport(stamp_ns=7, frame_id='cam', source='robot', split_role='head',
+                    split_unsent='yolov8n-shapes@320:4/end:int8+zstd', reason='no tail'),
     FrameRecord(index=3, stamp_ns=5, frame_id='cam', route='edge', sources=['edge'],
                 result_source='edge', latency_ms=41.5, deadline_ms=250.0, deadline_met=True),
     HealthEvent(stamp_ns=9, name='adaptive_offload: /camera/image_raw rate', level=3,
@@ -78,3 +80,4 @@ def test_records_from_before_split_probes_read_without_them() -> None:
     assert Decision.from_json(json.dumps(old)).split_probe == ''
     old = {'schema': InferenceReport.SCHEMA, 'version': SCHEMA_VERSION, 'stamp_ns': 1}
     assert InferenceReport.from_json(json.dumps(old)).split_probe == ''
+    assert InferenceReport.from_json(json.dumps(old)).split_unsent == ''

@@ -190,6 +190,34 @@ def test_a_probe_the_head_cannot_send_leaves_the_frame_answered_and_says_why(
     assert cloud.split_probe == '' and not sent
 
 
+@pytest.mark.parametrize('k', [0, 6])
+def test_with_no_tail_listening_the_head_answers_split_frames_itself_and_sends_no_probe(
+        yolo: SimpleNamespace, types: MessageTypes, k: int) -> None:
+    """Sent while nobody subscribes (the tail not up, stopped, deactivated), frames are lost."""
+    sent: list[SplitFrame] = []
+    tail_up = [False]
+    head = SplitHead(config(yolo, 'head', k), yolo.models[6], sent.append,
+                     listening=lambda: tail_up[0])
+    image = scene(1)
+    expected = yolo.backend.infer(image, 320, 0.25, 0.7, None, 100)
+    msg = frame_to_message(types, image, 5_000_000_007, 'cam', 'bgr8')
+    option = 'yolov8n-shapes@320:6/end:int8+zstd'
+    dets, report = head.process(msg, decision(320, split=option))
+    assert not sent and report.status == 'ok' and report.split_unsent == option
+    assert report.split == '' and 'no tail subscribes to the split topic' in report.reason
+    assert dets is not None and dets.detections == expected  # the unsplit detector's boxes
+    dets, report = head.process(msg, decision(320, split_probe=option, probe_every=1))
+    assert not sent and report.status == 'ok' and report.split_probe == ''
+    assert dets is not None and dets.detections == expected
+    if k == 0:  # on its own model with the split to probe: answered, the probe kept back
+        assert report.reason.startswith(f"probe '{option}' not sent: no tail subscribes")
+    else:  # a head at a fixed k splits every frame: at its parameters' option, unsent
+        assert report.split_unsent == 'yolov8n-shapes@320:6/end:fp16+zstd'
+    tail_up[0] = True  # the tail subscribes: split frames go again
+    _, forwarded = forward(head, sent, types, image, decision(320, split=option))
+    assert forwarded.status == 'forwarded' and forwarded.split_unsent == '' and len(sent) == 1
+
+
 @pytest.mark.parametrize('encoding', sorted(TOLERANCES))
 @pytest.mark.parametrize('k', POINTS)
 def test_lossy_encodings_keep_every_detection_within_tolerance(

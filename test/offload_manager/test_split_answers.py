@@ -35,6 +35,15 @@ def test_frames_timed_from_their_heads_report_are_overdue_a_deadline_after_it() 
     assert answers.up(last + 0.26, 250.0) == 1.0  # fewer than MIN_OVERDUE: slow, maybe
 
 
+def test_split_frames_the_head_could_not_send_count_as_lost() -> None:
+    answers = SplitAnswers(forget_after_s=30.0)
+    for i in range(3):
+        answers.forwarded(i)
+        answers.ended(i, lost=False, now_s=1.0 + i / 10)
+    answers.unsent(1.3)  # no tail listening: answered by the head, lost to the split
+    assert answers.up(1.3, 250.0) == 3 / 4
+
+
 def test_ended_frames_count_answered_or_lost_within_a_window() -> None:
     answers = SplitAnswers(forget_after_s=30.0)
     for i in range(WINDOW):

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from adaptive_offload.datatypes import DetectionSet, FrameRecord, InferenceReport, Route
 from offload_manager.energy import EnergyModel
-from offload_manager.frame_outcomes import NO_RESULT
+from offload_manager.frame_outcomes import NO_RESULT, Outcome
 from offload_manager.manager import ManagerConfig, OffloadManager
 from offload_manager.observations import Estimate, Option, REPLY_BYTES
 from offload_manager.policy import Plan
@@ -168,9 +168,12 @@ def test_on_the_cloud_route_edge_probes_run_the_split_it_would_come_back_to() ->
     assert edge_probe_plan(cloud, [cheap_whole, split], 0.01) == cloud
 
 
-def _run_lan(manager: OffloadManager, silent: tuple[float, float], seconds: float) -> list[
-        tuple[float, str]]:
+def _run_lan(manager: OffloadManager, silent: tuple[float, float], seconds: float,
+             no_tail: bool = False, ended: list[Outcome] | None = None) -> list[tuple[float, str]]:
     """Feed the manager 10 fps frames; the LAN loses every split frame within ``silent``.
+
+    With ``no_tail``, no tail subscribes within ``silent`` instead: the head answers its split
+    frames itself (``split_unsent``) and sends no probe. The frames' outcomes go to ``ended``.
 
     Returns:
         (seconds, split) of each decision issued.
@@ -181,7 +184,14 @@ def _run_lan(manager: OffloadManager, silent: tuple[float, float], seconds: floa
         now = i * 100 * ms
         manager.frame_arrived(now, 'cam', now)
         split = manager.decision.split  # type: ignore[union-attr]
-        if split:
+        gone = silent[0] <= now / 1e9 < silent[1]
+        if split and no_tail and gone:
+            manager.on_detections(DetectionSet(now, 'cam', 'robot', ()), now + 90 * ms)
+            manager.on_report(InferenceReport(stamp_ns=now, frame_id='cam', source='robot',
+                                              model='yolov8n-shapes', imgsz=320, total_ms=90.0,
+                                              split_role='head', split_unsent=split),
+                              now + 90 * ms)
+        elif split:
             manager.on_report(InferenceReport(stamp_ns=now, frame_id='cam', source='robot',
                                               status='forwarded', split=split,
                                               split_role='head'), now + 5 * ms)
@@ -195,7 +205,7 @@ def _run_lan(manager: OffloadManager, silent: tuple[float, float], seconds: floa
             decision = manager.decision
             assert decision is not None
             probe = decision.split_probe if decision.probe_every and \
-                i % decision.probe_every == 0 else ''
+                i % decision.probe_every == 0 and not (no_tail and gone) else ''
             if probe and not silent[0] <= now / 1e9 < silent[1]:  # the tail beats the robot
                 manager.on_report(InferenceReport(stamp_ns=now, frame_id='cam', source='pi',
                                                   model='yolov8n-shapes', imgsz=320,
@@ -207,7 +217,7 @@ def _run_lan(manager: OffloadManager, silent: tuple[float, float], seconds: floa
                                               split_role='head', split_probe=probe),
                               now + 90 * ms)
         for t in (now + 50 * ms, now + 99 * ms):
-            manager.poll(t)
+            (ended if ended is not None else []).extend(manager.poll(t))
             decision = manager.tick(t)
             if decision is not None and decision.split != issued[-1][1]:
                 issued.append((t / 1e9, decision.split))
@@ -226,6 +236,20 @@ def test_a_lan_that_loses_the_split_frames_moves_the_manager_to_its_own_model_in
     back = [t for t, split in issued[2:] if split]
     assert back and 15.0 < back[0] < 15.0 + SPLIT_RETRY_S + 5.0  # tried again, and kept
     assert issued[-1][1] and all(split for _, split in issued if _ > back[0])
+
+
+def test_a_tail_that_stops_listening_moves_the_manager_to_its_own_model_losing_nothing() -> None:
+    # The head sees no subscription and answers the split frames itself: none is lost, and
+    # each counts against the split at once, not a deadline later.
+    manager = OffloadManager(_config(edge_sources=['robot', 'pi']), executes_split=True)
+    ended: list[Outcome] = []
+    issued = _run_lan(manager, (5.0, 15.0), 40.0, no_tail=True, ended=ended)
+    assert issued[0] == (0.0, SMALL) and issued[1][1] == ''
+    assert issued[1][0] < 5.0 + (MIN_OVERDUE - 1) * 0.1 + 0.25 + 0.1  # no deadline to wait
+    ended += manager.poll(10**12, final=True)
+    assert len(ended) == 400 and all(o.record.deadline_met for o in ended)
+    back = [t for t, split in issued[2:] if split]
+    assert back and 15.0 < back[0] < 15.0 + 4.0  # its probes, sent again once it listens
 
 
 @pytest.mark.parametrize('probe_every, within_s', [(10, 4.0), (0, SPLIT_RETRY_S + 5.0)])

@@ -168,3 +168,42 @@ def test_a_head_node_at_point_0_sends_the_decisions_split_probe_and_answers_too(
     assert report.bytes_sent == len(bytes(split[0].data)) and report.detections == len(
         message_to_detections(dets[0], 'robot').detections)
     assert split[0].header.stamp.sec == 1
+
+
+def test_a_head_node_no_tail_subscribes_to_answers_its_frames_itself(
+        graph: Any, tmp_path: Path) -> None:
+    """Sent before a tail subscribes (or after it went), split frames would be lost."""
+    executor, probe = graph
+    dets = collect(probe, Detection2DArray, '/robot/edge/detections', 'result')
+    head_tel = collect(probe, String, '/robot/edge/telemetry', 'result')
+    camera = probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame'))
+    executor.add_node(split_node('head', 'robot'))
+    assert spin_until(executor, lambda: camera.get_subscription_count() > 0)
+
+    image, _ = Scene(SampleSpec(width=640, height=480, seed=3)).render(0.3)
+    types = ros.message_types()
+    msg = frame_to_message(types, image, 1 * S, 'cam', 'bgr8')
+    for _ in range(5):  # best effort: resend a frame the graph lost
+        camera.publish(msg)
+        if spin_until(executor, lambda: bool(dets), timeout=10):
+            break
+    backend = create_backend('ultralytics', BackendOptions(MODEL, 'cpu', str(tmp_path)))
+    want = DetectionSet(1 * S, 'cam', 'robot', backend.infer(image, IMGSZ, 0.25, 0.7, None, 100))
+    assert message_to_detections(dets[0], 'robot') == \
+        message_to_detections(detections_to_message(types, want), 'robot')
+    assert spin_until(executor, lambda: bool(head_tel))
+    report = InferenceReport.from_json(head_tel[0].data)
+    option = f'yolov8n-shapes@{IMGSZ}:{K}/end:fp32+zstd'
+    assert (report.status, report.split_unsent, report.split_role) == ('ok', option, 'head')
+    # A tail (here the probe) subscribes: the next frame crosses.
+    split = collect(probe, CompressedImage, '/robot/edge/split', 'newest_frame')
+    assert spin_until(executor, lambda: probe.count_subscribers('/robot/edge/split') > 0)
+    spin_until(executor, lambda: False, timeout=0.5)  # the head's publisher matches it
+    msg = frame_to_message(types, image, 2 * S, 'cam', 'bgr8')
+    for _ in range(5):
+        camera.publish(msg)
+        if spin_until(executor, lambda: bool(split), timeout=10):
+            break
+    assert split and split[0].header.stamp.sec == 2
+    assert spin_until(executor, lambda: any(
+        InferenceReport.from_json(m.data).status == 'forwarded' for m in head_tel))
