@@ -1,4 +1,4 @@
-"""The split head's message: its parameters, how a head writes one, how a tail reads its sizes.
+"""The split head's message: its parameters, how a head writes one, how a tail reads it.
 
 A message is a :class:`adaptive_offload.split_frame.SplitFrame` (a CompressedImage) whose
 request parameters, beside V2's ``point`` and sizes (:mod:`adaptive_offload.split_wire`), are
@@ -15,6 +15,7 @@ from typing import Any, Mapping
 from adaptive_offload.datatypes import Frame
 from adaptive_offload.errors import ConversionError
 from adaptive_offload.split_frame import split_frame, SplitFrame
+from adaptive_offload.split_request import decode_wire_tensor
 from adaptive_offload.split_wire import encode_wire_tensor, SplitTensors
 from edge_inference.split_choice import HeadChoice
 from edge_inference.split_model import Letterbox, SplitModel
@@ -84,6 +85,38 @@ def read_letterbox(split: SplitTensors, params: Mapping[str, Any], stride: int) 
                           f'{image[1]} image in a {padded[0]}x{padded[1]} input')
     return Letterbox(original, image, padded, (float(scale[0]), float(scale[1])),
                      (int(pad[0]), int(pad[1])))
+
+
+def crossing_tensors(model: SplitModel, split: SplitTensors, box: Letterbox,
+                     bound: int) -> dict[int, Any]:
+    """Decode a message's crossing tensors for ``model``, each checked against it.
+
+    Args:
+        model: The tail's model, prepared at the message's point.
+        split: The message's tensors.
+        box: The letterbox the message names (its padded input sets the shapes).
+        bound: Most bytes the tensors may decode to, together.
+
+    Raises:
+        ConversionError: ``split_request`` for other tensors than the point's or a shape
+            that does not fit, ``tensor_too_large`` over ``bound``, ``tensor_*`` for a tensor
+            that does not decode.
+    """
+    names = {tensor_name(j): j for j in model.point.crossing}
+    given = {t.name: t for t in split.tensors}
+    if set(given) != set(names):
+        raise bad_request(f'split point {split.point} takes {sorted(names)}, got '
+                          f'{sorted(given)}')
+    for name, j in names.items():
+        expected = model.expected_shape(j, box.padded)
+        if tuple(given[name].shape) != expected:
+            raise bad_request(f'tensor {name} of shape {list(given[name].shape)}: an input of '
+                              f'{box.padded[0]}x{box.padded[1]} gives {list(expected)}')
+    total = sum(t.decoded_bytes for t in split.tensors)
+    if total > bound:
+        raise ConversionError('tensor_too_large', f'the tensors decode to {total} bytes, '
+                                                  f'over split_max_bytes {bound}')
+    return {j: model.tensor(decode_wire_tensor(given[name], bound)) for name, j in names.items()}
 
 
 def _numbers(text: Any, name: str, kind: type) -> tuple[Any, Any]:

@@ -35,13 +35,13 @@ from adaptive_offload.datatypes import (Decision, Detection, DetectionSet, Frame
                                         InferenceReport)
 from adaptive_offload.errors import BackendError, ConfigError, ConversionError
 from adaptive_offload.split_frame import read_split_frame, SplitFrame
-from adaptive_offload.split_request import decode_wire_tensor, SplitRequest
+from adaptive_offload.split_request import SplitRequest
 from edge_inference.detector import BackendOptions, class_indices
 from edge_inference.inference import build_edge, EdgeConfig, EdgeCore, reconfigured
 from edge_inference.split_choice import choose, HeadChoice, MAX_QUOTED, probe_choice
-from edge_inference.split_message import (bad_request, DECISION_SEQ, head_message, IMGSZ,
-                                          int_param, MAX_INPUT_SIDE, MAX_SPLIT_NAME,
-                                          read_letterbox, SPLIT, tensor_name, text_param,
+from edge_inference.split_message import (bad_request, crossing_tensors, DECISION_SEQ,
+                                          head_message, IMGSZ, int_param, MAX_INPUT_SIDE,
+                                          MAX_SPLIT_NAME, read_letterbox, SPLIT, text_param,
                                           WEIGHTS)
 from edge_inference.split_model import Letterbox, SplitModel
 
@@ -371,23 +371,7 @@ class SplitTail(_SplitRole):
                                   'file')
         model = self._model_at(split.point)
         box = read_letterbox(split, params, model.stride)
-        names = {tensor_name(j): j for j in model.point.crossing}
-        given = {t.name: t for t in split.tensors}
-        if set(given) != set(names):
-            raise bad_request(f'split point {split.point} takes {sorted(names)}, got '
-                              f'{sorted(given)}')
-        for name, j in names.items():
-            expected = model.expected_shape(j, box.padded)
-            if tuple(given[name].shape) != expected:
-                raise bad_request(f'tensor {name} of shape {list(given[name].shape)}: an input of '
-                                  f'{box.padded[0]}x{box.padded[1]} gives {list(expected)}')
-        bound = self.config.split_max_bytes
-        total = sum(t.decoded_bytes for t in split.tensors)
-        if total > bound:
-            raise ConversionError('tensor_too_large', f'the tensors decode to {total} bytes, '
-                                                      f'over split_max_bytes {bound}')
-        crossing = {j: model.tensor(decode_wire_tensor(given[name], bound))
-                    for name, j in names.items()}
+        crossing = crossing_tensors(model, split, box, self.config.split_max_bytes)
         return _TailInput(model, crossing, box, int_param(params, IMGSZ, 1, MAX_INPUT_SIDE),
                           int_param(params, DECISION_SEQ, -1, 2**63 - 1, default=-1),
                           text_param(params, SPLIT, MAX_SPLIT_NAME))
