@@ -114,13 +114,9 @@ def head_topics(probe: Node) -> tuple[list[Any], list[Any], list[Any], Any]:
             probe.create_publisher(Image, '/camera/image_raw', ros.qos_profile('newest_frame')))
 
 
-def test_a_head_node_at_point_0_answers_the_frames_no_decision_splits(
-        graph: Any, tmp_path: Path) -> None:
-    executor, probe = graph
-    dets, head_tel, split, camera = head_topics(probe)
-    executor.add_node(split_node('head', 'robot', split_point=0))
-    assert spin_until(executor, lambda: camera.get_subscription_count() > 0)
-
+def answered_whole(executor: SingleThreadedExecutor, camera: Any, dets: list[Any],
+                   tmp_path: Path) -> tuple[Any, Any]:
+    """Send a scene as frame 1 s until the head answers; check it is the unsplit backend's."""
     image, _ = Scene(SampleSpec(width=640, height=480, seed=3)).render(0.3)
     types = ros.message_types()
     msg = frame_to_message(types, image, 1 * S, 'cam', 'bgr8')
@@ -133,6 +129,17 @@ def test_a_head_node_at_point_0_answers_the_frames_no_decision_splits(
     assert want.detections  # the scene has objects the model sees
     assert message_to_detections(dets[0], 'robot') == \
         message_to_detections(detections_to_message(types, want), 'robot')
+    return image, types
+
+
+def test_a_head_node_at_point_0_answers_the_frames_no_decision_splits(
+        graph: Any, tmp_path: Path) -> None:
+    executor, probe = graph
+    dets, head_tel, split, camera = head_topics(probe)
+    executor.add_node(split_node('head', 'robot', split_point=0))
+    assert spin_until(executor, lambda: camera.get_subscription_count() > 0)
+
+    answered_whole(executor, camera, dets, tmp_path)
     assert spin_until(executor, lambda: bool(head_tel))
     report = InferenceReport.from_json(head_tel[0].data)
     assert (report.status, report.split, report.split_role) == ('ok', '', 'head')
@@ -180,17 +187,7 @@ def test_a_head_node_no_tail_subscribes_to_answers_its_frames_itself(
     executor.add_node(split_node('head', 'robot'))
     assert spin_until(executor, lambda: camera.get_subscription_count() > 0)
 
-    image, _ = Scene(SampleSpec(width=640, height=480, seed=3)).render(0.3)
-    types = ros.message_types()
-    msg = frame_to_message(types, image, 1 * S, 'cam', 'bgr8')
-    for _ in range(5):  # best effort: resend a frame the graph lost
-        camera.publish(msg)
-        if spin_until(executor, lambda: bool(dets), timeout=10):
-            break
-    backend = create_backend('ultralytics', BackendOptions(MODEL, 'cpu', str(tmp_path)))
-    want = DetectionSet(1 * S, 'cam', 'robot', backend.infer(image, IMGSZ, 0.25, 0.7, None, 100))
-    assert message_to_detections(dets[0], 'robot') == \
-        message_to_detections(detections_to_message(types, want), 'robot')
+    image, types = answered_whole(executor, camera, dets, tmp_path)
     assert spin_until(executor, lambda: bool(head_tel))
     report = InferenceReport.from_json(head_tel[0].data)
     option = f'yolov8n-shapes@{IMGSZ}:{K}/end:fp32+zstd'
