@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import math
 from typing import Any, Callable, Iterable, Sequence
 
-from adaptive_offload.datatypes import Detection, DetectionSet, Frame, HealthStatus, Level
+from adaptive_offload.datatypes import Detection, DetectionSet, Frame, Level
 from adaptive_offload.errors import ConversionError
+from adaptive_offload.health_records import HealthStatus
 from adaptive_offload.image_header import image_size
 import cv2
 import numpy as np

@@ -14,8 +14,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from adaptive_offload.datatypes import HealthEvent, InferenceReport
+from adaptive_offload.datatypes import InferenceReport
 from adaptive_offload.errors import ConfigError
+from adaptive_offload.health_records import HealthEvent
 
 
 class FailureLog:

@@ -14,11 +14,11 @@ from typing import Any, Mapping, Sequence
 from adaptive_offload.conversions import (detections_to_message, frame_to_message, header,
                                           health_to_diagnostics, label_info_message,
                                           message_to_detections, MessageTypes, stamp_to_ns)
-from adaptive_offload.datatypes import (Decision, FaultEvent, Frame, FrameRecord, HealthEvent,
-                                        HealthStatus, InferenceReport, JsonRecord)
+from adaptive_offload.datatypes import Decision, Frame, FrameRecord, InferenceReport, JsonRecord
 from adaptive_offload.drawing import detections_to_image_marker
 from adaptive_offload.errors import ConversionError
 from adaptive_offload.graph import Port
+from adaptive_offload.health_records import FaultEvent, HealthEvent, HealthStatus
 from adaptive_offload.split_frame import SplitFrame
 
 # The input kinds whose messages are std_msgs/String holding a record's JSON.

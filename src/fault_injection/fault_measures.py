@@ -7,7 +7,8 @@ import statistics
 from typing import Sequence
 
 from adaptive_offload import topics
-from adaptive_offload.datatypes import FrameRecord, HealthEvent, InferenceReport, Level
+from adaptive_offload.datatypes import FrameRecord, InferenceReport, Level
+from adaptive_offload.health_records import HealthEvent
 from fault_injection.scenario import EDGE_KINDS, Scenario
 
 

@@ -20,9 +20,9 @@ from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from adaptive_offload import topics
-from adaptive_offload.datatypes import (Decision, DetectionSet, FaultEvent, FrameRecord,
-                                        HealthEvent, HealthStatus, InferenceReport, Level)
+from adaptive_offload.datatypes import Decision, DetectionSet, FrameRecord, InferenceReport, Level
 from adaptive_offload.errors import ConfigError
+from adaptive_offload.health_records import FaultEvent, HealthEvent, HealthStatus
 from adaptive_offload.params import node_params
 from fault_injection.fault_measures import FaultMeasure, measure
 from fault_injection.fault_proxy import FaultProxy

@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from adaptive_offload.datatypes import FaultEvent
 from adaptive_offload.errors import ConfigError
+from adaptive_offload.health_records import FaultEvent
 from adaptive_offload.package_files import shipped_config
 from adaptive_offload.scene_difficulty import parse_difficulty
 from adaptive_offload.yaml_files import read_yaml

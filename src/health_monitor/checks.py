@@ -7,7 +7,8 @@ import math
 from typing import Protocol
 
 from adaptive_offload import topics
-from adaptive_offload.datatypes import Decision, HealthStatus, InferenceReport, Level
+from adaptive_offload.datatypes import Decision, InferenceReport, Level
+from adaptive_offload.health_records import HealthStatus
 from health_monitor.link_checks import AnomalyDetector, RobustZ
 import numpy as np
 

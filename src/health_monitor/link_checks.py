@@ -19,7 +19,8 @@ import urllib.error
 import urllib.request
 
 from adaptive_offload import topics
-from adaptive_offload.datatypes import HealthStatus, InferenceReport, Level
+from adaptive_offload.datatypes import InferenceReport, Level
+from adaptive_offload.health_records import HealthStatus
 from adaptive_offload.uplink import UplinkEstimator
 import numpy as np
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from adaptive_offload.datatypes import Decision, HealthEvent, HealthStatus, InferenceReport
+from adaptive_offload.datatypes import Decision, InferenceReport
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.failure_log import FailureLog
+from adaptive_offload.health_records import HealthEvent, HealthStatus
 from adaptive_offload.params import ParameterSpec, resolve
 from fault_injection.live import parse_address, Rehearsal
 from fault_injection.scenario import load_scenario

@@ -9,10 +9,10 @@ import time
 from typing import Any, Mapping
 
 from adaptive_offload import topics
-from adaptive_offload.datatypes import (Decision, DetectionSet, HealthEvent, InferenceReport,
-                                        Level)
+from adaptive_offload.datatypes import Decision, DetectionSet, InferenceReport, Level
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.graph_codec import BatterySample, FrameHeader
+from adaptive_offload.health_records import HealthEvent
 from offload_manager.energy import BatteryReader
 from offload_manager.frame_outcomes import Arbiter, Outcome
 from offload_manager.manager_config import (ADAPTIVE, default_devices_file, frame_energy, LIVE,

@@ -16,9 +16,10 @@ import threading
 import time
 from typing import Any, Callable
 
-from adaptive_offload.datatypes import FrameRecord, HealthEvent, InferenceReport
+from adaptive_offload.datatypes import FrameRecord, InferenceReport
 from adaptive_offload.errors import ConfigError
 from adaptive_offload.graph_codec import BatterySample, Diagnostics, encode_output
+from adaptive_offload.health_records import HealthEvent
 from adaptive_offload.heap import frozen_start_up
 from adaptive_offload.scene_difficulty import DIFFICULTY_KEY, parse_difficulty
 from adaptive_offload.typestore import make_typestore, message_types

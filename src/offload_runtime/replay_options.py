@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from adaptive_offload.datatypes import FrameRecord, HealthEvent, InferenceReport
+from adaptive_offload.datatypes import FrameRecord, InferenceReport
+from adaptive_offload.health_records import HealthEvent
 from fault_injection.fault_measures import FaultMeasure
 from fault_injection.scenario import Scenario
 from offload_runtime.accuracy_tracking import TrackingSettings

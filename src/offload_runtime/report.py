@@ -20,10 +20,10 @@ from typing import Any, Sequence
 
 from adaptive_offload import topics
 from adaptive_offload.conversions import image_to_frame, message_to_detections, stamp_to_ns
-from adaptive_offload.datatypes import (Detection, FaultEvent, FrameRecord, HealthEvent,
-                                        InferenceReport)
+from adaptive_offload.datatypes import Detection, FrameRecord, InferenceReport
 from adaptive_offload.drawing import colour_of, draw
 from adaptive_offload.errors import BagError, ConversionError
+from adaptive_offload.health_records import FaultEvent, HealthEvent
 from adaptive_offload.typestore import make_typestore
 import cv2
 from fault_injection.fault_measures import measure

@@ -10,8 +10,9 @@ from adaptive_offload.conversions import (battery_message, battery_sample, boxes
                                           encode_image, frame_to_message, header,
                                           health_to_diagnostics, image_to_frame,
                                           message_to_detections)
-from adaptive_offload.datatypes import Detection, DetectionSet, HealthStatus, Level
+from adaptive_offload.datatypes import Detection, DetectionSet, Level
 from adaptive_offload.errors import ConversionError
+from adaptive_offload.health_records import HealthStatus
 from adaptive_offload.typestore import message_types
 import numpy as np
 import pytest

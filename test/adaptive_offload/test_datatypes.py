@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from adaptive_offload.datatypes import (Decision, FrameRecord, HealthEvent, InferenceReport, Route,
+from adaptive_offload.datatypes import (Decision, FrameRecord, InferenceReport, Route,
                                         SCHEMA_VERSION)
 from adaptive_offload.errors import ConversionError
+from adaptive_offload.health_records import HealthEvent
 import pytest
 
 RECORDS = [

@@ -9,9 +9,9 @@ import socket
 import threading
 from typing import Any
 
-from adaptive_offload.datatypes import (Decision, FaultEvent, FrameRecord, InferenceReport,
-                                        Level)
+from adaptive_offload.datatypes import Decision, FrameRecord, InferenceReport, Level
 from adaptive_offload.errors import ConfigError
+from adaptive_offload.health_records import FaultEvent
 from fault_injection.live import (ObeyedFaults, parse_address, Rehearsal, rehearsal_parameters,
                                   StallingProcessor)
 from fault_injection.processes import pid_listening_on

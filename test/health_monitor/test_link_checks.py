@@ -7,8 +7,9 @@ from pathlib import Path
 import threading
 import time
 
-from adaptive_offload.datatypes import HealthEvent, InferenceReport, Level
+from adaptive_offload.datatypes import InferenceReport, Level
 from adaptive_offload.failure_log import FailureLog, load_outcomes
+from adaptive_offload.health_records import HealthEvent
 from health_monitor.checks import CloudCheck
 from health_monitor.link_checks import (ANOMALY_DETECTORS, BandwidthCheck, http_ready_probe,
                                         ReadinessCheck, ReadinessProber)

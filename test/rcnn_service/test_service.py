@@ -356,9 +356,9 @@ def test_hedged_replay_keeps_every_frame_when_the_service_dies(
 
 def test_replay_with_an_outage_scenario_measures_detection_and_recovery(
         detector: RcnnDetector, tmp_path: Path, fake_backend_factory: Any) -> None:
-    from adaptive_offload.datatypes import FaultEvent
     from offload_runtime.replay import Replay, ReplayOptions
     from offload_runtime.sample_bag import SampleSpec, write_sample_bag
+    from adaptive_offload.health_records import FaultEvent
     from adaptive_offload.typestore import make_typestore
     from fault_injection.scenario import parse_scenario
     from rosbags.rosbag2 import Reader

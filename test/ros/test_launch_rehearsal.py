@@ -18,7 +18,8 @@ require('rclpy', 'launch', 'launch_ros', 'launch_testing', 'ament_index_python')
 
 from adaptive_offload import ros_interface as ros  # noqa: E402, I100
 from adaptive_offload import topics  # noqa: E402
-from adaptive_offload.datatypes import FaultEvent, FrameRecord  # noqa: E402
+from adaptive_offload.datatypes import FrameRecord  # noqa: E402
+from adaptive_offload.health_records import FaultEvent  # noqa: E402
 from ament_index_python.packages import get_package_share_directory  # noqa: E402
 import launch  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402

@@ -14,7 +14,8 @@ require('rclpy', 'rclpy.lifecycle', 'sensor_msgs.msg', 'diagnostic_msgs.msg')
 from adaptive_offload import ros_interface as ros  # noqa: E402, I100
 from adaptive_offload import topics  # noqa: E402
 from adaptive_offload.conversions import frame_to_message  # noqa: E402
-from adaptive_offload.datatypes import FaultEvent, InferenceReport  # noqa: E402
+from adaptive_offload.datatypes import InferenceReport  # noqa: E402
+from adaptive_offload.health_records import FaultEvent  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
