@@ -24,7 +24,7 @@ def test_frames_unanswered_past_the_deadline_count_as_lost_once_there_are_severa
 
 
 def test_frames_timed_from_their_heads_report_are_overdue_a_deadline_after_it() -> None:
-    """No plan tick needed: timed from the next one, a frame is overdue up to a period late."""
+    """Timed from the report, not from the next plan tick (up to a plan period later)."""
     answers = SplitAnswers(forget_after_s=30.0)
     for i in range(MIN_OVERDUE):
         answers.forwarded(i, now_s=10.0 + 0.1 * i)
