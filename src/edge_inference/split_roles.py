@@ -238,7 +238,7 @@ class SplitHead(_SplitRole):
                 note = f'probe {option[:MAX_QUOTED]!r} not sent: {NO_TAIL}'
             else:
                 answered, report, note = self._send_probe(frame, report, decision, choice,
-                                                          probe, start)
+                                                          probe, option, start)
                 if answered is not None:
                     return answered
         if note:
@@ -246,14 +246,13 @@ class SplitHead(_SplitRole):
         return self._answer_whole(frame, report, choice.imgsz, start)
 
     def _send_probe(self, frame: Frame, report: InferenceReport, decision: Decision,
-                    choice: HeadChoice, probe: HeadChoice, start: int
+                    choice: HeadChoice, probe: HeadChoice, option: str, start: int
                     ) -> tuple[tuple[DetectionSet, InferenceReport] | None, InferenceReport, str]:
         """Send ``frame`` on as a probe: the answer if the run finished it, the report, a note.
 
         At the frame's own input size the probe's head is the first part of the frame's run,
         finished here from the crossing; at another size the frame is left to run whole.
         """
-        option = probe.option(self.config.model_name)
         try:
             model = self._model_at(probe.point, option)
             x, box = model.letterbox(frame.image, probe.imgsz)

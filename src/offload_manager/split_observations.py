@@ -105,16 +105,16 @@ class SplitObservations(Observations):
         if report.source == 'cloud' and report.model.startswith(SPLIT_PREFIX):
             self._observe_split(report)
             return
+        taken_s = None if now_ns is None else now_ns / 1e9
         if self._edge_split(report.split):
             if report.status == FORWARDED:
-                self.split_answers.forwarded(report.stamp_ns,
-                                             None if now_ns is None else now_ns / 1e9)
+                self.split_answers.forwarded(report.stamp_ns, taken_s)
             elif report.status == 'ok':
                 self.split_answers.answered(report.stamp_ns, self.now_s)
         elif report.status == 'ok' and self._edge_split(report.split_probe):
             self.split_answers.probed(report.stamp_ns)
         elif report.status == 'ok' and self._edge_split(report.split_unsent):
-            self.split_answers.unsent(self.now_s if now_ns is None else now_ns / 1e9)
+            self.split_answers.unsent(self.now_s if taken_s is None else taken_s)
         super().observe_report(report, now_ns)
         if report.status == 'ok' and self._edge_split(report.split):
             self._lan_back(report.split)
